@@ -1,0 +1,208 @@
+"""The common model every format is read into.
+
+A `Checkpoint` holds the file's object tree with tensors as `TensorRef`s: dtype,
+shape, stride and storage offset, pointing at a `Storage` that knows where its bytes
+lie (`Record`) and which device they are restored to. Tensors that view one storage
+share the `Storage` object, so tied weights and slices stay linked. Pickled
+instances are `PickledObject`s (class name + state); nothing here was imported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ckpttool.dtypes import DTYPES
+from ckpttool.errors import TensorLayoutError
+
+INT64_MAX = (1 << 63) - 1
+
+
+@dataclass(slots=True, eq=False)
+class Record:
+    """Where a storage's bytes are: a byte range of one file, maybe compressed."""
+
+    path: str
+    name: str  # the record's name in its container, for messages
+    offset: int  # of the first byte; -1 while a zip local header is unread
+    size: int  # bytes on disk
+    compressed: bool = False
+    crc: int | None = None
+    resolve: Any = None  # callable returning the offset when it is -1 (zip records)
+
+    def data_offset(self) -> int:
+        if self.offset < 0:
+            self.offset = self.resolve()
+        return self.offset
+
+
+@dataclass(slots=True, eq=False)
+class Storage:
+    """One storage as the file declares it."""
+
+    key: str
+    dtype: str
+    numel: int
+    location: str
+    record: Record | None = None
+    byteorder: str = "little"
+
+    @property
+    def itemsize(self) -> int:
+        return DTYPES[self.dtype].itemsize
+
+    @property
+    def nbytes(self) -> int:
+        return byte_size(self.numel, self.dtype)
+
+
+def byte_size(numel: int, dtype: str) -> int:
+    """Bytes for `numel` elements (sub-byte safetensors types round up)."""
+    return (numel * DTYPES[dtype].bits + 7) // 8
+
+
+@dataclass(slots=True, eq=False)
+class TensorRef:
+    """A tensor as a reference: nothing of its data has been read."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    stride: tuple[int, ...]
+    offset: int  # storage offset, in elements
+    storage: Storage | None  # None for meta tensors
+    requires_grad: bool = False
+    kind: str = "tensor"  # "parameter" for nn.Parameter, or a subclass name
+    layout: str = "strided"
+    extra: dict[str, Any] = field(default_factory=dict)
+    meta_device: str | None = None  # device of a tensor saved without storage
+
+    @property
+    def device(self) -> str:
+        if self.storage is None:
+            return self.meta_device or "meta"
+        return self.storage.location
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for dim in self.shape:
+            n *= dim
+        return n
+
+    @property
+    def itemsize(self) -> int:
+        return DTYPES[self.dtype].itemsize
+
+    @property
+    def nbytes(self) -> int:
+        return byte_size(self.numel, self.dtype)
+
+    def is_contiguous(self) -> bool:
+        return self.stride == contiguous_strides(self.shape) or self.numel <= 1
+
+    def covers_storage(self) -> bool:
+        """True when the tensor is its whole storage, contiguous from the start."""
+        return (
+            self.storage is not None
+            and self.offset == 0
+            and self.is_contiguous()
+            and self.nbytes == self.storage.nbytes
+        )
+
+    def span(self) -> tuple[int, int]:
+        """[first, last + 1) element indices the tensor touches in its storage."""
+        if self.numel == 0:
+            return self.offset, self.offset
+        last = self.offset + sum((n - 1) * s for n, s in zip(self.shape, self.stride, strict=True))
+        return self.offset, last + 1
+
+
+def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
+    strides, step = [], 1
+    for dim in reversed(shape):
+        strides.append(step)
+        step *= max(dim, 1)
+    return tuple(reversed(strides))
+
+
+def validate_layout(tensor: TensorRef, where: str) -> None:
+    """Reject shapes, strides and offsets that do not fit the storage, before any allocation."""
+    if len(tensor.shape) != len(tensor.stride):
+        raise TensorLayoutError(f"{where}: {len(tensor.shape)} sizes but {len(tensor.stride)} strides")
+    if any(n < 0 or n > INT64_MAX for n in tensor.shape):
+        raise TensorLayoutError(f"{where}: invalid size {list(tensor.shape)}")
+    if any(s < 0 or s > INT64_MAX for s in tensor.stride):
+        raise TensorLayoutError(f"{where}: invalid stride {list(tensor.stride)}")
+    if tensor.offset < 0 or tensor.numel > INT64_MAX:
+        raise TensorLayoutError(f"{where}: invalid storage offset {tensor.offset} or element count")
+    storage = tensor.storage
+    if storage is None or tensor.numel == 0:
+        return
+    first, end = tensor.span()
+    if end > storage.numel:
+        raise TensorLayoutError(
+            f"{where}: shape {list(tensor.shape)} stride {list(tensor.stride)} offset {first} "
+            f"reaches element {end - 1} of storage {storage.key!r}, which holds {storage.numel}"
+        )
+
+
+@dataclass(eq=False)
+class PickledObject:
+    """An instance of a pickled class: its name, constructor arguments and state."""
+
+    cls: str
+    args: tuple[Any, ...] = ()
+    state: Any = None
+    items: list[Any] | None = None
+    dictitems: dict[Any, Any] | None = None
+
+    @property
+    def attributes(self) -> dict[Any, Any]:
+        """The instance dict BUILD would set (also from a `(dict, slots)` state)."""
+        state = self.state
+        if isinstance(state, tuple) and len(state) == 2 and isinstance(state[1], dict):
+            merged = dict(state[0]) if isinstance(state[0], dict) else {}
+            merged.update(state[1])
+            return merged
+        return state if isinstance(state, dict) else {}
+
+    @property
+    def is_module(self) -> bool:
+        attrs = self.attributes
+        return "_parameters" in attrs and "_modules" in attrs
+
+
+@dataclass(eq=False)
+class OpaqueCall:
+    """A call ckpttool does not interpret: shown by name, never made."""
+
+    func: str | None
+    args: tuple[Any, ...]
+
+    def __str__(self) -> str:
+        return f"<{self.func or 'computed callable'}(...)>"
+
+
+@dataclass(frozen=True)
+class GlobalName:
+    """A reference to a global used as a value (a dtype, a class, a function)."""
+
+    qualname: str
+
+    def __str__(self) -> str:
+        return self.qualname
+
+
+@dataclass
+class Checkpoint:
+    """Everything known about one checkpoint file (or sharded folder)."""
+
+    path: str
+    format: str
+    file_size: int
+    root: Any
+    storages: dict[str, Storage] = field(default_factory=dict)
+    byteorder: str = "little"
+    metadata: dict[str, str] = field(default_factory=dict)
+    anomalies: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)

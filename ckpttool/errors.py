@@ -1,0 +1,98 @@
+"""One error tree for everything ckpttool can refuse.
+
+Every failure a user can cause (a missing file, a corrupt archive, a hostile pickle,
+a bad option value) is a `CkptError`. The CLI turns each into exit code 2 and one
+stderr line; library users catch `CkptError`. Messages say what is wrong, where
+(file, record, tensor key, byte offset) and, where it helps, what to do next.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+EXIT_OK = 0
+EXIT_FINDINGS = 1
+EXIT_ERROR = 2
+
+
+class CkptError(Exception):
+    """Base of every error ckpttool raises on purpose."""
+
+    exit_code = EXIT_ERROR
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = path
+
+    def __str__(self) -> str:
+        if self.path:
+            return f"{self.path}: {self.message}"
+        return self.message
+
+
+class UsageError(CkptError):
+    """An option or argument that cannot be honoured."""
+
+
+class FileAccessError(CkptError):
+    """The file cannot be opened or read (missing, a directory, no permission)."""
+
+
+class FormatError(CkptError):
+    """The bytes are not a checkpoint ckpttool knows, or not a valid one."""
+
+
+class UnknownFormatError(FormatError):
+    """Nothing in the file's content matches a known checkpoint format."""
+
+
+class ZipFormatError(FormatError):
+    """The zip container is truncated or inconsistent."""
+
+
+class PickleError(FormatError):
+    """The pickle stream is malformed: truncated, bad opcode, stack or memo misuse."""
+
+    def __init__(self, message: str, *, path: str | None = None, offset: int | None = None):
+        if offset is not None:
+            message = f"{message} (pickle byte {offset})"
+        super().__init__(message, path=path)
+        self.offset = offset
+        self.partial: Any = None  # the machine's Decoded up to the failure, for scan
+
+
+class LimitError(PickleError):
+    """Decoding stopped at a safety limit (opcodes, memo, nesting, size)."""
+
+
+class SafetensorsError(FormatError):
+    """A safetensors header that the reference implementation would reject."""
+
+
+class TensorLayoutError(FormatError):
+    """A tensor whose shape, stride or offset does not fit its storage record."""
+
+
+class WeightsNotFoundError(CkptError):
+    """No weights root could be found, or `--root` names nothing usable."""
+
+
+class UnsafeFileError(CkptError):
+    """`--trust` was refused because the file scans as dangerous."""
+
+
+class VerificationError(CkptError):
+    """What was written does not read back equal to the source; nothing was kept."""
+
+
+class OutputExistsError(CkptError):
+    """The destination exists and `--force` was not given."""
+
+
+class ModelSpecError(CkptError):
+    """A `--model` spec that cannot be imported or called."""
+
+
+class DatasetError(CkptError):
+    """A dataset that is not on disk or cannot be read."""

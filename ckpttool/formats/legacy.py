@@ -1,0 +1,246 @@
+"""torch's legacy formats: stacked pickles (before 1.6) and the older tar archive.
+
+Stacked: the magic number, protocol version 1001, a sys_info dict, the main pickle,
+the sorted storage keys, then for each key an int64 element count and the raw
+bytes. Tar: members `sys_info`, `storages` (a count, then per storage a pickled
+`(key, location, type)` header, an int64 count and the bytes), `tensors` (per tensor
+a pickled header and binary sizes/strides/offset) and `pickle` (the main object,
+whose persistent ids name those tensors and storages).
+
+Every pickle is decoded by the machine; `seen` collects them for `scan`.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import tarfile
+from typing import Any
+
+from ckpttool.checkpoint import Checkpoint, Record, Storage, TensorRef
+from ckpttool.dtypes import storage_dtype
+from ckpttool.errors import FormatError
+from ckpttool.formats.torchpickle import StorageTable, check_tensors, interpret_torch_pickle
+from ckpttool.interpret import Interpreter
+from ckpttool.pickle import Decoded, Global, decode
+
+MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
+PROTOCOL_VERSION = 1001
+Seen = list[tuple[str, Decoded]]
+
+
+def is_tar(head: bytes) -> bool:
+    return len(head) >= 262 and head[257:262] == b"ustar"
+
+
+def starts_with_magic(data: Any) -> bool:
+    """True when the first pickle in `data` is torch's legacy magic number."""
+    try:
+        first = decode(data, end=min(len(data), 64))
+    except FormatError:
+        return False
+    return first.value == MAGIC_NUMBER and type(first.value) is int
+
+
+class _Reader:
+    """Sequential decoding over one mapped file, remembering every pickle for scan."""
+
+    def __init__(self, path: str, data: Any, seen: Seen | None) -> None:
+        self.path, self.data, self.seen = path, data, seen
+
+    def pickle(self, name: str, start: int, end: int | None = None) -> Decoded:
+        decoded = decode(self.data, start=start, end=end, source=f"{self.path}:{name}")
+        if self.seen is not None:
+            self.seen.append((name, decoded))
+        return decoded
+
+    def int64(self, offset: int, what: str) -> int:
+        if offset + 8 > len(self.data):
+            raise FormatError(f"{what} is cut off at byte {offset}", path=self.path)
+        return struct.unpack_from("<q", self.data, offset)[0]
+
+
+def _mapped(path: str) -> tuple[Any, Any]:
+    f = open(path, "rb")
+    try:
+        return f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (ValueError, OSError) as exc:
+        f.close()
+        raise FormatError(f"cannot map the file: {exc}", path=path) from None
+
+
+def read_legacy(path: str, seen: Seen | None = None) -> Checkpoint:
+    f, data = _mapped(path)
+    try:
+        return _read_stacked(_Reader(path, data, seen), os.fstat(f.fileno()).st_size)
+    finally:
+        data.close()
+        f.close()
+
+
+def _read_stacked(r: _Reader, size: int) -> Checkpoint:
+    magic = r.pickle("magic number", 0)
+    if magic.value != MAGIC_NUMBER:
+        raise FormatError("not a legacy torch file (no magic number)", path=r.path)
+    version = r.pickle("protocol version", magic.end)
+    if version.value != PROTOCOL_VERSION:
+        raise FormatError(
+            f"legacy protocol version {version.value!r}; torch reads only {PROTOCOL_VERSION}", path=r.path
+        )
+    sys_info = r.pickle("sys_info", version.end)
+    main = r.pickle("main pickle", sys_info.end)
+    keys = r.pickle("storage keys", main.end)
+    table = StorageTable(r.path, _byteorder(sys_info.value), allow_view_metadata=True)
+    root = interpret_torch_pickle(main, table)
+    end = _attach_stacked_records(r, table, keys.value, keys.end)
+    anomalies = list(table.anomalies)
+    if end != size:
+        anomalies.append(f"{size - end} bytes follow the last storage")
+    check_tensors(root, r.path)
+    return Checkpoint(r.path, "torch-legacy", size, root, table.storages, table.byteorder, {}, anomalies, [r.path])
+
+
+def _byteorder(sys_info: Any) -> str:
+    if isinstance(sys_info, dict) and sys_info.get("little_endian") is False:
+        return "big"
+    return "little"
+
+
+def _attach_stacked_records(r: _Reader, table: StorageTable, keys: Any, offset: int) -> int:
+    if not isinstance(keys, list):
+        raise FormatError("storage key list is not a list", path=r.path)
+    for key in keys:
+        storage = table.storages.get(str(key))
+        if storage is None:
+            raise FormatError(f"storage data for key {key!r}, which no tensor uses", path=r.path)
+        offset = _attach(r, storage, offset, f"storage {key!r}")
+    missing = [s.key for s in table.storages.values() if s.record is None]
+    if missing:
+        raise FormatError(f"storages without data: {', '.join(missing[:5])}", path=r.path)
+    return offset
+
+
+def _attach(r: _Reader, storage: Storage, offset: int, name: str) -> int:
+    """A storage's bytes: an int64 element count, then the elements."""
+    count = r.int64(offset, name)
+    if count != storage.numel:
+        raise FormatError(f"{name} holds {count} elements but declares {storage.numel}", path=r.path)
+    start, nbytes = offset + 8, storage.nbytes
+    if start + nbytes > len(r.data):
+        raise FormatError(f"{name} is cut off: needs {nbytes} bytes at byte {start}", path=r.path)
+    storage.record = Record(r.path, name, start, nbytes)
+    return start + nbytes
+
+
+# -- the tar variant ---------------------------------------------------------------
+
+
+def read_legacy_tar(path: str, seen: Seen | None = None) -> Checkpoint:
+    members = _tar_members(path)
+    f, data = _mapped(path)
+    try:
+        r = _Reader(path, data, seen)
+        objects: dict[str, Any] = {}
+        _read_tar_storages(r, members["storages"], objects)
+        _read_tar_tensors(r, members["tensors"], objects)
+        main = r.pickle("pickle", *members["pickle"])
+        root = Interpreter(lambda pid: _tar_object(r.path, objects, pid), path).value(main.value)
+        check_tensors(root, path)
+        storages = {k: v for k, v in objects.items() if isinstance(v, Storage)}
+        return Checkpoint(path, "torch-legacy-tar", os.fstat(f.fileno()).st_size, root, storages, files=[path])
+    finally:
+        data.close()
+        f.close()
+
+
+def _tar_members(path: str) -> dict[str, tuple[int, int]]:
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            found = {m.name: (m.offset_data, m.offset_data + m.size) for m in tar.getmembers() if m.isfile()}
+    except (tarfile.TarError, ValueError, UnicodeError, EOFError) as exc:
+        raise FormatError(f"unreadable tar archive: {exc}", path=path) from None
+    missing = [name for name in ("storages", "tensors", "pickle") if name not in found]
+    if missing:
+        raise FormatError(f"legacy tar checkpoint without {', '.join(missing)}", path=path)
+    return found
+
+
+def _read_tar_storages(r: _Reader, span: tuple[int, int], objects: dict[str, Any]) -> None:
+    start, end = span
+    count = r.pickle("storages: count", start, end)
+    pos = count.end
+    for i in range(_count(count.value, r.path)):
+        header = r.pickle(f"storages: header {i}", pos, end)
+        key, location, dtype = _storage_header(r.path, header.value)
+        numel = r.int64(header.end, f"storage {key!r}")
+        storage = Storage(key, dtype, numel, location)
+        objects[key] = storage
+        pos = _attach(r, storage, header.end, f"storage {key!r}")
+    views = r.pickle("storages: views", pos, end)
+    for view in views.value if isinstance(views.value, list) else []:
+        _add_view(r.path, objects, view)
+
+
+def _storage_header(path: str, value: Any) -> tuple[str, str, str]:
+    if isinstance(value, tuple) and len(value) == 3 and isinstance(value[2], Global):
+        dtype = storage_dtype(value[2].module, value[2].name)
+        if dtype is not None and isinstance(value[1], str):
+            return str(value[0]), value[1], dtype
+    raise FormatError(f"malformed storage header {value!r:.80}", path=path)
+
+
+def _add_view(path: str, objects: dict[str, Any], view: Any) -> None:
+    if not (isinstance(view, tuple) and len(view) == 4):
+        raise FormatError("malformed storage view", path=path)
+    target, base_key, offset, numel = view
+    base = objects.get(str(base_key))
+    if not isinstance(base, Storage) or base.record is None or offset < 0 or offset + numel > base.numel:
+        raise FormatError(f"storage view {target!r} does not fit storage {base_key!r}", path=path)
+    start = base.record.offset + offset * base.itemsize
+    record = Record(path, f"storage view {target!r}", start, numel * base.itemsize)
+    objects[str(target)] = Storage(str(target), base.dtype, numel, base.location, record)
+
+
+def _read_tar_tensors(r: _Reader, span: tuple[int, int], objects: dict[str, Any]) -> None:
+    start, end = span
+    count = r.pickle("tensors: count", start, end)
+    pos = count.end
+    for i in range(_count(count.value, r.path)):
+        header = r.pickle(f"tensors: header {i}", pos, end)
+        if not (isinstance(header.value, tuple) and len(header.value) == 3):
+            raise FormatError("malformed tensor header", path=r.path)
+        key, storage_id, _ = header.value
+        storage = objects.get(str(storage_id))
+        if not isinstance(storage, Storage):
+            raise FormatError(f"tensor {key!r} uses unknown storage {storage_id!r}", path=r.path)
+        tensor, pos = _tensor_layout(r, header.end, end, storage)
+        objects[str(key)] = tensor
+
+
+def _tensor_layout(r: _Reader, pos: int, end: int, storage: Storage) -> tuple[TensorRef, int]:
+    if pos + 8 > end:
+        raise FormatError("tensor layout cut off", path=r.path)
+    ndim = struct.unpack_from("<i", r.data, pos)[0]
+    if ndim < 0 or pos + 8 + 16 * ndim + 8 > end:
+        raise FormatError(f"tensor layout with {ndim} dimensions does not fit", path=r.path)
+    sizes = struct.unpack_from(f"<{ndim}q", r.data, pos + 8)
+    strides = struct.unpack_from(f"<{ndim}q", r.data, pos + 8 + 8 * ndim)
+    offset = struct.unpack_from("<q", r.data, pos + 8 + 16 * ndim)[0]
+    return TensorRef(storage.dtype, sizes, strides, offset, storage), pos + 16 + 16 * ndim
+
+
+def _tar_object(path: str, objects: dict[str, Any], pid: Any) -> Any:
+    if isinstance(pid, tuple) and pid:
+        return pid[0]  # ('module', cls, source_file, source): the class itself
+    found = objects.get(str(pid))
+    if found is None:
+        raise FormatError(f"persistent id {pid!r} names no stored tensor or storage", path=path)
+    return found
+
+
+def _count(value: Any, path: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise FormatError(f"malformed count {value!r:.40}", path=path)
+    return value
+

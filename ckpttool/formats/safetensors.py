@@ -1,0 +1,143 @@
+"""safetensors: an 8-byte little-endian header length, a JSON header, the data buffer.
+
+The header is validated as the reference implementation (`safetensors/src/tensor.rs`)
+does before anything is trusted: size limit, UTF-8, JSON object, known dtypes,
+shapes whose element count does not overflow, and offsets that, sorted, tile the
+data buffer exactly with no gap, overlap or leftover. Only the header is read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from typing import Any
+
+from ckpttool.checkpoint import Checkpoint, Record, Storage, TensorRef, contiguous_strides
+from ckpttool.dtypes import BY_SAFETENSORS
+from ckpttool.errors import SafetensorsError
+
+MAX_HEADER_SIZE = 100_000_000
+_U64_MAX = (1 << 64) - 1
+
+
+def looks_like_safetensors(head: bytes, file_size: int) -> bool:
+    if len(head) < 9:
+        return False
+    n = struct.unpack_from("<Q", head)[0]
+    return 2 <= n <= min(MAX_HEADER_SIZE, file_size - 8) and head[8:9] == b"{"
+
+
+def read_header(path: str) -> tuple[dict[str, Any], int, int]:
+    """(header, data_start, file_size) after the reference's size checks."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise SafetensorsError("file shorter than the 8-byte header length", path=path)
+        n = struct.unpack("<Q", prefix)[0]
+        if n > MAX_HEADER_SIZE:
+            raise SafetensorsError(f"header of {n} bytes exceeds the {MAX_HEADER_SIZE} byte limit", path=path)
+        if 8 + n > size:
+            raise SafetensorsError(f"header of {n} bytes is longer than the file", path=path)
+        raw = f.read(n)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise SafetensorsError("header is not valid UTF-8", path=path) from None
+    try:
+        header = json.loads(text, object_pairs_hook=_no_duplicates)
+    except (ValueError, RecursionError) as exc:
+        raise SafetensorsError(f"header is not valid JSON: {exc}", path=path) from None
+    if not isinstance(header, dict):
+        raise SafetensorsError("header is not a JSON object", path=path)
+    return header, 8 + n, size
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def read_safetensors(path: str) -> Checkpoint:
+    header, data_start, size = read_header(path)
+    metadata = _metadata(path, header.pop("__metadata__", None))
+    entries = {name: _entry(path, name, info) for name, info in header.items()}
+    _check_offsets(path, entries, size - data_start)
+    tensors: dict[str, Any] = {}
+    storages: dict[str, Storage] = {}
+    for name, (dtype, shape, begin, end) in entries.items():
+        record = Record(path, name, data_start + begin, end - begin)
+        numel = _numel(shape)
+        storage = Storage(name, dtype, numel, "cpu", record)
+        storages[name] = storage
+        tensors[name] = TensorRef(dtype, shape, contiguous_strides(shape), 0, storage)
+    return Checkpoint(path, "safetensors", size, tensors, storages, "little", metadata, [], [path])
+
+
+def _metadata(path: str, value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise SafetensorsError("__metadata__ must map strings to strings", path=path)
+    return value
+
+
+def _entry(path: str, name: str, info: Any) -> tuple[str, tuple[int, ...], int, int]:
+    if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+        raise SafetensorsError(f"tensor {name!r}: entry needs exactly dtype, shape, data_offsets", path=path)
+    dtype = BY_SAFETENSORS.get(info["dtype"]) if isinstance(info["dtype"], str) else None
+    if dtype is None:
+        raise SafetensorsError(f"tensor {name!r}: unknown dtype {info['dtype']!r}", path=path)
+    shape, offsets = info["shape"], info["data_offsets"]
+    if not _is_uint_list(shape):
+        raise SafetensorsError(f"tensor {name!r}: shape {shape!r} is not a list of sizes", path=path)
+    if not _is_uint_list(offsets) or len(offsets) != 2:
+        raise SafetensorsError(f"tensor {name!r}: data_offsets {offsets!r} is not [begin, end]", path=path)
+    begin, end = offsets
+    if end < begin:
+        raise SafetensorsError(f"tensor {name!r}: data_offsets end before they begin", path=path)
+    numel = _numel(tuple(shape))
+    if numel > _U64_MAX or numel * dtype.bits > _U64_MAX:
+        raise SafetensorsError(f"tensor {name!r}: shape {shape} overflows", path=path)
+    if (numel * dtype.bits) % 8:
+        raise SafetensorsError(f"tensor {name!r}: {numel} x {dtype.name} is not a whole number of bytes", path=path)
+    if end - begin != numel * dtype.bits // 8:
+        raise SafetensorsError(
+            f"tensor {name!r}: holds {end - begin} bytes but shape {shape} of {dtype.safetensors} needs "
+            f"{numel * dtype.bits // 8}",
+            path=path,
+        )
+    return dtype.name, tuple(shape), begin, end
+
+
+def _check_offsets(path: str, entries: dict[str, tuple[str, tuple[int, ...], int, int]], buffer: int) -> None:
+    position = 0
+    for name, (_, _, begin, end) in sorted(entries.items(), key=lambda e: (e[1][2], e[1][3])):
+        if begin != position:
+            what = "overlaps the previous tensor" if begin < position else "leaves a gap before it"
+            raise SafetensorsError(f"tensor {name!r}: data_offsets {what}", path=path)
+        position = end
+    if position != buffer:
+        raise SafetensorsError(
+            f"data buffer holds {buffer} bytes but the tensors describe {position}", path=path
+        )
+
+
+def _is_uint_list(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= _U64_MAX for v in value
+    )
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for dim in shape:
+        n *= dim
+    return n

@@ -1,0 +1,89 @@
+"""Sharded checkpoints: an `*.index.json` whose `weight_map` names each tensor's shard.
+
+This is the Hugging Face layout (`model.safetensors.index.json`,
+`pytorch_model.bin.index.json`). Every shard is read with its own reader; the
+tensors are listed shard by shard in file order, and each must be in the shard the
+index names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+from ckpttool.checkpoint import Checkpoint, TensorRef
+from ckpttool.errors import FormatError
+from ckpttool.weights import find_weights
+
+MAX_INDEX_SIZE = 100_000_000
+ShardReader = Callable[[str], Checkpoint]
+
+
+def find_index(folder: str) -> str | None:
+    names = sorted(n for n in os.listdir(folder) if n.endswith(".index.json"))
+    if len(names) > 1:
+        raise FormatError(f"several index files ({', '.join(names)}); pass one of them", path=folder)
+    return os.path.join(folder, names[0]) if names else None
+
+
+def load_index(path: str) -> dict[str, Any]:
+    if os.path.getsize(path) > MAX_INDEX_SIZE:
+        raise FormatError("index file larger than 100 MB", path=path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            index = json.load(f)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise FormatError(f"index is not valid JSON: {exc}", path=path) from None
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+    ):
+        raise FormatError("index has no weight_map of tensor names to shard files", path=path)
+    return index
+
+
+def is_index(path: str) -> bool:
+    try:
+        load_index(path)
+    except (FormatError, OSError):
+        return False
+    return True
+
+
+def read_sharded(index_path: str, read_shard: ShardReader) -> Checkpoint:
+    index = load_index(index_path)
+    weight_map: dict[str, str] = index["weight_map"]
+    folder = os.path.dirname(os.path.abspath(index_path))
+    shards = list(dict.fromkeys(weight_map.values()))
+    tensors: dict[str, TensorRef] = {}
+    storages, anomalies, files = {}, [], [index_path]
+    total = os.path.getsize(index_path)
+    for shard in shards:
+        path = _shard_path(folder, shard, index_path)
+        checkpoint = read_shard(path)
+        files.append(path)
+        total += checkpoint.file_size
+        found = find_weights(checkpoint.root).mapping()
+        expected = [name for name, s in weight_map.items() if s == shard]
+        missing = [name for name in expected if name not in found]
+        if missing:
+            raise FormatError(f"{len(missing)} tensors mapped to {shard} are not in it, e.g. {missing[0]!r}", path=index_path)
+        extra = [name for name in found if weight_map.get(name) != shard]
+        if extra:
+            anomalies.append(f"{shard} holds {len(extra)} tensors the index does not map to it, e.g. {extra[0]!r}")
+        tensors.update((name, t) for name, t in found.items() if weight_map.get(name) == shard)
+        storages.update((f"{shard}/{key}", s) for key, s in checkpoint.storages.items())
+        anomalies.extend(f"{shard}: {a}" for a in checkpoint.anomalies)
+    metadata = {k: str(v) for k, v in (index.get("metadata") or {}).items()} if isinstance(index.get("metadata"), dict) else {}
+    return Checkpoint(index_path, "sharded", total, tensors, storages, "little", metadata, anomalies, files)
+
+
+def _shard_path(folder: str, shard: str, index_path: str) -> str:
+    if os.path.isabs(shard) or ".." in shard.replace("\\", "/").split("/"):
+        raise FormatError(f"shard name {shard!r} points outside the index's folder", path=index_path)
+    path = os.path.join(folder, shard)
+    if not os.path.isfile(path):
+        raise FormatError(f"shard {shard} named in the index does not exist", path=index_path)
+    return path

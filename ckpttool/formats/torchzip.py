@@ -1,0 +1,151 @@
+"""torch's zip format (`torch.save` since 1.6) and TorchScript archives.
+
+`<root>/data.pkl` is decoded by the pickle machine; each storage lives in the
+uncompressed, aligned record `<root>/data/<key>`. The record must hold exactly
+`numel * itemsize` bytes, or the file is refused before anything is read from it.
+TorchScript archives (with `constants.pkl` and `code/`) are identified and their
+tensors listed from `data.pkl` and `constants.pkl`; they are never loaded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ckpttool.checkpoint import Checkpoint, Record, Storage
+from ckpttool.errors import FormatError, ZipFormatError
+from ckpttool.formats.torchpickle import StorageTable, check_tensors, interpret_torch_pickle
+from ckpttool.formats.ziparchive import (
+    ZipArchive,
+    ZipEntry,
+    crc_matches,
+    open_archive,
+    read_entry,
+    resolve_data_offset,
+)
+from ckpttool.pickle import DEFAULT_LIMITS, Decoded, decode
+from ckpttool.weights import all_tensors
+
+MAX_SMALL_RECORD = 4096
+
+
+def is_torchscript(archive: ZipArchive) -> bool:
+    return archive.record("constants.pkl") is not None
+
+
+def pickle_names(archive: ZipArchive) -> list[str]:
+    """Every pickle in the archive, under any root: the scan covers them all."""
+    return [name for name in archive.order if name.endswith(".pkl")]
+
+
+def read_pickle(archive: ZipArchive, entry: ZipEntry) -> Decoded:
+    data = read_entry(archive, entry, DEFAULT_LIMITS.max_bytes)
+    if not crc_matches(entry, data):
+        archive.anomalies.append(f"record {entry.name!r} fails its CRC-32 check")
+    return decode(data, source=f"{archive.path}:{entry.name}")
+
+
+def read_byteorder(archive: ZipArchive) -> str:
+    entry = archive.record("byteorder")
+    if entry is None:
+        return "little"  # torch's default for files without the record
+    value = read_entry(archive, entry, MAX_SMALL_RECORD)
+    if value not in (b"little", b"big"):
+        raise FormatError(f"byteorder record says {value[:20]!r}; expected 'little' or 'big'", path=archive.path)
+    return value.decode()
+
+
+def read_torch_zip(path: str, archive: ZipArchive | None = None) -> Checkpoint:
+    archive = archive or open_archive(path)
+    _check_roots(archive)
+    torchscript = is_torchscript(archive)
+    entry = archive.record("data.pkl")
+    if entry is None:
+        raise ZipFormatError(
+            f"zip archive without {archive.root}/data.pkl: not a torch checkpoint", path=path
+        )
+    table = StorageTable(path, read_byteorder(archive))
+    root = interpret_torch_pickle(read_pickle(archive, entry), table)
+    if torchscript:
+        root = _with_constants(archive, table, root)
+    for storage in table.storages.values():
+        storage.record = _record_for(archive, storage)
+    check_tensors(root, path)
+    return Checkpoint(
+        path=path,
+        format="torchscript" if torchscript else "torch-zip",
+        file_size=archive.file_size,
+        root=root,
+        storages=table.storages,
+        byteorder=table.byteorder,
+        metadata=_small_records(archive),
+        anomalies=archive.anomalies + table.anomalies,
+        files=[path],
+    )
+
+
+def _check_roots(archive: ZipArchive) -> None:
+    roots = archive.roots()
+    if len(roots) > 1:
+        archive.anomalies.append(
+            f"records under {len(roots)} root folders ({', '.join(roots)}); torch reads only {archive.root!r}"
+        )
+
+
+def _with_constants(archive: ZipArchive, table: StorageTable, root: Any) -> Any:
+    """TorchScript keeps tensor constants in constants.pkl, storages under constants/."""
+    entry = archive.record("constants.pkl")
+    if entry is None:
+        return root
+    constants = interpret_torch_pickle(read_pickle(archive, entry), _ConstantsTable(table))
+    if not all_tensors(constants):
+        return root
+    return {"data": root, "constants": constants}
+
+
+class _ConstantsTable(StorageTable):
+    """constants.pkl's storage keys name records under `constants/`, not `data/`."""
+
+    def __init__(self, parent: StorageTable) -> None:
+        super().__init__(parent.path, parent.byteorder)
+        self.parent = parent
+
+    def resolve(self, pid: Any) -> Any:
+        storage = super().resolve(pid)
+        if isinstance(storage, Storage):
+            key = f"constants:{storage.key}"
+            storage = self.parent.storages.setdefault(key, storage)
+        return storage
+
+
+def _record_for(archive: ZipArchive, storage: Storage) -> Record:
+    folder, _, key = storage.key.rpartition(":")
+    name = f"{folder or 'data'}/{key}"
+    entry = archive.record(name)
+    if entry is None:
+        raise FormatError(f"storage {storage.key!r} has no record {archive.root}/{name}", path=archive.path)
+    if entry.size != storage.nbytes:
+        raise FormatError(
+            f"record {entry.name} holds {entry.size} bytes but storage {storage.key!r} needs "
+            f"{storage.nbytes} ({storage.numel} x {storage.dtype})",
+            path=archive.path,
+        )
+    return Record(
+        path=archive.path,
+        name=entry.name,
+        offset=entry.data_offset,
+        size=entry.compressed_size,
+        compressed=entry.method != 0,
+        crc=entry.crc,
+        resolve=lambda: resolve_data_offset(archive, entry),
+    )
+
+
+def _small_records(archive: ZipArchive) -> dict[str, str]:
+    out = {}
+    for name in ("version", ".data/version", ".format_version", ".storage_alignment", ".data/serialization_id"):
+        entry = archive.record(name)
+        if entry is not None and entry.size <= 256:
+            out[name.lstrip(".").replace("data/", "")] = read_entry(archive, entry, 256).decode(
+                "utf-8", "replace"
+            ).strip()
+    return out

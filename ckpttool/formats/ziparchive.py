@@ -1,0 +1,246 @@
+"""The zip container of torch checkpoints, read the way torch's own reader does.
+
+torch (through miniz) finds records by their central-directory names and reaches the
+data through each local header's lengths. We do the same, without Python's
+`zipfile`, which refuses some archives torch accepts and accepts some torch refuses
+(that difference is how pickle scanners have been bypassed). Everything unusual is
+kept as an anomaly for `scan` and `check` to report: local names that differ from
+the central directory, encryption or patch flags, records outside the file, entries
+under more than one root folder.
+
+Only the central directory is read up front; a record's bytes are read on request,
+stored records by offset, DEFLATE ones through a decompressor capped at the size
+the caller expects.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from dataclasses import dataclass, field
+
+from ckpttool.errors import LimitError, ZipFormatError
+
+ZIP_MAGIC = b"PK\x03\x04"
+_EOCD = struct.Struct("<4s4H2LH")
+_EOCD64_LOCATOR = struct.Struct("<4sLQL")
+_EOCD64 = struct.Struct("<4sQ2H2L4Q")
+_CENTRAL = struct.Struct("<4s6H3L5H2L")
+_LOCAL = struct.Struct("<4s5H3L2H")
+_MAX_EOCD_SEARCH = 22 + 0xFFFF
+STORED, DEFLATED = 0, 8
+_FLAG_ENCRYPTED = 0x1
+_FLAG_PATCHED = 0x20
+_FLAG_STRONG_ENCRYPTION = 0x40
+
+
+@dataclass(slots=True)
+class ZipEntry:
+    """One central-directory record."""
+
+    name: str
+    method: int
+    flags: int
+    crc: int
+    compressed_size: int
+    size: int
+    header_offset: int
+    data_offset: int = -1  # resolved from the local header on first use
+
+
+@dataclass
+class ZipArchive:
+    path: str
+    file_size: int
+    entries: dict[str, ZipEntry]
+    order: list[str]
+    anomalies: list[str] = field(default_factory=list)
+
+    @property
+    def root(self) -> str:
+        """The folder torch reads records from: the first entry's top-level folder."""
+        first = self.order[0]
+        return first.split("/", 1)[0] if "/" in first else ""
+
+    def record(self, name: str) -> ZipEntry | None:
+        """The entry `<root>/<name>`, as torch's `get_record(name)` finds it."""
+        return self.entries.get(f"{self.root}/{name}")
+
+    def roots(self) -> list[str]:
+        return sorted({n.split("/", 1)[0] for n in self.order if "/" in n})
+
+
+def is_zip(head: bytes) -> bool:
+    return head[:4] == ZIP_MAGIC
+
+
+def open_archive(path: str) -> ZipArchive:
+    """Read the central directory of `path`; raise ZipFormatError when there is none."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        count, cd_offset, cd_size = _find_central_directory(f, size, path)
+        f.seek(cd_offset)
+        directory = f.read(cd_size)
+    if len(directory) != cd_size:
+        raise ZipFormatError("central directory runs past the end of the file", path=path)
+    archive = ZipArchive(path, size, {}, [])
+    _parse_central_directory(directory, count, archive)
+    if not archive.order:
+        raise ZipFormatError("zip archive holds no records", path=path)
+    return archive
+
+
+def _find_central_directory(f: object, size: int, path: str) -> tuple[int, int, int]:
+    tail_start = max(0, size - _MAX_EOCD_SEARCH)
+    f.seek(tail_start)  # type: ignore[attr-defined]
+    tail = f.read()  # type: ignore[attr-defined]
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or at + _EOCD.size > len(tail):
+        raise ZipFormatError(
+            "zip end-of-central-directory record not found (file truncated?)", path=path
+        )
+    _, disk, cd_disk, _, count, cd_size, cd_offset, _ = _EOCD.unpack_from(tail, at)
+    if disk != 0 or cd_disk != 0:
+        raise ZipFormatError("multi-disk zip archives are not supported", path=path)
+    if count == 0xFFFF or 0xFFFFFFFF in (cd_size, cd_offset):
+        count, cd_offset, cd_size = _zip64_directory(tail, at, path)
+    if cd_offset + cd_size > size:
+        raise ZipFormatError("central directory lies outside the file (truncated?)", path=path)
+    return count, cd_offset, cd_size
+
+
+def _zip64_directory(tail: bytes, eocd_at: int, path: str) -> tuple[int, int, int]:
+    loc_at = eocd_at - _EOCD64_LOCATOR.size
+    if loc_at < 0 or tail[loc_at : loc_at + 4] != b"PK\x06\x07":
+        raise ZipFormatError("zip64 locator missing", path=path)
+    rec_at = loc_at - _EOCD64.size
+    if rec_at < 0 or tail[rec_at : rec_at + 4] != b"PK\x06\x06":
+        raise ZipFormatError("zip64 end-of-central-directory record missing", path=path)
+    fields = _EOCD64.unpack_from(tail, rec_at)
+    count, cd_size, cd_offset = fields[7], fields[8], fields[9]
+    return count, cd_offset, cd_size
+
+
+def _parse_central_directory(directory: bytes, count: int, archive: ZipArchive) -> None:
+    pos = 0
+    for _ in range(count):
+        if directory[pos : pos + 4] != b"PK\x01\x02":
+            raise ZipFormatError("corrupt central directory entry", path=archive.path)
+        f = _CENTRAL.unpack_from(directory, pos)
+        flags, method, crc, csize, usize = f[3], f[4], f[7], f[8], f[9]
+        name_len, extra_len, comment_len, header_offset = f[10], f[11], f[12], f[16]
+        name_raw = directory[pos + 46 : pos + 46 + name_len]
+        extra = directory[pos + 46 + name_len : pos + 46 + name_len + extra_len]
+        pos += 46 + name_len + extra_len + comment_len
+        if 0xFFFFFFFF in (csize, usize, header_offset):
+            usize, csize, header_offset = _zip64_extra(extra, usize, csize, header_offset)
+        name = name_raw.decode("utf-8" if flags & 0x800 else "cp437", "replace")
+        _add_entry(archive, ZipEntry(name, method, flags, crc, csize, usize, header_offset))
+    if pos > len(directory):
+        raise ZipFormatError("central directory truncated", path=archive.path)
+
+
+def _zip64_extra(extra: bytes, usize: int, csize: int, offset: int) -> tuple[int, int, int]:
+    pos = 0
+    while pos + 4 <= len(extra):
+        tag, size = struct.unpack_from("<2H", extra, pos)
+        if tag == 0x0001:
+            values = iter(struct.unpack_from(f"<{size // 8}Q", extra, pos + 4))
+            usize = next(values, usize) if usize == 0xFFFFFFFF else usize
+            csize = next(values, csize) if csize == 0xFFFFFFFF else csize
+            offset = next(values, offset) if offset == 0xFFFFFFFF else offset
+            break
+        pos += 4 + size
+    return usize, csize, offset
+
+
+def _add_entry(archive: ZipArchive, entry: ZipEntry) -> None:
+    if entry.name in archive.entries:
+        archive.anomalies.append(f"record {entry.name!r} appears twice; the first is used")
+        return
+    if entry.flags & (_FLAG_ENCRYPTED | _FLAG_PATCHED | _FLAG_STRONG_ENCRYPTION):
+        archive.anomalies.append(
+            f"record {entry.name!r} has encryption/patch flags 0x{entry.flags:04x} (torch refuses it)"
+        )
+    if entry.method not in (STORED, DEFLATED):
+        archive.anomalies.append(f"record {entry.name!r} uses compression method {entry.method}")
+    if entry.header_offset + entry.compressed_size > archive.file_size:
+        archive.anomalies.append(f"record {entry.name!r} lies outside the file")
+    archive.entries[entry.name] = entry
+    archive.order.append(entry.name)
+
+
+def resolve_data_offset(archive: ZipArchive, entry: ZipEntry, f: object | None = None) -> int:
+    """Offset of the record's bytes: after its local header, whose lengths miniz trusts."""
+    if entry.data_offset >= 0:
+        return entry.data_offset
+    header = _pread(archive.path, entry.header_offset, _LOCAL.size, f)
+    if len(header) < _LOCAL.size or header[:4] != ZIP_MAGIC:
+        raise ZipFormatError(f"record {entry.name!r} has no local header", path=archive.path)
+    local = _LOCAL.unpack(header)
+    name_len, extra_len = local[9], local[10]
+    local_name = _pread(archive.path, entry.header_offset + _LOCAL.size, name_len, f)
+    if local_name.decode("utf-8", "replace") != entry.name:
+        archive.anomalies.append(
+            f"record {entry.name!r} is named {local_name.decode('utf-8', 'replace')!r} "
+            "in its local header"
+        )
+    entry.data_offset = entry.header_offset + _LOCAL.size + name_len + extra_len
+    if entry.data_offset + entry.compressed_size > archive.file_size:
+        raise ZipFormatError(f"record {entry.name!r} runs past the end of the file", path=archive.path)
+    return entry.data_offset
+
+
+def read_entry(archive: ZipArchive, entry: ZipEntry, max_size: int, f: object | None = None) -> bytes:
+    """The record's bytes, inflated if needed; never more than `max_size` bytes of output."""
+    offset = resolve_data_offset(archive, entry, f)
+    if entry.method == STORED:
+        if entry.compressed_size > max_size:
+            raise LimitError(f"record {entry.name!r} of {entry.compressed_size} bytes is too large", path=archive.path)
+        return _pread(archive.path, offset, entry.compressed_size, f)
+    if entry.method == DEFLATED:
+        return _inflate(archive, entry, offset, max_size, f)
+    raise ZipFormatError(
+        f"record {entry.name!r} uses unsupported compression method {entry.method}", path=archive.path
+    )
+
+
+def _inflate(archive: ZipArchive, entry: ZipEntry, offset: int, max_size: int, f: object | None) -> bytes:
+    raw = _pread(archive.path, offset, entry.compressed_size, f)
+    inflater = zlib.decompressobj(-15)
+    try:
+        out = inflater.decompress(raw, max_size + 1)
+    except zlib.error as exc:
+        raise ZipFormatError(f"record {entry.name!r} does not inflate: {exc}", path=archive.path) from None
+    if len(out) > max_size or inflater.unconsumed_tail:
+        raise LimitError(
+            f"compressed record {entry.name!r} expands beyond {max_size} bytes", path=archive.path
+        )
+    return out
+
+
+def crc_matches(entry: ZipEntry, data: bytes) -> bool:
+    return zlib.crc32(data) & 0xFFFFFFFF == entry.crc
+
+
+def _pread(path: str, offset: int, size: int, f: object | None) -> bytes:
+    if f is not None:
+        return pread_exact(f.fileno(), offset, size)  # type: ignore[attr-defined]
+    with open(path, "rb") as handle:
+        return pread_exact(handle.fileno(), offset, size)
+
+
+def pread_exact(fd: int, offset: int, size: int) -> bytes:
+    """Up to `size` bytes at `offset`; shorter only at the end of the file."""
+    first = os.pread(fd, size, offset)
+    if len(first) == size or not first:
+        return first
+    parts, got = [first], len(first)
+    while got < size:
+        chunk = os.pread(fd, size - got, offset + got)
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)

@@ -1,0 +1,351 @@
+"""From the pickle machine's inert graph to the checkpoint model.
+
+The graph says "call `torch._utils._rebuild_tensor_v2` with these arguments"; this
+module knows what torch would have built from that and builds the description
+instead: a `TensorRef`, an ordered dict, a `torch.Size` tuple, a device string, a
+`PickledObject` for an instance of any class. Nothing is imported or called; calls
+it does not know stay `OpaqueCall`s.
+
+Shared nodes map to shared results (tied weights stay one object), cycles are
+followed once, and nesting deeper than `MAX_DEPTH` is a `LimitError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ckpttool.checkpoint import (
+    GlobalName,
+    OpaqueCall,
+    PickledObject,
+    Storage,
+    TensorRef,
+    contiguous_strides,
+)
+from ckpttool.errors import LimitError, TensorLayoutError
+from ckpttool.pickle.objects import NEWOBJ, UNSET, Call, Global, PersistentRef
+
+MAX_DEPTH = 200
+PersistentResolver = Callable[[Any], Any]
+
+
+class Cycle:
+    """Where a tuple would contain itself: shown, not followed."""
+
+    def __str__(self) -> str:
+        return "<cycle>"
+
+
+class Interpreter:
+    def __init__(self, resolve_persistent: PersistentResolver, source: str) -> None:
+        self.resolve_persistent = resolve_persistent
+        self.source = source
+        self.memo: dict[int, Any] = {}
+        self.busy: set[int] = set()
+        self.depth = 0
+
+    def value(self, node: Any) -> Any:
+        if node is None or isinstance(node, (str, int, float, bytes, bool, complex)):
+            return node
+        key = id(node)
+        if key in self.memo:
+            return self.memo[key]
+        if key in self.busy:
+            return Cycle()
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise LimitError(f"object tree nested more than {MAX_DEPTH} levels deep", path=self.source)
+        self.busy.add(key)
+        try:
+            return self._value(node, key)
+        finally:
+            self.busy.discard(key)
+            self.depth -= 1
+
+    def _value(self, node: Any, key: int) -> Any:
+        if isinstance(node, list):
+            out: list[Any] = []
+            self.memo[key] = out
+            out.extend(self.value(item) for item in node)
+            return out
+        if isinstance(node, dict):
+            return self._fill_dict(key, node.items(), [])
+        if isinstance(node, Call):
+            return self._call(node, key)
+        result = self._leaf(node)
+        self.memo[key] = result
+        return result
+
+    def _leaf(self, node: Any) -> Any:
+        if isinstance(node, tuple):
+            return tuple(self.value(item) for item in node)
+        if isinstance(node, (set, frozenset)):
+            return type(node)(self.value(item) for item in node)
+        if isinstance(node, Global):
+            return GlobalName(node.qualname)
+        if isinstance(node, PersistentRef):
+            return self.resolve_persistent(self.value(node.pid))
+        if isinstance(node, bytearray):
+            return bytes(node)
+        return OpaqueCall(type(node).__name__, ())
+
+    def _fill_dict(self, key: int, pairs: Any, more: list[tuple[Any, Any]]) -> dict[Any, Any]:
+        out: dict[Any, Any] = {}
+        self.memo[key] = out
+        for k, v in list(pairs) + more:
+            out[_hashable(self.value(k))] = self.value(v)
+        return out
+
+    # -- calls -------------------------------------------------------------------
+
+    def _call(self, node: Call, key: int) -> Any:
+        name = node.func_name
+        if name in _DICT_TYPES:
+            pairs = _pairs_argument(node.args)
+            return self._fill_dict(key, pairs, node.dictitems or [])
+        if node.kind == NEWOBJ or name == "copyreg._reconstructor" or node.kind == "inst":
+            return self._instance(node, key)
+        builder = _BUILDERS.get(name or "")
+        if builder is not None:
+            result = builder(self, [self.value(a) for a in node.args])
+        else:
+            result = OpaqueCall(name, tuple(self.value(a) for a in node.args))
+        self.memo[key] = result
+        return result
+
+    def _instance(self, node: Call, key: int) -> Any:
+        cls, args = node.func, node.args
+        if node.func_name == "copyreg._reconstructor" and args:
+            cls, args = args[0], ()
+        qualname = cls.qualname if isinstance(cls, Global) else str(self.value(cls))
+        if qualname == "torch.nn.parameter.Parameter" and args:
+            result = self._parameter([self.value(a) for a in args])
+            self.memo[key] = result
+            return result
+        obj = PickledObject(qualname)
+        self.memo[key] = obj
+        obj.args = tuple(self.value(a) for a in args)
+        if node.state is not UNSET:
+            obj.state = self.value(node.state)
+        if node.items is not None:
+            obj.items = [self.value(i) for i in node.items]
+        if node.dictitems is not None:
+            obj.dictitems = {_hashable(self.value(k)): self.value(v) for k, v in node.dictitems}
+        return obj
+
+    # -- torch's rebuild functions, described instead of called ------------------------
+
+    def tensor(self, storage: Any, offset: Any, size: Any, stride: Any, dtype: str | None = None) -> TensorRef:
+        if not isinstance(storage, Storage):
+            raise TensorLayoutError(f"tensor built from {_kind(storage)} instead of a storage", path=self.source)
+        shape, strides = _int_tuple(size, "size", self.source), _int_tuple(stride, "stride", self.source)
+        if not isinstance(offset, int) or isinstance(offset, bool):
+            raise TensorLayoutError(f"storage offset is {_kind(offset)}", path=self.source)
+        return TensorRef(dtype or storage.dtype, shape, strides, offset, storage)
+
+    def _parameter(self, args: list[Any]) -> Any:
+        data = args[0] if args else None
+        if not isinstance(data, TensorRef):
+            return OpaqueCall("torch._utils._rebuild_parameter", tuple(args))
+        requires_grad = bool(args[1]) if len(args) > 1 else True
+        return _copy_tensor(data, kind="parameter", requires_grad=requires_grad)
+
+
+def _rebuild_tensor_v2(it: Interpreter, a: list[Any]) -> TensorRef:
+    _need(a, 4, "_rebuild_tensor_v2", it.source)
+    t = it.tensor(a[0], a[1], a[2], a[3])
+    t.requires_grad = bool(a[4]) if len(a) > 4 else False
+    return t
+
+
+def _rebuild_tensor_v3(it: Interpreter, a: list[Any]) -> TensorRef:
+    _need(a, 7, "_rebuild_tensor_v3", it.source)
+    dtype = a[6].qualname.removeprefix("torch.") if isinstance(a[6], GlobalName) else None
+    t = it.tensor(a[0], a[1], a[2], a[3], dtype)
+    t.requires_grad = bool(a[4])
+    return t
+
+
+def _rebuild_tensor(it: Interpreter, a: list[Any]) -> TensorRef:
+    _need(a, 4, "_rebuild_tensor", it.source)
+    return it.tensor(a[0], a[1], a[2], a[3])
+
+
+def _rebuild_parameter(it: Interpreter, a: list[Any]) -> Any:
+    return it._parameter(a)
+
+
+def _rebuild_qtensor(it: Interpreter, a: list[Any]) -> TensorRef:
+    _need(a, 5, "_rebuild_qtensor", it.source)
+    t = it.tensor(a[0], a[1], a[2], a[3])
+    t.extra["quantizer"] = a[4]
+    t.requires_grad = bool(a[5]) if len(a) > 5 else False
+    return t
+
+
+def _rebuild_meta(it: Interpreter, a: list[Any]) -> TensorRef:
+    _need(a, 3, "_rebuild_meta_tensor_no_storage", it.source)
+    dtype = a[0].qualname.removeprefix("torch.") if isinstance(a[0], GlobalName) else "float32"
+    shape = _int_tuple(a[1], "size", it.source)
+    stride = _int_tuple(a[2], "stride", it.source)
+    return TensorRef(dtype, shape, stride, 0, None, requires_grad=bool(a[3]) if len(a) > 3 else False)
+
+
+def _rebuild_from_type_v2(it: Interpreter, a: list[Any]) -> Any:
+    # (func, new_type, args, state): the tensor is func(*args); new_type is its class.
+    _need(a, 3, "_rebuild_from_type_v2", it.source)
+    func, new_type, args = a[0], a[1], a[2]
+    builder = _BUILDERS.get(func.qualname) if isinstance(func, GlobalName) else None
+    if builder is None or not isinstance(args, tuple):
+        return OpaqueCall("torch._tensor._rebuild_from_type_v2", tuple(a))
+    tensor = builder(it, list(args))
+    if isinstance(tensor, TensorRef) and isinstance(new_type, GlobalName):
+        if new_type.qualname not in ("torch.Tensor", "torch.nn.parameter.Parameter"):
+            tensor = _copy_tensor(tensor, kind=new_type.qualname)
+    return tensor
+
+
+def _rebuild_sparse(it: Interpreter, a: list[Any]) -> Any:
+    # data is (indices, values, size, ...) for COO, (crow, col, values, size) for CSR.
+    _need(a, 2, "_rebuild_sparse_tensor", it.source)
+    layout, data = a[0], a[1]
+    parts = [p for p in data if isinstance(p, TensorRef)] if isinstance(data, tuple) else []
+    sizes = [p for p in data if isinstance(p, tuple)] if isinstance(data, tuple) else []
+    if not parts or not sizes:
+        return OpaqueCall("torch._utils._rebuild_sparse_tensor", tuple(a))
+    size = _int_tuple(sizes[0], "size", it.source)
+    values = parts[-1]
+    t = TensorRef(values.dtype, size, contiguous_strides(size), 0, values.storage, layout=str(layout))
+    t.extra["parts"] = parts
+    return t
+
+
+def _size(it: Interpreter, a: list[Any]) -> Any:
+    return tuple(a[0]) if a and isinstance(a[0], (tuple, list)) else OpaqueCall("torch.Size", tuple(a))
+
+
+def _device(it: Interpreter, a: list[Any]) -> Any:
+    if len(a) == 1 and isinstance(a[0], str):
+        return a[0]
+    if len(a) == 2 and isinstance(a[0], str) and isinstance(a[1], int):
+        return f"{a[0]}:{a[1]}"
+    return OpaqueCall("torch.device", tuple(a))
+
+
+def _layout(it: Interpreter, a: list[Any]) -> Any:
+    return a[0].removeprefix("torch.") if a and isinstance(a[0], str) else OpaqueCall("_get_layout", tuple(a))
+
+
+def _encode(it: Interpreter, a: list[Any]) -> Any:
+    # protocol 2 writes bytes as _codecs.encode(text, 'latin1'); decode that, nothing else.
+    if len(a) == 2 and isinstance(a[0], str) and a[1] in ("latin1", "latin-1"):
+        return a[0].encode("latin-1", "surrogatepass")
+    if len(a) == 0:
+        return b""
+    return OpaqueCall("_codecs.encode", tuple(a))
+
+
+def _set(it: Interpreter, a: list[Any]) -> Any:
+    try:
+        return set(a[0]) if a else set()
+    except TypeError:
+        return OpaqueCall("builtins.set", tuple(a))
+
+
+def _frozenset(it: Interpreter, a: list[Any]) -> Any:
+    try:
+        return frozenset(a[0]) if a else frozenset()
+    except TypeError:
+        return OpaqueCall("builtins.frozenset", tuple(a))
+
+
+def _bytearray(it: Interpreter, a: list[Any]) -> Any:
+    if not a:
+        return b""
+    if isinstance(a[0], bytes):
+        return a[0]
+    return OpaqueCall("builtins.bytearray", tuple(a))
+
+
+def _complex(it: Interpreter, a: list[Any]) -> Any:
+    if all(isinstance(x, (int, float)) for x in a) and len(a) <= 2:
+        return complex(*a)
+    return OpaqueCall("builtins.complex", tuple(a))
+
+
+_BUILDERS: dict[str, Callable[[Interpreter, list[Any]], Any]] = {
+    "torch._utils._rebuild_tensor_v2": _rebuild_tensor_v2,
+    "torch._utils._rebuild_tensor_v3": _rebuild_tensor_v3,
+    "torch._utils._rebuild_tensor": _rebuild_tensor,
+    "torch._utils._rebuild_parameter": _rebuild_parameter,
+    "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
+    "torch._utils._rebuild_qtensor": _rebuild_qtensor,
+    "torch._utils._rebuild_meta_tensor_no_storage": _rebuild_meta,
+    "torch._utils._rebuild_sparse_tensor": _rebuild_sparse,
+    "torch._tensor._rebuild_from_type_v2": _rebuild_from_type_v2,
+    "torch.Size": _size,
+    "torch.device": _device,
+    "torch.serialization._get_layout": _layout,
+    "_codecs.encode": _encode,
+    "builtins.set": _set,
+    "builtins.frozenset": _frozenset,
+    "builtins.bytearray": _bytearray,
+    "builtins.complex": _complex,
+}
+_DICT_TYPES = frozenset({"collections.OrderedDict", "collections.Counter", "builtins.dict"})
+
+
+def _copy_tensor(t: TensorRef, *, kind: str, requires_grad: bool | None = None) -> TensorRef:
+    return TensorRef(
+        t.dtype,
+        t.shape,
+        t.stride,
+        t.offset,
+        t.storage,
+        t.requires_grad if requires_grad is None else requires_grad,
+        kind,
+        t.layout,
+        dict(t.extra),
+        t.meta_device,
+    )
+
+
+def _pairs_argument(args: tuple[Any, ...]) -> list[tuple[Any, Any]]:
+    """OrderedDict(...) arguments: nothing, or one list of [key, value] pairs."""
+    if not args:
+        return []
+    first = args[0]
+    if isinstance(first, (list, tuple)):
+        return [tuple(p) for p in first if isinstance(p, (list, tuple)) and len(p) == 2]
+    if isinstance(first, dict):
+        return list(first.items())
+    return []
+
+
+def _int_tuple(value: Any, what: str, source: str) -> tuple[int, ...]:
+    if isinstance(value, list):
+        value = tuple(value)
+    if not isinstance(value, tuple) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        raise TensorLayoutError(f"tensor {what} is {_kind(value)}, not a tuple of integers", path=source)
+    return value
+
+
+def _need(args: list[Any], n: int, func: str, source: str) -> None:
+    if len(args) < n:
+        raise TensorLayoutError(f"{func} called with {len(args)} arguments, needs {n}", path=source)
+
+
+def _kind(value: Any) -> str:
+    return f"a {type(value).__name__}"
+
+
+def _hashable(key: Any) -> Any:
+    try:
+        hash(key)
+    except TypeError:
+        return repr(key)
+    return key
+

@@ -1,0 +1,769 @@
+"""A pickle decoder that executes nothing.
+
+`decode` walks the opcodes of one pickle (protocols 0-5) and builds the object graph
+the pickle describes, with every global, call and persistent id replaced by the inert
+records of `ckpttool.pickle.objects`. Nothing named in the stream is imported or
+called. While it decodes, it notes what a security review needs: how each global is
+used (called, instantiated, given state, only referenced), which opcodes torch's
+`weights_only` unpickler would refuse, and shapes that only an attack produces.
+
+It is iterative (no recursion, whatever the nesting), bounded by `Limits`, and fails
+with a `PickleError` / `LimitError` that names the byte offset, never with an
+IndexError, RecursionError or MemoryError.
+"""
+
+from __future__ import annotations
+
+import _compat_pickle
+import codecs
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ckpttool.errors import LimitError, PickleError
+from ckpttool.pickle.objects import (
+    CALL,
+    INST,
+    NEWOBJ,
+    UNSET,
+    Call,
+    Extension,
+    Global,
+    OutOfBandBuffer,
+    PersistentRef,
+)
+from ckpttool.pickle.opcodes import NAMES, TORCH_OPCODES
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on the work one pickle may cause. Exceeding any is a `LimitError`."""
+
+    max_bytes: int = 4 << 30
+    max_opcodes: int = 50_000_000
+    max_memo: int = 10_000_000
+    max_mark_depth: int = 10_000
+    max_text_line: int = 1 << 20
+    max_long_bytes: int = 1 << 16
+    max_key_depth: int = 64
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass
+class Decoded:
+    """One decoded pickle: its value and what a security review needs to know."""
+
+    value: Any
+    start: int
+    end: int
+    protocol: int
+    opcodes: int
+    globals: list[Global]
+    foreign_opcodes: dict[str, int] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+
+# How a global was used; a Global's `uses` is a set of these.
+USE_CALL = "call"
+USE_INSTANTIATE = "instantiate"
+USE_BUILD = "build"
+USE_REFERENCE = "reference"
+
+# Containers that torch lets SETITEM(S) fill (collections.OrderedDict is a Call here).
+_DICT_LIKE_GLOBALS = frozenset({"collections.OrderedDict", "collections.Counter"})
+_PLAIN_KEY_TYPES = (str, int, float, bytes, bool, type(None))
+
+_unpack_I = struct.Struct("<I").unpack_from
+_unpack_i = struct.Struct("<i").unpack_from
+_unpack_H = struct.Struct("<H").unpack_from
+_unpack_Q = struct.Struct("<Q").unpack_from
+_unpack_d = struct.Struct(">d").unpack_from
+
+_STOP = -1
+
+
+class TrackedGlobal(Global):
+    """A Global that remembers how the pickle used it."""
+
+    __slots__ = ("uses", "offset")
+
+    def __init__(self, module: str, name: str, offset: int) -> None:
+        super().__init__(module, name)
+        self.uses: set[str] = set()
+        self.offset = offset
+
+
+def decode(
+    data: bytes | Any,
+    *,
+    start: int = 0,
+    end: int | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    source: str | None = None,
+) -> Decoded:
+    """Decode the pickle starting at `data[start]` (bytes or an mmap) without executing it."""
+    return _Machine(data, start, len(data) if end is None else end, limits, source).run()
+
+
+class _Machine:
+    def __init__(
+        self, data: Any, start: int, end: int, limits: Limits, source: str | None
+    ) -> None:
+        if end - start > limits.max_bytes:
+            raise LimitError(f"pickle of {end - start} bytes exceeds the limit", path=source)
+        self.data = data
+        self.start = start
+        self.end = end
+        self.limits = limits
+        self.source = source
+        self.stack: list[Any] = []
+        self.metastack: list[list[Any]] = []
+        self.memo: dict[int, Any] = {}
+        self.protocol = 0
+        self.result: Any = None
+        self.op_pos = start
+        self.globals: list[Global] = []
+        self.foreign: dict[str, int] = {}
+        self.problems: list[str] = []
+        self.dispatch = self._build_dispatch()
+
+    # -- the loop ---------------------------------------------------------------
+
+    def run(self) -> Decoded:
+        data, end, dispatch = self.data, self.end, self.dispatch
+        max_ops = self.limits.max_opcodes
+        pos, count = self.start, 0
+        try:
+            while pos >= 0:
+                if pos >= end:
+                    raise self.error("pickle ends before its STOP opcode (truncated?)", pos)
+                op = data[pos]
+                handler = dispatch[op]
+                if handler is None:
+                    raise self.error(f"invalid opcode 0x{op:02x}", pos)
+                self.op_pos = pos
+                pos = handler(pos + 1)
+                count += 1
+                if count > max_ops:
+                    raise self.limit(f"more than {max_ops} opcodes")
+        except IndexError:
+            raise self.partial(self.error("stack underflow", self.op_pos)) from None
+        except RecursionError:  # only reachable through C-level hashing of nested keys
+            raise self.partial(self.limit("structure nested too deeply")) from None
+        except PickleError as exc:
+            raise self.partial(exc) from None
+        return self.snapshot(self.result, self.stop_pos, count)
+
+    def snapshot(self, value: Any, end: int, count: int) -> Decoded:
+        return Decoded(
+            value=value,
+            start=self.start,
+            end=end,
+            protocol=self.protocol,
+            opcodes=count,
+            globals=self.globals,
+            foreign_opcodes=self.foreign,
+            problems=self.problems,
+        )
+
+    def partial(self, exc: PickleError) -> PickleError:
+        """Attach what was decoded before the failure: a scan still reports those globals."""
+        exc.partial = self.snapshot(None, self.op_pos, -1)
+        return exc
+
+    def error(self, message: str, offset: int | None = None) -> PickleError:
+        return PickleError(message, path=self.source, offset=offset)
+
+    def limit(self, message: str) -> LimitError:
+        return LimitError(f"limit reached: {message}", path=self.source, offset=self.op_pos)
+
+    def problem(self, message: str) -> None:
+        self.problems.append(f"{message} (pickle byte {self.op_pos})")
+
+    # -- reading arguments -------------------------------------------------------
+
+    def take(self, pos: int, n: int) -> bytes:
+        if n < 0 or pos + n > self.end:
+            raise self.error(f"argument of {n} bytes runs past the end of the pickle", pos)
+        return bytes(self.data[pos : pos + n])
+
+    def line(self, pos: int) -> tuple[bytes, int]:
+        limit = min(self.end, pos + self.limits.max_text_line)
+        newline = self.data.find(b"\n", pos, limit)
+        if newline < 0:
+            raise self.error("text argument without its newline", pos)
+        return bytes(self.data[pos:newline]), newline + 1
+
+    def fixed(self, pos: int, n: int) -> int:
+        if pos + n > self.end:
+            raise self.error("pickle ends inside an opcode argument", pos)
+        return pos + n
+
+    # -- stack helpers -------------------------------------------------------------
+
+    def pop_mark(self) -> list[Any]:
+        if not self.metastack:
+            raise self.error("MARK expected but none is open", self.op_pos)
+        items = self.stack
+        self.stack = self.metastack.pop()
+        return items
+
+    def checked_key(self, key: Any) -> Any:
+        """Refuse dict keys and set members that are unhashable or nested without end."""
+        if isinstance(key, _PLAIN_KEY_TYPES):
+            return key
+        depth, frontier = 0, [key]
+        while frontier:
+            depth += 1
+            if depth > self.limits.max_key_depth:
+                raise self.limit("dict key or set member nested too deeply")
+            nxt: list[Any] = []
+            for item in frontier:
+                if isinstance(item, (tuple, frozenset)):
+                    nxt.extend(item)
+                elif isinstance(item, (list, dict, set, bytearray)):
+                    raise self.error(f"unhashable {type(item).__name__} used as a key")
+            frontier = nxt
+        return key
+
+    def memo_put(self, index: int, value: Any) -> None:
+        if index not in self.memo and len(self.memo) >= self.limits.max_memo:
+            raise self.limit(f"more than {self.limits.max_memo} memo entries")
+        self.memo[index] = value
+
+    def memo_get(self, index: int) -> Any:
+        try:
+            return self.memo[index]
+        except KeyError:
+            raise self.error(f"memo slot {index} read before it was written") from None
+
+    def make_global(self, module: str, name: str) -> Global:
+        if self.protocol < 3:  # what pickle's fix_imports (and torch) resolve it to
+            if (module, name) in _compat_pickle.NAME_MAPPING:
+                module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+            elif module in _compat_pickle.IMPORT_MAPPING:
+                module = _compat_pickle.IMPORT_MAPPING[module]
+        ref = TrackedGlobal(module, name, self.op_pos)
+        self.globals.append(ref)
+        return ref
+
+    def note_call(self, func: Any, use: str, opcode: str) -> None:
+        if isinstance(func, TrackedGlobal):
+            func.uses.add(use)
+        else:
+            self.problem(f"{opcode} on {_describe(func)}, a value computed inside the pickle")
+
+    # -- opcode handlers: each takes the offset after the opcode byte and returns the next ---
+
+    def op_mark(self, pos: int) -> int:
+        if len(self.metastack) >= self.limits.max_mark_depth:
+            raise self.limit(f"more than {self.limits.max_mark_depth} nested MARKs")
+        self.metastack.append(self.stack)
+        self.stack = []
+        return pos
+
+    def op_stop(self, pos: int) -> int:
+        self.result = self.stack.pop()
+        self.stop_pos = pos
+        return _STOP
+
+    def op_pop(self, pos: int) -> int:
+        if self.stack:
+            self.stack.pop()
+        else:
+            self.pop_mark()
+        return pos
+
+    def op_pop_mark(self, pos: int) -> int:
+        self.pop_mark()
+        return pos
+
+    def op_dup(self, pos: int) -> int:
+        self.stack.append(self.stack[-1])
+        return pos
+
+    def op_proto(self, pos: int) -> int:
+        new = self.fixed(pos, 1)
+        self.protocol = self.data[pos]
+        if self.protocol > 5:
+            raise self.error(f"unsupported pickle protocol {self.protocol}", pos)
+        return new
+
+    def op_frame(self, pos: int) -> int:
+        new = self.fixed(pos, 8)
+        if _unpack_Q(self.data, pos)[0] > self.end - new:
+            raise self.error("FRAME longer than the rest of the pickle", pos)
+        return new
+
+    # constants
+    def op_none(self, pos: int) -> int:
+        self.stack.append(None)
+        return pos
+
+    def op_newtrue(self, pos: int) -> int:
+        self.stack.append(True)
+        return pos
+
+    def op_newfalse(self, pos: int) -> int:
+        self.stack.append(False)
+        return pos
+
+    # integers
+    def op_binint(self, pos: int) -> int:
+        new = self.fixed(pos, 4)
+        self.stack.append(_unpack_i(self.data, pos)[0])
+        return new
+
+    def op_binint1(self, pos: int) -> int:
+        new = self.fixed(pos, 1)
+        self.stack.append(self.data[pos])
+        return new
+
+    def op_binint2(self, pos: int) -> int:
+        new = self.fixed(pos, 2)
+        self.stack.append(_unpack_H(self.data, pos)[0])
+        return new
+
+    def op_long1(self, pos: int) -> int:
+        new = self.fixed(pos, 1)
+        raw = self.take(new, self.data[pos])
+        self.stack.append(int.from_bytes(raw, "little", signed=True))
+        return new + len(raw)
+
+    def op_long4(self, pos: int) -> int:
+        new = self.fixed(pos, 4)
+        n = _unpack_i(self.data, pos)[0]
+        if n < 0:
+            raise self.error("LONG4 with a negative byte count", pos)
+        if n > self.limits.max_long_bytes:
+            raise self.limit(f"integer of {n} bytes")
+        raw = self.take(new, n)
+        self.stack.append(int.from_bytes(raw, "little", signed=True))
+        return new + n
+
+    def op_int(self, pos: int) -> int:
+        text, new = self.line(pos)
+        if text == b"01":
+            self.stack.append(True)
+        elif text == b"00":
+            self.stack.append(False)
+        else:
+            self.stack.append(self.parse_int(text, pos))
+        return new
+
+    def op_long(self, pos: int) -> int:
+        text, new = self.line(pos)
+        self.stack.append(self.parse_int(text.rstrip(b"L"), pos))
+        return new
+
+    def parse_int(self, text: bytes, pos: int) -> int:
+        if len(text) > 4300:  # Python's own limit on decimal conversion
+            raise self.limit("decimal integer too long")
+        try:
+            return int(text)
+        except ValueError:
+            raise self.error("malformed decimal integer", pos) from None
+
+    # floats
+    def op_binfloat(self, pos: int) -> int:
+        new = self.fixed(pos, 8)
+        self.stack.append(_unpack_d(self.data, pos)[0])
+        return new
+
+    def op_float(self, pos: int) -> int:
+        text, new = self.line(pos)
+        try:
+            self.stack.append(float(text))
+        except ValueError:
+            raise self.error("malformed FLOAT", pos) from None
+        return new
+
+    # strings and bytes
+    def push_unicode(self, pos: int, n: int) -> int:
+        raw = self.take(pos, n)
+        try:
+            self.stack.append(raw.decode("utf-8", "surrogatepass"))
+        except UnicodeDecodeError:
+            raise self.error("string is not valid UTF-8", pos) from None
+        return pos + n
+
+    def op_binunicode(self, pos: int) -> int:
+        new = self.fixed(pos, 4)
+        return self.push_unicode(new, _unpack_I(self.data, pos)[0])
+
+    def op_short_binunicode(self, pos: int) -> int:
+        new = self.fixed(pos, 1)
+        return self.push_unicode(new, self.data[pos])
+
+    def op_binunicode8(self, pos: int) -> int:
+        new = self.fixed(pos, 8)
+        return self.push_unicode(new, _unpack_Q(self.data, pos)[0])
+
+    def op_unicode(self, pos: int) -> int:
+        text, new = self.line(pos)
+        try:
+            self.stack.append(text.decode("raw-unicode-escape"))
+        except UnicodeDecodeError:
+            raise self.error("malformed UNICODE", pos) from None
+        return new
+
+    def push_py2_string(self, raw: bytes) -> None:
+        # torch.load decodes Python 2 `str` as UTF-8; keep undecodable ones as bytes.
+        try:
+            self.stack.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            self.stack.append(raw)
+
+    def op_short_binstring(self, pos: int) -> int:
+        new = self.fixed(pos, 1)
+        raw = self.take(new, self.data[pos])
+        self.push_py2_string(raw)
+        return new + len(raw)
+
+    def op_binstring(self, pos: int) -> int:
+        new = self.fixed(pos, 4)
+        n = _unpack_i(self.data, pos)[0]
+        raw = self.take(new, n)
+        self.push_py2_string(raw)
+        return new + n
+
+    def op_string(self, pos: int) -> int:
+        text, new = self.line(pos)
+        if len(text) < 2 or text[0] != text[-1] or text[:1] not in (b"'", b'"'):
+            raise self.error("STRING argument is not quoted", pos)
+        try:
+            raw = codecs.escape_decode(text[1:-1])[0]
+        except ValueError:
+            raise self.error("malformed STRING escape", pos) from None
+        self.push_py2_string(raw)
+        return new
+
+    def push_bytes(self, pos: int, n: int) -> int:
+        self.stack.append(self.take(pos, n))
+        return pos + n
+
+    def op_short_binbytes(self, pos: int) -> int:
+        new = self.fixed(pos, 1)
+        return self.push_bytes(new, self.data[pos])
+
+    def op_binbytes(self, pos: int) -> int:
+        new = self.fixed(pos, 4)
+        return self.push_bytes(new, _unpack_I(self.data, pos)[0])
+
+    def op_binbytes8(self, pos: int) -> int:
+        new = self.fixed(pos, 8)
+        return self.push_bytes(new, _unpack_Q(self.data, pos)[0])
+
+    def op_bytearray8(self, pos: int) -> int:
+        new = self.fixed(pos, 8)
+        n = _unpack_Q(self.data, pos)[0]
+        self.stack.append(bytearray(self.take(new, n)))
+        return new + n
+
+    def op_next_buffer(self, pos: int) -> int:
+        self.problem("NEXT_BUFFER needs out-of-band data the file does not hold")
+        self.stack.append(OutOfBandBuffer())
+        return pos
+
+    def op_readonly_buffer(self, pos: int) -> int:
+        top = self.stack[-1]
+        if isinstance(top, OutOfBandBuffer):
+            top.readonly = True
+        return pos
+
+    # containers
+    def op_empty_tuple(self, pos: int) -> int:
+        self.stack.append(())
+        return pos
+
+    def op_tuple(self, pos: int) -> int:
+        items = tuple(self.pop_mark())  # pop first: it swaps self.stack
+        self.stack.append(items)
+        return pos
+
+    def op_tuple1(self, pos: int) -> int:
+        self.stack[-1] = (self.stack[-1],)
+        return pos
+
+    def op_tuple2(self, pos: int) -> int:
+        stack = self.stack
+        if len(stack) < 2:
+            raise IndexError
+        stack[-2:] = [(stack[-2], stack[-1])]
+        return pos
+
+    def op_tuple3(self, pos: int) -> int:
+        stack = self.stack
+        if len(stack) < 3:
+            raise IndexError
+        stack[-3:] = [(stack[-3], stack[-2], stack[-1])]
+        return pos
+
+    def op_empty_list(self, pos: int) -> int:
+        self.stack.append([])
+        return pos
+
+    def op_list(self, pos: int) -> int:
+        items = self.pop_mark()
+        self.stack.append(items)
+        return pos
+
+    def op_empty_dict(self, pos: int) -> int:
+        self.stack.append({})
+        return pos
+
+    def op_dict(self, pos: int) -> int:
+        items = self.pop_mark()
+        if len(items) % 2:
+            raise self.error("DICT with an odd number of items", self.op_pos)
+        pairs = {self.checked_key(items[i]): items[i + 1] for i in range(0, len(items), 2)}
+        self.stack.append(pairs)
+        return pos
+
+    def op_empty_set(self, pos: int) -> int:
+        self.stack.append(set())
+        return pos
+
+    def op_frozenset(self, pos: int) -> int:
+        members = frozenset(self.checked_key(i) for i in self.pop_mark())
+        self.stack.append(members)
+        return pos
+
+    def op_additems(self, pos: int) -> int:
+        items = self.pop_mark()
+        target = self.stack[-1]
+        if isinstance(target, set):
+            target.update(self.checked_key(i) for i in items)
+        else:
+            self.problem(f"ADDITEMS on {_describe(target)}, which is not a set")
+            self.add_items(target, items)
+        return pos
+
+    def op_append(self, pos: int) -> int:
+        item = self.stack.pop()
+        self.append_items(self.stack[-1], [item], "APPEND")
+        return pos
+
+    def op_appends(self, pos: int) -> int:
+        items = self.pop_mark()
+        self.append_items(self.stack[-1], items, "APPENDS")
+        return pos
+
+    def append_items(self, target: Any, items: list[Any], opcode: str) -> None:
+        if type(target) is list:
+            target.extend(items)
+            return
+        if not isinstance(target, Call) or target.kind != NEWOBJ:
+            self.problem(f"{opcode} on {_describe(target)}, which torch refuses")
+        self.add_items(target, items)
+
+    def add_items(self, target: Any, items: list[Any]) -> None:
+        if isinstance(target, Call):
+            target.items = (target.items or []) + items
+
+    def op_setitem(self, pos: int) -> int:
+        value = self.stack.pop()
+        key = self.stack.pop()
+        self.set_items(self.stack[-1], [key, value], "SETITEM")
+        return pos
+
+    def op_setitems(self, pos: int) -> int:
+        items = self.pop_mark()
+        if len(items) % 2:
+            raise self.error("SETITEMS with an odd number of items", self.op_pos)
+        self.set_items(self.stack[-1], items, "SETITEMS")
+        return pos
+
+    def set_items(self, target: Any, items: list[Any], opcode: str) -> None:
+        if type(target) is dict:
+            for i in range(0, len(items), 2):
+                target[self.checked_key(items[i])] = items[i + 1]
+            return
+        if not (isinstance(target, Call) and target.func_name in _DICT_LIKE_GLOBALS):
+            # GHSA-63cw-57p8-fm3p: SETITEM on other objects calls their __setitem__.
+            self.problem(f"{opcode} on {_describe(target)}, which torch refuses")
+        if isinstance(target, Call):
+            pairs = [(self.checked_key(items[i]), items[i + 1]) for i in range(0, len(items), 2)]
+            target.dictitems = (target.dictitems or []) + pairs
+
+    # memo
+    def op_binput(self, pos: int) -> int:
+        new = self.fixed(pos, 1)
+        self.memo_put(self.data[pos], self.stack[-1])
+        return new
+
+    def op_long_binput(self, pos: int) -> int:
+        new = self.fixed(pos, 4)
+        self.memo_put(_unpack_I(self.data, pos)[0], self.stack[-1])
+        return new
+
+    def op_put(self, pos: int) -> int:
+        text, new = self.line(pos)
+        self.memo_put(self.parse_int(text, pos), self.stack[-1])
+        return new
+
+    def op_memoize(self, pos: int) -> int:
+        self.memo_put(len(self.memo), self.stack[-1])
+        return pos
+
+    def op_binget(self, pos: int) -> int:
+        new = self.fixed(pos, 1)
+        self.stack.append(self.memo_get(self.data[pos]))
+        return new
+
+    def op_long_binget(self, pos: int) -> int:
+        new = self.fixed(pos, 4)
+        self.stack.append(self.memo_get(_unpack_I(self.data, pos)[0]))
+        return new
+
+    def op_get(self, pos: int) -> int:
+        text, new = self.line(pos)
+        self.stack.append(self.memo_get(self.parse_int(text, pos)))
+        return new
+
+    # globals, calls and objects: the places an ordinary unpickler runs code
+    def read_global_name(self, pos: int) -> tuple[str, str, int]:
+        module, pos = self.line(pos)
+        name, pos = self.line(pos)
+        try:
+            return module.decode("utf-8"), name.decode("utf-8"), pos
+        except UnicodeDecodeError:
+            raise self.error("global name is not valid UTF-8", self.op_pos) from None
+
+    def op_global(self, pos: int) -> int:
+        module, name, new = self.read_global_name(pos)
+        self.stack.append(self.make_global(module, name))
+        return new
+
+    def op_stack_global(self, pos: int) -> int:
+        name = self.stack.pop()
+        module = self.stack.pop()
+        if type(module) is not str or type(name) is not str:
+            raise self.error(
+                f"STACK_GLOBAL on {_describe(module)} and {_describe(name)}: a name "
+                "computed at load time, which cannot be resolved statically",
+                self.op_pos,
+            )
+        self.stack.append(self.make_global(module, name))
+        return pos
+
+    def op_reduce(self, pos: int) -> int:
+        args = self.stack.pop()
+        func = self.stack[-1]
+        if type(args) is not tuple:
+            raise self.error(f"REDUCE arguments are {_describe(args)}, not a tuple", self.op_pos)
+        self.note_call(func, USE_CALL, "REDUCE")
+        self.stack[-1] = Call(func, args, CALL)
+        return pos
+
+    def op_newobj(self, pos: int) -> int:
+        args = self.stack.pop()
+        cls = self.stack[-1]
+        if type(args) is not tuple:
+            raise self.error(f"NEWOBJ arguments are {_describe(args)}, not a tuple", self.op_pos)
+        self.note_call(cls, USE_INSTANTIATE, "NEWOBJ")
+        self.stack[-1] = Call(cls, args, NEWOBJ)
+        return pos
+
+    def op_newobj_ex(self, pos: int) -> int:
+        kwargs = self.stack.pop()
+        args = self.stack.pop()
+        cls = self.stack[-1]
+        if type(args) is not tuple or type(kwargs) is not dict:
+            raise self.error("NEWOBJ_EX needs a tuple and a dict", self.op_pos)
+        self.note_call(cls, USE_INSTANTIATE, "NEWOBJ_EX")
+        call = Call(cls, args, NEWOBJ)
+        call.kwargs = kwargs
+        self.stack[-1] = call
+        return pos
+
+    def op_inst(self, pos: int) -> int:
+        module, name, new = self.read_global_name(pos)
+        cls = self.make_global(module, name)
+        args = tuple(self.pop_mark())
+        self.note_call(cls, USE_CALL, "INST")
+        self.stack.append(Call(cls, args, INST))
+        return new
+
+    def op_obj(self, pos: int) -> int:
+        items = self.pop_mark()
+        if not items:
+            raise self.error("OBJ without a class", self.op_pos)
+        self.note_call(items[0], USE_CALL, "OBJ")
+        self.stack.append(Call(items[0], tuple(items[1:]), INST))
+        return pos
+
+    def op_build(self, pos: int) -> int:
+        state = self.stack.pop()
+        target = self.stack[-1]
+        if not isinstance(target, Call):
+            self.problem(f"BUILD on {_describe(target)}: sets attributes of an existing object")
+        elif target.state is not UNSET:
+            self.problem(f"BUILD applied twice to {_describe(target)}")
+        else:
+            target.state = state
+            if isinstance(target.func, TrackedGlobal):
+                target.func.uses.add(USE_BUILD)
+        return pos
+
+    def op_binpersid(self, pos: int) -> int:
+        self.stack[-1] = PersistentRef(self.stack[-1])
+        return pos
+
+    def op_persid(self, pos: int) -> int:
+        text, new = self.line(pos)
+        try:
+            self.stack.append(PersistentRef(text.decode("ascii")))
+        except UnicodeDecodeError:
+            raise self.error("persistent id is not ASCII", pos) from None
+        return new
+
+    def op_ext(self, size: int) -> Callable[[int], int]:
+        def handler(pos: int) -> int:
+            new = self.fixed(pos, size)
+            code = int.from_bytes(self.data[pos:new], "little")
+            self.problem(f"extension code {code}: resolved through the copyreg registry")
+            self.stack.append(Extension(code))
+            return new
+
+        return handler
+
+    # -- dispatch ---------------------------------------------------------------------
+
+    def _build_dispatch(self) -> list[Callable[[int], int] | None]:
+        table: list[Callable[[int], int] | None] = [None] * 256
+        handlers: dict[str, Callable[[int], int]] = {
+            name: getattr(self, "op_" + name.lower())
+            for name in NAMES.values()
+            if hasattr(self, "op_" + name.lower())
+        }
+        handlers["EXT1"], handlers["EXT2"], handlers["EXT4"] = (
+            self.op_ext(1),
+            self.op_ext(2),
+            self.op_ext(4),
+        )
+        for code, name in NAMES.items():
+            handler = handlers[name]
+            table[code] = handler if name in TORCH_OPCODES else self._foreign(name, handler)
+        return table
+
+    def _foreign(self, name: str, handler: Callable[[int], int]) -> Callable[[int], int]:
+        """Wrap an opcode torch's weights_only unpickler refuses, to record its first use."""
+
+        def recorded(pos: int) -> int:
+            self.foreign.setdefault(name, pos - 1)
+            return handler(pos)
+
+        return recorded
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, Global):
+        return f"global {value.qualname}"
+    if isinstance(value, Call):
+        name = value.func_name or "a computed callable"
+        return f"the result of {name}(...)"
+    return f"a {type(value).__name__}"

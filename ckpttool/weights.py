@@ -1,0 +1,258 @@
+"""Finding the model weights in a checkpoint, the way people save them.
+
+A checkpoint is a bare state_dict, a whole pickled `nn.Module`, or a training dict
+that holds one of those under a conventional key (`state_dict`, `model_state_dict`,
+`model`, `module`, Lightning's `state_dict`, ...). For a pickled module the
+state_dict is derived from its pickled `__dict__` exactly as `Module.state_dict()`
+builds it: parameters, then persistent buffers, then each child, skipping `None`s,
+keys joined by dots, shared tensors listed under every name.
+
+`walk` visits every node of the object tree once, with its dotted path; it never
+follows a node twice, so shared references cannot multiply the work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ckpttool.checkpoint import PickledObject, TensorRef
+from ckpttool.errors import LimitError, WeightsNotFoundError
+
+PREFERRED_ROOTS = ("state_dict", "model_state_dict", "model", "module", "net", "network")
+EMA_ROOTS = ("state_dict_ema", "model_ema", "ema_state_dict", "ema")
+MODULE_BOOKKEEPING = frozenset({"_parameters", "_buffers", "_modules", "_non_persistent_buffers_set"})
+MAX_MODULE_DEPTH = 100
+SCRIPT_MODULE_PREFIX = "__torch__."
+
+
+@dataclass
+class NamedTensor:
+    key: str
+    tensor: TensorRef
+
+
+@dataclass
+class Weights:
+    """The tensors `model.state_dict()` would hold, and where in the file they are."""
+
+    root: str | None  # dotted path; "" for the whole file; None when there are no weights
+    tensors: list[NamedTensor]
+    kind: str  # "state_dict", "module" or "none"
+    alternatives: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def mapping(self) -> dict[str, TensorRef]:
+        return {t.key: t.tensor for t in self.tensors}
+
+
+def join(prefix: str, name: Any) -> str:
+    return f"{prefix}.{name}" if prefix else str(name)
+
+
+# -- modules ------------------------------------------------------------------------
+
+
+def module_state_dict(module: PickledObject, prefix: str = "") -> list[NamedTensor]:
+    out: list[NamedTensor] = []
+    _collect_module(module, prefix, out, 0)
+    return out
+
+
+def _collect_module(module: PickledObject, prefix: str, out: list[NamedTensor], depth: int) -> None:
+    if depth > MAX_MODULE_DEPTH:
+        raise LimitError(f"module tree deeper than {MAX_MODULE_DEPTH} levels at {prefix!r}")
+    attrs = module.attributes
+    for name, value in _mapping(attrs.get("_parameters")).items():
+        if isinstance(value, TensorRef):
+            out.append(NamedTensor(prefix + str(name), value))
+    skipped = _name_set(attrs.get("_non_persistent_buffers_set"))
+    for name, value in _mapping(attrs.get("_buffers")).items():
+        if isinstance(value, TensorRef) and name not in skipped:
+            out.append(NamedTensor(prefix + str(name), value))
+    for name, child in _mapping(attrs.get("_modules")).items():
+        if isinstance(child, PickledObject) and child.is_module:
+            _collect_module(child, f"{prefix}{name}.", out, depth + 1)
+
+
+def _mapping(value: Any) -> dict[Any, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _name_set(value: Any) -> set[Any]:
+    return set(value) if isinstance(value, (set, frozenset, list, tuple)) else set()
+
+
+# -- state dicts -----------------------------------------------------------------------
+
+
+def is_tensor_mapping(value: Any) -> bool:
+    """A state_dict: string keys, at least one tensor, and nothing else but `_extra_state`s."""
+    if not isinstance(value, dict) or not value:
+        return False
+    has_tensor = False
+    for key, item in value.items():
+        if not isinstance(key, str):
+            return False
+        if isinstance(item, TensorRef):
+            has_tensor = True
+        elif not key.endswith("_extra_state"):
+            return False
+    return has_tensor
+
+
+def weights_of(value: Any, root: str) -> Weights | None:
+    if isinstance(value, PickledObject) and value.is_module:
+        return Weights(root, module_state_dict(value), "module")
+    if isinstance(value, PickledObject) and value.cls.startswith(SCRIPT_MODULE_PREFIX):
+        # TorchScript modules pickle their parameters and buffers as plain attributes.
+        return Weights(root, all_tensors(value), "script_module")
+    if is_tensor_mapping(value):
+        tensors = [NamedTensor(k, v) for k, v in value.items() if isinstance(v, TensorRef)]
+        return Weights(root, tensors, "state_dict")
+    return None
+
+
+def find_weights(obj: Any, override: str | None = None) -> Weights:
+    """The weights root: `override` when given, else the conventional places, else a search."""
+    if override is not None:
+        return _weights_at(obj, override)
+    found = weights_of(obj, "")
+    if found is None and isinstance(obj, dict):
+        found = _conventional(obj, "")
+    if found is None:
+        found = _search(obj)
+    if found is None:
+        return Weights(None, [], "none")
+    found.alternatives = [p for p in _alternatives(obj) if p != found.root]
+    return found
+
+
+def _conventional(obj: dict[Any, Any], prefix: str) -> Weights | None:
+    for key in PREFERRED_ROOTS + EMA_ROOTS:
+        if key in obj:
+            found = weights_of(obj[key], join(prefix, key))
+            if found is None and isinstance(obj[key], dict) and not prefix:
+                found = _conventional(obj[key], key)
+            if found is not None:
+                return found
+    return None
+
+
+def _search(obj: Any) -> Weights | None:
+    """First module or state_dict anywhere, else the mapping holding the most tensors."""
+    best: tuple[int, str, dict[Any, Any]] | None = None
+    for path, node in walk(obj):
+        found = weights_of(node, path) if path else None
+        if found is not None:
+            return found
+        if isinstance(node, dict):
+            count = sum(isinstance(v, TensorRef) for v in node.values())
+            if count and (best is None or count > best[0]):
+                best = (count, path, node)
+    if best is None:
+        return None
+    count, path, node = best
+    tensors = [NamedTensor(str(k), v) for k, v in node.items() if isinstance(v, TensorRef)]
+    return Weights(path, tensors, "state_dict", notes=["weights taken from a mapping that also holds other values"])
+
+
+def _alternatives(obj: Any) -> list[str]:
+    if not isinstance(obj, dict):
+        return []
+    return [k for k in PREFERRED_ROOTS + EMA_ROOTS if k in obj and weights_of(obj[k], k) is not None]
+
+
+def _weights_at(obj: Any, path: str) -> Weights:
+    node = resolve_path(obj, path)
+    found = weights_of(node, path)
+    if found is None and isinstance(node, dict):
+        tensors = [NamedTensor(str(k), v) for k, v in node.items() if isinstance(v, TensorRef)]
+        if tensors:
+            found = Weights(path, tensors, "state_dict")
+    if found is None:
+        raise WeightsNotFoundError(f"--root {path!r} holds no tensors")
+    return found
+
+
+def resolve_path(obj: Any, path: str) -> Any:
+    """Follow a dotted path; keys may themselves contain dots (`state_dict.conv1.weight`)."""
+    if path == "":
+        return obj
+    result = _resolve(obj, path.split("."))
+    if result is _MISSING:
+        raise WeightsNotFoundError(f"nothing at {path!r} in the checkpoint")
+    return result
+
+
+_MISSING = object()
+
+
+def _resolve(obj: Any, parts: list[str]) -> Any:
+    if not parts:
+        return obj
+    for k in range(1, len(parts) + 1):
+        child = _child(obj, ".".join(parts[:k]))
+        if child is not _MISSING:
+            result = _resolve(child, parts[k:])
+            if result is not _MISSING:
+                return result
+    return _MISSING
+
+
+def _child(obj: Any, name: str) -> Any:
+    for key, value in _children(obj):
+        if str(key) == name:
+            return value
+    return _MISSING
+
+
+# -- walking -----------------------------------------------------------------------------
+
+
+def _children(node: Any) -> Iterator[tuple[Any, Any]]:
+    if isinstance(node, dict):
+        yield from node.items()
+    elif isinstance(node, (list, tuple)):
+        yield from enumerate(node)
+    elif isinstance(node, PickledObject):
+        yield from _object_children(node)
+
+
+def _object_children(obj: PickledObject) -> Iterator[tuple[Any, Any]]:
+    attrs = obj.attributes
+    if obj.is_module:
+        # Address parameters, buffers and children by their state_dict names.
+        yield from _mapping(attrs.get("_parameters")).items()
+        yield from _mapping(attrs.get("_buffers")).items()
+        yield from _mapping(attrs.get("_modules")).items()
+        yield from ((k, v) for k, v in attrs.items() if k not in MODULE_BOOKKEEPING)
+        return
+    yield from attrs.items()
+    if obj.dictitems:
+        yield from obj.dictitems.items()
+    if obj.items:
+        yield from enumerate(obj.items)
+    if obj.args:
+        yield from ((f"args{i}", a) for i, a in enumerate(obj.args))
+
+
+def walk(root: Any) -> Iterator[tuple[str, Any]]:
+    """Every node once, depth first in file order, with its dotted path."""
+    seen: set[int] = set()
+    stack: list[tuple[str, Any]] = [("", root)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, (dict, list, tuple, PickledObject)):
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+        yield path, node
+        children = [(join(path, k), v) for k, v in _children(node)]
+        stack.extend(reversed(children))
+
+
+def all_tensors(root: Any) -> list[NamedTensor]:
+    """Every tensor in the file, under each name it has (containers are visited once)."""
+    return [NamedTensor(path, node) for path, node in walk(root) if isinstance(node, TensorRef)]
