@@ -1,0 +1,77 @@
+"""The `ckpttool` command line: a thin click layer over the library.
+
+Commands are imported only when used, so `ckpttool --help` and the metadata
+commands start without importing torch. Every `CkptError` becomes exit code 2 and
+one line on stderr here, in one place; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any
+
+import click
+
+from ckpttool import __version__
+from ckpttool.cli.common import DEBUG_KEY, debug_option
+from ckpttool.errors import EXIT_ERROR, CkptError
+
+# name -> (module:attribute, one-line help shown by `ckpttool --help`)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "inspect": ("ckpttool.cli.inspect:inspect_command", "What is in a checkpoint: summary, weights, tensors."),
+    "scan": ("ckpttool.cli.scan:scan_command", "Security report: the globals each pickle names, and a verdict."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(COMMANDS) | set(self.commands))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.commands:
+            return self.commands[name]
+        if name not in COMMANDS:
+            return None
+        module, _, attribute = COMMANDS[name][0].partition(":")
+        command: click.Command = getattr(importlib.import_module(module), attribute)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx) if name in COMMANDS]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CkptError as exc:
+            if ctx.meta.get(DEBUG_KEY):
+                raise
+            click.echo(f"ckpttool: error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except BrokenPipeError:
+            sys.stderr.close()  # the reader went away (`| head`): nothing left to say
+            ctx.exit(0)
+        except Exception as exc:  # a bug: still one line, and a way to see more
+            if ctx.meta.get(DEBUG_KEY):
+                raise
+            click.echo(
+                f"ckpttool: internal error: {type(exc).__name__}: {exc} (rerun with --debug for a traceback)",
+                err=True,
+            )
+            ctx.exit(EXIT_ERROR)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="ckpttool")
+@debug_option
+def main() -> None:
+    """Inspect, scan, convert, remap, diff and check PyTorch checkpoints
+    without running code from them.
+
+    Exit codes: 0 clean, 1 findings (differences, unsafe globals, failed
+    checks), 2 usage error or unreadable input.
+    """

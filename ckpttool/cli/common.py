@@ -1,0 +1,68 @@
+"""What every command shares: output options, --debug, printing and exit codes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from ckpttool.errors import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
+
+F = TypeVar("F", bound=Callable[..., Any])
+DEBUG_KEY = "ckpttool.debug"
+FORMATS = ("table", "json", "csv")
+
+
+def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.meta[DEBUG_KEY] = True
+
+
+debug_option = click.option(
+    "--debug",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_set_debug,
+    help="Show a traceback when something fails.",
+)
+
+
+def output_options(formats: tuple[str, ...] = FORMATS) -> Callable[[F], F]:
+    """`--format` (table for people, json/csv for machines) and `--debug`."""
+
+    def decorate(func: F) -> F:
+        func = click.option(
+            "--format",
+            "fmt",
+            type=click.Choice(formats),
+            default="table",
+            show_default=True,
+            help="Output format; json carries schema_version.",
+        )(func)
+        return debug_option(func)
+
+    return decorate
+
+
+def emit(text: str) -> None:
+    if text:
+        click.echo(text)
+
+
+def warn(message: str) -> None:
+    click.echo(f"ckpttool: {message}", err=True)
+
+
+def finish(findings: bool) -> None:
+    """Exit 1 when the command found something, 0 when all is clean."""
+    click.get_current_context().exit(EXIT_FINDINGS if findings else EXIT_OK)
+
+
+def path_argument(name: str = "path", **kwargs: Any) -> Callable[[F], F]:
+    # No exists=True: ckpttool's own error names the file in its one-line message.
+    return click.argument(name, type=click.Path(path_type=str), **kwargs)
+
+
+__all__ = ["EXIT_ERROR", "debug_option", "emit", "finish", "output_options", "path_argument", "warn"]

@@ -1,0 +1,52 @@
+"""`ckpttool inspect PATH`."""
+
+from __future__ import annotations
+
+import click
+
+from ckpttool.cli.common import emit, output_options, path_argument
+
+
+@click.command("inspect")
+@path_argument()
+@click.option("--filter", "patterns", multiple=True, metavar="GLOB", help="Only keys matching GLOB (repeatable).")
+@click.option("--all", "show_all", is_flag=True, help="Every tensor in the file, optimizer state included.")
+@click.option("--tree", is_flag=True, help="Group tensors by module prefix, with parameter counts.")
+@click.option("--sort", type=click.Choice(["key", "size"]), help="Sort rows by key or by size (largest first).")
+@click.option("--root", metavar="PATH", help="Dotted path of the weights inside the file.")
+@output_options()
+def inspect_command(
+    path: str,
+    patterns: tuple[str, ...],
+    show_all: bool,
+    tree: bool,
+    sort: str | None,
+    root: str | None,
+    fmt: str,
+) -> None:
+    """What is in a checkpoint: where the weights are, every tensor's dtype,
+    shape, size and device, the non-tensor entries (epoch, loss,
+    hyper-parameters) and the classes of pickled objects.
+
+    Reads only the pickle or header: no tensor data, nothing executed.
+    """
+    from ckpttool import render
+    from ckpttool.formats import read_checkpoint
+    from ckpttool.ops.inspect import describe, select, top_level_summary
+    from ckpttool.ops.inspect import tree as group_by_module
+
+    checkpoint = read_checkpoint(path)
+    report = describe(checkpoint, root)
+    weights = select(report.weights, patterns, sort)
+    tensors = select(report.tensors, patterns, sort)
+    shown = tensors if show_all else weights
+    if tree:
+        emit(render.tree_output(report, group_by_module(shown), fmt))
+    elif fmt == "json":
+        emit(render.inspect_json(report, weights, tensors))
+    elif fmt == "csv":
+        emit(render.tensor_rows_csv(shown))
+    else:
+        emit(render.inspect_summary(report, top_level_summary(checkpoint.root, report.weights_root), shown))
+        if shown:
+            emit("\n" + render.tensor_rows_table(shown))

@@ -1,0 +1,224 @@
+"""What is in a checkpoint: summary, weights, every tensor, entries, pickled classes.
+
+Everything comes from the pickle or header; the only bytes read from the data area
+are the few of a 0-dim tensor whose value is shown as an entry (a saved `loss`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ckpttool.checkpoint import Checkpoint, GlobalName, OpaqueCall, PickledObject, TensorRef
+from ckpttool.formats import read_checkpoint
+from ckpttool.interpret import Cycle
+from ckpttool.scalars import read_scalar
+from ckpttool.weights import NamedTensor, all_tensors, find_weights, join, walk
+
+MAX_ENTRY_NODES = 10_000
+MAX_ENTRY_DEPTH = 32
+
+
+@dataclass
+class TensorRow:
+    key: str
+    dtype: str
+    shape: list[int]
+    numel: int
+    nbytes: int
+    device: str
+    kind: str = "tensor"
+    storage: str | None = None
+    storage_offset: int = 0
+    stride: list[int] = field(default_factory=list)
+    contiguous: bool = True
+    layout: str = "strided"
+
+
+@dataclass
+class ObjectRow:
+    path: str
+    cls: str
+
+
+@dataclass
+class TreeRow:
+    prefix: str
+    depth: int
+    tensors: int
+    params: int
+    nbytes: int
+
+
+@dataclass
+class InspectReport:
+    path: str
+    format: str
+    file_size: int
+    byteorder: str
+    weights_root: str | None
+    weights_kind: str
+    weights: list[TensorRow]
+    tensors: list[TensorRow]
+    entries: dict[str, Any]
+    objects: list[ObjectRow]
+    metadata: dict[str, str] = field(default_factory=dict)
+    alternatives: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    anomalies: list[str] = field(default_factory=list)
+
+
+def inspect_checkpoint(path: str, root: str | None = None) -> InspectReport:
+    checkpoint = read_checkpoint(path)
+    return describe(checkpoint, root)
+
+
+def describe(checkpoint: Checkpoint, root: str | None = None) -> InspectReport:
+    weights = find_weights(checkpoint.root, root)
+    every = all_tensors(checkpoint.root)
+    return InspectReport(
+        path=checkpoint.path,
+        format=checkpoint.format,
+        file_size=checkpoint.file_size,
+        byteorder=checkpoint.byteorder,
+        weights_root=weights.root,
+        weights_kind=weights.kind,
+        weights=[tensor_row(t) for t in weights.tensors],
+        tensors=[tensor_row(t) for t in every],
+        entries=entries(checkpoint.root, weights.root),
+        objects=objects(checkpoint.root),
+        metadata=checkpoint.metadata,
+        alternatives=weights.alternatives,
+        notes=weights.notes,
+        anomalies=checkpoint.anomalies,
+    )
+
+
+def tensor_row(named: NamedTensor) -> TensorRow:
+    t = named.tensor
+    return TensorRow(
+        key=named.key,
+        dtype=t.dtype,
+        shape=list(t.shape),
+        numel=t.numel,
+        nbytes=t.nbytes,
+        device=t.device,
+        kind=t.kind,
+        storage=t.storage.key if t.storage else None,
+        storage_offset=t.offset,
+        stride=list(t.stride),
+        contiguous=t.is_contiguous(),
+        layout=t.layout,
+    )
+
+
+def select(rows: list[TensorRow], patterns: tuple[str, ...] = (), sort: str | None = None) -> list[TensorRow]:
+    """Rows whose key matches any glob, in file order or sorted by key or size."""
+    if patterns:
+        rows = [r for r in rows if any(fnmatch.fnmatchcase(r.key, p) for p in patterns)]
+    if sort == "key":
+        rows = sorted(rows, key=lambda r: r.key)
+    elif sort == "size":
+        rows = sorted(rows, key=lambda r: (-r.nbytes, r.key))
+    return rows
+
+
+def tree(rows: list[TensorRow]) -> list[TreeRow]:
+    """Tensors grouped by module prefix (`layer1`, `layer1.0`, ...), with totals."""
+    totals: dict[str, list[int]] = {}
+    for row in rows:
+        parts = row.key.split(".")
+        for depth in range(1, len(parts)):
+            total = totals.setdefault(".".join(parts[:depth]), [0, 0, 0])
+            total[0] += 1
+            total[1] += row.numel
+            total[2] += row.nbytes
+    return [TreeRow(p, p.count("."), n, params, nbytes) for p, (n, params, nbytes) in totals.items()]
+
+
+# -- entries and objects ------------------------------------------------------------------
+
+
+def entries(root: Any, weights_root: str | None) -> dict[str, Any]:
+    """Top-level values that are not tensors (epoch, loss, hyper-parameters, ...)."""
+    if not isinstance(root, dict):
+        return {}
+    out: dict[str, Any] = {}
+    for key, value in root.items():
+        name = str(key)
+        if name == weights_root or _holds_tensors(value):
+            continue
+        out[name] = jsonable(value)
+    return out
+
+
+def _holds_tensors(value: Any) -> bool:
+    if isinstance(value, TensorRef):
+        return value.numel != 1 or value.storage is None
+    return any(isinstance(node, (TensorRef, PickledObject)) and _heavy(node) for _, node in walk(value))
+
+
+def _heavy(node: Any) -> bool:
+    if isinstance(node, TensorRef):
+        return node.numel != 1
+    return node.is_module
+
+
+def objects(root: Any) -> list[ObjectRow]:
+    return [ObjectRow(path, node.cls) for path, node in walk(root) if isinstance(node, PickledObject)]
+
+
+def jsonable(value: Any) -> Any:
+    """A JSON-ready copy, bounded in size and depth (the graph may be shared or cyclic)."""
+    budget = [MAX_ENTRY_NODES]
+    return _jsonable(value, 0, budget)
+
+
+def _jsonable(value: Any, depth: int, budget: list[int]) -> Any:
+    budget[0] -= 1
+    if budget[0] < 0 or depth > MAX_ENTRY_DEPTH:
+        return "..."
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v, depth + 1, budget) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_jsonable(v, depth + 1, budget) for v in value]
+    if isinstance(value, TensorRef):
+        return _tensor_value(value)
+    if isinstance(value, PickledObject):
+        attrs = {str(k): _jsonable(v, depth + 1, budget) for k, v in value.attributes.items()}
+        return {"__class__": value.cls, **attrs}
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    if isinstance(value, complex):
+        return str(value)
+    if isinstance(value, (GlobalName, OpaqueCall, Cycle)):
+        return str(value)
+    return f"<{type(value).__name__}>"
+
+
+def _tensor_value(tensor: TensorRef) -> Any:
+    scalar = read_scalar(tensor) if tensor.numel == 1 else None
+    if scalar is not None:
+        return scalar if not isinstance(scalar, float) or math.isfinite(scalar) else str(scalar)
+    return f"<tensor {tensor.dtype} {list(tensor.shape)} {tensor.device}>"
+
+
+def top_level_summary(root: Any, weights_root: str | None) -> list[tuple[str, str]]:
+    """One line per top-level key that holds tensors, for the table summary."""
+    if not isinstance(root, dict):
+        return []
+    lines = []
+    for key, value in root.items():
+        name = str(key)
+        if name == weights_root or not _holds_tensors(value):
+            continue
+        found = all_tensors(value)
+        size = sum(t.tensor.nbytes for t in found)
+        lines.append((join("", name), f"{len(found)} tensors, {size} bytes"))
+    return lines

@@ -1,0 +1,214 @@
+"""The only place that turns results into text: tables (tabulate), JSON and CSV.
+
+Every JSON document carries `schema_version`; CSV is one row per item with a header;
+tables are for people. Library code returns dataclasses and never prints.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
+from typing import Any
+
+from tabulate import tabulate
+
+from ckpttool.ops.inspect import InspectReport, TensorRow, TreeRow
+from ckpttool.ops.scan import FileScan
+
+SCHEMA_VERSION = 1
+TENSOR_COLUMNS = ("key", "dtype", "shape", "numel", "nbytes", "device")
+
+
+def to_json(payload: dict[str, Any]) -> str:
+    return json.dumps({"schema_version": SCHEMA_VERSION, **payload}, indent=2, allow_nan=False)
+
+
+def to_csv(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(headers)
+    writer.writerows(rows)
+    return out.getvalue().rstrip("\n")
+
+
+def to_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    return tabulate(list(rows), headers=list(headers), tablefmt="simple", disable_numparse=True)
+
+
+def key_values(pairs: Iterable[tuple[str, Any]]) -> str:
+    return tabulate([(f"{k}:", v) for k, v in pairs], tablefmt="plain", disable_numparse=True)
+
+
+def human_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def shape_text(shape: Sequence[int]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def compact(value: Any, limit: int = 60) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# -- inspect ----------------------------------------------------------------------------
+
+
+def tensor_json(row: TensorRow) -> dict[str, Any]:
+    return asdict(row)
+
+
+def inspect_json(report: InspectReport, weights: list[TensorRow], tensors: list[TensorRow]) -> str:
+    return to_json(
+        {
+            "path": report.path,
+            "format": report.format,
+            "file_size": report.file_size,
+            "byteorder": report.byteorder,
+            "weights": {
+                "root": report.weights_root,
+                "kind": report.weights_kind,
+                "alternatives": report.alternatives,
+                "tensors": [tensor_json(r) for r in weights],
+            },
+            "entries": report.entries,
+            "objects": [{"path": o.path, "class": o.cls} for o in report.objects],
+            "tensors": [tensor_json(r) for r in tensors],
+            "metadata": report.metadata,
+            "notes": report.notes,
+            "anomalies": report.anomalies,
+        }
+    )
+
+
+def tensor_rows_csv(rows: list[TensorRow]) -> str:
+    return to_csv(TENSOR_COLUMNS, ((r.key, r.dtype, shape_text(r.shape), r.numel, r.nbytes, r.device) for r in rows))
+
+
+def tensor_rows_table(rows: list[TensorRow]) -> str:
+    body = ((r.key, r.dtype, shape_text(r.shape), r.numel, human_size(r.nbytes), r.device) for r in rows)
+    return to_table(("key", "dtype", "shape", "numel", "size", "device"), body)
+
+
+def inspect_summary(report: InspectReport, summary: list[tuple[str, str]], shown: list[TensorRow]) -> str:
+    pairs: list[tuple[str, Any]] = [
+        ("file", report.path),
+        ("format", report.format),
+        ("size", f"{human_size(report.file_size)} ({report.file_size} bytes)"),
+    ]
+    if report.byteorder != "little":
+        pairs.append(("byteorder", report.byteorder))
+    pairs.append(("weights", _weights_line(report)))
+    pairs.extend(("also", f"{alt} (not chosen)") for alt in report.alternatives)
+    pairs.append(("tensors", f"{len(shown)} shown, {sum(r.numel for r in shown)} elements, {human_size(sum(r.nbytes for r in shown))}"))
+    pairs.extend((name, text) for name, text in summary)
+    pairs.extend((f"entry {k}", compact(v)) for k, v in report.entries.items())
+    pairs.extend((f"metadata {k}", compact(v)) for k, v in report.metadata.items())
+    classes = _class_counts(report)
+    if classes:
+        pairs.append(("classes", classes))
+    pairs.extend(("note", n) for n in report.notes)
+    pairs.extend(("anomaly", a) for a in report.anomalies)
+    return key_values(pairs)
+
+
+def _weights_line(report: InspectReport) -> str:
+    if report.weights_root is None:
+        return "none found"
+    where = f"'{report.weights_root}'" if report.weights_root else "the whole file"
+    kinds = {"module": "pickled nn.Module", "script_module": "TorchScript module", "state_dict": "state_dict"}
+    return f"{kinds.get(report.weights_kind, report.weights_kind)} at {where}, {len(report.weights)} tensors"
+
+
+def _class_counts(report: InspectReport) -> str:
+    counts: dict[str, int] = {}
+    for obj in report.objects:
+        counts[obj.cls] = counts.get(obj.cls, 0) + 1
+    return ", ".join(f"{cls} x{n}" if n > 1 else cls for cls, n in counts.items())
+
+
+def tree_table(rows: list[TreeRow]) -> str:
+    body = (("  " * r.depth + r.prefix.rsplit(".", 1)[-1], r.tensors, r.params, human_size(r.nbytes)) for r in rows)
+    return to_table(("module", "tensors", "params", "size"), body)
+
+
+def tree_output(report: InspectReport, rows: list[TreeRow], fmt: str) -> str:
+    if fmt == "json":
+        return tree_json(report, rows)
+    return tree_csv(rows) if fmt == "csv" else tree_table(rows)
+
+
+def tree_json(report: InspectReport, rows: list[TreeRow]) -> str:
+    return to_json({"path": report.path, "weights_root": report.weights_root, "tree": [asdict(r) for r in rows]})
+
+
+def tree_csv(rows: list[TreeRow]) -> str:
+    return to_csv(("prefix", "depth", "tensors", "params", "nbytes"), ((r.prefix, r.depth, r.tensors, r.params, r.nbytes) for r in rows))
+
+
+# -- scan -------------------------------------------------------------------------------------
+
+
+def scan_json(results: list[FileScan]) -> str:
+    return to_json(
+        {
+            "files": [
+                {
+                    "path": r.path,
+                    "format": r.format,
+                    "verdict": r.verdict,
+                    "pickles": r.pickles,
+                    "globals": [
+                        {"module": g.module, "name": g.name, "uses": g.uses, "verdict": g.verdict, "reason": g.reason}
+                        for g in r.globals
+                    ],
+                    "allowlist": r.allowlist,
+                    "imports": r.imports,
+                    "problems": r.problems,
+                }
+                for r in results
+            ]
+        }
+    )
+
+
+def scan_csv(results: list[FileScan]) -> str:
+    rows = []
+    for r in results:
+        if not r.globals:
+            rows.append((r.path, r.format, r.verdict, "", "", ""))
+        rows.extend((r.path, r.format, r.verdict, g.qualname, " ".join(g.uses), g.verdict) for g in r.globals)
+    return to_csv(("path", "format", "verdict", "global", "uses", "global_verdict"), rows)
+
+
+def scan_table(results: list[FileScan]) -> str:
+    blocks = [_scan_block(r) for r in results]
+    if len(results) > 1:
+        blocks.append(to_table(("file", "format", "verdict", "pickles"), ((r.path, r.format, r.verdict, r.pickles) for r in results)))
+    return "\n\n".join(blocks)
+
+
+def _scan_block(r: FileScan) -> str:
+    lines = [key_values([("file", r.path), ("format", r.format), ("pickles", r.pickles), ("verdict", r.verdict.upper())])]
+    if r.globals:
+        body = sorted(((g.qualname, ", ".join(g.uses), g.verdict, g.reason) for g in r.globals), key=_verdict_order)
+        lines.append(to_table(("global", "uses", "verdict", "why"), body))
+    lines.extend(f"problem: {p}" for p in r.problems)
+    if r.allowlist:
+        lines.append("to load with torch.load(weights_only=True):")
+        lines.extend(f"    import {m}" for m in r.imports)
+        lines.append(f"    {r.allowlist}")
+    return "\n".join(lines)
+
+
+def _verdict_order(row: tuple[str, str, str, str]) -> tuple[int, str]:
+    return ({"dangerous": 0, "needs-allowlist": 1}.get(row[2], 2), row[0])
