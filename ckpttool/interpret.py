@@ -260,12 +260,17 @@ def _frozenset(it: Interpreter, a: list[Any]) -> Any:
         return OpaqueCall("builtins.frozenset", tuple(a))
 
 
-def _bytearray(it: Interpreter, a: list[Any]) -> Any:
-    if not a:
-        return b""
-    if isinstance(a[0], bytes):
-        return a[0]
-    return OpaqueCall("builtins.bytearray", tuple(a))
+def _bytes_like(name: str) -> Callable[[Interpreter, list[Any]], Any]:
+    """builtins.bytes() / bytearray(b'...'): how protocols 0-2 spell empty bytes and bytearrays."""
+
+    def build(it: Interpreter, a: list[Any]) -> Any:
+        if not a:
+            return b""
+        if len(a) == 1 and isinstance(a[0], bytes):
+            return a[0]
+        return OpaqueCall(name, tuple(a))
+
+    return build
 
 
 def _complex(it: Interpreter, a: list[Any]) -> Any:
@@ -290,7 +295,8 @@ _BUILDERS: dict[str, Callable[[Interpreter, list[Any]], Any]] = {
     "_codecs.encode": _encode,
     "builtins.set": _set,
     "builtins.frozenset": _frozenset,
-    "builtins.bytearray": _bytearray,
+    "builtins.bytearray": _bytes_like("builtins.bytearray"),
+    "builtins.bytes": _bytes_like("builtins.bytes"),
     "builtins.complex": _complex,
 }
 _DICT_TYPES = frozenset({"collections.OrderedDict", "collections.Counter", "builtins.dict"})
