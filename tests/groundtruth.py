@@ -1,0 +1,227 @@
+"""Ground truth for the checkpoint fixtures, for tests to compare ckpttool against.
+
+What torch, safetensors and the models themselves say about each fixture in
+``fixtures/files`` (or a folder the generator wrote). Loading here runs the
+files' pickles with torch: these are the project's own fixtures, and this is the
+reference ckpttool is measured by. Nothing here depends on pytest.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import pickle
+import subprocess
+import sys
+import types
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+FIXTURES_DIR = Path(__file__).resolve().parents[1] / "fixtures"
+COMMITTED_DIR = FIXTURES_DIR / "files"
+GENERATOR = FIXTURES_DIR / "generate.py"
+TORCH_FORMATS = frozenset({"torch-zip", "torch-legacy", "torch-legacy-tar"})
+
+# Module names under which whole models were pickled (a tutorial script and a
+# project package); every class named there lives in tutorial_models.py.
+_SCRIPT_MODULE = "__main__"
+_PACKAGE_ROOT = "models"
+
+
+def tutorial_models() -> types.ModuleType:
+    """``fixtures/tutorial_models.py``, imported once as the module ``tutorial_models``."""
+    module = sys.modules.get("tutorial_models")
+    if module is None:
+        spec = importlib.util.spec_from_file_location(
+            "tutorial_models", FIXTURES_DIR / "tutorial_models.py"
+        )
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        # Registered before running it: torch reads a class's source through sys.modules.
+        sys.modules["tutorial_models"] = module
+        spec.loader.exec_module(module)
+    return module
+
+
+def load_fixture_index(directory: Path = COMMITTED_DIR) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = json.loads((Path(directory) / "index.json").read_text())
+    return records
+
+
+def fixture_record(name: str, directory: Path = COMMITTED_DIR) -> dict[str, Any]:
+    for record in load_fixture_index(directory):
+        if record["name"] == name:
+            return record
+    raise KeyError(f"no fixture named {name!r} in {directory}")
+
+
+def fixture_path(record: Mapping[str, Any], directory: Path = COMMITTED_DIR) -> Path:
+    return Path(directory) / record["file"]
+
+
+class _FixtureClassUnpickler(pickle.Unpickler):
+    """Resolves ``__main__.X`` and ``models.<anything>.X`` to ``tutorial_models.X``.
+
+    Those are the homes the fixtures' whole models were pickled under, and which
+    do not exist where the files are read.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == _SCRIPT_MODULE or module.split(".", 1)[0] == _PACKAGE_ROOT:
+            models = tutorial_models()
+            if hasattr(models, name):
+                return getattr(models, name)
+        return super().find_class(module, name)
+
+
+def _load_with_fixture_classes(file: Any, **kwargs: Any) -> Any:
+    return _FixtureClassUnpickler(file, **kwargs).load()
+
+
+def _remapping_pickle_module() -> types.ModuleType:
+    # torch.load wants a module with Unpickler and load; it subclasses the Unpickler.
+    module = types.ModuleType("fixture_class_pickle")
+    module.Unpickler = _FixtureClassUnpickler  # type: ignore[attr-defined]
+    module.load = _load_with_fixture_classes  # type: ignore[attr-defined]
+    return module
+
+
+def torch_load_trusted(path: Path | str, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=False)`` with the fixtures' model classes importable."""
+    with warnings.catch_warnings():
+        # torch's own rebuilders warn: sparse CSR announces its beta status, and the
+        # quantized-tensor rebuilder uses deprecated APIs (TypedStorage.device, the
+        # quantized constructors). These are torch's notices, not the fixtures' faults.
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
+        warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor.* are deprecated")
+        return torch.load(  # noqa: TID251 - ground truth for the project's own fixtures
+            path,
+            map_location=map_location,
+            weights_only=False,
+            pickle_module=_remapping_pickle_module(),
+        )
+
+
+def weights_at(obj: Any, root: str) -> Any:
+    """The object at dotted path ``root`` (``""`` is ``obj``); an nn.Module gives its state_dict.
+
+    Parts index mappings by key, lists and tuples by position (``optimizer_states.0``)
+    and anything else by attribute.
+    """
+    current = obj
+    for part in root.split(".") if root else []:
+        if isinstance(current, Mapping):
+            current = current[part]
+        elif isinstance(current, (list, tuple)):
+            current = current[int(part)]
+        else:
+            current = getattr(current, part)
+    if isinstance(current, nn.Module):
+        return current.state_dict()
+    return current
+
+
+def storage_locations(path: Path | str) -> set[str]:
+    """Every storage location a torch checkpoint names, read by torch itself."""
+    seen: set[str] = set()
+
+    def record_location(storage: Any, location: str) -> Any:
+        seen.add(location)
+        return storage  # left on the CPU, where torch deserialized it
+
+    torch_load_trusted(path, map_location=record_location)
+    return seen
+
+
+def load_torchscript(path: Path | str) -> torch.jit.ScriptModule:
+    with warnings.catch_warnings():
+        # TorchScript is deprecated but loads fine; the notice is not what is tested.
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated")
+        return torch.jit.load(str(path), map_location="cpu")  # noqa: TID251 - ground truth
+
+
+def load_sharded(folder: Path) -> dict[str, torch.Tensor]:
+    index_path = next(folder.glob("*.index.json"))
+    weight_map: dict[str, str] = json.loads(index_path.read_text())["weight_map"]
+    merged: dict[str, torch.Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        shard_path = folder / shard
+        if shard.endswith(".safetensors"):
+            merged.update(load_file(shard_path))
+        else:
+            merged.update(torch_load_trusted(shard_path))
+    return {key: merged[key] for key in weight_map}
+
+
+def ground_truth_weights(
+    record: Mapping[str, Any], directory: Path = COMMITTED_DIR
+) -> dict[str, torch.Tensor]:
+    """The fixture's weights (keys as in the file) as torch or safetensors read them."""
+    path = fixture_path(record, directory)
+    fmt = record["format"]
+    if fmt in TORCH_FORMATS:
+        return dict(weights_at(torch_load_trusted(path), record["weights_root"]))
+    if fmt == "safetensors":
+        return load_file(path)
+    if fmt in ("sharded-safetensors", "sharded-bin"):
+        return load_sharded(path)
+    if fmt == "torchscript":
+        return dict(load_torchscript(path).state_dict())
+    raise ValueError(f"fixture {record['name']} ({fmt}) holds no weights")
+
+
+def expected_state_dict_keys(record: Mapping[str, Any]) -> list[str]:
+    """The keys ``model.state_dict()`` has for the record's model, with its key prefix."""
+    model = tutorial_models().MODEL_CLASSES[record["model"]]()
+    return [record["key_prefix"] + key for key in model.state_dict()]
+
+
+def tensors_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same dtype, shape and bits (NaN-safe; works for float8, sparse and quantized tensors)."""
+    if a.dtype != b.dtype or a.shape != b.shape or a.layout != b.layout:
+        return False
+    if a.layout != torch.strided:
+        return tensors_equal(a.to_dense(), b.to_dense())
+    if a.is_quantized:
+        same_codes = tensors_equal(a.int_repr(), b.int_repr())
+        return same_codes and tensors_equal(a.dequantize(), b.dequantize())
+    return torch.equal(_bytes_of(a), _bytes_of(b))
+
+
+def _bytes_of(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().contiguous().reshape(-1).view(torch.uint8)
+
+
+def read_raw_pickle(path: Path | str) -> Any:
+    """Unpickle one of the fixtures' raw pickle files (our own file, holding plain values)."""
+    return pickle.Unpickler(io.BytesIO(Path(path).read_bytes())).load()
+
+
+def generate(
+    out_dir: Path | str, names: Iterable[str] | None = None, big: bool = False
+) -> list[dict[str, Any]]:
+    """Run ``fixtures/generate.py`` into ``out_dir`` and return the index it wrote.
+
+    The generator runs in its own interpreter: it re-homes model classes into
+    ``__main__`` and registers a storage tagger, neither of which belongs in the
+    caller's process.
+    """
+    command = [sys.executable, str(GENERATOR), str(out_dir)]
+    for name in names or ():
+        command += ["--only", name]
+    if big:
+        command.append("--big")
+    completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    if completed.returncode != 0:
+        raise RuntimeError(
+            f"fixture generator failed ({completed.returncode}): {completed.stderr.strip()}"
+        )
+    return load_fixture_index(Path(out_dir))
