@@ -10,6 +10,7 @@ instances are `PickledObject`s (class name + state); nothing here was imported.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from math import prod
 from typing import Any
 
 from ckpttool.dtypes import DTYPES
@@ -73,7 +74,7 @@ class TensorRef:
     requires_grad: bool = False
     kind: str = "tensor"  # "parameter" for nn.Parameter, or a subclass name
     layout: str = "strided"
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] | None = None  # quantizer parameters, sparse parts
     meta_device: str | None = None  # device of a tensor saved without storage
 
     @property
@@ -84,10 +85,7 @@ class TensorRef:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for dim in self.shape:
-            n *= dim
-        return n
+        return prod(self.shape)
 
     @property
     def itemsize(self) -> int:
@@ -98,7 +96,13 @@ class TensorRef:
         return byte_size(self.numel, self.dtype)
 
     def is_contiguous(self) -> bool:
-        return self.stride == contiguous_strides(self.shape) or self.numel <= 1
+        """Row-major without gaps (torch's rule: strides of size-1 dimensions do not matter)."""
+        expected = 1
+        for n, s in zip(reversed(self.shape), reversed(self.stride), strict=True):
+            if n != 1 and s != expected:
+                return self.numel == 0
+            expected *= n
+        return True
 
     def covers_storage(self) -> bool:
         """True when the tensor is its whole storage, contiguous from the start."""
@@ -113,7 +117,9 @@ class TensorRef:
         """[first, last + 1) element indices the tensor touches in its storage."""
         if self.numel == 0:
             return self.offset, self.offset
-        last = self.offset + sum((n - 1) * s for n, s in zip(self.shape, self.stride, strict=True))
+        last = self.offset
+        for n, s in zip(self.shape, self.stride, strict=True):
+            last += (n - 1) * s
         return self.offset, last + 1
 
 
@@ -127,21 +133,23 @@ def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 def validate_layout(tensor: TensorRef, where: str) -> None:
     """Reject shapes, strides and offsets that do not fit the storage, before any allocation."""
-    if len(tensor.shape) != len(tensor.stride):
-        raise TensorLayoutError(f"{where}: {len(tensor.shape)} sizes but {len(tensor.stride)} strides")
-    if any(n < 0 or n > INT64_MAX for n in tensor.shape):
-        raise TensorLayoutError(f"{where}: invalid size {list(tensor.shape)}")
-    if any(s < 0 or s > INT64_MAX for s in tensor.stride):
-        raise TensorLayoutError(f"{where}: invalid stride {list(tensor.stride)}")
-    if tensor.offset < 0 or tensor.numel > INT64_MAX:
+    shape, stride = tensor.shape, tensor.stride
+    if len(shape) != len(stride):
+        raise TensorLayoutError(f"{where}: {len(shape)} sizes but {len(stride)} strides")
+    if shape and (min(shape) < 0 or max(shape) > INT64_MAX):
+        raise TensorLayoutError(f"{where}: invalid size {list(shape)}")
+    if stride and (min(stride) < 0 or max(stride) > INT64_MAX):
+        raise TensorLayoutError(f"{where}: invalid stride {list(stride)}")
+    numel = tensor.numel
+    if tensor.offset < 0 or numel > INT64_MAX:
         raise TensorLayoutError(f"{where}: invalid storage offset {tensor.offset} or element count")
     storage = tensor.storage
-    if storage is None or tensor.numel == 0:
+    if storage is None or numel == 0:
         return
     first, end = tensor.span()
     if end > storage.numel:
         raise TensorLayoutError(
-            f"{where}: shape {list(tensor.shape)} stride {list(tensor.stride)} offset {first} "
+            f"{where}: shape {list(shape)} stride {list(stride)} offset {first} "
             f"reaches element {end - 1} of storage {storage.key!r}, which holds {storage.numel}"
         )
 

@@ -6,13 +6,17 @@ instead: a `TensorRef`, an ordered dict, a `torch.Size` tuple, a device string, 
 `PickledObject` for an instance of any class. Nothing is imported or called; calls
 it does not know stay `OpaqueCall`s.
 
-Shared nodes map to shared results (tied weights stay one object), cycles are
-followed once, and nesting deeper than `MAX_DEPTH` is a `LimitError`.
+The same builders run in two places: as the machine's reduce hooks while a reader
+decodes (one pass, no intermediate graph), and in `Interpreter`, which walks what
+is left afterwards (instances, unknown calls, globals used as values). Shared nodes
+map to shared results (tied weights stay one object), cycles are followed once, and
+nesting deeper than `MAX_DEPTH` is a `LimitError`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from ckpttool.checkpoint import (
@@ -24,10 +28,15 @@ from ckpttool.checkpoint import (
     contiguous_strides,
 )
 from ckpttool.errors import LimitError, TensorLayoutError
+from ckpttool.pickle import Hooks
 from ckpttool.pickle.objects import NEWOBJ, UNSET, Call, Global, PersistentRef
 
 MAX_DEPTH = 200
 PersistentResolver = Callable[[Any], Any]
+Builder = Callable[[str, Sequence[Any]], Any]  # (source, arguments) -> value
+
+# Values that are already final: the interpreter passes them through.
+_FINAL = (TensorRef, Storage, GlobalName, OpaqueCall, PickledObject, str, int, float, bytes, bool, complex)
 
 
 class Cycle:
@@ -35,6 +44,21 @@ class Cycle:
 
     def __str__(self) -> str:
         return "<cycle>"
+
+
+def reader_hooks(source: str, persistent: PersistentResolver) -> Hooks:
+    """Hooks that let a reader build its model while the machine decodes."""
+    reducers: dict[str, Callable[[tuple[Any, ...]], Any]] = {
+        name: partial(builder, source) for name, builder in BUILDERS.items()
+    }
+    for name in DICT_TYPES:
+        reducers[name] = _dict_hook
+    return Hooks(reducers=reducers, persistent=persistent)
+
+
+def _dict_hook(args: tuple[Any, ...]) -> dict[Any, Any]:
+    # A real dict: the SETITEMS that follow fill it directly.
+    return dict(_pairs_argument(args))
 
 
 class Interpreter:
@@ -46,7 +70,7 @@ class Interpreter:
         self.depth = 0
 
     def value(self, node: Any) -> Any:
-        if node is None or isinstance(node, (str, int, float, bytes, bool, complex)):
+        if node is None or isinstance(node, _FINAL):
             return node
         key = id(node)
         if key in self.memo:
@@ -97,18 +121,15 @@ class Interpreter:
             out[_hashable(self.value(k))] = self.value(v)
         return out
 
-    # -- calls -------------------------------------------------------------------
-
     def _call(self, node: Call, key: int) -> Any:
         name = node.func_name
-        if name in _DICT_TYPES:
-            pairs = _pairs_argument(node.args)
-            return self._fill_dict(key, pairs, node.dictitems or [])
+        if name in DICT_TYPES:
+            return self._fill_dict(key, _pairs_argument(node.args), node.dictitems or [])
         if node.kind == NEWOBJ or name == "copyreg._reconstructor" or node.kind == "inst":
             return self._instance(node, key)
-        builder = _BUILDERS.get(name or "")
+        builder = BUILDERS.get(name or "")
         if builder is not None:
-            result = builder(self, [self.value(a) for a in node.args])
+            result = builder(self.source, [self.value(a) for a in node.args])
         else:
             result = OpaqueCall(name, tuple(self.value(a) for a in node.args))
         self.memo[key] = result
@@ -120,7 +141,7 @@ class Interpreter:
             cls, args = args[0], ()
         qualname = cls.qualname if isinstance(cls, Global) else str(self.value(cls))
         if qualname == "torch.nn.parameter.Parameter" and args:
-            result = self._parameter([self.value(a) for a in args])
+            result = _parameter(self.source, [self.value(a) for a in args])
             self.memo[key] = result
             return result
         obj = PickledObject(qualname)
@@ -134,136 +155,128 @@ class Interpreter:
             obj.dictitems = {_hashable(self.value(k)): self.value(v) for k, v in node.dictitems}
         return obj
 
-    # -- torch's rebuild functions, described instead of called ------------------------
 
-    def tensor(self, storage: Any, offset: Any, size: Any, stride: Any, dtype: str | None = None) -> TensorRef:
-        if not isinstance(storage, Storage):
-            raise TensorLayoutError(f"tensor built from {_kind(storage)} instead of a storage", path=self.source)
-        shape, strides = _int_tuple(size, "size", self.source), _int_tuple(stride, "stride", self.source)
-        if not isinstance(offset, int) or isinstance(offset, bool):
-            raise TensorLayoutError(f"storage offset is {_kind(offset)}", path=self.source)
-        return TensorRef(dtype or storage.dtype, shape, strides, offset, storage)
-
-    def _parameter(self, args: list[Any]) -> Any:
-        data = args[0] if args else None
-        if not isinstance(data, TensorRef):
-            return OpaqueCall("torch._utils._rebuild_parameter", tuple(args))
-        requires_grad = bool(args[1]) if len(args) > 1 else True
-        return _copy_tensor(data, kind="parameter", requires_grad=requires_grad)
+# -- torch's rebuild functions, described instead of called -----------------------------------
 
 
-def _rebuild_tensor_v2(it: Interpreter, a: list[Any]) -> TensorRef:
-    _need(a, 4, "_rebuild_tensor_v2", it.source)
-    t = it.tensor(a[0], a[1], a[2], a[3])
-    t.requires_grad = bool(a[4]) if len(a) > 4 else False
+def tensor(source: str, storage: Any, offset: Any, size: Any, stride: Any, dtype: str | None = None) -> TensorRef:
+    if not isinstance(storage, Storage):
+        raise TensorLayoutError(f"tensor built from {_kind(storage)} instead of a storage", path=source)
+    shape, strides = _int_tuple(size, "size", source), _int_tuple(stride, "stride", source)
+    if type(offset) is not int:
+        raise TensorLayoutError(f"storage offset is {_kind(offset)}", path=source)
+    return TensorRef(dtype or storage.dtype, shape, strides, offset, storage)
+
+
+def _rebuild_tensor_v2(source: str, a: Sequence[Any]) -> TensorRef:
+    _need(a, 4, "_rebuild_tensor_v2", source)
+    t = tensor(source, a[0], a[1], a[2], a[3])
+    t.requires_grad = len(a) > 4 and a[4] is True
     return t
 
 
-def _rebuild_tensor_v3(it: Interpreter, a: list[Any]) -> TensorRef:
-    _need(a, 7, "_rebuild_tensor_v3", it.source)
-    dtype = a[6].qualname.removeprefix("torch.") if isinstance(a[6], GlobalName) else None
-    t = it.tensor(a[0], a[1], a[2], a[3], dtype)
-    t.requires_grad = bool(a[4])
+def _rebuild_tensor_v3(source: str, a: Sequence[Any]) -> TensorRef:
+    _need(a, 7, "_rebuild_tensor_v3", source)
+    t = tensor(source, a[0], a[1], a[2], a[3], _torch_dtype(a[6]))
+    t.requires_grad = a[4] is True
     return t
 
 
-def _rebuild_tensor(it: Interpreter, a: list[Any]) -> TensorRef:
-    _need(a, 4, "_rebuild_tensor", it.source)
-    return it.tensor(a[0], a[1], a[2], a[3])
+def _rebuild_tensor(source: str, a: Sequence[Any]) -> TensorRef:
+    _need(a, 4, "_rebuild_tensor", source)
+    return tensor(source, a[0], a[1], a[2], a[3])
 
 
-def _rebuild_parameter(it: Interpreter, a: list[Any]) -> Any:
-    return it._parameter(a)
+def _parameter(source: str, a: Sequence[Any]) -> Any:
+    data = a[0] if a else None
+    if not isinstance(data, TensorRef):
+        return OpaqueCall("torch._utils._rebuild_parameter", tuple(a))
+    requires_grad = a[1] is not False if len(a) > 1 else True
+    return _copy_tensor(data, kind="parameter", requires_grad=requires_grad)
 
 
-def _rebuild_qtensor(it: Interpreter, a: list[Any]) -> TensorRef:
-    _need(a, 5, "_rebuild_qtensor", it.source)
-    t = it.tensor(a[0], a[1], a[2], a[3])
-    t.extra["quantizer"] = a[4]
-    t.requires_grad = bool(a[5]) if len(a) > 5 else False
+def _rebuild_qtensor(source: str, a: Sequence[Any]) -> TensorRef:
+    _need(a, 5, "_rebuild_qtensor", source)
+    t = tensor(source, a[0], a[1], a[2], a[3])
+    t.extra = {"quantizer": a[4]}
+    t.requires_grad = len(a) > 5 and a[5] is True
     return t
 
 
-def _rebuild_meta(it: Interpreter, a: list[Any]) -> TensorRef:
-    _need(a, 3, "_rebuild_meta_tensor_no_storage", it.source)
-    dtype = a[0].qualname.removeprefix("torch.") if isinstance(a[0], GlobalName) else "float32"
-    shape = _int_tuple(a[1], "size", it.source)
-    stride = _int_tuple(a[2], "stride", it.source)
-    return TensorRef(dtype, shape, stride, 0, None, requires_grad=bool(a[3]) if len(a) > 3 else False)
+def _rebuild_meta(source: str, a: Sequence[Any]) -> TensorRef:
+    _need(a, 3, "_rebuild_meta_tensor_no_storage", source)
+    dtype = _torch_dtype(a[0]) or "float32"
+    shape, stride = _int_tuple(a[1], "size", source), _int_tuple(a[2], "stride", source)
+    return TensorRef(dtype, shape, stride, 0, None, requires_grad=len(a) > 3 and a[3] is True)
 
 
-def _rebuild_from_type_v2(it: Interpreter, a: list[Any]) -> Any:
+def _rebuild_from_type_v2(source: str, a: Sequence[Any]) -> Any:
     # (func, new_type, args, state): the tensor is func(*args); new_type is its class.
-    _need(a, 3, "_rebuild_from_type_v2", it.source)
-    func, new_type, args = a[0], a[1], a[2]
-    builder = _BUILDERS.get(func.qualname) if isinstance(func, GlobalName) else None
+    _need(a, 3, "_rebuild_from_type_v2", source)
+    func, new_type, args = _qualname(a[0]), _qualname(a[1]), a[2]
+    builder = BUILDERS.get(func or "")
     if builder is None or not isinstance(args, tuple):
         return OpaqueCall("torch._tensor._rebuild_from_type_v2", tuple(a))
-    tensor = builder(it, list(args))
-    if isinstance(tensor, TensorRef) and isinstance(new_type, GlobalName):
-        if new_type.qualname not in ("torch.Tensor", "torch.nn.parameter.Parameter"):
-            tensor = _copy_tensor(tensor, kind=new_type.qualname)
-    return tensor
+    result = builder(source, args)
+    if isinstance(result, TensorRef) and new_type not in (None, "torch.Tensor", "torch.nn.parameter.Parameter"):
+        result = _copy_tensor(result, kind=new_type or result.kind)
+    return result
 
 
-def _rebuild_sparse(it: Interpreter, a: list[Any]) -> Any:
+def _rebuild_sparse(source: str, a: Sequence[Any]) -> Any:
     # data is (indices, values, size, ...) for COO, (crow, col, values, size) for CSR.
-    _need(a, 2, "_rebuild_sparse_tensor", it.source)
+    _need(a, 2, "_rebuild_sparse_tensor", source)
     layout, data = a[0], a[1]
     parts = [p for p in data if isinstance(p, TensorRef)] if isinstance(data, tuple) else []
     sizes = [p for p in data if isinstance(p, tuple)] if isinstance(data, tuple) else []
     if not parts or not sizes:
         return OpaqueCall("torch._utils._rebuild_sparse_tensor", tuple(a))
-    size = _int_tuple(sizes[0], "size", it.source)
+    size = _int_tuple(sizes[0], "size", source)
     values = parts[-1]
     t = TensorRef(values.dtype, size, contiguous_strides(size), 0, values.storage, layout=str(layout))
-    t.extra["parts"] = parts
+    t.extra = {"parts": parts}
     return t
 
 
-def _size(it: Interpreter, a: list[Any]) -> Any:
+def _size(source: str, a: Sequence[Any]) -> Any:
     return tuple(a[0]) if a and isinstance(a[0], (tuple, list)) else OpaqueCall("torch.Size", tuple(a))
 
 
-def _device(it: Interpreter, a: list[Any]) -> Any:
+def _device(source: str, a: Sequence[Any]) -> Any:
     if len(a) == 1 and isinstance(a[0], str):
         return a[0]
-    if len(a) == 2 and isinstance(a[0], str) and isinstance(a[1], int):
+    if len(a) == 2 and isinstance(a[0], str) and type(a[1]) is int:
         return f"{a[0]}:{a[1]}"
     return OpaqueCall("torch.device", tuple(a))
 
 
-def _layout(it: Interpreter, a: list[Any]) -> Any:
+def _layout(source: str, a: Sequence[Any]) -> Any:
     return a[0].removeprefix("torch.") if a and isinstance(a[0], str) else OpaqueCall("_get_layout", tuple(a))
 
 
-def _encode(it: Interpreter, a: list[Any]) -> Any:
+def _encode(source: str, a: Sequence[Any]) -> Any:
     # protocol 2 writes bytes as _codecs.encode(text, 'latin1'); decode that, nothing else.
     if len(a) == 2 and isinstance(a[0], str) and a[1] in ("latin1", "latin-1"):
         return a[0].encode("latin-1", "surrogatepass")
-    if len(a) == 0:
+    if not a:
         return b""
     return OpaqueCall("_codecs.encode", tuple(a))
 
 
-def _set(it: Interpreter, a: list[Any]) -> Any:
-    try:
-        return set(a[0]) if a else set()
-    except TypeError:
-        return OpaqueCall("builtins.set", tuple(a))
+def _collection(kind: type) -> Builder:
+    def build(source: str, a: Sequence[Any]) -> Any:
+        try:
+            return kind(a[0]) if a else kind()
+        except TypeError:
+            return OpaqueCall(f"builtins.{kind.__name__}", tuple(a))
+
+    return build
 
 
-def _frozenset(it: Interpreter, a: list[Any]) -> Any:
-    try:
-        return frozenset(a[0]) if a else frozenset()
-    except TypeError:
-        return OpaqueCall("builtins.frozenset", tuple(a))
-
-
-def _bytes_like(name: str) -> Callable[[Interpreter, list[Any]], Any]:
+def _bytes_like(name: str) -> Builder:
     """builtins.bytes() / bytearray(b'...'): how protocols 0-2 spell empty bytes and bytearrays."""
 
-    def build(it: Interpreter, a: list[Any]) -> Any:
+    def build(source: str, a: Sequence[Any]) -> Any:
         if not a:
             return b""
         if len(a) == 1 and isinstance(a[0], bytes):
@@ -273,18 +286,18 @@ def _bytes_like(name: str) -> Callable[[Interpreter, list[Any]], Any]:
     return build
 
 
-def _complex(it: Interpreter, a: list[Any]) -> Any:
-    if all(isinstance(x, (int, float)) for x in a) and len(a) <= 2:
+def _complex(source: str, a: Sequence[Any]) -> Any:
+    if len(a) <= 2 and all(type(x) in (int, float) for x in a):
         return complex(*a)
     return OpaqueCall("builtins.complex", tuple(a))
 
 
-_BUILDERS: dict[str, Callable[[Interpreter, list[Any]], Any]] = {
+BUILDERS: dict[str, Builder] = {
     "torch._utils._rebuild_tensor_v2": _rebuild_tensor_v2,
     "torch._utils._rebuild_tensor_v3": _rebuild_tensor_v3,
     "torch._utils._rebuild_tensor": _rebuild_tensor,
-    "torch._utils._rebuild_parameter": _rebuild_parameter,
-    "torch._utils._rebuild_parameter_with_state": _rebuild_parameter,
+    "torch._utils._rebuild_parameter": _parameter,
+    "torch._utils._rebuild_parameter_with_state": _parameter,
     "torch._utils._rebuild_qtensor": _rebuild_qtensor,
     "torch._utils._rebuild_meta_tensor_no_storage": _rebuild_meta,
     "torch._utils._rebuild_sparse_tensor": _rebuild_sparse,
@@ -293,13 +306,13 @@ _BUILDERS: dict[str, Callable[[Interpreter, list[Any]], Any]] = {
     "torch.device": _device,
     "torch.serialization._get_layout": _layout,
     "_codecs.encode": _encode,
-    "builtins.set": _set,
-    "builtins.frozenset": _frozenset,
+    "builtins.set": _collection(set),
+    "builtins.frozenset": _collection(frozenset),
     "builtins.bytearray": _bytes_like("builtins.bytearray"),
     "builtins.bytes": _bytes_like("builtins.bytes"),
     "builtins.complex": _complex,
 }
-_DICT_TYPES = frozenset({"collections.OrderedDict", "collections.Counter", "builtins.dict"})
+DICT_TYPES = frozenset({"collections.OrderedDict", "collections.Counter", "builtins.dict"})
 
 
 def _copy_tensor(t: TensorRef, *, kind: str, requires_grad: bool | None = None) -> TensorRef:
@@ -312,12 +325,21 @@ def _copy_tensor(t: TensorRef, *, kind: str, requires_grad: bool | None = None) 
         t.requires_grad if requires_grad is None else requires_grad,
         kind,
         t.layout,
-        dict(t.extra),
+        t.extra,
         t.meta_device,
     )
 
 
-def _pairs_argument(args: tuple[Any, ...]) -> list[tuple[Any, Any]]:
+def _qualname(value: Any) -> str | None:
+    return value.qualname if isinstance(value, (Global, GlobalName)) else None
+
+
+def _torch_dtype(value: Any) -> str | None:
+    name = _qualname(value)
+    return name.removeprefix("torch.") if name and name.startswith("torch.") else None
+
+
+def _pairs_argument(args: Sequence[Any]) -> list[tuple[Any, Any]]:
     """OrderedDict(...) arguments: nothing, or one list of [key, value] pairs."""
     if not args:
         return []
@@ -332,14 +354,12 @@ def _pairs_argument(args: tuple[Any, ...]) -> list[tuple[Any, Any]]:
 def _int_tuple(value: Any, what: str, source: str) -> tuple[int, ...]:
     if isinstance(value, list):
         value = tuple(value)
-    if not isinstance(value, tuple) or not all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value
-    ):
+    if type(value) is not tuple or not all(type(v) is int for v in value):
         raise TensorLayoutError(f"tensor {what} is {_kind(value)}, not a tuple of integers", path=source)
     return value
 
 
-def _need(args: list[Any], n: int, func: str, source: str) -> None:
+def _need(args: Sequence[Any], n: int, func: str, source: str) -> None:
     if len(args) < n:
         raise TensorLayoutError(f"{func} called with {len(args)} arguments, needs {n}", path=source)
 
@@ -354,4 +374,3 @@ def _hashable(key: Any) -> Any:
     except TypeError:
         return repr(key)
     return key
-

@@ -23,7 +23,8 @@ TENSOR_COLUMNS = ("key", "dtype", "shape", "numel", "nbytes", "device")
 
 
 def to_json(payload: dict[str, Any]) -> str:
-    return json.dumps({"schema_version": SCHEMA_VERSION, **payload}, indent=2, allow_nan=False)
+    # Compact: json's C encoder only runs without indent, and outputs can hold 10^5 rows.
+    return json.dumps({"schema_version": SCHEMA_VERSION, **payload}, allow_nan=False, separators=(",", ":"))
 
 
 def to_csv(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
@@ -64,7 +65,20 @@ def compact(value: Any, limit: int = 60) -> str:
 
 
 def tensor_json(row: TensorRow) -> dict[str, Any]:
-    return asdict(row)
+    return {
+        "key": row.key,
+        "dtype": row.dtype,
+        "shape": row.shape,
+        "numel": row.numel,
+        "nbytes": row.nbytes,
+        "device": row.device,
+        "kind": row.kind,
+        "storage": row.storage,
+        "storage_offset": row.storage_offset,
+        "stride": row.stride,
+        "contiguous": row.contiguous,
+        "layout": row.layout,
+    }
 
 
 def inspect_json(report: InspectReport, weights: list[TensorRow], tensors: list[TensorRow]) -> str:

@@ -16,14 +16,15 @@ import mmap
 import os
 import struct
 import tarfile
+from functools import partial
 from typing import Any
 
 from ckpttool.checkpoint import Checkpoint, Record, Storage, TensorRef
 from ckpttool.dtypes import storage_dtype
 from ckpttool.errors import FormatError
 from ckpttool.formats.torchpickle import StorageTable, check_tensors, interpret_torch_pickle
-from ckpttool.interpret import Interpreter
-from ckpttool.pickle import Decoded, Global, decode
+from ckpttool.interpret import Interpreter, reader_hooks
+from ckpttool.pickle import NO_HOOKS, Decoded, Global, Hooks, decode
 
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
@@ -44,13 +45,19 @@ def starts_with_magic(data: Any) -> bool:
 
 
 class _Reader:
-    """Sequential decoding over one mapped file, remembering every pickle for scan."""
+    """Sequential decoding over one mapped file.
+
+    A scan passes `seen`: every pickle is then decoded as a plain inert graph and
+    remembered; a read decodes the main pickle with the reader's hooks instead.
+    """
 
     def __init__(self, path: str, data: Any, seen: Seen | None) -> None:
         self.path, self.data, self.seen = path, data, seen
 
-    def pickle(self, name: str, start: int, end: int | None = None) -> Decoded:
-        decoded = decode(self.data, start=start, end=end, source=f"{self.path}:{name}")
+    def pickle(self, name: str, start: int, end: int | None = None, hooks: Hooks = NO_HOOKS) -> Decoded:
+        if self.seen is not None:
+            hooks = NO_HOOKS
+        decoded = decode(self.data, start=start, end=end, source=f"{self.path}:{name}", hooks=hooks)
         if self.seen is not None:
             self.seen.append((name, decoded))
         return decoded
@@ -89,9 +96,9 @@ def _read_stacked(r: _Reader, size: int) -> Checkpoint:
             f"legacy protocol version {version.value!r}; torch reads only {PROTOCOL_VERSION}", path=r.path
         )
     sys_info = r.pickle("sys_info", version.end)
-    main = r.pickle("main pickle", sys_info.end)
-    keys = r.pickle("storage keys", main.end)
     table = StorageTable(r.path, _byteorder(sys_info.value), allow_view_metadata=True)
+    main = r.pickle("main pickle", sys_info.end, hooks=reader_hooks(r.path, table.resolve))
+    keys = r.pickle("storage keys", main.end)
     root = interpret_torch_pickle(main, table)
     end = _attach_stacked_records(r, table, keys.value, keys.end)
     anomalies = list(table.anomalies)
@@ -144,8 +151,9 @@ def read_legacy_tar(path: str, seen: Seen | None = None) -> Checkpoint:
         objects: dict[str, Any] = {}
         _read_tar_storages(r, members["storages"], objects)
         _read_tar_tensors(r, members["tensors"], objects)
-        main = r.pickle("pickle", *members["pickle"])
-        root = Interpreter(lambda pid: _tar_object(r.path, objects, pid), path).value(main.value)
+        resolve = partial(_tar_object, r.path, objects)
+        main = r.pickle("pickle", *members["pickle"], hooks=reader_hooks(path, resolve))
+        root = Interpreter(resolve, path).value(main.value)
         check_tensors(root, path)
         storages = {k: v for k, v in objects.items() if isinstance(v, Storage)}
         return Checkpoint(path, "torch-legacy-tar", os.fstat(f.fileno()).st_size, root, storages, files=[path])

@@ -15,8 +15,8 @@ from typing import Any
 from ckpttool.checkpoint import GlobalName, Record, Storage, TensorRef, validate_layout
 from ckpttool.dtypes import storage_dtype
 from ckpttool.errors import FormatError
-from ckpttool.interpret import Interpreter
-from ckpttool.pickle import Decoded
+from ckpttool.interpret import Interpreter, reader_hooks
+from ckpttool.pickle import Decoded, Global, decode
 from ckpttool.weights import all_tensors
 
 RecordFinder = Callable[[Storage], Record]
@@ -34,7 +34,8 @@ class StorageTable:
 
     def resolve(self, pid: Any) -> Storage | GlobalName:
         if isinstance(pid, tuple) and len(pid) == 4 and pid[0] == "module":
-            return pid[1] if isinstance(pid[1], GlobalName) else GlobalName("?")
+            # legacy whole models: ('module', cls, source_file, source) stands for the class
+            return GlobalName(pid[1].qualname) if isinstance(pid[1], (Global, GlobalName)) else GlobalName("?")
         expected = (5, 6) if self.allow_view_metadata else (5,)
         if not (isinstance(pid, tuple) and len(pid) in expected and pid[0] == "storage"):
             raise FormatError(f"persistent id {_short(pid)} is not a storage reference", path=self.path)
@@ -64,7 +65,7 @@ class StorageTable:
 
 
 def _dtype_of(storage_type: Any) -> str | None:
-    if not isinstance(storage_type, GlobalName):
+    if not isinstance(storage_type, (Global, GlobalName)):
         return None
     module, _, name = storage_type.qualname.rpartition(".")
     return storage_dtype(module, name)
@@ -75,7 +76,15 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+def decode_torch_pickle(data: Any, table: StorageTable, name: str, *, start: int = 0, end: int | None = None) -> tuple[Decoded, Any]:
+    """Decode one torch pickle straight into the model: tensors, storages, dicts."""
+    hooks = reader_hooks(table.path, table.resolve)
+    decoded = decode(data, start=start, end=end, source=f"{table.path}:{name}", hooks=hooks)
+    return decoded, interpret_torch_pickle(decoded, table)
+
+
 def interpret_torch_pickle(decoded: Decoded, table: StorageTable) -> Any:
+    """What the reduce hooks left: instances, unknown calls, globals used as values."""
     return Interpreter(table.resolve, table.path).value(decoded.value)
 
 
@@ -83,6 +92,6 @@ def check_tensors(root: Any, path: str) -> None:
     """Every tensor's view must fit its storage: checked before anything reads bytes."""
     for named in all_tensors(root):
         validate_layout(named.tensor, f"{path}: tensor {named.key!r}")
-        for part in named.tensor.extra.get("parts", ()):
+        for part in (named.tensor.extra or {}).get("parts", ()):
             if isinstance(part, TensorRef):
                 validate_layout(part, f"{path}: tensor {named.key!r}")

@@ -9,11 +9,12 @@ tensors listed from `data.pkl` and `constants.pkl`; they are never loaded.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from ckpttool.checkpoint import Checkpoint, Record, Storage
 from ckpttool.errors import FormatError, ZipFormatError
-from ckpttool.formats.torchpickle import StorageTable, check_tensors, interpret_torch_pickle
+from ckpttool.formats.torchpickle import StorageTable, check_tensors, decode_torch_pickle
 from ckpttool.formats.ziparchive import (
     ZipArchive,
     ZipEntry,
@@ -37,11 +38,16 @@ def pickle_names(archive: ZipArchive) -> list[str]:
     return [name for name in archive.order if name.endswith(".pkl")]
 
 
-def read_pickle(archive: ZipArchive, entry: ZipEntry) -> Decoded:
+def read_pickle_bytes(archive: ZipArchive, entry: ZipEntry) -> bytes:
     data = read_entry(archive, entry, DEFAULT_LIMITS.max_bytes)
     if not crc_matches(entry, data):
         archive.anomalies.append(f"record {entry.name!r} fails its CRC-32 check")
-    return decode(data, source=f"{archive.path}:{entry.name}")
+    return data
+
+
+def read_pickle(archive: ZipArchive, entry: ZipEntry) -> Decoded:
+    """The record's pickle as an inert graph, for scans (no reader hooks)."""
+    return decode(read_pickle_bytes(archive, entry), source=f"{archive.path}:{entry.name}")
 
 
 def read_byteorder(archive: ZipArchive) -> str:
@@ -64,7 +70,7 @@ def read_torch_zip(path: str, archive: ZipArchive | None = None) -> Checkpoint:
             f"zip archive without {archive.root}/data.pkl: not a torch checkpoint", path=path
         )
     table = StorageTable(path, read_byteorder(archive))
-    root = interpret_torch_pickle(read_pickle(archive, entry), table)
+    _, root = decode_torch_pickle(read_pickle_bytes(archive, entry), table, entry.name)
     if torchscript:
         root = _with_constants(archive, table, root)
     for storage in table.storages.values():
@@ -96,7 +102,7 @@ def _with_constants(archive: ZipArchive, table: StorageTable, root: Any) -> Any:
     entry = archive.record("constants.pkl")
     if entry is None:
         return root
-    constants = interpret_torch_pickle(read_pickle(archive, entry), _ConstantsTable(table))
+    _, constants = decode_torch_pickle(read_pickle_bytes(archive, entry), _ConstantsTable(table), entry.name)
     if not all_tensors(constants):
         return root
     return {"data": root, "constants": constants}
@@ -136,7 +142,7 @@ def _record_for(archive: ZipArchive, storage: Storage) -> Record:
         size=entry.compressed_size,
         compressed=entry.method != 0,
         crc=entry.crc,
-        resolve=lambda: resolve_data_offset(archive, entry),
+        resolve=partial(resolve_data_offset, archive, entry),
     )
 
 

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ckpttool.checkpoint import Checkpoint, GlobalName, OpaqueCall, PickledObject, TensorRef
+from ckpttool.checkpoint import Checkpoint, GlobalName, OpaqueCall, PickledObject, TensorRef, byte_size
 from ckpttool.formats import read_checkpoint
 from ckpttool.interpret import Cycle
 from ckpttool.scalars import read_scalar
@@ -21,7 +21,7 @@ MAX_ENTRY_NODES = 10_000
 MAX_ENTRY_DEPTH = 32
 
 
-@dataclass
+@dataclass(slots=True)
 class TensorRow:
     key: str
     dtype: str
@@ -78,6 +78,7 @@ def inspect_checkpoint(path: str, root: str | None = None) -> InspectReport:
 def describe(checkpoint: Checkpoint, root: str | None = None) -> InspectReport:
     weights = find_weights(checkpoint.root, root)
     every = all_tensors(checkpoint.root)
+    rows: dict[tuple[str, int], TensorRow] = {}  # a bare state_dict lists each tensor twice
     return InspectReport(
         path=checkpoint.path,
         format=checkpoint.format,
@@ -85,8 +86,8 @@ def describe(checkpoint: Checkpoint, root: str | None = None) -> InspectReport:
         byteorder=checkpoint.byteorder,
         weights_root=weights.root,
         weights_kind=weights.kind,
-        weights=[tensor_row(t) for t in weights.tensors],
-        tensors=[tensor_row(t) for t in every],
+        weights=[_row(t, rows) for t in weights.tensors],
+        tensors=[_row(t, rows) for t in every],
         entries=entries(checkpoint.root, weights.root),
         objects=objects(checkpoint.root),
         metadata=checkpoint.metadata,
@@ -96,14 +97,23 @@ def describe(checkpoint: Checkpoint, root: str | None = None) -> InspectReport:
     )
 
 
+def _row(named: NamedTensor, cache: dict[tuple[str, int], TensorRow]) -> TensorRow:
+    key = (named.key, id(named.tensor))
+    row = cache.get(key)
+    if row is None:
+        row = cache[key] = tensor_row(named)
+    return row
+
+
 def tensor_row(named: NamedTensor) -> TensorRow:
     t = named.tensor
+    numel = t.numel
     return TensorRow(
         key=named.key,
         dtype=t.dtype,
         shape=list(t.shape),
-        numel=t.numel,
-        nbytes=t.nbytes,
+        numel=numel,
+        nbytes=byte_size(numel, t.dtype),
         device=t.device,
         kind=t.kind,
         storage=t.storage.key if t.storage else None,

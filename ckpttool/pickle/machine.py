@@ -17,11 +17,11 @@ from __future__ import annotations
 import _compat_pickle
 import codecs
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ckpttool.errors import LimitError, PickleError
+from ckpttool.errors import CkptError, LimitError, PickleError
 from ckpttool.pickle.objects import (
     CALL,
     INST,
@@ -33,7 +33,8 @@ from ckpttool.pickle.objects import (
     OutOfBandBuffer,
     PersistentRef,
 )
-from ckpttool.pickle.opcodes import NAMES, TORCH_OPCODES
+from ckpttool.pickle.opcodes import ARGUMENT_BYTES as _ARGUMENT_BYTES
+from ckpttool.pickle.opcodes import INLINE, NAMES, TORCH_OPCODES
 
 
 @dataclass(frozen=True)
@@ -86,14 +87,31 @@ _STOP = -1
 
 
 class TrackedGlobal(Global):
-    """A Global that remembers how the pickle used it."""
+    """A Global that remembers how the pickle used it (and the hook a reader set for it)."""
 
-    __slots__ = ("uses", "offset")
+    __slots__ = ("uses", "offset", "hook")
 
-    def __init__(self, module: str, name: str, offset: int) -> None:
+    def __init__(self, module: str, name: str, offset: int, hook: Callable[..., Any] | None) -> None:
         super().__init__(module, name)
         self.uses: set[str] = set()
         self.offset = offset
+        self.hook = hook
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """ckpttool's own functions to apply while decoding, instead of inert records.
+
+    `reducers` maps a global's `module.name` to a function of the REDUCE arguments
+    (torch's rebuild functions, OrderedDict, ...): the reader builds its model in one
+    pass. `persistent` turns a persistent id into a storage. Scans use no hooks.
+    """
+
+    reducers: Mapping[str, Callable[[tuple[Any, ...]], Any]] = field(default_factory=dict)
+    persistent: Callable[[Any], Any] | None = None
+
+
+NO_HOOKS = Hooks()
 
 
 def decode(
@@ -103,14 +121,15 @@ def decode(
     end: int | None = None,
     limits: Limits = DEFAULT_LIMITS,
     source: str | None = None,
+    hooks: Hooks = NO_HOOKS,
 ) -> Decoded:
     """Decode the pickle starting at `data[start]` (bytes or an mmap) without executing it."""
-    return _Machine(data, start, len(data) if end is None else end, limits, source).run()
+    return _Machine(data, start, len(data) if end is None else end, limits, source, hooks).run()
 
 
 class _Machine:
     def __init__(
-        self, data: Any, start: int, end: int, limits: Limits, source: str | None
+        self, data: Any, start: int, end: int, limits: Limits, source: str | None, hooks: Hooks
     ) -> None:
         if end - start > limits.max_bytes:
             raise LimitError(f"pickle of {end - start} bytes exceeds the limit", path=source)
@@ -128,34 +147,168 @@ class _Machine:
         self.globals: list[Global] = []
         self.foreign: dict[str, int] = {}
         self.problems: list[str] = []
+        self.hooks = hooks
+        self.stop_pos = start
         self.dispatch = self._build_dispatch()
 
     # -- the loop ---------------------------------------------------------------
 
     def run(self) -> Decoded:
-        data, end, dispatch = self.data, self.end, self.dispatch
-        max_ops = self.limits.max_opcodes
+        try:
+            count = self.loop()
+        except PickleError as exc:
+            raise self.partial(exc) from None
+        return self.snapshot(self.result, self.stop_pos, count)
+
+    def loop(self) -> int:
+        """The opcode loop. Opcodes of torch's own pickles are handled inline (they are
+        nearly every opcode of a large checkpoint); the rest go through `dispatch`."""
+        data, end, dispatch, memo, metastack = self.data, self.end, self.dispatch, self.memo, self.metastack
+        max_ops, max_marks, max_memo = self.limits.max_opcodes, self.limits.max_mark_depth, self.limits.max_memo
+        persistent = self.hooks.persistent
+        stack = self.stack
         pos, count = self.start, 0
         try:
             while pos >= 0:
                 if pos >= end:
                     raise self.error("pickle ends before its STOP opcode (truncated?)", pos)
-                op = data[pos]
-                handler = dispatch[op]
-                if handler is None:
-                    raise self.error(f"invalid opcode 0x{op:02x}", pos)
-                self.op_pos = pos
-                pos = handler(pos + 1)
                 count += 1
                 if count > max_ops:
                     raise self.limit(f"more than {max_ops} opcodes")
-        except IndexError:
-            raise self.partial(self.error("stack underflow", self.op_pos)) from None
+                op = data[pos]
+                if op == 0x72:  # LONG_BINPUT
+                    index = _unpack_I(data, pos + 1)[0]
+                    if len(memo) >= max_memo and index not in memo:
+                        raise self.limit(f"more than {max_memo} memo entries")
+                    memo[index] = stack[-1]
+                    pos += 5
+                elif op == 0x4B:  # BININT1
+                    stack.append(data[pos + 1])
+                    pos += 2
+                elif op == 0x68:  # BINGET
+                    stack.append(memo[data[pos + 1]])
+                    pos += 2
+                elif op == 0x71:  # BINPUT
+                    memo[data[pos + 1]] = stack[-1]
+                    pos += 2
+                elif op == 0x6A:  # LONG_BINGET
+                    stack.append(memo[_unpack_I(data, pos + 1)[0]])
+                    pos += 5
+                elif op == 0x58:  # BINUNICODE
+                    n = _unpack_I(data, pos + 1)[0]
+                    pos += 5
+                    if pos + n > end:
+                        raise self.error(f"argument of {n} bytes runs past the end of the pickle", pos)
+                    try:
+                        stack.append(str(data[pos : pos + n], "utf-8", "surrogatepass"))
+                    except UnicodeDecodeError:
+                        raise self.error("string is not valid UTF-8", pos) from None
+                    pos += n
+                elif op == 0x28:  # MARK
+                    if len(metastack) >= max_marks:
+                        raise self.limit(f"more than {max_marks} nested MARKs")
+                    metastack.append(stack)
+                    stack = []
+                    pos += 1
+                elif op == 0x74:  # TUPLE
+                    items = tuple(stack)
+                    stack = self.pop_mark_of(metastack)
+                    stack.append(items)
+                    pos += 1
+                elif op == 0x85:  # TUPLE1
+                    stack[-1] = (stack[-1],)
+                    pos += 1
+                elif op == 0x86:  # TUPLE2
+                    second = stack.pop()
+                    stack[-1] = (stack[-1], second)
+                    pos += 1
+                elif op == 0x87:  # TUPLE3
+                    third, second = stack.pop(), stack.pop()
+                    stack[-1] = (stack[-1], second, third)
+                    pos += 1
+                elif op == 0x52:  # REDUCE
+                    self.op_pos = pos
+                    args = stack.pop()
+                    stack[-1] = self.reduce(stack[-1], args)
+                    pos += 1
+                elif op == 0x51:  # BINPERSID
+                    stack[-1] = persistent(stack[-1]) if persistent else PersistentRef(stack[-1])
+                    pos += 1
+                elif op == 0x89:  # NEWFALSE
+                    stack.append(False)
+                    pos += 1
+                elif op == 0x88:  # NEWTRUE
+                    stack.append(True)
+                    pos += 1
+                elif op == 0x29:  # EMPTY_TUPLE
+                    stack.append(())
+                    pos += 1
+                elif op == 0x4E:  # NONE
+                    stack.append(None)
+                    pos += 1
+                elif op == 0x4D:  # BININT2
+                    stack.append(_unpack_H(data, pos + 1)[0])
+                    pos += 3
+                elif op == 0x4A:  # BININT
+                    stack.append(_unpack_i(data, pos + 1)[0])
+                    pos += 5
+                elif op == 0x75:  # SETITEMS
+                    self.op_pos = pos
+                    items = stack
+                    stack = self.pop_mark_of(metastack)
+                    if len(items) % 2:
+                        raise self.error("SETITEMS with an odd number of items", pos)
+                    self.set_items(stack[-1], items, "SETITEMS")
+                    pos += 1
+                elif op == 0x7D:  # EMPTY_DICT
+                    stack.append({})
+                    pos += 1
+                else:
+                    handler = dispatch[op]
+                    if handler is None:
+                        raise self.error(f"invalid opcode 0x{op:02x}", pos)
+                    self.op_pos = pos
+                    self.stack = stack
+                    pos = handler(pos + 1)
+                    stack = self.stack
+        except (IndexError, struct.error):
+            raise self.error(self.index_problem(pos), pos) from None
+        except KeyError as exc:
+            raise self.error(f"memo slot {exc.args[0]} read before it was written", pos) from None
         except RecursionError:  # only reachable through C-level hashing of nested keys
-            raise self.partial(self.limit("structure nested too deeply")) from None
-        except PickleError as exc:
-            raise self.partial(exc) from None
-        return self.snapshot(self.result, self.stop_pos, count)
+            raise self.limit("structure nested too deeply") from None
+        return count
+
+    def index_problem(self, pos: int) -> str:
+        """An IndexError means either a short argument or an empty stack: say which."""
+        op = self.data[pos] if pos < len(self.data) else 0
+        if pos + 1 + _ARGUMENT_BYTES.get(op, 0) > self.end:
+            return "pickle ends inside an opcode argument"
+        return "stack underflow"
+
+    def pop_mark_of(self, metastack: list[list[Any]]) -> list[Any]:
+        if not metastack:
+            raise self.error("MARK expected but none is open", self.op_pos)
+        return metastack.pop()
+
+    def reduce(self, func: Any, args: Any) -> Any:
+        if type(args) is not tuple:
+            raise self.error(f"REDUCE arguments are {_describe(args)}, not a tuple", self.op_pos)
+        if type(func) is TrackedGlobal:
+            func.uses.add(USE_CALL)
+            if func.hook is not None:
+                return self.apply_hook(func, args)
+        else:
+            self.note_call(func, USE_CALL, "REDUCE")
+        return Call(func, args, CALL)
+
+    def apply_hook(self, func: TrackedGlobal, args: tuple[Any, ...]) -> Any:
+        try:
+            return func.hook(args)
+        except CkptError:
+            raise
+        except Exception as exc:  # arguments a file chose: any shape is possible
+            raise self.error(f"malformed arguments to {func.qualname}: {type(exc).__name__}", self.op_pos) from None
 
     def snapshot(self, value: Any, end: int, count: int) -> Decoded:
         return Decoded(
@@ -246,7 +399,7 @@ class _Machine:
                 module, name = _compat_pickle.NAME_MAPPING[(module, name)]
             elif module in _compat_pickle.IMPORT_MAPPING:
                 module = _compat_pickle.IMPORT_MAPPING[module]
-        ref = TrackedGlobal(module, name, self.op_pos)
+        ref = TrackedGlobal(module, name, self.op_pos, self.hooks.reducers.get(f"{module}.{name}"))
         self.globals.append(ref)
         return ref
 
@@ -257,13 +410,6 @@ class _Machine:
             self.problem(f"{opcode} on {_describe(func)}, a value computed inside the pickle")
 
     # -- opcode handlers: each takes the offset after the opcode byte and returns the next ---
-
-    def op_mark(self, pos: int) -> int:
-        if len(self.metastack) >= self.limits.max_mark_depth:
-            raise self.limit(f"more than {self.limits.max_mark_depth} nested MARKs")
-        self.metastack.append(self.stack)
-        self.stack = []
-        return pos
 
     def op_stop(self, pos: int) -> int:
         self.result = self.stack.pop()
@@ -298,34 +444,7 @@ class _Machine:
             raise self.error("FRAME longer than the rest of the pickle", pos)
         return new
 
-    # constants
-    def op_none(self, pos: int) -> int:
-        self.stack.append(None)
-        return pos
-
-    def op_newtrue(self, pos: int) -> int:
-        self.stack.append(True)
-        return pos
-
-    def op_newfalse(self, pos: int) -> int:
-        self.stack.append(False)
-        return pos
-
     # integers
-    def op_binint(self, pos: int) -> int:
-        new = self.fixed(pos, 4)
-        self.stack.append(_unpack_i(self.data, pos)[0])
-        return new
-
-    def op_binint1(self, pos: int) -> int:
-        new = self.fixed(pos, 1)
-        self.stack.append(self.data[pos])
-        return new
-
-    def op_binint2(self, pos: int) -> int:
-        new = self.fixed(pos, 2)
-        self.stack.append(_unpack_H(self.data, pos)[0])
-        return new
 
     def op_long1(self, pos: int) -> int:
         new = self.fixed(pos, 1)
@@ -389,10 +508,6 @@ class _Machine:
         except UnicodeDecodeError:
             raise self.error("string is not valid UTF-8", pos) from None
         return pos + n
-
-    def op_binunicode(self, pos: int) -> int:
-        new = self.fixed(pos, 4)
-        return self.push_unicode(new, _unpack_I(self.data, pos)[0])
 
     def op_short_binunicode(self, pos: int) -> int:
         new = self.fixed(pos, 1)
@@ -475,32 +590,6 @@ class _Machine:
         return pos
 
     # containers
-    def op_empty_tuple(self, pos: int) -> int:
-        self.stack.append(())
-        return pos
-
-    def op_tuple(self, pos: int) -> int:
-        items = tuple(self.pop_mark())  # pop first: it swaps self.stack
-        self.stack.append(items)
-        return pos
-
-    def op_tuple1(self, pos: int) -> int:
-        self.stack[-1] = (self.stack[-1],)
-        return pos
-
-    def op_tuple2(self, pos: int) -> int:
-        stack = self.stack
-        if len(stack) < 2:
-            raise IndexError
-        stack[-2:] = [(stack[-2], stack[-1])]
-        return pos
-
-    def op_tuple3(self, pos: int) -> int:
-        stack = self.stack
-        if len(stack) < 3:
-            raise IndexError
-        stack[-3:] = [(stack[-3], stack[-2], stack[-1])]
-        return pos
 
     def op_empty_list(self, pos: int) -> int:
         self.stack.append([])
@@ -509,10 +598,6 @@ class _Machine:
     def op_list(self, pos: int) -> int:
         items = self.pop_mark()
         self.stack.append(items)
-        return pos
-
-    def op_empty_dict(self, pos: int) -> int:
-        self.stack.append({})
         return pos
 
     def op_dict(self, pos: int) -> int:
@@ -570,13 +655,6 @@ class _Machine:
         self.set_items(self.stack[-1], [key, value], "SETITEM")
         return pos
 
-    def op_setitems(self, pos: int) -> int:
-        items = self.pop_mark()
-        if len(items) % 2:
-            raise self.error("SETITEMS with an odd number of items", self.op_pos)
-        self.set_items(self.stack[-1], items, "SETITEMS")
-        return pos
-
     def set_items(self, target: Any, items: list[Any], opcode: str) -> None:
         if type(target) is dict:
             for i in range(0, len(items), 2):
@@ -590,15 +668,6 @@ class _Machine:
             target.dictitems = (target.dictitems or []) + pairs
 
     # memo
-    def op_binput(self, pos: int) -> int:
-        new = self.fixed(pos, 1)
-        self.memo_put(self.data[pos], self.stack[-1])
-        return new
-
-    def op_long_binput(self, pos: int) -> int:
-        new = self.fixed(pos, 4)
-        self.memo_put(_unpack_I(self.data, pos)[0], self.stack[-1])
-        return new
 
     def op_put(self, pos: int) -> int:
         text, new = self.line(pos)
@@ -608,16 +677,6 @@ class _Machine:
     def op_memoize(self, pos: int) -> int:
         self.memo_put(len(self.memo), self.stack[-1])
         return pos
-
-    def op_binget(self, pos: int) -> int:
-        new = self.fixed(pos, 1)
-        self.stack.append(self.memo_get(self.data[pos]))
-        return new
-
-    def op_long_binget(self, pos: int) -> int:
-        new = self.fixed(pos, 4)
-        self.stack.append(self.memo_get(_unpack_I(self.data, pos)[0]))
-        return new
 
     def op_get(self, pos: int) -> int:
         text, new = self.line(pos)
@@ -648,15 +707,6 @@ class _Machine:
                 self.op_pos,
             )
         self.stack.append(self.make_global(module, name))
-        return pos
-
-    def op_reduce(self, pos: int) -> int:
-        args = self.stack.pop()
-        func = self.stack[-1]
-        if type(args) is not tuple:
-            raise self.error(f"REDUCE arguments are {_describe(args)}, not a tuple", self.op_pos)
-        self.note_call(func, USE_CALL, "REDUCE")
-        self.stack[-1] = Call(func, args, CALL)
         return pos
 
     def op_newobj(self, pos: int) -> int:
@@ -709,10 +759,6 @@ class _Machine:
                 target.func.uses.add(USE_BUILD)
         return pos
 
-    def op_binpersid(self, pos: int) -> int:
-        self.stack[-1] = PersistentRef(self.stack[-1])
-        return pos
-
     def op_persid(self, pos: int) -> int:
         text, new = self.line(pos)
         try:
@@ -734,6 +780,7 @@ class _Machine:
     # -- dispatch ---------------------------------------------------------------------
 
     def _build_dispatch(self) -> list[Callable[[int], int] | None]:
+        """Handlers for the opcodes the loop does not handle inline."""
         table: list[Callable[[int], int] | None] = [None] * 256
         handlers: dict[str, Callable[[int], int]] = {
             name: getattr(self, "op_" + name.lower())
@@ -746,6 +793,8 @@ class _Machine:
             self.op_ext(4),
         )
         for code, name in NAMES.items():
+            if name in INLINE:
+                continue
             handler = handlers[name]
             table[code] = handler if name in TORCH_OPCODES else self._foreign(name, handler)
         return table

@@ -19,15 +19,12 @@ from typing import Any
 class Global:
     """A reference to `module.name`, never resolved."""
 
-    __slots__ = ("module", "name")
+    __slots__ = ("module", "name", "qualname")
 
     def __init__(self, module: str, name: str) -> None:
         self.module = module
         self.name = name
-
-    @property
-    def qualname(self) -> str:
-        return f"{self.module}.{self.name}"
+        self.qualname = f"{module}.{name}"
 
     def __repr__(self) -> str:
         return f"Global({self.qualname})"

@@ -197,7 +197,7 @@ def test_failure_keeps_what_was_decoded_for_the_scan() -> None:
     [
         (b"(" * 1_000_000 + b".", Limits(), "nested MARKs"),
         (b"\x80\x02" + b"N" * 200 + b".", Limits(max_opcodes=100), "opcodes"),
-        (b"\x80\x02]" + b"".join(b"q" + bytes([i]) for i in range(20)) + b".", Limits(max_memo=10), "memo"),
+        (b"\x80\x02]" + b"".join(b"r" + struct.pack("<I", i) for i in range(20)) + b".", Limits(max_memo=10), "memo"),
         (b"\x80\x02\x8b" + struct.pack("<i", 1 << 20) + b"\x00" * (1 << 20) + b".", Limits(), "integer of"),
         (b"\x80\x02N.", Limits(max_bytes=3), "exceeds the limit"),
     ],

@@ -1,0 +1,302 @@
+"""Seeded, deterministic training and evaluation of one reference model.
+
+Everything random is a function of the seed and the epoch: the model's initial
+weights come from the seed; each epoch's data order and dropout masks come from
+`epoch_seed(seed, epoch)`. So a run that stops after k epochs and is resumed from
+its saved model and optimizer state sees exactly the batches, and draws exactly the
+random numbers, that a run straight through would, and on CPU (where
+`torch.use_deterministic_algorithms` holds) ends with bit-identical weights.
+
+Training never touches the caller's random state or determinism settings: both are
+set inside a context and restored after. Progress goes to an observer; nothing here
+prints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ckpttool.errors import UsageError
+from ckpttool.reference.data import ImageSplit, ReferenceData
+from ckpttool.reference.models import ModelSpec, get_model_spec
+
+EVAL_BATCH_SIZE = 256
+SGD_MOMENTUM = 0.9
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides the outcome of a training run."""
+
+    model: str
+    epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str = "adam"
+    seed: int = 0
+    device: str = "cpu"
+    # At most this many optimizer steps per epoch (None: the whole training split).
+    steps_per_epoch: int | None = None
+
+    @classmethod
+    def for_model(cls, model: str, **overrides: Any) -> TrainConfig:
+        """The model's defaults, with any option given as not None replacing them."""
+        defaults = get_model_spec(model).defaults
+        config = cls(
+            model=model,
+            epochs=defaults.epochs,
+            batch_size=defaults.batch_size,
+            lr=defaults.lr,
+            steps_per_epoch=defaults.steps_per_epoch,
+        )
+        given = {key: value for key, value in overrides.items() if value is not None}
+        return replace(config, **given)
+
+    @property
+    def deterministic(self) -> bool:
+        """Bit-exact repeatability is promised on CPU only."""
+        return torch.device(self.device).type == "cpu"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Accuracy and mean cross-entropy over one split."""
+
+    accuracy: float
+    loss: float
+    examples: int
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    """One finished epoch: its 1-based number, mean training loss and step count."""
+
+    epoch: int
+    loss: float
+    steps: int
+
+
+class TrainingObserver(Protocol):
+    """Receives progress; the CLI's progress bar is one."""
+
+    def on_step(self, epoch: int, step: int, steps: int, loss: float) -> None: ...
+
+    def on_epoch_end(self, run: TrainingRun, report: EpochReport) -> None: ...
+
+
+class SilentObserver:
+    def on_step(self, epoch: int, step: int, steps: int, loss: float) -> None:
+        pass
+
+    def on_epoch_end(self, run: TrainingRun, report: EpochReport) -> None:
+        pass
+
+
+def resolve_device(choice: str) -> str:
+    """`auto` is CUDA when a GPU is usable, else CPU; `cuda` without one is refused."""
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for, but torch sees no usable CUDA device")
+    if choice not in ("cpu", "cuda"):
+        raise UsageError(f"unknown device {choice!r}; choose auto, cpu or cuda")
+    return choice
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of a 0-based epoch's data order and dropout, from the run's seed."""
+    digest = hashlib.sha256(f"ckpttool-reference:{seed}:{epoch}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def epoch_order(size: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order in which epoch `epoch` (0-based) visits the training examples."""
+    generator = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+    return torch.randperm(size, generator=generator)
+
+
+@contextlib.contextmanager
+def reproducible(device: torch.device, seed: int) -> Iterator[None]:
+    """Seed torch's global generators and make CPU kernels deterministic, then restore."""
+    cuda_devices = [device.index or 0] if device.type == "cuda" else []
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    with torch.random.fork_rng(devices=cuda_devices):
+        torch.manual_seed(seed)
+        if device.type == "cpu":
+            torch.use_deterministic_algorithms(True)
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
+
+
+def build_optimizer(name: str, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr)
+    if name == "sgd":
+        # Momentum, so that SGD's optimizer state holds tensors worth reading.
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=SGD_MOMENTUM)
+    raise UsageError(f"unknown optimizer {name!r}; choose adam or sgd")
+
+
+def batch_slices(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """Batches of `order`; a last batch of one joins the one before.
+
+    BatchNorm cannot train on a single example whose feature map is 1x1 (resnet34 at
+    32x32), so no batch of one is ever formed.
+    """
+    batches = list(torch.split(order, batch_size))
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        batches[-2:] = [torch.cat(batches[-2:])]
+    return batches
+
+
+@dataclass
+class TrainingRun:
+    """A model, its optimizer and its data, trained epoch by epoch."""
+
+    config: TrainConfig
+    data: ReferenceData
+    observer: TrainingObserver = field(default_factory=SilentObserver)
+    model: nn.Module = field(init=False)
+    optimizer: torch.optim.Optimizer = field(init=False)
+    spec: ModelSpec = field(init=False)
+    epochs_done: int = field(init=False, default=0)
+    history: list[EpochReport] = field(init=False, default_factory=list)
+    seconds: float = field(init=False, default=0.0)
+
+    def __post_init__(self) -> None:
+        self.spec = get_model_spec(self.config.model)
+        # Built on CPU from the seed, then moved: the same initial weights everywhere.
+        with reproducible(torch.device("cpu"), self.config.seed):
+            model = self.spec.create()
+        self.model = model.to(self.device)
+        self.optimizer = build_optimizer(self.config.optimizer, self.model, self.config.lr)
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.config.device)
+
+    def train_until(self, epochs: int) -> list[EpochReport]:
+        """Train the epochs from `epochs_done` up to `epochs`; report each one."""
+        reports = []
+        while self.epochs_done < epochs:
+            report = self.train_epoch()
+            reports.append(report)
+            self.observer.on_epoch_end(self, report)
+        return reports
+
+    def train_epoch(self) -> EpochReport:
+        started = time.perf_counter()
+        epoch = self.epochs_done
+        with reproducible(self.device, epoch_seed(self.config.seed, epoch)):
+            loss, steps = self._run_batches(epoch)
+        self.epochs_done += 1
+        self.seconds += time.perf_counter() - started
+        report = EpochReport(epoch=self.epochs_done, loss=loss, steps=steps)
+        self.history.append(report)
+        return report
+
+    def _run_batches(self, epoch: int) -> tuple[float, int]:
+        order = epoch_order(len(self.data.train), self.config.seed, epoch)
+        batches = batch_slices(order, self.config.batch_size)
+        if self.config.steps_per_epoch is not None:
+            batches = batches[: self.config.steps_per_epoch]
+        self.model.train()
+        total_loss, seen = 0.0, 0
+        for step, indices in enumerate(batches, start=1):
+            loss = self._train_step(indices)
+            total_loss += loss * len(indices)
+            seen += len(indices)
+            self.observer.on_step(epoch + 1, step, len(batches), loss)
+        return total_loss / seen, len(batches)
+
+    def _train_step(self, indices: torch.Tensor) -> float:
+        inputs, labels = self._batch(self.data.train, indices)
+        self.optimizer.zero_grad()
+        loss = F.cross_entropy(self.model(inputs), labels)
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.item())
+
+    def _batch(self, split: ImageSplit, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs = self.data.model_input(split.images[indices], self.spec.input_shape)
+        return inputs.to(self.device), split.labels[indices].to(self.device)
+
+    def evaluate(self, split: ImageSplit) -> Evaluation:
+        """Accuracy and mean loss over a whole split, in eval mode."""
+        correct, loss_sum = 0, 0.0
+        order = torch.arange(len(split))
+        with reproducible(self.device, self.config.seed), _eval_mode(self.model):
+            for indices in torch.split(order, EVAL_BATCH_SIZE):
+                inputs, labels = self._batch(split, indices)
+                logits = self.model(inputs)
+                loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
+                correct += int((logits.argmax(dim=1) == labels).sum())
+        return Evaluation(
+            accuracy=correct / len(split), loss=loss_sum / len(split), examples=len(split)
+        )
+
+    def probe_logits(self) -> torch.Tensor:
+        """The logits of the fixed probe batch, computed on CPU in eval mode.
+
+        Always on CPU, so that a fixture saved from a GPU run can be checked on any
+        machine: load it, move it to CPU, compare.
+        """
+        return compute_probe_logits(self.model, self.data, self.spec.input_shape, self.config.seed)
+
+    def restore(
+        self, model_state: Mapping[str, Any], optimizer_state: Mapping[str, Any], epochs_done: int
+    ) -> None:
+        """Continue from a saved state, as if this run had trained `epochs_done` epochs."""
+        self.model.load_state_dict(model_state)
+        self.optimizer.load_state_dict(dict(optimizer_state))
+        self.epochs_done = epochs_done
+
+
+def compute_probe_logits(
+    model: nn.Module, data: ReferenceData, input_shape: tuple[int, int, int], seed: int = 0
+) -> torch.Tensor:
+    """The probe batch's logits for `model`, on CPU in eval mode, as float32."""
+    inputs, _ = data.probe_batch(input_shape)
+    cpu_model = _on_cpu(model)
+    with reproducible(torch.device("cpu"), seed), _eval_mode(cpu_model):
+        return cpu_model(inputs).detach().to(torch.float32).contiguous()
+
+
+def _on_cpu(model: nn.Module) -> nn.Module:
+    parameters = list(model.parameters()) + list(model.buffers())
+    if all(tensor.device.type == "cpu" for tensor in parameters):
+        return model
+    return copy.deepcopy(model).cpu()
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def train(
+    config: TrainConfig, data: ReferenceData, observer: TrainingObserver | None = None
+) -> TrainingRun:
+    """Build the model and optimizer from the config and train every epoch."""
+    run = TrainingRun(config, data, observer or SilentObserver())
+    run.train_until(config.epochs)
+    return run
