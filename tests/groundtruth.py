@@ -18,7 +18,7 @@ import types
 import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from safetensors.torch import load_file
@@ -63,7 +63,7 @@ def fixture_record(name: str, directory: Path = COMMITTED_DIR) -> dict[str, Any]
 
 
 def fixture_path(record: Mapping[str, Any], directory: Path = COMMITTED_DIR) -> Path:
-    return Path(directory) / record["file"]
+    return Path(directory) / str(record["file"])
 
 
 class _FixtureClassUnpickler(pickle.Unpickler):
@@ -145,7 +145,8 @@ def load_torchscript(path: Path | str) -> torch.jit.ScriptModule:
     with warnings.catch_warnings():
         # TorchScript is deprecated but loads fine; the notice is not what is tested.
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated")
-        return torch.jit.load(str(path), map_location="cpu")  # noqa: TID251 - ground truth
+        module = torch.jit.load(str(path), map_location="cpu")  # type: ignore[no-untyped-call]  # noqa: TID251
+    return cast(torch.jit.ScriptModule, module)
 
 
 def load_sharded(folder: Path) -> dict[str, torch.Tensor]:

@@ -99,7 +99,7 @@ def assert_same_content(a: Any, b: Any, where: str = "") -> None:
             assert_same_content(a[key], b[key], f"{where}.{key}")
     elif isinstance(a, (list, tuple)):
         assert type(a) is type(b) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             assert_same_content(x, y, f"{where}[{i}]")
     else:
         assert a == b, where
@@ -272,7 +272,10 @@ def test_general_checkpoint_loss_is_a_tensor_in_one_and_a_float_in_the_other() -
 
 @pytest.mark.parametrize(
     ("name", "hparams_type"),
-    [("lightning_checkpoint", dict), ("lightning_checkpoint_namespace_hparams", argparse.Namespace)],
+    [
+        ("lightning_checkpoint", dict),
+        ("lightning_checkpoint_namespace_hparams", argparse.Namespace),
+    ],
 )
 def test_lightning_checkpoint_has_lightnings_layout(name: str, hparams_type: type) -> None:
     checkpoint = gt.torch_load_trusted(path_of(RECORDS[name]))
@@ -436,7 +439,11 @@ def test_safetensors_fixture_carries_its_metadata() -> None:
 @pytest.mark.parametrize(
     ("name", "index_name", "shard_pattern"),
     [
-        ("sharded_safetensors", "model.safetensors.index.json", r"model-0000\d-of-00002\.safetensors"),
+        (
+            "sharded_safetensors",
+            "model.safetensors.index.json",
+            r"model-0000\d-of-00002\.safetensors",
+        ),
         ("sharded_bin", "pytorch_model.bin.index.json", r"pytorch_model-0000\d-of-00002\.bin"),
     ],
 )
@@ -461,7 +468,7 @@ def test_raw_pickle_holds_plain_values_only() -> None:
     path = path_of(RECORDS["raw_pickle_bin"])
     assert b"torch" not in path.read_bytes()
     content = gt.read_raw_pickle(path)
-    assert content["config"]["hidden_size"] == 16 and content["special_tokens"] == {"pad", "unk"}
+    assert content["config"]["hidden_size"] == 16 and content["special_token_ids"] == {0, 1}
 
 
 def test_weights_at_follows_mappings_sequences_and_modules() -> None:
@@ -524,7 +531,9 @@ def test_unknown_fixture_name_is_a_usage_error(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_big_fixtures_are_written_on_request(tmp_path: Path) -> None:
-    index = gt.generate(tmp_path, names=["many_tensors", "many_tensors_safetensors", "large_tensor"])
+    index = gt.generate(
+        tmp_path, names=["many_tensors", "many_tensors_safetensors", "large_tensor"]
+    )
     by_name = {record["name"]: record for record in index}
     many = gt.ground_truth_weights(by_name["many_tensors"], tmp_path)
     assert len(many) == 2000
