@@ -8,15 +8,19 @@ reference ckpttool is measured by. Nothing here depends on pytest.
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import io
 import json
 import pickle
+import pickletools
+import struct
 import subprocess
 import sys
 import types
 import warnings
-from collections.abc import Iterable, Mapping
+import zipfile
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -199,6 +203,64 @@ def tensors_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def _bytes_of(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.detach().contiguous().reshape(-1).view(torch.uint8)
+
+
+# --- reading the files' structure, for assertions about how they were written ---
+
+
+def zip_record(path: Path, suffix: str) -> bytes:
+    with zipfile.ZipFile(path) as archive:
+        name = next(n for n in archive.namelist() if n.endswith(suffix))
+        return archive.read(name)
+
+
+def globals_of(pickle_bytes: bytes) -> set[str]:
+    """``module.name`` of every GLOBAL opcode (protocol 2 pickles, as torch writes them)."""
+    ops = pickletools.genops(pickle_bytes)
+    return {str(arg).replace(" ", ".") for op, arg, _ in ops if op.name == "GLOBAL"}
+
+
+def legacy_main_pickle(path: Path) -> bytes:
+    """The fourth of a legacy file's stacked pickles: magic, protocol, sys_info, then this."""
+    stream = io.BytesIO(path.read_bytes())
+    for _ in range(3):
+        for _ in pickletools.genops(stream):
+            pass
+    start = stream.tell()
+    for _ in pickletools.genops(stream):
+        pass
+    return stream.getvalue()[start : stream.tell()]
+
+
+def data_record_offsets(path: Path) -> Iterator[tuple[str, int]]:
+    """(name, offset of its first data byte) for each storage record of a zip checkpoint."""
+    raw = path.read_bytes()
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if "/data/" in info.filename:
+                name_length, extra_length = struct.unpack_from("<HH", raw, info.header_offset + 26)
+                yield info.filename, info.header_offset + 30 + name_length + extra_length
+
+
+def assert_same_content(a: Any, b: Any, where: str = "") -> None:
+    """Deep equality of loaded checkpoints: tensors bit for bit, modules by state_dict."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and tensors_equal(a, b), where
+    elif isinstance(a, nn.Module):
+        assert type(a) is type(b), where
+        assert_same_content(a.state_dict(), b.state_dict(), where)
+    elif isinstance(a, argparse.Namespace):
+        assert_same_content(vars(a), vars(b), where)
+    elif isinstance(a, Mapping):
+        assert list(a) == list(b), where
+        for key in a:
+            assert_same_content(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_content(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
 
 
 def read_raw_pickle(path: Path | str) -> Any:

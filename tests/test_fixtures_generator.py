@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import argparse
 import collections
-import io
 import json
 import pickle
-import pickletools
 import re
-import struct
 import tarfile
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,61 +45,6 @@ def is_torch(record: dict[str, Any]) -> bool:
 
 def path_of(record: Mapping[str, Any]) -> Path:
     return gt.fixture_path(record)
-
-
-def zip_record(path: Path, suffix: str) -> bytes:
-    with zipfile.ZipFile(path) as archive:
-        name = next(n for n in archive.namelist() if n.endswith(suffix))
-        return archive.read(name)
-
-
-def globals_of(pickle_bytes: bytes) -> set[str]:
-    """``module.name`` of every GLOBAL opcode (protocol 2 pickles, as torch writes them)."""
-    ops = pickletools.genops(pickle_bytes)
-    return {str(arg).replace(" ", ".") for op, arg, _ in ops if op.name == "GLOBAL"}
-
-
-def legacy_main_pickle(path: Path) -> bytes:
-    """The fourth of a legacy file's stacked pickles: magic, protocol, sys_info, then this."""
-    stream = io.BytesIO(path.read_bytes())
-    for _ in range(3):
-        for _ in pickletools.genops(stream):
-            pass
-    start = stream.tell()
-    for _ in pickletools.genops(stream):
-        pass
-    return stream.getvalue()[start : stream.tell()]
-
-
-def data_record_offsets(path: Path) -> Iterator[tuple[str, int]]:
-    """(name, offset of its first data byte) for each storage record of a zip checkpoint."""
-    raw = path.read_bytes()
-    with zipfile.ZipFile(path) as archive:
-        for info in archive.infolist():
-            if "/data/" in info.filename:
-                name_length, extra_length = struct.unpack_from("<HH", raw, info.header_offset + 26)
-                yield info.filename, info.header_offset + 30 + name_length + extra_length
-
-
-def assert_same_content(a: Any, b: Any, where: str = "") -> None:
-    """Deep equality of loaded checkpoints: tensors bit for bit, modules by state_dict."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and gt.tensors_equal(a, b), where
-    elif isinstance(a, nn.Module):
-        assert type(a) is type(b), where
-        assert_same_content(a.state_dict(), b.state_dict(), where)
-    elif isinstance(a, argparse.Namespace):
-        assert_same_content(vars(a), vars(b), where)
-    elif isinstance(a, Mapping):
-        assert list(a) == list(b), where
-        for key in a:
-            assert_same_content(a[key], b[key], f"{where}.{key}")
-    elif isinstance(a, (list, tuple)):
-        assert type(a) is type(b) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_same_content(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
 
 
 # --- the index ---------------------------------------------------------------------------
@@ -182,7 +124,7 @@ def test_storage_locations_are_those_the_index_names(record: dict[str, Any]) -> 
 def test_whole_model_pickles_its_class_where_the_script_defined_it(
     name: str, pickled_class: str
 ) -> None:
-    pickled = globals_of(zip_record(path_of(RECORDS[name]), "/data.pkl"))
+    pickled = gt.globals_of(gt.zip_record(path_of(RECORDS[name]), "/data.pkl"))
     assert pickled_class in pickled
     assert not any(g.startswith("tutorial_models.") for g in pickled)
 
@@ -204,7 +146,7 @@ def test_whole_model_does_not_load_without_its_class(
 
 def test_legacy_whole_model_records_its_class_source() -> None:
     path = path_of(RECORDS["legacy_whole_model"])
-    assert "models.net.BatchNormNet" in globals_of(legacy_main_pickle(path))
+    assert "models.net.BatchNormNet" in gt.globals_of(gt.legacy_main_pickle(path))
     raw = path.read_bytes()
     assert b"models/net.py" in raw and b"class BatchNormNet(nn.Module):" in raw
 
@@ -336,12 +278,12 @@ def test_dtypes_fixture_holds_every_required_dtype() -> None:
 
 def test_big_endian_fixture_stores_swapped_aligned_records() -> None:
     path = path_of(RECORDS["big_endian_dtypes"])
-    assert zip_record(path, "/byteorder") == b"big"
+    assert gt.zip_record(path, "/byteorder") == b"big"
     tensors = gt.torch_load_trusted(path)
     with zipfile.ZipFile(path) as archive:
         records = {archive.read(n) for n in archive.namelist() if "/data/" in n}
     assert records == {big_endian_bytes(t) for t in tensors.values()}
-    assert all(offset % 64 == 0 for _, offset in data_record_offsets(path))
+    assert all(offset % 64 == 0 for _, offset in gt.data_record_offsets(path))
     mapped = torch.load(path, mmap=True, weights_only=True)  # noqa: TID251
     assert all(gt.tensors_equal(mapped[k], tensors[k]) for k in tensors)
 
@@ -353,7 +295,7 @@ def big_endian_bytes(tensor: torch.Tensor) -> bytes:
 
 
 def test_torch_writes_its_records_64_byte_aligned() -> None:
-    offsets = list(data_record_offsets(path_of(RECORDS["dtypes"])))
+    offsets = list(gt.data_record_offsets(path_of(RECORDS["dtypes"])))
     assert offsets and all(offset % 64 == 0 for _, offset in offsets)
 
 
@@ -384,7 +326,7 @@ def test_cuda_training_checkpoint_keeps_step_counters_on_cpu() -> None:
 
 def test_pickle_protocol_4_fixture_is_refused_by_weights_only() -> None:
     path = path_of(RECORDS["pickle_protocol_4"])
-    assert zip_record(path, "/data.pkl")[:2] == b"\x80\x04"
+    assert gt.zip_record(path, "/data.pkl")[:2] == b"\x80\x04"
     with (
         pytest.warns(UserWarning, match="Detected pickle protocol 4"),
         pytest.raises(pickle.UnpicklingError, match="Weights only load failed"),
@@ -488,6 +430,7 @@ def regenerated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out_dir
 
 
+@pytest.mark.slow
 def test_regenerated_index_matches_the_committed_one(regenerated: Path) -> None:
     assert gt.load_fixture_index(regenerated) == INDEX
 
@@ -497,7 +440,7 @@ def test_regenerated_index_matches_the_committed_one(regenerated: Path) -> None:
 def test_regenerated_fixture_equals_the_committed_one(
     record: dict[str, Any], regenerated: Path
 ) -> None:
-    assert_same_content(load_any(record, regenerated), load_any(record, gt.COMMITTED_DIR))
+    gt.assert_same_content(load_any(record, regenerated), load_any(record, gt.COMMITTED_DIR))
 
 
 def load_any(record: dict[str, Any], directory: Path) -> Any:
@@ -514,6 +457,7 @@ def load_any(record: dict[str, Any], directory: Path) -> Any:
     return gt.ground_truth_weights(record, directory)
 
 
+@pytest.mark.slow
 def test_only_writes_the_named_fixtures_and_merges_the_index(tmp_path: Path) -> None:
     gt.generate(tmp_path, names=["legacy_tar_layouts"])
     index = gt.generate(tmp_path, names=["cuda0_model_optimizer", "batchnorm_state_dict"])
@@ -521,9 +465,10 @@ def test_only_writes_the_named_fixtures_and_merges_the_index(tmp_path: Path) -> 
         "batchnorm_state_dict", "legacy_tar_layouts", "cuda0_model_optimizer",
     ]  # fmt: skip
     for record in index:
-        assert_same_content(load_any(record, tmp_path), load_any(record, gt.COMMITTED_DIR))
+        gt.assert_same_content(load_any(record, tmp_path), load_any(record, gt.COMMITTED_DIR))
 
 
+@pytest.mark.slow
 def test_unknown_fixture_name_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match=r"\(2\): .*unknown fixture\(s\): no_such_fixture"):
         gt.generate(tmp_path, names=["no_such_fixture"])
