@@ -114,13 +114,18 @@ class TensorRef:
         )
 
     def span(self) -> tuple[int, int]:
-        """[first, last + 1) element indices the tensor touches in its storage."""
+        """[first, last + 1) indices, in this tensor's elements, that the view touches."""
         if self.numel == 0:
             return self.offset, self.offset
         last = self.offset
         for n, s in zip(self.shape, self.stride, strict=True):
             last += (n - 1) * s
         return self.offset, last + 1
+
+    def byte_span(self) -> tuple[int, int]:
+        """The same span in bytes of the storage (an untyped storage counts bytes)."""
+        first, end = self.span()
+        return first * self.itemsize, end * self.itemsize
 
 
 def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -146,11 +151,11 @@ def validate_layout(tensor: TensorRef, where: str) -> None:
     storage = tensor.storage
     if storage is None or numel == 0:
         return
-    first, end = tensor.span()
-    if end > storage.numel:
+    first, end = tensor.byte_span()
+    if end > storage.nbytes:
         raise TensorLayoutError(
-            f"{where}: shape {list(shape)} stride {list(stride)} offset {first} "
-            f"reaches element {end - 1} of storage {storage.key!r}, which holds {storage.numel}"
+            f"{where}: shape {list(shape)} stride {list(stride)} offset {tensor.offset} reaches byte "
+            f"{end - 1} of storage {storage.key!r}, which holds {storage.nbytes} bytes"
         )
 
 

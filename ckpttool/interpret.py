@@ -233,7 +233,9 @@ def _rebuild_sparse(source: str, a: Sequence[Any]) -> Any:
         return OpaqueCall("torch._utils._rebuild_sparse_tensor", tuple(a))
     size = _int_tuple(sizes[0], "size", source)
     values = parts[-1]
-    t = TensorRef(values.dtype, size, contiguous_strides(size), 0, values.storage, layout=str(layout))
+    # The sparse tensor itself has no storage: its parts (indices, values) do.
+    t = TensorRef(values.dtype, size, contiguous_strides(size), 0, None, layout=str(layout))
+    t.meta_device = values.device
     t.extra = {"parts": parts}
     return t
 

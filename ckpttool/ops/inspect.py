@@ -221,7 +221,7 @@ def _tensor_value(tensor: TensorRef) -> Any:
 
 def top_level_summary(root: Any, weights_root: str | None) -> list[tuple[str, str]]:
     """One line per top-level key that holds tensors, for the table summary."""
-    if not isinstance(root, dict):
+    if not isinstance(root, dict) or weights_root == "":
         return []
     lines = []
     for key, value in root.items():
