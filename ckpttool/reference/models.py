@@ -31,7 +31,8 @@ class NN(nn.Module):
         # The tutorial flattens in its training loop; doing it here lets every model
         # take image batches, and adds nothing to the state_dict.
         x = x.reshape(x.shape[0], -1)
-        return self.fc2(F.relu(self.fc1(x)))
+        logits: torch.Tensor = self.fc2(F.relu(self.fc1(x)))
+        return logits
 
 
 class CNN(nn.Module):
@@ -47,7 +48,8 @@ class CNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(F.relu(self.conv1(x)))
         x = self.pool(F.relu(self.conv2(x)))
-        return self.fc1(x.reshape(x.shape[0], -1))
+        logits: torch.Tensor = self.fc1(x.reshape(x.shape[0], -1))
+        return logits
 
 
 class NeuralNetwork(nn.Module):
@@ -65,7 +67,8 @@ class NeuralNetwork(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear_relu_stack(self.flatten(x))
+        logits: torch.Tensor = self.linear_relu_stack(self.flatten(x))
+        return logits
 
 
 class CIFAR10Net(nn.Module):
@@ -89,7 +92,8 @@ class CIFAR10Net(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model1(x)
+        logits: torch.Tensor = self.model1(x)
+        return logits
 
 
 @dataclass(frozen=True)

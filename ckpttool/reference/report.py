@@ -83,7 +83,7 @@ def _overview(summary: TrainSummary) -> str:
         ),
         ("manifest:", str(summary.manifest_path)),
     ]
-    return tabulate(rows, tablefmt="plain", disable_numparse=True)
+    return str(tabulate(rows, tablefmt="plain", disable_numparse=True))
 
 
 def _metrics_text(metrics: Metrics) -> str:
@@ -103,7 +103,9 @@ def _training_text(summary: TrainSummary) -> str:
 
 def _epochs_table(summary: TrainSummary) -> str:
     rows = [(i, f"{loss:.4f}") for i, loss in enumerate(summary.manifest.training.epoch_losses, 1)]
-    return tabulate(rows, headers=["epoch", "train loss"], tablefmt="simple", disable_numparse=True)
+    return str(
+        tabulate(rows, headers=["epoch", "train loss"], tablefmt="simple", disable_numparse=True)
+    )
 
 
 def _files_table(summary: TrainSummary) -> str:
@@ -120,7 +122,7 @@ def _files_table(summary: TrainSummary) -> str:
         for record in summary.manifest.files
     ]
     headers = ["file", "style", "format", "epoch", "size", "test acc", "sha256"]
-    return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
+    return str(tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True))
 
 
 def human_size(size: int) -> str:

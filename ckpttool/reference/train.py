@@ -127,18 +127,41 @@ def epoch_order(size: int, seed: int, epoch: int) -> torch.Tensor:
 
 @contextlib.contextmanager
 def reproducible(device: torch.device, seed: int) -> Iterator[None]:
-    """Seed torch's global generators and make CPU kernels deterministic, then restore."""
+    """Seed the generators `device` draws from and pin deterministic kernels.
+
+    The generators' states and the kernel settings are restored on exit.
+    """
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
-    was_deterministic = torch.are_deterministic_algorithms_enabled()
-    was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    with torch.random.fork_rng(devices=cuda_devices):
-        torch.manual_seed(seed)
-        if device.type == "cpu":
-            torch.use_deterministic_algorithms(True)
-        try:
-            yield
-        finally:
-            torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
+    with torch.random.fork_rng(devices=cuda_devices), _deterministic_kernels(device):
+        torch.default_generator.manual_seed(seed)
+        for index in cuda_devices:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
+        yield
+
+
+@contextlib.contextmanager
+def _deterministic_kernels(device: torch.device) -> Iterator[None]:
+    """CPU: `torch.use_deterministic_algorithms`. CUDA: cuDNN without autotuning.
+
+    On CUDA full determinism would need a cuBLAS workspace setting made before CUDA
+    starts, so bit-exact results are promised on CPU only.
+    """
+    cudnn = torch.backends.cudnn
+    saved_cudnn = (cudnn.deterministic, cudnn.benchmark)
+    saved_flags = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    if device.type == "cpu":
+        torch.use_deterministic_algorithms(True)
+    else:
+        cudnn.deterministic, cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved_flags[0], warn_only=saved_flags[1])
+        cudnn.deterministic, cudnn.benchmark = saved_cudnn
 
 
 def build_optimizer(name: str, model: nn.Module, lr: float) -> torch.optim.Optimizer:
@@ -226,7 +249,7 @@ class TrainingRun:
         inputs, labels = self._batch(self.data.train, indices)
         self.optimizer.zero_grad()
         loss = F.cross_entropy(self.model(inputs), labels)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         self.optimizer.step()
         return float(loss.item())
 
@@ -272,7 +295,8 @@ def compute_probe_logits(
     inputs, _ = data.probe_batch(input_shape)
     cpu_model = _on_cpu(model)
     with reproducible(torch.device("cpu"), seed), _eval_mode(cpu_model):
-        return cpu_model(inputs).detach().to(torch.float32).contiguous()
+        logits: torch.Tensor = cpu_model(inputs)
+    return logits.detach().to(torch.float32).contiguous()
 
 
 def _on_cpu(model: nn.Module) -> nn.Module:
