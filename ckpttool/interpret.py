@@ -283,6 +283,8 @@ def _bytes_like(name: str) -> Builder:
             return b""
         if len(a) == 1 and isinstance(a[0], bytes):
             return a[0]
+        if len(a) == 2 and isinstance(a[0], str) and a[1] in ("latin1", "latin-1"):
+            return a[0].encode("latin-1", "surrogatepass")
         return OpaqueCall(name, tuple(a))
 
     return build

@@ -175,9 +175,11 @@ def load_tensor(tensor: TensorRef) -> torch.Tensor:
     flat = torch.frombuffer(data, dtype=torch.uint8)
     storage = tensor.storage
     assert storage is not None
-    # torch swaps by the storage's element size: untyped storages (uint8) are never swapped.
+    # torch swaps by the storage's element size (each half of a complex number on its
+    # own); untyped storages (uint8) are never swapped.
     if storage.byteorder != "little" and storage.itemsize > 1:
-        flat = flat.view(-1, storage.itemsize).flip(1).reshape(-1)
+        unit = storage.itemsize // 2 if DTYPES[storage.dtype].kind == "complex" else storage.itemsize
+        flat = flat.view(-1, unit).flip(1).reshape(-1)
     values = flat.view(torch_dtype(tensor.dtype))
     return values.as_strided(tensor.shape, tensor.stride, tensor.offset - first)
 

@@ -14,7 +14,7 @@ import struct
 from typing import Any
 
 from ckpttool.checkpoint import Checkpoint, Record, Storage, TensorRef, contiguous_strides
-from ckpttool.dtypes import BY_SAFETENSORS
+from ckpttool.dtypes import BY_SAFETENSORS, DTYPES
 from ckpttool.errors import SafetensorsError
 
 MAX_HEADER_SIZE = 100_000_000
@@ -141,3 +141,22 @@ def _numel(shape: tuple[int, ...]) -> int:
     for dim in shape:
         n *= dim
     return n
+
+
+# -- writing ---------------------------------------------------------------------------------
+
+
+def header_bytes(entries: list[tuple[str, str, tuple[int, ...], int]], metadata: dict[str, str]) -> bytes:
+    """The 8-byte length and JSON header for (name, dtype, shape, nbytes) entries laid out
+    in order, padded with spaces to 8 bytes as the reference writer does."""
+    header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for name, dtype, shape, nbytes in entries:
+        code = DTYPES[dtype].safetensors
+        if code is None:
+            raise SafetensorsError(f"tensor {name!r} has dtype {dtype}, which safetensors cannot store")
+        header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text

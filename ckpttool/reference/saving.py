@@ -22,6 +22,7 @@ that, SGD's 2x. vgg16 (134M parameters) gives ~537 MB per weights-only file and
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,9 +156,14 @@ def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _write_atomically(path: Path, write: Callable[[str], None]) -> None:
+    """Write under the final name in a private folder beside `path`, then move it.
+
+    The final name matters: torch names a zip archive's root folder after the file
+    it writes, and fixtures should look like files saved straight to their names.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    try:
+    with tempfile.TemporaryDirectory(prefix=".partial-", dir=path.parent) as folder:
+        partial = Path(folder) / path.name
         # Created first so that it gets a new file's usual mode (from the umask), which
         # is kept below: a writer that makes its own temporary file may narrow it.
         partial.touch()
@@ -165,6 +171,3 @@ def _write_atomically(path: Path, write: Callable[[str], None]) -> None:
         write(str(partial))
         os.chmod(partial, mode)
         os.replace(partial, path)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise

@@ -1,0 +1,88 @@
+"""Outputs appear whole or not at all.
+
+Each output is written to a hidden temporary file in the destination's folder (so
+the final rename stays on one filesystem), flushed to disk, checked by the caller,
+and only then renamed into place. Any failure removes every temporary file; an
+existing destination is replaced only when the caller allows it, and never when it
+is the source itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from ckpttool.errors import FileAccessError, OutputExistsError, UsageError
+
+
+@dataclass
+class PendingOutput:
+    final: str
+    temp: str
+    handle: BinaryIO
+
+    def seal(self) -> None:
+        """Flush and fsync: what is verified next is what is on disk."""
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+
+
+@dataclass
+class OutputSet:
+    """Several files that land together (shards and their index), or not at all."""
+
+    sources: list[str]
+    force: bool
+    pending: list[PendingOutput] = field(default_factory=list)
+
+    def check_destination(self, final: str) -> None:
+        if os.path.isdir(final):
+            raise UsageError(f"{final} is a folder; name the output file")
+        for source in self.sources:
+            if os.path.exists(final) and os.path.exists(source) and os.path.samefile(final, source):
+                raise UsageError(f"{final} is the source itself; the source is never modified")
+        if os.path.exists(final) and not self.force:
+            raise OutputExistsError(f"{final} exists; pass --force to replace it")
+        folder = os.path.dirname(os.path.abspath(final))
+        if not os.path.isdir(folder):
+            raise FileAccessError(f"folder {folder} does not exist")
+
+    def open(self, final: str) -> PendingOutput:
+        self.check_destination(final)
+        folder, name = os.path.split(os.path.abspath(final))
+        fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".ckpttool-tmp", dir=folder)
+        pending = PendingOutput(final, temp, os.fdopen(fd, "w+b"))
+        self.pending.append(pending)
+        return pending
+
+    def commit(self) -> None:
+        for output in self.pending:
+            if not output.handle.closed:
+                output.seal()
+        for output in self.pending:
+            os.replace(output.temp, output.final)
+        self.pending.clear()
+
+    def discard(self) -> None:
+        for output in self.pending:
+            with contextlib.suppress(OSError):
+                output.handle.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(output.temp)
+        self.pending.clear()
+
+
+@contextlib.contextmanager
+def output_set(sources: list[str], force: bool) -> Iterator[OutputSet]:
+    """Yields an OutputSet; on any exception its temporary files are removed."""
+    outputs = OutputSet(sources, force)
+    try:
+        yield outputs
+    except BaseException:
+        outputs.discard()
+        raise

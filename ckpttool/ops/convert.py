@@ -1,0 +1,334 @@
+"""`convert`: the weights of any checkpoint as safetensors or a plain torch state_dict.
+
+The source is read without executing it (a whole pickled model converts without its
+class), the weights root found or given, names stripped or renamed, floating tensors
+optionally cast. Each output is written to a temporary file, verified against the
+source tensor by tensor (bit-exact, or exactly the cast value), then renamed into
+place; on any failure nothing is left at the destination and the source is never
+touched. Contiguous tensors are copied file to file; others are read one at a time,
+so memory stays bounded by the largest tensor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ckpttool.atomic import OutputSet, output_set
+from ckpttool.checkpoint import contiguous_strides
+from ckpttool.dtypes import DTYPES
+from ckpttool.errors import FormatError, UsageError, VerificationError, WeightsNotFoundError
+from ckpttool.formats import read_checkpoint
+from ckpttool.formats.safetensors import header_bytes, read_safetensors
+from ckpttool.formats.torchzip import read_torch_zip
+from ckpttool.formats.torchzip_write import (
+    PlannedTensor,
+    StorageRecord,
+    root_folder,
+    state_dict_graph,
+    storage_numel,
+    write_torch_zip,
+)
+from ckpttool.ops.sources import Source, TrustedSource, file_sources
+from ckpttool.pickle.writer import dumps
+from ckpttool.tensordata import ByteRange, copy_range, range_equals, same_bytes, tensor_bytes
+
+Progress = Callable[[int], None]
+SAFETENSORS, PTH = "safetensors", "pth"
+
+
+@dataclass
+class ConvertOptions:
+    to: str = SAFETENSORS
+    root: str | None = None
+    dtype: str | None = None
+    shard_size: int | None = None
+    strip_prefixes: tuple[str, ...] = ()
+    renames: tuple[tuple[str, str], ...] = ()
+    metadata: dict[str, str] = field(default_factory=dict)
+    dedupe: bool = False
+    force: bool = False
+    trust: bool = False
+
+
+@dataclass
+class OutputTensor:
+    name: str
+    source: Source
+    dtype: str
+    aliases: list[str] = field(default_factory=list)
+
+    @property
+    def nbytes(self) -> int:
+        return self.source.numel * DTYPES[self.dtype].itemsize
+
+    def direct(self) -> ByteRange | None:
+        """The source bytes, when the output holds exactly them."""
+        return self.source.byte_range() if self.dtype == self.source.dtype else None
+
+    def expected(self) -> memoryview:
+        value = self.source.tensor()
+        if self.dtype != self.source.dtype:
+            from ckpttool.tensordata import cast
+
+            value = cast(value, self.dtype)
+        return tensor_bytes(value)
+
+
+@dataclass
+class ConvertReport:
+    source: str
+    outputs: list[str]
+    format: str
+    weights_root: str | None
+    tensors: int
+    bytes: int
+    aliases: dict[str, str] = field(default_factory=dict)
+    cast: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def convert(src: str, dst: str, options: ConvertOptions, progress: Progress | None = None) -> ConvertReport:
+    sources, weights_root, notes = _sources(src, options)
+    outputs = _plan(sources, options, notes)
+    shards = _shard(outputs, options.shard_size)
+    paths = _shard_paths(dst, len(shards), options.to)
+    with output_set([src], options.force) as outs:
+        for path, shard in zip(paths, shards, strict=True):
+            _write_and_verify(outs, path, shard, options, progress or (lambda n: None))
+        if len(shards) > 1:
+            _write_index(outs, dst, options.to, paths, shards)
+        written = [p.final for p in outs.pending]
+        outs.commit()
+    return ConvertReport(
+        source=src,
+        outputs=written,
+        format=options.to,
+        weights_root=weights_root,
+        tensors=sum(1 + len(o.aliases) for o in outputs),
+        bytes=sum(o.nbytes for o in outputs),
+        aliases={alias: o.name for o in outputs for alias in o.aliases},
+        cast=sum(o.dtype != o.source.dtype for o in outputs),
+        notes=notes,
+    )
+
+
+# -- what to write -------------------------------------------------------------------------------
+
+
+def _sources(src: str, options: ConvertOptions) -> tuple[list[tuple[str, Source]], str | None, list[str]]:
+    if options.trust:
+        from ckpttool.ops.trust import trusted_weights
+
+        tensors, root = trusted_weights(src, options.root, options.force)
+        return [(k, TrustedSource(v)) for k, v in tensors.items()], root, []
+    checkpoint = read_checkpoint(src)
+    named, root, notes = file_sources(checkpoint, options.root)
+    return named, root, notes
+
+
+def _plan(sources: list[tuple[str, Source]], options: ConvertOptions, notes: list[str]) -> list[OutputTensor]:
+    if not sources:
+        raise WeightsNotFoundError("no tensors to convert")
+    names = rename([name for name, _ in sources], options.strip_prefixes, options.renames, notes)
+    outputs: list[OutputTensor] = []
+    kept: dict[Any, OutputTensor] = {}
+    for name, (_, source) in zip(names, sources, strict=True):
+        dtype = options.dtype if options.dtype and DTYPES[source.dtype].is_floating else source.dtype
+        _check_convertible(name, source, dtype, options.to)
+        identity = source.identity() if options.dedupe else None
+        if identity is not None and identity in kept:
+            kept[identity].aliases.append(name)
+            continue
+        output = OutputTensor(name, source, dtype)
+        outputs.append(output)
+        if identity is not None:
+            kept[identity] = output
+    return outputs
+
+
+def rename(
+    names: Sequence[str], prefixes: Sequence[str], renames: Sequence[tuple[str, str]], notes: list[str]
+) -> list[str]:
+    """Strip prefixes, then apply each REGEX=REPL in order; refuse names that collide."""
+    out = list(names)
+    for prefix in prefixes:
+        hits = sum(n.startswith(prefix) for n in out)
+        if not hits:
+            notes.append(f"no key starts with {prefix!r}")
+        out = [n[len(prefix) :] if n.startswith(prefix) else n for n in out]
+    for pattern, replacement in renames:
+        try:
+            regex = re.compile(pattern)
+            out = [regex.sub(replacement, n) for n in out]
+        except re.error as exc:
+            raise UsageError(f"--rename {pattern!r}: {exc}") from None
+    seen: dict[str, str] = {}
+    for before, after in zip(names, out, strict=True):
+        if not after:
+            raise UsageError(f"renaming {before!r} leaves an empty name")
+        if after in seen:
+            raise UsageError(f"{seen[after]!r} and {before!r} would both be named {after!r}")
+        seen[after] = before
+    return out
+
+
+def _check_convertible(name: str, source: Source, dtype: str, to: str) -> None:
+    if source.layout != "strided":
+        raise FormatError(f"tensor {name!r} is {source.layout}; only dense tensors can be converted")
+    if not source.has_data:
+        raise FormatError(f"tensor {name!r} has no data in the file (saved on {source.device})")
+    if DTYPES[source.dtype].kind == "quantized":
+        raise FormatError(f"tensor {name!r} is quantized ({source.dtype}); its scale and zero point cannot be converted")
+    if to == SAFETENSORS and DTYPES[dtype].safetensors is None:
+        raise FormatError(f"tensor {name!r} has dtype {dtype}, which safetensors cannot store; use --to pth")
+
+
+def _shard(outputs: list[OutputTensor], limit: int | None) -> list[list[OutputTensor]]:
+    if not limit:
+        return [outputs]
+    shards: list[list[OutputTensor]] = [[]]
+    size = 0
+    for output in outputs:
+        if shards[-1] and size + output.nbytes > limit:
+            shards.append([])
+            size = 0
+        shards[-1].append(output)
+        size += output.nbytes
+    return shards
+
+
+def _shard_paths(dst: str, count: int, to: str) -> list[str]:
+    if count == 1:
+        return [dst]
+    folder, name = os.path.split(dst)
+    stem, dot, suffix = name.partition(".")
+    return [os.path.join(folder, f"{stem}-{i:05d}-of-{count:05d}{dot}{suffix}") for i in range(1, count + 1)]
+
+
+# -- writing and verifying -------------------------------------------------------------------------
+
+
+def _write_and_verify(outs: OutputSet, path: str, shard: list[OutputTensor], options: ConvertOptions, progress: Progress) -> None:
+    output = outs.open(path)
+    if options.to == SAFETENSORS:
+        _write_safetensors(output.handle, shard, options.metadata, progress)
+    else:
+        _write_pth(output.handle, root_folder(path), shard, progress)
+    output.seal()
+    if options.to == SAFETENSORS:
+        _verify_safetensors(output.temp, shard, _metadata(shard, options.metadata))
+    else:
+        _verify_pth(output.temp, shard)
+
+
+def _metadata(shard: list[OutputTensor], user: dict[str, str]) -> dict[str, str]:
+    # transformers refuses safetensors files without format=pt.
+    metadata = {"format": "pt", **user}
+    aliases = {alias: o.name for o in shard for alias in o.aliases}
+    if aliases:
+        metadata["ckpttool.aliases"] = json.dumps(aliases, sort_keys=True)
+    return metadata
+
+
+def _write_safetensors(f: Any, shard: list[OutputTensor], user_metadata: dict[str, str], progress: Progress) -> None:
+    entries = [(o.name, o.dtype, o.source.shape, o.nbytes) for o in shard]
+    f.write(header_bytes(entries, _metadata(shard, user_metadata)))
+    for output in shard:
+        _write_data(f, output)
+        progress(output.nbytes)
+
+
+def _write_data(f: Any, output: OutputTensor) -> None:
+    direct = output.direct()
+    if direct is not None:
+        copy_range(direct, f)
+    else:
+        f.write(output.expected())
+
+
+def _verify_safetensors(path: str, shard: list[OutputTensor], metadata: dict[str, str]) -> None:
+    from safetensors import safe_open
+
+    # The reference implementation parses and validates the header we wrote...
+    with safe_open(path, framework="numpy") as f:
+        found = {k: (f.get_slice(k).get_dtype(), list(f.get_slice(k).get_shape())) for k in f.keys()}
+        written_metadata = f.metadata() or {}
+    planned = {o.name: (DTYPES[o.dtype].safetensors, list(o.source.shape)) for o in shard}
+    if found != planned or written_metadata != metadata:
+        raise VerificationError(f"{path}: header does not read back as planned")
+    # ...and every tensor's bytes must be the source's (or the cast of them).
+    tensors = read_safetensors(path).root
+    for output in shard:
+        _verify_bytes(path, output, _whole(tensors[output.name]))
+
+
+def _whole(tensor: Any) -> ByteRange:
+    from ckpttool.tensordata import direct_range
+
+    span = direct_range(tensor)
+    assert span is not None  # files we wrote are contiguous and little-endian
+    return span
+
+
+def _verify_bytes(path: str, output: OutputTensor, written: ByteRange) -> None:
+    direct = output.direct()
+    equal = same_bytes(direct, written) if direct is not None else range_equals(written, output.expected())
+    if not equal:
+        raise VerificationError(f"{path}: tensor {output.name!r} does not read back equal to the source")
+
+
+def _write_pth(f: Any, root: str, shard: list[OutputTensor], progress: Progress) -> None:
+    planned, records = [], []
+    for index, output in enumerate(shard):
+        key, shape = str(index), output.source.shape
+        numel = storage_numel(output.dtype, output.source.numel)
+        for name in [output.name, *output.aliases]:
+            planned.append(PlannedTensor(name, output.dtype, shape, contiguous_strides(shape), 0, key, numel))
+        direct = output.direct()
+        records.append(StorageRecord(key, span=direct) if direct is not None else StorageRecord(key, data=output.expected()))
+        progress(output.nbytes)
+    write_torch_zip(f, root, dumps(state_dict_graph(planned)), records)
+
+
+def _verify_pth(path: str, shard: list[OutputTensor]) -> None:
+    from ckpttool.ops.trust import torch_accepts
+
+    torch_accepts(path, {n: (o.dtype, o.source.shape) for o in shard for n in [o.name, *o.aliases]})
+    weights = read_torch_zip(path).root
+    for output in shard:
+        _verify_bytes(path, output, _whole(weights[output.name]))
+
+
+def _write_index(outs: OutputSet, dst: str, to: str, paths: list[str], shards: list[list[OutputTensor]]) -> None:
+    weight_map = {
+        name: os.path.basename(path)
+        for path, shard in zip(paths, shards, strict=True)
+        for output in shard
+        for name in [output.name, *output.aliases]
+    }
+    total = sum(o.nbytes for shard in shards for o in shard)
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    output = outs.open(dst + ".index.json")
+    output.handle.write(json.dumps(index, indent=2).encode() + b"\n")
+    output.seal()
+    with open(output.temp, encoding="utf-8") as f:
+        if json.load(f) != index:
+            raise VerificationError(f"{dst}.index.json does not read back as written")
+
+
+def parse_size(text: str) -> int:
+    """`5GB` (decimal, as Hugging Face counts), `512MiB` (binary) or a number of bytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B?)\s*", text, re.IGNORECASE)
+    if not match:
+        raise UsageError(f"size {text!r}: expected e.g. 5GB, 500MB, 2GiB or a byte count")
+    number, unit = float(match.group(1)), match.group(2).upper().rstrip("B")
+    powers = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}
+    size = int(number * powers[unit])
+    if size <= 0:
+        raise UsageError(f"size {text!r} must be positive")
+    return size

@@ -1,0 +1,76 @@
+"""Where a tensor to be written comes from: a reference into a file, or a loaded tensor.
+
+Both answer the same questions: dtype and shape, the bytes as a file range when they
+can be copied as they are, the tensor itself when they cannot, and an identity that
+tells tied tensors (one view of one storage, under several names) apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Protocol
+
+from ckpttool.checkpoint import Checkpoint, TensorRef
+from ckpttool.errors import WeightsNotFoundError
+from ckpttool.tensordata import ByteRange, direct_range, load_tensor
+from ckpttool.weights import find_weights
+
+if TYPE_CHECKING:
+    import torch
+
+
+class Source(Protocol):
+    dtype: str
+    shape: tuple[int, ...]
+    numel: int
+    layout: str
+    device: str
+    has_data: bool
+
+    def tensor(self) -> torch.Tensor: ...
+    def byte_range(self) -> ByteRange | None: ...
+    def identity(self) -> Hashable | None: ...
+
+
+class FileSource:
+    def __init__(self, ref: TensorRef) -> None:
+        self.ref = ref
+        self.dtype, self.shape, self.numel = ref.dtype, ref.shape, ref.numel
+        self.layout, self.device = ref.layout, ref.device
+        self.has_data = ref.storage is not None and ref.storage.record is not None
+
+    def tensor(self) -> torch.Tensor:
+        return load_tensor(self.ref)
+
+    def byte_range(self) -> ByteRange | None:
+        return direct_range(self.ref)
+
+    def identity(self) -> Hashable | None:
+        ref = self.ref
+        return (id(ref.storage), ref.offset, ref.shape, ref.stride, ref.dtype)
+
+
+class TrustedSource:
+    def __init__(self, value: torch.Tensor) -> None:
+        self.value = value.detach()
+        self.dtype = str(value.dtype).removeprefix("torch.")
+        self.shape, self.numel = tuple(value.shape), value.numel()
+        self.layout = str(value.layout).removeprefix("torch.")
+        self.device, self.has_data = str(value.device), True
+
+    def tensor(self) -> torch.Tensor:
+        return self.value
+
+    def byte_range(self) -> ByteRange | None:
+        return None
+
+    def identity(self) -> Hashable | None:
+        v = self.value
+        return (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), v.stride(), v.dtype)
+
+
+def file_sources(checkpoint: Checkpoint, root: str | None) -> tuple[list[tuple[str, FileSource]], str | None, list[str]]:
+    weights = find_weights(checkpoint.root, root)
+    if weights.root is None:
+        raise WeightsNotFoundError("no weights found; name them with --root", path=checkpoint.path)
+    return [(t.key, FileSource(t.tensor)) for t in weights.tensors], weights.root, list(weights.notes)
