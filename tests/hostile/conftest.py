@@ -1,0 +1,27 @@
+"""Fixtures for the hostile-input tests: a marker path, a file writer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hostile.support import FileWriter
+
+
+@pytest.fixture
+def marker(tmp_path: Path) -> Path:
+    """The file every payload would create; tests assert it never appears."""
+    return tmp_path / "PAYLOAD_RAN"
+
+
+@pytest.fixture
+def write(tmp_path: Path) -> FileWriter:
+    """Write bytes to `tmp_path/name` and return the path."""
+
+    def write_file(name: str, data: bytes) -> Path:
+        path = tmp_path / name
+        path.write_bytes(data)
+        return path
+
+    return write_file
