@@ -28,8 +28,15 @@ class PendingOutput:
     def seal(self) -> None:
         """Flush and fsync: what is verified next is what is on disk."""
         self.handle.flush()
+        os.fchmod(self.handle.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600 files
         os.fsync(self.handle.fileno())
         self.handle.close()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @dataclass

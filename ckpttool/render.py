@@ -15,7 +15,9 @@ from typing import Any
 
 from tabulate import tabulate
 
+from ckpttool.ops.convert import ConvertReport
 from ckpttool.ops.inspect import InspectReport, TensorRow, TreeRow
+from ckpttool.ops.remap import RemapReport
 from ckpttool.ops.scan import FileScan
 
 SCHEMA_VERSION = 1
@@ -226,3 +228,64 @@ def _scan_block(r: FileScan) -> str:
 
 def _verdict_order(row: tuple[str, str, str, str]) -> tuple[int, str]:
     return ({"dangerous": 0, "needs-allowlist": 1}.get(row[2], 2), row[0])
+
+
+# -- convert -----------------------------------------------------------------------------------
+
+
+def convert_output(report: ConvertReport, fmt: str) -> str:
+    if fmt == "json":
+        return to_json(
+            {
+                "source": report.source,
+                "outputs": report.outputs,
+                "format": report.format,
+                "weights_root": report.weights_root,
+                "tensors": report.tensors,
+                "bytes": report.bytes,
+                "cast": report.cast,
+                "aliases": report.aliases,
+                "verified": True,
+                "notes": report.notes,
+            }
+        )
+    pairs: list[tuple[str, Any]] = [
+        ("source", report.source),
+        ("weights", f"'{report.weights_root}'" if report.weights_root else "the whole file"),
+        ("wrote", ", ".join(report.outputs)),
+        ("format", report.format),
+        ("tensors", f"{report.tensors} ({human_size(report.bytes)})"),
+    ]
+    if report.cast:
+        pairs.append(("cast", f"{report.cast} floating tensors"))
+    if report.aliases:
+        pairs.append(("aliases", ", ".join(f"{a} -> {k}" for a, k in report.aliases.items())))
+    pairs.append(("verified", "every tensor reads back equal to the source"))
+    return key_values(pairs)
+
+
+# -- remap -------------------------------------------------------------------------------------
+
+
+def remap_output(report: RemapReport, fmt: str) -> str:
+    if fmt == "json":
+        return to_json(
+            {
+                "source": report.source,
+                "output": report.output,
+                "storages": report.storages,
+                "changed": report.changed,
+                "verified": True,
+                "notes": report.notes,
+            }
+        )
+    changes = ", ".join(f"{change} ({n} storages)" for change, n in report.changed.items()) or "none"
+    return key_values(
+        [
+            ("source", report.source),
+            ("wrote", report.output),
+            ("storages", report.storages),
+            ("remapped", changes),
+            ("verified", "same objects, locations rewritten; every record copied intact"),
+        ]
+    )

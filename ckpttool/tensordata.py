@@ -55,7 +55,7 @@ def read_span(tensor: TensorRef) -> tuple[bytearray, int]:
         raise FormatError(f"tensor on {tensor.device} has no data in the file")
     first_byte, end_byte = tensor.byte_span()
     if storage.record.compressed:
-        return bytearray(_inflate_storage(storage)[first_byte:end_byte]), tensor.offset
+        return bytearray(inflate_storage(storage)[first_byte:end_byte]), tensor.offset
     start = storage.record.data_offset() + first_byte
     return read_range(ByteRange(storage.record.path, start, end_byte - first_byte)), tensor.offset
 
@@ -73,7 +73,7 @@ def read_range(span: ByteRange) -> bytearray:
     return buffer
 
 
-def _inflate_storage(storage: Storage) -> bytes:
+def inflate_storage(storage: Storage) -> bytes:
     """A DEFLATE-compressed record, inflated to exactly the size the storage declares."""
     record = storage.record
     assert record is not None

@@ -21,6 +21,8 @@ from ckpttool.errors import EXIT_ERROR, CkptError
 COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("ckpttool.cli.inspect:inspect_command", "What is in a checkpoint: summary, weights, tensors."),
     "scan": ("ckpttool.cli.scan:scan_command", "Security report: the globals each pickle names, and a verdict."),
+    "convert": ("ckpttool.cli.convert:convert_command", "Write the weights as safetensors or a plain state_dict, verified."),
+    "remap": ("ckpttool.cli.remap:remap_command", "Rewrite the device storages are restored to (e.g. cuda:0 -> cpu)."),
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -58,6 +59,30 @@ def warn(message: str) -> None:
 def finish(findings: bool) -> None:
     """Exit 1 when the command found something, 0 when all is clean."""
     click.get_current_context().exit(EXIT_FINDINGS if findings else EXIT_OK)
+
+
+class ProgressBar:
+    """A tqdm bar on stderr, shown only on a terminal and only for work worth watching."""
+
+    MIN_BYTES = 256 << 20
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self.bar: Any = None
+
+    def start(self, total: int) -> None:
+        if sys.stderr.isatty() and total >= self.MIN_BYTES:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=self.description, unit="B", unit_scale=True, file=sys.stderr)
+
+    def advance(self, done: int) -> None:
+        if self.bar is not None:
+            self.bar.update(done)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def path_argument(name: str = "path", **kwargs: Any) -> Callable[[F], F]:

@@ -14,9 +14,9 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ckpttool.atomic import OutputSet, output_set
 from ckpttool.checkpoint import contiguous_strides
@@ -37,8 +37,22 @@ from ckpttool.ops.sources import Source, TrustedSource, file_sources
 from ckpttool.pickle.writer import dumps
 from ckpttool.tensordata import ByteRange, copy_range, range_equals, same_bytes, tensor_bytes
 
-Progress = Callable[[int], None]
 SAFETENSORS, PTH = "safetensors", "pth"
+
+
+class Progress(Protocol):
+    """Told the total bytes of tensor data, then each chunk as it is written."""
+
+    def start(self, total: int) -> None: ...
+    def advance(self, done: int) -> None: ...
+
+
+class NoProgress:
+    def start(self, total: int) -> None:
+        pass
+
+    def advance(self, done: int) -> None:
+        pass
 
 
 @dataclass
@@ -97,9 +111,11 @@ def convert(src: str, dst: str, options: ConvertOptions, progress: Progress | No
     outputs = _plan(sources, options, notes)
     shards = _shard(outputs, options.shard_size)
     paths = _shard_paths(dst, len(shards), options.to)
+    progress = progress or NoProgress()
+    progress.start(sum(o.nbytes for o in outputs))
     with output_set([src], options.force) as outs:
         for path, shard in zip(paths, shards, strict=True):
-            _write_and_verify(outs, path, shard, options, progress or (lambda n: None))
+            _write_and_verify(outs, path, shard, options, progress)
         if len(shards) > 1:
             _write_index(outs, dst, options.to, paths, shards)
         written = [p.final for p in outs.pending]
@@ -240,7 +256,7 @@ def _write_safetensors(f: Any, shard: list[OutputTensor], user_metadata: dict[st
     f.write(header_bytes(entries, _metadata(shard, user_metadata)))
     for output in shard:
         _write_data(f, output)
-        progress(output.nbytes)
+        progress.advance(output.nbytes)
 
 
 def _write_data(f: Any, output: OutputTensor) -> None:
@@ -291,7 +307,7 @@ def _write_pth(f: Any, root: str, shard: list[OutputTensor], progress: Progress)
             planned.append(PlannedTensor(name, output.dtype, shape, contiguous_strides(shape), 0, key, numel))
         direct = output.direct()
         records.append(StorageRecord(key, span=direct) if direct is not None else StorageRecord(key, data=output.expected()))
-        progress(output.nbytes)
+        progress.advance(output.nbytes)
     write_torch_zip(f, root, dumps(state_dict_graph(planned)), records)
 
 

@@ -65,6 +65,7 @@ class Decoded:
     globals: list[Global]
     foreign_opcodes: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    lossy: list[str] = field(default_factory=list)
 
 
 # How a global was used; a Global's `uses` is a set of these.
@@ -147,6 +148,7 @@ class _Machine:
         self.globals: list[Global] = []
         self.foreign: dict[str, int] = {}
         self.problems: list[str] = []
+        self.lossy: list[str] = []
         self.hooks = hooks
         self.stop_pos = start
         self.dispatch = self._build_dispatch()
@@ -320,6 +322,7 @@ class _Machine:
             globals=self.globals,
             foreign_opcodes=self.foreign,
             problems=self.problems,
+            lossy=self.lossy,
         )
 
     def partial(self, exc: PickleError) -> PickleError:
@@ -333,8 +336,12 @@ class _Machine:
     def limit(self, message: str) -> LimitError:
         return LimitError(f"limit reached: {message}", path=self.source, offset=self.op_pos)
 
-    def problem(self, message: str) -> None:
+    def problem(self, message: str, *, lossy: bool = False) -> None:
+        """Something torch would refuse or only an attack produces. `lossy`: its effect is
+        not kept in the graph, so the graph cannot be written back faithfully."""
         self.problems.append(f"{message} (pickle byte {self.op_pos})")
+        if lossy:
+            self.lossy.append(self.problems[-1])
 
     # -- reading arguments -------------------------------------------------------
 
@@ -579,7 +586,7 @@ class _Machine:
         return new + n
 
     def op_next_buffer(self, pos: int) -> int:
-        self.problem("NEXT_BUFFER needs out-of-band data the file does not hold")
+        self.problem("NEXT_BUFFER needs out-of-band data the file does not hold", lossy=True)
         self.stack.append(OutOfBandBuffer())
         return pos
 
@@ -623,8 +630,7 @@ class _Machine:
         if isinstance(target, set):
             target.update(self.checked_key(i) for i in items)
         else:
-            self.problem(f"ADDITEMS on {_describe(target)}, which is not a set")
-            self.add_items(target, items)
+            self.problem(f"ADDITEMS on {_describe(target)}, which is not a set", lossy=True)
         return pos
 
     def op_append(self, pos: int) -> int:
@@ -642,10 +648,7 @@ class _Machine:
             target.extend(items)
             return
         if not isinstance(target, Call) or target.kind != NEWOBJ:
-            self.problem(f"{opcode} on {_describe(target)}, which torch refuses")
-        self.add_items(target, items)
-
-    def add_items(self, target: Any, items: list[Any]) -> None:
+            self.problem(f"{opcode} on {_describe(target)}, which torch refuses", lossy=not isinstance(target, Call))
         if isinstance(target, Call):
             target.items = (target.items or []) + items
 
@@ -662,7 +665,7 @@ class _Machine:
             return
         if not (isinstance(target, Call) and target.func_name in _DICT_LIKE_GLOBALS):
             # GHSA-63cw-57p8-fm3p: SETITEM on other objects calls their __setitem__.
-            self.problem(f"{opcode} on {_describe(target)}, which torch refuses")
+            self.problem(f"{opcode} on {_describe(target)}, which torch refuses", lossy=not isinstance(target, Call))
         if isinstance(target, Call):
             pairs = [(self.checked_key(items[i]), items[i + 1]) for i in range(0, len(items), 2)]
             target.dictitems = (target.dictitems or []) + pairs
@@ -750,9 +753,9 @@ class _Machine:
         state = self.stack.pop()
         target = self.stack[-1]
         if not isinstance(target, Call):
-            self.problem(f"BUILD on {_describe(target)}: sets attributes of an existing object")
+            self.problem(f"BUILD on {_describe(target)}: sets attributes of an existing object", lossy=True)
         elif target.state is not UNSET:
-            self.problem(f"BUILD applied twice to {_describe(target)}")
+            self.problem(f"BUILD applied twice to {_describe(target)}", lossy=True)
         else:
             target.state = state
             if isinstance(target.func, TrackedGlobal):
@@ -771,7 +774,7 @@ class _Machine:
         def handler(pos: int) -> int:
             new = self.fixed(pos, size)
             code = int.from_bytes(self.data[pos:new], "little")
-            self.problem(f"extension code {code}: resolved through the copyreg registry")
+            self.problem(f"extension code {code}: resolved through the copyreg registry", lossy=True)
             self.stack.append(Extension(code))
             return new
 
@@ -810,6 +813,9 @@ class _Machine:
 
 
 def _describe(value: Any) -> str:
+    if isinstance(value, PersistentRef):
+        kind = value.pid[0] if isinstance(value.pid, tuple) and value.pid else value.pid
+        return f"a value loaded by persistent id {kind!r}"
     if isinstance(value, Global):
         return f"global {value.qualname}"
     if isinstance(value, Call):

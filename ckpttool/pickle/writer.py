@@ -10,6 +10,7 @@ references and cycles come out as they went in.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from ckpttool.errors import FormatError, LimitError
@@ -20,7 +21,11 @@ _BATCH = 1000
 
 
 class PickleWriter:
-    def __init__(self) -> None:
+    """`persistent` may rewrite each persistent id: it returns the new id (a tuple), or any
+    other object to write in the id's place (legacy module ids become their class)."""
+
+    def __init__(self, persistent: Callable[[Any], Any] | None = None) -> None:
+        self.persistent = persistent
         self.out = bytearray()
         self.memo: dict[int, int] = {}
         self.alive: list[Any] = []  # memo keys are ids: keep temporaries from being reused
@@ -75,8 +80,7 @@ class PickleWriter:
         elif isinstance(obj, Call):
             self._call(obj)
         elif isinstance(obj, PersistentRef):
-            self.save(obj.pid)
-            self.out += b"Q"
+            self._persistent(obj)
         elif kind in (bytes, bytearray, set, frozenset):
             self._reduced_builtin(obj)
         else:
@@ -166,6 +170,14 @@ class PickleWriter:
             self.save(call.state)
             self.out += b"b"
 
+    def _persistent(self, ref: PersistentRef) -> None:
+        pid = self.persistent(ref.pid) if self.persistent else ref.pid
+        if isinstance(pid, tuple):
+            self.save(pid)
+            self.out += b"Q"
+        else:
+            self.save(pid)
+
     def _reduced_builtin(self, obj: Any) -> None:
         """Protocol 2 has no opcode for these: torch writes them as calls."""
         if isinstance(obj, bytes):
@@ -183,5 +195,5 @@ class PickleWriter:
         self._put(obj)
 
 
-def dumps(obj: Any) -> bytes:
-    return PickleWriter().dump(obj)
+def dumps(obj: Any, persistent: Callable[[Any], Any] | None = None) -> bytes:
+    return PickleWriter(persistent).dump(obj)

@@ -177,10 +177,10 @@ def missing_files(name: str, root: Path) -> list[Path]:
 def _load_torchvision(name: str, root: Path, download: bool) -> ReferenceData:
     missing = missing_files(name, root)
     if missing and not download:
-        listed = ", ".join(str(path) for path in missing)
+        listed = ", ".join(str(path.relative_to(root)) for path in missing)
         raise DatasetError(
-            f"{name} is not in {root}: missing {listed}; run again with --download to "
-            f"fetch it (needs network access), or copy torchvision's {name} files there",
+            f"{name} is not there: missing {listed}; run again with --download to fetch "
+            f"it (needs network access), or copy torchvision's {name} files there",
             path=str(root),
         )
     train = _read_torchvision_split(name, root, train=True, download=download)
@@ -197,7 +197,7 @@ def _read_torchvision_split(name: str, root: Path, train: bool, download: bool) 
         dataset = dataset_class(str(root), train=train, download=download)
     except (RuntimeError, OSError, ValueError) as error:
         # torchvision says "not found or corrupted" for a failed md5 or download.
-        raise DatasetError(f"{name} cannot be read from {root}: {error}", path=str(root)) from error
+        raise DatasetError(f"{name} cannot be read: {error}", path=str(root)) from error
     images = torch.as_tensor(dataset.data)
     # MNIST-style data is (N, H, W); CIFAR-10 is (N, H, W, C).
     images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)

@@ -154,6 +154,21 @@ def summarize(fixtures: FixtureSet, total_seconds: float) -> TrainSummary:
     )
 
 
+def train_config_of(manifest: Manifest) -> TrainConfig:
+    """The configuration a manifest's fixtures were trained with, to train them again."""
+    training = manifest.training
+    return TrainConfig(
+        model=manifest.model.name,
+        epochs=training.epochs,
+        batch_size=training.batch_size,
+        lr=training.lr,
+        optimizer=training.optimizer,
+        seed=training.seed,
+        device=training.device,
+        steps_per_epoch=training.steps_per_epoch,
+    )
+
+
 def build_manifest(run: TrainingRun, files: list[FileRecord]) -> Manifest:
     return Manifest(
         model=model_record(run),

@@ -259,17 +259,7 @@ class TrainingRun:
 
     def evaluate(self, split: ImageSplit) -> Evaluation:
         """Accuracy and mean loss over a whole split, in eval mode."""
-        correct, loss_sum = 0, 0.0
-        order = torch.arange(len(split))
-        with reproducible(self.device, self.config.seed), _eval_mode(self.model):
-            for indices in torch.split(order, EVAL_BATCH_SIZE):
-                inputs, labels = self._batch(split, indices)
-                logits = self.model(inputs)
-                loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
-                correct += int((logits.argmax(dim=1) == labels).sum())
-        return Evaluation(
-            accuracy=correct / len(split), loss=loss_sum / len(split), examples=len(split)
-        )
+        return evaluate_model(self.model, self.data, split, self.spec.input_shape, self.device)
 
     def probe_logits(self) -> torch.Tensor:
         """The logits of the fixed probe batch, computed on CPU in eval mode.
@@ -277,7 +267,7 @@ class TrainingRun:
         Always on CPU, so that a fixture saved from a GPU run can be checked on any
         machine: load it, move it to CPU, compare.
         """
-        return compute_probe_logits(self.model, self.data, self.spec.input_shape, self.config.seed)
+        return compute_probe_logits(self.model, self.data, self.spec.input_shape)
 
     def restore(
         self, model_state: Mapping[str, Any], optimizer_state: Mapping[str, Any], epochs_done: int
@@ -288,13 +278,34 @@ class TrainingRun:
         self.epochs_done = epochs_done
 
 
+def evaluate_model(
+    model: nn.Module,
+    data: ReferenceData,
+    split: ImageSplit,
+    input_shape: tuple[int, int, int],
+    device: torch.device | str = "cpu",
+) -> Evaluation:
+    """Accuracy and mean cross-entropy of `model` (already on `device`) over `split`."""
+    device = torch.device(device)
+    correct, loss_sum = 0, 0.0
+    with reproducible(device, 0), _eval_mode(model):
+        for indices in torch.split(torch.arange(len(split)), EVAL_BATCH_SIZE):
+            inputs = data.model_input(split.images[indices], input_shape).to(device)
+            labels = split.labels[indices].to(device)
+            logits = model(inputs)
+            loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
+            correct += int((logits.argmax(dim=1) == labels).sum())
+    size = len(split)
+    return Evaluation(accuracy=correct / size, loss=loss_sum / size, examples=size)
+
+
 def compute_probe_logits(
-    model: nn.Module, data: ReferenceData, input_shape: tuple[int, int, int], seed: int = 0
+    model: nn.Module, data: ReferenceData, input_shape: tuple[int, int, int]
 ) -> torch.Tensor:
     """The probe batch's logits for `model`, on CPU in eval mode, as float32."""
     inputs, _ = data.probe_batch(input_shape)
     cpu_model = _on_cpu(model)
-    with reproducible(torch.device("cpu"), seed), _eval_mode(cpu_model):
+    with reproducible(torch.device("cpu"), 0), _eval_mode(cpu_model):
         logits: torch.Tensor = cpu_model(inputs)
     return logits.detach().to(torch.float32).contiguous()
 

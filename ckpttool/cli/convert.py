@@ -1,0 +1,66 @@
+"""`ckpttool convert SRC DST`."""
+
+from __future__ import annotations
+
+import click
+
+from ckpttool.cli.common import ProgressBar, emit, output_options, path_argument, warn
+
+
+def _pairs(values: tuple[str, ...], option: str) -> list[tuple[str, str]]:
+    pairs = []
+    for value in values:
+        key, sep, rest = value.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{value!r} is not of the form KEY=VALUE", param_hint=option)
+        pairs.append((key, rest))
+    return pairs
+
+
+@click.command("convert")
+@path_argument("src")
+@path_argument("dst")
+@click.option("--to", "to", type=click.Choice(["safetensors", "pth"]), help="Output format [default: safetensors for a .safetensors DST, else pth].")
+@click.option("--root", metavar="PATH", help="Dotted path of the weights inside SRC.")
+@click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), help="Cast floating tensors.")
+@click.option("--shard-size", metavar="SIZE", help="Split into shards of at most SIZE (5GB, 500MB, 2GiB) with an index json.")
+@click.option("--strip-prefix", "strip_prefixes", multiple=True, metavar="P", help="Remove prefix P from keys (repeatable).")
+@click.option("--rename", "renames", multiple=True, metavar="REGEX=REPL", help="Rename keys with a regular expression (repeatable, in order).")
+@click.option("--metadata", "metadata", multiple=True, metavar="K=V", help="safetensors metadata entry (repeatable).")
+@click.option("--dedupe", is_flag=True, help="Store tied tensors once; aliases go into the metadata.")
+@click.option("--force", is_flag=True, help="Replace an existing DST (with --trust: also load a file scan calls dangerous).")
+@click.option("--trust", is_flag=True, help="Load SRC with torch.load(weights_only=False): runs code from the file.")
+@output_options(("table", "json"))
+def convert_command(src: str, dst: str, to: str | None, root: str | None, dtype: str | None, shard_size: str | None,
+                    strip_prefixes: tuple[str, ...], renames: tuple[str, ...], metadata: tuple[str, ...],
+                    dedupe: bool, force: bool, trust: bool, fmt: str) -> None:  # fmt: skip
+    """Write the weights of SRC as safetensors or as a plain state_dict that
+    torch.load(weights_only=True) reads.
+
+    SRC may be any checkpoint ckpttool reads, a whole pickled model included
+    (its class is not needed). The output is verified against SRC tensor by
+    tensor before it is renamed into place; SRC is never modified.
+    """
+    from ckpttool import render
+    from ckpttool.ops.convert import ConvertOptions, convert, parse_size
+
+    options = ConvertOptions(
+        to=to or ("safetensors" if dst.endswith(".safetensors") else "pth"),
+        root=root,
+        dtype=dtype,
+        shard_size=parse_size(shard_size) if shard_size else None,
+        strip_prefixes=strip_prefixes,
+        renames=tuple(_pairs(renames, "--rename")),
+        metadata=dict(_pairs(metadata, "--metadata")),
+        dedupe=dedupe,
+        force=force,
+        trust=trust,
+    )
+    bar = ProgressBar("convert")
+    try:
+        report = convert(src, dst, options, bar)
+    finally:
+        bar.close()
+    for note in report.notes:
+        warn(note)
+    emit(render.convert_output(report, fmt))

@@ -1,0 +1,32 @@
+"""`ckpttool remap SRC DST --device cpu` / `--map FROM=TO`."""
+
+from __future__ import annotations
+
+import click
+
+from ckpttool.cli.common import emit, output_options, path_argument, warn
+
+
+@click.command("remap")
+@path_argument("src")
+@path_argument("dst")
+@click.option("--device", metavar="DEVICE", help="Restore every storage to DEVICE (e.g. cpu).")
+@click.option("--map", "maps", multiple=True, metavar="FROM=TO", help="Restore storages on FROM to TO, e.g. cuda:1=cuda:0; FROM may be a type (cuda).")
+@click.option("--force", is_flag=True, help="Replace an existing DST (with --trust: also load a file scan calls dangerous).")
+@click.option("--trust", is_flag=True, help="Load SRC with torch.load(weights_only=False): runs code from the file.")
+@output_options(("table", "json"))
+def remap_command(src: str, dst: str, device: str | None, maps: tuple[str, ...], force: bool, trust: bool, fmt: str) -> None:
+    """Rewrite the device every storage is restored to (model, optimizer state,
+    everything), so DST loads without map_location.
+
+    Only the pickle is rewritten, without importing any class it names; tensor
+    records are copied byte for byte. Legacy-format input gives zip-format
+    output. DST is verified before it is renamed into place.
+    """
+    from ckpttool import render
+    from ckpttool.ops.remap import parse_mapping, remap
+
+    report = remap(src, dst, parse_mapping(device, maps), force=force, trust=trust)
+    for note in report.notes:
+        warn(note)
+    emit(render.remap_output(report, fmt))

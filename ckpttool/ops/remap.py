@@ -1,0 +1,157 @@
+"""`remap`: rewrite the device every storage is restored to, and nothing else.
+
+Only the pickle changes: its storage ids get new locations, and it is written back
+from the inert graph (so a whole pickled model is remapped without its class). The
+storage records are copied byte for byte, never decoded. Legacy files come out in
+the zip format. The result is verified before it replaces anything: its pickle must
+decode to the source's object tree with only the locations changed, and every record
+must read back with the CRC of the source bytes that were copied.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ckpttool.atomic import output_set
+import zlib
+
+from ckpttool.checkpoint import Checkpoint, Storage
+from ckpttool.errors import FormatError, UsageError, VerificationError
+from ckpttool.formats import LEGACY, ZIP, read_checkpoint
+from ckpttool.formats.legacy import read_legacy
+from ckpttool.formats.torchzip import read_pickle, read_torch_zip
+from ckpttool.formats.torchzip_write import StorageRecord, root_folder, write_torch_zip
+from ckpttool.formats.ziparchive import open_archive
+from ckpttool.ops.equivalence import equivalent
+from ckpttool.pickle import Decoded, Global
+from ckpttool.pickle.writer import dumps
+from ckpttool.tensordata import ByteRange, chunks, inflate_storage
+
+LocationMap = list[tuple[str, str]]
+
+
+@dataclass
+class RemapReport:
+    source: str
+    output: str
+    storages: int
+    changed: dict[str, int] = field(default_factory=dict)  # "cuda:0 -> cpu": count
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_mapping(device: str | None, maps: tuple[str, ...]) -> LocationMap:
+    """`--device cpu` maps every location; `--map cuda:1=cuda:0` one (or, as `cuda`, a type)."""
+    mapping: LocationMap = []
+    for item in maps:
+        source, sep, target = item.partition("=")
+        if not sep or not source or not target:
+            raise UsageError(f"--map {item!r}: expected FROM=TO, e.g. cuda:1=cuda:0")
+        mapping.append((source, target))
+    if device:
+        mapping.append(("*", device))
+    if not mapping:
+        raise UsageError("say where storages go: --device cpu, or --map FROM=TO")
+    return mapping
+
+
+def map_location(location: str, mapping: LocationMap) -> str:
+    for source, target in mapping:
+        if source == "*" or location == source or location.split(":", 1)[0] == source:
+            return target
+    return location
+
+
+def remap(src: str, dst: str, mapping: LocationMap, force: bool = False, trust: bool = False) -> RemapReport:
+    if trust:
+        from ckpttool.ops.trust import trusted_remap
+
+        return trusted_remap(src, dst, mapping, force)
+    checkpoint = read_checkpoint(src)
+    if checkpoint.format not in (ZIP, LEGACY):
+        raise FormatError(f"remap rewrites torch checkpoints; this is {checkpoint.format}", path=src)
+    decoded = _raw_pickle(src, checkpoint.format)
+    if decoded.lossy:
+        raise FormatError(f"the pickle holds a construct ckpttool cannot rewrite faithfully: {decoded.lossy[0]}", path=src)
+    report = RemapReport(src, dst, len(checkpoint.storages))
+    rewrite = _PidRewriter(mapping, report)
+    pickle_bytes = dumps(decoded.value, rewrite)
+    with output_set([src], force) as outs:
+        output = outs.open(dst)
+        write_torch_zip(output.handle, root_folder(dst), pickle_bytes, _records(checkpoint), checkpoint.byteorder)
+        output.seal()
+        _verify(output.temp, checkpoint, mapping)
+        outs.commit()
+    if not report.changed:
+        report.notes.append("no storage location needed changing")
+    return report
+
+
+def _raw_pickle(src: str, fmt: str) -> Decoded:
+    """The main pickle as an inert graph, exactly as the file holds it."""
+    if fmt == ZIP:
+        archive = open_archive(src)
+        return read_pickle(archive, archive.record("data.pkl"))
+    seen: list[tuple[str, Decoded]] = []
+    read_legacy(src, seen)
+    return dict(seen)["main pickle"]
+
+
+class _PidRewriter:
+    """New locations for storage ids; legacy ids lose their view slot and module ids
+    become the class they stand for, as the zip format writes them."""
+
+    def __init__(self, mapping: LocationMap, report: RemapReport) -> None:
+        self.mapping, self.report = mapping, report
+        self.seen: set[str] = set()
+
+    def __call__(self, pid: Any) -> Any:
+        if isinstance(pid, tuple) and len(pid) == 4 and pid[0] == "module" and isinstance(pid[1], Global):
+            return pid[1]
+        kind, storage_type, key, location, numel = pid[:5]
+        target = map_location(location, self.mapping)
+        if target != location and key not in self.seen:
+            change = f"{location} -> {target}"
+            self.report.changed[change] = self.report.changed.get(change, 0) + 1
+        self.seen.add(key)
+        return (kind, storage_type, key, target, numel)
+
+
+def _records(checkpoint: Checkpoint) -> list[StorageRecord]:
+    """Every storage's bytes as they are in the file; the writer computes their CRCs."""
+    records = []
+    for key, storage in checkpoint.storages.items():
+        record = storage.record
+        if record is None:
+            raise FormatError(f"storage {key!r} has no data in the file", path=checkpoint.path)
+        if record.compressed:
+            records.append(StorageRecord(key, data=inflate_storage(storage)))
+        else:
+            records.append(StorageRecord(key, span=ByteRange(record.path, record.data_offset(), record.size)))
+    return records
+
+
+def _verify(path: str, source: Checkpoint, mapping: LocationMap) -> None:
+    """The pickle decodes to the source's objects with only locations changed, and each
+    record's bytes on disk have the CRC of the source bytes that were copied into it."""
+    written = read_torch_zip(path)
+    if not equivalent(source.root, written.root, lambda loc: map_location(loc, mapping)):
+        raise VerificationError(f"{path}: the rewritten pickle does not decode to the source's objects")
+    archive = open_archive(path)
+    for key, storage in source.storages.items():
+        entry = archive.record(f"data/{key}")
+        assert storage.record is not None
+        if entry is None or entry.size != storage.nbytes:
+            raise VerificationError(f"{path}: record data/{key} is missing or has the wrong size")
+        if _crc(written.storages[key]) != entry.crc:
+            raise VerificationError(f"{path}: record data/{key} does not read back as written")
+
+
+def _crc(storage: Storage) -> int:
+    record = storage.record
+    assert record is not None
+    crc = 0
+    for block in chunks(ByteRange(record.path, record.data_offset(), record.size)):
+        crc = zlib.crc32(block, crc)
+    return crc & 0xFFFFFFFF
+
