@@ -18,6 +18,7 @@ from tabulate import tabulate
 from ckpttool.ops.convert import ConvertReport
 from ckpttool.ops.inspect import InspectReport, TensorRow, TreeRow
 from ckpttool.ops.remap import RemapReport
+from ckpttool.ops.stats import TensorStats
 from ckpttool.ops.scan import FileScan
 
 SCHEMA_VERSION = 1
@@ -289,3 +290,32 @@ def remap_output(report: RemapReport, fmt: str) -> str:
             ("verified", "same objects, locations rewritten; every record copied intact"),
         ]
     )
+
+
+# -- stats -------------------------------------------------------------------------------------
+
+_STATS_COLUMNS = ("key", "dtype", "shape", "min", "max", "mean", "std", "nan", "inf", "zeros")
+
+
+def stats_output(path: str, stats: list[TensorStats], fmt: str) -> str:
+    if fmt == "json":
+        return to_json({"path": path, "stats": [_stats_json(s) for s in stats]})
+    rows = [(s.key, s.dtype, shape_text(s.shape), s.min, s.max, s.mean, s.std, s.nan, s.inf, s.zeros) for s in stats]
+    if fmt == "csv":
+        return to_csv(_STATS_COLUMNS, rows)
+    return to_table(_STATS_COLUMNS, ([_number(v) for v in row] for row in rows))
+
+
+def _stats_json(s: TensorStats) -> dict[str, Any]:
+    return {
+        "key": s.key, "dtype": s.dtype, "shape": s.shape, "numel": s.numel, "min": s.min, "max": s.max,
+        "mean": s.mean, "std": s.std, "nan": s.nan, "inf": s.inf, "zeros": s.zeros,
+    }  # fmt: skip
+
+
+def _number(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)

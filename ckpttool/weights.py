@@ -32,6 +32,10 @@ class NamedTensor:
     key: str
     tensor: TensorRef
 
+    @property
+    def nbytes(self) -> int:
+        return self.tensor.nbytes
+
 
 @dataclass
 class Weights:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import click
 
-from ckpttool.cli.common import emit, output_options, path_argument
+from typing import Any
+
+from ckpttool.cli.common import ProgressBar, emit, output_options, path_argument
 
 
 @click.command("inspect")
@@ -14,6 +16,7 @@ from ckpttool.cli.common import emit, output_options, path_argument
 @click.option("--tree", is_flag=True, help="Group tensors by module prefix, with parameter counts.")
 @click.option("--sort", type=click.Choice(["key", "size"]), help="Sort rows by key or by size (largest first).")
 @click.option("--root", metavar="PATH", help="Dotted path of the weights inside the file.")
+@click.option("--stats", is_flag=True, help="Min, max, mean, std, NaN/Inf counts and share of zeros (reads tensor data).")
 @output_options()
 def inspect_command(
     path: str,
@@ -22,13 +25,15 @@ def inspect_command(
     tree: bool,
     sort: str | None,
     root: str | None,
+    stats: bool,
     fmt: str,
 ) -> None:
     """What is in a checkpoint: where the weights are, every tensor's dtype,
     shape, size and device, the non-tensor entries (epoch, loss,
     hyper-parameters) and the classes of pickled objects.
 
-    Reads only the pickle or header: no tensor data, nothing executed.
+    Reads only the pickle or header: no tensor data, nothing executed
+    (--stats reads the tensors, one at a time).
     """
     from ckpttool import render
     from ckpttool.formats import read_checkpoint
@@ -40,7 +45,9 @@ def inspect_command(
     weights = select(report.weights, patterns, sort)
     tensors = select(report.tensors, patterns, sort)
     shown = tensors if show_all else weights
-    if tree:
+    if stats:
+        emit(_stats(checkpoint, report.weights_root if not show_all else None, root, patterns, sort, fmt))
+    elif tree:
         emit(render.tree_output(report, group_by_module(shown), fmt))
     elif fmt == "json":
         emit(render.inspect_json(report, weights, tensors))
@@ -50,3 +57,19 @@ def inspect_command(
         emit(render.inspect_summary(report, top_level_summary(checkpoint.root, report.weights_root), shown))
         if shown:
             emit("\n" + render.tensor_rows_table(shown))
+
+
+def _stats(checkpoint: Any, weights_root: str | None, root: str | None, patterns: tuple[str, ...], sort: str | None, fmt: str) -> str:
+    from ckpttool import render
+    from ckpttool.ops.inspect import select
+    from ckpttool.ops.stats import all_stats
+    from ckpttool.weights import all_tensors, find_weights
+
+    named = find_weights(checkpoint.root, root).tensors if weights_root is not None else all_tensors(checkpoint.root)
+    chosen = select(named, patterns, sort)
+    bar = ProgressBar("stats")
+    bar.start(sum(t.nbytes for t in chosen))
+    try:
+        return render.stats_output(checkpoint.path, all_stats(chosen, bar), fmt)
+    finally:
+        bar.close()

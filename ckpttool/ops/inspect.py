@@ -9,7 +9,7 @@ from __future__ import annotations
 import fnmatch
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from ckpttool.checkpoint import Checkpoint, GlobalName, OpaqueCall, PickledObject, TensorRef, byte_size
 from ckpttool.formats import read_checkpoint
@@ -124,7 +124,10 @@ def tensor_row(named: NamedTensor) -> TensorRow:
     )
 
 
-def select(rows: list[TensorRow], patterns: tuple[str, ...] = (), sort: str | None = None) -> list[TensorRow]:
+Keyed = TypeVar("Keyed", TensorRow, NamedTensor)
+
+
+def select(rows: list[Keyed], patterns: tuple[str, ...] = (), sort: str | None = None) -> list[Keyed]:
     """Rows whose key matches any glob, in file order or sorted by key or size."""
     if patterns:
         rows = [r for r in rows if any(fnmatch.fnmatchcase(r.key, p) for p in patterns)]
