@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ import torch
 from ckpttool.errors import CkptError, UsageError
 from ckpttool.reference.choices import STYLE_NAMES
 from ckpttool.reference.data import ReferenceData
-from ckpttool.reference.fixtures import FixtureSet, build_fixtures
+from ckpttool.reference.fixtures import FixtureSet, build_fixtures, train_config_of
 from ckpttool.reference.manifest import (
     FileRecord,
     ManifestError,
@@ -24,7 +26,7 @@ from ckpttool.reference.manifest import (
 )
 from ckpttool.reference.models import ModelSpec, get_model_spec
 from ckpttool.reference.saving import parse_styles
-from ckpttool.reference.train import TrainConfig, compute_probe_logits
+from ckpttool.reference.train import TrainConfig, compute_probe_logits, evaluate_model
 
 # The loaders come from conftest.py as fixtures.
 FixtureModelLoader = Callable[[Path, FileRecord, ModelSpec], torch.nn.Module]
@@ -74,6 +76,25 @@ def test_every_file_loads_back_to_the_manifest_logits(
         model = load_fixture_model(directory, record, spec)
         logits = compute_probe_logits(model, digits, spec.input_shape)
         assert torch.equal(logits, record.probe_logits.to_tensor()), record.path
+
+
+def test_reloaded_files_reproduce_the_manifest_accuracy(
+    cnn_fixtures: FixtureSet, digits: ReferenceData, load_fixture_model: FixtureModelLoader
+) -> None:
+    directory = cnn_fixtures.manifest_path.parent
+    spec = get_model_spec("cnn")
+    for record in cnn_fixtures.manifest.files:
+        model = load_fixture_model(directory, record, spec)
+        test = evaluate_model(model, digits, digits.test, spec.input_shape)
+        assert (test.accuracy, test.loss, test.examples) == (
+            record.test.accuracy,
+            record.test.loss,
+            record.test.examples,
+        ), record.path
+
+
+def test_manifest_gives_back_the_training_config(cnn_fixtures: FixtureSet) -> None:
+    assert train_config_of(cnn_fixtures.manifest) == cnn_fixtures.run.config
 
 
 def test_periodic_checkpoint_holds_its_own_epoch(cnn_fixtures: FixtureSet) -> None:
@@ -169,3 +190,22 @@ def test_other_models_load_back_from_every_style(
         model = load_fixture_model(tmp_path, record, spec)
         logits = compute_probe_logits(model, digits, spec.input_shape)
         assert torch.equal(logits, record.probe_logits.to_tensor()), record.path
+
+
+def test_archives_are_named_like_files_saved_straight_to_their_names(
+    cnn_fixtures: FixtureSet,
+) -> None:
+    directory = cnn_fixtures.manifest_path.parent
+    for record in cnn_fixtures.manifest.files:
+        if record.format == "torch-zip":
+            with zipfile.ZipFile(directory / record.path) as archive:
+                root = archive.namelist()[0].split("/")[0]
+            # torch drops the last extension: checkpoint.pth.tar -> checkpoint.pth
+            assert root == os.path.splitext(record.path)[0], record.path
+
+
+def test_fixture_files_get_the_usual_mode(cnn_fixtures: FixtureSet) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in cnn_fixtures.manifest_path.parent.iterdir():
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path.name

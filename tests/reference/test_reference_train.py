@@ -35,7 +35,7 @@ def test_default_training_reaches_the_stated_accuracy(digits: ReferenceData, nam
     assert len(losses) == run.config.epochs and losses[-1] < losses[0]
 
 
-@pytest.mark.parametrize("name", ["vgg16", "resnet34"])
+@pytest.mark.parametrize("name", [pytest.param("vgg16", marks=pytest.mark.slow), "resnet34"])
 def test_torchvision_models_take_a_few_steps_to_finite_logits(
     digits: ReferenceData, name: str
 ) -> None:
