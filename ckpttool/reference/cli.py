@@ -61,7 +61,7 @@ def reference() -> None:
     help="Folder holding torchvision's dataset files.",
 )
 @click.option("--download", is_flag=True, help="Let torchvision download a missing dataset.")
-@click.option("--epochs", type=click.IntRange(min=1), help="Default: the model's (see --help).")
+@click.option("--epochs", type=click.IntRange(min=1), help="Default: the model's (above).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Default: the model's.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Default: the model's.")
 @click.option(

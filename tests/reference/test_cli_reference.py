@@ -109,3 +109,21 @@ def test_importing_the_command_group_does_not_import_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root
     )
     assert output.stdout.strip() == "False"
+
+
+def test_help_states_the_registry_defaults() -> None:
+    from ckpttool.reference.models import get_model_spec
+
+    help_text = CliRunner().invoke(reference, ["train", "--help"]).stdout
+    vgg, resnet = get_model_spec("vgg16").defaults, get_model_spec("resnet34").defaults
+    assert (vgg.epochs, vgg.batch_size, vgg.lr, vgg.steps_per_epoch) == (1, 32, 1e-4, 8)
+    assert "vgg16                                  1 epoch, 32, 1e-4, 8 steps" in help_text
+    assert (resnet.epochs, resnet.batch_size, resnet.lr, resnet.steps_per_epoch) == (
+        3,
+        64,
+        1e-3,
+        None,
+    )
+    assert "resnet34                               3 epochs, 64, 1e-3, whole split" in help_text
+    for name in ("nn", "cnn", "neural-network", "cifar10-net"):
+        assert get_model_spec(name).defaults.epochs == 10
