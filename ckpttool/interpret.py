@@ -117,8 +117,10 @@ class Interpreter:
     def _fill_dict(self, key: int, pairs: Any, more: list[tuple[Any, Any]]) -> dict[Any, Any]:
         out: dict[Any, Any] = {}
         self.memo[key] = out
+        value = self.value
         for k, v in list(pairs) + more:
-            out[_hashable(self.value(k))] = self.value(v)
+            # state_dicts: string keys and tensors the hooks already built, by the 10^5
+            out[k if type(k) is str else _hashable(value(k))] = v if type(v) is TensorRef else value(v)
         return out
 
     def _call(self, node: Call, key: int) -> Any:

@@ -13,13 +13,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from tabulate import tabulate
+from typing import TYPE_CHECKING
 
-from ckpttool.ops.convert import ConvertReport
-from ckpttool.ops.inspect import InspectReport, TensorRow, TreeRow
-from ckpttool.ops.remap import RemapReport
-from ckpttool.ops.stats import TensorStats
-from ckpttool.ops.scan import FileScan
+if TYPE_CHECKING:  # only for annotations: JSON output must not pay for importing every op
+    from ckpttool.ops.convert import ConvertReport
+    from ckpttool.ops.inspect import InspectReport, TensorRow, TreeRow
+    from ckpttool.ops.remap import RemapReport
+    from ckpttool.ops.scan import FileScan
+    from ckpttool.ops.stats import TensorStats
 
 SCHEMA_VERSION = 1
 TENSOR_COLUMNS = ("key", "dtype", "shape", "numel", "nbytes", "device")
@@ -39,10 +40,14 @@ def to_csv(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 
 def to_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    from tabulate import tabulate
+
     return tabulate(list(rows), headers=list(headers), tablefmt="simple", disable_numparse=True)
 
 
 def key_values(pairs: Iterable[tuple[str, Any]]) -> str:
+    from tabulate import tabulate
+
     return tabulate([(f"{k}:", v) for k, v in pairs], tablefmt="plain", disable_numparse=True)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-import tarfile
 from functools import partial
 from typing import Any
 
@@ -163,6 +162,8 @@ def read_legacy_tar(path: str, seen: Seen | None = None) -> Checkpoint:
 
 
 def _tar_members(path: str) -> dict[str, tuple[int, int]]:
+    import tarfile  # only this old variant needs it
+
     try:
         with tarfile.open(path, mode="r:") as tar:
             found = {m.name: (m.offset_data, m.offset_data + m.size) for m in tar.getmembers() if m.isfile()}

@@ -125,7 +125,7 @@ class _ConstantsTable(StorageTable):
 
 def _record_for(archive: ZipArchive, storage: Storage) -> Record:
     folder, _, key = storage.key.rpartition(":")
-    name = f"{folder or 'data'}/{key}"
+    name = (folder or "data") + "/" + key
     entry = archive.record(name)
     if entry is None:
         raise FormatError(f"storage {storage.key!r} has no record {archive.root}/{name}", path=archive.path)
