@@ -13,8 +13,10 @@ effect would be that file appearing, and each test asserts it did not.
 
 from __future__ import annotations
 
+import io
 import shlex
 import struct
+import tarfile
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -508,6 +510,28 @@ class LegacyFile:
 def legacy_checkpoint(tensors: Sequence[TensorSpec], **options: Any) -> LegacyFile:
     storages = [LegacyStorage(spec.key, spec.numel, storage_bytes(spec)) for spec in tensors]
     return LegacyFile(state_dict_pickle(tensors, legacy=True), storages, **options)
+
+
+def legacy_tar(members: Mapping[str, bytes]) -> bytes:
+    """The oldest torch format: a tar with members sys_info, storages, tensors, pickle."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def empty_legacy_tar(**replaced: bytes) -> bytes:
+    """A tar checkpoint of no tensors, with any member replaced."""
+    members = {
+        "sys_info": whole(value(legacy_sys_info())),
+        "storages": whole(integer(0)) + whole(value([])),  # no storages, no storage views
+        "tensors": whole(integer(0)),
+        "pickle": whole(value({})),
+    }
+    return legacy_tar({**members, **replaced})
 
 
 # -- safetensors ----------------------------------------------------------------------------------

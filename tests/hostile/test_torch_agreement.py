@@ -1,0 +1,205 @@
+"""Ground truth: `safe` exactly when `torch.load(weights_only=True)` accepts the file.
+
+And for `needs-allowlist`, the allowlist line the scan prints is what makes torch
+accept it. Every file here is made by this test (torch.save or the builders), and
+the hand-made ones carry no payload, so loading them with torch is harmless.
+"""
+
+from __future__ import annotations
+
+import argparse
+import builtins
+import collections
+import importlib
+import sys
+import warnings
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ckpttool.ops.scan import scan_file
+from hostile.builders import (
+    Op,
+    call_global,
+    checkpoint_zip,
+    float_tensor,
+    storage_bytes,
+    torch_zip,
+    value,
+    whole,
+)
+from hostile.support import only_file, scan
+from hostile.tinynet import TinyNet
+
+Saver = Callable[[Path], None]
+
+
+def saved(obj: Callable[[], Any], **options: Any) -> Saver:
+    return lambda path: torch.save(obj(), path, **options)
+
+
+def written(data: Callable[[], bytes]) -> Saver:
+    return lambda path: path.write_bytes(data())
+
+
+def tiny_state_dict() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return TinyNet().state_dict()
+
+
+def quantized(tensor: torch.Tensor) -> torch.Tensor:
+    with warnings.catch_warnings():
+        # torch 2.14 deprecates quantized tensors; files holding them still exist.
+        warnings.filterwarnings("ignore", message="torch.quantize_per_tensor", category=UserWarning)
+        return torch.quantize_per_tensor(tensor, 0.1, 0, torch.quint8)
+
+
+def setitems_on_torch_size() -> bytes:
+    """GHSA-63cw-57p8-fm3p: SETITEMS on a torch.Size, which only a dict may receive."""
+    size = call_global("torch", "Size", (1, 2))
+    return torch_zip(whole(size + Op.MARK + value("k") + value(1) + Op.SETITEMS))
+
+
+FILES: dict[str, Saver] = {
+    "plain_state_dict": saved(tiny_state_dict),
+    "whole_pickled_model": saved(TinyNet),
+    "protocol_4_checkpoint": saved(tiny_state_dict, pickle_protocol=4),
+    "protocol_3_checkpoint": saved(tiny_state_dict, pickle_protocol=3),
+    "setitems_on_a_non_dict": written(setitems_on_torch_size),
+    "legacy_state_dict": saved(tiny_state_dict, _use_new_zipfile_serialization=False),
+    "training_checkpoint_with_namespace": saved(
+        lambda: {"args": argparse.Namespace(lr=0.1), "state_dict": tiny_state_dict(), "epoch": 3}
+    ),
+    "optimizer_and_counters": saved(
+        lambda: {
+            "optimizer": torch.optim.Adam(TinyNet().parameters()).state_dict(),
+            "seen": collections.Counter(a=2),
+            "classes": {1, 2},
+            "phase": 1 + 2j,
+            "raw": b"bytes",
+            "dtype": torch.float16,
+        }
+    ),
+    "python_slice": saved(lambda: {"window": slice(1, 5)}),
+    "numpy_array": saved(lambda: {"mean": np.zeros(3)}),
+    "sparse_and_quantized": saved(
+        lambda: {"s": torch.ones(3).to_sparse(), "q": quantized(torch.ones(3))}
+    ),
+    "storages_on_cuda0": written(lambda: checkpoint_zip([float_tensor("w", "0", 2, 3, location="cuda:0")])),
+}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("agreement")
+    paths = {}
+    for name, save in FILES.items():
+        paths[name] = folder / f"{name}.pt"
+        save(paths[name])
+    return paths
+
+
+LOAD_WARNINGS = (
+    "Detected pickle protocol",  # any protocol but 2
+    "TypedStorage is deprecated",  # quantized tensors are rebuilt through TypedStorage
+    "Validating sparse tensor invariants",  # sparse tensors, checked because weights_only=True
+)
+
+
+def torch_accepts(path: Path) -> bool:
+    try:
+        with warnings.catch_warnings():
+            # What torch says while loading files it accepts; none of it is a refusal.
+            for message in LOAD_WARNINGS:
+                warnings.filterwarnings("ignore", message=message, category=UserWarning)
+            torch.load(path, weights_only=True, map_location="cpu")
+    except Exception:  # noqa: BLE001 - any refusal counts
+        return False
+    return True
+
+
+@contextmanager
+def allowlist_kept() -> Iterator[None]:
+    """Restore torch's user allowlist after a test extends it."""
+    before = torch.serialization.get_safe_globals()
+    try:
+        yield
+    finally:
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(before)
+
+
+def run_allowlist_line(line: str, imports: list[str]) -> None:
+    """Execute the scan's `add_safe_globals` line as a user would paste it."""
+    namespace: dict[str, Any] = {"torch": torch}
+    for module in imports:
+        importlib.import_module(module)
+        top = module.split(".", 1)[0]
+        namespace[top] = sys.modules[top]
+    for name in dir(builtins):
+        namespace.setdefault(name, getattr(builtins, name))
+    exec(line, namespace)  # noqa: S102 - the line under test
+
+
+@pytest.mark.parametrize("name", sorted(FILES))
+def test_safe_exactly_when_torch_loads_with_weights_only(checkpoints: dict[str, Path], name: str) -> None:
+    path = checkpoints[name]
+    verdict = scan_file(str(path)).verdict
+    assert (verdict == "safe") == torch_accepts(path), f"verdict {verdict}"
+    cli = scan(path)
+    assert only_file(cli)["verdict"] == verdict
+    assert cli.exit_code == (1 if verdict == "dangerous" else 0)
+
+
+@pytest.mark.parametrize("name", ["whole_pickled_model", "training_checkpoint_with_namespace"])
+def test_the_allowlist_line_makes_torch_load_the_file(checkpoints: dict[str, Path], name: str) -> None:
+    path = checkpoints[name]
+    report = scan_file(str(path))
+    assert report.verdict == "needs-allowlist"
+    assert report.allowlist is not None and report.allowlist.startswith("torch.serialization.add_safe_globals([")
+    assert not torch_accepts(path)
+    with allowlist_kept():
+        run_allowlist_line(report.allowlist, report.imports)
+        assert torch_accepts(path)
+
+
+def test_needs_allowlist_names_the_model_classes(checkpoints: dict[str, Path]) -> None:
+    report = scan_file(str(checkpoints["whole_pickled_model"]))
+    listed = {g.qualname for g in report.globals if g.verdict == "needs-allowlist"}
+    assert listed == {f"{TinyNet.__module__}.TinyNet", "torch.nn.modules.linear.Linear"}
+    assert all(g.uses == ["instantiate"] for g in report.globals if g.verdict == "needs-allowlist")
+
+
+def test_dangerous_files_stay_unloadable_even_when_every_listed_class_is_allowlisted(
+    checkpoints: dict[str, Path],
+) -> None:
+    """`dangerous` is not a matter of allowlisting: torch still refuses the GHSA-63cw shape."""
+    path = checkpoints["setitems_on_a_non_dict"]
+    assert scan_file(str(path)).verdict == "dangerous"
+    with allowlist_kept():
+        torch.serialization.add_safe_globals([torch.Size])
+        assert not torch_accepts(path)
+
+
+def test_a_model_class_that_no_longer_exists_is_still_judged(tmp_path: Path) -> None:
+    """The scan never imports the class: a module that is gone changes nothing."""
+    saved_model = tmp_path / "model.pt"
+    torch.save(TinyNet(), saved_model)
+    path = tmp_path / "gone.pt"
+    with zipfile.ZipFile(saved_model) as source, zipfile.ZipFile(path, "w") as renamed:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename.endswith("data.pkl"):
+                data = data.replace(b"hostile.tinynet", b"hostile.vanish_")
+            renamed.writestr(info, data)
+    report = scan_file(str(path))
+    assert report.verdict == "needs-allowlist"
+    assert "hostile.vanish_.TinyNet" in {g.qualname for g in report.globals}
+    assert "hostile.vanish_" not in sys.modules
