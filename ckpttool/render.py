@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # only for annotations: JSON output must not pay for importing every op
     from ckpttool.ops.convert import ConvertReport
+    from ckpttool.ops.diff import DiffReport
     from ckpttool.ops.inspect import InspectReport, TensorRow, TreeRow
     from ckpttool.ops.remap import RemapReport
     from ckpttool.ops.scan import FileScan
@@ -324,3 +325,50 @@ def _number(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.6g}"
     return str(value)
+
+
+# -- diff --------------------------------------------------------------------------------------
+
+
+def diff_output(report: DiffReport, fmt: str) -> str:
+    rows = _diff_rows(report)
+    if fmt == "json":
+        return to_json(
+            {
+                "a": report.a,
+                "b": report.b,
+                "identical": report.identical,
+                "only_in_a": report.only_in_a,
+                "only_in_b": report.only_in_b,
+                "shape_mismatch": report.shape_mismatch,
+                "dtype_mismatch": report.dtype_mismatch,
+                "value_mismatch": report.value_mismatch,
+                "entries_mismatch": report.entries_mismatch,
+                "equal": report.equal,
+                "keys_only": report.keys_only,
+            }
+        )
+    if fmt == "csv":
+        return to_csv(("key", "difference", "detail"), rows)
+    summary = key_values(
+        [
+            ("a", report.a),
+            ("b", report.b),
+            ("result", "IDENTICAL" if report.identical else "DIFFERENT"),
+            ("equal tensors", report.equal),
+        ]
+    )
+    return summary + ("\n\n" + to_table(("key", "difference", "detail"), rows) if rows else "")
+
+
+def _diff_rows(report: DiffReport) -> list[tuple[str, str, str]]:
+    rows: list[tuple[str, str, str]] = []
+    rows += [(k, "only in a", "") for k in report.only_in_a]
+    rows += [(k, "only in b", "") for k in report.only_in_b]
+    rows += [(m["key"], "shape", f"{shape_text(m['a'])} vs {shape_text(m['b'])}") for m in report.shape_mismatch]
+    rows += [(m["key"], "dtype", f"{m['a']} vs {m['b']}") for m in report.dtype_mismatch]
+    for m in report.value_mismatch:
+        detail = f"max abs {_number(m['max_abs'])}, max rel {_number(m['max_rel'])}, {_number(m['mismatched'])} elements differ"
+        rows.append((m["key"], "values", detail))
+    rows += [(m["key"], "entry", f"{compact(m['a'], 30)} vs {compact(m['b'], 30)}") for m in report.entries_mismatch]
+    return rows

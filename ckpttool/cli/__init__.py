@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "scan": ("ckpttool.cli.scan:scan_command", "Security report: the globals each pickle names, and a verdict."),
     "convert": ("ckpttool.cli.convert:convert_command", "Write the weights as safetensors or a plain state_dict, verified."),
     "remap": ("ckpttool.cli.remap:remap_command", "Rewrite the device storages are restored to (e.g. cuda:0 -> cpu)."),
+    "diff": ("ckpttool.cli.diff:diff_command", "Compare two checkpoints of any formats, tensor by tensor."),
     "reference": ("ckpttool.reference.cli:reference", "Train and evaluate the tutorial models; produce and check fixtures."),
 }
 
