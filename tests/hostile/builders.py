@@ -300,7 +300,13 @@ def rebuild_tensor(spec: TensorSpec, *, legacy: bool = False, pid: bytes | None 
         Op.NEWFALSE,
         empty_ordered_dict(),  # backward hooks
     ]
-    return global_ref("torch._utils", "_rebuild_tensor_v2") + Op.MARK + b"".join(args) + Op.TUPLE + Op.REDUCE
+    return (
+        global_ref("torch._utils", "_rebuild_tensor_v2")
+        + Op.MARK
+        + b"".join(args)
+        + Op.TUPLE
+        + Op.REDUCE
+    )
 
 
 def state_dict_pickle(
@@ -396,7 +402,9 @@ def _central_header(w: _Written) -> bytes:
     ) + name  # fmt: skip
 
 
-def zip_bytes(members: Iterable[ZipMember], *, align: bool = True, end_record: bool = True) -> bytes:
+def zip_bytes(
+    members: Iterable[ZipMember], *, align: bool = True, end_record: bool = True
+) -> bytes:
     """A zip archive written header by header; `end_record=False` cuts off its last 22 bytes."""
     out = bytearray()
     written: list[_Written] = []
@@ -410,7 +418,9 @@ def zip_bytes(members: Iterable[ZipMember], *, align: bool = True, end_record: b
     directory = b"".join(_central_header(w) for w in written)
     cd_offset = len(out)
     out += directory
-    out += struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(written), len(written), len(directory), cd_offset, 0)
+    out += struct.pack(
+        "<4s4H2LH", b"PK\x05\x06", 0, 0, len(written), len(written), len(directory), cd_offset, 0
+    )
     return bytes(out if end_record else out[:-22])
 
 
@@ -537,7 +547,9 @@ def empty_legacy_tar(**replaced: bytes) -> bytes:
 # -- safetensors ----------------------------------------------------------------------------------
 
 
-def safetensors_bytes(header: bytes, data: bytes = b"", declared_length: int | None = None) -> bytes:
+def safetensors_bytes(
+    header: bytes, data: bytes = b"", declared_length: int | None = None
+) -> bytes:
     """u64 little-endian header length, the header bytes, the data buffer."""
     length = len(header) if declared_length is None else declared_length
     return struct.pack("<Q", length) + header + data
@@ -547,7 +559,12 @@ def safetensors_bytes(header: bytes, data: bytes = b"", declared_length: int | N
 
 
 def _png_chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+    return (
+        struct.pack(">I", len(body))
+        + kind
+        + body
+        + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+    )
 
 
 def png_image() -> bytes:

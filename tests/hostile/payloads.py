@@ -26,7 +26,6 @@ from hostile.builders import (
     quoted_line,
     shell_touch,
     short_text,
-    stack_global_ref,
     torch_zip,
     value,
     whole,
@@ -61,7 +60,14 @@ def handwritten_system_payloads(marker: Path) -> list[Payload]:
     """The same calls spelled the ways pickles can spell them."""
     command = shell_touch(marker)
     protocol0 = (  # GLOBAL, STRING, TUPLE, REDUCE: all text, no PROTO
-        Op.GLOBAL + b"os\nsystem\n" + Op.MARK + Op.STRING + quoted_line(command) + Op.TUPLE + Op.REDUCE + Op.STOP
+        Op.GLOBAL
+        + b"os\nsystem\n"
+        + Op.MARK
+        + Op.STRING
+        + quoted_line(command)
+        + Op.TUPLE
+        + Op.REDUCE
+        + Op.STOP
     )
     framed = (  # protocol 4: FRAME, STACK_GLOBAL from memoized strings
         b"\x80\x04"
@@ -70,7 +76,11 @@ def handwritten_system_payloads(marker: Path) -> list[Payload]:
     )  # fmt: skip
     return [
         Payload("os.system-GLOBAL-protocol0", protocol0, ("os.system",)),
-        Payload("os.system-GLOBAL-protocol2", whole(call_global("os", "system", command)), ("os.system",)),
+        Payload(
+            "os.system-GLOBAL-protocol2",
+            whole(call_global("os", "system", command)),
+            ("os.system",),
+        ),
         Payload("nt.system", whole(call_global("nt", "system", command)), ("nt.system",)),
         Payload("os.system-STACK_GLOBAL-protocol4", framed, ("os.system",)),
         Payload(
@@ -91,8 +101,12 @@ def builtins_payloads(marker: Path) -> list[Payload]:
     getattr_system = call_global("builtins", "getattr", Raw(import_os), "system")
     compiled = call_global("builtins", "compile", source, "<payload>", "exec")
     return [
-        Payload("builtins.exec", whole(call_global("builtins", "exec", source)), ("builtins.exec",)),
-        Payload("builtins.eval", whole(call_global("builtins", "eval", source)), ("builtins.eval",)),
+        Payload(
+            "builtins.exec", whole(call_global("builtins", "exec", source)), ("builtins.exec",)
+        ),
+        Payload(
+            "builtins.eval", whole(call_global("builtins", "eval", source)), ("builtins.eval",)
+        ),
         Payload(  # Python 2's module name, which unpicklers map to builtins
             "__builtin__.eval",
             whole(call_global("__builtin__", "eval", source)),
@@ -110,17 +124,32 @@ def builtins_payloads(marker: Path) -> list[Payload]:
         ),
         Payload(  # INST: MARK, args, then `i module\nname\n` calls the class with them
             "INST-os.system",
-            Op.MARK + Op.STRING + quoted_line(shell_touch(marker)) + Op.INST + b"os\nsystem\n" + Op.STOP,
+            Op.MARK
+            + Op.STRING
+            + quoted_line(shell_touch(marker))
+            + Op.INST
+            + b"os\nsystem\n"
+            + Op.STOP,
             ("os.system",),
         ),
         Payload(
             "INST-subprocess.Popen",
-            Op.MARK + Op.STRING + quoted_line(shell_touch(marker)) + Op.INST + b"subprocess\nPopen\n" + Op.STOP,
+            Op.MARK
+            + Op.STRING
+            + quoted_line(shell_touch(marker))
+            + Op.INST
+            + b"subprocess\nPopen\n"
+            + Op.STOP,
             ("subprocess.Popen",),
         ),
         Payload(  # OBJ: MARK, callable, args, OBJ calls items[0](*items[1:])
             "OBJ-builtins.exec",
-            b"\x80\x02" + Op.MARK + global_ref("builtins", "exec") + value(source) + Op.OBJ + Op.STOP,
+            b"\x80\x02"
+            + Op.MARK
+            + global_ref("builtins", "exec")
+            + value(source)
+            + Op.OBJ
+            + Op.STOP,
             ("builtins.exec",),
         ),
         Payload(
@@ -143,18 +172,39 @@ def computed_name_payloads(marker: Path) -> list[Payload]:
     return [
         Payload(
             "STACK_GLOBAL-on-joined-strings",
-            b"\x80\x04" + joined_os + short_text("system") + Op.STACK_GLOBAL + command + Op.REDUCE + Op.STOP,
+            b"\x80\x04"
+            + joined_os
+            + short_text("system")
+            + Op.STACK_GLOBAL
+            + command
+            + Op.REDUCE
+            + Op.STOP,
             ("builtins.getattr",),
         ),
         Payload(  # only allowlisted calls, yet the global it resolves is computed
             "STACK_GLOBAL-on-_codecs.encode",
-            b"\x80\x04" + encoded + short_text("system") + Op.STACK_GLOBAL + command + Op.REDUCE + Op.STOP,
+            b"\x80\x04"
+            + encoded
+            + short_text("system")
+            + Op.STACK_GLOBAL
+            + command
+            + Op.REDUCE
+            + Op.STOP,
             (),
         ),
         Payload(  # the computed module name goes through the memo first
             "STACK_GLOBAL-on-a-memoized-computed-name",
-            b"\x80\x04" + joined_os + Op.MEMOIZE + Op.POP + Op.BINGET + b"\x00"
-            + short_text("system") + Op.STACK_GLOBAL + command + Op.REDUCE + Op.STOP,
+            b"\x80\x04"
+            + joined_os
+            + Op.MEMOIZE
+            + Op.POP
+            + Op.BINGET
+            + b"\x00"
+            + short_text("system")
+            + Op.STACK_GLOBAL
+            + command
+            + Op.REDUCE
+            + Op.STOP,
             ("builtins.getattr",),
         ),  # fmt: skip
         Payload(  # calling the *result* of an allowlisted function
@@ -165,7 +215,7 @@ def computed_name_payloads(marker: Path) -> list[Payload]:
     ]
 
 
-# -- case 14: gadgets in odd modules ------------------------------------------------------------------
+# -- case 14: gadgets in odd modules --------------------------------------------------------------
 
 
 def code_object_fields(source: str) -> tuple[Any, ...]:
@@ -187,10 +237,12 @@ def gadget_payloads(marker: Path, inner_payload_file: Path) -> list[Payload]:
     """FORMATS.md case 14: gadgets that blocklist scanners missed; an allowlist catches them all."""
     shell, source = shell_touch(marker), python_touch(marker)
     code = Raw(call_global("types", "CodeType", *code_object_fields(source)))
-    partial_load = (  # functools.partial(torch.load, inner, weights_only=False), as pickle writes partials
-        global_ref("functools", "partial") + value((Raw(global_ref("torch", "load")),)) + Op.REDUCE
-        + value((Raw(global_ref("torch", "load")), (str(inner_payload_file),), {"weights_only": False}, None))
-        + Op.BUILD
+    torch_load = Raw(global_ref("torch", "load"))
+    partial_state = (torch_load, (str(inner_payload_file),), {"weights_only": False}, None)
+    # functools.partial(torch.load, inner, weights_only=False), the way pickle writes a partial
+    partial_load = (
+        global_ref("functools", "partial") + value((torch_load,)) + Op.REDUCE
+        + value(partial_state) + Op.BUILD
     )  # fmt: skip
     libc = call_global("ctypes", "CDLL", "libc.so.6")
     gadgets: list[tuple[str, bytes, tuple[str, ...]]] = [
@@ -200,7 +252,11 @@ def gadget_payloads(marker: Path, inner_payload_file: Path) -> list[Payload]:
         ("pydoc.pipepager", whole(call_global("pydoc", "pipepager", "", shell)), ()),
         (
             "timeit.timeit",
-            whole(call_global("timeit", "timeit", source, "pass", Raw(global_ref("time", "perf_counter")), 1)),
+            whole(
+                call_global(
+                    "timeit", "timeit", source, "pass", Raw(global_ref("time", "perf_counter")), 1
+                )
+            ),
             (),
         ),
         ("cProfile.run", whole(call_global("cProfile", "run", source)), ()),
@@ -210,11 +266,27 @@ def gadget_payloads(marker: Path, inner_payload_file: Path) -> list[Payload]:
             _then_call(call_global("builtins", "getattr", Raw(libc), "system"), shell.encode()),
             ("builtins.getattr",),
         ),
-        ("pkgutil.resolve_name", _then_call(call_global("pkgutil", "resolve_name", "os:system"), shell), ()),
-        ("torch.utils.collect_env.run", whole(call_global("torch.utils.collect_env", "run", shell)), ()),
+        (
+            "pkgutil.resolve_name",
+            _then_call(call_global("pkgutil", "resolve_name", "os:system"), shell),
+            (),
+        ),
+        (
+            "torch.utils.collect_env.run",
+            whole(call_global("torch.utils.collect_env", "run", shell)),
+            (),
+        ),
         (
             "torch._inductor.codecache.compile_file",
-            whole(call_global("torch._inductor.codecache", "compile_file", [], str(marker), ["touch", str(marker)])),
+            whole(
+                call_global(
+                    "torch._inductor.codecache",
+                    "compile_file",
+                    [],
+                    str(marker),
+                    ["touch", str(marker)],
+                )
+            ),
             (),
         ),
         ("functools.partial", whole(partial_load + Op.EMPTY_TUPLE + Op.REDUCE), ()),
@@ -225,10 +297,16 @@ def gadget_payloads(marker: Path, inner_payload_file: Path) -> list[Payload]:
         ),
         (
             "cloudpickle.cloudpickle._make_function",
-            _then_call(call_global("cloudpickle.cloudpickle", "_make_function", code, {}, "f", None, None)),
+            _then_call(
+                call_global("cloudpickle.cloudpickle", "_make_function", code, {}, "f", None, None)
+            ),
             ("types.CodeType",),
         ),
-        ("urllib.request.urlopen", whole(call_global("urllib.request", "urlopen", f"file://{marker}")), ()),
+        (
+            "urllib.request.urlopen",
+            whole(call_global("urllib.request", "urlopen", f"file://{marker}")),
+            (),
+        ),
         ("_io.FileIO", whole(call_global("_io", "FileIO", str(marker), "w")), ()),
         ("builtins.open", whole(call_global("builtins", "open", str(marker), "w")), ()),
         # On no blocklist anywhere: only "called and not allowlisted" catches these.
@@ -256,13 +334,17 @@ def container_abuse_payloads() -> list[Payload]:
     size = call_global("torch", "Size", (1, 2))
     new_set = call_global("builtins", "set")
     return [
-        Payload("SETITEMS-on-torch.Size", whole(size + Op.MARK + value("k") + value(1) + Op.SETITEMS), ()),
+        Payload(
+            "SETITEMS-on-torch.Size",
+            whole(size + Op.MARK + value("k") + value(1) + Op.SETITEMS),
+            (),
+        ),
         Payload("SETITEM-on-builtins.set", whole(new_set + value("k") + value(1) + Op.SETITEM), ()),
         Payload("APPEND-on-builtins.set", whole(new_set + value(1) + Op.APPEND), ()),
     ]
 
 
-# -- wrapping a pickle the ways it reaches a user ----------------------------------------------------
+# -- wrapping a pickle the ways it reaches a user -------------------------------------------------
 
 Wrapper = Callable[[bytes], bytes]
 

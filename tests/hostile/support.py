@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +51,9 @@ def run_cli(*args: object) -> CliOutcome:
     return CliOutcome(result.exit_code, result.stdout, result.stderr)
 
 
-def run_cli_process(*args: object, memory_limit: int | None = None, timeout: float = 60) -> CliOutcome:
+def run_cli_process(
+    *args: object, memory_limit: int | None = None, timeout: float = 60
+) -> CliOutcome:
     """`ckpttool ARGS` as a real process, optionally under an address-space limit."""
     command = [str(CKPTTOOL), *(str(a) for a in args)]
     if memory_limit is not None:
@@ -134,7 +137,9 @@ def assert_scan_fails_closed(path: Path) -> dict[str, Any] | None:
 def assert_dangerous(path: Path, *called: str) -> dict[str, Any]:
     """`scan`: exit 1, verdict dangerous, each of `called` listed as a dangerous global."""
     outcome = scan(path)
-    assert outcome.exit_code == 1, f"exit {outcome.exit_code}: {outcome.stdout[:800]} {outcome.stderr}"
+    assert outcome.exit_code == 1, (
+        f"exit {outcome.exit_code}: {outcome.stdout[:800]} {outcome.stderr}"
+    )
     assert_no_crash(outcome)
     report = only_file(outcome)
     assert report["verdict"] == "dangerous", report
@@ -157,3 +162,30 @@ def assert_not_safe(path: Path) -> CliOutcome:
 
 def assert_not_run(marker: Path) -> None:
     assert not marker.exists(), f"the payload ran: {marker} was created"
+
+
+# -- ground truth ---------------------------------------------------------------------------
+
+LOAD_WARNINGS = (
+    "Detected pickle protocol",  # any protocol but 2
+    "TypedStorage is deprecated",  # quantized tensors are rebuilt through TypedStorage
+    "Validating sparse tensor invariants",  # sparse tensors, checked because weights_only=True
+)
+
+
+def torch_accepts(path: Path) -> bool:
+    """Whether `torch.load(weights_only=True)` loads the file (the scan's ground truth).
+
+    Only for files without a payload, or whose payload torch's allowlist refuses.
+    """
+    import torch  # only the tests that compare with torch pay for importing it
+
+    try:
+        with warnings.catch_warnings():
+            # What torch says while loading files it accepts; none of it is a refusal.
+            for message in LOAD_WARNINGS:
+                warnings.filterwarnings("ignore", message=message, category=UserWarning)
+            torch.load(path, weights_only=True, map_location="cpu")  # noqa: TID251 - the oracle
+    except Exception:  # noqa: BLE001 - any refusal counts
+        return False
+    return True

@@ -22,21 +22,19 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from torch import nn
-
-from ckpttool.ops.scan import scan_file
 from hostile.builders import (
     Op,
     call_global,
     checkpoint_zip,
     float_tensor,
-    storage_bytes,
     torch_zip,
     value,
     whole,
 )
-from hostile.support import only_file, scan
+from hostile.support import only_file, scan, torch_accepts
 from hostile.tinynet import TinyNet
+
+from ckpttool.ops.scan import scan_file
 
 Saver = Callable[[Path], None]
 
@@ -46,7 +44,10 @@ def saved(obj: Callable[[], Any], **options: Any) -> Saver:
 
 
 def written(data: Callable[[], bytes]) -> Saver:
-    return lambda path: path.write_bytes(data())
+    def write(path: Path) -> None:
+        path.write_bytes(data())
+
+    return write
 
 
 def tiny_state_dict() -> dict[str, torch.Tensor]:
@@ -92,7 +93,9 @@ FILES: dict[str, Saver] = {
     "sparse_and_quantized": saved(
         lambda: {"s": torch.ones(3).to_sparse(), "q": quantized(torch.ones(3))}
     ),
-    "storages_on_cuda0": written(lambda: checkpoint_zip([float_tensor("w", "0", 2, 3, location="cuda:0")])),
+    "storages_on_cuda0": written(
+        lambda: checkpoint_zip([float_tensor("w", "0", 2, 3, location="cuda:0")])
+    ),
 }
 
 
@@ -104,25 +107,6 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         paths[name] = folder / f"{name}.pt"
         save(paths[name])
     return paths
-
-
-LOAD_WARNINGS = (
-    "Detected pickle protocol",  # any protocol but 2
-    "TypedStorage is deprecated",  # quantized tensors are rebuilt through TypedStorage
-    "Validating sparse tensor invariants",  # sparse tensors, checked because weights_only=True
-)
-
-
-def torch_accepts(path: Path) -> bool:
-    try:
-        with warnings.catch_warnings():
-            # What torch says while loading files it accepts; none of it is a refusal.
-            for message in LOAD_WARNINGS:
-                warnings.filterwarnings("ignore", message=message, category=UserWarning)
-            torch.load(path, weights_only=True, map_location="cpu")
-    except Exception:  # noqa: BLE001 - any refusal counts
-        return False
-    return True
 
 
 @contextmanager
@@ -149,7 +133,9 @@ def run_allowlist_line(line: str, imports: list[str]) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(FILES))
-def test_safe_exactly_when_torch_loads_with_weights_only(checkpoints: dict[str, Path], name: str) -> None:
+def test_safe_exactly_when_torch_loads_with_weights_only(
+    checkpoints: dict[str, Path], name: str
+) -> None:
     path = checkpoints[name]
     verdict = scan_file(str(path)).verdict
     assert (verdict == "safe") == torch_accepts(path), f"verdict {verdict}"
@@ -159,11 +145,15 @@ def test_safe_exactly_when_torch_loads_with_weights_only(checkpoints: dict[str, 
 
 
 @pytest.mark.parametrize("name", ["whole_pickled_model", "training_checkpoint_with_namespace"])
-def test_the_allowlist_line_makes_torch_load_the_file(checkpoints: dict[str, Path], name: str) -> None:
+def test_the_allowlist_line_makes_torch_load_the_file(
+    checkpoints: dict[str, Path], name: str
+) -> None:
     path = checkpoints[name]
     report = scan_file(str(path))
     assert report.verdict == "needs-allowlist"
-    assert report.allowlist is not None and report.allowlist.startswith("torch.serialization.add_safe_globals([")
+    assert report.allowlist is not None and report.allowlist.startswith(
+        "torch.serialization.add_safe_globals(["
+    )
     assert not torch_accepts(path)
     with allowlist_kept():
         run_allowlist_line(report.allowlist, report.imports)
