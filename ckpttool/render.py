@@ -16,9 +16,11 @@ from typing import Any
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # only for annotations: JSON output must not pay for importing every op
+    from ckpttool.ops.check import CheckReport
     from ckpttool.ops.convert import ConvertReport
     from ckpttool.ops.diff import DiffReport
     from ckpttool.ops.inspect import InspectReport, TensorRow, TreeRow
+    from ckpttool.ops.optimizer import OptimizerReport
     from ckpttool.ops.remap import RemapReport
     from ckpttool.ops.scan import FileScan
     from ckpttool.ops.stats import TensorStats
@@ -372,3 +374,89 @@ def _diff_rows(report: DiffReport) -> list[tuple[str, str, str]]:
         rows.append((m["key"], "values", detail))
     rows += [(m["key"], "entry", f"{compact(m['a'], 30)} vs {compact(m['b'], 30)}") for m in report.entries_mismatch]
     return rows
+
+
+# -- optimizer ---------------------------------------------------------------------------------
+
+
+def optimizer_output(path: str, reports: list[OptimizerReport], fmt: str) -> str:
+    if fmt == "json":
+        return to_json({"path": path, "optimizers": [_optimizer_json(r) for r in reports]})
+    if fmt == "csv":
+        rows = [(r.path, r.type, s.index, s.name, s.step, _state_tensors(s.tensors)) for r in reports for s in r.state]
+        return to_csv(("optimizer", "type", "index", "name", "step", "tensors"), rows)
+    if not reports:
+        return "no optimizer state in this file"
+    return "\n\n".join(_optimizer_block(r) for r in reports)
+
+
+def _optimizer_json(r: OptimizerReport) -> dict[str, Any]:
+    return {
+        "path": r.path,
+        "type": r.type,
+        "inferred": r.inferred,
+        "names": r.names,
+        "param_groups": r.param_groups,
+        "state": [
+            {"index": s.index, "name": s.name, "step": s.step, "tensors": s.tensors, "values": s.values}
+            for s in r.state
+        ],
+        "notes": r.notes,
+    }
+
+
+def _optimizer_block(r: OptimizerReport) -> str:
+    names = {"model": "from --model", "file": "guessed from the file's weights"}.get(r.names or "", "not resolved")
+    lines = [key_values([("optimizer", r.path), ("type", f"{r.type or 'unknown'} (inferred)"), ("names", names)])]
+    hyper = sorted({k for g in r.param_groups for k in g if k != "params"})
+    body = [[i, len(g.get("params") or []), *(compact(g.get(k), 24) for k in hyper)] for i, g in enumerate(r.param_groups)]
+    lines.append(to_table(("group", "params", *hyper), body))
+    state = [(s.index, s.name or "", _number(s.step), _state_tensors(s.tensors)) for s in r.state]
+    if state:
+        lines.append(to_table(("index", "name", "step", "state tensors"), state))
+    lines.extend(f"note: {n}" for n in r.notes)
+    return "\n\n".join(lines)
+
+
+def _state_tensors(tensors: dict[str, dict[str, Any]]) -> str:
+    return "; ".join(f"{k} {shape_text(t['shape'])} {t['dtype']}" for k, t in tensors.items())
+
+
+# -- check -------------------------------------------------------------------------------------
+
+
+def check_output(reports: list[CheckReport], strict: bool, fmt: str) -> str:
+    if fmt == "json":
+        documents = [_check_json(r, strict) for r in reports]
+        if len(documents) == 1:
+            return to_json(documents[0])
+        return to_json({"ok": all(d["ok"] for d in documents), "files": documents})
+    rows = [(r.path, f.check, f.severity, f.key or "", f.message) for r in reports for f in r.findings]
+    if fmt == "csv":
+        return to_csv(("path", "check", "severity", "key", "message"), rows)
+    return "\n\n".join(_check_block(r, strict) for r in reports)
+
+
+def _check_json(r: CheckReport, strict: bool) -> dict[str, Any]:
+    keys = r.keys
+    return {
+        "path": r.path,
+        "ok": r.ok(strict),
+        "findings": [{"check": f.check, "severity": f.severity, "key": f.key, "message": f.message} for f in r.findings],
+        "missing": keys.missing if keys else [],
+        "unexpected": keys.unexpected if keys else [],
+        "shape_mismatch": keys.shape_mismatch if keys else [],
+        "dtype_mismatch": keys.dtype_mismatch if keys else [],
+        "suggestions": r.suggestions,
+    }
+
+
+def _check_block(r: CheckReport, strict: bool) -> str:
+    lines = [key_values([("file", r.path), ("result", "OK" if r.ok(strict) else "FAILED"), ("findings", len(r.findings))])]
+    if r.findings:
+        body = ((f.severity, f.check, f.key or "", f.message) for f in r.findings)
+        lines.append(to_table(("severity", "check", "key", "message"), body))
+    for s in r.suggestions:
+        lines.append(f"suggestion: {s['fix']} ({s['option']}) fixes {s['fixes']} keys; "
+                     f"{s['missing_after']} missing and {s['unexpected_after']} unexpected remain")  # fmt: skip
+    return "\n\n".join(lines)

@@ -80,6 +80,28 @@ def _collect_module(module: PickledObject, prefix: str, out: list[NamedTensor], 
             _collect_module(child, f"{prefix}{name}.", out, depth + 1)
 
 
+def module_parameters(module: PickledObject) -> list[NamedTensor]:
+    """`named_parameters()` of a pickled module: parameters only, each shared one once."""
+    out: list[NamedTensor] = []
+    seen: set[int] = set()  # parameters and modules, each visited once as torch does
+    stack: list[tuple[PickledObject, str, int]] = [(module, "", 0)]
+    while stack:
+        node, prefix, depth = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if depth > MAX_MODULE_DEPTH:
+            raise LimitError(f"module tree deeper than {MAX_MODULE_DEPTH} levels at {prefix!r}")
+        attrs = node.attributes
+        for name, value in _mapping(attrs.get("_parameters")).items():
+            if isinstance(value, TensorRef) and id(value) not in seen:
+                seen.add(id(value))
+                out.append(NamedTensor(prefix + str(name), value))
+        children = [(c, f"{prefix}{n}.", depth + 1) for n, c in _mapping(attrs.get("_modules")).items() if isinstance(c, PickledObject) and c.is_module]
+        stack.extend(reversed(children))
+    return out
+
+
 def _mapping(value: Any) -> dict[Any, Any]:
     return value if isinstance(value, dict) else {}
 

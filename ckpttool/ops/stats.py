@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ckpttool.checkpoint import TensorRef
 from ckpttool.dtypes import DTYPES
 from ckpttool.tensordata import load_tensor
 from ckpttool.weights import NamedTensor
@@ -117,3 +118,20 @@ def all_stats(tensors: Iterable[NamedTensor], progress: Any = None) -> list[Tens
         if progress is not None:
             progress.advance(named.tensor.nbytes)
     return out
+
+
+def non_finite(ref: TensorRef) -> tuple[int, int]:
+    """NaN and Inf counts of one tensor, in chunks (0, 0 for types without them)."""
+    import torch
+
+    if ref.layout != "strided" or ref.storage is None or DTYPES[ref.dtype].kind not in ("float", "complex"):
+        return 0, 0
+    flat = load_tensor(ref).reshape(-1)
+    if DTYPES[ref.dtype].kind == "complex":
+        flat = torch.view_as_real(flat).reshape(-1)
+    nan = inf = 0
+    for chunk in flat.split(CHUNK_ELEMENTS):
+        values = chunk.to(torch.float32) if chunk.dtype.itemsize == 1 else chunk
+        nan += int(torch.isnan(values).sum())
+        inf += int(torch.isinf(values).sum())
+    return nan, inf

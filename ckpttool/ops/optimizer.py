@@ -1,0 +1,168 @@
+"""`optimizer`: the optimizer state a checkpoint holds, read without torch.
+
+Every `{'state', 'param_groups'}` dict in the file is an optimizer state_dict
+(`optimizer`, `optimizer_state_dict`, Lightning's `optimizer_states` list, ...).
+For each: the param groups with every hyper-parameter, each parameter's state (step
+and every state tensor's shape and dtype), and the optimizer type, inferred from
+the group's hyper-parameter names (torch does not store the class). Parameter
+indices are named from `--model` exactly (the order `model.parameters()` yields),
+or from the file's own weights when that is unambiguous, which is said to be a guess.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ckpttool.checkpoint import PickledObject, TensorRef
+from ckpttool.formats import read_checkpoint
+from ckpttool.ops.inspect import jsonable
+from ckpttool.scalars import read_scalar
+from ckpttool.weights import find_weights, module_parameters, walk
+
+# (type, hyper-parameter names that identify it), most specific first: torch 2.x groups.
+_SIGNATURES: list[tuple[str, frozenset[str]]] = [
+    ("LBFGS", frozenset({"history_size", "line_search_fn"})),
+    ("Adafactor", frozenset({"beta2_decay"})),
+    ("NAdam", frozenset({"momentum_decay"})),
+    ("Rprop", frozenset({"etas", "step_sizes"})),
+    ("ASGD", frozenset({"lambd", "t0"})),
+    ("Adagrad", frozenset({"lr_decay", "initial_accumulator_value"})),
+    ("Adadelta", frozenset({"rho"})),
+    ("RMSprop", frozenset({"alpha", "centered"})),
+    ("SGD", frozenset({"momentum", "dampening", "nesterov"})),
+    ("Adam", frozenset({"betas", "amsgrad"})),
+]
+_BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+
+
+@dataclass
+class ParamState:
+    index: Any
+    name: str | None
+    step: float | int | None
+    tensors: dict[str, dict[str, Any]] = field(default_factory=dict)
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimizerReport:
+    path: str
+    type: str | None
+    inferred: bool
+    param_groups: list[dict[str, Any]]
+    state: list[ParamState]
+    names: str | None = None  # "model" (exact), "file" (a guess from the file's weights), None
+    notes: list[str] = field(default_factory=list)
+
+
+def optimizers(path: str, model_params: list[tuple[str, tuple[int, ...]]] | None = None) -> list[OptimizerReport]:
+    checkpoint = read_checkpoint(path)
+    found = [(p, node) for p, node in walk(checkpoint.root) if _is_optimizer_state(node)]
+    file_params, guess_note = _file_parameters(checkpoint.root)
+    reports = []
+    for where, state_dict in found:
+        report = _describe(where, state_dict)
+        if model_params is not None:
+            _name(report, model_params, "model")
+        elif file_params is not None:
+            _name(report, file_params, "file")
+            if report.names:
+                report.notes.append(guess_note)
+        reports.append(report)
+    return reports
+
+
+def _is_optimizer_state(node: Any) -> bool:
+    return (
+        isinstance(node, dict)
+        and isinstance(node.get("state"), dict)
+        and isinstance(node.get("param_groups"), list)
+        and all(isinstance(g, dict) for g in node["param_groups"])
+    )
+
+
+def _describe(where: str, state_dict: dict[str, Any]) -> OptimizerReport:
+    groups = [{str(k): jsonable(v) for k, v in g.items()} for g in state_dict["param_groups"]]
+    states = [_param_state(index, value) for index, value in state_dict["state"].items()]
+    kind = infer_type(groups, states)
+    return OptimizerReport(where, kind, True, groups, states)
+
+
+def _param_state(index: Any, value: Any) -> ParamState:
+    state = ParamState(index, None, None)
+    for key, item in (value.items() if isinstance(value, dict) else []):
+        if isinstance(item, TensorRef) and (item.numel != 1 or key != "step"):
+            state.tensors[str(key)] = {"shape": list(item.shape), "dtype": item.dtype}
+        elif key == "step":
+            state.step = read_scalar(item) if isinstance(item, TensorRef) else jsonable(item)
+        else:
+            state.values[str(key)] = jsonable(item)
+    return state
+
+
+def infer_type(groups: list[dict[str, Any]], states: list[ParamState]) -> str | None:
+    """The optimizer class, from the names its param groups carry."""
+    keys = set().union(*(g.keys() for g in groups)) if groups else set()
+    state_keys = {k for s in states for k in s.tensors}
+    for name, signature in _SIGNATURES:
+        if signature <= keys:
+            return _refine(name, groups[0], state_keys)
+    if "exp_inf" in state_keys:
+        return "Adamax"
+    if {"betas", "decoupled_weight_decay"} <= keys:
+        return "RAdam"
+    if {"betas", "weight_decay"} <= keys:
+        return "Adamax"
+    return "SparseAdam" if "betas" in keys else None
+
+
+def _refine(name: str, group: dict[str, Any], state_keys: set[str]) -> str:
+    if name == "SGD":
+        return "SGD-momentum" if (group.get("momentum") or "momentum_buffer" in state_keys) else "SGD"
+    if name == "Adam":
+        # torch >= 2.6 records AdamW as Adam with decoupled weight decay.
+        return "AdamW" if group.get("decoupled_weight_decay") else "Adam"
+    return name
+
+
+def _file_parameters(root: Any) -> tuple[list[tuple[str, tuple[int, ...]]] | None, str]:
+    weights = find_weights(root)
+    if weights.kind == "module":
+        module = _at(root, weights.root)
+        if isinstance(module, PickledObject):
+            params = [(t.key, t.tensor.shape) for t in module_parameters(module)]
+            return params, "names guessed from the pickled model's parameters, in model.parameters() order"
+    if weights.kind == "state_dict":
+        params = [
+            (t.key, t.tensor.shape)
+            for t in weights.tensors
+            if not t.key.endswith(_BUFFER_SUFFIXES) and t.tensor.dtype in ("float32", "float16", "bfloat16", "float64")
+        ]
+        return params, "names guessed from the state_dict's floating tensors (buffers left out), in file order"
+    return None, ""
+
+
+def _at(root: Any, path: str | None) -> Any:
+    from ckpttool.weights import resolve_path
+
+    return resolve_path(root, path or "")
+
+
+def _name(report: OptimizerReport, params: list[tuple[str, tuple[int, ...]]], source: str) -> None:
+    """Index i is the i-th parameter, when counts agree and every state tensor's shape
+    matches its parameter's; otherwise names stay unknown and a note says why."""
+    indices = [i for g in report.param_groups for i in (g.get("params") or [])]
+    if len(indices) != len(params):
+        report.notes.append(f"{len(indices)} optimizer parameters but {len(params)} model parameters: names not resolved")
+        return
+    position = {index: params[i] for i, index in enumerate(indices)}
+    for state in report.state:
+        name, shape = position.get(state.index, (None, None))
+        if name is None or any(tuple(t["shape"]) != tuple(shape) for t in state.tensors.values() if t["shape"]):
+            report.notes.append(f"state {state.index} does not match parameter {name!r}: names not resolved")
+            for s in report.state:
+                s.name = None
+            return
+        state.name = name
+    report.names = source
