@@ -7,13 +7,16 @@ fixtures each operation should accept and reads back what ckpttool wrote.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import hashlib
 import json
 import os
+import struct
 import subprocess
 import sys
 import warnings
+import zipfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ from groundtruth import (
     TORCH_FORMATS,
     data_record_offsets,
     fixture_path,
+    globals_of,
     load_fixture_index,
     tensors_equal,
 )
@@ -245,16 +249,28 @@ def quiet_torch_notices() -> Iterator[None]:
         yield
 
 
+def raw_records(path: Path) -> dict[str, bytes]:
+    """Every record of a stored (uncompressed) zip checkpoint, keyed by its name without the
+    archive's folder, read raw: no CRC check, since some fixtures carry zero CRCs on purpose."""
+    raw = Path(path).read_bytes()
+    records: dict[str, bytes] = {}
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            name_length, extra_length = struct.unpack_from("<HH", raw, info.header_offset + 26)
+            start = info.header_offset + 30 + name_length + extra_length
+            records[info.filename.split("/", 1)[1]] = raw[start : start + info.file_size]
+    return records
+
+
 def record_bytes(path: Path) -> dict[str, bytes]:
     """Every `data/<key>` record of a zip checkpoint, keyed by `<key>`."""
-    import zipfile
+    return {name.removeprefix("data/"): data for name, data in raw_records(path).items() if name.startswith("data/")}
 
-    with zipfile.ZipFile(path) as archive:
-        return {
-            name.rsplit("/data/", 1)[1]: archive.read(name)
-            for name in archive.namelist()
-            if "/data/" in name and not name.endswith("/")
-        }
+
+def pickle_globals(pickle_bytes: bytes) -> set[str]:
+    """`module.name` of every GLOBAL in a protocol 2 pickle, Python 2 names read as Python 3's
+    (`__builtin__.set` and `builtins.set` are one class)."""
+    return {name.replace("__builtin__.", "builtins.", 1) for name in globals_of(pickle_bytes)}
 
 
 def is_legacy_tar_record(record: Mapping[str, Any]) -> bool:
@@ -278,3 +294,23 @@ def expected_dst_temp_name(dst: Path, temp: str) -> bool:
         and name.endswith(TEMP_SUFFIX)
     )
 
+
+
+# -- a file scan calls dangerous ---------------------------------------------------------------------
+
+
+class ExecPayload:
+    """Pickles as a call to builtins.exec that creates `marker`: what scan calls dangerous."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (builtins.exec, (f"open({str(self.marker)!r}, 'w').close()",))
+
+
+def dangerous_checkpoint(folder: Path, marker: Path) -> tuple[Path, dict[str, torch.Tensor]]:
+    weights = {"layer.weight": torch.arange(12, dtype=torch.float32).reshape(3, 4)}
+    path = folder / "dangerous.pt"
+    torch.save({"state_dict": weights, "payload": ExecPayload(marker)}, path)
+    return path, weights

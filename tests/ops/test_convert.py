@@ -7,7 +7,6 @@ itself says the weights are. Failures while writing are in test_failures.py.
 
 from __future__ import annotations
 
-import builtins
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -45,6 +44,7 @@ from ops.support import (
     assert_same_tensors,
     convertible,
     copy_fixture,
+    dangerous_checkpoint,
     expected_dst_temp_name,
     ids,
     load_output,
@@ -453,23 +453,6 @@ def test_output_is_written_to_a_temp_file_beside_dst(
 
 
 # -- --trust ----------------------------------------------------------------------------------------
-
-
-class ExecPayload:
-    """Pickles as a call to builtins.exec that creates `marker`: what scan calls dangerous."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[Any, tuple[str]]:
-        return (builtins.exec, (f"open({str(self.marker)!r}, 'w').close()",))
-
-
-def dangerous_checkpoint(folder: Path, marker: Path) -> tuple[Path, dict[str, torch.Tensor]]:
-    weights = {"layer.weight": torch.arange(12, dtype=torch.float32).reshape(3, 4)}
-    path = folder / "dangerous.pt"
-    torch.save({"state_dict": weights, "payload": ExecPayload(marker)}, path)
-    return path, weights
 
 
 def test_trust_loads_with_torch_load_weights_only_false(
