@@ -48,6 +48,25 @@ class LazyGroup(click.Group):
         with formatter.section("Commands"):
             formatter.write_dl(rows)
 
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """Usage errors as one stderr line too, not click's usage block."""
+        if kwargs.get("standalone_mode", True) is False:
+            return super().main(*args, **kwargs)
+        try:
+            result = super().main(*args, **{**kwargs, "standalone_mode": False})
+            sys.exit(result if isinstance(result, int) else 0)  # click returns ctx.exit codes here
+        except click.UsageError as exc:
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+            click.echo(f"ckpttool: error: {exc.format_message()}{hint}", err=True)
+            sys.exit(EXIT_ERROR)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("ckpttool: aborted", err=True)
+            sys.exit(EXIT_ERROR)
+        except KeyboardInterrupt:
+            sys.exit(130)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -61,6 +80,9 @@ class LazyGroup(click.Group):
         except BrokenPipeError:
             sys.stderr.close()  # the reader went away (`| head`): nothing left to say
             ctx.exit(0)
+        except MemoryError:
+            click.echo("ckpttool: error: out of memory", err=True)
+            ctx.exit(EXIT_ERROR)
         except Exception as exc:  # a bug: still one line, and a way to see more
             if ctx.meta.get(DEBUG_KEY):
                 raise

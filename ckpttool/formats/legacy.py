@@ -95,7 +95,7 @@ def _read_stacked(r: _Reader, size: int) -> Checkpoint:
             f"legacy protocol version {version.value!r}; torch reads only {PROTOCOL_VERSION}", path=r.path
         )
     sys_info = r.pickle("sys_info", version.end)
-    table = StorageTable(r.path, _byteorder(sys_info.value), allow_view_metadata=True)
+    table = StorageTable(r.path, _byteorder(sys_info.value), legacy=True)
     main = r.pickle("main pickle", sys_info.end, hooks=reader_hooks(r.path, table.resolve))
     keys = r.pickle("storage keys", main.end)
     root = interpret_torch_pickle(main, table)

@@ -61,7 +61,7 @@ def read_sharded(index_path: str, read_shard: ShardReader) -> Checkpoint:
     storages, anomalies, files = {}, [], [index_path]
     total = os.path.getsize(index_path)
     for shard in shards:
-        path = _shard_path(folder, shard, index_path)
+        path = shard_path(folder, shard, index_path)
         checkpoint = read_shard(path)
         files.append(path)
         total += checkpoint.file_size
@@ -80,7 +80,7 @@ def read_sharded(index_path: str, read_shard: ShardReader) -> Checkpoint:
     return Checkpoint(index_path, "sharded", total, tensors, storages, "little", metadata, anomalies, files)
 
 
-def _shard_path(folder: str, shard: str, index_path: str) -> str:
+def shard_path(folder: str, shard: str, index_path: str) -> str:
     if os.path.isabs(shard) or ".." in shard.replace("\\", "/").split("/"):
         raise FormatError(f"shard name {shard!r} points outside the index's folder", path=index_path)
     path = os.path.join(folder, shard)

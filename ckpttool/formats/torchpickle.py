@@ -28,15 +28,15 @@ class StorageTable:
 
     path: str
     byteorder: str = "little"
-    allow_view_metadata: bool = False
+    legacy: bool = False  # legacy ids may carry view metadata, and name module classes
     storages: dict[str, Storage] = field(default_factory=dict)
     anomalies: list[str] = field(default_factory=list)
 
     def resolve(self, pid: Any) -> Storage | GlobalName:
-        if isinstance(pid, tuple) and len(pid) == 4 and pid[0] == "module":
+        if self.legacy and isinstance(pid, tuple) and len(pid) == 4 and pid[0] == "module":
             # legacy whole models: ('module', cls, source_file, source) stands for the class
             return GlobalName(pid[1].qualname) if isinstance(pid[1], (Global, GlobalName)) else GlobalName("?")
-        expected = (5, 6) if self.allow_view_metadata else (5,)
+        expected = (5, 6) if self.legacy else (5,)
         if not (isinstance(pid, tuple) and len(pid) in expected and pid[0] == "storage"):
             raise FormatError(f"persistent id {_short(pid)} is not a storage reference", path=self.path)
         storage_type, key, location, numel = pid[1:5]

@@ -13,7 +13,7 @@ from functools import partial
 from typing import Any
 
 from ckpttool.checkpoint import Checkpoint, Record, Storage
-from ckpttool.errors import FormatError, ZipFormatError
+from ckpttool.errors import FormatError, LimitError, ZipFormatError
 from ckpttool.formats.torchpickle import StorageTable, check_tensors, decode_torch_pickle
 from ckpttool.formats.ziparchive import (
     ZipArchive,
@@ -23,10 +23,13 @@ from ckpttool.formats.ziparchive import (
     read_entry,
     resolve_data_offset,
 )
-from ckpttool.pickle import DEFAULT_LIMITS, Decoded, decode
+from ckpttool.pickle import Decoded, decode
 from ckpttool.weights import all_tensors
 
 MAX_SMALL_RECORD = 4096
+# A pickle this large would describe ~10 million tensors; past it a file is refused, and a
+# compressed record is never inflated beyond the smaller of this and its declared size.
+MAX_PICKLE_RECORD = 256 << 20
 
 
 def is_torchscript(archive: ZipArchive) -> bool:
@@ -39,7 +42,9 @@ def pickle_names(archive: ZipArchive) -> list[str]:
 
 
 def read_pickle_bytes(archive: ZipArchive, entry: ZipEntry) -> bytes:
-    data = read_entry(archive, entry, DEFAULT_LIMITS.max_bytes)
+    if entry.size > MAX_PICKLE_RECORD:
+        raise LimitError(f"pickle record {entry.name!r} declares {entry.size} bytes", path=archive.path)
+    data = read_entry(archive, entry, min(entry.size, MAX_PICKLE_RECORD))
     # torch writes 0 when CRC computation is off (set_crc32_options(False)): not recorded.
     if entry.crc != 0 and not crc_matches(entry, data):
         archive.anomalies.append(f"record {entry.name!r} fails its CRC-32 check")

@@ -214,9 +214,9 @@ def _inflate(archive: ZipArchive, entry: ZipEntry, offset: int, max_size: int, f
     except zlib.error as exc:
         raise ZipFormatError(f"record {entry.name!r} does not inflate: {exc}", path=archive.path) from None
     if len(out) > max_size or inflater.unconsumed_tail:
-        raise LimitError(
-            f"compressed record {entry.name!r} expands beyond {max_size} bytes", path=archive.path
-        )
+        raise LimitError(f"compressed record {entry.name!r} expands beyond {max_size} bytes", path=archive.path)
+    if len(out) != entry.size:
+        raise ZipFormatError(f"record {entry.name!r} inflates to {len(out)} bytes, not the {entry.size} declared", path=archive.path)
     return out
 
 

@@ -20,7 +20,8 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ckpttool.errors import CkptError, PickleError, UnknownFormatError
+from ckpttool.checkpoint import Checkpoint
+from ckpttool.errors import CkptError, PickleError, UnknownFormatError, ZipFormatError
 from ckpttool.formats import (
     LEGACY,
     LEGACY_TAR,
@@ -32,8 +33,8 @@ from ckpttool.formats import (
 )
 from ckpttool.formats.legacy import read_legacy, read_legacy_tar
 from ckpttool.formats.safetensors import read_safetensors
-from ckpttool.formats.sharded import find_index, load_index
-from ckpttool.formats.torchzip import is_torchscript, pickle_names, read_pickle
+from ckpttool.formats.sharded import find_index, load_index, shard_path
+from ckpttool.formats.torchzip import is_torchscript, pickle_names, read_pickle, read_torch_zip
 from ckpttool.formats.ziparchive import open_archive
 from ckpttool.pickle import Decoded, decode
 from ckpttool.pickle.allowlist import is_allowed, is_blocked, is_known_dangerous
@@ -103,20 +104,24 @@ def _collect(path: str) -> _Collected:
         _collect_zip(path, collected)
     elif fmt in (LEGACY, LEGACY_TAR):
         reader = read_legacy if fmt == LEGACY else read_legacy_tar
-        _guarded(collected, lambda: reader(path, collected.pickles))
+        _guarded(collected, lambda: reader(path, collected.pickles), keep_anomalies=True)
     else:
         _collect_raw(path, collected)
     return collected
 
 
-def _guarded(collected: _Collected, action: Callable[[], object]) -> None:
-    """Run a reader; an error becomes a problem, and what it decoded still counts."""
+def _guarded(collected: _Collected, action: Callable[[], Checkpoint], keep_anomalies: bool = False) -> None:
+    """Run a reader: what torch would refuse (a bad storage id, a record of the wrong size,
+    a view past its storage) becomes a problem, and what it decoded still counts."""
     try:
-        action()
+        checkpoint = action()
     except PickleError as exc:
         _record_failure(collected, "pickle", exc)
     except CkptError as exc:
         collected.problems.append(f"unreadable: {exc.message}")
+    else:
+        if keep_anomalies:
+            collected.problems.extend(checkpoint.anomalies)
 
 
 def _record_failure(collected: _Collected, name: str, exc: PickleError) -> None:
@@ -127,6 +132,8 @@ def _record_failure(collected: _Collected, name: str, exc: PickleError) -> None:
 
 def _collect_zip(path: str, collected: _Collected) -> None:
     archive = open_archive(path)
+    if archive.record("data.pkl") is None:
+        raise ZipFormatError(f"zip archive without {archive.root}/data.pkl: not a torch checkpoint", path=path)
     if is_torchscript(archive):
         collected.format = "torchscript"
         collected.problems.append(
@@ -144,6 +151,8 @@ def _collect_zip(path: str, collected: _Collected) -> None:
     if len(roots) > 1:
         collected.problems.append(f"records under {len(roots)} root folders: {', '.join(roots)}")
     collected.problems.extend(archive.anomalies)
+    if not collected.problems:
+        _guarded(collected, lambda: read_torch_zip(path, archive))
 
 
 def _collect_raw(path: str, collected: _Collected) -> None:
@@ -170,12 +179,12 @@ def _found_anything(exc: PickleError) -> bool:
 
 
 def _collect_sharded(path: str, collected: _Collected) -> None:
-    index_path = find_index(path) if os.path.isdir(path) else path
-    index = load_index(index_path or path)
-    folder = os.path.dirname(os.path.abspath(index_path or path))
+    index_path = (find_index(path) if os.path.isdir(path) else path) or path
+    index = load_index(index_path)
+    folder = os.path.dirname(os.path.abspath(index_path))
     for shard in dict.fromkeys(index["weight_map"].values()):
         try:
-            sub = _collect(os.path.join(folder, shard))
+            sub = _collect(shard_path(folder, shard, index_path))
         except CkptError as exc:
             collected.problems.append(f"{shard}: {exc.message}")
             continue

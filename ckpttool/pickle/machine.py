@@ -48,6 +48,7 @@ class Limits:
     max_text_line: int = 1 << 20
     max_long_bytes: int = 1 << 16
     max_key_depth: int = 64
+    max_key_elements: int = 100_000
 
 
 DEFAULT_LIMITS = Limits()
@@ -85,6 +86,12 @@ _unpack_Q = struct.Struct("<Q").unpack_from
 _unpack_d = struct.Struct(">d").unpack_from
 
 _STOP = -1
+
+# Allowlisted torch functions that call or instantiate an argument: (position, use).
+_ARGUMENT_USES: dict[str, tuple[tuple[int, str], ...]] = {
+    "torch._tensor._rebuild_from_type_v2": ((0, USE_CALL), (1, USE_INSTANTIATE)),
+    "torch._utils._rebuild_wrapper_subclass": ((0, USE_INSTANTIATE),),
+}
 
 
 class TrackedGlobal(Global):
@@ -234,7 +241,8 @@ class _Machine:
                     stack[-1] = self.reduce(stack[-1], args)
                     pos += 1
                 elif op == 0x51:  # BINPERSID
-                    stack[-1] = persistent(stack[-1]) if persistent else PersistentRef(stack[-1])
+                    self.op_pos = pos
+                    stack[-1] = persistent(stack[-1]) if persistent else self.persistent_ref(stack[-1])
                     pos += 1
                 elif op == 0x89:  # NEWFALSE
                     stack.append(False)
@@ -293,16 +301,35 @@ class _Machine:
             raise self.error("MARK expected but none is open", self.op_pos)
         return metastack.pop()
 
+    def persistent_ref(self, pid: Any) -> PersistentRef:
+        if not (type(pid) is tuple and pid and pid[0] == "storage"):
+            # torch's weights_only unpickler loads storages only (legacy module ids included)
+            self.problem(f"persistent id {_short(pid)} is not a storage, which torch refuses")
+        return PersistentRef(pid)
+
     def reduce(self, func: Any, args: Any) -> Any:
         if type(args) is not tuple:
             raise self.error(f"REDUCE arguments are {_describe(args)}, not a tuple", self.op_pos)
         if type(func) is TrackedGlobal:
             func.uses.add(USE_CALL)
+            for position, use in _ARGUMENT_USES.get(func.qualname, ()):
+                self.note_argument(func, args, position, use)
             if func.hook is not None:
                 return self.apply_hook(func, args)
         else:
             self.note_call(func, USE_CALL, "REDUCE")
         return Call(func, args, CALL)
+
+    def note_argument(self, func: TrackedGlobal, args: tuple[Any, ...], position: int, use: str) -> None:
+        """An allowlisted function that calls (or instantiates) one of its arguments passes
+        that use on: allowlisting the argument would let torch run it."""
+        if position >= len(args):
+            return
+        target = args[position]
+        if isinstance(target, TrackedGlobal):
+            target.uses.add(use)
+        elif not isinstance(target, Call):
+            self.problem(f"{func.qualname} given {_describe(target)} to {use}")
 
     def apply_hook(self, func: TrackedGlobal, args: tuple[Any, ...]) -> Any:
         try:
@@ -372,21 +399,27 @@ class _Machine:
         return items
 
     def checked_key(self, key: Any) -> Any:
-        """Refuse dict keys and set members that are unhashable or nested without end."""
+        """Refuse dict keys and set members that are unhashable, or whose hashing would walk
+        too much: a tuple shared through the memo can stand for 2**40 elements."""
         if isinstance(key, _PLAIN_KEY_TYPES):
             return key
-        depth, frontier = 0, [key]
-        while frontier:
-            depth += 1
+        weights: dict[int, int] = {}  # elements hashing visits under each tuple, by id
+        stack: list[tuple[Any, int, bool]] = [(key, 0, False)]
+        while stack:
+            node, depth, children_done = stack.pop()
+            if isinstance(node, (list, dict, set, bytearray)):
+                raise self.error(f"unhashable {type(node).__name__} used as a key")
+            if not isinstance(node, (tuple, frozenset)) or id(node) in weights:
+                continue
             if depth > self.limits.max_key_depth:
                 raise self.limit("dict key or set member nested too deeply")
-            nxt: list[Any] = []
-            for item in frontier:
-                if isinstance(item, (tuple, frozenset)):
-                    nxt.extend(item)
-                elif isinstance(item, (list, dict, set, bytearray)):
-                    raise self.error(f"unhashable {type(item).__name__} used as a key")
-            frontier = nxt
+            if not children_done:
+                stack.append((node, depth, True))
+                stack.extend((child, depth + 1, False) for child in node)
+                continue
+            weights[id(node)] = 1 + sum(weights.get(id(child), 1) for child in node)
+            if weights[id(node)] > self.limits.max_key_elements:
+                raise self.limit("dict key or set member too large to hash")
         return key
 
     def memo_put(self, index: int, value: Any) -> None:
@@ -765,7 +798,7 @@ class _Machine:
     def op_persid(self, pos: int) -> int:
         text, new = self.line(pos)
         try:
-            self.stack.append(PersistentRef(text.decode("ascii")))
+            self.stack.append(self.persistent_ref(text.decode("ascii")))
         except UnicodeDecodeError:
             raise self.error("persistent id is not ASCII", pos) from None
         return new
@@ -810,6 +843,11 @@ class _Machine:
             return handler(pos)
 
         return recorded
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _describe(value: Any) -> str:
