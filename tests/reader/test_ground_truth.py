@@ -81,7 +81,7 @@ def case(request: pytest.FixtureRequest) -> Case:
     return Case(gt.fixture_record(name), gt.COMMITTED_DIR)
 
 
-def cases(wanted: Predicate = lambda _: True) -> Any:
+def cases(wanted: Predicate = lambda _: True) -> pytest.MarkDecorator:
     """Indirect parameters for `case`: committed fixtures, then the big ones (slow)."""
     committed = [pytest.param(("committed", r["name"]), id=r["name"]) for r in INDEX if wanted(r)]
     big = [
@@ -93,7 +93,7 @@ def cases(wanted: Predicate = lambda _: True) -> Any:
 
 
 def holds_weights(record: Mapping[str, Any]) -> bool:
-    return record["format"] != "raw-pickle"
+    return bool(record["format"] != "raw-pickle")
 
 
 def is_torch(record: Mapping[str, Any]) -> bool:
@@ -177,7 +177,7 @@ def test_weights_keys_are_the_state_dict_keys(case: Case) -> None:
 
 @cases(has_ordered_model_keys)
 def test_weights_keys_follow_the_models_state_dict(case: Case) -> None:
-    """Against the model class itself: `model.state_dict()` keys, in order, with the file's prefix."""
+    """Against the model class: `model.state_dict()` keys, in order, with the file's prefix."""
     keys = [t.key for t in weights_of(case).tensors]
     assert keys == gt.expected_state_dict_keys(case.record)
 
@@ -261,7 +261,9 @@ def module_table(case: Case, table: str, module: str = "") -> dict[Any, Any]:
     return table_value
 
 
-@pytest.mark.parametrize("name", ["nonpersistent_buffer_state_dict", "nonpersistent_buffer_whole_model"])
+@pytest.mark.parametrize(
+    "name", ["nonpersistent_buffer_state_dict", "nonpersistent_buffer_whole_model"]
+)
 def test_non_persistent_buffer_is_not_a_weight(name: str) -> None:
     case = committed(name)
     assert "causal_mask" not in keys_of(case)

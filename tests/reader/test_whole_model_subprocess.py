@@ -107,4 +107,3 @@ def whole_model_pickle(path: Path, fmt: str) -> bytes:
     if fmt == "torch-legacy":
         return gt.legacy_main_pickle(path)
     return gt.zip_record(path, "/data.pkl")
-

@@ -110,7 +110,7 @@ def torch_layout(tensor: torch.Tensor, device: str) -> Layout:
         shape=tuple(tensor.shape),
         layout=layout_name(tensor.layout),
         stride=tuple(tensor.stride()) if strided else None,
-        offset=tensor.storage_offset() if strided else None,
+        offset=int(tensor.storage_offset()) if strided else None,
         device=device,
     )
 
