@@ -71,7 +71,7 @@ def convertible(to: str) -> list[dict[str, Any]]:
     return records_where(lambda r: r["name"] not in refused)
 
 
-# -- files and bytes -----------------------------------------------------------------------------
+# -- files and bytes ------------------------------------------------------------------------------
 
 
 def sha256_tree(path: Path) -> dict[str, str]:
@@ -141,7 +141,7 @@ def flip_byte(path: Path, offset: int) -> None:
         f.write(bytes([value ^ 0xFF]))
 
 
-# -- reading what ckpttool wrote --------------------------------------------------------------------
+# -- reading what ckpttool wrote ------------------------------------------------------------------
 
 
 def torch_load_weights_only(path: Path, **kwargs: Any) -> Any:
@@ -208,7 +208,7 @@ def tied_groups(tensors: Mapping[str, torch.Tensor]) -> list[list[str]]:
     return [keys for keys in groups.values() if len(keys) > 1 and tensors[keys[0]].numel() > 0]
 
 
-# -- the CLI -------------------------------------------------------------------------------------------
+# -- the CLI --------------------------------------------------------------------------------------
 
 
 def assert_one_error_line(result: Result, *fragments: str) -> str:
@@ -264,7 +264,11 @@ def raw_records(path: Path) -> dict[str, bytes]:
 
 def record_bytes(path: Path) -> dict[str, bytes]:
     """Every `data/<key>` record of a zip checkpoint, keyed by `<key>`."""
-    return {name.removeprefix("data/"): data for name, data in raw_records(path).items() if name.startswith("data/")}
+    return {
+        name.removeprefix("data/"): data
+        for name, data in raw_records(path).items()
+        if name.startswith("data/")
+    }
 
 
 def pickle_globals(pickle_bytes: bytes) -> set[str]:
@@ -295,8 +299,7 @@ def expected_dst_temp_name(dst: Path, temp: str) -> bool:
     )
 
 
-
-# -- a file scan calls dangerous ---------------------------------------------------------------------
+# -- a file scan calls dangerous ------------------------------------------------------------------
 
 
 class ExecPayload:

@@ -23,18 +23,6 @@ from groundtruth import (
     torch_load_trusted,
     weights_at,
 )
-
-from ckpttool.atomic import OutputSet
-from ckpttool.errors import (
-    CkptError,
-    FileAccessError,
-    FormatError,
-    OutputExistsError,
-    UnsafeFileError,
-    UsageError,
-    WeightsNotFoundError,
-)
-from ckpttool.ops.convert import ConvertOptions, ConvertReport, convert, parse_size
 from ops.support import (
     ALIASES_KEY,
     BY_NAME,
@@ -57,6 +45,18 @@ from ops.support import (
     torch_load_weights_only,
     unchanged,
 )
+
+from ckpttool.atomic import OutputSet
+from ckpttool.errors import (
+    CkptError,
+    FileAccessError,
+    FormatError,
+    OutputExistsError,
+    UnsafeFileError,
+    UsageError,
+    WeightsNotFoundError,
+)
+from ckpttool.ops.convert import ConvertOptions, ConvertReport, convert, parse_size
 
 FORMATS = ("safetensors", "pth")
 EXTENSION = {"safetensors": "safetensors", "pth": "pt"}
@@ -90,7 +90,7 @@ def convert_cases() -> list[Any]:
     ]
 
 
-# -- every fixture, both formats --------------------------------------------------------------------
+# -- every fixture, both formats ------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("record", "to"), convert_cases())
@@ -110,7 +110,9 @@ def test_round_trip_equals_ground_truth(record: dict[str, Any], to: str, tmp_pat
 
 
 @pytest.mark.parametrize(
-    "record", records_where(lambda r: r["model"] is not None), ids=ids(records_where(lambda r: r["model"] is not None))
+    "record",
+    records_where(lambda r: r["model"] is not None),
+    ids=ids(records_where(lambda r: r["model"] is not None)),
 )
 def test_keys_are_the_models_state_dict_keys(record: dict[str, Any], tmp_path: Path) -> None:
     # Also for whole pickled models, whose state_dict is derived without their class.
@@ -134,7 +136,7 @@ def test_unconvertible_sources_are_refused_cleanly(name: str, to: str, tmp_path:
         assert "complex128" in str(caught.value) and "--to pth" in str(caught.value)
 
 
-# -- where the weights are -------------------------------------------------------------------------
+# -- where the weights are ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -164,14 +166,21 @@ def test_root_that_names_nothing_is_refused(tmp_path: Path) -> None:
     assert_nothing_written(tmp_path, dst)
 
 
-# -- shared storages, views, tied weights --------------------------------------------------------------
+# -- shared storages, views, tied weights ---------------------------------------------------------
 
-SHARING = ["tensor_layouts", "legacy_tar_layouts", "tied_weights_state_dict", "tied_weights_whole_model"]
+SHARING = [
+    "tensor_layouts",
+    "legacy_tar_layouts",
+    "tied_weights_state_dict",
+    "tied_weights_whole_model",
+]
 
 
 @pytest.mark.parametrize("name", SHARING)
 @pytest.mark.parametrize("to", FORMATS)
-def test_shared_storages_and_views_are_written_not_refused(name: str, to: str, tmp_path: Path) -> None:
+def test_shared_storages_and_views_are_written_not_refused(
+    name: str, to: str, tmp_path: Path
+) -> None:
     record = BY_NAME[name]
     expected = ground_truth_weights(record)
     assert tied_groups(expected), "the fixture ties tensors"  # what makes this case hard
@@ -207,7 +216,9 @@ def test_dedupe_safetensors_stores_tied_tensors_once(name: str, tmp_path: Path) 
         assert len(kept) == 1, group
         assert {aliases[key] for key in group if key != kept[0]} == {kept[0]}
     tied = {key for group in tied_groups(expected) for key in group}
-    assert set(aliases) <= tied, "only tied tensors may become aliases (slices of one storage are not)"
+    assert set(aliases) <= tied, (
+        "only tied tensors may become aliases (slices of one storage are not)"
+    )
     for key, tensor in expected.items():
         assert tensors_equal(actual[aliases.get(key, key)], tensor), key
 
@@ -227,7 +238,7 @@ def test_dedupe_pth_aliases_share_one_storage(name: str, tmp_path: Path) -> None
     assert sorted(map(sorted, tied_groups(actual))) == sorted(map(sorted, tied_groups(expected)))
 
 
-# -- dtype ------------------------------------------------------------------------------------------
+# -- dtype ----------------------------------------------------------------------------------------
 
 CAST_CASES = [
     ("cnn_state_dict", "safetensors"),
@@ -245,14 +256,17 @@ def test_dtype_casts_floating_tensors_only(name: str, to: str, dtype: str, tmp_p
     record = BY_NAME[name]
     source = ground_truth_weights(record)
     target = getattr(torch, dtype)
-    expected = {key: castable(t, target) if castable(t, target) is not None else t for key, t in source.items()}
+    expected = {
+        key: castable(t, target) if castable(t, target) is not None else t
+        for key, t in source.items()
+    }
     dst = destination(tmp_path, to)
     report = run_convert(fixture_path(record), dst, to=to, dtype=dtype)
     assert_same_tensors(load_output(dst, to), expected)
     assert report.cast == sum(expected[k].dtype != source[k].dtype for k in source)
 
 
-# -- names and metadata -----------------------------------------------------------------------------
+# -- names and metadata ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -297,10 +311,14 @@ def _renamed(key: str) -> str:
     [((), ((r".*", "same"),)), (("conv1.", "conv2."), ())],
     ids=["rename-to-one-name", "strip-to-collision"],
 )
-def test_names_that_collide_are_refused(strip: tuple[str, ...], renames: Any, tmp_path: Path) -> None:
+def test_names_that_collide_are_refused(
+    strip: tuple[str, ...], renames: Any, tmp_path: Path
+) -> None:
     dst = tmp_path / "out.safetensors"
     with pytest.raises(UsageError):
-        run_convert(fixture_path(BY_NAME["cnn_state_dict"]), dst, strip_prefixes=strip, renames=renames)
+        run_convert(
+            fixture_path(BY_NAME["cnn_state_dict"]), dst, strip_prefixes=strip, renames=renames
+        )
     assert_nothing_written(tmp_path, dst)
 
 
@@ -328,7 +346,7 @@ def test_metadata_is_written_to_the_safetensors_header(tmp_path: Path) -> None:
     assert written.get("format") == "pt"  # what transformers requires of a safetensors file
 
 
-# -- shards -----------------------------------------------------------------------------------------
+# -- shards ---------------------------------------------------------------------------------------
 
 SHARD_NAMES = {"safetensors": "model.safetensors", "pth": "pytorch_model.bin"}
 
@@ -389,7 +407,7 @@ def test_parse_size_rejects_nonsense(text: str) -> None:
         parse_size(text)
 
 
-# -- where and how the output lands -----------------------------------------------------------------
+# -- where and how the output lands ---------------------------------------------------------------
 
 
 def test_existing_destination_needs_force(tmp_path: Path) -> None:
@@ -452,7 +470,7 @@ def test_output_is_written_to_a_temp_file_beside_dst(
     assert [p.name for p in tmp_path.iterdir()] == [dst.name]
 
 
-# -- --trust ----------------------------------------------------------------------------------------
+# -- --trust --------------------------------------------------------------------------------------
 
 
 def test_trust_loads_with_torch_load_weights_only_false(
@@ -460,7 +478,7 @@ def test_trust_loads_with_torch_load_weights_only_false(
 ) -> None:
     record = BY_NAME["model_optimizer_checkpoint"]
     calls: list[Mapping[str, Any]] = []
-    original = torch.load
+    original = torch.load  # noqa: TID251 - a spy that passes every call through
 
     def spying_load(*args: Any, **kwargs: Any) -> Any:
         calls.append(kwargs)

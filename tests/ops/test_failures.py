@@ -20,14 +20,6 @@ from typing import Any
 
 import pytest
 from groundtruth import fixture_path, ground_truth_weights
-
-import ckpttool.ops.convert as convert_module
-import ckpttool.ops.remap as remap_module
-from ckpttool.atomic import PendingOutput
-from ckpttool.errors import CkptError, FileAccessError, FormatError, VerificationError
-from ckpttool.formats.zipwriter import ZipWriter
-from ckpttool.ops.convert import ConvertOptions, convert
-from ckpttool.ops.remap import parse_mapping, remap
 from ops.support import (
     BY_NAME,
     ERROR_PREFIX,
@@ -41,6 +33,14 @@ from ops.support import (
     temp_files,
     unchanged,
 )
+
+import ckpttool.ops.convert as convert_module
+import ckpttool.ops.remap as remap_module
+from ckpttool.atomic import PendingOutput
+from ckpttool.errors import CkptError, FileAccessError, FormatError, VerificationError
+from ckpttool.formats.zipwriter import ZipWriter
+from ckpttool.ops.convert import ConvertOptions, convert
+from ckpttool.ops.remap import parse_mapping, remap
 
 SOURCE = BY_NAME["cnn_state_dict"]
 GPU_SOURCE = BY_NAME["cuda0_state_dict"]
@@ -71,7 +71,9 @@ OPERATIONS = [
     Operation("convert-safetensors", "out.safetensors", _converter(to="safetensors")),
     Operation("convert-pth", "out.pt", _converter(to="pth")),
     Operation("convert-cast", "out.safetensors", _converter(to="safetensors", dtype="float16")),
-    Operation("convert-sharded", "model.safetensors", _converter(to="safetensors", shard_size=10_000)),
+    Operation(
+        "convert-sharded", "model.safetensors", _converter(to="safetensors", shard_size=10_000)
+    ),
     Operation("convert-sharded-pth", "pytorch_model.bin", _converter(to="pth", shard_size=10_000)),
     Operation("remap", "out.pt", _remapper, GPU_SOURCE),
 ]
@@ -86,7 +88,9 @@ def output_size(op: Operation, folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir())
 
 
-def fails_cleanly(op: Operation, folder: Path, expected: type[BaseException] | tuple[type[BaseException], ...]) -> BaseException:
+def fails_cleanly(
+    op: Operation, folder: Path, expected: type[BaseException] | tuple[type[BaseException], ...]
+) -> BaseException:
     """Runs `op` into `folder`, which must fail with `expected` and leave nothing behind."""
     src = fixture_path(op.source)
     dst = folder / op.dst_name
@@ -96,7 +100,7 @@ def fails_cleanly(op: Operation, folder: Path, expected: type[BaseException] | t
     return caught.value
 
 
-# -- a full disk, simulated in this process -------------------------------------------------------------
+# -- a full disk, simulated in this process -------------------------------------------------------
 
 
 class DiskQuota:
@@ -175,7 +179,9 @@ def disk_quota(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], DiskQuota]:
 
 
 @pytest.mark.parametrize("op", OPERATIONS, ids=OPERATION_IDS)
-@pytest.mark.parametrize("share", [0.0, 0.1, 0.5, 0.99], ids=["no-space", "10pct", "half", "all-but-the-end"])
+@pytest.mark.parametrize(
+    "share", [0.0, 0.1, 0.5, 0.99], ids=["no-space", "10pct", "half", "all-but-the-end"]
+)
 def test_full_disk_midway_leaves_nothing(
     op: Operation, share: float, tmp_path: Path, disk_quota: Callable[[int], DiskQuota]
 ) -> None:
@@ -200,7 +206,7 @@ def test_full_disk_with_force_keeps_the_old_destination(
     assert temp_files(tmp_path) == []
 
 
-# -- a full disk, for real: a file-size limit in a child process -----------------------------------------
+# -- a full disk, for real: a file-size limit in a child process ----------------------------------
 
 
 def _limit_file_size(limit: int) -> Callable[[], None]:
@@ -243,14 +249,16 @@ def test_file_size_limit_is_reported_as_one_error_line(tmp_path: Path) -> None:
     assert "too large" in lines[0].lower() or "space" in lines[0].lower(), lines[0]
 
 
-# -- an exception inside the writer ------------------------------------------------------------------------
+# -- an exception inside the writer ---------------------------------------------------------------
 
 
 class WriterBroke(RuntimeError):
     pass
 
 
-def fail_on_call(number: int, exception: BaseException, original: Callable[..., Any]) -> Callable[..., Any]:
+def fail_on_call(
+    number: int, exception: BaseException, original: Callable[..., Any]
+) -> Callable[..., Any]:
     """`original`, except that its `number`-th call raises `exception`."""
     calls = 0
 
@@ -264,16 +272,22 @@ def fail_on_call(number: int, exception: BaseException, original: Callable[..., 
     return wrapper
 
 
-@pytest.mark.parametrize("exception", [WriterBroke("writer broke"), KeyboardInterrupt()], ids=["error", "interrupt"])
+@pytest.mark.parametrize(
+    "exception", [WriterBroke("writer broke"), KeyboardInterrupt()], ids=["error", "interrupt"]
+)
 @pytest.mark.parametrize("op", OPERATIONS, ids=OPERATION_IDS)
 def test_exception_in_the_writer_leaves_nothing(
     op: Operation, exception: BaseException, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The third tensor record: after the output has been opened and partly written.
     if op.name.startswith("convert") and "pth" not in op.name:
-        monkeypatch.setattr(convert_module, "_write_data", fail_on_call(3, exception, convert_module._write_data))
+        monkeypatch.setattr(
+            convert_module, "_write_data", fail_on_call(3, exception, convert_module._write_data)
+        )
     else:
-        monkeypatch.setattr(ZipWriter, "write_range", fail_on_call(3, exception, ZipWriter.write_range))
+        monkeypatch.setattr(
+            ZipWriter, "write_range", fail_on_call(3, exception, ZipWriter.write_range)
+        )
     fails_cleanly(op, tmp_path, type(exception))
 
 
@@ -281,7 +295,9 @@ def rename_cases() -> list[Any]:
     cases = [pytest.param(op, 1, id=f"{op.name}-first") for op in OPERATIONS]
     # Shards and their index land together: a rename failing after the first one
     # must not leave the shards already renamed.
-    cases += [pytest.param(op, 2, id=f"{op.name}-second") for op in OPERATIONS if "sharded" in op.name]
+    cases += [
+        pytest.param(op, 2, id=f"{op.name}-second") for op in OPERATIONS if "sharded" in op.name
+    ]
     return cases
 
 
@@ -295,11 +311,13 @@ def test_failure_while_renaming_into_place_leaves_nothing(
     fails_cleanly(op, tmp_path, OSError)
 
 
-# -- bytes that change between writing and verifying ---------------------------------------------------------
+# -- bytes that change between writing and verifying ----------------------------------------------
 
 
 @pytest.fixture
-def after_seal(monkeypatch: pytest.MonkeyPatch) -> Callable[[Callable[[PendingOutput], None]], None]:
+def after_seal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> Callable[[Callable[[PendingOutput], None]], None]:
     """Runs a hook on each output right after it is flushed and before it is verified."""
 
     def install(hook: Callable[[PendingOutput], None]) -> None:
@@ -361,7 +379,9 @@ def test_source_record_corrupted_during_the_run_is_caught(
 
 
 @pytest.mark.parametrize("op", TENSOR_OPERATIONS, ids=[op.name for op in TENSOR_OPERATIONS])
-def test_forced_tensor_mismatch_leaves_nothing(op: Operation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_forced_tensor_mismatch_leaves_nothing(
+    op: Operation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Both comparisons: bytes copied as they are, and bytes compared with a cast.
     monkeypatch.setattr(convert_module, "same_bytes", lambda a, b: False)
     monkeypatch.setattr(convert_module, "range_equals", lambda span, expected: False)
@@ -383,17 +403,21 @@ def test_forced_mismatch_in_the_last_shard_removes_the_earlier_ones(
     fails_cleanly(OPERATIONS[3], tmp_path, VerificationError)
 
 
-def test_forced_remap_mismatch_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_forced_remap_mismatch_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(remap_module, "equivalent", lambda a, b, location=None: False)
     fails_cleanly(OPERATIONS[-1], tmp_path, VerificationError)
 
 
-def test_forced_remap_record_mismatch_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_forced_remap_record_mismatch_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(remap_module, "_crc", lambda storage: -1)
     fails_cleanly(OPERATIONS[-1], tmp_path, VerificationError)
 
 
-# -- sources that cannot be read ---------------------------------------------------------------------------
+# -- sources that cannot be read ------------------------------------------------------------------
 
 
 def truncated_copy(record: dict[str, Any], folder: Path, keep: float) -> Path:
@@ -448,5 +472,7 @@ def test_a_successful_run_after_a_failed_one_is_complete(
     fails_cleanly(op, tmp_path, OSError)
     quota.free = 1 << 40
     op.run(fixture_path(op.source), tmp_path / op.dst_name, False)
-    assert_same_tensors(load_output(tmp_path / op.dst_name, "safetensors"), ground_truth_weights(op.source))
+    assert_same_tensors(
+        load_output(tmp_path / op.dst_name, "safetensors"), ground_truth_weights(op.source)
+    )
     assert temp_files(tmp_path) == []
