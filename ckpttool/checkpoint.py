@@ -219,3 +219,5 @@ class Checkpoint:
     metadata: dict[str, str] = field(default_factory=dict)
     anomalies: list[str] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
+    # What bare persistent ids name, where a format uses them (legacy tar: tensors by key).
+    persistent_objects: dict[str, Any] = field(default_factory=dict)

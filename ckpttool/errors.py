@@ -8,6 +8,8 @@ stderr line; library users catch `CkptError`. Messages say what is wrong, where
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 EXIT_OK = 0
@@ -29,6 +31,17 @@ class CkptError(Exception):
         if self.path:
             return f"{self.path}: {self.message}"
         return self.message
+
+
+@contextlib.contextmanager
+def about(path: str) -> Iterator[None]:
+    """Errors raised inside name `path` when they do not name a file already."""
+    try:
+        yield
+    except CkptError as exc:
+        if exc.path is None:
+            exc.path = path
+        raise
 
 
 class UsageError(CkptError):

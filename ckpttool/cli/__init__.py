@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import traceback
 from typing import Any
 
 import click
@@ -72,7 +73,7 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except CkptError as exc:
             if ctx.meta.get(DEBUG_KEY):
-                raise
+                traceback.print_exc()
             click.echo(f"ckpttool: error: {exc}", err=True)
             ctx.exit(exc.exit_code)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
@@ -85,7 +86,7 @@ class LazyGroup(click.Group):
             ctx.exit(EXIT_ERROR)
         except Exception as exc:  # a bug: still one line, and a way to see more
             if ctx.meta.get(DEBUG_KEY):
-                raise
+                traceback.print_exc()
             click.echo(
                 f"ckpttool: internal error: {type(exc).__name__}: {exc} (rerun with --debug for a traceback)",
                 err=True,

@@ -13,8 +13,8 @@ from ckpttool.errors import FileAccessError, FormatError, PickleError, UnknownFo
 from ckpttool.formats.legacy import is_tar, read_legacy, read_legacy_tar, starts_with_magic
 from ckpttool.formats.rawpickle import read_raw_pickle
 from ckpttool.formats.safetensors import looks_like_safetensors, read_safetensors
-from ckpttool.formats.sharded import find_index, is_index, read_sharded
-from ckpttool.formats.torchzip import read_torch_zip
+from ckpttool.formats.sharded import find_index, is_index, read_sharded, sharded_format
+from ckpttool.formats.torchzip import is_torchscript, read_torch_zip
 from ckpttool.formats.ziparchive import is_zip, open_archive
 from ckpttool.pickle.opcodes import NAMES
 
@@ -23,13 +23,28 @@ TORCHSCRIPT = "torchscript"
 LEGACY = "torch-legacy"
 LEGACY_TAR = "torch-legacy-tar"
 SAFETENSORS = "safetensors"
-SHARDED = "sharded"
+SHARDED = "sharded"  # any of the sharded-* formats below
+SHARDED_SAFETENSORS = "sharded-safetensors"
+SHARDED_BIN = "sharded-bin"
 RAW_PICKLE = "raw-pickle"
 _HEAD = 512
 
 
 def detect(path: str) -> str:
     """The format of `path`, from its content (and, for folders, their index file)."""
+    fmt = _detect(path)
+    if fmt == ZIP and is_torchscript(open_archive(path)):
+        return TORCHSCRIPT
+    if fmt == SHARDED:
+        return sharded_format(find_index(path) or path if os.path.isdir(path) else path)
+    return fmt
+
+
+def is_sharded(fmt: str) -> bool:
+    return fmt.startswith(SHARDED)
+
+
+def _detect(path: str) -> str:
     if os.path.isdir(path):
         return _detect_folder(path)
     size = _size(path)
@@ -81,7 +96,7 @@ def _not_a_checkpoint(head: bytes) -> str:
 
 def read_checkpoint(path: str) -> Checkpoint:
     """Read any supported checkpoint's metadata; no tensor data is read, nothing executed."""
-    fmt = detect(path)
+    fmt = _detect(path)
     try:
         return _read(path, fmt)
     except PermissionError as exc:
@@ -108,7 +123,7 @@ def _read(path: str, fmt: str) -> Checkpoint:
 
 
 def _read_shard(path: str) -> Checkpoint:
-    fmt = detect(path)
+    fmt = _detect(path)
     if fmt not in (ZIP, SAFETENSORS, LEGACY):
         raise FormatError(f"shard is {fmt}, expected safetensors or a torch checkpoint", path=path)
     return _read(path, fmt)

@@ -155,7 +155,8 @@ def read_legacy_tar(path: str, seen: Seen | None = None) -> Checkpoint:
         root = Interpreter(resolve, path).value(main.value)
         check_tensors(root, path)
         storages = {k: v for k, v in objects.items() if isinstance(v, Storage)}
-        return Checkpoint(path, "torch-legacy-tar", os.fstat(f.fileno()).st_size, root, storages, files=[path])
+        size = os.fstat(f.fileno()).st_size
+        return Checkpoint(path, "torch-legacy-tar", size, root, storages, files=[path], persistent_objects=objects)
     finally:
         data.close()
         f.close()

@@ -56,13 +56,16 @@ def read_sharded(index_path: str, read_shard: ShardReader) -> Checkpoint:
     index = load_index(index_path)
     weight_map: dict[str, str] = index["weight_map"]
     folder = os.path.dirname(os.path.abspath(index_path))
-    shards = list(dict.fromkeys(weight_map.values()))
+    # Numbered shard files hold the state_dict in order; weight_map is usually sorted by name.
+    shards = sorted(set(weight_map.values()))
     tensors: dict[str, TensorRef] = {}
     storages, anomalies, files = {}, [], [index_path]
     total = os.path.getsize(index_path)
+    kinds = set()
     for shard in shards:
         path = shard_path(folder, shard, index_path)
         checkpoint = read_shard(path)
+        kinds.add("safetensors" if checkpoint.format == "safetensors" else "bin")
         files.append(path)
         total += checkpoint.file_size
         found = find_weights(checkpoint.root).mapping()
@@ -77,7 +80,16 @@ def read_sharded(index_path: str, read_shard: ShardReader) -> Checkpoint:
         storages.update((f"{shard}/{key}", s) for key, s in checkpoint.storages.items())
         anomalies.extend(f"{shard}: {a}" for a in checkpoint.anomalies)
     metadata = {k: str(v) for k, v in (index.get("metadata") or {}).items()} if isinstance(index.get("metadata"), dict) else {}
-    return Checkpoint(index_path, "sharded", total, tensors, storages, "little", metadata, anomalies, files)
+    fmt = "sharded-" + kinds.pop() if len(kinds) == 1 else "sharded"
+    return Checkpoint(index_path, fmt, total, tensors, storages, "little", metadata, anomalies, files)
+
+
+def sharded_format(index_path: str) -> str:
+    """sharded-safetensors or sharded-bin, from the shard files' names."""
+    shards = set(load_index(index_path)["weight_map"].values())
+    if shards and all(s.endswith(".safetensors") for s in shards):
+        return "sharded-safetensors"
+    return "sharded-bin" if shards else "sharded"
 
 
 def shard_path(folder: str, shard: str, index_path: str) -> str:

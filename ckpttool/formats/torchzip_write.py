@@ -77,6 +77,12 @@ class PlannedTensor:
     storage_numel: int
 
 
+def storage_class(dtype: str) -> Global:
+    """The storage class torch pickles for a dtype: typed where one exists, else untyped."""
+    name = _TYPED_STORAGES.get(dtype)
+    return Global("torch", name) if name else Global("torch.storage", "UntypedStorage")
+
+
 def storage_numel(dtype: str, numel: int) -> int:
     """A typed storage counts elements; the untyped one used for newer dtypes counts bytes."""
     return numel if dtype in _TYPED_STORAGES else numel * DTYPES[dtype].itemsize

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ckpttool.checkpoint import Checkpoint, GlobalName, OpaqueCall, PickledObject, TensorRef, byte_size
+from ckpttool.errors import about
 from ckpttool.formats import read_checkpoint
 from ckpttool.interpret import Cycle
 from ckpttool.scalars import read_scalar
@@ -76,7 +77,8 @@ def inspect_checkpoint(path: str, root: str | None = None) -> InspectReport:
 
 
 def describe(checkpoint: Checkpoint, root: str | None = None) -> InspectReport:
-    weights = find_weights(checkpoint.root, root)
+    with about(checkpoint.path):
+        weights = find_weights(checkpoint.root, root)
     every = all_tensors(checkpoint.root)
     rows: dict[tuple[str, int], TensorRow] = {}  # a bare state_dict lists each tensor twice
     return InspectReport(

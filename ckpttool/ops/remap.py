@@ -16,15 +16,15 @@ from typing import Any
 from ckpttool.atomic import output_set
 import zlib
 
-from ckpttool.checkpoint import Checkpoint, Storage
+from ckpttool.checkpoint import Checkpoint, Storage, TensorRef
 from ckpttool.errors import FormatError, UsageError, VerificationError
-from ckpttool.formats import LEGACY, ZIP, read_checkpoint
-from ckpttool.formats.legacy import read_legacy
+from ckpttool.formats import LEGACY, LEGACY_TAR, ZIP, read_checkpoint
+from ckpttool.formats.legacy import read_legacy, read_legacy_tar
 from ckpttool.formats.torchzip import read_pickle, read_torch_zip
-from ckpttool.formats.torchzip_write import StorageRecord, root_folder, write_torch_zip
+from ckpttool.formats.torchzip_write import StorageRecord, root_folder, storage_class, write_torch_zip
 from ckpttool.formats.ziparchive import open_archive
 from ckpttool.ops.equivalence import equivalent
-from ckpttool.pickle import Decoded, Global
+from ckpttool.pickle import Call, Decoded, Global, PersistentRef
 from ckpttool.pickle.writer import dumps
 from ckpttool.tensordata import ByteRange, chunks, inflate_storage
 
@@ -68,13 +68,13 @@ def remap(src: str, dst: str, mapping: LocationMap, force: bool = False, trust: 
 
         return trusted_remap(src, dst, mapping, force)
     checkpoint = read_checkpoint(src)
-    if checkpoint.format not in (ZIP, LEGACY):
+    if checkpoint.format not in (ZIP, LEGACY, LEGACY_TAR):
         raise FormatError(f"remap rewrites torch checkpoints; this is {checkpoint.format}", path=src)
     decoded = _raw_pickle(src, checkpoint.format)
     if decoded.lossy:
         raise FormatError(f"the pickle holds a construct ckpttool cannot rewrite faithfully: {decoded.lossy[0]}", path=src)
     report = RemapReport(src, dst, len(checkpoint.storages))
-    rewrite = _PidRewriter(mapping, report)
+    rewrite = _PidRewriter(mapping, report, checkpoint.persistent_objects)
     pickle_bytes = dumps(decoded.value, rewrite)
     with output_set([src], force) as outs:
         output = outs.open(dst)
@@ -93,21 +93,27 @@ def _raw_pickle(src: str, fmt: str) -> Decoded:
         archive = open_archive(src)
         return read_pickle(archive, archive.record("data.pkl"))
     seen: list[tuple[str, Decoded]] = []
+    if fmt == LEGACY_TAR:
+        read_legacy_tar(src, seen)
+        return dict(seen)["pickle"]
     read_legacy(src, seen)
     return dict(seen)["main pickle"]
 
 
 class _PidRewriter:
-    """New locations for storage ids; legacy ids lose their view slot and module ids
-    become the class they stand for, as the zip format writes them."""
+    """New locations for storage ids, written the way the zip format writes them: legacy
+    ids lose their view slot, module ids become the class they stand for, and the legacy
+    tar format's bare tensor keys become the `_rebuild_tensor_v2` call they stand for."""
 
-    def __init__(self, mapping: LocationMap, report: RemapReport) -> None:
-        self.mapping, self.report = mapping, report
+    def __init__(self, mapping: LocationMap, report: RemapReport, objects: dict[str, Any]) -> None:
+        self.mapping, self.report, self.objects = mapping, report, objects
         self.seen: set[str] = set()
 
     def __call__(self, pid: Any) -> Any:
         if isinstance(pid, tuple) and len(pid) == 4 and pid[0] == "module" and isinstance(pid[1], Global):
             return pid[1]
+        if not isinstance(pid, tuple) or pid[:1] != ("storage",):
+            return self._tar_object(pid)
         kind, storage_type, key, location, numel = pid[:5]
         target = map_location(location, self.mapping)
         if target != location and key not in self.seen:
@@ -115,6 +121,23 @@ class _PidRewriter:
             self.report.changed[change] = self.report.changed.get(change, 0) + 1
         self.seen.add(key)
         return (kind, storage_type, key, target, numel)
+
+
+    def _tar_object(self, pid: Any) -> Any:
+        if isinstance(pid, tuple) and pid and isinstance(pid[0], Global):
+            return pid[0]  # (class, source file, source): the class
+        found = self.objects.get(str(pid))
+        if isinstance(found, Storage):
+            return _storage_id(found)
+        if isinstance(found, TensorRef) and found.storage is not None:
+            hooks = Call(Global("collections", "OrderedDict"), ())
+            args = (PersistentRef(_storage_id(found.storage)), found.offset, found.shape, found.stride, False, hooks)
+            return Call(Global("torch._utils", "_rebuild_tensor_v2"), args)
+        raise FormatError(f"persistent id {pid!r} names nothing ckpttool can rewrite")
+
+
+def _storage_id(storage: Storage) -> tuple[Any, ...]:
+    return ("storage", storage_class(storage.dtype), storage.key, storage.location, storage.numel)
 
 
 def _records(checkpoint: Checkpoint) -> list[StorageRecord]:

@@ -27,9 +27,10 @@ from ckpttool.formats import (
     LEGACY_TAR,
     RAW_PICKLE,
     SAFETENSORS,
-    SHARDED,
     ZIP,
+    TORCHSCRIPT,
     detect,
+    is_sharded,
 )
 from ckpttool.formats.legacy import read_legacy, read_legacy_tar
 from ckpttool.formats.safetensors import read_safetensors
@@ -96,11 +97,11 @@ def scan_file(path: str) -> FileScan:
 def _collect(path: str) -> _Collected:
     fmt = detect(path)
     collected = _Collected(fmt)
-    if fmt == SHARDED:
+    if is_sharded(fmt):
         _collect_sharded(path, collected)
     elif fmt == SAFETENSORS:
         read_safetensors(path)  # validates the header; there is no pickle to scan
-    elif fmt == ZIP:
+    elif fmt in (ZIP, TORCHSCRIPT):
         _collect_zip(path, collected)
     elif fmt in (LEGACY, LEGACY_TAR):
         reader = read_legacy if fmt == LEGACY else read_legacy_tar
