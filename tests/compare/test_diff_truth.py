@@ -1,0 +1,431 @@
+"""`diff` against torch: per tensor, equal exactly when `torch.equal` says so, close exactly
+when `torch.allclose` does, with the largest errors torch computes for the same tensors.
+
+Pairs: every committed fixture and the fixture it was derived from (a .pth and its
+.safetensors, a whole pickled model and its state_dict, a sharded folder and a single
+file, other serializations), every fixture against itself, files `ckpttool convert`
+wrote, copies with one value moved, NaN-bearing tensors, and float16/bfloat16 casts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from click.testing import Result
+from groundtruth import (
+    fixture_path,
+    fixture_record,
+    ground_truth_weights,
+    load_fixture_index,
+    tutorial_models,
+)
+from safetensors.torch import load_file
+
+import ckpttool.ops.diff as diff_module
+import ckpttool.tensordata as tensordata
+from ckpttool.ops.diff import DiffOptions, Tolerance, diff
+from compare.support import (
+    cast_floats,
+    elementwise_close,
+    output_json,
+    perturbed,
+    save,
+    torch_allclose,
+    torch_equal,
+    value_errors,
+)
+
+Cli = Callable[..., Result]
+RECORDS = load_fixture_index()
+DERIVED = [r for r in RECORDS if r["derived_from"]]
+# A raw pickle of plain values has no weights to compare.
+WITH_WEIGHTS = [r for r in RECORDS if r["name"] != "raw_pickle_bin"]
+
+
+def run_diff(cli: Cli, a: Path, b: Path, *options: Any) -> tuple[int, dict[str, Any]]:
+    result = cli("diff", a, b, "--format", "json", *options)
+    assert result.exit_code in (0, 1), (result.exit_code, result.stderr)
+    return result.exit_code, output_json(result)
+
+
+def by_key(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {row["key"]: row for row in rows}
+
+
+def assert_agrees_with_torch(
+    report: dict[str, Any],
+    a: Mapping[str, torch.Tensor],
+    b: Mapping[str, torch.Tensor],
+    equal: Callable[[torch.Tensor, torch.Tensor], bool],
+) -> None:
+    """Keys, shapes, dtypes and per-tensor equality as torch sees the same two state_dicts."""
+    assert report["only_in_a"] == [k for k in a if k not in b]
+    assert report["only_in_b"] == [k for k in b if k not in a]
+    common = [k for k in a if k in b]
+    shapes = {k for k in common if a[k].shape != b[k].shape}
+    assert set(by_key(report["shape_mismatch"])) == shapes
+    same_shape = [k for k in common if k not in shapes]
+    dtypes = {k for k in same_shape if a[k].dtype != b[k].dtype}
+    assert set(by_key(report["dtype_mismatch"])) == dtypes
+    differing = {k for k in same_shape if not equal(a[k], b[k])}
+    assert set(by_key(report["value_mismatch"])) == differing
+    assert report["equal"] == len([k for k in same_shape if k not in dtypes and k not in differing])
+    expected_identical = not (report["only_in_a"] or report["only_in_b"] or shapes or dtypes or differing)
+    assert report["identical"] is (expected_identical and not report["entries_mismatch"])
+
+
+def assert_errors_match(row: dict[str, Any], a: torch.Tensor, b: torch.Tensor, close: torch.Tensor) -> None:
+    truth = value_errors(a, b, close)
+    assert row["max_abs"] == pytest.approx(truth.max_abs, rel=1e-12, abs=0)
+    assert row["max_rel"] == pytest.approx(truth.max_rel, rel=1e-12, abs=0)
+    assert row["mismatched"] == truth.mismatched
+
+
+@pytest.fixture
+def cnn_state() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return dict(tutorial_models().CNN().state_dict())
+
+
+# -- committed fixtures --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("record", DERIVED, ids=[r["name"] for r in DERIVED])
+def test_derived_fixture_pairs_agree_with_torch_equal(cli: Cli, record: dict[str, Any]) -> None:
+    """Each fixture against the one it was derived from: other formats, whole models,
+    shards, other serializations, other devices. Same values, keys as torch reads them."""
+    source = fixture_record(record["derived_from"])
+    code, report = run_diff(cli, fixture_path(record), fixture_path(source))
+    mine, theirs = ground_truth_weights(record), ground_truth_weights(source)
+    assert_agrees_with_torch(report, mine, theirs, torch_equal)
+    assert code == (0 if report["identical"] else 1)
+
+
+@pytest.mark.parametrize("record", WITH_WEIGHTS, ids=[r["name"] for r in WITH_WEIGHTS])
+def test_every_fixture_equals_itself_as_torch_equal_says(cli: Cli, record: dict[str, Any]) -> None:
+    """A file against itself: equal everywhere torch.equal(t, t) holds (NaN never does),
+    and everywhere with --equal-nan. Sparse and quantized tensors included."""
+    path = fixture_path(record)
+    weights = ground_truth_weights(record)
+    code, report = run_diff(cli, path, path)
+    assert_agrees_with_torch(report, weights, weights, torch_equal)
+    assert code == (0 if report["identical"] else 1)
+    code, report = run_diff(cli, path, path, "--equal-nan")
+    assert (code, report["identical"], report["value_mismatch"]) == (0, True, [])
+
+
+def test_whole_model_against_its_state_dict(cli: Cli) -> None:
+    """A pickled nn.Module (its class absent) against the state_dict saved from it."""
+    whole, plain = fixture_record("cnn_whole_model_main"), fixture_record("cnn_state_dict")
+    code, report = run_diff(cli, fixture_path(whole), fixture_path(plain))
+    assert (code, report["identical"]) == (0, True)
+    assert report["equal"] == len(ground_truth_weights(plain))
+
+
+def test_sharded_folder_against_single_file(cli: Cli, tmp_path: Path) -> None:
+    """Shards written by convert against the file they came from; then one value moved."""
+    source = fixture_path(fixture_record("neural_network_state_dict"))
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    assert cli("convert", source, shards / "model.safetensors", "--shard-size", "4KB").exit_code == 0
+    assert len(list(shards.glob("*.safetensors"))) > 1
+    code, report = run_diff(cli, shards, source)
+    assert (code, report["identical"], report["equal"]) == (0, True, 6)
+
+    state = ground_truth_weights(fixture_record("neural_network_state_dict"))
+    moved = save(perturbed(state, "linear_relu_stack.2.weight", 5, 0.25), tmp_path / "moved.pth")
+    code, report = run_diff(cli, shards, moved)
+    assert code == 1
+    assert [row["key"] for row in report["value_mismatch"]] == ["linear_relu_stack.2.weight"]
+
+
+# -- files convert wrote -------------------------------------------------------------------------
+
+CONVERTED = [
+    "cnn_state_dict",
+    "cnn_whole_model_main",
+    "lightning_checkpoint",
+    "general_checkpoint_tensor_loss",
+    "batchnorm_whole_model",
+    "tied_weights_state_dict",
+    "legacy_tar_state_dict",
+    "nested_containers_whole_model_package",
+]
+
+
+@pytest.mark.parametrize("name", CONVERTED)
+def test_converted_safetensors_equal_their_source(cli: Cli, tmp_path: Path, name: str) -> None:
+    """convert's output against its source: identical; the non-tensor entries of a training
+    checkpoint do not count, since a safetensors file holds none."""
+    record = fixture_record(name)
+    out = tmp_path / "converted.safetensors"
+    assert cli("convert", fixture_path(record), out).exit_code == 0
+    code, report = run_diff(cli, fixture_path(record), out)
+    assert_agrees_with_torch(report, ground_truth_weights(record), load_file(out), torch_equal)
+    assert (code, report["identical"], report["entries_mismatch"]) == (0, True, [])
+
+
+TOLERANCES = [(0.0, 0.0), (0.0, 1e-4), (0.0, 1e-3), (1e-5, 0.0), (1e-3, 0.0), (1e-5, 1e-4)]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize(("atol", "rtol"), TOLERANCES)
+def test_cast_copy_against_torch_allclose(cli: Cli, tmp_path: Path, dtype: str, atol: float, rtol: float) -> None:
+    """A float16/bfloat16 copy written by `convert --dtype`: every floating key is a dtype
+    mismatch, and its values differ exactly where torch.allclose(rtol, atol) fails."""
+    record = fixture_record("cnn_state_dict")
+    out = tmp_path / f"{dtype}.safetensors"
+    assert cli("convert", fixture_path(record), out, "--dtype", dtype).exit_code == 0
+    original, cast = ground_truth_weights(record), load_file(out)
+    code, report = run_diff(cli, fixture_path(record), out, "--atol", atol, "--rtol", rtol)
+
+    def close(a: torch.Tensor, b: torch.Tensor) -> bool:
+        return torch_allclose(a, b, rtol=rtol, atol=atol)
+
+    assert_agrees_with_torch(report, original, cast, close)
+    assert code == 1  # dtypes differ, whatever the tolerance
+    for key, row in by_key(report["dtype_mismatch"]).items():
+        assert (row["a"], row["b"]) == ("float32", dtype), key
+    for key, row in by_key(report["value_mismatch"]).items():
+        a, b = original[key], cast[key]
+        assert_errors_match(row, a, b, elementwise_close(a, b, rtol=rtol, atol=atol))
+
+
+# -- one value moved -------------------------------------------------------------------------------
+
+MOVED_KEY, MOVED_INDEX, DELTA = "fc1.weight", 77, 1e-3
+
+
+@pytest.mark.parametrize(
+    ("atol", "rtol"),
+    [(0.0, 0.0), (2e-3, 0.0), (5e-4, 0.0), (0.0, 1e-9), (0.0, 10.0), (1e-4, 1e-4)],
+)
+def test_one_perturbed_value(
+    cli: Cli, tmp_path: Path, cnn_state: dict[str, torch.Tensor], atol: float, rtol: float
+) -> None:
+    moved = perturbed(cnn_state, MOVED_KEY, MOVED_INDEX, DELTA)
+    a, b = save(cnn_state, tmp_path / "a.pth"), save(moved, tmp_path / "b.pth")
+    code, report = run_diff(cli, a, b, "--atol", atol, "--rtol", rtol)
+
+    def close(x: torch.Tensor, y: torch.Tensor) -> bool:
+        exact = atol == 0 and rtol == 0
+        return torch.equal(x, y) if exact else torch.allclose(x, y, rtol=rtol, atol=atol)
+
+    assert_agrees_with_torch(report, cnn_state, moved, close)
+    expected_close = close(cnn_state[MOVED_KEY], moved[MOVED_KEY])
+    assert code == (0 if expected_close else 1)
+    if not expected_close:
+        (row,) = report["value_mismatch"]
+        x, y = cnn_state[MOVED_KEY], moved[MOVED_KEY]
+        assert_errors_match(row, x, y, elementwise_close(x, y, rtol=rtol, atol=atol))
+        assert row["mismatched"] == 1
+
+
+# -- NaN, signed zero, integers ------------------------------------------------------------------
+
+
+def nan_state() -> dict[str, torch.Tensor]:
+    """NaN in each float kind the bytes are checked for without torch, and a finite tensor."""
+    state: dict[str, torch.Tensor] = {}
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        values = torch.linspace(-2, 2, 12, dtype=torch.float32).to(dtype)
+        values[[3, 7]] = float("nan")
+        state[str(dtype).removeprefix("torch.")] = values.reshape(3, 4)
+    state["complex64"] = torch.tensor([1 + 1j, complex(float("nan"), 0.0), 2j], dtype=torch.complex64)
+    state["finite"] = torch.arange(6, dtype=torch.float32)
+    return state
+
+
+@pytest.mark.parametrize("equal_nan", [False, True])
+@pytest.mark.parametrize(("atol", "rtol"), [(0.0, 0.0), (1e-6, 1e-6)])
+def test_nan_bearing_tensors(cli: Cli, tmp_path: Path, equal_nan: bool, atol: float, rtol: float) -> None:
+    """NaN at the same places in both files: different as torch.equal/allclose see it,
+    equal with --equal-nan. NaN in one file only: different either way."""
+    same = nan_state()
+    one_sided = {k: v.clone() for k, v in same.items()}
+    one_sided["finite"][2] = float("nan")
+    one_sided["float32"][0, 0] = float("nan")
+    a = save(same, tmp_path / "a.pth")
+    flags = ["--atol", atol, "--rtol", rtol] + (["--equal-nan"] if equal_nan else [])
+
+    def close(x: torch.Tensor, y: torch.Tensor) -> bool:
+        if atol == 0 and rtol == 0:
+            return torch_equal(x, y, equal_nan=equal_nan)
+        return bool(torch.isclose(x, y, rtol=rtol, atol=atol, equal_nan=equal_nan).all())
+
+    for other in (same, one_sided):
+        b = save(other, tmp_path / "b.pth")
+        code, report = run_diff(cli, a, b, *flags)
+        assert_agrees_with_torch(report, same, other, close)
+        assert code == (0 if report["identical"] else 1)
+        for key, row in by_key(report["value_mismatch"]).items():
+            x, y = same[key], other[key]
+            closeness = elementwise_close(x, y, rtol=rtol, atol=atol, equal_nan=equal_nan)
+            assert row["mismatched"] == int((~closeness).sum()), key
+
+
+def test_signed_zero_is_equal_as_torch_equal_says(cli: Cli, tmp_path: Path) -> None:
+    """0.0 and -0.0 differ in their bits but torch.equal calls them equal."""
+    positive = {"w": torch.zeros(4), "h": torch.zeros(3, dtype=torch.float16)}
+    negative = {"w": -torch.zeros(4), "h": -torch.zeros(3, dtype=torch.float16)}
+    assert all(torch.equal(positive[k], negative[k]) for k in positive)
+    code, report = run_diff(cli, save(positive, tmp_path / "a.pth"), save(negative, tmp_path / "b.pth"))
+    assert (code, report["identical"], report["equal"]) == (0, True, 2)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "a_values", "b_values"),
+    [
+        pytest.param(torch.int64, [2**62, 5], [2**62 + 1, 5], id="int64-beyond-float64"),
+        pytest.param(torch.uint64, [2**60, 7], [2**60 + 1, 7], id="uint64-beyond-float64"),
+        pytest.param(torch.int32, [-3, 4], [-3, 5], id="int32"),
+        pytest.param(torch.uint8, [0, 255], [0, 254], id="uint8"),
+        pytest.param(torch.bool, [True, False], [True, True], id="bool"),
+    ],
+)
+def test_integer_tensors_exactly_as_torch_equal(
+    cli: Cli, tmp_path: Path, dtype: torch.dtype, a_values: list[int], b_values: list[int]
+) -> None:
+    """Integers that differ by one, also where float64 cannot tell them apart."""
+    a, b = {"t": torch.tensor(a_values, dtype=dtype)}, {"t": torch.tensor(b_values, dtype=dtype)}
+    assert not torch.equal(a["t"], b["t"])
+    code, report = run_diff(cli, save(a, tmp_path / "a.pth"), save(b, tmp_path / "b.pth"))
+    assert_agrees_with_torch(report, a, b, torch_equal)
+    assert code == 1
+    assert report["value_mismatch"][0]["mismatched"] == 1
+
+
+# -- non-tensor entries ------------------------------------------------------------------------------
+
+
+def training_checkpoint(state: Mapping[str, torch.Tensor], epoch: int, lr: float) -> dict[str, Any]:
+    return {
+        "epoch": epoch,
+        "global_step": 10 * epoch,
+        "state_dict": dict(state),
+        "loss": torch.tensor(0.5),
+        "hyper_parameters": {"lr": lr, "hidden": 16},
+    }
+
+
+def test_differing_entries_are_reported(cli: Cli, tmp_path: Path, cnn_state: dict[str, torch.Tensor]) -> None:
+    a = save(training_checkpoint(cnn_state, epoch=3, lr=0.01), tmp_path / "a.ckpt")
+    b = save(training_checkpoint(cnn_state, epoch=4, lr=0.02), tmp_path / "b.ckpt")
+    code, report = run_diff(cli, a, b)
+    assert code == 1
+    assert report["value_mismatch"] == [] and report["equal"] == len(cnn_state)
+    assert by_key(report["entries_mismatch"]) == {
+        "epoch": {"key": "epoch", "a": 3, "b": 4},
+        "global_step": {"key": "global_step", "a": 30, "b": 40},
+        "hyper_parameters": {
+            "key": "hyper_parameters",
+            "a": {"lr": 0.01, "hidden": 16},
+            "b": {"lr": 0.02, "hidden": 16},
+        },
+    }
+    code, report = run_diff(cli, a, a)
+    assert (code, report["entries_mismatch"]) == (0, [])
+
+
+def test_entries_count_only_when_both_files_hold_them(
+    cli: Cli, tmp_path: Path, cnn_state: dict[str, torch.Tensor]
+) -> None:
+    """A training checkpoint still equals its bare weights: a state_dict has no entries."""
+    a = save(training_checkpoint(cnn_state, epoch=3, lr=0.01), tmp_path / "a.ckpt")
+    b = save(cnn_state, tmp_path / "b.pth")
+    code, report = run_diff(cli, a, b)
+    assert (code, report["identical"], report["entries_mismatch"]) == (0, True, [])
+
+
+# -- which tensors: --all, --root-a/--root-b ----------------------------------------------------
+
+
+def test_all_compares_optimizer_state_too(cli: Cli, tmp_path: Path, cnn_state: dict[str, torch.Tensor]) -> None:
+    """Same weights, optimizer moments that differ: equal by default, different with --all."""
+    moments = {"exp_avg": torch.ones(3), "exp_avg_sq": torch.ones(3)}
+    later = {"exp_avg": torch.ones(3), "exp_avg_sq": torch.full((3,), 2.0)}
+
+    def checkpoint(state: dict[str, torch.Tensor]) -> dict[str, Any]:
+        return {"model": cnn_state, "optimizer": {"state": {0: state}, "param_groups": [{"lr": 0.1, "params": [0]}]}}
+
+    a = save(checkpoint(moments), tmp_path / "a.pt")
+    b = save(checkpoint(later), tmp_path / "b.pt")
+    code, report = run_diff(cli, a, b)
+    assert (code, report["equal"]) == (0, len(cnn_state))
+    code, report = run_diff(cli, a, b, "--all")
+    assert code == 1
+    (row,) = report["value_mismatch"]
+    assert row["key"].endswith("exp_avg_sq") and "optimizer" in row["key"]
+    assert (row["max_abs"], row["mismatched"]) == (1.0, 3)
+
+
+def test_roots_pick_the_weights_on_each_side(cli: Cli, tmp_path: Path, cnn_state: dict[str, torch.Tensor]) -> None:
+    """An EMA copy inside the same file, compared with the live weights by naming both roots."""
+    ema = perturbed(cnn_state, "conv1.bias", 0, 0.5)
+    path = save({"state_dict": cnn_state, "state_dict_ema": ema}, tmp_path / "ema.pth")
+    code, report = run_diff(cli, path, path, "--root-b", "state_dict_ema")
+    assert code == 1
+    assert [row["key"] for row in report["value_mismatch"]] == ["conv1.bias"]
+    assert report["value_mismatch"][0]["max_abs"] == pytest.approx(0.5, rel=1e-6)
+    code, report = run_diff(cli, path, path, "--root-a", "state_dict_ema", "--root-b", "state_dict_ema")
+    assert code == 0
+
+
+# -- --keys-only reads no tensor data ------------------------------------------------------------
+
+
+def forbid_tensor_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every route from diff to tensor bytes raises."""
+
+    def refuse(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError("tensor data was read")
+
+    monkeypatch.setattr(tensordata, "read_range", refuse)
+    monkeypatch.setattr(tensordata, "chunks", refuse)
+    monkeypatch.setattr(diff_module, "chunks", refuse)
+    monkeypatch.setattr(diff_module, "read_span", refuse)
+    monkeypatch.setattr(diff_module, "load_tensor", refuse)
+
+
+def test_keys_only_reads_no_tensor_data(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cnn_state: dict[str, torch.Tensor]
+) -> None:
+    moved = perturbed(cnn_state, MOVED_KEY, 0, 1.0)
+    moved["extra.weight"] = torch.ones(2)
+    moved["conv1.bias"] = moved["conv1.bias"].double()
+    moved["fc1.bias"] = torch.zeros(3)
+    a, b = save(cnn_state, tmp_path / "a.pth"), save(moved, tmp_path / "b.pth")
+    forbid_tensor_reads(monkeypatch)
+
+    report = diff(str(a), str(b), DiffOptions(keys_only=True))
+    assert report.keys_only
+    assert (report.only_in_a, report.only_in_b) == ([], ["extra.weight"])
+    assert report.shape_mismatch == [{"key": "fc1.bias", "a": [10], "b": [3]}]
+    assert report.dtype_mismatch == [{"key": "conv1.bias", "a": "float32", "b": "float64"}]
+    assert report.value_mismatch == []  # the moved value is not looked at
+    assert report.equal == len(cnn_state) - 2
+
+    # The same comparison with values does reach the forbidden reads.
+    with pytest.raises(AssertionError, match="tensor data was read"):
+        diff(str(a), str(b), DiffOptions())
+
+
+def test_keys_only_sees_no_value_differences(cli: Cli, tmp_path: Path, cnn_state: dict[str, torch.Tensor]) -> None:
+    moved = perturbed(cnn_state, MOVED_KEY, 0, 1.0)
+    a, b = save(cnn_state, tmp_path / "a.pth"), save(moved, tmp_path / "b.pth")
+    code, report = run_diff(cli, a, b, "--keys-only")
+    assert (code, report["identical"], report["keys_only"]) == (0, True, True)
+    code, report = run_diff(cli, a, b)
+    assert (code, report["keys_only"]) == (1, False)
+
+
+def test_library_tolerance_matches_cli(tmp_path: Path, cnn_state: dict[str, torch.Tensor]) -> None:
+    """The library call gives the CLI's facts: one moved value, inside and outside atol."""
+    a = save(cnn_state, tmp_path / "a.pth")
+    b = save(perturbed(cnn_state, MOVED_KEY, MOVED_INDEX, DELTA), tmp_path / "b.pth")
+    assert not diff(str(a), str(b), DiffOptions()).identical
+    assert diff(str(a), str(b), DiffOptions(Tolerance(atol=2 * DELTA))).identical
