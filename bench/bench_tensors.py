@@ -47,7 +47,8 @@ def main() -> None:
     print("inspect --stats big.pt")
     print(f"  ckpttool  {stats.seconds:8.3f} s  peak {stats.peak_mb:8.1f} MB")
     print(f"  import torch alone      peak {torch_only.peak_mb:8.1f} MB")
-    print(f"  above torch's own       {stats.peak_mb - torch_only.peak_mb:8.1f} MB  (largest tensor: 10 MB; file: 3000 MB)")
+    above = stats.peak_mb - torch_only.peak_mb
+    print(f"  above torch's own       {above:8.1f} MB  (largest tensor: 10 MB; file: 3000 MB)")
 
 
 if __name__ == "__main__":

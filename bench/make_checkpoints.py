@@ -9,9 +9,8 @@ from __future__ import annotations
 import sys
 
 import torch
-from safetensors.torch import save_file
-
 from common import OUT
+from safetensors.torch import save_file
 
 BIG_TENSORS, BIG_ELEMENTS = 300, 2_500_000
 MANY_TENSORS = 50_000

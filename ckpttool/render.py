@@ -11,9 +11,7 @@ import io
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # only for annotations: JSON output must not pay for importing every op
     from ckpttool.ops.check import CheckReport
@@ -134,7 +132,12 @@ def inspect_summary(report: InspectReport, summary: list[tuple[str, str]], shown
         pairs.append(("byteorder", report.byteorder))
     pairs.append(("weights", _weights_line(report)))
     pairs.extend(("also", f"{alt} (not chosen)") for alt in report.alternatives)
-    pairs.append(("tensors", f"{len(shown)} shown, {sum(r.numel for r in shown)} elements, {human_size(sum(r.nbytes for r in shown))}"))
+    pairs.append(
+        (
+            "tensors",
+            f"{len(shown)} shown, {sum(r.numel for r in shown)} elements, {human_size(sum(r.nbytes for r in shown))}",
+        )
+    )
     pairs.extend((name, text) for name, text in summary)
     pairs.extend((f"entry {k}", compact(v)) for k, v in report.entries.items())
     pairs.extend((f"metadata {k}", compact(v)) for k, v in report.metadata.items())
@@ -177,7 +180,10 @@ def tree_json(report: InspectReport, rows: list[TreeRow]) -> str:
 
 
 def tree_csv(rows: list[TreeRow]) -> str:
-    return to_csv(("prefix", "depth", "tensors", "params", "nbytes"), ((r.prefix, r.depth, r.tensors, r.params, r.nbytes) for r in rows))
+    return to_csv(
+        ("prefix", "depth", "tensors", "params", "nbytes"),
+        ((r.prefix, r.depth, r.tensors, r.params, r.nbytes) for r in rows),
+    )
 
 
 # -- scan -------------------------------------------------------------------------------------
@@ -218,12 +224,18 @@ def scan_csv(results: list[FileScan]) -> str:
 def scan_table(results: list[FileScan]) -> str:
     blocks = [_scan_block(r) for r in results]
     if len(results) > 1:
-        blocks.append(to_table(("file", "format", "verdict", "pickles"), ((r.path, r.format, r.verdict, r.pickles) for r in results)))
+        blocks.append(
+            to_table(
+                ("file", "format", "verdict", "pickles"), ((r.path, r.format, r.verdict, r.pickles) for r in results)
+            )
+        )
     return "\n\n".join(blocks)
 
 
 def _scan_block(r: FileScan) -> str:
-    lines = [key_values([("file", r.path), ("format", r.format), ("pickles", r.pickles), ("verdict", r.verdict.upper())])]
+    lines = [
+        key_values([("file", r.path), ("format", r.format), ("pickles", r.pickles), ("verdict", r.verdict.upper())])
+    ]
     if r.globals:
         body = sorted(((g.qualname, ", ".join(g.uses), g.verdict, g.reason) for g in r.globals), key=_verdict_order)
         lines.append(to_table(("global", "uses", "verdict", "why"), body))
@@ -370,7 +382,8 @@ def _diff_rows(report: DiffReport) -> list[tuple[str, str, str]]:
     rows += [(m["key"], "shape", f"{shape_text(m['a'])} vs {shape_text(m['b'])}") for m in report.shape_mismatch]
     rows += [(m["key"], "dtype", f"{m['a']} vs {m['b']}") for m in report.dtype_mismatch]
     for m in report.value_mismatch:
-        detail = f"max abs {_number(m['max_abs'])}, max rel {_number(m['max_rel'])}, {_number(m['mismatched'])} elements differ"
+        errors = f"max abs {_number(m['max_abs'])}, max rel {_number(m['max_rel'])}"
+        detail = f"{errors}, {_number(m['mismatched'])} elements differ"
         rows.append((m["key"], "values", detail))
     rows += [(m["key"], "entry", f"{compact(m['a'], 30)} vs {compact(m['b'], 30)}") for m in report.entries_mismatch]
     return rows
@@ -409,7 +422,9 @@ def _optimizer_block(r: OptimizerReport) -> str:
     names = {"model": "from --model", "file": "guessed from the file's weights"}.get(r.names or "", "not resolved")
     lines = [key_values([("optimizer", r.path), ("type", f"{r.type or 'unknown'} (inferred)"), ("names", names)])]
     hyper = sorted({k for g in r.param_groups for k in g if k != "params"})
-    body = [[i, len(g.get("params") or []), *(compact(g.get(k), 24) for k in hyper)] for i, g in enumerate(r.param_groups)]
+    body = [
+        [i, len(g.get("params") or []), *(compact(g.get(k), 24) for k in hyper)] for i, g in enumerate(r.param_groups)
+    ]
     lines.append(to_table(("group", "params", *hyper), body))
     state = [(s.index, s.name or "", _number(s.step), _state_tensors(s.tensors)) for s in r.state]
     if state:
@@ -442,7 +457,9 @@ def _check_json(r: CheckReport, strict: bool) -> dict[str, Any]:
     return {
         "path": r.path,
         "ok": r.ok(strict),
-        "findings": [{"check": f.check, "severity": f.severity, "key": f.key, "message": f.message} for f in r.findings],
+        "findings": [
+            {"check": f.check, "severity": f.severity, "key": f.key, "message": f.message} for f in r.findings
+        ],
         "missing": keys.missing if keys else [],
         "unexpected": keys.unexpected if keys else [],
         "shape_mismatch": keys.shape_mismatch if keys else [],
@@ -452,7 +469,9 @@ def _check_json(r: CheckReport, strict: bool) -> dict[str, Any]:
 
 
 def _check_block(r: CheckReport, strict: bool) -> str:
-    lines = [key_values([("file", r.path), ("result", "OK" if r.ok(strict) else "FAILED"), ("findings", len(r.findings))])]
+    lines = [
+        key_values([("file", r.path), ("result", "OK" if r.ok(strict) else "FAILED"), ("findings", len(r.findings))])
+    ]
     if r.findings:
         body = ((f.severity, f.check, f.key or "", f.message) for f in r.findings)
         lines.append(to_table(("severity", "check", "key", "message"), body))

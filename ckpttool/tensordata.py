@@ -198,4 +198,3 @@ def cast(value: torch.Tensor, dtype: str | None) -> torch.Tensor:
     if dtype is None or str(value.dtype).removeprefix("torch.") == dtype:
         return value
     return value.to(torch_dtype(dtype))
-

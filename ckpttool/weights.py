@@ -97,7 +97,11 @@ def module_parameters(module: PickledObject) -> list[NamedTensor]:
             if isinstance(value, TensorRef) and id(value) not in seen:
                 seen.add(id(value))
                 out.append(NamedTensor(prefix + str(name), value))
-        children = [(c, f"{prefix}{n}.", depth + 1) for n, c in _mapping(attrs.get("_modules")).items() if isinstance(c, PickledObject) and c.is_module]
+        children = [
+            (c, f"{prefix}{n}.", depth + 1)
+            for n, c in _mapping(attrs.get("_modules")).items()
+            if isinstance(c, PickledObject) and c.is_module
+        ]
         stack.extend(reversed(children))
     return out
 

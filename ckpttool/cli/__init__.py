@@ -22,12 +22,24 @@ from ckpttool.errors import EXIT_ERROR, CkptError
 COMMANDS: dict[str, tuple[str, str]] = {
     "inspect": ("ckpttool.cli.inspect:inspect_command", "What is in a checkpoint: summary, weights, tensors."),
     "scan": ("ckpttool.cli.scan:scan_command", "Security report: the globals each pickle names, and a verdict."),
-    "check": ("ckpttool.cli.check:check_command", "CI checks: integrity, safety, keys against a model, finite, cpu-only."),
-    "convert": ("ckpttool.cli.convert:convert_command", "Write the weights as safetensors or a plain state_dict, verified."),
+    "check": (
+        "ckpttool.cli.check:check_command",
+        "CI checks: integrity, safety, keys against a model, finite, cpu-only.",
+    ),
+    "convert": (
+        "ckpttool.cli.convert:convert_command",
+        "Write the weights as safetensors or a plain state_dict, verified.",
+    ),
     "remap": ("ckpttool.cli.remap:remap_command", "Rewrite the device storages are restored to (e.g. cuda:0 -> cpu)."),
     "diff": ("ckpttool.cli.diff:diff_command", "Compare two checkpoints of any formats, tensor by tensor."),
-    "optimizer": ("ckpttool.cli.optimizer:optimizer_command", "The optimizer state: param groups, per-parameter state, type."),
-    "reference": ("ckpttool.reference.cli:reference", "Train and evaluate the tutorial models; produce and check fixtures."),
+    "optimizer": (
+        "ckpttool.cli.optimizer:optimizer_command",
+        "The optimizer state: param groups, per-parameter state, type.",
+    ),
+    "reference": (
+        "ckpttool.reference.cli:reference",
+        "Train and evaluate the tutorial models; produce and check fixtures.",
+    ),
 }
 
 

@@ -9,8 +9,19 @@ from ckpttool.cli.common import emit, finish, output_options
 
 @click.command("check")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=str))
-@click.option("--model", "model_spec", metavar="SPEC", help="package.module:Name or path/to/file.py:Name (class or factory) to check keys, shapes, dtypes against.")
-@click.option("--model-arg", "model_args", multiple=True, metavar="K=V", help="Argument for the model (repeatable), e.g. num_classes=10.")
+@click.option(
+    "--model",
+    "model_spec",
+    metavar="SPEC",
+    help="package.module:Name or path/to/file.py:Name (class or factory) to check keys, shapes, dtypes against.",
+)
+@click.option(
+    "--model-arg",
+    "model_args",
+    multiple=True,
+    metavar="K=V",
+    help="Argument for the model (repeatable), e.g. num_classes=10.",
+)
 @click.option("--like", metavar="REF", help="A reference checkpoint: same keys, shapes and dtypes required.")
 @click.option("--finite", is_flag=True, help="Fail on NaN or Inf in any weight (reads tensor data).")
 @click.option("--cpu-only", is_flag=True, help="Fail when any storage restores to a device other than cpu.")

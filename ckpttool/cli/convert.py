@@ -20,15 +20,32 @@ def _pairs(values: tuple[str, ...], option: str) -> list[tuple[str, str]]:
 @click.command("convert")
 @path_argument("src")
 @path_argument("dst")
-@click.option("--to", "to", type=click.Choice(["safetensors", "pth"]), help="Output format [default: safetensors for a .safetensors DST, else pth].")
+@click.option(
+    "--to",
+    "to",
+    type=click.Choice(["safetensors", "pth"]),
+    help="Output format [default: safetensors for a .safetensors DST, else pth].",
+)
 @click.option("--root", metavar="PATH", help="Dotted path of the weights inside SRC.")
 @click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), help="Cast floating tensors.")
-@click.option("--shard-size", metavar="SIZE", help="Split into shards of at most SIZE (5GB, 500MB, 2GiB) with an index json.")
-@click.option("--strip-prefix", "strip_prefixes", multiple=True, metavar="P", help="Remove prefix P from keys (repeatable).")
-@click.option("--rename", "renames", multiple=True, metavar="REGEX=REPL", help="Rename keys with a regular expression (repeatable, in order).")
+@click.option(
+    "--shard-size", metavar="SIZE", help="Split into shards of at most SIZE (5GB, 500MB, 2GiB) with an index json."
+)
+@click.option(
+    "--strip-prefix", "strip_prefixes", multiple=True, metavar="P", help="Remove prefix P from keys (repeatable)."
+)
+@click.option(
+    "--rename",
+    "renames",
+    multiple=True,
+    metavar="REGEX=REPL",
+    help="Rename keys with a regular expression (repeatable, in order).",
+)
 @click.option("--metadata", "metadata", multiple=True, metavar="K=V", help="safetensors metadata entry (repeatable).")
 @click.option("--dedupe", is_flag=True, help="Store tied tensors once; aliases go into the metadata.")
-@click.option("--force", is_flag=True, help="Replace an existing DST (with --trust: also load a file scan calls dangerous).")
+@click.option(
+    "--force", is_flag=True, help="Replace an existing DST (with --trust: also load a file scan calls dangerous)."
+)
 @click.option("--trust", is_flag=True, help="Load SRC with torch.load(weights_only=False): runs code from the file.")
 @output_options(("table", "json"))
 def convert_command(src: str, dst: str, to: str | None, root: str | None, dtype: str | None, shard_size: str | None,

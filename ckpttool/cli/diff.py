@@ -14,7 +14,12 @@ from ckpttool.cli.common import ProgressBar, emit, finish, output_options, path_
 @click.option("--rtol", type=float, default=0.0, show_default=True, help="Relative tolerance (as torch.allclose).")
 @click.option("--equal-nan", is_flag=True, help="Count NaN as equal to NaN.")
 @click.option("--keys-only", is_flag=True, help="Compare keys, shapes and dtypes only; read no tensor data.")
-@click.option("--all", "every_tensor", is_flag=True, help="Compare every tensor in the files (optimizer state too), not only the weights.")
+@click.option(
+    "--all",
+    "every_tensor",
+    is_flag=True,
+    help="Compare every tensor in the files (optimizer state too), not only the weights.",
+)
 @click.option("--root-a", metavar="PATH", help="Dotted path of the weights inside A.")
 @click.option("--root-b", metavar="PATH", help="Dotted path of the weights inside B.")
 @output_options()

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import click
-
 from typing import Any
+
+import click
 
 from ckpttool.cli.common import ProgressBar, emit, output_options, path_argument
 
@@ -16,7 +16,9 @@ from ckpttool.cli.common import ProgressBar, emit, output_options, path_argument
 @click.option("--tree", is_flag=True, help="Group tensors by module prefix, with parameter counts.")
 @click.option("--sort", type=click.Choice(["key", "size"]), help="Sort rows by key or by size (largest first).")
 @click.option("--root", metavar="PATH", help="Dotted path of the weights inside the file.")
-@click.option("--stats", is_flag=True, help="Min, max, mean, std, NaN/Inf counts and share of zeros (reads tensor data).")
+@click.option(
+    "--stats", is_flag=True, help="Min, max, mean, std, NaN/Inf counts and share of zeros (reads tensor data)."
+)
 @output_options()
 def inspect_command(
     path: str,
@@ -59,7 +61,9 @@ def inspect_command(
             emit("\n" + render.tensor_rows_table(shown))
 
 
-def _stats(checkpoint: Any, weights_root: str | None, root: str | None, patterns: tuple[str, ...], sort: str | None, fmt: str) -> str:
+def _stats(
+    checkpoint: Any, weights_root: str | None, root: str | None, patterns: tuple[str, ...], sort: str | None, fmt: str
+) -> str:
     from ckpttool import render
     from ckpttool.ops.inspect import select
     from ckpttool.ops.stats import all_stats

@@ -9,7 +9,12 @@ from ckpttool.cli.common import emit, output_options, path_argument
 
 @click.command("optimizer")
 @path_argument()
-@click.option("--model", "model_spec", metavar="SPEC", help="package.module:Name or path/to/file.py:Name, to name parameters exactly.")
+@click.option(
+    "--model",
+    "model_spec",
+    metavar="SPEC",
+    help="package.module:Name or path/to/file.py:Name, to name parameters exactly.",
+)
 @click.option("--model-arg", "model_args", multiple=True, metavar="K=V", help="Argument for the model (repeatable).")
 @output_options()
 def optimizer_command(path: str, model_spec: str | None, model_args: tuple[str, ...], fmt: str) -> None:

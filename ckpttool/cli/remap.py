@@ -11,11 +11,21 @@ from ckpttool.cli.common import emit, output_options, path_argument, warn
 @path_argument("src")
 @path_argument("dst")
 @click.option("--device", metavar="DEVICE", help="Restore every storage to DEVICE (e.g. cpu).")
-@click.option("--map", "maps", multiple=True, metavar="FROM=TO", help="Restore storages on FROM to TO, e.g. cuda:1=cuda:0; FROM may be a type (cuda).")
-@click.option("--force", is_flag=True, help="Replace an existing DST (with --trust: also load a file scan calls dangerous).")
+@click.option(
+    "--map",
+    "maps",
+    multiple=True,
+    metavar="FROM=TO",
+    help="Restore storages on FROM to TO, e.g. cuda:1=cuda:0; FROM may be a type (cuda).",
+)
+@click.option(
+    "--force", is_flag=True, help="Replace an existing DST (with --trust: also load a file scan calls dangerous)."
+)
 @click.option("--trust", is_flag=True, help="Load SRC with torch.load(weights_only=False): runs code from the file.")
 @output_options(("table", "json"))
-def remap_command(src: str, dst: str, device: str | None, maps: tuple[str, ...], force: bool, trust: bool, fmt: str) -> None:
+def remap_command(
+    src: str, dst: str, device: str | None, maps: tuple[str, ...], force: bool, trust: bool, fmt: str
+) -> None:
     """Rewrite the device every storage is restored to (model, optimizer state,
     everything), so DST loads without map_location.
 

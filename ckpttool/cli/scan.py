@@ -21,7 +21,7 @@ def scan_command(paths: tuple[str, ...], strict: bool, fmt: str) -> None:
     exit 2 if a file cannot be read at all.
     """
     from ckpttool import render
-    from ckpttool.errors import CkptError, EXIT_ERROR
+    from ckpttool.errors import EXIT_ERROR, CkptError
     from ckpttool.ops.scan import DANGEROUS, NEEDS_ALLOWLIST, scan_file
 
     results, unreadable = [], False

@@ -253,4 +253,3 @@ def _count(value: Any, path: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise FormatError(f"malformed count {value!r:.40}", path=path)
     return value
-

@@ -81,9 +81,7 @@ def read_safetensors(path: str) -> Checkpoint:
 def _metadata(path: str, value: Any) -> dict[str, str]:
     if value is None:
         return {}
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         raise SafetensorsError("__metadata__ must map strings to strings", path=path)
     return value
 
@@ -124,9 +122,7 @@ def _check_offsets(path: str, entries: dict[str, tuple[str, tuple[int, ...], int
             raise SafetensorsError(f"tensor {name!r}: data_offsets {what}", path=path)
         position = end
     if position != buffer:
-        raise SafetensorsError(
-            f"data buffer holds {buffer} bytes but the tensors describe {position}", path=path
-        )
+        raise SafetensorsError(f"data buffer holds {buffer} bytes but the tensors describe {position}", path=path)
 
 
 def _is_uint_list(value: Any) -> bool:

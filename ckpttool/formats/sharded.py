@@ -72,14 +72,18 @@ def read_sharded(index_path: str, read_shard: ShardReader) -> Checkpoint:
         expected = [name for name, s in weight_map.items() if s == shard]
         missing = [name for name in expected if name not in found]
         if missing:
-            raise FormatError(f"{len(missing)} tensors mapped to {shard} are not in it, e.g. {missing[0]!r}", path=index_path)
+            raise FormatError(
+                f"{len(missing)} tensors mapped to {shard} are not in it, e.g. {missing[0]!r}", path=index_path
+            )
         extra = [name for name in found if weight_map.get(name) != shard]
         if extra:
             anomalies.append(f"{shard} holds {len(extra)} tensors the index does not map to it, e.g. {extra[0]!r}")
         tensors.update((name, t) for name, t in found.items() if weight_map.get(name) == shard)
         storages.update((f"{shard}/{key}", s) for key, s in checkpoint.storages.items())
         anomalies.extend(f"{shard}: {a}" for a in checkpoint.anomalies)
-    metadata = {k: str(v) for k, v in (index.get("metadata") or {}).items()} if isinstance(index.get("metadata"), dict) else {}
+    metadata = (
+        {k: str(v) for k, v in (index.get("metadata") or {}).items()} if isinstance(index.get("metadata"), dict) else {}
+    )
     fmt = "sharded-" + kinds.pop() if len(kinds) == 1 else "sharded"
     return Checkpoint(index_path, fmt, total, tensors, storages, "little", metadata, anomalies, files)
 

@@ -76,7 +76,9 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def decode_torch_pickle(data: Any, table: StorageTable, name: str, *, start: int = 0, end: int | None = None) -> tuple[Decoded, Any]:
+def decode_torch_pickle(
+    data: Any, table: StorageTable, name: str, *, start: int = 0, end: int | None = None
+) -> tuple[Decoded, Any]:
     """Decode one torch pickle straight into the model: tensors, storages, dicts."""
     hooks = reader_hooks(table.path, table.resolve)
     decoded = decode(data, start=start, end=end, source=f"{table.path}:{name}", hooks=hooks)

@@ -72,9 +72,7 @@ def read_torch_zip(path: str, archive: ZipArchive | None = None) -> Checkpoint:
     torchscript = is_torchscript(archive)
     entry = archive.record("data.pkl")
     if entry is None:
-        raise ZipFormatError(
-            f"zip archive without {archive.root}/data.pkl: not a torch checkpoint", path=path
-        )
+        raise ZipFormatError(f"zip archive without {archive.root}/data.pkl: not a torch checkpoint", path=path)
     table = StorageTable(path, read_byteorder(archive))
     _, root = decode_torch_pickle(read_pickle_bytes(archive, entry), table, entry.name)
     if torchscript:
@@ -157,7 +155,7 @@ def _small_records(archive: ZipArchive) -> dict[str, str]:
     for name in ("version", ".data/version", ".format_version", ".storage_alignment", ".data/serialization_id"):
         entry = archive.record(name)
         if entry is not None and entry.size <= 256:
-            out[name.lstrip(".").replace("data/", "")] = read_entry(archive, entry, 256).decode(
-                "utf-8", "replace"
-            ).strip()
+            out[name.lstrip(".").replace("data/", "")] = (
+                read_entry(archive, entry, 256).decode("utf-8", "replace").strip()
+            )
     return out

@@ -39,7 +39,9 @@ def root_folder(path: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", stem) or "archive"
 
 
-def write_torch_zip(out: BinaryIO, root: str, pickle_bytes: bytes, records: Sequence[StorageRecord], byteorder: str = "little") -> None:
+def write_torch_zip(
+    out: BinaryIO, root: str, pickle_bytes: bytes, records: Sequence[StorageRecord], byteorder: str = "little"
+) -> None:
     zw = ZipWriter(out, root)
     zw.write_bytes("data.pkl", pickle_bytes)
     zw.write_bytes(".format_version", b"1")

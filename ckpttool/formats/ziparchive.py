@@ -97,9 +97,7 @@ def _find_central_directory(f: object, size: int, path: str) -> tuple[int, int, 
     tail = f.read()  # type: ignore[attr-defined]
     at = tail.rfind(b"PK\x05\x06")
     if at < 0 or at + _EOCD.size > len(tail):
-        raise ZipFormatError(
-            "zip end-of-central-directory record not found (file truncated?)", path=path
-        )
+        raise ZipFormatError("zip end-of-central-directory record not found (file truncated?)", path=path)
     _, disk, cd_disk, _, count, cd_size, cd_offset, _ = _EOCD.unpack_from(tail, at)
     if disk != 0 or cd_disk != 0:
         raise ZipFormatError("multi-disk zip archives are not supported", path=path)
@@ -183,8 +181,7 @@ def resolve_data_offset(archive: ZipArchive, entry: ZipEntry, f: object | None =
     local_name = _pread(archive.path, entry.header_offset + _LOCAL.size, name_len, f)
     if local_name.decode("utf-8", "replace") != entry.name:
         archive.anomalies.append(
-            f"record {entry.name!r} is named {local_name.decode('utf-8', 'replace')!r} "
-            "in its local header"
+            f"record {entry.name!r} is named {local_name.decode('utf-8', 'replace')!r} in its local header"
         )
     entry.data_offset = entry.header_offset + _LOCAL.size + name_len + extra_len
     if entry.data_offset + entry.compressed_size > archive.file_size:
@@ -201,9 +198,7 @@ def read_entry(archive: ZipArchive, entry: ZipEntry, max_size: int, f: object | 
         return _pread(archive.path, offset, entry.compressed_size, f)
     if entry.method == DEFLATED:
         return _inflate(archive, entry, offset, max_size, f)
-    raise ZipFormatError(
-        f"record {entry.name!r} uses unsupported compression method {entry.method}", path=archive.path
-    )
+    raise ZipFormatError(f"record {entry.name!r} uses unsupported compression method {entry.method}", path=archive.path)
 
 
 def _inflate(archive: ZipArchive, entry: ZipEntry, offset: int, max_size: int, f: object | None) -> bytes:
@@ -216,7 +211,9 @@ def _inflate(archive: ZipArchive, entry: ZipEntry, offset: int, max_size: int, f
     if len(out) > max_size or inflater.unconsumed_tail:
         raise LimitError(f"compressed record {entry.name!r} expands beyond {max_size} bytes", path=archive.path)
     if len(out) != entry.size:
-        raise ZipFormatError(f"record {entry.name!r} inflates to {len(out)} bytes, not the {entry.size} declared", path=archive.path)
+        raise ZipFormatError(
+            f"record {entry.name!r} inflates to {len(out)} bytes, not the {entry.size} declared", path=archive.path
+        )
     return out
 
 

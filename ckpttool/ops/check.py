@@ -76,7 +76,9 @@ def check(path: str, options: CheckOptions) -> CheckReport:
 def _integrity(checkpoint: Checkpoint, report: CheckReport) -> None:
     for anomaly in checkpoint.anomalies:
         report.add("integrity", WARNING, anomaly)
-    recorded = [s for s in checkpoint.storages.values() if s.record and s.record.crc is not None and not s.record.compressed]
+    recorded = [
+        s for s in checkpoint.storages.values() if s.record and s.record.crc is not None and not s.record.compressed
+    ]
     if recorded and all(s.record.crc == 0 for s in recorded if s.nbytes):  # type: ignore[union-attr]
         report.add("integrity", INFO, "the archive records no CRC-32s (saved with CRC computation off)")
         return
@@ -84,7 +86,12 @@ def _integrity(checkpoint: Checkpoint, report: CheckReport) -> None:
         record = storage.record
         assert record is not None and record.crc is not None
         if _crc(ByteRange(record.path, record.data_offset(), record.size)) != record.crc:
-            report.add("integrity", ERROR, f"record {record.name} fails its CRC-32 check: its bytes changed after saving", storage.key)
+            report.add(
+                "integrity",
+                ERROR,
+                f"record {record.name} fails its CRC-32 check: its bytes changed after saving",
+                storage.key,
+            )
 
 
 def _crc(span: ByteRange) -> int:

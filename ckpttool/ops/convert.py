@@ -199,7 +199,9 @@ def _check_convertible(name: str, source: Source, dtype: str, to: str) -> None:
     if not source.has_data:
         raise FormatError(f"tensor {name!r} has no data in the file (saved on {source.device})")
     if DTYPES[source.dtype].kind == "quantized":
-        raise FormatError(f"tensor {name!r} is quantized ({source.dtype}); its scale and zero point cannot be converted")
+        raise FormatError(
+            f"tensor {name!r} is quantized ({source.dtype}); its scale and zero point cannot be converted"
+        )
     if to == SAFETENSORS and DTYPES[dtype].safetensors is None:
         raise FormatError(f"tensor {name!r} has dtype {dtype}, which safetensors cannot store; use --to pth")
 
@@ -229,7 +231,9 @@ def _shard_paths(dst: str, count: int, to: str) -> list[str]:
 # -- writing and verifying -------------------------------------------------------------------------
 
 
-def _write_and_verify(outs: OutputSet, path: str, shard: list[OutputTensor], options: ConvertOptions, progress: Progress) -> None:
+def _write_and_verify(
+    outs: OutputSet, path: str, shard: list[OutputTensor], options: ConvertOptions, progress: Progress
+) -> None:
     output = outs.open(path)
     if options.to == SAFETENSORS:
         _write_safetensors(output.handle, shard, options.metadata, progress)
@@ -306,7 +310,9 @@ def _write_pth(f: Any, root: str, shard: list[OutputTensor], progress: Progress)
         for name in [output.name, *output.aliases]:
             planned.append(PlannedTensor(name, output.dtype, shape, contiguous_strides(shape), 0, key, numel))
         direct = output.direct()
-        records.append(StorageRecord(key, span=direct) if direct is not None else StorageRecord(key, data=output.expected()))
+        records.append(
+            StorageRecord(key, span=direct) if direct is not None else StorageRecord(key, data=output.expected())
+        )
         progress.advance(output.nbytes)
     write_torch_zip(f, root, dumps(state_dict_graph(planned)), records)
 
@@ -343,7 +349,17 @@ def parse_size(text: str) -> int:
     if not match:
         raise UsageError(f"size {text!r}: expected e.g. 5GB, 500MB, 2GiB or a byte count")
     number, unit = float(match.group(1)), match.group(2).upper().rstrip("B")
-    powers = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "KI": 2**10, "MI": 2**20, "GI": 2**30, "TI": 2**40}
+    powers = {
+        "": 1,
+        "K": 10**3,
+        "M": 10**6,
+        "G": 10**9,
+        "T": 10**12,
+        "KI": 2**10,
+        "MI": 2**20,
+        "GI": 2**30,
+        "TI": 2**40,
+    }
     size = int(number * powers[unit])
     if size <= 0:
         raise UsageError(f"size {text!r} must be positive")

@@ -137,7 +137,13 @@ def has_nan(block: bytes, dtype: str) -> bool | None:
         return False
     import numpy as np
 
-    native = {"float16": np.float16, "float32": np.float32, "float64": np.float64, "complex64": np.float32, "complex128": np.float64}
+    native = {
+        "float16": np.float16,
+        "float32": np.float32,
+        "float64": np.float64,
+        "complex64": np.float32,
+        "complex128": np.float64,
+    }
     if dtype in native:
         return bool(np.isnan(np.frombuffer(block, native[dtype])).any())
     if dtype == "bfloat16":

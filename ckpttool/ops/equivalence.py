@@ -48,7 +48,11 @@ def _children_if_same(x: Any, y: Any, location: Callable[[str], str]) -> list[tu
     if isinstance(x, TensorRef):
         return _tensor_pairs(x, y, location)
     if isinstance(x, PickledObject):
-        return [(x.args, y.args), (x.state, y.state), (x.items, y.items), (x.dictitems, y.dictitems)] if x.cls == y.cls else None
+        return (
+            [(x.args, y.args), (x.state, y.state), (x.items, y.items), (x.dictitems, y.dictitems)]
+            if x.cls == y.cls
+            else None
+        )
     if isinstance(x, OpaqueCall):
         return [(x.args, y.args)] if x.func == y.func else None
     if isinstance(x, GlobalName):

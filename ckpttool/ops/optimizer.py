@@ -91,7 +91,7 @@ def _describe(where: str, state_dict: dict[str, Any]) -> OptimizerReport:
 
 def _param_state(index: Any, value: Any) -> ParamState:
     state = ParamState(index, None, None)
-    for key, item in (value.items() if isinstance(value, dict) else []):
+    for key, item in value.items() if isinstance(value, dict) else []:
         if isinstance(item, TensorRef) and (item.numel != 1 or key != "step"):
             state.tensors[str(key)] = {"shape": list(item.shape), "dtype": item.dtype}
         elif key == "step":
@@ -154,7 +154,9 @@ def _name(report: OptimizerReport, params: list[tuple[str, tuple[int, ...]]], so
     matches its parameter's; otherwise names stay unknown and a note says why."""
     indices = [i for g in report.param_groups for i in (g.get("params") or [])]
     if len(indices) != len(params):
-        report.notes.append(f"{len(indices)} optimizer parameters but {len(params)} model parameters: names not resolved")
+        report.notes.append(
+            f"{len(indices)} optimizer parameters but {len(params)} model parameters: names not resolved"
+        )
         return
     position = {index: params[i] for i, index in enumerate(indices)}
     for state in report.state:

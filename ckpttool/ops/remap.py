@@ -10,12 +10,11 @@ must read back with the CRC of the source bytes that were copied.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
 from ckpttool.atomic import output_set
-import zlib
-
 from ckpttool.checkpoint import Checkpoint, Storage, TensorRef
 from ckpttool.errors import FormatError, UsageError, VerificationError
 from ckpttool.formats import LEGACY, LEGACY_TAR, ZIP, read_checkpoint
@@ -72,7 +71,9 @@ def remap(src: str, dst: str, mapping: LocationMap, force: bool = False, trust: 
         raise FormatError(f"remap rewrites torch checkpoints; this is {checkpoint.format}", path=src)
     decoded = _raw_pickle(src, checkpoint.format)
     if decoded.lossy:
-        raise FormatError(f"the pickle holds a construct ckpttool cannot rewrite faithfully: {decoded.lossy[0]}", path=src)
+        raise FormatError(
+            f"the pickle holds a construct ckpttool cannot rewrite faithfully: {decoded.lossy[0]}", path=src
+        )
     report = RemapReport(src, dst, len(checkpoint.storages))
     rewrite = _PidRewriter(mapping, report, checkpoint.persistent_objects)
     pickle_bytes = dumps(decoded.value, rewrite)
@@ -121,7 +122,6 @@ class _PidRewriter:
             self.report.changed[change] = self.report.changed.get(change, 0) + 1
         self.seen.add(key)
         return (kind, storage_type, key, target, numel)
-
 
     def _tar_object(self, pid: Any) -> Any:
         if isinstance(pid, tuple) and pid and isinstance(pid[0], Global):
@@ -177,4 +177,3 @@ def _crc(storage: Storage) -> int:
     for block in chunks(ByteRange(record.path, record.data_offset(), record.size)):
         crc = zlib.crc32(block, crc)
     return crc & 0xFFFFFFFF
-

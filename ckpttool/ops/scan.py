@@ -25,10 +25,9 @@ from ckpttool.errors import CkptError, PickleError, UnknownFormatError, ZipForma
 from ckpttool.formats import (
     LEGACY,
     LEGACY_TAR,
-    RAW_PICKLE,
     SAFETENSORS,
-    ZIP,
     TORCHSCRIPT,
+    ZIP,
     detect,
     is_sharded,
 )

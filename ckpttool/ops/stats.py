@@ -98,7 +98,12 @@ def _exact(chunk: torch.Tensor, finite: torch.Tensor, which: str) -> Any:
         return (min if which == "min" else max)(values.tolist())
     if values.dtype in (torch.bool, torch.uint16, torch.uint32):
         values = values.to(torch.int64)
-    elif values.is_floating_point() and values.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+    elif values.is_floating_point() and values.dtype not in (
+        torch.float16,
+        torch.bfloat16,
+        torch.float32,
+        torch.float64,
+    ):
         values = values.to(torch.float32)  # float8 and friends have no reductions
     return getattr(values, which)().item()
 

@@ -94,7 +94,9 @@ def trusted_remap(src: str, dst: str, mapping: Any, force: bool) -> Any:
     from ckpttool.atomic import output_set
     from ckpttool.ops.remap import RemapReport, map_location
 
-    obj = trusted_load(src, force, map_location=lambda storage, location: _restore(storage, map_location(location, mapping)))
+    obj = trusted_load(
+        src, force, map_location=lambda storage, location: _restore(storage, map_location(location, mapping))
+    )
     report = RemapReport(src, dst, storages=0, notes=["loaded with torch.load(weights_only=False) (--trust)"])
     with output_set([src], force) as outs:
         output = outs.open(dst)

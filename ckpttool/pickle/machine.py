@@ -136,9 +136,7 @@ def decode(
 
 
 class _Machine:
-    def __init__(
-        self, data: Any, start: int, end: int, limits: Limits, source: str | None, hooks: Hooks
-    ) -> None:
+    def __init__(self, data: Any, start: int, end: int, limits: Limits, source: str | None, hooks: Hooks) -> None:
         if end - start > limits.max_bytes:
             raise LimitError(f"pickle of {end - start} bytes exceeds the limit", path=source)
         self.data = data
@@ -819,9 +817,7 @@ class _Machine:
         """Handlers for the opcodes the loop does not handle inline."""
         table: list[Callable[[int], int] | None] = [None] * 256
         handlers: dict[str, Callable[[int], int]] = {
-            name: getattr(self, "op_" + name.lower())
-            for name in NAMES.values()
-            if hasattr(self, "op_" + name.lower())
+            name: getattr(self, "op_" + name.lower()) for name in NAMES.values() if hasattr(self, "op_" + name.lower())
         }
         handlers["EXT1"], handlers["EXT2"], handlers["EXT4"] = (
             self.op_ext(1),
