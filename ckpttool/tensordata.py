@@ -191,7 +191,7 @@ def tensor_bytes(value: torch.Tensor) -> memoryview:
     contiguous = value.contiguous()
     if contiguous.numel() == 0:
         return memoryview(b"")
-    return memoryview(contiguous.reshape(-1).view(torch.uint8).numpy())
+    return contiguous.reshape(-1).view(torch.uint8).numpy().data
 
 
 def cast(value: torch.Tensor, dtype: str | None) -> torch.Tensor:

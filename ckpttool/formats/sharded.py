@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from ckpttool.checkpoint import Checkpoint, TensorRef
+from ckpttool.checkpoint import Checkpoint, Storage, TensorRef
 from ckpttool.errors import FormatError
 from ckpttool.weights import find_weights
 
@@ -59,7 +59,9 @@ def read_sharded(index_path: str, read_shard: ShardReader) -> Checkpoint:
     # Numbered shard files hold the state_dict in order; weight_map is usually sorted by name.
     shards = sorted(set(weight_map.values()))
     tensors: dict[str, TensorRef] = {}
-    storages, anomalies, files = {}, [], [index_path]
+    storages: dict[str, Storage] = {}
+    anomalies: list[str] = []
+    files = [index_path]
     total = os.path.getsize(index_path)
     kinds = set()
     for shard in shards:

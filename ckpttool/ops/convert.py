@@ -140,11 +140,9 @@ def _sources(src: str, options: ConvertOptions) -> tuple[list[tuple[str, Source]
     if options.trust:
         from ckpttool.ops.trust import trusted_weights
 
-        tensors, root = trusted_weights(src, options.root, options.force)
-        return [(k, TrustedSource(v)) for k, v in tensors.items()], root, []
-    checkpoint = read_checkpoint(src)
-    named, root, notes = file_sources(checkpoint, options.root)
-    return named, root, notes
+        tensors, where = trusted_weights(src, options.root, options.force)
+        return [(k, TrustedSource(v)) for k, v in tensors.items()], where, []
+    return file_sources(read_checkpoint(src), options.root)
 
 
 def _plan(sources: list[tuple[str, Source]], options: ConvertOptions, notes: list[str]) -> list[OutputTensor]:

@@ -158,9 +158,9 @@ def _name(report: OptimizerReport, params: list[tuple[str, tuple[int, ...]]], so
             f"{len(indices)} optimizer parameters but {len(params)} model parameters: names not resolved"
         )
         return
-    position = {index: params[i] for i, index in enumerate(indices)}
+    position: dict[Any, tuple[str | None, tuple[int, ...]]] = {index: params[i] for i, index in enumerate(indices)}
     for state in report.state:
-        name, shape = position.get(state.index, (None, None))
+        name, shape = position.get(state.index, (None, ()))
         if name is None or any(tuple(t["shape"]) != tuple(shape) for t in state.tensors.values() if t["shape"]):
             report.notes.append(f"state {state.index} does not match parameter {name!r}: names not resolved")
             for s in report.state:

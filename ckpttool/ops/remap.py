@@ -92,7 +92,9 @@ def _raw_pickle(src: str, fmt: str) -> Decoded:
     """The main pickle as an inert graph, exactly as the file holds it."""
     if fmt == ZIP:
         archive = open_archive(src)
-        return read_pickle(archive, archive.record("data.pkl"))
+        entry = archive.record("data.pkl")
+        assert entry is not None  # read_checkpoint found it
+        return read_pickle(archive, entry)
     seen: list[tuple[str, Decoded]] = []
     if fmt == LEGACY_TAR:
         read_legacy_tar(src, seen)

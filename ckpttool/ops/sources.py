@@ -71,8 +71,9 @@ class TrustedSource:
 
 def file_sources(
     checkpoint: Checkpoint, root: str | None
-) -> tuple[list[tuple[str, FileSource]], str | None, list[str]]:
+) -> tuple[list[tuple[str, Source]], str | None, list[str]]:
     weights = find_weights(checkpoint.root, root)
     if weights.root is None:
         raise WeightsNotFoundError("no weights found; name them with --root", path=checkpoint.path)
-    return [(t.key, FileSource(t.tensor)) for t in weights.tensors], weights.root, list(weights.notes)
+    sources: list[tuple[str, Source]] = [(t.key, FileSource(t.tensor)) for t in weights.tensors]
+    return sources, weights.root, list(weights.notes)

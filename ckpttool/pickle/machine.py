@@ -262,11 +262,11 @@ class _Machine:
                     pos += 5
                 elif op == 0x75:  # SETITEMS
                     self.op_pos = pos
-                    items = stack
+                    pairs = stack
                     stack = self.pop_mark_of(metastack)
-                    if len(items) % 2:
+                    if len(pairs) % 2:
                         raise self.error("SETITEMS with an odd number of items", pos)
-                    self.set_items(stack[-1], items, "SETITEMS")
+                    self.set_items(stack[-1], pairs, "SETITEMS")
                     pos += 1
                 elif op == 0x7D:  # EMPTY_DICT
                     stack.append({})
@@ -330,8 +330,10 @@ class _Machine:
             self.problem(f"{func.qualname} given {_describe(target)} to {use}")
 
     def apply_hook(self, func: TrackedGlobal, args: tuple[Any, ...]) -> Any:
+        hook = func.hook
+        assert hook is not None
         try:
-            return func.hook(args)
+            return hook(args)
         except CkptError:
             raise
         except Exception as exc:  # arguments a file chose: any shape is possible
