@@ -37,7 +37,7 @@ def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> None
 
 @click.group(name="reference")
 def reference() -> None:
-    """Train the tutorial models and produce checkpoint fixtures with a manifest."""
+    """Train the tutorial models, produce checkpoint fixtures, check them with ckpttool."""
 
 
 @reference.command(name="train")
@@ -194,3 +194,74 @@ def _config(
     if steps_per_epoch == 0:
         config = replace(config, steps_per_epoch=None)
     return config
+
+
+@reference.command(name="check")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--device",
+    type=click.Choice(DEVICE_CHOICES),
+    default="auto",
+    show_default=True,
+    help="Where the reloaded models are evaluated; auto: CUDA when available.",
+)
+@click.option(
+    "--data-root",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder holding torchvision's dataset files (not needed for digits).",
+)
+@click.option(
+    "--resume-epochs",
+    type=click.IntRange(min=0),
+    default=2,
+    show_default=True,
+    help="Length of the resume proof's training run (on CPU); 0 skips the proof.",
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(("table", "json")),
+    default="table",
+    show_default=True,
+    help="Output format; json carries schema_version.",
+)
+@click.option(
+    "--debug",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_set_debug,
+    help="Show a traceback when something fails.",
+)
+@click.pass_context
+def check_command(
+    ctx: click.Context,
+    directory: Path,
+    device: str,
+    data_root: Path | None,
+    resume_epochs: int,
+    fmt: str,
+) -> None:
+    """Reload every fixture in DIRECTORY through ckpttool and compare with its manifest.
+
+    \b
+    Each file listed in manifest.json: sha256 and size, the format, weights root and
+    storage locations ckpttool reads; its weights, read without running code from it
+    and loaded strictly into a fresh model, must give the recorded accuracy and loss
+    on both splits and the probe logits. So must the files that convert (safetensors,
+    pth) and remap --device cpu make from it. Bit-exact when checked on the device
+    type and torch version that recorded the numbers; otherwise logits and losses
+    within atol 1e-4 + rtol 1e-4 and accuracy within one example. Then the resume
+    proof: train, save {'model','optimizer'}, read it back through ckpttool, train
+    on; the weights must equal a straight run, bit for bit (on CPU).
+
+    Exit 0 when every check holds, 1 when one fails (each failure is listed with its
+    file), 2 when the folder or its manifest cannot be read.
+    """
+    from ckpttool.errors import EXIT_FINDINGS, EXIT_OK
+    from ckpttool.reference.check import check_fixtures
+    from ckpttool.reference.checkreport import check_json, check_table
+
+    report = check_fixtures(directory, device, data_root, resume_epochs)
+    click.echo(check_json(report) if fmt == "json" else check_table(report))
+    ctx.exit(EXIT_OK if report.ok else EXIT_FINDINGS)

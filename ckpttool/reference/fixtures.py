@@ -13,6 +13,7 @@ from ckpttool.reference.choices import STYLE_NAMES
 from ckpttool.reference.data import ReferenceData
 from ckpttool.reference.manifest import (
     DatasetRecord,
+    EvaluationRecord,
     FileRecord,
     Manifest,
     Metrics,
@@ -86,6 +87,7 @@ def file_record(saved: SavedFile, snapshot: Snapshot) -> FileRecord:
         train=metrics_of(snapshot.train),
         test=metrics_of(snapshot.test),
         probe_logits=ProbeLogits.from_tensor(snapshot.probe_logits),
+        locations=saved.locations,
     )
 
 
@@ -104,6 +106,7 @@ class PeriodicCheckpoints:
     every: int
     total_epochs: int
     inner: TrainingObserver = field(default_factory=SilentObserver)
+    located_as: str | None = None
     records: list[FileRecord] = field(default_factory=list)
 
     def on_step(self, epoch: int, step: int, steps: int, loss: float) -> None:
@@ -113,7 +116,7 @@ class PeriodicCheckpoints:
         self.inner.on_epoch_end(run, report)
         due = self.every > 0 and report.epoch % self.every == 0
         if due and report.epoch < self.total_epochs:
-            saved = save_periodic_checkpoint(run, self.directory)
+            saved = save_periodic_checkpoint(run, self.directory, self.located_as)
             self.records.append(file_record(saved, take_snapshot(run)))
 
 
@@ -124,21 +127,25 @@ def build_fixtures(
     styles: Sequence[str] = STYLE_NAMES,
     checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
     observer: TrainingObserver | None = None,
+    located_as: str | None = None,
 ) -> FixtureSet:
-    """Train `config` on `data`, save every style into `directory`, write the manifest."""
+    """Train `config` on `data`, save every style into `directory`, write the manifest.
+
+    `located_as` (e.g. `cuda:0`) writes the files as a run on that device would,
+    whatever device trains; the manifest says so, and where the numbers came from.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     periodic_every = checkpoint_every if "state-dict-optimizer" in styles else 0
     periodic = PeriodicCheckpoints(
-        directory, periodic_every, config.epochs, observer or SilentObserver()
+        directory, periodic_every, config.epochs, observer or SilentObserver(), located_as
     )
     run = TrainingRun(config, data, periodic)
     run.train_until(config.epochs)
     final = take_snapshot(run)
-    records = periodic.records + [
-        file_record(saved, final) for saved in save_styles(run, styles, directory)
-    ]
-    manifest = build_manifest(run, records)
+    saved_files = save_styles(run, styles, directory, located_as)
+    records = periodic.records + [file_record(saved, final) for saved in saved_files]
+    manifest = build_manifest(run, records, located_as)
     return FixtureSet(run, final, manifest, write_manifest(manifest, directory))
 
 
@@ -169,14 +176,19 @@ def train_config_of(manifest: Manifest) -> TrainConfig:
     )
 
 
-def build_manifest(run: TrainingRun, files: list[FileRecord]) -> Manifest:
+def build_manifest(
+    run: TrainingRun, files: list[FileRecord], located_as: str | None = None
+) -> Manifest:
     return Manifest(
         model=model_record(run),
         dataset=dataset_record(run.data),
-        training=training_record(run),
+        training=training_record(run, located_as),
         probe=probe_record(run),
         files=files,
         torch_version=torch.__version__,
+        # `take_snapshot` evaluates where the run trains; probe logits are always
+        # computed on the CPU (`TrainingRun.probe_logits`).
+        evaluation=EvaluationRecord(metrics_device=run.config.device, probe_device="cpu"),
     )
 
 
@@ -202,7 +214,7 @@ def dataset_record(data: ReferenceData) -> DatasetRecord:
     )
 
 
-def training_record(run: TrainingRun) -> TrainingRecord:
+def training_record(run: TrainingRun, located_as: str | None = None) -> TrainingRecord:
     config = run.config
     return TrainingRecord(
         epochs=config.epochs,
@@ -214,6 +226,7 @@ def training_record(run: TrainingRun) -> TrainingRecord:
         deterministic=config.deterministic,
         steps_per_epoch=config.steps_per_epoch,
         epoch_losses=[report.loss for report in run.history],
+        located_as=located_as,
     )
 
 

@@ -1,9 +1,12 @@
 """`manifest.json`: what a fixture folder holds and what each file must still do.
 
 For every file: its sha256, size, format, save style, where its weights live, the
-epoch it was saved at, the model's accuracy and loss on both splits at that point,
-and the logits of the fixed probe batch. Logits are stored exactly, as the hex of
-their little-endian float32 bytes, beside a readable list of the same numbers.
+storage locations written into it, the epoch it was saved at, the model's accuracy
+and loss on both splits at that point, and the logits of the fixed probe batch.
+Logits are stored exactly, as the hex of their little-endian float32 bytes, beside a
+readable list of the same numbers. `evaluation` says on which device the accuracy,
+loss and logits were computed: a check on that device (and torch version) must
+reproduce them bit for bit, a check elsewhere within a tolerance.
 
 This module does not import torch at import time: reading a manifest and printing
 a summary need no tensors. `ProbeLogits.to_tensor` imports it when called.
@@ -77,6 +80,9 @@ class FileRecord:
     train: Metrics
     test: Metrics
     probe_logits: ProbeLogits
+    # Storage locations written into the file, sorted (`cpu`, `cuda:0`); none for
+    # safetensors, which records no device.
+    locations: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,17 @@ class TrainingRecord:
     deterministic: bool
     steps_per_epoch: int | None
     epoch_losses: list[float]
+    # The device the files record their storages on when that is not where the run
+    # trained: a CPU run saved as a GPU run would save it (see `located`).
+    located_as: str | None = None
+
+
+@dataclass(frozen=True)
+class EvaluationRecord:
+    """Where the recorded numbers were computed: accuracy and loss, probe logits."""
+
+    metrics_device: str
+    probe_device: str
 
 
 @dataclass(frozen=True)
@@ -130,6 +147,7 @@ class Manifest:
     probe: ProbeRecord
     files: list[FileRecord]
     torch_version: str
+    evaluation: EvaluationRecord
     schema_version: int = SCHEMA_VERSION
 
     def file(self, path: str) -> FileRecord:
@@ -186,14 +204,26 @@ def _manifest_from_json(data: dict[str, Any]) -> Manifest:
     if data.get("kind") != KIND or data.get("schema_version") != SCHEMA_VERSION:
         raise ValueError(f"expected kind {KIND!r} schema_version {SCHEMA_VERSION}")
     model = dict(data["model"], input_shape=tuple(data["model"]["input_shape"]))
+    training = TrainingRecord(**data["training"])
     return Manifest(
         model=ModelRecord(**model),
         dataset=DatasetRecord(**data["dataset"]),
-        training=TrainingRecord(**data["training"]),
+        training=training,
         probe=ProbeRecord(**data["probe"]),
         files=[_file_from_json(entry) for entry in data["files"]],
         torch_version=data["torch_version"],
+        evaluation=_evaluation_from_json(data.get("evaluation"), training),
     )
+
+
+def _evaluation_from_json(
+    entry: dict[str, Any] | None, training: TrainingRecord
+) -> EvaluationRecord:
+    # Manifests written before the record existed: metrics were computed where the
+    # run trained, probe logits always on the CPU.
+    if entry is None:
+        return EvaluationRecord(metrics_device=training.device, probe_device="cpu")
+    return EvaluationRecord(**entry)
 
 
 def _file_from_json(entry: dict[str, Any]) -> FileRecord:
@@ -209,6 +239,7 @@ def _file_from_json(entry: dict[str, Any]) -> FileRecord:
         train=Metrics(**entry["train"]),
         test=Metrics(**entry["test"]),
         probe_logits=probe,
+        locations=tuple(entry.get("locations", ())),
     )
 
 

@@ -10,8 +10,9 @@
 - `safetensors`: `model.safetensors`, the state_dict with `{'format': 'pt'}` metadata
 
 Tensors are saved where they live: a run on a GPU gives files whose storages say
-`cuda`, like the files people bring from GPU machines. Each file is written to a
-temporary name in the destination folder and renamed into place.
+`cuda`, like the files people bring from GPU machines. `located_as` writes that
+location from any machine (see `located`). Each file is written to a temporary name
+in the destination folder and renamed into place.
 
 Sizes: a state_dict is 4 bytes per parameter; files that add Adam's state are 3x
 that, SGD's 2x. vgg16 (134M parameters) gives ~537 MB per weights-only file and
@@ -21,9 +22,10 @@ that, SGD's 2x. vgg16 (134M parameters) gives ~537 MB per weights-only file and
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +35,7 @@ from safetensors.torch import save_file
 
 from ckpttool.errors import UsageError
 from ckpttool.reference.choices import STYLE_NAMES
+from ckpttool.reference.located import host_side_state, saved_as_located, storage_locations
 from ckpttool.reference.train import TrainingRun
 
 TORCH_ZIP = "torch-zip"
@@ -48,6 +51,8 @@ class SavedFile:
     format: str
     weights_root: str
     epoch: int
+    # Every storage location written into the file, sorted; none for safetensors.
+    locations: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -126,28 +131,54 @@ def periodic_file_name(epoch: int) -> str:
 
 
 def save_style(
-    run: TrainingRun, style_name: str, directory: Path, file_name: str | None = None
+    run: TrainingRun,
+    style_name: str,
+    directory: Path,
+    file_name: str | None = None,
+    located_as: str | None = None,
 ) -> SavedFile:
-    """Write `run`'s current state in one style into `directory`."""
+    """Write `run`'s current state in one style into `directory`.
+
+    `located_as` (e.g. `cuda:0`) records the storages on that device, as a save from
+    a GPU run does, whatever device the run is on.
+    """
     style = SAVE_STYLES[style_name]
     path = Path(directory) / (file_name or style.file_name)
     payload = style.payload(run)
+    locations: tuple[str, ...] = ()
     if style.format == SAFETENSORS:
         _write_atomically(
             path, lambda temp: save_file(_contiguous(payload), temp, metadata={"format": "pt"})
         )
     else:
-        _write_atomically(path, lambda temp: torch.save(payload, temp))
-    return SavedFile(path, style.name, style.format, style.weights_root, run.epochs_done)
+        with _located(run, located_as):
+            locations = tuple(storage_locations(payload))
+            _write_atomically(path, lambda temp: torch.save(payload, temp))
+    return SavedFile(path, style.name, style.format, style.weights_root, run.epochs_done, locations)
 
 
-def save_styles(run: TrainingRun, styles: Iterable[str], directory: Path) -> list[SavedFile]:
-    return [save_style(run, name, directory) for name in styles]
+def save_styles(
+    run: TrainingRun, styles: Iterable[str], directory: Path, located_as: str | None = None
+) -> list[SavedFile]:
+    return [save_style(run, name, directory, located_as=located_as) for name in styles]
 
 
-def save_periodic_checkpoint(run: TrainingRun, directory: Path) -> SavedFile:
+def save_periodic_checkpoint(
+    run: TrainingRun, directory: Path, located_as: str | None = None
+) -> SavedFile:
     """The tutorial's `{'state_dict','optimizer'}` written every few epochs."""
-    return save_style(run, "state-dict-optimizer", directory, periodic_file_name(run.epochs_done))
+    return save_style(
+        run, "state-dict-optimizer", directory, periodic_file_name(run.epochs_done), located_as
+    )
+
+
+@contextlib.contextmanager
+def _located(run: TrainingRun, located_as: str | None) -> Iterator[None]:
+    if located_as is None:
+        yield
+        return
+    with saved_as_located(located_as, keep=host_side_state(run.optimizer)):
+        yield
 
 
 def _contiguous(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

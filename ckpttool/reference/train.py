@@ -142,7 +142,8 @@ def reproducible(device: torch.device, seed: int) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _deterministic_kernels(device: torch.device) -> Iterator[None]:
-    """CPU: `torch.use_deterministic_algorithms`. CUDA: cuDNN without autotuning.
+    """CPU: `torch.use_deterministic_algorithms`. CUDA: cuDNN without autotuning, and
+    float32 kept float32 (no TF32), so that GPU numbers stay close to the CPU's.
 
     On CUDA full determinism would need a cuBLAS workspace setting made before CUDA
     starts, so bit-exact results are promised on CPU only.
@@ -158,10 +159,41 @@ def _deterministic_kernels(device: torch.device) -> Iterator[None]:
     else:
         cudnn.deterministic, cudnn.benchmark = True, False
     try:
-        yield
+        with _full_float32(device):
+            yield
     finally:
         torch.use_deterministic_algorithms(saved_flags[0], warn_only=saved_flags[1])
         cudnn.deterministic, cudnn.benchmark = saved_cudnn
+
+
+@contextlib.contextmanager
+def _full_float32(device: torch.device) -> Iterator[None]:
+    """On CUDA, convolutions and matmuls in IEEE float32 rather than TF32.
+
+    TF32 (cuDNN's default for convolutions) keeps 10 mantissa bits: logits would
+    move by ~1e-3 from the CPU's, beyond the tolerance `reference check` allows.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    settings = _float32_settings()
+    saved = [getattr(owner, name) for owner, name, _ in settings]
+    for owner, name, value in settings:
+        setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        for (owner, name, _), value in zip(settings, saved, strict=True):
+            setattr(owner, name, value)
+
+
+def _float32_settings() -> list[tuple[Any, str, Any]]:
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    # Only one API is touched: torch refuses to read the old `allow_tf32` flags once
+    # the new `fp32_precision` ones have been set.
+    if hasattr(cudnn, "conv"):
+        return [(cudnn.conv, "fp32_precision", "ieee"), (matmul, "fp32_precision", "ieee")]
+    return [(cudnn, "allow_tf32", False), (matmul, "allow_tf32", False)]
 
 
 def build_optimizer(name: str, model: nn.Module, lr: float) -> torch.optim.Optimizer:
@@ -264,8 +296,8 @@ class TrainingRun:
     def probe_logits(self) -> torch.Tensor:
         """The logits of the fixed probe batch, computed on CPU in eval mode.
 
-        Always on CPU, so that a fixture saved from a GPU run can be checked on any
-        machine: load it, move it to CPU, compare.
+        Always on CPU, so that a fixture saved from a GPU run can be checked bit for
+        bit on any machine: load it, compute on the CPU, compare.
         """
         return compute_probe_logits(self.model, self.data, self.spec.input_shape)
 
@@ -300,21 +332,40 @@ def evaluate_model(
 
 
 def compute_probe_logits(
-    model: nn.Module, data: ReferenceData, input_shape: tuple[int, int, int]
+    model: nn.Module,
+    data: ReferenceData,
+    input_shape: tuple[int, int, int],
+    device: torch.device | str = "cpu",
 ) -> torch.Tensor:
-    """The probe batch's logits for `model`, on CPU in eval mode, as float32."""
+    """The probe batch's logits for `model`, computed on `device` in eval mode.
+
+    Returned on the CPU as float32. `model` is left where it is: a copy is moved.
+    """
+    device = torch.device(device)
     inputs, _ = data.probe_batch(input_shape)
-    cpu_model = _on_cpu(model)
-    with reproducible(torch.device("cpu"), 0), _eval_mode(cpu_model):
-        logits: torch.Tensor = cpu_model(inputs)
-    return logits.detach().to(torch.float32).contiguous()
+    moved = _on_device(model, device)
+    with reproducible(device, 0), _eval_mode(moved):
+        logits: torch.Tensor = moved(inputs.to(device))
+    return logits.detach().to("cpu", torch.float32).contiguous()
 
 
-def _on_cpu(model: nn.Module) -> nn.Module:
-    parameters = list(model.parameters()) + list(model.buffers())
-    if all(tensor.device.type == "cpu" for tensor in parameters):
+def _on_device(model: nn.Module, device: torch.device) -> nn.Module:
+    tensors = list(model.parameters()) + list(model.buffers())
+    if all(_same_device(tensor.device, device) for tensor in tensors):
         return model
-    return copy.deepcopy(model).cpu()
+    return copy.deepcopy(model).to(device)
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    # `cuda` and `cuda:0` name the same device when 0 is the current one.
+    if a.type != b.type:
+        return False
+    if a.type != "cuda":
+        return True
+    current = torch.cuda.current_device()
+    return (a.index if a.index is not None else current) == (
+        b.index if b.index is not None else current
+    )
 
 
 @contextlib.contextmanager

@@ -1,0 +1,318 @@
+"""`reference check`: reload every fixture through ckpttool and prove it still works.
+
+For each file the manifest lists: its sha256 and size, the format and weights root
+ckpttool finds, the storage locations it names; then its weights, read by ckpttool's
+code-free reader (never `torch.load`; whole pickled models included) and loaded
+strictly into a freshly built model, must reproduce the recorded accuracy and loss
+on both splits and the probe logits (see `compare` for exact versus tolerant). The
+same holds for the files `convert` (safetensors, pth) and `remap --device cpu` make
+from it. Last, the resume proof: k epochs, save `{'model','optimizer'}`, read it back
+through ckpttool, train the rest; the weights must equal a run straight through.
+
+Every failure is a `CheckResult` naming the file, the variant and the check;
+nothing here prints. Errors that stop the whole check (no manifest, no dataset) are
+`CkptError`s.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ckpttool.errors import CkptError, UsageError
+from ckpttool.formats import read_checkpoint
+from ckpttool.load import load, load_state_dict
+from ckpttool.reference.compare import (
+    DEFAULT_TOLERANCE,
+    Comparison,
+    Mode,
+    Tolerance,
+    compare_logits,
+    compare_metrics,
+    comparison_mode,
+)
+from ckpttool.reference.data import ReferenceData, load_dataset
+from ckpttool.reference.derived import AS_SAVED, DERIVATIONS, Derivation, make_derived
+from ckpttool.reference.fixtures import probe_input_sha256, sha256_of, train_config_of
+from ckpttool.reference.manifest import FileRecord, Manifest, read_manifest
+from ckpttool.reference.models import ModelSpec, get_model_spec
+from ckpttool.reference.resume import ResumeProof, prove_resume
+from ckpttool.reference.train import (
+    compute_probe_logits,
+    evaluate_model,
+    reproducible,
+    resolve_device,
+)
+from ckpttool.weights import find_weights
+
+# Two epochs, resumed after the first: the shortest run that proves the point.
+DEFAULT_RESUME_EPOCHS = 2
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One check: of a fixture file (as saved, or a file made from it), or of the run."""
+
+    # The fixture's name in the manifest; None for the dataset and resume checks.
+    file: str | None
+    # `file` (the fixture as saved), `safetensors`, `pth`, `remap-cpu`; "" for none.
+    variant: str
+    check: str
+    ok: bool
+    detail: str
+
+
+@dataclass
+class CheckReport:
+    """Everything `reference check` found about one fixture folder."""
+
+    directory: Path
+    manifest: Manifest
+    device: str
+    metrics_mode: Mode
+    logits_mode: Mode
+    tolerance: Tolerance
+    results: list[CheckResult] = field(default_factory=list)
+    resume: ResumeProof | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return all(result.ok for result in self.results)
+
+    @property
+    def failures(self) -> list[CheckResult]:
+        return [result for result in self.results if not result.ok]
+
+
+def check_fixtures(
+    directory: Path,
+    device: str = "auto",
+    data_root: Path | None = None,
+    resume_epochs: int = DEFAULT_RESUME_EPOCHS,
+    tolerance: Tolerance = DEFAULT_TOLERANCE,
+) -> CheckReport:
+    """Check every fixture of `directory` against its manifest; see the module doc.
+
+    `device` evaluates the reloaded models (`auto`: CUDA when present); the resume
+    proof always trains on the CPU, where it is bit-exact. `resume_epochs` 0 skips it.
+    """
+    started = time.perf_counter()
+    if resume_epochs == 1:
+        raise UsageError("the resume proof needs at least 2 epochs (or 0 to skip it)")
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    data = load_dataset(manifest.dataset.name, data_root)
+    checker = FixtureChecker(manifest, data, torch.device(resolve_device(device)), tolerance)
+    report = checker.new_report(directory)
+    report.results += checker.check_dataset()
+    with tempfile.TemporaryDirectory(prefix="ckpttool-reference-check-") as scratch:
+        for record in manifest.files:
+            report.results += checker.check_file(directory, record, Path(scratch))
+        if resume_epochs:
+            report.resume, result = check_resume(manifest, data, resume_epochs, Path(scratch))
+            report.results.append(result)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+@dataclass
+class FixtureChecker:
+    """Checks the files of one manifest on one device."""
+
+    manifest: Manifest
+    data: ReferenceData
+    device: torch.device
+    tolerance: Tolerance = DEFAULT_TOLERANCE
+    spec: ModelSpec = field(init=False)
+    metrics_mode: Mode = field(init=False)
+    logits_mode: Mode = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.spec = get_model_spec(self.manifest.model.name)
+        evaluation, recorded_torch = self.manifest.evaluation, self.manifest.torch_version
+        self.metrics_mode = comparison_mode(evaluation.metrics_device, recorded_torch, self.device)
+        self.logits_mode = comparison_mode(evaluation.probe_device, recorded_torch, self.device)
+
+    def new_report(self, directory: Path) -> CheckReport:
+        return CheckReport(
+            directory,
+            self.manifest,
+            str(self.device),
+            self.metrics_mode,
+            self.logits_mode,
+            self.tolerance,
+        )
+
+    def check_dataset(self) -> list[CheckResult]:
+        """The data must be what the manifest's numbers were computed on."""
+        recorded, data = self.manifest.dataset, self.data
+        sizes = (len(data.train), len(data.test))
+        size_check = Comparison(
+            "sizes",
+            sizes == (recorded.train_size, recorded.test_size),
+            f"{sizes[0]} train / {sizes[1]} test; the manifest has "
+            f"{recorded.train_size} / {recorded.test_size}",
+        )
+        inputs, labels = data.probe_batch(self.spec.input_shape)
+        probe = self.manifest.probe
+        same_probe = probe_input_sha256(inputs) == probe.input_sha256 and (
+            [int(label) for label in labels] == probe.labels
+        )
+        detail = (
+            "same images and labels"
+            if same_probe
+            else "the probe batch differs from the manifest's"
+        )
+        checks = [size_check, Comparison("probe-input", same_probe, detail)]
+        return [CheckResult(None, "", f"dataset-{c.check}", c.ok, c.detail) for c in checks]
+
+    def check_file(self, directory: Path, record: FileRecord, scratch: Path) -> list[CheckResult]:
+        """The fixture as saved, then each file ckpttool makes from it."""
+        path = directory / record.path
+        if not path.is_file():
+            return [CheckResult(record.path, AS_SAVED, "exists", False, f"{path} is missing")]
+        comparisons = integrity_checks(path, record)
+        comparisons += self.check_weights(path, record.weights_root, record)
+        results = [_result(record, AS_SAVED, comparison) for comparison in comparisons]
+        for derivation in DERIVATIONS:
+            if derivation.applies(record):
+                results += self.check_derived(path, record, derivation, scratch)
+        return results
+
+    def check_derived(
+        self, path: Path, record: FileRecord, derivation: Derivation, scratch: Path
+    ) -> list[CheckResult]:
+        try:
+            made = make_derived(scratch, derivation, path, record)
+        except CkptError as error:
+            comparisons = [Comparison("make", False, one_line(error))]
+        else:
+            comparisons = (
+                []
+                if derivation.locations is None
+                else [locations_check(made, derivation.locations)]
+            )
+            comparisons += self.check_weights(made, derivation.weights_root(record), record)
+        return [_result(record, derivation.variant, comparison) for comparison in comparisons]
+
+    def check_weights(self, path: Path, root: str, record: FileRecord) -> list[Comparison]:
+        """Read the weights through ckpttool, load them strictly, re-evaluate, compare."""
+        try:
+            model, count = self.load_model(path, root)
+        except (CkptError, RuntimeError) as error:
+            return [Comparison("load", False, one_line(error))]
+        loaded = Comparison("load", True, f"{count} tensors, strict")
+        return [loaded, *self.evaluate(model, record)]
+
+    def load_model(self, path: Path, root: str) -> tuple[nn.Module, int]:
+        state = load_state_dict(str(path), root=root)
+        # Built under a fixed seed inside `reproducible`, which restores the caller's
+        # random state: the initial values are overwritten anyway.
+        with reproducible(torch.device("cpu"), 0):
+            model = self.spec.create()
+        model.load_state_dict(state, strict=True)
+        return model.to(self.device), len(state)
+
+    def evaluate(self, model: nn.Module, record: FileRecord) -> list[Comparison]:
+        shape, data, mode, tolerance = (
+            self.spec.input_shape,
+            self.data,
+            self.metrics_mode,
+            self.tolerance,
+        )
+        train = evaluate_model(model, data, data.train, shape, self.device)
+        test = evaluate_model(model, data, data.test, shape, self.device)
+        logits = compute_probe_logits(model, data, shape, self.device)
+        return [
+            *compare_metrics("train", record.train, train, mode, tolerance),
+            *compare_metrics("test", record.test, test, mode, tolerance),
+            compare_logits(record.probe_logits.to_tensor(), logits, self.logits_mode, tolerance),
+        ]
+
+
+def integrity_checks(path: Path, record: FileRecord) -> list[Comparison]:
+    """The bytes are the recorded ones; ckpttool sees the recorded format, root, devices."""
+    size, digest = path.stat().st_size, sha256_of(path)
+    same = digest == record.sha256 and size == record.size
+    detail = f"{digest[:16]}..., {size} bytes"
+    if not same:
+        detail = f"expected {record.sha256[:16]}... ({record.size} bytes), got {detail}"
+    checks = [Comparison("sha256", same, detail)]
+    try:
+        checkpoint = read_checkpoint(str(path))
+        found_root = find_weights(checkpoint.root).root
+    except CkptError as error:
+        return [*checks, Comparison("read", False, one_line(error))]
+    checks.append(_expect("format", record.format, checkpoint.format))
+    checks.append(_expect("weights-root", record.weights_root, found_root))
+    if record.locations:
+        checks.append(_expect("locations", list(record.locations), _locations_of(checkpoint)))
+    return checks
+
+
+def locations_check(path: Path, expected: tuple[str, ...]) -> Comparison:
+    try:
+        found = _locations_of(read_checkpoint(str(path)))
+    except CkptError as error:
+        return Comparison("locations", False, one_line(error))
+    return _expect("locations", list(expected), found)
+
+
+def _locations_of(checkpoint: Any) -> list[str]:
+    return sorted({storage.location for storage in checkpoint.storages.values()})
+
+
+def _expect(check: str, expected: Any, actual: Any) -> Comparison:
+    if expected == actual:
+        return Comparison(check, True, _shown(actual))
+    return Comparison(check, False, f"expected {_shown(expected)}, got {_shown(actual)}")
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(value) or "none"
+    return repr(value) if value == "" else str(value)
+
+
+def _result(record: FileRecord, variant: str, comparison: Comparison) -> CheckResult:
+    return CheckResult(record.path, variant, comparison.check, comparison.ok, comparison.detail)
+
+
+def one_line(error: BaseException) -> str:
+    """An error as one line: torch's load_state_dict messages span several."""
+    return " ".join(str(error).split())
+
+
+def check_resume(
+    manifest: Manifest, data: ReferenceData, epochs: int, scratch: Path
+) -> tuple[ResumeProof | None, CheckResult]:
+    """The manifest's training, `epochs` long on the CPU, resumed half way through
+    a checkpoint that ckpttool's reader loads."""
+    config = replace(train_config_of(manifest), epochs=epochs, device="cpu")
+    try:
+        proof = prove_resume(config, data, scratch / "resume", read_checkpoint_through_ckpttool)
+    except (CkptError, RuntimeError, KeyError, TypeError, ValueError) as error:
+        return None, CheckResult(None, "", "resume", False, one_line(error))
+    how = f"{epochs} epochs on cpu, resumed after {proof.split_epoch} from ckpttool's reader"
+    if proof.identical:
+        detail = f"{how}: all {proof.compared} weights and optimizer values bit-identical"
+    else:
+        shown = ", ".join(proof.mismatched[:3]) + (", ..." if len(proof.mismatched) > 3 else "")
+        detail = f"{how}: {len(proof.mismatched)} of {proof.compared} values differ ({shown})"
+    return proof, CheckResult(None, "", "resume", proof.identical, detail)
+
+
+def read_checkpoint_through_ckpttool(path: Path) -> Mapping[str, Any]:
+    """A `resume.CheckpointLoader` that never runs code from the file."""
+    loaded = load(str(path))
+    if not isinstance(loaded, Mapping):
+        raise UsageError(f"expected a dict of 'model' and 'optimizer', got {type(loaded).__name__}")
+    return loaded

@@ -1,0 +1,140 @@
+"""Comparing what a reloaded fixture does with what its manifest recorded.
+
+Numbers recomputed on the device and torch version that recorded them must be
+reproduced bit for bit: evaluation there is deterministic, so any difference means
+the weights differ. Recomputed elsewhere (a CUDA check of CPU-recorded numbers, or
+another torch release whose kernels sum in another order) they must agree within
+`Tolerance`:
+
+- logits and losses: |actual - expected| <= atol + rtol * |expected|, with
+  atol = rtol = 1e-4. float32 carries ~7 significant digits; a kernel that sums the
+  same products in another order (784 inputs to `fc1` here) moves a logit of size
+  ~10 by ~1e-6, and a GPU kept off TF32 (see `train.reproducible`) stays within
+  ~1e-5. 1e-4 leaves a margin of ten or more over that, while any real change to
+  the weights (a flipped exponent bit, another epoch's file) moves logits by far more.
+- accuracy: at most one example may change its prediction, since a logit that moves
+  within the tolerance can flip the argmax of a near tie.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ckpttool.reference.manifest import Metrics
+from ckpttool.reference.resume import same_bits
+from ckpttool.reference.train import Evaluation
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """How far a number may move when it is recomputed on another device or torch."""
+
+    atol: float = 1e-4
+    rtol: float = 1e-4
+    # Predictions that may change: a near tie can flip within the logits' tolerance.
+    accuracy_examples: int = 1
+
+
+DEFAULT_TOLERANCE = Tolerance()
+
+
+@dataclass(frozen=True)
+class Mode:
+    """Whether recorded numbers must be reproduced bit for bit, and why."""
+
+    exact: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One recorded number (or tensor) against its recomputed value."""
+
+    check: str
+    ok: bool
+    detail: str
+
+
+def comparison_mode(recorded_device: str, recorded_torch: str, device: torch.device) -> Mode:
+    """Exact on the device type and torch version that recorded; tolerant otherwise."""
+    recorded = torch.device(recorded_device).type
+    if recorded != device.type:
+        return Mode(False, f"recorded on {recorded}, checked on {device.type}")
+    if recorded_torch != torch.__version__:
+        return Mode(
+            False, f"recorded with torch {recorded_torch}, checked with torch {torch.__version__}"
+        )
+    return Mode(True, f"recorded and checked on {recorded} with torch {torch.__version__}")
+
+
+def compare_metrics(
+    split: str, expected: Metrics, actual: Evaluation, mode: Mode, tolerance: Tolerance
+) -> list[Comparison]:
+    """`{split}-accuracy` and `{split}-loss` of one split."""
+    if actual.examples != expected.examples:
+        detail = f"the manifest has {expected.examples} examples, the dataset {actual.examples}"
+        return [Comparison(f"{split}-{name}", False, detail) for name in ("accuracy", "loss")]
+    return [
+        _compare_accuracy(f"{split}-accuracy", expected, actual, mode, tolerance),
+        _compare_number(f"{split}-loss", expected.loss, actual.loss, mode, tolerance),
+    ]
+
+
+def _compare_accuracy(
+    check: str, expected: Metrics, actual: Evaluation, mode: Mode, tolerance: Tolerance
+) -> Comparison:
+    text = f"expected {expected.accuracy:.4f}, got {actual.accuracy:.4f}"
+    if mode.exact:
+        ok = actual.accuracy == expected.accuracy
+        return Comparison(check, ok, f"{actual.accuracy:.4f}" if ok else text)
+    moved = abs(
+        round(actual.accuracy * actual.examples) - round(expected.accuracy * expected.examples)
+    )
+    ok = moved <= tolerance.accuracy_examples
+    return Comparison(check, ok, f"{text} ({moved} of {actual.examples} predictions differ)")
+
+
+def _compare_number(
+    check: str, expected: float, actual: float, mode: Mode, tolerance: Tolerance
+) -> Comparison:
+    if mode.exact:
+        ok = actual == expected or (math.isnan(actual) and math.isnan(expected))
+        return Comparison(
+            check, ok, f"{actual:.6g}" if ok else f"expected {expected!r}, got {actual!r}"
+        )
+    difference = abs(actual - expected)
+    ok = difference <= tolerance.atol + tolerance.rtol * abs(expected)
+    return Comparison(
+        check, ok, f"expected {expected:.6g}, got {actual:.6g} (differs by {difference:.2g})"
+    )
+
+
+def compare_logits(
+    expected: torch.Tensor, actual: torch.Tensor, mode: Mode, tolerance: Tolerance
+) -> Comparison:
+    """The probe logits: every bit when exact, else every value within the tolerance."""
+    check = "probe-logits"
+    if expected.shape != actual.shape:
+        return Comparison(
+            check, False, f"expected shape {tuple(expected.shape)}, got {tuple(actual.shape)}"
+        )
+    expected, actual = expected.to(torch.float32), actual.to(torch.float32)
+    difference = (actual - expected).abs()
+    largest = float(difference.nan_to_num(nan=math.inf).max()) if difference.numel() else 0.0
+    if mode.exact:
+        if same_bits(expected, actual):
+            return Comparison(check, True, f"bit-exact, {expected.numel()} values")
+        differing = int((expected.view(torch.int32) != actual.view(torch.int32)).sum())
+        detail = f"{differing} of {expected.numel()} values differ, by up to {largest:.3g}"
+        return Comparison(check, False, detail)
+    close = torch.isclose(
+        actual, expected, rtol=tolerance.rtol, atol=tolerance.atol, equal_nan=True
+    )
+    if bool(close.all()):
+        return Comparison(check, True, f"within tolerance, differ by up to {largest:.2g}")
+    beyond = int((~close).sum())
+    detail = f"{beyond} of {expected.numel()} values beyond tolerance, by up to {largest:.3g}"
+    return Comparison(check, False, detail)
