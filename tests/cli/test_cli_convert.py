@@ -323,3 +323,15 @@ def test_trust_when_torch_cannot_load_is_one_error_line(cli: Cli, tmp_path: Path
     result = cli("convert", "--trust", src, dst)
     assert_one_error_line(result, str(src))
     assert_nothing_written(tmp_path, dst)
+
+
+@pytest.mark.parametrize("name", ["cnn_whole_model_main", "dtypes", "tied_weights_whole_model"])
+def test_pth_output_is_a_plain_state_dict_scan_calls_safe(cli: Cli, name: str, tmp_path: Path) -> None:
+    # A whole pickled model goes in; what comes out names no class but torch's own.
+    dst = tmp_path / "model.pt"
+    convert_json(cli, fixture(name), dst, "--dedupe")
+    result = cli("scan", "--format", "json", dst)
+    assert result.exit_code == 0, result.stdout
+    (report,) = cli_json(result)["files"]
+    assert report["verdict"] == "safe"
+    assert all(g["module"] in ("torch", "torch._utils", "torch.storage", "collections") for g in report["globals"])

@@ -83,11 +83,7 @@ def castable(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
 
 
 def convert_cases() -> list[Any]:
-    return [
-        pytest.param(record, to, id=f"{record['name']}-{to}")
-        for to in FORMATS
-        for record in convertible(to)
-    ]
+    return [pytest.param(record, to, id=f"{record['name']}-{to}") for to in FORMATS for record in convertible(to)]
 
 
 # -- every fixture, both formats ------------------------------------------------------------------
@@ -178,9 +174,7 @@ SHARING = [
 
 @pytest.mark.parametrize("name", SHARING)
 @pytest.mark.parametrize("to", FORMATS)
-def test_shared_storages_and_views_are_written_not_refused(
-    name: str, to: str, tmp_path: Path
-) -> None:
+def test_shared_storages_and_views_are_written_not_refused(name: str, to: str, tmp_path: Path) -> None:
     record = BY_NAME[name]
     expected = ground_truth_weights(record)
     assert tied_groups(expected), "the fixture ties tensors"  # what makes this case hard
@@ -216,9 +210,7 @@ def test_dedupe_safetensors_stores_tied_tensors_once(name: str, tmp_path: Path) 
         assert len(kept) == 1, group
         assert {aliases[key] for key in group if key != kept[0]} == {kept[0]}
     tied = {key for group in tied_groups(expected) for key in group}
-    assert set(aliases) <= tied, (
-        "only tied tensors may become aliases (slices of one storage are not)"
-    )
+    assert set(aliases) <= tied, "only tied tensors may become aliases (slices of one storage are not)"
     for key, tensor in expected.items():
         assert tensors_equal(actual[aliases.get(key, key)], tensor), key
 
@@ -256,10 +248,7 @@ def test_dtype_casts_floating_tensors_only(name: str, to: str, dtype: str, tmp_p
     record = BY_NAME[name]
     source = ground_truth_weights(record)
     target = getattr(torch, dtype)
-    expected = {
-        key: castable(t, target) if castable(t, target) is not None else t
-        for key, t in source.items()
-    }
+    expected = {key: castable(t, target) if castable(t, target) is not None else t for key, t in source.items()}
     dst = destination(tmp_path, to)
     report = run_convert(fixture_path(record), dst, to=to, dtype=dtype)
     assert_same_tensors(load_output(dst, to), expected)
@@ -311,14 +300,10 @@ def _renamed(key: str) -> str:
     [((), ((r".*", "same"),)), (("conv1.", "conv2."), ())],
     ids=["rename-to-one-name", "strip-to-collision"],
 )
-def test_names_that_collide_are_refused(
-    strip: tuple[str, ...], renames: Any, tmp_path: Path
-) -> None:
+def test_names_that_collide_are_refused(strip: tuple[str, ...], renames: Any, tmp_path: Path) -> None:
     dst = tmp_path / "out.safetensors"
     with pytest.raises(UsageError):
-        run_convert(
-            fixture_path(BY_NAME["cnn_state_dict"]), dst, strip_prefixes=strip, renames=renames
-        )
+        run_convert(fixture_path(BY_NAME["cnn_state_dict"]), dst, strip_prefixes=strip, renames=renames)
     assert_nothing_written(tmp_path, dst)
 
 
@@ -452,9 +437,7 @@ def test_destination_that_is_a_folder_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("to", FORMATS)
-def test_output_is_written_to_a_temp_file_beside_dst(
-    to: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_output_is_written_to_a_temp_file_beside_dst(to: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     opened: list[str] = []
     original = OutputSet.open
 
@@ -473,9 +456,7 @@ def test_output_is_written_to_a_temp_file_beside_dst(
 # -- --trust --------------------------------------------------------------------------------------
 
 
-def test_trust_loads_with_torch_load_weights_only_false(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_trust_loads_with_torch_load_weights_only_false(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     record = BY_NAME["model_optimizer_checkpoint"]
     calls: list[Mapping[str, Any]] = []
     original = torch.load  # noqa: TID251 - a spy that passes every call through
@@ -534,3 +515,41 @@ def test_pth_output_loads_with_weights_only_and_mmap(tmp_path: Path) -> None:
     run_convert(fixture_path(record), dst, to="pth")
     loaded = torch_load_weights_only(dst, mmap=True)
     assert_same_tensors(dict(loaded), ground_truth_weights(record), ordered=True)
+
+
+# -- byte order ------------------------------------------------------------------------------------
+
+
+def big_endian_copy(name: str, folder: Path) -> Path:
+    """The fixture rewritten as a big-endian machine saves it (records swapped, `byteorder`
+    = big), with the generator's own rewriter."""
+    import sys
+
+    fixtures = str(fixture_path(BY_NAME[name]).parents[1])
+    if fixtures not in sys.path:
+        sys.path.append(fixtures)
+    from fixturegen.zip_rewrite import rewrite_big_endian
+
+    target = folder / f"{name}_big_endian.pt"
+    rewrite_big_endian(fixture_path(BY_NAME[name]), target)
+    return target
+
+
+@pytest.mark.parametrize("name", ["tensor_layouts", "tied_weights_state_dict", "batchnorm_state_dict"])
+@pytest.mark.parametrize("dedupe", [False, True])
+@pytest.mark.parametrize("dtype", [None, "bfloat16"])
+def test_big_endian_source_to_safetensors(name: str, dedupe: bool, dtype: str | None, tmp_path: Path) -> None:
+    # Swapped records cannot be copied as they are: each tensor is read, swapped, written.
+    src = big_endian_copy(name, tmp_path)
+    source = dict(torch_load_trusted(src))
+    assert_same_tensors(source, ground_truth_weights(BY_NAME[name]))  # the rewrite is faithful
+    target = getattr(torch, dtype) if dtype else None
+    expected = {key: t.to(target) if target is not None and t.is_floating_point() else t for key, t in source.items()}
+    dst = tmp_path / "out.safetensors"
+    run_convert(src, dst, dedupe=dedupe, dtype=dtype)
+    actual = load_output(dst, "safetensors")
+    aliases = json.loads(safetensors_metadata(dst).get(ALIASES_KEY, "{}"))
+    assert bool(aliases) == (dedupe and bool(tied_groups(source)))
+    for alias, kept in aliases.items():
+        actual[alias] = actual[kept]
+    assert_same_tensors(actual, expected)
