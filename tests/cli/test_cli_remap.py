@@ -71,8 +71,9 @@ def test_gpu_checkpoint_to_cpu(
     cli: Cli, name: str, storages: int | None, changed: dict[str, int] | None, tmp_path: Path
 ) -> None:
     src, dst = fixture(name), tmp_path / "cpu.pt"
-    with pytest.raises(RuntimeError, match="CUDA"):
-        load_plain(src)  # this machine has no GPU: the source does not load as it is
+    if not torch.cuda.is_available():  # as on this test machine: the source does not load as it is
+        with pytest.raises(RuntimeError, match="CUDA"):
+            load_plain(src)
     report = remap_json(cli, src, dst, "--device", "cpu")
 
     assert set(report) == REPORT_FIELDS

@@ -26,7 +26,6 @@ import torch
 from click.testing import Result
 from groundtruth import (
     COMMITTED_DIR,
-    TORCH_FORMATS,
     data_record_offsets,
     fixture_path,
     globals_of,
@@ -52,10 +51,6 @@ NO_SAFETENSORS_DTYPE = {
     "big_endian_dtypes": "complex128 has no safetensors dtype",
 }
 CONVERT_REFUSED = {**NO_WEIGHTS, **NOT_DENSE}
-
-# remap rewrites torch checkpoints (zip, legacy, legacy tar); other formats have no
-# pickle of storage locations to rewrite.
-REMAPPABLE_FORMATS = TORCH_FORMATS
 
 
 def ids(records: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -208,6 +203,38 @@ def tied_groups(tensors: Mapping[str, torch.Tensor]) -> list[list[str]]:
     return [keys for keys in groups.values() if len(keys) > 1 and tensors[keys[0]].numel() > 0]
 
 
+# -- zip records and temporary names --------------------------------------------------------------
+
+
+def raw_records(path: Path) -> dict[str, bytes]:
+    """Every record of a stored (uncompressed) zip checkpoint, keyed by its name without the
+    archive's folder, read raw: no CRC check, since some fixtures carry zero CRCs on purpose."""
+    raw = Path(path).read_bytes()
+    records: dict[str, bytes] = {}
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            name_length, extra_length = struct.unpack_from("<HH", raw, info.header_offset + 26)
+            start = info.header_offset + 30 + name_length + extra_length
+            records[info.filename.split("/", 1)[1]] = raw[start : start + info.file_size]
+    return records
+
+
+def record_bytes(path: Path) -> dict[str, bytes]:
+    """Every `data/<key>` record of a zip checkpoint, keyed by `<key>`."""
+    return {name.removeprefix("data/"): data for name, data in raw_records(path).items() if name.startswith("data/")}
+
+
+def pickle_globals(pickle_bytes: bytes) -> set[str]:
+    """`module.name` of every GLOBAL in a protocol 2 pickle, Python 2 names read as Python 3's
+    (`__builtin__.set` and `builtins.set` are one class)."""
+    return {name.replace("__builtin__.", "builtins.", 1) for name in globals_of(pickle_bytes)}
+
+
+def expected_dst_temp_name(dst: Path, temp: str) -> bool:
+    name = Path(temp).name
+    return Path(temp).parent == dst.parent and name.startswith(f".{dst.name}.") and name.endswith(TEMP_SUFFIX)
+
+
 # -- the CLI --------------------------------------------------------------------------------------
 
 
@@ -247,56 +274,6 @@ def quiet_torch_notices() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
         yield
-
-
-def raw_records(path: Path) -> dict[str, bytes]:
-    """Every record of a stored (uncompressed) zip checkpoint, keyed by its name without the
-    archive's folder, read raw: no CRC check, since some fixtures carry zero CRCs on purpose."""
-    raw = Path(path).read_bytes()
-    records: dict[str, bytes] = {}
-    with zipfile.ZipFile(path) as archive:
-        for info in archive.infolist():
-            name_length, extra_length = struct.unpack_from("<HH", raw, info.header_offset + 26)
-            start = info.header_offset + 30 + name_length + extra_length
-            records[info.filename.split("/", 1)[1]] = raw[start : start + info.file_size]
-    return records
-
-
-def record_bytes(path: Path) -> dict[str, bytes]:
-    """Every `data/<key>` record of a zip checkpoint, keyed by `<key>`."""
-    return {
-        name.removeprefix("data/"): data
-        for name, data in raw_records(path).items()
-        if name.startswith("data/")
-    }
-
-
-def pickle_globals(pickle_bytes: bytes) -> set[str]:
-    """`module.name` of every GLOBAL in a protocol 2 pickle, Python 2 names read as Python 3's
-    (`__builtin__.set` and `builtins.set` are one class)."""
-    return {name.replace("__builtin__.", "builtins.", 1) for name in globals_of(pickle_bytes)}
-
-
-def is_legacy_tar_record(record: Mapping[str, Any]) -> bool:
-    return record["format"] == "torch-legacy-tar"
-
-
-def storage_offsets_are_views(tensors: Mapping[str, torch.Tensor]) -> bool:
-    """Whether any tensor is a non-contiguous view or starts inside its storage."""
-    return any(
-        not t.is_contiguous() or t.storage_offset() > 0
-        for t in tensors.values()
-        if t.layout == torch.strided
-    )
-
-
-def expected_dst_temp_name(dst: Path, temp: str) -> bool:
-    name = Path(temp).name
-    return (
-        Path(temp).parent == dst.parent
-        and name.startswith(f".{dst.name}.")
-        and name.endswith(TEMP_SUFFIX)
-    )
 
 
 # -- a file scan calls dangerous ------------------------------------------------------------------

@@ -71,9 +71,7 @@ OPERATIONS = [
     Operation("convert-safetensors", "out.safetensors", _converter(to="safetensors")),
     Operation("convert-pth", "out.pt", _converter(to="pth")),
     Operation("convert-cast", "out.safetensors", _converter(to="safetensors", dtype="float16")),
-    Operation(
-        "convert-sharded", "model.safetensors", _converter(to="safetensors", shard_size=10_000)
-    ),
+    Operation("convert-sharded", "model.safetensors", _converter(to="safetensors", shard_size=10_000)),
     Operation("convert-sharded-pth", "pytorch_model.bin", _converter(to="pth", shard_size=10_000)),
     Operation("remap", "out.pt", _remapper, GPU_SOURCE),
 ]
@@ -179,9 +177,7 @@ def disk_quota(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], DiskQuota]:
 
 
 @pytest.mark.parametrize("op", OPERATIONS, ids=OPERATION_IDS)
-@pytest.mark.parametrize(
-    "share", [0.0, 0.1, 0.5, 0.99], ids=["no-space", "10pct", "half", "all-but-the-end"]
-)
+@pytest.mark.parametrize("share", [0.0, 0.1, 0.5, 0.99], ids=["no-space", "10pct", "half", "all-but-the-end"])
 def test_full_disk_midway_leaves_nothing(
     op: Operation, share: float, tmp_path: Path, disk_quota: Callable[[int], DiskQuota]
 ) -> None:
@@ -256,9 +252,7 @@ class WriterBroke(RuntimeError):
     pass
 
 
-def fail_on_call(
-    number: int, exception: BaseException, original: Callable[..., Any]
-) -> Callable[..., Any]:
+def fail_on_call(number: int, exception: BaseException, original: Callable[..., Any]) -> Callable[..., Any]:
     """`original`, except that its `number`-th call raises `exception`."""
     calls = 0
 
@@ -272,22 +266,16 @@ def fail_on_call(
     return wrapper
 
 
-@pytest.mark.parametrize(
-    "exception", [WriterBroke("writer broke"), KeyboardInterrupt()], ids=["error", "interrupt"]
-)
+@pytest.mark.parametrize("exception", [WriterBroke("writer broke"), KeyboardInterrupt()], ids=["error", "interrupt"])
 @pytest.mark.parametrize("op", OPERATIONS, ids=OPERATION_IDS)
 def test_exception_in_the_writer_leaves_nothing(
     op: Operation, exception: BaseException, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The third tensor record: after the output has been opened and partly written.
     if op.name.startswith("convert") and "pth" not in op.name:
-        monkeypatch.setattr(
-            convert_module, "_write_data", fail_on_call(3, exception, convert_module._write_data)
-        )
+        monkeypatch.setattr(convert_module, "_write_data", fail_on_call(3, exception, convert_module._write_data))
     else:
-        monkeypatch.setattr(
-            ZipWriter, "write_range", fail_on_call(3, exception, ZipWriter.write_range)
-        )
+        monkeypatch.setattr(ZipWriter, "write_range", fail_on_call(3, exception, ZipWriter.write_range))
     fails_cleanly(op, tmp_path, type(exception))
 
 
@@ -295,9 +283,7 @@ def rename_cases() -> list[Any]:
     cases = [pytest.param(op, 1, id=f"{op.name}-first") for op in OPERATIONS]
     # Shards and their index land together: a rename failing after the first one
     # must not leave the shards already renamed.
-    cases += [
-        pytest.param(op, 2, id=f"{op.name}-second") for op in OPERATIONS if "sharded" in op.name
-    ]
+    cases += [pytest.param(op, 2, id=f"{op.name}-second") for op in OPERATIONS if "sharded" in op.name]
     return cases
 
 
@@ -379,9 +365,7 @@ def test_source_record_corrupted_during_the_run_is_caught(
 
 
 @pytest.mark.parametrize("op", TENSOR_OPERATIONS, ids=[op.name for op in TENSOR_OPERATIONS])
-def test_forced_tensor_mismatch_leaves_nothing(
-    op: Operation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_forced_tensor_mismatch_leaves_nothing(op: Operation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Both comparisons: bytes copied as they are, and bytes compared with a cast.
     monkeypatch.setattr(convert_module, "same_bytes", lambda a, b: False)
     monkeypatch.setattr(convert_module, "range_equals", lambda span, expected: False)
@@ -403,16 +387,12 @@ def test_forced_mismatch_in_the_last_shard_removes_the_earlier_ones(
     fails_cleanly(OPERATIONS[3], tmp_path, VerificationError)
 
 
-def test_forced_remap_mismatch_leaves_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_forced_remap_mismatch_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(remap_module, "equivalent", lambda a, b, location=None: False)
     fails_cleanly(OPERATIONS[-1], tmp_path, VerificationError)
 
 
-def test_forced_remap_record_mismatch_leaves_nothing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_forced_remap_record_mismatch_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(remap_module, "_crc", lambda storage: -1)
     fails_cleanly(OPERATIONS[-1], tmp_path, VerificationError)
 
@@ -472,7 +452,5 @@ def test_a_successful_run_after_a_failed_one_is_complete(
     fails_cleanly(op, tmp_path, OSError)
     quota.free = 1 << 40
     op.run(fixture_path(op.source), tmp_path / op.dst_name, False)
-    assert_same_tensors(
-        load_output(tmp_path / op.dst_name, "safetensors"), ground_truth_weights(op.source)
-    )
+    assert_same_tensors(load_output(tmp_path / op.dst_name, "safetensors"), ground_truth_weights(op.source))
     assert temp_files(tmp_path) == []

@@ -102,15 +102,11 @@ def test_special_values_spelled_out(specials_file: Path) -> None:
 
 
 @pytest.mark.parametrize("chunk", [1, 7, 64])
-def test_chunked_reduction_combines_exactly(
-    chunk: int, specials_file: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_chunked_reduction_combines_exactly(chunk: int, specials_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Tensors split over many chunks must give the single-pass answer.
     monkeypatch.setattr(stats_module, "CHUNK_ELEMENTS", chunk)
     truth = {**special_tensors(), **ground_truth_weights(BY_NAME["cnn_state_dict"])}
-    rows = all_stats(weight_tensors(specials_file)) + all_stats(
-        weight_tensors(fixture_path(BY_NAME["cnn_state_dict"]))
-    )
+    rows = all_stats(weight_tensors(specials_file)) + all_stats(weight_tensors(fixture_path(BY_NAME["cnn_state_dict"])))
     for row in rows:
         assert_stats_match(row, truth[row.key])
 

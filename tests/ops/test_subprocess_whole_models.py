@@ -83,9 +83,7 @@ class Job:
             ["convert", "--to", "pth", str(self.src), str(self.output("pt"))],
         ]
         if self.record["format"] in TORCH_FORMATS:
-            commands.append(
-                ["remap", "--device", "cpu", str(self.src), str(self.output("remapped.pt"))]
-            )
+            commands.append(["remap", "--device", "cpu", str(self.src), str(self.output("remapped.pt"))])
         return commands
 
 
@@ -149,9 +147,7 @@ def test_converted_whole_model_equals_its_state_dict(
 
 
 @pytest.mark.parametrize("record", WHOLE_MODELS, ids=ids(WHOLE_MODELS))
-def test_remapped_whole_model_equals_torch_load(
-    record: dict[str, Any], child_run: ChildRun
-) -> None:
+def test_remapped_whole_model_equals_torch_load(record: dict[str, Any], child_run: ChildRun) -> None:
     output = Job(record, child_run.folder).output("remapped.pt")
     assert output.exists(), child_run.stderr
     assert storage_locations(output) == {"cpu"}
