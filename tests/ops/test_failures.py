@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from groundtruth import fixture_path, ground_truth_weights
+from groundtruth import fixture_path, ground_truth_weights, tensors_equal, torch_load_trusted
 from ops.support import (
     BY_NAME,
     ERROR_PREFIX,
@@ -362,6 +362,21 @@ def test_source_record_corrupted_during_the_run_is_caught(
         op.run(src, dst, False)
     assert flipped
     assert_nothing_written(tmp_path, dst)
+
+
+@pytest.mark.parametrize("to", ["safetensors", "pth"])
+def test_record_corrupted_before_the_run_converts_to_what_torch_reads(to: str, tmp_path: Path) -> None:
+    # torch does not check data records against their CRC-32 either: a byte flipped before
+    # the run is part of the source, and the output must equal what torch.load reads.
+    (tmp_path / "src").mkdir()
+    src = copy_fixture(SOURCE, tmp_path / "src")
+    flip_byte(src, record_data_offset(src, "data/0") + 3)
+    corrupted = dict(torch_load_trusted(src))
+    assert not all(tensors_equal(corrupted[k], t) for k, t in ground_truth_weights(SOURCE).items())
+    dst = tmp_path / f"out.{'safetensors' if to == 'safetensors' else 'pt'}"
+    with unchanged(src):
+        convert(str(src), str(dst), ConvertOptions(to=to))
+    assert_same_tensors(load_output(dst, to), corrupted)
 
 
 @pytest.mark.parametrize("op", TENSOR_OPERATIONS, ids=[op.name for op in TENSOR_OPERATIONS])
