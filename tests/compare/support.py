@@ -257,7 +257,10 @@ def renamed(state: Mapping[str, torch.Tensor], option: str) -> OrderedDict[str, 
     return _with_metadata(items, state)
 
 
-def dense_zeros_like(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's state_dict keys, shapes and dtypes over one zero each: a checkpoint of
-    a large architecture that costs a few bytes (shapes come from the pickle alone)."""
-    return {k: torch.zeros((), dtype=v.dtype).expand(v.shape) for k, v in model.state_dict().items()}
+def dense_zeros_like(model: nn.Module) -> OrderedDict[str, Any]:
+    """The model's state_dict keys, shapes, dtypes and module versions over one zero each:
+    a checkpoint of a large architecture that costs a few bytes (the pickle alone gives
+    the shapes). A saved state_dict keeps its `_metadata`; so does this one."""
+    state = model.state_dict()
+    items = [(k, torch.zeros((), dtype=v.dtype).expand(v.shape)) for k, v in state.items()]
+    return _with_metadata(items, state)
