@@ -22,6 +22,7 @@ from groundtruth import FIXTURES_DIR, tensors_equal
 from torch import nn
 
 COMPARE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = COMPARE_DIR.parents[1]
 TUTORIAL_MODELS_FILE = FIXTURES_DIR / "tutorial_models.py"
 CHECK_MODELS_FILE = COMPARE_DIR / "checkmodels.py"
 ERROR_PREFIX = "ckpttool: error: "
