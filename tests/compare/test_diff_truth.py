@@ -429,3 +429,40 @@ def test_library_tolerance_matches_cli(tmp_path: Path, cnn_state: dict[str, torc
     b = save(perturbed(cnn_state, MOVED_KEY, MOVED_INDEX, DELTA), tmp_path / "b.pth")
     assert not diff(str(a), str(b), DiffOptions()).identical
     assert diff(str(a), str(b), DiffOptions(Tolerance(atol=2 * DELTA))).identical
+
+
+# -- one-element weights are weights, not entries ------------------------------------------------
+
+
+def scalar_weights(temperature: float, batches: int) -> dict[str, torch.Tensor]:
+    """A bare state_dict whose 0-dim tensors are weights: a learned temperature and a
+    BatchNorm counter, as `model.state_dict()` holds them."""
+    return {
+        "proj.weight": torch.eye(3),
+        "temperature": torch.tensor(temperature),
+        "bn.num_batches_tracked": torch.tensor(batches),
+    }
+
+
+def test_one_element_weights_follow_the_tolerance(cli: Cli, tmp_path: Path) -> None:
+    """A 0-dim weight within --atol is equal, as torch.allclose says for every tensor."""
+    a, b = scalar_weights(1.0, 7), scalar_weights(1.0 + 1e-6, 7)
+    assert all(torch.allclose(a[k].double(), b[k].double(), atol=1e-3, rtol=0) for k in a)
+    code, report = run_diff(cli, save(a, tmp_path / "a.pth"), save(b, tmp_path / "b.pth"), "--atol", 1e-3)
+    assert_agrees_with_torch(report, a, b, lambda x, y: torch_allclose(x, y, rtol=0, atol=1e-3))
+    assert (code, report["identical"], report["entries_mismatch"]) == (0, True, [])
+
+
+def test_one_element_weights_differ_as_values_once(cli: Cli, tmp_path: Path) -> None:
+    """A moved 0-dim weight is one value mismatch, not also a differing entry."""
+    a, b = scalar_weights(1.0, 7), scalar_weights(2.0, 8)
+    code, report = run_diff(cli, save(a, tmp_path / "a.pth"), save(b, tmp_path / "b.pth"))
+    assert code == 1
+    assert {row["key"] for row in report["value_mismatch"]} == {"temperature", "bn.num_batches_tracked"}
+    assert report["entries_mismatch"] == []
+
+
+def test_keys_only_ignores_one_element_weight_values(cli: Cli, tmp_path: Path) -> None:
+    a, b = scalar_weights(1.0, 7), scalar_weights(2.0, 8)
+    code, report = run_diff(cli, save(a, tmp_path / "a.pth"), save(b, tmp_path / "b.pth"), "--keys-only")
+    assert (code, report["identical"], report["entries_mismatch"]) == (0, True, [])
