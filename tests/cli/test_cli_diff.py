@@ -1,0 +1,262 @@
+"""`ckpttool diff A B` on the command line: exit codes (0 identical, 1 different, 2
+unreadable or misused), data on stdout and diagnostics on stderr, and the table, JSON
+and CSV forms of one report agreeing row for row.
+
+Whether the comparisons themselves are right is tested against torch in
+tests/compare/test_diff_truth.py; here the files are small and made in tmp_path.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from click.testing import Result
+from conftest import cli_json
+from groundtruth import COMMITTED_DIR
+
+Cli = Callable[..., Result]
+ERROR_PREFIX = "ckpttool: error: "
+JSON_FIELDS = {
+    "schema_version", "a", "b", "identical", "only_in_a", "only_in_b", "shape_mismatch",
+    "dtype_mismatch", "value_mismatch", "entries_mismatch", "equal", "keys_only",
+}  # fmt: skip
+CSV_HEADER = ["key", "difference", "detail"]
+PTH = COMMITTED_DIR / "cnn_state_dict.pth"
+SAFETENSORS = COMMITTED_DIR / "cnn.safetensors"
+
+
+def save(obj: Any, path: Path) -> Path:
+    torch.save(obj, path)
+    return path
+
+
+def summary(stdout: str) -> dict[str, str]:
+    """The `name:  value` lines above the table."""
+    block = stdout.split("\n\n", 1)[0]
+    pairs = (line.split(":", 1) for line in block.splitlines())
+    return {name.strip(): value.strip() for name, value in pairs}
+
+
+def table_rows(stdout: str) -> list[list[str]]:
+    """Rows of the table below the summary, cut at the columns its dashed rule marks."""
+    parts = stdout.split("\n\n", 1)
+    if len(parts) == 1:
+        return []
+    header, rule, *rows = parts[1].splitlines()
+    spans, start = [], 0
+    for dashes in rule.split("  "):
+        if dashes:
+            begin = rule.index(dashes, start)
+            spans.append((begin, begin + len(dashes)))
+            start = begin + len(dashes)
+    assert [header[b:e].strip() for b, e in spans] == CSV_HEADER
+    bounds = [b for b, _ in spans] + [None]
+    return [[row[bounds[i] : bounds[i + 1]].strip() for i in range(len(spans))] for row in rows]
+
+
+def strict_json(text: str) -> Any:
+    """JSON as the standard defines it: no NaN or Infinity."""
+
+    def refuse(name: str) -> Any:
+        raise AssertionError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def assert_one_error_line(result: Result, *names: str) -> None:
+    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(ERROR_PREFIX), result.stderr
+    for name in names:
+        assert name in lines[0], (name, lines[0])
+
+
+# -- identical ------------------------------------------------------------------------------------
+
+
+def test_identical_table(cli: Cli) -> None:
+    result = cli("diff", PTH, SAFETENSORS)
+    assert result.exit_code == 0
+    assert result.stderr == ""
+    assert summary(result.stdout) == {"a": str(PTH), "b": str(SAFETENSORS), "result": "IDENTICAL", "equal tensors": "6"}
+    assert table_rows(result.stdout) == []
+
+
+def test_identical_json(cli: Cli) -> None:
+    result = cli("diff", PTH, SAFETENSORS, "--format", "json")
+    assert (result.exit_code, result.stderr) == (0, "")
+    report = cli_json(result)
+    assert set(report) == JSON_FIELDS
+    assert report["schema_version"] == 1
+    assert (report["a"], report["b"], report["identical"], report["equal"]) == (str(PTH), str(SAFETENSORS), True, 6)
+    assert report["keys_only"] is False
+
+
+def test_identical_csv_has_only_the_header(cli: Cli) -> None:
+    result = cli("diff", PTH, SAFETENSORS, "--format", "csv")
+    assert result.exit_code == 0
+    assert list(csv.reader(io.StringIO(result.stdout))) == [CSV_HEADER]
+
+
+# -- different ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def differing(tmp_path: Path) -> tuple[Path, Path]:
+    """Two training checkpoints with one difference of every kind."""
+    weights = {"same": torch.arange(4.0), "moved": torch.zeros(3), "cast": torch.ones(2), "shape": torch.ones(2, 3)}
+    a = {**weights, "gone": torch.ones(1, 2)}
+    b = {**weights, "moved": torch.tensor([0.0, 0.5, 0.0]), "cast": torch.ones(2, dtype=torch.float64),
+         "shape": torch.ones(3, 2), "new": torch.ones(5)}  # fmt: skip
+    return (
+        save({"epoch": 1, "state_dict": a}, tmp_path / "a.ckpt"),
+        save({"epoch": 2, "state_dict": b}, tmp_path / "b.ckpt"),
+    )
+
+
+EXPECTED_ROWS = [
+    ["gone", "only in a", ""],
+    ["new", "only in b", ""],
+    ["shape", "shape", "[2, 3] vs [3, 2]"],
+    ["cast", "dtype", "float32 vs float64"],
+    ["moved", "values", "max abs 0.5, max rel 1, 1 elements differ"],
+    ["epoch", "entry", "1 vs 2"],
+]
+
+
+def test_differences_table(cli: Cli, differing: tuple[Path, Path]) -> None:
+    result = cli("diff", *differing)
+    assert (result.exit_code, result.stderr) == (1, "")
+    assert summary(result.stdout)["result"] == "DIFFERENT"
+    assert summary(result.stdout)["equal tensors"] == "1"
+    assert table_rows(result.stdout) == EXPECTED_ROWS
+
+
+def test_differences_csv(cli: Cli, differing: tuple[Path, Path]) -> None:
+    result = cli("diff", *differing, "--format", "csv")
+    assert (result.exit_code, result.stderr) == (1, "")
+    header, *rows = csv.reader(io.StringIO(result.stdout))
+    assert header == CSV_HEADER
+    assert rows == EXPECTED_ROWS
+
+
+def test_differences_json(cli: Cli, differing: tuple[Path, Path]) -> None:
+    result = cli("diff", *differing, "--format", "json")
+    assert (result.exit_code, result.stderr) == (1, "")
+    report = cli_json(result)
+    assert report["identical"] is False
+    assert (report["only_in_a"], report["only_in_b"]) == (["gone"], ["new"])
+    assert report["shape_mismatch"] == [{"key": "shape", "a": [2, 3], "b": [3, 2]}]
+    assert report["dtype_mismatch"] == [{"key": "cast", "a": "float32", "b": "float64"}]
+    assert report["value_mismatch"] == [{"key": "moved", "max_abs": 0.5, "max_rel": 1.0, "mismatched": 1}]
+    assert report["entries_mismatch"] == [{"key": "epoch", "a": 1, "b": 2}]
+    assert report["equal"] == 1
+
+
+def test_tolerance_options_change_the_exit_code(cli: Cli, tmp_path: Path) -> None:
+    a = save({"w": torch.tensor([1.0, 2.0])}, tmp_path / "a.pth")
+    b = save({"w": torch.tensor([1.0, 2.001])}, tmp_path / "b.pth")
+    assert cli("diff", a, b).exit_code == 1
+    assert cli("diff", a, b, "--atol", "0.01").exit_code == 0
+    assert cli("diff", a, b, "--rtol", "0.001").exit_code == 0
+    assert cli("diff", a, b, "--rtol", "0.0001").exit_code == 1
+
+
+def test_equal_nan_option(cli: Cli, tmp_path: Path) -> None:
+    path = save({"w": torch.tensor([1.0, float("nan")])}, tmp_path / "nan.pth")
+    assert cli("diff", path, path).exit_code == 1
+    result = cli("diff", path, path, "--equal-nan", "--format", "json")
+    assert (result.exit_code, cli_json(result)["identical"]) == (0, True)
+
+
+def test_keys_only_flag_in_every_format(cli: Cli, tmp_path: Path) -> None:
+    a = save({"w": torch.zeros(3)}, tmp_path / "a.pth")
+    b = save({"w": torch.ones(3)}, tmp_path / "b.pth")
+    result = cli("diff", a, b, "--keys-only", "--format", "json")
+    assert result.exit_code == 0
+    assert cli_json(result)["keys_only"] is True
+    assert cli("diff", a, b, "--keys-only").exit_code == 0
+
+
+def test_overflowing_errors_still_give_valid_json(cli: Cli, tmp_path: Path) -> None:
+    """float64 values whose difference (or ratio) exceeds the largest double: the report is
+    still JSON, exit 1, not an internal error."""
+    a = save({"w": torch.tensor([1e308, 1.0], dtype=torch.float64)}, tmp_path / "a.pth")
+    b = save({"w": torch.tensor([-1e308, 5e-324], dtype=torch.float64)}, tmp_path / "b.pth")
+    result = cli("diff", a, b, "--format", "json")
+    assert result.exit_code == 1, result.stderr
+    assert result.stderr == ""
+    report = strict_json(result.stdout)
+    (row,) = report["value_mismatch"]
+    assert (row["key"], row["mismatched"]) == ("w", 2)
+    assert row["max_abs"] is None or isinstance(row["max_abs"], str) or math.isfinite(row["max_abs"])
+
+
+def test_all_and_roots_are_accepted(cli: Cli, tmp_path: Path) -> None:
+    weights = {"w": torch.ones(2)}
+    path = save({"model": weights, "ema": {"w": torch.zeros(2)}}, tmp_path / "both.pt")
+    assert cli("diff", path, path, "--all").exit_code == 0
+    assert cli("diff", path, path, "--root-a", "model", "--root-b", "ema").exit_code == 1
+    assert cli("diff", path, path, "--root-a", "ema", "--root-b", "ema").exit_code == 0
+
+
+# -- unreadable input and misuse: exit 2, one line on stderr ------------------------------------
+
+
+def unreadable_files(folder: Path) -> dict[str, Path]:
+    text = folder / "notes.pt"
+    text.write_text("these are not tensors\n")
+    empty = folder / "empty.pth"
+    empty.write_bytes(b"")
+    truncated = folder / "truncated.pth"
+    truncated.write_bytes(PTH.read_bytes()[:1000])
+    not_sharded = folder / "folder"
+    not_sharded.mkdir()
+    return {"missing": folder / "gone.pth", "text": text, "empty": empty, "truncated": truncated, "folder": not_sharded}
+
+
+@pytest.mark.parametrize("kind", ["missing", "text", "empty", "truncated", "folder"])
+@pytest.mark.parametrize("side", ["a", "b"])
+def test_unreadable_input_exits_2(cli: Cli, tmp_path: Path, kind: str, side: str) -> None:
+    bad = unreadable_files(tmp_path)[kind]
+    args = (bad, PTH) if side == "a" else (PTH, bad)
+    for fmt in ("table", "json"):
+        assert_one_error_line(cli("diff", *args, "--format", fmt), bad.name)
+
+
+def test_unknown_root_names_the_root_and_the_file(cli: Cli) -> None:
+    assert_one_error_line(cli("diff", PTH, SAFETENSORS, "--root-b", "nowhere"), "nowhere", str(SAFETENSORS))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("--atol", "-1"), ("--rtol", "-0.5"), ("--atol", "tight"), ("--format", "xml")],
+    ids=["negative-atol", "negative-rtol", "not-a-number", "unknown-format"],
+)
+def test_bad_options_exit_2(cli: Cli, args: tuple[str, ...]) -> None:
+    result = cli("diff", PTH, SAFETENSORS, *args)
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert args[0] in result.stderr or "negative" in result.stderr
+
+
+def test_one_path_is_a_usage_error(cli: Cli) -> None:
+    result = cli("diff", PTH)
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert "B" in result.stderr
+
+
+def test_help_lists_every_option(cli: Cli) -> None:
+    result = cli("diff", "--help")
+    assert result.exit_code == 0
+    for option in ("--atol", "--rtol", "--equal-nan", "--keys-only", "--all", "--root-a", "--root-b", "--format"):
+        assert option in result.stdout
