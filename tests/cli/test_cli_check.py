@@ -100,7 +100,9 @@ class SystemCall:
 # -- passing files ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", [CLEAN, SAFETENSORS, COMMITTED_DIR / "sharded_safetensors"], ids=["pth", "safetensors", "sharded"])
+@pytest.mark.parametrize(
+    "path", [CLEAN, SAFETENSORS, COMMITTED_DIR / "sharded_safetensors"], ids=["pth", "safetensors", "sharded"]
+)
 def test_clean_file_passes(cli: Cli, path: Path) -> None:
     result = cli("check", path)
     assert (result.exit_code, result.stderr) == (0, "")

@@ -25,7 +25,6 @@ COMPARE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = COMPARE_DIR.parents[1]
 TUTORIAL_MODELS_FILE = FIXTURES_DIR / "tutorial_models.py"
 CHECK_MODELS_FILE = COMPARE_DIR / "checkmodels.py"
-ERROR_PREFIX = "ckpttool: error: "
 
 # float8 and float4 have no torch.equal kernel; float8 widens to float32 exactly, and
 # the packed float4 pairs have no arithmetic at all, so only their bits can be compared.
@@ -47,15 +46,6 @@ def output_json(result: Result) -> Any:
     """The JSON document a command printed on stdout (stderr kept apart)."""
     assert result.stdout, f"no output; stderr: {result.stderr!r}"
     return json.loads(result.stdout)
-
-
-def assert_one_error_line(result: Result, names: str) -> None:
-    """Exit 2 with nothing on stdout and one `ckpttool: error:` line that names `names`."""
-    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
-    assert result.stdout == ""
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(ERROR_PREFIX), result.stderr
-    assert names in lines[0], lines[0]
 
 
 # -- diff: torch.equal and torch.allclose, per tensor ---------------------------------------------
@@ -96,7 +86,7 @@ def torch_allclose(a: torch.Tensor, b: torch.Tensor, rtol: float, atol: float, e
 
 
 @dataclass(frozen=True)
-class ValueErrors:
+class LargestErrors:
     """The largest errors between two same-shaped tensors, as diff defines them:
     over the elements finite in both, |a-b| and |a-b|/|b| where b is not zero."""
 
@@ -110,7 +100,7 @@ def widened(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to(torch.complex128) if tensor.is_complex() else tensor.double()
 
 
-def value_errors(a: torch.Tensor, b: torch.Tensor, close: torch.Tensor) -> ValueErrors:
+def value_errors(a: torch.Tensor, b: torch.Tensor, close: torch.Tensor) -> LargestErrors:
     da, db = widened(a).reshape(-1), widened(b).reshape(-1)
     finite = torch.isfinite(da) & torch.isfinite(db)
     error = (da - db).abs()[finite]
@@ -118,7 +108,7 @@ def value_errors(a: torch.Tensor, b: torch.Tensor, close: torch.Tensor) -> Value
     max_abs = float(error.max()) if error.numel() else 0.0
     nonzero = scale > 0
     max_rel = float((error[nonzero] / scale[nonzero]).max()) if bool(nonzero.any()) else 0.0
-    return ValueErrors(max_abs, max_rel, int((~close.reshape(-1)).sum()))
+    return LargestErrors(max_abs, max_rel, int((~close.reshape(-1)).sum()))
 
 
 def elementwise_close(
@@ -137,10 +127,6 @@ def perturbed(state: Mapping[str, torch.Tensor], key: str, index: int, delta: fl
     copy = {k: v.detach().clone() for k, v in state.items()}
     copy[key].view(-1)[index] += delta
     return copy
-
-
-def cast_floats(state: Mapping[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    return {k: v.to(dtype) if v.is_floating_point() else v.clone() for k, v in state.items()}
 
 
 # -- optimizer: optimizer.state_dict() ----------------------------------------------------------
@@ -179,7 +165,9 @@ def parameter_index_names(model: nn.Module, optimizer: torch.optim.Optimizer) ->
     return {index: name_of[id(p)] for index, p in enumerate(params)}
 
 
-def take_steps(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Callable[[], torch.Tensor], steps: int = 2) -> None:
+def take_steps(
+    model: nn.Module, optimizer: torch.optim.Optimizer, batch: Callable[[], torch.Tensor], steps: int = 2
+) -> None:
     """Real training steps, so every state tensor and counter exists as after training."""
     for _ in range(steps):
         optimizer.zero_grad()

@@ -19,16 +19,6 @@ import pytest
 import torch
 import torchvision
 from click.testing import Result
-from groundtruth import (
-    fixture_path,
-    fixture_record,
-    ground_truth_weights,
-    torch_load_trusted,
-    tutorial_models,
-    weights_at,
-)
-from torch import nn
-
 from compare import checkmodels
 from compare.support import (
     CHECK_MODELS_FILE,
@@ -41,6 +31,15 @@ from compare.support import (
     save,
     spec,
 )
+from groundtruth import (
+    fixture_path,
+    fixture_record,
+    ground_truth_weights,
+    torch_load_trusted,
+    tutorial_models,
+    weights_at,
+)
+from torch import nn
 
 Cli = Callable[..., Result]
 State = Mapping[str, torch.Tensor]
@@ -101,7 +100,8 @@ def dataparallel_batchnorm(tmp: Path) -> Built:
 
 
 def compiled(tmp: Path) -> Built:
-    return plain_state(tmp / "compiled.pth", torch.compile(seeded(cnn)))
+    compiled_model = cast(nn.Module, torch.compile(seeded(cnn)))  # an OptimizedModule
+    return plain_state(tmp / "compiled.pth", compiled_model)
 
 
 def lightning(tmp: Path) -> Built:
@@ -167,16 +167,26 @@ CASES: list[tuple[Case, Callable[[Path], Built]]] = [
     (Case("dataparallel", CNN_SPEC, cnn, best_fix="--strip-prefix module."), dataparallel),
     (Case("dataparallel_other_head", CNN_SPEC, cnn, best_fix="--strip-prefix module."), dataparallel_other_head),
     (
-        Case("dataparallel_batchnorm", BATCHNORM_SPEC, tutorial_models().BatchNormNet, best_fix="--strip-prefix module."),
+        Case(
+            "dataparallel_batchnorm", BATCHNORM_SPEC, tutorial_models().BatchNormNet, best_fix="--strip-prefix module."
+        ),
         dataparallel_batchnorm,
     ),
     (Case("torch_compile", CNN_SPEC, cnn, best_fix="--strip-prefix _orig_mod."), compiled),
     (Case("lightning", CNN_SPEC, cnn, best_fix="--strip-prefix model."), lightning),
     (Case("warm_start", spec(CHECK_MODELS_FILE, "WarmStartCNN"), checkmodels.WarmStartCNN), warm_start_source),
-    (Case("add_prefix", spec(CHECK_MODELS_FILE, "Wrapped"), checkmodels.Wrapped, best_fix="--rename ^=backbone."), plain_cnn),
+    (
+        Case("add_prefix", spec(CHECK_MODELS_FILE, "Wrapped"), checkmodels.Wrapped, best_fix="--rename ^=backbone."),
+        plain_cnn,
+    ),
     (Case("half_precision", CNN_SPEC, cnn), half_precision),
     (
-        Case("other_root", spec(CHECK_MODELS_FILE, "Discriminator"), checkmodels.Discriminator, best_fix="--root discriminator"),
+        Case(
+            "other_root",
+            spec(CHECK_MODELS_FILE, "Discriminator"),
+            checkmodels.Discriminator,
+            best_fix="--root discriminator",
+        ),
         gan,
     ),
     (Case("old_batchnorm", BATCHNORM_SPEC, tutorial_models().BatchNormNet), old_batchnorm),

@@ -16,6 +16,15 @@ from typing import Any
 import pytest
 import torch
 from click.testing import Result
+from compare.support import (
+    elementwise_close,
+    output_json,
+    perturbed,
+    save,
+    torch_allclose,
+    torch_equal,
+    value_errors,
+)
 from groundtruth import (
     fixture_path,
     fixture_record,
@@ -28,16 +37,6 @@ from safetensors.torch import load_file
 import ckpttool.ops.diff as diff_module
 import ckpttool.tensordata as tensordata
 from ckpttool.ops.diff import DiffOptions, Tolerance, diff
-from compare.support import (
-    cast_floats,
-    elementwise_close,
-    output_json,
-    perturbed,
-    save,
-    torch_allclose,
-    torch_equal,
-    value_errors,
-)
 
 Cli = Callable[..., Result]
 RECORDS = load_fixture_index()

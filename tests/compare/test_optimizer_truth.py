@@ -17,9 +17,6 @@ from typing import Any
 import pytest
 import torch
 from click.testing import Result
-from groundtruth import fixture_path, fixture_record, torch_load_trusted, tutorial_models
-from torch import nn
-
 from compare import checkmodels
 from compare.support import (
     CHECK_MODELS_FILE,
@@ -33,6 +30,8 @@ from compare.support import (
     step_of,
     take_steps,
 )
+from groundtruth import fixture_path, fixture_record, torch_load_trusted, tutorial_models
+from torch import nn
 
 Cli = Callable[..., Result]
 Params = Any  # what an optimizer accepts: parameters or param group dicts
@@ -51,7 +50,9 @@ CASES = [
     OptimizerCase("adam", lambda p: torch.optim.Adam(p, lr=1e-3, betas=(0.8, 0.99), weight_decay=1e-4), "Adam"),
     OptimizerCase("adam_amsgrad", lambda p: torch.optim.Adam(p, lr=1e-3, amsgrad=True), "Adam"),
     OptimizerCase("adamw", lambda p: torch.optim.AdamW(p, lr=2e-3, weight_decay=0.05), "AdamW"),
-    OptimizerCase("sgd_momentum", lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=5e-4), "SGD-momentum"),
+    OptimizerCase(
+        "sgd_momentum", lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=5e-4), "SGD-momentum"
+    ),
     OptimizerCase("sgd_nesterov", lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, nesterov=True), "SGD-momentum"),
     OptimizerCase("rmsprop", lambda p: torch.optim.RMSprop(p, lr=1e-2, alpha=0.9), "RMSprop"),
     OptimizerCase(
@@ -76,7 +77,7 @@ def cnn_batch() -> torch.Tensor:
     return torch.randn(2, 1, 28, 28)
 
 
-def twin() -> nn.Module:
+def twin() -> checkmodels.TwinLinear:
     torch.manual_seed(0)
     return checkmodels.TwinLinear()
 
@@ -85,7 +86,9 @@ def twin_batch() -> torch.Tensor:
     return torch.randn(3, 4)
 
 
-def trained(model: nn.Module, params: Params, case: OptimizerCase, batch: Callable[[], torch.Tensor]) -> torch.optim.Optimizer:
+def trained(
+    model: nn.Module, params: Params, case: OptimizerCase, batch: Callable[[], torch.Tensor]
+) -> torch.optim.Optimizer:
     optimizer = case.build(params)
     torch.manual_seed(1)
     take_steps(model, optimizer, batch)

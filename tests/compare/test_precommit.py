@@ -17,9 +17,8 @@ from typing import Any
 
 import pytest
 from click.testing import Result
-from groundtruth import COMMITTED_DIR, data_record_offsets
-
 from compare.support import REPO_ROOT
+from groundtruth import COMMITTED_DIR, data_record_offsets
 
 Cli = Callable[..., Result]
 HOOKS_FILE = REPO_ROOT / ".pre-commit-hooks.yaml"
@@ -76,8 +75,15 @@ def test_parser_reads_quoted_and_flow_values() -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["model.pt", "weights/best.pth", "pytorch_model.bin", "epoch=3.ckpt", "model.safetensors",
-     "checkpoint.pth.tar", "shards/model-00001-of-00002.safetensors"],  # fmt: skip
+    [
+        "model.pt",
+        "weights/best.pth",
+        "pytorch_model.bin",
+        "epoch=3.ckpt",
+        "model.safetensors",
+        "checkpoint.pth.tar",
+        "shards/model-00001-of-00002.safetensors",
+    ],  # fmt: skip
 )
 def test_files_pattern_matches_checkpoints(hook: dict[str, Any], name: str) -> None:
     assert re.search(hook["files"], name)  # pre-commit applies `files` with re.search
