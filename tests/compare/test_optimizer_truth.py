@@ -346,3 +346,30 @@ def test_committed_fixtures(cli: Cli, name: str, kind: str) -> None:
     for report in reports:
         assert_matches_state_dict(report, truth[report["path"]])
         assert report["type"] == kind
+
+
+# -- every optimizer torch ships -------------------------------------------------------------------
+
+TORCH_OPTIMIZERS = ["Adagrad", "Adadelta", "Adamax", "NAdam", "RAdam", "ASGD", "Rprop", "LBFGS", "Adafactor"]
+
+
+@pytest.mark.parametrize("name", TORCH_OPTIMIZERS)
+def test_type_of_every_torch_optimizer(cli: Cli, tmp_path: Path, name: str) -> None:
+    """The class is not stored; its param group's hyper-parameters name it."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    optimizer = getattr(torch.optim, name)(model.parameters(), lr=0.01)
+
+    def closure() -> torch.Tensor:  # LBFGS re-evaluates; the others call it once
+        optimizer.zero_grad()
+        loss = model(torch.randn(2, 4)).square().mean()
+        loss.backward()
+        return loss
+
+    for _ in range(2):
+        optimizer.step(closure)
+    path = save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, tmp_path / "ckpt.pt")
+    (report,) = run_optimizer(cli, path)["optimizers"]
+    assert report["type"] == name
+    if name != "LBFGS":  # LBFGS keeps lists of history tensors, not per-parameter moments
+        assert_matches_state_dict(report, optimizer.state_dict())
