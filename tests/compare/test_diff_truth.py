@@ -30,6 +30,7 @@ from groundtruth import (
     fixture_record,
     ground_truth_weights,
     load_fixture_index,
+    torch_load_trusted,
     tutorial_models,
 )
 from safetensors.torch import load_file
@@ -166,6 +167,23 @@ def test_converted_safetensors_equal_their_source(cli: Cli, tmp_path: Path, name
     code, report = run_diff(cli, fixture_path(record), out)
     assert_agrees_with_torch(report, ground_truth_weights(record), load_file(out), torch_equal)
     assert (code, report["identical"], report["entries_mismatch"]) == (0, True, [])
+
+
+# Files whose tensors safetensors cannot hold (complex128) or lays out differently from
+# the source (views, strides, a big-endian byte order), converted to a plain state_dict.
+CONVERTED_TO_PTH = ["dtypes", "big_endian_dtypes", "tensor_layouts", "legacy_tar_layouts", "legacy_state_dict"]
+
+
+@pytest.mark.parametrize("name", CONVERTED_TO_PTH)
+def test_converted_pth_equals_its_source(cli: Cli, tmp_path: Path, name: str) -> None:
+    """Contiguous little-endian copies of views, strided and byte-swapped tensors compare
+    equal to the originals, as torch.equal says of each pair."""
+    record = fixture_record(name)
+    out = tmp_path / "converted.pth"
+    assert cli("convert", fixture_path(record), out, "--to", "pth").exit_code == 0
+    code, report = run_diff(cli, fixture_path(record), out)
+    assert_agrees_with_torch(report, ground_truth_weights(record), torch_load_trusted(out), torch_equal)
+    assert (code, report["identical"]) == (0, True)
 
 
 TOLERANCES = [(0.0, 0.0), (0.0, 1e-4), (0.0, 1e-3), (1e-5, 0.0), (1e-3, 0.0), (1e-5, 1e-4)]
