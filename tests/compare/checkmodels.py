@@ -110,3 +110,16 @@ class TwinLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.second(torch.tanh(self.first(x))) * self.scale
+
+
+class WeightNormNet(nn.Module):
+    """A layer under `parametrizations.weight_norm`: its state_dict keys are
+    `proj.parametrizations.weight.original0/1`, and a load hook accepts the `weight_g` /
+    `weight_v` keys the older `torch.nn.utils.weight_norm` saved."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.utils.parametrizations.weight_norm(nn.Linear(4, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)

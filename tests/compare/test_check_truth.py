@@ -144,6 +144,18 @@ def scalar_as_vector(tmp: Path) -> Built:
     return Built(save(weights, tmp / "scalar.pth"))
 
 
+def legacy_weight_norm(tmp: Path) -> Built:
+    """Keys written by the old `torch.nn.utils.weight_norm` (vocoders, wav2vec2 heads),
+    for a model that uses the parametrization: torch's load hook maps them."""
+    weights = {"proj.bias": torch.zeros(4), "proj.weight_g": torch.ones(4, 1), "proj.weight_v": torch.ones(4, 4)}
+    return Built(save(weights, tmp / "weight_norm.pth"))
+
+
+def warm_start_target(tmp: Path) -> Built:
+    """Model B's weights (A plus a head) checked against model A: the head is unexpected."""
+    return plain_state(tmp / "model_b.pth", seeded(checkmodels.WarmStartCNN))
+
+
 def plain_cnn(tmp: Path) -> Built:
     return plain_state(tmp / "cnn.pth", seeded(cnn))
 
@@ -190,6 +202,11 @@ CASES: list[tuple[Case, Callable[[Path], Built]]] = [
         gan,
     ),
     (Case("old_batchnorm", BATCHNORM_SPEC, tutorial_models().BatchNormNet), old_batchnorm),
+    (Case("warm_start_reverse", CNN_SPEC, cnn), warm_start_target),
+    (
+        Case("legacy_weight_norm", spec(CHECK_MODELS_FILE, "WeightNormNet"), checkmodels.WeightNormNet),
+        legacy_weight_norm,
+    ),
     (Case("scalar_as_vector", spec(CHECK_MODELS_FILE, "ScalarScaleNet"), checkmodels.ScalarScaleNet), scalar_as_vector),
 ]
 
