@@ -483,3 +483,25 @@ def test_keys_only_ignores_one_element_weight_values(cli: Cli, tmp_path: Path) -
     a, b = scalar_weights(1.0, 7), scalar_weights(2.0, 8)
     code, report = run_diff(cli, save(a, tmp_path / "a.pth"), save(b, tmp_path / "b.pth"), "--keys-only")
     assert (code, report["identical"], report["entries_mismatch"]) == (0, True, [])
+
+
+@pytest.mark.parametrize("atol", [1e-3, 2.0])
+def test_tolerance_on_integer_complex_and_infinite_values(cli: Cli, tmp_path: Path, atol: float) -> None:
+    """torch.allclose semantics beyond real floats: integers, complex numbers, infinities."""
+    a = {
+        "int": torch.tensor([100, 7]),
+        "complex": torch.tensor([1 + 1j, 2j], dtype=torch.complex64),
+        "inf": torch.tensor([float("inf"), 1.0]),
+    }
+    b = {
+        "int": torch.tensor([101, 7]),
+        "complex": torch.tensor([1 + 1.0001j, 2j], dtype=torch.complex64),
+        "inf": torch.tensor([float("inf"), 1.0]),
+    }
+    code, report = run_diff(cli, save(a, tmp_path / "a.pth"), save(b, tmp_path / "b.pth"), "--atol", atol)
+
+    def close(x: torch.Tensor, y: torch.Tensor) -> bool:
+        return torch.allclose(x, y, rtol=0, atol=atol)
+
+    assert_agrees_with_torch(report, a, b, close)
+    assert code == (0 if all(close(a[k], b[k]) for k in a) else 1)
