@@ -26,10 +26,10 @@ class PendingOutput:
     handle: BinaryIO
 
     def seal(self) -> None:
-        """Flush and fsync: what is verified next is what is on disk."""
+        """Flush to the file: what is verified next is what the rename will publish.
+        Like torch.save and safetensors, no fsync: durability is the filesystem's."""
         self.handle.flush()
         os.fchmod(self.handle.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600 files
-        os.fsync(self.handle.fileno())
         self.handle.close()
 
 
@@ -68,11 +68,32 @@ class OutputSet:
         return pending
 
     def commit(self) -> None:
+        """Rename every output into place; if one rename fails, undo the others and put
+        back any file they replaced, so the set lands whole or not at all."""
         for output in self.pending:
             if not output.handle.closed:
                 output.seal()
-        for output in self.pending:
-            os.replace(output.temp, output.final)
+        backups: list[tuple[str, str]] = []
+        done: list[PendingOutput] = []
+        try:
+            for output in self.pending:
+                if os.path.exists(output.final):
+                    backup = output.temp + ".previous"
+                    os.replace(output.final, backup)
+                    backups.append((backup, output.final))
+                os.replace(output.temp, output.final)
+                done.append(output)
+        except BaseException:
+            for output in done:
+                with contextlib.suppress(OSError):
+                    os.unlink(output.final)
+            for backup, final in backups:
+                with contextlib.suppress(OSError):
+                    os.replace(backup, final)
+            raise
+        for backup, _ in backups:
+            with contextlib.suppress(OSError):
+                os.unlink(backup)
         self.pending.clear()
 
     def discard(self) -> None:

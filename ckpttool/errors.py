@@ -96,7 +96,11 @@ class UnsafeFileError(CkptError):
 
 
 class VerificationError(CkptError):
-    """What was written does not read back equal to the source; nothing was kept."""
+    """What was written does not read back equal to the source; nothing was kept.
+
+    A finding, not an unreadable input: exit code 1."""
+
+    exit_code = EXIT_FINDINGS
 
 
 class OutputExistsError(CkptError):

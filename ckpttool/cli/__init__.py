@@ -96,6 +96,10 @@ class LazyGroup(click.Group):
         except MemoryError:
             click.echo("ckpttool: error: out of memory", err=True)
             ctx.exit(EXIT_ERROR)
+        except OSError as exc:  # a full disk, a file size limit, a vanished folder
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(f"ckpttool: error: {where}{exc.strerror or exc}", err=True)
+            ctx.exit(EXIT_ERROR)
         except Exception as exc:  # a bug: still one line, and a way to see more
             if ctx.meta.get(DEBUG_KEY):
                 traceback.print_exc()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckpttool.checkpoint import Checkpoint, TensorRef
+from ckpttool.errors import about
 from ckpttool.formats import read_checkpoint
 from ckpttool.ops.keys import KeyComparison, compare_keys, suggest_fixes
 from ckpttool.ops.scan import DANGEROUS, NEEDS_ALLOWLIST, scan_file
@@ -60,6 +61,11 @@ class CheckReport:
 
 
 def check(path: str, options: CheckOptions) -> CheckReport:
+    with about(path):
+        return _check(path, options)
+
+
+def _check(path: str, options: CheckOptions) -> CheckReport:
     report = CheckReport(path)
     checkpoint = read_checkpoint(path)  # unreadable files fail here: exit 2, not a finding
     _integrity(checkpoint, report)

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from ckpttool.atomic import OutputSet, output_set
 from ckpttool.checkpoint import contiguous_strides
 from ckpttool.dtypes import DTYPES
-from ckpttool.errors import FormatError, UsageError, VerificationError, WeightsNotFoundError
+from ckpttool.errors import FormatError, UsageError, VerificationError, WeightsNotFoundError, about
 from ckpttool.formats import read_checkpoint
 from ckpttool.formats.safetensors import header_bytes, read_safetensors
 from ckpttool.formats.torchzip import read_torch_zip
@@ -74,7 +74,12 @@ class OutputTensor:
     name: str
     source: Source
     dtype: str
-    aliases: list[str] = field(default_factory=list)
+    position: int  # in the source's key order; aliases keep theirs too
+    aliases: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def names(self) -> list[tuple[int, str]]:
+        return [(self.position, self.name), *self.aliases]
 
     @property
     def nbytes(self) -> int:
@@ -107,6 +112,9 @@ class ConvertReport:
 
 
 def convert(src: str, dst: str, options: ConvertOptions, progress: Progress | None = None) -> ConvertReport:
+    if options.to == PTH and dst.endswith(".safetensors"):
+        # torch.load reads any *.safetensors file as safetensors, so it could not load this one
+        raise UsageError(f"{dst}: a .pth written under a .safetensors name; name it .pth or use --to safetensors")
     sources, weights_root, notes = _sources(src, options)
     outputs = _plan(sources, options, notes)
     shards = _shard(outputs, options.shard_size)
@@ -125,9 +133,9 @@ def convert(src: str, dst: str, options: ConvertOptions, progress: Progress | No
         outputs=written,
         format=options.to,
         weights_root=weights_root,
-        tensors=sum(1 + len(o.aliases) for o in outputs),
+        tensors=sum(len(o.names) for o in outputs),
         bytes=sum(o.nbytes for o in outputs),
-        aliases={alias: o.name for o in outputs for alias in o.aliases},
+        aliases={alias: o.name for o in outputs for _, alias in o.aliases},
         cast=sum(o.dtype != o.source.dtype for o in outputs),
         notes=notes,
     )
@@ -151,14 +159,14 @@ def _plan(sources: list[tuple[str, Source]], options: ConvertOptions, notes: lis
     names = rename([name for name, _ in sources], options.strip_prefixes, options.renames, notes)
     outputs: list[OutputTensor] = []
     kept: dict[Any, OutputTensor] = {}
-    for name, (_, source) in zip(names, sources, strict=True):
+    for position, (name, (_, source)) in enumerate(zip(names, sources, strict=True)):
         dtype = options.dtype if options.dtype and DTYPES[source.dtype].is_floating else source.dtype
         _check_convertible(name, source, dtype, options.to)
         identity = source.identity() if options.dedupe else None
         if identity is not None and identity in kept:
-            kept[identity].aliases.append(name)
+            kept[identity].aliases.append((position, name))
             continue
-        output = OutputTensor(name, source, dtype)
+        output = OutputTensor(name, source, dtype, position)
         outputs.append(output)
         if identity is not None:
             kept[identity] = output
@@ -238,16 +246,17 @@ def _write_and_verify(
     else:
         _write_pth(output.handle, root_folder(path), shard, progress)
     output.seal()
-    if options.to == SAFETENSORS:
-        _verify_safetensors(output.temp, shard, _metadata(shard, options.metadata))
-    else:
-        _verify_pth(output.temp, shard)
+    with about(output.final):  # the temporary file is gone by the time anyone reads this
+        if options.to == SAFETENSORS:
+            _verify_safetensors(output.temp, shard, _metadata(shard, options.metadata))
+        else:
+            _verify_pth(output.temp, shard)
 
 
 def _metadata(shard: list[OutputTensor], user: dict[str, str]) -> dict[str, str]:
     # transformers refuses safetensors files without format=pt.
     metadata = {"format": "pt", **user}
-    aliases = {alias: o.name for o in shard for alias in o.aliases}
+    aliases = {alias: o.name for o in shard for _, alias in o.aliases}
     if aliases:
         metadata["ckpttool.aliases"] = json.dumps(aliases, sort_keys=True)
     return metadata
@@ -278,7 +287,7 @@ def _verify_safetensors(path: str, shard: list[OutputTensor], metadata: dict[str
         written_metadata = f.metadata() or {}
     planned = {o.name: (DTYPES[o.dtype].safetensors, list(o.source.shape)) for o in shard}
     if found != planned or written_metadata != metadata:
-        raise VerificationError(f"{path}: header does not read back as planned")
+        raise VerificationError("header does not read back as planned")
     # ...and every tensor's bytes must be the source's (or the cast of them).
     tensors = read_safetensors(path).root
     for output in shard:
@@ -297,28 +306,32 @@ def _verify_bytes(path: str, output: OutputTensor, written: ByteRange) -> None:
     direct = output.direct()
     equal = same_bytes(direct, written) if direct is not None else range_equals(written, output.expected())
     if not equal:
-        raise VerificationError(f"{path}: tensor {output.name!r} does not read back equal to the source")
+        raise VerificationError(f"tensor {output.name!r} does not read back equal to the source")
 
 
 def _write_pth(f: Any, root: str, shard: list[OutputTensor], progress: Progress) -> None:
-    planned, records = [], []
+    planned: list[tuple[int, PlannedTensor]] = []
+    records = []
     for index, output in enumerate(shard):
         key, shape = str(index), output.source.shape
         numel = storage_numel(output.dtype, output.source.numel)
-        for name in [output.name, *output.aliases]:
-            planned.append(PlannedTensor(name, output.dtype, shape, contiguous_strides(shape), 0, key, numel))
+        for position, name in output.names:  # aliases view the same storage: the tie survives
+            planned.append(
+                (position, PlannedTensor(name, output.dtype, shape, contiguous_strides(shape), 0, key, numel))
+            )
         direct = output.direct()
         records.append(
             StorageRecord(key, span=direct) if direct is not None else StorageRecord(key, data=output.expected())
         )
         progress.advance(output.nbytes)
-    write_torch_zip(f, root, dumps(state_dict_graph(planned)), records)
+    in_source_order = [tensor for _, tensor in sorted(planned, key=lambda p: p[0])]
+    write_torch_zip(f, root, dumps(state_dict_graph(in_source_order)), records)
 
 
 def _verify_pth(path: str, shard: list[OutputTensor]) -> None:
     from ckpttool.ops.trust import torch_accepts
 
-    torch_accepts(path, {n: (o.dtype, o.source.shape) for o in shard for n in [o.name, *o.aliases]})
+    torch_accepts(path, {n: (o.dtype, o.source.shape) for o in shard for _, n in o.names})
     weights = read_torch_zip(path).root
     for output in shard:
         _verify_bytes(path, output, _whole(weights[output.name]))
@@ -329,7 +342,7 @@ def _write_index(outs: OutputSet, dst: str, to: str, paths: list[str], shards: l
         name: os.path.basename(path)
         for path, shard in zip(paths, shards, strict=True)
         for output in shard
-        for name in [output.name, *output.aliases]
+        for _, name in output.names
     }
     total = sum(o.nbytes for shard in shards for o in shard)
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}

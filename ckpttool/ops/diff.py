@@ -9,11 +9,13 @@ pair at a time; equal bytes are recognised without torch, chunk by chunk.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ckpttool.checkpoint import TensorRef
 from ckpttool.dtypes import DTYPES
+from ckpttool.errors import about
 from ckpttool.formats import read_checkpoint
 from ckpttool.ops.inspect import entries
 from ckpttool.tensordata import ByteRange, chunks, direct_range, load_tensor, read_span
@@ -68,8 +70,10 @@ class DiffOptions:
 
 def diff(path_a: str, path_b: str, options: DiffOptions, progress: Any = None) -> DiffReport:
     a, b = read_checkpoint(path_a), read_checkpoint(path_b)
-    tensors_a = _tensors(a.root, options.every_tensor, options.root_a)
-    tensors_b = _tensors(b.root, options.every_tensor, options.root_b)
+    with about(path_a):
+        tensors_a = _tensors(a.root, options.every_tensor, options.root_a)
+    with about(path_b):
+        tensors_b = _tensors(b.root, options.every_tensor, options.root_b)
     report = DiffReport(path_a, path_b, keys_only=options.keys_only)
     report.only_in_a = [k for k in tensors_a if k not in tensors_b]
     report.only_in_b = [k for k in tensors_b if k not in tensors_a]
@@ -180,7 +184,12 @@ def _torch_compare(a: torch.Tensor, b: torch.Tensor, tolerance: Tolerance) -> di
                 max_rel = max(max_rel, float((error[nonzero] / scale[nonzero]).max()))
     if agree:
         return None
-    return {"max_abs": max_abs, "max_rel": max_rel, "mismatched": mismatched}
+    return {"max_abs": _json_number(max_abs), "max_rel": _json_number(max_rel), "mismatched": mismatched}
+
+
+def _json_number(value: float) -> float | str:
+    """JSON has no inf: an error that overflows float64 is reported as the string "inf"."""
+    return value if math.isfinite(value) else str(value)
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, tolerance: Tolerance) -> torch.Tensor:

@@ -16,7 +16,7 @@ from typing import Any
 
 from ckpttool.atomic import output_set
 from ckpttool.checkpoint import Checkpoint, Storage, TensorRef
-from ckpttool.errors import FormatError, UsageError, VerificationError
+from ckpttool.errors import FormatError, UsageError, VerificationError, about
 from ckpttool.formats import LEGACY, LEGACY_TAR, ZIP, read_checkpoint
 from ckpttool.formats.legacy import read_legacy, read_legacy_tar
 from ckpttool.formats.torchzip import read_pickle, read_torch_zip
@@ -81,7 +81,8 @@ def remap(src: str, dst: str, mapping: LocationMap, force: bool = False, trust: 
         output = outs.open(dst)
         write_torch_zip(output.handle, root_folder(dst), pickle_bytes, _records(checkpoint), checkpoint.byteorder)
         output.seal()
-        _verify(output.temp, checkpoint, mapping)
+        with about(dst):
+            _verify(output.temp, checkpoint, mapping)
         outs.commit()
     if not report.changed:
         report.notes.append("no storage location needed changing")
@@ -143,7 +144,9 @@ def _storage_id(storage: Storage) -> tuple[Any, ...]:
 
 
 def _records(checkpoint: Checkpoint) -> list[StorageRecord]:
-    """Every storage's bytes as they are in the file; the writer computes their CRCs."""
+    """Every storage's bytes as they are in the file. A zip record that knows its CRC-32 is
+    copied by the kernel under that CRC (verification recomputes it from what was written);
+    the writer computes the others' on the way."""
     records = []
     for key, storage in checkpoint.storages.items():
         record = storage.record
@@ -151,8 +154,10 @@ def _records(checkpoint: Checkpoint) -> list[StorageRecord]:
             raise FormatError(f"storage {key!r} has no data in the file", path=checkpoint.path)
         if record.compressed:
             records.append(StorageRecord(key, data=inflate_storage(storage)))
-        else:
-            records.append(StorageRecord(key, span=ByteRange(record.path, record.data_offset(), record.size)))
+            continue
+        span = ByteRange(record.path, record.data_offset(), record.size)
+        known = record.crc if record.crc and storage.nbytes else None  # 0: not recorded
+        records.append(StorageRecord(key, span=span, crc=known))
     return records
 
 
@@ -161,15 +166,17 @@ def _verify(path: str, source: Checkpoint, mapping: LocationMap) -> None:
     record's bytes on disk have the CRC of the source bytes that were copied into it."""
     written = read_torch_zip(path)
     if not equivalent(source.root, written.root, lambda loc: map_location(loc, mapping)):
-        raise VerificationError(f"{path}: the rewritten pickle does not decode to the source's objects")
+        raise VerificationError("the rewritten pickle does not decode to the source's objects")
     archive = open_archive(path)
     for key, storage in source.storages.items():
         entry = archive.record(f"data/{key}")
         assert storage.record is not None
         if entry is None or entry.size != storage.nbytes:
-            raise VerificationError(f"{path}: record data/{key} is missing or has the wrong size")
+            raise VerificationError(f"record data/{key} is missing or has the wrong size")
         if _crc(written.storages[key]) != entry.crc:
-            raise VerificationError(f"{path}: record data/{key} does not read back as written")
+            if storage.record.crc and _crc(storage) != storage.record.crc:
+                raise VerificationError(f"source record {storage.record.name} fails its CRC-32 check: not copied")
+            raise VerificationError(f"record data/{key} does not read back as written")
 
 
 def _crc(storage: Storage) -> int:

@@ -69,9 +69,7 @@ class TrustedSource:
         return (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), v.stride(), v.dtype)
 
 
-def file_sources(
-    checkpoint: Checkpoint, root: str | None
-) -> tuple[list[tuple[str, Source]], str | None, list[str]]:
+def file_sources(checkpoint: Checkpoint, root: str | None) -> tuple[list[tuple[str, Source]], str | None, list[str]]:
     weights = find_weights(checkpoint.root, root)
     if weights.root is None:
         raise WeightsNotFoundError("no weights found; name them with --root", path=checkpoint.path)

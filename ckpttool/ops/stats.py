@@ -8,6 +8,7 @@ counted apart. std is the sample standard deviation, as `torch.std` computes it.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -40,18 +41,20 @@ class TensorStats:
 
 @dataclass(slots=True)
 class _Moments:
-    """Running count, mean and sum of squared deviations (Chan et al.)."""
+    """Running count, mean and sum of squared deviations, merged chunk by chunk (Chan et al.)."""
 
     count: int = 0
     mean: float = 0.0
     m2: float = 0.0
 
     def add(self, values: torch.Tensor) -> None:
+        import torch
+
         n = values.numel()
         if n == 0:
             return
-        mean = values.mean().item()
-        m2 = ((values - mean) ** 2).sum().item()
+        variance, mean_t = torch.var_mean(values, correction=0)  # one float64 pass
+        mean, m2 = mean_t.item(), variance.item() * n
         delta, total = mean - self.mean, self.count + n
         self.mean += delta * n / total
         self.m2 += m2 + delta * delta * self.count * n / total
@@ -73,39 +76,40 @@ def tensor_stats(named: NamedTensor) -> TensorStats:
         flat = torch.view_as_real(flat).reshape(-1)
     moments, zeros = _Moments(), 0
     for chunk in flat.split(CHUNK_ELEMENTS):
-        values = chunk.to(torch.float64)
-        finite = torch.isfinite(values)
-        stats.nan += int(torch.isnan(values).sum())
-        stats.inf += int(torch.isinf(values).sum())
-        zeros += int((values == 0).sum())
-        kept = values[finite]
-        moments.add(kept)
-        if kept.numel():
-            stats.min = _lesser(stats.min, _exact(chunk, finite, "min"))
-            stats.max = _greater(stats.max, _exact(chunk, finite, "max"))
+        values = _reducible(chunk)
+        if values.numel() == 0:
+            continue
+        low, high = (v.item() for v in torch.aminmax(values))
+        if values.is_floating_point() and not (math.isfinite(low) and math.isfinite(high)):
+            # NaN propagates into min/max and Inf sits at an end: only now look closer
+            finite = torch.isfinite(values)
+            nan = int(torch.isnan(values).sum())
+            stats.nan += nan
+            stats.inf += values.numel() - int(finite.sum()) - nan
+            values = values[finite]
+            if not values.numel():
+                continue
+            low, high = (v.item() for v in torch.aminmax(values))
+        zeros += values.numel() - int(torch.count_nonzero(values))
+        moments.add(values.to(torch.float64))
+        stats.min, stats.max = _lesser(stats.min, low), _greater(stats.max, high)
     stats.mean = moments.mean if moments.count else None
     stats.std = moments.std()
-    stats.zeros = zeros / flat.numel() if flat.numel() else None
+    stats.zeros = zeros / flat.numel() if flat.numel() else None  # NaN and Inf are not zeros
     return stats
 
 
-def _exact(chunk: torch.Tensor, finite: torch.Tensor, which: str) -> Any:
-    """min/max in the tensor's own dtype, so large integers stay exact."""
+def _reducible(chunk: torch.Tensor) -> torch.Tensor:
+    """A dtype torch can reduce that holds every value exactly (large integers included)."""
     import torch
 
-    values = chunk[finite] if chunk.is_floating_point() else chunk
-    if values.dtype == torch.uint64:  # no reductions, and no wider integer type to use
-        return (min if which == "min" else max)(values.tolist())
-    if values.dtype in (torch.bool, torch.uint16, torch.uint32):
-        values = values.to(torch.int64)
-    elif values.is_floating_point() and values.dtype not in (
-        torch.float16,
-        torch.bfloat16,
-        torch.float32,
-        torch.float64,
-    ):
-        values = values.to(torch.float32)  # float8 and friends have no reductions
-    return getattr(values, which)().item()
+    if chunk.dtype in (torch.bool, torch.uint16, torch.uint32):
+        return chunk.to(torch.int64)
+    if chunk.dtype == torch.uint64:
+        return chunk.to(torch.float64)  # no wider integer type; min/max beyond 2**53 round
+    if chunk.is_floating_point() and chunk.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        return chunk.to(torch.float32)  # float8 and friends have no reductions
+    return chunk
 
 
 def _lesser(a: Any, b: Any) -> Any:

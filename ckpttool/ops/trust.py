@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ckpttool.errors import UnsafeFileError, VerificationError, WeightsNotFoundError
+from ckpttool.errors import FormatError, UnsafeFileError, VerificationError, WeightsNotFoundError
 from ckpttool.weights import EMA_ROOTS, PREFERRED_ROOTS
 
 if TYPE_CHECKING:
@@ -30,7 +30,10 @@ def trusted_load(path: str, force: bool, map_location: Any = "cpu") -> Any:
     import torch
 
     refuse_if_dangerous(path, force)
-    return torch.load(path, weights_only=False, map_location=map_location)  # noqa: TID251 -- the --trust path
+    try:
+        return torch.load(path, weights_only=False, map_location=map_location)  # noqa: TID251 -- the --trust path
+    except Exception as exc:  # whatever the file's own code raised
+        raise FormatError(f"torch.load(weights_only=False) failed: {type(exc).__name__}: {exc}", path=path) from None
 
 
 def trusted_weights(path: str, root: str | None, force: bool) -> tuple[dict[str, torch.Tensor], str]:
@@ -81,10 +84,10 @@ def torch_accepts(path: str, expected: dict[str, tuple[str, tuple[int, ...]]]) -
     try:
         loaded = torch.load(path, weights_only=True, mmap=True, map_location="cpu")  # noqa: TID251 -- our own output
     except Exception as exc:
-        raise VerificationError(f"{path}: torch.load(weights_only=True) refuses the output: {exc}") from None
+        raise VerificationError(f"torch.load(weights_only=True) refuses the output: {exc}") from None
     found = {k: (str(v.dtype).removeprefix("torch."), tuple(v.shape)) for k, v in loaded.items()}
     if found != expected:
-        raise VerificationError(f"{path}: torch reads back other keys, dtypes or shapes than were written")
+        raise VerificationError("torch reads back other keys, dtypes or shapes than were written")
 
 
 def trusted_remap(src: str, dst: str, mapping: Any, force: bool) -> Any:
