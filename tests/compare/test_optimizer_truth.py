@@ -373,3 +373,34 @@ def test_type_of_every_torch_optimizer(cli: Cli, tmp_path: Path, name: str) -> N
     assert report["type"] == name
     if name != "LBFGS":  # LBFGS keeps lists of history tensors, not per-parameter moments
         assert_matches_state_dict(report, optimizer.state_dict())
+
+
+# -- names guessed for the model corners -----------------------------------------------------------
+
+CORNER_INPUTS: dict[str, Callable[[], torch.Tensor]] = {
+    "TiedEmbeddingLM": lambda: torch.randint(0, 32, (2, 4)),
+    "BatchNormNet": lambda: torch.randn(4, 8),
+    "NonPersistentBufferNet": lambda: torch.randn(4, 8),
+    "NoneParamNet": lambda: torch.randn(3, 8),
+    "NestedContainerNet": lambda: torch.randn(3, 4),
+}
+
+
+@pytest.mark.parametrize("name", CORNER_INPUTS)
+def test_guessed_names_for_model_corners(cli: Cli, tmp_path: Path, name: str) -> None:
+    """Tied weights (one parameter, two state_dict keys), buffers, `None` parameters and
+    nested containers. From a pickled module the guess is always right; from a state_dict
+    it is right, or withheld with the reason."""
+    torch.manual_seed(0)
+    model: nn.Module = tutorial_models().MODEL_CLASSES[name]()
+    optimizer = trained(model, model.parameters(), CASES[0], CORNER_INPUTS[name])
+    truth = parameter_index_names(model, optimizer)
+
+    whole = save({"model": model, "optimizer": optimizer.state_dict()}, tmp_path / "whole.pt")
+    (report,) = run_optimizer(cli, whole)["optimizers"]
+    assert report["names"] == "file"
+    assert_names(report, truth)
+
+    plain = save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, tmp_path / "plain.pt")
+    (report,) = run_optimizer(cli, plain)["optimizers"]
+    assert_names_right_or_absent(report, truth)
