@@ -32,7 +32,7 @@ from ops.support import (
 import ckpttool.ops.remap as remap_module
 
 Cli = Callable[..., Result]
-REPORT_FIELDS = {"schema_version", "source", "output", "storages", "changed", "verified", "notes"}
+REPORT_FIELDS = {"schema_version", "source", "output", "storages", "changed", "verified", "verification", "notes"}
 
 __all__ = ["committed_fixtures_unchanged"]  # autouse: the committed fixtures stay as they were
 
