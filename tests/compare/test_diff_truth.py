@@ -324,7 +324,7 @@ def training_checkpoint(state: Mapping[str, torch.Tensor], epoch: int, lr: float
         "epoch": epoch,
         "global_step": 10 * epoch,
         "state_dict": dict(state),
-        "loss": torch.tensor(0.5),
+        "loss": torch.tensor(1.0 / epoch),  # saved as a 0-dim tensor, as training loops do
         "hyper_parameters": {"lr": lr, "hidden": 16},
     }
 
@@ -338,6 +338,7 @@ def test_differing_entries_are_reported(cli: Cli, tmp_path: Path, cnn_state: dic
     assert by_key(report["entries_mismatch"]) == {
         "epoch": {"key": "epoch", "a": 3, "b": 4},
         "global_step": {"key": "global_step", "a": 30, "b": 40},
+        "loss": {"key": "loss", "a": float(torch.tensor(1 / 3)), "b": 0.25},
         "hyper_parameters": {
             "key": "hyper_parameters",
             "a": {"lr": 0.01, "hidden": 16},
