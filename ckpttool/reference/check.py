@@ -16,6 +16,7 @@ nothing here prints. Errors that stop the whole check (no manifest, no dataset) 
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 import time
 from collections.abc import Mapping
@@ -45,6 +46,7 @@ from ckpttool.reference.manifest import FileRecord, Manifest, read_manifest
 from ckpttool.reference.models import ModelSpec, get_model_spec
 from ckpttool.reference.resume import ResumeProof, prove_resume
 from ckpttool.reference.train import (
+    Evaluation,
     compute_probe_logits,
     evaluate_model,
     reproducible,
@@ -134,6 +136,8 @@ class FixtureChecker:
     spec: ModelSpec = field(init=False)
     metrics_mode: Mode = field(init=False)
     logits_mode: Mode = field(init=False)
+    # Weights fingerprint -> what those weights do.
+    outcomes: dict[str, Outcome] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.spec = get_model_spec(self.manifest.model.name)
@@ -180,7 +184,7 @@ class FixtureChecker:
         if not path.is_file():
             return [CheckResult(record.path, AS_SAVED, "exists", False, f"{path} is missing")]
         comparisons = integrity_checks(path, record)
-        comparisons += self.check_weights(path, record.weights_root, record)
+        comparisons += self.check_weights(path, record.weights_root, record, AS_SAVED)
         results = [_result(record, AS_SAVED, comparison) for comparison in comparisons]
         for derivation in DERIVATIONS:
             if derivation.applies(record):
@@ -190,52 +194,88 @@ class FixtureChecker:
     def check_derived(
         self, path: Path, record: FileRecord, derivation: Derivation, scratch: Path
     ) -> list[CheckResult]:
+        variant = derivation.variant
         try:
             made = make_derived(scratch, derivation, path, record)
         except CkptError as error:
-            comparisons = [Comparison("make", False, one_line(error))]
-        else:
-            comparisons = (
-                []
-                if derivation.locations is None
-                else [locations_check(made, derivation.locations)]
-            )
-            comparisons += self.check_weights(made, derivation.weights_root(record), record)
-        return [_result(record, derivation.variant, comparison) for comparison in comparisons]
+            return [_result(record, variant, Comparison("make", False, one_line(error)))]
+        comparisons = []
+        if derivation.locations is not None:
+            comparisons.append(locations_check(made, derivation.locations))
+        comparisons += self.check_weights(made, derivation.weights_root(record), record, variant)
+        return [_result(record, variant, comparison) for comparison in comparisons]
 
-    def check_weights(self, path: Path, root: str, record: FileRecord) -> list[Comparison]:
-        """Read the weights through ckpttool, load them strictly, re-evaluate, compare."""
+    def check_weights(
+        self, path: Path, root: str, record: FileRecord, variant: str
+    ) -> list[Comparison]:
+        """Read the weights through ckpttool, load them strictly, evaluate, compare."""
         try:
-            model, count = self.load_model(path, root)
+            state = load_state_dict(str(path), root=root)
+            model = self.build_model(state)
         except (CkptError, RuntimeError) as error:
             return [Comparison("load", False, one_line(error))]
-        loaded = Comparison("load", True, f"{count} tensors, strict")
-        return [loaded, *self.evaluate(model, record)]
+        outcome = self.outcome_of(state, model, f"{record.path} ({variant})")
+        detail = f"{len(state)} tensors, strict"
+        if outcome.first != f"{record.path} ({variant})":
+            detail += f"; evaluated as the same weights in {outcome.first}"
+        return [Comparison("load", True, detail), *self.compare(outcome, record)]
 
-    def load_model(self, path: Path, root: str) -> tuple[nn.Module, int]:
-        state = load_state_dict(str(path), root=root)
-        # Built under a fixed seed inside `reproducible`, which restores the caller's
-        # random state: the initial values are overwritten anyway.
+    def build_model(self, state: dict[str, torch.Tensor]) -> nn.Module:
+        """A fresh model holding `state`; `load_state_dict(strict=True)` refuses a
+        missing, unexpected or misshapen key."""
+        # Built inside `reproducible`, which restores the caller's random state: the
+        # initial values are overwritten anyway.
         with reproducible(torch.device("cpu"), 0):
             model = self.spec.create()
         model.load_state_dict(state, strict=True)
-        return model.to(self.device), len(state)
+        return model.to(self.device)
 
-    def evaluate(self, model: nn.Module, record: FileRecord) -> list[Comparison]:
-        shape, data, mode, tolerance = (
-            self.spec.input_shape,
-            self.data,
-            self.metrics_mode,
-            self.tolerance,
-        )
-        train = evaluate_model(model, data, data.train, shape, self.device)
-        test = evaluate_model(model, data, data.test, shape, self.device)
-        logits = compute_probe_logits(model, data, shape, self.device)
+    def outcome_of(self, state: dict[str, torch.Tensor], model: nn.Module, label: str) -> Outcome:
+        """What the model does; computed once for each distinct set of weights.
+
+        Evaluation is a deterministic function of the weights (see
+        `train.evaluate_model`), and most fixtures of a run hold the same weights:
+        re-evaluating identical bytes would only repeat the same numbers.
+        """
+        key = weights_fingerprint(state)
+        if key not in self.outcomes:
+            shape, data = self.spec.input_shape, self.data
+            self.outcomes[key] = Outcome(
+                train=evaluate_model(model, data, data.train, shape, self.device),
+                test=evaluate_model(model, data, data.test, shape, self.device),
+                logits=compute_probe_logits(model, data, shape, self.device),
+                first=label,
+            )
+        return self.outcomes[key]
+
+    def compare(self, outcome: Outcome, record: FileRecord) -> list[Comparison]:
+        mode, tolerance = self.metrics_mode, self.tolerance
+        expected_logits = record.probe_logits.to_tensor()
         return [
-            *compare_metrics("train", record.train, train, mode, tolerance),
-            *compare_metrics("test", record.test, test, mode, tolerance),
-            compare_logits(record.probe_logits.to_tensor(), logits, self.logits_mode, tolerance),
+            *compare_metrics("train", record.train, outcome.train, mode, tolerance),
+            *compare_metrics("test", record.test, outcome.test, mode, tolerance),
+            compare_logits(expected_logits, outcome.logits, self.logits_mode, tolerance),
         ]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one set of weights does, and the first file it was evaluated for."""
+
+    train: Evaluation
+    test: Evaluation
+    logits: torch.Tensor
+    first: str
+
+
+def weights_fingerprint(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over every key, dtype, shape and byte of a state_dict, in key order."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def integrity_checks(path: Path, record: FileRecord) -> list[Comparison]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import math
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -317,18 +318,22 @@ def evaluate_model(
     input_shape: tuple[int, int, int],
     device: torch.device | str = "cpu",
 ) -> Evaluation:
-    """Accuracy and mean cross-entropy of `model` (already on `device`) over `split`."""
+    """Accuracy and mean cross-entropy of `model` (already on `device`) over `split`.
+
+    The loss is the exactly rounded sum of the per-example losses (`math.fsum`), so
+    that it does not depend on the order in which they are added.
+    """
     device = torch.device(device)
-    correct, loss_sum = 0, 0.0
-    with reproducible(device, 0), _eval_mode(model):
+    correct, losses = 0, []
+    with _evaluating(model, device):
         for indices in torch.split(torch.arange(len(split)), EVAL_BATCH_SIZE):
             inputs = data.model_input(split.images[indices], input_shape).to(device)
             labels = split.labels[indices].to(device)
             logits = model(inputs)
-            loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
+            losses += F.cross_entropy(logits, labels, reduction="none").tolist()
             correct += int((logits.argmax(dim=1) == labels).sum())
     size = len(split)
-    return Evaluation(accuracy=correct / size, loss=loss_sum / size, examples=size)
+    return Evaluation(accuracy=correct / size, loss=math.fsum(losses) / size, examples=size)
 
 
 def compute_probe_logits(
@@ -344,7 +349,7 @@ def compute_probe_logits(
     device = torch.device(device)
     inputs, _ = data.probe_batch(input_shape)
     moved = _on_device(model, device)
-    with reproducible(device, 0), _eval_mode(moved):
+    with _evaluating(moved, device):
         logits: torch.Tensor = moved(inputs.to(device))
     return logits.detach().to("cpu", torch.float32).contiguous()
 
@@ -366,6 +371,32 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
     return (a.index if a.index is not None else current) == (
         b.index if b.index is not None else current
     )
+
+
+@contextlib.contextmanager
+def _evaluating(model: nn.Module, device: torch.device) -> Iterator[None]:
+    """Eval mode, no grad, deterministic kernels; on the CPU, one thread.
+
+    CPU kernels split their sums differently for different thread counts, so logits
+    computed with 2 threads can differ in the last bit from those computed with 16.
+    With one thread, the recorded numbers are reproduced bit for bit on any machine
+    with the same torch build and CPU type, whatever its core count.
+    """
+    with reproducible(device, 0), _eval_mode(model), _one_thread_on_cpu(device):
+        yield
+
+
+@contextlib.contextmanager
+def _one_thread_on_cpu(device: torch.device) -> Iterator[None]:
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @contextlib.contextmanager

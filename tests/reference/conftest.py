@@ -1,26 +1,55 @@
-"""Shared by the reference tests: the digits data (loaded once) and fixture loaders.
+"""Shared by the reference tests: the digits data, a fresh cnn fixture set, loaders.
 
-Until `reference check` reads fixtures through ckpttool's own code-free reader,
-the tests load them with `torch.load(weights_only=True)`: torch's restricted
-unpickler, with the model's module classes allowed for whole-model files. The
-loaders are handed out as fixtures, which work under any pytest import mode.
+Fixtures are read the way `reference check` reads them: through ckpttool's own
+code-free reader (`ckpttool.load`). `torch.load(weights_only=True)` appears only as
+ground truth, to show that the reader gives what torch gives. The loaders are
+handed out as pytest fixtures, which work under any import mode.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from ckpttool.load import load_state_dict
+from ckpttool.reference.check import read_checkpoint_through_ckpttool
 from ckpttool.reference.data import ReferenceData, load_digits
+from ckpttool.reference.fixtures import FixtureSet, build_fixtures
 from ckpttool.reference.manifest import FileRecord
 from ckpttool.reference.models import ModelSpec, module_classes
+from ckpttool.reference.train import TrainConfig
 
 FixtureModelLoader = Callable[[Path, FileRecord, ModelSpec], torch.nn.Module]
 WeightsLoader = Callable[[Path], Mapping[str, Any]]
+
+COMMITTED = Path(__file__).resolve().parents[2] / "fixtures" / "reference"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Train and evaluate on one thread, as fast for these small models as two.
+
+    torch's worker threads wait for each other at every op: on a runner whose cores
+    are shared with other jobs, two threads run several times slower than one. The
+    numbers checked do not depend on it (evaluation always runs on one thread).
+    """
+    with one_thread():
+        yield
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
@@ -29,38 +58,51 @@ def digits() -> ReferenceData:
 
 
 @pytest.fixture(scope="session")
-def load_weights_only() -> WeightsLoader:
-    """A `CheckpointLoader` for `prove_resume`: torch's restricted unpickler."""
-    return _load_weights_only
+def cnn_fixtures(digits: ReferenceData, tmp_path_factory: pytest.TempPathFactory) -> FixtureSet:
+    """A fresh cnn set of every style, with a periodic checkpoint at epoch 2 of 3."""
+    directory = tmp_path_factory.mktemp("cnn")
+    # Session fixtures are set up before the module's `one_torch_thread`.
+    with one_thread():
+        return build_fixtures(
+            TrainConfig.for_model("cnn", epochs=3), digits, directory, checkpoint_every=2
+        )
+
+
+@pytest.fixture(scope="session")
+def committed() -> Path:
+    """The committed fixture sets (`fixtures/reference/generate.py` rebuilds them)."""
+    return COMMITTED
+
+
+@pytest.fixture(scope="session")
+def read_through_ckpttool() -> WeightsLoader:
+    """A `CheckpointLoader` for `prove_resume` that never runs code from the file."""
+    return read_checkpoint_through_ckpttool
 
 
 @pytest.fixture(scope="session")
 def load_fixture_model() -> FixtureModelLoader:
-    """Rebuilds the model that one fixture file holds, whatever its style."""
+    """Rebuilds the model that one fixture file holds, whatever its style, via ckpttool."""
     return _load_fixture_model
 
 
-def _load_weights_only(path: Path) -> Mapping[str, Any]:
-    loaded: Mapping[str, Any] = torch.load(path, weights_only=True, map_location="cpu")  # noqa: TID251
-    return loaded
+@pytest.fixture(scope="session")
+def torch_load_ground_truth() -> Callable[[Path, ModelSpec], Any]:
+    """What torch itself restores from a fixture: the ground truth, never the loader."""
+    return _torch_load
 
 
 def _load_fixture_model(directory: Path, record: FileRecord, spec: ModelSpec) -> torch.nn.Module:
-    path = directory / record.path
-    if record.format == "safetensors":
+    model = spec.create()
+    model.load_state_dict(load_state_dict(str(directory / record.path), root=record.weights_root))
+    return model
+
+
+def _torch_load(path: Path, spec: ModelSpec) -> Any:
+    if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return _with_state(spec, load_file(path))
-    if record.style == "whole-model":
-        with torch.serialization.safe_globals(module_classes(spec.create())):
-            model: torch.nn.Module = torch.load(path, weights_only=True, map_location="cpu")  # noqa: TID251
-        return model
-    saved = _load_weights_only(path)
-    state = saved[record.weights_root] if record.weights_root else saved
-    return _with_state(spec, state)
-
-
-def _with_state(spec: ModelSpec, state: Mapping[str, Any]) -> torch.nn.Module:
-    model = spec.create()
-    model.load_state_dict(state)
-    return model
+        return load_file(path)
+    # A whole-model file needs its module classes allowed; harmless for the others.
+    with torch.serialization.safe_globals(module_classes(spec.create())):
+        return torch.load(path, weights_only=True, map_location="cpu")  # noqa: TID251

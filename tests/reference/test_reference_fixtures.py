@@ -1,4 +1,5 @@
-"""Every file written loads back to the manifest's logits, bit for bit; checksums hold."""
+"""Every file written loads back, through ckpttool's reader, to the manifest's logits,
+bit for bit; checksums hold; the reader gives what torch itself restores."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import hashlib
 import json
 import os
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 import torch
 
 from ckpttool.errors import CkptError, UsageError
+from ckpttool.load import load, load_state_dict
 from ckpttool.reference.choices import STYLE_NAMES
 from ckpttool.reference.data import ReferenceData
 from ckpttool.reference.fixtures import FixtureSet, build_fixtures, train_config_of
@@ -25,12 +27,13 @@ from ckpttool.reference.manifest import (
     write_manifest,
 )
 from ckpttool.reference.models import ModelSpec, get_model_spec
+from ckpttool.reference.resume import compare_states
 from ckpttool.reference.saving import parse_styles
 from ckpttool.reference.train import TrainConfig, compute_probe_logits, evaluate_model
 
 # The loaders come from conftest.py as fixtures.
 FixtureModelLoader = Callable[[Path, FileRecord, ModelSpec], torch.nn.Module]
-WeightsLoader = Callable[[Path], Mapping[str, Any]]
+GroundTruth = Callable[[Path, ModelSpec], Any]
 
 EXPECTED_FILES = {
     "state_dict.pth": ("state-dict", "torch-zip", ""),
@@ -41,14 +44,6 @@ EXPECTED_FILES = {
     "general_checkpoint.tar": ("general-checkpoint", "torch-zip", "model_state_dict"),
     "model.safetensors": ("safetensors", "safetensors", ""),
 }
-
-
-@pytest.fixture(scope="module")
-def cnn_fixtures(digits: ReferenceData, tmp_path_factory: pytest.TempPathFactory) -> FixtureSet:
-    directory = tmp_path_factory.mktemp("cnn")
-    return build_fixtures(
-        TrainConfig.for_model("cnn", epochs=3), digits, directory, checkpoint_every=2
-    )
 
 
 def test_every_style_is_written_with_its_fixed_name(cnn_fixtures: FixtureSet) -> None:
@@ -104,16 +99,31 @@ def test_periodic_checkpoint_holds_its_own_epoch(cnn_fixtures: FixtureSet) -> No
     assert early.probe_logits != final.probe_logits
 
 
-def test_training_checkpoints_hold_what_the_tutorials_save(
-    cnn_fixtures: FixtureSet, load_weights_only: WeightsLoader
-) -> None:
+def test_training_checkpoints_hold_what_the_tutorials_save(cnn_fixtures: FixtureSet) -> None:
     directory = cnn_fixtures.manifest_path.parent
-    general = load_weights_only(directory / "general_checkpoint.tar")
+    general = load(str(directory / "general_checkpoint.tar"))
     assert set(general) == {"epoch", "model_state_dict", "optimizer_state_dict", "loss"}
     assert general["epoch"] == 3
     assert general["loss"] == cnn_fixtures.manifest.training.epoch_losses[-1]
-    assert set(load_weights_only(directory / "checkpoint.pth.tar")) == {"state_dict", "optimizer"}
-    assert set(load_weights_only(directory / "model_optimizer.pt")) == {"model", "optimizer"}
+    assert set(load(str(directory / "checkpoint.pth.tar"))) == {"state_dict", "optimizer"}
+    assert set(load(str(directory / "model_optimizer.pt"))) == {"model", "optimizer"}
+
+
+def test_the_reader_gives_what_torch_restores(
+    cnn_fixtures: FixtureSet, torch_load_ground_truth: GroundTruth
+) -> None:
+    directory, spec = cnn_fixtures.manifest_path.parent, get_model_spec("cnn")
+    for record in cnn_fixtures.manifest.files:
+        path = directory / record.path
+        truth = torch_load_ground_truth(path, spec)
+        if record.style == "whole-model":
+            # torch rebuilds the module; ckpttool gives the state_dict of its pickled tree.
+            assert isinstance(truth, torch.nn.Module)
+            expected, actual = truth.state_dict(), load_state_dict(str(path))
+        else:
+            expected, actual = truth, load(str(path))
+        compared, mismatched = compare_states(expected, actual)
+        assert compared >= 6 and mismatched == [], record.path
 
 
 def test_manifest_round_trips_and_logits_are_exact(cnn_fixtures: FixtureSet) -> None:
@@ -128,13 +138,15 @@ def test_manifest_round_trips_and_logits_are_exact(cnn_fixtures: FixtureSet) -> 
     assert raw["probe"]["size"] == 16 and len(raw["probe"]["input_sha256"]) == 64
 
 
-def test_files_and_manifest_are_reproducible(
-    cnn_fixtures: FixtureSet, digits: ReferenceData, tmp_path: Path
-) -> None:
-    again = build_fixtures(
-        TrainConfig.for_model("cnn", epochs=3), digits, tmp_path, checkpoint_every=2
-    )
-    assert again.manifest_path.read_bytes() == cnn_fixtures.manifest_path.read_bytes()
+def test_files_and_manifest_are_reproducible(digits: ReferenceData, tmp_path: Path) -> None:
+    config = TrainConfig.for_model("nn", epochs=2)
+    first = build_fixtures(config, digits, tmp_path / "first", checkpoint_every=1)
+    again = build_fixtures(config, digits, tmp_path / "again", checkpoint_every=1)
+    assert again.manifest_path.read_bytes() == first.manifest_path.read_bytes()
+    for record in first.manifest.files:
+        assert (tmp_path / "first" / record.path).read_bytes() == (
+            tmp_path / "again" / record.path
+        ).read_bytes(), record.path
 
 
 def test_probe_logits_keep_every_bit() -> None:

@@ -1,4 +1,8 @@
-"""Training k epochs, saving, resuming and finishing equals training straight through."""
+"""Training k epochs, saving, resuming and finishing equals training straight through.
+
+The checkpoint is read back through ckpttool's code-free reader, as `reference check`
+reads it.
+"""
 
 from __future__ import annotations
 
@@ -21,10 +25,11 @@ WeightsLoader = Callable[[Path], Mapping[str, Any]]
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_resume_is_bit_exact(
-    digits: ReferenceData, tmp_path: Path, optimizer: str, load_weights_only: WeightsLoader
+    digits: ReferenceData, tmp_path: Path, optimizer: str, read_through_ckpttool: WeightsLoader
 ) -> None:
-    config = TrainConfig.for_model("cnn", epochs=4, optimizer=optimizer, lr=0.01)
-    proof = prove_resume(config, digits, tmp_path, load_weights_only)
+    # Eight steps an epoch: what matters is that every epoch sees its own batches.
+    config = TrainConfig.for_model("cnn", epochs=4, optimizer=optimizer, lr=0.01, steps_per_epoch=8)
+    proof = prove_resume(config, digits, tmp_path, read_through_ckpttool)
     assert proof.identical, proof.mismatched
     assert proof.split_epoch == 2 and proof.total_epochs == 4
     assert proof.checkpoint == tmp_path / "resume_epoch002.pt"
@@ -33,10 +38,10 @@ def test_resume_is_bit_exact(
 
 
 def test_a_changed_bit_is_found(
-    digits: ReferenceData, tmp_path: Path, load_weights_only: WeightsLoader
+    digits: ReferenceData, tmp_path: Path, read_through_ckpttool: WeightsLoader
 ) -> None:
     def load_and_nudge(path: Path) -> Mapping[str, Any]:
-        saved = dict(load_weights_only(path))
+        saved = dict(read_through_ckpttool(path))
         weight = saved["model"]["fc1.bias"]
         weight.view(torch.int32)[0] ^= 1  # the last bit of one float
         return saved
@@ -70,10 +75,10 @@ def test_the_data_order_of_the_remaining_epochs_matters(digits: ReferenceData) -
 
 
 def test_split_must_leave_epochs_on_both_sides(
-    digits: ReferenceData, tmp_path: Path, load_weights_only: WeightsLoader
+    digits: ReferenceData, tmp_path: Path, read_through_ckpttool: WeightsLoader
 ) -> None:
     with pytest.raises(UsageError, match="0 < split epoch < epochs"):
-        prove_resume(TrainConfig.for_model("nn", epochs=1), digits, tmp_path, load_weights_only)
+        prove_resume(TrainConfig.for_model("nn", epochs=1), digits, tmp_path, read_through_ckpttool)
 
 
 def test_same_bits_tells_nan_payloads_and_dtypes_apart() -> None:
@@ -87,8 +92,8 @@ def test_same_bits_tells_nan_payloads_and_dtypes_apart() -> None:
 
 @pytest.mark.slow
 def test_resume_restores_batchnorm_statistics(
-    digits: ReferenceData, tmp_path: Path, load_weights_only: WeightsLoader
+    digits: ReferenceData, tmp_path: Path, read_through_ckpttool: WeightsLoader
 ) -> None:
     config = TrainConfig.for_model("resnet34", epochs=2, batch_size=16, steps_per_epoch=2)
-    proof = prove_resume(config, digits, tmp_path, load_weights_only)
+    proof = prove_resume(config, digits, tmp_path, read_through_ckpttool)
     assert proof.identical, proof.mismatched

@@ -25,7 +25,13 @@ from ckpttool.reference.train import (
 ACCURACY_FLOOR = {"nn": 0.93, "cnn": 0.92, "neural-network": 0.94, "cifar10-net": 0.94}
 
 
-@pytest.mark.parametrize("name", sorted(ACCURACY_FLOOR))
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, marks=pytest.mark.slow) if name == "cifar10-net" else name
+        for name in sorted(ACCURACY_FLOOR)
+    ],
+)
 def test_default_training_reaches_the_stated_accuracy(digits: ReferenceData, name: str) -> None:
     run = train(TrainConfig.for_model(name), digits)
     test = run.evaluate(digits.test)
