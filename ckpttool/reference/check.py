@@ -180,6 +180,10 @@ class FixtureChecker:
 
     def check_file(self, directory: Path, record: FileRecord, scratch: Path) -> list[CheckResult]:
         """The fixture as saved, then each file ckpttool makes from it."""
+        if Path(record.path).name != record.path or record.path in ("", ".", ".."):
+            # Fixtures sit beside their manifest; a manifest never points elsewhere.
+            detail = "not a file name in the fixture folder"
+            return [CheckResult(record.path, AS_SAVED, "exists", False, detail)]
         path = directory / record.path
         if not path.is_file():
             return [CheckResult(record.path, AS_SAVED, "exists", False, f"{path} is missing")]

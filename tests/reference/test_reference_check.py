@@ -164,6 +164,15 @@ def test_a_missing_file_is_named(copied: Path) -> None:
     assert failing(report) == {("general_checkpoint.tar", "file", "exists")}
 
 
+def test_a_manifest_naming_a_file_elsewhere_fails_that_entry(copied: Path) -> None:
+    def elsewhere(entry: dict[str, Any]) -> None:
+        entry["path"] = "../cnn/state_dict.pth"
+
+    edit_manifest(copied, "state_dict.pth", elsewhere)
+    report = check_fixtures(copied, device="cpu", resume_epochs=0)
+    assert failing(report) == {("../cnn/state_dict.pth", "file", "exists")}
+
+
 def test_a_folder_without_manifest_is_exit_2(cli: Cli, tmp_path: Path) -> None:
     result = cli("reference", "check", tmp_path)
     assert result.exit_code == 2
