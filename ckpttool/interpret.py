@@ -46,6 +46,13 @@ class Cycle:
         return "<cycle>"
 
 
+class StateDict(dict):  # type: ignore[type-arg]
+    """An OrderedDict from the file, with the `_metadata` torch attaches to state_dicts
+    (module versions that `load_state_dict` uses to upgrade old checkpoints)."""
+
+    metadata: Any = None
+
+
 def reader_hooks(source: str, persistent: PersistentResolver) -> Hooks:
     """Hooks that let a reader build its model while the machine decodes."""
     reducers: dict[str, Callable[[tuple[Any, ...]], Any]] = {
@@ -53,12 +60,19 @@ def reader_hooks(source: str, persistent: PersistentResolver) -> Hooks:
     }
     for name in DICT_TYPES:
         reducers[name] = _dict_hook
-    return Hooks(reducers=reducers, persistent=persistent)
+    return Hooks(reducers=reducers, persistent=persistent, build=_build_hook)
 
 
 def _dict_hook(args: tuple[Any, ...]) -> dict[Any, Any]:
     # A real dict: the SETITEMS that follow fill it directly.
-    return dict(_pairs_argument(args))
+    return StateDict(_pairs_argument(args))
+
+
+def _build_hook(target: Any, state: Any) -> bool:
+    if type(target) is StateDict and isinstance(state, dict):
+        target.metadata = state.get("_metadata")
+        return True
+    return False
 
 
 class Interpreter:
@@ -94,7 +108,13 @@ class Interpreter:
             out.extend(self.value(item) for item in node)
             return out
         if isinstance(node, dict):
-            return self._fill_dict(key, node.items(), [])
+            out = self._fill_dict(key, node.items(), [])
+            if type(node) is StateDict and node.metadata is not None:
+                kept = StateDict(out)
+                kept.metadata = self.value(node.metadata)
+                self.memo[key] = kept
+                return kept
+            return out
         if isinstance(node, Call):
             return self._call(node, key)
         result = self._leaf(node)

@@ -18,7 +18,7 @@ from typing import Any
 from ckpttool.checkpoint import Checkpoint, TensorRef
 from ckpttool.errors import about
 from ckpttool.formats import read_checkpoint
-from ckpttool.ops.keys import KeyComparison, compare_keys, suggest_fixes
+from ckpttool.ops.keys import Expected, KeyComparison, compare, compare_with_model, found_weights, suggest_fixes
 from ckpttool.ops.scan import DANGEROUS, NEEDS_ALLOWLIST, scan_file
 from ckpttool.tensordata import ByteRange, chunks
 from ckpttool.weights import all_tensors, find_weights
@@ -119,8 +119,23 @@ def _safety(path: str, report: CheckReport) -> None:
 
 
 def _keys(checkpoint: Checkpoint, options: CheckOptions, report: CheckReport) -> None:
-    expected, source = _expected(options)
-    comparison = compare_keys(checkpoint, options.root, expected)
+    found, metadata, root = found_weights(checkpoint, options.root)
+    if options.model_spec:
+        from ckpttool.ops.modelspec import build_model, expected_state
+
+        model = build_model(options.model_spec, options.model_args)
+        expected, source = expected_state(model), "model"
+
+        def judge(weights: Expected) -> KeyComparison:
+            return compare_with_model(model, expected, weights, metadata)
+    else:
+        expected, source = _reference(options), "like"
+
+        def judge(weights: Expected) -> KeyComparison:
+            return compare(weights, expected)
+
+    comparison = judge(found)
+    comparison.root = root
     report.keys = comparison
     for key in comparison.missing:
         report.add(source, ERROR, f"missing: {source} expects {key}", key)
@@ -131,18 +146,14 @@ def _keys(checkpoint: Checkpoint, options: CheckOptions, report: CheckReport) ->
     for m in comparison.dtype_mismatch:
         severity = ERROR if source == "like" else WARNING  # load_state_dict casts; a reference must match
         report.add(source, severity, f"dtype: checkpoint {m['checkpoint']}, {source} {m['expected']}", m["key"])
-    if comparison.missing or comparison.unexpected:
-        report.suggestions = suggest_fixes(checkpoint, expected, comparison)
+    if comparison.missing or comparison.unexpected or comparison.shape_mismatch:
+        report.suggestions = suggest_fixes(checkpoint, judge, comparison)
 
 
-def _expected(options: CheckOptions) -> tuple[dict[str, tuple[tuple[int, ...], str]], str]:
-    if options.model_spec:
-        from ckpttool.ops.modelspec import build_model, expected_state
-
-        return expected_state(build_model(options.model_spec, options.model_args)), "model"
+def _reference(options: CheckOptions) -> dict[str, tuple[tuple[int, ...], str]]:
     assert options.like is not None
     reference = find_weights(read_checkpoint(options.like).root)
-    return {t.key: (t.tensor.shape, t.tensor.dtype) for t in reference.tensors}, "like"
+    return {t.key: (t.tensor.shape, t.tensor.dtype) for t in reference.tensors}
 
 
 def _finite(checkpoint: Checkpoint, root: str | None, report: CheckReport) -> None:

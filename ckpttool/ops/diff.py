@@ -71,9 +71,9 @@ class DiffOptions:
 def diff(path_a: str, path_b: str, options: DiffOptions, progress: Any = None) -> DiffReport:
     a, b = read_checkpoint(path_a), read_checkpoint(path_b)
     with about(path_a):
-        tensors_a = _tensors(a.root, options.every_tensor, options.root_a)
+        tensors_a, root_a = _tensors(a.root, options.every_tensor, options.root_a)
     with about(path_b):
-        tensors_b = _tensors(b.root, options.every_tensor, options.root_b)
+        tensors_b, root_b = _tensors(b.root, options.every_tensor, options.root_b)
     report = DiffReport(path_a, path_b, keys_only=options.keys_only)
     report.only_in_a = [k for k in tensors_a if k not in tensors_b]
     report.only_in_b = [k for k in tensors_b if k not in tensors_a]
@@ -84,13 +84,15 @@ def diff(path_a: str, path_b: str, options: DiffOptions, progress: Any = None) -
         _compare(key, tensors_a[key], tensors_b[key], options, report)
         if progress is not None and not options.keys_only:
             progress.advance(tensors_a[key].nbytes + tensors_b[key].nbytes)
-    report.entries_mismatch = _entries_mismatch(a.root, b.root)
+    read_scalars = not options.keys_only  # a saved 0-dim loss is tensor data too
+    report.entries_mismatch = _entries_mismatch(a.root, root_a, b.root, root_b, read_scalars)
     return report
 
 
-def _tensors(root: Any, every: bool, override: str | None) -> dict[str, TensorRef]:
-    named = all_tensors(root) if every else find_weights(root, override).tensors
-    return {t.key: t.tensor for t in named}
+def _tensors(root: Any, every: bool, override: str | None) -> tuple[dict[str, TensorRef], str | None]:
+    weights = find_weights(root, override)
+    named = all_tensors(root) if every else weights.tensors
+    return {t.key: t.tensor for t in named}, weights.root
 
 
 def _compare(key: str, a: TensorRef, b: TensorRef, options: DiffOptions, report: DiffReport) -> None:
@@ -113,6 +115,8 @@ def _compare(key: str, a: TensorRef, b: TensorRef, options: DiffOptions, report:
 
 def compare_values(a: TensorRef, b: TensorRef, tolerance: Tolerance) -> dict[str, Any] | None:
     """None when the values agree; otherwise the largest absolute and relative errors."""
+    if a.layout != "strided" or b.layout != "strided":
+        return _compare_parts(a, b, tolerance)
     if not _comparable(a.dtype) or not _comparable(b.dtype):
         # quantized and packed types: only identical bytes count as equal
         same = a.dtype == b.dtype and read_span(a)[0] == read_span(b)[0]
@@ -122,6 +126,20 @@ def compare_values(a: TensorRef, b: TensorRef, tolerance: Tolerance) -> dict[str
         if span_a is not None and span_b is not None and _equal_without_nan(span_a, span_b, a.dtype):
             return None  # identical bits and no NaN: equal as torch.equal sees it
     return _torch_compare(load_tensor(a), load_tensor(b), tolerance)
+
+
+def _compare_parts(a: TensorRef, b: TensorRef, tolerance: Tolerance) -> dict[str, Any] | None:
+    """Sparse tensors agree when their layouts and every part (indices, values) agree."""
+    parts_a, parts_b = (a.extra or {}).get("parts", []), (b.extra or {}).get("parts", [])
+    if a.layout != b.layout or len(parts_a) != len(parts_b):
+        return {"max_abs": None, "max_rel": None, "mismatched": None}
+    for part_a, part_b in zip(parts_a, parts_b, strict=True):
+        if part_a.shape != part_b.shape:
+            return {"max_abs": None, "max_rel": None, "mismatched": None}
+        result = compare_values(part_a, part_b, tolerance)
+        if result is not None:
+            return result
+    return None
 
 
 def _equal_without_nan(a: ByteRange, b: ByteRange, dtype: str) -> bool:
@@ -171,7 +189,7 @@ def _torch_compare(a: torch.Tensor, b: torch.Tensor, tolerance: Tolerance) -> di
     agree, max_abs, max_rel, mismatched = True, 0.0, 0.0, 0
     for xa, xb in zip(flat_a.split(CHUNK_ELEMENTS), flat_b.split(CHUNK_ELEMENTS), strict=True):
         da, db = _wide(xa), _wide(xb)
-        ok = _close(da, db, tolerance)
+        ok = _exact_integers(xa, xb) if _both_integer(xa, xb) and tolerance.exact else _close(da, db, tolerance)
         mismatched += int((~ok).sum())
         agree &= bool(ok.all())
         both = torch.isfinite(da) & torch.isfinite(db)
@@ -190,6 +208,19 @@ def _torch_compare(a: torch.Tensor, b: torch.Tensor, tolerance: Tolerance) -> di
 def _json_number(value: float) -> float | str:
     """JSON has no inf: an error that overflows float64 is reported as the string "inf"."""
     return value if math.isfinite(value) else str(value)
+
+
+def _both_integer(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return not (a.is_floating_point() or a.is_complex() or b.is_floating_point() or b.is_complex())
+
+
+def _exact_integers(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Integer equality in the integers' own bits: float64 cannot tell 2**60 from 2**60 + 1."""
+    import torch
+
+    if a.dtype == b.dtype == torch.uint64:
+        return a.view(torch.int64) == b.view(torch.int64)
+    return _wide(a) == _wide(b)
 
 
 def _close(a: torch.Tensor, b: torch.Tensor, tolerance: Tolerance) -> torch.Tensor:
@@ -214,7 +245,7 @@ def _wide(x: torch.Tensor) -> torch.Tensor:
     if x.is_floating_point():
         return x.to(torch.float64)
     if x.dtype == torch.uint64:
-        return x.to(torch.float64)  # no wider integer type; values beyond 2**53 round
+        return x.to(torch.float64)  # no wider integer type: errors beyond 2**53 round (equality does not)
     return x.to(torch.int64)
 
 
@@ -223,13 +254,15 @@ def _comparable(dtype: Any) -> bool:
     return DTYPES.get(name) is not None and DTYPES[name].kind not in ("quantized", "other")
 
 
-def _entries_mismatch(a: Any, b: Any) -> list[dict[str, Any]]:
+def _entries_mismatch(
+    a: Any, root_a: str | None, b: Any, root_b: str | None, read_scalars: bool
+) -> list[dict[str, Any]]:
     """Non-tensor entries (epoch, loss, hyper-parameters) that both files hold but differ.
 
     A file without any entries (safetensors, a bare state_dict) is compared on its
     tensors alone, so a checkpoint still equals its converted weights.
     """
-    ea, eb = entries(a, None), entries(b, None)
+    ea, eb = entries(a, root_a, read_scalars), entries(b, root_b, read_scalars)
     if not ea or not eb:
         return []
     keys = list(dict.fromkeys([*ea, *eb]))

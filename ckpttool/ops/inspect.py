@@ -156,16 +156,17 @@ def tree(rows: list[TensorRow]) -> list[TreeRow]:
 # -- entries and objects ------------------------------------------------------------------
 
 
-def entries(root: Any, weights_root: str | None) -> dict[str, Any]:
-    """Top-level values that are not tensors (epoch, loss, hyper-parameters, ...)."""
-    if not isinstance(root, dict):
+def entries(root: Any, weights_root: str | None, read_scalars: bool = True) -> dict[str, Any]:
+    """Top-level values that are not weights (epoch, loss, hyper-parameters, ...). A saved
+    0-dim tensor shows its value, read from the file, unless `read_scalars` is off."""
+    if not isinstance(root, dict) or weights_root == "":
         return {}
     out: dict[str, Any] = {}
     for key, value in root.items():
         name = str(key)
         if name == weights_root or _holds_tensors(value):
             continue
-        out[name] = jsonable(value)
+        out[name] = jsonable(value, read_scalars)
     return out
 
 
@@ -185,13 +186,13 @@ def objects(root: Any) -> list[ObjectRow]:
     return [ObjectRow(path, node.cls) for path, node in walk(root) if isinstance(node, PickledObject)]
 
 
-def jsonable(value: Any) -> Any:
+def jsonable(value: Any, read_scalars: bool = True) -> Any:
     """A JSON-ready copy, bounded in size and depth (the graph may be shared or cyclic)."""
     budget = [MAX_ENTRY_NODES]
-    return _jsonable(value, 0, budget)
+    return _jsonable(value, 0, budget, read_scalars)
 
 
-def _jsonable(value: Any, depth: int, budget: list[int]) -> Any:
+def _jsonable(value: Any, depth: int, budget: list[int], read_scalars: bool = True) -> Any:
     budget[0] -= 1
     if budget[0] < 0 or depth > MAX_ENTRY_DEPTH:
         return "..."
@@ -200,13 +201,13 @@ def _jsonable(value: Any, depth: int, budget: list[int]) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
     if isinstance(value, dict):
-        return {str(k): _jsonable(v, depth + 1, budget) for k, v in value.items()}
+        return {str(k): _jsonable(v, depth + 1, budget, read_scalars) for k, v in value.items()}
     if isinstance(value, (list, tuple, set, frozenset)):
-        return [_jsonable(v, depth + 1, budget) for v in value]
+        return [_jsonable(v, depth + 1, budget, read_scalars) for v in value]
     if isinstance(value, TensorRef):
-        return _tensor_value(value)
+        return _tensor_value(value, read_scalars)
     if isinstance(value, PickledObject):
-        attrs = {str(k): _jsonable(v, depth + 1, budget) for k, v in value.attributes.items()}
+        attrs = {str(k): _jsonable(v, depth + 1, budget, read_scalars) for k, v in value.attributes.items()}
         return {"__class__": value.cls, **attrs}
     if isinstance(value, bytes):
         return f"<{len(value)} bytes>"
@@ -217,8 +218,8 @@ def _jsonable(value: Any, depth: int, budget: list[int]) -> Any:
     return f"<{type(value).__name__}>"
 
 
-def _tensor_value(tensor: TensorRef) -> Any:
-    scalar = read_scalar(tensor) if tensor.numel == 1 else None
+def _tensor_value(tensor: TensorRef, read_scalars: bool = True) -> Any:
+    scalar = read_scalar(tensor) if tensor.numel == 1 and read_scalars else None
     if scalar is not None:
         return scalar if not isinstance(scalar, float) or math.isfinite(scalar) else str(scalar)
     return f"<tensor {tensor.dtype} {list(tensor.shape)} {tensor.device}>"

@@ -150,21 +150,55 @@ def _at(root: Any, path: str | None) -> Any:
 
 
 def _name(report: OptimizerReport, params: list[tuple[str, tuple[int, ...]]], source: str) -> None:
-    """Index i is the i-th parameter, when counts agree and every state tensor's shape
-    matches its parameter's; otherwise names stay unknown and a note says why."""
-    indices = [i for g in report.param_groups for i in (g.get("params") or [])]
+    """Index i is the i-th parameter when the groups list the model's parameters in order —
+    and only when no other split of them into these groups fits the state's shapes, so a
+    name is never given wrongly. Otherwise names stay unknown and a note says why."""
+    groups = [list(g.get("params") or []) for g in report.param_groups]
+    indices = [i for g in groups for i in g]
     if len(indices) != len(params):
         report.notes.append(
             f"{len(indices)} optimizer parameters but {len(params)} model parameters: names not resolved"
         )
         return
-    position: dict[Any, tuple[str | None, tuple[int, ...]]] = {index: params[i] for i, index in enumerate(indices)}
+    shapes = {s.index: _state_shape(s) for s in report.state}
+    in_order = {index: params[i] for i, index in enumerate(indices)}
+    misfit = next((i for i in indices if shapes.get(i) not in (None, tuple(in_order[i][1]))), None)
+    if misfit is not None:
+        name, shape = in_order[misfit]
+        report.notes.append(
+            f"state {misfit} has shape {list(shapes[misfit] or ())} but parameter {name!r} is {list(shape)}: "
+            "names not resolved"
+        )
+        return
+    slots = [[shapes.get(i) for i in g] for g in groups]
+    if _count_splits([tuple(shape) for _, shape in params], slots) != 1:
+        report.notes.append("parameters of equal shape could sit in other groups: names not resolved")
+        return
     for state in report.state:
-        name, shape = position.get(state.index, (None, ()))
-        if name is None or any(tuple(t["shape"]) != tuple(shape) for t in state.tensors.values() if t["shape"]):
-            report.notes.append(f"state {state.index} does not match parameter {name!r}: names not resolved")
-            for s in report.state:
-                s.name = None
-            return
-        state.name = name
+        state.name = in_order[state.index][0]
     report.names = source
+
+
+def _state_shape(state: ParamState) -> tuple[int, ...] | None:
+    shapes = {tuple(t["shape"]) for t in state.tensors.values() if t["shape"]}
+    return shapes.pop() if len(shapes) == 1 else None
+
+
+def _count_splits(
+    params: list[tuple[int, ...]], slots: list[list[tuple[int, ...] | None]], budget: int = 100_000
+) -> int:
+    """How many ways (0, 1, or 2 meaning "more") the parameters, in order, can be dealt into
+    the groups so that each group receives them in order and every known shape fits."""
+    states: dict[tuple[int, ...], int] = {tuple(0 for _ in slots): 1}
+    for shape in params:
+        following: dict[tuple[int, ...], int] = {}
+        for filled, ways in states.items():
+            for j, group in enumerate(slots):
+                k = filled[j]
+                if k < len(group) and group[k] in (None, shape):
+                    key = filled[:j] + (k + 1,) + filled[j + 1 :]
+                    following[key] = min(2, following.get(key, 0) + ways)
+        states = following
+        if len(states) > budget:
+            return 2  # too many ways to tell: treat as ambiguous
+    return states.get(tuple(len(g) for g in slots), 0)

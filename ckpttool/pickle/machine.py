@@ -112,11 +112,14 @@ class Hooks:
 
     `reducers` maps a global's `module.name` to a function of the REDUCE arguments
     (torch's rebuild functions, OrderedDict, ...): the reader builds its model in one
-    pass. `persistent` turns a persistent id into a storage. Scans use no hooks.
+    pass. `persistent` turns a persistent id into a storage. `build` receives BUILD on
+    a value a reducer built (a state_dict's `_metadata`) and says whether it took it.
+    Scans use no hooks.
     """
 
     reducers: Mapping[str, Callable[[tuple[Any, ...]], Any]] = field(default_factory=dict)
     persistent: Callable[[Any], Any] | None = None
+    build: Callable[[Any, Any], bool] | None = None
 
 
 NO_HOOKS = Hooks()
@@ -692,7 +695,7 @@ class _Machine:
         return pos
 
     def set_items(self, target: Any, items: list[Any], opcode: str) -> None:
-        if type(target) is dict:
+        if isinstance(target, dict):  # a plain dict, or one a reader hook built
             for i in range(0, len(items), 2):
                 target[self.checked_key(items[i])] = items[i + 1]
             return
@@ -785,6 +788,8 @@ class _Machine:
     def op_build(self, pos: int) -> int:
         state = self.stack.pop()
         target = self.stack[-1]
+        if self.hooks.build is not None and self.hooks.build(target, state):
+            return pos
         if not isinstance(target, Call):
             self.problem(f"BUILD on {_describe(target)}: sets attributes of an existing object", lossy=True)
         elif target.state is not UNSET:
