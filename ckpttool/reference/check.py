@@ -115,6 +115,8 @@ def check_fixtures(
     checker = FixtureChecker(manifest, data, torch.device(resolve_device(device)), tolerance)
     report = checker.new_report(directory)
     report.results += checker.check_dataset()
+    if not manifest.files:
+        report.results.append(CheckResult(None, "", "files", False, "the manifest lists no files"))
     with tempfile.TemporaryDirectory(prefix="ckpttool-reference-check-") as scratch:
         for record in manifest.files:
             report.results += checker.check_file(directory, record, Path(scratch))

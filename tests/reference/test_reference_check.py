@@ -173,6 +173,35 @@ def test_a_manifest_naming_a_file_elsewhere_fails_that_entry(copied: Path) -> No
     assert failing(report) == {("../cnn/state_dict.pth", "file", "exists")}
 
 
+def test_an_empty_manifest_does_not_pass(copied: Path) -> None:
+    manifest_path = copied / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"] = []
+    manifest_path.write_text(json.dumps(manifest))
+    report = check_fixtures(copied, device="cpu", resume_epochs=0)
+    assert failing(report) == {(None, "", "files")}
+
+
+def test_fixtures_are_never_read_by_torch_load(
+    committed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `convert --to pth` verifies the file it has just written with
+    # torch.load(weights_only=True); no fixture, and nothing with weights_only=False.
+    original, folder = torch.load, committed / "cnn"  # noqa: TID251
+    calls: list[str] = []
+
+    def guarded(source: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(str(source))
+        assert kwargs.get("weights_only") is True, "torch.load without weights_only=True"
+        assert not str(source).startswith(str(folder)), f"torch.load read {source}"
+        return original(source, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", guarded)
+    report = check_fixtures(folder, device="cpu")
+    assert report.ok, report.failures
+    assert calls and all("/pth/" in call for call in calls)
+
+
 def test_a_folder_without_manifest_is_exit_2(cli: Cli, tmp_path: Path) -> None:
     result = cli("reference", "check", tmp_path)
     assert result.exit_code == 2
