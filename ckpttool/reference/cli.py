@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from ckpttool.cli.common import output_options
 from ckpttool.reference.choices import (
     DATASET_NAMES,
     DEVICE_CHOICES,
@@ -25,15 +26,6 @@ from ckpttool.reference.choices import (
 
 if TYPE_CHECKING:
     from ckpttool.reference.train import TrainConfig
-
-# The key the main group reads to show a traceback instead of one line.
-DEBUG_META_KEY = "ckpttool.debug"
-
-
-def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
-    if value:
-        ctx.meta[DEBUG_META_KEY] = True
-
 
 @click.group(name="reference")
 def reference() -> None:
@@ -111,22 +103,7 @@ def reference() -> None:
     required=True,
     help="Folder for the fixtures and manifest.json (created; same-named files replaced).",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(("table", "json")),
-    default="table",
-    show_default=True,
-    help="Output format; json carries schema_version.",
-)
-@click.option(
-    "--debug",
-    is_flag=True,
-    expose_value=False,
-    is_eager=True,
-    callback=_set_debug,
-    help="Show a traceback when something fails.",
-)
+@output_options(("table", "json"))
 def train_command(
     model: str,
     dataset: str,
@@ -217,22 +194,7 @@ def _config(
     show_default=True,
     help="Length of the resume proof's training run (on CPU); 0 skips the proof.",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(("table", "json")),
-    default="table",
-    show_default=True,
-    help="Output format; json carries schema_version.",
-)
-@click.option(
-    "--debug",
-    is_flag=True,
-    expose_value=False,
-    is_eager=True,
-    callback=_set_debug,
-    help="Show a traceback when something fails.",
-)
+@output_options(("table", "json"))
 @click.pass_context
 def check_command(
     ctx: click.Context,
