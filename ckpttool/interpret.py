@@ -108,13 +108,13 @@ class Interpreter:
             out.extend(self.value(item) for item in node)
             return out
         if isinstance(node, dict):
-            out = self._fill_dict(key, node.items(), [])
+            filled = self._fill_dict(key, node.items(), [])
             if type(node) is StateDict and node.metadata is not None:
-                kept = StateDict(out)
+                kept = StateDict(filled)
                 kept.metadata = self.value(node.metadata)
                 self.memo[key] = kept
                 return kept
-            return out
+            return filled
         if isinstance(node, Call):
             return self._call(node, key)
         result = self._leaf(node)
