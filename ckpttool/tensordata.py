@@ -42,7 +42,7 @@ def direct_range(tensor: TensorRef) -> ByteRange | None:
         return None
     if not tensor.is_contiguous() or tensor.layout != "strided":
         return None
-    if storage.byteorder != "little" and DTYPES[tensor.dtype].itemsize > 1:
+    if storage.byteorder != "little" and storage.itemsize > 1:  # swapped on load, as torch does
         return None
     start = storage.record.data_offset() + tensor.offset * tensor.itemsize
     return ByteRange(storage.record.path, start, tensor.nbytes)

@@ -43,9 +43,7 @@ def tutorial_models() -> types.ModuleType:
     """``fixtures/tutorial_models.py``, imported once as the module ``tutorial_models``."""
     module = sys.modules.get("tutorial_models")
     if module is None:
-        spec = importlib.util.spec_from_file_location(
-            "tutorial_models", FIXTURES_DIR / "tutorial_models.py"
-        )
+        spec = importlib.util.spec_from_file_location("tutorial_models", FIXTURES_DIR / "tutorial_models.py")
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         # Registered before running it: torch reads a class's source through sys.modules.
@@ -166,9 +164,7 @@ def load_sharded(folder: Path) -> dict[str, torch.Tensor]:
     return {key: merged[key] for key in weight_map}
 
 
-def ground_truth_weights(
-    record: Mapping[str, Any], directory: Path = COMMITTED_DIR
-) -> dict[str, torch.Tensor]:
+def ground_truth_weights(record: Mapping[str, Any], directory: Path = COMMITTED_DIR) -> dict[str, torch.Tensor]:
     """The fixture's weights (keys as in the file) as torch or safetensors read them."""
     path = fixture_path(record, directory)
     fmt = record["format"]
@@ -268,9 +264,7 @@ def read_raw_pickle(path: Path | str) -> Any:
     return pickle.Unpickler(io.BytesIO(Path(path).read_bytes())).load()
 
 
-def generate(
-    out_dir: Path | str, names: Iterable[str] | None = None, big: bool = False
-) -> list[dict[str, Any]]:
+def generate(out_dir: Path | str, names: Iterable[str] | None = None, big: bool = False) -> list[dict[str, Any]]:
     """Run ``fixtures/generate.py`` into ``out_dir`` and return the index it wrote.
 
     The generator runs in its own interpreter: it re-homes model classes into
@@ -284,7 +278,5 @@ def generate(
         command.append("--big")
     completed = subprocess.run(command, capture_output=True, text=True, check=False)
     if completed.returncode != 0:
-        raise RuntimeError(
-            f"fixture generator failed ({completed.returncode}): {completed.stderr.strip()}"
-        )
+        raise RuntimeError(f"fixture generator failed ({completed.returncode}): {completed.stderr.strip()}")
     return load_fixture_index(Path(out_dir))

@@ -73,9 +73,7 @@ def test_committed_folder_holds_only_indexed_files_within_budget() -> None:
 def test_index_covers_every_required_way_of_saving() -> None:
     formats = {record["format"] for record in INDEX}
     assert formats == FORMATS
-    assert {"", "state_dict", "model_state_dict", "model", "module"} <= {
-        record["weights_root"] for record in INDEX
-    }
+    assert {"", "state_dict", "model_state_dict", "model", "module"} <= {record["weights_root"] for record in INDEX}
     assert {"cpu", "cuda:0", "cuda:1"} <= {record["device"] for record in INDEX}
     assert {"module.", "_orig_mod.", "model."} <= {record["key_prefix"] for record in INDEX}
     assert {"little", "big"} <= {record["byteorder"] for record in INDEX}
@@ -121,9 +119,7 @@ def test_storage_locations_are_those_the_index_names(record: dict[str, Any]) -> 
         ("cuda0_whole_model", "__main__.CNN"),
     ],
 )
-def test_whole_model_pickles_its_class_where_the_script_defined_it(
-    name: str, pickled_class: str
-) -> None:
+def test_whole_model_pickles_its_class_where_the_script_defined_it(name: str, pickled_class: str) -> None:
     pickled = gt.globals_of(gt.zip_record(path_of(RECORDS[name]), "/data.pkl"))
     assert pickled_class in pickled
     assert not any(g.startswith("tutorial_models.") for g in pickled)
@@ -137,9 +133,7 @@ def test_whole_model_pickles_its_class_where_the_script_defined_it(
         ("legacy_whole_model", ModuleNotFoundError, "No module named 'models'"),
     ],
 )
-def test_whole_model_does_not_load_without_its_class(
-    name: str, error: type[Exception], message: str
-) -> None:
+def test_whole_model_does_not_load_without_its_class(name: str, error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message):
         torch.load(path_of(RECORDS[name]), weights_only=False)  # noqa: TID251
 
@@ -389,9 +383,7 @@ def test_safetensors_fixture_carries_its_metadata() -> None:
         ("sharded_bin", "pytorch_model.bin.index.json", r"pytorch_model-0000\d-of-00002\.bin"),
     ],
 )
-def test_sharded_folder_follows_the_hugging_face_layout(
-    name: str, index_name: str, shard_pattern: str
-) -> None:
+def test_sharded_folder_follows_the_hugging_face_layout(name: str, index_name: str, shard_pattern: str) -> None:
     folder = path_of(RECORDS[name])
     index = json.loads((folder / index_name).read_text())
     shards = set(index["weight_map"].values())
@@ -437,9 +429,7 @@ def test_regenerated_index_matches_the_committed_one(regenerated: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("record", records(lambda r: True))
-def test_regenerated_fixture_equals_the_committed_one(
-    record: dict[str, Any], regenerated: Path
-) -> None:
+def test_regenerated_fixture_equals_the_committed_one(record: dict[str, Any], regenerated: Path) -> None:
     gt.assert_same_content(load_any(record, regenerated), load_any(record, gt.COMMITTED_DIR))
 
 
@@ -476,9 +466,7 @@ def test_unknown_fixture_name_is_a_usage_error(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_big_fixtures_are_written_on_request(tmp_path: Path) -> None:
-    index = gt.generate(
-        tmp_path, names=["many_tensors", "many_tensors_safetensors", "large_tensor"]
-    )
+    index = gt.generate(tmp_path, names=["many_tensors", "many_tensors_safetensors", "large_tensor"])
     by_name = {record["name"]: record for record in index}
     many = gt.ground_truth_weights(by_name["many_tensors"], tmp_path)
     assert len(many) == 2000

@@ -23,9 +23,7 @@ TORCHSCRIPT = "torchscript"
 LEGACY = "torch-legacy"
 LEGACY_TAR = "torch-legacy-tar"
 SAFETENSORS = "safetensors"
-SHARDED = "sharded"  # any of the sharded-* formats below
-SHARDED_SAFETENSORS = "sharded-safetensors"
-SHARDED_BIN = "sharded-bin"
+SHARDED = "sharded"  # detect() names the kind: sharded-safetensors or sharded-bin
 RAW_PICKLE = "raw-pickle"
 _HEAD = 512
 

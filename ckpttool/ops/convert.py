@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ckpttool.atomic import OutputSet, output_set
-from ckpttool.checkpoint import contiguous_strides
+from ckpttool.checkpoint import byte_size, contiguous_strides
 from ckpttool.dtypes import DTYPES
 from ckpttool.errors import FormatError, UsageError, VerificationError, WeightsNotFoundError, about
 from ckpttool.formats import read_checkpoint
@@ -35,7 +35,7 @@ from ckpttool.formats.torchzip_write import (
 )
 from ckpttool.ops.sources import Source, TrustedSource, file_sources
 from ckpttool.pickle.writer import dumps
-from ckpttool.tensordata import ByteRange, copy_range, range_equals, same_bytes, tensor_bytes
+from ckpttool.tensordata import ByteRange, cast, copy_range, range_equals, same_bytes, tensor_bytes
 
 SAFETENSORS, PTH = "safetensors", "pth"
 
@@ -83,19 +83,15 @@ class OutputTensor:
 
     @property
     def nbytes(self) -> int:
-        return self.source.numel * DTYPES[self.dtype].itemsize
+        return byte_size(self.source.numel, self.dtype)
 
     def direct(self) -> ByteRange | None:
         """The source bytes, when the output holds exactly them."""
         return self.source.byte_range() if self.dtype == self.source.dtype else None
 
     def expected(self) -> memoryview:
-        value = self.source.tensor()
-        if self.dtype != self.source.dtype:
-            from ckpttool.tensordata import cast
-
-            value = cast(value, self.dtype)
-        return tensor_bytes(value)
+        """The bytes the output must hold: the source's, or exactly the cast of them."""
+        return tensor_bytes(cast(self.source.tensor(), self.dtype))
 
 
 @dataclass
@@ -118,14 +114,17 @@ def convert(src: str, dst: str, options: ConvertOptions, progress: Progress | No
     sources, weights_root, notes = _sources(src, options)
     outputs = _plan(sources, options, notes)
     shards = _shard(outputs, options.shard_size)
-    paths = _shard_paths(dst, len(shards), options.to)
+    paths = _shard_paths(dst, len(shards))
+    index = [dst + ".index.json"] if len(shards) > 1 else []
     progress = progress or NoProgress()
     progress.start(sum(o.nbytes for o in outputs))
     with output_set([src], options.force) as outs:
+        for path in paths + index:  # refuse before writing anything
+            outs.check_destination(path)
         for path, shard in zip(paths, shards, strict=True):
             _write_and_verify(outs, path, shard, options, progress)
-        if len(shards) > 1:
-            _write_index(outs, dst, options.to, paths, shards)
+        if index:
+            _write_index(outs, dst, paths, shards)
         written = [p.final for p in outs.pending]
         outs.commit()
     return ConvertReport(
@@ -226,7 +225,7 @@ def _shard(outputs: list[OutputTensor], limit: int | None) -> list[list[OutputTe
     return shards
 
 
-def _shard_paths(dst: str, count: int, to: str) -> list[str]:
+def _shard_paths(dst: str, count: int) -> list[str]:
     if count == 1:
         return [dst]
     folder, name = os.path.split(dst)
@@ -337,7 +336,7 @@ def _verify_pth(path: str, shard: list[OutputTensor]) -> None:
         _verify_bytes(path, output, _whole(weights[output.name]))
 
 
-def _write_index(outs: OutputSet, dst: str, to: str, paths: list[str], shards: list[list[OutputTensor]]) -> None:
+def _write_index(outs: OutputSet, dst: str, paths: list[str], shards: list[list[OutputTensor]]) -> None:
     weight_map = {
         name: os.path.basename(path)
         for path, shard in zip(paths, shards, strict=True)

@@ -135,7 +135,6 @@ def _collect_zip(path: str, collected: _Collected) -> None:
     if archive.record("data.pkl") is None:
         raise ZipFormatError(f"zip archive without {archive.root}/data.pkl: not a torch checkpoint", path=path)
     if is_torchscript(archive):
-        collected.format = "torchscript"
         collected.problems.append(
             "TorchScript archive: torch.jit.load compiles and runs its code/ (CVE-2025-32434); "
             "torch.load(weights_only=True) refuses it"

@@ -164,19 +164,14 @@ class FixtureChecker:
         size_check = Comparison(
             "sizes",
             sizes == (recorded.train_size, recorded.test_size),
-            f"{sizes[0]} train / {sizes[1]} test; the manifest has "
-            f"{recorded.train_size} / {recorded.test_size}",
+            f"{sizes[0]} train / {sizes[1]} test; the manifest has {recorded.train_size} / {recorded.test_size}",
         )
         inputs, labels = data.probe_batch(self.spec.input_shape)
         probe = self.manifest.probe
         same_probe = probe_input_sha256(inputs) == probe.input_sha256 and (
             [int(label) for label in labels] == probe.labels
         )
-        detail = (
-            "same images and labels"
-            if same_probe
-            else "the probe batch differs from the manifest's"
-        )
+        detail = "same images and labels" if same_probe else "the probe batch differs from the manifest's"
         checks = [size_check, Comparison("probe-input", same_probe, detail)]
         return [CheckResult(None, "", f"dataset-{c.check}", c.ok, c.detail) for c in checks]
 
@@ -197,9 +192,7 @@ class FixtureChecker:
                 results += self.check_derived(path, record, derivation, scratch)
         return results
 
-    def check_derived(
-        self, path: Path, record: FileRecord, derivation: Derivation, scratch: Path
-    ) -> list[CheckResult]:
+    def check_derived(self, path: Path, record: FileRecord, derivation: Derivation, scratch: Path) -> list[CheckResult]:
         variant = derivation.variant
         try:
             made = make_derived(scratch, derivation, path, record)
@@ -211,9 +204,7 @@ class FixtureChecker:
         comparisons += self.check_weights(made, derivation.weights_root(record), record, variant)
         return [_result(record, variant, comparison) for comparison in comparisons]
 
-    def check_weights(
-        self, path: Path, root: str, record: FileRecord, variant: str
-    ) -> list[Comparison]:
+    def check_weights(self, path: Path, root: str, record: FileRecord, variant: str) -> list[Comparison]:
         """Read the weights through ckpttool, load them strictly, evaluate, compare."""
         try:
             state = load_state_dict(str(path), root=root)

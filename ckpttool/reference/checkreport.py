@@ -71,9 +71,7 @@ def check_table(report: CheckReport) -> str:
 def _overview(report: CheckReport) -> str:
     manifest, failures = report.manifest, report.failures
     total = len(report.results)
-    verdict = (
-        f"all {total} checks hold" if not failures else f"FAILED: {len(failures)} of {total} checks"
-    )
+    verdict = f"all {total} checks hold" if not failures else f"FAILED: {len(failures)} of {total} checks"
     rows = [
         ("directory:", str(report.directory)),
         (
@@ -100,9 +98,7 @@ def _mode_text(mode: Mode, report: CheckReport) -> str:
 
 def _files_table(report: CheckReport) -> str:
     files = [record.path for record in report.manifest.files]
-    rows = [
-        [name, *(_cell(report.results, name, variant) for variant in VARIANTS)] for name in files
-    ]
+    rows = [[name, *(_cell(report.results, name, variant) for variant in VARIANTS)] for name in files]
     headers = ["file", *(VARIANT_HEADERS[variant] for variant in VARIANTS)]
     return str(tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True))
 
@@ -121,13 +117,9 @@ def _cell(results: list[CheckResult], file: str, variant: str) -> str:
 
 def _run_table(report: CheckReport) -> str:
     rows = [
-        (result.check, "ok" if result.ok else "FAIL", result.detail)
-        for result in report.results
-        if result.file is None
+        (result.check, "ok" if result.ok else "FAIL", result.detail) for result in report.results if result.file is None
     ]
-    return str(
-        tabulate(rows, headers=["check", "", "detail"], tablefmt="simple", disable_numparse=True)
-    )
+    return str(tabulate(rows, headers=["check", "", "detail"], tablefmt="simple", disable_numparse=True))
 
 
 def _failures_table(failures: list[CheckResult]) -> str:

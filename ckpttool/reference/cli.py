@@ -27,6 +27,7 @@ from ckpttool.reference.choices import (
 if TYPE_CHECKING:
     from ckpttool.reference.train import TrainConfig
 
+
 @click.group(name="reference")
 def reference() -> None:
     """Train the tutorial models, produce checkpoint fixtures, check them with ckpttool."""

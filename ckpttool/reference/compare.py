@@ -66,9 +66,7 @@ def comparison_mode(recorded_device: str, recorded_torch: str, device: torch.dev
     if recorded != device.type:
         return Mode(False, f"recorded on {recorded}, checked on {device.type}")
     if recorded_torch != torch.__version__:
-        return Mode(
-            False, f"recorded with torch {recorded_torch}, checked with torch {torch.__version__}"
-        )
+        return Mode(False, f"recorded with torch {recorded_torch}, checked with torch {torch.__version__}")
     return Mode(True, f"recorded and checked on {recorded} with torch {torch.__version__}")
 
 
@@ -92,37 +90,25 @@ def _compare_accuracy(
     if mode.exact:
         ok = actual.accuracy == expected.accuracy
         return Comparison(check, ok, f"{actual.accuracy:.4f}" if ok else text)
-    moved = abs(
-        round(actual.accuracy * actual.examples) - round(expected.accuracy * expected.examples)
-    )
+    moved = abs(round(actual.accuracy * actual.examples) - round(expected.accuracy * expected.examples))
     ok = moved <= tolerance.accuracy_examples
     return Comparison(check, ok, f"{text} ({moved} of {actual.examples} predictions differ)")
 
 
-def _compare_number(
-    check: str, expected: float, actual: float, mode: Mode, tolerance: Tolerance
-) -> Comparison:
+def _compare_number(check: str, expected: float, actual: float, mode: Mode, tolerance: Tolerance) -> Comparison:
     if mode.exact:
         ok = actual == expected or (math.isnan(actual) and math.isnan(expected))
-        return Comparison(
-            check, ok, f"{actual:.6g}" if ok else f"expected {expected!r}, got {actual!r}"
-        )
+        return Comparison(check, ok, f"{actual:.6g}" if ok else f"expected {expected!r}, got {actual!r}")
     difference = abs(actual - expected)
     ok = difference <= tolerance.atol + tolerance.rtol * abs(expected)
-    return Comparison(
-        check, ok, f"expected {expected:.6g}, got {actual:.6g} (differs by {difference:.2g})"
-    )
+    return Comparison(check, ok, f"expected {expected:.6g}, got {actual:.6g} (differs by {difference:.2g})")
 
 
-def compare_logits(
-    expected: torch.Tensor, actual: torch.Tensor, mode: Mode, tolerance: Tolerance
-) -> Comparison:
+def compare_logits(expected: torch.Tensor, actual: torch.Tensor, mode: Mode, tolerance: Tolerance) -> Comparison:
     """The probe logits: every bit when exact, else every value within the tolerance."""
     check = "probe-logits"
     if expected.shape != actual.shape:
-        return Comparison(
-            check, False, f"expected shape {tuple(expected.shape)}, got {tuple(actual.shape)}"
-        )
+        return Comparison(check, False, f"expected shape {tuple(expected.shape)}, got {tuple(actual.shape)}")
     expected, actual = expected.to(torch.float32), actual.to(torch.float32)
     difference = (actual - expected).abs()
     largest = float(difference.nan_to_num(nan=math.inf).max()) if difference.numel() else 0.0
@@ -132,9 +118,7 @@ def compare_logits(
         differing = int((expected.view(torch.int32) != actual.view(torch.int32)).sum())
         detail = f"{differing} of {expected.numel()} values differ, by up to {largest:.3g}"
         return Comparison(check, False, detail)
-    close = torch.isclose(
-        actual, expected, rtol=tolerance.rtol, atol=tolerance.atol, equal_nan=True
-    )
+    close = torch.isclose(actual, expected, rtol=tolerance.rtol, atol=tolerance.atol, equal_nan=True)
     if bool(close.all()):
         return Comparison(check, True, f"within tolerance, differ by up to {largest:.2g}")
     beyond = int((~close).sum())

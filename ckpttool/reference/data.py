@@ -107,9 +107,7 @@ def load_dataset(name: str, root: Path | None = None, download: bool = False) ->
     if name == "digits":
         return load_digits()
     if name not in _TORCHVISION_DATASETS:
-        raise UsageError(
-            f"unknown dataset {name!r}; choose digits, mnist, fashion-mnist or cifar10"
-        )
+        raise UsageError(f"unknown dataset {name!r}; choose digits, mnist, fashion-mnist or cifar10")
     if root is None:
         raise UsageError(f"--dataset {name} reads torchvision's files: give --data-root DIR")
     return _load_torchvision(name, Path(root), download)
@@ -121,9 +119,7 @@ def load_digits() -> ReferenceData:
         from sklearn.datasets import load_digits as sklearn_digits
         from sklearn.model_selection import train_test_split
     except ImportError:
-        raise DatasetError(
-            "--dataset digits needs scikit-learn: pip install 'ckpttool[reference]'"
-        ) from None
+        raise DatasetError("--dataset digits needs scikit-learn: pip install 'ckpttool[reference]'") from None
     bunch = sklearn_digits()
     images = torch.from_numpy(bunch.images.astype("uint8")).unsqueeze(1)
     labels = torch.from_numpy(bunch.target.astype("int64"))
@@ -138,9 +134,7 @@ def load_digits() -> ReferenceData:
     return _with_statistics("digits", train, test, pixel_max=16.0)
 
 
-def _with_statistics(
-    name: str, train: ImageSplit, test: ImageSplit, pixel_max: float
-) -> ReferenceData:
+def _with_statistics(name: str, train: ImageSplit, test: ImageSplit, pixel_max: float) -> ReferenceData:
     mean, std = pixel_statistics(train.images, pixel_max)
     num_classes = int(torch.cat([train.labels, test.labels]).max()) + 1
     return ReferenceData(name, train, test, num_classes, pixel_max, mean, std)

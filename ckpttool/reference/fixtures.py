@@ -137,9 +137,7 @@ def build_fixtures(
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     periodic_every = checkpoint_every if "state-dict-optimizer" in styles else 0
-    periodic = PeriodicCheckpoints(
-        directory, periodic_every, config.epochs, observer or SilentObserver(), located_as
-    )
+    periodic = PeriodicCheckpoints(directory, periodic_every, config.epochs, observer or SilentObserver(), located_as)
     run = TrainingRun(config, data, periodic)
     run.train_until(config.epochs)
     final = take_snapshot(run)
@@ -176,9 +174,7 @@ def train_config_of(manifest: Manifest) -> TrainConfig:
     )
 
 
-def build_manifest(
-    run: TrainingRun, files: list[FileRecord], located_as: str | None = None
-) -> Manifest:
+def build_manifest(run: TrainingRun, files: list[FileRecord], located_as: str | None = None) -> Manifest:
     return Manifest(
         model=model_record(run),
         dataset=dataset_record(run.data),

@@ -76,11 +76,7 @@ def host_side_state(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     """The optimizer state a GPU run keeps on the CPU: tensor `step` counters."""
     if any(group.get("capturable") or group.get("fused") for group in optimizer.param_groups):
         return []  # these keep `step` beside the parameters, on the GPU
-    return [
-        state["step"]
-        for state in optimizer.state.values()
-        if isinstance(state.get("step"), torch.Tensor)
-    ]
+    return [state["step"] for state in optimizer.state.values() if isinstance(state.get("step"), torch.Tensor)]
 
 
 def storage_locations(payload: Any) -> list[str]:
@@ -88,9 +84,7 @@ def storage_locations(payload: Any) -> list[str]:
 
     Asks torch's taggers (and any relocation in force), exactly as `torch.save` does.
     """
-    return sorted(
-        {torch.serialization.location_tag(t.untyped_storage()) for t in _tensors(payload)}
-    )
+    return sorted({torch.serialization.location_tag(t.untyped_storage()) for t in _tensors(payload)})
 
 
 def _tensors(value: Any) -> Iterator[torch.Tensor]:

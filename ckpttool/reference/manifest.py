@@ -187,17 +187,13 @@ def read_manifest(path: Path) -> Manifest:
     try:
         data = json.loads(target.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ManifestError(
-            "no manifest.json: not a reference fixture folder", path=str(path)
-        ) from None
+        raise ManifestError("no manifest.json: not a reference fixture folder", path=str(path)) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ManifestError(f"cannot read the manifest: {error}", path=str(target)) from None
     try:
         return _manifest_from_json(data)
     except (KeyError, TypeError, ValueError) as error:
-        raise ManifestError(
-            f"not a valid reference manifest: {error!r}", path=str(target)
-        ) from None
+        raise ManifestError(f"not a valid reference manifest: {error!r}", path=str(target)) from None
 
 
 def _manifest_from_json(data: dict[str, Any]) -> Manifest:
@@ -216,9 +212,7 @@ def _manifest_from_json(data: dict[str, Any]) -> Manifest:
     )
 
 
-def _evaluation_from_json(
-    entry: dict[str, Any] | None, training: TrainingRecord
-) -> EvaluationRecord:
+def _evaluation_from_json(entry: dict[str, Any] | None, training: TrainingRecord) -> EvaluationRecord:
     # Manifests written before the record existed: metrics were computed where the
     # run trained, probe logits always on the CPU.
     if entry is None:

@@ -18,9 +18,7 @@ class ProgressReporter:
     and pipes get the per-epoch lines and no bar.
     """
 
-    def __init__(
-        self, total_epochs: int, report: Callable[[str], None], bar_stream: IO[str] | None
-    ) -> None:
+    def __init__(self, total_epochs: int, report: Callable[[str], None], bar_stream: IO[str] | None) -> None:
         self.total_epochs = total_epochs
         self.report = report
         self.bar_stream = bar_stream

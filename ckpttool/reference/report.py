@@ -87,9 +87,7 @@ def _overview(summary: TrainSummary) -> str:
 
 
 def _metrics_text(metrics: Metrics) -> str:
-    return (
-        f"accuracy {metrics.accuracy:.4f}  loss {metrics.loss:.4f}  ({metrics.examples} examples)"
-    )
+    return f"accuracy {metrics.accuracy:.4f}  loss {metrics.loss:.4f}  ({metrics.examples} examples)"
 
 
 def _training_text(summary: TrainSummary) -> str:
@@ -103,9 +101,7 @@ def _training_text(summary: TrainSummary) -> str:
 
 def _epochs_table(summary: TrainSummary) -> str:
     rows = [(i, f"{loss:.4f}") for i, loss in enumerate(summary.manifest.training.epoch_losses, 1)]
-    return str(
-        tabulate(rows, headers=["epoch", "train loss"], tablefmt="simple", disable_numparse=True)
-    )
+    return str(tabulate(rows, headers=["epoch", "train loss"], tablefmt="simple", disable_numparse=True))
 
 
 def _files_table(summary: TrainSummary) -> str:

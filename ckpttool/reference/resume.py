@@ -60,9 +60,7 @@ def prove_resume(
     split = _check_split(config.epochs, split_epoch)
     straight = TrainingRun(config, data)
     straight.train_until(split)
-    checkpoint = save_style(
-        straight, "model-optimizer", Path(directory), f"resume_epoch{split:03d}.pt"
-    ).path
+    checkpoint = save_style(straight, "model-optimizer", Path(directory), f"resume_epoch{split:03d}.pt").path
     straight.train_until(config.epochs)
 
     resumed = TrainingRun(config, data)
@@ -76,9 +74,7 @@ def prove_resume(
 def _check_split(epochs: int, split_epoch: int | None) -> int:
     split = epochs // 2 if split_epoch is None else split_epoch
     if not 0 < split < epochs:
-        raise UsageError(
-            f"resuming needs 0 < split epoch < epochs; got split {split} of {epochs} epochs"
-        )
+        raise UsageError(f"resuming needs 0 < split epoch < epochs; got split {split} of {epochs} epochs")
     return split
 
 

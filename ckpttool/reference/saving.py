@@ -75,9 +75,7 @@ def _last_loss(run: TrainingRun) -> float:
 SAVE_STYLES: dict[str, SaveStyle] = {
     style.name: style
     for style in (
-        SaveStyle(
-            "state-dict", "state_dict.pth", TORCH_ZIP, "", lambda run: run.model.state_dict()
-        ),
+        SaveStyle("state-dict", "state_dict.pth", TORCH_ZIP, "", lambda run: run.model.state_dict()),
         SaveStyle("whole-model", "model.pth", TORCH_ZIP, "", lambda run: run.model),
         SaveStyle(
             "state-dict-optimizer",
@@ -105,9 +103,7 @@ SAVE_STYLES: dict[str, SaveStyle] = {
                 "loss": _last_loss(run),
             },
         ),
-        SaveStyle(
-            "safetensors", "model.safetensors", SAFETENSORS, "", lambda run: run.model.state_dict()
-        ),
+        SaveStyle("safetensors", "model.safetensors", SAFETENSORS, "", lambda run: run.model.state_dict()),
     )
 }
 
@@ -147,9 +143,7 @@ def save_style(
     payload = style.payload(run)
     locations: tuple[str, ...] = ()
     if style.format == SAFETENSORS:
-        _write_atomically(
-            path, lambda temp: save_file(_contiguous(payload), temp, metadata={"format": "pt"})
-        )
+        _write_atomically(path, lambda temp: save_file(_contiguous(payload), temp, metadata={"format": "pt"}))
     else:
         with _located(run, located_as):
             locations = tuple(storage_locations(payload))
@@ -163,13 +157,9 @@ def save_styles(
     return [save_style(run, name, directory, located_as=located_as) for name in styles]
 
 
-def save_periodic_checkpoint(
-    run: TrainingRun, directory: Path, located_as: str | None = None
-) -> SavedFile:
+def save_periodic_checkpoint(run: TrainingRun, directory: Path, located_as: str | None = None) -> SavedFile:
     """The tutorial's `{'state_dict','optimizer'}` written every few epochs."""
-    return save_style(
-        run, "state-dict-optimizer", directory, periodic_file_name(run.epochs_done), located_as
-    )
+    return save_style(run, "state-dict-optimizer", directory, periodic_file_name(run.epochs_done), located_as)
 
 
 @contextlib.contextmanager

@@ -302,9 +302,7 @@ class TrainingRun:
         """
         return compute_probe_logits(self.model, self.data, self.spec.input_shape)
 
-    def restore(
-        self, model_state: Mapping[str, Any], optimizer_state: Mapping[str, Any], epochs_done: int
-    ) -> None:
+    def restore(self, model_state: Mapping[str, Any], optimizer_state: Mapping[str, Any], epochs_done: int) -> None:
         """Continue from a saved state, as if this run had trained `epochs_done` epochs."""
         self.model.load_state_dict(model_state)
         self.optimizer.load_state_dict(dict(optimizer_state))
@@ -368,9 +366,7 @@ def _same_device(a: torch.device, b: torch.device) -> bool:
     if a.type != "cuda":
         return True
     current = torch.cuda.current_device()
-    return (a.index if a.index is not None else current) == (
-        b.index if b.index is not None else current
-    )
+    return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
 
 
 @contextlib.contextmanager
@@ -410,9 +406,7 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def train(
-    config: TrainConfig, data: ReferenceData, observer: TrainingObserver | None = None
-) -> TrainingRun:
+def train(config: TrainConfig, data: ReferenceData, observer: TrainingObserver | None = None) -> TrainingRun:
     """Build the model and optimizer from the config and train every epoch."""
     run = TrainingRun(config, data, observer or SilentObserver())
     run.train_until(config.epochs)

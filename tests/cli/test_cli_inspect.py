@@ -171,9 +171,7 @@ def test_json_rows_name_shared_storages(cli: Cli) -> None:
 
 
 def test_json_reports_the_saved_device(cli: Cli) -> None:
-    report = cli_json(
-        ok(cli("inspect", fixture("cuda0_model_optimizer"), "--all", "--format", "json"))
-    )
+    report = cli_json(ok(cli("inspect", fixture("cuda0_model_optimizer"), "--all", "--format", "json")))
     devices = {row["key"]: row["device"] for row in report["tensors"]}
     assert {devices[f"model.{k}"] for k in state_dict_of("cuda0_model_optimizer")} == {"cuda:0"}
     # Adam's step counters stay on the CPU on a GPU run, and the file says so.
@@ -249,16 +247,11 @@ def test_filter_applies_to_json_weights_and_tensors(cli: Cli) -> None:
 
 
 def test_filter_matching_nothing_shows_no_rows(cli: Cli) -> None:
-    assert (
-        csv_rows(cli("inspect", fixture("cnn_state_dict"), "--format", "csv", "--filter", "nope*"))
-        == []
-    )
+    assert csv_rows(cli("inspect", fixture("cnn_state_dict"), "--format", "csv", "--filter", "nope*")) == []
 
 
 def test_all_includes_optimizer_state_with_dotted_paths(cli: Cli) -> None:
-    rows = csv_rows(
-        cli("inspect", fixture("model_optimizer_checkpoint"), "--all", "--format", "csv")
-    )
+    rows = csv_rows(cli("inspect", fixture("model_optimizer_checkpoint"), "--all", "--format", "csv"))
     truth = dict(tensors_in(loaded("model_optimizer_checkpoint")))
     assert [row["key"] for row in rows] == list(truth)
     assert {
@@ -283,9 +276,7 @@ def test_all_follows_list_nesting(cli: Cli) -> None:
 
 
 def test_sort_by_key(cli: Cli) -> None:
-    rows = csv_rows(
-        cli("inspect", fixture("nested_containers_state_dict"), "--format", "csv", "--sort", "key")
-    )
+    rows = csv_rows(cli("inspect", fixture("nested_containers_state_dict"), "--format", "csv", "--sort", "key"))
     keys = [row["key"] for row in rows]
     assert keys == sorted(state_dict_of("nested_containers_state_dict"))
 
@@ -395,9 +386,7 @@ def test_tree_with_all_groups_optimizer_state(cli: Cli) -> None:
 # -- entries and objects ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "name", ["general_checkpoint_tensor_loss", "general_checkpoint_float_loss"]
-)
+@pytest.mark.parametrize("name", ["general_checkpoint_tensor_loss", "general_checkpoint_float_loss"])
 def test_entries_show_epoch_and_the_saved_loss(cli: Cli, name: str) -> None:
     report = cli_json(ok(cli("inspect", fixture(name), "--format", "json")))
     saved = loaded(name)
@@ -426,9 +415,7 @@ def test_hyper_parameters_as_a_dict(cli: Cli) -> None:
 
 
 def test_hyper_parameters_as_a_namespace(cli: Cli) -> None:
-    report = cli_json(
-        ok(cli("inspect", fixture("lightning_checkpoint_namespace_hparams"), "--format", "json"))
-    )
+    report = cli_json(ok(cli("inspect", fixture("lightning_checkpoint_namespace_hparams"), "--format", "json")))
     saved = loaded("lightning_checkpoint_namespace_hparams")["hyper_parameters"]
     shown = report["entries"]["hyper_parameters"]
     assert {k: v for k, v in shown.items() if k != "__class__"} == vars(saved)
@@ -436,9 +423,7 @@ def test_hyper_parameters_as_a_namespace(cli: Cli) -> None:
 
 
 def file_class_names(path: Path, fmt: str) -> set[str]:
-    data = (
-        gt.legacy_main_pickle(path) if fmt == "torch-legacy" else gt.zip_record(path, "/data.pkl")
-    )
+    data = gt.legacy_main_pickle(path) if fmt == "torch-legacy" else gt.zip_record(path, "/data.pkl")
     return gt.globals_of(data)
 
 
@@ -446,9 +431,7 @@ def pickled_name(cls: type, names_in_file: set[str]) -> str:
     """A class's name as the file spells it: user classes were pickled under other homes."""
     if cls.__module__ != "tutorial_models":
         return f"{cls.__module__}.{cls.__qualname__}"
-    (name,) = [
-        n for n in names_in_file if n.endswith(f".{cls.__name__}") and not n.startswith("torch.")
-    ]
+    (name,) = [n for n in names_in_file if n.endswith(f".{cls.__name__}") and not n.startswith("torch.")]
     return name
 
 
@@ -483,16 +466,12 @@ def test_objects_are_the_pickled_modules_with_paths(cli: Cli, name: str) -> None
 
 
 def test_a_state_dict_has_no_objects(cli: Cli) -> None:
-    assert (
-        cli_json(ok(cli("inspect", fixture("cnn_state_dict"), "--format", "json")))["objects"] == []
-    )
+    assert cli_json(ok(cli("inspect", fixture("cnn_state_dict"), "--format", "json")))["objects"] == []
 
 
 def test_table_names_the_classes(cli: Cli) -> None:
     out = ok(cli("inspect", fixture("nn_whole_model_package"))).stdout
-    assert re.search(
-        r"^classes:\s+models\.net\.NN, torch\.nn\.modules\.linear\.Linear x2$", out, re.M
-    )
+    assert re.search(r"^classes:\s+models\.net\.NN, torch\.nn\.modules\.linear\.Linear x2$", out, re.M)
     assert re.search(r"^weights:\s+pickled nn\.Module at the whole file, 4 tensors", out, re.M)
 
 
@@ -543,11 +522,7 @@ def run_ckpttool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize("where", ["group", "command"])
 def test_debug_shows_a_traceback(tmp_path: Path, where: str) -> None:
-    args = (
-        ["--debug", "inspect", "missing.pt"]
-        if where == "group"
-        else ["inspect", "--debug", "missing.pt"]
-    )
+    args = ["--debug", "inspect", "missing.pt"] if where == "group" else ["inspect", "--debug", "missing.pt"]
     completed = run_ckpttool(*args, cwd=tmp_path)
     assert completed.returncode != 0
     assert completed.stdout == ""

@@ -67,13 +67,9 @@ def torch_weights_only(path: Path, allow: list[Any] | None = None) -> str | None
             # torch's notices on the way to its verdict, not the verdict itself.
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
             warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
-            warnings.filterwarnings(
-                "ignore", message=r"torch\.quantize_per_tensor.* are deprecated"
-            )
+            warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor.* are deprecated")
             warnings.filterwarnings("ignore", message="Validating sparse tensor invariants")
-            warnings.filterwarnings(
-                "ignore", message="'torch.load' received a zip file that looks like a TorchScript"
-            )
+            warnings.filterwarnings("ignore", message="'torch.load' received a zip file that looks like a TorchScript")
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             for file in files_torch_loads(path):
                 torch.load(file, weights_only=True, map_location="cpu")  # noqa: TID251 - the ground truth
@@ -90,9 +86,7 @@ def torch_refusal(name: str) -> str | None:
 def refused_over_globals() -> list[Any]:
     """Fixtures torch refuses only naming an unsupported global (an allowlist may help)."""
     return [
-        pytest.param(r["name"], id=r["name"])
-        for r in INDEX
-        if UNSUPPORTED_GLOBAL in (torch_refusal(r["name"]) or "")
+        pytest.param(r["name"], id=r["name"]) for r in INDEX if UNSUPPORTED_GLOBAL in (torch_refusal(r["name"]) or "")
     ]
 
 
@@ -170,18 +164,11 @@ def test_allowlist_line_names_every_global_to_allow(cli: Cli, name: str) -> None
         return
     listed = needs_allowlist(scanned)
     assert listed
-    names = [
-        g["name"] if g["module"] in ("__main__", "builtins") else f"{g['module']}.{g['name']}"
-        for g in listed
-    ]
-    match = re.fullmatch(
-        r"torch\.serialization\.add_safe_globals\(\[(.*)\]\)", scanned["allowlist"]
-    )
+    names = [g["name"] if g["module"] in ("__main__", "builtins") else f"{g['module']}.{g['name']}" for g in listed]
+    match = re.fullmatch(r"torch\.serialization\.add_safe_globals\(\[(.*)\]\)", scanned["allowlist"])
     assert match, scanned["allowlist"]
     assert sorted(match.group(1).split(", ")) == sorted(names)
-    assert set(scanned["imports"]) == {
-        g["module"] for g in listed if g["module"] not in ("__main__", "builtins")
-    }
+    assert set(scanned["imports"]) == {g["module"] for g in listed if g["module"] not in ("__main__", "builtins")}
     # The refused global torch named is one of them.
     refused = re.search(r"GLOBAL (\S+) was not an allowed global", torch_refusal(name) or "")
     assert refused and refused.group(1) in {f"{g['module']}.{g['name']}" for g in listed}
@@ -244,12 +231,7 @@ def test_several_paths_are_reported_in_order(cli: Cli) -> None:
 def test_several_clean_paths_exit_zero(cli: Cli) -> None:
     result = cli("scan", fixture("cnn_state_dict"), fixture("cnn_whole_model_main"))
     assert (result.exit_code, result.stderr) == (0, "")
-    assert (
-        cli(
-            "scan", fixture("cnn_state_dict"), fixture("cnn_whole_model_main"), "--strict"
-        ).exit_code
-        == 1
-    )
+    assert cli("scan", fixture("cnn_state_dict"), fixture("cnn_whole_model_main"), "--strict").exit_code == 1
 
 
 def test_one_unreadable_path_among_several(cli: Cli, tmp_path: Path) -> None:

@@ -300,13 +300,7 @@ def rebuild_tensor(spec: TensorSpec, *, legacy: bool = False, pid: bytes | None 
         Op.NEWFALSE,
         empty_ordered_dict(),  # backward hooks
     ]
-    return (
-        global_ref("torch._utils", "_rebuild_tensor_v2")
-        + Op.MARK
-        + b"".join(args)
-        + Op.TUPLE
-        + Op.REDUCE
-    )
+    return global_ref("torch._utils", "_rebuild_tensor_v2") + Op.MARK + b"".join(args) + Op.TUPLE + Op.REDUCE
 
 
 def state_dict_pickle(
@@ -402,9 +396,7 @@ def _central_header(w: _Written) -> bytes:
     ) + name  # fmt: skip
 
 
-def zip_bytes(
-    members: Iterable[ZipMember], *, align: bool = True, end_record: bool = True
-) -> bytes:
+def zip_bytes(members: Iterable[ZipMember], *, align: bool = True, end_record: bool = True) -> bytes:
     """A zip archive written header by header; `end_record=False` cuts off its last 22 bytes."""
     out = bytearray()
     written: list[_Written] = []
@@ -418,9 +410,7 @@ def zip_bytes(
     directory = b"".join(_central_header(w) for w in written)
     cd_offset = len(out)
     out += directory
-    out += struct.pack(
-        "<4s4H2LH", b"PK\x05\x06", 0, 0, len(written), len(written), len(directory), cd_offset, 0
-    )
+    out += struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(written), len(written), len(directory), cd_offset, 0)
     return bytes(out if end_record else out[:-22])
 
 
@@ -547,9 +537,7 @@ def empty_legacy_tar(**replaced: bytes) -> bytes:
 # -- safetensors ----------------------------------------------------------------------------------
 
 
-def safetensors_bytes(
-    header: bytes, data: bytes = b"", declared_length: int | None = None
-) -> bytes:
+def safetensors_bytes(header: bytes, data: bytes = b"", declared_length: int | None = None) -> bytes:
     """u64 little-endian header length, the header bytes, the data buffer."""
     length = len(header) if declared_length is None else declared_length
     return struct.pack("<Q", length) + header + data
@@ -559,21 +547,11 @@ def safetensors_bytes(
 
 
 def _png_chunk(kind: bytes, body: bytes) -> bytes:
-    return (
-        struct.pack(">I", len(body))
-        + kind
-        + body
-        + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-    )
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
 
 def png_image() -> bytes:
     """A valid 1x1 grey PNG."""
     header = struct.pack(">2I5B", 1, 1, 8, 0, 0, 0, 0)
     pixels = zlib.compress(b"\x00\x80")
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", header)
-        + _png_chunk(b"IDAT", pixels)
-        + _png_chunk(b"IEND", b"")
-    )
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", pixels) + _png_chunk(b"IEND", b"")

@@ -60,14 +60,7 @@ def handwritten_system_payloads(marker: Path) -> list[Payload]:
     """The same calls spelled the ways pickles can spell them."""
     command = shell_touch(marker)
     protocol0 = (  # GLOBAL, STRING, TUPLE, REDUCE: all text, no PROTO
-        Op.GLOBAL
-        + b"os\nsystem\n"
-        + Op.MARK
-        + Op.STRING
-        + quoted_line(command)
-        + Op.TUPLE
-        + Op.REDUCE
-        + Op.STOP
+        Op.GLOBAL + b"os\nsystem\n" + Op.MARK + Op.STRING + quoted_line(command) + Op.TUPLE + Op.REDUCE + Op.STOP
     )
     framed = (  # protocol 4: FRAME, STACK_GLOBAL from memoized strings
         b"\x80\x04"
@@ -101,12 +94,8 @@ def builtins_payloads(marker: Path) -> list[Payload]:
     getattr_system = call_global("builtins", "getattr", Raw(import_os), "system")
     compiled = call_global("builtins", "compile", source, "<payload>", "exec")
     return [
-        Payload(
-            "builtins.exec", whole(call_global("builtins", "exec", source)), ("builtins.exec",)
-        ),
-        Payload(
-            "builtins.eval", whole(call_global("builtins", "eval", source)), ("builtins.eval",)
-        ),
+        Payload("builtins.exec", whole(call_global("builtins", "exec", source)), ("builtins.exec",)),
+        Payload("builtins.eval", whole(call_global("builtins", "eval", source)), ("builtins.eval",)),
         Payload(  # Python 2's module name, which unpicklers map to builtins
             "__builtin__.eval",
             whole(call_global("__builtin__", "eval", source)),
@@ -124,32 +113,17 @@ def builtins_payloads(marker: Path) -> list[Payload]:
         ),
         Payload(  # INST: MARK, args, then `i module\nname\n` calls the class with them
             "INST-os.system",
-            Op.MARK
-            + Op.STRING
-            + quoted_line(shell_touch(marker))
-            + Op.INST
-            + b"os\nsystem\n"
-            + Op.STOP,
+            Op.MARK + Op.STRING + quoted_line(shell_touch(marker)) + Op.INST + b"os\nsystem\n" + Op.STOP,
             ("os.system",),
         ),
         Payload(
             "INST-subprocess.Popen",
-            Op.MARK
-            + Op.STRING
-            + quoted_line(shell_touch(marker))
-            + Op.INST
-            + b"subprocess\nPopen\n"
-            + Op.STOP,
+            Op.MARK + Op.STRING + quoted_line(shell_touch(marker)) + Op.INST + b"subprocess\nPopen\n" + Op.STOP,
             ("subprocess.Popen",),
         ),
         Payload(  # OBJ: MARK, callable, args, OBJ calls items[0](*items[1:])
             "OBJ-builtins.exec",
-            b"\x80\x02"
-            + Op.MARK
-            + global_ref("builtins", "exec")
-            + value(source)
-            + Op.OBJ
-            + Op.STOP,
+            b"\x80\x02" + Op.MARK + global_ref("builtins", "exec") + value(source) + Op.OBJ + Op.STOP,
             ("builtins.exec",),
         ),
         Payload(
@@ -172,24 +146,12 @@ def computed_name_payloads(marker: Path) -> list[Payload]:
     return [
         Payload(
             "STACK_GLOBAL-on-joined-strings",
-            b"\x80\x04"
-            + joined_os
-            + short_text("system")
-            + Op.STACK_GLOBAL
-            + command
-            + Op.REDUCE
-            + Op.STOP,
+            b"\x80\x04" + joined_os + short_text("system") + Op.STACK_GLOBAL + command + Op.REDUCE + Op.STOP,
             ("builtins.getattr",),
         ),
         Payload(  # only allowlisted calls, yet the global it resolves is computed
             "STACK_GLOBAL-on-_codecs.encode",
-            b"\x80\x04"
-            + encoded
-            + short_text("system")
-            + Op.STACK_GLOBAL
-            + command
-            + Op.REDUCE
-            + Op.STOP,
+            b"\x80\x04" + encoded + short_text("system") + Op.STACK_GLOBAL + command + Op.REDUCE + Op.STOP,
             (),
         ),
         Payload(  # the computed module name goes through the memo first
@@ -252,11 +214,7 @@ def gadget_payloads(marker: Path, inner_payload_file: Path) -> list[Payload]:
         ("pydoc.pipepager", whole(call_global("pydoc", "pipepager", "", shell)), ()),
         (
             "timeit.timeit",
-            whole(
-                call_global(
-                    "timeit", "timeit", source, "pass", Raw(global_ref("time", "perf_counter")), 1
-                )
-            ),
+            whole(call_global("timeit", "timeit", source, "pass", Raw(global_ref("time", "perf_counter")), 1)),
             (),
         ),
         ("cProfile.run", whole(call_global("cProfile", "run", source)), ()),
@@ -297,9 +255,7 @@ def gadget_payloads(marker: Path, inner_payload_file: Path) -> list[Payload]:
         ),
         (
             "cloudpickle.cloudpickle._make_function",
-            _then_call(
-                call_global("cloudpickle.cloudpickle", "_make_function", code, {}, "f", None, None)
-            ),
+            _then_call(call_global("cloudpickle.cloudpickle", "_make_function", code, {}, "f", None, None)),
             ("types.CodeType",),
         ),
         (

@@ -51,9 +51,7 @@ def run_cli(*args: object) -> CliOutcome:
     return CliOutcome(result.exit_code, result.stdout, result.stderr)
 
 
-def run_cli_process(
-    *args: object, memory_limit: int | None = None, timeout: float = 60
-) -> CliOutcome:
+def run_cli_process(*args: object, memory_limit: int | None = None, timeout: float = 60) -> CliOutcome:
     """`ckpttool ARGS` as a real process, optionally under an address-space limit."""
     command = [str(CKPTTOOL), *(str(a) for a in args)]
     if memory_limit is not None:
@@ -137,9 +135,7 @@ def assert_scan_fails_closed(path: Path) -> dict[str, Any] | None:
 def assert_dangerous(path: Path, *called: str) -> dict[str, Any]:
     """`scan`: exit 1, verdict dangerous, each of `called` listed as a dangerous global."""
     outcome = scan(path)
-    assert outcome.exit_code == 1, (
-        f"exit {outcome.exit_code}: {outcome.stdout[:800]} {outcome.stderr}"
-    )
+    assert outcome.exit_code == 1, f"exit {outcome.exit_code}: {outcome.stdout[:800]} {outcome.stderr}"
     assert_no_crash(outcome)
     report = only_file(outcome)
     assert report["verdict"] == "dangerous", report

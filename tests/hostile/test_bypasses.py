@@ -56,16 +56,12 @@ def test_a_gadget_called_through_an_allowlisted_function_is_dangerous(
 ) -> None:
     path = write("rebuild.pt", torch_zip(rebuild_from_type(global_ref(*gadget), marker)))
     report = assert_dangerous(path, ".".join(gadget))
-    assert report["allowlist"] is None, (
-        "the scan must never ask to allowlist a callable it will see called"
-    )
+    assert report["allowlist"] is None, "the scan must never ask to allowlist a callable it will see called"
     assert_inspect_harmless(path)
     assert_not_run(marker)
 
 
-def test_an_allowlisted_function_given_an_allowlisted_callable_is_safe(
-    write: FileWriter, marker: Path
-) -> None:
+def test_an_allowlisted_function_given_an_allowlisted_callable_is_safe(write: FileWriter, marker: Path) -> None:
     """The control: torch itself writes _rebuild_from_type_v2 with a rebuild function."""
     path = write("rebuild.pt", torch_zip(rebuild_from_type(global_ref("builtins", "set"), marker)))
     outcome = scan(path)
@@ -74,9 +70,7 @@ def test_an_allowlisted_function_given_an_allowlisted_callable_is_safe(
 
 
 @pytest.mark.parametrize("evil_first", [True, False])
-def test_a_second_data_pkl_record_is_an_anomaly(
-    write: FileWriter, marker: Path, evil_first: bool
-) -> None:
+def test_a_second_data_pkl_record_is_an_anomaly(write: FileWriter, marker: Path, evil_first: bool) -> None:
     """Readers disagree on duplicate names (miniz takes the first, Python's zipfile the last)."""
     good = torch_zip_members(state_dict_pickle([WEIGHT]), {"0": storage_bytes(WEIGHT)})
     evil = ZipMember("archive/data.pkl", inner_system_pickle(marker))
@@ -96,9 +90,7 @@ def test_payloads_in_the_legacy_tar_format(write: FileWriter, marker: Path, memb
 
 
 def test_a_payload_shard_of_a_sharded_checkpoint(tmp_path: Path, marker: Path) -> None:
-    (tmp_path / "pytorch_model.bin.index.json").write_text(
-        json.dumps({"weight_map": {"w": "evil.bin"}})
-    )
+    (tmp_path / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": {"w": "evil.bin"}}))
     (tmp_path / "evil.bin").write_bytes(inner_system_pickle(marker))
     assert_dangerous(tmp_path, "posix.system")
     assert_not_run(marker)
@@ -107,9 +99,7 @@ def test_a_payload_shard_of_a_sharded_checkpoint(tmp_path: Path, marker: Path) -
 @pytest.mark.parametrize("shape", ["itself", "each_other"])
 def test_an_index_that_refers_back_to_itself_terminates(tmp_path: Path, shape: str) -> None:
     first, second = tmp_path / "a.index.json", tmp_path / "b.index.json"
-    first.write_text(
-        json.dumps({"weight_map": {"w": first.name if shape == "itself" else second.name}})
-    )
+    first.write_text(json.dumps({"weight_map": {"w": first.name if shape == "itself" else second.name}}))
     second.write_text(json.dumps({"weight_map": {"w": first.name}}))
     outcome = scan(first)
     assert_no_crash(outcome)
@@ -117,14 +107,10 @@ def test_an_index_that_refers_back_to_itself_terminates(tmp_path: Path, shape: s
     assert len(outcome.stdout) < 1 << 16
 
 
-def test_calling_the_result_of_an_allowlisted_call_is_dangerous(
-    write: FileWriter, marker: Path
-) -> None:
+def test_calling_the_result_of_an_allowlisted_call_is_dangerous(write: FileWriter, marker: Path) -> None:
     """torch.FloatStorage() is allowlisted; calling what it returned is a computed callable."""
     storage = call_global("torch", "FloatStorage")
-    path = write(
-        "storage_call.pt", torch_zip(whole(storage + value((shell_touch(marker),)) + Op.REDUCE))
-    )
+    path = write("storage_call.pt", torch_zip(whole(storage + value((shell_touch(marker),)) + Op.REDUCE)))
     report = assert_dangerous(path)
     assert report["problems"]
     assert_not_run(marker)

@@ -99,9 +99,7 @@ MEMORY_LIMIT = 768 << 20
 
 
 def good_members() -> list[ZipMember]:
-    return torch_zip_members(
-        whole_state_dict(), {spec.key: storage_bytes(spec) for spec in (WEIGHT, BIAS)}
-    )
+    return torch_zip_members(whole_state_dict(), {spec.key: storage_bytes(spec) for spec in (WEIGHT, BIAS)})
 
 
 def whole_state_dict() -> bytes:
@@ -259,12 +257,7 @@ STACK_GLOBAL_OPERANDS = {
 
 @pytest.mark.parametrize("operands", sorted(STACK_GLOBAL_OPERANDS))
 def test_case04_stack_global_on_non_strings(write: FileWriter, marker: Path, operands: str) -> None:
-    body = (
-        STACK_GLOBAL_OPERANDS[operands]
-        + Op.STACK_GLOBAL
-        + value(("touch " + str(marker),))
-        + Op.REDUCE
-    )
+    body = STACK_GLOBAL_OPERANDS[operands] + Op.STACK_GLOBAL + value(("touch " + str(marker),)) + Op.REDUCE
     data = b"\x80\x04" + body + Op.STOP
     with pytest.raises(PickleError, match="STACK_GLOBAL"):
         decode(data)
@@ -312,9 +305,7 @@ def test_case05_zip_anomalies_are_reported(write: FileWriter, trick: str) -> Non
     ],
     ids=["local_name", "crc", "encrypted", "patched", "local_flags_only", "deflated"],
 )
-def test_case05_header_tricks_do_not_hide_a_payload(
-    write: FileWriter, marker: Path, changes: dict[str, Any]
-) -> None:
+def test_case05_header_tricks_do_not_hide_a_payload(write: FileWriter, marker: Path, changes: dict[str, Any]) -> None:
     """picklescan's zip bypasses: the payload is still found whatever the headers say."""
     members = retouched(torch_zip_members(system_call(marker)), "data.pkl", **changes)
     path = write("tricked.pt", zip_bytes(members))
@@ -374,9 +365,7 @@ PERSISTENT_IDS: dict[str, bytes] = {
     "a_string": text("evil") + Op.BINPERSID,
     "an_int": integer(0) + Op.BINPERSID,
     "too_short": tuple_of([text("storage")]) + Op.BINPERSID,
-    "module_tuple": tuple_of(
-        [text("module"), global_ref("torch.nn", "Linear"), text("model.py"), text("source")]
-    )
+    "module_tuple": tuple_of([text("module"), global_ref("torch.nn", "Linear"), text("model.py"), text("source")])
     + Op.BINPERSID,
     "text_PERSID": Op.PERSID + b"storage\n",
 }
@@ -430,9 +419,7 @@ def layout_zip(spec: TensorSpec) -> bytes:
 
 
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
-def test_case08_sizes_that_do_not_fit_are_rejected_before_reading(
-    write: FileWriter, layout: str
-) -> None:
+def test_case08_sizes_that_do_not_fit_are_rejected_before_reading(write: FileWriter, layout: str) -> None:
     path = write("layout.pt", layout_zip(LAYOUTS[layout]))
     started = time.monotonic()
     assert_inspect_refuses(path)
@@ -485,15 +472,11 @@ def four_gib_of_zeros() -> bytes:
 def test_case09_deflate_bomb_is_never_inflated_blindly(
     write: FileWriter, four_gib_of_zeros: bytes, record: str, declared: int
 ) -> None:
-    members = retouched(
-        good_members(), record, method=DEFLATED, payload=four_gib_of_zeros, declared_size=declared
-    )
+    members = retouched(good_members(), record, method=DEFLATED, payload=four_gib_of_zeros, declared_size=declared)
     path = write("bomb.pt", zip_bytes(members))
     for command in ("scan", "inspect"):
         started = time.monotonic()
-        outcome = run_cli_process(
-            command, "--format", "json", path, memory_limit=MEMORY_LIMIT, timeout=60
-        )
+        outcome = run_cli_process(command, "--format", "json", path, memory_limit=MEMORY_LIMIT, timeout=60)
         assert_no_crash(outcome)
         assert outcome.exit_code in (0, 1, 2), outcome
         if outcome.exit_code == 2:
@@ -513,9 +496,7 @@ def test_case10_legacy_protocol_version_other_than_1001(write: FileWriter, versi
 
 def test_case10_legacy_protocol_version_as_text(write: FileWriter) -> None:
     legacy = legacy_checkpoint([WEIGHT])
-    path = write(
-        "legacy.pth", legacy.to_bytes().replace(whole(integer(1001)), whole(text("1001")), 1)
-    )
+    path = write("legacy.pth", legacy.to_bytes().replace(whole(integer(1001)), whole(text("1001")), 1))
     assert_inspect_refuses(path)
     assert_scan_fails_closed(path)
 
@@ -530,9 +511,7 @@ def test_case10_legacy_protocol_version_as_text(write: FileWriter) -> None:
     ],
     ids=["short", "huge_count", "negative_count", "no_bytes"],
 )
-def test_case10_legacy_raw_storage_shorter_than_its_count(
-    write: FileWriter, storage: LegacyStorage
-) -> None:
+def test_case10_legacy_raw_storage_shorter_than_its_count(write: FileWriter, storage: LegacyStorage) -> None:
     legacy = legacy_checkpoint([WEIGHT])
     legacy.storages = [storage]
     path = write("legacy.pth", legacy.to_bytes())
@@ -545,9 +524,7 @@ def test_case10_legacy_raw_storage_shorter_than_its_count(
 # -- cases 11-14: code execution in every spelling ------------------------------------------------
 
 _NOWHERE = Path("/nonexistent/marker")
-SYSTEM_PAYLOADS = [
-    p.name for p in dumped_payloads(_NOWHERE) + handwritten_system_payloads(_NOWHERE)
-]
+SYSTEM_PAYLOADS = [p.name for p in dumped_payloads(_NOWHERE) + handwritten_system_payloads(_NOWHERE)]
 BUILTINS_PAYLOADS = [p.name for p in builtins_payloads(_NOWHERE)]
 COMPUTED_PAYLOADS = [p.name for p in computed_name_payloads(_NOWHERE)]
 GADGETS = [p.name for p in gadget_payloads(_NOWHERE, _NOWHERE)]
@@ -557,9 +534,7 @@ def by_name(payloads: list[Payload], name: str) -> Payload:
     return next(p for p in payloads if p.name == name)
 
 
-def check_payload(
-    write: FileWriter, marker: Path, payload: Payload, container: str
-) -> dict[str, Any]:
+def check_payload(write: FileWriter, marker: Path, payload: Payload, container: str) -> dict[str, Any]:
     """Scan: dangerous, each called global listed and dangerous; inspect: harmless; nothing ran."""
     filename, wrap = CONTAINERS[container]
     path = write(filename, wrap(payload.data))
@@ -584,9 +559,7 @@ def test_case11_system_and_subprocess_in_every_protocol(
 
 @pytest.mark.parametrize("container", sorted(CONTAINERS))
 @pytest.mark.parametrize("name", BUILTINS_PAYLOADS)
-def test_case12_builtins_chains_inst_and_obj(
-    write: FileWriter, marker: Path, name: str, container: str
-) -> None:
+def test_case12_builtins_chains_inst_and_obj(write: FileWriter, marker: Path, name: str, container: str) -> None:
     check_payload(write, marker, by_name(builtins_payloads(marker), name), container)
 
 
@@ -598,9 +571,7 @@ def test_case13_names_computed_at_load_time(write: FileWriter, marker: Path, nam
 
 
 @pytest.mark.parametrize("name", GADGETS)
-def test_case14_gadgets_in_odd_modules_are_dangerous(
-    write: FileWriter, marker: Path, name: str
-) -> None:
+def test_case14_gadgets_in_odd_modules_are_dangerous(write: FileWriter, marker: Path, name: str) -> None:
     inner = write("inner.pt", inner_system_pickle(marker))  # what the torch.load gadget would load
     payload = by_name(gadget_payloads(marker, inner), name)
     report = check_payload(write, marker, payload, "torch-zip")
@@ -608,9 +579,7 @@ def test_case14_gadgets_in_odd_modules_are_dangerous(
 
 
 @pytest.mark.parametrize("name", [p.name for p in container_abuse_payloads()])
-def test_case14_setitem_and_append_on_non_containers(
-    write: FileWriter, marker: Path, name: str
-) -> None:
+def test_case14_setitem_and_append_on_non_containers(write: FileWriter, marker: Path, name: str) -> None:
     """GHSA-63cw-57p8-fm3p: SETITEM(S)/APPEND reaching objects that are not dicts or lists."""
     payload = by_name(container_abuse_payloads(), name)
     report = check_payload(write, marker, payload, "torch-zip")
@@ -630,9 +599,7 @@ def test_case15_every_pickle_of_a_raw_file_is_scanned(write: FileWriter, marker:
 
 
 @pytest.mark.parametrize("slot", ["sys_info", "keys"])
-def test_case15_every_stacked_pickle_of_a_legacy_file_is_scanned(
-    write: FileWriter, marker: Path, slot: str
-) -> None:
+def test_case15_every_stacked_pickle_of_a_legacy_file_is_scanned(write: FileWriter, marker: Path, slot: str) -> None:
     legacy = legacy_checkpoint([WEIGHT])
     setattr(legacy, slot, system_call(marker))
     path = write("legacy.pth", legacy.to_bytes())
@@ -641,9 +608,7 @@ def test_case15_every_stacked_pickle_of_a_legacy_file_is_scanned(
     assert_not_run(marker)
 
 
-def test_case15_a_pickle_hidden_after_the_legacy_storages_is_reported(
-    write: FileWriter, marker: Path
-) -> None:
+def test_case15_a_pickle_hidden_after_the_legacy_storages_is_reported(write: FileWriter, marker: Path) -> None:
     path = write("legacy.pth", legacy_checkpoint([WEIGHT], trailer=system_call(marker)).to_bytes())
     assert_not_safe(path)
     assert_not_run(marker)
@@ -676,9 +641,7 @@ PREFIXES = {
 
 @pytest.mark.parametrize("container", ["raw", "torch-zip"])
 @pytest.mark.parametrize("prefix", sorted(PREFIXES))
-def test_case16_malicious_prefix_then_garbage(
-    write: FileWriter, marker: Path, prefix: str, container: str
-) -> None:
+def test_case16_malicious_prefix_then_garbage(write: FileWriter, marker: Path, prefix: str, container: str) -> None:
     data = PREFIXES[prefix](marker)
     with pytest.raises(PickleError) as failure:
         decode(data)
@@ -731,12 +694,7 @@ BOUNDED_SHAPES: dict[str, bytes] = {
     "nested_tuples_1e5": b"\x80\x02" + Op.NONE + Op.TUPLE1 * 100_000 + Op.STOP,
     "nested_marks_1e6": b"\x80\x02" + Op.MARK * 1_000_000 + Op.STOP,
     # Hashing a key walks every leaf: a shared tuple as a dict key or set member is 2**40 steps.
-    "shared_tuple_as_dict_key": b"\x80\x02"
-    + Op.EMPTY_DICT
-    + shared_tuple(40)
-    + integer(1)
-    + Op.SETITEM
-    + Op.STOP,
+    "shared_tuple_as_dict_key": b"\x80\x02" + Op.EMPTY_DICT + shared_tuple(40) + integer(1) + Op.SETITEM + Op.STOP,
     "shared_tuple_in_frozenset": b"\x80\x04" + Op.MARK + shared_tuple(40) + Op.FROZENSET + Op.STOP,
 }
 
@@ -747,9 +705,7 @@ def test_case17_memory_and_time_stay_bounded(write: FileWriter, shape: str) -> N
     for command in ("scan", "inspect"):
         started = time.monotonic()
         try:
-            outcome = run_cli_process(
-                command, "--format", "json", path, memory_limit=MEMORY_LIMIT, timeout=20
-            )
+            outcome = run_cli_process(command, "--format", "json", path, memory_limit=MEMORY_LIMIT, timeout=20)
         except Exception as exc:  # subprocess.TimeoutExpired
             pytest.fail(f"{command} {shape}: no answer within 20 s ({type(exc).__name__})")
         assert_no_crash(outcome)
@@ -843,9 +799,7 @@ def test_case18_format_comes_from_content(write: FileWriter, case: str) -> None:
 
 def handmade_torchscript(marker: Path) -> bytes:
     """The records that make torch (and CVE-2025-32434) treat a zip as TorchScript."""
-    members = torch_zip_members(
-        whole_state_dict(), {s.key: storage_bytes(s) for s in (WEIGHT, BIAS)}
-    )
+    members = torch_zip_members(whole_state_dict(), {s.key: storage_bytes(s) for s in (WEIGHT, BIAS)})
     code = f"def forward(self, x):\n    ops.aten.system('touch {marker}')\n".encode()
     return zip_bytes(
         [
@@ -870,9 +824,7 @@ def scripted_linear(tmp_path_factory: pytest.TempPathFactory) -> bytes:
 def test_case18_torchscript_is_recognised_and_flagged(
     write: FileWriter, marker: Path, scripted_linear: bytes, name: str, origin: str
 ) -> None:
-    path = write(
-        name, scripted_linear if origin == "torch.jit.save" else handmade_torchscript(marker)
-    )
+    path = write(name, scripted_linear if origin == "torch.jit.save" else handmade_torchscript(marker))
     outcome = scan(path)
     assert outcome.exit_code == 1
     report = only_file(outcome)
@@ -899,43 +851,29 @@ def _f32(shape: list[int], offsets: list[int]) -> dict[str, object]:
 BAD_SAFETENSORS: dict[str, bytes] = {
     "header_over_100MB": safetensors_bytes(b"{}", declared_length=100_000_001),
     "header_over_100MB_pickle_opcode_first": safetensors_bytes(b"{}", declared_length=100_000_077),
-    "header_longer_than_file": safetensors_bytes(
-        _header({"w": _f32([2], [0, 8])}), bytes(8), declared_length=1000
-    ),
+    "header_longer_than_file": safetensors_bytes(_header({"w": _f32([2], [0, 8])}), bytes(8), declared_length=1000),
     "header_not_utf8": safetensors_bytes(
         b'{"w\xff": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}', bytes(8)
     ),
     "header_not_json": safetensors_bytes(b"{this is not json}"),
-    "header_deeply_nested_json": safetensors_bytes(
-        b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
-    ),
+    "header_deeply_nested_json": safetensors_bytes(b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
     "shape_overflow": safetensors_bytes(_header({"w": _f32([1 << 40] * 3, [0, 8])}), bytes(8)),
     "bytes_missing": safetensors_bytes(_header({"w": _f32([4], [0, 16])}), bytes(8)),
     "bytes_left_over": safetensors_bytes(_header({"w": _f32([2], [0, 8])}), bytes(12)),
-    "overlapping_offsets": safetensors_bytes(
-        _header({"a": _f32([2], [0, 8]), "b": _f32([2], [4, 12])}), bytes(12)
-    ),
-    "gap_between_tensors": safetensors_bytes(
-        _header({"a": _f32([1], [0, 4]), "b": _f32([1], [8, 12])}), bytes(12)
-    ),
+    "overlapping_offsets": safetensors_bytes(_header({"a": _f32([2], [0, 8]), "b": _f32([2], [4, 12])}), bytes(12)),
+    "gap_between_tensors": safetensors_bytes(_header({"a": _f32([1], [0, 4]), "b": _f32([1], [8, 12])}), bytes(12)),
     "offsets_reversed": safetensors_bytes(_header({"w": _f32([0], [8, 0])}), bytes(8)),
     "offset_negative": safetensors_bytes(_header({"w": _f32([2], [-8, 0])}), bytes(8)),
     "f32_slice_not_a_multiple_of_4": safetensors_bytes(_header({"w": _f32([2], [0, 9])}), bytes(9)),
-    "f4_odd_count": safetensors_bytes(
-        _header({"w": {"dtype": "F4", "shape": [3], "data_offsets": [0, 2]}}), bytes(2)
-    ),
+    "f4_odd_count": safetensors_bytes(_header({"w": {"dtype": "F4", "shape": [3], "data_offsets": [0, 2]}}), bytes(2)),
     "unknown_dtype": safetensors_bytes(
         _header({"w": {"dtype": "F128", "shape": [1], "data_offsets": [0, 16]}}), bytes(16)
     ),
-    "metadata_int_value": safetensors_bytes(
-        _header({"__metadata__": {"epoch": 3}, "w": _f32([2], [0, 8])}), bytes(8)
-    ),
+    "metadata_int_value": safetensors_bytes(_header({"__metadata__": {"epoch": 3}, "w": _f32([2], [0, 8])}), bytes(8)),
     "metadata_nested_value": safetensors_bytes(
         _header({"__metadata__": {"a": {"b": "c"}}, "w": _f32([2], [0, 8])}), bytes(8)
     ),
-    "metadata_not_a_map": safetensors_bytes(
-        _header({"__metadata__": "x", "w": _f32([2], [0, 8])}), bytes(8)
-    ),
+    "metadata_not_a_map": safetensors_bytes(_header({"__metadata__": "x", "w": _f32([2], [0, 8])}), bytes(8)),
 }
 
 
@@ -966,9 +904,7 @@ DEVICE_FILES: dict[str, Callable[[], bytes]] = {
     "zip_cuda1_and_cpu": lambda: checkpoint_zip(
         [float_tensor("w", "0", 2, 3, location="cuda:1"), float_tensor("b", "1", 3)]
     ),
-    "legacy_cuda0": lambda: legacy_checkpoint(
-        [float_tensor("w", "0", 2, 3, location="cuda:0")]
-    ).to_bytes(),
+    "legacy_cuda0": lambda: legacy_checkpoint([float_tensor("w", "0", 2, 3, location="cuda:0")]).to_bytes(),
 }
 
 

@@ -96,9 +96,7 @@ def mutated(draw: st.DrawFn, original: bytes) -> bytes:
         elif kind == "delete":
             del data[at : at + draw(st.integers(1, 16))]
         elif kind == "overwrite":  # lengths and counts: the values parsers trust most
-            data[at : at + 4] = draw(
-                st.sampled_from([b"\xff\xff\xff\xff", b"\x00\x00\x00\x00", b"\xff\xff\xff\x7f"])
-            )
+            data[at : at + 4] = draw(st.sampled_from([b"\xff\xff\xff\xff", b"\x00\x00\x00\x00", b"\xff\xff\xff\x7f"]))
         else:
             del data[at:]
         if not data:
@@ -142,9 +140,7 @@ def test_decode_any_bytes(data: bytes) -> None:
 
 
 @FUZZ
-@given(
-    stream=opcode_streams, protocol=st.sampled_from([b"", b"\x80\x02", b"\x80\x04", b"\x80\x05"])
-)
+@given(stream=opcode_streams, protocol=st.sampled_from([b"", b"\x80\x02", b"\x80\x04", b"\x80\x05"]))
 def test_decode_any_opcode_stream(stream: bytes, protocol: bytes) -> None:
     returns_or_raises_ckpt_error(lambda: decode(protocol + stream))
 
@@ -159,9 +155,7 @@ def test_any_file_reads_or_raises_ckpt_error(workdir: Path, signature: bytes, ta
 
 @FUZZ
 @given(stream=opcode_streams)
-def test_any_opcode_stream_as_data_pkl_reads_or_raises_ckpt_error(
-    workdir: Path, stream: bytes
-) -> None:
+def test_any_opcode_stream_as_data_pkl_reads_or_raises_ckpt_error(workdir: Path, stream: bytes) -> None:
     path = workdir / "stream.pt"
     path.write_bytes(torch_zip(b"\x80\x02" + stream + b"."))
     read_and_scan(path)
@@ -171,9 +165,7 @@ def test_any_opcode_stream_as_data_pkl_reads_or_raises_ckpt_error(
 
 
 @pytest.mark.parametrize("name", REAL_NAMES)
-def test_mutated_real_files_read_or_raise_ckpt_error(
-    workdir: Path, real_files: dict[str, bytes], name: str
-) -> None:
+def test_mutated_real_files_read_or_raise_ckpt_error(workdir: Path, real_files: dict[str, bytes], name: str) -> None:
     @FUZZ
     @given(data=mutated(real_files[name]))
     def check(data: bytes) -> None:
@@ -185,9 +177,7 @@ def test_mutated_real_files_read_or_raise_ckpt_error(
 
 
 @pytest.mark.parametrize("name", REAL_NAMES)
-def test_mutated_real_files_through_the_cli(
-    workdir: Path, real_files: dict[str, bytes], name: str
-) -> None:
+def test_mutated_real_files_through_the_cli(workdir: Path, real_files: dict[str, bytes], name: str) -> None:
     @settings(FUZZ, max_examples=40)
     @given(data=mutated(real_files[name]), command=st.sampled_from(["scan", "inspect"]))
     def check(data: bytes, command: str) -> None:
@@ -205,9 +195,7 @@ def test_mutated_real_files_through_the_cli(
 
 
 @pytest.mark.parametrize("name", REAL_NAMES)
-def test_the_unmutated_real_files_read(
-    workdir: Path, real_files: dict[str, bytes], name: str
-) -> None:
+def test_the_unmutated_real_files_read(workdir: Path, real_files: dict[str, bytes], name: str) -> None:
     """The control: the fuzzed originals are valid checkpoints ckpttool reads."""
     path = workdir / f"original-{name}"
     path.write_bytes(real_files[name])

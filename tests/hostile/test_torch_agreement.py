@@ -90,12 +90,8 @@ FILES: dict[str, Saver] = {
     ),
     "python_slice": saved(lambda: {"window": slice(1, 5)}),
     "numpy_array": saved(lambda: {"mean": np.zeros(3)}),
-    "sparse_and_quantized": saved(
-        lambda: {"s": torch.ones(3).to_sparse(), "q": quantized(torch.ones(3))}
-    ),
-    "storages_on_cuda0": written(
-        lambda: checkpoint_zip([float_tensor("w", "0", 2, 3, location="cuda:0")])
-    ),
+    "sparse_and_quantized": saved(lambda: {"s": torch.ones(3).to_sparse(), "q": quantized(torch.ones(3))}),
+    "storages_on_cuda0": written(lambda: checkpoint_zip([float_tensor("w", "0", 2, 3, location="cuda:0")])),
 }
 
 
@@ -133,9 +129,7 @@ def run_allowlist_line(line: str, imports: list[str]) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(FILES))
-def test_safe_exactly_when_torch_loads_with_weights_only(
-    checkpoints: dict[str, Path], name: str
-) -> None:
+def test_safe_exactly_when_torch_loads_with_weights_only(checkpoints: dict[str, Path], name: str) -> None:
     path = checkpoints[name]
     verdict = scan_file(str(path)).verdict
     assert (verdict == "safe") == torch_accepts(path), f"verdict {verdict}"
@@ -145,15 +139,11 @@ def test_safe_exactly_when_torch_loads_with_weights_only(
 
 
 @pytest.mark.parametrize("name", ["whole_pickled_model", "training_checkpoint_with_namespace"])
-def test_the_allowlist_line_makes_torch_load_the_file(
-    checkpoints: dict[str, Path], name: str
-) -> None:
+def test_the_allowlist_line_makes_torch_load_the_file(checkpoints: dict[str, Path], name: str) -> None:
     path = checkpoints[name]
     report = scan_file(str(path))
     assert report.verdict == "needs-allowlist"
-    assert report.allowlist is not None and report.allowlist.startswith(
-        "torch.serialization.add_safe_globals(["
-    )
+    assert report.allowlist is not None and report.allowlist.startswith("torch.serialization.add_safe_globals([")
     assert not torch_accepts(path)
     with allowlist_kept():
         run_allowlist_line(report.allowlist, report.imports)

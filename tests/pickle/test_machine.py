@@ -45,10 +45,12 @@ plain = st.recursive(
     | st.text(max_size=20)
     | st.binary(max_size=20)
     | st.frozensets(st.integers(), max_size=4),
-    lambda children: st.lists(children, max_size=4)
-    | st.tuples(children, children)
-    | st.dictionaries(st.text(max_size=5) | st.integers(), children, max_size=4)
-    | st.sets(st.integers() | st.text(max_size=5), max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.tuples(children, children)
+        | st.dictionaries(st.text(max_size=5) | st.integers(), children, max_size=4)
+        | st.sets(st.integers() | st.text(max_size=5), max_size=4)
+    ),
     max_leaves=25,
 )
 

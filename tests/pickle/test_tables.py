@@ -26,7 +26,8 @@ def test_opcodes_are_the_ones_torchs_unpickler_handles() -> None:
     handled = {
         opcode_bytes[value]
         for attr, value in vars(weights_only).items()
-        if attr.isupper() and isinstance(value, bytes) and value in opcode_bytes and getattr(pickle, attr, None) == value
+        if attr.isupper() and isinstance(value, bytes) and value in opcode_bytes
+        if getattr(pickle, attr, None) == value
     }
     assert handled == TORCH_OPCODES
 

@@ -84,11 +84,7 @@ def case(request: pytest.FixtureRequest) -> Case:
 def cases(wanted: Predicate = lambda _: True) -> pytest.MarkDecorator:
     """Indirect parameters for `case`: committed fixtures, then the big ones (slow)."""
     committed = [pytest.param(("committed", r["name"]), id=r["name"]) for r in INDEX if wanted(r)]
-    big = [
-        pytest.param(("big", r["name"]), id=r["name"], marks=pytest.mark.slow)
-        for r in BIG_RECORDS
-        if wanted(r)
-    ]
+    big = [pytest.param(("big", r["name"]), id=r["name"], marks=pytest.mark.slow) for r in BIG_RECORDS if wanted(r)]
     return pytest.mark.parametrize("case", committed + big, indirect=True)
 
 
@@ -261,9 +257,7 @@ def module_table(case: Case, table: str, module: str = "") -> dict[Any, Any]:
     return table_value
 
 
-@pytest.mark.parametrize(
-    "name", ["nonpersistent_buffer_state_dict", "nonpersistent_buffer_whole_model"]
-)
+@pytest.mark.parametrize("name", ["nonpersistent_buffer_state_dict", "nonpersistent_buffer_whole_model"])
 def test_non_persistent_buffer_is_not_a_weight(name: str) -> None:
     case = committed(name)
     assert "causal_mask" not in keys_of(case)

@@ -20,9 +20,7 @@ import groundtruth as gt
 import pytest
 from reader.truth import dtype_name
 
-WHOLE_MODELS = [
-    pytest.param(r["name"], id=r["name"]) for r in gt.load_fixture_index() if r["whole_model"]
-]
+WHOLE_MODELS = [pytest.param(r["name"], id=r["name"]) for r in gt.load_fixture_index() if r["whole_model"]]
 # Where the fixtures' model classes really live; must not be importable either.
 REAL_HOME = "tutorial_models"
 # Tries each `module.Name` given; prints one verdict per line.

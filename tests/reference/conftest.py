@@ -63,9 +63,7 @@ def cnn_fixtures(digits: ReferenceData, tmp_path_factory: pytest.TempPathFactory
     directory = tmp_path_factory.mktemp("cnn")
     # Session fixtures are set up before the module's `one_torch_thread`.
     with one_thread():
-        return build_fixtures(
-            TrainConfig.for_model("cnn", epochs=3), digits, directory, checkpoint_every=2
-        )
+        return build_fixtures(TrainConfig.for_model("cnn", epochs=3), digits, directory, checkpoint_every=2)
 
 
 @pytest.fixture(scope="session")

@@ -62,9 +62,7 @@ def test_unknown_style_is_refused_before_training(tmp_path: Path) -> None:
 
 
 def test_missing_dataset_files_are_a_dataset_error(tmp_path: Path) -> None:
-    result = invoke(
-        "--dataset", "mnist", "--data-root", str(tmp_path), "--out", str(tmp_path / "o")
-    )
+    result = invoke("--dataset", "mnist", "--data-root", str(tmp_path), "--out", str(tmp_path / "o"))
     assert isinstance(result.exception, DatasetError)
     assert "--download" in str(result.exception)
 
@@ -105,9 +103,7 @@ def test_help_documents_options_and_sizes() -> None:
 def test_importing_the_command_group_does_not_import_torch() -> None:
     code = "import sys, ckpttool.reference.cli; print('torch' in sys.modules)"
     root = Path(__file__).resolve().parents[2]
-    output = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root
-    )
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
     assert output.stdout.strip() == "False"
 
 

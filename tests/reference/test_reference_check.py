@@ -182,9 +182,7 @@ def test_an_empty_manifest_does_not_pass(copied: Path) -> None:
     assert failing(report) == {(None, "", "files")}
 
 
-def test_fixtures_are_never_read_by_torch_load(
-    committed: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_fixtures_are_never_read_by_torch_load(committed: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # `convert --to pth` verifies the file it has just written with
     # torch.load(weights_only=True); no fixture, and nothing with weights_only=False.
     original, folder = torch.load, committed / "cnn"  # noqa: TID251

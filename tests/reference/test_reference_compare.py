@@ -47,12 +47,8 @@ def test_logits_exact_to_the_last_bit_or_within_atol_and_rtol() -> None:
     assert not compare_logits(expected, one_ulp, EXACT, DEFAULT_TOLERANCE).ok
     assert compare_logits(expected, one_ulp, TOLERANT, DEFAULT_TOLERANCE).ok
     # atol 1e-4 + rtol 1e-4 * |10| = 1.1e-3 for the first value, 1e-4 for the zero.
-    assert compare_logits(
-        expected, expected + torch.tensor([[1e-3, 0, 0]]), TOLERANT, DEFAULT_TOLERANCE
-    ).ok
-    failed = compare_logits(
-        expected, expected + torch.tensor([[0, 0, 2e-4]]), TOLERANT, DEFAULT_TOLERANCE
-    )
+    assert compare_logits(expected, expected + torch.tensor([[1e-3, 0, 0]]), TOLERANT, DEFAULT_TOLERANCE).ok
+    failed = compare_logits(expected, expected + torch.tensor([[0, 0, 2e-4]]), TOLERANT, DEFAULT_TOLERANCE)
     assert not failed.ok and failed.detail.startswith("1 of 3 values beyond tolerance")
     assert not compare_logits(expected, expected[:, :2], TOLERANT, DEFAULT_TOLERANCE).ok
 
@@ -80,16 +76,12 @@ def test_metrics_exact_or_one_example_and_tolerant_loss(
 
 def test_a_different_split_size_fails_both_metrics() -> None:
     recorded = Metrics(accuracy=0.5, loss=0.25, examples=100)
-    results = compare_metrics(
-        "train", recorded, Evaluation(0.5, 0.25, 99), EXACT, DEFAULT_TOLERANCE
-    )
+    results = compare_metrics("train", recorded, Evaluation(0.5, 0.25, 99), EXACT, DEFAULT_TOLERANCE)
     assert [r.ok for r in results] == [False, False] and "99" in results[0].detail
 
 
 @pytest.mark.parametrize("name", ["nn", "cnn"])
-def test_recorded_numbers_do_not_depend_on_the_thread_count(
-    digits: ReferenceData, name: str
-) -> None:
+def test_recorded_numbers_do_not_depend_on_the_thread_count(digits: ReferenceData, name: str) -> None:
     run = train(TrainConfig.for_model(name, epochs=1, steps_per_epoch=4), digits)
     threads = torch.get_num_threads()
     outcomes = []
@@ -109,9 +101,7 @@ def test_recorded_numbers_do_not_depend_on_the_thread_count(
     assert torch.get_num_threads() == threads
 
 
-def test_manifests_without_evaluation_or_locations_still_read(
-    committed: Path, tmp_path: Path
-) -> None:
+def test_manifests_without_evaluation_or_locations_still_read(committed: Path, tmp_path: Path) -> None:
     data = json.loads((committed / "cnn" / "manifest.json").read_text())
     del data["evaluation"]
     for entry in data["files"]:

@@ -34,9 +34,7 @@ def test_digits_split_is_fixed_and_stratified(digits: ReferenceData) -> None:
 
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
-def test_digits_scale_to_each_model_input(
-    digits: ReferenceData, shape: tuple[int, int, int]
-) -> None:
+def test_digits_scale_to_each_model_input(digits: ReferenceData, shape: tuple[int, int, int]) -> None:
     batch = digits.model_input(digits.train.images[:5], shape)
     assert batch.shape == (5, *shape)
     assert batch.dtype == torch.float32

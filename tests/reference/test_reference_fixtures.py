@@ -109,9 +109,7 @@ def test_training_checkpoints_hold_what_the_tutorials_save(cnn_fixtures: Fixture
     assert set(load(str(directory / "model_optimizer.pt"))) == {"model", "optimizer"}
 
 
-def test_the_reader_gives_what_torch_restores(
-    cnn_fixtures: FixtureSet, torch_load_ground_truth: GroundTruth
-) -> None:
+def test_the_reader_gives_what_torch_restores(cnn_fixtures: FixtureSet, torch_load_ground_truth: GroundTruth) -> None:
     directory, spec = cnn_fixtures.manifest_path.parent, get_model_spec("cnn")
     for record in cnn_fixtures.manifest.files:
         path = directory / record.path
@@ -144,9 +142,9 @@ def test_files_and_manifest_are_reproducible(digits: ReferenceData, tmp_path: Pa
     again = build_fixtures(config, digits, tmp_path / "again", checkpoint_every=1)
     assert again.manifest_path.read_bytes() == first.manifest_path.read_bytes()
     for record in first.manifest.files:
-        assert (tmp_path / "first" / record.path).read_bytes() == (
-            tmp_path / "again" / record.path
-        ).read_bytes(), record.path
+        assert (tmp_path / "first" / record.path).read_bytes() == (tmp_path / "again" / record.path).read_bytes(), (
+            record.path
+        )
 
 
 def test_probe_logits_keep_every_bit() -> None:

@@ -94,9 +94,7 @@ def test_remap_to_cpu_gives_a_file_torch_loads_with_the_same_logits(
         assert torch.equal(logits, record.probe_logits.to_tensor())
     assert all(
         torch.equal(a, b)
-        for a, b in zip(
-            load_state_dict(str(source)).values(), restored.state_dict().values(), strict=True
-        )
+        for a, b in zip(load_state_dict(str(source)).values(), restored.state_dict().values(), strict=True)
     )
 
 

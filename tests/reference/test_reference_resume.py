@@ -37,9 +37,7 @@ def test_resume_is_bit_exact(
     assert proof.compared > 6
 
 
-def test_a_changed_bit_is_found(
-    digits: ReferenceData, tmp_path: Path, read_through_ckpttool: WeightsLoader
-) -> None:
+def test_a_changed_bit_is_found(digits: ReferenceData, tmp_path: Path, read_through_ckpttool: WeightsLoader) -> None:
     def load_and_nudge(path: Path) -> Mapping[str, Any]:
         saved = dict(read_through_ckpttool(path))
         weight = saved["model"]["fc1.bias"]
@@ -58,18 +56,14 @@ def test_the_data_order_of_the_remaining_epochs_matters(digits: ReferenceData) -
     config = TrainConfig.for_model("nn", epochs=2)
     straight = TrainingRun(config, digits)
     straight.train_until(1)
-    saved = copy.deepcopy(
-        {"model": straight.model.state_dict(), "optimizer": straight.optimizer.state_dict()}
-    )
+    saved = copy.deepcopy({"model": straight.model.state_dict(), "optimizer": straight.optimizer.state_dict()})
     straight.train_until(2)
     outcomes = {}
     for claimed_epochs in (1, 0):
         resumed = TrainingRun(config, digits)
         resumed.restore(saved["model"], saved["optimizer"], epochs_done=claimed_epochs)
         resumed.train_epoch()
-        outcomes[claimed_epochs] = compare_states(
-            straight.model.state_dict(), resumed.model.state_dict()
-        )[1]
+        outcomes[claimed_epochs] = compare_states(straight.model.state_dict(), resumed.model.state_dict())[1]
     assert outcomes[1] == []
     assert outcomes[0]
 

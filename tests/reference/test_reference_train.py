@@ -27,10 +27,7 @@ ACCURACY_FLOOR = {"nn": 0.93, "cnn": 0.92, "neural-network": 0.94, "cifar10-net"
 
 @pytest.mark.parametrize(
     "name",
-    [
-        pytest.param(name, marks=pytest.mark.slow) if name == "cifar10-net" else name
-        for name in sorted(ACCURACY_FLOOR)
-    ],
+    [pytest.param(name, marks=pytest.mark.slow) if name == "cifar10-net" else name for name in sorted(ACCURACY_FLOOR)],
 )
 def test_default_training_reaches_the_stated_accuracy(digits: ReferenceData, name: str) -> None:
     run = train(TrainConfig.for_model(name), digits)
@@ -42,9 +39,7 @@ def test_default_training_reaches_the_stated_accuracy(digits: ReferenceData, nam
 
 
 @pytest.mark.parametrize("name", [pytest.param("vgg16", marks=pytest.mark.slow), "resnet34"])
-def test_torchvision_models_take_a_few_steps_to_finite_logits(
-    digits: ReferenceData, name: str
-) -> None:
+def test_torchvision_models_take_a_few_steps_to_finite_logits(digits: ReferenceData, name: str) -> None:
     config = TrainConfig.for_model(name, epochs=1, batch_size=8, steps_per_epoch=2)
     run = train(config, digits)
     assert run.history[0].steps == 2 and math.isfinite(run.history[0].loss)
