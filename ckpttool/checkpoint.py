@@ -104,15 +104,6 @@ class TensorRef:
             expected *= n
         return True
 
-    def covers_storage(self) -> bool:
-        """True when the tensor is its whole storage, contiguous from the start."""
-        return (
-            self.storage is not None
-            and self.offset == 0
-            and self.is_contiguous()
-            and self.nbytes == self.storage.nbytes
-        )
-
     def span(self) -> tuple[int, int]:
         """[first, last + 1) indices, in this tensor's elements, that the view touches."""
         if self.numel == 0:

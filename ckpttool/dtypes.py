@@ -87,19 +87,8 @@ STORAGE_DTYPES: dict[str, str] = {
 STORAGE_MODULES = frozenset({"torch", "torch.cuda", "torch.storage"})
 
 
-def dtype_named(name: str) -> DType | None:
-    return DTYPES.get(name)
-
-
 def storage_dtype(module: str, name: str) -> str | None:
     """dtype of a pickled storage class, or None when it is not one."""
     if module not in STORAGE_MODULES:
         return None
     return STORAGE_DTYPES.get(name)
-
-
-def torch_dtype_name(module: str, name: str) -> str | None:
-    """`torch.float16` as a pickled global -> "float16"; None for anything else."""
-    if module == "torch" and name in DTYPES:
-        return name
-    return None
