@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ckpttool.cli.common import emit, output_options, path_argument, warn
+from ckpttool.cli.common import ProgressBar, emit, output_options, path_argument, warn
 
 
 @click.command("remap")
@@ -36,7 +36,11 @@ def remap_command(
     from ckpttool import render
     from ckpttool.ops.remap import parse_mapping, remap
 
-    report = remap(src, dst, parse_mapping(device, maps), force=force, trust=trust)
+    bar = ProgressBar("remap")
+    try:
+        report = remap(src, dst, parse_mapping(device, maps), force=force, trust=trust, progress=bar)
+    finally:
+        bar.close()
     for note in report.notes:
         warn(note)
     emit(render.remap_output(report, fmt))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -40,8 +40,14 @@ def root_folder(path: str) -> str:
 
 
 def write_torch_zip(
-    out: BinaryIO, root: str, pickle_bytes: bytes, records: Sequence[StorageRecord], byteorder: str = "little"
+    out: BinaryIO,
+    root: str,
+    pickle_bytes: bytes,
+    records: Sequence[StorageRecord],
+    byteorder: str = "little",
+    progress: Callable[[int], None] | None = None,
 ) -> None:
+    """`progress`, when given, is told the size of each storage record once it is written."""
     zw = ZipWriter(out, root)
     zw.write_bytes("data.pkl", pickle_bytes)
     zw.write_bytes(".format_version", b"1")
@@ -53,6 +59,8 @@ def write_torch_zip(
             zw.write_range(name, record.span, record.crc)
         else:
             zw.write_bytes(name, record.data if record.data is not None else b"")
+        if progress is not None:
+            progress(record.span.size if record.span is not None else len(record.data or b""))
     zw.write_bytes("version", FILE_FORMAT_VERSION)
     zw.write_bytes(".data/serialization_id", _serialization_id(pickle_bytes))
     zw.close()

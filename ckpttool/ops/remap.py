@@ -62,7 +62,10 @@ def map_location(location: str, mapping: LocationMap) -> str:
     return location
 
 
-def remap(src: str, dst: str, mapping: LocationMap, force: bool = False, trust: bool = False) -> RemapReport:
+def remap(
+    src: str, dst: str, mapping: LocationMap, force: bool = False, trust: bool = False, progress: Any = None
+) -> RemapReport:
+    """`progress`, when given, has `start(total_bytes)` and `advance(bytes)` (as convert's)."""
     if trust:
         from ckpttool.ops.trust import trusted_remap
 
@@ -78,9 +81,14 @@ def remap(src: str, dst: str, mapping: LocationMap, force: bool = False, trust: 
     report = RemapReport(src, dst, len(checkpoint.storages))
     rewrite = _PidRewriter(mapping, report, checkpoint.persistent_objects)
     pickle_bytes = dumps(decoded.value, rewrite)
+    records = _records(checkpoint)
+    advance = None
+    if progress is not None:
+        progress.start(sum(s.nbytes for s in checkpoint.storages.values()))
+        advance = progress.advance
     with output_set([src], force) as outs:
         output = outs.open(dst)
-        write_torch_zip(output.handle, root_folder(dst), pickle_bytes, _records(checkpoint), checkpoint.byteorder)
+        write_torch_zip(output.handle, root_folder(dst), pickle_bytes, records, checkpoint.byteorder, advance)
         output.seal()
         with about(dst):
             _verify(output.temp, checkpoint, mapping)
