@@ -6,8 +6,6 @@ tables are for people. Library code returns dataclasses and never prints.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
@@ -33,6 +31,9 @@ def to_json(payload: dict[str, Any]) -> str:
 
 
 def to_csv(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    import csv
+    import io
+
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(headers)

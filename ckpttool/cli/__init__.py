@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-import traceback
 from typing import Any
 
 import click
@@ -85,7 +84,7 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except CkptError as exc:
             if ctx.meta.get(DEBUG_KEY):
-                traceback.print_exc()
+                _print_traceback()
             click.echo(f"ckpttool: error: {exc}", err=True)
             ctx.exit(exc.exit_code)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
@@ -102,12 +101,18 @@ class LazyGroup(click.Group):
             ctx.exit(EXIT_ERROR)
         except Exception as exc:  # a bug: still one line, and a way to see more
             if ctx.meta.get(DEBUG_KEY):
-                traceback.print_exc()
+                _print_traceback()
             click.echo(
                 f"ckpttool: internal error: {type(exc).__name__}: {exc} (rerun with --debug for a traceback)",
                 err=True,
             )
             ctx.exit(EXIT_ERROR)
+
+
+def _print_traceback() -> None:
+    import traceback  # only --debug pays for it
+
+    traceback.print_exc()
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

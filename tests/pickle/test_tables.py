@@ -50,3 +50,21 @@ def test_safetensors_codes_are_the_librarys() -> None:
     for code, torch_dtype in _TYPES.items():
         if torch_dtype is not None:
             assert BY_SAFETENSORS[code].name == str(torch_dtype).removeprefix("torch.")
+
+
+def test_opcode_table_is_pickletools() -> None:
+    import pickletools
+
+    from ckpttool.pickle.opcodes import ARGUMENT_BYTES
+
+    prefix = {
+        pickletools.UP_TO_NEWLINE: 0,
+        pickletools.TAKEN_FROM_ARGUMENT1: 1,
+        pickletools.TAKEN_FROM_ARGUMENT4: 4,
+        pickletools.TAKEN_FROM_ARGUMENT4U: 4,
+        pickletools.TAKEN_FROM_ARGUMENT8U: 8,
+    }
+    assert NAMES == {ord(op.code): op.name for op in pickletools.opcodes}
+    for op in pickletools.opcodes:
+        expected = (op.arg.n if op.arg.n >= 0 else prefix[op.arg.n]) if op.arg else 0
+        assert ARGUMENT_BYTES[ord(op.code)] == expected, op.name
