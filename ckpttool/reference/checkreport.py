@@ -11,13 +11,11 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from tabulate import tabulate
-
 from ckpttool.reference.check import CheckReport, CheckResult
 from ckpttool.reference.compare import Mode
 from ckpttool.reference.derived import VARIANTS
+from ckpttool.render import SCHEMA_VERSION, key_values, to_table
 
-SCHEMA_VERSION = 1
 NOT_MADE = "-"
 VARIANT_HEADERS = {
     "file": "as saved",
@@ -73,17 +71,17 @@ def _overview(report: CheckReport) -> str:
     total = len(report.results)
     verdict = f"all {total} checks hold" if not failures else f"FAILED: {len(failures)} of {total} checks"
     rows = [
-        ("directory:", str(report.directory)),
+        ("directory", str(report.directory)),
         (
-            "model:",
+            "model",
             f"{manifest.model.name}  ({manifest.model.constructor}), {manifest.dataset.name}",
         ),
-        ("checked on:", report.device),
-        ("metrics:", _mode_text(report.metrics_mode, report)),
-        ("logits:", _mode_text(report.logits_mode, report)),
-        ("result:", f"{verdict}  ({report.seconds:.1f} s)"),
+        ("checked on", report.device),
+        ("metrics", _mode_text(report.metrics_mode, report)),
+        ("logits", _mode_text(report.logits_mode, report)),
+        ("result", f"{verdict}  ({report.seconds:.1f} s)"),
     ]
-    return str(tabulate(rows, tablefmt="plain", disable_numparse=True))
+    return key_values(rows)
 
 
 def _mode_text(mode: Mode, report: CheckReport) -> str:
@@ -100,7 +98,7 @@ def _files_table(report: CheckReport) -> str:
     files = [record.path for record in report.manifest.files]
     rows = [[name, *(_cell(report.results, name, variant) for variant in VARIANTS)] for name in files]
     headers = ["file", *(VARIANT_HEADERS[variant] for variant in VARIANTS)]
-    return str(tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True))
+    return to_table(headers, rows)
 
 
 def _cell(results: list[CheckResult], file: str, variant: str) -> str:
@@ -119,7 +117,7 @@ def _run_table(report: CheckReport) -> str:
     rows = [
         (result.check, "ok" if result.ok else "FAIL", result.detail) for result in report.results if result.file is None
     ]
-    return str(tabulate(rows, headers=["check", "", "detail"], tablefmt="simple", disable_numparse=True))
+    return to_table(["check", "", "detail"], rows)
 
 
 def _failures_table(failures: list[CheckResult]) -> str:
@@ -133,4 +131,4 @@ def _failures_table(failures: list[CheckResult]) -> str:
         for result in failures
     ]
     headers = ["failed: file", "variant", "check", "detail"]
-    return str(tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True))
+    return to_table(headers, rows)

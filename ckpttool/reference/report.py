@@ -11,11 +11,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tabulate import tabulate
-
 from ckpttool.reference.manifest import FileRecord, Manifest, Metrics
-
-SCHEMA_VERSION = 1
+from ckpttool.render import SCHEMA_VERSION, human_size, key_values, to_table
 
 
 @dataclass(frozen=True)
@@ -71,19 +68,19 @@ def _overview(summary: TrainSummary) -> str:
     manifest, training = summary.manifest, summary.manifest.training
     dataset, model = manifest.dataset, manifest.model
     rows = [
-        ("model:", f"{model.name}  ({model.constructor}, {model.parameters:,} parameters)"),
-        ("dataset:", f"{dataset.name}  ({dataset.train_size} train / {dataset.test_size} test)"),
-        ("device:", f"{training.device}{'  (deterministic)' if training.deterministic else ''}"),
-        ("training:", _training_text(summary)),
-        ("train:", _metrics_text(summary.train)),
-        ("test:", _metrics_text(summary.test)),
+        ("model", f"{model.name}  ({model.constructor}, {model.parameters:,} parameters)"),
+        ("dataset", f"{dataset.name}  ({dataset.train_size} train / {dataset.test_size} test)"),
+        ("device", f"{training.device}{'  (deterministic)' if training.deterministic else ''}"),
+        ("training", _training_text(summary)),
+        ("train", _metrics_text(summary.train)),
+        ("test", _metrics_text(summary.test)),
         (
-            "time:",
+            "time",
             f"{summary.training_seconds:.1f} s training, {summary.total_seconds:.1f} s in all",
         ),
-        ("manifest:", str(summary.manifest_path)),
+        ("manifest", str(summary.manifest_path)),
     ]
-    return str(tabulate(rows, tablefmt="plain", disable_numparse=True))
+    return key_values(rows)
 
 
 def _metrics_text(metrics: Metrics) -> str:
@@ -101,7 +98,7 @@ def _training_text(summary: TrainSummary) -> str:
 
 def _epochs_table(summary: TrainSummary) -> str:
     rows = [(i, f"{loss:.4f}") for i, loss in enumerate(summary.manifest.training.epoch_losses, 1)]
-    return str(tabulate(rows, headers=["epoch", "train loss"], tablefmt="simple", disable_numparse=True))
+    return to_table(["epoch", "train loss"], rows)
 
 
 def _files_table(summary: TrainSummary) -> str:
@@ -118,13 +115,4 @@ def _files_table(summary: TrainSummary) -> str:
         for record in summary.manifest.files
     ]
     headers = ["file", "style", "format", "epoch", "size", "test acc", "sha256"]
-    return str(tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True))
-
-
-def human_size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{size} B"
+    return to_table(headers, rows)
