@@ -11,6 +11,7 @@ must read back with the CRC of the source bytes that were copied.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,14 +72,38 @@ def remap(
 
         return trusted_remap(src, dst, mapping, force)
     checkpoint = read_checkpoint(src)
+    report = RemapReport(src, dst, len(checkpoint.storages))
+    rewrite_pickle(checkpoint, dst, report, mapping, force=force, progress=progress)
+    if not report.changed:
+        report.notes.append("no storage location needed changing")
+    return report
+
+
+def rewrite_pickle(
+    checkpoint: Checkpoint,
+    dst: str,
+    report: RemapReport,
+    mapping: LocationMap,
+    *,
+    force: bool = False,
+    progress: Any = None,
+    edit: Callable[[Any], None] | None = None,
+    expect: Callable[[Any], None] | None = None,
+) -> None:
+    """Write a torch checkpoint anew: its pickle re-encoded from the inert graph, storage
+    locations mapped, records copied. `edit` may change the inert graph in place first;
+    `expect` then makes the same change to `checkpoint.root` (in place), which the output
+    must decode to (remap changes only locations; renaming keys changes keys too)."""
+    src = checkpoint.path
     if checkpoint.format not in (ZIP, LEGACY, LEGACY_TAR):
-        raise FormatError(f"remap rewrites torch checkpoints; this is {checkpoint.format}", path=src)
-    decoded = _raw_pickle(src, checkpoint.format)
+        raise FormatError(f"only torch checkpoints can be rewritten; this is {checkpoint.format}", path=src)
+    decoded = raw_pickle(src, checkpoint.format)
     if decoded.lossy:
         raise FormatError(
             f"the pickle holds a construct ckpttool cannot rewrite faithfully: {decoded.lossy[0]}", path=src
         )
-    report = RemapReport(src, dst, len(checkpoint.storages))
+    if edit is not None:
+        edit(decoded.value)
     rewrite = _PidRewriter(mapping, report, checkpoint.persistent_objects)
     pickle_bytes = dumps(decoded.value, rewrite)
     records = _records(checkpoint)
@@ -91,14 +116,11 @@ def remap(
         write_torch_zip(output.handle, root_folder(dst), pickle_bytes, records, checkpoint.byteorder, advance)
         output.seal()
         with about(dst):
-            _verify(output.temp, checkpoint, mapping)
+            _verify(output.temp, checkpoint, mapping, expect)
         outs.commit()
-    if not report.changed:
-        report.notes.append("no storage location needed changing")
-    return report
 
 
-def _raw_pickle(src: str, fmt: str) -> Decoded:
+def raw_pickle(src: str, fmt: str) -> Decoded:
     """The main pickle as an inert graph, exactly as the file holds it."""
     if fmt == ZIP:
         archive = open_archive(src)
@@ -170,10 +192,13 @@ def _records(checkpoint: Checkpoint) -> list[StorageRecord]:
     return records
 
 
-def _verify(path: str, source: Checkpoint, mapping: LocationMap) -> None:
-    """The pickle decodes to the source's objects with only locations changed, and each
-    record's bytes on disk have the CRC of the source bytes that were copied into it."""
+def _verify(path: str, source: Checkpoint, mapping: LocationMap, expect: Callable[[Any], None] | None) -> None:
+    """The pickle decodes to the source's objects with only locations changed (and what
+    `expect` changes), and each record's bytes on disk have the CRC of the source bytes
+    that were copied into it."""
     written = read_torch_zip(path)
+    if expect is not None:
+        expect(source.root)
     if not equivalent(source.root, written.root, lambda loc: map_location(loc, mapping)):
         raise VerificationError("the rewritten pickle does not decode to the source's objects")
     archive = open_archive(path)
