@@ -1,10 +1,15 @@
-"""Outputs appear whole or not at all.
+"""Outputs appear whole or not at all, also when the process is told to stop.
 
 Each output is written to a hidden temporary file in the destination's folder (so
 the final rename stays on one filesystem), flushed to disk, checked by the caller,
 and only then renamed into place. Any failure removes every temporary file; an
 existing destination is replaced only when the caller allows it, and never when it
 is the source itself.
+
+A stop signal (see `ckpttool.signals`) unwinds like any other failure, so the same
+cleanup runs. The few steps that must not be cut in half (a temporary file created
+and recorded, temporary files removed, renames done or undone) hold signals until
+they are done.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from ckpttool.errors import FileAccessError, OutputExistsError, UsageError
+from ckpttool.signals import held
 
 
 @dataclass
@@ -62,9 +68,10 @@ class OutputSet:
     def open(self, final: str) -> PendingOutput:
         self.check_destination(final)
         folder, name = os.path.split(os.path.abspath(final))
-        fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".ckpttool-tmp", dir=folder)
-        pending = PendingOutput(final, temp, os.fdopen(fd, "w+b"))
-        self.pending.append(pending)
+        with held():  # a temporary file exists only once it is recorded for removal
+            fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".ckpttool-tmp", dir=folder)
+            pending = PendingOutput(final, temp, os.fdopen(fd, "w+b"))
+            self.pending.append(pending)
         return pending
 
     def commit(self) -> None:
@@ -73,36 +80,46 @@ class OutputSet:
         for output in self.pending:
             if not output.handle.closed:
                 output.seal()
-        backups: list[tuple[str, str]] = []
-        done: list[PendingOutput] = []
-        try:
-            for output in self.pending:
-                if os.path.exists(output.final):
-                    backup = output.temp + ".previous"
-                    os.replace(output.final, backup)
-                    backups.append((backup, output.final))
-                os.replace(output.temp, output.final)
-                done.append(output)
-        except BaseException:
-            for output in done:
-                with contextlib.suppress(OSError):
-                    os.unlink(output.final)
-            for backup, final in backups:
-                with contextlib.suppress(OSError):
-                    os.replace(backup, final)
-            raise
-        for backup, _ in backups:
-            with contextlib.suppress(OSError):
-                os.unlink(backup)
+        replace_all([(output.temp, output.final) for output in self.pending])
         self.pending.clear()
 
     def discard(self) -> None:
-        for output in self.pending:
+        with held():
+            for output in self.pending:
+                with contextlib.suppress(OSError):
+                    output.handle.close()
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(output.temp)
+            self.pending.clear()
+
+
+def replace_all(moves: list[tuple[str, str]]) -> None:
+    """`os.replace` each (temporary, final) pair; on any failure or signal the finals
+    done so far are removed and the files they replaced put back."""
+    backups: list[tuple[str, str]] = []
+    done: list[str] = []
+    try:
+        for temp, final in moves:
+            with held():  # each rename is recorded before a signal can undo the set
+                if os.path.exists(final):
+                    backup = temp + ".previous"
+                    os.replace(final, backup)
+                    backups.append((backup, final))
+                os.replace(temp, final)
+                done.append(final)
+    except BaseException:
+        with held():
+            for final in done:
+                with contextlib.suppress(OSError):
+                    os.unlink(final)
+            for backup, final in backups:
+                with contextlib.suppress(OSError):
+                    os.replace(backup, final)
+        raise
+    with held():  # landed: a signal now ends the command after the old files are gone
+        for backup, _ in backups:
             with contextlib.suppress(OSError):
-                output.handle.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(output.temp)
-        self.pending.clear()
+                os.unlink(backup)
 
 
 @contextlib.contextmanager

@@ -7,6 +7,7 @@ one line on stderr here, in one place; `--debug` shows the traceback instead.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
 from typing import Any
@@ -16,6 +17,7 @@ import click
 from ckpttool import __version__
 from ckpttool.cli.common import DEBUG_KEY, debug_option
 from ckpttool.errors import EXIT_ERROR, CkptError
+from ckpttool.signals import Interrupted, stopping_cleanly
 
 # name -> (module:attribute, one-line help shown by `ckpttool --help`)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -65,8 +67,13 @@ class LazyGroup(click.Group):
         if kwargs.get("standalone_mode", True) is False:
             return super().main(*args, **kwargs)
         try:
-            result = super().main(*args, **{**kwargs, "standalone_mode": False})
+            with stopping_cleanly():  # SIGTERM/SIGHUP/SIGINT unwind through every cleanup
+                result = super().main(*args, **{**kwargs, "standalone_mode": False})
             sys.exit(result if isinstance(result, int) else 0)  # click returns ctx.exit codes here
+        except Interrupted as exc:
+            with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+                click.echo(f"ckpttool: stopped by {exc.name}; temporary outputs removed", err=True)
+            sys.exit(exc.exit_code)
         except click.UsageError as exc:
             hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
             click.echo(f"ckpttool: error: {exc.format_message()}{hint}", err=True)
