@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ckpttool.checkpoint import GlobalName, OpaqueCall, PickledObject, Storage, TensorRef
+from ckpttool.interpret import StateDict
 
 _CONTAINERS = (dict, list, tuple, PickledObject, TensorRef, OpaqueCall)
 
@@ -42,7 +43,10 @@ def _children_if_same(x: Any, y: Any, location: Callable[[str], str]) -> list[tu
     if isinstance(x, dict):
         if len(x) != len(y):
             return None
-        return [*zip(x.keys(), y.keys(), strict=True), *zip(x.values(), y.values(), strict=True)]
+        pairs = [*zip(x.keys(), y.keys(), strict=True), *zip(x.values(), y.values(), strict=True)]
+        if isinstance(x, StateDict):  # the module versions load_state_dict reads
+            pairs.append((x.metadata, y.metadata))
+        return pairs
     if isinstance(x, (list, tuple)):
         return list(zip(x, y, strict=True)) if len(x) == len(y) else None
     if isinstance(x, TensorRef):
