@@ -28,8 +28,10 @@ class Record:
     offset: int  # of the first byte; -1 while a zip local header is unread
     size: int  # bytes on disk
     compressed: bool = False
-    crc: int | None = None
+    crc: int | None = None  # a zip record's CRC-32 of its (inflated) bytes; 0: none recorded
     resolve: Any = None  # callable returning the offset when it is -1 (zip records)
+    viewed_by: Any = None  # callable returning the keys of the tensors that view it, for messages
+    verified: bool = False  # its bytes were read whole once and matched `crc`
 
     def data_offset(self) -> int:
         if self.offset < 0:
@@ -150,6 +152,16 @@ def validate_layout(tensor: TensorRef, where: str) -> None:
         )
 
 
+@dataclass(frozen=True)
+class ScriptDeclaration:
+    """What a TorchScript class declares in its archive's `code/` (read as text, never run):
+    which attributes are parameters and buffers, and whether it is a Module at all."""
+
+    is_module: bool
+    parameters: tuple[str, ...] = ()
+    buffers: tuple[str, ...] = ()
+
+
 @dataclass(eq=False)
 class PickledObject:
     """An instance of a pickled class: its name, constructor arguments and state."""
@@ -159,6 +171,7 @@ class PickledObject:
     state: Any = None
     items: list[Any] | None = None
     dictitems: dict[Any, Any] | None = None
+    declared: ScriptDeclaration | None = None  # TorchScript objects whose class code/ declares
 
     @property
     def attributes(self) -> dict[Any, Any]:

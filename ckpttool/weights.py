@@ -31,6 +31,7 @@ SCRIPT_MODULE_PREFIX = "__torch__."
 class NamedTensor:
     key: str
     tensor: TensorRef
+    role: str | None = None  # "parameter" or "buffer" where known (see Weights.roles)
 
     @property
     def nbytes(self) -> int:
@@ -43,9 +44,13 @@ class Weights:
 
     root: str | None  # dotted path; "" for the whole file; None when there are no weights
     tensors: list[NamedTensor]
-    kind: str  # "state_dict", "module" or "none"
+    kind: str  # "state_dict", "module", "script_module" or "none"
     alternatives: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # How each tensor's role was told: "module" (the pickled module tree), "declared" (a
+    # TorchScript archive's code/), "file" (saved as nn.Parameter), "guessed" (key names).
+    roles: str = "none"
+    attributes: list[NamedTensor] = field(default_factory=list)  # TorchScript plain tensor attributes
 
     def mapping(self) -> dict[str, TensorRef]:
         return {t.key: t.tensor for t in self.tensors}
@@ -70,14 +75,52 @@ def _collect_module(module: PickledObject, prefix: str, out: list[NamedTensor], 
     attrs = module.attributes
     for name, value in _mapping(attrs.get("_parameters")).items():
         if isinstance(value, TensorRef):
-            out.append(NamedTensor(prefix + str(name), value))
+            out.append(NamedTensor(prefix + str(name), value, "parameter"))
     skipped = _name_set(attrs.get("_non_persistent_buffers_set"))
     for name, value in _mapping(attrs.get("_buffers")).items():
         if isinstance(value, TensorRef) and name not in skipped:
-            out.append(NamedTensor(prefix + str(name), value))
+            out.append(NamedTensor(prefix + str(name), value, "buffer"))
     for name, child in _mapping(attrs.get("_modules")).items():
         if isinstance(child, PickledObject) and child.is_module:
             _collect_module(child, f"{prefix}{name}.", out, depth + 1)
+
+
+def script_state_dict(module: PickledObject) -> tuple[list[NamedTensor], list[NamedTensor]]:
+    """`state_dict()` of a TorchScript module as `torch.jit.load(f).state_dict()` has it —
+    declared parameters, then declared buffers, then each child module — and, apart, the
+    plain tensor attributes that no state_dict holds."""
+    weights: list[NamedTensor] = []
+    attributes: list[NamedTensor] = []
+    stack: list[tuple[PickledObject, str, int]] = [(module, "", 0)]
+    while stack:
+        node, prefix, depth = stack.pop()
+        if depth > MAX_MODULE_DEPTH:
+            raise LimitError(f"module tree deeper than {MAX_MODULE_DEPTH} levels at {prefix!r}")
+        declared = node.declared
+        assert declared is not None
+        attrs = {str(k): v for k, v in node.attributes.items()}
+        for names, role in ((declared.parameters, "parameter"), (declared.buffers, "buffer")):
+            weights.extend(NamedTensor(prefix + n, v, role) for n, v in attrs.items() if n in names and _is_tensor(v))
+        children = []
+        for name, value in attrs.items():
+            if _is_script_module(value):
+                children.append((value, f"{prefix}{name}.", depth + 1))
+            elif name not in declared.parameters and name not in declared.buffers:
+                attributes.extend(NamedTensor(t.key, t.tensor) for t in _prefixed(all_tensors(value), prefix + name))
+        stack.extend(reversed(children))
+    return weights, attributes
+
+
+def _is_tensor(value: Any) -> bool:
+    return isinstance(value, TensorRef)
+
+
+def _is_script_module(value: Any) -> bool:
+    return isinstance(value, PickledObject) and value.declared is not None and value.declared.is_module
+
+
+def _prefixed(tensors: list[NamedTensor], prefix: str) -> list[NamedTensor]:
+    return [NamedTensor(join(prefix, t.key) if t.key else prefix, t.tensor) for t in tensors]
 
 
 def module_parameters(module: PickledObject) -> list[NamedTensor]:
@@ -134,14 +177,42 @@ def is_tensor_mapping(value: Any) -> bool:
 
 def weights_of(value: Any, root: str) -> Weights | None:
     if isinstance(value, PickledObject) and value.is_module:
-        return Weights(root, module_state_dict(value), "module")
+        return Weights(root, module_state_dict(value), "module", roles="module")
+    if _is_script_module(value):
+        weights, attributes = script_state_dict(value)
+        return Weights(root, weights, "script_module", roles="declared", attributes=attributes)
     if isinstance(value, PickledObject) and value.cls.startswith(SCRIPT_MODULE_PREFIX):
-        # TorchScript modules pickle their parameters and buffers as plain attributes.
-        return Weights(root, all_tensors(value), "script_module")
+        # No declaration in code/ to go by: every tensor, parameters, buffers and attributes alike.
+        note = "the archive's code/ does not declare this module: parameters, buffers and attributes not told apart"
+        return Weights(root, all_tensors(value), "script_module", notes=[note])
     if is_tensor_mapping(value):
-        tensors = [NamedTensor(k, v) for k, v in value.items() if isinstance(v, TensorRef)]
-        return Weights(root, tensors, "state_dict")
+        return state_dict_weights(root, [NamedTensor(k, v) for k, v in value.items() if isinstance(v, TensorRef)])
     return None
+
+
+# Buffers that torch's own modules register, by the last part of their state_dict key.
+BUFFER_NAMES = frozenset({"running_mean", "running_var", "num_batches_tracked"})
+
+
+def state_dict_weights(root: str | None, tensors: list[NamedTensor], notes: list[str] | None = None) -> Weights:
+    """A state_dict's tensors with their roles: told by the file when it kept parameters
+    as `nn.Parameter` (`state_dict(keep_vars=True)`), otherwise guessed."""
+    told = any(t.tensor.kind == "parameter" for t in tensors)
+    for t in tensors:
+        t.role = _told_role(t) if told else guess_role(t.key, t.tensor)
+    return Weights(root, tensors, "state_dict", notes=notes or [], roles="file" if told else "guessed")
+
+
+def _told_role(t: NamedTensor) -> str:
+    return "parameter" if t.tensor.kind == "parameter" else "buffer"
+
+
+def guess_role(key: str, tensor: TensorRef) -> str:
+    """BatchNorm's running statistics and counter, and any tensor that cannot be a trainable
+    parameter (integer or bool), are buffers; every other tensor is taken for a parameter."""
+    if key.rsplit(".", 1)[-1] in BUFFER_NAMES:
+        return "buffer"
+    return "parameter" if tensor.dtype.startswith(("float", "complex", "bfloat")) else "buffer"
 
 
 def find_weights(obj: Any, override: str | None = None) -> Weights:
@@ -185,7 +256,7 @@ def _search(obj: Any) -> Weights | None:
         return None
     count, path, node = best
     tensors = [NamedTensor(str(k), v) for k, v in node.items() if isinstance(v, TensorRef)]
-    return Weights(path, tensors, "state_dict", notes=["weights taken from a mapping that also holds other values"])
+    return state_dict_weights(path, tensors, ["weights taken from a mapping that also holds other values"])
 
 
 def _alternatives(obj: Any) -> list[str]:
@@ -200,7 +271,7 @@ def _weights_at(obj: Any, path: str) -> Weights:
     if found is None and isinstance(node, dict):
         tensors = [NamedTensor(str(k), v) for k, v in node.items() if isinstance(v, TensorRef)]
         if tensors:
-            found = Weights(path, tensors, "state_dict")
+            found = state_dict_weights(path, tensors)
     if found is None:
         raise WeightsNotFoundError(f"--root {path!r} holds no tensors")
     return found

@@ -4,7 +4,8 @@
 uncompressed, aligned record `<root>/data/<key>`. The record must hold exactly
 `numel * itemsize` bytes, or the file is refused before anything is read from it.
 TorchScript archives (with `constants.pkl` and `code/`) are identified and their
-tensors listed from `data.pkl` and `constants.pkl`; they are never loaded.
+tensors listed from `data.pkl` and `constants.pkl`; their classes' parameter and buffer
+declarations are read from `code/` as text (formats/torchscript.py); they are never loaded.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from ckpttool.checkpoint import Checkpoint, Record, Storage
 from ckpttool.errors import FormatError, LimitError, ZipFormatError
 from ckpttool.formats.torchpickle import StorageTable, check_tensors, decode_torch_pickle
+from ckpttool.formats.torchscript import declare, read_declarations
 from ckpttool.formats.ziparchive import (
     ZipArchive,
     ZipEntry,
@@ -76,6 +78,7 @@ def read_torch_zip(path: str, archive: ZipArchive | None = None) -> Checkpoint:
     table = StorageTable(path, read_byteorder(archive))
     _, root = decode_torch_pickle(read_pickle_bytes(archive, entry), table, entry.name)
     if torchscript:
+        declare(root, read_declarations(archive))
         root = _with_constants(archive, table, root)
     for storage in table.storages.values():
         storage.record = _record_for(archive, storage)
