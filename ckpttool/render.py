@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # only for annotations: JSON output must not pay for importin
     from ckpttool.ops.diff import DiffReport
     from ckpttool.ops.inspect import InspectReport, TensorRow, TreeRow
     from ckpttool.ops.optimizer import OptimizerReport
+    from ckpttool.ops.rekey import RekeyReport
     from ckpttool.ops.remap import RemapReport
     from ckpttool.ops.scan import FileScan
     from ckpttool.ops.stats import TensorStats
@@ -431,6 +432,39 @@ def convert_output(report: ConvertReport, fmt: str) -> str:
         pairs.append(("aliases", ", ".join(f"{a} -> {k}" for a, k in report.aliases.items())))
     pairs.append(("verified", "every tensor reads back equal to the source"))
     return key_values(pairs)
+
+
+def rekey_output(report: RekeyReport, fmt: str) -> str:
+    """`convert --keep-structure`: the whole file written again with renamed keys."""
+    if fmt == "json":
+        return to_json(
+            {
+                "source": report.source,
+                "outputs": [report.output],
+                "format": "pth",
+                "weights_root": report.weights_root,
+                "keys": report.keys,
+                "renamed": report.renamed,
+                "kept": report.kept,
+                "verified": True,
+                "verification": report.verified,
+                "notes": report.notes,
+            }
+        )
+    width = output_width()
+    pairs: list[tuple[str, Any]] = [
+        ("source", report.source),
+        ("weights", f"'{report.weights_root}'" if report.weights_root else "the whole file"),
+        ("wrote", report.output),
+        ("renamed", f"{len(report.renamed):,} of {plural(report.keys, 'key')}"),
+    ]
+    if report.renamed:
+        first, new = next(iter(report.renamed.items()))
+        pairs.append(("e.g.", f"{first} -> {new}"))
+    if report.kept:
+        pairs.append(("kept", report.kept))
+    pairs.append(("verified", report.verified))
+    return key_values(pairs, width)
 
 
 # -- remap -------------------------------------------------------------------------------------

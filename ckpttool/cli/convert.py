@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from ckpttool.cli.common import ProgressBar, emit, output_options, path_argument, warn
@@ -44,20 +46,34 @@ def _pairs(values: tuple[str, ...], option: str) -> list[tuple[str, str]]:
 @click.option("--metadata", "metadata", multiple=True, metavar="K=V", help="safetensors metadata entry (repeatable).")
 @click.option("--dedupe", is_flag=True, help="Store tied tensors once; aliases go into the metadata.")
 @click.option(
+    "--keep-structure",
+    is_flag=True,
+    help="Rename keys inside SRC and keep every other entry (epoch, optimizer state ...); implies --to pth.",
+)
+@click.option(
     "--force", is_flag=True, help="Replace an existing DST (with --trust: also load a file scan calls dangerous)."
 )
 @click.option("--trust", is_flag=True, help="Load SRC with torch.load(weights_only=False): runs code from the file.")
 @output_options(("table", "json"))
 def convert_command(src: str, dst: str, to: str | None, root: str | None, dtype: str | None, shard_size: str | None,
                     strip_prefixes: tuple[str, ...], renames: tuple[str, ...], metadata: tuple[str, ...],
-                    dedupe: bool, force: bool, trust: bool, fmt: str) -> None:  # fmt: skip
+                    dedupe: bool, keep_structure: bool, force: bool, trust: bool, fmt: str) -> None:  # fmt: skip
     """Write the weights of SRC as safetensors or as a plain state_dict that
     torch.load(weights_only=True) reads.
 
     SRC may be any checkpoint ckpttool reads, a whole pickled model included
     (its class is not needed). The output is verified against SRC tensor by
     tensor before it is renamed into place; SRC is never modified.
+
+    With --keep-structure, the keys of the weights are renamed (--strip-prefix,
+    --rename) inside a copy of the whole file: a training checkpoint keeps its
+    epoch, loss and optimizer state.
     """
+    if keep_structure:
+        weights_only = {"--to safetensors": to == "safetensors", "--dtype": dtype, "--shard-size": shard_size,
+                        "--metadata": metadata, "--dedupe": dedupe, "--trust": trust}  # fmt: skip
+        _keep_structure(src, dst, root, strip_prefixes, _pairs(renames, "--rename"), weights_only, force, fmt)
+        return
     from ckpttool import render
     from ckpttool.ops.convert import ConvertOptions, convert, parse_size
 
@@ -81,3 +97,33 @@ def convert_command(src: str, dst: str, to: str | None, root: str | None, dtype:
     for note in report.notes:
         warn(note)
     emit(render.convert_output(report, fmt))
+
+
+def _keep_structure(
+    src: str,
+    dst: str,
+    root: str | None,
+    strip_prefixes: tuple[str, ...],
+    renames: list[tuple[str, str]],
+    weights_only: dict[str, Any],
+    force: bool,
+    fmt: str,
+) -> None:
+    """The whole file with renamed keys; the options that shape a weights-only output are refused."""
+    from ckpttool import render
+    from ckpttool.errors import UsageError
+    from ckpttool.ops.rekey import rekey
+
+    clashes = [option for option, given in weights_only.items() if given]
+    if clashes:
+        raise UsageError(f"--keep-structure only renames keys; it does not combine with {', '.join(clashes)}")
+    if dst.endswith(".safetensors"):
+        raise UsageError(f"{dst}: --keep-structure writes a torch checkpoint; name it .pth or .pt")
+    bar = ProgressBar("convert")
+    try:
+        report = rekey(src, dst, strip_prefixes, renames, root, force, bar)
+    finally:
+        bar.close()
+    for note in report.notes:
+        warn(note)
+    emit(render.rekey_output(report, fmt))
