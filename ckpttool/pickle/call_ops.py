@@ -63,7 +63,11 @@ class CallOpcodes(MachineState):
                 return self.apply_hook(func, args)
         else:
             self.note_call(func, USE_CALL, "REDUCE")
-        return Call(func, args, CALL)
+        return self.record(Call(func, args, CALL))
+
+    def record(self, call: Call) -> Call:
+        self.calls.append(call)
+        return call
 
     def note_argument(self, func: TrackedGlobal, args: tuple[Any, ...], position: int, use: str) -> None:
         """An allowlisted function that calls (or instantiates) one of its arguments passes
@@ -88,8 +92,9 @@ class CallOpcodes(MachineState):
 
     def persistent_ref(self, pid: Any) -> PersistentRef:
         if not (type(pid) is tuple and pid and pid[0] == "storage"):
-            # torch's weights_only unpickler loads storages only (legacy module ids included)
-            self.problem(f"persistent id {short_repr(pid)} is not a storage, which torch refuses")
+            # torch's weights_only unpickler loads storages only (legacy module ids included);
+            # torch.load(weights_only=False) fails on any other id but a legacy module's class.
+            self.refusal(f"persistent id {short_repr(pid)} is not a storage")
         return PersistentRef(pid)
 
     def op_newobj(self, pos: int) -> int:
@@ -98,7 +103,7 @@ class CallOpcodes(MachineState):
         if type(args) is not tuple:
             raise self.error(f"NEWOBJ arguments are {describe(args)}, not a tuple", self.op_pos)
         self.note_call(cls, USE_INSTANTIATE, "NEWOBJ")
-        self.stack[-1] = Call(cls, args, NEWOBJ)
+        self.stack[-1] = self.record(Call(cls, args, NEWOBJ))
         return pos
 
     def op_newobj_ex(self, pos: int) -> int:
@@ -108,7 +113,7 @@ class CallOpcodes(MachineState):
         if type(args) is not tuple or type(kwargs) is not dict:
             raise self.error("NEWOBJ_EX needs a tuple and a dict", self.op_pos)
         self.note_call(cls, USE_INSTANTIATE, "NEWOBJ_EX")
-        call = Call(cls, args, NEWOBJ)
+        call = self.record(Call(cls, args, NEWOBJ))
         call.kwargs = kwargs
         self.stack[-1] = call
         return pos
@@ -118,7 +123,7 @@ class CallOpcodes(MachineState):
         cls = self.make_global(module, name)
         args = tuple(self.pop_mark())
         self.note_call(cls, USE_CALL, "INST")
-        self.stack.append(Call(cls, args, INST))
+        self.stack.append(self.record(Call(cls, args, INST)))
         return new
 
     def op_obj(self, pos: int) -> int:
@@ -126,7 +131,7 @@ class CallOpcodes(MachineState):
         if not items:
             raise self.error("OBJ without a class", self.op_pos)
         self.note_call(items[0], USE_CALL, "OBJ")
-        self.stack.append(Call(items[0], tuple(items[1:]), INST))
+        self.stack.append(self.record(Call(items[0], tuple(items[1:]), INST)))
         return pos
 
     def op_build(self, pos: int) -> int:

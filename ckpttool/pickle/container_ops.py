@@ -60,10 +60,13 @@ class ContainerOpcodes(MachineState):
         if type(target) is list:
             target.extend(items)
             return
-        if not isinstance(target, Call) or target.kind != NEWOBJ:
-            self.problem(f"{opcode} on {describe(target)}, which torch refuses", lossy=not isinstance(target, Call))
-        if isinstance(target, Call):
-            target.items = (target.items or []) + items
+        if not isinstance(target, Call):
+            self.problem(f"{opcode} on {describe(target)}, which torch refuses", lossy=True)
+            return
+        if target.kind != NEWOBJ:
+            # Calls the result's own append/extend; whether that is harmless is the verdict's call.
+            self.refusal(f"{opcode} on {describe(target)}, which torch refuses")
+        target.items = (target.items or []) + items
 
     def op_setitem(self, pos: int) -> int:
         value = self.stack.pop()
@@ -76,12 +79,15 @@ class ContainerOpcodes(MachineState):
             for i in range(0, len(items), 2):
                 target[self.checked_key(items[i])] = items[i + 1]
             return
-        if not (isinstance(target, Call) and target.func_name in DICT_LIKE_GLOBALS):
-            # GHSA-63cw-57p8-fm3p: SETITEM on other objects calls their __setitem__.
-            self.problem(f"{opcode} on {describe(target)}, which torch refuses", lossy=not isinstance(target, Call))
-        if isinstance(target, Call):
-            pairs = [(self.checked_key(items[i]), items[i + 1]) for i in range(0, len(items), 2)]
-            target.dictitems = (target.dictitems or []) + pairs
+        if not isinstance(target, Call):
+            self.problem(f"{opcode} on {describe(target)}, which torch refuses", lossy=True)
+            return
+        if target.func_name not in DICT_LIKE_GLOBALS:
+            # GHSA-63cw-57p8-fm3p: SETITEM on other objects calls their __setitem__; the verdict
+            # judges that from the call's `dictitems`.
+            self.refusal(f"{opcode} on {describe(target)}, which torch refuses")
+        pairs = [(self.checked_key(items[i]), items[i + 1]) for i in range(0, len(items), 2)]
+        target.dictitems = (target.dictitems or []) + pairs
 
     # memo
 

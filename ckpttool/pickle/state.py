@@ -49,6 +49,12 @@ class Decoded:
     foreign_opcodes: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     lossy: list[str] = field(default_factory=list)
+    # Every REDUCE / NEWOBJ / INST / OBJ no reader hook took, in order, reachable from the
+    # value or not: a review vets each call's arguments (what runs at load time).
+    calls: list[Call] = field(default_factory=list)
+    # What torch's weights_only loader refuses that runs nothing by itself (a persistent id
+    # that is not a storage, SETITEMS on a non-dict); refused opcodes are in foreign_opcodes.
+    refusals: list[str] = field(default_factory=list)
 
 
 # How a global was used; a Global's `uses` is a set of these.
@@ -124,6 +130,8 @@ class MachineState:
         self.foreign: dict[str, int] = {}
         self.problems: list[str] = []
         self.lossy: list[str] = []
+        self.calls: list[Call] = []
+        self.refusals: list[str] = []
         self.hooks = hooks
         self.stop_pos = start
 
@@ -140,6 +148,8 @@ class MachineState:
             foreign_opcodes=self.foreign,
             problems=self.problems,
             lossy=self.lossy,
+            calls=self.calls,
+            refusals=self.refusals,
         )
 
     def partial(self, exc: PickleError) -> PickleError:
@@ -152,6 +162,10 @@ class MachineState:
 
     def limit(self, message: str) -> LimitError:
         return LimitError(f"limit reached: {message}", path=self.source, offset=self.op_pos)
+
+    def refusal(self, message: str) -> None:
+        """Something torch's weights_only loader refuses that runs nothing by itself."""
+        self.refusals.append(f"{message} (pickle byte {self.op_pos})")
 
     def problem(self, message: str, *, lossy: bool = False) -> None:
         """Something torch would refuse or only an attack produces. `lossy`: its effect is
@@ -247,10 +261,21 @@ class MachineState:
         return ref
 
     def note_call(self, func: Any, use: str, opcode: str) -> None:
+        func = legacy_module_class(func)
         if isinstance(func, TrackedGlobal):
             func.uses.add(use)
         else:
             self.problem(f"{opcode} on {describe(func)}, a value computed inside the pickle")
+
+
+def legacy_module_class(value: Any) -> Any:
+    """The class a legacy whole-model persistent id `('module', cls, source_file, source)`
+    stands for: torch's legacy loader returns `cls` for it, so using the id is using `cls`."""
+    if isinstance(value, PersistentRef):
+        pid = value.pid
+        if type(pid) is tuple and len(pid) >= 2 and pid[0] == "module" and isinstance(pid[1], Global):
+            return pid[1]
+    return value
 
 
 def short_repr(value: Any) -> str:

@@ -144,7 +144,6 @@ def test_protocol_4_opcodes_are_flagged() -> None:
 @pytest.mark.parametrize(
     ("data", "fragment"),
     [
-        (b"\x80\x02cbuiltins\nlist\n)R(K\x01K\x02u.", "SETITEMS on the result of builtins.list"),
         (b"\x80\x02cbuiltins\nlist\n}b.", "BUILD on global builtins.list"),
         (b"\x80\x02cbuiltins\ngetattr\n)R)R.", "REDUCE on the result of builtins.getattr"),
         (b"\x80\x02}K\x01a.", "APPEND on a dict"),
@@ -153,6 +152,38 @@ def test_protocol_4_opcodes_are_flagged() -> None:
 )
 def test_shapes_only_an_attack_produces_are_problems(data: bytes, fragment: str) -> None:
     assert any(fragment in p for p in decode(data).problems)
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        (b"\x80\x02cbuiltins\nlist\n)R(K\x01K\x02u.", "SETITEMS on the result of builtins.list"),
+        (b"\x80\x02cbuiltins\nlist\n)R(K\x01e.", "APPENDS on the result of builtins.list"),
+        (b"\x80\x02(X\x06\x00\x00\x00moduleK\x01tQ.", "persistent id ('module', 1) is not a storage"),
+    ],
+)
+def test_what_only_torch_refuses_is_a_refusal_not_a_problem(data: bytes, fragment: str) -> None:
+    """A method call on an object the pickle built, or a persistent id torch.load fails on:
+    torch's weights_only loader refuses them; whether they are dangerous is the verdict's call."""
+    decoded = decode(data)
+    assert any(fragment in r for r in decoded.refusals), decoded.refusals
+    assert not decoded.problems
+
+
+def test_every_call_is_recorded_reachable_or_not() -> None:
+    # REDUCE whose result is popped, then NEWOBJ: both are calls a review must see.
+    data = b"\x80\x02cbuiltins\nlist\n)R0cargparse\nNamespace\n)\x81."
+    decoded = decode(data)
+    assert [(c.func_name, c.kind) for c in decoded.calls] == [("builtins.list", "call"), ("argparse.Namespace", "newobj")]
+
+
+def test_legacy_module_id_stands_for_its_class() -> None:
+    # NEWOBJ on ('module', cls, file, source): torch's legacy loader hands back cls.
+    data = b"\x80\x02(X\x06\x00\x00\x00modulecm\nNet\nX\x01\x00\x00\x00fX\x01\x00\x00\x00stQ)\x81."
+    decoded = decode(data)
+    assert not decoded.problems
+    (net,) = decoded.globals
+    assert net.qualname == "m.Net" and "instantiate" in net.uses
 
 
 # -- malformed input ---------------------------------------------------------------------------
