@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # only for annotations: JSON output must not pay for importin
     from ckpttool.ops.check import CheckReport
     from ckpttool.ops.convert import ConvertReport
     from ckpttool.ops.diff import DiffReport
-    from ckpttool.ops.inspect import InspectReport, TensorRow, TreeRow
+    from ckpttool.ops.inspect import Count, Counts, InspectReport, TensorRow, TreeRow
     from ckpttool.ops.optimizer import OptimizerReport
     from ckpttool.ops.rekey import RekeyReport
     from ckpttool.ops.remap import RemapReport
@@ -44,10 +44,22 @@ def to_csv(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return out.getvalue().rstrip("\n")
 
 
-def to_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+def to_table(
+    headers: Sequence[str], rows: Iterable[Sequence[Any]], align: Sequence[str] | None = None, indented: bool = False
+) -> str:
+    """A plain table; `align` per column ("left", "right"); `indented` keeps leading spaces (trees)."""
     from tabulate import tabulate
 
-    return str(tabulate(list(rows), headers=list(headers), tablefmt="simple", disable_numparse=True))
+    return str(
+        tabulate(
+            list(rows),
+            headers=list(headers),
+            tablefmt="simple",
+            disable_numparse=True,
+            colalign=align,
+            preserve_whitespace=indented,
+        )
+    )
 
 
 def key_values(pairs: Iterable[tuple[str, Any]], width: int | None = None) -> str:
@@ -63,12 +75,23 @@ def key_values(pairs: Iterable[tuple[str, Any]], width: int | None = None) -> st
     return str(tabulate(rows, tablefmt="plain", disable_numparse=True))
 
 
+MAX_WRAPPED_LINES = 4
+
+
 def _fit_value(value: Any, budget: int | None) -> Any:
     if isinstance(value, (list, tuple)):
         return "\n".join(wrap_list([str(v) for v in value], budget))
-    if budget is not None and isinstance(value, str) and "\n" not in value:
+    if budget is None or not isinstance(value, str) or "\n" in value or len(value) <= budget:
+        return value
+    if " " not in value:
         return cut(value, budget)
-    return value
+    import textwrap
+
+    lines = textwrap.wrap(value, budget, break_on_hyphens=False)
+    if len(lines) > MAX_WRAPPED_LINES:
+        rest = " ".join(lines[MAX_WRAPPED_LINES - 1 :])
+        lines = [*lines[: MAX_WRAPPED_LINES - 1], cut(rest, budget)]
+    return "\n".join(lines)
 
 
 # -- width ------------------------------------------------------------------------------------
@@ -134,13 +157,18 @@ def wrap_list(items: Sequence[str], width: int | None, sep: str = ", ") -> list[
 
 
 def fit_table(
-    headers: Sequence[str], rows: Iterable[Sequence[Any]], width: int | None, shrink: Sequence[int] = (0,)
+    headers: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    width: int | None,
+    shrink: Sequence[int] = (0,),
+    align: Sequence[str] | None = None,
+    indented: bool = False,
 ) -> str:
     """A table no wider than `width`: cells of the `shrink` columns (keys in the middle,
     others at the end) are cut with `…`, the widest first, and a last line counts them."""
     body = [[_cell(c) for c in row] for row in rows]
     if width is None or not body:
-        return to_table(headers, body)
+        return to_table(headers, body, align, indented)
     widths = [max(len(str(h)), *(len(r[i]) for r in body)) for i, h in enumerate(headers)]
     excess = sum(widths) + 2 * (len(widths) - 1) - width
     limits = _shrunk(widths, [len(str(headers[i])) for i in range(len(headers))], shrink, excess)
@@ -150,7 +178,7 @@ def fit_table(
             if len(row[i]) > limit:
                 row[i] = shorten(row[i], limit, middle=i == shrink[0])
                 cut_cells += 1
-    table = to_table(headers, body)
+    table = to_table(headers, body, align, indented)
     if cut_cells:
         note = f"({plural(cut_cells, 'cell')} cut with {ELLIPSIS} to fit {width} columns; --format csv shows all)"
         table += "\n" + (note if len(note) <= width else f"({plural(cut_cells, 'cell')} cut with {ELLIPSIS})")
@@ -221,6 +249,15 @@ def compact(value: Any, limit: int = 60) -> str:
 
 # -- inspect ----------------------------------------------------------------------------
 
+ROLE_LABELS = {"parameter": "param", "buffer": "buffer"}
+KIND_LABELS = {"module": "pickled nn.Module", "script_module": "TorchScript module", "state_dict": "state_dict"}
+ROLE_SOURCES = {
+    "module": "from the pickled module tree",
+    "declared": "as the archive's code/ declares them",
+    "file": "as saved (nn.Parameter or plain tensor)",
+    "guessed": "a guess from key names and dtypes: the file does not say",
+}
+
 
 def tensor_json(row: TensorRow) -> dict[str, Any]:
     return {
@@ -231,6 +268,7 @@ def tensor_json(row: TensorRow) -> dict[str, Any]:
         "nbytes": row.nbytes,
         "device": row.device,
         "kind": row.kind,
+        "role": row.role,
         "storage": row.storage,
         "storage_offset": row.storage_offset,
         "stride": row.stride,
@@ -240,6 +278,8 @@ def tensor_json(row: TensorRow) -> dict[str, Any]:
 
 
 def inspect_json(report: InspectReport, weights: list[TensorRow], tensors: list[TensorRow]) -> str:
+    from ckpttool.ops.inspect import count
+
     return to_json(
         {
             "path": report.path,
@@ -250,7 +290,10 @@ def inspect_json(report: InspectReport, weights: list[TensorRow], tensors: list[
                 "root": report.weights_root,
                 "kind": report.weights_kind,
                 "alternatives": report.alternatives,
+                "roles": report.roles,
+                "counts": counts_json(count(weights)),
                 "tensors": [tensor_json(r) for r in weights],
+                "attributes": [tensor_json(r) for r in report.attributes],
             },
             "entries": report.entries,
             "objects": [{"path": o.path, "class": o.cls} for o in report.objects],
@@ -262,77 +305,165 @@ def inspect_json(report: InspectReport, weights: list[TensorRow], tensors: list[
     )
 
 
+def counts_json(counts: Counts) -> dict[str, Any]:
+    return {
+        "parameters": asdict(counts.parameters),
+        "buffers": asdict(counts.buffers),
+        "other": asdict(counts.other),
+        "total": asdict(counts.total),
+        "dtypes": {dtype: asdict(c) for dtype, c in counts.dtypes.items()},
+        "tied": counts.tied,
+    }
+
+
 def tensor_rows_csv(rows: list[TensorRow]) -> str:
-    return to_csv(TENSOR_COLUMNS, ((r.key, r.dtype, shape_text(r.shape), r.numel, r.nbytes, r.device) for r in rows))
+    body = ((r.key, r.dtype, shape_text(r.shape), r.numel, r.nbytes, r.device, r.role or "") for r in rows)
+    return to_csv((*TENSOR_COLUMNS, "role"), body)
 
 
-def tensor_rows_table(rows: list[TensorRow]) -> str:
-    body = ((r.key, r.dtype, shape_text(r.shape), r.numel, human_size(r.nbytes), r.device) for r in rows)
-    return to_table(("key", "dtype", "shape", "numel", "size", "device"), body)
-
-
-def inspect_summary(report: InspectReport, summary: list[tuple[str, str]], shown: list[TensorRow]) -> str:
-    pairs: list[tuple[str, Any]] = [
-        ("file", report.path),
-        ("format", report.format),
-        ("size", f"{human_size(report.file_size)} ({report.file_size} bytes)"),
+def tensor_rows_table(rows: list[TensorRow], width: int | None = None) -> str:
+    """One row per tensor; the device column only when devices differ (the summary names
+    the one device otherwise), the role column only where roles are known."""
+    columns: list[tuple[str, str, Any]] = [
+        ("key", "left", lambda r: r.key),
+        ("dtype", "left", lambda r: r.dtype),
+        ("shape", "left", lambda r: shape_text(r.shape)),
+        ("numel", "right", lambda r: grouped(r.numel)),
+        ("size", "right", lambda r: human_size(r.nbytes)),
     ]
+    if len({r.device for r in rows}) > 1:
+        columns.append(("device", "left", lambda r: r.device))
+    if any(r.role for r in rows):
+        columns.append(("role", "left", lambda r: ROLE_LABELS.get(r.role or "", "")))
+    body = [[get(r) for _, _, get in columns] for r in rows]
+    headers = [name for name, _, _ in columns]
+    return fit_table(headers, body, width, shrink=(0, 2), align=[a for _, a, _ in columns])
+
+
+def inspect_summary(
+    report: InspectReport,
+    held: list[tuple[str, Count]],
+    shown: list[TensorRow],
+    width: int | None = None,
+    verbose: bool = False,
+    filtered: bool = False,
+) -> str:
+    from ckpttool.ops.inspect import count
+
+    pairs: list[tuple[str, Any]] = [("file", report.path), ("format", report.format)]
+    pairs.append(("file size", human_size(report.file_size)))
     if report.byteorder != "little":
         pairs.append(("byteorder", report.byteorder))
     pairs.append(("weights", _weights_line(report)))
     pairs.extend(("also", f"{alt} (not chosen)") for alt in report.alternatives)
-    pairs.append(
-        (
-            "tensors",
-            f"{len(shown)} shown, {sum(r.numel for r in shown)} elements, {human_size(sum(r.nbytes for r in shown))}",
-        )
-    )
-    pairs.extend((name, text) for name, text in summary)
-    pairs.extend((f"entry {k}", compact(v)) for k, v in report.entries.items())
-    pairs.extend((f"metadata {k}", compact(v)) for k, v in report.metadata.items())
+    pairs.extend(_count_lines(count(shown), report.roles, shown, filtered))
+    if report.attributes:
+        pairs.append(("attributes", _attributes_line(report)))
+    pairs.extend((name, f"{plural(c.tensors, 'tensor')}, {human_size(c.nbytes)}") for name, c in held)
+    pairs.extend((f"entry {k}", compact(v, 200)) for k, v in report.entries.items())
+    if verbose:
+        pairs.extend((f"metadata {k}", v) for k, v in report.metadata.items())
     classes = _class_counts(report)
     if classes:
         pairs.append(("classes", classes))
     pairs.extend(("note", n) for n in report.notes)
     pairs.extend(("anomaly", a) for a in report.anomalies)
-    return key_values(pairs)
+    return key_values(pairs, width)
+
+
+def _count_lines(counts: Counts, roles: str, shown: list[TensorRow], filtered: bool) -> list[tuple[str, Any]]:
+    if not shown:
+        return [("tensors", "none shown" + (": --filter matches no key" if filtered else ""))]
+    devices: dict[str, int] = {}
+    for row in shown:
+        devices[row.device] = devices.get(row.device, 0) + 1
+    lines: list[tuple[str, Any]] = []
+    for label, c in (("parameters", counts.parameters), ("buffers", counts.buffers), ("other", counts.other)):
+        if c.tensors or (label == "buffers" and counts.parameters.tensors):
+            lines.append((label, _count_text(c)))
+    if counts.parameters.tensors or counts.buffers.tensors:
+        lines.append(("roles", ROLE_SOURCES.get(roles, roles)))
+    total = f"{human_count(counts.total.numel)} elements in {plural(counts.total.tensors, 'tensor')}"
+    lines.append(("total", f"{total}, {human_size(counts.total.nbytes)}" + (" (filtered)" if filtered else "")))
+    if counts.tied:
+        lines.append(("tied", f"{plural(counts.tied, 'key')} view tensors already counted under another key"))
+    dtypes = [f"{d} {human_count(c.numel)} ({human_size(c.nbytes)})" for d, c in counts.dtypes.items()]
+    lines.append(("dtypes", dtypes))
+    lines.append(("devices", [f"{d} ({n})" if len(devices) > 1 else d for d, n in devices.items()]))
+    return lines
+
+
+def _count_text(c: Count) -> str:
+    if not c.tensors:
+        return "none"
+    exact = f" ({grouped(c.numel)})" if c.numel >= 1000 else ""
+    return f"{human_count(c.numel)}{exact} in {plural(c.tensors, 'tensor')}, {human_size(c.nbytes)}"
+
+
+def _attributes_line(report: InspectReport) -> list[str]:
+    rows = report.attributes
+    head = f"{plural(len(rows), 'tensor')} in no state_dict ({human_size(sum(r.nbytes for r in rows))}):"
+    return [f"{head} {rows[0].key}", *(r.key for r in rows[1:])]
 
 
 def _weights_line(report: InspectReport) -> str:
     if report.weights_root is None:
         return "none found"
     where = f"'{report.weights_root}'" if report.weights_root else "the whole file"
-    kinds = {"module": "pickled nn.Module", "script_module": "TorchScript module", "state_dict": "state_dict"}
-    return f"{kinds.get(report.weights_kind, report.weights_kind)} at {where}, {len(report.weights)} tensors"
+    kind = KIND_LABELS.get(report.weights_kind, report.weights_kind)
+    return f"{kind} at {where}, {plural(len(report.weights), 'tensor')}"
 
 
-def _class_counts(report: InspectReport) -> str:
+def _class_counts(report: InspectReport) -> list[str]:
     counts: dict[str, int] = {}
     for obj in report.objects:
         counts[obj.cls] = counts.get(obj.cls, 0) + 1
-    return ", ".join(f"{cls} x{n}" if n > 1 else cls for cls, n in counts.items())
+    return [f"{cls} x{n}" if n > 1 else cls for cls, n in counts.items()]
 
 
-def tree_table(rows: list[TreeRow]) -> str:
-    body = (("  " * r.depth + r.prefix.rsplit(".", 1)[-1], r.tensors, r.params, human_size(r.nbytes)) for r in rows)
-    return to_table(("module", "tensors", "params", "size"), body)
+def tree_table(rows: list[TreeRow], counts: Counts, width: int | None = None, full_prefix: bool = False) -> str:
+    body = [
+        ("  " * r.depth + (r.prefix if full_prefix else r.prefix.rsplit(".", 1)[-1]),
+         grouped(r.params), grouped(r.buffers), grouped(r.tensors), human_size(r.nbytes))
+        for r in rows
+    ]  # fmt: skip
+    total = counts.total
+    body.append(("total", grouped(counts.parameters.numel), grouped(counts.buffers.numel), grouped(total.tensors),
+                 human_size(total.nbytes)))  # fmt: skip
+    align = ("left", "right", "right", "right", "right")
+    return fit_table(("module", "params", "buffers", "tensors", "size"), body, width, align=align, indented=True)
 
 
-def tree_output(report: InspectReport, rows: list[TreeRow], fmt: str) -> str:
+def tree_output(
+    report: InspectReport,
+    rows: list[TreeRow],
+    counts: Counts,
+    fmt: str,
+    width: int | None = None,
+    full_prefix: bool = False,
+) -> str:
     if fmt == "json":
-        return tree_json(report, rows)
-    return tree_csv(rows) if fmt == "csv" else tree_table(rows)
+        return tree_json(report, rows, counts)
+    return tree_csv(rows, counts) if fmt == "csv" else tree_table(rows, counts, width, full_prefix)
 
 
-def tree_json(report: InspectReport, rows: list[TreeRow]) -> str:
-    return to_json({"path": report.path, "weights_root": report.weights_root, "tree": [asdict(r) for r in rows]})
-
-
-def tree_csv(rows: list[TreeRow]) -> str:
-    return to_csv(
-        ("prefix", "depth", "tensors", "params", "nbytes"),
-        ((r.prefix, r.depth, r.tensors, r.params, r.nbytes) for r in rows),
+def tree_json(report: InspectReport, rows: list[TreeRow], counts: Counts) -> str:
+    return to_json(
+        {
+            "path": report.path,
+            "weights_root": report.weights_root,
+            "roles": report.roles,
+            "tree": [asdict(r) for r in rows],
+            "total": counts_json(counts),
+        }
     )
+
+
+def tree_csv(rows: list[TreeRow], counts: Counts) -> str:
+    body = [(r.prefix, r.depth, r.tensors, r.params, r.buffers, r.numel, r.nbytes) for r in rows]
+    total = counts.total
+    body.append(("", "", total.tensors, counts.parameters.numel, counts.buffers.numel, total.numel, total.nbytes))
+    return to_csv(("prefix", "depth", "tensors", "params", "buffers", "numel", "nbytes"), body)
 
 
 # -- scan -------------------------------------------------------------------------------------
@@ -497,16 +628,32 @@ def remap_output(report: RemapReport, fmt: str) -> str:
 
 # -- stats -------------------------------------------------------------------------------------
 
+# The share of zeros is a fraction in JSON and CSV (`zeros`, as before) and a percentage
+# in the table, labelled so that it does not read as a count beside `nan` and `inf`.
 _STATS_COLUMNS = ("key", "dtype", "shape", "min", "max", "mean", "std", "nan", "inf", "zeros")
+_STATS_HEADERS = ("key", "dtype", "shape", "min", "max", "mean", "std", "nan", "inf", "zeros %")
 
 
-def stats_output(path: str, stats: list[TensorStats], fmt: str) -> str:
+def stats_output(path: str, stats: list[TensorStats], fmt: str, width: int | None = None) -> str:
     if fmt == "json":
         return to_json({"path": path, "stats": [_stats_json(s) for s in stats]})
     rows = [(s.key, s.dtype, shape_text(s.shape), s.min, s.max, s.mean, s.std, s.nan, s.inf, s.zeros) for s in stats]
     if fmt == "csv":
         return to_csv(_STATS_COLUMNS, rows)
-    return to_table(_STATS_COLUMNS, ([_number(v) for v in row] for row in rows))
+    body = ([*(_number(v) for v in row[:7]), grouped(row[7]), grouped(row[8]), _percent(row[9])] for row in rows)
+    return fit_table(_STATS_HEADERS, body, width, shrink=(0, 2))
+
+
+def _percent(share: float | None) -> str:
+    if share is None:
+        return "-"
+    text = f"{share * 100:.2f}"
+    # Never round a few zeros to 0.00 or almost all to 100.00: the difference matters.
+    if text == "0.00" and share > 0:
+        return "<0.01"
+    if text == "100.00" and share < 1:
+        return ">99.99"
+    return text
 
 
 def _stats_json(s: TensorStats) -> dict[str, Any]:
@@ -575,7 +722,7 @@ def _diff_rows(report: DiffReport) -> list[tuple[str, str, str]]:
 # -- optimizer ---------------------------------------------------------------------------------
 
 
-def optimizer_output(path: str, reports: list[OptimizerReport], fmt: str) -> str:
+def optimizer_output(path: str, reports: list[OptimizerReport], fmt: str, width: int | None = None) -> str:
     if fmt == "json":
         return to_json({"path": path, "optimizers": [_optimizer_json(r) for r in reports]})
     if fmt == "csv":
@@ -583,7 +730,7 @@ def optimizer_output(path: str, reports: list[OptimizerReport], fmt: str) -> str
         return to_csv(("optimizer", "type", "index", "name", "step", "tensors"), rows)
     if not reports:
         return "no optimizer state in this file"
-    return "\n\n".join(_optimizer_block(r) for r in reports)
+    return "\n\n".join(_optimizer_block(r, width) for r in reports)
 
 
 def _optimizer_json(r: OptimizerReport) -> dict[str, Any]:
@@ -601,19 +748,48 @@ def _optimizer_json(r: OptimizerReport) -> dict[str, Any]:
     }
 
 
-def _optimizer_block(r: OptimizerReport) -> str:
+def _optimizer_block(r: OptimizerReport, width: int | None = None) -> str:
     names = {"model": "from --model", "file": "guessed from the file's weights"}.get(r.names or "", "not resolved")
-    lines = [key_values([("optimizer", r.path), ("type", f"{r.type or 'unknown'} (inferred)"), ("names", names)])]
-    hyper = sorted({k for g in r.param_groups for k in g if k != "params"})
-    body = [
-        [i, len(g.get("params") or []), *(compact(g.get(k), 24) for k in hyper)] for i, g in enumerate(r.param_groups)
-    ]
-    lines.append(to_table(("group", "params", *hyper), body))
+    pairs = [("optimizer", r.path), ("type", f"{r.type or 'unknown'} (inferred)"), ("names", names)]
+    pairs.append(("param groups", len(r.param_groups)))
+    lines = [key_values(pairs, width)]
+    if r.param_groups:
+        lines.append(_hyper_parameter_table(r.param_groups, width))
     state = [(s.index, s.name or "", _number(s.step), _state_tensors(s.tensors)) for s in r.state]
     if state:
-        lines.append(to_table(("index", "name", "step", "state tensors"), state))
-    lines.extend(f"note: {n}" for n in r.notes)
+        lines.append(fit_table(("index", "name", "step", "state tensors"), state, width, shrink=(1, 3)))
+    lines.extend(key_values([("note", n)], width) for n in r.notes)
     return "\n\n".join(lines)
+
+
+def _hyper_parameter_table(groups: list[dict[str, Any]], width: int | None) -> str:
+    """One row per hyper-parameter, one column per group: a dozen names stay readable,
+    and groups that differ stand side by side. Groups past the width are counted, not cut."""
+    hyper = sorted({k for g in groups for k in g if k != "params"})
+    columns = [[grouped(len(g.get("params") or [])), *(_hyper_value(g, k) for k in hyper)] for g in groups]
+    names = ["params", *hyper]
+    label_width = max(len("hyper-parameter"), *(len(n) for n in names))
+    shown = len(columns)
+    if width is not None:
+        used = label_width
+        for i, column in enumerate(columns):
+            used += 2 + max(len(f"group {i}"), *(len(c) for c in column))
+            if used > width and i > 0:
+                shown = i
+                break
+    headers = ["hyper-parameter", *(f"group {i}" for i in range(shown))]
+    body = [[name, *(column[row] for column in columns[:shown])] for row, name in enumerate(names)]
+    table = fit_table(headers, body, width, shrink=tuple(range(1, shown + 1)))
+    if shown < len(columns):
+        table += f"\n({plural(len(columns) - shown, 'more group')} not shown; --format json lists every group)"
+    return table
+
+
+def _hyper_value(group: dict[str, Any], key: str) -> str:
+    if key not in group:
+        return "-"
+    value = group[key]
+    return _number(value) if isinstance(value, float) else compact(value, 60)
 
 
 def _state_tensors(tensors: dict[str, dict[str, Any]]) -> str:

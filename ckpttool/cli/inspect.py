@@ -6,40 +6,49 @@ from typing import Any
 
 import click
 
-from ckpttool.cli.common import ProgressBar, emit, output_options, path_argument
+from ckpttool.cli.common import ProgressBar, emit, output_options, path_argument, warn
 
 
 @click.command("inspect")
 @path_argument()
 @click.option("--filter", "patterns", multiple=True, metavar="GLOB", help="Only keys matching GLOB (repeatable).")
 @click.option("--all", "show_all", is_flag=True, help="Every tensor in the file, optimizer state included.")
-@click.option("--tree", is_flag=True, help="Group tensors by module prefix, with parameter counts.")
+@click.option("--tree", is_flag=True, help="An indented module tree with parameter and buffer counts and a total.")
+@click.option(
+    "--depth", type=click.IntRange(min=1), metavar="N", help="With --tree: only the first N levels of modules."
+)
+@click.option("--full-prefix", is_flag=True, help="With --tree: each module's full dotted prefix (layer1.0.conv1).")
 @click.option("--sort", type=click.Choice(["key", "size"]), help="Sort rows by key or by size (largest first).")
 @click.option("--root", metavar="PATH", help="Dotted path of the weights inside the file.")
 @click.option(
     "--stats", is_flag=True, help="Min, max, mean, std, NaN/Inf counts and share of zeros (reads tensor data)."
 )
+@click.option("-v", "--verbose", is_flag=True, help="Also the file's serialization records (version, id, ...).")
 @output_options()
 def inspect_command(
     path: str,
     patterns: tuple[str, ...],
     show_all: bool,
     tree: bool,
+    depth: int | None,
+    full_prefix: bool,
     sort: str | None,
     root: str | None,
     stats: bool,
+    verbose: bool,
     fmt: str,
 ) -> None:
-    """What is in a checkpoint: where the weights are, every tensor's dtype,
-    shape, size and device, the non-tensor entries (epoch, loss,
-    hyper-parameters) and the classes of pickled objects.
+    """What is in a checkpoint: where the weights are, how many parameters and
+    buffers, every tensor's dtype, shape, size and device, the non-tensor
+    entries (epoch, loss, hyper-parameters) and the classes of pickled objects.
 
     Reads only the pickle or header: no tensor data, nothing executed
-    (--stats reads the tensors, one at a time).
+    (--stats reads the tensors, one at a time). Tables fit the terminal
+    ($COLUMNS); JSON and CSV are never cut.
     """
     from ckpttool import render
     from ckpttool.formats import read_checkpoint
-    from ckpttool.ops.inspect import describe, select, top_level_summary
+    from ckpttool.ops.inspect import count, describe, select, top_level_summary
     from ckpttool.ops.inspect import tree as group_by_module
 
     checkpoint = read_checkpoint(path)
@@ -47,22 +56,33 @@ def inspect_command(
     weights = select(report.weights, patterns, sort)
     tensors = select(report.tensors, patterns, sort)
     shown = tensors if show_all else weights
+    if patterns and not shown:
+        warn(f"--filter {' '.join(patterns)} matches no {'tensor' if show_all else 'weight'} key in {path}")
+    width = render.output_width()
     if stats:
-        emit(_stats(checkpoint, report.weights_root if not show_all else None, root, patterns, sort, fmt))
+        emit(_stats(checkpoint, report.weights_root if not show_all else None, root, patterns, sort, fmt, width))
     elif tree:
-        emit(render.tree_output(report, group_by_module(shown), fmt))
+        rows = group_by_module(shown, depth)
+        emit(render.tree_output(report, rows, count(shown), fmt, width, full_prefix))
     elif fmt == "json":
         emit(render.inspect_json(report, weights, tensors))
     elif fmt == "csv":
         emit(render.tensor_rows_csv(shown))
     else:
-        emit(render.inspect_summary(report, top_level_summary(checkpoint.root, report.weights_root), shown))
+        held = top_level_summary(checkpoint.root, report.weights_root)
+        emit(render.inspect_summary(report, held, shown, width, verbose, filtered=bool(patterns)))
         if shown:
-            emit("\n" + render.tensor_rows_table(shown))
+            emit("\n" + render.tensor_rows_table(shown, width))
 
 
 def _stats(
-    checkpoint: Any, weights_root: str | None, root: str | None, patterns: tuple[str, ...], sort: str | None, fmt: str
+    checkpoint: Any,
+    weights_root: str | None,
+    root: str | None,
+    patterns: tuple[str, ...],
+    sort: str | None,
+    fmt: str,
+    width: int | None,
 ) -> str:
     from ckpttool import render
     from ckpttool.ops.inspect import select
@@ -74,6 +94,6 @@ def _stats(
     bar = ProgressBar("stats")
     bar.start(sum(t.nbytes for t in chosen))
     try:
-        return render.stats_output(checkpoint.path, all_stats(chosen, bar), fmt)
+        return render.stats_output(checkpoint.path, all_stats(chosen, bar), fmt, width)
     finally:
         bar.close()

@@ -33,4 +33,4 @@ def optimizer_command(path: str, model_spec: str | None, model_args: tuple[str, 
         from ckpttool.ops.modelspec import build_model, parameter_names, parse_model_args
 
         params = parameter_names(build_model(model_spec, parse_model_args(model_args)))
-    emit(render.optimizer_output(path, optimizers(path, params), fmt))
+    emit(render.optimizer_output(path, optimizers(path, params), fmt, render.output_width()))

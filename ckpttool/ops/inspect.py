@@ -36,6 +36,7 @@ class TensorRow:
     stride: list[int] = field(default_factory=list)
     contiguous: bool = True
     layout: str = "strided"
+    role: str | None = None  # "parameter" or "buffer" for weights; None for other tensors
 
 
 @dataclass
@@ -45,11 +46,35 @@ class ObjectRow:
 
 
 @dataclass
+class Count:
+    """Tensors, elements and bytes of one group; a tensor viewing the same storage range as
+    another (tied weights) adds its key to `tensors` but its elements and bytes only once."""
+
+    tensors: int = 0
+    numel: int = 0
+    nbytes: int = 0
+
+
+@dataclass
+class Counts:
+    """What the shown tensors add up to: parameters and buffers apart, and by dtype."""
+
+    parameters: Count = field(default_factory=Count)
+    buffers: Count = field(default_factory=Count)
+    other: Count = field(default_factory=Count)  # tensors that are not weights (--all)
+    total: Count = field(default_factory=Count)
+    dtypes: dict[str, Count] = field(default_factory=dict)
+    tied: int = 0  # keys whose elements were already counted under another key
+
+
+@dataclass
 class TreeRow:
     prefix: str
     depth: int
     tensors: int
-    params: int
+    params: int  # elements of parameters
+    buffers: int  # elements of buffers
+    numel: int  # elements of every tensor below, parameters, buffers and others
     nbytes: int
 
 
@@ -69,6 +94,8 @@ class InspectReport:
     alternatives: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     anomalies: list[str] = field(default_factory=list)
+    roles: str = "none"  # how parameters were told from buffers: module, declared, file, guessed
+    attributes: list[TensorRow] = field(default_factory=list)  # TorchScript tensors in no state_dict
 
 
 def inspect_checkpoint(path: str, root: str | None = None) -> InspectReport:
@@ -81,6 +108,7 @@ def describe(checkpoint: Checkpoint, root: str | None = None) -> InspectReport:
         weights = find_weights(checkpoint.root, root)
     every = all_tensors(checkpoint.root)
     rows: dict[tuple[str, int], TensorRow] = {}  # a bare state_dict lists each tensor twice
+    roles = {id(t.tensor): t.role for t in weights.tensors}  # a weight keeps its role under its full path
     return InspectReport(
         path=checkpoint.path,
         format=checkpoint.format,
@@ -88,22 +116,25 @@ def describe(checkpoint: Checkpoint, root: str | None = None) -> InspectReport:
         byteorder=checkpoint.byteorder,
         weights_root=weights.root,
         weights_kind=weights.kind,
-        weights=[_row(t, rows) for t in weights.tensors],
-        tensors=[_row(t, rows) for t in every],
+        weights=[_row(t, rows, t.role) for t in weights.tensors],
+        tensors=[_row(t, rows, roles.get(id(t.tensor))) for t in every],
         entries=entries(checkpoint.root, weights.root),
         objects=objects(checkpoint.root),
         metadata=checkpoint.metadata,
         alternatives=weights.alternatives,
         notes=weights.notes,
         anomalies=checkpoint.anomalies,
+        roles=weights.roles,
+        attributes=[tensor_row(t) for t in weights.attributes],
     )
 
 
-def _row(named: NamedTensor, cache: dict[tuple[str, int], TensorRow]) -> TensorRow:
+def _row(named: NamedTensor, cache: dict[tuple[str, int], TensorRow], role: str | None) -> TensorRow:
     key = (named.key, id(named.tensor))
     row = cache.get(key)
     if row is None:
         row = cache[key] = tensor_row(named)
+        row.role = role
     return row
 
 
@@ -140,17 +171,53 @@ def select(rows: list[Keyed], patterns: tuple[str, ...] = (), sort: str | None =
     return rows
 
 
-def tree(rows: list[TensorRow]) -> list[TreeRow]:
-    """Tensors grouped by module prefix (`layer1`, `layer1.0`, ...), with totals."""
-    totals: dict[str, list[int]] = {}
+def count(rows: list[TensorRow]) -> Counts:
+    """Parameters, buffers, other tensors, the total and each dtype, tied views counted once."""
+    counts = Counts()
+    seen: set[tuple[Any, ...]] = set()
+    for row in rows:
+        view = (row.storage, row.storage_offset, tuple(row.shape), tuple(row.stride), row.dtype)
+        fresh = row.storage is None or view not in seen
+        seen.add(view)
+        counts.tied += not fresh
+        group = {"parameter": counts.parameters, "buffer": counts.buffers}.get(row.role or "", counts.other)
+        for c in (group, counts.total, counts.dtypes.setdefault(row.dtype, Count())):
+            c.tensors += 1
+            c.numel += row.numel if fresh else 0
+            c.nbytes += row.nbytes if fresh else 0
+    return counts
+
+
+def tree(rows: list[TensorRow], max_depth: int | None = None) -> list[TreeRow]:
+    """Tensors grouped by module prefix (`layer1`, `layer1.0`, ...), parents before their
+    children in first-seen order, down to `max_depth` levels (1: top-level modules only)."""
+    nodes: dict[str, TreeRow] = {}
+    children: dict[str, list[str]] = {"": []}
     for row in rows:
         parts = row.key.split(".")
         for depth in range(1, len(parts)):
-            total = totals.setdefault(".".join(parts[:depth]), [0, 0, 0])
-            total[0] += 1
-            total[1] += row.numel
-            total[2] += row.nbytes
-    return [TreeRow(p, p.count("."), n, params, nbytes) for p, (n, params, nbytes) in totals.items()]
+            prefix = ".".join(parts[:depth])
+            node = nodes.get(prefix)
+            if node is None:
+                node = nodes[prefix] = TreeRow(prefix, depth - 1, 0, 0, 0, 0, 0)
+                children.setdefault(".".join(parts[: depth - 1]), []).append(prefix)
+            _add(node, row)
+    ordered: list[TreeRow] = []
+    stack = list(reversed(children[""]))
+    while stack:
+        node = nodes[stack.pop()]
+        if max_depth is None or node.depth < max_depth:
+            ordered.append(node)
+            stack.extend(reversed(children.get(node.prefix, [])))
+    return ordered
+
+
+def _add(node: TreeRow, row: TensorRow) -> None:
+    node.tensors += 1
+    node.params += row.numel if row.role == "parameter" else 0
+    node.buffers += row.numel if row.role == "buffer" else 0
+    node.numel += row.numel
+    node.nbytes += row.nbytes
 
 
 # -- entries and objects ------------------------------------------------------------------
@@ -225,8 +292,8 @@ def _tensor_value(tensor: TensorRef, read_scalars: bool = True) -> Any:
     return f"<tensor {tensor.dtype} {list(tensor.shape)} {tensor.device}>"
 
 
-def top_level_summary(root: Any, weights_root: str | None) -> list[tuple[str, str]]:
-    """One line per top-level key that holds tensors, for the table summary."""
+def top_level_summary(root: Any, weights_root: str | None) -> list[tuple[str, Count]]:
+    """Each top-level key that holds tensors other than the weights, with what it holds."""
     if not isinstance(root, dict) or weights_root == "":
         return []
     lines = []
@@ -235,6 +302,6 @@ def top_level_summary(root: Any, weights_root: str | None) -> list[tuple[str, st
         if name == weights_root or not _holds_tensors(value):
             continue
         found = all_tensors(value)
-        size = sum(t.tensor.nbytes for t in found)
-        lines.append((join("", name), f"{len(found)} tensors, {size} bytes"))
+        held = Count(len(found), sum(t.tensor.numel for t in found), sum(t.tensor.nbytes for t in found))
+        lines.append((join("", name), held))
     return lines

@@ -31,12 +31,12 @@ TOP_LEVEL_FIELDS = {
     "schema_version", "path", "format", "file_size", "byteorder", "weights", "entries",
     "objects", "tensors", "metadata", "notes", "anomalies",
 }  # fmt: skip
-WEIGHTS_FIELDS = {"root", "kind", "alternatives", "tensors"}
+WEIGHTS_FIELDS = {"root", "kind", "alternatives", "roles", "counts", "tensors", "attributes"}
 TENSOR_FIELDS = {
-    "key", "dtype", "shape", "numel", "nbytes", "device", "kind", "storage", "storage_offset",
+    "key", "dtype", "shape", "numel", "nbytes", "device", "kind", "role", "storage", "storage_offset",
     "stride", "contiguous", "layout",
 }  # fmt: skip
-CSV_HEADER = ["key", "dtype", "shape", "numel", "nbytes", "device"]
+CSV_HEADER = ["key", "dtype", "shape", "numel", "nbytes", "device", "role"]
 # Formats whose key order is the reader's own (see tests/reader/test_ground_truth.py).
 UNORDERED_FORMATS = {"safetensors", "sharded-safetensors", "sharded-bin"}
 ERROR_LINE = "ckpttool: error: {path}: "
@@ -99,14 +99,14 @@ def test_table_has_the_summary_and_one_row_per_weight(cli: Cli) -> None:
     summary = {
         "file": str(path),
         "format": "torch-zip",
-        "size": f"({path.stat().st_size} bytes)",
+        "file size": f"{path.stat().st_size / 1024:.1f} KiB",
         "weights": f"state_dict at 'model_state_dict', {len(truth)} tensors",
         "entry epoch": "5",
     }
     for label, text in summary.items():
         assert re.search(rf"^{re.escape(label)}:\s+.*{re.escape(text)}", out, re.M), label
     for key, tensor in truth.items():
-        row = table_row(key, dtype_name(tensor.dtype), shape_text(tensor.shape), tensor.numel())
+        row = table_row(key, dtype_name(tensor.dtype), shape_text(tensor.shape), f"{tensor.numel():,}")
         assert re.search(row, out, re.M), key
     assert "optimizer_state_dict" in out  # the summary names the other tensor-holding entry
 
@@ -211,6 +211,7 @@ def test_csv_has_a_header_and_one_row_per_weight(cli: Cli) -> None:
             "numel": str(tensor.numel()),
             "nbytes": str(tensor.numel() * tensor.element_size()),
             "device": "cpu",
+            "role": "parameter",  # the CNN has no buffers
         }
 
 
@@ -246,8 +247,18 @@ def test_filter_applies_to_json_weights_and_tensors(cli: Cli) -> None:
     ]
 
 
-def test_filter_matching_nothing_shows_no_rows(cli: Cli) -> None:
-    assert csv_rows(cli("inspect", fixture("cnn_state_dict"), "--format", "csv", "--filter", "nope*")) == []
+@pytest.mark.parametrize("fmt", ["table", "json", "csv"])
+def test_filter_matching_nothing_says_so_and_exits_0(cli: Cli, fmt: str) -> None:
+    path = fixture("cnn_state_dict")
+    result = cli("inspect", path, "--format", fmt, "--filter", "nope*")
+    assert result.exit_code == 0
+    assert result.stderr == f"ckpttool: --filter nope* matches no weight key in {path}\n"
+    if fmt == "csv":
+        assert result.stdout.splitlines() == [",".join(CSV_HEADER)]
+    elif fmt == "json":
+        assert cli_json(result)["weights"]["tensors"] == []
+    else:
+        assert re.search(r"^tensors:\s+none shown: --filter matches no key$", result.stdout, re.M)
 
 
 def test_all_includes_optimizer_state_with_dotted_paths(cli: Cli) -> None:
@@ -328,41 +339,106 @@ def test_bad_root_is_one_error_line(cli: Cli) -> None:
 # -- --tree ----------------------------------------------------------------------------------
 
 
-def module_totals(state_dict: dict[str, torch.Tensor]) -> dict[str, tuple[int, int]]:
-    """(tensors, elements) under every module prefix of the keys."""
-    totals: dict[str, tuple[int, int]] = {}
+def roles_of(model: nn.Module) -> dict[str, str]:
+    """state_dict key -> "parameter" or "buffer", as torch's own module says."""
+    params = {name for name, _ in model.named_parameters(remove_duplicate=False)}
+    return {key: "parameter" if key in params else "buffer" for key in model.state_dict()}
+
+
+def module_totals(
+    state_dict: dict[str, torch.Tensor], roles: dict[str, str] | None = None
+) -> dict[str, tuple[int, int, int, int]]:
+    """(tensors, parameter elements, buffer elements, elements) under every module prefix."""
+    totals: dict[str, tuple[int, int, int, int]] = {}
     for key, tensor in state_dict.items():
+        role = (roles or {}).get(key)
         parts = key.split(".")
+        n = tensor.numel()
         for depth in range(1, len(parts)):
             prefix = ".".join(parts[:depth])
-            count, numel = totals.get(prefix, (0, 0))
-            totals[prefix] = (count + 1, numel + tensor.numel())
+            count, params, buffers, numel = totals.get(prefix, (0, 0, 0, 0))
+            totals[prefix] = (
+                count + 1,
+                params + (n if role == "parameter" else 0),
+                buffers + (n if role == "buffer" else 0),
+                numel + n,
+            )
     return totals
 
 
+def tree_found(report: dict[str, Any]) -> dict[str, tuple[int, int, int, int]]:
+    return {row["prefix"]: (row["tensors"], row["params"], row["buffers"], row["numel"]) for row in report["tree"]}
+
+
 @pytest.mark.parametrize(
-    "name",
+    ("name", "model"),
     [
-        "nested_containers_state_dict",
-        "nested_containers_whole_model_package",
-        "batchnorm_whole_model",
+        ("nested_containers_whole_model_package", "nested_containers_whole_model_package"),
+        ("batchnorm_whole_model", "batchnorm_whole_model"),
+        ("batchnorm_state_dict", "batchnorm_whole_model"),  # the same model, saved as a state_dict
     ],
 )
-def test_tree_counts_parameters_per_module(cli: Cli, name: str) -> None:
+def test_tree_counts_parameters_and_buffers_per_module(cli: Cli, name: str, model: str) -> None:
     report = cli_json(ok(cli("inspect", fixture(name), "--tree", "--format", "json")))
     assert report["schema_version"] == 1
-    found = {row["prefix"]: (row["tensors"], row["params"]) for row in report["tree"]}
-    assert found == module_totals(state_dict_of(name))
+    module = loaded(model)
+    assert isinstance(module, nn.Module)
+    roles = roles_of(module)
+    assert tree_found(report) == module_totals(state_dict_of(name), roles)
     for row in report["tree"]:
         assert row["depth"] == row["prefix"].count(".")
+    total = report["total"]
+    assert total["parameters"]["numel"] == sum(p.numel() for p in module.parameters())
+    assert total["buffers"]["numel"] == sum(module.state_dict()[k].numel() for k, r in roles.items() if r == "buffer")
 
 
-def test_tree_table_shows_module_names_and_counts(cli: Cli) -> None:
+def test_tree_of_a_state_dict_counts_every_tensor(cli: Cli) -> None:
+    name = "nested_containers_state_dict"
+    report = cli_json(ok(cli("inspect", fixture(name), "--tree", "--format", "json")))
+    truth = module_totals(state_dict_of(name))
+    assert {p: (t, n) for p, (t, _, _, n) in tree_found(report).items()} == {
+        p: (t, n) for p, (t, _, _, n) in truth.items()
+    }
+
+
+def test_tree_rows_are_nested_parents_first(cli: Cli) -> None:
+    """Every row follows its parent (or an earlier sibling's subtree) and is one level deeper."""
+    report = cli_json(ok(cli("inspect", fixture("nested_containers_state_dict"), "--tree", "--format", "json")))
+    seen: set[str] = set()
+    for row in report["tree"]:
+        parent = row["prefix"].rpartition(".")[0]
+        assert parent == "" or parent in seen, row["prefix"]
+        seen.add(row["prefix"])
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+def test_tree_depth_collapses_levels(cli: Cli, depth: int) -> None:
+    name = "nested_containers_state_dict"
+    report = cli_json(ok(cli("inspect", fixture(name), "--tree", "--depth", depth, "--format", "json")))
+    truth = {p: v for p, v in module_totals(state_dict_of(name)).items() if p.count(".") < depth}
+    assert {p: (t, n) for p, (t, _, _, n) in tree_found(report).items()} == {
+        p: (t, n) for p, (t, _, _, n) in truth.items()
+    }
+
+
+def test_tree_table_is_indented_with_a_total(cli: Cli) -> None:
     out = ok(cli("inspect", fixture("nested_containers_state_dict"), "--tree")).stdout
-    totals = module_totals(state_dict_of("nested_containers_state_dict"))
-    assert re.search(r"^module\s+tensors\s+params\s+size", out, re.M)
-    tensors, params = totals["blocks"]
-    assert re.search(rf"^blocks\s+{tensors}\s+{params}\s", out, re.M)
+    lines = out.splitlines()
+    assert lines[0].split() == ["module", "params", "buffers", "tensors", "size"]
+    report = cli_json(ok(cli("inspect", fixture("nested_containers_state_dict"), "--tree", "--format", "json")))
+    names = [line[: len(lines[1].split()[0])].rstrip() for line in lines[2:-1]]
+    assert names == ["  " * r["depth"] + r["prefix"].rsplit(".", 1)[-1] for r in report["tree"]]
+    truth = state_dict_of("nested_containers_state_dict")
+    assert lines[-1].split()[0] == "total"
+    assert lines[-1].split()[3] == f"{len(truth):,}"
+
+
+def test_tree_full_prefix(cli: Cli) -> None:
+    out = ok(cli("inspect", fixture("nested_containers_state_dict"), "--tree", "--full-prefix")).stdout
+    report = cli_json(ok(cli("inspect", fixture("nested_containers_state_dict"), "--tree", "--format", "json")))
+    lines = out.splitlines()
+    names = [line[: len(lines[1].split()[0])].rstrip() for line in lines[2:-1]]
+    assert names == ["  " * r["depth"] + r["prefix"] for r in report["tree"]]
 
 
 def test_tree_with_all_groups_optimizer_state(cli: Cli) -> None:
@@ -378,9 +454,10 @@ def test_tree_with_all_groups_optimizer_state(cli: Cli) -> None:
             )
         )
     )
-    found = {row["prefix"]: (row["tensors"], row["params"]) for row in report["tree"]}
     truth = dict(tensors_in(loaded("model_optimizer_checkpoint")))
-    assert found["optimizer"] == module_totals(truth)["optimizer"]
+    tensors, params, buffers, numel = tree_found(report)["optimizer"]
+    assert (tensors, numel) == (module_totals(truth)["optimizer"][0], module_totals(truth)["optimizer"][3])
+    assert (params, buffers) == (0, 0)  # optimizer state is neither
 
 
 # -- entries and objects ---------------------------------------------------------------------

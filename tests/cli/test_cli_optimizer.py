@@ -86,13 +86,19 @@ def test_table_with_names_from_model(cli: Cli) -> None:
     result = cli("optimizer", ADAM_FILE, "--model", CNN_SPEC)
     assert (result.exit_code, result.stderr) == (0, "")
     head, groups, states, *rest = blocks(result.stdout)
-    assert key_values(head) == {"optimizer": "optimizer", "type": "Adam (inferred)", "names": "from --model"}
+    assert key_values(head) == {
+        "optimizer": "optimizer",
+        "type": "Adam (inferred)",
+        "names": "from --model",
+        "param groups": "1",
+    }
     truth = torch_load_trusted(ADAM_FILE)["optimizer"]
-    (group_row,) = table(groups)
     (group,) = truth["param_groups"]
-    assert group_row["params"] == str(len(group["params"]))
-    assert set(group_row) == {"group", "params", *(k for k in group if k != "params")}
-    assert group_row["lr"] == str(group["lr"]) and group_row["betas"] == "[0.9, 0.999]"
+    # One row per hyper-parameter, one column per group.
+    hyper = {row["hyper-parameter"]: row["group 0"] for row in table(groups)}
+    assert hyper["params"] == str(len(group["params"]))
+    assert set(hyper) == {"params", *(k for k in group if k != "params")}
+    assert hyper["lr"] == str(group["lr"]) and hyper["betas"] == "[0.9, 0.999]"
     rows = table(states)
     assert [r["name"] for r in rows] == CNN_NAMES
     assert [r["step"] for r in rows] == [str(int(s["step"])) for s in truth["state"].values()]
