@@ -79,6 +79,10 @@ class LimitError(PickleError):
     """Decoding stopped at a safety limit (opcodes, memo, nesting, size)."""
 
 
+class IntegrityError(FormatError):
+    """A record whose bytes do not match the CRC-32 its archive recorded: changed after saving."""
+
+
 class SafetensorsError(FormatError):
     """A safetensors header that the reference implementation would reject."""
 

@@ -5,6 +5,15 @@ touches, honouring storage offset, stride and byteorder. Nothing maps or holds t
 whole file: a read allocates at most one tensor's span, copies and comparisons go
 through fixed-size chunks, and contiguous tensors are copied file to file by the
 kernel. torch is imported only by the functions that build torch tensors.
+
+Damage is never passed on: bytes of a zip record whose archive recorded a CRC-32
+are checked against it before they are handed out whole — as they stream when a
+read covers the whole record, in one pass over the record first when it covers
+part of it — and each record is checked once per read checkpoint. A mismatch is an
+IntegrityError naming the file, the record and the tensors that view it. (torch
+itself does not check: `torch.load` returns the changed values.) Kernel copies
+(`copy_range`) do not see the bytes; their callers verify what they copied before
+keeping it (`verify_tensor`, or reading the source back through `chunks`).
 """
 
 from __future__ import annotations
@@ -12,12 +21,12 @@ from __future__ import annotations
 import os
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO
 
-from ckpttool.checkpoint import Storage, TensorRef
+from ckpttool.checkpoint import Record, Storage, TensorRef
 from ckpttool.dtypes import DTYPES
-from ckpttool.errors import FormatError, LimitError
+from ckpttool.errors import FormatError, IntegrityError, LimitError
 
 if TYPE_CHECKING:
     import torch
@@ -32,6 +41,7 @@ class ByteRange:
     path: str
     offset: int
     size: int
+    record: Record | None = field(default=None, compare=False)  # the record the bytes lie in
 
 
 def direct_range(tensor: TensorRef) -> ByteRange | None:
@@ -45,7 +55,12 @@ def direct_range(tensor: TensorRef) -> ByteRange | None:
     if storage.byteorder != "little" and storage.itemsize > 1:  # swapped on load, as torch does
         return None
     start = storage.record.data_offset() + tensor.offset * tensor.itemsize
-    return ByteRange(storage.record.path, start, tensor.nbytes)
+    return ByteRange(storage.record.path, start, tensor.nbytes, storage.record)
+
+
+def record_range(record: Record) -> ByteRange:
+    """The whole of a stored record's bytes."""
+    return ByteRange(record.path, record.data_offset(), record.size, record)
 
 
 def read_span(tensor: TensorRef) -> tuple[bytearray, int]:
@@ -54,10 +69,16 @@ def read_span(tensor: TensorRef) -> tuple[bytearray, int]:
     if storage is None or storage.record is None:
         raise FormatError(f"tensor on {tensor.device} has no data in the file")
     first_byte, end_byte = tensor.byte_span()
-    if storage.record.compressed:
+    record = storage.record
+    if record.compressed:
         return bytearray(inflate_storage(storage)[first_byte:end_byte]), tensor.offset
-    start = storage.record.data_offset() + first_byte
-    return read_range(ByteRange(storage.record.path, start, end_byte - first_byte)), tensor.offset
+    whole = first_byte == 0 and end_byte == record.size
+    if not whole:
+        verify_record(record)
+    data = read_range(ByteRange(record.path, record.data_offset() + first_byte, end_byte - first_byte))
+    if whole and _unchecked(record):
+        _check(record, zlib.crc32(data))
+    return data, tensor.offset
 
 
 def read_range(span: ByteRange) -> bytearray:
@@ -85,10 +106,35 @@ def inflate_storage(storage: Storage) -> bytes:
         raise FormatError(f"record {record.name} does not inflate: {exc}", path=record.path) from None
     if len(out) != storage.nbytes or inflater.unconsumed_tail:
         raise LimitError(f"record {record.name} does not inflate to {storage.nbytes} bytes", path=record.path)
+    if _unchecked(record):
+        _check(record, zlib.crc32(out))  # a zip CRC-32 is of the inflated bytes
     return out
 
 
 def chunks(span: ByteRange, size: int = CHUNK) -> Iterator[bytes]:
+    """The span's bytes, block by block. When they lie in a zip record with a CRC-32, the
+    whole record is checked before the last block is handed out: as the blocks stream
+    when the span is the record, in a pass of its own first when it is part of it."""
+    record = span.record
+    if record is None or not _unchecked(record):
+        yield from _blocks(span, size)
+        return
+    if (span.offset, span.size) != (record.data_offset(), record.size):
+        verify_record(record)
+        yield from _blocks(span, size)
+        return
+    crc = _Crc32()
+    last: bytes | None = None
+    for block in crc.over(_blocks(span, size)):
+        if last is not None:
+            yield last
+        last = block
+    _check(record, crc.value)
+    if last is not None:
+        yield last
+
+
+def _blocks(span: ByteRange, size: int = CHUNK) -> Iterator[bytes]:
     with open(span.path, "rb") as f:
         done = 0
         while done < span.size:
@@ -99,21 +145,82 @@ def chunks(span: ByteRange, size: int = CHUNK) -> Iterator[bytes]:
             done += len(block)
 
 
+class _Crc32:
+    """A CRC-32 computed over blocks as they pass: the one streamed CRC loop there is."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def over(self, blocks: Iterator[bytes]) -> Iterator[bytes]:
+        for block in blocks:
+            self.value = zlib.crc32(block, self.value)
+            yield block
+
+
+def crc32(span: ByteRange, out: BinaryIO | None = None) -> int:
+    """The CRC-32 of the bytes as they are (no record check), each block also appended to
+    `out` when given: how zip records are written, copied and checked."""
+    crc = _Crc32()
+    for block in crc.over(_blocks(span)):
+        if out is not None:
+            out.write(block)
+    return crc.value
+
+
+# -- record checks --------------------------------------------------------------------------------
+
+
+def _unchecked(record: Record) -> bool:
+    """A CRC-32 to check that has not been: torch writes 0 when CRC computation is off
+    (an empty record's CRC is 0 as well, and holds nothing to check)."""
+    return bool(record.crc) and not record.verified
+
+
+def _check(record: Record, crc: int) -> None:
+    if crc & 0xFFFFFFFF != record.crc:
+        raise crc_mismatch(record)
+    record.verified = True
+
+
+def verify_record(record: Record) -> None:
+    """Read a stored record whole, once, and refuse it if it fails its CRC-32 (a compressed
+    one is checked as it is inflated, against the size its storage declares)."""
+    if _unchecked(record) and not record.compressed:
+        _check(record, crc32(ByteRange(record.path, record.data_offset(), record.size)))
+
+
+def verify_storage(storage: Storage) -> None:
+    """The storage's record holds its CRC-32 (callers of kernel copies make sure of it
+    before they keep what they copied; `check` asks it of every record)."""
+    if storage.record is None or not _unchecked(storage.record):
+        return
+    if storage.record.compressed:
+        inflate_storage(storage)
+    else:
+        verify_record(storage.record)
+
+
+def verify_tensor(tensor: TensorRef) -> None:
+    if tensor.storage is not None:
+        verify_storage(tensor.storage)
+
+
+def crc_mismatch(record: Record) -> IntegrityError:
+    keys: list[str] = record.viewed_by() if record.viewed_by is not None else []
+    shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+    viewers = f"tensor{'s' if len(keys) > 1 else ''} {shown}" if keys else "no tensor"
+    return IntegrityError(
+        f"record {record.name} fails its CRC-32 check (its bytes changed after saving); it holds {viewers}",
+        path=record.path,
+    )
+
+
 def copy_range(span: ByteRange, out: BinaryIO) -> None:
     """Append `span` to `out`, file to file in the kernel where the filesystem allows."""
     out.flush()
     with open(span.path, "rb") as src:
         _kernel_copy(src.fileno(), span.offset, out.fileno(), span.size)
     out.seek(0, os.SEEK_END)
-
-
-def copy_range_crc(span: ByteRange, out: BinaryIO) -> int:
-    """Append `span` to `out` through memory, returning its CRC-32 (zip records need one)."""
-    crc = 0
-    for block in chunks(span):
-        crc = zlib.crc32(block, crc)
-        out.write(block)
-    return crc
 
 
 def _kernel_copy(src: int, offset: int, dst: int, size: int) -> None:

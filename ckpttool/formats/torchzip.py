@@ -23,6 +23,7 @@ from ckpttool.formats.ziparchive import (
     crc_matches,
     open_archive,
     read_entry,
+    recorded_crc,
     resolve_data_offset,
 )
 from ckpttool.pickle import Decoded, decode
@@ -82,6 +83,7 @@ def read_torch_zip(path: str, archive: ZipArchive | None = None) -> Checkpoint:
         root = _with_constants(archive, table, root)
     for storage in table.storages.values():
         storage.record = _record_for(archive, storage)
+        storage.record.viewed_by = partial(_keys_viewing, root, storage)
     check_tensors(root, path)
     return Checkpoint(
         path=path,
@@ -148,9 +150,14 @@ def _record_for(archive: ZipArchive, storage: Storage) -> Record:
         offset=entry.data_offset,
         size=entry.compressed_size,
         compressed=entry.method != 0,
-        crc=entry.crc,
+        crc=recorded_crc(entry),
         resolve=partial(resolve_data_offset, archive, entry),
     )
+
+
+def _keys_viewing(root: Any, storage: Storage) -> list[str]:
+    """Every name of every tensor that views `storage`, for messages about its record."""
+    return [named.key for named in all_tensors(root) if getattr(named.tensor, "storage", None) is storage]
 
 
 def _small_records(archive: ZipArchive) -> dict[str, str]:

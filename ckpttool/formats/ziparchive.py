@@ -217,6 +217,15 @@ def _inflate(archive: ZipArchive, entry: ZipEntry, offset: int, max_size: int, f
     return out
 
 
+def recorded_crc(entry: ZipEntry) -> int | None:
+    """The CRC-32 the central directory vouches for, or None where it describes no plain
+    bytes (encrypted or patched entries, which torch refuses anyway). 0 is kept: torch
+    writes it when CRC computation is off, and readers take it as "none recorded"."""
+    if entry.flags & (_FLAG_ENCRYPTED | _FLAG_PATCHED | _FLAG_STRONG_ENCRYPTION):
+        return None
+    return entry.crc
+
+
 def crc_matches(entry: ZipEntry, data: bytes) -> bool:
     return zlib.crc32(data) & 0xFFFFFFFF == entry.crc
 

@@ -14,7 +14,7 @@ import zlib
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from ckpttool.tensordata import ByteRange, copy_range, copy_range_crc
+from ckpttool.tensordata import ByteRange, copy_range, crc32
 
 ALIGNMENT = 64
 _U32 = 0xFFFFFFFF
@@ -46,7 +46,7 @@ class ZipWriter:
         """A record streamed from another file; `crc` when the source already knows it."""
         entry = self._start(name, span.size, crc or 0)
         if crc is None:
-            entry.crc = copy_range_crc(span, self.out) & _U32
+            entry.crc = crc32(span, self.out)
             self._patch_crc(entry)
         else:
             copy_range(span, self.out)

@@ -4,26 +4,43 @@ Always: integrity (the reader's validation of every record, shape and offset, pl
 each zip record's CRC-32 and the archive's anomalies) and safety (as `scan`). On
 request: the keys, shapes and dtypes a model definition expects (`--model`), those
 of a reference checkpoint (`--like`), no NaN/Inf (`--finite`), every storage on cpu
-(`--cpu-only`). When keys do not match, suggestions name the fix that makes them
-match (a prefix to strip or add, another root in the file) and how many keys it fixes.
-Every finding has a severity; any `error` fails the check.
+(`--cpu-only`). Keys a warm start leaves out on purpose are allowed by glob
+(`--allow-missing`, `--allow-unexpected`). When keys do not match, suggestions name
+the fix that makes them match (a prefix to strip or add, another root in the file),
+how many keys it fixes, and the `ckpttool convert` command that applies it.
+Every finding has a severity; any `error` fails the check. A file that cannot be read
+is an error finding of its own, so one bad path never hides the others.
 """
 
 from __future__ import annotations
 
+import os
+import shlex
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ckpttool.checkpoint import Checkpoint, TensorRef
-from ckpttool.errors import about
-from ckpttool.formats import read_checkpoint
-from ckpttool.ops.keys import Expected, KeyComparison, compare, compare_with_model, found_weights, suggest_fixes
+from ckpttool.errors import CkptError, IntegrityError
+from ckpttool.formats import LEGACY, LEGACY_TAR, ZIP, read_checkpoint
+from ckpttool.ops.keys import (
+    Allowance,
+    Expected,
+    KeyComparison,
+    Suggestion,
+    compare,
+    compare_with_model,
+    found_weights,
+    suggest_fixes,
+)
 from ckpttool.ops.scan import DANGEROUS, NEEDS_ALLOWLIST, scan_file
-from ckpttool.tensordata import ByteRange, chunks
-from ckpttool.weights import all_tensors, find_weights
+from ckpttool.tensordata import verify_storage
+from ckpttool.weights import Weights, all_tensors, find_weights
 
 ERROR, WARNING, INFO = "error", "warning", "info"
+READ = "read"  # the check a file that cannot be read fails
+REWRITABLE = frozenset({ZIP, LEGACY, LEGACY_TAR})  # formats `convert --keep-structure` rewrites whole
 
 
 @dataclass
@@ -43,6 +60,8 @@ class CheckOptions:
     cpu_only: bool = False
     root: str | None = None
     strict: bool = False  # warnings fail too
+    allow_missing: tuple[str, ...] = ()
+    allow_unexpected: tuple[str, ...] = ()
 
 
 @dataclass
@@ -50,7 +69,10 @@ class CheckReport:
     path: str
     findings: list[Finding] = field(default_factory=list)
     keys: KeyComparison | None = None
-    suggestions: list[dict[str, Any]] = field(default_factory=list)
+    suggestions: list[Suggestion] = field(default_factory=list)
+    readable: bool = True
+    allowed_missing: list[str] = field(default_factory=list)
+    allowed_unexpected: list[str] = field(default_factory=list)
 
     def ok(self, strict: bool = False) -> bool:
         failing = {ERROR, WARNING} if strict else {ERROR}
@@ -59,24 +81,87 @@ class CheckReport:
     def add(self, check: str, severity: str, message: str, key: str | None = None) -> None:
         self.findings.append(Finding(check, severity, key, message))
 
-
-def check(path: str, options: CheckOptions) -> CheckReport:
-    with about(path):
-        return _check(path, options)
+    def count(self, severity: str) -> int:
+        return sum(f.severity == severity for f in self.findings)
 
 
-def _check(path: str, options: CheckOptions) -> CheckReport:
+@dataclass
+class Target:
+    """What the keys are compared with, built once for every path: a model or a reference."""
+
+    check: str  # "model" or "like": the findings' check name
+    expected: Expected
+    model: Any = None
+
+    @property
+    def noun(self) -> str:
+        return "model" if self.check == "model" else "reference"
+
+    def judge(self, metadata: Any) -> Callable[[Expected], KeyComparison]:
+        """Found keys -> comparison: the model's own load_state_dict, or plain equality."""
+        model, expected = self.model, self.expected
+        if model is None:
+            return lambda found: compare(found, expected)
+        return lambda found: compare_with_model(model, expected, found, metadata)
+
+
+def prepare(options: CheckOptions) -> Target | None:
+    """Build the model or read the reference. Their errors are the user's to fix before
+    any file is checked (exit 2), unlike a file's own problems."""
+    if options.model_spec:
+        from ckpttool.ops.modelspec import build_model, expected_state
+
+        model = build_model(options.model_spec, options.model_args)
+        return Target("model", expected_state(model), model)
+    if options.like:
+        reference = find_weights(read_checkpoint(options.like).root)
+        return Target("like", {t.key: (t.tensor.shape, t.tensor.dtype) for t in reference.tensors})
+    return None
+
+
+def check_paths(paths: Sequence[str], options: CheckOptions) -> list[CheckReport]:
+    target = prepare(options)
+    return [check(path, options, target) for path in paths]
+
+
+def check(path: str, options: CheckOptions, target: Target | None = None) -> CheckReport:
+    """Every finding about one file. A failure to read it, or a check that cannot be done
+    on it (no weights at --root, a record that cannot be read), is an error finding."""
+    if target is None:
+        target = prepare(options)
     report = CheckReport(path)
-    checkpoint = read_checkpoint(path)  # unreadable files fail here: exit 2, not a finding
-    _integrity(checkpoint, report)
-    _safety(path, report)
-    if options.model_spec or options.like:
-        _keys(checkpoint, options, report)
+    try:
+        checkpoint = read_checkpoint(path)
+    except (CkptError, OSError) as exc:
+        report.readable = False
+        report.add(READ, ERROR, _message(exc, path))
+        return report
+    _guarded(report, "integrity", lambda: _integrity(checkpoint, report))
+    _guarded(report, "safety", lambda: _safety(path, report))
+    if target is not None:
+        _guarded(report, target.check, lambda: _keys(checkpoint, options, target, report))
     if options.finite:
-        _finite(checkpoint, options.root, report)
+        _guarded(report, "finite", lambda: _finite(checkpoint, options.root, report))
     if options.cpu_only:
         _cpu_only(checkpoint, report)
     return report
+
+
+def _guarded(report: CheckReport, name: str, run: Callable[[], None]) -> None:
+    try:
+        run()
+    except (CkptError, OSError) as exc:
+        report.add(name, ERROR, _message(exc, report.path))
+
+
+def _message(exc: BaseException, path: str) -> str:
+    """The error without the file's own name (the report names it); another file's stays."""
+    if isinstance(exc, CkptError):
+        return exc.message if exc.path in (None, path) else str(exc)
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename and exc.filename != path else ""
+        return f"{where}{exc.strerror or exc}"
+    return str(exc)
 
 
 def _integrity(checkpoint: Checkpoint, report: CheckReport) -> None:
@@ -89,24 +174,11 @@ def _integrity(checkpoint: Checkpoint, report: CheckReport) -> None:
         report.add("integrity", INFO, "the archive records no CRC-32s (saved with CRC computation off)")
         return
     for storage in recorded:
-        record = storage.record
-        assert record is not None and record.crc is not None
-        if _crc(ByteRange(record.path, record.data_offset(), record.size)) != record.crc:
-            report.add(
-                "integrity",
-                ERROR,
-                f"record {record.name} fails its CRC-32 check: its bytes changed after saving",
-                storage.key,
-            )
-
-
-def _crc(span: ByteRange) -> int:
-    import zlib
-
-    crc = 0
-    for block in chunks(span):
-        crc = zlib.crc32(block, crc)
-    return crc & 0xFFFFFFFF
+        try:
+            verify_storage(storage)
+        except IntegrityError as exc:  # the message names the record and the tensors viewing it
+            keys = storage.record.viewed_by() if storage.record and storage.record.viewed_by else []
+            report.add("integrity", ERROR, exc.message, keys[0] if keys else storage.key)
 
 
 def _safety(path: str, report: CheckReport) -> None:
@@ -118,42 +190,82 @@ def _safety(path: str, report: CheckReport) -> None:
         report.add("safety", WARNING, f"torch.load(weights_only=True) needs {result.allowlist}")
 
 
-def _keys(checkpoint: Checkpoint, options: CheckOptions, report: CheckReport) -> None:
-    found, metadata, root = found_weights(checkpoint, options.root)
-    if options.model_spec:
-        from ckpttool.ops.modelspec import build_model, expected_state
-
-        model = build_model(options.model_spec, options.model_args)
-        expected, source = expected_state(model), "model"
-
-        def judge(weights: Expected) -> KeyComparison:
-            return compare_with_model(model, expected, weights, metadata)
-    else:
-        expected, source = _reference(options), "like"
-
-        def judge(weights: Expected) -> KeyComparison:
-            return compare(weights, expected)
-
+def _keys(checkpoint: Checkpoint, options: CheckOptions, target: Target, report: CheckReport) -> None:
+    found, metadata, weights = found_weights(checkpoint, options.root)
+    judge = target.judge(metadata)
     comparison = judge(found)
-    comparison.root = root
+    comparison.root = weights.root
     report.keys = comparison
-    for key in comparison.missing:
-        report.add(source, ERROR, f"missing: {source} expects {key}", key)
-    for key in comparison.unexpected:
-        report.add(source, ERROR, f"unexpected: {source} has no {key}", key)
-    for m in comparison.shape_mismatch:
-        report.add(source, ERROR, f"size mismatch: checkpoint {m['checkpoint']}, {source} {m['expected']}", m["key"])
-    for m in comparison.dtype_mismatch:
-        severity = ERROR if source == "like" else WARNING  # load_state_dict casts; a reference must match
-        report.add(source, severity, f"dtype: checkpoint {m['checkpoint']}, {source} {m['expected']}", m["key"])
-    if comparison.missing or comparison.unexpected or comparison.shape_mismatch:
-        report.suggestions = suggest_fixes(checkpoint, judge, comparison)
+    allow = Allowance(options.allow_missing, options.allow_unexpected)
+    _key_findings(report, target, comparison, allow)
+    if not allow.passes(comparison):
+        report.suggestions = suggest_fixes(checkpoint, judge, comparison, allow)
+        for suggestion in report.suggestions:
+            suggestion.command = fix_command(checkpoint, weights, options.root, suggestion)
 
 
-def _reference(options: CheckOptions) -> dict[str, tuple[tuple[int, ...], str]]:
-    assert options.like is not None
-    reference = find_weights(read_checkpoint(options.like).root)
-    return {t.key: (t.tensor.shape, t.tensor.dtype) for t in reference.tensors}
+def _key_findings(report: CheckReport, target: Target, keys: KeyComparison, allow: Allowance) -> None:
+    check, noun = target.check, target.noun
+    for key in keys.missing:
+        if allow.missing_ok(key):
+            report.allowed_missing.append(key)
+        else:
+            report.add(check, ERROR, f"missing: in the {noun}, not in the file", key)
+    for key in keys.unexpected:
+        if allow.unexpected_ok(key):
+            report.allowed_unexpected.append(key)
+        else:
+            report.add(check, ERROR, f"unexpected: not in the {noun}", key)
+    for m in keys.shape_mismatch:
+        shapes = f"file {_shape(m['checkpoint'])}, {noun} {_shape(m['expected'])}"
+        report.add(check, ERROR, f"size mismatch: {shapes}", m["key"])
+    for m in keys.dtype_mismatch:
+        severity = ERROR if check == "like" else WARNING  # load_state_dict casts; a reference must match
+        report.add(check, severity, f"dtype: file {m['checkpoint']}, {noun} {m['expected']}", m["key"])
+    _allowance_findings(report, check, "missing", allow.missing, report.allowed_missing)
+    _allowance_findings(report, check, "unexpected", allow.unexpected, report.allowed_unexpected)
+
+
+def _allowance_findings(report: CheckReport, check: str, kind: str, globs: Sequence[str], allowed: list[str]) -> None:
+    from fnmatch import fnmatchcase
+
+    for glob in globs:
+        hits = [k for k in allowed if fnmatchcase(k, glob)]
+        what = f"{len(hits)} {kind} key{'s' if len(hits) != 1 else ''} allowed" if hits else f"no {kind} key matches"
+        report.add(check, INFO, f"--allow-{kind} {glob}: {what}")
+
+
+def _shape(shape: Sequence[int]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def fix_command(checkpoint: Checkpoint, weights: Weights, root_option: str | None, fix: Suggestion) -> str:
+    """The `ckpttool convert` command that applies `fix`. A rename inside a file that holds
+    more than the weights (a training checkpoint) keeps the rest with --keep-structure."""
+    path = checkpoint.path
+    flag, value = fix.option
+    if flag == "--root":
+        return shlex.join(["ckpttool", "convert", path, fixed_name(path, value.replace(".", "_")), flag, value])
+    argv = ["ckpttool", "convert", path, fixed_name(path)]
+    whole_file = weights.root in ("", None)
+    if not whole_file and weights.kind == "state_dict" and checkpoint.format in REWRITABLE:
+        argv.append("--keep-structure")
+    if root_option is not None:
+        argv += ["--root", root_option]
+    return shlex.join([*argv, flag, value])
+
+
+def fixed_name(path: str, tag: str = "fixed") -> str:
+    """`model.pth` -> `model.fixed.pth`, `ckpt.pth.tar` -> `ckpt.fixed.pth.tar`; a folder
+    (sharded, Hugging Face) -> `folder.fixed.safetensors`."""
+    folder, name = os.path.split(path.rstrip(os.sep))
+    if os.path.isdir(path):
+        return os.path.join(folder, f"{name}.{tag}.safetensors")
+    stem, ext = os.path.splitext(name)
+    inner, inner_ext = os.path.splitext(stem)
+    if inner and inner_ext in (".pth", ".pt") and ext in (".tar", ".gz"):
+        stem, ext = inner, inner_ext + ext
+    return os.path.join(folder, f"{stem or name}.{tag}{ext or '.pth'}")
 
 
 def _finite(checkpoint: Checkpoint, root: str | None, report: CheckReport) -> None:

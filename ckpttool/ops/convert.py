@@ -5,7 +5,8 @@ class), the weights root found or given, names stripped or renamed, floating ten
 optionally cast. Each output is written to a temporary file, verified against the
 source tensor by tensor (bit-exact, or exactly the cast value), then renamed into
 place; on any failure nothing is left at the destination and the source is never
-touched. Contiguous tensors are copied file to file; others are read one at a time,
+touched. A source record that fails its CRC-32 is refused (IntegrityError) before
+anything lands. Contiguous tensors are copied file to file; others are read one at a time,
 so memory stays bounded by the largest tensor.
 """
 
@@ -21,7 +22,14 @@ from typing import Any, Protocol
 from ckpttool.atomic import OutputSet, output_set
 from ckpttool.checkpoint import byte_size, contiguous_strides
 from ckpttool.dtypes import DTYPES
-from ckpttool.errors import FormatError, UsageError, VerificationError, WeightsNotFoundError, about
+from ckpttool.errors import (
+    FormatError,
+    IntegrityError,
+    UsageError,
+    VerificationError,
+    WeightsNotFoundError,
+    about,
+)
 from ckpttool.formats import read_checkpoint
 from ckpttool.formats.safetensors import header_bytes, read_safetensors
 from ckpttool.formats.torchzip import read_torch_zip
@@ -33,9 +41,9 @@ from ckpttool.formats.torchzip_write import (
     storage_numel,
     write_torch_zip,
 )
-from ckpttool.ops.sources import Source, TrustedSource, file_sources
+from ckpttool.ops.sources import FileSource, Source, TrustedSource, file_sources
 from ckpttool.pickle.writer import dumps
-from ckpttool.tensordata import ByteRange, cast, copy_range, range_equals, same_bytes, tensor_bytes
+from ckpttool.tensordata import ByteRange, cast, copy_range, range_equals, same_bytes, tensor_bytes, verify_tensor
 
 SAFETENSORS, PTH = "safetensors", "pth"
 
@@ -125,6 +133,7 @@ def convert(src: str, dst: str, options: ConvertOptions, progress: Progress | No
             _write_and_verify(outs, path, shard, options, progress)
         if index:
             _write_index(outs, dst, paths, shards)
+        _verify_sources(outputs)
         written = [p.final for p in outs.pending]
         outs.commit()
     return ConvertReport(
@@ -303,7 +312,12 @@ def _whole(tensor: Any) -> ByteRange:
 
 def _verify_bytes(path: str, output: OutputTensor, written: ByteRange) -> None:
     direct = output.direct()
-    equal = same_bytes(direct, written) if direct is not None else range_equals(written, output.expected())
+    try:
+        equal = same_bytes(direct, written) if direct is not None else range_equals(written, output.expected())
+    except IntegrityError as exc:
+        if exc.path != path:
+            raise  # a source record fails its CRC-32: refused as damaged input
+        equal = False  # what we wrote fails the CRC-32 we gave it
     if not equal:
         raise VerificationError(f"tensor {output.name!r} does not read back equal to the source")
 
@@ -334,6 +348,15 @@ def _verify_pth(path: str, shard: list[OutputTensor]) -> None:
     weights = read_torch_zip(path).root
     for output in shard:
         _verify_bytes(path, output, _whole(weights[output.name]))
+
+
+def _verify_sources(outputs: list[OutputTensor]) -> None:
+    """Every source record holds its CRC-32. Reading the source back for verification has
+    checked them already; this makes sure of it before anything lands, kernel copies
+    included (a no-op for records already checked)."""
+    for output in outputs:
+        if isinstance(output.source, FileSource):
+            verify_tensor(output.source.ref)
 
 
 def _write_index(outs: OutputSet, dst: str, paths: list[str], shards: list[list[OutputTensor]]) -> None:

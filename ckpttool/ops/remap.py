@@ -5,12 +5,12 @@ from the inert graph (so a whole pickled model is remapped without its class). T
 storage records are copied byte for byte, never decoded. Legacy files come out in
 the zip format. The result is verified before it replaces anything: its pickle must
 decode to the source's object tree with only the locations changed, and every record
-must read back with the CRC of the source bytes that were copied.
+must read back with the CRC-32 the source recorded for it; a source record whose bytes
+fail that CRC is refused as damaged (IntegrityError), and nothing is written.
 """
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,7 +26,7 @@ from ckpttool.formats.ziparchive import open_archive
 from ckpttool.ops.equivalence import equivalent
 from ckpttool.pickle import Call, Decoded, Global, PersistentRef
 from ckpttool.pickle.writer import dumps
-from ckpttool.tensordata import ByteRange, chunks, inflate_storage
+from ckpttool.tensordata import ByteRange, crc32, inflate_storage, verify_record
 
 LocationMap = list[tuple[str, str]]
 
@@ -208,15 +208,13 @@ def _verify(path: str, source: Checkpoint, mapping: LocationMap, expect: Callabl
         if entry is None or entry.size != storage.nbytes:
             raise VerificationError(f"record data/{key} is missing or has the wrong size")
         if _crc(written.storages[key]) != entry.crc:
-            if storage.record.crc and _crc(storage) != storage.record.crc:
-                raise VerificationError(f"source record {storage.record.name} fails its CRC-32 check: not copied")
+            # The copy was made under the source's CRC-32: if the source's bytes fail it,
+            # the source changed after saving, and that is what to report (IntegrityError).
+            verify_record(storage.record)
             raise VerificationError(f"record data/{key} does not read back as written")
 
 
 def _crc(storage: Storage) -> int:
     record = storage.record
     assert record is not None
-    crc = 0
-    for block in chunks(ByteRange(record.path, record.data_offset(), record.size)):
-        crc = zlib.crc32(block, crc)
-    return crc & 0xFFFFFFFF
+    return crc32(ByteRange(record.path, record.data_offset(), record.size))
