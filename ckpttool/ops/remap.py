@@ -70,7 +70,8 @@ def remap(
     if trust:
         from ckpttool.ops.trust import trusted_remap
 
-        return trusted_remap(src, dst, mapping, force)
+        trusted: RemapReport = trusted_remap(src, dst, mapping, force)
+        return trusted
     checkpoint = read_checkpoint(src)
     report = RemapReport(src, dst, len(checkpoint.storages))
     rewrite_pickle(checkpoint, dst, report, mapping, force=force, progress=progress)

@@ -75,7 +75,7 @@ def tensor_stats(named: NamedTensor) -> TensorStats:
     if DTYPES[ref.dtype].kind == "complex":
         flat = torch.view_as_real(flat).reshape(-1)
     moments, zeros = _Moments(), 0
-    for chunk in flat.split(CHUNK_ELEMENTS):
+    for chunk in torch.split(flat, CHUNK_ELEMENTS):
         values = _reducible(chunk)
         if values.numel() == 0:
             continue
@@ -139,7 +139,7 @@ def non_finite(ref: TensorRef) -> tuple[int, int]:
     if DTYPES[ref.dtype].kind == "complex":
         flat = torch.view_as_real(flat).reshape(-1)
     nan = inf = 0
-    for chunk in flat.split(CHUNK_ELEMENTS):
+    for chunk in torch.split(flat, CHUNK_ELEMENTS):
         values = chunk.to(torch.float32) if chunk.dtype.itemsize == 1 else chunk
         nan += int(torch.isnan(values).sum())
         inf += int(torch.isinf(values).sum())
