@@ -93,7 +93,10 @@ class ContainerOpcodes(MachineState):
 
     def op_put(self, pos: int) -> int:
         text, new = self.line(pos)
-        self.memo_put(self.parse_int(text, pos), self.stack[-1])
+        index = self.parse_int(text, pos)
+        if index < 0:
+            raise self.error("negative PUT argument", pos)
+        self.memo_put(index, self.stack[-1])
         return new
 
     def op_memoize(self, pos: int) -> int:

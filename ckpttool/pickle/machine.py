@@ -21,6 +21,7 @@ from typing import Any
 from ckpttool.errors import PickleError
 from ckpttool.pickle.call_ops import CallOpcodes
 from ckpttool.pickle.container_ops import ContainerOpcodes
+from ckpttool.pickle.framing import buffered_stream
 from ckpttool.pickle.opcodes import ARGUMENT_BYTES as _ARGUMENT_BYTES
 from ckpttool.pickle.opcodes import INLINE, NAMES, TORCH_OPCODES
 from ckpttool.pickle.scalar_ops import ScalarOpcodes
@@ -38,6 +39,7 @@ from ckpttool.pickle.state import (
     unpack_i32,
     unpack_u16,
     unpack_u32,
+    unpack_u64,
 )
 
 __all__ = [
@@ -78,9 +80,64 @@ class _Machine(ScalarOpcodes, ContainerOpcodes, CallOpcodes):
     def run(self) -> Decoded:
         try:
             count = self.loop()
+            self.check_last_frame()
         except PickleError as exc:
+            # A framed pickle that fails may fail only under this reading (a line cut by a
+            # frame's end): what a file-object reader meets is reported all the same.
+            self.add_buffered_reading(always="FRAME" in self.foreign)
             raise self.partial(exc) from None
+        self.add_buffered_reading()
         return self.snapshot(self.result, self.stop_pos, count)
+
+    # -- frames -------------------------------------------------------------------------
+
+    def enter_frame(self, pos: int) -> int:
+        """FRAME at `pos - 1`: returns the offset after its header; `frame_end` is set."""
+        new = self.fixed(pos, 8)
+        length: int = unpack_u64(self.data, pos)[0]
+        if self.frame_end is not None:
+            self.note_framing(f"FRAME at byte {pos - 1} inside the frame that ends at byte {self.frame_end}")
+        if length > self.end - new:
+            # the C unpickler stops here; the pure-Python one reads on with what there is
+            self.note_framing(f"FRAME of {length} bytes, longer than the {self.end - new} left")
+            length = self.end - new
+        self.frame_end = new + length
+        return new
+
+    def leave_frame(self, pos: int) -> int:
+        """The loop reached the end of its window: the end of a frame, or of the pickle.
+        Returns the new window's end."""
+        frame_end = self.frame_end
+        if frame_end is None or pos >= self.end:
+            raise self.error("pickle ends before its STOP opcode (truncated?)", pos)
+        if pos > frame_end:
+            self.note_framing(f"an opcode runs across the end of the frame at byte {frame_end}")
+        self.frame_end = None
+        return self.end
+
+    def check_last_frame(self) -> None:
+        if self.frame_end is not None and self.frame_end != self.stop_pos:
+            self.note_framing(f"the last frame runs {self.frame_end - self.stop_pos} bytes past STOP")
+
+    def note_framing(self, message: str) -> None:
+        self.irregular_framing = True
+        self.differential(f"{message}; pickle.loads and pickle.Unpickler(file) read different opcodes")
+
+    def add_buffered_reading(self, always: bool = False) -> None:
+        """After irregular framing, also decode what a file-object reader sees (torch.load's
+        way of reading data.pkl) and report the globals it meets."""
+        if not (self.irregular_framing or always):
+            return
+        stream = buffered_stream(self.data, self.start, self.end)
+        try:
+            other = decode(stream, limits=self.limits, source=self.source)
+        except PickleError as exc:
+            if exc.partial is None:
+                return
+            other = exc.partial
+        self.globals.extend(other.globals)
+        self.calls.extend(other.calls)
+        self.problems.extend(f"read through a file object: {p}" for p in other.problems)
 
     def loop(self) -> int:
         """The opcode loop. Opcodes of torch's own pickles are handled inline (they are
@@ -90,10 +147,11 @@ class _Machine(ScalarOpcodes, ContainerOpcodes, CallOpcodes):
         persistent = self.hooks.persistent
         stack = self.stack
         pos, count = self.start, 0
+        window = end  # the end of the current frame, or of the pickle
         try:
             while pos >= 0:
-                if pos >= end:
-                    raise self.error("pickle ends before its STOP opcode (truncated?)", pos)
+                if pos >= window:
+                    window = self.leave_frame(pos)
                 count += 1
                 if count > max_ops:
                     raise self.limit(f"more than {max_ops} opcodes")
@@ -186,6 +244,11 @@ class _Machine(ScalarOpcodes, ContainerOpcodes, CallOpcodes):
                 elif op == 0x7D:  # EMPTY_DICT
                     stack.append({})
                     pos += 1
+                elif op == 0x95:  # FRAME
+                    self.op_pos = pos
+                    self.foreign.setdefault("FRAME", pos)
+                    pos = self.enter_frame(pos + 1)
+                    window = self.frame_end or pos
                 else:
                     handler = dispatch[op]
                     if handler is None:

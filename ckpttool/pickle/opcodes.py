@@ -101,6 +101,6 @@ INLINE: frozenset[str] = frozenset(
     {
         "BINPUT", "BINGET", "LONG_BINPUT", "LONG_BINGET", "BINUNICODE", "BININT1", "BININT2",
         "BININT", "MARK", "TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "REDUCE", "BINPERSID",
-        "NEWFALSE", "NEWTRUE", "EMPTY_TUPLE", "NONE", "SETITEMS", "EMPTY_DICT",
+        "NEWFALSE", "NEWTRUE", "EMPTY_TUPLE", "NONE", "SETITEMS", "EMPTY_DICT", "FRAME",
     }
 )  # fmt: skip

@@ -4,11 +4,27 @@ strings and bytes. Each takes the offset after its opcode byte and returns the n
 from __future__ import annotations
 
 import codecs
+import re
 
 from ckpttool.pickle.objects import OutOfBandBuffer
 from ckpttool.pickle.state import MachineState, unpack_f64, unpack_i32, unpack_u32, unpack_u64
 
 _STOP = -1
+# What C's strtol(text, &end, 0) reads whole: optional space and sign, then hex, octal or decimal.
+_C_INTEGER = re.compile(rb"[ \t\n\v\f\r]*[+-]?(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)")
+_C_LONG_MAX = (1 << 63) - 1
+
+
+def _strtol(text: bytes) -> int | None:
+    """The value strtol gives when it reads all of `text` and does not overflow, else None."""
+    match = _C_INTEGER.fullmatch(text)
+    if match is None:
+        return None
+    digits = match.group(1)
+    base = 16 if digits[1:2] in (b"x", b"X") else 8 if digits.startswith(b"0") else 10
+    value = int(digits[2:] if base == 16 else digits, base)
+    value = -value if b"-" in text[: match.start(1)] else value
+    return value if -_C_LONG_MAX - 1 <= value <= _C_LONG_MAX else None
 
 
 class ScalarOpcodes(MachineState):
@@ -34,15 +50,13 @@ class ScalarOpcodes(MachineState):
 
     def op_proto(self, pos: int) -> int:
         new = self.fixed(pos, 1)
+        if self.op_pos != self.start:
+            # It changes how later GLOBALs are resolved (Python 2 names below protocol 3)
+            # midway; a scanner that takes the protocol from the header reads them otherwise.
+            self.differential(f"PROTO {self.data[pos]} after the pickle's first opcode")
         self.protocol = self.data[pos]
         if self.protocol > 5:
             raise self.error(f"unsupported pickle protocol {self.protocol}", pos)
-        return new
-
-    def op_frame(self, pos: int) -> int:
-        new = self.fixed(pos, 8)
-        if unpack_u64(self.data, pos)[0] > self.end - new:
-            raise self.error("FRAME longer than the rest of the pickle", pos)
         return new
 
     # integers
@@ -55,7 +69,7 @@ class ScalarOpcodes(MachineState):
 
     def op_long4(self, pos: int) -> int:
         new = self.fixed(pos, 4)
-        n = unpack_i32(self.data, pos)[0]
+        n: int = unpack_i32(self.data, pos)[0]
         if n < 0:
             raise self.error("LONG4 with a negative byte count", pos)
         if n > self.limits.max_long_bytes:
@@ -66,18 +80,42 @@ class ScalarOpcodes(MachineState):
 
     def op_int(self, pos: int) -> int:
         text, new = self.line(pos)
-        if text == b"01":
-            self.stack.append(True)
-        elif text == b"00":
-            self.stack.append(False)
-        else:
-            self.stack.append(self.parse_int(text, pos))
+        digits = self.c_string(text)
+        # strtol reads nothing from an empty C string and stops at its end: 0, accepted
+        value = self.parse_literal(digits, pos, c_long=True) if digits or digits == text else 0
+        # CPython: a two-character literal that reads as 0 or 1 is a bool ("00", "01", " 1")
+        self.stack.append(bool(value) if len(text) == 2 and value in (0, 1) else value)
         return new
 
     def op_long(self, pos: int) -> int:
         text, new = self.line(pos)
-        self.stack.append(self.parse_int(text.rstrip(b"L"), pos))
+        text = self.c_string(text[:-1] if text.endswith(b"L") else text)
+        self.stack.append(self.parse_literal(text, pos))
         return new
+
+    def parse_literal(self, text: bytes, pos: int, *, c_long: bool = False) -> int:
+        """INT and LONG as CPython 3.11 reads them (base 0, so "0x10" is 16, and for INT,
+        read by C's strtol first, "010" is 8). Newer versions read base 10: a literal the
+        two read differently is a differential."""
+        if len(text) > 4300:  # Python's own limit on decimal conversion
+            raise self.limit("decimal integer too long")
+        value = _strtol(text) if c_long else None
+        if value is None:
+            try:
+                value = int(text, 0)
+            except ValueError:
+                value = None
+        try:
+            decimal: int | None = int(text)
+        except ValueError:
+            decimal = None
+        if value is None or decimal != value:
+            self.differential(f"integer literal {text[:20]!r} reads differently across Python versions")
+        if value is None:
+            if decimal is None:
+                raise self.error("malformed decimal integer", pos)
+            return decimal
+        return value
 
     # floats
 
@@ -89,7 +127,7 @@ class ScalarOpcodes(MachineState):
     def op_float(self, pos: int) -> int:
         text, new = self.line(pos)
         try:
-            self.stack.append(float(text))
+            self.stack.append(float(self.c_string(text)))
         except ValueError:
             raise self.error("malformed FLOAT", pos) from None
         return new
@@ -135,7 +173,7 @@ class ScalarOpcodes(MachineState):
 
     def op_binstring(self, pos: int) -> int:
         new = self.fixed(pos, 4)
-        n = unpack_i32(self.data, pos)[0]
+        n: int = unpack_i32(self.data, pos)[0]
         raw = self.take(new, n)
         self.push_py2_string(raw)
         return new + n
@@ -169,7 +207,7 @@ class ScalarOpcodes(MachineState):
 
     def op_bytearray8(self, pos: int) -> int:
         new = self.fixed(pos, 8)
-        n = unpack_u64(self.data, pos)[0]
+        n: int = unpack_u64(self.data, pos)[0]
         self.stack.append(bytearray(self.take(new, n)))
         return new + n
 

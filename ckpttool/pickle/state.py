@@ -73,12 +73,6 @@ unpack_u16 = struct.Struct("<H").unpack_from
 unpack_u64 = struct.Struct("<Q").unpack_from
 unpack_f64 = struct.Struct(">d").unpack_from
 
-unpack_u32 = struct.Struct("<I").unpack_from
-unpack_i32 = struct.Struct("<i").unpack_from
-unpack_u16 = struct.Struct("<H").unpack_from
-unpack_u64 = struct.Struct("<Q").unpack_from
-unpack_f64 = struct.Struct(">d").unpack_from
-
 
 class TrackedGlobal(Global):
     """A Global that remembers how the pickle used it (and the hook a reader set for it)."""
@@ -134,6 +128,8 @@ class MachineState:
         self.refusals: list[str] = []
         self.hooks = hooks
         self.stop_pos = start
+        self.frame_end: int | None = None  # end of the FRAME being read, if any
+        self.irregular_framing = False
 
     # -- results and failures ------------------------------------------------------
 
@@ -162,6 +158,11 @@ class MachineState:
 
     def limit(self, message: str) -> LimitError:
         return LimitError(f"limit reached: {message}", path=self.source, offset=self.op_pos)
+
+    def differential(self, message: str) -> None:
+        """A layout on which CPython's readers (and other parsers) disagree: what runs
+        depends on how the file is opened, so the graph is not the one true reading."""
+        self.problem(f"parser differential: {message}", lossy=True)
 
     def refusal(self, message: str) -> None:
         """Something torch's weights_only loader refuses that runs nothing by itself."""
@@ -193,7 +194,17 @@ class MachineState:
             raise self.error("pickle ends inside an opcode argument", pos)
         return pos + n
 
+    def c_string(self, text: bytes) -> bytes:
+        """A numeric text argument as the C unpickler parses it: as a C string, which ends
+        at the first NUL byte (the pure-Python unpickler refuses such a line)."""
+        nul = text.find(b"\0")
+        if nul < 0:
+            return text
+        self.differential("a NUL byte inside a numeric text argument")
+        return text[:nul]
+
     def parse_int(self, text: bytes, pos: int) -> int:
+        text = self.c_string(text)
         if len(text) > 4300:  # Python's own limit on decimal conversion
             raise self.limit("decimal integer too long")
         try:
