@@ -1,0 +1,418 @@
+"""Every pickle inside the containers a download can be: zip (npz), tar, .npy, gzip/bz2/xz.
+
+A scanner is pointed at what people download, and a pickle can sit anywhere in it: a
+`model.pkl` in a plain zip, a member named `.txt`, an object array of a `.npy` (numpy
+pickles it after the header), an `.npz` (a zip of `.npy`), a checkpoint inside a tar
+inside a gzip. Members are recognised by content, never by name, and opened to a
+bounded depth; anything that decodes as a pickle is handed to the scan as a
+(name, decoded pickle) pair, with what was decoded before an error.
+
+Nothing is inflated blindly: every member is read through a cap on its size and on its
+compression ratio, and everything inflated or copied in one scan shares one budget.
+Hitting a bound is a problem (the scan fails closed), never a silent skip. Formats that
+can hold files but that ckpttool cannot open (7z, RAR) are named as such.
+"""
+
+from __future__ import annotations
+
+import ast
+import bz2
+import lzma
+import mmap
+import os
+import struct
+import tarfile
+import tempfile
+import zlib
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from ckpttool.errors import CkptError, LimitError, PickleError, UnknownFormatError
+from ckpttool.formats.legacy import MAGIC_NUMBER, is_tar
+from ckpttool.formats.ziparchive import ZipArchive, ZipEntry, is_zip, open_archive, read_entry, resolve_data_offset
+from ckpttool.pickle import Decoded, decode
+from ckpttool.pickle.opcodes import NAMES
+
+MAX_DEPTH = 4  # archives inside archives
+MAX_MEMBER = 256 << 20  # one member read into memory (inflated, or copied out to open it)
+MAX_TOTAL = 2 << 30  # everything inflated or copied in one scan
+MAX_RATIO = 200  # uncompressed / compressed size past which a large member is not inflated
+_RATIO_FLOOR = 1 << 20  # members smaller than this may compress as well as they like
+_HEAD = 512
+
+NPY_MAGIC = b"\x93NUMPY"
+_SEALED = {b"7z\xbc\xaf\x27\x1c": "a 7z archive", b"Rar!\x1a\x07": "a RAR archive"}
+_STREAMS: dict[bytes, tuple[str, Callable[[], Any]]] = {
+    b"\x1f\x8b": ("gzip", lambda: zlib.decompressobj(16 + zlib.MAX_WBITS)),
+    b"BZh": ("bz2", bz2.BZ2Decompressor),
+    b"\xfd7zXZ\x00": ("xz", lzma.LZMADecompressor),
+}
+_LEGACY_PICKLES = 5  # magic, protocol version, sys_info, the main pickle, storage keys
+
+ZIP, TAR, NPY, PICKLE, LEGACY = "zip", "tar", "npy", "pickle", "torch-legacy"
+
+
+@dataclass
+class Found:
+    """What the containers hold: pickles, problems that make a scan fail, notes."""
+
+    pickles: list[tuple[str, Decoded]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    members: int = 0  # members and streams read
+
+    def summarise(self) -> Found:
+        if not self.pickles and not self.problems:
+            self.notes.append(f"no pickle in its {self.members} member(s): nothing in it runs code when loaded")
+        return self
+
+
+def sealed_archive(head: bytes) -> str | None:
+    """'a 7z archive' for formats ckpttool recognises but cannot open, else None."""
+    return next((what for magic, what in _SEALED.items() if head.startswith(magic)), None)
+
+
+def refuse_sealed(head: bytes, path: str) -> None:
+    what = sealed_archive(head)
+    if what is not None:
+        raise UnknownFormatError(f"{what}, which ckpttool cannot open: extract it and scan its files", path=path)
+
+
+def container_kind(head: bytes) -> str | None:
+    """The container formats scan opens by content (a zip or tar needs a closer look to tell
+    a torch layout from a plain archive: `is_torch_zip`, `is_legacy_tar`)."""
+    if head.startswith(NPY_MAGIC):
+        return NPY
+    for magic, (name, _) in _STREAMS.items():
+        if head.startswith(magic):
+            return name
+    return None
+
+
+def is_legacy_tar(path: str) -> bool:
+    names = _tar_names(path)
+    return names is not None and {"storages", "tensors", "pickle"} <= names
+
+
+def _tar_names(path: str) -> set[str] | None:
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            return {m.name for m in tar.getmembers()}
+    except (tarfile.TarError, OSError, ValueError, UnicodeError, EOFError):
+        return None
+
+
+# -- the entry points ------------------------------------------------------------------------
+
+
+def scan_container(path: str, kind: str) -> Found:
+    """Every pickle in the zip / tar / npy / compressed stream at `path`."""
+    scanner = _Scanner()
+    if kind == ZIP:
+        scanner.zip_file("", open_archive(path), 0)
+    elif kind == TAR:
+        scanner.tar_file("", path, 0)
+    else:
+        with _mapped(path) as data:
+            scanner.content(os.path.basename(path), data, 0, len(data), 0)
+    return scanner.found.summarise()
+
+
+def scan_zip_members(archive: ZipArchive, skip: set[str]) -> Found:
+    """The members of a torch zip besides its storages and the pickles in `skip`: anything
+    else in it that holds a pickle is scanned too."""
+    scanner = _Scanner()
+    scanner.zip_file("", archive, 0, skip)
+    return scanner.found
+
+
+def scan_tar_members(path: str, skip: set[str]) -> Found:
+    scanner = _Scanner()
+    scanner.tar_file("", path, 0, skip)
+    return scanner.found
+
+
+def trailing_data(decoded: Decoded, end: int) -> str | None:
+    """Where one pickle is expected (a torch record, an npy array), bytes after its STOP are
+    what scanners that read every pickle in a stream and torch (which reads one) disagree on."""
+    if decoded.end < end:
+        return f"{end - decoded.end} bytes after the pickle's STOP, which torch.load never reads"
+    return None
+
+
+# -- the walk ---------------------------------------------------------------------------------
+
+
+class _Scanner:
+    def __init__(self) -> None:
+        self.found = Found()
+        self.budget = MAX_TOTAL
+
+    def charge(self, name: str, size: int) -> None:
+        if size > MAX_MEMBER or size > self.budget:
+            raise LimitError(f"{name}: {size} bytes to inflate or copy exceed the scan's bounds")
+        self.budget -= size
+
+    def content(self, name: str, data: Any, start: int, end: int, depth: int) -> None:
+        """Whatever `data[start:end]` is: an archive, an npy, a pickle stream, or nothing."""
+        head = bytes(data[start : min(end, start + _HEAD)])
+        try:
+            self._content(name, head, data, start, end, depth)
+        except CkptError as exc:
+            self.found.problems.append(f"{name}: {exc.message}")
+
+    def _content(self, name: str, head: bytes, data: Any, start: int, end: int, depth: int) -> None:
+        sealed = sealed_archive(head)
+        if sealed is not None:
+            self.found.problems.append(f"{name}: {sealed}, which ckpttool cannot open")
+            return
+        kind = container_kind(head)
+        nested = is_zip(head) or is_tar(head) or (kind is not None and kind != NPY)
+        if nested and depth >= MAX_DEPTH:
+            self.found.problems.append(f"{name}: archives nested deeper than {MAX_DEPTH} levels are not opened")
+        elif is_zip(head) or is_tar(head):
+            self.nested_archive(name, data, start, end, depth + 1)
+        elif kind == NPY:
+            self.npy(name, data, start, end)
+        elif kind is not None:
+            self.stream(name, kind, data, start, end, depth + 1)
+        elif head and head[0] in NAMES:
+            self.pickles(name, data, start, end, strict=head[:1] == b"\x80")
+
+    # pickles
+
+    def pickles(self, name: str, data: Any, start: int, end: int, *, strict: bool, single: bool = False) -> None:
+        """Every pickle back to back, as a stream of loads reads them. A member that does not
+        open with PROTO is a pickle only if it decodes (or names importable-looking globals).
+        `single`: a record torch reads one pickle from (bytes after it are a problem)."""
+        if single:
+            self.single_pickle(name, data, start, end)
+            return
+        index = 0
+        while start < end:
+            label = f"{name} (pickle {index})" if index else name
+            try:
+                decoded = decode(data, start=start, end=end, source=name)
+            except PickleError as exc:
+                self.failed(label, exc, strict or index > 0)
+                return
+            self.found.pickles.append((label, decoded))
+            if index == 0 and decoded.value == MAGIC_NUMBER and type(decoded.value) is int:
+                self.legacy(name, data, decoded.end, end)
+                return
+            start, index = decoded.end, index + 1
+
+    def failed(self, label: str, exc: PickleError, strict: bool) -> None:
+        partial = exc.partial
+        if not strict and not (partial is not None and any(_importable(g.module) for g in partial.globals)):
+            return  # text that happens to start with a protocol-0 opcode, not a pickle
+        if partial is not None:
+            self.found.pickles.append((f"{label} (up to the error)", partial))
+        self.found.problems.append(f"{label}: {exc.message}")
+
+    def legacy(self, name: str, data: Any, start: int, end: int) -> None:
+        """torch's legacy format: the remaining stacked pickles, then raw storage bytes."""
+        for index in range(1, _LEGACY_PICKLES):
+            try:
+                decoded = decode(data, start=start, end=end, source=name)
+            except PickleError as exc:
+                self.failed(f"{name} (pickle {index})", exc, True)
+                return
+            self.found.pickles.append((f"{name} (pickle {index})", decoded))
+            start = decoded.end
+
+    def npy(self, name: str, data: Any, start: int, end: int) -> None:
+        header, body = _npy_header(data, start, end)
+        if _holds_objects(header.get("descr")):  # numpy pickles object arrays after the header
+            self.single_pickle(f"{name} (object array)", data, body, end)
+
+    def single_pickle(self, label: str, data: Any, start: int, end: int) -> None:
+        try:
+            decoded = decode(data, start=start, end=end, source=label)
+        except PickleError as exc:
+            self.failed(label, exc, True)
+            return
+        self.found.pickles.append((label, decoded))
+        extra = trailing_data(decoded, end)
+        if extra:
+            self.found.problems.append(f"{label}: {extra}")
+
+    # archives
+
+    def nested_archive(self, name: str, data: Any, start: int, end: int, depth: int) -> None:
+        self.charge(name, end - start)
+        with _copied(data, start, end) as path:
+            if is_zip(bytes(data[start : start + 4])):
+                self.zip_file(f"{name}/", open_archive(path), depth)
+            else:
+                self.tar_file(f"{name}/", path, depth)
+
+    def zip_file(
+        self, prefix: str, archive: ZipArchive, depth: int, skip: frozenset[str] | set[str] = frozenset()
+    ) -> None:
+        torch_pickles: set[str] = set()
+        skip = set(skip)
+        if archive.record("data.pkl") is not None:
+            # a torch checkpoint: its storages are raw bytes torch never unpickles, and
+            # each .pkl record is one pickle
+            skip |= {n for n in archive.order if n.startswith(f"{archive.root}/data/")}
+            torch_pickles = {n for n in archive.order if n.endswith(".pkl")}
+        with open(archive.path, "rb") as f:
+            for member in archive.order:
+                if member in skip or member.endswith("/"):
+                    continue
+                label = prefix + member
+                self.found.members += 1
+                try:
+                    self.zip_member(label, archive, archive.entries[member], f, depth, member in torch_pickles)
+                except CkptError as exc:
+                    self.found.problems.append(f"{label}: {exc.message}")
+        self.found.problems.extend(f"{prefix}{a}" if prefix else a for a in archive.anomalies)
+
+    def zip_member(
+        self, label: str, archive: ZipArchive, entry: ZipEntry, f: IO[bytes], depth: int, single: bool
+    ) -> None:
+        if entry.method == 0:  # stored: read in place, no copy
+            offset = resolve_data_offset(archive, entry, f)
+            with _mapped_file(f) as data:
+                self.member(label, data, offset, offset + entry.compressed_size, depth, single)
+            return
+        if entry.size > _RATIO_FLOOR and entry.size > MAX_RATIO * max(entry.compressed_size, 1):
+            raise LimitError(f"compresses {entry.size // max(entry.compressed_size, 1)}:1; not inflated (zip bomb?)")
+        if not _worth_inflating(read_entry_head(archive, entry, f)):
+            return
+        self.charge(label, entry.size)
+        data = read_entry(archive, entry, min(entry.size, MAX_MEMBER), f)
+        self.member(label, data, 0, len(data), depth, single)
+
+    def member(self, label: str, data: Any, start: int, end: int, depth: int, single: bool) -> None:
+        if single:
+            self.single_pickle(label, data, start, end)
+        else:
+            self.content(label, data, start, end, depth)
+
+    def tar_file(self, prefix: str, path: str, depth: int, skip: set[str] | None = None) -> None:
+        try:
+            with tarfile.open(path, mode="r:") as tar:
+                members = [m for m in tar.getmembers() if m.isfile() and m.name not in (skip or set())]
+        except (tarfile.TarError, OSError, ValueError, UnicodeError, EOFError) as exc:
+            raise UnknownFormatError(f"unreadable tar archive: {exc}") from None
+        with _mapped(path) as data:
+            for member in members:
+                self.found.members += 1
+                end = min(member.offset_data + member.size, len(data))
+                self.content(prefix + member.name, data, member.offset_data, end, depth)
+
+    def stream(self, name: str, kind: str, data: Any, start: int, end: int, depth: int) -> None:
+        """A gzip / bz2 / xz stream, inflated under the budget, then read by content."""
+        inflated = _inflate_stream(kind, data, start, end, min(MAX_MEMBER, self.budget), name)
+        self.charge(name, len(inflated))
+        self.content(f"{name} ({kind})", inflated, 0, len(inflated), depth)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _importable(module: str) -> bool:
+    return bool(module) and all(part.isidentifier() for part in module.split("."))
+
+
+def _worth_inflating(head: bytes) -> bool:
+    """Only members that can hold a pickle are inflated whole."""
+    if not head:
+        return False
+    return (
+        head[0] in NAMES
+        or is_zip(head)
+        or is_tar(head)
+        or container_kind(head) is not None
+        or sealed_archive(head) is not None
+        or len(head) < 262  # too short to rule out a tar: the rest decides
+    )
+
+
+def read_entry_head(archive: ZipArchive, entry: ZipEntry, f: IO[bytes]) -> bytes:
+    """The first bytes of a DEFLATE member, inflated without inflating the rest."""
+    offset = resolve_data_offset(archive, entry, f)
+    f.seek(offset)
+    raw = f.read(min(entry.compressed_size, 1 << 16))
+    try:
+        return zlib.decompressobj(-15).decompress(raw, _HEAD)
+    except zlib.error:
+        return b""
+
+
+def _inflate_stream(kind: str, data: Any, start: int, end: int, cap: int, name: str) -> bytes:
+    make = next(factory for label, factory in _STREAMS.values() if label == kind)
+    inflater = make()
+    out = bytearray()
+    pos = start
+    try:
+        while pos < end and not getattr(inflater, "eof", False):
+            chunk = bytes(data[pos : min(end, pos + (1 << 20))])
+            pos += len(chunk)
+            out += inflater.decompress(chunk, cap + 1 - len(out))
+            if len(out) > cap:
+                raise LimitError(f"{kind} stream inflates past {cap} bytes; not scanned further")
+    except (zlib.error, OSError, EOFError, lzma.LZMAError) as exc:
+        raise UnknownFormatError(f"corrupt {kind} stream: {exc}") from None
+    return bytes(out)
+
+
+def _npy_header(data: Any, start: int, end: int) -> tuple[dict[str, Any], int]:
+    """numpy's header: magic, version, header length, a dict literal (read as numpy does,
+    with literal_eval, never eval)."""
+    major = data[start + 6] if end - start > 8 else 0
+    width = 2 if major == 1 else 4
+    if major not in (1, 2, 3) or start + 8 + width > end:
+        raise UnknownFormatError(f"npy file of unknown version {major}")
+    (length,) = struct.unpack_from("<H" if width == 2 else "<I", bytes(data[start + 8 : start + 8 + width]))
+    body = start + 8 + width + length
+    if body > end:
+        raise UnknownFormatError("npy header runs past the end of the file")
+    text = bytes(data[start + 8 + width : body]).decode("latin1")
+    try:
+        header = ast.literal_eval(text)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        raise UnknownFormatError("npy header is not a Python literal") from None
+    if not isinstance(header, dict):
+        raise UnknownFormatError("npy header is not a dict")
+    return header, body
+
+
+def _holds_objects(descr: Any) -> bool:
+    """Whether numpy's dtype description has an object field anywhere (then the array is
+    pickled). Anything unrecognisable counts as holding objects: decoding it is harmless."""
+    if isinstance(descr, str):
+        return descr.lstrip("<>|=!").startswith("O") or not descr
+    if isinstance(descr, list):
+        return any(_holds_objects(field[1]) if isinstance(field, tuple) and len(field) > 1 else True for field in descr)
+    return True
+
+
+@contextmanager
+def _mapped(path: str) -> Iterator[Any]:
+    with open(path, "rb") as f, _mapped_file(f) as data:
+        yield data
+
+
+@contextmanager
+def _mapped_file(f: IO[bytes]) -> Iterator[Any]:
+    if os.fstat(f.fileno()).st_size == 0:
+        yield b""
+        return
+    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        yield data
+
+
+@contextmanager
+def _copied(data: Any, start: int, end: int) -> Iterator[str]:
+    """A nested archive copied to a temporary file, so the archive readers can open it."""
+    with tempfile.TemporaryDirectory(prefix="ckpttool-") as folder:
+        path = os.path.join(folder, "member")
+        with open(path, "wb") as f:
+            for pos in range(start, end, 1 << 20):
+                f.write(bytes(data[pos : min(end, pos + (1 << 20))]))
+        yield path
