@@ -19,12 +19,16 @@ from ckpttool.errors import SafetensorsError
 
 MAX_HEADER_SIZE = 100_000_000
 _U64_MAX = (1 << 64) - 1
+_JSON_SPACE = b" \t\n\r"
+_MAX_NESTING = 127  # serde_json's recursion limit, counting the header object itself
+_ENTRY_FIELDS = frozenset({"dtype", "shape", "data_offsets"})
 
 
 def looks_like_safetensors(head: bytes, file_size: int) -> bool:
-    """A JSON object after 8 bytes. The length is not required to fit: a header that
-    claims too much is a safetensors file with a bad header, reported as such."""
-    return len(head) >= 9 and head[8:9] == b"{" and struct.unpack_from("<Q", head)[0] >= 2
+    """A JSON object after 8 bytes (JSON whitespace before it is fine: the reference parses
+    the header with serde_json). The length is not required to fit: a header that claims
+    too much is a safetensors file with a bad header, reported as such."""
+    return len(head) >= 9 and head[8:].lstrip(_JSON_SPACE)[:1] == b"{" and struct.unpack_from("<Q", head)[0] >= 2
 
 
 def read_header(path: str) -> tuple[dict[str, Any], int, int]:
@@ -45,7 +49,14 @@ def read_header(path: str) -> tuple[dict[str, Any], int, int]:
     except UnicodeDecodeError:
         raise SafetensorsError("header is not valid UTF-8", path=path) from None
     try:
-        header = json.loads(text, object_pairs_hook=_no_duplicates)
+        header = json.loads(
+            text,
+            object_pairs_hook=_Object.from_pairs,
+            parse_constant=_no_constant,
+            parse_float=_finite_float,
+            parse_int=_finite_int,
+        )
+        _check_structure(header)
     except (ValueError, RecursionError) as exc:
         raise SafetensorsError(f"header is not valid JSON: {exc}", path=path) from None
     if not isinstance(header, dict):
@@ -53,13 +64,74 @@ def read_header(path: str) -> tuple[dict[str, Any], int, int]:
     return header, 8 + n, size
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate key {key!r}")
-        out[key] = value
-    return out
+# JSON as serde_json (the reference's parser) reads it, where Python's json differs.
+
+
+class _Object(dict[str, Any]):
+    """A JSON object that remembers which keys it held more than once (the last wins, as in
+    the reference's maps; for a struct's own fields a repeat is an error there)."""
+
+    repeated: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_pairs(cls, pairs: list[tuple[str, Any]]) -> _Object:
+        out = cls()
+        repeated = set()
+        for key, value in pairs:
+            _check_text(key)
+            if isinstance(value, str):
+                _check_text(value)
+            if key in out:
+                repeated.add(key)
+            out[key] = value
+        out.repeated = frozenset(repeated)
+        return out
+
+
+def _check_text(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("a lone surrogate escape in a string") from None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text[:20]} out of range")
+    return value
+
+
+def _finite_int(text: str) -> int:
+    value = int(text)
+    if abs(value) > _U64_MAX:  # serde_json reads it as a float, which must be finite
+        _finite_float(text)
+    return value
+
+
+def _check_structure(header: Any) -> None:
+    """serde_json's nesting limit, strings in arrays, and repeated keys where the reference
+    refuses them: `__metadata__` twice, or a tensor's own field twice."""
+    if isinstance(header, _Object) and "__metadata__" in header.repeated:
+        raise ValueError("duplicate field `__metadata__`")
+    for value in header.values() if isinstance(header, dict) else ():
+        if isinstance(value, _Object) and value.repeated & _ENTRY_FIELDS:
+            raise ValueError(f"duplicate field `{sorted(value.repeated & _ENTRY_FIELDS)[0]}`")
+    pending: list[tuple[Any, int]] = [(header, 1)]
+    while pending:
+        node, depth = pending.pop()
+        if depth > _MAX_NESTING:
+            raise ValueError("recursion limit exceeded")
+        children = node.values() if isinstance(node, dict) else node
+        for child in children:
+            if isinstance(child, (dict, list)):
+                pending.append((child, depth + 1))
+            elif isinstance(child, str) and isinstance(node, list):
+                _check_text(child)
 
 
 def read_safetensors(path: str) -> Checkpoint:
