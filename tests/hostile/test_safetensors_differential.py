@@ -128,7 +128,7 @@ def test_generated_headers_read_as_the_reference_reads_them(tmp_path: Path, case
         b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"x":' + b"[" * 126 + b"]" * 126 + b"}}",
         b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"x":1' + b"0" * 400 + b"}}",
         b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"x":1e-400}}',
-        b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"x":["\udc00"]}}',
+        b'{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"x":["\\udc00"]}}',
     ],
 )
 def test_hand_written_headers(tmp_path: Path, header: bytes) -> None:
