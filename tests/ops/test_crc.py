@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from click.testing import Result
-from groundtruth import fixture_path, ground_truth_weights, tensors_equal
+from groundtruth import data_record_offsets, fixture_path, ground_truth_weights, tensors_equal
 from ops.support import (
     BY_NAME,
     CONVERT_REFUSED,
@@ -210,3 +210,20 @@ def test_undamaged_fixtures_are_not_refused(cli: Cli) -> None:
     for record in DAMAGEABLE:
         result = cli("inspect", fixture_path(record), "--stats", "--format", "json")
         assert result.exit_code == 0, (record["name"], result.stderr)
+
+
+def test_a_tensor_viewing_part_of_a_damaged_record_is_refused(cli: Cli, tmp_path: Path) -> None:
+    # The CRC-32 covers the whole record: damage outside the slice a tensor views is still
+    # damage, though torch.load returns the slice unchanged.
+    import torch
+
+    base = torch.arange(100, dtype=torch.float32)
+    src = tmp_path / "slice.pt"
+    torch.save({"part": base[10:20]}, src)
+    (name, offset), *_ = data_record_offsets(src)
+    flip_byte(src, offset + 50 * 4)
+    assert tensors_equal(torch.load(src, weights_only=True)["part"], base[10:20])  # noqa: TID251 - ground truth
+    for args in (["convert", src, tmp_path / "out.safetensors"], ["inspect", src, "--stats"]):
+        line = assert_one_error_line(cli(*args), f"record {name} fails its CRC-32", "it holds tensor part")
+        assert str(src) in line
+    assert_nothing_written(tmp_path, tmp_path / "out.safetensors")
