@@ -73,6 +73,8 @@ class CheckReport:
     readable: bool = True
     allowed_missing: list[str] = field(default_factory=list)
     allowed_unexpected: list[str] = field(default_factory=list)
+    against: str | None = None  # "model" or "reference" when keys were compared
+    allow_hint: list[str] = field(default_factory=list)  # options that would accept the differences left
 
     def ok(self, strict: bool = False) -> bool:
         failing = {ERROR, WARNING} if strict else {ERROR}
@@ -139,6 +141,7 @@ def check(path: str, options: CheckOptions, target: Target | None = None) -> Che
     _guarded(report, "integrity", lambda: _integrity(checkpoint, report))
     _guarded(report, "safety", lambda: _safety(path, report))
     if target is not None:
+        report.against = target.noun
         _guarded(report, target.check, lambda: _keys(checkpoint, options, target, report))
     if options.finite:
         _guarded(report, "finite", lambda: _finite(checkpoint, options.root, report))
@@ -202,6 +205,36 @@ def _keys(checkpoint: Checkpoint, options: CheckOptions, target: Target, report:
         report.suggestions = suggest_fixes(checkpoint, judge, comparison, allow)
         for suggestion in report.suggestions:
             suggestion.command = fix_command(checkpoint, weights, options.root, suggestion)
+        report.allow_hint = _allow_hint(comparison, allow) if not report.suggestions else []
+
+
+def _allow_hint(keys: KeyComparison, allow: Allowance) -> list[str]:
+    """A warm start's signature — every key on one side loads, the other side has more —
+    answered with the options that accept the extra keys."""
+    if keys.shape_mismatch:
+        return []
+    missing = [k for k in keys.missing if not allow.missing_ok(k)]
+    unexpected = [k for k in keys.unexpected if not allow.unexpected_ok(k)]
+    if missing and not keys.unexpected:
+        return [f"--allow-missing {shlex.quote(g)}" for g in module_globs(missing)]
+    if unexpected and not keys.missing:
+        return [f"--allow-unexpected {shlex.quote(g)}" for g in module_globs(unexpected)]
+    return []
+
+
+def module_globs(keys: Sequence[str], most: int = 3) -> list[str]:
+    """At most `most` globs naming the modules that hold `keys` (`head.*`), or their
+    top-level modules; none when even those are more."""
+    for depth in (None, 1):
+        globs = list(dict.fromkeys(_module_glob(k, depth) for k in keys))
+        if len(globs) <= most:
+            return globs
+    return []
+
+
+def _module_glob(key: str, depth: int | None) -> str:
+    parts = key.split(".")[:-1][:depth]
+    return ".".join(parts) + ".*" if parts else key
 
 
 def _key_findings(report: CheckReport, target: Target, keys: KeyComparison, allow: Allowance) -> None:

@@ -2,15 +2,21 @@
 
 For each way a checkpoint fails to fit a model, the missing and unexpected keys equal
 what `model.load_state_dict(sd, strict=False)` returns, and the shape mismatches are
-exactly those `load_state_dict` raises "size mismatch" on. Every suggested fix is
-applied here and loaded again with torch: the keys it claims to fix and the missing
-and unexpected keys it leaves must be what torch then reports.
+exactly those `load_state_dict` raises "size mismatch" on, and "matched X of Y keys"
+counts the file's keys torch neither calls unexpected nor refuses. Every suggested
+command is run here and its output loaded with torch: the keys it claims to fix and the
+missing and unexpected keys it leaves must be what torch then reports, a fix that
+leaves nothing must load with `strict=True`, and a `--keep-structure` fix must keep
+every other entry of the file. Keys allowed by `--allow-missing`/`--allow-unexpected`
+are exactly torch's missing/unexpected keys that match the globs.
 """
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from functools import cached_property
 from pathlib import Path
 from typing import Any, cast
@@ -32,6 +38,7 @@ from compare.support import (
     spec,
 )
 from groundtruth import (
+    assert_same_content,
     fixture_path,
     fixture_record,
     ground_truth_weights,
@@ -68,6 +75,7 @@ class Case:
     model: Callable[[], nn.Module]  # the model torch loads into, as the spec builds it
     model_args: tuple[str, ...] = ()
     best_fix: str | None = None  # the option of the suggestion that should come first
+    allow: tuple[str, ...] = ()  # --allow-missing / --allow-unexpected options
 
 
 def seeded(factory: Callable[[], nn.Module]) -> nn.Module:
@@ -102,6 +110,18 @@ def dataparallel_batchnorm(tmp: Path) -> Built:
 def compiled(tmp: Path) -> Built:
     compiled_model = cast(nn.Module, torch.compile(seeded(cnn)))  # an OptimizedModule
     return plain_state(tmp / "compiled.pth", compiled_model)
+
+
+def compiled_dataparallel_training(tmp: Path) -> Built:
+    """torch.compile over DataParallel (`_orig_mod.module.` keys), saved as a training
+    checkpoint with its optimizer: the fix must keep the optimizer state."""
+    model = seeded(cnn)
+    wrapped = cast(nn.Module, torch.compile(nn.DataParallel(model)))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(2, 1, 28, 28)).sum().backward()
+    optimizer.step()
+    ckpt = {"epoch": 4, "model_state_dict": wrapped.state_dict(), "optimizer_state_dict": optimizer.state_dict()}
+    return Built(save(ckpt, tmp / "compiled_dp.pth"), "model_state_dict")
 
 
 def lightning(tmp: Path) -> Built:
@@ -186,7 +206,24 @@ CASES: list[tuple[Case, Callable[[Path], Built]]] = [
     ),
     (Case("torch_compile", CNN_SPEC, cnn, best_fix="--strip-prefix _orig_mod."), compiled),
     (Case("lightning", CNN_SPEC, cnn, best_fix="--strip-prefix model."), lightning),
+    (
+        Case("compiled_dataparallel", CNN_SPEC, cnn, best_fix="--strip-prefix _orig_mod.module."),
+        compiled_dataparallel_training,
+    ),
     (Case("warm_start", spec(CHECK_MODELS_FILE, "WarmStartCNN"), checkmodels.WarmStartCNN), warm_start_source),
+    (
+        Case(
+            "warm_start_allowed",
+            spec(CHECK_MODELS_FILE, "WarmStartCNN"),
+            checkmodels.WarmStartCNN,
+            allow=("--allow-missing", "head.*"),
+        ),
+        warm_start_source,
+    ),
+    (
+        Case("warm_start_reverse_allowed", CNN_SPEC, cnn, allow=("--allow-unexpected", "head.*")),
+        warm_start_target,
+    ),
     (
         Case("add_prefix", spec(CHECK_MODELS_FILE, "Wrapped"), checkmodels.Wrapped, best_fix="--rename ^=backbone."),
         plain_cnn,
@@ -214,7 +251,8 @@ CASES: list[tuple[Case, Callable[[Path], Built]]] = [
 def run_check(cli: Cli, path: Path, *options: Any) -> tuple[int, dict[str, Any]]:
     result = cli("check", path, "--format", "json", *options)
     assert result.exit_code in (0, 1), (result.exit_code, result.stderr)
-    return result.exit_code, output_json(result)
+    (report,) = output_json(result)["files"]
+    return result.exit_code, report
 
 
 def assert_agrees_with_load_state_dict(report: dict[str, Any], truth: LoadResult) -> None:
@@ -225,11 +263,26 @@ def assert_agrees_with_load_state_dict(report: dict[str, Any], truth: LoadResult
     assert found == truth.size_mismatch
 
 
+def assert_matched_counts(report: dict[str, Any], truth: LoadResult, weights: State) -> None:
+    """ "matched X of Y keys": Y the file's keys, X those torch neither calls unexpected nor refuses."""
+    loaded = len(weights) - len(truth.unexpected) - len(truth.size_mismatch)
+    assert (report["keys"]["in_file"], report["keys"]["matched"]) == (len(weights), loaded)
+
+
+def assert_allowed(report: dict[str, Any], truth: LoadResult, allow: tuple[str, ...]) -> None:
+    globs = {kind: [g for flag, g in zip(allow[::2], allow[1::2], strict=True) if flag == f"--allow-{kind}"]
+             for kind in ("missing", "unexpected")}  # fmt: skip
+    for kind, keys in (("missing", truth.missing), ("unexpected", truth.unexpected)):
+        assert report[f"allowed_{kind}"] == [k for k in keys if any(fnmatchcase(k, g) for g in globs[kind])]
+
+
 def assert_findings(report: dict[str, Any], code: int) -> None:
-    """One error finding per missing, unexpected and mismatched key; exit 1 exactly on errors."""
+    """One error finding per missing, unexpected and mismatched key not allowed; exit 1 exactly on errors."""
     errors = {(f["key"], f["message"].split(":")[0]) for f in report["findings"] if f["severity"] == "error"}
-    assert {k for k, kind in errors if kind == "missing"} == set(report["missing"])
-    assert {k for k, kind in errors if kind == "unexpected"} == set(report["unexpected"])
+    missing = set(report["missing"]) - set(report["allowed_missing"])
+    unexpected = set(report["unexpected"]) - set(report["allowed_unexpected"])
+    assert {k for k, kind in errors if kind == "missing"} == missing
+    assert {k for k, kind in errors if kind == "unexpected"} == unexpected
     assert {k for k, kind in errors if kind == "size mismatch"} == {m["key"] for m in report["shape_mismatch"]}
     assert report["ok"] is (not errors)
     assert code == (0 if report["ok"] else 1)
@@ -249,18 +302,56 @@ def assert_suggestions_hold(report: dict[str, Any], built: Built, model: nn.Modu
         after = load_truth(model, weights_after(fix, built))
         assert fix["fixes"] == after.matched(expected) - truth.matched(expected), fix
         assert (fix["missing_after"], fix["unexpected_after"]) == (len(after.missing), len(after.unexpected)), fix
-    fixes = [s["fixes"] for s in report["suggestions"]]
-    assert fixes == sorted(fixes, reverse=True), "best first"
+        assert fix["shape_mismatch_after"] == len(after.size_mismatch), fix
+    ranks = [(not s["passes"], -s["fixes"]) for s in report["suggestions"]]
+    assert ranks == sorted(ranks), "best first"
 
 
-def check_case(cli: Cli, case: Case, built: Built) -> None:
+def run_suggested_command(cli: Cli, fix: dict[str, Any], built: Built, out_dir: Path) -> Any:
+    """Run the suggestion's command as pasted (its output moved into `out_dir`); torch.load
+    of what it wrote."""
+    program, command, src, dst, *options = shlex.split(fix["command"])
+    assert (program, command, src) == ("ckpttool", "convert", str(built.path)), fix["command"]
+    assert options[-2:] == fix["option"].split(" ", 1)
+    target = out_dir / Path(dst).name
+    result = cli(command, src, target, *options)
+    assert result.exit_code == 0, (fix["command"], result.output)
+    return torch_load_trusted(target)
+
+
+def assert_commands_work(cli: Cli, report: dict[str, Any], built: Built, model: nn.Module, out_dir: Path) -> None:
+    """Every suggested command, run: its output loads as the suggestion says, with strict=True
+    when nothing is left; a --keep-structure output keeps every other entry of the file."""
+    expected = len(model.state_dict())
+    before = load_truth(model, built.weights)
+    for fix in report["suggestions"]:
+        output = run_suggested_command(cli, fix, built, out_dir)
+        keep = "--keep-structure" in shlex.split(fix["command"])
+        weights = weights_at(output, built.root) if keep else output
+        after = load_truth(model, weights)
+        assert fix["fixes"] == after.matched(expected) - before.matched(expected), fix
+        assert (fix["missing_after"], fix["unexpected_after"]) == (len(after.missing), len(after.unexpected)), fix
+        if not (fix["missing_after"] or fix["unexpected_after"] or fix["shape_mismatch_after"]):
+            model.load_state_dict(weights, strict=True)
+        if keep:
+            source = torch_load_trusted(built.path)
+            assert list(source) == list(output)
+            for key in source:
+                if key != built.root:
+                    assert_same_content(source[key], output[key], key)
+
+
+def check_case(cli: Cli, case: Case, built: Built, out_dir: Path) -> None:
     model = seeded(case.model)
     truth = load_truth(model, built.weights)
-    options = ["--model", case.spec] + [x for arg in case.model_args for x in ("--model-arg", arg)]
+    options = ["--model", case.spec, *case.allow] + [x for arg in case.model_args for x in ("--model-arg", arg)]
     code, report = run_check(cli, built.path, *options)
     assert_agrees_with_load_state_dict(report, truth)
+    assert_matched_counts(report, truth, built.weights)
+    assert_allowed(report, truth, case.allow)
     assert_findings(report, code)
     assert_suggestions_hold(report, built, model, truth)
+    assert_commands_work(cli, report, built, model, out_dir)
     if case.best_fix is not None:
         assert report["suggestions"], "a fix is suggested"
         assert report["suggestions"][0]["option"] == case.best_fix
@@ -270,10 +361,10 @@ def check_case(cli: Cli, case: Case, built: Built) -> None:
 def test_model_keys_agree_with_load_state_dict(
     cli: Cli, tmp_path: Path, case: Case, build: Callable[[Path], Built]
 ) -> None:
-    check_case(cli, case, build(tmp_path))
+    check_case(cli, case, build(tmp_path), tmp_path)
 
 
-def test_classifier_with_other_num_classes(cli: Cli, torchvision_files: dict[str, Built]) -> None:
+def test_classifier_with_other_num_classes(cli: Cli, torchvision_files: dict[str, Built], tmp_path: Path) -> None:
     """ImageNet resnet18 weights for a 10-class resnet18: fc.weight and fc.bias mismatch."""
     case = Case(
         "num_classes",
@@ -281,13 +372,25 @@ def test_classifier_with_other_num_classes(cli: Cli, torchvision_files: dict[str
         lambda: torchvision.models.resnet18(num_classes=10),
         ("num_classes=10",),
     )
-    check_case(cli, case, torchvision_files["resnet18"])
+    check_case(cli, case, torchvision_files["resnet18"], tmp_path)
 
 
-def test_vgg16_weights_for_resnet34(cli: Cli, torchvision_files: dict[str, Built]) -> None:
-    """Another architecture entirely: every key missing or unexpected, nothing loads."""
+def test_vgg16_weights_for_resnet34(cli: Cli, torchvision_files: dict[str, Built], tmp_path: Path) -> None:
+    """Another architecture entirely: every key missing or unexpected, nothing loads, and
+    the table says so in its matched line and a few rows per kind."""
     case = Case("vgg16_vs_resnet34", "torchvision.models:resnet34", torchvision.models.resnet34)
-    check_case(cli, case, torchvision_files["vgg16"])
+    built = torchvision_files["vgg16"]
+    check_case(cli, case, built, tmp_path)
+    truth = load_truth(seeded(torchvision.models.resnet34), built.weights)
+    result = cli("check", built.path, "--model", case.spec)
+    head = result.stdout.split("\n\n")[0].splitlines()
+    assert head[2] == (
+        f"keys:      matched 0 of {len(built.weights)} keys; "
+        f"{len(truth.missing)} missing, {len(truth.unexpected)} unexpected"
+    )
+    rows = result.stdout.split("\n\n")[1].splitlines()[2:]
+    assert len(rows) == 12  # 5 missing, a count of the rest; 5 unexpected, a count of the rest
+    assert rows[5].split()[2:4] == ["(" + str(len(truth.missing) - 5), "more)"]
 
 
 def test_matching_model_passes(cli: Cli, torchvision_files: dict[str, Built]) -> None:
@@ -308,7 +411,7 @@ def test_wrong_root_with_the_same_keys_suggests_the_other_root(cli: Cli, tmp_pat
         checkmodels.mlp_discriminator,
         best_fix="--root discriminator",
     )
-    check_case(cli, case, built)
+    check_case(cli, case, built, tmp_path)
 
 
 def test_whole_pickled_model_against_its_class(cli: Cli) -> None:

@@ -7,6 +7,8 @@ this file is read by hand (PyYAML is not a dependency) and the entry is run the 
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -109,7 +111,9 @@ def run_entry(hook: dict[str, Any], *files: Path, args: tuple[str, ...] = ()) ->
     program, *rest = hook["entry"].split()
     assert program == "ckpttool"
     command = [str(console_script()), *rest, *args, *map(str, files)]
-    return subprocess.run(command, capture_output=True, text=True, check=False, timeout=120)
+    # pre-commit pipes the output: no terminal, and no shell's COLUMNS to fit tables to
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    return subprocess.run(command, capture_output=True, text=True, check=False, timeout=120, env=env)
 
 
 def corrupted_copy(source: Path, folder: Path) -> Path:
@@ -125,7 +129,8 @@ def corrupted_copy(source: Path, folder: Path) -> Path:
 
 def test_entry_passes_clean_files_and_fails_a_corrupted_one(hook: dict[str, Any], tmp_path: Path) -> None:
     """One process over several files, as pre-commit batches them: exit 0 when all hold,
-    1 when one has a failed check, 2 when one cannot be read at all."""
+    1 when one has a failed check or cannot be read (every file still reported), 2 only
+    when none can be read at all."""
     clean = [COMMITTED_DIR / "cnn_state_dict.pth", COMMITTED_DIR / "cnn.safetensors"]
     passed = run_entry(hook, *clean)
     assert passed.returncode == 0, passed.stderr
@@ -136,10 +141,23 @@ def test_entry_passes_clean_files_and_fails_a_corrupted_one(hook: dict[str, Any]
     assert failed.returncode == 1
     assert "CRC-32" in failed.stdout and str(broken) in failed.stdout
 
+    empty = tmp_path / "empty.pth"
+    empty.write_bytes(b"")
+    mixed = run_entry(hook, clean[0], empty, clean[1], args=("--format", "json"))
+    assert (mixed.returncode, mixed.stderr) == (1, "")
+    files = json.loads(mixed.stdout)["files"]
+    assert [(f["path"], f["ok"], f["readable"]) for f in files] == [
+        (str(clean[0]), True, True),
+        (str(empty), False, False),
+        (str(clean[1]), True, True),
+    ]
+
     missing = tmp_path / "gone.pt"
-    unreadable = run_entry(hook, missing)
+    unreadable = run_entry(hook, missing, empty)
     assert unreadable.returncode == 2
-    assert str(missing) in unreadable.stderr and unreadable.stdout == ""
+    (line,) = unreadable.stderr.splitlines()
+    assert str(missing) in line
+    assert "UNREADABLE" in unreadable.stdout
 
 
 def test_entry_with_hook_args(hook: dict[str, Any], cli: Cli) -> None:
