@@ -137,6 +137,7 @@ def check(path: str, options: CheckOptions, target: Target | None = None) -> Che
     except (CkptError, OSError) as exc:
         report.readable = False
         report.add(READ, ERROR, _message(exc, path))
+        _safety_of_unreadable(path, report)
         return report
     _guarded(report, "integrity", lambda: _integrity(checkpoint, report))
     _guarded(report, "safety", lambda: _safety(path, report))
@@ -182,6 +183,17 @@ def _integrity(checkpoint: Checkpoint, report: CheckReport) -> None:
         except IntegrityError as exc:  # the message names the record and the tensors viewing it
             keys = storage.record.viewed_by() if storage.record and storage.record.viewed_by else []
             report.add("integrity", ERROR, exc.message, keys[0] if keys else storage.key)
+
+
+def _safety_of_unreadable(path: str, report: CheckReport) -> None:
+    """No checkpoint reader understands the file, but it may hold pickles (a plain zip of
+    model.pkl, an .npy object array): when the scan calls it dangerous, that is the finding
+    (exit 1), not an unreadable file."""
+    try:
+        _safety(path, report)
+    except (CkptError, OSError):
+        return
+    report.readable = any(f.check == "safety" and f.severity == ERROR for f in report.findings)
 
 
 def _safety(path: str, report: CheckReport) -> None:
