@@ -422,6 +422,25 @@ def test_training_checkpoint_fix_keeps_its_structure(cli: Cli, tmp_path: Path) -
     )
 
 
+@pytest.mark.parametrize(
+    ("name", "fixed"),
+    [
+        ("model.pth", "model.fixed.pth"),
+        ("ckpt.pth.tar", "ckpt.fixed.pth.tar"),
+        ("epoch=3.ckpt", "epoch=3.fixed.ckpt"),
+        ("weights", "weights.fixed.pth"),
+        ("sharded/", "sharded.fixed.safetensors"),
+    ],
+)
+def test_fixed_output_names(tmp_path: Path, name: str, fixed: str) -> None:
+    """The DST of a suggested command sits next to the file; a folder becomes one safetensors file."""
+    from ckpttool.ops.check import fixed_name
+
+    path = tmp_path / name
+    path.mkdir() if name.endswith("/") else path.write_bytes(b"")
+    assert fixed_name(str(path) + ("/" if name.endswith("/") else "")) == str(tmp_path / fixed)
+
+
 def test_warm_start_table_hint_and_allowance(cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Model A's weights for model B (A plus a head): FAILED with the options that accept
     the new layer; with them, OK and one info row saying what was allowed."""

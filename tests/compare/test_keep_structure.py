@@ -142,7 +142,7 @@ def test_dataparallel_training_checkpoint_is_fixed_and_resumes(cli: Cli, tmp_pat
     src = tmp_path / "dp_checkpoint.pth"
     trained, optimizer = trained_dataparallel_checkpoint(src)
     dst = tmp_path / "checkpoint.pth"
-    report = keep_structure(cli, src, dst, "--strip-prefix", "module.")
+    report = keep_structure(cli, src, dst, "--strip-prefix", "module.", "--to", "pth")
     assert report["weights_root"] == "model_state_dict"
     assert report["kept"] == ["epoch", "optimizer_state_dict", "loss", "args"]
 
