@@ -15,6 +15,7 @@ they are done.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -23,6 +24,8 @@ from typing import BinaryIO
 
 from ckpttool.errors import FileAccessError, OutputExistsError, UsageError
 from ckpttool.signals import held
+
+TEMP_SUFFIX = ".ckpttool-tmp"
 
 
 @dataclass
@@ -69,7 +72,7 @@ class OutputSet:
         self.check_destination(final)
         folder, name = os.path.split(os.path.abspath(final))
         with held():  # a temporary file exists only once it is recorded for removal
-            fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=".ckpttool-tmp", dir=folder)
+            fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=TEMP_SUFFIX, dir=folder)
             pending = PendingOutput(final, temp, os.fdopen(fd, "w+b"))
             self.pending.append(pending)
         return pending
@@ -128,6 +131,27 @@ def output_set(sources: list[str], force: bool) -> Iterator[OutputSet]:
     outputs = OutputSet(sources, force)
     try:
         yield outputs
+    except OSError as exc:
+        finals = [o.final for o in outputs.pending]
+        outputs.discard()
+        raise _named_for_destination(exc, finals) from exc
     except BaseException:
         outputs.discard()
         raise
+
+
+# Errors that only writing causes: with no file named, they are about the output.
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS})
+
+
+def _named_for_destination(exc: OSError, finals: list[str]) -> OSError | FileAccessError:
+    """An error about a hidden temporary file (or an unnamed write error) as one about the
+    destination the user named; the temporary file is gone by the time they read it."""
+    temp = str(exc.filename or "")
+    if temp.endswith(TEMP_SUFFIX):
+        folder, name = os.path.split(temp)
+        final = os.path.join(folder, name[1:].rsplit(".", 2)[0])  # `.NAME.<random>.ckpttool-tmp`
+        return FileAccessError(f"cannot write {final}: {exc.strerror or exc}")
+    if exc.filename is None and exc.errno in _WRITE_ERRNOS and finals:
+        return FileAccessError(f"cannot write {', '.join(finals)}: {exc.strerror or exc}")
+    return exc

@@ -87,6 +87,27 @@ STORAGE_DTYPES: dict[str, str] = {
 STORAGE_MODULES = frozenset({"torch", "torch.cuda", "torch.storage"})
 
 
+# The dtypes `convert --dtype` casts to, and the names people also type for them
+# (torch's own aliases torch.half and torch.float among them).
+CAST_TARGETS = ("float16", "bfloat16", "float32")
+CAST_ALIASES = {
+    "fp16": "float16",
+    "f16": "float16",
+    "half": "float16",
+    "bf16": "bfloat16",
+    "fp32": "float32",
+    "f32": "float32",
+    "float": "float32",
+}
+
+
+def cast_target(name: str) -> str | None:
+    """`fp16`, `torch.half`, `BF16`, ... -> torch's name of a cast target; None if not one."""
+    key = name.strip().lower().removeprefix("torch.")
+    key = CAST_ALIASES.get(key, key)
+    return key if key in CAST_TARGETS else None
+
+
 def storage_dtype(module: str, name: str) -> str | None:
     """dtype of a pickled storage class, or None when it is not one."""
     if module not in STORAGE_MODULES:

@@ -32,6 +32,19 @@ def cli_json(result: Result) -> Any:
     return json.loads(result.stdout)
 
 
+def assert_json_error(result: Result) -> dict[str, Any]:
+    """Under `--format json` an error is also a JSON object on stdout, saying what the
+    one stderr line says; returns its `error` part."""
+    document = json.loads(result.stdout)
+    assert set(document) == {"schema_version", "error"}, document
+    error: dict[str, Any] = document["error"]
+    assert set(error) == {"path", "message", "exit_code"}
+    assert error["exit_code"] == result.exit_code
+    where = f"{error['path']}: " if error["path"] else ""
+    assert result.stderr.splitlines() == [f"ckpttool: error: {where}{error['message']}"]
+    return error
+
+
 @pytest.fixture
 def marker(tmp_path: Path) -> Path:
     """A path that a payload would create; tests assert it never appears."""

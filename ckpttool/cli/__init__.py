@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from ckpttool import __version__
-from ckpttool.cli.common import DEBUG_KEY, debug_option
+from ckpttool.cli.common import DEBUG_KEY, FORMAT_KEY, debug_option
 from ckpttool.errors import EXIT_ERROR, CkptError
 from ckpttool.signals import Interrupted, stopping_cleanly
 
@@ -74,9 +74,12 @@ class LazyGroup(click.Group):
             with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
                 click.echo(f"ckpttool: stopped by {exc.name}; temporary outputs removed", err=True)
             sys.exit(exc.exit_code)
+        except click.exceptions.NoArgsIsHelpError as exc:  # bare `ckpttool`: the help is the answer
+            click.echo(exc.ctx.get_help() if exc.ctx else "")
+            sys.exit(0)
         except click.UsageError as exc:
             hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
-            click.echo(f"ckpttool: error: {exc.format_message()}{hint}", err=True)
+            _report(exc.ctx, None, f"{exc.format_message()}{hint}", EXIT_ERROR)
             sys.exit(EXIT_ERROR)
         except click.exceptions.Exit as exc:
             sys.exit(exc.exit_code)
@@ -92,7 +95,7 @@ class LazyGroup(click.Group):
         except CkptError as exc:
             if ctx.meta.get(DEBUG_KEY):
                 _print_traceback()
-            click.echo(f"ckpttool: error: {exc}", err=True)
+            _report(ctx, exc.path, exc.message, exc.exit_code)
             ctx.exit(exc.exit_code)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
@@ -100,20 +103,27 @@ class LazyGroup(click.Group):
             sys.stderr.close()  # the reader went away (`| head`): nothing left to say
             ctx.exit(0)
         except MemoryError:
-            click.echo("ckpttool: error: out of memory", err=True)
+            _report(ctx, None, "out of memory", EXIT_ERROR)
             ctx.exit(EXIT_ERROR)
         except OSError as exc:  # a full disk, a file size limit, a vanished folder
-            where = f"{exc.filename}: " if exc.filename else ""
-            click.echo(f"ckpttool: error: {where}{exc.strerror or exc}", err=True)
+            _report(ctx, str(exc.filename) if exc.filename else None, str(exc.strerror or exc), EXIT_ERROR)
             ctx.exit(EXIT_ERROR)
         except Exception as exc:  # a bug: still one line, and a way to see more
             if ctx.meta.get(DEBUG_KEY):
                 _print_traceback()
-            click.echo(
-                f"ckpttool: internal error: {type(exc).__name__}: {exc} (rerun with --debug for a traceback)",
-                err=True,
-            )
+            message = f"{type(exc).__name__}: {exc} (rerun with --debug for a traceback)"
+            _report(ctx, None, message, EXIT_ERROR, "internal error")
             ctx.exit(EXIT_ERROR)
+
+
+def _report(ctx: click.Context | None, path: str | None, message: str, exit_code: int, kind: str = "error") -> None:
+    """One stderr line; under `--format json` also a JSON error object on stdout, so a
+    pipeline that parses stdout learns what went wrong instead of reading nothing."""
+    click.echo(f"ckpttool: {kind}: {path}: {message}" if path else f"ckpttool: {kind}: {message}", err=True)
+    if ctx is not None and ctx.meta.get(FORMAT_KEY) == "json":
+        from ckpttool.render import to_json
+
+        click.echo(to_json({"error": {"path": path, "message": message, "exit_code": exit_code}}))
 
 
 def _print_traceback() -> None:

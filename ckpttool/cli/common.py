@@ -12,12 +12,18 @@ from ckpttool.errors import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
 
 F = TypeVar("F", bound=Callable[..., Any])
 DEBUG_KEY = "ckpttool.debug"
+FORMAT_KEY = "ckpttool.format"  # so that errors can answer in the format asked for
 FORMATS = ("table", "json", "csv")
 
 
 def _set_debug(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
     if value:
         ctx.meta[DEBUG_KEY] = True
+
+
+def _set_format(ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    ctx.meta[FORMAT_KEY] = value
+    return value
 
 
 debug_option = click.option(
@@ -40,7 +46,9 @@ def output_options(formats: tuple[str, ...] = FORMATS) -> Callable[[F], F]:
             type=click.Choice(formats),
             default="table",
             show_default=True,
-            help="Output format; json carries schema_version.",
+            is_eager=True,  # known before other options fail, for a JSON error object
+            callback=_set_format,
+            help="Output format; json carries schema_version (errors too).",
         )(func)
         return debug_option(func)
 
@@ -83,6 +91,24 @@ class ProgressBar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class CastDtype(click.ParamType):
+    """A floating dtype to cast to, by torch's name or a common alias (fp16, bf16, half, float)."""
+
+    name = "dtype"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str:
+        return "[float16|bfloat16|float32]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from ckpttool.dtypes import CAST_ALIASES, cast_target
+
+        target = cast_target(str(value))
+        if target is None:
+            known = ", ".join(sorted(CAST_ALIASES))
+            self.fail(f"{value!r} is not a dtype to cast to; use float16, bfloat16 or float32 (or {known})", param, ctx)
+        return target
 
 
 def path_argument(name: str = "path", **kwargs: Any) -> Callable[[F], F]:

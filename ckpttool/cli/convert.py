@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from ckpttool.cli.common import ProgressBar, emit, output_options, path_argument, warn
+from ckpttool.cli.common import CastDtype, ProgressBar, emit, output_options, path_argument, warn
 
 
 def _pairs(values: tuple[str, ...], option: str) -> list[tuple[str, str]]:
@@ -29,7 +29,7 @@ def _pairs(values: tuple[str, ...], option: str) -> list[tuple[str, str]]:
     help="Output format [default: safetensors for a .safetensors DST, else pth].",
 )
 @click.option("--root", metavar="PATH", help="Dotted path of the weights inside SRC.")
-@click.option("--dtype", type=click.Choice(["float16", "bfloat16", "float32"]), help="Cast floating tensors.")
+@click.option("--dtype", type=CastDtype(), help="Cast floating tensors (aliases: fp16, half, bf16, fp32, float).")
 @click.option(
     "--shard-size", metavar="SIZE", help="Split into shards of at most SIZE (5GB, 500MB, 2GiB) with an index json."
 )

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import torch
 from click.testing import Result
-from conftest import cli_json
+from conftest import assert_json_error, cli_json
 from groundtruth import COMMITTED_DIR
 
 Cli = Callable[..., Result]
@@ -71,9 +71,12 @@ def strict_json(text: str) -> Any:
     return json.loads(text, parse_constant=refuse)
 
 
-def assert_one_error_line(result: Result, *names: str) -> None:
+def assert_one_error_line(result: Result, *names: str, fmt: str = "table") -> None:
     assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
-    assert result.stdout == ""
+    if fmt == "json":
+        assert_json_error(result)
+    else:
+        assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(ERROR_PREFIX), result.stderr
     for name in names:
@@ -230,7 +233,7 @@ def test_unreadable_input_exits_2(cli: Cli, tmp_path: Path, kind: str, side: str
     bad = unreadable_files(tmp_path)[kind]
     args = (bad, PTH) if side == "a" else (PTH, bad)
     for fmt in ("table", "json"):
-        assert_one_error_line(cli("diff", *args, "--format", fmt), bad.name)
+        assert_one_error_line(cli("diff", *args, "--format", fmt), bad.name, fmt=fmt)
 
 
 def test_unknown_root_names_the_root_and_the_file(cli: Cli) -> None:

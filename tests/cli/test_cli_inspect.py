@@ -21,7 +21,7 @@ import groundtruth as gt
 import pytest
 import torch
 from click.testing import Result
-from conftest import cli_json
+from conftest import assert_json_error, cli_json
 from reader.truth import dtype_name, tensors_in
 from torch import nn
 
@@ -575,10 +575,31 @@ def test_big_endian_byteorder_is_reported(cli: Cli) -> None:
 # -- errors ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fmt", ["table", "json", "csv"])
+@pytest.mark.parametrize("fmt", ["table", "csv"])
 def test_missing_file_is_one_error_line(cli: Cli, tmp_path: Path, fmt: str) -> None:
     missing = tmp_path / "missing.pt"
     assert_one_error_line(cli("inspect", missing, "--format", fmt), missing)
+
+
+def test_json_errors_are_also_a_json_object_on_stdout(cli: Cli, tmp_path: Path) -> None:
+    missing = tmp_path / "missing.pt"
+    result = cli("inspect", missing, "--format", "json")
+    assert result.exit_code == 2
+    assert assert_json_error(result) == {"path": str(missing), "message": "no such file", "exit_code": 2}
+
+
+def test_json_usage_errors_are_a_json_object_too(cli: Cli) -> None:
+    result = cli("inspect", fixture("cnn_state_dict"), "--sort", "sideways", "--format", "json")
+    assert result.exit_code == 2
+    error = assert_json_error(result)
+    assert error["path"] is None and "--sort" in error["message"]
+
+
+def test_bare_ckpttool_prints_its_help_and_exits_0(cli: Cli) -> None:
+    result = cli()
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert result.stdout.startswith("Usage: ") and "\nCommands:\n" in result.stdout
+    assert result.stdout == cli("--help").stdout
 
 
 def test_not_a_checkpoint_is_one_error_line(cli: Cli, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 from click.testing import Result
-from conftest import cli_json
+from conftest import assert_json_error, cli_json
 from groundtruth import COMMITTED_DIR, FIXTURES_DIR, torch_load_trusted
 
 Cli = Callable[..., Result]
@@ -163,7 +163,9 @@ def test_unreadable_file_exits_2(cli: Cli, tmp_path: Path) -> None:
     assert_one_error_line(cli("optimizer", tmp_path / "gone.pt"), "gone.pt")
     junk = tmp_path / "junk.ckpt"
     junk.write_bytes(b"PK\x03\x04 not really a zip")
-    assert_one_error_line(cli("optimizer", junk, "--format", "json"), "junk.ckpt")
+    result = cli("optimizer", junk, "--format", "json")
+    assert result.exit_code == 2
+    assert assert_json_error(result)["path"] == str(junk)
 
 
 @pytest.mark.parametrize(
