@@ -460,7 +460,7 @@ def tree_json(report: InspectReport, rows: list[TreeRow], counts: Counts) -> str
 
 
 def tree_csv(rows: list[TreeRow], counts: Counts) -> str:
-    body: list[tuple[Any, ...]] = [(r.prefix, r.depth, r.tensors, r.params, r.buffers, r.numel, r.nbytes) for r in rows]
+    body = [(r.prefix, r.depth, r.tensors, r.params, r.buffers, r.numel, r.nbytes) for r in rows]
     total = counts.total
     body.append(("", "", total.tensors, counts.parameters.numel, counts.buffers.numel, total.numel, total.nbytes))
     return to_csv(("prefix", "depth", "tensors", "params", "buffers", "numel", "nbytes"), body)
@@ -485,6 +485,7 @@ def scan_json(results: list[FileScan]) -> str:
                     "allowlist": r.allowlist,
                     "imports": r.imports,
                     "problems": r.problems,
+                    "notes": r.notes,
                 }
                 for r in results
             ]
@@ -520,6 +521,7 @@ def _scan_block(r: FileScan) -> str:
         body = sorted(((g.qualname, ", ".join(g.uses), g.verdict, g.reason) for g in r.globals), key=_verdict_order)
         lines.append(to_table(("global", "uses", "verdict", "why"), body))
     lines.extend(f"problem: {p}" for p in r.problems)
+    lines.extend(f"note: {n}" for n in r.notes)
     if r.allowlist:
         lines.append("to load with torch.load(weights_only=True):")
         lines.extend(f"    import {m}" for m in r.imports)
@@ -750,8 +752,8 @@ def _optimizer_json(r: OptimizerReport) -> dict[str, Any]:
 
 def _optimizer_block(r: OptimizerReport, width: int | None = None) -> str:
     names = {"model": "from --model", "file": "guessed from the file's weights"}.get(r.names or "", "not resolved")
-    pairs: list[tuple[str, Any]] = [("optimizer", r.path), ("type", f"{r.type or 'unknown'} (inferred)")]
-    pairs += [("names", names), ("param groups", len(r.param_groups))]
+    pairs = [("optimizer", r.path), ("type", f"{r.type or 'unknown'} (inferred)"), ("names", names)]
+    pairs.append(("param groups", len(r.param_groups)))
     lines = [key_values(pairs, width)]
     if r.param_groups:
         lines.append(_hyper_parameter_table(r.param_groups, width))

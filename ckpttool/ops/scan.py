@@ -31,11 +31,23 @@ from ckpttool.formats import (
     detect,
     is_sharded,
 )
-from ckpttool.formats.legacy import read_legacy, read_legacy_tar
+from ckpttool.formats.containers import TAR as CONTAINER_TAR
+from ckpttool.formats.containers import ZIP as CONTAINER_ZIP
+from ckpttool.formats.containers import (
+    Found,
+    container_kind,
+    is_legacy_tar,
+    refuse_sealed,
+    scan_container,
+    scan_tar_members,
+    scan_zip_members,
+    trailing_data,
+)
+from ckpttool.formats.legacy import is_tar, read_legacy, read_legacy_tar
 from ckpttool.formats.safetensors import read_safetensors
 from ckpttool.formats.sharded import find_index, load_index, shard_path
 from ckpttool.formats.torchzip import is_torchscript, pickle_names, read_pickle, read_torch_zip
-from ckpttool.formats.ziparchive import open_archive
+from ckpttool.formats.ziparchive import is_zip, open_archive
 from ckpttool.pickle import Decoded, decode
 from ckpttool.pickle.allowlist import is_allowed, is_blocked, is_known_dangerous
 from ckpttool.pickle.machine import USE_BUILD, USE_CALL, USE_INSTANTIATE, USE_REFERENCE, TrackedGlobal
@@ -69,6 +81,7 @@ class FileScan:
     allowlist: str | None = None
     imports: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # facts that are no finding (a zip with no pickle)
 
 
 @dataclass
@@ -76,6 +89,12 @@ class _Collected:
     format: str
     pickles: list[tuple[str, Decoded]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, found: Found) -> None:
+        self.pickles.extend(found.pickles)
+        self.problems.extend(found.problems)
+        self.notes.extend(found.notes)
 
 
 def scan_file(path: str) -> FileScan:
@@ -87,13 +106,28 @@ def scan_file(path: str) -> FileScan:
     if problems:
         verdict = DANGEROUS
     allowlist, imports = _allowlist_line(reports) if verdict == NEEDS_ALLOWLIST else (None, [])
-    return FileScan(path, collected.format, verdict, len(collected.pickles), reports, allowlist, imports, problems)
+    return FileScan(
+        path,
+        collected.format,
+        verdict,
+        len(collected.pickles),
+        reports,
+        allowlist,
+        imports,
+        problems,
+        notes=collected.notes,
+    )
 
 
 # -- finding every pickle ---------------------------------------------------------------
 
 
 def _collect(path: str) -> _Collected:
+    container = _container(path)
+    if container is not None:  # plain archives, npy, compressed streams: pickles found by content
+        collected = _Collected(container)
+        collected.add(scan_container(path, container))
+        return collected
     fmt = detect(path)
     collected = _Collected(fmt)
     if is_sharded(fmt):
@@ -105,9 +139,30 @@ def _collect(path: str) -> _Collected:
     elif fmt in (LEGACY, LEGACY_TAR):
         reader = read_legacy if fmt == LEGACY else read_legacy_tar
         _guarded(collected, lambda: reader(path, collected.pickles), keep_anomalies=True)
+        if fmt == LEGACY_TAR:
+            collected.add(scan_tar_members(path, _LEGACY_TAR_MEMBERS))
     else:
         _collect_raw(path, collected)
     return collected
+
+
+_LEGACY_TAR_MEMBERS = {"sys_info", "storages", "tensors", "pickle"}
+
+
+def _container(path: str) -> str | None:
+    """The container kind scan opens by content for `path`, or None for torch's own formats
+    (a zip with data.pkl, a tar with torch's members), safetensors and raw pickles."""
+    if not os.path.isfile(path):
+        return None
+    with open(path, "rb") as f:
+        head = f.read(512)
+    refuse_sealed(head, path)
+    kind = container_kind(head)
+    if kind is None and is_zip(head):
+        kind = None if open_archive(path).record("data.pkl") is not None else CONTAINER_ZIP
+    elif kind is None and is_tar(head):
+        kind = None if is_legacy_tar(path) else CONTAINER_TAR
+    return kind
 
 
 def _guarded(collected: _Collected, action: Callable[[], Checkpoint], keep_anomalies: bool = False) -> None:
@@ -141,7 +196,11 @@ def _collect_zip(path: str, collected: _Collected) -> None:
         )
     for name in pickle_names(archive):
         try:
-            collected.pickles.append((name, read_pickle(archive, archive.entries[name])))
+            decoded = read_pickle(archive, archive.entries[name])
+            collected.pickles.append((name, decoded))
+            extra = trailing_data(decoded, archive.entries[name].size)
+            if extra:
+                collected.problems.append(f"{name}: {extra}")
         except PickleError as exc:
             _record_failure(collected, name, exc)
         except CkptError as exc:
@@ -150,6 +209,7 @@ def _collect_zip(path: str, collected: _Collected) -> None:
     if len(roots) > 1:
         collected.problems.append(f"records under {len(roots)} root folders: {', '.join(roots)}")
     collected.problems.extend(archive.anomalies)
+    collected.add(scan_zip_members(archive, set(pickle_names(archive))))
     if not collected.problems:
         _guarded(collected, lambda: read_torch_zip(path, archive))
 
