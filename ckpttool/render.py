@@ -460,7 +460,7 @@ def tree_json(report: InspectReport, rows: list[TreeRow], counts: Counts) -> str
 
 
 def tree_csv(rows: list[TreeRow], counts: Counts) -> str:
-    body = [(r.prefix, r.depth, r.tensors, r.params, r.buffers, r.numel, r.nbytes) for r in rows]
+    body: list[tuple[Any, ...]] = [(r.prefix, r.depth, r.tensors, r.params, r.buffers, r.numel, r.nbytes) for r in rows]
     total = counts.total
     body.append(("", "", total.tensors, counts.parameters.numel, counts.buffers.numel, total.numel, total.nbytes))
     return to_csv(("prefix", "depth", "tensors", "params", "buffers", "numel", "nbytes"), body)
@@ -752,8 +752,8 @@ def _optimizer_json(r: OptimizerReport) -> dict[str, Any]:
 
 def _optimizer_block(r: OptimizerReport, width: int | None = None) -> str:
     names = {"model": "from --model", "file": "guessed from the file's weights"}.get(r.names or "", "not resolved")
-    pairs = [("optimizer", r.path), ("type", f"{r.type or 'unknown'} (inferred)"), ("names", names)]
-    pairs.append(("param groups", len(r.param_groups)))
+    pairs: list[tuple[str, Any]] = [("optimizer", r.path), ("type", f"{r.type or 'unknown'} (inferred)")]
+    pairs += [("names", names), ("param groups", len(r.param_groups))]
     lines = [key_values(pairs, width)]
     if r.param_groups:
         lines.append(_hyper_parameter_table(r.param_groups, width))
