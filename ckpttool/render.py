@@ -135,8 +135,9 @@ def shorten(text: str, width: int, middle: bool = False) -> str:
         return ELLIPSIS[:width]
     if not middle:
         return text[: width - 1] + ELLIPSIS
-    tail = width // 2  # the leaf name is the more telling end
-    return text[: width - 1 - tail] + ELLIPSIS + text[len(text) - tail :]
+    head = min(len(text.split(".", 1)[0]), width // 3) if "." in text else (width - 1) // 2
+    tail = width - 1 - head
+    return text[:head] + ELLIPSIS + text[len(text) - tail :]
 
 
 def wrap_list(items: Sequence[str], width: int | None, sep: str = ", ") -> list[str]:
@@ -169,7 +170,9 @@ def fit_table(
     body = [[_cell(c) for c in row] for row in rows]
     if width is None or not body:
         return to_table(headers, body, align, indented)
-    widths = [max(len(str(h)), *(len(r[i]) for r in body)) for i, h in enumerate(headers)]
+    # tabulate pads every header by 2 (its MIN_PADDING): a column is never narrower than that.
+    floors = [len(str(h)) + 2 for h in headers]
+    widths = [max(floors[i], *(len(r[i]) for r in body)) for i in range(len(headers))]
     excess = sum(widths) + 2 * (len(widths) - 1) - width
     limits = _shrunk(widths, [len(str(headers[i])) for i in range(len(headers))], shrink, excess)
     cut_cells = 0
@@ -386,7 +389,8 @@ def _count_lines(counts: Counts, roles: str, shown: list[TensorRow], filtered: b
     total = f"{human_count(counts.total.numel)} elements in {plural(counts.total.tensors, 'tensor')}"
     lines.append(("total", f"{total}, {human_size(counts.total.nbytes)}" + (" (filtered)" if filtered else "")))
     if counts.tied:
-        lines.append(("tied", f"{plural(counts.tied, 'key')} view tensors already counted under another key"))
+        verb = "shares" if counts.tied == 1 else "share"
+        lines.append(("tied", f"{plural(counts.tied, 'key')} {verb} a tensor with an earlier key, counted once"))
     dtypes = [f"{d} {human_count(c.numel)} ({human_size(c.nbytes)})" for d, c in counts.dtypes.items()]
     lines.append(("dtypes", dtypes))
     lines.append(("devices", [f"{d} ({n})" if len(devices) > 1 else d for d, n in devices.items()]))
