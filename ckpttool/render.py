@@ -127,8 +127,9 @@ def cut(text: str, width: int | None) -> str:
 
 
 def shorten(text: str, width: int, middle: bool = False) -> str:
-    """`text` cut to `width` with `…`, at the end or (for dotted keys) in the middle,
-    which keeps the leaf name (`layers.1…q_proj.weight`)."""
+    """`text` cut to `width` with `…`, at the end or (for dotted keys) after the first
+    part, which keeps where it starts and as much of the leaf as fits
+    (`layer1…bn1.running_mean`, `model…self_attn.q_proj.weight`)."""
     if len(text) <= width:
         return text
     if width <= 1:
@@ -174,7 +175,7 @@ def fit_table(
     floors = [len(str(h)) + 2 for h in headers]
     widths = [max(floors[i], *(len(r[i]) for r in body)) for i in range(len(headers))]
     excess = sum(widths) + 2 * (len(widths) - 1) - width
-    limits = _shrunk(widths, [len(str(headers[i])) for i in range(len(headers))], shrink, excess)
+    limits = _shrunk(widths, floors, shrink, excess)
     cut_cells = 0
     for row in body:
         for i, limit in limits.items():
