@@ -41,7 +41,8 @@ from ckpttool.reference.compare import (
 )
 from ckpttool.reference.data import ReferenceData, load_dataset
 from ckpttool.reference.derived import AS_SAVED, DERIVATIONS, Derivation, make_derived
-from ckpttool.reference.fixtures import probe_input_sha256, sha256_of, train_config_of
+from ckpttool.reference.fingerprint import Fingerprint, machine_fingerprint
+from ckpttool.reference.fixtures import probe_images_sha256, probe_input_sha256, sha256_of, train_config_of
 from ckpttool.reference.manifest import FileRecord, Manifest, read_manifest
 from ckpttool.reference.models import ModelSpec, get_model_spec
 from ckpttool.reference.resume import ResumeProof, prove_resume
@@ -81,6 +82,8 @@ class CheckReport:
     metrics_mode: Mode
     logits_mode: Mode
     tolerance: Tolerance
+    # This machine's, for the evaluation device (see `fingerprint`).
+    fingerprint: Fingerprint
     results: list[CheckResult] = field(default_factory=list)
     resume: ResumeProof | None = None
     seconds: float = 0.0
@@ -100,11 +103,14 @@ def check_fixtures(
     data_root: Path | None = None,
     resume_epochs: int = DEFAULT_RESUME_EPOCHS,
     tolerance: Tolerance = DEFAULT_TOLERANCE,
+    exact: bool = False,
 ) -> CheckReport:
     """Check every fixture of `directory` against its manifest; see the module doc.
 
     `device` evaluates the reloaded models (`auto`: CUDA when present); the resume
-    proof always trains on the CPU, where it is bit-exact. `resume_epochs` 0 skips it.
+    proof always trains on the CPU, where two runs in one process are bit-exact.
+    `resume_epochs` 0 skips it. `exact` demands bit-exact numbers even where this
+    machine's fingerprint differs from the recorded one (see `compare`).
     """
     started = time.perf_counter()
     if resume_epochs == 1:
@@ -112,7 +118,7 @@ def check_fixtures(
     directory = Path(directory)
     manifest = read_manifest(directory)
     data = load_dataset(manifest.dataset.name, data_root)
-    checker = FixtureChecker(manifest, data, torch.device(resolve_device(device)), tolerance)
+    checker = FixtureChecker(manifest, data, torch.device(resolve_device(device)), tolerance, exact)
     report = checker.new_report(directory)
     report.results += checker.check_dataset()
     if not manifest.files:
@@ -135,6 +141,7 @@ class FixtureChecker:
     data: ReferenceData
     device: torch.device
     tolerance: Tolerance = DEFAULT_TOLERANCE
+    exact: bool = False
     spec: ModelSpec = field(init=False)
     metrics_mode: Mode = field(init=False)
     logits_mode: Mode = field(init=False)
@@ -143,9 +150,9 @@ class FixtureChecker:
 
     def __post_init__(self) -> None:
         self.spec = get_model_spec(self.manifest.model.name)
-        evaluation, recorded_torch = self.manifest.evaluation, self.manifest.torch_version
-        self.metrics_mode = comparison_mode(evaluation.metrics_device, recorded_torch, self.device)
-        self.logits_mode = comparison_mode(evaluation.probe_device, recorded_torch, self.device)
+        evaluation = self.manifest.evaluation
+        self.metrics_mode = comparison_mode(evaluation.metrics_fingerprint, self.device, self.exact)
+        self.logits_mode = comparison_mode(evaluation.probe_fingerprint, self.device, self.exact)
 
     def new_report(self, directory: Path) -> CheckReport:
         return CheckReport(
@@ -155,6 +162,7 @@ class FixtureChecker:
             self.metrics_mode,
             self.logits_mode,
             self.tolerance,
+            machine_fingerprint(self.device),
         )
 
     def check_dataset(self) -> list[CheckResult]:
@@ -166,14 +174,25 @@ class FixtureChecker:
             sizes == (recorded.train_size, recorded.test_size),
             f"{sizes[0]} train / {sizes[1]} test; the manifest has {recorded.train_size} / {recorded.test_size}",
         )
-        inputs, labels = data.probe_batch(self.spec.input_shape)
-        probe = self.manifest.probe
-        same_probe = probe_input_sha256(inputs) == probe.input_sha256 and (
-            [int(label) for label in labels] == probe.labels
-        )
-        detail = "same images and labels" if same_probe else "the probe batch differs from the manifest's"
-        checks = [size_check, Comparison("probe-input", same_probe, detail)]
+        checks = [size_check, self.check_probe()]
         return [CheckResult(None, "", f"dataset-{c.check}", c.ok, c.detail) for c in checks]
+
+    def check_probe(self) -> Comparison:
+        """Same probe images and labels; the same float32 model input, bit for bit,
+        where the CPU fingerprints agree (resizing and normalising round per kernel;
+        elsewhere the logits' tolerance covers it)."""
+        inputs, labels = self.data.probe_batch(self.spec.input_shape)
+        probe = self.manifest.probe
+        same = [int(label) for label in labels] == probe.labels
+        if probe.images_sha256 is not None:
+            same = same and probe_images_sha256(self.data, probe.size) == probe.images_sha256
+        input_exact = comparison_mode(self.manifest.evaluation.probe_fingerprint, torch.device("cpu"), self.exact).exact
+        if input_exact:
+            same = same and probe_input_sha256(inputs) == probe.input_sha256
+        if not same:
+            return Comparison("probe-input", False, "the probe batch differs from the manifest's")
+        compared = "same images, labels and model input" if input_exact else "same images and labels"
+        return Comparison("probe-input", True, compared)
 
     def check_file(self, directory: Path, record: FileRecord, scratch: Path) -> list[CheckResult]:
         """The fixture as saved, then each file ckpttool makes from it."""

@@ -38,6 +38,13 @@ def check_json(report: CheckReport) -> str:
             "logits": asdict(report.logits_mode),
         },
         "tolerance": asdict(report.tolerance),
+        "fingerprint": {
+            "recorded": {
+                "metrics": report.manifest.evaluation.metrics_fingerprint,
+                "logits": report.manifest.evaluation.probe_fingerprint,
+            },
+            "here": report.fingerprint,
+        },
         "checks": [asdict(result) for result in report.results],
         "failures": [asdict(result) for result in report.failures],
         "resume": _resume_json(report),

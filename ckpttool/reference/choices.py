@@ -27,3 +27,8 @@ STYLE_NAMES: tuple[str, ...] = (
     "general-checkpoint",
     "safetensors",
 )
+
+# The tolerance of recomputed logits and losses where the machine fingerprints
+# differ; the measurements behind it are in `reference.compare`.
+DEFAULT_ATOL = 1e-4
+DEFAULT_RTOL = 1e-4

@@ -18,6 +18,8 @@ import click
 from ckpttool.cli.common import output_options
 from ckpttool.reference.choices import (
     DATASET_NAMES,
+    DEFAULT_ATOL,
+    DEFAULT_RTOL,
     DEVICE_CHOICES,
     MODEL_NAMES,
     OPTIMIZER_NAMES,
@@ -195,6 +197,25 @@ def _config(
     show_default=True,
     help="Length of the resume proof's training run (on CPU); 0 skips the proof.",
 )
+@click.option(
+    "--exact",
+    is_flag=True,
+    help="Demand bit-exact numbers even where this machine's fingerprint differs from the recorded one.",
+)
+@click.option(
+    "--atol",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_ATOL,
+    show_default=True,
+    help="Absolute tolerance for logits and losses where the fingerprints differ.",
+)
+@click.option(
+    "--rtol",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_RTOL,
+    show_default=True,
+    help="Relative tolerance for logits and losses where the fingerprints differ.",
+)
 @output_options(("table", "json"))
 @click.pass_context
 def check_command(
@@ -203,6 +224,9 @@ def check_command(
     device: str,
     data_root: Path | None,
     resume_epochs: int,
+    exact: bool,
+    atol: float,
+    rtol: float,
     fmt: str,
 ) -> None:
     """Reload every fixture in DIRECTORY through ckpttool and compare with its manifest.
@@ -212,11 +236,13 @@ def check_command(
     storage locations ckpttool reads; its weights, read without running code from it
     and loaded strictly into a fresh model, must give the recorded accuracy and loss
     on both splits and the probe logits. So must the files that convert (safetensors,
-    pth) and remap --device cpu make from it. Bit-exact when checked on the device
-    type and torch version that recorded the numbers; otherwise logits and losses
-    within atol 1e-4 + rtol 1e-4 and accuracy within one example. Then the resume
-    proof: train, save {'model','optimizer'}, read it back through ckpttool, train
-    on; the weights must equal a straight run, bit for bit (on CPU).
+    pth) and remap --device cpu make from it. Bit-exact where this machine's
+    fingerprint (torch build, device, CPU capability and model, oneDNN, BLAS, the
+    variables that steer them) equals the one the manifest recorded; otherwise
+    logits and losses within --atol + --rtol and accuracy within one example. The
+    report says which and why. Then the resume proof: train, save
+    {'model','optimizer'}, read it back through ckpttool, train on; the weights
+    must equal a straight run, bit for bit (on CPU, in this process).
 
     Exit 0 when every check holds, 1 when one fails (each failure is listed with its
     file), 2 when the folder or its manifest cannot be read.
@@ -224,7 +250,9 @@ def check_command(
     from ckpttool.errors import EXIT_FINDINGS, EXIT_OK
     from ckpttool.reference.check import check_fixtures
     from ckpttool.reference.checkreport import check_json, check_table
+    from ckpttool.reference.compare import Tolerance
 
-    report = check_fixtures(directory, device, data_root, resume_epochs)
+    tolerance = Tolerance(atol=atol, rtol=rtol)
+    report = check_fixtures(directory, device, data_root, resume_epochs, tolerance, exact)
     click.echo(check_json(report) if fmt == "json" else check_table(report))
     ctx.exit(EXIT_OK if report.ok else EXIT_FINDINGS)

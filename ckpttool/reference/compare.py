@@ -1,21 +1,28 @@
 """Comparing what a reloaded fixture does with what its manifest recorded.
 
-Numbers recomputed on the device and torch version that recorded them must be
-reproduced bit for bit: evaluation there is deterministic, so any difference means
-the weights differ. Recomputed elsewhere (a CUDA check of CPU-recorded numbers, or
-another torch release whose kernels sum in another order) they must agree within
-`Tolerance`:
+Numbers recomputed on a machine whose fingerprint (`fingerprint.machine_fingerprint`:
+torch build, device, CPU capability, instruction-set extensions and model, oneDNN,
+BLAS, the environment variables that steer them) equals the recorded one must be
+reproduced bit for bit: evaluation there runs the same kernels in the same order,
+so any difference means the weights differ. Recomputed anywhere else (another CPU,
+`ATEN_CPU_CAPABILITY=default`, a CUDA check of CPU-recorded numbers, another torch
+release) they must agree within `Tolerance`:
 
 - logits and losses: |actual - expected| <= atol + rtol * |expected|, with
   atol = rtol = 1e-4. Kernels that add the same float32 products in another order
   move the reference models' logits (of size up to ~20) by a few 1e-6: measured on
-  the digits models, oneDNN off against on up to 3.8e-6, two threads against one up
-  to 2.9e-6, float32 against float64 up to 6.3e-6. A GPU kept off TF32 (see
-  `train.reproducible`) is of that order too. The tolerance leaves a margin of more
-  than ten over that, while any real change to the weights (a flipped exponent bit,
-  another epoch's file) moves the logits far more.
+  the committed digits fixtures, ATen's default kernels against AVX-512 up to
+  3.8e-6, oneDNN and MKL limited to AVX2 against AVX-512 of that order, oneDNN off
+  against on up to 3.8e-6, two threads against one up to 2.9e-6, float32 against
+  float64 up to 6.3e-6. A GPU kept off TF32 (see `train.reproducible`) is of that
+  order too. The tolerance leaves a margin of more than ten over that, while any
+  real change to the weights (a flipped exponent bit, another epoch's file) moves
+  the logits far more.
 - accuracy: at most one example may change its prediction, since a logit that moves
   within the tolerance can flip the argmax of a near tie.
+
+`--exact` demands bit-exactness anyway, and the report says when the fingerprints
+differ; `--atol`/`--rtol` replace the tolerance.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ckpttool.reference.choices import DEFAULT_ATOL, DEFAULT_RTOL
+from ckpttool.reference.fingerprint import Fingerprint, differences, machine_fingerprint
 from ckpttool.reference.manifest import Metrics
 from ckpttool.reference.resume import same_bits
 from ckpttool.reference.train import Evaluation
@@ -34,8 +43,8 @@ from ckpttool.reference.train import Evaluation
 class Tolerance:
     """How far a number may move when it is recomputed on another device or torch."""
 
-    atol: float = 1e-4
-    rtol: float = 1e-4
+    atol: float = DEFAULT_ATOL
+    rtol: float = DEFAULT_RTOL
     # Predictions that may change: a near tie can flip within the logits' tolerance.
     accuracy_examples: int = 1
 
@@ -60,14 +69,20 @@ class Comparison:
     detail: str
 
 
-def comparison_mode(recorded_device: str, recorded_torch: str, device: torch.device) -> Mode:
-    """Exact on the device type and torch version that recorded; tolerant otherwise."""
-    recorded = torch.device(recorded_device).type
-    if recorded != device.type:
-        return Mode(False, f"recorded on {recorded}, checked on {device.type}")
-    if recorded_torch != torch.__version__:
-        return Mode(False, f"recorded with torch {recorded_torch}, checked with torch {torch.__version__}")
-    return Mode(True, f"recorded and checked on {recorded} with torch {torch.__version__}")
+def comparison_mode(recorded: Fingerprint | None, device: torch.device, demand_exact: bool = False) -> Mode:
+    """Exact where this machine's fingerprint equals the recorded one (or when
+    `demand_exact`); tolerant otherwise. The reason says which and why."""
+    if recorded is None:
+        why = "the manifest records no machine fingerprint"
+    else:
+        changed = differences(recorded, machine_fingerprint(device))
+        if not changed:
+            return Mode(True, "this machine's fingerprint equals the recorded one")
+        more = f"; {len(changed) - 3} more" if len(changed) > 3 else ""
+        why = "fingerprint differs: " + "; ".join(changed[:3]) + more
+    if demand_exact:
+        return Mode(True, f"--exact, although {why}")
+    return Mode(False, why)
 
 
 def compare_metrics(
@@ -96,10 +111,11 @@ def _compare_accuracy(
 
 
 def _compare_number(check: str, expected: float, actual: float, mode: Mode, tolerance: Tolerance) -> Comparison:
+    difference = abs(actual - expected)
     if mode.exact:
         ok = actual == expected or (math.isnan(actual) and math.isnan(expected))
-        return Comparison(check, ok, f"{actual:.6g}" if ok else f"expected {expected!r}, got {actual!r}")
-    difference = abs(actual - expected)
+        detail = f"expected {expected!r}, got {actual!r} (differs by {difference:.3g})"
+        return Comparison(check, ok, f"{actual:.6g}" if ok else detail)
     ok = difference <= tolerance.atol + tolerance.rtol * abs(expected)
     return Comparison(check, ok, f"expected {expected:.6g}, got {actual:.6g} (differs by {difference:.2g})")
 

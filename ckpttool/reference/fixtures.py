@@ -11,6 +11,7 @@ import torch
 
 from ckpttool.reference.choices import STYLE_NAMES
 from ckpttool.reference.data import ReferenceData
+from ckpttool.reference.fingerprint import machine_fingerprint
 from ckpttool.reference.manifest import (
     DatasetRecord,
     EvaluationRecord,
@@ -184,7 +185,12 @@ def build_manifest(run: TrainingRun, files: list[FileRecord], located_as: str | 
         torch_version=torch.__version__,
         # `take_snapshot` evaluates where the run trains; probe logits are always
         # computed on the CPU (`TrainingRun.probe_logits`).
-        evaluation=EvaluationRecord(metrics_device=run.config.device, probe_device="cpu"),
+        evaluation=EvaluationRecord(
+            metrics_device=run.config.device,
+            probe_device="cpu",
+            metrics_fingerprint=machine_fingerprint(torch.device(run.config.device)),
+            probe_fingerprint=machine_fingerprint(torch.device("cpu")),
+        ),
     )
 
 
@@ -228,10 +234,12 @@ def training_record(run: TrainingRun, located_as: str | None = None) -> Training
 
 def probe_record(run: TrainingRun) -> ProbeRecord:
     inputs, labels = run.data.probe_batch(run.spec.input_shape)
+    size = int(labels.shape[0])
     return ProbeRecord(
-        size=int(labels.shape[0]),
+        size=size,
         labels=[int(label) for label in labels],
         input_sha256=probe_input_sha256(inputs),
+        images_sha256=probe_images_sha256(run.data, size),
     )
 
 
@@ -239,3 +247,11 @@ def probe_input_sha256(inputs: torch.Tensor) -> str:
     """Fingerprint of the probe input, to tell a changed preprocessing from a bad file."""
     array = inputs.detach().cpu().contiguous().numpy().astype("<f4")
     return hashlib.sha256(array.tobytes()).hexdigest()
+
+
+def probe_images_sha256(data: ReferenceData, size: int) -> str:
+    """Fingerprint of the probe's uint8 pixels: the same bytes on every machine."""
+    images = data.test.images[:size].contiguous()
+    digest = hashlib.sha256(f"{tuple(images.shape)}|".encode())
+    digest.update(images.numpy().tobytes())
+    return digest.hexdigest()

@@ -5,8 +5,9 @@ storage locations written into it, the epoch it was saved at, the model's accura
 and loss on both splits at that point, and the logits of the fixed probe batch.
 Logits are stored exactly, as the hex of their little-endian float32 bytes, beside a
 readable list of the same numbers. `evaluation` says on which device the accuracy,
-loss and logits were computed: a check on that device (and torch version) must
-reproduce them bit for bit, a check elsewhere within a tolerance.
+loss and logits were computed, with the fingerprint of what those numbers depend on
+there (`fingerprint`): a check whose fingerprint equals it must reproduce them bit
+for bit, any other check within a tolerance.
 
 This module does not import torch at import time: reading a manifest and printing
 a summary need no tensors. `ProbeLogits.to_tensor` imports it when called.
@@ -25,7 +26,9 @@ from ckpttool.errors import CkptError
 if TYPE_CHECKING:
     import torch
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Version 1 had no fingerprints; its numbers are compared within the tolerance.
+READABLE_SCHEMA_VERSIONS = (1, 2)
 MANIFEST_NAME = "manifest.json"
 KIND = "ckpttool-reference-fixtures"
 
@@ -124,19 +127,26 @@ class TrainingRecord:
 
 @dataclass(frozen=True)
 class EvaluationRecord:
-    """Where the recorded numbers were computed: accuracy and loss, probe logits."""
+    """Where the recorded numbers were computed: accuracy and loss, probe logits, and
+    the machine fingerprint of each (see `fingerprint`; None in version-1 manifests)."""
 
     metrics_device: str
     probe_device: str
+    metrics_fingerprint: dict[str, str] | None = None
+    probe_fingerprint: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
 class ProbeRecord:
-    """The probe batch: the first `size` test images; `input_sha256` of its float32 input."""
+    """The probe batch: the first `size` test images. `images_sha256` of their uint8
+    pixels holds on every machine; `input_sha256` of the float32 model input only
+    where the fingerprints agree (resizing and normalising round per CPU kernel)."""
 
     size: int
     labels: list[int]
     input_sha256: str
+    # None in version-1 manifests.
+    images_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -197,8 +207,8 @@ def read_manifest(path: Path) -> Manifest:
 
 
 def _manifest_from_json(data: dict[str, Any]) -> Manifest:
-    if data.get("kind") != KIND or data.get("schema_version") != SCHEMA_VERSION:
-        raise ValueError(f"expected kind {KIND!r} schema_version {SCHEMA_VERSION}")
+    if data.get("kind") != KIND or data.get("schema_version") not in READABLE_SCHEMA_VERSIONS:
+        raise ValueError(f"expected kind {KIND!r} schema_version {READABLE_SCHEMA_VERSIONS}")
     model = dict(data["model"], input_shape=tuple(data["model"]["input_shape"]))
     training = TrainingRecord(**data["training"])
     return Manifest(

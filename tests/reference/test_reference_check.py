@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
+import subprocess
+import sys
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -16,8 +19,10 @@ from click.testing import Result
 
 from ckpttool.errors import UsageError
 from ckpttool.reference.check import CheckReport, check_fixtures
+from ckpttool.reference.compare import Mode
 from ckpttool.reference.derived import VARIANTS
 from ckpttool.reference.fixtures import FixtureSet
+from ckpttool.reference.manifest import ProbeLogits
 
 Cli = Callable[..., Result]
 
@@ -57,12 +62,26 @@ def test_committed_cnn_set_passes_through_the_cli(cli: Cli, committed: Path) -> 
         "model.safetensors",
     }
     assert report["tolerance"] == {"atol": 1e-4, "rtol": 1e-4, "accuracy_examples": 1}
+    # Bit-exact on the machine that recorded the set, within the tolerance elsewhere.
+    here = report["fingerprint"]["here"]
+    exact = here == report["fingerprint"]["recorded"]["logits"]
+    assert report["comparison"]["logits"]["exact"] is exact
+    assert report["comparison"]["logits"]["reason"].startswith("this machine's" if exact else "fingerprint differs")
 
 
 @pytest.fixture
-def copied(committed: Path, tmp_path: Path) -> Path:
-    """A copy of the committed cnn set to tamper with."""
-    return Path(shutil.copytree(committed / "cnn", tmp_path / "cnn"))
+def copied(cnn_fixtures: FixtureSet, tmp_path: Path) -> Path:
+    """A copy of a set made in this process, to tamper with: its fingerprint is this
+    machine's, so its numbers are checked bit for bit wherever the tests run."""
+    return Path(shutil.copytree(cnn_fixtures.manifest_path.parent, tmp_path / "cnn"))
+
+
+def edit_fingerprints(directory: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    """Apply `edit` to the manifest's evaluation record."""
+    manifest_path = directory / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    edit(manifest["evaluation"])
+    manifest_path.write_text(json.dumps(manifest))
 
 
 def flip_weight_byte(path: Path) -> None:
@@ -127,11 +146,7 @@ def test_an_edited_accuracy_fails_that_file_in_the_table(copied: Path, cli: Cli)
 
 
 def test_one_changed_bit_of_a_recorded_logit_fails(copied: Path) -> None:
-    def last_bit(entry: dict[str, Any]) -> None:
-        digits = entry["probe_logits"]["hex"]
-        entry["probe_logits"]["hex"] = f"{int(digits[0], 16) ^ 1:x}" + digits[1:]
-
-    edit_manifest(copied, "model.safetensors", last_bit)
+    edit_manifest(copied, "model.safetensors", last_logit_bit)
     report = check_fixtures(copied, device="cpu", resume_epochs=0)
     assert failing(report) == {
         ("model.safetensors", variant, "probe-logits") for variant in ("file", "safetensors", "pth")
@@ -140,21 +155,85 @@ def test_one_changed_bit_of_a_recorded_logit_fails(copied: Path) -> None:
     assert detail.startswith("1 of 160 values differ")
 
 
-def test_another_torch_version_is_compared_within_the_tolerance(copied: Path) -> None:
-    manifest_path = copied / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    manifest["torch_version"] = "1.13.1"
-    manifest_path.write_text(json.dumps(manifest))
+def last_logit_bit(entry: dict[str, Any]) -> None:
+    """The last bit of the first recorded logit: within the tolerance when not exact."""
+    digits = entry["probe_logits"]["hex"]
+    entry["probe_logits"]["hex"] = f"{int(digits[0], 16) ^ 1:x}" + digits[1:]
 
-    def nudge(entry: dict[str, Any]) -> None:
-        # The last bit of the first logit: within the tolerance when not exact.
-        digits = entry["probe_logits"]["hex"]
-        entry["probe_logits"]["hex"] = f"{int(digits[0], 16) ^ 1:x}" + digits[1:]
 
-    edit_manifest(copied, "state_dict.pth", nudge)
+def other_capability(evaluation: dict[str, Any]) -> None:
+    for name in ("metrics_fingerprint", "probe_fingerprint"):
+        evaluation[name]["cpu_capability"] = "SVE256"
+
+
+def test_another_fingerprint_is_compared_within_the_tolerance(copied: Path) -> None:
+    edit_fingerprints(copied, other_capability)
+    edit_manifest(copied, "state_dict.pth", last_logit_bit)
     report = check_fixtures(copied, device="cpu", resume_epochs=0)
     assert report.ok, report.failures
-    assert not report.logits_mode.exact and "torch 1.13.1" in report.logits_mode.reason
+    for mode in (report.metrics_mode, report.logits_mode):
+        assert not mode.exact and "cpu_capability: SVE256 -> " in mode.reason
+
+
+def test_a_manifest_without_fingerprints_is_compared_within_the_tolerance(copied: Path) -> None:
+    def forget(evaluation: dict[str, Any]) -> None:
+        del evaluation["metrics_fingerprint"], evaluation["probe_fingerprint"]
+
+    edit_fingerprints(copied, forget)
+    edit_manifest(copied, "state_dict.pth", last_logit_bit)
+    report = check_fixtures(copied, device="cpu", resume_epochs=0)
+    assert report.ok, report.failures
+    assert report.logits_mode == Mode(False, "the manifest records no machine fingerprint")
+
+
+def test_exact_is_demanded_and_says_the_fingerprints_differ(copied: Path, cli: Cli) -> None:
+    edit_fingerprints(copied, other_capability)
+    edit_manifest(copied, "state_dict.pth", last_logit_bit)
+    result = cli("reference", "check", copied, "--resume-epochs", "0", "--exact")
+    assert result.exit_code == 1
+    metrics_line = next(line for line in result.stdout.splitlines() if line.startswith("metrics:"))
+    assert "bit-exact (--exact, although fingerprint differs: cpu_capability: SVE256 -> " in metrics_line
+    failures = {(r["file"], r["check"]) for r in check_json_of(cli, copied, "--exact")["failures"]}
+    assert failures == {("state_dict.pth", "probe-logits")}
+
+
+def test_atol_and_rtol_replace_the_tolerance(copied: Path, cli: Cli) -> None:
+    edit_fingerprints(copied, other_capability)
+
+    def nudge(entry: dict[str, Any]) -> None:
+        # 5e-5 more on every logit: inside atol 1e-4, beyond atol 1e-6.
+        logits = ProbeLogits(tuple(entry["probe_logits"]["shape"]), entry["probe_logits"]["hex"]).to_tensor()
+        entry["probe_logits"]["hex"] = ProbeLogits.from_tensor(logits + 5e-5).hex
+
+    edit_manifest(copied, "model.pth", nudge)
+    assert check_json_of(cli, copied)["ok"] is True
+    report = check_json_of(cli, copied, "--atol", "1e-6", "--rtol", "0")
+    assert report["tolerance"] == {"atol": 1e-6, "rtol": 0.0, "accuracy_examples": 1}
+    assert {(r["file"], r["check"]) for r in report["failures"]} == {("model.pth", "probe-logits")}
+
+
+def check_json_of(cli: Cli, directory: Path, *options: str) -> dict[str, Any]:
+    result = cli("reference", "check", directory, "--resume-epochs", "0", "--format", "json", *options)
+    assert result.exit_code in (0, 1), result.stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("capability", ["default", "avx2"])
+def test_committed_set_passes_on_other_cpu_kernels(committed: Path, capability: str) -> None:
+    """torch forced onto other kernels, as on another CPU: the tolerance holds."""
+    if capability == "avx2" and "avx2" not in Path("/proc/cpuinfo").read_text(errors="replace"):
+        pytest.skip("this CPU has no AVX2 kernels to force")
+    environment = {**os.environ, "ATEN_CPU_CAPABILITY": capability}
+    command = [sys.executable, "-m", "ckpttool", "reference", "check", str(committed / "cnn"), "--resume-epochs", "0"]
+    completed = subprocess.run(command, capture_output=True, text=True, env=environment, check=False)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    lines = completed.stdout.splitlines()
+    for name in ("metrics:", "logits:"):
+        line = next(line for line in lines if line.startswith(name))
+        assert "within atol 0.0001 + rtol 0.0001" in line and "fingerprint differs" in line, line
+        assert f"ATEN_CPU_CAPABILITY={capability}" in line or "cpu_capability" in line, line
 
 
 def test_a_missing_file_is_named(copied: Path) -> None:
@@ -217,6 +296,8 @@ def test_cuda_is_refused_without_a_gpu(cli: Cli, committed: Path) -> None:
 
 
 def test_help_states_the_tolerance_and_exit_codes(cli: Cli) -> None:
-    text = cli("reference", "check", "--help").stdout
-    assert "atol 1e-4 + rtol 1e-4" in text and "Exit 0" in text
-    assert "--resume-epochs" in text and "--device" in text
+    text = " ".join(cli("reference", "check", "--help").stdout.split())
+    assert "fingerprint" in text and "Exit 0" in text
+    assert "--atol FLOAT RANGE Absolute tolerance" in text and "[default: 0.0001;" in text
+    for option in ("--exact", "--rtol", "--resume-epochs", "--device"):
+        assert option in text

@@ -1,9 +1,10 @@
-"""Exact where the numbers were recorded, within the stated tolerance elsewhere; the
-recorded numbers do not depend on the machine's thread count."""
+"""Exact where the machine fingerprint equals the recorded one, within the stated
+tolerance elsewhere; the recorded numbers do not depend on the thread count."""
 
 from __future__ import annotations
 
 import json
+import platform
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from ckpttool.reference.compare import (
     comparison_mode,
 )
 from ckpttool.reference.data import ReferenceData
+from ckpttool.reference.fingerprint import differences, machine_fingerprint
 from ckpttool.reference.manifest import Metrics, read_manifest
 from ckpttool.reference.train import (
     Evaluation,
@@ -30,13 +32,33 @@ EXACT = Mode(True, "same device")
 TOLERANT = Mode(False, "another device")
 
 
-def test_modes_follow_device_type_and_torch_version() -> None:
-    here = torch.__version__
-    assert comparison_mode("cpu", here, torch.device("cpu")).exact
-    assert not comparison_mode("cuda", here, torch.device("cpu")).exact
-    assert comparison_mode("cuda:0", here, torch.device("cuda")).exact
-    other = comparison_mode("cpu", "2.4.0", torch.device("cpu"))
-    assert not other.exact and "torch 2.4.0" in other.reason
+def test_modes_follow_the_machine_fingerprint(monkeypatch: pytest.MonkeyPatch) -> None:
+    here = machine_fingerprint(torch.device("cpu"))
+    assert comparison_mode(here, torch.device("cpu")) == Mode(
+        True, "this machine's fingerprint equals the recorded one"
+    )
+    for field, other in (("torch", "2.4.0"), ("cpu_capability", "SVE256"), ("cpu_model", "another CPU")):
+        mode = comparison_mode({**here, field: other}, torch.device("cpu"))
+        assert not mode.exact and mode.reason.startswith(f"fingerprint differs: {field}: {other} -> "), mode
+        demanded = comparison_mode({**here, field: other}, torch.device("cpu"), demand_exact=True)
+        assert demanded.exact and demanded.reason.startswith("--exact, although fingerprint differs: "), demanded
+    assert not comparison_mode(None, torch.device("cpu")).exact
+    # A CPU recording checked on a GPU is another device type.
+    assert differences(here, {**here, "device": "cuda"}) == ["device: cpu -> cuda"]
+    # Variables that steer the kernel libraries are part of it.
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    mode = comparison_mode(here, torch.device("cpu"))
+    assert not mode.exact and f"environment: {here['environment']} -> " in mode.reason
+    assert "ONEDNN_MAX_CPU_ISA=AVX2" in mode.reason
+
+
+def test_fingerprint_reads_this_machine() -> None:
+    fingerprint = machine_fingerprint(torch.device("cpu"))
+    assert fingerprint["torch"] == torch.__version__
+    assert fingerprint["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert fingerprint["machine"] == platform.machine()
+    assert all(isinstance(value, str) and value for value in fingerprint.values())
+    assert machine_fingerprint(torch.device("cpu")) == fingerprint
 
 
 def test_logits_exact_to_the_last_bit_or_within_atol_and_rtol() -> None:

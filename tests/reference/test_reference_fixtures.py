@@ -18,7 +18,8 @@ from ckpttool.errors import CkptError, UsageError
 from ckpttool.load import load, load_state_dict
 from ckpttool.reference.choices import STYLE_NAMES
 from ckpttool.reference.data import ReferenceData
-from ckpttool.reference.fixtures import FixtureSet, build_fixtures, train_config_of
+from ckpttool.reference.fingerprint import machine_fingerprint
+from ckpttool.reference.fixtures import FixtureSet, build_fixtures, probe_images_sha256, train_config_of
 from ckpttool.reference.manifest import (
     FileRecord,
     ManifestError,
@@ -128,12 +129,16 @@ def test_manifest_round_trips_and_logits_are_exact(cnn_fixtures: FixtureSet) -> 
     directory = cnn_fixtures.manifest_path.parent
     assert read_manifest(cnn_fixtures.manifest_path) == cnn_fixtures.manifest
     raw = json.loads(cnn_fixtures.manifest_path.read_text())
-    assert raw["schema_version"] == 1
+    assert raw["schema_version"] == 2
+    # Where the numbers were computed, and on what kernels (`reference.fingerprint`).
+    here = machine_fingerprint(torch.device("cpu"))
+    assert raw["evaluation"]["metrics_fingerprint"] == raw["evaluation"]["probe_fingerprint"] == here
     entry = raw["files"][0]
     readable = torch.tensor(entry["probe_logits"]["values"], dtype=torch.float32)
     assert torch.equal(readable, read_manifest(directory).files[0].probe_logits.to_tensor())
     assert raw["model"]["args"] == {"in_channels": 1, "num_classes": 10}
     assert raw["probe"]["size"] == 16 and len(raw["probe"]["input_sha256"]) == 64
+    assert raw["probe"]["images_sha256"] == probe_images_sha256(cnn_fixtures.run.data, 16)
 
 
 def test_files_and_manifest_are_reproducible(digits: ReferenceData, tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from click.testing import Result
 from ckpttool.formats import read_checkpoint
 from ckpttool.load import load_state_dict
 from ckpttool.reference.check import check_fixtures
+from ckpttool.reference.compare import DEFAULT_TOLERANCE, compare_logits, comparison_mode
 from ckpttool.reference.data import ReferenceData
 from ckpttool.reference.fixtures import build_fixtures
 from ckpttool.reference.located import host_side_state, saved_as_located, storage_locations
@@ -89,9 +90,12 @@ def test_remap_to_cpu_gives_a_file_torch_loads_with_the_same_logits(
     # ...and ckpttool's reader reads the same weights, from either file.
     model = spec.create()
     model.load_state_dict(load_state_dict(str(target)))
-    for candidate in (restored, model):
-        logits = compute_probe_logits(candidate, digits, spec.input_shape)
-        assert torch.equal(logits, record.probe_logits.to_tensor())
+    logits = [compute_probe_logits(candidate, digits, spec.input_shape) for candidate in (restored, model)]
+    assert torch.equal(logits[0], logits[1])  # the same weights, evaluated twice here
+    # Against the numbers recorded on another machine: bit-exact only where the
+    # fingerprints agree, else within the tolerance (`reference.compare`).
+    mode = comparison_mode(read_manifest(committed / "cnn_cuda0").evaluation.probe_fingerprint, torch.device("cpu"))
+    assert compare_logits(record.probe_logits.to_tensor(), logits[0], mode, DEFAULT_TOLERANCE).ok
     assert all(
         torch.equal(a, b)
         for a, b in zip(load_state_dict(str(source)).values(), restored.state_dict().values(), strict=True)
