@@ -182,6 +182,18 @@ def _check(record: Record, crc: int) -> None:
     record.verified = True
 
 
+def needs_crc_check(record: Record) -> bool:
+    """For readers that see a record's bytes by other means (`tensormap`'s maps): whether
+    they still have to compute its CRC-32 and hand it to `check_crc`."""
+    return _unchecked(record)
+
+
+def check_crc(record: Record, crc: int) -> None:
+    """Refuse the record (IntegrityError) unless `crc`, computed over all of its stored bytes,
+    is the one recorded; remember that it passed."""
+    _check(record, crc)
+
+
 def verify_record(record: Record) -> None:
     """Read a stored record whole, once, and refuse it if it fails its CRC-32 (a compressed
     one is checked as it is inflated, against the size its storage declares)."""
