@@ -681,7 +681,7 @@ def _number(value: Any) -> str:
 # -- diff --------------------------------------------------------------------------------------
 
 
-def diff_output(report: DiffReport, fmt: str) -> str:
+def diff_output(report: DiffReport, fmt: str, width: int | None = None) -> str:
     rows = _diff_rows(report)
     if fmt == "json":
         return to_json(
@@ -689,6 +689,7 @@ def diff_output(report: DiffReport, fmt: str) -> str:
                 "a": report.a,
                 "b": report.b,
                 "identical": report.identical,
+                "values_compared": report.values_compared,
                 "only_in_a": report.only_in_a,
                 "only_in_b": report.only_in_b,
                 "shape_mismatch": report.shape_mismatch,
@@ -697,19 +698,32 @@ def diff_output(report: DiffReport, fmt: str) -> str:
                 "entries_mismatch": report.entries_mismatch,
                 "equal": report.equal,
                 "keys_only": report.keys_only,
+                "ignore_dtype": report.ignore_dtype,
             }
         )
     if fmt == "csv":
-        return to_csv(("key", "difference", "detail"), rows)
-    summary = key_values(
-        [
-            ("a", report.a),
-            ("b", report.b),
+        return to_csv(_DIFF_COLUMNS, rows)
+    summary = key_values(_diff_summary(report), width)
+    return summary + ("\n\n" + fit_table(_DIFF_COLUMNS, rows, width, shrink=(0, 2)) if rows else "")
+
+
+_DIFF_COLUMNS = ("key", "difference", "detail")
+
+
+def _diff_summary(report: DiffReport) -> list[tuple[str, Any]]:
+    pairs: list[tuple[str, Any]] = [("a", report.a), ("b", report.b)]
+    if report.values_compared:
+        pairs += [
             ("result", "IDENTICAL" if report.identical else "DIFFERENT"),
-            ("equal tensors", report.equal),
+            ("equal tensors", grouped(report.equal)),
         ]
-    )
-    return summary + ("\n\n" + to_table(("key", "difference", "detail"), rows) if rows else "")
+    else:
+        result = "DIFFERENT" if report.differs else "keys, shapes and dtypes match"
+        pairs += [("result", f"{result} (values not compared)"), ("matching tensors", grouped(report.equal))]
+    if report.ignore_dtype and report.dtype_mismatch:
+        ignored = plural(len(report.dtype_mismatch), "tensor")
+        pairs.append(("dtypes", f"{ignored} of another dtype, compared by value (--ignore-dtype)"))
+    return pairs
 
 
 def _diff_rows(report: DiffReport) -> list[tuple[str, str, str]]:
@@ -717,13 +731,23 @@ def _diff_rows(report: DiffReport) -> list[tuple[str, str, str]]:
     rows += [(k, "only in a", "") for k in report.only_in_a]
     rows += [(k, "only in b", "") for k in report.only_in_b]
     rows += [(m["key"], "shape", f"{shape_text(m['a'])} vs {shape_text(m['b'])}") for m in report.shape_mismatch]
-    rows += [(m["key"], "dtype", f"{m['a']} vs {m['b']}") for m in report.dtype_mismatch]
-    for m in report.value_mismatch:
-        errors = f"max abs {_number(m['max_abs'])}, max rel {_number(m['max_rel'])}"
-        detail = f"{errors}, {_number(m['mismatched'])} elements differ"
-        rows.append((m["key"], "values", detail))
-    rows += [(m["key"], "entry", f"{compact(m['a'], 30)} vs {compact(m['b'], 30)}") for m in report.entries_mismatch]
+    if not report.ignore_dtype:
+        rows += [(m["key"], "dtype", f"{m['a']} vs {m['b']}") for m in report.dtype_mismatch]
+    rows += [(m["key"], "values", _value_detail(m)) for m in report.value_mismatch]
+    rows += [(m["key"], "entry", f"{_entry(m, 'a')} vs {_entry(m, 'b')}") for m in report.entries_mismatch]
     return rows
+
+
+def _value_detail(m: dict[str, Any]) -> str:
+    if m["mismatched"] is None:
+        return "stored bytes differ (no arithmetic for this dtype)"
+    share = f"differ in {m['mismatched']:,} of {plural(m['numel'], 'element')} ({_percent(m['share'])}%)"
+    errors = f"max abs {_number(m['max_abs'])}, max rel {_number(m['max_rel'])}, rel L2 {_number(m['rel_l2'])}"
+    return f"{share}; {errors}"
+
+
+def _entry(m: dict[str, Any], side: str) -> str:
+    return "(absent)" if m.get("absent") == side else compact(m[side], 30)
 
 
 # -- optimizer ---------------------------------------------------------------------------------
