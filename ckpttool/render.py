@@ -812,7 +812,8 @@ def _hyper_parameter_table(groups: list[dict[str, Any]], width: int | None) -> s
     body = [[name, *(column[row] for column in columns[:shown])] for row, name in enumerate(names)]
     table = fit_table(headers, body, width, shrink=tuple(range(1, shown + 1)))
     if shown < len(columns):
-        table += f"\n({plural(len(columns) - shown, 'more group')} not shown; --format json lists every group)"
+        note = f"({plural(len(columns) - shown, 'more group')} not shown; --format json lists every group)"
+        table += "\n" + (note if width is None or len(note) <= width else note.split(";")[0] + ")")
     return table
 
 

@@ -205,3 +205,36 @@ def test_step_counters_of_a_gpu_run_are_read(cli: Cli) -> None:
     (report,) = cli_json(cli("optimizer", path, "--format", "json"))["optimizers"]
     assert [row["step"] for row in report["state"]] == [float(s["step"]) for s in truth.values()]
     assert all(isinstance(s["step"], torch.Tensor) for s in truth.values())
+
+
+def test_hyper_parameters_are_rows_and_groups_fit_the_width(tmp_path: Path) -> None:
+    """Three param groups that differ in lr: one column each; at 40 columns the groups that
+    do not fit are counted rather than cut."""
+    from click.testing import CliRunner
+
+    from ckpttool.cli import main
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+    groups = [{"params": list(m.parameters()), "lr": lr} for m, lr in zip(model, (0.1, 0.01, 0.001), strict=True)]
+    optimizer = torch.optim.SGD(groups, momentum=0.9)
+    path = tmp_path / "groups.pt"
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, path)
+    truth = optimizer.state_dict()["param_groups"]
+
+    def run(columns: str) -> list[list[str]]:
+        result = CliRunner().invoke(main, ["optimizer", str(path)], env={"COLUMNS": columns})
+        assert (result.exit_code, result.stderr) == (0, "")
+        return blocks(result.stdout)
+
+    head, groups, *_ = run("120")
+    assert key_values(head)["param groups"] == "3"
+    rows = {row["hyper-parameter"]: row for row in table(groups)}
+    assert [rows["lr"][f"group {i}"] for i in range(3)] == [str(g["lr"]) for g in truth]
+    assert [rows["params"][f"group {i}"] for i in range(3)] == [str(len(g["params"])) for g in truth]
+    assert set(rows) == {"params", *(k for k in truth[0] if k != "params")}
+    _, narrow, *_ = run("40")
+    *table_lines, note = narrow
+    assert all(len(line) <= 40 for line in narrow)
+    shown = [c for c in table_lines[0].split() if c.isdigit()]
+    assert 0 < len(shown) < 3
+    assert note == f"({3 - len(shown)} more {'group' if 3 - len(shown) == 1 else 'groups'} not shown)"

@@ -167,6 +167,26 @@ def test_table(cli: Cli, specials_file: Path) -> None:
     assert len(lines) == 2 + len(special_tensors())  # header, rule, one line per tensor
 
 
+def test_table_zeros_are_a_percentage(cli: Cli, tmp_path: Path) -> None:
+    tensors = {
+        "quarter": torch.tensor([0.0, 1.0, 2.0, 3.0]),
+        "none": torch.ones(8),
+        "few": torch.cat([torch.zeros(1), torch.ones(99_999)]),
+        "almost_all": torch.cat([torch.ones(1), torch.zeros(99_999)]),
+    }
+    path = tmp_path / "zeros.pt"
+    torch.save(tensors, path)
+    result = cli("inspect", "--stats", path)
+    assert result.exit_code == 0, result.stderr
+    shares = {line.split()[0]: line.split()[-1] for line in result.stdout.splitlines()[2:]}
+    truth = {key: (t == 0).double().mean().item() * 100 for key, t in tensors.items()}
+    assert shares["quarter"] == f"{truth['quarter']:.2f}" == "25.00"
+    assert shares["none"] == "0.00" and truth["none"] == 0
+    # A share that rounds to 0 or 100 but is not says so.
+    assert 0 < truth["few"] < 0.005 and shares["few"] == "<0.01"
+    assert 99.995 < truth["almost_all"] < 100 and shares["almost_all"] == ">99.99"
+
+
 # -- errors ------------------------------------------------------------------------------------------
 
 
