@@ -93,7 +93,7 @@ class ProgressBar:
             self.bar.close()
 
 
-class CastDtype(click.ParamType):
+class CastDtype(click.ParamType[str]):
     """A floating dtype to cast to, by torch's name or a common alias (fp16, bf16, half, float)."""
 
     name = "dtype"

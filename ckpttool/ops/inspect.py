@@ -246,7 +246,7 @@ def _holds_tensors(value: Any) -> bool:
 def _heavy(node: Any) -> bool:
     if isinstance(node, TensorRef):
         return node.numel != 1
-    return node.is_module
+    return bool(node.is_module)
 
 
 def objects(root: Any) -> list[ObjectRow]:
