@@ -473,38 +473,55 @@ def tree_csv(rows: list[TreeRow], counts: Counts) -> str:
 
 # -- scan -------------------------------------------------------------------------------------
 
+SCAN_SCHEMA_VERSION = 2  # 2: unknown-call, weights_only apart from the verdict, calls, allowed names
+_SCAN_ORDER = {"dangerous": 0, "unknown-call": 1, "needs-allowlist": 2, "safe": 3}
+_WEIGHTS_ONLY_TEXT = {
+    "loads": "loads as is",
+    "loads-after-allowlist": "loads after the add_safe_globals line below",
+    "refused": "refused",
+    "not-applicable": "not applicable",
+}
+
 
 def scan_json(results: list[FileScan]) -> str:
-    return to_json(
-        {
-            "files": [
-                {
-                    "path": r.path,
-                    "format": r.format,
-                    "verdict": r.verdict,
-                    "pickles": r.pickles,
-                    "globals": [
-                        {"module": g.module, "name": g.name, "uses": g.uses, "verdict": g.verdict, "reason": g.reason}
-                        for g in r.globals
-                    ],
-                    "allowlist": r.allowlist,
-                    "imports": r.imports,
-                    "problems": r.problems,
-                    "notes": r.notes,
-                }
-                for r in results
-            ]
-        }
-    )
+    return to_json({"schema_version": SCAN_SCHEMA_VERSION, "files": [_scan_file_json(r) for r in results]})
+
+
+def _scan_file_json(r: FileScan) -> dict[str, Any]:
+    return {
+        "path": r.path,
+        "format": r.format,
+        "verdict": r.verdict,
+        "weights_only": {"result": r.weights_only.result, "reasons": r.weights_only.reasons},
+        "pickles": r.pickles,
+        "globals": [
+            {
+                "module": g.module,
+                "name": g.name,
+                "uses": g.uses,
+                "verdict": g.verdict,
+                "reason": g.reason,
+                "calls": g.calls,
+                "allowed_by": g.allowed_by,
+            }
+            for g in r.globals
+        ],
+        "allowlist": r.allowlist,
+        "imports": r.imports,
+        "problems": r.problems,
+        "allowed": r.allowed,
+        "notes": r.notes,
+    }
 
 
 def scan_csv(results: list[FileScan]) -> str:
     rows = []
     for r in results:
+        head = (r.path, r.format, r.verdict, r.weights_only.result)
         if not r.globals:
-            rows.append((r.path, r.format, r.verdict, "", "", ""))
-        rows.extend((r.path, r.format, r.verdict, g.qualname, " ".join(g.uses), g.verdict) for g in r.globals)
-    return to_csv(("path", "format", "verdict", "global", "uses", "global_verdict"), rows)
+            rows.append((*head, "", "", ""))
+        rows.extend((*head, g.qualname, " ".join(g.uses), g.verdict) for g in r.globals)
+    return to_csv(("path", "format", "verdict", "weights_only", "global", "uses", "global_verdict"), rows)
 
 
 def scan_table(results: list[FileScan]) -> str:
@@ -512,30 +529,70 @@ def scan_table(results: list[FileScan]) -> str:
     if len(results) > 1:
         blocks.append(
             to_table(
-                ("file", "format", "verdict", "pickles"), ((r.path, r.format, r.verdict, r.pickles) for r in results)
+                ("file", "format", "verdict", "weights_only", "pickles"),
+                ((r.path, r.format, r.verdict, r.weights_only.result, r.pickles) for r in results),
             )
         )
     return "\n\n".join(blocks)
 
 
 def _scan_block(r: FileScan) -> str:
-    lines = [
-        key_values([("file", r.path), ("format", r.format), ("pickles", r.pickles), ("verdict", r.verdict.upper())])
-    ]
+    pairs: list[tuple[str, Any]] = [("file", r.path), ("format", r.format), ("pickles", r.pickles)]
+    pairs += [("verdict", r.verdict.upper()), ("weights_only", _WEIGHTS_ONLY_TEXT[r.weights_only.result])]
+    if r.allowed:
+        pairs.append(("allowed", [f"{name} ({source})" for name, source in sorted(r.allowed.items())]))
+    lines = [key_values(pairs)]
+    lines.extend(f"  {reason}" for reason in r.weights_only.reasons)
     if r.globals:
         body = sorted(((g.qualname, ", ".join(g.uses), g.verdict, g.reason) for g in r.globals), key=_verdict_order)
         lines.append(to_table(("global", "uses", "verdict", "why"), body))
+    for g in r.globals:
+        if g.verdict == "unknown-call":
+            lines.extend(f"unknown call: {call}" for call in g.calls)
+            lines.append(f"  to allow it: --allow {g.qualname}, or [tool.ckpttool] allow in pyproject.toml")
     lines.extend(f"problem: {p}" for p in r.problems)
     lines.extend(f"note: {n}" for n in r.notes)
     if r.allowlist:
-        lines.append("to load with torch.load(weights_only=True):")
+        if r.weights_only.result == "loads-after-allowlist":
+            lines.append("to load with torch.load(weights_only=True):")
+        else:
+            lines.append("globals to allowlist (torch.load(weights_only=True) still refuses the file):")
         lines.extend(f"    import {m}" for m in r.imports)
         lines.append(f"    {r.allowlist}")
     return "\n".join(lines)
 
 
 def _verdict_order(row: tuple[str, str, str, str]) -> tuple[int, str]:
-    return ({"dangerous": 0, "needs-allowlist": 1}.get(row[2], 2), row[0])
+    return (_SCAN_ORDER.get(row[2], 4), row[0])
+
+
+def scan_sarif(results: list[FileScan], unreadable: list[tuple[str, str]]) -> str:
+    """One SARIF result per finding: each global that is not safe, each problem, each
+    weights_only refusal, each unreadable file."""
+    from ckpttool import sarif
+
+    findings: list[sarif.Finding] = []
+    for r in results:
+        findings.extend(_scan_findings(r))
+    findings.extend(sarif.Finding("CKPT006", path, message) for path, message in unreadable)
+    return sarif.document(findings)
+
+
+def _scan_findings(r: FileScan) -> list[Any]:
+    from ckpttool.sarif import Finding
+
+    rules = {"dangerous": "CKPT001", "unknown-call": "CKPT003", "needs-allowlist": "CKPT004"}
+    found = []
+    for g in sorted(r.globals, key=lambda g: (_SCAN_ORDER[g.verdict], g.qualname)):
+        if g.verdict in rules:
+            calls = f" Calls: {'; '.join(g.calls)}." if g.calls else ""
+            message = f"{g.qualname} ({', '.join(g.uses)}): {g.verdict}: {g.reason}.{calls}"
+            found.append(Finding(rules[g.verdict], r.path, message, properties={"global": g.qualname}))
+    found.extend(Finding("CKPT002", r.path, p) for p in r.problems)
+    if r.weights_only.result == "refused":
+        reasons = "; ".join(r.weights_only.reasons)
+        found.append(Finding("CKPT005", r.path, f"torch.load(weights_only=True) refuses this file: {reasons}"))
+    return found
 
 
 # -- convert -----------------------------------------------------------------------------------

@@ -1,13 +1,10 @@
 """Security report: every global a file's pickles name, how each is used, a verdict.
 
-Verdicts, per global and per file:
-- `safe`: on torch's `weights_only` allowlist;
-- `needs-allowlist`: other globals used only as classes that are instantiated and
-  given state (a pickled `nn.Module`), or only referenced; allowlisting them with
-  `torch.serialization.add_safe_globals` makes `torch.load(weights_only=True)` work;
-- `dangerous`: a known gadget, a module torch blocks, any other callable the pickle
-  calls, a name computed at load time, an opcode or container use torch refuses, or
-  a scan that stopped at an error or a limit (it fails closed).
+The verdict (`ckpttool.pickle.judge`) answers one question: can loading this file with
+`pickle.load` or `torch.load(weights_only=False)` run something not known to be
+harmless? `safe`, `needs-allowlist`, `unknown-call` or `dangerous`, each with one
+meaning. Apart from it, `weights_only` says what `torch.load(weights_only=True)` does
+with the file (`ckpttool.pickle.weightsonly`): a refusal there is reported, not danger.
 
 Every pickle is scanned: all `.pkl` records of an archive under any root, every
 stacked pickle of the legacy formats, every pickle concatenated in a raw file.
@@ -17,7 +14,8 @@ from __future__ import annotations
 
 import mmap
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from ckpttool.checkpoint import Checkpoint
@@ -49,38 +47,25 @@ from ckpttool.formats.sharded import find_index, load_index, shard_path
 from ckpttool.formats.torchzip import is_torchscript, pickle_names, read_pickle, read_torch_zip
 from ckpttool.formats.ziparchive import is_zip, open_archive
 from ckpttool.pickle import Decoded, decode
-from ckpttool.pickle.allowlist import is_allowed, is_blocked, is_known_dangerous
-from ckpttool.pickle.machine import USE_BUILD, USE_CALL, USE_INSTANTIATE, USE_REFERENCE, TrackedGlobal
+from ckpttool.pickle.judge import DANGEROUS, NEEDS_ALLOWLIST, SAFE, UNKNOWN_CALL, Judgement, Verdict, judge
+from ckpttool.pickle.judge import GlobalJudgement as GlobalReport
+from ckpttool.pickle.weightsonly import WeightsOnly, emulate, not_applicable
 
-SAFE = "safe"
-NEEDS_ALLOWLIST = "needs-allowlist"
-DANGEROUS = "dangerous"
-_RANK = {SAFE: 0, NEEDS_ALLOWLIST: 1, DANGEROUS: 2}
-
-
-@dataclass
-class GlobalReport:
-    module: str
-    name: str
-    uses: list[str]
-    verdict: str
-    reason: str
-
-    @property
-    def qualname(self) -> str:
-        return f"{self.module}.{self.name}"
+__all__ = ["DANGEROUS", "NEEDS_ALLOWLIST", "SAFE", "UNKNOWN_CALL", "FileScan", "GlobalReport", "scan_file"]
 
 
 @dataclass
 class FileScan:
     path: str
     format: str
-    verdict: str
+    verdict: Verdict
     pickles: int
     globals: list[GlobalReport] = field(default_factory=list)
-    allowlist: str | None = None
+    weights_only: WeightsOnly = field(default_factory=lambda: WeightsOnly("loads"))
+    allowlist: str | None = None  # for needs-allowlist and unknown-call files
     imports: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    allowed: dict[str, str] = field(default_factory=dict)  # names this run allowed that the file uses, and where
     notes: list[str] = field(default_factory=list)  # facts that are no finding (a zip with no pickle)
 
 
@@ -97,24 +82,30 @@ class _Collected:
         self.notes.extend(found.notes)
 
 
-def scan_file(path: str) -> FileScan:
-    """Scan one file or sharded folder; raises CkptError only when it is not a checkpoint at all."""
+def scan_file(path: str, allow: Mapping[str, str] | None = None) -> FileScan:
+    """Scan one file or sharded folder; raises CkptError only when it is not a checkpoint at all.
+
+    `allow` maps `module.name` to where the user allowed it (`--allow`, a pyproject.toml):
+    those names count as vetted for this scan.
+    """
     collected = _collect(path)
-    reports = _global_reports(collected.pickles)
-    problems = collected.problems + [p for _, d in collected.pickles for p in _pickle_problems(d)]
-    verdict = max([r.verdict for r in reports] + [SAFE], key=_RANK.__getitem__)
-    if problems:
-        verdict = DANGEROUS
-    allowlist, imports = _allowlist_line(reports) if verdict == NEEDS_ALLOWLIST else (None, [])
+    judgement = judge((d for _, d in collected.pickles), allow)
+    problems = collected.problems + judgement.problems
+    verdict = DANGEROUS if problems else judgement.verdict
+    weights_only = _weights_only(collected, judgement)
+    allowlist = weights_only.allowlist if verdict in (NEEDS_ALLOWLIST, UNKNOWN_CALL) else None
+    allowed = {g.qualname: g.allowed_by for g in judgement.globals if g.allowed_by}
     return FileScan(
         path,
         collected.format,
         verdict,
         len(collected.pickles),
-        reports,
+        judgement.globals,
+        weights_only,
         allowlist,
-        imports,
+        weights_only.imports if allowlist else [],
         problems,
+        allowed,
         notes=collected.notes,
     )
 
@@ -251,49 +242,32 @@ def _collect_sharded(path: str, collected: _Collected) -> None:
         collected.pickles.extend((f"{shard}:{name}", d) for name, d in sub.pickles)
 
 
-# -- judging ------------------------------------------------------------------------------
+# -- what torch.load(weights_only=True) does ------------------------------------------------
+
+_TORCH_LOADS = (ZIP, LEGACY, LEGACY_TAR, "sharded-bin")
+# The pickles torch.load unpickles, by the names the readers give them: a zip's
+# `<root>/data.pkl`, the stacked pickles of a legacy file, the members of a legacy tar.
+# Anything else `_collect` found by content is scanned but never read by torch.load.
+_TORCH_PICKLE = re.compile(
+    r"[^/]+/data\.pkl|magic number|protocol version|sys_info|main pickle|storage keys|pickle"
+    r"|(storages|tensors): (count|header \d+|views)"
+)
 
 
-def _global_reports(pickles: list[tuple[str, Decoded]]) -> list[GlobalReport]:
-    uses: dict[tuple[str, str], set[str]] = {}
-    for _, decoded in pickles:
-        for ref in decoded.globals:
-            seen = ref.uses if isinstance(ref, TrackedGlobal) else set()
-            uses.setdefault((ref.module, ref.name), set()).update(seen)
-    return [_judge(module, name, used) for (module, name), used in uses.items()]
+def _weights_only(collected: _Collected, judgement: Judgement) -> WeightsOnly:
+    fmt = collected.format
+    if fmt in (SAFETENSORS, "sharded-safetensors"):
+        return not_applicable("safetensors: read it with safetensors.torch.load_file, not torch.load")
+    if fmt == TORCHSCRIPT:
+        refusal: str | None = "a TorchScript archive, which torch.load(weights_only=True) refuses"
+    elif fmt not in _TORCH_LOADS:
+        refusal = f"not a file torch.save writes ({fmt}): torch.load reads zip archives and legacy files only"
+    else:
+        refusal = None
+    pickles = [d for name, d in collected.pickles if refusal or _torch_reads(name)]
+    return emulate(pickles, judgement, refusal)
 
 
-def _judge(module: str, name: str, used: set[str]) -> GlobalReport:
-    qualname = f"{module}.{name}"
-    listed = sorted(used - {USE_BUILD}) or [USE_REFERENCE]
-    if is_blocked(module):
-        return GlobalReport(module, name, listed, DANGEROUS, f"module {module} is blocked by torch")
-    if is_allowed(qualname):
-        return GlobalReport(module, name, listed, SAFE, "on torch's weights_only allowlist")
-    if is_known_dangerous(module, qualname):
-        return GlobalReport(module, name, listed, DANGEROUS, "a known code-execution gadget")
-    if USE_CALL in used:
-        return GlobalReport(module, name, listed, DANGEROUS, "called by the pickle and not allowlisted")
-    reason = "instantiated and given state" if USE_INSTANTIATE in used else "referenced"
-    return GlobalReport(module, name, listed, NEEDS_ALLOWLIST, f"{reason}; not on torch's allowlist")
-
-
-def _pickle_problems(decoded: Decoded) -> list[str]:
-    problems = list(decoded.problems)
-    for opcode, offset in decoded.foreign_opcodes.items():
-        problems.append(f"opcode {opcode} (pickle byte {offset}) is refused by torch.load(weights_only=True)")
-    return problems
-
-
-def _allowlist_line(reports: list[GlobalReport]) -> tuple[str, list[str]]:
-    """The add_safe_globals call that lets torch.load(weights_only=True) read the file."""
-    needed = sorted(r.qualname for r in reports if r.verdict == NEEDS_ALLOWLIST)
-    names, imports = [], set()
-    for qualname in needed:
-        module, _, name = qualname.rpartition(".")
-        if module in ("__main__", "builtins"):
-            names.append(name)  # defined (or built in) where torch.load is called
-        else:
-            names.append(qualname)
-            imports.add(module)
-    return f"torch.serialization.add_safe_globals([{', '.join(names)}])", sorted(imports)
+def _torch_reads(name: str) -> bool:
+    base = name.split(":", 1)[1] if ":" in name and not name.startswith(("storages:", "tensors:")) else name
+    return _TORCH_PICKLE.fullmatch(base.removesuffix(" (up to the error)")) is not None

@@ -1,10 +1,13 @@
-"""Which globals a pickle may name, judged by torch's `weights_only` rules.
+"""Which globals a pickle may name: torch's `weights_only` allowlist, and the known gadgets.
 
 `TORCH_ALLOWED` is the set torch 2.14's `_weights_only_unpickler._get_allowed_globals()`
 accepts without help (a test compares it with the installed torch). Anything else
 needs `torch.serialization.add_safe_globals`, except modules torch blocks outright.
-`KNOWN_DANGEROUS` only names the usual gadgets in reports: the verdict comes from
-the allowlist, because a blocklist can never be complete.
+
+The verdict is allowlist-first: a callable that is neither on torch's list nor vetted
+(`ckpttool.pickle.vetted`) is at least an unknown call. `danger_reason` only puts a name
+on the known gadgets — the modules and functions torch blocks and those the public
+scanners' test suites build exploits from — because a blocklist can never be complete.
 """
 
 from __future__ import annotations
@@ -180,31 +183,89 @@ TORCH_ALLOWED: frozenset[str] = frozenset(
 # torch refuses these modules even when a user allowlists something from them.
 BLOCKED_MODULES: frozenset[str] = frozenset({"sys", "os", "posix", "nt"})
 
-KNOWN_DANGEROUS_MODULES: frozenset[str] = frozenset(
-    {
-        "subprocess", "pty", "runpy", "pip", "pydoc", "timeit", "cProfile", "profile",
-        "ctypes", "importlib", "code", "codeop", "marshal", "shutil", "socket", "webbrowser",
-        "urllib", "urllib.request", "http", "requests", "asyncio", "multiprocessing",
-        "cloudpickle", "dill", "pickle", "_pickle", "shelve", "tempfile", "_io", "io",
-        "commands", "popen2", "platform", "bdb", "pdb", "trace", "sqlite3", "zipimport",
-        "cloudpickle.cloudpickle", "joblib",
-    }
-)  # fmt: skip
+# Modules whose every name is a known gadget (a prefix covers its submodules): they run
+# programs or code, load or fetch code or files, or reach the interpreter's internals.
+_DANGEROUS_MODULES: dict[str, str] = {
+    **dict.fromkeys(
+        ("subprocess", "_posixsubprocess", "pty", "commands", "popen2", "multiprocessing", "asyncio",
+         "signal", "_thread", "threading"),
+        "runs programs or threads",
+    ),
+    **dict.fromkeys(
+        ("runpy", "code", "codeop", "pdb", "bdb", "trace", "timeit", "cProfile", "profile", "pydoc", "doctest",
+         "test.support", "unittest.mock",
+         "importlib", "imp", "zipimport", "pkgutil", "marshal", "ctypes", "_ctypes", "site", "ensurepip",
+         "venv", "pip", "setuptools", "distutils", "inspect", "gc", "sysconfig"),
+        "imports, compiles or runs code",
+    ),
+    **dict.fromkeys(
+        ("pickle", "_pickle", "cloudpickle", "dill", "joblib", "shelve", "copyreg._extension_registry"),
+        "unpickles more data (a second, unscanned pickle)",
+    ),
+    **dict.fromkeys(
+        ("io", "_io", "shutil", "tempfile", "glob", "fileinput", "sqlite3", "zipfile",
+         "tarfile", "mmap", "fcntl"),
+        "reads or writes files",
+    ),
+    **dict.fromkeys(
+        ("socket", "_socket", "ssl", "urllib", "http", "ftplib", "smtplib", "telnetlib", "xmlrpc", "imaplib",
+         "poplib", "nntplib",
+         "webbrowser", "requests", "aiohttp", "httpx"),
+        "opens network connections or programs",
+    ),
+    **dict.fromkeys(
+        ("torch.jit", "torch.hub", "torch._inductor", "torch._dynamo", "torch.fx", "torch.package",
+         "torch.utils.collect_env", "torch.utils.cpp_extension", "torch._C._jit", "torch.distributed.rpc",
+         "numpy.testing", "numpy.f2py", "numpy.distutils"),
+        "compiles, loads or runs code",
+    ),
+}  # fmt: skip
 
-KNOWN_DANGEROUS: frozenset[str] = frozenset(
-    {
-        "builtins.eval", "builtins.exec", "builtins.compile", "builtins.getattr",
-        "builtins.setattr", "builtins.delattr", "builtins.__import__", "builtins.open",
-        "builtins.globals", "builtins.locals", "builtins.vars", "builtins.breakpoint",
-        "builtins.input", "builtins.help", "builtins.memoryview", "builtins.type",
-        "builtins.object", "functools.partial", "functools.reduce", "operator.attrgetter",
-        "operator.methodcaller", "operator.itemgetter", "types.CodeType", "types.FunctionType",
-        "types.MethodType", "pkgutil.resolve_name", "pydoc.pipepager", "pydoc.locate",
-        "torch.load", "torch.jit.load", "torch.serialization.load", "torch.utils.collect_env.run",
-        "torch._inductor.codecache.compile_file", "numpy.load", "numpy.testing._private.utils.runstring",
-        "copyreg._reconstructor", "copyreg.__newobj__", "copyreg.__newobj_ex__",
-    }
-)  # fmt: skip
+# Single names that are gadgets in otherwise ordinary modules.
+_DANGEROUS_NAMES: dict[str, str] = {
+    **dict.fromkeys(
+        ("builtins.eval", "builtins.exec", "builtins.compile", "builtins.execfile", "builtins.__import__",
+         "builtins.breakpoint", "builtins.input", "builtins.help", "builtins.exit", "builtins.quit",
+         "builtins.open"),
+        "runs code, reads input or touches files",
+    ),
+    **dict.fromkeys(
+        ("builtins.getattr", "builtins.setattr", "builtins.delattr", "builtins.hasattr", "builtins.globals",
+         "builtins.locals", "builtins.vars", "builtins.dir", "builtins.type", "builtins.super",
+         "builtins.classmethod", "builtins.staticmethod", "builtins.property", "builtins.memoryview",
+         "builtins.apply", "builtins.reload", "builtins.__build_class__"),
+        "reaches attributes, classes or frames: the first step of most gadget chains",
+    ),
+    **dict.fromkeys(
+        ("builtins.map", "builtins.filter", "builtins.iter", "builtins.next"),
+        "calls a callable it is given",
+    ),
+    **dict.fromkeys(
+        ("functools.partial", "functools.reduce", "functools.partialmethod", "functools.cmp_to_key",
+         "operator.attrgetter", "operator.methodcaller", "operator.itemgetter", "operator.getitem",
+         "operator.setitem", "operator.call", "types.CodeType", "types.FunctionType", "types.MethodType",
+         "types.LambdaType", "types.ModuleType", "types.new_class"),
+        "builds callables or code objects",
+    ),
+    **dict.fromkeys(
+        ("torch.load", "torch.serialization.load", "torch.serialization._load", "torch.storage._load_from_bytes",
+         "torch._weights_only_unpickler.load", "torch.ops.load_library", "torch.classes.load_library",
+         "torch._ops.load_library", "numpy.load", "numpy.lib.npyio.load", "numpy.lib._npyio_impl.load",
+         "numpy.fromfile", "numpy.loadtxt", "numpy.genfromtxt", "numpy.memmap"),
+        "loads another file, with pickle or native code",
+    ),
+    "torch.nn.modules.module.Module.register_forward_hook": "installs a callable that runs later",
+    "copyreg.add_extension": "rewires extension codes",
+    "codecs.open": "reads or writes files",
+    "linecache.getline": "reads files",
+    "tensorflow.io.read_file": "reads files",
+    "tensorflow.io.write_file": "writes files",
+    "keras.models.load_model": "loads another model file",
+}  # fmt: skip
+
+
+# Module-level functions whose own name is a dunder: pickle's protocol 0 and 1 helpers.
+_DUNDER_FUNCTIONS = frozenset({"copyreg.__newobj__", "copyreg.__newobj_ex__"})
 
 
 def is_allowed(qualname: str) -> bool:
@@ -215,7 +276,26 @@ def is_blocked(module: str) -> bool:
     return module in BLOCKED_MODULES or module.split(".", 1)[0] in BLOCKED_MODULES
 
 
+def danger_reason(module: str, name: str) -> str | None:
+    """Why `module.name` is a known gadget, or None when it is not a known one."""
+    if is_blocked(module):
+        return f"module {module} runs programs and touches the system; torch blocks it even when allowlisted"
+    qualname = f"{module}.{name}"
+    if qualname not in _DUNDER_FUNCTIONS and any(p.startswith("__") and p.endswith("__") for p in name.split(".")):
+        return "reaches a dunder attribute (an object's internals): only an attack names one"
+    if qualname in _DANGEROUS_NAMES:
+        return _DANGEROUS_NAMES[qualname]
+    for prefix in _prefixes(qualname):
+        if prefix in _DANGEROUS_MODULES:
+            return f"{prefix}: {_DANGEROUS_MODULES[prefix]}"
+    return None
+
+
 def is_known_dangerous(module: str, qualname: str) -> bool:
-    if qualname in KNOWN_DANGEROUS or is_blocked(module):
-        return True
-    return module in KNOWN_DANGEROUS_MODULES or module.split(".", 1)[0] in KNOWN_DANGEROUS_MODULES
+    return danger_reason(module, qualname[len(module) + 1 :]) is not None
+
+
+def _prefixes(qualname: str) -> list[str]:
+    """'a.b.c' -> ['a', 'a.b', 'a.b.c']: a module entry covers its submodules and members."""
+    parts = qualname.split(".")
+    return [".".join(parts[: i + 1]) for i in range(len(parts))]

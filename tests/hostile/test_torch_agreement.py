@@ -1,8 +1,10 @@
-"""Ground truth: `safe` exactly when `torch.load(weights_only=True)` accepts the file.
+"""Ground truth: the scan's `weights_only` answer is what `torch.load(weights_only=True)` does.
 
-And for `needs-allowlist`, the allowlist line the scan prints is what makes torch
-accept it. Every file here is made by this test (torch.save or the builders), and
-the hand-made ones carry no payload, so loading them with torch is harmless.
+`loads` exactly when torch accepts the file as is; `loads-after-allowlist` when it refuses it
+as is and accepts it after the printed `add_safe_globals` line is run as a user would paste
+it; `refused` when it still refuses it after that line. Every file here is made by this test
+(torch.save or the builders), and the hand-made ones carry no payload, so loading them with
+torch is harmless.
 """
 
 from __future__ import annotations
@@ -92,6 +94,18 @@ FILES: dict[str, Saver] = {
     "numpy_array": saved(lambda: {"mean": np.zeros(3)}),
     "sparse_and_quantized": saved(lambda: {"s": torch.ones(3).to_sparse(), "q": quantized(torch.ones(3))}),
     "storages_on_cuda0": written(lambda: checkpoint_zip([float_tensor("w", "0", 2, 3, location="cuda:0")])),
+    "numpy_scalars_and_arrays": saved(
+        lambda: {"best": np.float64(0.5), "step": np.int64(3), "mean": np.arange(3.0), "mask": np.ones(2, bool)}
+    ),
+    "numpy_structured_and_object_arrays": saved(
+        lambda: {"rec": np.zeros(2, dtype=[("a", "f4"), ("b", "i8")]), "names": np.array(["x", "yz"])}
+    ),
+    "empty_defaultdict": saved(lambda: {"counts": collections.defaultdict(int)}),
+    "filled_defaultdict": saved(lambda: {"seen": collections.defaultdict(list, {"a": [1]})}),
+    "range_frozenset_deque": saved(
+        lambda: {"r": range(0, 10, 2), "f": frozenset({1, 2}), "q": collections.deque([1, 2], maxlen=4)}
+    ),
+    "legacy_whole_model": saved(TinyNet, _use_new_zipfile_serialization=False),
 }
 
 
@@ -129,25 +143,51 @@ def run_allowlist_line(line: str, imports: list[str]) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(FILES))
-def test_safe_exactly_when_torch_loads_with_weights_only(checkpoints: dict[str, Path], name: str) -> None:
+def test_weights_only_answer_is_what_torch_does(checkpoints: dict[str, Path], name: str) -> None:
+    path = checkpoints[name]
+    report = scan_file(str(path))
+    said = report.weights_only.result
+    assert (said == "loads") == torch_accepts(path), f"{said}: {report.weights_only.reasons}"
+    if report.allowlist is not None:
+        with allowlist_kept():
+            run_allowlist_line(report.allowlist, report.imports)
+            assert torch_accepts(path) == (said in ("loads", "loads-after-allowlist")), report.weights_only.reasons
+    else:
+        assert said in ("loads", "refused")
+    assert bool(report.weights_only.reasons) == (said == "refused")
+
+
+@pytest.mark.parametrize("name", sorted(FILES))
+def test_the_verdict_and_the_exit_code(checkpoints: dict[str, Path], name: str) -> None:
+    """None of these files calls anything unvetted; only the GHSA-63cw shape is dangerous."""
     path = checkpoints[name]
     verdict = scan_file(str(path)).verdict
-    assert (verdict == "safe") == torch_accepts(path), f"verdict {verdict}"
+    assert verdict in (("dangerous",) if name == "setitems_on_a_non_dict" else ("safe", "needs-allowlist"))
     cli = scan(path)
     assert only_file(cli)["verdict"] == verdict
     assert cli.exit_code == (1 if verdict == "dangerous" else 0)
 
 
-@pytest.mark.parametrize("name", ["whole_pickled_model", "training_checkpoint_with_namespace"])
+@pytest.mark.parametrize(
+    "name", ["whole_pickled_model", "training_checkpoint_with_namespace", "numpy_scalars_and_arrays", "python_slice"]
+)
 def test_the_allowlist_line_makes_torch_load_the_file(checkpoints: dict[str, Path], name: str) -> None:
     path = checkpoints[name]
     report = scan_file(str(path))
-    assert report.verdict == "needs-allowlist"
+    assert (report.verdict, report.weights_only.result) == ("needs-allowlist", "loads-after-allowlist")
     assert report.allowlist is not None and report.allowlist.startswith("torch.serialization.add_safe_globals([")
     assert not torch_accepts(path)
     with allowlist_kept():
         run_allowlist_line(report.allowlist, report.imports)
         assert torch_accepts(path)
+
+
+@pytest.mark.parametrize(("name", "reason"), [("filled_defaultdict", "SETITEM on"), ("legacy_whole_model", "'module'")])
+def test_what_no_allowlist_can_fix_is_named(checkpoints: dict[str, Path], name: str, reason: str) -> None:
+    report = scan_file(str(checkpoints[name]))
+    assert report.verdict == "needs-allowlist"
+    assert report.weights_only.result == "refused"
+    assert any(reason in r for r in report.weights_only.reasons), report.weights_only.reasons
 
 
 def test_needs_allowlist_names_the_model_classes(checkpoints: dict[str, Path]) -> None:

@@ -1,0 +1,216 @@
+"""From decoded pickles to one verdict: how each global is used, and what that may run.
+
+Verdicts, each with one meaning (per global, and per file as the worst of its globals):
+- `safe`: on torch's `weights_only` allowlist;
+- `needs-allowlist`: a class only instantiated and given state, a global only referenced,
+  or a vetted callable (`ckpttool.pickle.vetted`) called with arguments of its vetted form;
+- `unknown-call`: called, and neither vetted nor a known gadget (an installed class
+  called with arguments, an enum member built from its value, a vetted callable given
+  arguments outside its form); `allow` (from `--allow` or pyproject.toml) makes a name
+  count as vetted;
+- `dangerous`: a known gadget (`allowlist.danger_reason`, which `allow` never overrides),
+  or anything the machine flagged as a problem: a name computed at load time, a parser
+  differential, SETITEMS/APPENDS that call a method of a torch or vetted object, a limit
+  or an error of the scan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any, Literal
+
+from ckpttool.pickle.allowlist import danger_reason, is_allowed
+from ckpttool.pickle.objects import NEWOBJ, Call, Global, PersistentRef
+from ckpttool.pickle.state import USE_BUILD, USE_CALL, USE_INSTANTIATE, USE_REFERENCE, Decoded, legacy_module_class
+from ckpttool.pickle.vetted import VETTED, container_kind
+
+Verdict = Literal["safe", "needs-allowlist", "unknown-call", "dangerous"]
+SAFE: Verdict = "safe"
+NEEDS_ALLOWLIST: Verdict = "needs-allowlist"
+UNKNOWN_CALL: Verdict = "unknown-call"
+DANGEROUS: Verdict = "dangerous"
+RANK: dict[str, int] = {SAFE: 0, NEEDS_ALLOWLIST: 1, UNKNOWN_CALL: 2, DANGEROUS: 3}
+MAX_CALLS_SHOWN = 3
+
+
+@dataclass
+class GlobalJudgement:
+    module: str
+    name: str
+    uses: list[str]
+    verdict: Verdict
+    reason: str
+    calls: list[str] = field(default_factory=list)  # how an unknown call is made: "Strategy('steps')"
+    allowed_by: str | None = None  # where the user allowed it (--allow, a pyproject.toml)
+
+    @property
+    def qualname(self) -> str:
+        return f"{self.module}.{self.name}"
+
+
+@dataclass
+class Judgement:
+    verdict: Verdict
+    globals: list[GlobalJudgement]
+    problems: list[str]
+
+
+@dataclass
+class _Tally:
+    uses: set[str] = field(default_factory=set)
+    calls: list[str] = field(default_factory=list)
+    call_count: int = 0
+    misfits: list[str] = field(default_factory=list)
+    passed_by: set[str] = field(default_factory=set)
+
+
+def worst(verdicts: Iterable[Verdict]) -> Verdict:
+    return max(verdicts, key=RANK.__getitem__, default=SAFE)
+
+
+def judge(pickles: Iterable[Decoded], allow: Mapping[str, str] | None = None) -> Judgement:
+    """`allow` maps `module.name` to where the user allowed it."""
+    allow = allow or {}
+    tallies: dict[tuple[str, str], _Tally] = {}
+    problems: list[str] = []
+    for decoded in pickles:
+        problems.extend(decoded.problems)
+        for ref in decoded.globals:
+            _tally(tallies, ref).uses.update(getattr(ref, "uses", ()))
+        for call in decoded.calls:
+            problems.extend(_judge_call(call, tallies, allow))
+    judged = [_global_verdict(module, name, t, allow) for (module, name), t in tallies.items()]
+    verdict = DANGEROUS if problems else worst(g.verdict for g in judged)
+    return Judgement(verdict, judged, problems)
+
+
+def _tally(tallies: dict[tuple[str, str], _Tally], ref: Global) -> _Tally:
+    return tallies.setdefault((ref.module, ref.name), _Tally())
+
+
+def _judge_call(call: Call, tallies: dict[tuple[str, str], _Tally], allow: Mapping[str, str]) -> list[str]:
+    func = legacy_module_class(call.func)
+    if not isinstance(func, Global):
+        return []  # a callable computed inside the pickle: the machine made that a problem
+    tally = _tally(tallies, func)
+    vetted = VETTED.get(func.qualname)
+    if call.kind != NEWOBJ:
+        misfit = vetted.fits(call.args) if vetted else None
+        if vetted is None or (misfit and func.qualname not in allow):
+            tally.call_count += 1
+            if len(tally.calls) < MAX_CALLS_SHOWN:
+                tally.calls.append(render_call(call))
+        if misfit:
+            tally.misfits.append(misfit)
+    if vetted:
+        for value, use in vetted.passes(call.args):
+            target = legacy_module_class(value)
+            passed = _tally(tallies, target)
+            passed.uses.add(use)
+            if use == USE_CALL:
+                passed.passed_by.add(func.qualname)
+    return _container_problems(call, func.qualname)
+
+
+def _container_problems(call: Call, qualname: str) -> list[str]:
+    """SETITEMS/APPENDS on a call's result call its __setitem__/append. On an instance of a
+    class the file names that is state for the class (needs-allowlist); on a torch or vetted
+    object that is not that kind of container it is GHSA-63cw-57p8-fm3p's shape."""
+    known = is_allowed(qualname) or qualname in VETTED
+    if not known:
+        return []
+    kind = container_kind(qualname)
+    problems = []
+    if call.dictitems is not None and kind != "dict":
+        problems.append(
+            f"SETITEM(S) on the result of {qualname}(...) calls its __setitem__, which torch refuses "
+            "(GHSA-63cw-57p8-fm3p)"
+        )
+    if call.items is not None and kind != "list":
+        problems.append(f"APPEND(S) on the result of {qualname}(...) calls its append/extend, which torch refuses")
+    return problems
+
+
+def _global_verdict(module: str, name: str, tally: _Tally, allow: Mapping[str, str]) -> GlobalJudgement:
+    uses = sorted(tally.uses - {USE_BUILD}) or [USE_REFERENCE]
+    allowed_by = allow.get(f"{module}.{name}")
+    verdict, reason = _judged(module, name, tally, allowed_by)
+    calls = []
+    if verdict == UNKNOWN_CALL:
+        more = tally.call_count - len(tally.calls)
+        calls = tally.calls + ([f"... and {more} more"] if more > 0 else [])
+    return GlobalJudgement(module, name, uses, verdict, reason, calls, allowed_by)
+
+
+def _judged(module: str, name: str, tally: _Tally, allowed_by: str | None) -> tuple[Verdict, str]:
+    qualname = f"{module}.{name}"
+    danger = danger_reason(module, name)
+    if danger:
+        if allowed_by:
+            danger += f" (allowed by {allowed_by}, which never overrides a known gadget)"
+        return DANGEROUS, danger
+    if is_allowed(qualname):
+        return SAFE, "on torch's weights_only allowlist"
+    if allowed_by:
+        return NEEDS_ALLOWLIST, f"allowed by {allowed_by}"
+    if tally.misfits:
+        return UNKNOWN_CALL, f"vetted only for other arguments: called with {tally.misfits[0]}"
+    vetted = VETTED.get(qualname)
+    if vetted:
+        return NEEDS_ALLOWLIST, f"vetted: {vetted.why}"
+    if USE_CALL in tally.uses:
+        return UNKNOWN_CALL, _unknown_call_reason(qualname, tally)
+    if USE_INSTANTIATE in tally.uses:
+        return NEEDS_ALLOWLIST, "a class instantiated and given state; not on torch's allowlist"
+    return NEEDS_ALLOWLIST, "referenced only; not on torch's allowlist"
+
+
+def _unknown_call_reason(qualname: str, tally: _Tally) -> str:
+    by = f", as the callable that {', '.join(sorted(tally.passed_by))} calls" if tally.passed_by else ""
+    return f"called by the pickle{by}: neither vetted nor a known gadget; if you trust it, --allow {qualname}"
+
+
+# -- showing a call ------------------------------------------------------------------------------
+
+_ARG_WIDTH = 60
+_CALL_WIDTH = 160
+
+
+def render_call(call: Call) -> str:
+    """`module.name(args)` as the pickle would make the call, cut to a readable width."""
+    func = legacy_module_class(call.func)
+    name = func.qualname if isinstance(func, Global) else "<computed>"
+    text = f"{name}({', '.join(_short(_arg(a, 0)) for a in call.args)})"
+    return text if len(text) <= _CALL_WIDTH else text[: _CALL_WIDTH - 4] + "...)"
+
+
+def _arg(value: Any, depth: int) -> str:
+    value = legacy_module_class(value)
+    if isinstance(value, Global):
+        return value.qualname
+    if isinstance(value, Call):
+        return f"{value.func_name or '<computed>'}(...)"
+    if isinstance(value, PersistentRef):
+        return "<persistent id>"
+    if isinstance(value, (str, bytes, int, float, complex, bool, type(None))):
+        return repr(value)
+    if isinstance(value, (tuple, list, dict, set, frozenset)):
+        return _container(value, depth + 1) if depth < 3 else "..."
+    return f"<{type(value).__name__}>"
+
+
+def _container(value: Any, depth: int) -> str:
+    if isinstance(value, dict):
+        inner = ", ".join(f"{_arg(k, depth)}: {_arg(v, depth)}" for k, v in islice(value.items(), 4))
+        return "{" + inner + (", ..." if len(value) > 4 else "") + "}"
+    items = list(islice(value, 4))
+    inner = ", ".join(_arg(i, depth) for i in items) + (", ..." if len(value) > 4 else "")
+    if isinstance(value, tuple):
+        return f"({inner}{',' if len(value) == 1 else ''})"
+    return f"[{inner}]" if isinstance(value, list) else "{" + inner + "}"
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= _ARG_WIDTH else text[: _ARG_WIDTH - 3] + "..."

@@ -1,0 +1,253 @@
+"""Callables outside torch's allowlist that a pickle may call without running code.
+
+Each entry was read for what calling it does with whatever a pickle can hand it (plain
+data, globals, objects built earlier in the pickle), and says why that runs no code and
+touches nothing outside the process. `fits` holds the call to the argument shapes under
+which that is true: plain data where data is expected, so no method of an object the
+pickle built (`__iter__`, `__int__`, ...) is called by the callee. A call that does not
+fit is an unknown call. `passes` names the arguments the callee itself calls or
+instantiates — defaultdict's default_factory on a missing key, copyreg._reconstructor's
+base, `_reconstruct`'s array subtype — and the verdict judges those as calls or
+instances of their own, so no gadget can be reached through a vetted callable.
+
+Not vetted on purpose: anything that calls a callable it is given at load time
+(`map`, `functools.partial`, ...), and `bytes(n)`/`bytearray(n)` with a count (an
+allocation the file chooses). `len` is not listed: no pickler writes a call to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ckpttool.pickle.objects import Call, Global
+from ckpttool.pickle.state import USE_CALL, USE_INSTANTIATE, legacy_module_class
+
+Args = tuple[Any, ...]
+Passed = list[tuple[Any, str]]  # (argument, how the callee uses it)
+
+# Values a callee can only copy, compare or parse: nothing of theirs is called.
+_PLAIN = (str, bytes, bytearray, int, float, complex, bool, type(None), tuple, list, dict, set, frozenset)
+
+
+def _nothing(args: Args) -> Passed:
+    return []
+
+
+@dataclass(frozen=True)
+class Vetted:
+    why: str
+    fits: Callable[[Args], str | None]  # None when the arguments fit, else what does not
+    passes: Callable[[Args], Passed] = _nothing
+    container: str | None = None  # "dict": SETITEMS may fill the result; "list": APPENDS may
+    result_class: Callable[[Args], str | None] | None = None  # the result's class, when not the callee
+
+
+def describe_argument(value: Any) -> str:
+    value = legacy_module_class(value)
+    if isinstance(value, Global):
+        return f"the global {value.qualname}"
+    if isinstance(value, Call):
+        return f"the result of {value.func_name or 'a computed callable'}(...)"
+    return f"a {type(value).__name__}"
+
+
+# Calls whose result is plain data (each judged as a call of its own): how protocols 0-2
+# write bytes (`_codecs.encode(text, 'latin1')`), sets, frozensets and complex numbers.
+_PLAIN_RESULTS = frozenset(
+    {"_codecs.encode", "builtins.bytes", "builtins.bytearray", "builtins.set", "builtins.frozenset",
+     "builtins.complex", "builtins.str", "builtins.int", "builtins.float", "builtins.tuple", "builtins.list",
+     "builtins.dict"}
+)  # fmt: skip
+
+
+def is_plain(value: Any) -> bool:
+    if isinstance(value, _PLAIN):
+        return True
+    return isinstance(value, Call) and value.func_name in _PLAIN_RESULTS
+
+
+def _plain(max_args: int) -> Callable[[Args], str | None]:
+    def fits(args: Args) -> str | None:
+        if len(args) > max_args:
+            return f"{len(args)} arguments, at most {max_args} expected"
+        for value in args:
+            if not is_plain(value):
+                return f"{describe_argument(value)} where plain data is expected"
+        return None
+
+    return fits
+
+
+def _is_global(value: Any) -> bool:
+    return isinstance(legacy_module_class(value), Global)
+
+
+def _bytes_fits(args: Args) -> str | None:
+    if args and type(args[0]) is int:
+        return "an integer count (bytes(n) allocates n bytes)"
+    return _plain(3)(args)
+
+
+def _defaultdict_fits(args: Args) -> str | None:
+    if len(args) > 2:
+        return f"{len(args)} arguments, at most 2 expected"
+    if args and args[0] is not None and not _is_global(args[0]):
+        return f"default_factory is {describe_argument(args[0])}, not a global"
+    return _plain(1)(args[1:])
+
+
+def _defaultdict_passes(args: Args) -> Passed:
+    return [(args[0], USE_CALL)] if args and _is_global(args[0]) else []
+
+
+def _reconstruct_fits(args: Args) -> str | None:
+    if len(args) != 3 or not _is_global(args[0]):
+        return "expected (array subtype, shape, type code)"
+    return _plain(2)(args[1:])
+
+
+def _first_instantiated(args: Args) -> Passed:
+    return [(args[0], USE_INSTANTIATE)] if args and _is_global(args[0]) else []
+
+
+def _dtype_fits(args: Args) -> str | None:
+    if not 1 <= len(args) <= 3 or type(args[0]) is not str:
+        return "expected (type string, align, copy)"
+    return _plain(2)(args[1:])
+
+
+def _scalar_fits(args: Args) -> str | None:
+    if not 1 <= len(args) <= 2 or not _is_dtype(args[0]):
+        return "expected (numpy.dtype(...), bytes)"
+    return None
+
+
+def _frombuffer_fits(args: Args) -> str | None:
+    if len(args) != 4 or not _is_dtype(args[1]):
+        return "expected (buffer, numpy.dtype(...), shape, order)"
+    return _plain(4)(args[:1] + args[2:])
+
+
+def _is_dtype(value: Any) -> bool:
+    return isinstance(value, Call) and value.func_name == "numpy.dtype"
+
+
+def _reconstructor_fits(args: Args) -> str | None:
+    if len(args) != 3 or not (_is_global(args[0]) and _is_global(args[1])):
+        return "expected (class, base class, state)"
+    return None
+
+
+def _reconstructor_passes(args: Args) -> Passed:
+    """object.__new__(cls) for base object; any other base's __new__ and __init__ run."""
+    passed = _first_instantiated(args)
+    base = legacy_module_class(args[1]) if len(args) > 1 else None
+    if isinstance(base, Global) and base.qualname != "builtins.object":
+        passed.append((base, USE_CALL))
+    return passed
+
+
+def _newobj_fits(args: Args) -> str | None:
+    return None if args and _is_global(args[0]) else "expected a class first"
+
+
+def _newobj_ex_fits(args: Args) -> str | None:
+    if len(args) == 3 and _is_global(args[0]) and type(args[1]) is tuple and type(args[2]) is dict:
+        return None
+    return "expected (class, arguments tuple, keyword dict)"
+
+
+# numpy.dtype(typestr) returns an instance of a numpy.dtypes class (numpy >= 1.25), and
+# torch's BUILD wants that class allowlisted. Type strings as dtype.__reduce__ writes them
+# on Linux and macOS (a test compares them with the installed numpy).
+NUMPY_DTYPE_CLASSES: dict[str, str] = {
+    "b1": "BoolDType", "i1": "Int8DType", "u1": "UInt8DType", "i2": "Int16DType", "u2": "UInt16DType",
+    "i4": "Int32DType", "u4": "UInt32DType", "i8": "Int64DType", "u8": "UInt64DType", "f2": "Float16DType",
+    "f4": "Float32DType", "f8": "Float64DType", "f16": "LongDoubleDType", "c8": "Complex64DType",
+    "c16": "Complex128DType", "c32": "CLongDoubleDType", "O8": "ObjectDType", "M8": "DateTime64DType",
+    "m8": "TimeDelta64DType",
+}  # fmt: skip
+_NUMPY_SIZED_DTYPES = {"U": "StrDType", "S": "BytesDType", "V": "VoidDType"}
+
+
+def numpy_dtype_class(args: Args) -> str | None:
+    code = args[0] if args else None
+    if type(code) is not str:
+        return None
+    name = NUMPY_DTYPE_CLASSES.get(code)
+    if name is None and code[:1] in _NUMPY_SIZED_DTYPES and code[1:].isdigit():
+        name = _NUMPY_SIZED_DTYPES[code[:1]]
+    return f"numpy.dtypes.{name}" if name else None
+
+
+_CONSTRUCTOR = "builds a {} from the plain data it is given; calls nothing of it"
+_RECONSTRUCT = Vetted(
+    "an empty ndarray of the given subtype (judged as instantiated) that BUILD fills from bytes, "
+    "or from a list for object arrays; C code, no callable involved",
+    _reconstruct_fits,
+    _first_instantiated,
+)
+_SCALAR = Vetted(
+    "a numpy scalar from a dtype and its bytes; for an object dtype it hands back the object the pickle already built",
+    _scalar_fits,
+)
+_FROMBUFFER = Vetted(
+    "protocol 5's array: numpy.frombuffer over bytes the pickle holds, reshaped; C code",
+    _frombuffer_fits,
+)
+
+VETTED: dict[str, Vetted] = {
+    "builtins.dict": Vetted(_CONSTRUCTOR.format("dict"), _plain(1), container="dict"),
+    "builtins.list": Vetted(_CONSTRUCTOR.format("list"), _plain(1), container="list"),
+    "builtins.tuple": Vetted(_CONSTRUCTOR.format("tuple"), _plain(1)),
+    "builtins.frozenset": Vetted(_CONSTRUCTOR.format("frozenset"), _plain(1)),
+    "builtins.int": Vetted("parses an integer from a number, string or bytes", _plain(2)),
+    "builtins.float": Vetted("parses a float from a number or string", _plain(1)),
+    "builtins.bool": Vetted("the truth value of plain data", _plain(1)),
+    "builtins.str": Vetted(
+        "text from plain data, or bytes decoded by name (the codec registry imports only modules "
+        "of the encodings package)",
+        _plain(3),
+    ),
+    "builtins.bytes": Vetted("bytes from bytes, or a string and an encoding name", _bytes_fits),
+    "builtins.slice": Vetted("a slice of plain values", _plain(3)),
+    "builtins.range": Vetted("a lazy range of integers: nothing is allocated", _plain(3)),
+    "collections.defaultdict": Vetted(
+        "a dict whose default_factory (judged as a call) runs only when a missing key is read",
+        _defaultdict_fits,
+        _defaultdict_passes,
+        container="dict",
+    ),
+    "collections.deque": Vetted("a double-ended queue of plain data and a maximum length", _plain(2), container="list"),
+    "numpy.core.multiarray._reconstruct": _RECONSTRUCT,
+    "numpy._core.multiarray._reconstruct": _RECONSTRUCT,
+    "numpy.dtype": Vetted(
+        "a dtype parsed from its type string (C code); BUILD then sets byte order and fields",
+        _dtype_fits,
+        result_class=numpy_dtype_class,
+    ),
+    "numpy.core.multiarray.scalar": _SCALAR,
+    "numpy.core.numeric._frombuffer": _FROMBUFFER,
+    "numpy._core.numeric._frombuffer": _FROMBUFFER,
+    "numpy._core.multiarray.scalar": _SCALAR,
+    "copyreg._reconstructor": Vetted(
+        "protocols 0 and 1's object.__new__(cls): cls is judged as instantiated, and a base other "
+        "than object, whose __init__ runs, as called",
+        _reconstructor_fits,
+        _reconstructor_passes,
+    ),
+    "copyreg.__newobj__": Vetted("cls.__new__(cls, *args), as the NEWOBJ opcode", _newobj_fits, _first_instantiated),
+    "copyreg.__newobj_ex__": Vetted(
+        "cls.__new__(cls, *args, **kwargs), as the NEWOBJ_EX opcode", _newobj_ex_fits, _first_instantiated
+    ),
+}
+
+# torch's own allowlisted containers, for judging what SETITEMS and APPENDS do to them.
+TORCH_CONTAINERS: dict[str, str] = {"collections.OrderedDict": "dict", "collections.Counter": "dict"}
+
+
+def container_kind(qualname: str) -> str | None:
+    vetted = VETTED.get(qualname)
+    return vetted.container if vetted else TORCH_CONTAINERS.get(qualname)

@@ -1,0 +1,108 @@
+"""What `torch.load(weights_only=True)` does with a file, worked out without torch.
+
+torch 2.14's weights_only unpickler (`torch/_weights_only_unpickler.py`) accepts a fixed
+set of opcodes; GLOBALs on its allowlist or the user's (`add_safe_globals`), never from
+`sys`/`os`/`posix`/`nt`; NEWOBJ and REDUCE on those only; BUILD only on instances of
+those classes; SETITEMS only on exact dicts, OrderedDicts and Counters; APPENDS only on
+lists; persistent ids of storages only. The answer is one of `loads` (as is),
+`loads-after-allowlist` (after the printed `add_safe_globals` line), `refused` (and why:
+no allowlist helps, or the one it would need names a known gadget) or `not-applicable`
+(a format torch.load does not read, such as safetensors). Refusal is reported; it is
+not danger.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ckpttool.pickle.allowlist import is_allowed, is_blocked
+from ckpttool.pickle.judge import DANGEROUS, Judgement
+from ckpttool.pickle.objects import UNSET, Global
+from ckpttool.pickle.state import Decoded, legacy_module_class
+from ckpttool.pickle.vetted import VETTED
+
+Result = Literal["loads", "loads-after-allowlist", "refused", "not-applicable"]
+MAX_REASONS = 5
+# Old numpy wrote these names; numpy 2 keeps them as aliases of numpy._core, whose objects
+# say `numpy._core...` in __module__, so torch needs the (object, "pickled name") form.
+_ALIASED_PREFIXES = ("numpy.core.",)
+_BYTE = re.compile(r" \(pickle byte \d+\)$")
+
+
+@dataclass
+class WeightsOnly:
+    result: Result
+    reasons: list[str] = field(default_factory=list)
+    allowlist: str | None = None  # the add_safe_globals line, for the names the file needs
+    imports: list[str] = field(default_factory=list)
+
+
+def not_applicable(reason: str) -> WeightsOnly:
+    return WeightsOnly("not-applicable", [reason])
+
+
+def emulate(pickles: Sequence[Decoded], judgement: Judgement, refusal: str | None = None) -> WeightsOnly:
+    """`pickles`: those torch.load would unpickle; `refusal`: why torch.load refuses the
+    file whatever its pickles hold (not a torch.save file, a TorchScript archive)."""
+    needed = needed_globals(pickles)
+    dangerous = {g.qualname for g in judgement.globals if g.verdict == DANGEROUS}
+    reasons = [refusal] if refusal else []
+    for decoded in pickles:
+        reasons.extend(f"opcode {op} (pickle byte {at}) is not supported" for op, at in decoded.foreign_opcodes.items())
+        reasons.extend(decoded.refusals)
+    for module, name in needed:
+        if is_blocked(module):
+            reasons.append(f"GLOBAL {module}.{name}: module {module} is blocked even when allowlisted")
+        elif f"{module}.{name}" in dangerous:
+            reasons.append(f"needs {module}.{name} allowlisted, a known gadget: never allowlist it")
+    line, imports = allowlist_line(needed) if needed and not dangerous else (None, [])
+    if reasons:
+        return WeightsOnly("refused", _summarised(reasons), line, imports)
+    return WeightsOnly("loads-after-allowlist" if needed else "loads", [], line, imports)
+
+
+def needed_globals(pickles: Iterable[Decoded]) -> list[tuple[str, str]]:
+    """Every global off torch's allowlist, and the classes BUILD meets that no global
+    names (numpy.dtype(...) builds a numpy.dtypes class)."""
+    needed: set[tuple[str, str]] = set()
+    for decoded in pickles:
+        needed.update((g.module, g.name) for g in decoded.globals if not is_allowed(g.qualname))
+        for call in decoded.calls:
+            func = legacy_module_class(call.func)
+            vetted = VETTED.get(func.qualname) if isinstance(func, Global) else None
+            made = vetted.result_class(call.args) if vetted and vetted.result_class else None
+            if made and call.state is not UNSET:
+                needed.add(tuple(made.rsplit(".", 1)))  # type: ignore[arg-type]
+    return sorted(needed)
+
+
+def allowlist_line(names: Iterable[tuple[str, str]]) -> tuple[str, list[str]]:
+    """The add_safe_globals call that lets torch.load(weights_only=True) read the file,
+    and the modules to import first."""
+    shown, imports = [], set()
+    for module, name in names:
+        if module in ("__main__", "builtins"):
+            shown.append(name)  # defined (or built in) where torch.load is called
+            continue
+        imports.add(module)
+        qualname = f"{module}.{name}"
+        shown.append(f'({qualname}, "{qualname}")' if qualname.startswith(_ALIASED_PREFIXES) else qualname)
+    return f"torch.serialization.add_safe_globals([{', '.join(shown)}])", sorted(imports)
+
+
+def _summarised(reasons: list[str]) -> list[str]:
+    """One line per kind of refusal (the same message at many offsets counts once)."""
+    seen: dict[str, int] = {}
+    first: list[str] = []
+    for reason in reasons:
+        kind = _BYTE.sub("", reason)
+        if kind not in seen:
+            first.append(reason)
+        seen[kind] = seen.get(kind, 0) + 1
+    shown = first[:MAX_REASONS]
+    if len(first) > MAX_REASONS:
+        shown.append(f"and {len(first) - MAX_REASONS} more")
+    return shown
