@@ -578,6 +578,25 @@ def scan_sarif(results: list[FileScan], unreadable: list[tuple[str, str]]) -> st
     return sarif.document(findings)
 
 
+def check_sarif(reports: list[CheckReport]) -> str:
+    """One SARIF result per check finding: errors under CKPT101, warnings and notes under CKPT102."""
+    from ckpttool import sarif
+
+    levels = {"error": "error", "warning": "warning", "info": "note"}
+    findings = [
+        sarif.Finding(
+            "CKPT101" if f.severity == "error" else "CKPT102",
+            r.path,
+            f"{f.check}: {f.message}" + (f" ({f.key})" if f.key else ""),
+            levels.get(f.severity, "note"),
+            {"check": f.check, **({"key": f.key} if f.key else {})},
+        )
+        for r in reports
+        for f in r.findings
+    ]
+    return sarif.document(findings)
+
+
 def _scan_findings(r: FileScan) -> list[Any]:
     from ckpttool.sarif import Finding
 

@@ -17,7 +17,6 @@ from urllib.parse import quote
 from ckpttool import __version__
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
-INFORMATION_URI = "https://github.com/pytorch/pytorch/blob/main/torch/_weights_only_unpickler.py"
 
 
 @dataclass(frozen=True)
@@ -75,7 +74,6 @@ def document(findings: Iterable[Finding], rule_ids: Iterable[str] | None = None)
                 "name": "ckpttool",
                 "version": __version__,
                 "semanticVersion": __version__,
-                "informationUri": INFORMATION_URI,
                 "rules": [_rule(r) for r in rules],
             }
         },

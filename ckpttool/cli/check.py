@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ckpttool.cli.common import emit, finish, output_options
+from ckpttool.cli.allow import allow_option, resolve_allow
+from ckpttool.cli.common import FORMATS, emit, finish, output_options
 from ckpttool.errors import EXIT_ERROR, UsageError
 
 
@@ -42,10 +43,11 @@ from ckpttool.errors import EXIT_ERROR, UsageError
 @click.option("--cpu-only", is_flag=True, help="Fail when any storage restores to a device other than cpu.")
 @click.option("--root", metavar="PATH", help="Dotted path of the weights inside the file.")
 @click.option("--strict", is_flag=True, help="Warnings fail too (e.g. a file that needs an allowlist).")
-@output_options()
+@allow_option
+@output_options((*FORMATS, "sarif"))
 def check_command(paths: tuple[str, ...], model_spec: str | None, model_args: tuple[str, ...], like: str | None,
                   allow_missing: tuple[str, ...], allow_unexpected: tuple[str, ...], finite: bool, cpu_only: bool,
-                  root: str | None, strict: bool, fmt: str) -> None:  # fmt: skip
+                  root: str | None, strict: bool, allow: tuple[str, ...], fmt: str) -> None:  # fmt: skip
     """The CI check: integrity (every record present and of the right size,
     CRC-32s, zip consistency) and safety (as scan) always; on request the keys,
     shapes and dtypes of a model (--model) or reference (--like), --finite and
@@ -74,9 +76,10 @@ def check_command(paths: tuple[str, ...], model_spec: str | None, model_args: tu
         strict,
         allow_missing=allow_missing,
         allow_unexpected=allow_unexpected,
+        allow=resolve_allow(allow),
     )
     reports = check_paths(paths, options)
-    emit(render.check_output(reports, strict, fmt))
+    emit(render.check_sarif(reports) if fmt == "sarif" else render.check_output(reports, strict, fmt))
     unreadable = [r for r in reports if not r.readable]
     if len(unreadable) == len(reports):
         first = unreadable[0]

@@ -34,7 +34,7 @@ from ckpttool.ops.keys import (
     found_weights,
     suggest_fixes,
 )
-from ckpttool.ops.scan import DANGEROUS, NEEDS_ALLOWLIST, scan_file
+from ckpttool.ops.scan import DANGEROUS, NEEDS_ALLOWLIST, UNKNOWN_CALL, scan_file
 from ckpttool.tensordata import verify_storage
 from ckpttool.weights import Weights, all_tensors, find_weights
 
@@ -62,6 +62,7 @@ class CheckOptions:
     strict: bool = False  # warnings fail too
     allow_missing: tuple[str, ...] = ()
     allow_unexpected: tuple[str, ...] = ()
+    allow: dict[str, str] = field(default_factory=dict)  # globals vetted for this run, and where
 
 
 @dataclass
@@ -137,10 +138,10 @@ def check(path: str, options: CheckOptions, target: Target | None = None) -> Che
     except (CkptError, OSError) as exc:
         report.readable = False
         report.add(READ, ERROR, _message(exc, path))
-        _safety_of_unreadable(path, report)
+        _safety_of_unreadable(path, report, options.allow)
         return report
     _guarded(report, "integrity", lambda: _integrity(checkpoint, report))
-    _guarded(report, "safety", lambda: _safety(path, report))
+    _guarded(report, "safety", lambda: _safety(path, report, options.allow))
     if target is not None:
         report.against = target.noun
         _guarded(report, target.check, lambda: _keys(checkpoint, options, target, report))
@@ -185,23 +186,31 @@ def _integrity(checkpoint: Checkpoint, report: CheckReport) -> None:
             report.add("integrity", ERROR, exc.message, keys[0] if keys else storage.key)
 
 
-def _safety_of_unreadable(path: str, report: CheckReport) -> None:
+def _safety_of_unreadable(path: str, report: CheckReport, allow: dict[str, str]) -> None:
     """No checkpoint reader understands the file, but it may hold pickles (a plain zip of
     model.pkl, an .npy object array): when the scan calls it dangerous, that is the finding
     (exit 1), not an unreadable file."""
     try:
-        _safety(path, report)
+        _safety(path, report, allow)
     except (CkptError, OSError):
         return
     report.readable = any(f.check == "safety" and f.severity == ERROR for f in report.findings)
 
 
-def _safety(path: str, report: CheckReport) -> None:
-    result = scan_file(path)
+def _safety(path: str, report: CheckReport, allow: dict[str, str]) -> None:
+    result = scan_file(path, allow)
     if result.verdict == DANGEROUS:
         reasons = result.problems + [f"{g.qualname}: {g.reason}" for g in result.globals if g.verdict == DANGEROUS]
         report.add("safety", ERROR, "scan calls this file dangerous: " + "; ".join(reasons[:3]))
-    elif result.verdict == NEEDS_ALLOWLIST:
+    for g in result.globals:
+        if g.verdict == UNKNOWN_CALL:
+            calls = "; ".join(g.calls)
+            report.add(
+                "safety",
+                ERROR,
+                f"calls {calls}: neither vetted nor a known gadget; if you trust it, --allow {g.qualname}",
+            )
+    if result.verdict == NEEDS_ALLOWLIST:
         report.add("safety", WARNING, f"torch.load(weights_only=True) needs {result.allowlist}")
 
 
