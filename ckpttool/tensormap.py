@@ -35,6 +35,8 @@ from ckpttool.errors import FormatError
 from ckpttool.tensordata import ByteRange, check_crc, direct_range, needs_crc_check, read_span, verify_record
 
 if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
+
     import numpy as np
 
 BLOCK_BYTES = 4 << 20  # fits a core's cache alongside the widened copies made of it
@@ -123,17 +125,37 @@ def element_blocks(tensor: TensorRef, files: MappedFiles, elements: int | None =
     buffer = files.map(span.path)
     if span.offset + span.size > len(buffer):
         raise FormatError(f"file ends inside a storage record (byte {len(buffer)})", path=span.path)
-    crc, count = 0, tensor.numel
+    crc = _Crc32() if whole_record else None
+    count = tensor.numel
     for first in range(0, count, step):
         n = min(step, count - first)
         block = np.frombuffer(buffer, dtype, n, span.offset + first * dtype.itemsize)
-        if whole_record:
-            crc = zlib.crc32(block.data, crc)
-            if first + n == count:  # the last block waits for the record's check
-                check_crc(span.record, crc)  # type: ignore[arg-type]
+        pending = None if crc is None else _crc_thread().submit(crc.add, block)
+        if pending is not None and first + n == count:  # the last block waits for the record's check
+            pending.result()
+            check_crc(span.record, crc.value)  # type: ignore[arg-type, union-attr]
         yield block
+        if pending is not None:
+            pending.result()  # both are done with these pages
         del block
         files.release(span.path, span.offset + first * dtype.itemsize, span.offset + (first + n) * dtype.itemsize)
+
+
+class _Crc32:
+    def __init__(self) -> None:
+        self.value = 0
+
+    def add(self, block: np.ndarray) -> None:
+        self.value = zlib.crc32(block.data, self.value)
+
+
+@cache
+def _crc_thread() -> ThreadPoolExecutor:
+    """One thread that computes CRC-32s while the caller compares the same block (zlib and
+    numpy both release the GIL): the check costs about as much as the comparison."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(1, thread_name_prefix="ckpttool-crc")
 
 
 def _is_whole_record(span: ByteRange) -> bool:
