@@ -25,8 +25,8 @@ from groundtruth import COMMITTED_DIR
 Cli = Callable[..., Result]
 ERROR_PREFIX = "ckpttool: error: "
 JSON_FIELDS = {
-    "schema_version", "a", "b", "identical", "only_in_a", "only_in_b", "shape_mismatch",
-    "dtype_mismatch", "value_mismatch", "entries_mismatch", "equal", "keys_only",
+    "schema_version", "a", "b", "identical", "values_compared", "only_in_a", "only_in_b", "shape_mismatch",
+    "dtype_mismatch", "value_mismatch", "entries_mismatch", "equal", "keys_only", "ignore_dtype",
 }  # fmt: skip
 CSV_HEADER = ["key", "difference", "detail"]
 PTH = COMMITTED_DIR / "cnn_state_dict.pth"
@@ -101,7 +101,7 @@ def test_identical_json(cli: Cli) -> None:
     assert set(report) == JSON_FIELDS
     assert report["schema_version"] == 1
     assert (report["a"], report["b"], report["identical"], report["equal"]) == (str(PTH), str(SAFETENSORS), True, 6)
-    assert report["keys_only"] is False
+    assert (report["keys_only"], report["values_compared"], report["ignore_dtype"]) == (False, True, False)
 
 
 def test_identical_csv_has_only_the_header(cli: Cli) -> None:
@@ -116,9 +116,9 @@ def test_identical_csv_has_only_the_header(cli: Cli) -> None:
 @pytest.fixture
 def differing(tmp_path: Path) -> tuple[Path, Path]:
     """Two training checkpoints with one difference of every kind."""
-    weights = {"same": torch.arange(4.0), "moved": torch.zeros(3), "cast": torch.ones(2), "shape": torch.ones(2, 3)}
+    weights = {"same": torch.arange(4.0), "moved": MOVED_A, "cast": torch.ones(2), "shape": torch.ones(2, 3)}
     a = {**weights, "gone": torch.ones(1, 2)}
-    b = {**weights, "moved": torch.tensor([0.0, 0.5, 0.0]), "cast": torch.ones(2, dtype=torch.float64),
+    b = {**weights, "moved": MOVED_B, "cast": torch.ones(2, dtype=torch.float64),
          "shape": torch.ones(3, 2), "new": torch.ones(5)}  # fmt: skip
     return (
         save({"epoch": 1, "state_dict": a}, tmp_path / "a.ckpt"),
@@ -126,14 +126,26 @@ def differing(tmp_path: Path) -> tuple[Path, Path]:
     )
 
 
+# One of three values moved by 0.5: |a-b| / |b| = 0.5 / 2.5, ||a-b|| / ||a|| = 0.5 / sqrt(1 + 4 + 16).
+MOVED_A, MOVED_B = torch.tensor([1.0, 2.0, 4.0]), torch.tensor([1.0, 2.5, 4.0])
+MOVED_DETAIL = "differ in 1 of 3 elements (33.33%); max abs 0.5, max rel 0.2, rel L2 0.109109"
 EXPECTED_ROWS = [
     ["gone", "only in a", ""],
     ["new", "only in b", ""],
     ["shape", "shape", "[2, 3] vs [3, 2]"],
     ["cast", "dtype", "float32 vs float64"],
-    ["moved", "values", "max abs 0.5, max rel 1, 1 elements differ"],
+    ["moved", "values", MOVED_DETAIL],
     ["epoch", "entry", "1 vs 2"],
 ]
+
+
+def test_moved_detail_is_what_torch_computes() -> None:
+    """The numbers in MOVED_DETAIL, from torch."""
+    a, b = MOVED_A.double(), MOVED_B.double()
+    error = (a - b).abs()
+    assert int((a != b).sum()) == 1 and f"{100 * (a != b).double().mean().item():.2f}" == "33.33"
+    assert (error.max().item(), (error / b.abs()).max().item()) == (0.5, 0.2)
+    assert f"{(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(a)).item():.6g}" == "0.109109"
 
 
 def test_differences_table(cli: Cli, differing: tuple[Path, Path]) -> None:
@@ -160,7 +172,11 @@ def test_differences_json(cli: Cli, differing: tuple[Path, Path]) -> None:
     assert (report["only_in_a"], report["only_in_b"]) == (["gone"], ["new"])
     assert report["shape_mismatch"] == [{"key": "shape", "a": [2, 3], "b": [3, 2]}]
     assert report["dtype_mismatch"] == [{"key": "cast", "a": "float32", "b": "float64"}]
-    assert report["value_mismatch"] == [{"key": "moved", "max_abs": 0.5, "max_rel": 1.0, "mismatched": 1}]
+    (row,) = report["value_mismatch"]
+    assert row == {
+        "key": "moved", "mismatched": 1, "numel": 3, "share": 1 / 3, "max_abs": 0.5, "max_rel": 0.2,
+        "rel_l2": pytest.approx(0.5 / math.sqrt(21), rel=1e-15),
+    }  # fmt: skip
     assert report["entries_mismatch"] == [{"key": "epoch", "a": 1, "b": 2}]
     assert report["equal"] == 1
 
@@ -181,13 +197,97 @@ def test_equal_nan_option(cli: Cli, tmp_path: Path) -> None:
     assert (result.exit_code, cli_json(result)["identical"]) == (0, True)
 
 
-def test_keys_only_flag_in_every_format(cli: Cli, tmp_path: Path) -> None:
+def test_keys_only_says_values_were_not_compared(cli: Cli, tmp_path: Path) -> None:
+    """Values differ, keys, shapes and dtypes match: exit 0, but never IDENTICAL."""
     a = save({"w": torch.zeros(3)}, tmp_path / "a.pth")
     b = save({"w": torch.ones(3)}, tmp_path / "b.pth")
-    result = cli("diff", a, b, "--keys-only", "--format", "json")
-    assert result.exit_code == 0
-    assert cli_json(result)["keys_only"] is True
-    assert cli("diff", a, b, "--keys-only").exit_code == 0
+    result = cli("diff", a, b, "--keys-only")
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert result.stdout == (
+        f"a:                 {a}\n"
+        f"b:                 {b}\n"
+        "result:            keys, shapes and dtypes match (values not compared)\n"
+        "matching tensors:  1\n"
+    )
+    report = cli_json(cli("diff", a, b, "--keys-only", "--format", "json"))
+    assert (report["keys_only"], report["values_compared"], report["identical"]) == (True, False, None)
+    assert list(csv.reader(io.StringIO(cli("diff", a, b, "--keys-only", "--format", "csv").stdout))) == [CSV_HEADER]
+
+
+def test_keys_only_with_a_difference(cli: Cli, tmp_path: Path) -> None:
+    a = save({"w": torch.zeros(3), "v": torch.zeros(2)}, tmp_path / "a.pth")
+    b = save({"w": torch.ones(3, dtype=torch.float16), "v": torch.ones(2)}, tmp_path / "b.pth")
+    result = cli("diff", a, b, "--keys-only")
+    assert (result.exit_code, result.stderr) == (1, "")
+    assert summary(result.stdout)["result"] == "DIFFERENT (values not compared)"
+    assert summary(result.stdout)["matching tensors"] == "1"
+    assert table_rows(result.stdout) == [["w", "dtype", "float32 vs float16"]]
+    report = cli_json(cli("diff", a, b, "--keys-only", "--format", "json"))
+    assert (report["identical"], report["values_compared"]) == (False, False)
+
+
+# -- --ignore-dtype ---------------------------------------------------------------------------------
+
+
+def test_ignore_dtype_compares_values_across_dtypes(cli: Cli, tmp_path: Path) -> None:
+    """float32 against float64 and bfloat16 copies of exactly representable values."""
+    values = torch.tensor([0.5, -2.0, 3.0])
+    a = save({"w": values, "n": torch.tensor([1, 2], dtype=torch.int32)}, tmp_path / "a.pth")
+    b = save({"w": values.bfloat16(), "n": torch.tensor([1, 2])}, tmp_path / "b.pth")
+    assert torch.equal(values, values.bfloat16().float())
+    result = cli("diff", a, b, "--ignore-dtype")
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert result.stdout == (
+        f"a:              {a}\n"
+        f"b:              {b}\n"
+        "result:         IDENTICAL\n"
+        "equal tensors:  2\n"
+        "dtypes:         2 tensors of another dtype, compared by value (--ignore-dtype)\n"
+    )
+    report = cli_json(cli("diff", a, b, "--ignore-dtype", "--format", "json"))
+    assert (report["identical"], report["ignore_dtype"], report["equal"]) == (True, True, 2)
+    assert [row["key"] for row in report["dtype_mismatch"]] == ["w", "n"]  # still reported, not counted
+    assert cli("diff", a, b).exit_code == 1
+
+
+def test_ignore_dtype_still_reports_values(cli: Cli, tmp_path: Path) -> None:
+    a = save({"w": MOVED_A}, tmp_path / "a.pth")
+    b = save({"w": MOVED_B.double()}, tmp_path / "b.pth")
+    result = cli("diff", a, b, "--ignore-dtype")
+    assert (result.exit_code, result.stderr) == (1, "")
+    assert summary(result.stdout)["result"] == "DIFFERENT"
+    assert table_rows(result.stdout) == [["w", "values", MOVED_DETAIL]]
+
+
+# -- --all: nested entries ----------------------------------------------------------------------------
+
+
+def test_all_lists_each_difference_once(cli: Cli, tmp_path: Path) -> None:
+    """A training checkpoint two epochs apart: the loss (a 0-dim tensor) once as values,
+    the learning rate and a nested config value as entries, a key only one file has."""
+
+    def checkpoint(epoch: int, lr: float, loss: float, extra: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "epoch": epoch,
+            "model": {"w": torch.ones(2)},
+            "optimizer": {"state": {}, "param_groups": [{"lr": lr, "betas": (0.9, 0.999), "params": [0]}]},
+            "loss": torch.tensor(loss),
+            "config": {"data": {"batch": 32, **extra}},
+        }
+
+    a = save(checkpoint(1, 1e-3, 0.5, {"seed": 0}), tmp_path / "a.pt")
+    b = save(checkpoint(2, 1e-4, 0.25, {}), tmp_path / "b.pt")
+    result = cli("diff", a, b, "--all")
+    assert (result.exit_code, result.stderr) == (1, "")
+    assert summary(result.stdout)["equal tensors"] == "1"
+    assert table_rows(result.stdout) == [
+        ["loss", "values", "differ in 1 of 1 element (100.00%); max abs 0.25, max rel 1, rel L2 0.5"],
+        ["epoch", "entry", "1 vs 2"],
+        ["optimizer.param_groups.0.lr", "entry", "0.001 vs 0.0001"],
+        ["config.data.seed", "entry", "0 vs (absent)"],
+    ]
+    report = cli_json(cli("diff", a, b, "--all", "--format", "json"))
+    assert report["entries_mismatch"][-1] == {"key": "config.data.seed", "a": 0, "b": None, "absent": "b"}
 
 
 def test_overflowing_errors_still_give_valid_json(cli: Cli, tmp_path: Path) -> None:
@@ -261,5 +361,6 @@ def test_one_path_is_a_usage_error(cli: Cli) -> None:
 def test_help_lists_every_option(cli: Cli) -> None:
     result = cli("diff", "--help")
     assert result.exit_code == 0
-    for option in ("--atol", "--rtol", "--equal-nan", "--keys-only", "--all", "--root-a", "--root-b", "--format"):
+    options = ("--atol", "--rtol", "--equal-nan", "--ignore-dtype", "--keys-only", "--all", "--root-a", "--root-b")
+    for option in (*options, "--format"):
         assert option in result.stdout

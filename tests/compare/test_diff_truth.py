@@ -9,7 +9,8 @@ wrote, copies with one value moved, NaN-bearing tensors, and float16/bfloat16 ca
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from compare.support import (
     torch_allclose,
     torch_equal,
     value_errors,
+    widened,
 )
 from groundtruth import (
     fixture_path,
@@ -33,10 +35,11 @@ from groundtruth import (
     torch_load_trusted,
     tutorial_models,
 )
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
-import ckpttool.ops.diff as diff_module
+import ckpttool.ops.valuediff as valuediff
 import ckpttool.tensordata as tensordata
+import ckpttool.tensormap as tensormap
 from ckpttool.ops.diff import DiffOptions, Tolerance, diff
 
 Cli = Callable[..., Result]
@@ -61,8 +64,10 @@ def assert_agrees_with_torch(
     a: Mapping[str, torch.Tensor],
     b: Mapping[str, torch.Tensor],
     equal: Callable[[torch.Tensor, torch.Tensor], bool],
+    ignore_dtype: bool = False,
 ) -> None:
-    """Keys, shapes, dtypes and per-tensor equality as torch sees the same two state_dicts."""
+    """Keys, shapes, dtypes and per-tensor equality as torch sees the same two state_dicts
+    (with `ignore_dtype`, dtype differences are listed but do not count)."""
     assert report["only_in_a"] == [k for k in a if k not in b]
     assert report["only_in_b"] == [k for k in b if k not in a]
     common = [k for k in a if k in b]
@@ -73,16 +78,34 @@ def assert_agrees_with_torch(
     assert set(by_key(report["dtype_mismatch"])) == dtypes
     differing = {k for k in same_shape if not equal(a[k], b[k])}
     assert set(by_key(report["value_mismatch"])) == differing
-    assert report["equal"] == len([k for k in same_shape if k not in dtypes and k not in differing])
-    expected_identical = not (report["only_in_a"] or report["only_in_b"] or shapes or dtypes or differing)
+    counted_dtypes = set() if ignore_dtype else dtypes
+    assert report["equal"] == len([k for k in same_shape if k not in counted_dtypes and k not in differing])
+    expected_identical = not (report["only_in_a"] or report["only_in_b"] or shapes or counted_dtypes or differing)
     assert report["identical"] is (expected_identical and not report["entries_mismatch"])
 
 
+def relative_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||a|| over the elements finite in both, in float64 (complex128)."""
+    da, db = widened(a).reshape(-1), widened(b).reshape(-1)
+    finite = torch.isfinite(da) & torch.isfinite(db)
+    diff, norm = torch.linalg.vector_norm(da[finite] - db[finite]), torch.linalg.vector_norm(da[finite])
+    if norm == 0:
+        return 0.0 if diff == 0 else math.inf
+    return float(diff / norm)
+
+
 def assert_errors_match(row: dict[str, Any], a: torch.Tensor, b: torch.Tensor, close: torch.Tensor) -> None:
+    """Every number of a value-mismatch row, as torch computes it for the same tensors."""
     truth = value_errors(a, b, close)
     assert row["max_abs"] == pytest.approx(truth.max_abs, rel=1e-12, abs=0)
     assert row["max_rel"] == pytest.approx(truth.max_rel, rel=1e-12, abs=0)
     assert row["mismatched"] == truth.mismatched
+    assert (row["numel"], row["share"]) == (a.numel(), truth.mismatched / a.numel())
+    expected_l2 = relative_l2(a, b)
+    if math.isfinite(expected_l2):
+        assert row["rel_l2"] == pytest.approx(expected_l2, rel=1e-9, abs=0)
+    else:
+        assert row["rel_l2"] == "inf"
 
 
 @pytest.fixture
@@ -210,6 +233,125 @@ def test_cast_copy_against_torch_allclose(cli: Cli, tmp_path: Path, dtype: str, 
     for key, row in by_key(report["value_mismatch"]).items():
         a, b = original[key], cast[key]
         assert_errors_match(row, a, b, elementwise_close(a, b, rtol=rtol, atol=atol))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize(("atol", "rtol"), [(0.0, 0.0), (1e-3, 1e-3), (1e-2, 1e-2)])
+def test_cast_copy_with_ignore_dtype(cli: Cli, tmp_path: Path, dtype: str, atol: float, rtol: float) -> None:
+    """--ignore-dtype: the same cast copy compares by value only; exit 0 exactly when
+    torch.allclose holds for every key (on float64 copies), dtypes listed but not counted."""
+    record = fixture_record("cnn_state_dict")
+    out = tmp_path / f"{dtype}.safetensors"
+    assert cli("convert", fixture_path(record), out, "--dtype", dtype).exit_code == 0
+    original, cast = ground_truth_weights(record), load_file(out)
+    code, report = run_diff(cli, fixture_path(record), out, "--atol", atol, "--rtol", rtol, "--ignore-dtype")
+
+    def close(a: torch.Tensor, b: torch.Tensor) -> bool:
+        return torch_allclose(a, b, rtol=rtol, atol=atol)
+
+    assert_agrees_with_torch(report, original, cast, close, ignore_dtype=True)
+    assert report["ignore_dtype"] is True and len(report["dtype_mismatch"]) == len(original)
+    assert code == (0 if all(close(original[k], cast[k]) for k in original) else 1)
+    for key, row in by_key(report["value_mismatch"]).items():
+        a, b = original[key], cast[key]
+        assert_errors_match(row, a, b, elementwise_close(a, b, rtol=rtol, atol=atol))
+
+
+@pytest.mark.slow
+def test_readme_bf16_example_passes_with_ignore_dtype(cli: Cli, tmp_path: Path) -> None:
+    """The README's `ckpttool diff resnet34.pth r34_bf16.safetensors --atol 1e-2 --rtol 1e-2
+    --ignore-dtype`: exit 0, as torch.allclose says of every key; without the flag the
+    dtypes alone make it exit 1."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    state = torchvision.models.resnet34().state_dict()
+    pth = save(state, tmp_path / "resnet34.pth")
+    bf16 = tmp_path / "r34_bf16.safetensors"
+    save_file({k: v.bfloat16() if v.is_floating_point() else v for k, v in state.items()}, bf16)
+    cast = load_file(bf16)
+    assert all(torch_allclose(state[k], cast[k], rtol=1e-2, atol=1e-2) for k in state)
+    code, report = run_diff(cli, pth, bf16, "--atol", 1e-2, "--rtol", 1e-2, "--ignore-dtype")
+    assert (code, report["identical"], report["equal"], report["value_mismatch"]) == (0, True, len(state), [])
+    code, report = run_diff(cli, pth, bf16, "--atol", 1e-2, "--rtol", 1e-2, "--keys-only")
+    assert code == 1 and len(report["dtype_mismatch"]) == sum(v.is_floating_point() for v in state.values())
+
+
+def test_integers_across_dtypes(cli: Cli, tmp_path: Path) -> None:
+    """int32 against int64, uint8 against bool: by value with --ignore-dtype, as torch.equal
+    says of int64 copies."""
+    a = {"i": torch.tensor([1, -2, 3], dtype=torch.int32), "u": torch.tensor([0, 1], dtype=torch.uint8)}
+    b = {"i": torch.tensor([1, -2, 4]), "u": torch.tensor([False, True])}
+    code, report = run_diff(cli, save(a, tmp_path / "a.pth"), save(b, tmp_path / "b.pth"), "--ignore-dtype")
+    assert_agrees_with_torch(report, a, b, lambda x, y: torch.equal(x.long(), y.long()), ignore_dtype=True)
+    assert code == 1 and [row["key"] for row in report["value_mismatch"]] == ["i"]
+
+
+# -- tensors longer than one block ------------------------------------------------------------------
+
+LONG = 3 * valuediff.BLOCK_ELEMENTS + 5  # three whole blocks and a bit
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_one_block_differs_errors_span_the_whole_tensor(cli: Cli, tmp_path: Path, dtype: torch.dtype) -> None:
+    """Values moved in the second block only: equal blocks are skipped by their bytes, yet
+    ||a|| (relative L2) and the share count the whole tensor, as torch computes them."""
+    generator = torch.Generator().manual_seed(1)
+    a = {"w": torch.randn(LONG, generator=generator).to(dtype)}
+    b = {"w": a["w"].clone()}
+    b["w"][valuediff.BLOCK_ELEMENTS + 7 : valuediff.BLOCK_ELEMENTS + 17] += 1
+    assert not torch.equal(a["w"], b["w"])
+    code, report = run_diff(cli, save(a, tmp_path / "a.pth"), save(b, tmp_path / "b.pth"))
+    assert_agrees_with_torch(report, a, b, torch_equal)
+    (row,) = report["value_mismatch"]
+    assert_errors_match(row, a["w"], b["w"], elementwise_close(a["w"], b["w"]))
+    assert code == 1
+
+
+def test_nan_in_a_late_block_of_equal_bytes(cli: Cli, tmp_path: Path) -> None:
+    """Bit-identical tensors with one NaN in their last block: different as torch.equal
+    says, equal with --equal-nan."""
+    values = torch.arange(LONG, dtype=torch.float32)
+    values[-2] = float("nan")
+    path = save({"w": values}, tmp_path / "nan.pth")
+    code, report = run_diff(cli, path, path)
+    assert not torch.equal(values, values)
+    assert code == 1
+    (row,) = report["value_mismatch"]
+    assert_errors_match(row, values, values, elementwise_close(values, values))
+    assert run_diff(cli, path, path, "--equal-nan")[0] == 0
+
+
+# -- damaged records ------------------------------------------------------------------------------
+
+
+def flip_byte(path: Path, key: str, element: int) -> None:
+    """Change one byte of the element `element` of the storage `key` views, in place."""
+    from ckpttool.formats import read_checkpoint
+
+    tensor = read_checkpoint(str(path)).root[key]
+    offset = tensor.storage.record.data_offset() + element * tensor.itemsize
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0x40]))
+
+
+@pytest.mark.parametrize("view", ["whole", "slice"], ids=["whole-record", "part-of-record"])
+def test_damaged_record_is_an_error_not_a_difference(cli: Cli, tmp_path: Path, view: str) -> None:
+    """A record whose bytes changed after saving fails its CRC-32: exit 2 naming it, whether
+    the tensor is the whole record or views part of it (the damage outside the view)."""
+    base = torch.arange(4096, dtype=torch.float32)
+    tensor = base if view == "whole" else base[10:20]
+    good = save({"w": tensor}, tmp_path / "good.pth")
+    bad = save({"w": tensor}, tmp_path / "bad.pth")
+    flip_byte(bad, "w", 3000)
+    changed = torch.load(bad, weights_only=True)["w"]  # torch itself does not notice
+    assert torch.equal(changed, tensor) is (view == "slice")
+    result = cli("diff", good, bad)
+    assert (result.exit_code, result.stdout) == (2, "")
+    assert "CRC-32" in result.stderr and str(bad) in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 # -- one value moved -------------------------------------------------------------------------------
@@ -381,6 +523,86 @@ def test_all_compares_optimizer_state_too(cli: Cli, tmp_path: Path, cnn_state: d
     assert (row["max_abs"], row["mismatched"]) == (1.0, 3)
 
 
+def flatten(obj: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Every leaf of what torch.load returned, by dotted path (empty containers are leaves)."""
+    if isinstance(obj, Mapping) and obj:
+        for key, value in obj.items():
+            yield from flatten(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(obj, (list, tuple)) and obj:
+        for index, value in enumerate(obj):
+            yield from flatten(value, f"{prefix}.{index}" if prefix else str(index))
+    else:
+        yield prefix, obj
+
+
+def adam_checkpoints(tmp_path: Path) -> tuple[Path, Path]:
+    """The tutorial's general checkpoint two steps apart, with the learning rate lowered and
+    weight decay added in between, as a scheduler and a config change would."""
+    torch.manual_seed(0)
+    model = tutorial_models().CNN()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    batch = torch.randn(4, 1, 28, 28)
+    paths = []
+    for epoch in (1, 2):
+        if epoch == 2:
+            for group in optimizer.param_groups:
+                group["lr"], group["weight_decay"] = 1e-4, 0.01
+        optimizer.zero_grad()
+        loss = model(batch).square().mean()
+        loss.backward()
+        optimizer.step()
+        checkpoint = {
+            "epoch": epoch,
+            "model_state_dict": model.state_dict(),
+            "optimizer_state_dict": optimizer.state_dict(),
+            "loss": loss.detach(),
+        }
+        paths.append(save(checkpoint, tmp_path / f"epoch{epoch}.pt"))
+    return paths[0], paths[1]
+
+
+def test_all_compares_hyper_parameters_and_every_tensor_once(cli: Cli, tmp_path: Path) -> None:
+    """--all against what torch.load returns for both files: tensors anywhere (optimizer
+    moments, step counters, the 0-dim loss) differ exactly where torch.equal says, and
+    every non-tensor leaf outside the weights (each param group's lr, weight_decay, betas,
+    ...) is an entry exactly where the loaded values differ - each difference once."""
+    a, b = adam_checkpoints(tmp_path)
+    code, report = run_diff(cli, a, b, "--all")
+    leaves_a, leaves_b = (
+        dict(flatten(torch.load(a, weights_only=True))),
+        dict(flatten(torch.load(b, weights_only=True))),
+    )
+    tensors_a = {k: v for k, v in leaves_a.items() if isinstance(v, torch.Tensor)}
+    tensors_b = {k: v for k, v in leaves_b.items() if isinstance(v, torch.Tensor)}
+    assert_agrees_with_torch(report, tensors_a, tensors_b, torch_equal)
+    for key, row in by_key(report["value_mismatch"]).items():
+        x, y = tensors_a[key], tensors_b[key]
+        assert_errors_match(row, x, y, elementwise_close(x, y))
+
+    def entries(leaves: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in leaves.items() if not isinstance(v, torch.Tensor) and not k.startswith("model_")}
+
+    entries_a, entries_b = entries(leaves_a), entries(leaves_b)
+    assert set(entries_a) == set(entries_b)
+    expected = {k: {"key": k, "a": entries_a[k], "b": entries_b[k]} for k in entries_a if entries_a[k] != entries_b[k]}
+    assert by_key(report["entries_mismatch"]) == expected
+    group = "optimizer_state_dict.param_groups.0"
+    assert set(expected) == {"epoch", f"{group}.lr", f"{group}.weight_decay"}
+    assert (expected[f"{group}.lr"]["a"], expected[f"{group}.lr"]["b"]) == (1e-3, 1e-4)
+    rows = [row["key"] for row in report["value_mismatch"] + report["entries_mismatch"]]
+    assert len(rows) == len(set(rows)) and rows.count("loss") == 1
+    assert code == 1
+
+
+def test_without_all_hyper_parameters_are_not_compared(cli: Cli, tmp_path: Path) -> None:
+    """By default only the weights and the top-level entries (epoch, loss): the optimizer
+    holds tensors, so it is --all's to compare."""
+    a, b = adam_checkpoints(tmp_path)
+    code, report = run_diff(cli, a, b)
+    assert [row["key"] for row in report["entries_mismatch"]] == ["epoch", "loss"]
+    assert code == 1
+
+
 def test_roots_pick_the_weights_on_each_side(cli: Cli, tmp_path: Path, cnn_state: dict[str, torch.Tensor]) -> None:
     """An EMA copy inside the same file, compared with the live weights by naming both roots."""
     ema = perturbed(cnn_state, "conv1.bias", 0, 0.5)
@@ -404,9 +626,10 @@ def forbid_tensor_reads(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(tensordata, "read_range", refuse)
     monkeypatch.setattr(tensordata, "chunks", refuse)
-    monkeypatch.setattr(diff_module, "chunks", refuse)
-    monkeypatch.setattr(diff_module, "read_span", refuse)
-    monkeypatch.setattr(diff_module, "load_tensor", refuse)
+    monkeypatch.setattr(tensormap.MappedFiles, "map", refuse)
+    monkeypatch.setattr(tensormap, "read_span", refuse)
+    monkeypatch.setattr(valuediff, "element_blocks", refuse)
+    monkeypatch.setattr(valuediff, "read_span", refuse)
 
 
 def test_keys_only_reads_no_tensor_data(
@@ -420,7 +643,7 @@ def test_keys_only_reads_no_tensor_data(
     forbid_tensor_reads(monkeypatch)
 
     report = diff(str(a), str(b), DiffOptions(keys_only=True))
-    assert report.keys_only
+    assert report.keys_only and not report.values_compared
     assert (report.only_in_a, report.only_in_b) == ([], ["extra.weight"])
     assert report.shape_mismatch == [{"key": "fc1.bias", "a": [10], "b": [3]}]
     assert report.dtype_mismatch == [{"key": "conv1.bias", "a": "float32", "b": "float64"}]
@@ -436,9 +659,11 @@ def test_keys_only_sees_no_value_differences(cli: Cli, tmp_path: Path, cnn_state
     moved = perturbed(cnn_state, MOVED_KEY, 0, 1.0)
     a, b = save(cnn_state, tmp_path / "a.pth"), save(moved, tmp_path / "b.pth")
     code, report = run_diff(cli, a, b, "--keys-only")
-    assert (code, report["identical"], report["keys_only"]) == (0, True, True)
+    assert not torch.equal(cnn_state[MOVED_KEY], moved[MOVED_KEY])
+    # keys, shapes and dtypes match, values not compared: exit 0, but not "identical"
+    assert (code, report["identical"], report["keys_only"], report["values_compared"]) == (0, None, True, False)
     code, report = run_diff(cli, a, b)
-    assert (code, report["keys_only"]) == (1, False)
+    assert (code, report["identical"], report["keys_only"], report["values_compared"]) == (1, False, False, True)
 
 
 def test_library_tolerance_matches_cli(tmp_path: Path, cnn_state: dict[str, torch.Tensor]) -> None:
@@ -483,7 +708,7 @@ def test_one_element_weights_differ_as_values_once(cli: Cli, tmp_path: Path) -> 
 def test_keys_only_ignores_one_element_weight_values(cli: Cli, tmp_path: Path) -> None:
     a, b = scalar_weights(1.0, 7), scalar_weights(2.0, 8)
     code, report = run_diff(cli, save(a, tmp_path / "a.pth"), save(b, tmp_path / "b.pth"), "--keys-only")
-    assert (code, report["identical"], report["entries_mismatch"]) == (0, True, [])
+    assert (code, report["identical"], report["entries_mismatch"]) == (0, None, [])
 
 
 @pytest.mark.parametrize("atol", [1e-3, 2.0])
