@@ -19,6 +19,7 @@ BIN = Path(sys.executable).parent
 class Measurement:
     seconds: float
     peak_mb: float
+    cpu_seconds: float = 0.0  # user + system: what a busy machine's wall time hides
 
 
 # A pip install compiles every module to bytecode, as torch's were; measure ckpttool the same
@@ -39,19 +40,21 @@ print(f"ckpttool install: {install_mode()}")
 def measure(argv: list[str], repeat: int = 3) -> Measurement:
     """Median wall time and largest peak RSS over `repeat` runs of `argv`, after one warm-up
     run (so every tool reads the file from the page cache)."""
-    times, peaks = [], []
     subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
-    for _ in range(repeat):
-        start = time.perf_counter()
-        child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
-        _, status, usage = os.wait4(child.pid, 0)
-        elapsed = time.perf_counter() - start
-        child.returncode = os.waitstatus_to_exitcode(status)
-        if child.returncode not in (0, 1):
-            raise SystemExit(f"{' '.join(argv)} failed ({child.returncode}): {child.stderr.read().decode()}")
-        times.append(elapsed)
-        peaks.append(usage.ru_maxrss / 1024)
-    return Measurement(statistics.median(times), max(peaks))
+    runs = [run_once(argv) for _ in range(repeat)]
+    return Measurement(statistics.median(r.seconds for r in runs), max(r.peak_mb for r in runs))
+
+
+def run_once(argv: list[str]) -> Measurement:
+    """Wall time and peak RSS of one run of `argv` (exit 0 or 1 expected)."""
+    start = time.perf_counter()
+    child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV)
+    _, status, usage = os.wait4(child.pid, 0)
+    elapsed = time.perf_counter() - start
+    child.returncode = os.waitstatus_to_exitcode(status)
+    if child.returncode not in (0, 1):
+        raise SystemExit(f"{' '.join(argv)} failed ({child.returncode}): {child.stderr.read().decode()}")
+    return Measurement(elapsed, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
 
 
 def ckpttool(*args: str) -> list[str]:
