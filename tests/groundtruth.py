@@ -12,6 +12,7 @@ import argparse
 import importlib.util
 import io
 import json
+import math
 import pickle
 import pickletools
 import struct
@@ -21,6 +22,7 @@ import types
 import warnings
 import zipfile
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -257,6 +259,77 @@ def assert_same_content(a: Any, b: Any, where: str = "") -> None:
             assert_same_content(x, y, f"{where}[{i}]")
     else:
         assert a == b, where
+
+
+# Dtypes that arithmetic produces (and so rounds per CPU kernel); float8 and the like
+# come from casts, which are exact, and are compared bit for bit.
+ROUNDED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64, torch.complex128)
+
+
+@dataclass
+class LargestDifference:
+    """The largest floating-point difference met so far, and where."""
+
+    value: float = 0.0
+    where: str = ""
+
+    def update(self, value: float, where: str) -> None:
+        if not value <= self.value:  # NaN counts as the largest
+            self.value, self.where = value, where
+
+
+def assert_same_structure_and_close(a: Any, b: Any, atol: float, rtol: float) -> LargestDifference:
+    """Loaded checkpoints equal in structure (keys, types, dtypes, shapes, integers,
+    strings) exactly, and in floating-point values within `atol + rtol * |b|`: what a
+    regeneration on another CPU, whose kernels round differently, must keep. Fails
+    naming the largest difference; returns it when within the tolerance."""
+    largest = LargestDifference()
+    beyond = LargestDifference()
+    _walk_close(a, b, "", atol, rtol, largest, beyond)
+    assert not beyond.where, (
+        f"{beyond.where}: beyond atol {atol:g} + rtol {rtol:g}; largest difference {largest.value:.3g} at {largest.where}"
+    )
+    return largest
+
+
+def _walk_close(
+    a: Any, b: Any, where: str, atol: float, rtol: float, largest: LargestDifference, beyond: LargestDifference
+) -> None:
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor), where
+        assert (a.dtype, a.shape, a.layout) == (b.dtype, b.shape, b.layout), where
+        if a.dtype not in ROUNDED_DTYPES or a.layout != torch.strided or a.is_quantized:
+            assert tensors_equal(a, b), where
+            return
+        wide = torch.complex128 if a.is_complex() else torch.float64
+        difference = (a.detach().to(wide) - b.detach().to(wide)).abs()
+        allowed = atol + rtol * b.detach().to(wide).abs()
+        both_nan = a.isnan() & b.isnan()
+        difference = torch.where(both_nan, torch.zeros_like(difference), difference.nan_to_num(nan=math.inf))
+        if difference.numel():
+            largest.update(float(difference.max()), where)
+            if bool((difference > allowed).any()):
+                beyond.update(float(difference.max()), where)
+    elif isinstance(a, float) and isinstance(b, float):
+        difference = abs(a - b) if not (math.isnan(a) and math.isnan(b)) else 0.0
+        largest.update(difference, where)
+        if not difference <= atol + rtol * abs(b):
+            beyond.update(difference, where)
+    elif isinstance(a, nn.Module):
+        assert type(a) is type(b), where
+        _walk_close(a.state_dict(), b.state_dict(), where, atol, rtol, largest, beyond)
+    elif isinstance(a, argparse.Namespace):
+        _walk_close(vars(a), vars(b), where, atol, rtol, largest, beyond)
+    elif isinstance(a, Mapping):
+        assert isinstance(b, Mapping) and list(a) == list(b), where
+        for key in a:
+            _walk_close(a[key], b[key], f"{where}.{key}", atol, rtol, largest, beyond)
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _walk_close(x, y, f"{where}[{i}]", atol, rtol, largest, beyond)
+    else:
+        assert type(a) is type(b) and a == b, where
 
 
 def read_raw_pickle(path: Path | str) -> Any:

@@ -415,6 +415,17 @@ def test_weights_at_follows_mappings_sequences_and_modules() -> None:
 # --- the generator itself ------------------------------------------------------------------
 
 
+# How far regenerated trained fixtures may move from the committed ones made on
+# another CPU. Adam, AdamW and RMSprop (lr 1e-3) turn a gradient near zero, whose sign
+# a kernel's rounding can flip, into a step of up to about lr: two steps
+# (`fixturegen.training.TRAINING_STEPS`) can move a weight by up to 4e-3 where
+# another CPU rounds that gradient the other way. Measured: ATen's default, AVX2 and
+# AVX-512 kernels against each other and the committed files, up to 1.6e-4 (Adam,
+# the CNN's conv2.weight); every other fixture up to 1.3e-6.
+REGENERATION_ATOL = 4e-3
+REGENERATION_RTOL = 0.0
+
+
 @pytest.fixture(scope="module")
 def regenerated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out_dir = tmp_path_factory.mktemp("fixtures")
@@ -430,7 +441,11 @@ def test_regenerated_index_matches_the_committed_one(regenerated: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("record", records(lambda r: True))
 def test_regenerated_fixture_equals_the_committed_one(record: dict[str, Any], regenerated: Path) -> None:
-    gt.assert_same_content(load_any(record, regenerated), load_any(record, gt.COMMITTED_DIR))
+    # Exact in structure; trained values within the tolerance, since the committed
+    # files were trained on another machine, whose kernels round differently.
+    gt.assert_same_structure_and_close(
+        load_any(record, regenerated), load_any(record, gt.COMMITTED_DIR), REGENERATION_ATOL, REGENERATION_RTOL
+    )
 
 
 def load_any(record: dict[str, Any], directory: Path) -> Any:
@@ -455,7 +470,9 @@ def test_only_writes_the_named_fixtures_and_merges_the_index(tmp_path: Path) -> 
         "batchnorm_state_dict", "legacy_tar_layouts", "cuda0_model_optimizer",
     ]  # fmt: skip
     for record in index:
-        gt.assert_same_content(load_any(record, tmp_path), load_any(record, gt.COMMITTED_DIR))
+        gt.assert_same_structure_and_close(
+            load_any(record, tmp_path), load_any(record, gt.COMMITTED_DIR), REGENERATION_ATOL, REGENERATION_RTOL
+        )
 
 
 @pytest.mark.slow
