@@ -286,9 +286,8 @@ def assert_same_structure_and_close(a: Any, b: Any, atol: float, rtol: float) ->
     largest = LargestDifference()
     beyond = LargestDifference()
     _walk_close(a, b, "", atol, rtol, largest, beyond)
-    assert not beyond.where, (
-        f"{beyond.where}: beyond atol {atol:g} + rtol {rtol:g}; largest difference {largest.value:.3g} at {largest.where}"
-    )
+    worst = f"largest difference {largest.value:.3g} at {largest.where}"
+    assert not beyond.where, f"{beyond.where}: beyond atol {atol:g} + rtol {rtol:g}; {worst}"
     return largest
 
 
