@@ -28,7 +28,7 @@ def read_scalar(tensor: TensorRef) -> int | float | bool | None:
     if len(raw) != tensor.itemsize:
         return None
     endian = "<" if storage.byteorder == "little" else ">"
-    value = struct.unpack(endian + code, raw)[0]
+    value: int | float | bool = struct.unpack(endian + code, raw)[0]
     if tensor.dtype == "bfloat16":  # the upper half of a float32
-        value = struct.unpack("<f", struct.pack("<I", value << 16))[0]
+        value = struct.unpack("<f", struct.pack("<I", int(value) << 16))[0]
     return value

@@ -64,7 +64,8 @@ class _Reader:
     def int64(self, offset: int, what: str) -> int:
         if offset + 8 > len(self.data):
             raise FormatError(f"{what} is cut off at byte {offset}", path=self.path)
-        return struct.unpack_from("<q", self.data, offset)[0]
+        value: int = struct.unpack_from("<q", self.data, offset)[0]
+        return value
 
 
 def _mapped(path: str) -> tuple[Any, Any]:

@@ -41,7 +41,8 @@ def load_index(path: str) -> dict[str, Any]:
         isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
     ):
         raise FormatError("index has no weight_map of tensor names to shard files", path=path)
-    return index
+    checked: dict[str, Any] = index
+    return checked
 
 
 def is_index(path: str) -> bool:

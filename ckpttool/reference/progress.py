@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Never
 
 from tqdm import tqdm
 
@@ -22,7 +22,7 @@ class ProgressReporter:
         self.total_epochs = total_epochs
         self.report = report
         self.bar_stream = bar_stream
-        self.bar: tqdm[None] | None = None
+        self.bar: tqdm[Never] | None = None
 
     def on_step(self, epoch: int, step: int, steps: int, loss: float) -> None:
         if self.bar_stream is None:
