@@ -99,6 +99,12 @@ class UnsafeFileError(CkptError):
     """`--trust` was refused because the file scans as dangerous."""
 
 
+class DangerousSourceError(UnsafeFileError):
+    """A command that rewrites a file refused one that scans as dangerous: a finding (exit 1)."""
+
+    exit_code = EXIT_FINDINGS
+
+
 class VerificationError(CkptError):
     """What was written does not read back equal to the source; nothing was kept.
 

@@ -19,7 +19,9 @@ from ckpttool.cli.common import ProgressBar, emit, output_options, path_argument
     help="Restore storages on FROM to TO, e.g. cuda:1=cuda:0; FROM may be a type (cuda).",
 )
 @click.option(
-    "--force", is_flag=True, help="Replace an existing DST (with --trust: also load a file scan calls dangerous)."
+    "--force",
+    is_flag=True,
+    help="Replace an existing DST, and rewrite a file scan calls dangerous (with --trust: load it).",
 )
 @click.option("--trust", is_flag=True, help="Load SRC with torch.load(weights_only=False): runs code from the file.")
 @output_options(("table", "json"))

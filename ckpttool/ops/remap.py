@@ -63,6 +63,23 @@ def map_location(location: str, mapping: LocationMap) -> str:
     return location
 
 
+def refuse_dangerous(src: str, force: bool) -> None:
+    """The rewritten pickle would carry a dangerous file's payload on: refuse it, naming
+    what scan found, unless forced."""
+    from ckpttool.errors import DangerousSourceError
+    from ckpttool.ops.scan import DANGEROUS, scan_file
+
+    result = scan_file(src)
+    if result.verdict != DANGEROUS or force:
+        return
+    named = [g.qualname for g in result.globals if g.verdict == DANGEROUS]
+    found = f"dangerous globals {', '.join(named)}" if named else result.problems[0]
+    raise DangerousSourceError(
+        f"scan calls this file dangerous ({found}); the rewritten DST would carry it on: --force rewrites it anyway",
+        path=src,
+    )
+
+
 def remap(
     src: str, dst: str, mapping: LocationMap, force: bool = False, trust: bool = False, progress: Any = None
 ) -> RemapReport:
@@ -98,6 +115,7 @@ def rewrite_pickle(
     src = checkpoint.path
     if checkpoint.format not in (ZIP, LEGACY, LEGACY_TAR):
         raise FormatError(f"only torch checkpoints can be rewritten; this is {checkpoint.format}", path=src)
+    refuse_dangerous(src, force)
     decoded = raw_pickle(src, checkpoint.format)
     if decoded.lossy:
         raise FormatError(

@@ -7,6 +7,7 @@ depth is in tests/ops/test_remap.py and tests/ops/test_failures.py.
 
 from __future__ import annotations
 
+import re
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -214,12 +215,29 @@ def test_trust_with_force_loads_a_dangerous_file(cli: Cli, tmp_path: Path) -> No
     assert_same_content(torch_load_weights_only(dst)["state_dict"], weights)
 
 
-def test_without_trust_a_dangerous_file_is_remapped_without_running_it(cli: Cli, tmp_path: Path) -> None:
+def test_a_dangerous_file_is_refused_naming_its_globals(cli: Cli, tmp_path: Path) -> None:
+    """The rewritten pickle would carry the payload on: exit 1, nothing written."""
     marker = tmp_path / "PAYLOAD_RAN"
     src, _ = dangerous_checkpoint(tmp_path, marker)
     dst = tmp_path / "cpu.pt"
-    remap_json(cli, src, dst, "--device", "cpu")
-    assert not marker.exists()
+    with unchanged(src):
+        result = cli("remap", src, dst, "--device", "cpu")
+    assert result.exit_code == 1, result.stderr
+    assert result.stdout == ""
+    assert re.fullmatch(
+        rf"ckpttool: error: {re.escape(str(src))}: scan calls this file dangerous "
+        r"\(dangerous globals builtins\.exec\); .*--force.*\n",
+        result.stderr,
+    ), result.stderr
+    assert not dst.exists() and not marker.exists()
+
+
+def test_force_remaps_a_dangerous_file_without_running_it(cli: Cli, tmp_path: Path) -> None:
+    marker = tmp_path / "PAYLOAD_RAN"
+    src, _ = dangerous_checkpoint(tmp_path, marker)
+    dst = tmp_path / "cpu.pt"
+    remap_json(cli, src, dst, "--device", "cpu", "--force")
+    assert dst.exists() and not marker.exists()
 
 
 def test_trust_when_torch_cannot_load_is_one_error_line(cli: Cli, tmp_path: Path) -> None:
