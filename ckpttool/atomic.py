@@ -144,14 +144,16 @@ def output_set(sources: list[str], force: bool) -> Iterator[OutputSet]:
 _WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS})
 
 
-def _named_for_destination(exc: OSError, finals: list[str]) -> OSError | FileAccessError:
-    """An error about a hidden temporary file (or an unnamed write error) as one about the
-    destination the user named; the temporary file is gone by the time they read it."""
+def _named_for_destination(exc: OSError, finals: list[str]) -> OSError:
+    """An error about a hidden temporary file (or an unnamed write error) as the same error
+    (same type and errno) about the destination the user named; the temporary file is gone
+    by the time they read the message."""
     temp = str(exc.filename or "")
     if temp.endswith(TEMP_SUFFIX):
         folder, name = os.path.split(temp)
         final = os.path.join(folder, name[1:].rsplit(".", 2)[0])  # `.NAME.<random>.ckpttool-tmp`
-        return FileAccessError(f"cannot write {final}: {exc.strerror or exc}")
-    if exc.filename is None and exc.errno in _WRITE_ERRNOS and finals:
-        return FileAccessError(f"cannot write {', '.join(finals)}: {exc.strerror or exc}")
-    return exc
+    elif exc.filename is None and exc.errno in _WRITE_ERRNOS and finals:
+        final = ", ".join(finals)
+    else:
+        return exc
+    return type(exc)(exc.errno, exc.strerror or str(exc), final)
