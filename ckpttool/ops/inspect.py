@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from ckpttool.checkpoint import Checkpoint, GlobalName, OpaqueCall, PickledObject, TensorRef, byte_size
-from ckpttool.errors import about
+from ckpttool.errors import CkptError, about
 from ckpttool.formats import read_checkpoint
 from ckpttool.interpret import Cycle
 from ckpttool.scalars import read_scalar
@@ -103,6 +103,21 @@ def inspect_checkpoint(path: str, root: str | None = None) -> InspectReport:
     return describe(checkpoint, root)
 
 
+def danger_notes(path: str) -> list[str]:
+    """Reading a file is harmless here, loading it may not be: say so when scan calls it dangerous."""
+    from ckpttool.ops.scan import DANGEROUS, scan_file
+
+    try:
+        result = scan_file(path)
+    except CkptError:
+        return []  # what scan cannot read, inspect has just read: no verdict to give
+    if result.verdict != DANGEROUS:
+        return []
+    named = [g.qualname for g in result.globals if g.verdict == DANGEROUS]
+    found = f"dangerous globals {', '.join(named)}" if named else result.problems[0]
+    return [f"DANGEROUS: scan calls this file dangerous ({found}); never torch.load it; see `ckpttool scan`"]
+
+
 def describe(checkpoint: Checkpoint, root: str | None = None) -> InspectReport:
     with about(checkpoint.path):
         weights = find_weights(checkpoint.root, root)
@@ -122,7 +137,7 @@ def describe(checkpoint: Checkpoint, root: str | None = None) -> InspectReport:
         objects=objects(checkpoint.root),
         metadata=checkpoint.metadata,
         alternatives=weights.alternatives,
-        notes=weights.notes,
+        notes=danger_notes(checkpoint.path) + weights.notes,
         anomalies=checkpoint.anomalies,
         roles=weights.roles,
         attributes=[tensor_row(t) for t in weights.attributes],
