@@ -790,7 +790,7 @@ def _diff_summary(report: DiffReport) -> list[tuple[str, Any]]:
     pairs: list[tuple[str, Any]] = [("a", report.a), ("b", report.b)]
     if report.values_compared:
         pairs += [
-            ("result", "IDENTICAL" if report.identical else "DIFFERENT"),
+            ("result", _diff_result(report)),
             ("equal tensors", grouped(report.equal)),
         ]
     else:
@@ -800,6 +800,16 @@ def _diff_summary(report: DiffReport) -> list[tuple[str, Any]]:
         ignored = plural(len(report.dtype_mismatch), "tensor")
         pairs.append(("dtypes", f"{ignored} of another dtype, compared by value (--ignore-dtype)"))
     return pairs
+
+
+def _diff_result(report: DiffReport) -> str:
+    """IDENTICAL only for an exact comparison; within a tolerance the values are EQUAL."""
+    if not report.identical:
+        return "DIFFERENT"
+    tolerance = report.tolerance
+    if tolerance.exact:
+        return "IDENTICAL"
+    return f"EQUAL within atol {tolerance.atol:g}, rtol {tolerance.rtol:g} (as torch.allclose)"
 
 
 def _diff_rows(report: DiffReport) -> list[tuple[str, str, str]]:

@@ -51,6 +51,7 @@ class DiffReport:
     equal: int = 0  # tensors that agree in everything compared
     keys_only: bool = False
     ignore_dtype: bool = False
+    tolerance: Tolerance = field(default_factory=Tolerance)
 
     @property
     def values_compared(self) -> bool:
@@ -90,6 +91,7 @@ def diff(path_a: str, path_b: str, options: DiffOptions, progress: Progress | No
     with about(path_b):
         tensors_b, root_b = _tensors(b.root, options.every_tensor, options.root_b)
     report = DiffReport(path_a, path_b, keys_only=options.keys_only, ignore_dtype=options.ignore_dtype)
+    report.tolerance = options.tolerance
     report.only_in_a = [k for k in tensors_a if k not in tensors_b]
     report.only_in_b = [k for k in tensors_b if k not in tensors_a]
     common = [k for k in tensors_a if k in tensors_b]

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import math
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,9 @@ from typing import Any
 import pytest
 import torch
 from click.testing import Result
-from conftest import assert_json_error, cli_json
+from conftest import REPO, assert_json_error, cli_json
 from groundtruth import COMMITTED_DIR
+from safetensors.torch import save_file
 
 Cli = Callable[..., Result]
 ERROR_PREFIX = "ckpttool: error: "
@@ -190,6 +192,16 @@ def test_tolerance_options_change_the_exit_code(cli: Cli, tmp_path: Path) -> Non
     assert cli("diff", a, b, "--rtol", "0.0001").exit_code == 1
 
 
+def test_within_a_tolerance_the_result_says_equal_not_identical(cli: Cli, tmp_path: Path) -> None:
+    x, y = torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.001])
+    assert torch.allclose(x, y, atol=0.01, rtol=0) and not torch.equal(x, y)
+    a, b = save({"w": x}, tmp_path / "a.pth"), save({"w": y}, tmp_path / "b.pth")
+    result = cli("diff", a, b, "--atol", "0.01")
+    assert (result.exit_code, result.stderr) == (0, "")
+    assert summary(result.stdout)["result"] == "EQUAL within atol 0.01, rtol 0 (as torch.allclose)"
+    assert cli_json(cli("diff", a, b, "--atol", "0.01", "--format", "json"))["identical"] is True
+
+
 def test_equal_nan_option(cli: Cli, tmp_path: Path) -> None:
     path = save({"w": torch.tensor([1.0, float("nan")])}, tmp_path / "nan.pth")
     assert cli("diff", path, path).exit_code == 1
@@ -310,6 +322,55 @@ def test_all_and_roots_are_accepted(cli: Cli, tmp_path: Path) -> None:
     assert cli("diff", path, path, "--all").exit_code == 0
     assert cli("diff", path, path, "--root-a", "model", "--root-b", "ema").exit_code == 1
     assert cli("diff", path, path, "--root-a", "ema", "--root-b", "ema").exit_code == 0
+
+
+# -- the README's examples ----------------------------------------------------------------------------
+
+
+def readme_diff_section() -> tuple[list[list[str]], str]:
+    """The commands of the README's diff section and the output it shows (`$ command` first)."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### `ckpttool diff A B`", 1)[1].split("\n### ", 1)[0]
+    commands_block, shown = section.split("```bash\n", 1)[1].split("```", 1)
+    output = shown.split("```\n", 1)[1].split("```", 1)[0]
+    commands = [shlex.split(line.split("#", 1)[0])[1:] for line in commands_block.splitlines() if line.strip()]
+    return commands, output
+
+
+def readme_checkpoint(epoch: int) -> dict[str, Any]:
+    """The two epochs the README's output shows: one bias value, the loss, the lr and the epoch moved."""
+    return {
+        "epoch": epoch,
+        "model_state_dict": {"0.weight": torch.ones(3, 4), "0.bias": torch.tensor([0.5 + (epoch - 1), -1.0, 2.0])},
+        "optimizer_state_dict": {"state": {}, "param_groups": [{"lr": 10.0 ** -(epoch + 2), "params": [0, 1]}]},
+        "loss": torch.tensor(0.5 / epoch),
+    }
+
+
+def test_readme_examples_run_as_shown(cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every command of the README's diff section, on files of the names it uses, with the exit
+    code it implies; the output it shows, exactly."""
+    commands, shown = readme_diff_section()
+    weights = {"conv.weight": torch.randn(4, 3), "conv.bias": torch.randn(4), "bn.num_batches_tracked": torch.tensor(3)}
+    save(weights, tmp_path / "model.pth")
+    save_file(weights, tmp_path / "model.safetensors")
+    save(weights, tmp_path / "resnet34.pth")
+    save_file(
+        {k: v.bfloat16() if v.is_floating_point() else v for k, v in weights.items()}, tmp_path / "r34_bf16.safetensors"
+    )
+    save(weights, tmp_path / "a.pth")
+    save({k: v + 1 for k, v in weights.items()}, tmp_path / "b.pth")
+    save(readme_checkpoint(1), tmp_path / "ckpt1.pth")
+    save(readme_checkpoint(2), tmp_path / "ckpt2.pth")
+    monkeypatch.chdir(tmp_path)
+    expected_exit = {"model.pth": 0, "resnet34.pth": 0, "a.pth": 0, "ckpt1.pth": 1}
+    assert [c[1] for c in commands] == list(expected_exit)
+    for command in commands:
+        result = cli(*command)
+        assert (result.exit_code, result.stderr) == (expected_exit[command[1]], ""), command
+    first, *lines = shown.splitlines()
+    result = cli(*shlex.split(first.removeprefix("$ "))[1:])
+    assert result.stdout.splitlines() == lines
 
 
 # -- unreadable input and misuse: exit 2, one line on stderr ------------------------------------
