@@ -1,0 +1,263 @@
+"""Verdicts: one meaning each, and no gadget reachable through a vetted callable.
+
+Each vetted callable is tried with the arguments an attack would give it: a dangerous
+global where it calls an argument, an unknown one, an object whose methods it would
+call, a count that allocates. None of those may come out `safe` or `needs-allowlist`.
+The pickles are built opcode by opcode and only ever decoded by ckpttool.
+"""
+
+from __future__ import annotations
+
+import collections
+import pickle
+import struct
+
+import numpy as np
+import pytest
+
+from ckpttool.pickle import decode
+from ckpttool.pickle.judge import Judgement, judge
+from ckpttool.pickle.vetted import NUMPY_DTYPE_CLASSES, VETTED, numpy_dtype_class
+
+
+def glob(qualname: str) -> bytes:
+    module, _, name = qualname.rpartition(".")
+    return f"c{module}\n{name}\n".encode()
+
+
+def text(value: str) -> bytes:
+    raw = value.encode()
+    return b"X" + struct.pack("<I", len(raw)) + raw
+
+
+def num(value: int) -> bytes:
+    return b"J" + struct.pack("<i", value)
+
+
+def call(func: str, *args: bytes) -> bytes:
+    """REDUCE: func(*args)."""
+    return glob(func) + b"(" + b"".join(args) + b"tR"
+
+
+def new(cls: str, *args: bytes) -> bytes:
+    """NEWOBJ: cls.__new__(cls, *args)."""
+    return glob(cls) + b"(" + b"".join(args) + b"t\x81"
+
+
+def judged(body: bytes, allow: dict[str, str] | None = None) -> Judgement:
+    return judge([decode(b"\x80\x02" + body + b".")], allow)
+
+
+def verdict_of(judgement: Judgement, qualname: str) -> str:
+    (found,) = [g for g in judgement.globals if g.qualname == qualname]
+    return found.verdict
+
+
+NONE = b"N"
+EMPTY_LIST = b"]"
+EMPTY_DICT = b"}"
+DTYPE_F8 = call("numpy.dtype", text("f8"), b"\x89", b"\x88")
+
+
+# -- benign pickles, as Python writes them -------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", range(6))
+@pytest.mark.parametrize(
+    ("obj", "verdict"),
+    [
+        (["a", "b", "c"], "safe"),  # picklescan's benign0_v0 / benign0_v4
+        (collections.OrderedDict(), "safe"),
+        (collections.OrderedDict(a=1), "safe"),
+        ({"x": (1, 2.5, None, True, b"raw")}, "safe"),
+        (range(100), "needs-allowlist"),  # builtins.range(0, 100, 1): vetted
+        (collections.defaultdict(list, {"k": [1]}), "needs-allowlist"),
+        (collections.deque([1, 2], maxlen=3), "needs-allowlist"),
+        (slice(1, 5), "needs-allowlist"),
+        (np.arange(3.0), "needs-allowlist"),
+        (np.float64(0.25), "needs-allowlist"),
+        (np.array(["a", "bc"]), "needs-allowlist"),
+        (np.zeros(2, dtype=[("a", "f4"), ("b", "i8")]), "needs-allowlist"),
+    ],
+    ids=repr,
+)
+def test_benign_pickles_of_every_protocol(obj: object, verdict: str, protocol: int) -> None:
+    decoded = decode(pickle.dumps(obj, protocol=protocol))
+    judgement = judge([decoded])
+    assert (judgement.verdict, judgement.problems) == (verdict, [])
+
+
+@pytest.mark.parametrize("protocol", range(6))
+def test_frozensets_are_a_vetted_call_or_an_opcode(protocol: int) -> None:
+    # builtins.frozenset([...]) below protocol 4, the FROZENSET opcode from 4 on.
+    judgement = judge([decode(pickle.dumps(frozenset({1, 2}), protocol=protocol))])
+    assert judgement.verdict == ("needs-allowlist" if protocol < 4 else "safe")
+
+
+def test_an_opcode_torch_refuses_is_no_problem() -> None:
+    decoded = decode(pickle.dumps({"a": "b"}, protocol=4))
+    assert decoded.foreign_opcodes  # FRAME, SHORT_BINUNICODE, MEMOIZE ...
+    assert judge([decoded]).verdict == "safe"
+
+
+# -- classes, calls and the known gadgets ----------------------------------------------------------
+
+
+def test_a_class_given_state_needs_an_allowlist() -> None:
+    judgement = judged(new("argparse.Namespace") + EMPTY_DICT + b"b")
+    assert judgement.verdict == "needs-allowlist"
+    assert judgement.globals[0].uses == ["instantiate"]
+
+
+def test_a_call_of_an_unknown_callable_is_named_with_its_arguments() -> None:
+    judgement = judged(call("transformers.trainer_utils.IntervalStrategy", text("steps")))
+    (strategy,) = judgement.globals
+    assert (judgement.verdict, strategy.verdict) == ("unknown-call", "unknown-call")
+    assert strategy.calls == ["transformers.trainer_utils.IntervalStrategy('steps')"]
+    assert "--allow transformers.trainer_utils.IntervalStrategy" in strategy.reason
+
+
+def test_allow_makes_a_call_vetted_and_says_where() -> None:
+    allow = {"transformers.trainer_utils.IntervalStrategy": "--allow"}
+    judgement = judged(call("transformers.trainer_utils.IntervalStrategy", text("steps")), allow)
+    (strategy,) = judgement.globals
+    assert (judgement.verdict, strategy.allowed_by, strategy.calls) == ("needs-allowlist", "--allow", [])
+
+
+@pytest.mark.parametrize(
+    "gadget", ["os.system", "posix.system", "builtins.eval", "subprocess.Popen", "runpy._run_code"]
+)
+def test_allow_never_overrides_a_known_gadget(gadget: str) -> None:
+    judgement = judged(call(gadget, text("true")), {gadget: "--allow"})
+    assert judgement.verdict == "dangerous"
+    assert "never overrides" in judgement.globals[0].reason
+
+
+@pytest.mark.parametrize(
+    "gadget",
+    [
+        "os.system", "nt.system", "subprocess.check_output", "builtins.exec", "builtins.getattr",
+        "builtins.__import__", "builtins.open", "pty.spawn", "ctypes.CDLL", "importlib.import_module",
+        "pickle.loads", "shutil.rmtree", "socket.create_connection", "webbrowser.open", "pip.main",
+        "pydoc.pipepager", "timeit.timeit", "cProfile.run", "code.interact", "torch.load",
+        "torch.jit.load", "torch.utils.collect_env.run", "torch._inductor.codecache.compile_file",
+        "functools.partial", "types.CodeType", "types.FunctionType", "cloudpickle.cloudpickle._make_function",
+        "urllib.request.urlopen", "_io.FileIO", "torch.storage._load_from_bytes", "numpy.load",
+        "torch.fx.graph_module.reduce_graph_module", "builtins.object.__subclasses__", "builtins.__dict__",
+    ],
+)  # fmt: skip
+def test_known_gadgets_are_dangerous_called_or_not(gadget: str) -> None:
+    assert judged(call(gadget, text("x"))).verdict == "dangerous"
+    assert judged(glob(gadget)).verdict == "dangerous"  # only referenced: still labelled
+
+
+# -- no gadget through a vetted callable -------------------------------------------------------------
+
+UNKNOWN = "mylib.hooks.run"
+
+
+@pytest.mark.parametrize(
+    ("body", "verdict", "blamed"),
+    [
+        # defaultdict calls its default_factory on a missing key, after loading.
+        (call("collections.defaultdict", glob("os.system")), "dangerous", "os.system"),
+        (call("collections.defaultdict", glob(UNKNOWN)), "unknown-call", UNKNOWN),
+        (call("collections.defaultdict", call(UNKNOWN)), "unknown-call", "collections.defaultdict"),
+        (call("collections.defaultdict", new("mylib.Callable")), "unknown-call", "collections.defaultdict"),
+        # copyreg._reconstructor runs base.__new__ and base.__init__ for a base other than object.
+        (call("copyreg._reconstructor", glob("mylib.M"), glob("subprocess.Popen"), text("ls")), "dangerous", None),
+        (call("copyreg._reconstructor", glob("mylib.M"), glob(UNKNOWN), NONE), "unknown-call", UNKNOWN),
+        (
+            call("copyreg._reconstructor", glob("mylib.M"), call(UNKNOWN), NONE),
+            "unknown-call",
+            "copyreg._reconstructor",
+        ),
+        (call("copyreg.__newobj__", glob("subprocess.Popen")), "dangerous", "subprocess.Popen"),
+        (call("copyreg.__newobj__", call(UNKNOWN)), "unknown-call", "copyreg.__newobj__"),
+        # numpy: an array subtype is instantiated; dtype and scalar take only data.
+        (call("numpy._core.multiarray._reconstruct", glob("os.system"), b")", text("b")), "dangerous", "os.system"),
+        (call("numpy._core.multiarray._reconstruct", call(UNKNOWN), b")", text("b")), "unknown-call", None),
+        (call("numpy.dtype", new("mylib.Spec")), "unknown-call", "numpy.dtype"),
+        (call("numpy.dtype", glob(UNKNOWN)), "unknown-call", "numpy.dtype"),
+        (call("numpy._core.multiarray.scalar", glob(UNKNOWN), text("x")), "unknown-call", None),
+        (call("numpy._core.numeric._frombuffer", text("x"), glob(UNKNOWN), b")", text("C")), "unknown-call", None),
+        # pure constructors would iterate, convert or hash an object: its class's code.
+        (call("builtins.list", new("mylib.Iterable")), "unknown-call", "builtins.list"),
+        (call("builtins.dict", glob(UNKNOWN)), "unknown-call", "builtins.dict"),
+        (call("builtins.int", new("mylib.Number")), "unknown-call", "builtins.int"),
+        (call("builtins.str", glob("os.environ")), "dangerous", None),
+        (call("collections.deque", new("mylib.Iterable")), "unknown-call", "collections.deque"),
+        (call("builtins.range", glob(UNKNOWN)), "unknown-call", "builtins.range"),
+        # bytes(n) allocates n bytes of the file's choosing.
+        (call("builtins.bytes", num(2**31 - 1)), "unknown-call", "builtins.bytes"),
+        # SETITEM(S)/APPEND(S) call a method of the object: only the matching container may take them.
+        (DTYPE_F8 + text("k") + num(1) + b"s", "dangerous", None),
+        (call("collections.defaultdict", NONE) + num(1) + b"a", "dangerous", None),
+        (call("builtins.list", EMPTY_LIST) + text("k") + num(1) + b"s", "dangerous", None),
+        (call("torch.Size", EMPTY_LIST) + text("k") + num(1) + b"s", "dangerous", None),
+    ],
+)
+def test_no_gadget_through_a_vetted_callable(body: bytes, verdict: str, blamed: str | None) -> None:
+    judgement = judged(body)
+    assert judgement.verdict == verdict, (judgement.globals, judgement.problems)
+    if blamed is not None:
+        assert verdict_of(judgement, blamed) == verdict
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        call("collections.defaultdict", glob("builtins.list")),
+        call("collections.defaultdict", NONE),
+        call("collections.defaultdict", glob("builtins.int"), EMPTY_DICT),
+        call("copyreg._reconstructor", glob("mylib.M"), glob("builtins.object"), NONE),
+        call("copyreg._reconstructor", glob("mylib.M"), glob("builtins.dict"), EMPTY_DICT),
+        call("copyreg.__newobj__", glob("mylib.M")),
+        call("numpy._core.multiarray._reconstruct", glob("numpy.ndarray"), b"J\x00\x00\x00\x00\x85", text("b")),
+        call("numpy.core.multiarray.scalar", DTYPE_F8, call("_codecs.encode", text("\x00" * 8), text("latin1"))),
+        call("builtins.bytes", call("_codecs.encode", text("ab"), text("latin1"))),
+        call("builtins.range", num(0), num(10), num(2)),
+        call("collections.defaultdict", glob("builtins.list")) + text("k") + EMPTY_LIST + b"s",
+        call("collections.deque", EMPTY_LIST, num(3)) + num(1) + b"a",
+    ],
+)
+def test_the_vetted_forms_need_only_an_allowlist(body: bytes) -> None:
+    judgement = judged(body)
+    assert (judgement.verdict, judgement.problems) == ("needs-allowlist", [])
+
+
+def test_every_vetted_callable_says_why() -> None:
+    assert all(v.why and v.why[0].islower() for v in VETTED.values())
+
+
+def test_a_factory_is_judged_as_a_call_and_says_by_whom() -> None:
+    (factory,) = [g for g in judged(call("collections.defaultdict", glob(UNKNOWN))).globals if g.qualname == UNKNOWN]
+    assert factory.uses == ["call"]
+    assert "collections.defaultdict" in factory.reason
+
+
+def test_legacy_module_ids_judge_their_class() -> None:
+    # NEWOBJ on ('module', cls, file, source): torch's legacy loader hands back cls.
+    pid = b"(" + text("module") + glob("mylib.Net") + text("net.py") + text("src") + b"tQ"
+    judgement = judged(pid + b")\x81" + EMPTY_DICT + b"b")
+    assert (judgement.verdict, judgement.problems) == ("needs-allowlist", [])
+    assert judgement.globals[0].uses == ["instantiate"]
+
+
+# -- numpy's dtype classes ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("code", ["?", "b", "B", "h", "H", "i", "I", "l", "L", "e", "f", "d", "g", "F", "D", "G", "O"])
+def test_dtype_class_table_matches_numpy(code: str) -> None:
+    """What numpy.dtype(typestr) builds, from the type string its __reduce__ writes."""
+    dtype = np.dtype(code)
+    typestr = dtype.__reduce__()[1][0]
+    assert typestr in NUMPY_DTYPE_CLASSES
+    assert numpy_dtype_class((typestr,)) == f"{type(dtype).__module__}.{type(dtype).__name__}"
+
+
+@pytest.mark.parametrize("code", ["U5", "S3", "V4", "M8[s]", "m8[D]"])
+def test_sized_dtype_classes_match_numpy(code: str) -> None:
+    dtype = np.dtype(code)
+    typestr = dtype.__reduce__()[1][0]
+    assert numpy_dtype_class((typestr,)) == f"{type(dtype).__module__}.{type(dtype).__name__}"
