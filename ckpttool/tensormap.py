@@ -193,7 +193,7 @@ def _memcmp() -> Callable[[int, int, int], int] | None:
     name = ctypes.util.find_library("c")
     try:
         function = ctypes.CDLL(name).memcmp
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # no C library by that name (Windows: no "c")
         return None
     function.restype = ctypes.c_int
     function.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]

@@ -307,6 +307,21 @@ def test_one_block_differs_errors_span_the_whole_tensor(cli: Cli, tmp_path: Path
     assert code == 1
 
 
+def test_without_libc_memcmp_numpy_compares_the_bytes(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where no C library's memcmp can be loaded, equal bytes are found by numpy: same answers."""
+    monkeypatch.setattr(tensormap, "_memcmp", lambda: None)
+    generator = torch.Generator().manual_seed(2)
+    a = {"w": torch.randn(LONG, generator=generator), "same": torch.arange(10.0)}
+    b = {"w": a["w"].clone(), "same": a["same"].clone()}
+    b["w"][-1] += 1
+    code, report = run_diff(cli, save(a, tmp_path / "a.pth"), save(b, tmp_path / "b.pth"))
+    assert_agrees_with_torch(report, a, b, torch_equal)
+    assert_errors_match(report["value_mismatch"][0], a["w"], b["w"], elementwise_close(a["w"], b["w"]))
+    assert code == 1
+
+
 def test_nan_in_a_late_block_of_equal_bytes(cli: Cli, tmp_path: Path) -> None:
     """Bit-identical tensors with one NaN in their last block: different as torch.equal
     says, equal with --equal-nan."""
