@@ -107,7 +107,6 @@ class MappedFiles:
 def element_blocks(tensor: TensorRef, files: MappedFiles, elements: int | None = None) -> Iterator[np.ndarray]:
     """The tensor's elements in row-major order as 1-D raw arrays (`raw_dtype`) of at most
     `elements` each; read-only views of the map where the bytes allow."""
-    import numpy as np
 
     dtype = raw_dtype(tensor.dtype)
     step = elements or max(1, BLOCK_BYTES // dtype.itemsize)
@@ -119,17 +118,25 @@ def element_blocks(tensor: TensorRef, files: MappedFiles, elements: int | None =
         for start in range(0, len(copy), step):
             yield copy[start : start + step]
         return
+    yield from _mapped_blocks(span, dtype, tensor.numel, step, files)
+
+
+def _mapped_blocks(span: ByteRange, dtype: np.dtype, count: int, step: int, files: MappedFiles) -> Iterator[np.ndarray]:
+    """`count` elements at `span` as views of the file's map; the pages of each block are
+    released once the caller asks for the next, and the record's CRC-32 checked on the way."""
+    import numpy as np
+
     whole_record = _is_whole_record(span)
     if span.record is not None and not whole_record:
-        verify_record(span.record)
+        verify_record(span.record)  # part of a record: checked in a pass of its own first
     buffer = files.map(span.path)
     if span.offset + span.size > len(buffer):
         raise FormatError(f"file ends inside a storage record (byte {len(buffer)})", path=span.path)
     crc = _Crc32() if whole_record else None
-    count = tensor.numel
     for first in range(0, count, step):
         n = min(step, count - first)
-        block = np.frombuffer(buffer, dtype, n, span.offset + first * dtype.itemsize)
+        start = span.offset + first * dtype.itemsize
+        block = np.frombuffer(buffer, dtype, n, start)
         pending = None if crc is None else _crc_thread().submit(crc.add, block)
         if pending is not None and first + n == count:  # the last block waits for the record's check
             pending.result()
@@ -138,7 +145,7 @@ def element_blocks(tensor: TensorRef, files: MappedFiles, elements: int | None =
         if pending is not None:
             pending.result()  # both are done with these pages
         del block
-        files.release(span.path, span.offset + first * dtype.itemsize, span.offset + (first + n) * dtype.itemsize)
+        files.release(span.path, start, start + n * dtype.itemsize)
 
 
 class _Crc32:
