@@ -174,7 +174,10 @@ def test_every_call_is_recorded_reachable_or_not() -> None:
     # REDUCE whose result is popped, then NEWOBJ: both are calls a review must see.
     data = b"\x80\x02cbuiltins\nlist\n)R0cargparse\nNamespace\n)\x81."
     decoded = decode(data)
-    assert [(c.func_name, c.kind) for c in decoded.calls] == [("builtins.list", "call"), ("argparse.Namespace", "newobj")]
+    assert [(c.func_name, c.kind) for c in decoded.calls] == [
+        ("builtins.list", "call"),
+        ("argparse.Namespace", "newobj"),
+    ]
 
 
 def test_legacy_module_id_stands_for_its_class() -> None:
