@@ -146,18 +146,19 @@ def nested_entries(root: Any, weights_root: str | None) -> dict[str, Any]:
     empty containers and the class of each pickled object (`path.__class__`)."""
     if weights_root == "":
         return {}  # the whole file is weights
-    inside = weights_root + "." if weights_root else None
     out: dict[str, Any] = {}
     for path, node in walk(root):
-        if not path or isinstance(node, TensorRef):
-            continue
-        if weights_root is not None and (path == weights_root or path.startswith(inside or "")):
+        if not path or isinstance(node, TensorRef) or _within(path, weights_root):
             continue
         if isinstance(node, PickledObject):
             out[f"{path}.__class__"] = node.cls
         elif not isinstance(node, (dict, list, tuple)) or not node:
             out[path] = node
     return out
+
+
+def _within(path: str, root: str | None) -> bool:
+    return root is not None and (path == root or path.startswith(root + "."))
 
 
 def _differing(a: dict[str, Any], b: dict[str, Any], same: Callable[[Any, Any], bool]) -> list[dict[str, Any]]:
