@@ -541,11 +541,12 @@ def _scan_block(r: FileScan) -> str:
     pairs += [("verdict", r.verdict.upper()), ("weights_only", _WEIGHTS_ONLY_TEXT[r.weights_only.result])]
     if r.allowed:
         pairs.append(("allowed", [f"{name} ({source})" for name, source in sorted(r.allowed.items())]))
-    lines = [key_values(pairs)]
+    width = output_width()
+    lines = [key_values(pairs, width)]
     lines.extend(f"  {reason}" for reason in r.weights_only.reasons)
     if r.globals:
         body = sorted(((g.qualname, ", ".join(g.uses), g.verdict, g.reason) for g in r.globals), key=_verdict_order)
-        lines.append(to_table(("global", "uses", "verdict", "why"), body))
+        lines.append(fit_table(("global", "uses", "verdict", "why"), body, width, shrink=(3, 0)))
     for g in r.globals:
         if g.verdict == "unknown-call":
             lines.extend(f"unknown call: {call}" for call in g.calls)
@@ -558,8 +559,18 @@ def _scan_block(r: FileScan) -> str:
         else:
             lines.append("globals to allowlist (torch.load(weights_only=True) still refuses the file):")
         lines.extend(f"    import {m}" for m in r.imports)
-        lines.append(f"    {r.allowlist}")
+        lines.extend(allowlist_lines(r.allowlist, width))
     return "\n".join(lines)
+
+
+def allowlist_lines(call: str, width: int | None, indent: str = "    ") -> list[str]:
+    """The `add_safe_globals([...])` line, or within `width` one name per wrapped line
+    inside the brackets: still Python to paste as it is."""
+    head, bracket, rest = call.partition("([")
+    if width is None or len(indent + call) <= width or not bracket or not rest.endswith("])"):
+        return [indent + call]
+    names = wrap_list(rest[:-2].split(", "), width - 2 * len(indent))
+    return [f"{indent}{head}([", *(2 * indent + line for line in names), f"{indent}])"]
 
 
 def _verdict_order(row: tuple[str, str, str, str]) -> tuple[int, str]:

@@ -71,3 +71,26 @@ def test_write_errors_name_the_destination(tmp_path: Path, command: list[str]) -
     assert done.returncode == 2, done.stderr
     assert done.stderr.splitlines() == [f"ckpttool: error: {dst}: File too large"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_scan_allowlist_line_wraps_and_stays_python(cli: Cli) -> None:
+    """At 60 columns the add_safe_globals line wraps inside its brackets; pasted, it is the
+    same call as the one-line form."""
+    import ast
+
+    from click.testing import CliRunner
+
+    from ckpttool.cli import main
+
+    path = SOURCE.parent / "nested_containers_whole_model.pt"
+
+    def allowlist(env: dict[str, str]) -> tuple[str, int]:
+        out = CliRunner().invoke(main, ["scan", str(path)], env=env).stdout
+        start = out.index("    torch.serialization.add_safe_globals(")
+        return out[start:], max(len(line) for line in out.splitlines())
+
+    whole, _ = allowlist({"COLUMNS": ""})
+    wrapped, widest = allowlist({"COLUMNS": "60"})
+    assert len(whole.strip().splitlines()) == 1 < len(wrapped.strip().splitlines())
+    assert widest <= 60
+    assert ast.dump(ast.parse(wrapped.strip().replace("\n", " "))) == ast.dump(ast.parse(whole.strip()))
