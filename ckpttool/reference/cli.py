@@ -104,7 +104,8 @@ def reference() -> None:
     "out_dir",
     type=click.Path(file_okay=False, path_type=Path),
     required=True,
-    help="Folder for the fixtures and manifest.json (created; same-named files replaced).",
+    help="Folder for the fixtures and manifest.json (created; same-named files replaced, others kept). "
+    "The set lands whole at the end; a stopped or failed run leaves the folder as it was.",
 )
 @output_options(("table", "json"))
 def train_command(

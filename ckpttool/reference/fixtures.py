@@ -13,6 +13,7 @@ from ckpttool.reference.choices import STYLE_NAMES
 from ckpttool.reference.data import ReferenceData
 from ckpttool.reference.fingerprint import machine_fingerprint
 from ckpttool.reference.manifest import (
+    MANIFEST_NAME,
     DatasetRecord,
     EvaluationRecord,
     FileRecord,
@@ -26,6 +27,7 @@ from ckpttool.reference.manifest import (
 )
 from ckpttool.reference.report import TrainSummary
 from ckpttool.reference.saving import SavedFile, save_periodic_checkpoint, save_styles
+from ckpttool.reference.staging import staged_folder
 from ckpttool.reference.train import (
     EpochReport,
     Evaluation,
@@ -101,6 +103,8 @@ class PeriodicCheckpoints:
     """Saves `{'state_dict','optimizer'}` every `every` epochs, as the tutorial does.
 
     The last epoch is left out: the final files are written after training.
+    `build_fixtures` points `directory` at its staging folder, so that these land with
+    the rest of the set at the end, never on their own before it.
     """
 
     directory: Path
@@ -132,20 +136,30 @@ def build_fixtures(
 ) -> FixtureSet:
     """Train `config` on `data`, save every style into `directory`, write the manifest.
 
+    The whole set is written into a hidden staging folder and moved into `directory`
+    together at the end (`reference.staging`): an error or a stop signal on the way
+    leaves `directory` as it was. Files of the same names there are replaced, others
+    kept; the folder and its missing parents are created.
+
     `located_as` (e.g. `cuda:0`) writes the files as a run on that device would,
     whatever device trains; the manifest says so, and where the numbers came from.
     """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     periodic_every = checkpoint_every if "state-dict-optimizer" in styles else 0
-    periodic = PeriodicCheckpoints(directory, periodic_every, config.epochs, observer or SilentObserver(), located_as)
-    run = TrainingRun(config, data, periodic)
-    run.train_until(config.epochs)
-    final = take_snapshot(run)
-    saved_files = save_styles(run, styles, directory, located_as)
-    records = periodic.records + [file_record(saved, final) for saved in saved_files]
-    manifest = build_manifest(run, records, located_as)
-    return FixtureSet(run, final, manifest, write_manifest(manifest, directory))
+    with staged_folder(directory) as staging:
+        inner = observer or SilentObserver()
+        periodic = PeriodicCheckpoints(staging.folder, periodic_every, config.epochs, inner, located_as)
+        run = TrainingRun(config, data, periodic)
+        run.train_until(config.epochs)
+        final = take_snapshot(run)
+        saved_files = save_styles(run, styles, staging.folder, located_as)
+        # Hashed where they are staged: a rename keeps the bytes.
+        records = periodic.records + [file_record(saved, final) for saved in saved_files]
+        manifest = build_manifest(run, records, located_as)
+        write_manifest(manifest, staging.folder)
+        # The manifest last: whoever sees it in the folder finds the files it lists.
+        staging.land([record.path for record in records] + [MANIFEST_NAME])
+    return FixtureSet(run, final, manifest, directory / MANIFEST_NAME)
 
 
 def summarize(fixtures: FixtureSet, total_seconds: float) -> TrainSummary:

@@ -12,7 +12,9 @@
 Tensors are saved where they live: a run on a GPU gives files whose storages say
 `cuda`, like the files people bring from GPU machines. `located_as` writes that
 location from any machine (see `located`). Each file is written to a temporary name
-in the destination folder and renamed into place.
+in the destination folder and renamed into place; `build_fixtures` points these
+functions at a staging folder and moves the whole set into place at the end (see
+`staging`).
 
 Sizes: a state_dict is 4 bytes per parameter; files that add Adam's state are 3x
 that, SGD's 2x. vgg16 (134M parameters) gives ~537 MB per weights-only file and
