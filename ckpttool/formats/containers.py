@@ -120,6 +120,13 @@ def scan_container(path: str, kind: str) -> Found:
     return scanner.found.summarise()
 
 
+def scan_zip_archive(archive: ZipArchive) -> Found:
+    """`scan_container` for a zip whose central directory is already read."""
+    scanner = _Scanner()
+    scanner.zip_file("", archive, 0)
+    return scanner.found.summarise()
+
+
 def scan_zip_members(archive: ZipArchive, skip: set[str]) -> Found:
     """The members of a torch zip besides its storages and the pickles in `skip`: anything
     else in it that holds a pickle is scanned too."""

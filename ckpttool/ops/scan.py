@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from ckpttool.checkpoint import Checkpoint
-from ckpttool.errors import CkptError, PickleError, UnknownFormatError, ZipFormatError
+from ckpttool.errors import CkptError, PickleError, UnknownFormatError
 from ckpttool.formats import (
     LEGACY,
     LEGACY_TAR,
@@ -38,6 +38,7 @@ from ckpttool.formats.containers import (
     refuse_sealed,
     scan_container,
     scan_tar_members,
+    scan_zip_archive,
     scan_zip_members,
     trailing_data,
 )
@@ -45,7 +46,7 @@ from ckpttool.formats.legacy import is_tar, read_legacy, read_legacy_tar
 from ckpttool.formats.safetensors import read_safetensors
 from ckpttool.formats.sharded import find_index, load_index, shard_path
 from ckpttool.formats.torchzip import is_torchscript, pickle_names, read_pickle, read_torch_zip
-from ckpttool.formats.ziparchive import is_zip, open_archive
+from ckpttool.formats.ziparchive import open_archive
 from ckpttool.pickle import Decoded, decode
 from ckpttool.pickle.judge import DANGEROUS, NEEDS_ALLOWLIST, SAFE, UNKNOWN_CALL, Judgement, Verdict, judge
 from ckpttool.pickle.judge import GlobalJudgement as GlobalReport
@@ -149,11 +150,9 @@ def _container(path: str) -> str | None:
         head = f.read(512)
     refuse_sealed(head, path)
     kind = container_kind(head)
-    if kind is None and is_zip(head):
-        kind = None if open_archive(path).record("data.pkl") is not None else CONTAINER_ZIP
-    elif kind is None and is_tar(head):
-        kind = None if is_legacy_tar(path) else CONTAINER_TAR
-    return kind
+    if kind is None and is_tar(head) and not is_legacy_tar(path):
+        kind = CONTAINER_TAR
+    return kind  # a zip is told apart once its central directory is read (`_collect_zip`)
 
 
 def _guarded(collected: _Collected, action: Callable[[], Checkpoint], keep_anomalies: bool = False) -> None:
@@ -178,8 +177,10 @@ def _record_failure(collected: _Collected, name: str, exc: PickleError) -> None:
 
 def _collect_zip(path: str, collected: _Collected) -> None:
     archive = open_archive(path)
-    if archive.record("data.pkl") is None:
-        raise ZipFormatError(f"zip archive without {archive.root}/data.pkl: not a torch checkpoint", path=path)
+    if archive.record("data.pkl") is None:  # not torch's layout: a plain zip (an npz, a download)
+        collected.format = CONTAINER_ZIP
+        collected.add(scan_zip_archive(archive))
+        return
     if is_torchscript(archive):
         collected.problems.append(
             "TorchScript archive: torch.jit.load compiles and runs its code/ (CVE-2025-32434); "
