@@ -547,10 +547,11 @@ def _scan_block(r: FileScan) -> str:
     if r.globals:
         body = sorted(((g.qualname, ", ".join(g.uses), g.verdict, g.reason) for g in r.globals), key=_verdict_order)
         lines.append(fit_table(("global", "uses", "verdict", "why"), body, width, shrink=(3, 0)))
-    for g in r.globals:
-        if g.verdict == "unknown-call":
-            lines.extend(f"unknown call: {call}" for call in g.calls)
-            lines.append(f"  to allow it: --allow {g.qualname}, or [tool.ckpttool] allow in pyproject.toml")
+    from ckpttool.pickle.judge import unknown_calls_by_allow
+
+    for name, calls in unknown_calls_by_allow(r.globals).items():  # one hint for a TorchScript archive's classes
+        lines.extend(f"unknown call: {call}" for call in calls)
+        lines.append(f"  to allow it: --allow {name}, or [tool.ckpttool] allow in pyproject.toml")
     lines.extend(f"problem: {p}" for p in r.problems)
     lines.extend(f"note: {n}" for n in r.notes)
     if r.allowlist:

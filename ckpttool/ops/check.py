@@ -34,7 +34,8 @@ from ckpttool.ops.keys import (
     found_weights,
     suggest_fixes,
 )
-from ckpttool.ops.scan import DANGEROUS, NEEDS_ALLOWLIST, UNKNOWN_CALL, scan_file
+from ckpttool.ops.scan import DANGEROUS, NEEDS_ALLOWLIST, scan_file
+from ckpttool.pickle.judge import unknown_calls_by_allow
 from ckpttool.tensordata import verify_storage
 from ckpttool.weights import Weights, all_tensors, find_weights
 
@@ -197,20 +198,26 @@ def _safety_of_unreadable(path: str, report: CheckReport, allow: dict[str, str])
     report.readable = any(f.check == "safety" and f.severity == ERROR for f in report.findings)
 
 
+_CALLS_SHOWN = 3
+
+
+def _shown(calls: list[str]) -> str:
+    more = len(calls) - _CALLS_SHOWN
+    return "; ".join(calls[:_CALLS_SHOWN] + ([f"... and {more} more"] if more > 0 else []))
+
+
 def _safety(path: str, report: CheckReport, allow: dict[str, str]) -> None:
     result = scan_file(path, allow)
     if result.verdict == DANGEROUS:
         reasons = result.problems + [f"{g.qualname}: {g.reason}" for g in result.globals if g.verdict == DANGEROUS]
         report.add("safety", ERROR, "scan calls this file dangerous: " + "; ".join(reasons[:3]))
-    for g in result.globals:
-        if g.verdict == UNKNOWN_CALL:
-            calls = "; ".join(g.calls)
-            report.add(
-                "safety",
-                ERROR,
-                f"calls {calls}: neither vetted nor a known gadget; if you trust it, --allow {g.qualname}",
-            )
-    if result.verdict == NEEDS_ALLOWLIST:
+    for name, calls in unknown_calls_by_allow(result.globals).items():  # a TorchScript archive: one finding
+        report.add(
+            "safety",
+            ERROR,
+            f"calls {_shown(calls)}: neither vetted nor a known gadget; if you trust it, --allow {name}",
+        )
+    if result.verdict == NEEDS_ALLOWLIST and result.allowlist:  # none for a trusted TorchScript archive
         report.add("safety", WARNING, f"torch.load(weights_only=True) needs {result.allowlist}")
 
 

@@ -5,6 +5,8 @@ The verdict (`ckpttool.pickle.judge`) answers one question: can loading this fil
 harmless? `safe`, `needs-allowlist`, `unknown-call` or `dangerous`, each with one
 meaning. Apart from it, `weights_only` says what `torch.load(weights_only=True)` does
 with the file (`ckpttool.pickle.weightsonly`): a refusal there is reported, not danger.
+`__torch__` classes are unknown calls (torch.jit.load runs their code) until allowed;
+in a TorchScript archive, allowing its top-level class trusts them all (`judge.TorchScript`).
 
 Every pickle is scanned: all `.pkl` records of an archive under any root, every
 stacked pickle of the legacy formats, every pickle concatenated in a raw file.
@@ -46,10 +48,21 @@ from ckpttool.formats.legacy import is_tar, read_legacy, read_legacy_tar
 from ckpttool.formats.safetensors import read_safetensors
 from ckpttool.formats.sharded import find_index, load_index, shard_path
 from ckpttool.formats.torchzip import is_torchscript, pickle_names, read_pickle, read_torch_zip
-from ckpttool.formats.ziparchive import open_archive
+from ckpttool.formats.ziparchive import ZipArchive, open_archive
 from ckpttool.pickle import Decoded, decode
-from ckpttool.pickle.judge import DANGEROUS, NEEDS_ALLOWLIST, SAFE, UNKNOWN_CALL, Judgement, Verdict, judge
+from ckpttool.pickle.judge import (
+    DANGEROUS,
+    NEEDS_ALLOWLIST,
+    SAFE,
+    UNKNOWN_CALL,
+    Judgement,
+    TorchScript,
+    Verdict,
+    is_torchscript_class,
+    judge,
+)
 from ckpttool.pickle.judge import GlobalJudgement as GlobalReport
+from ckpttool.pickle.objects import Call, Global
 from ckpttool.pickle.weightsonly import WeightsOnly, emulate, not_applicable
 
 __all__ = ["DANGEROUS", "NEEDS_ALLOWLIST", "SAFE", "UNKNOWN_CALL", "FileScan", "GlobalReport", "scan_file"]
@@ -76,6 +89,7 @@ class _Collected:
     pickles: list[tuple[str, Decoded]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    torchscript: TorchScript | None = None
 
     def add(self, found: Found) -> None:
         self.pickles.extend(found.pickles)
@@ -90,11 +104,13 @@ def scan_file(path: str, allow: Mapping[str, str] | None = None) -> FileScan:
     those names count as vetted for this scan.
     """
     collected = _collect(path)
-    judgement = judge((d for _, d in collected.pickles), allow)
+    judgement = judge((d for _, d in collected.pickles), allow, collected.torchscript)
     problems = collected.problems + judgement.problems
     verdict = DANGEROUS if problems else judgement.verdict
     weights_only = _weights_only(collected, judgement)
-    allowlist = weights_only.allowlist if verdict in (NEEDS_ALLOWLIST, UNKNOWN_CALL) else None
+    # No allowlist makes torch.load(weights_only=True) read TorchScript: no line to print.
+    loadable = collected.torchscript is None and verdict in (NEEDS_ALLOWLIST, UNKNOWN_CALL)
+    allowlist = weights_only.allowlist if loadable else None
     allowed = {g.qualname: g.allowed_by for g in judgement.globals if g.allowed_by}
     return FileScan(
         path,
@@ -181,11 +197,6 @@ def _collect_zip(path: str, collected: _Collected) -> None:
         collected.format = CONTAINER_ZIP
         collected.add(scan_zip_archive(archive))
         return
-    if is_torchscript(archive):
-        collected.problems.append(
-            "TorchScript archive: torch.jit.load compiles and runs its code/ (CVE-2025-32434); "
-            "torch.load(weights_only=True) refuses it"
-        )
     for name in pickle_names(archive):
         try:
             decoded = read_pickle(archive, archive.entries[name])
@@ -202,8 +213,30 @@ def _collect_zip(path: str, collected: _Collected) -> None:
         collected.problems.append(f"records under {len(roots)} root folders: {', '.join(roots)}")
     collected.problems.extend(archive.anomalies)
     collected.add(scan_zip_members(archive, set(pickle_names(archive))))
+    if is_torchscript(archive):
+        collected.torchscript = _torchscript(archive, collected.pickles)
+        if collected.torchscript.top is None:  # torch.jit.save always pickles the module itself
+            collected.problems.append(
+                "TorchScript archive whose data.pkl holds no TorchScript module, which torch.jit.save never "
+                "writes: torch.jit.load still compiles from code/ what its pickles name"
+            )
     if not collected.problems:
         _guarded(collected, lambda: read_torch_zip(path, archive))
+
+
+def _torchscript(archive: ZipArchive, pickles: list[tuple[str, Decoded]]) -> TorchScript:
+    """The archive's top-level class (of the object its data.pkl holds) and the code/
+    record of each `__torch__` module its pickles name."""
+    data = archive.record("data.pkl")
+    root = next((d.value for name, d in pickles if data is not None and name == data.name), None)
+    func = root.func if isinstance(root, Call) else None
+    top = func.qualname if isinstance(func, Global) and is_torchscript_class(func.module) else None
+    code = {}
+    for module in {ref.module for _, decoded in pickles for ref in decoded.globals}:
+        record = archive.record(f"code/{module.replace('.', '/')}.py") if is_torchscript_class(module) else None
+        if record is not None:
+            code[module] = record.name
+    return TorchScript(top, code)
 
 
 def _collect_raw(path: str, collected: _Collected) -> None:

@@ -264,6 +264,16 @@ _DANGEROUS_NAMES: dict[str, str] = {
 }  # fmt: skip
 
 
+# Members of a gadget module above that were read one by one and are pure: TorchScript's
+# pickle builders (`torch/jit/_pickle.py`: each returns its argument, or an int, unchanged).
+# Each is vetted, with its argument form, in `ckpttool.pickle.vetted`; the rest of
+# `torch.jit` (load, script, compile) stays a known gadget.
+PURE_MEMBERS: frozenset[str] = frozenset(
+    f"torch.jit._pickle.{name}"
+    for name in ("build_intlist", "build_tensorlist", "build_doublelist", "build_boollist",
+                 "build_tensor_from_id", "restore_type_tag")
+)  # fmt: skip
+
 # Module-level functions whose own name is a dunder: pickle's protocol 0 and 1 helpers.
 _DUNDER_FUNCTIONS = frozenset({"copyreg.__newobj__", "copyreg.__newobj_ex__"})
 
@@ -285,6 +295,8 @@ def danger_reason(module: str, name: str) -> str | None:
         return "reaches a dunder attribute (an object's internals): only an attack names one"
     if qualname in _DANGEROUS_NAMES:
         return _DANGEROUS_NAMES[qualname]
+    if qualname in PURE_MEMBERS:
+        return None
     for prefix in _prefixes(qualname):
         if prefix in _DANGEROUS_MODULES:
             return f"{prefix}: {_DANGEROUS_MODULES[prefix]}"

@@ -12,6 +12,16 @@ Verdicts, each with one meaning (per global, and per file as the worst of its gl
   or anything the machine flagged as a problem: a name computed at load time, a parser
   differential, SETITEMS/APPENDS that call a method of a torch or vetted object, a limit
   or an error of the scan.
+
+TorchScript: a `__torch__` class means code. Python's pickle cannot import one; only
+torch.jit.load (and torch.load, which hands it TorchScript archives) gives it meaning, by
+compiling the archive's `code/` and running it (`__setstate__` at load, methods when
+called). That code is neither vetted nor a known gadget and can be weaponised
+(CVE-2025-32434), so each such class is an unknown call until the user trusts it: by its
+own name, or for a TorchScript archive (`TorchScript`) by allowing the archive's
+top-level class (the class of the object data.pkl holds, whose code holds and calls the
+rest). A `__torch__` class found elsewhere (a TorchScript archive inside a plain zip)
+has no archive to trust and is allowed by its own name only.
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ UNKNOWN_CALL: Verdict = "unknown-call"
 DANGEROUS: Verdict = "dangerous"
 RANK: dict[str, int] = {SAFE: 0, NEEDS_ALLOWLIST: 1, UNKNOWN_CALL: 2, DANGEROUS: 3}
 MAX_CALLS_SHOWN = 3
+TORCHSCRIPT_MODULE = "__torch__"  # where TorchScript puts the classes of an archive's code/
 
 
 @dataclass
@@ -44,10 +55,28 @@ class GlobalJudgement:
     reason: str
     calls: list[str] = field(default_factory=list)  # how an unknown call is made: "Strategy('steps')"
     allowed_by: str | None = None  # where the user allowed it (--allow, a pyproject.toml)
+    allow_name: str | None = None  # the name to --allow for it when not its own (a TorchScript archive's top)
 
     @property
     def qualname(self) -> str:
         return f"{self.module}.{self.name}"
+
+
+@dataclass(frozen=True)
+class TorchScript:
+    """What judging a TorchScript archive needs: `top`, the class of the object data.pkl
+    holds (None when that is no `__torch__` object: then each class is allowed by its
+    own name), and the `code/` record each `__torch__` module's code comes from."""
+
+    top: str | None
+    code: Mapping[str, str] = field(default_factory=dict)
+
+
+_NO_ARCHIVE = TorchScript(None)
+
+
+def is_torchscript_class(module: str) -> bool:
+    return module == TORCHSCRIPT_MODULE or module.startswith(TORCHSCRIPT_MODULE + ".")
 
 
 @dataclass
@@ -70,8 +99,11 @@ def worst(verdicts: Iterable[Verdict]) -> Verdict:
     return max(verdicts, key=RANK.__getitem__, default=SAFE)
 
 
-def judge(pickles: Iterable[Decoded], allow: Mapping[str, str] | None = None) -> Judgement:
-    """`allow` maps `module.name` to where the user allowed it."""
+def judge(
+    pickles: Iterable[Decoded], allow: Mapping[str, str] | None = None, torchscript: TorchScript | None = None
+) -> Judgement:
+    """`allow` maps `module.name` to where the user allowed it; `torchscript` is given for
+    a TorchScript archive."""
     allow = allow or {}
     tallies: dict[tuple[str, str], _Tally] = {}
     problems: list[str] = []
@@ -81,7 +113,7 @@ def judge(pickles: Iterable[Decoded], allow: Mapping[str, str] | None = None) ->
             _tally(tallies, ref).uses.update(getattr(ref, "uses", ()))
         for call in decoded.calls:
             problems.extend(_judge_call(call, tallies, allow))
-    judged = [_global_verdict(module, name, t, allow) for (module, name), t in tallies.items()]
+    judged = [_global_verdict(module, name, t, allow, torchscript) for (module, name), t in tallies.items()]
     verdict = DANGEROUS if problems else worst(g.verdict for g in judged)
     return Judgement(verdict, judged, problems)
 
@@ -133,15 +165,53 @@ def _container_problems(call: Call, qualname: str) -> list[str]:
     return problems
 
 
-def _global_verdict(module: str, name: str, tally: _Tally, allow: Mapping[str, str]) -> GlobalJudgement:
+def _global_verdict(
+    module: str, name: str, tally: _Tally, allow: Mapping[str, str], torchscript: TorchScript | None
+) -> GlobalJudgement:
     uses = sorted(tally.uses - {USE_BUILD}) or [USE_REFERENCE]
     allowed_by = allow.get(f"{module}.{name}")
+    if is_torchscript_class(module) and not danger_reason(module, name):
+        return _torchscript_class(module, name, uses, allowed_by, allow, torchscript or _NO_ARCHIVE)
     verdict, reason = _judged(module, name, tally, allowed_by)
     calls = []
     if verdict == UNKNOWN_CALL:
         more = tally.call_count - len(tally.calls)
         calls = tally.calls + ([f"... and {more} more"] if more > 0 else [])
     return GlobalJudgement(module, name, uses, verdict, reason, calls, allowed_by)
+
+
+def _torchscript_class(
+    module: str, name: str, uses: list[str], allowed_by: str | None, allow: Mapping[str, str], ts: TorchScript
+) -> GlobalJudgement:
+    """A class of the archive's TorchScript: its code runs unless the user trusts it, by
+    name or through the archive's top-level class."""
+    qualname = f"{module}.{name}"
+    trusted_by = allow.get(ts.top) if ts.top else None
+    if allowed_by:
+        return GlobalJudgement(
+            module, name, uses, NEEDS_ALLOWLIST, f"TorchScript code allowed by {allowed_by}", [], allowed_by
+        )
+    if trusted_by:
+        reason = f"TorchScript code of an archive trusted by allowing {ts.top} ({trusted_by})"
+        return GlobalJudgement(module, name, uses, NEEDS_ALLOWLIST, reason)
+    hint = ts.top or qualname
+    where = ts.code.get(module)
+    code = f"the TorchScript code of {qualname}" + (f" ({where})" if where else "")
+    reason = (
+        "TorchScript: torch.jit.load (and torch.load) compiles and runs its code from code/, never vetted "
+        f"(CVE-2025-32434); if you trust this archive's code, --allow {hint}"
+    )
+    return GlobalJudgement(module, name, uses, UNKNOWN_CALL, reason, [code], None, hint if hint != qualname else None)
+
+
+def unknown_calls_by_allow(globals_: Iterable[GlobalJudgement]) -> dict[str, list[str]]:
+    """The unknown calls, grouped under the name whose --allow accepts them: one hint for
+    all the classes of a TorchScript archive."""
+    grouped: dict[str, list[str]] = {}
+    for g in sorted(globals_, key=lambda g: (g.allow_name is not None, g.qualname)):
+        if g.verdict == UNKNOWN_CALL:
+            grouped.setdefault(g.allow_name or g.qualname, []).extend(g.calls)
+    return grouped
 
 
 def _judged(module: str, name: str, tally: _Tally, allowed_by: str | None) -> tuple[Verdict, str]:

@@ -13,16 +13,19 @@ instances of their own, so no gadget can be reached through a vetted callable.
 Not vetted on purpose: anything that calls a callable it is given at load time
 (`map`, `functools.partial`, ...), and `bytes(n)`/`bytearray(n)` with a count (an
 allocation the file chooses). `len` is not listed: no pickler writes a call to it.
+TorchScript's `torch.jit._pickle` builders are the only members of `torch.jit` listed;
+the archive's TorchScript code itself is never vetted (`judge`'s TorchScript rule).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ckpttool.pickle.objects import Call, Global
-from ckpttool.pickle.state import USE_CALL, USE_INSTANTIATE, legacy_module_class
+from ckpttool.pickle.state import USE_CALL, USE_INSTANTIATE, USE_REFERENCE, legacy_module_class
 
 Args = tuple[Any, ...]
 Passed = list[tuple[Any, str]]  # (argument, how the callee uses it)
@@ -159,6 +162,64 @@ def _newobj_ex_fits(args: Args) -> str | None:
     return "expected (class, arguments tuple, keyword dict)"
 
 
+def _one_list_fits(args: Args) -> str | None:
+    if len(args) == 1 and type(args[0]) is list:
+        return None
+    return "expected (list,)"
+
+
+def _tensor_id_fits(args: Args) -> str | None:
+    # Only a plain int: isinstance(data, int) on an object the pickle built would read its
+    # __class__, which a class can make a property that runs code.
+    if len(args) == 1 and type(args[0]) is int:
+        return None
+    return "expected (int,): a tensor's index in the archive's tensor table"
+
+
+_TORCHSCRIPT_NAME = re.compile(r"__torch__(?:\.\w+)+")
+_MAX_TYPE_NAMES = 64
+
+
+def _type_tag_passes(args: Args) -> Passed:
+    """torch.jit.load resolves the `__torch__` classes a type string names by compiling
+    them from code/: judged as TorchScript classes of their own."""
+    text = args[1] if len(args) == 2 and type(args[1]) is str else ""
+    names = dict.fromkeys(_TORCHSCRIPT_NAME.findall(text))
+    return [(Global(*name.rsplit(".", 1)), USE_REFERENCE) for name in list(names)[:_MAX_TYPE_NAMES]]
+
+
+def _type_tag_fits(args: Args) -> str | None:
+    if len(args) == 2 and type(args[0]) in (list, dict) and type(args[1]) is str:
+        return None
+    return "expected (list or dict, type string)"
+
+
+_TORCHSCRIPT_LIST = Vetted(
+    "a TorchScript typed-list marker: returns the list it is given (torch/jit/_pickle.py); torch.jit.load's "
+    "C++ unpickler only checks the element type",
+    _one_list_fits,
+    container="list",
+)
+# The names are exempt from the `torch.jit` gadget rule in `allowlist.PURE_MEMBERS`.
+TORCHSCRIPT_BUILDERS: dict[str, Vetted] = {
+    "torch.jit._pickle.build_intlist": _TORCHSCRIPT_LIST,
+    "torch.jit._pickle.build_tensorlist": _TORCHSCRIPT_LIST,
+    "torch.jit._pickle.build_doublelist": _TORCHSCRIPT_LIST,
+    "torch.jit._pickle.build_boollist": _TORCHSCRIPT_LIST,
+    "torch.jit._pickle.build_tensor_from_id": Vetted(
+        "returns the int it is given (torch/jit/_pickle.py); torch.jit.load's C++ unpickler looks that "
+        "index up, bounds-checked, in the tensors it read from the archive",
+        _tensor_id_fits,
+    ),
+    "torch.jit._pickle.restore_type_tag": Vetted(
+        "returns the list or dict it is given (torch/jit/_pickle.py); torch.jit.load parses the type "
+        "string, whose __torch__ classes come from the archive's code/ (judged by the TorchScript rule)",
+        _type_tag_fits,
+        _type_tag_passes,
+    ),
+}
+
+
 # numpy.dtype(typestr) returns an instance of a numpy.dtypes class (numpy >= 1.25), and
 # torch's BUILD wants that class allowlisted. Type strings as dtype.__reduce__ writes them
 # on Linux and macOS (a test compares them with the installed numpy).
@@ -242,6 +303,7 @@ VETTED: dict[str, Vetted] = {
     "copyreg.__newobj_ex__": Vetted(
         "cls.__new__(cls, *args, **kwargs), as the NEWOBJ_EX opcode", _newobj_ex_fits, _first_instantiated
     ),
+    **TORCHSCRIPT_BUILDERS,
 }
 
 # torch's own allowlisted containers, for judging what SETITEMS and APPENDS do to them.

@@ -5,7 +5,8 @@
 as is and accepts it once the globals of the printed `add_safe_globals` line are
 allowlisted (the fixtures' model classes supplied from tutorial_models under the names
 the file uses); `refused` when no allowlist of those globals is enough. The verdict is
-about danger only: none of the fixtures is `dangerous` but the TorchScript archives.
+about danger only: none of the fixtures is `dangerous`; the TorchScript archives are
+`unknown-call` (torch.jit.load runs their code) until their top-level class is allowed.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import importlib
 import io
 import json
 import pickle
+import pickletools
 import re
 import warnings
+import zipfile
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -124,6 +127,18 @@ def supply_line(line: str) -> list[Any]:
     return allow
 
 
+def rewrite_record(src: Path, dst: Path, record: str, change: Callable[[bytes], bytes]) -> None:
+    """A copy of the zip `src` whose `<root>/record` holds `change(its bytes)`."""
+    with zipfile.ZipFile(src) as source, zipfile.ZipFile(dst, "w") as target:
+        found = False
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename.split("/", 1)[-1] == record:
+                data, found = change(data), True
+            target.writestr(info.filename, data)
+    assert found, record
+
+
 def table_row(*cells: object) -> str:
     """A regex for a table line that starts with these cells, in order."""
     return "^" + r"\s+".join(re.escape(str(c)) for c in cells) + r"(\s|$)"
@@ -168,11 +183,12 @@ def test_weights_only_says_what_torch_does(cli: Cli, name: str) -> None:
 
 
 @pytest.mark.parametrize("name", [pytest.param(r["name"], id=r["name"]) for r in INDEX])
-def test_no_fixture_is_dangerous_but_torchscript(cli: Cli, name: str) -> None:
-    """Every fixture is a real way of saving: only TorchScript (whose code torch.jit.load
-    compiles and runs) is dangerous, and nothing calls an unvetted callable."""
+def test_no_fixture_is_dangerous(cli: Cli, name: str) -> None:
+    """Every fixture is a real way of saving: none is dangerous; only TorchScript (whose
+    code torch.jit.load compiles and runs) is an unknown call, nothing else calls an
+    unvetted callable."""
     scanned = only_file(scan_json(cli, fixture(name))[1])
-    expected = {"dangerous"} if scanned["format"] == "torchscript" else {"safe", "needs-allowlist"}
+    expected = {"unknown-call"} if scanned["format"] == "torchscript" else {"safe", "needs-allowlist"}
     assert scanned["verdict"] in expected, (scanned["verdict"], scanned["problems"])
 
 
@@ -287,8 +303,8 @@ def test_several_paths_are_reported_in_order(cli: Cli) -> None:
     names = ["cnn_state_dict", "cnn_whole_model_main", "torchscript_traced"]
     result, report = scan_json(cli, *(fixture(n) for n in names))
     assert [f["path"] for f in report["files"]] == [str(fixture(n)) for n in names]
-    assert [f["verdict"] for f in report["files"]] == ["safe", "needs-allowlist", "dangerous"]
-    assert result.exit_code == 1  # one of them is dangerous
+    assert [f["verdict"] for f in report["files"]] == ["safe", "needs-allowlist", "unknown-call"]
+    assert result.exit_code == 1  # one of them runs unvetted code
     assert result.stderr == ""
 
 
@@ -348,14 +364,16 @@ def test_table_of_several_files_ends_with_a_summary(cli: Cli) -> None:
     names = ["cnn_state_dict", "torchscript_scripted"]
     out = cli("scan", *(fixture(n) for n in names)).stdout
     assert re.search(r"^file\s+format\s+verdict\s+weights_only\s+pickles$", out, re.M)
-    summary_row = table_row(fixture("torchscript_scripted"), "torchscript", "dangerous", "refused")
+    summary_row = table_row(fixture("torchscript_scripted"), "torchscript", "unknown-call", "refused")
     assert re.search(summary_row, out, re.M)
 
 
-def test_table_shows_problems_of_a_dangerous_file(cli: Cli) -> None:
-    out = cli("scan", fixture("torchscript_traced")).stdout
+def test_table_shows_problems_of_a_dangerous_file(cli: Cli, tmp_path: Path) -> None:
+    path = tmp_path / "trailing.pth"
+    rewrite_record(fixture("cnn_state_dict"), path, "data.pkl", lambda data: data + b"junk")
+    out = cli("scan", path).stdout
     assert re.search(r"^verdict:\s+DANGEROUS$", out, re.M)
-    assert re.search(r"^problem: TorchScript archive", out, re.M)
+    assert re.search(r"^problem: \S+/data\.pkl: .*after", out, re.M), out
 
 
 def test_table_shows_why_weights_only_refuses(cli: Cli) -> None:
@@ -392,3 +410,154 @@ def test_csv_row_for_a_file_without_globals(cli: Cli) -> None:
     path = fixture("safetensors")
     rows = list(csv.reader(io.StringIO(cli("scan", path, "--format", "csv").stdout)))
     assert rows == [CSV_HEADER, [str(path), "safetensors", "safe", "not-applicable", "", "", ""]]
+
+
+# -- TorchScript: unknown-call until the archive's top-level class is allowed ------------------------
+
+TORCHSCRIPT = ["torchscript_scripted", "torchscript_traced"]
+
+
+@cache
+def script_classes(name: str) -> tuple[str, list[str]]:
+    """torch.jit.load's own answer: the top-level class and every class of the module tree."""
+    module = gt.load_torchscript(fixture(name))
+    return module._c._type().qualified_name(), sorted({m._c._type().qualified_name() for m in module.modules()})
+
+
+def torchscript_globals(scanned: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {f"{g['module']}.{g['name']}": g for g in scanned["globals"] if g["module"].startswith("__torch__")}
+
+
+@pytest.mark.parametrize("name", TORCHSCRIPT)
+def test_torchscript_is_an_unknown_call_naming_its_classes(cli: Cli, name: str) -> None:
+    result, report = scan_json(cli, fixture(name))
+    scanned = only_file(report)
+    top, classes = script_classes(name)
+    assert (result.exit_code, scanned["verdict"], scanned["problems"]) == (1, "unknown-call", [])
+    found = torchscript_globals(scanned)
+    assert sorted(found) == classes
+    for qualname, g in found.items():
+        assert g["verdict"] == "unknown-call"
+        assert "CVE-2025-32434" in g["reason"] and f"--allow {top}" in g["reason"]
+        assert g["calls"] and f"the TorchScript code of {qualname}" in g["calls"][0]
+    # The builders are vetted now; nothing in the archive is a known gadget.
+    assert all(g["verdict"] != "dangerous" for g in scanned["globals"])
+    assert {g["verdict"] for g in scanned["globals"] if g["module"] == "torch.jit._pickle"} <= {"needs-allowlist"}
+    # weights_only: refused, and no add_safe_globals line (none would help).
+    assert scanned["weights_only"]["result"] == "refused"
+    assert scanned["weights_only"]["reasons"][0] == "a TorchScript archive, which torch.load(weights_only=True) refuses"
+    assert scanned["allowlist"] is None
+
+
+@pytest.mark.parametrize("name", TORCHSCRIPT)
+def test_torchscript_table_gives_one_allow_hint(cli: Cli, name: str) -> None:
+    top, classes = script_classes(name)
+    out = cli("scan", fixture(name)).stdout
+    assert re.search(r"^verdict:\s+UNKNOWN-CALL$", out, re.M)
+    assert re.findall(r"^  to allow it: --allow (\S+),", out, re.M) == [top]
+    shown = re.findall(r"^unknown call: the TorchScript code of (\S+)", out, re.M)
+    assert shown[0] == top and sorted(shown) == classes
+    assert "problem:" not in out and "add_safe_globals" not in out
+
+
+@pytest.mark.parametrize("name", TORCHSCRIPT)
+def test_allowing_the_top_level_class_trusts_the_archive(cli: Cli, name: str) -> None:
+    top, classes = script_classes(name)
+    result = cli("scan", fixture(name), "--allow", top, "--format", "json")
+    scanned = only_file(cli_json(result))
+    assert (result.exit_code, scanned["verdict"]) == (0, "needs-allowlist")
+    assert scanned["allowed"] == {top: "--allow"}
+    verdicts = {q: g["verdict"] for q, g in torchscript_globals(scanned).items()}
+    assert verdicts == dict.fromkeys(classes, "needs-allowlist")
+    assert scanned["weights_only"]["result"] == "refused"
+    assert cli("scan", fixture(name), "--allow", top, "--strict").exit_code == 1
+
+
+def test_allowing_an_inner_class_does_not_trust_the_archive(cli: Cli) -> None:
+    top, classes = script_classes("torchscript_scripted")
+    inner = next(c for c in classes if c != top)
+    result, report = scan_json(cli, fixture("torchscript_scripted"), "--allow", inner)
+    scanned = only_file(report)
+    assert (result.exit_code, scanned["verdict"]) == (1, "unknown-call")
+    found = torchscript_globals(scanned)
+    assert found[inner]["verdict"] == "needs-allowlist" and found[top]["verdict"] == "unknown-call"
+
+
+def test_torchscript_allowed_in_pyproject(cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    top, _ = script_classes("torchscript_traced")
+    (tmp_path / "pyproject.toml").write_text(f'[tool.ckpttool]\nallow = ["{top}"]\n')
+    monkeypatch.chdir(tmp_path)
+    result, report = scan_json(cli, fixture("torchscript_traced"))
+    scanned = only_file(report)
+    assert (result.exit_code, scanned["verdict"]) == (0, "needs-allowlist")
+    assert scanned["allowed"] == {top: str(tmp_path / "pyproject.toml")}
+    assert cli("check", fixture("torchscript_traced")).exit_code == 0
+
+
+def reduce_os_system(protocol_2_pickle: bytes) -> bytes:
+    """The same pickle with `os.system('true')` called (and popped) before anything else."""
+    assert protocol_2_pickle.startswith(b"\x80\x02")
+    payload = b"cos\nsystem\n(X\x04\x00\x00\x00truetR0"
+    injected = protocol_2_pickle[:2] + payload + protocol_2_pickle[2:]
+    called = [arg for op, arg, _ in pickletools.genops(injected) if op.name == "GLOBAL"]
+    assert called[0] == "os system"  # CPython's reading of the bytes: os.system is called first
+    return injected
+
+
+@pytest.mark.parametrize("record", ["data.pkl", "constants.pkl"])
+@pytest.mark.parametrize("name", TORCHSCRIPT)
+def test_torchscript_with_a_gadget_is_dangerous_even_when_allowed(
+    cli: Cli, name: str, record: str, tmp_path: Path
+) -> None:
+    top, _ = script_classes(name)
+    path = tmp_path / f"{name}.pt"
+    rewrite_record(fixture(name), path, record, reduce_os_system)
+    for extra in ([], ["--allow", top]):
+        result, report = scan_json(cli, path, *extra)
+        scanned = only_file(report)
+        assert (result.exit_code, scanned["verdict"]) == (1, "dangerous")
+        (system,) = [g for g in scanned["globals"] if g["module"] == "os"]
+        assert (system["name"], system["verdict"]) == ("system", "dangerous")
+    checked = cli("check", path, "--allow", top)
+    assert checked.exit_code == 1 and "dangerous" in checked.stdout
+
+
+@pytest.mark.parametrize("name", TORCHSCRIPT)
+def test_check_reports_the_torchscript_code_and_how_to_allow_it(cli: Cli, name: str) -> None:
+    top, _ = script_classes(name)
+    result = cli("check", fixture(name), "--format", "json")
+    assert result.exit_code == 1
+    (checked,) = cli_json(result)["files"]
+    (finding,) = [f for f in checked["findings"] if f["check"] == "safety"]
+    assert finding["severity"] == "error"
+    assert finding["message"].startswith(f"calls the TorchScript code of {top} ")
+    assert finding["message"].endswith(f"if you trust it, --allow {top}")
+    assert cli("check", fixture(name), "--allow", top).exit_code == 0
+
+
+@pytest.mark.parametrize("name", TORCHSCRIPT)
+def test_inspect_calls_torchscript_dangerous_only_with_a_gadget(cli: Cli, name: str, tmp_path: Path) -> None:
+    result = cli("inspect", fixture(name), "--format", "json")
+    assert result.exit_code == 0
+    assert not any("DANGEROUS" in note for note in cli_json(result)["notes"])
+    assert "DANGEROUS" not in cli("inspect", fixture(name)).stdout
+    hostile = tmp_path / f"{name}.pt"
+    rewrite_record(fixture(name), hostile, "constants.pkl", reduce_os_system)
+    notes = cli_json(cli("inspect", hostile, "--format", "json"))["notes"]
+    assert any(note.startswith("DANGEROUS: ") and "os.system" in note for note in notes), notes
+
+
+def test_torchscript_inside_a_plain_zip_is_still_its_code(cli: Cli, tmp_path: Path) -> None:
+    """Downloaded as a zip, the archive's classes still name code: no archive to trust,
+    so each class is allowed by its own name only."""
+    top, classes = script_classes("torchscript_scripted")
+    path = tmp_path / "download.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.write(fixture("torchscript_scripted"), "model/cnn_scripted.pt")
+    result, report = scan_json(cli, path)
+    scanned = only_file(report)
+    assert (result.exit_code, scanned["verdict"]) == (1, "unknown-call")
+    assert sorted(torchscript_globals(scanned)) == classes
+    assert only_file(scan_json(cli, path, "--allow", top)[1])["verdict"] == "unknown-call"
+    allowed = [arg for name in classes for arg in ("--allow", name)]
+    assert scan_json(cli, path, *allowed)[0].exit_code == 0

@@ -840,8 +840,13 @@ def test_case18_torchscript_is_recognised_and_flagged(
     assert outcome.exit_code == 1
     report = only_file(outcome)
     assert report["format"] == "torchscript"
-    assert report["verdict"] == "dangerous"
-    assert any("TorchScript" in p for p in report["problems"])
+    if origin == "torch.jit.save":  # its code runs: an unknown call until its top-level class is allowed
+        assert (report["verdict"], report["problems"]) == ("unknown-call", [])
+        linear = [g for g in report["globals"] if g["module"].startswith("__torch__")]
+        assert [(g["name"], g["verdict"]) for g in linear] == [("Linear", "unknown-call")]
+    else:  # no TorchScript module in data.pkl: not what torch.jit.save writes
+        assert report["verdict"] == "dangerous"
+        assert any("TorchScript" in p for p in report["problems"])
     inspected = assert_inspect_harmless(path)
     if inspected.exit_code == 0:
         assert inspected.json()["format"] == "torchscript"

@@ -14,9 +14,11 @@ import struct
 
 import numpy as np
 import pytest
+import torch.jit._pickle
 
 from ckpttool.pickle import decode
-from ckpttool.pickle.judge import Judgement, judge
+from ckpttool.pickle.allowlist import PURE_MEMBERS
+from ckpttool.pickle.judge import Judgement, TorchScript, judge, unknown_calls_by_allow
 from ckpttool.pickle.vetted import NUMPY_DTYPE_CLASSES, VETTED, numpy_dtype_class
 
 
@@ -261,3 +263,160 @@ def test_sized_dtype_classes_match_numpy(code: str) -> None:
     dtype = np.dtype(code)
     typestr = dtype.__reduce__()[1][0]
     assert numpy_dtype_class((typestr,)) == f"{type(dtype).__module__}.{type(dtype).__name__}"
+
+
+# -- TorchScript: the torch.jit._pickle builders, and the archive's own code ----------------------------
+
+BUILDERS = sorted(q for q in VETTED if q.startswith("torch.jit."))
+
+
+def test_the_builders_are_the_only_torch_jit_names_exempt() -> None:
+    assert set(BUILDERS) == PURE_MEMBERS == {
+        f"torch.jit._pickle.{n}"
+        for n in ("build_intlist", "build_tensorlist", "build_doublelist", "build_boollist",
+                  "build_tensor_from_id", "restore_type_tag")
+    }  # fmt: skip
+
+
+def test_the_builders_hand_back_what_they_are_given() -> None:
+    """torch's own functions, as pickle.load would call them: each returns its argument."""
+    marker: list[object] = [1, 2]
+    for name in ("build_intlist", "build_tensorlist", "build_doublelist", "build_boollist"):
+        assert getattr(torch.jit._pickle, name)(marker) is marker
+    assert torch.jit._pickle.build_tensor_from_id(7) == 7
+    assert torch.jit._pickle.restore_type_tag(marker, "List[int]") is marker
+
+
+@pytest.mark.parametrize(
+    "gadget",
+    ["torch.jit.load", "torch.jit._pickle.build_module", "torch.jit._script.RecursiveScriptModule",
+     "torch.jit._serialization.load", "torch.jit.frontend.get_jit_def", "torch.jit._pickle.__builtins__"],
+)  # fmt: skip
+def test_the_rest_of_torch_jit_stays_a_known_gadget(gadget: str) -> None:
+    assert judged(call(gadget, text("x")), {gadget: "--allow"}).verdict == "dangerous"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        call("torch.jit._pickle.build_intlist", b"(" + num(1) + num(2) + b"l"),
+        call("torch.jit._pickle.build_doublelist", EMPTY_LIST),
+        call("torch.jit._pickle.build_boollist", b"(\x88\x89l"),
+        call("torch.jit._pickle.build_tensorlist", EMPTY_LIST),
+        call("torch.jit._pickle.build_tensor_from_id", num(0)),
+        call("torch.jit._pickle.restore_type_tag", EMPTY_LIST, text("List[int]")),
+        call("torch.jit._pickle.restore_type_tag", EMPTY_DICT, text("Dict[str, Tensor]")),
+        call("torch.jit._pickle.build_intlist", EMPTY_LIST) + num(3) + b"a",  # the result is the list
+    ],
+)
+def test_the_builders_vetted_forms_need_only_an_allowlist(body: bytes) -> None:
+    judgement = judged(body)
+    assert (judgement.verdict, judgement.problems) == ("needs-allowlist", [])
+
+
+@pytest.mark.parametrize(
+    ("body", "verdict", "blamed"),
+    [
+        # What a builder is handed is never called by it; what the pickle calls to make it is judged.
+        (call("torch.jit._pickle.build_intlist", b"(" + call("os.system", text("true")) + b"l"), "dangerous",
+         "os.system"),
+        (call("torch.jit._pickle.build_tensorlist", b"(" + call(UNKNOWN) + b"l"), "unknown-call", UNKNOWN),
+        (call("torch.jit._pickle.restore_type_tag", EMPTY_LIST, call("builtins.eval", text("1"))), "dangerous",
+         "builtins.eval"),
+        # Forms the builders were not vetted for: an object the pickle built, a global, extra arguments.
+        (call("torch.jit._pickle.build_intlist", new("mylib.Iterable")), "unknown-call",
+         "torch.jit._pickle.build_intlist"),
+        (call("torch.jit._pickle.build_boollist", glob("os.system")), "dangerous", "os.system"),
+        (call("torch.jit._pickle.build_doublelist", EMPTY_LIST, EMPTY_LIST), "unknown-call",
+         "torch.jit._pickle.build_doublelist"),
+        # isinstance(data, int) would read the __class__ of an object the pickle built.
+        (call("torch.jit._pickle.build_tensor_from_id", new("mylib.Number")), "unknown-call",
+         "torch.jit._pickle.build_tensor_from_id"),
+        (call("torch.jit._pickle.build_tensor_from_id", text("0")), "unknown-call",
+         "torch.jit._pickle.build_tensor_from_id"),
+        (call("torch.jit._pickle.restore_type_tag", new("mylib.Box"), text("List[int]")), "unknown-call",
+         "torch.jit._pickle.restore_type_tag"),
+        (call("torch.jit._pickle.restore_type_tag", EMPTY_LIST, glob(UNKNOWN)), "unknown-call",
+         "torch.jit._pickle.restore_type_tag"),
+        # SETITEM(S) on a list builder's result would call a method a list does not have.
+        (call("torch.jit._pickle.build_intlist", EMPTY_LIST) + text("k") + num(1) + b"s", "dangerous", None),
+        (call("torch.jit._pickle.build_tensor_from_id", num(0)) + num(1) + b"a", "dangerous", None),
+    ],
+)  # fmt: skip
+def test_no_gadget_through_a_builder(body: bytes, verdict: str, blamed: str | None) -> None:
+    judgement = judged(body)
+    assert judgement.verdict == verdict, (judgement.globals, judgement.problems)
+    if blamed is not None:
+        assert verdict_of(judgement, blamed) == verdict
+
+
+TOP = "__torch__.app.Net"
+INNER = "__torch__.torch.nn.modules.linear.Linear"
+# data.pkl of a TorchScript module: Net() holding a Linear(), each given its state.
+SCRIPTED = new(TOP) + b"}(" + text("fc") + new(INNER) + b"}" + text("training") + b"\x88sb" + b"ub"
+ARCHIVE = TorchScript(TOP, {"__torch__.app": "m/code/__torch__/app.py"})
+
+
+def judged_script(body: bytes, allow: dict[str, str] | None = None, ts: TorchScript | None = ARCHIVE) -> Judgement:
+    return judge([decode(b"\x80\x02" + body + b".")], allow, ts)
+
+
+def test_torchscript_classes_are_unknown_calls_pointing_at_the_top() -> None:
+    judgement = judged_script(SCRIPTED)
+    assert judgement.verdict == "unknown-call"
+    top, inner = (next(g for g in judgement.globals if g.qualname == q) for q in (TOP, INNER))
+    assert top.calls == [f"the TorchScript code of {TOP} (m/code/__torch__/app.py)"]
+    assert inner.calls == [f"the TorchScript code of {INNER}"]
+    assert all(f"--allow {TOP}" in g.reason and g.verdict == "unknown-call" for g in (top, inner))
+    assert unknown_calls_by_allow(judgement.globals) == {TOP: top.calls + inner.calls}
+
+
+def test_allowing_the_top_trusts_every_class_of_the_archive() -> None:
+    judgement = judged_script(SCRIPTED, {TOP: "--allow"})
+    assert judgement.verdict == "needs-allowlist"
+    assert {g.qualname: g.allowed_by for g in judgement.globals} == {TOP: "--allow", INNER: None}
+    assert unknown_calls_by_allow(judgement.globals) == {}
+
+
+def test_an_inner_class_allowed_alone_leaves_the_archive_untrusted() -> None:
+    judgement = judged_script(SCRIPTED, {INNER: "pyproject.toml"})
+    assert (judgement.verdict, verdict_of(judgement, INNER), verdict_of(judgement, TOP)) == (
+        "unknown-call", "needs-allowlist", "unknown-call"
+    )  # fmt: skip
+
+
+def test_without_a_top_level_class_each_class_is_allowed_by_its_own_name() -> None:
+    judgement = judged_script(SCRIPTED, ts=TorchScript(None))
+    assert set(unknown_calls_by_allow(judgement.globals)) == {TOP, INNER}
+    assert judged_script(SCRIPTED, {TOP: "--allow", INNER: "--allow"}, TorchScript(None)).verdict == "needs-allowlist"
+
+
+def test_classes_a_type_string_names_are_torchscript_classes() -> None:
+    """torch.jit.load compiles the `__torch__` classes of a restore_type_tag type string."""
+    tagged = call("torch.jit._pickle.restore_type_tag", EMPTY_DICT, text(f"Dict[str, {INNER}]")) + b"0"
+    judgement = judged_script(tagged + SCRIPTED)
+    assert verdict_of(judgement, "torch.jit._pickle.restore_type_tag") == "needs-allowlist"
+    (inner,) = [g for g in judgement.globals if g.qualname == INNER]
+    assert (inner.verdict, inner.uses) == ("unknown-call", ["instantiate", "reference"])
+    only_named = call("torch.jit._pickle.restore_type_tag", EMPTY_LIST, text("List[__torch__.evil.Code]"))
+    assert verdict_of(judged_script(only_named), "__torch__.evil.Code") == "unknown-call"
+    assert judged_script(tagged + SCRIPTED, {TOP: "--allow"}).verdict == "needs-allowlist"
+
+
+@pytest.mark.parametrize(
+    "gadget",
+    [call("os.system", text("true")) + b"0", call("__torch__.app.__reduce__") + b"0", glob("builtins.exec") + b"0"],
+)
+def test_a_trusted_archive_with_a_gadget_stays_dangerous(gadget: bytes) -> None:
+    assert judged_script(gadget + SCRIPTED, {TOP: "--allow"}).verdict == "dangerous"
+
+
+def test_torch_classes_outside_an_archive_are_still_code() -> None:
+    """pickle.load cannot import `__torch__` (no such module); only torch.jit.load gives
+    those names meaning, by compiling code/. Without an archive (a TorchScript file inside
+    a plain zip) nothing trusts them but their own names."""
+    with pytest.raises(ModuleNotFoundError, match="__torch__"):
+        pickle.loads(b"\x80\x02" + SCRIPTED + b".")  # noqa: S301 - our own bytes, to show the import fails
+    judgement = judged_script(SCRIPTED, {TOP: "--allow"}, ts=None)
+    assert (judgement.verdict, verdict_of(judgement, INNER)) == ("unknown-call", "unknown-call")
+    assert set(unknown_calls_by_allow(judged_script(SCRIPTED, ts=None).globals)) == {TOP, INNER}
