@@ -35,11 +35,9 @@ from ckpttool.errors import FormatError
 from ckpttool.tensordata import ByteRange, check_crc, direct_range, needs_crc_check, read_span, verify_record
 
 if TYPE_CHECKING:
-    from concurrent.futures import ThreadPoolExecutor
-
     import numpy as np
 
-BLOCK_BYTES = 4 << 20  # fits a core's cache alongside the widened copies made of it
+BLOCK_BYTES = 4 << 20  # when the caller does not say
 FAULT_AROUND_SLACK = 1 << 20  # Linux maps up to 64 KiB around a faulting page by default
 
 # numpy's name for the bits of each dtype; "raw" ones are widened by the caller
@@ -137,32 +135,25 @@ def _mapped_blocks(span: ByteRange, dtype: np.dtype, count: int, step: int, file
         n = min(step, count - first)
         start = span.offset + first * dtype.itemsize
         block = np.frombuffer(buffer, dtype, n, start)
-        pending = None if crc is None else _crc_thread().submit(crc.add, block)
-        if pending is not None and first + n == count:  # the last block waits for the record's check
-            pending.result()
-            check_crc(span.record, crc.value)  # type: ignore[arg-type, union-attr]
+        if crc is not None:
+            crc.add(block)
+            if first + n == count:  # the last block waits for the record's check
+                check_crc(span.record, crc.value)  # type: ignore[arg-type]
         yield block
-        if pending is not None:
-            pending.result()  # both are done with these pages
         del block
         files.release(span.path, start, start + n * dtype.itemsize)
 
 
 class _Crc32:
+    """Computed over each block just before the caller compares it: the bytes are then in
+    cache for the comparison. (A second thread computing it was slower on a busy 2-core
+    machine: each block's hand-off costs more than the overlap gains.)"""
+
     def __init__(self) -> None:
         self.value = 0
 
     def add(self, block: np.ndarray) -> None:
         self.value = zlib.crc32(block.data, self.value)
-
-
-@cache
-def _crc_thread() -> ThreadPoolExecutor:
-    """One thread that computes CRC-32s while the caller compares the same block (zlib and
-    numpy both release the GIL): the check costs about as much as the comparison."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    return ThreadPoolExecutor(1, thread_name_prefix="ckpttool-crc")
 
 
 def _is_whole_record(span: ByteRange) -> bool:

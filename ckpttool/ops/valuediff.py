@@ -33,7 +33,8 @@ from ckpttool.tensormap import MappedFiles, element_blocks, readable, same_bytes
 if TYPE_CHECKING:
     import numpy as np
 
-BLOCK_ELEMENTS = 1 << 18  # 2 MB per float64 copy: the widened blocks stay in cache
+READ_ELEMENTS = 1 << 20  # per block read: few calls (memcmp, CRC hand-offs, page releases) per GB
+STEP_ELEMENTS = 1 << 18  # per arithmetic step: 2 MB float64 buffers that stay in cache
 
 
 @dataclass(frozen=True)
@@ -85,20 +86,24 @@ def compare_values(a: TensorRef, b: TensorRef, tolerance: Tolerance, files: Mapp
         # quantized and packed types: only identical bytes count as equal
         same = a.dtype == b.dtype and read_span(a)[0] == read_span(b)[0]
         return None if same else {**UNCOMPARABLE, "numel": a.numel}
-    errors, equal_blocks, work = Errors(a.numel), [], _Work(min(a.numel, BLOCK_ELEMENTS))
-    blocks = zip(element_blocks(a, files, BLOCK_ELEMENTS), element_blocks(b, files, BLOCK_ELEMENTS), strict=True)
+    errors, equal_blocks, work = Errors(a.numel), [], _Work(min(a.numel, STEP_ELEMENTS))
+    blocks = zip(element_blocks(a, files, READ_ELEMENTS), element_blocks(b, files, READ_ELEMENTS), strict=True)
     for index, (xa, xb) in enumerate(blocks):
         if a.dtype == b.dtype and same_bytes(xa, xb) and (tolerance.equal_nan or not has_nan(xa, a.dtype)):
             equal_blocks.append(index)
             continue
-        _accumulate(errors, work.widen(xa, a.dtype, work.a), work.widen(xb, b.dtype, work.b), tolerance, work)
+        for start in range(0, len(xa), STEP_ELEMENTS):
+            wa = work.widen(xa[start : start + STEP_ELEMENTS], a.dtype, work.a)
+            wb = work.widen(xb[start : start + STEP_ELEMENTS], b.dtype, work.b)
+            _accumulate(errors, wa, wb, tolerance, work)
     if errors.mismatched == 0:
         return None
     # ||a|| spans the whole tensor: add the blocks skipped for being equal
-    for index, xa in enumerate(element_blocks(a, files, BLOCK_ELEMENTS)):
+    for index, xa in enumerate(element_blocks(a, files, READ_ELEMENTS)):
         if equal_blocks and index == equal_blocks[0]:
             equal_blocks.pop(0)
-            errors.sq_a += _sum_squares(work.widen(xa, a.dtype, work.a))
+            for start in range(0, len(xa), STEP_ELEMENTS):
+                errors.sq_a += _sum_squares(work.widen(xa[start : start + STEP_ELEMENTS], a.dtype, work.a))
     return errors.row()
 
 

@@ -288,7 +288,7 @@ def test_integers_across_dtypes(cli: Cli, tmp_path: Path) -> None:
 
 # -- tensors longer than one block ------------------------------------------------------------------
 
-LONG = 3 * valuediff.BLOCK_ELEMENTS + 5  # three whole blocks and a bit
+LONG = 3 * valuediff.READ_ELEMENTS + 5  # three whole blocks and a bit
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
@@ -298,7 +298,7 @@ def test_one_block_differs_errors_span_the_whole_tensor(cli: Cli, tmp_path: Path
     generator = torch.Generator().manual_seed(1)
     a = {"w": torch.randn(LONG, generator=generator).to(dtype)}
     b = {"w": a["w"].clone()}
-    b["w"][valuediff.BLOCK_ELEMENTS + 7 : valuediff.BLOCK_ELEMENTS + 17] += 1
+    b["w"][valuediff.READ_ELEMENTS + 7 : valuediff.READ_ELEMENTS + 17] += 1
     assert not torch.equal(a["w"], b["w"])
     code, report = run_diff(cli, save(a, tmp_path / "a.pth"), save(b, tmp_path / "b.pth"))
     assert_agrees_with_torch(report, a, b, torch_equal)
