@@ -324,6 +324,24 @@ def test_all_and_roots_are_accepted(cli: Cli, tmp_path: Path) -> None:
     assert cli("diff", path, path, "--root-a", "ema", "--root-b", "ema").exit_code == 0
 
 
+@pytest.mark.parametrize("columns", [80, 120])
+def test_table_fits_the_terminal(cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, columns: int) -> None:
+    """Long keys and details are cut with … to the terminal's width; CSV keeps them whole."""
+    key = "model.layers.0.self_attn.rotary_embedding.inverse_frequencies.weight"
+    a, b = save(readme_checkpoint(1), tmp_path / "a.pt"), save(readme_checkpoint(2), tmp_path / "b.pt")
+    long_a, long_b = save({key: MOVED_A}, tmp_path / "la.pt"), save({key: MOVED_B}, tmp_path / "lb.pt")
+    monkeypatch.setenv("COLUMNS", str(columns))
+    for pair in ((a, b), (long_a, long_b)):
+        result = cli("diff", *pair, "--all")
+        assert result.exit_code == 1
+        assert max(len(line) for line in result.stdout.splitlines()) <= columns, result.stdout
+    result = cli("diff", long_a, long_b)
+    assert "…" in result.stdout
+    assert list(csv.reader(io.StringIO(cli("diff", long_a, long_b, "--format", "csv").stdout)))[1] == [
+        key, "values", MOVED_DETAIL,
+    ]  # fmt: skip
+
+
 # -- the README's examples ----------------------------------------------------------------------------
 
 
