@@ -12,17 +12,15 @@ every signal, and every signal every moment.
 from __future__ import annotations
 
 import hashlib
-import os
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
+from signalling import signal_when
 
 from ckpttool.signals import Interrupted, held, stopping_cleanly
 
@@ -104,32 +102,9 @@ def reached(moment: str, folder: Path) -> bool:
     return written >= SOURCE_BYTES  # all tensor bytes are out: verification is under way
 
 
-def start(args: list[str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "ckpttool", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
-    )
-
-
 def signal_at(moment: str, folder: Path, args: list[str], sig: int) -> subprocess.CompletedProcess[str] | None:
     """Run, send `sig` once `moment` is reached; None when the run ended first."""
-    child = start(args)
-    try:
-        while not reached(moment, folder):
-            if child.poll() is not None:
-                child.communicate()
-                return None
-            time.sleep(0.0005)
-        child.send_signal(sig)
-        stdout, stderr = child.communicate(timeout=60)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.communicate()
-    return subprocess.CompletedProcess(args, child.returncode, stdout, stderr)
+    return signal_when(args, lambda: reached(moment, folder), sig)
 
 
 def leftovers(folder: Path, dst: Path) -> list[str]:
@@ -171,22 +146,18 @@ def test_a_signal_leaves_nothing_behind(
 def test_a_second_signal_does_not_cut_the_cleanup_short(big_source: tuple[Path, str], tmp_path: Path) -> None:
     src, src_sha = big_source
     dst = tmp_path / "model.safetensors"
+    args = ["convert", str(src), str(dst), "--shard-size", "60MB"]
+    every = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
     for _ in range(ATTEMPTS):
-        child = start(["convert", str(src), str(dst), "--shard-size", "60MB"])
-        while child.poll() is None and len(temporaries(tmp_path)) < 2:
-            time.sleep(0.0005)
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-            child.send_signal(signal.SIGINT)
-            child.send_signal(signal.SIGHUP)
-        _, stderr = child.communicate(timeout=60)
-        if child.returncode != 0:
+        result = signal_when(args, lambda: len(temporaries(tmp_path)) >= 2, every)
+        if result is not None:
             break
         for path in tmp_path.iterdir():
             path.unlink()
+    assert result is not None, f"convert finished before the signals {ATTEMPTS} times"
     # The kernel hands pending signals over lowest number first: any of them may be first.
-    assert child.returncode in {128 + s for s in SIGNALS}, stderr
-    assert len(stderr.splitlines()) == 1, stderr
+    assert result.returncode in {128 + s for s in SIGNALS}, result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
     assert leftovers(tmp_path, dst) == [] and not dst.exists()
     assert sha256(src) == src_sha
 

@@ -15,17 +15,15 @@ accepts.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import shutil
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from signalling import signal_when
 
 from ckpttool.cli import main
 from ckpttool.errors import UsageError
@@ -107,22 +105,8 @@ def signal_at(moment: str, out: Path, sig: int) -> subprocess.CompletedProcess[s
     """Run `reference train --out out`; send `sig` at `moment`. None when the run ended first."""
     # The staging folder goes inside an existing destination, else beside it.
     base = out if out.is_dir() else out.parent.parent
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "OMP_NUM_THREADS": "1"}
-    args = [sys.executable, "-m", "ckpttool", *TRAIN_ARGS, "--out", str(out)]
-    child = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        while not staged(base, awaited_file(moment)):
-            if child.poll() is not None:
-                child.communicate()
-                return None
-            time.sleep(0.001)
-        child.send_signal(sig)
-        stdout, stderr = child.communicate(timeout=120)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.communicate()
-    return subprocess.CompletedProcess(args, child.returncode, stdout, stderr)
+    args = [*TRAIN_ARGS, "--out", str(out)]
+    return signal_when(args, lambda: staged(base, awaited_file(moment)), sig, {"OMP_NUM_THREADS": "1"}, poll=0.001)
 
 
 @pytest.mark.slow
