@@ -32,6 +32,9 @@ class Record:
     resolve: Any = None  # callable returning the offset when it is -1 (zip records)
     viewed_by: Any = None  # callable returning the keys of the tensors that view it, for messages
     verified: bool = False  # its bytes were read whole once and matched `crc`
+    # callable returning all of the record's bytes when they are not one byte range of a file
+    # (a DCP tensor assembled from the chunks each rank saved); such a record is never mapped
+    gather: Any = None
 
     def data_offset(self) -> int:
         if self.offset < 0:

@@ -18,6 +18,8 @@ def read_scalar(tensor: TensorRef) -> int | float | bool | None:
     storage = tensor.storage
     if storage is None or storage.record is None or storage.record.compressed or tensor.numel != 1:
         return None
+    if storage.record.gather is not None:
+        return None
     code = "H" if tensor.dtype == "bfloat16" else _STRUCT_CODES.get(tensor.dtype)
     if code is None:
         return None

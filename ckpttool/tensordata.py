@@ -48,7 +48,7 @@ def direct_range(tensor: TensorRef) -> ByteRange | None:
     """The tensor's bytes as one range of its file, when they can be used as they are:
     contiguous, little-endian (or single-byte), stored uncompressed."""
     storage = tensor.storage
-    if storage is None or storage.record is None or storage.record.compressed:
+    if storage is None or storage.record is None or storage.record.compressed or storage.record.gather:
         return None
     if not tensor.is_contiguous() or tensor.layout != "strided":
         return None
@@ -70,6 +70,10 @@ def read_span(tensor: TensorRef) -> tuple[bytearray, int]:
         raise FormatError(f"tensor on {tensor.device} has no data in the file")
     first_byte, end_byte = tensor.byte_span()
     record = storage.record
+    if record.gather is not None:
+        gathered: bytearray = record.gather()
+        whole_span = first_byte == 0 and end_byte == len(gathered)
+        return (gathered if whole_span else gathered[first_byte:end_byte]), tensor.offset
     if record.compressed:
         return bytearray(inflate_storage(storage)[first_byte:end_byte]), tensor.offset
     whole = first_byte == 0 and end_byte == record.size
@@ -204,6 +208,9 @@ def verify_record(record: Record) -> None:
 def verify_storage(storage: Storage) -> None:
     """The storage's record holds its CRC-32 (callers of kernel copies make sure of it
     before they keep what they copied; `check` asks it of every record)."""
+    if storage.record is not None and storage.record.gather is not None:
+        storage.record.gather()  # each part is checked as it is read
+        return
     if storage.record is None or not _unchecked(storage.record):
         return
     if storage.record.compressed:

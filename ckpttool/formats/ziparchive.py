@@ -75,26 +75,35 @@ def is_zip(head: bytes) -> bool:
     return head[:4] == ZIP_MAGIC
 
 
-def open_archive(path: str) -> ZipArchive:
-    """Read the central directory of `path`; raise ZipFormatError when there is none."""
+def open_archive(path: str, start: int = 0, end: int | None = None) -> ZipArchive:
+    """Read the central directory of `path`; raise ZipFormatError when there is none.
+
+    `start`/`end` read a zip embedded in a larger file (DCP's `.distcp` files hold one
+    `torch.save` archive per item): its own offsets count from `start`, and every offset
+    kept here (headers, data, `file_size` as the archive's end) is one of the whole file."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
-        count, cd_offset, cd_size = _find_central_directory(f, size, path)
-        f.seek(cd_offset)
+        end = size if end is None else end
+        if not 0 <= start <= end <= size:
+            raise ZipFormatError(f"zip archive at bytes [{start}, {end}) lies outside the file", path=path)
+        count, cd_offset, cd_size = _find_central_directory(f, start, end, path)
+        f.seek(start + cd_offset)
         directory = f.read(cd_size)
     if len(directory) != cd_size:
         raise ZipFormatError("central directory runs past the end of the file", path=path)
-    archive = ZipArchive(path, size, {}, [])
-    _parse_central_directory(directory, count, archive)
+    archive = ZipArchive(path, end, {}, [])
+    _parse_central_directory(directory, count, archive, start)
     if not archive.order:
         raise ZipFormatError("zip archive holds no records", path=path)
     return archive
 
 
-def _find_central_directory(f: object, size: int, path: str) -> tuple[int, int, int]:
-    tail_start = max(0, size - _MAX_EOCD_SEARCH)
+def _find_central_directory(f: object, start: int, end: int, path: str) -> tuple[int, int, int]:
+    """(entry count, directory offset from `start`, directory size)."""
+    size = end - start
+    tail_start = start + max(0, size - _MAX_EOCD_SEARCH)
     f.seek(tail_start)  # type: ignore[attr-defined]
-    tail = f.read()  # type: ignore[attr-defined]
+    tail = f.read(end - tail_start)  # type: ignore[attr-defined]
     at = tail.rfind(b"PK\x05\x06")
     if at < 0 or at + _EOCD.size > len(tail):
         raise ZipFormatError("zip end-of-central-directory record not found (file truncated?)", path=path)
@@ -120,7 +129,7 @@ def _zip64_directory(tail: bytes, eocd_at: int, path: str) -> tuple[int, int, in
     return count, cd_offset, cd_size
 
 
-def _parse_central_directory(directory: bytes, count: int, archive: ZipArchive) -> None:
+def _parse_central_directory(directory: bytes, count: int, archive: ZipArchive, start: int = 0) -> None:
     pos = 0
     for _ in range(count):
         if directory[pos : pos + 4] != b"PK\x01\x02":
@@ -134,7 +143,7 @@ def _parse_central_directory(directory: bytes, count: int, archive: ZipArchive) 
         if 0xFFFFFFFF in (csize, usize, header_offset):
             usize, csize, header_offset = _zip64_extra(extra, usize, csize, header_offset)
         name = name_raw.decode("utf-8" if flags & 0x800 else "cp437", "replace")
-        _add_entry(archive, ZipEntry(name, method, flags, crc, csize, usize, header_offset))
+        _add_entry(archive, ZipEntry(name, method, flags, crc, csize, usize, start + header_offset))
     if pos > len(directory):
         raise ZipFormatError("central directory truncated", path=archive.path)
 

@@ -176,6 +176,33 @@ def _tensor_id_fits(args: Args) -> str | None:
     return "expected (int,): a tensor's index in the archive's tensor table"
 
 
+def _path_parts_fits(args: Args) -> str | None:
+    # Only str: a path class calls os.fspath on anything else, which would call the
+    # __fspath__ of an object the pickle built.
+    if all(type(a) is str for a in args):
+        return None
+    return "expected path parts as strings"
+
+
+def _memory_format_code_fits(args: Args) -> str | None:
+    if len(args) == 1 and type(args[0]) is int and args[0] in (0, 1, 2):
+        return None
+    return "expected one of the codes 0, 1, 2"
+
+
+_PATH = Vetted("a path object parsed from strings; nothing touches the file system", _path_parts_fits)
+# What torch.distributed.checkpoint's `.metadata` calls besides torch's allowlist: its
+# StorageMeta holds the folder as a pathlib path, and TensorProperties its memory format
+# as an Enum member, looked up by value.
+DCP_METADATA_CALLS: dict[str, Vetted] = {
+    **{f"pathlib.{m}{c}": _PATH for m in ("", "_local.") for c in ("PosixPath", "WindowsPath")},
+    "torch.distributed.checkpoint.metadata._MEM_FORMAT_ENCODING": Vetted(
+        "the memory-format code of DCP's TensorProperties: an Enum member looked up by its value (a dict lookup)",
+        _memory_format_code_fits,
+    ),
+}
+
+
 _TORCHSCRIPT_NAME = re.compile(r"__torch__(?:\.\w+)+")
 _MAX_TYPE_NAMES = 64
 
@@ -304,6 +331,7 @@ VETTED: dict[str, Vetted] = {
         "cls.__new__(cls, *args, **kwargs), as the NEWOBJ_EX opcode", _newobj_ex_fits, _first_instantiated
     ),
     **TORCHSCRIPT_BUILDERS,
+    **DCP_METADATA_CALLS,
 }
 
 # torch's own allowlisted containers, for judging what SETITEMS and APPENDS do to them.

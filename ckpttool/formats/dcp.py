@@ -1,0 +1,319 @@
+"""Distributed checkpoints (DCP): a folder with `.metadata` and `*.distcp` data files.
+
+`torch.distributed.checkpoint`'s FileSystemWriter (torch's default `torch_save`
+serialisation) writes each rank's items into its `.distcp` files one after another,
+each item `torch.save`d on its own: a tensor chunk as a zip archive holding one tensor,
+a non-tensor entry as a zip archive holding its pickled value. `.metadata`
+(`formats/dcp_metadata.py`, read without unpickling) says where each item lies.
+
+Each item is read as the zip it is, in place (`open_archive` over its byte range), by
+ckpttool's own torch-zip reader: nothing is unpickled, a tensor chunk becomes a
+`TensorRef` into the `.distcp` file and a non-tensor value the inert object it pickles.
+A tensor saved in one chunk is that chunk's reference (its bytes are read, mapped and
+copied like any torch-zip record); a tensor split across chunks (ranks, shards) is a
+reference whose record gathers the chunks into one buffer on demand, one chunk read at
+a time, so memory is bounded by the tensor. Every byte range is checked against its
+file before anything is read: a missing data file, an item past the end (a truncated
+file, a `.metadata` from another save) or a chunk whose stored shape or dtype is not the
+one `.metadata` declares is a FormatError naming the file and the key.
+
+The keys are put back into the nested state_dict they were flattened from (DCP's
+planner_data), so `model.weight` is the `weight` of the `model` dict and an optimizer's
+`state` and `param_groups` are found where `optimizer` looks for them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from ckpttool.checkpoint import Checkpoint, Record, Storage, TensorRef, contiguous_strides
+from ckpttool.dtypes import DTYPES
+from ckpttool.errors import FileAccessError, FormatError
+from ckpttool.formats.dcp_metadata import (
+    METADATA_NAME,
+    DcpChunk,
+    DcpMetadata,
+    DcpStorage,
+    DcpTensor,
+    Path,
+    metadata_path,
+    metadata_pickle,
+    read_dcp_metadata,
+)
+from ckpttool.formats.torchzip import MAX_PICKLE_RECORD, read_torch_zip
+from ckpttool.formats.ziparchive import ZIP_MAGIC, ZipArchive, open_archive, pread_exact, read_entry
+from ckpttool.tensordata import read_span
+
+FORMAT = "dcp"
+MAX_NESTING = 64  # deeper planner paths are not a state_dict: the keys stay flat
+
+__all__ = ["FORMAT", "is_dcp_folder", "item_pickles", "metadata_pickle", "read_dcp"]
+
+
+def is_dcp_folder(path: str) -> bool:
+    return os.path.isdir(path) and os.path.isfile(metadata_path(path))
+
+
+def read_dcp(path: str) -> Checkpoint:
+    """The checkpoint in the DCP folder `path`: metadata and item headers only, no tensor data."""
+    meta = read_dcp_metadata(path)
+    files = DataFiles(path)
+    built = _Built()
+    values: dict[str, Any] = {}
+    for fqn in meta.order:
+        if fqn in meta.tensors:
+            values[fqn] = _tensor(meta.tensors[fqn], files, built)
+        else:
+            values[fqn] = _entry_value(fqn, meta.entries[fqn].storage, files, built)
+    total = os.path.getsize(metadata_path(path)) + sum(files.size(name) for name in meta.files)
+    return Checkpoint(
+        path=path,
+        format=FORMAT,
+        file_size=total,
+        root=nest(values, meta.paths),
+        storages=built.storages,
+        metadata={k: v for k, v in (("version", meta.version), ("save_id", meta.save_id)) if v},
+        anomalies=built.anomalies,
+        files=[metadata_path(path)] + [os.path.join(path, name) for name in meta.files],
+    )
+
+
+def item_pickles(path: str) -> Iterator[tuple[str, bytes]]:
+    """Every pickle the folder holds, for `scan`: `.metadata`, then (when it reads as DCP
+    metadata) each item's `data.pkl` — dcp.load unpickles non-tensor entries with
+    `torch.load(weights_only=False)`. An item that is no zip is handed over whole."""
+    yield metadata_pickle(path)
+    meta = read_dcp_metadata(path)
+    files = DataFiles(path)
+    for fqn, item in _items(meta):
+        name = f"{item.file}[{item.offset}:{item.offset + item.length}] ({fqn})"
+        span = files.check(fqn, item)
+        head = files.read(item.file, span[0], min(4, item.length))
+        if head != ZIP_MAGIC:
+            yield name, files.read(item.file, span[0], min(item.length, MAX_PICKLE_RECORD))
+            continue
+        archive = files.archive(fqn, item)
+        entry = archive.record("data.pkl")
+        if entry is not None:
+            yield f"{name}:{entry.name}", read_entry(archive, entry, MAX_PICKLE_RECORD)
+
+
+def _items(meta: DcpMetadata) -> Iterator[tuple[str, DcpStorage]]:
+    for fqn in meta.order:
+        if fqn in meta.entries:
+            yield fqn, meta.entries[fqn].storage
+        else:
+            yield from ((fqn, c.storage) for c in meta.tensors[fqn].chunks)
+
+
+# -- data files ------------------------------------------------------------------------------------
+
+
+class DataFiles:
+    """The folder's data files, each checked to exist and measured once."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self._sizes: dict[str, int] = {}
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.folder, name)
+
+    def size(self, name: str) -> int:
+        if name not in self._sizes:
+            try:
+                self._sizes[name] = os.path.getsize(self.path(name))
+            except FileNotFoundError:
+                raise FormatError(f"data file {name} named in {METADATA_NAME} is missing", path=self.folder) from None
+            except OSError as exc:
+                raise FileAccessError(f"cannot read {name}: {exc.strerror}", path=self.folder) from None
+        return self._sizes[name]
+
+    def check(self, fqn: str, item: DcpStorage) -> tuple[int, int]:
+        """[start, end) of the item, refused unless it lies inside its file and is plain."""
+        size = self.size(item.file)
+        end = item.offset + item.length
+        if end > size:
+            raise FormatError(
+                f"{fqn!r}: {METADATA_NAME} puts it at bytes [{item.offset}, {end}) of {item.file}, which holds "
+                f"{size} bytes (truncated, or a {METADATA_NAME} of another save)",
+                path=self.folder,
+            )
+        if item.transforms:
+            raise FormatError(
+                f"{fqn!r} is stored through DCP extensions ({', '.join(item.transforms)}), "
+                "which ckpttool does not read",
+                path=self.folder,
+            )
+        return item.offset, end
+
+    def read(self, name: str, offset: int, size: int) -> bytes:
+        with open(self.path(name), "rb") as f:
+            return pread_exact(f.fileno(), offset, size)
+
+    def archive(self, fqn: str, item: DcpStorage) -> ZipArchive:
+        start, end = self.check(fqn, item)
+        try:
+            return open_archive(self.path(item.file), start, end)
+        except FormatError as exc:
+            raise FormatError(
+                f"{fqn!r}: bytes [{start}, {end}) of {item.file} are not a torch.save archive ({exc.message})",
+                path=self.folder,
+            ) from None
+
+
+@dataclass
+class _Built:
+    storages: dict[str, Storage] = field(default_factory=dict)
+    anomalies: list[str] = field(default_factory=list)
+
+    def add(self, fqn: str, item: DcpStorage, checkpoint: Checkpoint) -> None:
+        """Keep an item's storages (keys unique across items) and anomalies; make its records
+        name the key they hold, and find their bytes now, so that a header past the item's
+        end is refused before any command reads."""
+        for key, storage in checkpoint.storages.items():
+            if storage.record is not None:
+                storage.record.name = f"{item.file}[{item.offset}]:{storage.record.name}"
+                storage.record.viewed_by = partial(_named, fqn)
+                storage.record.data_offset()
+            self.storages[f"{item.file}[{item.offset}]:{key}"] = storage
+        self.anomalies.extend(f"{fqn!r}: {a}" for a in checkpoint.anomalies)
+
+
+def _named(fqn: str) -> list[str]:
+    return [fqn]
+
+
+def _read_item(fqn: str, item: DcpStorage, files: DataFiles, built: _Built) -> Checkpoint:
+    archive = files.archive(fqn, item)
+    try:
+        checkpoint = read_torch_zip(archive.path, archive)
+    except FormatError as exc:
+        raise FormatError(
+            f"{fqn!r}: the item at byte {item.offset} of {item.file}: {exc.message}", path=files.folder
+        ) from None
+    built.add(fqn, item, checkpoint)
+    return checkpoint
+
+
+def _entry_value(fqn: str, item: DcpStorage, files: DataFiles, built: _Built) -> Any:
+    return _read_item(fqn, item, files, built).root
+
+
+# -- tensors ----------------------------------------------------------------------------------------
+
+
+def _tensor(tensor: DcpTensor, files: DataFiles, built: _Built) -> TensorRef:
+    parts = [(chunk, _chunk_ref(tensor, chunk, files, built)) for chunk in tensor.chunks]
+    filled = [(chunk, ref) for chunk, ref in parts if chunk.numel]
+    if len(filled) == 1 and filled[0][0].sizes == tensor.shape:
+        return filled[0][1]  # saved whole: the chunk is the tensor
+    if not filled and parts:
+        return parts[0][1]  # an empty tensor
+    return _gathered(tensor, filled, files)
+
+
+def _chunk_ref(tensor: DcpTensor, chunk: DcpChunk, files: DataFiles, built: _Built) -> TensorRef:
+    root = _read_item(tensor.fqn, chunk.storage, files, built).root
+    declared = f"{list(chunk.sizes)} {tensor.dtype}"
+    item = f"{chunk.storage.file}, byte {chunk.storage.offset}"
+    where = f"{tensor.fqn!r}: the chunk at offsets {list(chunk.offsets)} ({item})"
+    if not isinstance(root, TensorRef) or root.layout != "strided":
+        raise FormatError(f"{where} holds no dense tensor; {METADATA_NAME} declares {declared}", path=files.folder)
+    if root.shape != chunk.sizes or root.dtype != tensor.dtype:
+        raise FormatError(
+            f"{where} holds {list(root.shape)} {root.dtype}; {METADATA_NAME} declares {declared}", path=files.folder
+        )
+    return root
+
+
+def _gathered(tensor: DcpTensor, parts: list[tuple[DcpChunk, TensorRef]], files: DataFiles) -> TensorRef:
+    """A tensor saved in several chunks: its record assembles them, one at a time."""
+    if DTYPES[tensor.dtype].bits % 8:
+        raise FormatError(f"{tensor.fqn!r}: chunks of {tensor.dtype} cannot be assembled", path=files.folder)
+    shape = tensor.shape
+    first = files.path(parts[0][0].storage.file) if parts else files.folder
+    storage = Storage(tensor.fqn, tensor.dtype, _numel(shape), "cpu")
+    storage.record = Record(first, f"{tensor.fqn} ({len(parts)} chunks)", 0, storage.nbytes)
+    storage.record.gather = partial(gather, tensor, parts)
+    storage.record.viewed_by = partial(_named, tensor.fqn)
+    return TensorRef(tensor.dtype, shape, contiguous_strides(shape), 0, storage, tensor.requires_grad)
+
+
+def gather(tensor: DcpTensor, parts: list[tuple[DcpChunk, TensorRef]]) -> bytearray:
+    """The tensor's contiguous little-endian bytes, each chunk copied into its box. Elements
+    are handled as opaque groups of bytes (a trailing axis of itemsize), so every dtype
+    takes the same path and numpy needs no type of its own for it."""
+    import numpy as np
+    from numpy.lib.stride_tricks import as_strided
+
+    itemsize = DTYPES[tensor.dtype].itemsize
+    out = bytearray(_numel(tensor.shape) * itemsize)
+    whole = np.frombuffer(out, np.uint8).reshape(tensor.shape + (itemsize,))
+    for chunk, ref in parts:
+        data, first = read_span(ref)  # checks the chunk record's CRC-32
+        flat = np.frombuffer(data, np.uint8)
+        strides = tuple(s * itemsize for s in ref.stride) + (1,)
+        source = as_strided(flat[(ref.offset - first) * itemsize :], ref.shape + (itemsize,), strides, writeable=False)
+        box = tuple(slice(o, o + n) for o, n in zip(chunk.offsets, chunk.sizes, strict=True))
+        whole[box] = _little_endian(source, ref, tensor.fqn)
+        del data, flat, source
+    return out
+
+
+def _little_endian(source: Any, ref: TensorRef, fqn: str) -> Any:
+    storage = ref.storage
+    if storage is None or storage.byteorder == "little" or ref.itemsize == 1:
+        return source
+    if DTYPES[ref.dtype].kind == "complex":
+        raise FormatError(f"{fqn!r}: a big-endian complex chunk cannot be assembled")
+    return source[..., ::-1]
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+# -- the nested state_dict -------------------------------------------------------------------------
+
+
+def nest(values: dict[str, Any], paths: dict[str, Path]) -> Any:
+    """The state_dict DCP flattened, rebuilt from each key's path (dict keys, list indices);
+    the flat dict when there are no paths or they do not describe one tree."""
+    if not paths or any(len(paths.get(k, ())) == 0 or len(paths[k]) > MAX_NESTING for k in values):
+        return values
+    root: dict[Any, Any] = {}
+    for fqn, value in values.items():
+        node = root
+        *parents, last = paths[fqn]
+        for key in parents:
+            child = node.setdefault(key, {})
+            if not isinstance(child, dict):
+                return values
+            node = child
+        if last in node:
+            return values
+        node[last] = value
+    return _with_lists(root)
+
+
+def _with_lists(root: dict[Any, Any]) -> dict[Any, Any]:
+    """Dicts keyed 0..n-1 by ints were lists (param_groups): made lists again, bottom up."""
+    pending: list[tuple[dict[Any, Any], Any, dict[Any, Any]]] = []
+    stack = [(root, None, root)]
+    while stack:
+        node, key, parent = stack.pop()
+        pending.append((node, key, parent))
+        stack.extend((child, k, node) for k, child in node.items() if isinstance(child, dict))
+    for node, key, parent in reversed(pending):
+        keys = list(node)
+        if node is not root and keys and all(type(k) is int for k in keys) and sorted(keys) == list(range(len(keys))):
+            parent[key] = [node[i] for i in range(len(keys))]
+    return root
