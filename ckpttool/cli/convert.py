@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import click
@@ -25,8 +26,9 @@ def _pairs(values: tuple[str, ...], option: str) -> list[tuple[str, str]]:
 @click.option(
     "--to",
     "to",
-    type=click.Choice(["safetensors", "pth"]),
-    help="Output format [default: safetensors for a .safetensors DST, else pth].",
+    type=click.Choice(["safetensors", "pth", "dcp"]),
+    help="Output format; dcp writes a torch.distributed.checkpoint folder [default: safetensors for a"
+    " .safetensors DST, else pth].",
 )
 @click.option("--root", metavar="PATH", help="Dotted path of the weights inside SRC.")
 @click.option("--dtype", type=CastDtype(), help="Cast floating tensors (aliases: fp16, half, bf16, fp32, float).")
@@ -89,14 +91,17 @@ def convert_command(src: str, dst: str, to: str | None, root: str | None, dtype:
         force=force,
         trust=trust,
     )
-    bar = ProgressBar("convert")
+    leader = os.environ.get("RANK", "0") == "0"  # under torchrun: one bar and one report, rank 0's
+    bar = ProgressBar("convert") if leader else None
     try:
         report = convert(src, dst, options, bar)
     finally:
-        bar.close()
-    for note in report.notes:
-        warn(note)
-    emit(render.convert_output(report, fmt))
+        if bar is not None:
+            bar.close()
+    if leader:
+        for note in report.notes:
+            warn(note)
+        emit(render.convert_output(report, fmt))
 
 
 def _keep_structure(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -43,7 +43,7 @@ def write_torch_zip(
     out: BinaryIO,
     root: str,
     pickle_bytes: bytes,
-    records: Sequence[StorageRecord],
+    records: Iterable[StorageRecord],  # written as they come: a generator may load each in turn
     byteorder: str = "little",
     progress: Callable[[int], None] | None = None,
 ) -> None:

@@ -116,6 +116,11 @@ class ConvertReport:
 
 
 def convert(src: str, dst: str, options: ConvertOptions, progress: Progress | None = None) -> ConvertReport:
+    from ckpttool.ops.dcpconvert import convert_dcp
+
+    dcp_report = convert_dcp(src, dst, options, progress or NoProgress())  # into or out of a DCP folder
+    if dcp_report is not None:
+        return dcp_report
     if options.to == PTH and dst.endswith(".safetensors"):
         # torch.load reads any *.safetensors file as safetensors, so it could not load this one
         raise UsageError(f"{dst}: a .pth written under a .safetensors name; name it .pth or use --to safetensors")

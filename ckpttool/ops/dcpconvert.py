@@ -1,0 +1,480 @@
+"""`convert` into and out of distributed checkpoints (DCP), through torch.distributed.checkpoint.
+
+Into DCP (`--to dcp`): one `dcp.save` call with DCP's own `FileSystemWriter` and a
+`DefaultSavePlanner` whose state_dict holds shape-only placeholders (meta tensors). DCP
+plans the whole checkpoint from them (one `.metadata`, one plan, exactly what it would
+write for the real tensors), and asks the planner for each tensor's data through
+`resolve_data` only when its writer reaches it; the planner reads that one tensor from
+the source then. With one writer thread DCP's CPU loader resolves one item at a time,
+so memory stays at one tensor. Several `save` calls into one folder would not do: each
+writes its own `.metadata` and the last one wins.
+
+Out of DCP: `.metadata` is decoded without unpickling (`dcpmeta`), DCP's own
+`FileSystemReader` (with that metadata) and `DefaultLoadPlanner` fill preallocated
+tensors, a bounded group of keys per `dcp.load` call, and each group is streamed into
+the safetensors or torch zip being written. Non-tensor entries are never loaded (DCP
+would `torch.load` them with weights_only=False); convert writes weights only.
+
+Every output is written to a hidden temporary file or folder beside DST, verified, and
+renamed into place only then. Under torchrun each rank takes a share (tensors into DCP,
+shards out of it), the ranks agree on success, and rank 0 lands the result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import warnings
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ckpttool.atomic import TEMP_SUFFIX, OutputSet, PendingOutput, output_set, replace_all
+from ckpttool.checkpoint import byte_size, contiguous_strides
+from ckpttool.dtypes import DTYPES
+from ckpttool.errors import (
+    FileAccessError,
+    FormatError,
+    OutputExistsError,
+    UsageError,
+    VerificationError,
+    WeightsNotFoundError,
+    about,
+)
+from ckpttool.ops.convert import (
+    PTH,
+    SAFETENSORS,
+    ConvertOptions,
+    ConvertReport,
+    OutputTensor,
+    Progress,
+    _plan,
+    _shard_paths,
+    _sources,
+    rename,
+)
+from ckpttool.ops.dcpmeta import is_dcp_folder, read_dcp_metadata, safe_reader
+from ckpttool.ops.dcpranks import Ranks, current_ranks, together
+from ckpttool.signals import held
+from ckpttool.tensordata import cast, crc32, direct_range, tensor_bytes, torch_dtype
+
+if TYPE_CHECKING:
+    from torch.distributed.checkpoint.metadata import Metadata
+
+DCP = "dcp"
+GROUP_BYTES = 256 << 20  # tensors loaded per dcp.load call; a larger tensor goes alone
+WEIGHT_ROOTS = ("model", "state_dict", "model_state_dict", "module")
+T = TypeVar("T")
+
+
+def groups(items: Sequence[T], size: Callable[[T], int], limit: int = GROUP_BYTES) -> Iterator[list[T]]:
+    group: list[T] = []
+    total = 0
+    for item in items:
+        if group and total + size(item) > limit:
+            yield group
+            group, total = [], 0
+        group.append(item)
+        total += size(item)
+    if group:
+        yield group
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    # DCP warns that it runs without a process group, which is what one process means here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def load_group(folder: str, metadata: Metadata, wanted: dict[str, tuple[str, tuple[int, ...]]]) -> dict[str, Any]:
+    """{fqn: tensor} for the wanted tensors (dtype, global shape), filled by DCP's own reader
+    and planner on this process alone; chunks are resharded into the whole tensor by DCP."""
+    import torch
+    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import load
+
+    state = {fqn: torch.empty(shape, dtype=torch_dtype(dtype)) for fqn, (dtype, shape) in wanted.items()}
+    with _quiet():
+        load(
+            state,
+            storage_reader=safe_reader(folder, metadata),
+            planner=DefaultLoadPlanner(allow_partial_load=True),
+            no_dist=True,
+        )
+    return state
+
+
+# -- into DCP ----------------------------------------------------------------------------------
+
+
+def convert_to_dcp(src: str, dst: str, options: ConvertOptions, progress: Progress) -> ConvertReport:
+    _refuse_options(options, {"--shard-size": options.shard_size, "--dedupe": options.dedupe,
+                              "--metadata": options.metadata})  # fmt: skip
+    if is_dcp_folder(src):
+        raise UsageError(f"{src} is a DCP checkpoint already")
+    ranks = current_ranks()
+    sources, weights_root, notes = _sources(src, options)
+    outputs = _plan(sources, options, notes)
+    _check_folder_destination(src, dst, options.force)
+    mine = ranks.share(outputs, lambda o: o.nbytes)
+    progress.start(sum(o.nbytes for o in mine))
+    temp = ranks.broadcast(_temp_folder(dst) if ranks.leader else None)
+    try:
+        together(ranks, lambda: _save(temp, mine, ranks, progress))
+        together(ranks, lambda: _verify_dcp(temp, mine))
+        together(ranks, lambda: _land_folder(temp, dst) if ranks.leader else None)
+    except BaseException:
+        if ranks.leader:
+            with held():
+                shutil.rmtree(temp, ignore_errors=True)
+        raise
+    return ConvertReport(
+        source=src,
+        outputs=[dst],
+        format=DCP,
+        weights_root=weights_root,
+        tensors=len(outputs),
+        bytes=sum(o.nbytes for o in outputs),
+        cast=sum(o.dtype != o.source.dtype for o in outputs),
+        notes=notes,
+    )
+
+
+def _refuse_options(options: ConvertOptions, given: dict[str, Any]) -> None:
+    clashes = [name for name, value in given.items() if value]
+    if clashes:
+        raise UsageError(f"--to dcp does not combine with {', '.join(clashes)}")
+
+
+def _check_folder_destination(src: str, dst: str, force: bool) -> None:
+    if os.path.exists(dst):
+        if os.path.exists(src) and os.path.samefile(src, dst):
+            raise UsageError(f"{dst} is the source itself; the source is never modified")
+        if not force:
+            raise OutputExistsError(f"{dst} exists; pass --force to replace it")
+        if not (is_dcp_folder(dst) or (os.path.isdir(dst) and not os.listdir(dst))):
+            # --force replaces a checkpoint, never a folder of other things
+            raise UsageError(f"{dst} exists and is not a DCP checkpoint or an empty folder; it is not replaced")
+    parent = os.path.dirname(os.path.abspath(dst))
+    if not os.path.isdir(parent):
+        raise FileAccessError(f"folder {parent} does not exist")
+
+
+def _temp_folder(dst: str) -> str:
+    parent, name = os.path.split(os.path.abspath(dst))
+    with held():
+        temp = tempfile.mkdtemp(prefix=f".{name}.", suffix=TEMP_SUFFIX, dir=parent)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(temp, 0o777 & ~mask)  # mkdtemp makes 0700 folders
+    return temp
+
+
+def _save(folder: str, outputs: list[OutputTensor], ranks: Ranks, progress: Progress) -> None:
+    import torch
+    from torch.distributed.checkpoint.filesystem import FileSystemWriter
+    from torch.distributed.checkpoint.state_dict_saver import save
+
+    placeholders = {o.name: torch.empty(o.source.shape, dtype=torch_dtype(o.dtype), device="meta") for o in outputs}
+    # No fsync, like every other ckpttool output: the rename is atomic, durability is the filesystem's.
+    writer = FileSystemWriter(folder, sync_files=False, overwrite=False)
+    with _quiet():
+        save(placeholders, storage_writer=writer, planner=_planner(outputs, progress), no_dist=not ranks.distributed)
+
+
+def _planner(outputs: list[OutputTensor], progress: Progress) -> Any:
+    from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+
+    by_name = {o.name: o for o in outputs}
+
+    class SourcePlanner(DefaultSavePlanner):
+        """DCP's planner; a tensor's data is read from the source when DCP writes it."""
+
+        def resolve_data(self, write_item: Any) -> Any:
+            output = by_name[write_item.index.fqn]
+            tensor = cast(output.source.tensor(), output.dtype).contiguous()
+            progress.advance(output.nbytes)
+            return tensor
+
+    return SourcePlanner()
+
+
+def _verify_dcp(folder: str, outputs: list[OutputTensor]) -> None:
+    """What DCP loads back from the folder is the source (or exactly its cast), byte for byte."""
+    metadata = read_dcp_metadata(folder)
+    for group in groups(outputs, lambda o: o.nbytes):
+        loaded = load_group(folder, metadata, {o.name: (o.dtype, o.source.shape) for o in group})
+        for output in group:
+            if tensor_bytes(loaded[output.name]) != output.expected():
+                raise VerificationError(f"tensor {output.name!r} does not read back equal to the source", path=folder)
+
+
+def _land_folder(temp: str, dst: str) -> None:
+    """The temporary folder becomes DST; a replaced checkpoint is removed only after."""
+    backup = None
+    with held():
+        if os.path.exists(dst):
+            backup = temp + ".previous"
+            os.replace(dst, backup)
+        try:
+            os.replace(temp, dst)
+        except BaseException:
+            if backup:
+                os.replace(backup, dst)
+            raise
+    if backup:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+# -- out of DCP --------------------------------------------------------------------------------
+
+
+@dataclass
+class DcpTensor:
+    name: str  # in the output
+    fqn: str  # in the checkpoint
+    source_dtype: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return byte_size(_numel(self.shape), self.dtype)
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def convert_from_dcp(src: str, dst: str, options: ConvertOptions, progress: Progress) -> ConvertReport:
+    if options.dedupe:
+        raise UsageError("--dedupe: a DCP checkpoint holds no tied tensors")
+    ranks = current_ranks()
+    metadata = read_dcp_metadata(src)
+    tensors, root, notes = _dcp_plan(src, metadata, options)
+    shards = list(groups(tensors, lambda t: t.nbytes, options.shard_size)) if options.shard_size else [tensors]
+    paths = _shard_paths(dst, len(shards))
+    index = dst + ".index.json" if len(shards) > 1 else None
+    mine = ranks.share(list(zip(paths, shards, strict=True)), lambda p: sum(t.nbytes for t in p[1]))
+    progress.start(sum(t.nbytes for _, shard in mine for t in shard))
+    with output_set([src], options.force) as outs:
+        for path in [*paths, *([index] if index else [])]:  # refuse before writing anything
+            outs.check_destination(path)
+        writer = _ShardWriter(src, metadata, options, progress)
+        together(ranks, lambda: writer.write_all(outs, mine, index if ranks.leader else None, paths, shards))
+        _land_files(outs, ranks)
+    return ConvertReport(
+        source=src,
+        outputs=[*paths, *([index] if index else [])],
+        format=options.to,
+        weights_root=root,
+        tensors=len(tensors),
+        bytes=sum(t.nbytes for t in tensors),
+        cast=sum(t.dtype != t.source_dtype for t in tensors),
+        notes=notes,
+    )
+
+
+def _dcp_plan(src: str, metadata: Metadata, options: ConvertOptions) -> tuple[list[DcpTensor], str, list[str]]:
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    entries = metadata.state_dict_metadata
+    tensors = {fqn: md for fqn, md in entries.items() if isinstance(md, TensorStorageMetadata)}
+    root = options.root if options.root is not None else _weights_root(src, metadata, list(tensors))
+    prefix = f"{root}." if root else ""
+    chosen = [(fqn[len(prefix) :], fqn, md) for fqn, md in tensors.items() if fqn.startswith(prefix)]
+    if not chosen:
+        raise WeightsNotFoundError(f"no tensors under {root!r}", path=src)
+    notes: list[str] = []
+    skipped = len(entries) - len(tensors)
+    if skipped:
+        notes.append(f"{skipped} non-tensor entries not converted (weights only)")
+    names = rename([key for key, _, _ in chosen], options.strip_prefixes, options.renames, notes)
+    out = []
+    for name, (_, fqn, md) in zip(names, chosen, strict=True):
+        source_dtype = str(md.properties.dtype).removeprefix("torch.")
+        dtype = options.dtype if options.dtype and DTYPES[source_dtype].is_floating else source_dtype
+        if options.to == SAFETENSORS and DTYPES[dtype].safetensors is None:
+            raise FormatError(f"tensor {name!r} has dtype {dtype}, which safetensors cannot store; use --to pth")
+        out.append(DcpTensor(name, fqn, source_dtype, dtype, tuple(md.size)))
+    return out, root, notes
+
+
+def _weights_root(src: str, metadata: Metadata, fqns: list[str]) -> str:
+    """The model's entry of a nested state_dict (`{"model": ..., "optim": ...}`, as DCP's
+    own `get_state_dict` users save it), or everything when the state_dict was flat."""
+    paths: dict[str, Any] = metadata.planner_data if isinstance(metadata.planner_data, dict) else {}
+    tops = {str(paths[f][0]) for f in fqns if isinstance(paths.get(f), tuple) and len(paths[f]) > 1}
+    for name in WEIGHT_ROOTS:
+        if name in tops:
+            return name
+    if not tops:
+        return ""
+    raise WeightsNotFoundError(f"no weights among {', '.join(sorted(tops))}; name them with --root", path=src)
+
+
+class _ShardWriter:
+    """Writes this rank's shards, each filled group by group from DCP, and verifies them."""
+
+    def __init__(self, src: str, metadata: Metadata, options: ConvertOptions, progress: Progress) -> None:
+        self.src, self.metadata, self.options, self.progress = src, metadata, options, progress
+
+    def write_all(self, outs: OutputSet, mine: list[tuple[str, list[DcpTensor]]], index: str | None,
+                  paths: list[str], shards: list[list[DcpTensor]]) -> None:  # fmt: skip
+        for path, shard in mine:
+            output = outs.open(path)
+            crcs = self._write(output, shard)
+            output.seal()
+            with about(output.final):
+                self._verify(output.temp, shard, crcs)
+        if index:
+            _write_index(outs, index, paths, shards)
+
+    def _tensors(self, shard: list[DcpTensor]) -> Iterator[tuple[DcpTensor, memoryview]]:
+        """Each tensor's output bytes, in order, loaded a bounded group at a time."""
+        for group in groups(shard, lambda t: t.nbytes):
+            wanted = {t.fqn: (t.source_dtype, t.shape) for t in group}
+            with about(self.src):
+                loaded = _load_or_explain(self.src, self.metadata, wanted)
+            for tensor in group:
+                yield tensor, tensor_bytes(cast(loaded.pop(tensor.fqn), tensor.dtype))
+                self.progress.advance(tensor.nbytes)
+
+    def _write(self, output: PendingOutput, shard: list[DcpTensor]) -> dict[str, int]:
+        crcs: dict[str, int] = {}
+        if self.options.to == SAFETENSORS:
+            from ckpttool.formats.safetensors import header_bytes
+
+            entries = [(t.name, t.dtype, t.shape, t.nbytes) for t in shard]
+            output.handle.write(header_bytes(entries, self._metadata()))
+            for tensor, data in self._tensors(shard):
+                output.handle.write(data)
+                crcs[tensor.name] = zlib.crc32(data)
+        else:
+            _write_pth(output, shard, self._tensors(shard), crcs)
+        return crcs
+
+    def _metadata(self) -> dict[str, str]:
+        return {"format": "pt", **self.options.metadata}  # transformers refuses files without format=pt
+
+    def _verify(self, path: str, shard: list[DcpTensor], crcs: dict[str, int]) -> None:
+        """The file reads back (through the safetensors library, or torch.load(weights_only=True))
+        with the planned keys, dtypes and shapes, and each tensor's bytes are the ones DCP loaded."""
+        if self.options.to == SAFETENSORS:
+            from ckpttool.formats.safetensors import read_safetensors
+
+            _safetensors_header_matches(path, shard, self._metadata())
+            tensors = read_safetensors(path).root
+        else:
+            from ckpttool.formats.torchzip import read_torch_zip
+            from ckpttool.ops.trust import torch_accepts
+
+            torch_accepts(path, {t.name: (t.dtype, t.shape) for t in shard})
+            tensors = read_torch_zip(path).root
+        for tensor in shard:
+            span = direct_range(tensors[tensor.name])
+            if span is None or crc32(span) != crcs[tensor.name]:
+                raise VerificationError(f"tensor {tensor.name!r} does not read back as DCP loaded it")
+
+
+def _write_index(outs: OutputSet, path: str, paths: list[str], shards: list[list[DcpTensor]]) -> None:
+    """The Hugging Face index: every tensor's shard, and the total size."""
+    weight_map = {t.name: os.path.basename(p) for p, shard in zip(paths, shards, strict=True) for t in shard}
+    index = {"metadata": {"total_size": sum(t.nbytes for s in shards for t in s)}, "weight_map": weight_map}
+    output = outs.open(path)
+    output.handle.write(json.dumps(index, indent=2).encode() + b"\n")
+    output.seal()
+    with open(output.temp, encoding="utf-8") as f:
+        if json.load(f) != index:
+            raise VerificationError(f"{path} does not read back as written")
+
+
+def _load_or_explain(src: str, metadata: Metadata, wanted: dict[str, tuple[str, tuple[int, ...]]]) -> dict[str, Any]:
+    """DCP's errors (a chunk that does not unpickle as a tensor, sizes that disagree) as one line."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        return load_group(src, metadata, wanted)
+    except (CheckpointException, RuntimeError, ValueError, AssertionError, OSError) as exc:
+        first = str(exc).strip().splitlines()
+        raise FormatError(f"DCP cannot read the data files: {first[-1] if first else type(exc).__name__}") from None
+
+
+def _safetensors_header_matches(path: str, shard: list[DcpTensor], metadata: dict[str, str]) -> None:
+    from safetensors import safe_open
+
+    with safe_open(path, framework="numpy") as f:
+        found = {k: (f.get_slice(k).get_dtype(), list(f.get_slice(k).get_shape())) for k in f.keys()}  # noqa: SIM118
+        written = f.metadata() or {}
+    planned = {t.name: (DTYPES[t.dtype].safetensors, list(t.shape)) for t in shard}
+    if found != planned or written != metadata:
+        raise VerificationError("header does not read back as planned")
+
+
+def _write_pth(output: PendingOutput, shard: list[DcpTensor], data: Iterator[tuple[DcpTensor, memoryview]],
+               crcs: dict[str, int]) -> None:  # fmt: skip
+    from ckpttool.formats.torchzip_write import (
+        PlannedTensor,
+        StorageRecord,
+        root_folder,
+        state_dict_graph,
+        storage_numel,
+        write_torch_zip,
+    )
+    from ckpttool.pickle.writer import dumps
+
+    planned = [
+        PlannedTensor(t.name, t.dtype, t.shape, contiguous_strides(t.shape), 0, str(i),
+                      storage_numel(t.dtype, _numel(t.shape)))
+        for i, t in enumerate(shard)
+    ]  # fmt: skip
+    keys = {t.name: str(i) for i, t in enumerate(shard)}
+
+    def records() -> Iterator[StorageRecord]:
+        for tensor, payload in data:
+            crcs[tensor.name] = zlib.crc32(payload)
+            yield StorageRecord(keys[tensor.name], data=payload)
+
+    write_torch_zip(output.handle, root_folder(output.final), dumps(state_dict_graph(planned)), records())
+
+
+def _land_files(outs: OutputSet, ranks: Ranks) -> None:
+    """Every rank's verified files land together, renamed by rank 0, or none does."""
+    moves = [move for part in ranks.gather([(p.temp, p.final) for p in outs.pending]) for move in part]
+
+    def land() -> None:
+        if ranks.leader:
+            try:
+                replace_all(moves)
+            except BaseException:
+                with held():
+                    for temp, _ in moves:
+                        with contextlib.suppress(OSError):
+                            os.unlink(temp)
+                raise
+
+    together(ranks, land)
+    outs.pending.clear()  # landed; nothing left to remove
+
+
+def convert_dcp(src: str, dst: str, options: ConvertOptions, progress: Progress) -> ConvertReport | None:
+    """The DCP side of convert, or None when neither SRC nor the output is DCP."""
+    if options.to == DCP:
+        return convert_to_dcp(src, dst, options, progress)
+    if is_dcp_folder(src):
+        if options.trust:
+            raise UsageError("--trust does not apply to a DCP checkpoint: it is read without running code")
+        return convert_from_dcp(src, dst, options, progress)
+    return None
+
+
+__all__ = ["DCP", "PTH", "convert_dcp", "convert_from_dcp", "convert_to_dcp", "groups", "load_group"]
