@@ -213,6 +213,20 @@ class GlobalName:
         return self.qualname
 
 
+@dataclass(frozen=True)
+class Chunk:
+    """One saved piece of a tensor that a checkpoint splits (a DCP checkpoint's shards):
+    the box at `offsets` of size `sizes` in the whole tensor, stored as `length` bytes at
+    `offset` of `file`, which the rank `rank` wrote (None where the name does not say)."""
+
+    offsets: tuple[int, ...]
+    sizes: tuple[int, ...]
+    file: str
+    offset: int
+    length: int
+    rank: int | None = None
+
+
 @dataclass
 class Checkpoint:
     """Everything known about one checkpoint file (or sharded folder)."""
@@ -228,3 +242,5 @@ class Checkpoint:
     files: list[str] = field(default_factory=list)
     # What bare persistent ids name, where a format uses them (legacy tar: tensors by key).
     persistent_objects: dict[str, Any] = field(default_factory=dict)
+    # How each tensor is stored in pieces, by its full key, where a format says (DCP).
+    chunks: dict[str, list[Chunk]] = field(default_factory=dict)

@@ -14,6 +14,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # only for annotations: JSON output must not pay for importing every op
+    from ckpttool.checkpoint import Chunk
     from ckpttool.ops.check import CheckReport
     from ckpttool.ops.convert import ConvertReport
     from ckpttool.ops.diff import DiffReport
@@ -264,7 +265,7 @@ ROLE_SOURCES = {
 
 
 def tensor_json(row: TensorRow) -> dict[str, Any]:
-    return {
+    out = {
         "key": row.key,
         "dtype": row.dtype,
         "shape": row.shape,
@@ -279,6 +280,26 @@ def tensor_json(row: TensorRow) -> dict[str, Any]:
         "contiguous": row.contiguous,
         "layout": row.layout,
     }
+    if row.chunks is not None:
+        out["chunks"] = [chunk_json(c) for c in row.chunks]
+    return out
+
+
+def chunk_json(chunk: Chunk) -> dict[str, Any]:
+    return {"offsets": list(chunk.offsets), "sizes": list(chunk.sizes), "file": chunk.file,
+            "offset": chunk.offset, "length": chunk.length, "rank": chunk.rank}  # fmt: skip
+
+
+def chunk_rows_table(rows: list[TensorRow], width: int | None = None) -> str:
+    """One row per saved piece of each split tensor: where in the tensor, in which file."""
+    body = [
+        (r.key, shape_text(list(c.offsets)), shape_text(list(c.sizes)), "" if c.rank is None else c.rank, c.file,
+         grouped(c.offset), human_size(c.length))
+        for r in rows for c in r.chunks or ()
+    ]  # fmt: skip
+    headers = ("key", "offsets", "sizes", "rank", "file", "at byte", "stored")
+    align = ("left", "left", "left", "right", "left", "right", "right")
+    return fit_table(headers, body, width, shrink=(0, 4), align=align)
 
 
 def inspect_json(report: InspectReport, weights: list[TensorRow], tensors: list[TensorRow]) -> str:
@@ -339,6 +360,8 @@ def tensor_rows_table(rows: list[TensorRow], width: int | None = None) -> str:
         columns.append(("device", "left", lambda r: r.device))
     if any(r.role for r in rows):
         columns.append(("role", "left", lambda r: ROLE_LABELS.get(r.role or "", "")))
+    if any(r.chunks for r in rows):
+        columns.append(("chunks", "right", lambda r: len(r.chunks or ())))
     body = [[get(r) for _, _, get in columns] for r in rows]
     headers = [name for name, _, _ in columns]
     return fit_table(headers, body, width, shrink=(0, 2), align=[a for _, a, _ in columns])
@@ -878,7 +901,9 @@ def _optimizer_json(r: OptimizerReport) -> dict[str, Any]:
 
 
 def _optimizer_block(r: OptimizerReport, width: int | None = None) -> str:
-    names = {"model": "from --model", "file": "guessed from the file's weights"}.get(r.names or "", "not resolved")
+    names = {"model": "from --model", "file": "guessed from the file's weights", "keys": "the state's own keys"}.get(
+        r.names or "", "not resolved"
+    )
     pairs: list[tuple[str, Any]] = [("optimizer", r.path), ("type", f"{r.type or 'unknown'} (inferred)")]
     pairs += [("names", names), ("param groups", len(r.param_groups))]
     lines = [key_values(pairs, width)]

@@ -23,7 +23,12 @@ from ckpttool.cli.common import ProgressBar, emit, output_options, path_argument
 @click.option(
     "--stats", is_flag=True, help="Min, max, mean, std, NaN/Inf counts and share of zeros (reads tensor data)."
 )
-@click.option("-v", "--verbose", is_flag=True, help="Also the file's serialization records (version, id, ...).")
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Also the file's serialization records (version, id, ...) and, for a DCP folder, every saved chunk.",
+)
 @output_options()
 def inspect_command(
     path: str,
@@ -73,6 +78,8 @@ def inspect_command(
         emit(render.inspect_summary(report, held, shown, width, verbose, filtered=bool(patterns)))
         if shown:
             emit("\n" + render.tensor_rows_table(shown, width))
+        if verbose and any(r.chunks for r in shown):
+            emit("\n" + render.chunk_rows_table(shown, width))
 
 
 def _stats(

@@ -25,12 +25,13 @@ planner_data), so `model.weight` is the `weight` of the `model` dict and an opti
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from ckpttool.checkpoint import Checkpoint, Record, Storage, TensorRef, contiguous_strides
+from ckpttool.checkpoint import Checkpoint, Chunk, Record, Storage, TensorRef, contiguous_strides
 from ckpttool.dtypes import DTYPES
 from ckpttool.errors import FileAccessError, FormatError
 from ckpttool.formats.dcp_metadata import (
@@ -50,6 +51,7 @@ from ckpttool.tensordata import read_span
 
 FORMAT = "dcp"
 MAX_NESTING = 64  # deeper planner paths are not a state_dict: the keys stay flat
+_RANK_FILE = re.compile(r"__(\d+)_\d+\.distcp")  # FileSystemWriter's name: rank, then file number
 
 __all__ = ["FORMAT", "is_dcp_folder", "item_pickles", "metadata_pickle", "read_dcp"]
 
@@ -79,7 +81,15 @@ def read_dcp(path: str) -> Checkpoint:
         metadata={k: v for k, v in (("version", meta.version), ("save_id", meta.save_id)) if v},
         anomalies=built.anomalies,
         files=[metadata_path(path)] + [os.path.join(path, name) for name in meta.files],
+        chunks={fqn: [_chunk(c) for c in t.chunks] for fqn, t in meta.tensors.items()},
     )
+
+
+def _chunk(chunk: DcpChunk) -> Chunk:
+    item = chunk.storage
+    named = _RANK_FILE.fullmatch(item.file)
+    rank = int(named.group(1)) if named else None
+    return Chunk(chunk.offsets, chunk.sizes, item.file, item.offset, item.length, rank)
 
 
 def item_pickles(path: str) -> Iterator[tuple[str, bytes]]:
@@ -176,11 +186,12 @@ class _Built:
         name the key they hold, and find their bytes now, so that a header past the item's
         end is refused before any command reads."""
         for key, storage in checkpoint.storages.items():
+            storage.key = f"{item.file}[{item.offset}]:{key}"  # every item numbers its storages from 0
             if storage.record is not None:
                 storage.record.name = f"{item.file}[{item.offset}]:{storage.record.name}"
                 storage.record.viewed_by = partial(_named, fqn)
                 storage.record.data_offset()
-            self.storages[f"{item.file}[{item.offset}]:{key}"] = storage
+            self.storages[storage.key] = storage
         self.anomalies.extend(f"{fqn!r}: {a}" for a in checkpoint.anomalies)
 
 
@@ -287,10 +298,11 @@ def _numel(shape: tuple[int, ...]) -> int:
 def nest(values: dict[str, Any], paths: dict[str, Path]) -> Any:
     """The state_dict DCP flattened, rebuilt from each key's path (dict keys, list indices);
     the flat dict when there are no paths or they do not describe one tree."""
-    if not paths or any(len(paths.get(k, ())) == 0 or len(paths[k]) > MAX_NESTING for k in values):
+    if set(paths) != set(values) or any(not 0 < len(p) <= MAX_NESTING for p in paths.values()):
         return values
     root: dict[Any, Any] = {}
-    for fqn, value in values.items():
+    for fqn in paths:  # the order the state_dict had, where .metadata lists items as they were written
+        value = values[fqn]
         node = root
         *parents, last = paths[fqn]
         for key in parents:

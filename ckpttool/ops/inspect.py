@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ckpttool.checkpoint import Checkpoint, GlobalName, OpaqueCall, PickledObject, TensorRef, byte_size
+from ckpttool.checkpoint import Checkpoint, Chunk, GlobalName, OpaqueCall, PickledObject, TensorRef, byte_size
 from ckpttool.errors import CkptError, about
 from ckpttool.formats import read_checkpoint
 from ckpttool.interpret import Cycle
@@ -37,6 +37,7 @@ class TensorRow:
     contiguous: bool = True
     layout: str = "strided"
     role: str | None = None  # "parameter" or "buffer" for weights; None for other tensors
+    chunks: list[Chunk] | None = None  # the pieces it is saved in, where the format splits tensors (DCP)
 
 
 @dataclass
@@ -124,7 +125,7 @@ def describe(checkpoint: Checkpoint, root: str | None = None) -> InspectReport:
     every = all_tensors(checkpoint.root)
     rows: dict[tuple[str, int], TensorRow] = {}  # a bare state_dict lists each tensor twice
     roles = {id(t.tensor): t.role for t in weights.tensors}  # a weight keeps its role under its full path
-    return InspectReport(
+    report = InspectReport(
         path=checkpoint.path,
         format=checkpoint.format,
         file_size=checkpoint.file_size,
@@ -142,6 +143,10 @@ def describe(checkpoint: Checkpoint, root: str | None = None) -> InspectReport:
         roles=weights.roles,
         attributes=[tensor_row(t) for t in weights.attributes],
     )
+    pieces = {id(t.tensor): checkpoint.chunks[t.key] for t in every if t.key in checkpoint.chunks}
+    for (_, tensor_id), row in rows.items():
+        row.chunks = pieces.get(tensor_id)
+    return report
 
 
 def _row(named: NamedTensor, cache: dict[tuple[str, int], TensorRow], role: str | None) -> TensorRow:

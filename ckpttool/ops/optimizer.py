@@ -52,7 +52,7 @@ class OptimizerReport:
     inferred: bool
     param_groups: list[dict[str, Any]]
     state: list[ParamState]
-    names: str | None = None  # "model" (exact), "file" (a guess from the file's weights), None
+    names: str | None = None  # "model" (exact), "file" (a guess from the weights), "keys" (the state's own), None
     notes: list[str] = field(default_factory=list)
 
 
@@ -63,7 +63,11 @@ def optimizers(path: str, model_params: list[tuple[str, tuple[int, ...]]] | None
     reports = []
     for where, state_dict in found:
         report = _describe(where, state_dict)
-        if model_params is not None:
+        if _keyed_by_name(report):
+            for state in report.state:
+                state.name = str(state.index)
+            report.names = "keys"
+        elif model_params is not None:
             _name(report, model_params, "model")
         elif file_params is not None:
             _name(report, file_params, "file")
@@ -71,6 +75,12 @@ def optimizers(path: str, model_params: list[tuple[str, tuple[int, ...]]] | None
                 report.notes.append(guess_note)
         reports.append(report)
     return reports
+
+
+def _keyed_by_name(report: OptimizerReport) -> bool:
+    """torch.distributed.checkpoint.state_dict (FSDP, DCP) keys the state by parameter name."""
+    params = [p for g in report.param_groups for p in g.get("params") or []]
+    return bool(params) and all(isinstance(p, str) for p in params)
 
 
 def _is_optimizer_state(node: Any) -> bool:
@@ -160,22 +170,25 @@ def _name(report: OptimizerReport, params: list[tuple[str, tuple[int, ...]]], so
             f"{len(indices)} optimizer parameters but {len(params)} model parameters: names not resolved"
         )
         return
-    shapes = {s.index: _state_shape(s) for s in report.state}
-    in_order = {index: params[i] for i, index in enumerate(indices)}
-    misfit = next((i for i in indices if shapes.get(i) not in (None, tuple(in_order[i][1]))), None)
+    # Indices are compared as text: a DCP checkpoint keeps state keys as strings ('0'),
+    # its param_groups' params as ints, as torch's own dcp_to_torch_save returns them.
+    shapes = {str(s.index): _state_shape(s) for s in report.state}
+    in_order = {str(index): params[i] for i, index in enumerate(indices)}
+    misfit = next((i for i in indices if shapes.get(str(i)) not in (None, tuple(in_order[str(i)][1]))), None)
     if misfit is not None:
-        name, shape = in_order[misfit]
+        name, shape = in_order[str(misfit)]
         report.notes.append(
-            f"state {misfit} has shape {list(shapes[misfit] or ())} but parameter {name!r} is {list(shape)}: "
+            f"state {misfit} has shape {list(shapes[str(misfit)] or ())} but parameter {name!r} is {list(shape)}: "
             "names not resolved"
         )
         return
-    slots = [[shapes.get(i) for i in g] for g in groups]
+    slots = [[shapes.get(str(i)) for i in g] for g in groups]
     if _count_splits([tuple(shape) for _, shape in params], slots) != 1:
         report.notes.append("parameters of equal shape could sit in other groups: names not resolved")
         return
     for state in report.state:
-        state.name = in_order[state.index][0]
+        found = in_order.get(str(state.index))
+        state.name = found[0] if found else None
     report.names = source
 
 
