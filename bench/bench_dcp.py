@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import socket
@@ -34,7 +35,7 @@ LAYER_BYTES = (4 * HIDDEN * HIDDEN + 2 * 5504 * HIDDEN + HIDDEN) * 4
 
 
 def _layers(gb: float) -> int:
-    return max(1, round((gb * 1e9 - 32000 * HIDDEN * 4) / LAYER_BYTES))
+    return max(1, math.ceil((gb * 1e9 - 32000 * HIDDEN * 4) / LAYER_BYTES))  # at least gb
 
 
 def _spec(layers: int) -> list[tuple[str, int, int, bool]]:

@@ -215,7 +215,7 @@ def test_missing_data_file(dcp_dirs: dict[int, Path], tmp_path: Path, run: Calla
     (copy / "__1_0.distcp").unlink()
     result = run("convert", copy, tmp_path / "m.safetensors")
     assert result.exit_code == 2
-    assert result.stderr.count("\n") == 1 and "__1_0.distcp is missing" in result.stderr
+    assert result.stderr.count("\n") == 1 and "__1_0.distcp" in result.stderr and "missing" in result.stderr
     assert_nothing_written(tmp_path, tmp_path / "m.safetensors")
 
 
@@ -225,7 +225,7 @@ def test_truncated_data_file(dcp_dirs: dict[int, Path], tmp_path: Path, run: Cal
     (copy / "__0_0.distcp").write_bytes(data[: len(data) // 2])
     result = run("convert", copy, tmp_path / "m.pth")
     assert result.exit_code == 2
-    assert result.stderr.count("\n") == 1 and "__0_0.distcp is truncated" in result.stderr
+    assert result.stderr.count("\n") == 1 and "__0_0.distcp" in result.stderr and "truncated" in result.stderr
     assert_nothing_written(tmp_path, tmp_path / "m.pth")
 
 
@@ -237,7 +237,7 @@ def test_corrupt_chunk_is_one_line(dcp_dirs: dict[int, Path], tmp_path: Path, ru
     (copy / where.relative_path).write_bytes(bytes(data))
     result = run("convert", copy, tmp_path / "m.safetensors", "--root", "")
     assert result.exit_code == 2, result.stderr
-    assert result.stderr.count("\n") == 1 and "DCP cannot read" in result.stderr
+    assert result.stderr.count("\n") == 1 and "'model.0.weight'" in result.stderr
     assert_nothing_written(tmp_path, tmp_path / "m.safetensors")
 
 
