@@ -338,19 +338,26 @@ class _Reader:
 
 
 def _overlap(chunks: list[DcpChunk]) -> bool:
-    """Whether two chunks share an element (sorted by their first offset, each is compared
-    only with those that start before it ends along that dimension)."""
-    ordered = sorted(chunks, key=lambda c: c.offsets)
+    """Whether two chunks share an element: swept along the dimension the chunks split most
+    (rows for Shard(0), columns for Shard(1)), each compared only with those that start
+    before it ends there, so N chunks of a 1-D split cost N comparisons, not N**2."""
+    if len(chunks) < 2 or not chunks[0].offsets:
+        return len(chunks) > 1
+    dims = range(len(chunks[0].offsets))
+    d = max(dims, key=lambda k: len({c.offsets[k] for c in chunks}))
+    ordered = sorted(chunks, key=lambda c: c.offsets[d])
     for i, a in enumerate(ordered):
         for b in ordered[i + 1 :]:
-            if a.offsets and b.offsets[0] >= a.offsets[0] + a.sizes[0]:
+            if b.offsets[d] >= a.offsets[d] + a.sizes[d]:
                 break
-            if all(
-                bo < ao + an and ao < bo + bn
-                for ao, an, bo, bn in zip(a.offsets, a.sizes, b.offsets, b.sizes, strict=True)
-            ):
+            if _meet(a, b):
                 return True
     return False
+
+
+def _meet(a: DcpChunk, b: DcpChunk) -> bool:
+    spans = zip(a.offsets, a.sizes, b.offsets, b.sizes, strict=True)
+    return all(b_at < a_at + a_n and a_at < b_at + b_n for a_at, a_n, b_at, b_n in spans)
 
 
 def _is_count(value: Any) -> TypeGuard[int]:
