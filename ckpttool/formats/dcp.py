@@ -93,18 +93,21 @@ def _chunk(chunk: DcpChunk) -> Chunk:
 
 
 def item_pickles(path: str) -> Iterator[tuple[str, bytes]]:
-    """Every pickle the folder holds, for `scan`: `.metadata`, then (when it reads as DCP
-    metadata) each item's `data.pkl` — dcp.load unpickles non-tensor entries with
-    `torch.load(weights_only=False)`. An item that is no zip is handed over whole."""
+    """The bytes of every pickle stream the folder holds, for `scan` (each may hold several
+    pickles one after another): `.metadata`, then, when it reads as DCP metadata, each
+    item's `data.pkl`. A non-tensor entry that is no zip is handed over whole: `dcp.load`
+    passes it to `torch.load(weights_only=False)`, whose legacy path unpickles it. A tensor
+    item that is no zip is no pickle torch unpickles freely (FileSystemWriter's experimental
+    safetensors serialisation writes those): left out."""
     yield metadata_pickle(path)
     meta = read_dcp_metadata(path)
     files = DataFiles(path)
-    for fqn, item in _items(meta):
+    for fqn, item, is_tensor in _items(meta):
         name = f"{item.file}[{item.offset}:{item.offset + item.length}] ({fqn})"
-        span = files.check(fqn, item)
-        head = files.read(item.file, span[0], min(4, item.length))
-        if head != ZIP_MAGIC:
-            yield name, files.read(item.file, span[0], min(item.length, MAX_PICKLE_RECORD))
+        start, _ = files.check(fqn, item)
+        if files.read(item.file, start, min(4, item.length)) != ZIP_MAGIC:
+            if not is_tensor:
+                yield name, files.read(item.file, start, min(item.length, MAX_PICKLE_RECORD))
             continue
         archive = files.archive(fqn, item)
         entry = archive.record("data.pkl")
@@ -112,12 +115,12 @@ def item_pickles(path: str) -> Iterator[tuple[str, bytes]]:
             yield f"{name}:{entry.name}", read_entry(archive, entry, MAX_PICKLE_RECORD)
 
 
-def _items(meta: DcpMetadata) -> Iterator[tuple[str, DcpStorage]]:
+def _items(meta: DcpMetadata) -> Iterator[tuple[str, DcpStorage, bool]]:
     for fqn in meta.order:
         if fqn in meta.entries:
-            yield fqn, meta.entries[fqn].storage
+            yield fqn, meta.entries[fqn].storage, False
         else:
-            yield from ((fqn, c.storage) for c in meta.tensors[fqn].chunks)
+            yield from ((fqn, c.storage, True) for c in meta.tensors[fqn].chunks)
 
 
 # -- data files ------------------------------------------------------------------------------------
