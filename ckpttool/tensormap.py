@@ -130,15 +130,16 @@ def _mapped_blocks(span: ByteRange, dtype: np.dtype, count: int, step: int, file
     buffer = files.map(span.path)
     if span.offset + span.size > len(buffer):
         raise FormatError(f"file ends inside a storage record (byte {len(buffer)})", path=span.path)
-    crc = _Crc32() if whole_record else None
+    streamed = span.record if whole_record else None
+    crc = _Crc32()
     for first in range(0, count, step):
         n = min(step, count - first)
         start = span.offset + first * dtype.itemsize
         block = np.frombuffer(buffer, dtype, n, start)
-        if crc is not None:
+        if streamed is not None:
             crc.add(block)
             if first + n == count:  # the last block waits for the record's check
-                check_crc(span.record, crc.value)  # type: ignore[arg-type]
+                check_crc(streamed, crc.value)
         yield block
         del block
         files.release(span.path, start, start + n * dtype.itemsize)

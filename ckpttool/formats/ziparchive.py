@@ -19,6 +19,7 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass, field
+from typing import IO
 
 from ckpttool.errors import LimitError, ZipFormatError
 
@@ -98,12 +99,12 @@ def open_archive(path: str, start: int = 0, end: int | None = None) -> ZipArchiv
     return archive
 
 
-def _find_central_directory(f: object, start: int, end: int, path: str) -> tuple[int, int, int]:
+def _find_central_directory(f: IO[bytes], start: int, end: int, path: str) -> tuple[int, int, int]:
     """(entry count, directory offset from `start`, directory size)."""
     size = end - start
     tail_start = start + max(0, size - _MAX_EOCD_SEARCH)
-    f.seek(tail_start)  # type: ignore[attr-defined]
-    tail = f.read(end - tail_start)  # type: ignore[attr-defined]
+    f.seek(tail_start)
+    tail = f.read(end - tail_start)
     at = tail.rfind(b"PK\x05\x06")
     if at < 0 or at + _EOCD.size > len(tail):
         raise ZipFormatError("zip end-of-central-directory record not found (file truncated?)", path=path)
@@ -178,7 +179,7 @@ def _add_entry(archive: ZipArchive, entry: ZipEntry) -> None:
     archive.order.append(entry.name)
 
 
-def resolve_data_offset(archive: ZipArchive, entry: ZipEntry, f: object | None = None) -> int:
+def resolve_data_offset(archive: ZipArchive, entry: ZipEntry, f: IO[bytes] | None = None) -> int:
     """Offset of the record's bytes: after its local header, whose lengths miniz trusts."""
     if entry.data_offset >= 0:
         return entry.data_offset
@@ -198,7 +199,7 @@ def resolve_data_offset(archive: ZipArchive, entry: ZipEntry, f: object | None =
     return entry.data_offset
 
 
-def read_entry(archive: ZipArchive, entry: ZipEntry, max_size: int, f: object | None = None) -> bytes:
+def read_entry(archive: ZipArchive, entry: ZipEntry, max_size: int, f: IO[bytes] | None = None) -> bytes:
     """The record's bytes, inflated if needed; never more than `max_size` bytes of output."""
     offset = resolve_data_offset(archive, entry, f)
     if entry.method == STORED:
@@ -210,7 +211,7 @@ def read_entry(archive: ZipArchive, entry: ZipEntry, max_size: int, f: object | 
     raise ZipFormatError(f"record {entry.name!r} uses unsupported compression method {entry.method}", path=archive.path)
 
 
-def _inflate(archive: ZipArchive, entry: ZipEntry, offset: int, max_size: int, f: object | None) -> bytes:
+def _inflate(archive: ZipArchive, entry: ZipEntry, offset: int, max_size: int, f: IO[bytes] | None) -> bytes:
     raw = _pread(archive.path, offset, entry.compressed_size, f)
     inflater = zlib.decompressobj(-15)
     try:
@@ -239,9 +240,9 @@ def crc_matches(entry: ZipEntry, data: bytes) -> bool:
     return zlib.crc32(data) & 0xFFFFFFFF == entry.crc
 
 
-def _pread(path: str, offset: int, size: int, f: object | None) -> bytes:
+def _pread(path: str, offset: int, size: int, f: IO[bytes] | None) -> bytes:
     if f is not None:
-        return pread_exact(f.fileno(), offset, size)  # type: ignore[attr-defined]
+        return pread_exact(f.fileno(), offset, size)
     with open(path, "rb") as handle:
         return pread_exact(handle.fileno(), offset, size)
 

@@ -75,7 +75,8 @@ def needed_globals(pickles: Iterable[Decoded]) -> list[tuple[str, str]]:
             vetted = VETTED.get(func.qualname) if isinstance(func, Global) else None
             made = vetted.result_class(call.args) if vetted and vetted.result_class else None
             if made and call.state is not UNSET:
-                needed.add(tuple(made.rsplit(".", 1)))  # type: ignore[arg-type]
+                module, _, name = made.rpartition(".")
+                needed.add((module, name))
     return sorted(needed)
 
 
