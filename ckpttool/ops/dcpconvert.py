@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ckpttool.atomic import TEMP_SUFFIX, OutputSet, PendingOutput, output_set, replace_all
-from ckpttool.checkpoint import byte_size, contiguous_strides
+from ckpttool.checkpoint import Checkpoint, byte_size, contiguous_strides
 from ckpttool.dtypes import DTYPES
 from ckpttool.errors import (
     FileAccessError,
@@ -57,17 +57,17 @@ from ckpttool.ops.convert import (
     _sources,
     rename,
 )
-from ckpttool.ops.dcpmeta import is_dcp_folder, read_dcp_metadata, safe_reader
+from ckpttool.ops.dcpmeta import is_dcp_folder, read_checked, read_dcp_metadata, safe_reader
 from ckpttool.ops.dcpranks import Ranks, current_ranks, together
 from ckpttool.signals import held
 from ckpttool.tensordata import cast, crc32, direct_range, tensor_bytes, torch_dtype
+from ckpttool.weights import find_weights, join
 
 if TYPE_CHECKING:
     from torch.distributed.checkpoint.metadata import Metadata
 
 DCP = "dcp"
 GROUP_BYTES = 256 << 20  # tensors loaded per dcp.load call; a larger tensor goes alone
-WEIGHT_ROOTS = ("model", "state_dict", "model_state_dict", "module")
 T = TypeVar("T")
 
 
@@ -259,8 +259,7 @@ def convert_from_dcp(src: str, dst: str, options: ConvertOptions, progress: Prog
     if options.dedupe:
         raise UsageError("--dedupe: a DCP checkpoint holds no tied tensors")
     ranks = current_ranks()
-    metadata = read_dcp_metadata(src)
-    tensors, root, notes = _dcp_plan(src, metadata, options)
+    metadata, tensors, root, notes = _dcp_plan(src, options)
     shards = list(groups(tensors, lambda t: t.nbytes, options.shard_size)) if options.shard_size else [tensors]
     paths = _shard_paths(dst, len(shards))
     index = dst + ".index.json" if len(shards) > 1 else None
@@ -284,42 +283,48 @@ def convert_from_dcp(src: str, dst: str, options: ConvertOptions, progress: Prog
     )
 
 
-def _dcp_plan(src: str, metadata: Metadata, options: ConvertOptions) -> tuple[list[DcpTensor], str, list[str]]:
+def _dcp_plan(src: str, options: ConvertOptions) -> tuple[Metadata, list[DcpTensor], str, list[str]]:
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
+    checkpoint, metadata = read_checked(src)
     entries = metadata.state_dict_metadata
     tensors = {fqn: md for fqn, md in entries.items() if isinstance(md, TensorStorageMetadata)}
-    root = options.root if options.root is not None else _weights_root(src, metadata, list(tensors))
-    prefix = f"{root}." if root else ""
-    chosen = [(fqn[len(prefix) :], fqn, md) for fqn, md in tensors.items() if fqn.startswith(prefix)]
-    if not chosen:
-        raise WeightsNotFoundError(f"no tensors under {root!r}", path=src)
+    root, chosen = _weights(checkpoint, list(tensors), options.root)
     notes: list[str] = []
-    skipped = len(entries) - len(tensors)
-    if skipped:
-        notes.append(f"{skipped} non-tensor entries not converted (weights only)")
-    names = rename([key for key, _, _ in chosen], options.strip_prefixes, options.renames, notes)
+    names = rename([key for key, _ in chosen], options.strip_prefixes, options.renames, notes)
     out = []
-    for name, (_, fqn, md) in zip(names, chosen, strict=True):
+    for name, (_, fqn) in zip(names, chosen, strict=True):
+        md = tensors[fqn]
         source_dtype = str(md.properties.dtype).removeprefix("torch.")
         dtype = options.dtype if options.dtype and DTYPES[source_dtype].is_floating else source_dtype
         if options.to == SAFETENSORS and DTYPES[dtype].safetensors is None:
             raise FormatError(f"tensor {name!r} has dtype {dtype}, which safetensors cannot store; use --to pth")
         out.append(DcpTensor(name, fqn, source_dtype, dtype, tuple(md.size)))
-    return out, root, notes
+    return metadata, out, root, notes
 
 
-def _weights_root(src: str, metadata: Metadata, fqns: list[str]) -> str:
-    """The model's entry of a nested state_dict (`{"model": ..., "optim": ...}`, as DCP's
-    own `get_state_dict` users save it), or everything when the state_dict was flat."""
-    paths: dict[str, Any] = metadata.planner_data if isinstance(metadata.planner_data, dict) else {}
-    tops = {str(paths[f][0]) for f in fqns if isinstance(paths.get(f), tuple) and len(paths[f]) > 1}
-    for name in WEIGHT_ROOTS:
-        if name in tops:
-            return name
-    if not tops:
-        return ""
-    raise WeightsNotFoundError(f"no weights among {', '.join(sorted(tops))}; name them with --root", path=src)
+def _weights(checkpoint: Checkpoint, fqns: list[str], root: str | None) -> tuple[str, list[tuple[str, str]]]:
+    """(root, [(output key, DCP key)]): the weights root `inspect` shows (or `--root`), found
+    the same way as in every other format; a `--root` that is no state_dict may name any
+    prefix of the flattened DCP keys (`optim.state`, or '' for every tensor)."""
+    try:
+        weights = find_weights(checkpoint.root, root)
+    except WeightsNotFoundError:
+        if root is None:
+            raise
+        weights = None
+    known = set(fqns)
+    if weights is not None and weights.root is not None:
+        chosen = [(t.key, join(weights.root, t.key)) for t in weights.tensors]
+        if all(fqn in known for _, fqn in chosen):
+            return weights.root, chosen
+    if root is None:
+        raise WeightsNotFoundError("no weights found; name them with --root", path=checkpoint.path)
+    prefix = f"{root}." if root else ""
+    chosen = [(fqn[len(prefix) :], fqn) for fqn in fqns if fqn.startswith(prefix)]
+    if not chosen:
+        raise WeightsNotFoundError(f"no tensors under {root!r}", path=checkpoint.path)
+    return root, chosen
 
 
 class _ShardWriter:

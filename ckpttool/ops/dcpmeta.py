@@ -21,13 +21,21 @@ from ckpttool.formats.dcp_metadata import torch_metadata
 if TYPE_CHECKING:
     from torch.distributed.checkpoint.metadata import Metadata
 
+    from ckpttool.checkpoint import Checkpoint
+
 __all__ = ["is_dcp_folder", "read_dcp_metadata", "safe_reader"]
+
+
+def read_checked(folder: str) -> tuple[Checkpoint, Metadata]:
+    """ckpttool's reading of the checkpoint and torch's `Metadata` of it. Reading it whole
+    refuses a missing or truncated data file, or a chunk unlike its metadata, before DCP
+    opens anything."""
+    return read_dcp(folder), torch_metadata(read_plain_metadata(folder))
 
 
 def read_dcp_metadata(folder: str) -> Metadata:
     """torch's `Metadata` of a checkpoint ckpttool has read and checked whole."""
-    read_dcp(folder)  # refuses a missing or truncated data file, or a chunk unlike its metadata
-    return torch_metadata(read_plain_metadata(folder))
+    return read_checked(folder)[1]
 
 
 def safe_reader(folder: str, metadata: Metadata | None = None) -> Any:
