@@ -479,6 +479,9 @@ def convert_dcp(src: str, dst: str, options: ConvertOptions, progress: Progress)
         if options.trust:
             raise UsageError("--trust does not apply to a DCP checkpoint: it is read without running code")
         return convert_from_dcp(src, dst, options, progress)
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        # Every rank would write the same file: only DCP conversions are split across ranks.
+        raise UsageError("under torchrun only conversions into or out of a DCP folder are split; run this one alone")
     return None
 
 

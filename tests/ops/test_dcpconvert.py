@@ -320,3 +320,13 @@ def test_torchrun_splits_conversions(dcp_dirs: dict[int, Path], tmp_path: Path) 
     for name in os.listdir(single):  # the same files, byte for byte, as one process writes
         assert (out / name).read_bytes() == (single / name).read_bytes(), name
     assert temp_files(out) == []
+
+
+def test_torchrun_refuses_conversions_it_cannot_split(
+    tmp_path: Path, run: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch.save(_source_state(), tmp_path / "src.pt")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    result = run("convert", tmp_path / "src.pt", tmp_path / "out.safetensors")
+    assert result.exit_code == 2 and "only conversions into or out of a DCP folder" in result.stderr
+    assert_nothing_written(tmp_path, tmp_path / "out.safetensors")
