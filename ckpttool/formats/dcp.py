@@ -138,12 +138,15 @@ class DataFiles:
 
     def size(self, name: str) -> int:
         if name not in self._sizes:
+            path = self.path(name)
             try:
-                self._sizes[name] = os.path.getsize(self.path(name))
+                self._sizes[name] = os.path.getsize(path)
             except FileNotFoundError:
                 raise FormatError(f"data file {name} named in {METADATA_NAME} is missing", path=self.folder) from None
             except OSError as exc:
                 raise FileAccessError(f"cannot read {name}: {exc.strerror}", path=self.folder) from None
+            if not os.path.isfile(path):
+                raise FormatError(f"data file {name} named in {METADATA_NAME} is not a file", path=self.folder)
         return self._sizes[name]
 
     def check(self, fqn: str, item: DcpStorage) -> tuple[int, int]:
