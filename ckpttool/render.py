@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # only for annotations: JSON output must not pay for importin
     from ckpttool.ops.rekey import RekeyReport
     from ckpttool.ops.remap import RemapReport
     from ckpttool.ops.scan import FileScan
+    from ckpttool.ops.scanpaths import ScanEntry, UnreadableFile
     from ckpttool.ops.stats import TensorStats
 
 SCHEMA_VERSION = 1
@@ -166,9 +167,11 @@ def fit_table(
     shrink: Sequence[int] = (0,),
     align: Sequence[str] | None = None,
     indented: bool = False,
+    whole: str = "--format csv",
 ) -> str:
     """A table no wider than `width`: cells of the `shrink` columns (keys in the middle,
-    others at the end) are cut with `…`, the widest first, and a last line counts them."""
+    others at the end) are cut with `…`, the widest first, and a last line counts them
+    and names the output that shows them `whole`."""
     body = [[_cell(c) for c in row] for row in rows]
     if width is None or not body:
         return to_table(headers, body, align, indented)
@@ -185,7 +188,7 @@ def fit_table(
                 cut_cells += 1
     table = to_table(headers, body, align, indented)
     if cut_cells:
-        note = f"({plural(cut_cells, 'cell')} cut with {ELLIPSIS} to fit {width} columns; --format csv shows all)"
+        note = f"({plural(cut_cells, 'cell')} cut with {ELLIPSIS} to fit {width} columns; {whole} shows all)"
         table += "\n" + (note if len(note) <= width else f"({plural(cut_cells, 'cell')} cut with {ELLIPSIS})")
     return table
 
@@ -248,7 +251,12 @@ def shape_text(shape: Sequence[int]) -> str:
 
 
 def compact(value: Any, limit: int = 60) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    from ckpttool.npvalues import ArrayList, array_text, json_text
+
+    short = array_text(value, limit) if isinstance(value, ArrayList) else None
+    if short is not None:  # a numpy array: whole elements and `…`, not a cut number
+        return short
+    text = value if isinstance(value, str) else json_text(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -496,7 +504,8 @@ def tree_csv(rows: list[TreeRow], counts: Counts) -> str:
 
 # -- scan -------------------------------------------------------------------------------------
 
-SCAN_SCHEMA_VERSION = 2  # 2: unknown-call, weights_only apart from the verdict, calls, allowed names
+SCAN_SCHEMA_VERSION = 3  # 2: unknown-call, weights_only apart from the verdict, calls, allowed names;
+# 3: an unreadable path is an entry of files[] (verdict unreadable, error), `error` when none was read
 _SCAN_ORDER = {"dangerous": 0, "unknown-call": 1, "needs-allowlist": 2, "safe": 3}
 _WEIGHTS_ONLY_TEXT = {
     "loads": "loads as is",
@@ -506,8 +515,34 @@ _WEIGHTS_ONLY_TEXT = {
 }
 
 
-def scan_json(results: list[FileScan]) -> str:
-    return to_json({"schema_version": SCAN_SCHEMA_VERSION, "files": [_scan_file_json(r) for r in results]})
+def scan_json(entries: Sequence[ScanEntry], error: tuple[str | None, str] | None = None) -> str:
+    """`files` has every path in order; `error` (as every command's JSON error) when none could be read."""
+    payload: dict[str, Any] = {"files": [_scan_entry_json(e) for e in entries]}
+    if error is not None:
+        payload["error"] = {"path": error[0], "message": error[1], "exit_code": 2}
+    return to_json(payload, version=SCAN_SCHEMA_VERSION)
+
+
+def _scan_entry_json(e: ScanEntry) -> dict[str, Any]:
+    from ckpttool.ops.scan import FileScan
+
+    if isinstance(e, FileScan):
+        return _scan_file_json(e)
+    # The fields of a scanned file, empty, so that consumers read one shape.
+    return {
+        "path": e.path,
+        "format": None,
+        "verdict": e.verdict,
+        "error": e.error,
+        "weights_only": None,
+        "pickles": 0,
+        "globals": [],
+        "allowlist": None,
+        "imports": [],
+        "problems": [],
+        "allowed": {},
+        "notes": [],
+    }
 
 
 def _scan_file_json(r: FileScan) -> dict[str, Any]:
@@ -515,6 +550,7 @@ def _scan_file_json(r: FileScan) -> dict[str, Any]:
         "path": r.path,
         "format": r.format,
         "verdict": r.verdict,
+        "error": None,
         "weights_only": {"result": r.weights_only.result, "reasons": r.weights_only.reasons},
         "pickles": r.pickles,
         "globals": [
@@ -537,26 +573,43 @@ def _scan_file_json(r: FileScan) -> dict[str, Any]:
     }
 
 
-def scan_csv(results: list[FileScan]) -> str:
+def scan_csv(entries: Sequence[ScanEntry]) -> str:
+    from ckpttool.ops.scan import FileScan
+
     rows = []
-    for r in results:
+    for r in entries:
+        if not isinstance(r, FileScan):  # unreadable: the reason in the last column
+            rows.append((r.path, "", r.verdict, "", "", "", "", r.error))
+            continue
         head = (r.path, r.format, r.verdict, r.weights_only.result)
         if not r.globals:
-            rows.append((*head, "", "", ""))
-        rows.extend((*head, g.qualname, " ".join(g.uses), g.verdict) for g in r.globals)
-    return to_csv(("path", "format", "verdict", "weights_only", "global", "uses", "global_verdict"), rows)
+            rows.append((*head, "", "", "", ""))
+        rows.extend((*head, g.qualname, " ".join(g.uses), g.verdict, "") for g in r.globals)
+    return to_csv(("path", "format", "verdict", "weights_only", "global", "uses", "global_verdict", "error"), rows)
 
 
-def scan_table(results: list[FileScan]) -> str:
-    blocks = [_scan_block(r) for r in results]
-    if len(results) > 1:
+def scan_table(entries: Sequence[ScanEntry]) -> str:
+    from ckpttool.ops.scan import FileScan
+
+    blocks = [_scan_block(r) if isinstance(r, FileScan) else _unreadable_block(r) for r in entries]
+    if len(entries) > 1:
         blocks.append(
             to_table(
                 ("file", "format", "verdict", "weights_only", "pickles"),
-                ((r.path, r.format, r.verdict, r.weights_only.result, r.pickles) for r in results),
+                (
+                    (r.path, r.format, r.verdict, r.weights_only.result, r.pickles)
+                    if isinstance(r, FileScan)
+                    else (r.path, "", r.verdict, "", "")
+                    for r in entries
+                ),
             )
         )
     return "\n\n".join(blocks)
+
+
+def _unreadable_block(r: UnreadableFile) -> str:
+    # The reason is a line that wraps, never cut.
+    return key_values([("file", r.path), ("verdict", r.verdict.upper()), ("error", r.error)], output_width())
 
 
 def _scan_block(r: FileScan) -> str:

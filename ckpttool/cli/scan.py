@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from ckpttool.cli.allow import allow_option, resolve_allow
 from ckpttool.cli.common import FORMATS, emit, finish, output_options, warn
+
+if TYPE_CHECKING:
+    from ckpttool.ops.scanpaths import UnreadableFile
 
 
 @click.command("scan")
@@ -22,27 +27,39 @@ def scan_command(paths: tuple[str, ...], strict: bool, allow: tuple[str, ...], f
     (known gadgets, names computed at load time, parser differentials, scan
     errors). Also what torch.load(weights_only=True) does with the file.
 
-    Exit 1 if any file is dangerous or unknown-call (with --strict, also
-    needs-allowlist); exit 2 if a file cannot be read at all.
+    Every path is reported; one that cannot be read has the verdict
+    unreadable. Exit 1 if any file is dangerous, unknown-call or unreadable
+    (with --strict, also needs-allowlist); exit 2 only when no path could be
+    read at all.
     """
     from ckpttool import render
-    from ckpttool.errors import EXIT_ERROR, CkptError
-    from ckpttool.ops.scan import DANGEROUS, NEEDS_ALLOWLIST, UNKNOWN_CALL, scan_file
+    from ckpttool.errors import EXIT_ERROR
+    from ckpttool.ops.scan import DANGEROUS, NEEDS_ALLOWLIST, UNKNOWN_CALL, FileScan
+    from ckpttool.ops.scanpaths import UnreadableFile, scan_paths
 
-    allowed = resolve_allow(allow)
-    results, unreadable = [], []
-    for path in paths:
-        try:
-            results.append(scan_file(path, allowed))
-        except CkptError as exc:
-            warn(f"error: {exc}")
-            unreadable.append((path, exc.message))
-    renderers = {"json": render.scan_json, "csv": render.scan_csv, "table": render.scan_table}
+    entries = scan_paths(paths, resolve_allow(allow))
+    results = [e for e in entries if isinstance(e, FileScan)]
+    unreadable = [e for e in entries if isinstance(e, UnreadableFile)]
+    error = None if results else _none_read(unreadable)
     if fmt == "sarif":
-        emit(render.scan_sarif(results, unreadable))
-    elif results:
-        emit(renderers[fmt](results))
-    if unreadable:
+        emit(render.scan_sarif(results, [(u.path, u.error) for u in unreadable]))
+    elif fmt == "json":
+        emit(render.scan_json(entries, error))
+    else:
+        emit(render.scan_csv(entries) if fmt == "csv" else render.scan_table(entries))
+    if error is not None:
+        path, message = error
+        warn(f"error: {path}: {message}" if path else f"error: {message}")
         click.get_current_context().exit(EXIT_ERROR)
+    for u in unreadable:  # reported above among the others; stderr names it too
+        warn(f"error: {u.path}: {u.error}")
     failing = {DANGEROUS, UNKNOWN_CALL} | ({NEEDS_ALLOWLIST} if strict else set())
-    finish(any(r.verdict in failing for r in results))
+    finish(bool(unreadable) or any(r.verdict in failing for r in results))
+
+
+def _none_read(unreadable: list[UnreadableFile]) -> tuple[str | None, str]:
+    """The path and message of the one stderr line (and JSON error) when no path could be read."""
+    first = unreadable[0]
+    if len(unreadable) == 1:
+        return first.path, first.error
+    return None, f"none of the {len(unreadable)} paths could be read (first: {first.path}: {first.error})"

@@ -45,11 +45,12 @@ SCAN_FILE_FIELDS = {
     "imports",
     "problems",
     "allowed",
+    "error",
 }
 GLOBAL_FIELDS = {"module", "name", "uses", "verdict", "reason", "calls", "allowed_by"}
 VERDICTS = {"safe", "needs-allowlist", "unknown-call", "dangerous"}
 WEIGHTS_ONLY = {"loads", "loads-after-allowlist", "refused", "not-applicable"}
-CSV_HEADER = ["path", "format", "verdict", "weights_only", "global", "uses", "global_verdict"]
+CSV_HEADER = ["path", "format", "verdict", "weights_only", "global", "uses", "global_verdict", "error"]
 # torch's wording when the only obstacle is a global missing from its allowlist.
 UNSUPPORTED_GLOBAL = "Unsupported global"
 # Homes the fixtures' classes were pickled under; tutorial_models supplies them.
@@ -238,8 +239,9 @@ def test_allowlist_line_names_every_global_to_allow(cli: Cli, name: str) -> None
 @pytest.mark.parametrize("name", [pytest.param(r["name"], id=r["name"]) for r in INDEX])
 def test_json_has_the_documented_shape(cli: Cli, name: str) -> None:
     report = scan_json(cli, fixture(name))[1]
-    assert report["schema_version"] == 2
+    assert report["schema_version"] == 3
     scanned = only_file(report)
+    assert scanned["error"] is None
     # `notes` (facts that are no finding) come with the container scan.
     assert SCAN_FILE_FIELDS <= set(scanned) <= SCAN_FILE_FIELDS | {"notes"}
     assert scanned["path"] == str(fixture(name))
@@ -315,30 +317,82 @@ def test_several_clean_paths_exit_zero(cli: Cli) -> None:
 
 
 def test_one_unreadable_path_among_several(cli: Cli, tmp_path: Path) -> None:
+    """As in check: every path is an entry of files[], in order; exit 1, not 2, once any was read."""
     missing = tmp_path / "missing.pt"
     good = [fixture("cnn_state_dict"), fixture("cnn_whole_model_main")]
     result = cli("scan", good[0], missing, good[1], "--format", "json")
-    assert result.exit_code == 2
-    assert [f["path"] for f in cli_json(result)["files"]] == [str(p) for p in good]
+    assert result.exit_code == 1
+    document = cli_json(result)
+    assert "error" not in document
+    files = document["files"]
+    assert [f["path"] for f in files] == [str(good[0]), str(missing), str(good[1])]
+    assert [f["verdict"] for f in files] == ["safe", "unreadable", "needs-allowlist"]
+    assert files[1]["error"] == "no such file" and files[1]["globals"] == [] and files[1]["weights_only"] is None
+    assert SCAN_FILE_FIELDS <= set(files[1])
     lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"ckpttool: error: {missing}: "), result.stderr
-    assert "Traceback" not in result.stderr
+    assert len(lines) == 1 and lines[0] == f"ckpttool: error: {missing}: no such file", result.stderr
+
+
+def truncated(tmp_path: Path) -> Path:
+    """The first half of a real torch.save file: torch.load refuses it too."""
+    data = fixture("cnn_state_dict").read_bytes()
+    path = tmp_path / "trunc.pth"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(Exception):  # noqa: B017 - whatever torch raises, it cannot read the file
+        torch.load(path, weights_only=True)
+    return path
+
+
+def test_only_path_unreadable_is_json_on_stdout(cli: Cli, tmp_path: Path) -> None:
+    """--format json answers on stdout, an unreadable file too: its entry and the error object."""
+    trunc = truncated(tmp_path)
+    result = cli("scan", trunc, "--format", "json")
+    assert result.exit_code == 2
+    document = cli_json(result)
+    (entry,) = document["files"]
+    assert (entry["path"], entry["verdict"], entry["format"]) == (str(trunc), "unreadable", None)
+    assert document["error"] == {"path": str(trunc), "message": entry["error"], "exit_code": 2}
+    assert result.stderr == f"ckpttool: error: {trunc}: {entry['error']}\n"
+
+
+def test_a_dangerous_file_is_never_hidden_by_an_unreadable_one(cli: Cli, tmp_path: Path) -> None:
+    trunc, evil = truncated(tmp_path), tmp_path / "evil.pkl"
+    evil.write_bytes(b"\x80\x02cos\nsystem\n.")
+    for fmt in ("json", "csv", "table", "sarif"):
+        result = cli("scan", trunc, evil, "--format", fmt)
+        assert result.exit_code == 1, fmt
+        assert "dangerous" in result.stdout.lower() and str(trunc) in result.stdout, fmt
+    rows = list(csv.reader(io.StringIO(cli("scan", trunc, evil, "--format", "csv").stdout)))
+    assert [r[:3] for r in rows[1:]] == [[str(trunc), "", "unreadable"], [str(evil), "raw-pickle", "dangerous"]]
+    assert rows[1][-1] and rows[2][-1] == ""
 
 
 def test_one_unreadable_path_in_the_table(cli: Cli, tmp_path: Path) -> None:
     text = tmp_path / "notes.pt"
     text.write_text("not a checkpoint\n")
     result = cli("scan", fixture("cnn_state_dict"), text)
-    assert result.exit_code == 2
+    assert result.exit_code == 1
     assert re.search(rf"^file:\s+{re.escape(str(fixture('cnn_state_dict')))}$", result.stdout, re.M)
+    assert re.search(rf"^file:\s+{re.escape(str(text))}\nverdict:\s+UNREADABLE\nerror:\s+\S", result.stdout, re.M)
+    assert re.search(rf"^{re.escape(str(text))}\s+unreadable\s*$", result.stdout, re.M)  # the summary row
     assert result.stderr.count("\n") == 1 and str(text) in result.stderr
 
 
 def test_missing_only_path_is_one_error_line(cli: Cli, tmp_path: Path) -> None:
     missing = tmp_path / "missing.pt"
     result = cli("scan", missing)
-    assert (result.exit_code, result.stdout) == (2, "")
+    assert result.exit_code == 2
     assert result.stderr == f"ckpttool: error: {missing}: no such file\n"
+    assert "UNREADABLE" in result.stdout
+
+
+def test_no_path_readable_is_exit_2_and_one_line(cli: Cli, tmp_path: Path) -> None:
+    paths = [tmp_path / "a.pt", tmp_path / "b.pt"]
+    result = cli("scan", *paths, "--format", "json")
+    assert result.exit_code == 2
+    assert [f["verdict"] for f in cli_json(result)["files"]] == ["unreadable", "unreadable"]
+    assert cli_json(result)["error"]["path"] is None
+    assert result.stderr.count("\n") == 1 and "none of the 2 paths could be read" in result.stderr
 
 
 # -- table and CSV ----------------------------------------------------------------------------
@@ -400,6 +454,7 @@ def test_csv_has_a_row_per_global(cli: Cli) -> None:
             f"{g['module']}.{g['name']}",
             " ".join(g["uses"]),
             g["verdict"],
+            "",
         ]
         for g in scanned["globals"]
     ]
@@ -409,7 +464,7 @@ def test_csv_has_a_row_per_global(cli: Cli) -> None:
 def test_csv_row_for_a_file_without_globals(cli: Cli) -> None:
     path = fixture("safetensors")
     rows = list(csv.reader(io.StringIO(cli("scan", path, "--format", "csv").stdout)))
-    assert rows == [CSV_HEADER, [str(path), "safetensors", "safe", "not-applicable", "", "", ""]]
+    assert rows == [CSV_HEADER, [str(path), "safetensors", "safe", "not-applicable", "", "", "", ""]]
 
 
 # -- TorchScript: unknown-call until the archive's top-level class is allowed ------------------------
