@@ -14,9 +14,11 @@ from typing import Any
 from ckpttool.reference.check import CheckReport, CheckResult
 from ckpttool.reference.compare import Mode
 from ckpttool.reference.derived import VARIANTS
-from ckpttool.render import SCHEMA_VERSION, key_values, to_table
+from ckpttool.render import SCHEMA_VERSION, fit_table, key_values
 
 NOT_MADE = "-"
+# What shows a cut table cell in full.
+WHOLE = "--format json"
 VARIANT_HEADERS = {
     "file": "as saved",
     "safetensors": "safetensors",
@@ -66,14 +68,20 @@ def _resume_json(report: CheckReport) -> dict[str, Any] | None:
     }
 
 
-def check_table(report: CheckReport) -> str:
-    parts = [_overview(report), _files_table(report), _run_table(report)]
+def check_table(report: CheckReport, width: int | None = None) -> str:
+    """The report as text no wider than `width` (None: no limit); details are wrapped
+    or cut with a count of what was cut, never JSON."""
+    parts = [
+        _overview(report, width),
+        _files_table(report, width),
+        _run_table(report, width),
+    ]
     if report.failures:
-        parts.append(_failures_table(report.failures))
+        parts.append(_failures_table(report.failures, width))
     return "\n\n".join(part for part in parts if part)
 
 
-def _overview(report: CheckReport) -> str:
+def _overview(report: CheckReport, width: int | None) -> str:
     manifest, failures = report.manifest, report.failures
     total = len(report.results)
     verdict = f"all {total} checks hold" if not failures else f"FAILED: {len(failures)} of {total} checks"
@@ -88,7 +96,7 @@ def _overview(report: CheckReport) -> str:
         ("logits", _mode_text(report.logits_mode, report)),
         ("result", f"{verdict}  ({report.seconds:.1f} s)"),
     ]
-    return key_values(rows)
+    return key_values(rows, width)
 
 
 def _mode_text(mode: Mode, report: CheckReport) -> str:
@@ -101,11 +109,11 @@ def _mode_text(mode: Mode, report: CheckReport) -> str:
     )
 
 
-def _files_table(report: CheckReport) -> str:
+def _files_table(report: CheckReport, width: int | None) -> str:
     files = [record.path for record in report.manifest.files]
     rows = [[name, *(_cell(report.results, name, variant) for variant in VARIANTS)] for name in files]
     headers = ["file", *(VARIANT_HEADERS[variant] for variant in VARIANTS)]
-    return to_table(headers, rows)
+    return fit_table(headers, rows, width, shrink=range(len(headers)), whole=WHOLE)
 
 
 def _cell(results: list[CheckResult], file: str, variant: str) -> str:
@@ -120,14 +128,14 @@ def _cell(results: list[CheckResult], file: str, variant: str) -> str:
     return f"FAIL {failed[0]}{more}"
 
 
-def _run_table(report: CheckReport) -> str:
+def _run_table(report: CheckReport, width: int | None) -> str:
     rows = [
         (result.check, "ok" if result.ok else "FAIL", result.detail) for result in report.results if result.file is None
     ]
-    return to_table(["check", "", "detail"], rows)
+    return fit_table(["check", "result", "detail"], rows, width, shrink=(2,), whole=WHOLE)
 
 
-def _failures_table(failures: list[CheckResult]) -> str:
+def _failures_table(failures: list[CheckResult], width: int | None) -> str:
     rows = [
         (
             result.file or "",
@@ -138,4 +146,4 @@ def _failures_table(failures: list[CheckResult]) -> str:
         for result in failures
     ]
     headers = ["failed: file", "variant", "check", "detail"]
-    return to_table(headers, rows)
+    return fit_table(headers, rows, width, shrink=(3, 0), whole=WHOLE)

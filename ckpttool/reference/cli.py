@@ -252,8 +252,9 @@ def check_command(
     from ckpttool.reference.check import check_fixtures
     from ckpttool.reference.checkreport import check_json, check_table
     from ckpttool.reference.compare import Tolerance
+    from ckpttool.render import output_width
 
     tolerance = Tolerance(atol=atol, rtol=rtol)
     report = check_fixtures(directory, device, data_root, resume_epochs, tolerance, exact)
-    click.echo(check_json(report) if fmt == "json" else check_table(report))
+    click.echo(check_json(report) if fmt == "json" else check_table(report, output_width()))
     ctx.exit(EXIT_OK if report.ok else EXIT_FINDINGS)

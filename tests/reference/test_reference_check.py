@@ -301,3 +301,22 @@ def test_help_states_the_tolerance_and_exit_codes(cli: Cli) -> None:
     assert "--atol FLOAT RANGE Absolute tolerance" in text and "[default: 0.0001;" in text
     for option in ("--exact", "--rtol", "--resume-epochs", "--device"):
         assert option in text
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_table_fits_the_terminal(copied: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch, columns: int) -> None:
+    # Long lines on purpose: a fingerprint that differs (the reason), and a damaged file.
+    edit_fingerprints(copied, other_capability)
+    flip_weight_byte(copied / "state_dict.pth")
+    monkeypatch.setenv("COLUMNS", str(columns))
+    result = cli("reference", "check", copied, "--resume-epochs", "0")
+    assert result.exit_code == 1
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= columns, max(lines, key=len)
+    assert "cpu_capability: SVE256 ->" in " ".join(result.stdout.split())  # wrapped, not cut
+    if any(line.endswith("--format json shows all)") for line in lines):
+        full = check_json_of(cli, copied)
+        assert any("CRC-32" in failure["detail"] for failure in full["failures"])
+    # Piped with no COLUMNS, nothing is cut.
+    monkeypatch.delenv("COLUMNS")
+    assert "…" not in cli("reference", "check", copied, "--resume-epochs", "0").stdout
