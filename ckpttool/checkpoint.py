@@ -194,10 +194,15 @@ class PickledObject:
 
 @dataclass(eq=False)
 class OpaqueCall:
-    """A call ckpttool does not interpret: shown by name, never made."""
+    """A call ckpttool does not interpret: shown by name, never made. What BUILD,
+    APPEND(S) and SETITEM(S) did to the result is kept too: two calls with the same
+    arguments can still hold different values (a numpy array's bytes are its state)."""
 
     func: str | None
     args: tuple[Any, ...]
+    state: Any = None
+    items: list[Any] | None = None
+    dictitems: dict[Any, Any] | None = None
 
     def __str__(self) -> str:
         return f"<{self.func or 'computed callable'}(...)>"

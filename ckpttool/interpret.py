@@ -155,7 +155,18 @@ class Interpreter:
         else:
             result = OpaqueCall(name, tuple(self.value(a) for a in node.args))
         self.memo[key] = result
+        if isinstance(result, OpaqueCall):
+            self._fill_call(result, node)
         return result
+
+    def _fill_call(self, result: OpaqueCall, node: Call) -> None:
+        # After the memo entry, so that a state referring back to the call ends there.
+        if node.state is not UNSET:
+            result.state = self.value(node.state)
+        if node.items is not None:
+            result.items = [self.value(i) for i in node.items]
+        if node.dictitems is not None:
+            result.dictitems = {_hashable(self.value(k)): self.value(v) for k, v in node.dictitems}
 
     def _instance(self, node: Call, key: int) -> Any:
         cls, args = node.func, node.args

@@ -21,13 +21,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ckpttool.checkpoint import PickledObject, TensorRef
 from ckpttool.errors import about
 from ckpttool.formats import read_checkpoint
+from ckpttool.ops.entrycompare import same_entry
 from ckpttool.ops.equivalence import equivalent
-from ckpttool.ops.inspect import entries, jsonable
+from ckpttool.ops.inspect import entry_values, jsonable
 from ckpttool.ops.valuediff import Tolerance, compare_values
 from ckpttool.tensormap import MappedFiles
 from ckpttool.weights import all_tensors, find_weights, walk
@@ -107,8 +109,9 @@ def diff(path_a: str, path_b: str, options: DiffOptions, progress: Progress | No
         report.entries_mismatch = _differing(leaves_a, leaves_b, equivalent)
     else:
         read_scalars = not options.keys_only  # a saved 0-dim loss is tensor data too
-        top_a, top_b = entries(a.root, root_a, read_scalars), entries(b.root, root_b, read_scalars)
-        report.entries_mismatch = _differing(top_a, top_b, lambda x, y: bool(x == y))
+        top_a, top_b = entry_values(a.root, root_a), entry_values(b.root, root_b)
+        same = partial(same_entry, read_scalars=read_scalars)
+        report.entries_mismatch = _differing(top_a, top_b, same, read_scalars)
     return report
 
 
@@ -161,18 +164,25 @@ def _within(path: str, root: str | None) -> bool:
     return root is not None and (path == root or path.startswith(root + "."))
 
 
-def _differing(a: dict[str, Any], b: dict[str, Any], same: Callable[[Any, Any], bool]) -> list[dict[str, Any]]:
+def _differing(
+    a: dict[str, Any], b: dict[str, Any], same: Callable[[Any, Any], bool], read_scalars: bool = True
+) -> list[dict[str, Any]]:
     """Entries that differ, in file order, each once; one without entries compares with nothing.
-    Top-level values compare as their JSON (dict order aside); nested leaves as `equivalent`
-    says (1 and 1.0 differ there, NaN equals NaN)."""
+    Top-level values compare as `same_entry` says (as their JSON would, dict order aside, but
+    pickled objects and calls such as numpy arrays whole, bytes included); nested leaves as
+    `equivalent` says (1 and 1.0 differ there, NaN equals NaN). Rows show values as JSON."""
     if not a or not b:
         return []
+
+    def shown(value: Any) -> Any:
+        return jsonable(value, read_scalars)
+
     rows = []
     for key in dict.fromkeys([*a, *b]):
         if key not in b:
-            rows.append({"key": key, "a": jsonable(a[key]), "b": None, "absent": "b"})
+            rows.append({"key": key, "a": shown(a[key]), "b": None, "absent": "b"})
         elif key not in a:
-            rows.append({"key": key, "a": None, "b": jsonable(b[key]), "absent": "a"})
+            rows.append({"key": key, "a": None, "b": shown(b[key]), "absent": "a"})
         elif not same(a[key], b[key]):
-            rows.append({"key": key, "a": jsonable(a[key]), "b": jsonable(b[key])})
+            rows.append({"key": key, "a": shown(a[key]), "b": shown(b[key])})
     return rows

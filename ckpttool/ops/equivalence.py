@@ -57,8 +57,12 @@ def _children_if_same(x: Any, y: Any, location: Callable[[str], str]) -> list[tu
             if x.cls == y.cls
             else None
         )
-    if isinstance(x, OpaqueCall):
-        return [(x.args, y.args)] if x.func == y.func else None
+    if isinstance(x, OpaqueCall):  # the whole call: what BUILD set holds a numpy array's bytes
+        return (
+            [(x.args, y.args), (x.state, y.state), (x.items, y.items), (x.dictitems, y.dictitems)]
+            if x.func == y.func
+            else None
+        )
     if isinstance(x, GlobalName):
         return [] if x.qualname == y.qualname else None
     if isinstance(x, (str, int, bytes, bool, complex, type(None), set, frozenset)):

@@ -15,6 +15,7 @@ from ckpttool.checkpoint import Checkpoint, Chunk, GlobalName, OpaqueCall, Pickl
 from ckpttool.errors import CkptError, about
 from ckpttool.formats import read_checkpoint
 from ckpttool.interpret import Cycle
+from ckpttool.npvalues import decode_numpy, numpy_json
 from ckpttool.scalars import read_scalar
 from ckpttool.weights import NamedTensor, all_tensors, find_weights, join, walk
 
@@ -244,8 +245,14 @@ def _add(node: TreeRow, row: TensorRow) -> None:
 
 
 def entries(root: Any, weights_root: str | None, read_scalars: bool = True) -> dict[str, Any]:
-    """Top-level values that are not weights (epoch, loss, hyper-parameters, ...). A saved
-    0-dim tensor shows its value, read from the file, unless `read_scalars` is off."""
+    """Top-level values that are not weights (epoch, loss, hyper-parameters, ...), as JSON.
+    A saved 0-dim tensor shows its value, read from the file, unless `read_scalars` is off;
+    numpy scalars and arrays show their values (see `npvalues`)."""
+    return {name: jsonable(value, read_scalars) for name, value in entry_values(root, weights_root).items()}
+
+
+def entry_values(root: Any, weights_root: str | None) -> dict[str, Any]:
+    """The same top-level values as they are in the model (for comparing them whole)."""
     if not isinstance(root, dict) or weights_root == "":
         return {}
     out: dict[str, Any] = {}
@@ -253,7 +260,7 @@ def entries(root: Any, weights_root: str | None, read_scalars: bool = True) -> d
         name = str(key)
         if name == weights_root or _holds_tensors(value):
             continue
-        out[name] = jsonable(value, read_scalars)
+        out[name] = value
     return out
 
 
@@ -300,6 +307,8 @@ def _jsonable(value: Any, depth: int, budget: list[int], read_scalars: bool = Tr
         return f"<{len(value)} bytes>"
     if isinstance(value, complex):
         return str(value)
+    if isinstance(value, OpaqueCall) and (decoded := decode_numpy(value)) is not None:
+        return numpy_json(decoded)
     if isinstance(value, (GlobalName, OpaqueCall, Cycle)):
         return str(value)
     return f"<{type(value).__name__}>"
