@@ -631,10 +631,9 @@ def _scan_block(r: FileScan) -> str:
     lines.extend(f"problem: {p}" for p in r.problems)
     lines.extend(f"note: {n}" for n in r.notes)
     if r.allowlist:
-        if r.weights_only.result == "loads-after-allowlist":
-            lines.append("to load with torch.load(weights_only=True):")
-        else:
-            lines.append("globals to allowlist (torch.load(weights_only=True) still refuses the file):")
+        from ckpttool.pickle.weightsonly import allowlist_effect
+
+        lines.append(allowlist_effect(r.weights_only.result))
         lines.extend(f"    import {m}" for m in r.imports)
         lines.extend(allowlist_lines(r.allowlist, width))
     return "\n".join(lines)
@@ -1034,7 +1033,14 @@ def _check_json(r: CheckReport, strict: bool) -> dict[str, Any]:
         "ok": r.ok(strict),
         "readable": r.readable,
         "findings": [
-            {"check": f.check, "severity": f.severity, "key": f.key, "message": f.message} for f in r.findings
+            {
+                "check": f.check,
+                "severity": f.severity,
+                "key": f.key,
+                "message": f.message,
+                "remedy": None if f.remedy is None else {"label": f.remedy.label, "lines": f.remedy.lines},
+            }
+            for f in r.findings
         ],
         "keys": None if keys is None else {"root": keys.root, "in_file": keys.found, "matched": keys.found_matched},
         "missing": keys.missing if keys else [],
@@ -1084,7 +1090,24 @@ def _check_block(r: CheckReport, strict: bool, width: int | None) -> str:
     if r.findings:
         body = _collapsed(r.findings)
         blocks.append(fit_table(("severity", "check", "key", "message"), body, width, shrink=(2, 3)))
+    remedies = _remedies(r.findings, width)
+    if remedies:
+        blocks.append(remedies)
     return "\n\n".join(blocks)
+
+
+def _remedies(findings: list[Any], width: int | None) -> str:
+    """What to paste for each finding that has a remedy, whole on lines of its own: the
+    table may cut a message, never these (as scan prints its --allow and add_safe_globals lines)."""
+    lines: list[str] = []
+    for f in findings:
+        if f.remedy is None:
+            continue
+        lines.append(f.remedy.label)
+        *before, last = f.remedy.lines
+        lines.extend(f"    {line}" for line in before)
+        lines.extend(allowlist_lines(last, width))
+    return "\n".join(lines)
 
 
 def _keys_line(r: CheckReport) -> str:

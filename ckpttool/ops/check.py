@@ -36,6 +36,7 @@ from ckpttool.ops.keys import (
 )
 from ckpttool.ops.scan import DANGEROUS, NEEDS_ALLOWLIST, scan_file
 from ckpttool.pickle.judge import unknown_calls_by_allow
+from ckpttool.pickle.weightsonly import allowlist_effect
 from ckpttool.tensordata import verify_storage
 from ckpttool.weights import Weights, all_tensors, find_weights
 
@@ -45,11 +46,20 @@ REWRITABLE = frozenset({ZIP, LEGACY, LEGACY_TAR})  # formats `convert --keep-str
 
 
 @dataclass
+class Remedy:
+    """What to paste to act on a finding: shown whole on lines of its own, never cut."""
+
+    label: str  # what the lines do, e.g. "to load with torch.load(weights_only=True):"
+    lines: list[str]  # an option (`--allow NAME`) or Python (imports, the add_safe_globals line)
+
+
+@dataclass
 class Finding:
     check: str
     severity: str
     key: str | None
     message: str
+    remedy: Remedy | None = None
 
 
 @dataclass
@@ -82,8 +92,10 @@ class CheckReport:
         failing = {ERROR, WARNING} if strict else {ERROR}
         return not any(f.severity in failing for f in self.findings)
 
-    def add(self, check: str, severity: str, message: str, key: str | None = None) -> None:
-        self.findings.append(Finding(check, severity, key, message))
+    def add(
+        self, check: str, severity: str, message: str, key: str | None = None, remedy: Remedy | None = None
+    ) -> None:
+        self.findings.append(Finding(check, severity, key, message, remedy))
 
     def count(self, severity: str) -> int:
         return sum(f.severity == severity for f in self.findings)
@@ -216,9 +228,17 @@ def _safety(path: str, report: CheckReport, allow: dict[str, str]) -> None:
             "safety",
             ERROR,
             f"calls {_shown(calls)}: neither vetted nor a known gadget; if you trust it, --allow {name}",
+            remedy=Remedy(
+                "if you trust it, allow it (or [tool.ckpttool] allow in pyproject.toml):", [f"--allow {name}"]
+            ),
         )
     if result.verdict == NEEDS_ALLOWLIST and result.allowlist:  # none for a trusted TorchScript archive
-        report.add("safety", WARNING, f"torch.load(weights_only=True) needs {result.allowlist}")
+        # scan's own answer: the line is printed, but only `loads-after-allowlist` means it is enough.
+        effect = allowlist_effect(result.weights_only.result)
+        refused = result.weights_only.result != "loads-after-allowlist"
+        why = f"; it refuses: {'; '.join(result.weights_only.reasons)}" if refused else ""
+        remedy = Remedy(effect, [*(f"import {m}" for m in result.imports), result.allowlist])
+        report.add("safety", WARNING, f"{effect} {result.allowlist}{why}", remedy=remedy)
 
 
 def _keys(checkpoint: Checkpoint, options: CheckOptions, target: Target, report: CheckReport) -> None:

@@ -40,6 +40,14 @@ class WeightsOnly:
     imports: list[str] = field(default_factory=list)
 
 
+def allowlist_effect(result: Result) -> str:
+    """What the add_safe_globals line does for a file, in the words scan and check print
+    before it: only `loads-after-allowlist` means torch.load(weights_only=True) then reads it."""
+    if result == "loads-after-allowlist":
+        return "to load with torch.load(weights_only=True):"
+    return "globals to allowlist (torch.load(weights_only=True) still refuses the file):"
+
+
 def not_applicable(reason: str) -> WeightsOnly:
     return WeightsOnly("not-applicable", [reason])
 

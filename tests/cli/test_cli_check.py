@@ -35,7 +35,7 @@ CNN_SPEC = f"{FIXTURES_DIR / 'tutorial_models.py'}:CNN"
 CHECK_MODELS = Path(__file__).resolve().parents[1] / "compare" / "checkmodels.py"
 FILE_FIELDS = {"path", "ok", "readable", "findings", "keys", "missing", "unexpected", "shape_mismatch",
                "dtype_mismatch", "allowed_missing", "allowed_unexpected", "allow_hint", "suggestions"}  # fmt: skip
-FINDING_FIELDS = {"check", "severity", "key", "message"}
+FINDING_FIELDS = {"check", "severity", "key", "message", "remedy"}
 SUGGESTION_FIELDS = {"fix", "option", "command", "fixes", "missing_after", "unexpected_after",
                      "shape_mismatch_after", "passes"}  # fmt: skip
 CSV_HEADER = ["path", "check", "severity", "key", "message"]
