@@ -496,10 +496,12 @@ def tree_json(report: InspectReport, rows: list[TreeRow], counts: Counts) -> str
 
 
 def tree_csv(rows: list[TreeRow], counts: Counts) -> str:
-    body: list[tuple[Any, ...]] = [(r.prefix, r.depth, r.tensors, r.params, r.buffers, r.numel, r.nbytes) for r in rows]
+    body: list[tuple[Any, ...]] = [
+        (r.prefix, r.depth, r.tensors, r.params, r.buffers, r.numel, r.nbytes, r.kind) for r in rows
+    ]
     total = counts.total
-    body.append(("", "", total.tensors, counts.parameters.numel, counts.buffers.numel, total.numel, total.nbytes))
-    return to_csv(("prefix", "depth", "tensors", "params", "buffers", "numel", "nbytes"), body)
+    body.append(("", "", total.tensors, counts.parameters.numel, counts.buffers.numel, total.numel, total.nbytes, ""))
+    return to_csv(("prefix", "depth", "tensors", "params", "buffers", "numel", "nbytes", "kind"), body)
 
 
 # -- scan -------------------------------------------------------------------------------------

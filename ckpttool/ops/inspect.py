@@ -78,6 +78,7 @@ class TreeRow:
     buffers: int  # elements of buffers
     numel: int  # elements of every tensor below, parameters, buffers and others
     nbytes: int
+    kind: str = "module"  # or "tensor": a tensor at the top level (`cls_token`), a leaf of the root
 
 
 @dataclass
@@ -211,17 +212,23 @@ def count(rows: list[TensorRow]) -> Counts:
 
 def tree(rows: list[TensorRow], max_depth: int | None = None) -> list[TreeRow]:
     """Tensors grouped by module prefix (`layer1`, `layer1.0`, ...), parents before their
-    children in first-seen order, down to `max_depth` levels (1: top-level modules only)."""
-    nodes: dict[str, TreeRow] = {}
-    children: dict[str, list[str]] = {"": []}
+    children in first-seen order, down to `max_depth` levels (1: top-level modules only).
+    A tensor at the top level (`cls_token`, a TorchScript module's own buffer) is a row of
+    its own (kind `tensor`), so that the top-level rows add up to the total."""
+    nodes: dict[tuple[str, str], TreeRow] = {}
+    children: dict[str, list[tuple[str, str]]] = {"": []}
     for row in rows:
         parts = row.key.split(".")
+        if len(parts) == 1:
+            leaf = nodes[("tensor", row.key)] = TreeRow(row.key, 0, 0, 0, 0, 0, 0, kind="tensor")
+            children[""].append(("tensor", row.key))
+            _add(leaf, row)
         for depth in range(1, len(parts)):
             prefix = ".".join(parts[:depth])
-            node = nodes.get(prefix)
+            node = nodes.get(("module", prefix))
             if node is None:
-                node = nodes[prefix] = TreeRow(prefix, depth - 1, 0, 0, 0, 0, 0)
-                children.setdefault(".".join(parts[: depth - 1]), []).append(prefix)
+                node = nodes[("module", prefix)] = TreeRow(prefix, depth - 1, 0, 0, 0, 0, 0)
+                children.setdefault(".".join(parts[: depth - 1]), []).append(("module", prefix))
             _add(node, row)
     ordered: list[TreeRow] = []
     stack = list(reversed(children[""]))
@@ -229,7 +236,8 @@ def tree(rows: list[TensorRow], max_depth: int | None = None) -> list[TreeRow]:
         node = nodes[stack.pop()]
         if max_depth is None or node.depth < max_depth:
             ordered.append(node)
-            stack.extend(reversed(children.get(node.prefix, [])))
+            if node.kind == "module":
+                stack.extend(reversed(children.get(node.prefix, [])))
     return ordered
 
 
