@@ -108,9 +108,11 @@ def _array(call: OpaqueCall) -> NumpyValue | None:
 
 
 def _shape(value: Any) -> tuple[int, ...] | None:
-    if not isinstance(value, tuple) or not all(type(n) is int and n >= 0 for n in value):
+    """A shape numpy can make: at most 32 dimensions (numpy 1's limit) whose nonzero sizes
+    multiply to less than 2**62 (numpy refuses even an empty array that would be larger)."""
+    if not isinstance(value, tuple) or len(value) > 32 or not all(type(n) is int and n >= 0 for n in value):
         return None
-    return value
+    return value if math.prod(n for n in value if n) < 2**62 else None
 
 
 def _dtype(value: Any) -> np.dtype[Any] | None:

@@ -238,6 +238,9 @@ HOSTILE: dict[str, Callable[[Path], Any]] = {
     "too_many_bytes": lambda marker: Forged((3,), np.dtype("<f8"), b"\0" * 25),
     "huge_shape": lambda marker: Forged((2**40, 2**40), np.dtype("<f8"), b"\0" * 8),
     "negative_shape": lambda marker: Forged((-1,), np.dtype("<f8"), b""),
+    "empty_but_too_large": lambda marker: Forged((0, 2**62, 2**62), np.dtype("<f8"), b""),
+    "empty_dimension_too_large": lambda marker: Forged((0, 2**70), np.dtype("<f8"), b""),
+    "too_many_dimensions": lambda marker: Forged((0,) * 70, np.dtype("<f8"), b""),
     "elements_as_list": lambda marker: Forged((1,), np.dtype("<f8"), [Payload(marker)]),
 }  # fmt: skip
 
