@@ -273,8 +273,30 @@ def _weights_at(obj: Any, path: str) -> Weights:
         if tensors:
             found = state_dict_weights(path, tensors)
     if found is None:
-        raise WeightsNotFoundError(f"--root {path!r} holds no tensors")
+        raise WeightsNotFoundError(_no_weights_at(node, path))
     return found
+
+
+_NESTED_SHOWN = 3
+
+
+def _no_weights_at(node: Any, path: str) -> str:
+    """Why `path` gives no weights, truthfully: nothing tensor-like, or tensors only nested
+    deeper, such as an optimizer's `state.N.exp_avg` (a state, not weights to load)."""
+    nested = all_tensors(node)
+    if not nested:
+        return f"--root {path!r} holds no tensors"
+    examples = ", ".join(t.key for t in nested[:_NESTED_SHOWN]) + (", ..." if len(nested) > _NESTED_SHOWN else "")
+    count = f"{len(nested):,} tensor{'s' if len(nested) != 1 else ''}"
+    if isinstance(node, dict) and isinstance(node.get("state"), dict) and isinstance(node.get("param_groups"), list):
+        return (
+            f"--root {path!r} is an optimizer state ({count}: {examples}), not a state_dict of weights; "
+            "`ckpttool optimizer` shows it per parameter, `ckpttool inspect --all` lists its tensors"
+        )
+    return (
+        f"--root {path!r} is no state_dict of weights: its {count} are nested deeper ({examples}); "
+        "give the --root of the mapping that holds them, or `ckpttool inspect --all` lists every tensor"
+    )
 
 
 def resolve_path(obj: Any, path: str) -> Any:
