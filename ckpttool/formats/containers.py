@@ -26,11 +26,10 @@ import tempfile
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from ckpttool.errors import CkptError, LimitError, PickleError, UnknownFormatError
-from ckpttool.formats.legacy import MAGIC_NUMBER, is_tar
+from ckpttool.formats.format import Format, Found, Probe
 from ckpttool.formats.ziparchive import ZipArchive, ZipEntry, is_zip, open_archive, read_entry, resolve_data_offset
 from ckpttool.pickle import Decoded, decode
 from ckpttool.pickle.opcodes import NAMES
@@ -51,22 +50,13 @@ _STREAMS: dict[bytes, tuple[str, Callable[[], Any]]] = {
 }
 _LEGACY_PICKLES = 5  # magic, protocol version, sys_info, the main pickle, storage keys
 
-ZIP, TAR, NPY, PICKLE, LEGACY = "zip", "tar", "npy", "pickle", "torch-legacy"
+ZIP, TAR, NPY = "zip", "tar", "npy"
+# torch's legacy format opens with this int pickled; a member that does is read as one
+MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 
 
-@dataclass
-class Found:
-    """What the containers hold: pickles, problems that make a scan fail, notes."""
-
-    pickles: list[tuple[str, Decoded]] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    members: int = 0  # members and streams read
-
-    def summarise(self) -> Found:
-        if not self.pickles and not self.problems:
-            self.notes.append(f"no pickle in its {self.members} member(s): nothing in it runs code when loaded")
-        return self
+def is_tar(head: bytes) -> bool:
+    return len(head) >= 262 and head[257:262] == b"ustar"
 
 
 def sealed_archive(head: bytes) -> str | None:
@@ -423,3 +413,38 @@ def _copied(data: Any, start: int, end: int) -> Iterator[str]:
             for pos in range(start, end, 1 << 20):
                 f.write(bytes(data[pos : min(end, pos + (1 << 20))]))
         yield path
+
+
+# -- the formats: holding pickles, never a checkpoint -------------------------------------------
+
+
+def _sealed(probe: Probe) -> Found:
+    refuse_sealed(probe.head, probe.path)
+    return Found()
+
+
+def _scanned_as(kind: str) -> Callable[[Probe], Found]:
+    return lambda probe: scan_container(probe.path, kind)
+
+
+def _stream(name: Literal["gzip", "bz2", "xz"]) -> Format:
+    magic = next(m for m, (label, _) in _STREAMS.items() if label == name)
+    return Format(name, lambda probe: probe.head.startswith(magic), pickles=_scanned_as(name), scan_only=True)
+
+
+def _plain_zip(probe: Probe) -> bool:
+    """A zip without torch's data.pkl: an npz, a download. The central directory read
+    here is the one the torch zip formats read next."""
+    return is_zip(probe.head) and probe.archive().record("data.pkl") is None
+
+
+SEALED_FORMAT = Format("sealed", lambda probe: sealed_archive(probe.head) is not None, pickles=_sealed, scan_only=True)
+NPY_FORMAT = Format("npy", lambda probe: probe.head.startswith(NPY_MAGIC), pickles=_scanned_as(NPY), scan_only=True)
+GZIP_FORMAT, BZ2_FORMAT, XZ_FORMAT = _stream("gzip"), _stream("bz2"), _stream("xz")
+TAR_FORMAT = Format(
+    "tar",
+    lambda probe: is_tar(probe.head) and not is_legacy_tar(probe.path),
+    pickles=_scanned_as(TAR),
+    scan_only=True,
+)
+ZIP_FORMAT = Format("zip", _plain_zip, pickles=lambda probe: scan_zip_archive(probe.archive()), scan_only=True)

@@ -7,7 +7,9 @@ bytes. Tar: members `sys_info`, `storages` (a count, then per storage a pickled
 a pickled header and binary sizes/strides/offset) and `pickle` (the main object,
 whose persistent ids name those tensors and storages).
 
-Every pickle is decoded by the machine; `seen` collects them for `scan`.
+Every pickle is decoded by the machine. Scanning reads the file the same way with
+every pickle decoded inert and kept (`legacy_pickles`), instead of the main one
+decoded into tensors.
 """
 
 from __future__ import annotations
@@ -21,17 +23,14 @@ from typing import Any
 from ckpttool.checkpoint import Checkpoint, Record, Storage, TensorRef
 from ckpttool.dtypes import storage_dtype
 from ckpttool.errors import FormatError
+from ckpttool.formats.containers import MAGIC_NUMBER, is_tar, scan_tar_members
+from ckpttool.formats.format import Format, Found
 from ckpttool.formats.torchpickle import StorageTable, check_tensors, interpret_torch_pickle
 from ckpttool.interpret import Interpreter, reader_hooks
 from ckpttool.pickle import NO_HOOKS, Decoded, Global, Hooks, decode
 
-MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 PROTOCOL_VERSION = 1001
 Seen = list[tuple[str, Decoded]]
-
-
-def is_tar(head: bytes) -> bool:
-    return len(head) >= 262 and head[257:262] == b"ustar"
 
 
 def starts_with_magic(data: Any) -> bool:
@@ -48,6 +47,7 @@ class _Reader:
 
     A scan passes `seen`: every pickle is then decoded as a plain inert graph and
     remembered; a read decodes the main pickle with the reader's hooks instead.
+    Only this module's scan hook passes it.
     """
 
     def __init__(self, path: str, data: Any, seen: Seen | None) -> None:
@@ -77,7 +77,11 @@ def _mapped(path: str) -> tuple[Any, Any]:
         raise FormatError(f"cannot map the file: {exc}", path=path) from None
 
 
-def read_legacy(path: str, seen: Seen | None = None) -> Checkpoint:
+def read_legacy(path: str) -> Checkpoint:
+    return _read_legacy(path, None)
+
+
+def _read_legacy(path: str, seen: Seen | None) -> Checkpoint:
     f, data = _mapped(path)
     try:
         return _read_stacked(_Reader(path, data, seen), os.fstat(f.fileno()).st_size)
@@ -143,7 +147,11 @@ def _attach(r: _Reader, storage: Storage, offset: int, name: str) -> int:
 # -- the tar variant ---------------------------------------------------------------
 
 
-def read_legacy_tar(path: str, seen: Seen | None = None) -> Checkpoint:
+def read_legacy_tar(path: str) -> Checkpoint:
+    return _read_legacy_tar(path, None)
+
+
+def _read_legacy_tar(path: str, seen: Seen | None) -> Checkpoint:
     members = _tar_members(path)
     f, data = _mapped(path)
     try:
@@ -254,3 +262,45 @@ def _count(value: Any, path: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise FormatError(f"malformed count {value!r:.40}", path=path)
     return value
+
+
+# -- for scan, and for rewriting ------------------------------------------------------------
+
+_TAR_MEMBERS = {"sys_info", "storages", "tensors", "pickle"}
+
+
+def legacy_pickles(path: str, tar: bool) -> Found:
+    """Every pickle of the file decoded inert, by name; what torch would refuse is a problem.
+    A tar's other members are scanned by content."""
+    found = Found()
+    reader = _read_legacy_tar if tar else _read_legacy
+    found.guard(lambda: reader(path, found.pickles), keep_anomalies=True)
+    if tar:
+        found.add(scan_tar_members(path, _TAR_MEMBERS))
+    return found
+
+
+def main_pickle(path: str, tar: bool) -> Decoded:
+    """The main pickle as an inert graph, exactly as the file holds it."""
+    seen: Seen = []
+    if tar:
+        _read_legacy_tar(path, seen)
+        return dict(seen)["pickle"]
+    _read_legacy(path, seen)
+    return dict(seen)["main pickle"]
+
+
+LEGACY_FORMAT = Format(
+    "torch-legacy",
+    lambda probe: probe.head[:1] == b"\x80" and starts_with_magic(probe.head),
+    pickles=lambda probe: legacy_pickles(probe.path, tar=False),
+    read=lambda probe: read_legacy(probe.path),
+)
+# Any tar is read as torch's: one without its members is named as such. A plain tar's
+# pickles are found first by `containers.TAR_FORMAT` when scanning.
+LEGACY_TAR_FORMAT = Format(
+    "torch-legacy-tar",
+    lambda probe: is_tar(probe.head),
+    pickles=lambda probe: legacy_pickles(probe.path, tar=True),
+    read=lambda probe: read_legacy_tar(probe.path),
+)

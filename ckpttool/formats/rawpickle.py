@@ -7,12 +7,14 @@ import os
 from typing import Any
 
 from ckpttool.checkpoint import Checkpoint, OpaqueCall
-from ckpttool.errors import FormatError
+from ckpttool.errors import FormatError, PickleError, UnknownFormatError
+from ckpttool.formats.format import Format, Found, Probe
 from ckpttool.interpret import Interpreter
-from ckpttool.pickle import Decoded, decode
+from ckpttool.pickle import decode
+from ckpttool.pickle.opcodes import NAMES
 
 
-def read_raw_pickle(path: str, seen: list[tuple[str, Decoded]] | None = None) -> Checkpoint:
+def read_raw_pickle(path: str) -> Checkpoint:
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         try:
@@ -21,8 +23,6 @@ def read_raw_pickle(path: str, seen: list[tuple[str, Decoded]] | None = None) ->
             raise FormatError(f"cannot map the file: {exc}", path=path) from None
         with data:
             decoded = decode(data, source=path)
-    if seen is not None:
-        seen.append(("pickle", decoded))
     root = Interpreter(_no_storages, path).value(decoded.value)
     anomalies = []
     if decoded.end < size:
@@ -33,3 +33,46 @@ def read_raw_pickle(path: str, seen: list[tuple[str, Decoded]] | None = None) ->
 def _no_storages(pid: Any) -> Any:
     # Outside torch's formats a persistent id refers to nothing ckpttool can read.
     return OpaqueCall("persistent_load", (pid,))
+
+
+def _read(probe: Probe) -> Checkpoint:
+    try:
+        return read_raw_pickle(probe.path)
+    except PickleError as exc:
+        # Protocol 2+ pickles open with PROTO; a file that does not and fails to decode
+        # is text or binary that happens to start with an opcode's byte.
+        if not _opens_with_proto(probe):
+            raise UnknownFormatError(f"not a checkpoint ({exc.message})", path=probe.path) from None
+        raise
+
+
+def raw_pickles(probe: Probe) -> Found:
+    """Every pickle in the file, one after another, as a stream of loads would see them."""
+    found = Found()
+    with open(probe.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        start, index = 0, 0
+        while start < probe.size:
+            name = f"pickle {index}" if index else "pickle"
+            try:
+                decoded = decode(data, start=start, source=probe.path)
+            except PickleError as exc:
+                if index == 0 and not _found_anything(exc) and not _opens_with_proto(probe):
+                    raise UnknownFormatError(f"not a checkpoint ({exc.message})", path=probe.path) from None
+                found.failure(name, exc)
+                return found
+            found.pickles.append((name, decoded))
+            start, index = decoded.end, index + 1
+    return found
+
+
+def _opens_with_proto(probe: Probe) -> bool:
+    return probe.head[:1] == b"\x80"
+
+
+def _found_anything(exc: PickleError) -> bool:
+    return exc.partial is not None and bool(exc.partial.globals)
+
+
+RAW_PICKLE_FORMAT = Format(
+    "raw-pickle", lambda probe: probe.head[:1] != b"" and probe.head[0] in NAMES, pickles=raw_pickles, read=_read
+)

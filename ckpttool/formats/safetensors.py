@@ -14,8 +14,9 @@ import struct
 from typing import Any
 
 from ckpttool.checkpoint import Checkpoint, Record, Storage, TensorRef, contiguous_strides
-from ckpttool.dtypes import BY_SAFETENSORS, DTYPES
+from ckpttool.dtypes import BY_SAFETENSORS, DTYPES, DType
 from ckpttool.errors import SafetensorsError
+from ckpttool.formats.format import Format, Found, Probe
 
 MAX_HEADER_SIZE = 100_000_000
 _U64_MAX = (1 << 64) - 1
@@ -72,19 +73,21 @@ class _Object(dict[str, Any]):
     the reference's maps; for a struct's own fields a repeat is an error there)."""
 
     repeated: frozenset[str] = frozenset()
+    overwritten: tuple[tuple[str, Any], ...] = ()  # the earlier values of repeated keys
 
     @classmethod
     def from_pairs(cls, pairs: list[tuple[str, Any]]) -> _Object:
         out = cls()
-        repeated = set()
+        overwritten = []
         for key, value in pairs:
             _check_text(key)
             if isinstance(value, str):
                 _check_text(value)
             if key in out:
-                repeated.add(key)
+                overwritten.append((key, out[key]))
             out[key] = value
-        out.repeated = frozenset(repeated)
+        out.repeated = frozenset(key for key, _ in overwritten)
+        out.overwritten = tuple(overwritten)
         return out
 
 
@@ -138,6 +141,11 @@ def read_safetensors(path: str) -> Checkpoint:
     header, data_start, size = read_header(path)
     metadata = _metadata(path, header.pop("__metadata__", None))
     entries = {name: _entry(path, name, info) for name, info in header.items()}
+    for name, info in getattr(header, "overwritten", ()):
+        # The reference deserializes every entry of a repeated name before the last wins:
+        # an earlier one that is no tensor entry fails the file there too.
+        if name != "__metadata__":
+            _fields(path, name, info)
     _check_offsets(path, entries, size - data_start)
     tensors: dict[str, Any] = {}
     storages: dict[str, Storage] = {}
@@ -159,6 +167,26 @@ def _metadata(path: str, value: Any) -> dict[str, str]:
 
 
 def _entry(path: str, name: str, info: Any) -> tuple[str, tuple[int, ...], int, int]:
+    dtype, shape, begin, end = _fields(path, name, info)
+    if end < begin:
+        raise SafetensorsError(f"tensor {name!r}: data_offsets end before they begin", path=path)
+    numel = _numel(shape)
+    if numel > _U64_MAX or numel * dtype.bits > _U64_MAX:
+        raise SafetensorsError(f"tensor {name!r}: shape {list(shape)} overflows", path=path)
+    if (numel * dtype.bits) % 8:
+        raise SafetensorsError(f"tensor {name!r}: {numel} x {dtype.name} is not a whole number of bytes", path=path)
+    if end - begin != numel * dtype.bits // 8:
+        raise SafetensorsError(
+            f"tensor {name!r}: holds {end - begin} bytes but shape {list(shape)} of {dtype.safetensors} needs "
+            f"{numel * dtype.bits // 8}",
+            path=path,
+        )
+    return dtype.name, shape, begin, end
+
+
+def _fields(path: str, name: str, info: Any) -> tuple[DType, tuple[int, ...], int, int]:
+    """An entry's fields as the reference deserializes them: a known dtype, a list of
+    sizes, and [begin, end]."""
     if not isinstance(info, dict) or not {"dtype", "shape", "data_offsets"} <= set(info):
         raise SafetensorsError(f"tensor {name!r}: entry needs dtype, shape and data_offsets", path=path)
     dtype = BY_SAFETENSORS.get(info["dtype"]) if isinstance(info["dtype"], str) else None
@@ -170,20 +198,7 @@ def _entry(path: str, name: str, info: Any) -> tuple[str, tuple[int, ...], int, 
     if not _is_uint_list(offsets) or len(offsets) != 2:
         raise SafetensorsError(f"tensor {name!r}: data_offsets {offsets!r} is not [begin, end]", path=path)
     begin, end = offsets
-    if end < begin:
-        raise SafetensorsError(f"tensor {name!r}: data_offsets end before they begin", path=path)
-    numel = _numel(tuple(shape))
-    if numel > _U64_MAX or numel * dtype.bits > _U64_MAX:
-        raise SafetensorsError(f"tensor {name!r}: shape {shape} overflows", path=path)
-    if (numel * dtype.bits) % 8:
-        raise SafetensorsError(f"tensor {name!r}: {numel} x {dtype.name} is not a whole number of bytes", path=path)
-    if end - begin != numel * dtype.bits // 8:
-        raise SafetensorsError(
-            f"tensor {name!r}: holds {end - begin} bytes but shape {shape} of {dtype.safetensors} needs "
-            f"{numel * dtype.bits // 8}",
-            path=path,
-        )
-    return dtype.name, tuple(shape), begin, end
+    return dtype, tuple(shape), begin, end
 
 
 def _check_offsets(path: str, entries: dict[str, tuple[str, tuple[int, ...], int, int]], buffer: int) -> None:
@@ -208,6 +223,20 @@ def _numel(shape: tuple[int, ...]) -> int:
     for dim in shape:
         n *= dim
     return n
+
+
+def _validated(probe: Probe) -> Found:
+    """A safetensors file holds no pickle; its header is still validated."""
+    read_safetensors(probe.path)
+    return Found()
+
+
+SAFETENSORS_FORMAT = Format(
+    "safetensors",
+    lambda probe: looks_like_safetensors(probe.head, probe.size),
+    pickles=_validated,
+    read=lambda probe: read_safetensors(probe.path),
+)
 
 
 # -- writing ---------------------------------------------------------------------------------

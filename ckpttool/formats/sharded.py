@@ -14,7 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ckpttool.checkpoint import Checkpoint, Storage, TensorRef
-from ckpttool.errors import FormatError
+from ckpttool.errors import CkptError, FormatError
+from ckpttool.formats.format import Format, FormatName, Found, Probe, Registry
 from ckpttool.weights import find_weights
 
 MAX_INDEX_SIZE = 100_000_000
@@ -91,7 +92,7 @@ def read_sharded(index_path: str, read_shard: ShardReader) -> Checkpoint:
     return Checkpoint(index_path, fmt, total, tensors, storages, "little", metadata, anomalies, files)
 
 
-def sharded_format(index_path: str) -> str:
+def sharded_format(index_path: str) -> FormatName:
     """sharded-safetensors or sharded-bin, from the shard files' names."""
     shards = set(load_index(index_path)["weight_map"].values())
     if shards and all(s.endswith(".safetensors") for s in shards):
@@ -106,3 +107,54 @@ def shard_path(folder: str, shard: str, index_path: str) -> str:
     if not os.path.isfile(path):
         raise FormatError(f"shard {shard} named in the index does not exist", path=index_path)
     return path
+
+
+# -- the format ------------------------------------------------------------------------------
+
+_SHARDS: frozenset[FormatName] = frozenset({"torch-zip", "torchscript", "safetensors", "torch-legacy"})
+
+
+def _recognise(probe: Probe) -> bool:
+    if probe.folder:
+        return find_index(probe.path) is not None
+    return probe.head.lstrip()[:1] == b"{" and is_index(probe.path)
+
+
+def _index(probe: Probe) -> str:
+    return (find_index(probe.path) if probe.folder else probe.path) or probe.path
+
+
+def _reader(registry: Registry) -> ShardReader:
+    def read_shard(path: str) -> Checkpoint:
+        fmt, probe = registry.identify(path)
+        if fmt.name not in _SHARDS:
+            raise FormatError(f"shard is {fmt.name}, expected safetensors or a torch checkpoint", path=path)
+        return fmt.open(probe)
+
+    return read_shard
+
+
+def sharded_pickles(probe: Probe) -> Found:
+    """Every shard's pickles, named `shard:pickle`; a shard that cannot be scanned is a problem."""
+    index_path = _index(probe)
+    folder = os.path.dirname(os.path.abspath(index_path))
+    found = Found()
+    for shard in dict.fromkeys(load_index(index_path)["weight_map"].values()):
+        try:
+            fmt, shard_probe = probe.registry.identify(shard_path(folder, shard, index_path), scanning=True)
+            sub = fmt.scan(shard_probe)
+        except CkptError as exc:
+            found.problems.append(f"{shard}: {exc.message}")
+            continue
+        found.problems.extend(f"{shard}: {p}" for p in sub.problems)
+        found.pickles.extend((f"{shard}:{name}", d) for name, d in sub.pickles)
+    return found
+
+
+SHARDED_FORMAT = Format(
+    "sharded",
+    _recognise,
+    pickles=sharded_pickles,
+    read=lambda probe: read_sharded(_index(probe), _reader(probe.registry)),
+    kind=lambda probe: sharded_format(_index(probe)),
+)

@@ -14,19 +14,24 @@ from functools import partial
 from typing import Any
 
 from ckpttool.checkpoint import Checkpoint, Record, Storage
-from ckpttool.errors import FormatError, LimitError, ZipFormatError
+from ckpttool.errors import CkptError, FormatError, LimitError, PickleError, ZipFormatError
+from ckpttool.formats.containers import scan_zip_members, trailing_data
+from ckpttool.formats.format import Format, Found, Probe
 from ckpttool.formats.torchpickle import StorageTable, check_tensors, decode_torch_pickle
 from ckpttool.formats.torchscript import declare, read_declarations
 from ckpttool.formats.ziparchive import (
     ZipArchive,
     ZipEntry,
     crc_matches,
+    is_zip,
     open_archive,
     read_entry,
     recorded_crc,
     resolve_data_offset,
 )
 from ckpttool.pickle import Decoded, decode
+from ckpttool.pickle.judge import TorchScript, is_torchscript_class
+from ckpttool.pickle.objects import Call, Global
 from ckpttool.weights import all_tensors
 
 MAX_SMALL_RECORD = 4096
@@ -169,3 +174,69 @@ def _small_records(archive: ZipArchive) -> dict[str, str]:
                 read_entry(archive, entry, 256).decode("utf-8", "replace").strip()
             )
     return out
+
+
+# -- for scan --------------------------------------------------------------------------------
+
+
+def zip_pickles(probe: Probe) -> Found:
+    """Every `.pkl` record under any root, anything else in the archive that holds a pickle,
+    and what torch.load would refuse (several roots, a bad record) as problems."""
+    archive = probe.archive()
+    found = Found()
+    for name in pickle_names(archive):
+        try:
+            decoded = read_pickle(archive, archive.entries[name])
+            found.pickles.append((name, decoded))
+            extra = trailing_data(decoded, archive.entries[name].size)
+            if extra:
+                found.problems.append(f"{name}: {extra}")
+        except PickleError as exc:
+            found.failure(name, exc)
+        except CkptError as exc:
+            found.problems.append(f"{name}: {exc.message}")
+    roots = archive.roots()
+    if len(roots) > 1:
+        found.problems.append(f"records under {len(roots)} root folders: {', '.join(roots)}")
+    found.problems.extend(archive.anomalies)
+    found.add(scan_zip_members(archive, set(pickle_names(archive))))
+    if is_torchscript(archive):
+        found.torchscript = _torchscript(archive, found.pickles)
+        if found.torchscript.top is None:  # torch.jit.save always pickles the module itself
+            found.problems.append(
+                "TorchScript archive whose data.pkl holds no TorchScript module, which torch.jit.save never "
+                "writes: torch.jit.load still compiles from code/ what its pickles name"
+            )
+    if not found.problems:
+        found.guard(lambda: read_torch_zip(probe.path, archive))
+    return found
+
+
+def _torchscript(archive: ZipArchive, pickles: list[tuple[str, Decoded]]) -> TorchScript:
+    """The archive's top-level class (of the object its data.pkl holds) and the code/
+    record of each `__torch__` module its pickles name."""
+    data = archive.record("data.pkl")
+    root = next((d.value for name, d in pickles if data is not None and name == data.name), None)
+    func = root.func if isinstance(root, Call) else None
+    top = func.qualname if isinstance(func, Global) and is_torchscript_class(func.module) else None
+    code = {}
+    for module in {ref.module for _, decoded in pickles for ref in decoded.globals}:
+        record = archive.record(f"code/{module.replace('.', '/')}.py") if is_torchscript_class(module) else None
+        if record is not None:
+            code[module] = record.name
+    return TorchScript(top, code)
+
+
+def _read(probe: Probe) -> Checkpoint:
+    return read_torch_zip(probe.path, probe.archive())
+
+
+TORCHSCRIPT_FORMAT = Format(
+    "torchscript",
+    lambda probe: is_zip(probe.head) and is_torchscript(probe.archive()),
+    pickles=zip_pickles,
+    read=_read,
+)
+# Any other zip is read as torch's: one without data.pkl is named as such. A plain zip's
+# pickles are found first by `containers.ZIP_FORMAT` when scanning.
+TORCH_ZIP_FORMAT = Format("torch-zip", lambda probe: is_zip(probe.head), pickles=zip_pickles, read=_read)

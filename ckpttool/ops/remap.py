@@ -19,7 +19,7 @@ from ckpttool.atomic import output_set
 from ckpttool.checkpoint import Checkpoint, Storage, TensorRef
 from ckpttool.errors import FormatError, UsageError, VerificationError, about
 from ckpttool.formats import LEGACY, LEGACY_TAR, ZIP, read_checkpoint
-from ckpttool.formats.legacy import read_legacy, read_legacy_tar
+from ckpttool.formats.legacy import main_pickle
 from ckpttool.formats.torchzip import read_pickle, read_torch_zip
 from ckpttool.formats.torchzip_write import StorageRecord, root_folder, storage_class, write_torch_zip
 from ckpttool.formats.ziparchive import open_archive
@@ -146,12 +146,7 @@ def raw_pickle(src: str, fmt: str) -> Decoded:
         entry = archive.record("data.pkl")
         assert entry is not None  # read_checkpoint found it
         return read_pickle(archive, entry)
-    seen: list[tuple[str, Decoded]] = []
-    if fmt == LEGACY_TAR:
-        read_legacy_tar(src, seen)
-        return dict(seen)["pickle"]
-    read_legacy(src, seen)
-    return dict(seen)["main pickle"]
+    return main_pickle(src, tar=fmt == LEGACY_TAR)
 
 
 class _PidRewriter:

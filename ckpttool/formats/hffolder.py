@@ -1,0 +1,56 @@
+"""A Hugging Face model folder with one weights file: what `save_pretrained` writes for a
+model small enough not to be sharded (`model.safetensors`, or `pytorch_model.bin` from
+older versions, with `config.json` beside it).
+
+The folder is one checkpoint: it is read and scanned as its weights file, under that
+file's own format. safetensors is preferred when both are there, as transformers
+prefers it. A sharded folder has an index and is `formats.sharded`'s.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ckpttool.checkpoint import Checkpoint
+from ckpttool.formats.format import Format, FormatName, Found, Probe
+
+WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def weights_file(folder: str) -> str | None:
+    """The folder's single weights file, by the names transformers saves."""
+    for name in WEIGHTS_FILES:
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _file(probe: Probe) -> str:
+    path = weights_file(probe.path)
+    assert path is not None  # recognised by it
+    return path
+
+
+def _read(probe: Probe) -> Checkpoint:
+    fmt, inner = probe.registry.identify(_file(probe))
+    return fmt.open(inner)
+
+
+def _pickles(probe: Probe) -> Found:
+    fmt, inner = probe.registry.identify(_file(probe), scanning=True)
+    return fmt.scan(inner)
+
+
+def _kind(probe: Probe) -> FormatName:
+    fmt, inner = probe.registry.identify(_file(probe))
+    return fmt.kind_of(inner)
+
+
+HF_FOLDER_FORMAT = Format(
+    "hf-folder",
+    lambda probe: probe.folder and weights_file(probe.path) is not None,
+    pickles=_pickles,
+    read=_read,
+    kind=_kind,
+)
