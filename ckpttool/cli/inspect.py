@@ -52,8 +52,13 @@ def inspect_command(
     ($COLUMNS); JSON and CSV are never cut.
     """
     from ckpttool import render
+    from ckpttool.errors import UsageError
     from ckpttool.formats import read_checkpoint
     from ckpttool.ops.inspect import count, describe, select, top_level_summary
+
+    # Options that only shape the tree are an error without it, never silently ignored.
+    if not tree and (depth is not None or full_prefix):
+        raise UsageError(f"{'--depth' if depth is not None else '--full-prefix'} only applies with --tree")
     from ckpttool.ops.inspect import tree as group_by_module
 
     checkpoint = read_checkpoint(path)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -69,5 +70,18 @@ def test_top_level_parameters_are_rows_of_the_root(cli: Cli, tmp_path: Path) -> 
 
 def test_a_torchscript_modules_own_buffer_is_a_row(cli: Cli, tmp_path: Path) -> None:
     path = tmp_path / "scripted.pt"
-    torch.jit.save(torch.jit.script(WithBuffer()), str(path))
-    check_tree(cli, path, dict(torch.jit.load(str(path)).state_dict()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated, still what people ship
+        torch.jit.save(torch.jit.script(WithBuffer()), str(path))
+        state = dict(torch.jit.load(str(path)).state_dict())
+    check_tree(cli, path, state)
+
+
+def test_tree_options_without_tree_are_a_usage_error(cli: Cli, tmp_path: Path) -> None:
+    path = tmp_path / "vit.pth"
+    torch.save(VitLike().state_dict(), path)
+    for option in (["--depth", "1"], ["--full-prefix"]):
+        result = cli("inspect", path, *option)
+        assert (result.exit_code, result.stdout) == (2, "")
+        assert result.stderr == f"ckpttool: error: {option[0]} only applies with --tree\n"
+        assert cli("inspect", path, *option, "--tree").exit_code == 0
