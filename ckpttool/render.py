@@ -829,9 +829,10 @@ def _percent(share: float | None) -> str:
 
 
 def _stats_json(s: TensorStats) -> dict[str, Any]:
+    mean = {"real": s.mean.real, "imag": s.mean.imag} if isinstance(s.mean, complex) else s.mean
     return {
         "key": s.key, "dtype": s.dtype, "shape": s.shape, "numel": s.numel, "min": s.min, "max": s.max,
-        "mean": s.mean, "std": s.std, "nan": s.nan, "inf": s.inf, "zeros": s.zeros,
+        "mean": mean, "std": s.std, "nan": s.nan, "inf": s.inf, "zeros": s.zeros,
     }  # fmt: skip
 
 
@@ -840,6 +841,8 @@ def _number(value: Any) -> str:
         return "-"
     if isinstance(value, float):
         return f"{value:.6g}"
+    if isinstance(value, complex):  # a complex tensor's mean, as Python writes it: (0.1+0.2j)
+        return f"({value.real:.6g}{value.imag:+.6g}j)"
     return str(value)
 
 

@@ -4,6 +4,11 @@ Tensors are read one at a time and reduced in fixed-size chunks (float64 partial
 sums combined exactly with Chan's formula), so memory stays bounded by the largest
 tensor plus one chunk. min/max/mean/std cover the finite values; NaN and Inf are
 counted apart. std is the sample standard deviation, as `torch.std` computes it.
+
+Complex tensors follow torch's own definitions, per complex element: no min/max (torch
+defines no order on them: None), mean a complex number, std real (`torch.std` of a
+complex tensor: the root of the mean squared distance from the mean), NaN and Inf counted
+as `torch.isnan`/`torch.isinf` count them, zeros the share of elements equal to 0+0j.
 """
 
 from __future__ import annotations
@@ -30,9 +35,9 @@ class TensorStats:
     dtype: str
     shape: list[int]
     numel: int
-    min: float | int | None
+    min: float | int | None  # None for complex tensors too: torch defines no order on them
     max: float | int | None
-    mean: float | None
+    mean: float | complex | None
     std: float | None
     nan: int
     inf: int
@@ -73,7 +78,7 @@ def tensor_stats(named: NamedTensor) -> TensorStats:
         return stats
     flat = load_tensor(ref).reshape(-1)
     if DTYPES[ref.dtype].kind == "complex":
-        flat = torch.view_as_real(flat).reshape(-1)
+        return _complex_stats(flat, stats)
     moments, zeros = _Moments(), 0
     for chunk in torch.split(flat, CHUNK_ELEMENTS):
         values = _reducible(chunk)
@@ -96,6 +101,30 @@ def tensor_stats(named: NamedTensor) -> TensorStats:
     stats.mean = moments.mean if moments.count else None
     stats.std = moments.std()
     stats.zeros = zeros / flat.numel() if flat.numel() else None  # NaN and Inf are not zeros
+    return stats
+
+
+def _complex_stats(flat: torch.Tensor, stats: TensorStats) -> TensorStats:
+    """Per complex element, as torch defines them; real and imaginary parts are never mixed
+    into one series (min/max over both parts would mean nothing)."""
+    import torch
+
+    real, imag, zeros = _Moments(), _Moments(), 0
+    for chunk in torch.split(flat, CHUNK_ELEMENTS):
+        chunk = chunk.to(torch.complex64) if chunk.dtype == torch.complex32 else chunk  # no chalf reductions
+        nan, inf = torch.isnan(chunk), torch.isinf(chunk)
+        stats.nan += int(nan.sum())
+        stats.inf += int(inf.sum())
+        values = chunk[torch.isfinite(chunk)] if bool(nan.any() or inf.any()) else chunk
+        parts = torch.view_as_real(values).to(torch.float64)
+        real.add(parts[:, 0])
+        imag.add(parts[:, 1])
+        zeros += values.numel() - int(torch.count_nonzero(values))
+    if real.count:
+        stats.mean = complex(real.mean, imag.mean)
+    if real.count > 1:  # |z - mean|^2 = (re - mean.re)^2 + (im - mean.im)^2, summed over both
+        stats.std = ((real.m2 + imag.m2) / (real.count - 1)) ** 0.5
+    stats.zeros = zeros / flat.numel() if flat.numel() else None
     return stats
 
 
@@ -136,11 +165,10 @@ def non_finite(ref: TensorRef) -> tuple[int, int]:
     if ref.layout != "strided" or ref.storage is None or DTYPES[ref.dtype].kind not in ("float", "complex"):
         return 0, 0
     flat = load_tensor(ref).reshape(-1)
-    if DTYPES[ref.dtype].kind == "complex":
-        flat = torch.view_as_real(flat).reshape(-1)
     nan = inf = 0
-    for chunk in torch.split(flat, CHUNK_ELEMENTS):
+    for chunk in torch.split(flat, CHUNK_ELEMENTS):  # complex: per element, as torch.isnan/isinf count
         values = chunk.to(torch.float32) if chunk.dtype.itemsize == 1 else chunk
+        values = values.to(torch.complex64) if values.dtype == torch.complex32 else values
         nan += int(torch.isnan(values).sum())
         inf += int(torch.isinf(values).sum())
     return nan, inf
