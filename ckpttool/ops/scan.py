@@ -97,6 +97,11 @@ def _weights_only(collected: Found, judgement: Judgement) -> WeightsOnly:
     fmt = collected.format
     if fmt in _SAFETENSORS:
         return not_applicable("safetensors: read it with safetensors.torch.load_file, not torch.load")
+    if fmt == "dcp":  # no add_safe_globals line helps: dcp.load unpickles without weights_only
+        return not_applicable(
+            "a DCP folder: dcp.load reads .metadata with pickle.load and non-tensor entries with "
+            "torch.load(weights_only=False); no allowlist applies"
+        )
     if fmt == "torchscript":
         refusal: str | None = "a TorchScript archive, which torch.load(weights_only=True) refuses"
     elif fmt not in _TORCH_LOADS:

@@ -187,6 +187,9 @@ def test_a_real_checkpoint_needs_only_an_allowlist(
     assert scanned["verdict"] == "needs-allowlist"
     assert scanned["pickles"] > 1  # .metadata and every item's data.pkl
     assert {g["verdict"] for g in scanned["globals"]} <= {"safe", "needs-allowlist"}
+    # dcp.load unpickles without weights_only: no add_safe_globals line to offer, nothing for check to warn of
+    assert (scanned["weights_only"]["result"], scanned["allowlist"]) == ("not-applicable", None)
+    assert cli_json(cli("check", folders[world], "--format", "json"))["files"][0]["findings"] == []
 
 
 # -- broken folders: one line, exit 2, nothing written ----------------------------------------------
