@@ -733,8 +733,18 @@ def convert_output(report: ConvertReport, fmt: str) -> str:
         pairs.append(("cast", f"{report.cast} floating tensors"))
     if report.aliases:
         pairs.append(("aliases", ", ".join(f"{a} -> {k}" for a, k in report.aliases.items())))
-    pairs.append(("verified", "every tensor reads back equal to the source"))
+    pairs.append(("verified", _convert_verified(report)))
     return key_values(pairs)
+
+
+def _convert_verified(report: ConvertReport) -> str:
+    # A cast tensor cannot equal the source: it is checked against the exact cast of it.
+    if not report.cast:
+        return "every tensor reads back equal to the source"
+    kept = report.tensors - report.cast
+    same = f"{plural(kept, 'tensor')} read{'s' if kept == 1 else ''} back equal to the source, " if kept else ""
+    cast = plural(report.cast, "cast tensor")
+    return f"{same}{cast} equal to the exact cast of the source's values (tensor.to(dtype))"
 
 
 def rekey_output(report: RekeyReport, fmt: str) -> str:

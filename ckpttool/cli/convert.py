@@ -117,6 +117,7 @@ def _keep_structure(
     """The whole file with renamed keys; the options that shape a weights-only output are refused."""
     from ckpttool import render
     from ckpttool.errors import UsageError
+    from ckpttool.ops.convert import destination_folder
     from ckpttool.ops.rekey import rekey
 
     clashes = [option for option, given in weights_only.items() if given]
@@ -126,7 +127,8 @@ def _keep_structure(
         raise UsageError(f"{dst}: --keep-structure writes a torch checkpoint; name it .pth or .pt")
     bar = ProgressBar("convert")
     try:
-        report = rekey(src, dst, strip_prefixes, renames, root, force, bar)
+        with destination_folder(dst):
+            report = rekey(src, dst, strip_prefixes, renames, root, force, bar)
     finally:
         bar.close()
     for note in report.notes:

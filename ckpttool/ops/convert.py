@@ -12,10 +12,11 @@ so memory stays bounded by the largest tensor.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -115,7 +116,34 @@ class ConvertReport:
     notes: list[str] = field(default_factory=list)
 
 
+@contextlib.contextmanager
+def destination_folder(dst: str) -> Iterator[None]:
+    """The folder `dst` goes into, created as `mkdir -p` would when missing (shards and
+    their index into `out/`), and removed again, as far as it was created here and is
+    still empty, when the conversion fails."""
+    created: list[str] = []
+    folder = os.path.dirname(os.path.abspath(dst))
+    while folder and not os.path.exists(folder):
+        created.append(folder)
+        folder = os.path.dirname(folder)
+    for path in reversed(created):  # outermost first
+        os.makedirs(path, exist_ok=True)  # another rank under torchrun may make it first
+    try:
+        yield
+    except BaseException:
+        for path in created:  # innermost first; a folder others wrote into stays
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+        raise
+
+
 def convert(src: str, dst: str, options: ConvertOptions, progress: Progress | None = None) -> ConvertReport:
+    """The weights of `src` written to `dst`, verified; `dst`'s folder is created if missing."""
+    with destination_folder(dst):
+        return _convert(src, dst, options, progress)
+
+
+def _convert(src: str, dst: str, options: ConvertOptions, progress: Progress | None) -> ConvertReport:
     from ckpttool.ops.dcpconvert import convert_dcp
 
     dcp_report = convert_dcp(src, dst, options, progress or NoProgress())  # into or out of a DCP folder

@@ -45,6 +45,7 @@ from ops.support import (
     torch_load_weights_only,
     unchanged,
 )
+from safetensors.torch import load_file
 
 from ckpttool.atomic import OutputSet
 from ckpttool.errors import (
@@ -423,11 +424,27 @@ def test_source_is_never_its_own_destination(tmp_path: Path) -> None:
     assert temp_files(tmp_path) == []
 
 
-def test_destination_folder_must_exist(tmp_path: Path) -> None:
-    dst = tmp_path / "missing" / "out.safetensors"
+def test_missing_destination_folders_are_created(tmp_path: Path) -> None:
+    """As `mkdir -p`: shards and their index land in `out/`, read back as the source."""
+    src = fixture_path(BY_NAME["cnn_state_dict"])
+    dst = tmp_path / "out" / "deeper" / "model.safetensors"
+    report = run_convert(src, dst, to="safetensors", shard_size=1000)
+    assert len(report.outputs) > 2 and all(Path(p).parent == dst.parent for p in report.outputs)
+    truth = torch.load(src, weights_only=True)
+    read: dict[str, torch.Tensor] = {}
+    for shard in report.outputs:
+        if shard.endswith(".safetensors"):
+            read.update(load_file(shard))
+    assert read.keys() == truth.keys() and all(torch.equal(read[k], truth[k]) for k in truth)
+
+
+def test_folders_created_for_a_failed_conversion_are_removed(tmp_path: Path) -> None:
+    kept = tmp_path / "existing"
+    kept.mkdir()
+    dst = kept / "new" / "deeper" / "out.safetensors"
     with pytest.raises(FileAccessError):
-        run_convert(fixture_path(BY_NAME["cnn_state_dict"]), dst)
-    assert not dst.parent.exists()
+        convert(str(tmp_path / "missing.pt"), str(dst), ConvertOptions())
+    assert not (kept / "new").exists() and kept.is_dir()
 
 
 def test_destination_that_is_a_folder_is_refused(tmp_path: Path) -> None:
