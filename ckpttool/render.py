@@ -506,8 +506,9 @@ def tree_csv(rows: list[TreeRow], counts: Counts) -> str:
 
 # -- scan -------------------------------------------------------------------------------------
 
-SCAN_SCHEMA_VERSION = 3  # 2: unknown-call, weights_only apart from the verdict, calls, allowed names;
-# 3: an unreadable path is an entry of files[] (verdict unreadable, error), `error` when none was read
+# 2 (from 1): unknown-call, weights_only apart from the verdict, calls, allowed names, and
+# an unreadable path as an entry of files[] (verdict unreadable, error).
+SCAN_SCHEMA_VERSION = 2
 _SCAN_ORDER = {"dangerous": 0, "unknown-call": 1, "needs-allowlist": 2, "safe": 3}
 _WEIGHTS_ONLY_TEXT = {
     "loads": "loads as is",

@@ -239,7 +239,7 @@ def test_allowlist_line_names_every_global_to_allow(cli: Cli, name: str) -> None
 @pytest.mark.parametrize("name", [pytest.param(r["name"], id=r["name"]) for r in INDEX])
 def test_json_has_the_documented_shape(cli: Cli, name: str) -> None:
     report = scan_json(cli, fixture(name))[1]
-    assert report["schema_version"] == 3
+    assert report["schema_version"] == 2
     scanned = only_file(report)
     assert scanned["error"] is None
     # `notes` (facts that are no finding) come with the container scan.

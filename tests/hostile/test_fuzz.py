@@ -189,7 +189,7 @@ def test_mutated_real_files_through_the_cli(workdir: Path, real_files: dict[str,
             assert_one_line_error(outcome, path)
         else:
             assert "internal error" not in outcome.stderr
-            assert outcome.json()["schema_version"] == (3 if command == "scan" else 1)
+            assert outcome.json()["schema_version"] == (2 if command == "scan" else 1)
 
     check()
 
