@@ -127,6 +127,16 @@ def test_dcp_root_and_rename(dcp_dirs: dict[int, Path], tmp_path: Path, run: Cal
     assert_equal_tensors(load_file(tmp_path / "x.safetensors"), {f"e.{k}": v for k, v in truth.items()})
 
 
+def test_dcp_optimizer_state_by_key_prefix(
+    dcp_dirs: dict[int, Path], tmp_path: Path, run: Callable[..., Result]
+) -> None:
+    truth = tensors_of(dcp_truth(dcp_dirs[2], tmp_path), "optim.state.")
+    assert any(k.endswith("exp_avg_sq") for k in truth)
+    result = run("convert", dcp_dirs[2], tmp_path / "optim.pth", "--root", "optim.state")
+    assert result.exit_code == 0, result.stderr
+    assert_equal_tensors(torch.load(tmp_path / "optim.pth", weights_only=True), truth)
+
+
 # -- into DCP --------------------------------------------------------------------------------------
 
 
@@ -237,6 +247,21 @@ def test_corrupt_chunk_is_one_line(dcp_dirs: dict[int, Path], tmp_path: Path, ru
     result = run("convert", copy, tmp_path / "m.safetensors", "--root", "")
     assert result.exit_code == 2, result.stderr
     assert result.stderr.count("\n") == 1 and "'model.0.weight'" in result.stderr
+    assert_nothing_written(tmp_path, tmp_path / "m.safetensors")
+
+
+def test_metadata_disagreeing_with_data_files(
+    dcp_dirs: dict[int, Path], tmp_path: Path, run: Callable[..., Result]
+) -> None:
+    copy = _copy(dcp_dirs[2], tmp_path)
+    with open(copy / ".metadata", "rb") as f:
+        metadata = pickle.load(f)  # torch's own file, to be altered as a stale or foreign .metadata would be
+    metadata.state_dict_metadata["model.0.weight"].properties.dtype = torch.float64
+    with open(copy / ".metadata", "wb") as f:
+        pickle.dump(metadata, f)
+    result = run("convert", copy, tmp_path / "m.safetensors")
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1
+    assert "'model.0.weight'" in result.stderr
     assert_nothing_written(tmp_path, tmp_path / "m.safetensors")
 
 
