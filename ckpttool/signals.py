@@ -79,6 +79,12 @@ def held() -> Iterator[None]:
             raise _state.interrupt(signum)
 
 
+def stop_pending() -> bool:
+    """A stop signal arrived inside `held()` and waits for the block to end: long work held
+    that way (inside a library that would swallow the exception) checks this to end early."""
+    return _state.pending is not None
+
+
 @contextlib.contextmanager
 def stopping_cleanly() -> Iterator[None]:
     """Within the block, stop signals raise Interrupted; the previous handlers come back after.

@@ -59,7 +59,7 @@ from ckpttool.ops.convert import (
 )
 from ckpttool.ops.dcpmeta import is_dcp_folder, read_checked, read_dcp_metadata, safe_reader
 from ckpttool.ops.dcpranks import Ranks, current_ranks, together
-from ckpttool.signals import held
+from ckpttool.signals import held, stop_pending
 from ckpttool.tensordata import cast, crc32, direct_range, tensor_bytes, torch_dtype
 from ckpttool.weights import find_weights, join
 
@@ -85,11 +85,18 @@ def groups(items: Sequence[T], size: Callable[[T], int], limit: int = GROUP_BYTE
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    # DCP warns that it runs without a process group, which is what one process means here.
-    with warnings.catch_warnings():
+def _inside_dcp() -> Iterator[None]:
+    """Around every DCP call. A stop signal's exception raised inside DCP would come out
+    as DCP's or torch's own error (its zip writer swallows it), so signals are held until
+    the call returns; a save checks `stop_pending` between tensors to end early. DCP also
+    warns that it runs without a process group, which is what one process means here."""
+    with held(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
+
+
+class _Stopped(Exception):
+    """Ends a DCP save early for a held stop signal, which `held()` then raises."""
 
 
 def load_group(folder: str, metadata: Metadata, wanted: dict[str, tuple[str, tuple[int, ...]]]) -> dict[str, Any]:
@@ -100,7 +107,7 @@ def load_group(folder: str, metadata: Metadata, wanted: dict[str, tuple[str, tup
     from torch.distributed.checkpoint.state_dict_loader import load
 
     state = {fqn: torch.empty(shape, dtype=torch_dtype(dtype)) for fqn, (dtype, shape) in wanted.items()}
-    with _quiet():
+    with _inside_dcp():
         load(
             state,
             storage_reader=safe_reader(folder, metadata),
@@ -184,7 +191,7 @@ def _save(folder: str, outputs: list[OutputTensor], ranks: Ranks, progress: Prog
     placeholders = {o.name: torch.empty(o.source.shape, dtype=torch_dtype(o.dtype), device="meta") for o in outputs}
     # No fsync, like every other ckpttool output: the rename is atomic, durability is the filesystem's.
     writer = FileSystemWriter(folder, sync_files=False, overwrite=False)
-    with _quiet():
+    with _inside_dcp():
         save(placeholders, storage_writer=writer, planner=_planner(outputs, progress), no_dist=not ranks.distributed)
 
 
@@ -197,6 +204,8 @@ def _planner(outputs: list[OutputTensor], progress: Progress) -> Any:
         """DCP's planner; a tensor's data is read from the source when DCP writes it."""
 
         def resolve_data(self, write_item: Any) -> Any:
+            if stop_pending():
+                raise _Stopped()
             output = by_name[write_item.index.fqn]
             tensor = cast(output.source.tensor(), output.dtype).contiguous()
             progress.advance(output.nbytes)

@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
 import warnings
@@ -355,3 +356,34 @@ def test_torchrun_refuses_conversions_it_cannot_split(
     result = run("convert", tmp_path / "src.pt", tmp_path / "out.safetensors")
     assert result.exit_code == 2 and "only conversions into or out of a DCP folder" in result.stderr
     assert_nothing_written(tmp_path, tmp_path / "out.safetensors")
+
+
+# -- stopped runs -------------------------------------------------------------------------------------
+
+
+def _stopped(args: list[Any], ready: Callable[[], bool]) -> subprocess.CompletedProcess[str]:
+    from signalling import signal_when
+
+    for _ in range(4):  # a run that ends before the moment it waits for is tried again
+        result = signal_when([str(a) for a in args], ready, signal.SIGTERM)
+        if result is not None:
+            return result
+    raise AssertionError("convert finished before the signal 4 times")
+
+
+@pytest.mark.slow
+def test_stopped_conversions_leave_nothing(tmp_path: Path, run: Callable[..., Result]) -> None:
+    torch.save({f"w{i}": torch.randn(1024, 4096) for i in range(12)}, tmp_path / "src.pt")  # 192 MiB
+
+    def writing(pattern: str) -> Callable[[], bool]:
+        return lambda: any(p.stat().st_size > 0 for p in tmp_path.glob(pattern))
+
+    into = _stopped(["convert", tmp_path / "src.pt", tmp_path / "ckpt", "--to", "dcp"],
+                    writing(".ckpt.*.ckpttool-tmp/__0_0.distcp"))  # fmt: skip
+    assert into.returncode == 128 + signal.SIGTERM and len(into.stderr.splitlines()) == 1, into.stderr
+    assert sorted(os.listdir(tmp_path)) == ["src.pt"]
+
+    assert run("convert", tmp_path / "src.pt", tmp_path / "ckpt", "--to", "dcp").exit_code == 0
+    out = _stopped(["convert", tmp_path / "ckpt", tmp_path / "m.safetensors"], writing(".m.safetensors.*"))
+    assert out.returncode == 128 + signal.SIGTERM and len(out.stderr.splitlines()) == 1, out.stderr
+    assert sorted(os.listdir(tmp_path)) == ["ckpt", "src.pt"]
