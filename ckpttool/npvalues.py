@@ -231,3 +231,25 @@ def _elements_text(value: Any) -> str:
     if isinstance(value, bool):
         return str(value)
     return value if isinstance(value, str) else repr(value)
+
+
+def paired_array_text(a: Any, b: Any, limit: int) -> tuple[str, str] | None:
+    """Two 1-d arrays that differ past their first element, each in at most `limit`
+    characters from the first element where they differ (`array([…, 0.93, …])`), so that
+    the text shown differs too; None where that does not apply or fit."""
+    if not (isinstance(a, ArrayList) and isinstance(b, ArrayList) and len(a.shape) == len(b.shape) == 1):
+        return None
+    first = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    if first == 0 or len(json_text(a)) <= limit and len(json_text(b)) <= limit:
+        return None  # the usual text already shows where they differ
+    texts = (_from(a, first, limit), _from(b, first, limit))
+    return None if texts[0] is None or texts[1] is None else (texts[0], texts[1])
+
+
+def _from(value: ArrayList, start: int, limit: int) -> str | None:
+    items = [_elements_text(x) for x in value][start:]
+    for keep in range(len(items), 0, -1):
+        text = "array([…, " + ", ".join(items[:keep]) + (", …" if keep < len(items) else "") + "])"
+        if len(text) <= limit:
+            return text
+    return "array([…])" if not items else None  # the shorter one ends before the difference

@@ -923,8 +923,15 @@ def _diff_rows(report: DiffReport) -> list[tuple[str, str, str]]:
     if not report.ignore_dtype:
         rows += [(m["key"], "dtype", f"{m['a']} vs {m['b']}") for m in report.dtype_mismatch]
     rows += [(m["key"], "values", _value_detail(m)) for m in report.value_mismatch]
-    rows += [(m["key"], "entry", f"{_entry(m, 'a')} vs {_entry(m, 'b')}") for m in report.entries_mismatch]
+    rows += [(m["key"], "entry", _entry_pair(m)) for m in report.entries_mismatch]
     return rows
+
+
+def _entry_pair(m: dict[str, Any]) -> str:
+    from ckpttool.npvalues import paired_array_text
+
+    pair = None if m.get("absent") else paired_array_text(m["a"], m["b"], 30)
+    return f"{pair[0]} vs {pair[1]}" if pair else f"{_entry(m, 'a')} vs {_entry(m, 'b')}"
 
 
 def _value_detail(m: dict[str, Any]) -> str:

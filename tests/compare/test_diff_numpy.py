@@ -116,6 +116,19 @@ def test_diff_rows_show_the_decoded_values(cli: Cli, tmp_path: Path) -> None:
     assert f"{float(truth_a['best_acc'])!r} vs {float(truth_b['best_acc'])!r}" in text
 
 
+def test_diff_rows_show_arrays_from_where_they_differ(cli: Cli, tmp_path: Path) -> None:
+    values = np.random.RandomState(0).rand(8)
+    changed = values.copy()
+    changed[7] += 1
+    a, b = checkpoint(tmp_path, "a.pth", p=values), checkpoint(tmp_path, "b.pth", p=changed)
+    truth_a, truth_b = loaded(a)["p"], loaded(b)["p"]
+    first = int(np.flatnonzero(truth_a != truth_b)[0])
+
+    text = cli("diff", a, b).stdout
+
+    assert f"array([…, {truth_a[first].item()!r}]) vs array([…, {truth_b[first].item()!r}])" in text
+
+
 def entry_lines(output: str) -> dict[str, str]:
     """`entry NAME:   value` lines of inspect's summary, by name."""
     found = {}
