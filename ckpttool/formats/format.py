@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from ckpttool.checkpoint import Checkpoint
 from ckpttool.errors import CkptError, FileAccessError, PickleError, UnknownFormatError
@@ -53,6 +53,7 @@ class Probe:
     size: int
     head: bytes
     registry: Registry
+    memo: dict[str, Any] = field(default_factory=dict)  # what a format read while recognising it
     _archive: ZipArchive | None = None
 
     def archive(self) -> ZipArchive:

@@ -46,16 +46,9 @@ def load_index(path: str) -> dict[str, Any]:
     return checked
 
 
-def is_index(path: str) -> bool:
-    try:
-        load_index(path)
-    except (FormatError, OSError):
-        return False
-    return True
-
-
-def read_sharded(index_path: str, read_shard: ShardReader) -> Checkpoint:
-    index = load_index(index_path)
+def read_sharded(index_path: str, read_shard: ShardReader, index: dict[str, Any] | None = None) -> Checkpoint:
+    """Every shard through `read_shard`; `index` is the loaded index when the caller has it."""
+    index = index if index is not None else load_index(index_path)
     weight_map: dict[str, str] = index["weight_map"]
     folder = os.path.dirname(os.path.abspath(index_path))
     # Numbered shard files hold the state_dict in order; weight_map is usually sorted by name.
@@ -92,9 +85,9 @@ def read_sharded(index_path: str, read_shard: ShardReader) -> Checkpoint:
     return Checkpoint(index_path, fmt, total, tensors, storages, "little", metadata, anomalies, files)
 
 
-def sharded_format(index_path: str) -> FormatName:
+def sharded_format(index: dict[str, Any]) -> FormatName:
     """sharded-safetensors or sharded-bin, from the shard files' names."""
-    shards = set(load_index(index_path)["weight_map"].values())
+    shards = set(index["weight_map"].values())
     if shards and all(s.endswith(".safetensors") for s in shards):
         return "sharded-safetensors"
     return "sharded-bin" if shards else "sharded"
@@ -117,11 +110,21 @@ _SHARDS: frozenset[FormatName] = frozenset({"torch-zip", "torchscript", "safeten
 def _recognise(probe: Probe) -> bool:
     if probe.folder:
         return find_index(probe.path) is not None
-    return probe.head.lstrip()[:1] == b"{" and is_index(probe.path)
+    if probe.head.lstrip()[:1] != b"{":
+        return False
+    try:
+        probe.memo["index"] = load_index(probe.path)  # read once: reading and scanning use it
+    except (FormatError, OSError):
+        return False
+    return True
 
 
-def _index(probe: Probe) -> str:
-    return (find_index(probe.path) if probe.folder else probe.path) or probe.path
+def _index(probe: Probe) -> tuple[str, dict[str, Any]]:
+    """The index file and its content; a folder's is found and loaded once."""
+    if "index" not in probe.memo:
+        path = (find_index(probe.path) if probe.folder else probe.path) or probe.path
+        probe.memo["index_path"], probe.memo["index"] = path, load_index(path)
+    return probe.memo.get("index_path", probe.path), probe.memo["index"]
 
 
 def _reader(registry: Registry) -> ShardReader:
@@ -134,12 +137,17 @@ def _reader(registry: Registry) -> ShardReader:
     return read_shard
 
 
+def _read(probe: Probe) -> Checkpoint:
+    index_path, index = _index(probe)
+    return read_sharded(index_path, _reader(probe.registry), index)
+
+
 def sharded_pickles(probe: Probe) -> Found:
     """Every shard's pickles, named `shard:pickle`; a shard that cannot be scanned is a problem."""
-    index_path = _index(probe)
+    index_path, index = _index(probe)
     folder = os.path.dirname(os.path.abspath(index_path))
     found = Found()
-    for shard in dict.fromkeys(load_index(index_path)["weight_map"].values()):
+    for shard in dict.fromkeys(index["weight_map"].values()):
         try:
             fmt, shard_probe = probe.registry.identify(shard_path(folder, shard, index_path), scanning=True)
             sub = fmt.scan(shard_probe)
@@ -155,6 +163,6 @@ SHARDED_FORMAT = Format(
     "sharded",
     _recognise,
     pickles=sharded_pickles,
-    read=lambda probe: read_sharded(_index(probe), _reader(probe.registry)),
-    kind=lambda probe: sharded_format(_index(probe)),
+    read=_read,
+    kind=lambda probe: sharded_format(_index(probe)[1]),
 )

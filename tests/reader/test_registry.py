@@ -123,3 +123,25 @@ def test_a_sharded_index_wins_over_a_single_file_in_the_same_folder(tmp_path: Pa
     torch.save({"other": torch.zeros(1)}, folder / "pytorch_model.bin")
     assert detect(str(folder)) == "sharded-safetensors"
     assert "other" not in read_checkpoint(str(folder)).root
+
+
+@pytest.mark.parametrize("where", ["folder", "index"])
+def test_a_sharded_index_is_loaded_once(monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    from ckpttool.formats import sharded
+
+    loaded: list[str] = []
+    real = sharded.load_index
+
+    def counting(path: str) -> typing.Any:
+        loaded.append(path)
+        return real(path)
+
+    monkeypatch.setattr(sharded, "load_index", counting)
+    folder = COMMITTED_FIXTURES / "sharded_safetensors"
+    path = str(folder if where == "folder" else folder / "model.safetensors.index.json")
+    checkpoint = read_checkpoint(path)
+    assert len(loaded) == 1
+    assert checkpoint.format == "sharded-safetensors"
+    report = scan_file(path)
+    assert len(loaded) == 2
+    assert report.format == "sharded-safetensors"
