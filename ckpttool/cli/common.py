@@ -79,6 +79,9 @@ class ProgressBar:
         self.bar: Any = None
 
     def start(self, total: int) -> None:
+        """A new bar for `total` bytes; one started before (the previous file's) is closed."""
+        self.close()
+        self.bar = None
         if sys.stderr.isatty() and total >= self.MIN_BYTES:
             from tqdm import tqdm
 

@@ -273,7 +273,6 @@ def convert_from_dcp(src: str, dst: str, options: ConvertOptions, progress: Prog
     paths = _shard_paths(dst, len(shards))
     index = dst + ".index.json" if len(shards) > 1 else None
     mine = ranks.share(list(zip(paths, shards, strict=True)), lambda p: sum(t.nbytes for t in p[1]))
-    progress.start(sum(t.nbytes for _, shard in mine for t in shard))
     with output_set([src], options.force) as outs:
         for path in [*paths, *([index] if index else [])]:  # refuse before writing anything
             outs.check_destination(path)
@@ -345,6 +344,7 @@ class _ShardWriter:
     def write_all(self, outs: OutputSet, mine: list[tuple[str, list[DcpTensor]]], index: str | None,
                   paths: list[str], shards: list[list[DcpTensor]]) -> None:  # fmt: skip
         for path, shard in mine:
+            self.progress.start(sum(t.nbytes for t in shard))  # one bar per file
             output = outs.open(path)
             crcs = self._write(output, shard)
             output.seal()

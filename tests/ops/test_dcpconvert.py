@@ -387,3 +387,26 @@ def test_stopped_conversions_leave_nothing(tmp_path: Path, run: Callable[..., Re
     out = _stopped(["convert", tmp_path / "ckpt", tmp_path / "m.safetensors"], writing(".m.safetensors.*"))
     assert out.returncode == 128 + signal.SIGTERM and len(out.stderr.splitlines()) == 1, out.stderr
     assert sorted(os.listdir(tmp_path)) == ["ckpt", "src.pt"]
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.files: list[list[int]] = []  # per started bar: its total, then each advance
+
+    def start(self, total: int) -> None:
+        self.files.append([total])
+
+    def advance(self, done: int) -> None:
+        self.files[-1].append(done)
+
+
+def test_one_progress_bar_per_output_file(dcp_dirs: dict[int, Path], tmp_path: Path) -> None:
+    from ckpttool.ops.convert import ConvertOptions, convert
+
+    recorder = _Recorder()
+    options = ConvertOptions(to="safetensors", root="", shard_size=200)
+    report = convert(str(dcp_dirs[1]), str(tmp_path / "m.safetensors"), options, recorder)
+    shards = [p for p in report.outputs if p.endswith(".safetensors")]
+    assert len(recorder.files) == len(shards) > 2
+    for path, (total, *steps) in zip(shards, recorder.files, strict=True):
+        assert total == sum(steps) == sum(t.numel() * t.element_size() for t in load_file(path).values())
