@@ -164,14 +164,29 @@ def _dcp_load(folder: Path, like: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return state
 
 
-@pytest.mark.parametrize("kind", ["pt", "safetensors"])
-def test_to_dcp_round_trip(tmp_path: Path, run: Callable[..., Result], kind: str) -> None:
-    source = _source_state()
-    src = tmp_path / f"src.{kind}"
+def _write_source(kind: str, source: dict[str, torch.Tensor], folder: Path) -> Path:
+    """SRC in one of the ways people save weights."""
+    src = folder / f"src.{kind}"
     if kind == "pt":
         torch.save({"state_dict": source, "epoch": 1}, src)
-    else:
+    elif kind == "legacy":
+        torch.save(source, src, _use_new_zipfile_serialization=False)
+    elif kind == "safetensors":
         save_file({k: v.contiguous() for k, v in source.items()}, src)
+    else:  # sharded: two safetensors files and their index
+        keys = sorted(source)
+        names = {k: f"m-0000{1 + i % 2}-of-00002.safetensors" for i, k in enumerate(keys)}
+        for name in set(names.values()):
+            save_file({k: source[k].contiguous() for k in keys if names[k] == name}, folder / name)
+        src = folder / "m.safetensors.index.json"
+        src.write_text(json.dumps({"metadata": {}, "weight_map": names}))
+    return src
+
+
+@pytest.mark.parametrize("kind", ["pt", "legacy", "safetensors", "sharded"])
+def test_to_dcp_round_trip(tmp_path: Path, run: Callable[..., Result], kind: str) -> None:
+    source = _source_state()
+    src = _write_source(kind, source, tmp_path)
     result = run("convert", src, tmp_path / "ckpt", "--to", "dcp")
     assert result.exit_code == 0, result.stderr
     assert (tmp_path / "ckpt" / ".metadata").exists() and temp_files(tmp_path) == []
