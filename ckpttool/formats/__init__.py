@@ -5,14 +5,12 @@ and one registry (`registry.FORMATS`) through which every path is detected, read
 from __future__ import annotations
 
 from ckpttool.formats.format import FormatName
+from ckpttool.formats.legacy import LEGACY, LEGACY_TAR
+from ckpttool.formats.rawpickle import RAW_PICKLE
 from ckpttool.formats.registry import detect, find_pickles, read_checkpoint
-
-ZIP: FormatName = "torch-zip"
-TORCHSCRIPT: FormatName = "torchscript"
-LEGACY: FormatName = "torch-legacy"
-LEGACY_TAR: FormatName = "torch-legacy-tar"
-SAFETENSORS: FormatName = "safetensors"
-RAW_PICKLE: FormatName = "raw-pickle"
+from ckpttool.formats.safetensors import SAFETENSORS
+from ckpttool.formats.torchzip import TORCH_ZIP as ZIP
+from ckpttool.formats.torchzip import TORCHSCRIPT
 
 __all__ = [
     "LEGACY",

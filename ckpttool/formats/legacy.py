@@ -24,11 +24,13 @@ from ckpttool.checkpoint import Checkpoint, Record, Storage, TensorRef
 from ckpttool.dtypes import storage_dtype
 from ckpttool.errors import FormatError
 from ckpttool.formats.containers import MAGIC_NUMBER, is_tar, scan_tar_members
-from ckpttool.formats.format import Format, Found
+from ckpttool.formats.format import Format, FormatName, Found
 from ckpttool.formats.torchpickle import StorageTable, check_tensors, interpret_torch_pickle
 from ckpttool.interpret import Interpreter, reader_hooks
 from ckpttool.pickle import NO_HOOKS, Decoded, Global, Hooks, decode
 
+LEGACY: FormatName = "torch-legacy"
+LEGACY_TAR: FormatName = "torch-legacy-tar"
 PROTOCOL_VERSION = 1001
 Seen = list[tuple[str, Decoded]]
 
@@ -109,7 +111,7 @@ def _read_stacked(r: _Reader, size: int) -> Checkpoint:
     if end != size:
         anomalies.append(f"{size - end} bytes follow the last storage")
     check_tensors(root, r.path)
-    return Checkpoint(r.path, "torch-legacy", size, root, table.storages, table.byteorder, {}, anomalies, [r.path])
+    return Checkpoint(r.path, LEGACY, size, root, table.storages, table.byteorder, {}, anomalies, [r.path])
 
 
 def _byteorder(sys_info: Any) -> str:
@@ -165,7 +167,7 @@ def _read_legacy_tar(path: str, seen: Seen | None) -> Checkpoint:
         check_tensors(root, path)
         storages = {k: v for k, v in objects.items() if isinstance(v, Storage)}
         size = os.fstat(f.fileno()).st_size
-        return Checkpoint(path, "torch-legacy-tar", size, root, storages, files=[path], persistent_objects=objects)
+        return Checkpoint(path, LEGACY_TAR, size, root, storages, files=[path], persistent_objects=objects)
     finally:
         data.close()
         f.close()
@@ -291,7 +293,7 @@ def main_pickle(path: str, tar: bool) -> Decoded:
 
 
 LEGACY_FORMAT = Format(
-    "torch-legacy",
+    LEGACY,
     lambda probe: probe.head[:1] == b"\x80" and starts_with_magic(probe.head),
     pickles=lambda probe: legacy_pickles(probe.path, tar=False),
     read=lambda probe: read_legacy(probe.path),
@@ -299,7 +301,7 @@ LEGACY_FORMAT = Format(
 # Any tar is read as torch's: one without its members is named as such. A plain tar's
 # pickles are found first by `containers.TAR_FORMAT` when scanning.
 LEGACY_TAR_FORMAT = Format(
-    "torch-legacy-tar",
+    LEGACY_TAR,
     lambda probe: is_tar(probe.head),
     pickles=lambda probe: legacy_pickles(probe.path, tar=True),
     read=lambda probe: read_legacy_tar(probe.path),

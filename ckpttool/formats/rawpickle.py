@@ -8,10 +8,12 @@ from typing import Any
 
 from ckpttool.checkpoint import Checkpoint, OpaqueCall
 from ckpttool.errors import FormatError, PickleError, UnknownFormatError
-from ckpttool.formats.format import Format, Found, Probe
+from ckpttool.formats.format import Format, FormatName, Found, Probe
 from ckpttool.interpret import Interpreter
 from ckpttool.pickle import decode
 from ckpttool.pickle.opcodes import NAMES
+
+RAW_PICKLE: FormatName = "raw-pickle"
 
 
 def read_raw_pickle(path: str) -> Checkpoint:
@@ -27,7 +29,7 @@ def read_raw_pickle(path: str) -> Checkpoint:
     anomalies = []
     if decoded.end < size:
         anomalies.append(f"{size - decoded.end} bytes follow the pickle's STOP (another pickle?)")
-    return Checkpoint(path, "raw-pickle", size, root, anomalies=anomalies, files=[path])
+    return Checkpoint(path, RAW_PICKLE, size, root, anomalies=anomalies, files=[path])
 
 
 def _no_storages(pid: Any) -> Any:
@@ -74,5 +76,5 @@ def _found_anything(exc: PickleError) -> bool:
 
 
 RAW_PICKLE_FORMAT = Format(
-    "raw-pickle", lambda probe: probe.head[:1] != b"" and probe.head[0] in NAMES, pickles=raw_pickles, read=_read
+    RAW_PICKLE, lambda probe: probe.head[:1] != b"" and probe.head[0] in NAMES, pickles=raw_pickles, read=_read
 )

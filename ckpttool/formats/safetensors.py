@@ -16,8 +16,9 @@ from typing import Any
 from ckpttool.checkpoint import Checkpoint, Record, Storage, TensorRef, contiguous_strides
 from ckpttool.dtypes import BY_SAFETENSORS, DTYPES, DType
 from ckpttool.errors import SafetensorsError
-from ckpttool.formats.format import Format, Found, Probe
+from ckpttool.formats.format import Format, FormatName, Found, Probe
 
+SAFETENSORS: FormatName = "safetensors"
 MAX_HEADER_SIZE = 100_000_000
 _U64_MAX = (1 << 64) - 1
 _JSON_SPACE = b" \t\n\r"
@@ -155,7 +156,7 @@ def read_safetensors(path: str) -> Checkpoint:
         storage = Storage(name, dtype, numel, "cpu", record)
         storages[name] = storage
         tensors[name] = TensorRef(dtype, shape, contiguous_strides(shape), 0, storage)
-    return Checkpoint(path, "safetensors", size, tensors, storages, "little", metadata, [], [path])
+    return Checkpoint(path, SAFETENSORS, size, tensors, storages, "little", metadata, [], [path])
 
 
 def _metadata(path: str, value: Any) -> dict[str, str]:
@@ -232,7 +233,7 @@ def _validated(probe: Probe) -> Found:
 
 
 SAFETENSORS_FORMAT = Format(
-    "safetensors",
+    SAFETENSORS,
     lambda probe: looks_like_safetensors(probe.head, probe.size),
     pickles=_validated,
     read=lambda probe: read_safetensors(probe.path),

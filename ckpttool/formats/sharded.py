@@ -16,6 +16,9 @@ from typing import Any
 from ckpttool.checkpoint import Checkpoint, Storage, TensorRef
 from ckpttool.errors import CkptError, FormatError
 from ckpttool.formats.format import Format, FormatName, Found, Probe, Registry
+from ckpttool.formats.legacy import LEGACY
+from ckpttool.formats.safetensors import SAFETENSORS
+from ckpttool.formats.torchzip import TORCH_ZIP, TORCHSCRIPT
 from ckpttool.weights import find_weights
 
 MAX_INDEX_SIZE = 100_000_000
@@ -58,11 +61,11 @@ def read_sharded(index_path: str, read_shard: ShardReader, index: dict[str, Any]
     anomalies: list[str] = []
     files = [index_path]
     total = os.path.getsize(index_path)
-    kinds = set()
+    is_safetensors: set[bool] = set()  # per shard
     for shard in shards:
         path = shard_path(folder, shard, index_path)
         checkpoint = read_shard(path)
-        kinds.add("safetensors" if checkpoint.format == "safetensors" else "bin")
+        is_safetensors.add(checkpoint.format == SAFETENSORS)
         files.append(path)
         total += checkpoint.file_size
         found = find_weights(checkpoint.root).mapping()
@@ -81,7 +84,11 @@ def read_sharded(index_path: str, read_shard: ShardReader, index: dict[str, Any]
     metadata = (
         {k: str(v) for k, v in (index.get("metadata") or {}).items()} if isinstance(index.get("metadata"), dict) else {}
     )
-    fmt = "sharded-" + kinds.pop() if len(kinds) == 1 else "sharded"
+    fmt: FormatName = "sharded"  # shards of both kinds
+    if is_safetensors == {True}:
+        fmt = "sharded-safetensors"
+    elif is_safetensors == {False}:
+        fmt = "sharded-bin"
     return Checkpoint(index_path, fmt, total, tensors, storages, "little", metadata, anomalies, files)
 
 
@@ -104,7 +111,7 @@ def shard_path(folder: str, shard: str, index_path: str) -> str:
 
 # -- the format ------------------------------------------------------------------------------
 
-_SHARDS: frozenset[FormatName] = frozenset({"torch-zip", "torchscript", "safetensors", "torch-legacy"})
+_SHARDS: frozenset[FormatName] = frozenset({TORCH_ZIP, TORCHSCRIPT, SAFETENSORS, LEGACY})
 
 
 def _recognise(probe: Probe) -> bool:

@@ -16,7 +16,7 @@ from typing import Any
 from ckpttool.checkpoint import Checkpoint, Record, Storage
 from ckpttool.errors import CkptError, FormatError, LimitError, PickleError, ZipFormatError
 from ckpttool.formats.containers import scan_zip_members, trailing_data
-from ckpttool.formats.format import Format, Found, Probe
+from ckpttool.formats.format import Format, FormatName, Found, Probe
 from ckpttool.formats.torchpickle import StorageTable, check_tensors, decode_torch_pickle
 from ckpttool.formats.torchscript import declare, read_declarations
 from ckpttool.formats.ziparchive import (
@@ -34,6 +34,8 @@ from ckpttool.pickle.judge import TorchScript, is_torchscript_class
 from ckpttool.pickle.objects import Call, Global
 from ckpttool.weights import all_tensors
 
+TORCH_ZIP: FormatName = "torch-zip"
+TORCHSCRIPT: FormatName = "torchscript"
 MAX_SMALL_RECORD = 4096
 # A pickle this large would describe ~10 million tensors; past it a file is refused, and a
 # compressed record is never inflated beyond the smaller of this and its declared size.
@@ -92,7 +94,7 @@ def read_torch_zip(path: str, archive: ZipArchive | None = None) -> Checkpoint:
     check_tensors(root, path)
     return Checkpoint(
         path=path,
-        format="torchscript" if torchscript else "torch-zip",
+        format=TORCHSCRIPT if torchscript else TORCH_ZIP,
         file_size=archive.file_size,
         root=root,
         storages=table.storages,
@@ -232,11 +234,11 @@ def _read(probe: Probe) -> Checkpoint:
 
 
 TORCHSCRIPT_FORMAT = Format(
-    "torchscript",
+    TORCHSCRIPT,
     lambda probe: is_zip(probe.head) and is_torchscript(probe.archive()),
     pickles=zip_pickles,
     read=_read,
 )
 # Any other zip is read as torch's: one without data.pkl is named as such. A plain zip's
 # pickles are found first by `containers.ZIP_FORMAT` when scanning.
-TORCH_ZIP_FORMAT = Format("torch-zip", lambda probe: is_zip(probe.head), pickles=zip_pickles, read=_read)
+TORCH_ZIP_FORMAT = Format(TORCH_ZIP, lambda probe: is_zip(probe.head), pickles=zip_pickles, read=_read)
