@@ -1,6 +1,6 @@
 """Checkpoints saved the ways libraries save them: none is `dangerous`; the only
 `unknown-call`s are true calls of unvetted callables (an enum member built from its
-value, a pathlib path), and those pass with --allow or the project's allowlist. The
+value), and those pass with --allow or the project's allowlist. The
 `weights_only` answer is checked against torch.load in a subprocess that runs the printed
 `add_safe_globals` line as a user would paste it, with the stand-in classes importable."""
 
@@ -21,8 +21,9 @@ from conftest import cli_json
 HERE = Path(__file__).resolve().parent
 Cli = Callable[..., Result]
 # Callables these files truly call that ckpttool does not vet: Cls('steps') builds an enum
-# member (Enum.__new__ looks the value up), PosixPath('runs', 'exp1') joins strings.
-TRUE_UNKNOWN_CALLS = {"standins.IntervalStrategy", "standins.SchedulerType", "pathlib.PosixPath"}
+# member (Enum.__new__ looks the value up). PosixPath('runs', 'exp1'), which joins strings,
+# is vetted (every DCP .metadata holds one).
+TRUE_UNKNOWN_CALLS = {"standins.IntervalStrategy", "standins.SchedulerType"}
 NAMES = sorted(
     [
         "lightning.ckpt", "training_args.bin", "trainer_state_with_enum.pt", "numpy_config.pt",
@@ -65,7 +66,14 @@ def test_no_false_alarm(cli: Cli, folder: Path, name: str) -> None:
     assert result.exit_code == (1 if report["verdict"] == "unknown-call" else 0)
 
 
-@pytest.mark.parametrize("name", ["training_args.bin", "trainer_state_with_enum.pt", "paths_in_config.pt"])
+def test_a_path_of_strings_is_vetted(cli: Cli, folder: Path) -> None:
+    result, report = scanned(cli, folder / "paths_in_config.pt")
+    paths = [g for g in report["globals"] if (g["module"], g["name"]) == ("pathlib", "PosixPath")]
+    assert [(g["uses"], g["verdict"]) for g in paths] == [(["call"], "needs-allowlist")]
+    assert (result.exit_code, report["verdict"]) == (0, "needs-allowlist")
+
+
+@pytest.mark.parametrize("name", ["training_args.bin", "trainer_state_with_enum.pt"])
 def test_true_unknown_calls_pass_with_allow(cli: Cli, folder: Path, name: str) -> None:
     _, report = scanned(cli, folder / name)
     unknown = sorted(unknown_calls(report))
