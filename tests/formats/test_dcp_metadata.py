@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import torch
+from hostile.builders import reduce_pickle
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch.distributed.checkpoint.filesystem import _StorageInfo
@@ -27,6 +28,8 @@ from torch.distributed.checkpoint.metadata import (
 
 from ckpttool.errors import CkptError, FormatError
 from ckpttool.formats.dcp_metadata import read_dcp_metadata, torch_metadata
+from ckpttool.pickle import decode
+from ckpttool.pickle.judge import judge
 
 Box = tuple[tuple[int, ...], tuple[int, ...]]
 
@@ -106,3 +109,19 @@ def test_any_bytes_give_metadata_or_a_ckpt_error(tmp_path: Path, data: bytes) ->
         read_dcp_metadata(_write(tmp_path, data))
     except CkptError:
         pass
+
+
+@pytest.mark.parametrize(
+    ("module", "name", "args", "verdict"),
+    [
+        ("pathlib", "PosixPath", ("/", "runs", "exp1"), "needs-allowlist"),
+        ("pathlib", "WindowsPath", ("C:\\\\", "runs"), "needs-allowlist"),
+        ("pathlib", "PosixPath", (1,), "unknown-call"),  # not a string: os.fspath would call into it
+        ("torch.distributed.checkpoint.metadata", "_MEM_FORMAT_ENCODING", (1,), "needs-allowlist"),
+        ("torch.distributed.checkpoint.metadata", "_MEM_FORMAT_ENCODING", (7,), "unknown-call"),
+        ("torch.distributed.checkpoint.metadata", "_MEM_FORMAT_ENCODING", ("0",), "unknown-call"),
+    ],
+)
+def test_dcp_calls_are_vetted_in_their_form_only(module: str, name: str, args: tuple[Any, ...], verdict: str) -> None:
+    judged = judge([decode(reduce_pickle(module, name, *args))])
+    assert (judged.verdict, judged.problems) == (verdict, [])
