@@ -70,7 +70,7 @@ def read_dcp(path: str) -> Checkpoint:
         if fqn in meta.tensors:
             values[fqn] = _tensor(meta.tensors[fqn], files, built)
         else:
-            values[fqn] = _entry_value(fqn, meta.entries[fqn].storage, files, built)
+            values[fqn] = _read_item(fqn, meta.entries[fqn].storage, files, built).root
     total = os.path.getsize(metadata_path(path)) + sum(files.size(name) for name in meta.files)
     return Checkpoint(
         path=path,
@@ -215,10 +215,6 @@ def _read_item(fqn: str, item: DcpStorage, files: DataFiles, built: _Built) -> C
         ) from None
     built.add(fqn, item, checkpoint)
     return checkpoint
-
-
-def _entry_value(fqn: str, item: DcpStorage, files: DataFiles, built: _Built) -> Any:
-    return _read_item(fqn, item, files, built).root
 
 
 # -- tensors ----------------------------------------------------------------------------------------
