@@ -277,7 +277,10 @@ def convert_from_dcp(src: str, dst: str, options: ConvertOptions, progress: Prog
         for path in [*paths, *([index] if index else [])]:  # refuse before writing anything
             outs.check_destination(path)
         writer = _ShardWriter(src, metadata, options, progress)
-        together(ranks, lambda: writer.write_all(outs, mine, index if ranks.leader else None, paths, shards))
+        if ranks.distributed and len(shards) == 1 and options.to == SAFETENSORS:
+            writer.write_together(outs, ranks, paths[0], shards[0])
+        else:
+            together(ranks, lambda: writer.write_all(outs, mine, index if ranks.leader else None, paths, shards))
         _land_files(outs, ranks)
     return ConvertReport(
         source=src,
@@ -353,6 +356,40 @@ class _ShardWriter:
         if index:
             _write_index(outs, index, paths, shards)
 
+    def write_together(self, outs: OutputSet, ranks: Ranks, path: str, shard: list[DcpTensor]) -> None:
+        """One safetensors file written by every rank: its header fixes each tensor's offset, so
+        rank 0 writes the header and sizes the file, and each rank writes its share of the
+        tensors in place and verifies them."""
+        from ckpttool.formats.safetensors import header_bytes
+
+        header = header_bytes([(t.name, t.dtype, t.shape, t.nbytes) for t in shard], self._metadata())
+        offsets, end = {}, len(header)
+        for tensor in shard:
+            offsets[tensor.name], end = end, end + tensor.nbytes
+        temp = together(ranks, lambda: self._start_file(outs, path, header, end) if ranks.leader else None)
+        temp = ranks.broadcast(temp)
+        mine = ranks.share(shard, lambda t: t.nbytes)
+        self.progress.start(sum(t.nbytes for t in mine))
+
+        def write_mine() -> None:
+            crcs: dict[str, int] = {}
+            with open(temp, "r+b") as f:
+                for tensor, data in self._tensors(mine):
+                    f.seek(offsets[tensor.name])
+                    f.write(data)
+                    crcs[tensor.name] = zlib.crc32(data)
+            with about(path):
+                self._verify(temp, shard, crcs, mine)
+
+        together(ranks, write_mine)
+
+    def _start_file(self, outs: OutputSet, path: str, header: bytes, size: int) -> str:
+        output = outs.open(path)
+        output.handle.write(header)
+        output.handle.truncate(size)
+        output.seal()
+        return output.temp
+
     def _tensors(self, shard: list[DcpTensor]) -> Iterator[tuple[DcpTensor, memoryview]]:
         """Each tensor's output bytes, in order, loaded a bounded group at a time."""
         for group in groups(shard, lambda t: t.nbytes):
@@ -380,9 +417,12 @@ class _ShardWriter:
     def _metadata(self) -> dict[str, str]:
         return {"format": "pt", **self.options.metadata}  # transformers refuses files without format=pt
 
-    def _verify(self, path: str, shard: list[DcpTensor], crcs: dict[str, int]) -> None:
+    def _verify(
+        self, path: str, shard: list[DcpTensor], crcs: dict[str, int], written: list[DcpTensor] | None = None
+    ) -> None:
         """The file reads back (through the safetensors library, or torch.load(weights_only=True))
-        with the planned keys, dtypes and shapes, and each tensor's bytes are the ones DCP loaded."""
+        with the planned keys, dtypes and shapes, and the bytes of each tensor written here
+        (`written`, by default all) are the ones DCP loaded."""
         if self.options.to == SAFETENSORS:
             from ckpttool.formats.safetensors import read_safetensors
 
@@ -394,7 +434,7 @@ class _ShardWriter:
 
             torch_accepts(path, {t.name: (t.dtype, t.shape) for t in shard})
             tensors = read_torch_zip(path).root
-        for tensor in shard:
+        for tensor in shard if written is None else written:
             span = direct_range(tensors[tensor.name])
             if span is None or crc32(span) != crcs[tensor.name]:
                 raise VerificationError(f"tensor {tensor.name!r} does not read back as DCP loaded it")

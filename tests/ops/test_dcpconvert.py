@@ -362,6 +362,14 @@ def test_torchrun_splits_conversions(dcp_dirs: dict[int, Path], tmp_path: Path) 
         assert (out / name).read_bytes() == (single / name).read_bytes(), name
     assert temp_files(out) == []
 
+    # One output file: every rank writes its share of the tensors into it, in place.
+    one = _torchrun(dcp_dirs[2], tmp_path / "one.safetensors", "--root", "")
+    assert one.returncode == 0, one.stderr
+    subprocess.run([sys.executable, "-m", "ckpttool", "convert", dcp_dirs[2], single / "one.safetensors", "--root", ""],
+                   check=True, capture_output=True, cwd=REPO)  # fmt: skip
+    assert (tmp_path / "one.safetensors").read_bytes() == (single / "one.safetensors").read_bytes()
+    assert temp_files(tmp_path) == []
+
 
 def test_torchrun_refuses_conversions_it_cannot_split(
     tmp_path: Path, run: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
