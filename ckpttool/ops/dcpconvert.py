@@ -9,11 +9,8 @@ the source then. With one writer thread DCP's CPU loader resolves one item at a 
 so memory stays at one tensor. Several `save` calls into one folder would not do: each
 writes its own `.metadata` and the last one wins.
 
-Out of DCP: `.metadata` is decoded without unpickling (`dcpmeta`), DCP's own
-`FileSystemReader` (with that metadata) and `DefaultLoadPlanner` fill preallocated
-tensors, a bounded group of keys per `dcp.load` call, and each group is streamed into
-the safetensors or torch zip being written. Non-tensor entries are never loaded (DCP
-would `torch.load` them with weights_only=False); convert writes weights only.
+Out of DCP (a DCP folder as SRC): `dcpexport`. `convert_dcp` sends each conversion the
+right way.
 
 Every output is written to a hidden temporary file or folder beside DST, verified, and
 renamed into place only then. Under torchrun each rank takes a share (tensors into DCP,
@@ -22,99 +19,38 @@ shards out of it), the ranks agree on success, and rank 0 lands the result.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import shutil
 import tempfile
-import warnings
-import zlib
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from ckpttool.atomic import TEMP_SUFFIX, OutputSet, PendingOutput, output_set, replace_all
-from ckpttool.checkpoint import Checkpoint, byte_size, contiguous_strides
-from ckpttool.dtypes import DTYPES
+from ckpttool.atomic import TEMP_SUFFIX
 from ckpttool.errors import (
     FileAccessError,
-    FormatError,
     OutputExistsError,
     UsageError,
     VerificationError,
-    WeightsNotFoundError,
-    about,
 )
 from ckpttool.ops.convert import (
     PTH,
-    SAFETENSORS,
     ConvertOptions,
     ConvertReport,
     OutputTensor,
     Progress,
     _plan,
-    _shard_paths,
     _sources,
-    rename,
 )
-from ckpttool.ops.dcpmeta import is_dcp_folder, read_checked, read_dcp_metadata, safe_reader
+from ckpttool.ops.dcpexport import convert_from_dcp
+from ckpttool.ops.dcpio import Stopped, groups, inside_dcp, load_group
+from ckpttool.ops.dcpmeta import is_dcp_folder, read_dcp_metadata
 from ckpttool.ops.dcpranks import Ranks, current_ranks, together
 from ckpttool.signals import held, stop_pending
-from ckpttool.tensordata import cast, crc32, direct_range, tensor_bytes, torch_dtype
-from ckpttool.weights import find_weights, join
+from ckpttool.tensordata import cast, tensor_bytes, torch_dtype
 
 if TYPE_CHECKING:
-    from torch.distributed.checkpoint.metadata import Metadata
+    pass
 
 DCP = "dcp"
-GROUP_BYTES = 256 << 20  # tensors loaded per dcp.load call; a larger tensor goes alone
-T = TypeVar("T")
-
-
-def groups(items: Sequence[T], size: Callable[[T], int], limit: int = GROUP_BYTES) -> Iterator[list[T]]:
-    group: list[T] = []
-    total = 0
-    for item in items:
-        if group and total + size(item) > limit:
-            yield group
-            group, total = [], 0
-        group.append(item)
-        total += size(item)
-    if group:
-        yield group
-
-
-@contextlib.contextmanager
-def _inside_dcp() -> Iterator[None]:
-    """Around every DCP call. A stop signal's exception raised inside DCP would come out
-    as DCP's or torch's own error (its zip writer swallows it), so signals are held until
-    the call returns; a save checks `stop_pending` between tensors to end early. DCP also
-    warns that it runs without a process group, which is what one process means here."""
-    with held(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
-
-
-class _Stopped(Exception):
-    """Ends a DCP save early for a held stop signal, which `held()` then raises."""
-
-
-def load_group(folder: str, metadata: Metadata, wanted: dict[str, tuple[str, tuple[int, ...]]]) -> dict[str, Any]:
-    """{fqn: tensor} for the wanted tensors (dtype, global shape), filled by DCP's own reader
-    and planner on this process alone; chunks are resharded into the whole tensor by DCP."""
-    import torch
-    from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
-    from torch.distributed.checkpoint.state_dict_loader import load
-
-    state = {fqn: torch.empty(shape, dtype=torch_dtype(dtype)) for fqn, (dtype, shape) in wanted.items()}
-    with _inside_dcp():
-        load(
-            state,
-            storage_reader=safe_reader(folder, metadata),
-            planner=DefaultLoadPlanner(allow_partial_load=True),
-            no_dist=True,
-        )
-    return state
 
 
 # -- into DCP ----------------------------------------------------------------------------------
@@ -191,7 +127,7 @@ def _save(folder: str, outputs: list[OutputTensor], ranks: Ranks, progress: Prog
     placeholders = {o.name: torch.empty(o.source.shape, dtype=torch_dtype(o.dtype), device="meta") for o in outputs}
     # No fsync, like every other ckpttool output: the rename is atomic, durability is the filesystem's.
     writer = FileSystemWriter(folder, sync_files=False, overwrite=False)
-    with _inside_dcp():
+    with inside_dcp():
         save(placeholders, storage_writer=writer, planner=_planner(outputs, progress), no_dist=not ranks.distributed)
 
 
@@ -205,7 +141,7 @@ def _planner(outputs: list[OutputTensor], progress: Progress) -> Any:
 
         def resolve_data(self, write_item: Any) -> Any:
             if stop_pending():
-                raise _Stopped()
+                raise Stopped()
             output = by_name[write_item.index.fqn]
             tensor = cast(output.source.tensor(), output.dtype).contiguous()
             progress.advance(output.nbytes)
@@ -239,285 +175,6 @@ def _land_folder(temp: str, dst: str) -> None:
             raise
     if backup:
         shutil.rmtree(backup, ignore_errors=True)
-
-
-# -- out of DCP --------------------------------------------------------------------------------
-
-
-@dataclass
-class DcpTensor:
-    name: str  # in the output
-    fqn: str  # in the checkpoint
-    source_dtype: str
-    dtype: str
-    shape: tuple[int, ...]
-
-    @property
-    def nbytes(self) -> int:
-        return byte_size(_numel(self.shape), self.dtype)
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
-
-
-def convert_from_dcp(src: str, dst: str, options: ConvertOptions, progress: Progress) -> ConvertReport:
-    if options.dedupe:
-        raise UsageError("--dedupe: a DCP checkpoint holds no tied tensors")
-    ranks = current_ranks()
-    metadata, tensors, root, notes = _dcp_plan(src, options)
-    shards = list(groups(tensors, lambda t: t.nbytes, options.shard_size)) if options.shard_size else [tensors]
-    paths = _shard_paths(dst, len(shards))
-    index = dst + ".index.json" if len(shards) > 1 else None
-    mine = ranks.share(list(zip(paths, shards, strict=True)), lambda p: sum(t.nbytes for t in p[1]))
-    with output_set([src], options.force) as outs:
-        for path in [*paths, *([index] if index else [])]:  # refuse before writing anything
-            outs.check_destination(path)
-        writer = _ShardWriter(src, metadata, options, progress)
-        if ranks.distributed and len(shards) == 1 and options.to == SAFETENSORS:
-            writer.write_together(outs, ranks, paths[0], shards[0])
-        else:
-            together(ranks, lambda: writer.write_all(outs, mine, index if ranks.leader else None, paths, shards))
-        _land_files(outs, ranks)
-    return ConvertReport(
-        source=src,
-        outputs=[*paths, *([index] if index else [])],
-        format=options.to,
-        weights_root=root,
-        tensors=len(tensors),
-        bytes=sum(t.nbytes for t in tensors),
-        cast=sum(t.dtype != t.source_dtype for t in tensors),
-        notes=notes,
-    )
-
-
-def _dcp_plan(src: str, options: ConvertOptions) -> tuple[Metadata, list[DcpTensor], str, list[str]]:
-    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-
-    checkpoint, metadata = read_checked(src)
-    entries = metadata.state_dict_metadata
-    tensors = {fqn: md for fqn, md in entries.items() if isinstance(md, TensorStorageMetadata)}
-    root, chosen = _weights(checkpoint, list(tensors), options.root)
-    notes: list[str] = []
-    names = rename([key for key, _ in chosen], options.strip_prefixes, options.renames, notes)
-    out = []
-    for name, (_, fqn) in zip(names, chosen, strict=True):
-        md = tensors[fqn]
-        source_dtype = str(md.properties.dtype).removeprefix("torch.")
-        dtype = options.dtype if options.dtype and DTYPES[source_dtype].is_floating else source_dtype
-        if options.to == SAFETENSORS and DTYPES[dtype].safetensors is None:
-            raise FormatError(f"tensor {name!r} has dtype {dtype}, which safetensors cannot store; use --to pth")
-        out.append(DcpTensor(name, fqn, source_dtype, dtype, tuple(md.size)))
-    return metadata, out, root, notes
-
-
-def _weights(checkpoint: Checkpoint, fqns: list[str], root: str | None) -> tuple[str, list[tuple[str, str]]]:
-    """(root, [(output key, DCP key)]): the weights root `inspect` shows (or `--root`), found
-    the same way as in every other format; a `--root` that is no state_dict may name any
-    prefix of the flattened DCP keys (`optim.state`, or '' for every tensor)."""
-    try:
-        weights = find_weights(checkpoint.root, root)
-    except WeightsNotFoundError:
-        if root is None:
-            raise
-        weights = None
-    known = set(fqns)
-    if weights is not None and weights.root is not None:
-        chosen = [(t.key, join(weights.root, t.key)) for t in weights.tensors]
-        if all(fqn in known for _, fqn in chosen):
-            return weights.root, chosen
-    if root is None:
-        raise WeightsNotFoundError("no weights found; name them with --root", path=checkpoint.path)
-    prefix = f"{root}." if root else ""
-    chosen = [(fqn[len(prefix) :], fqn) for fqn in fqns if fqn.startswith(prefix)]
-    if not chosen:
-        raise WeightsNotFoundError(f"no tensors under {root!r}", path=checkpoint.path)
-    return root, chosen
-
-
-class _ShardWriter:
-    """Writes this rank's shards, each filled group by group from DCP, and verifies them."""
-
-    def __init__(self, src: str, metadata: Metadata, options: ConvertOptions, progress: Progress) -> None:
-        self.src, self.metadata, self.options, self.progress = src, metadata, options, progress
-
-    def write_all(self, outs: OutputSet, mine: list[tuple[str, list[DcpTensor]]], index: str | None,
-                  paths: list[str], shards: list[list[DcpTensor]]) -> None:  # fmt: skip
-        for path, shard in mine:
-            self.progress.start(sum(t.nbytes for t in shard))  # one bar per file
-            output = outs.open(path)
-            crcs = self._write(output, shard)
-            output.seal()
-            with about(output.final):
-                self._verify(output.temp, shard, crcs)
-        if index:
-            _write_index(outs, index, paths, shards)
-
-    def write_together(self, outs: OutputSet, ranks: Ranks, path: str, shard: list[DcpTensor]) -> None:
-        """One safetensors file written by every rank: its header fixes each tensor's offset, so
-        rank 0 writes the header and sizes the file, and each rank writes its share of the
-        tensors in place and verifies them."""
-        from ckpttool.formats.safetensors import header_bytes
-
-        header = header_bytes([(t.name, t.dtype, t.shape, t.nbytes) for t in shard], self._metadata())
-        offsets, end = {}, len(header)
-        for tensor in shard:
-            offsets[tensor.name], end = end, end + tensor.nbytes
-        temp = together(ranks, lambda: self._start_file(outs, path, header, end) if ranks.leader else None)
-        temp = ranks.broadcast(temp)
-        mine = ranks.share(shard, lambda t: t.nbytes)
-        self.progress.start(sum(t.nbytes for t in mine))
-
-        def write_mine() -> None:
-            crcs: dict[str, int] = {}
-            with open(temp, "r+b") as f:
-                for tensor, data in self._tensors(mine):
-                    f.seek(offsets[tensor.name])
-                    f.write(data)
-                    crcs[tensor.name] = zlib.crc32(data)
-            with about(path):
-                self._verify(temp, shard, crcs, mine)
-
-        together(ranks, write_mine)
-
-    def _start_file(self, outs: OutputSet, path: str, header: bytes, size: int) -> str:
-        output = outs.open(path)
-        output.handle.write(header)
-        output.handle.truncate(size)
-        output.seal()
-        return output.temp
-
-    def _tensors(self, shard: list[DcpTensor]) -> Iterator[tuple[DcpTensor, memoryview]]:
-        """Each tensor's output bytes, in order, loaded a bounded group at a time."""
-        for group in groups(shard, lambda t: t.nbytes):
-            wanted = {t.fqn: (t.source_dtype, t.shape) for t in group}
-            with about(self.src):
-                loaded = _load_or_explain(self.src, self.metadata, wanted)
-            for tensor in group:
-                yield tensor, tensor_bytes(cast(loaded.pop(tensor.fqn), tensor.dtype))
-                self.progress.advance(tensor.nbytes)
-
-    def _write(self, output: PendingOutput, shard: list[DcpTensor]) -> dict[str, int]:
-        crcs: dict[str, int] = {}
-        if self.options.to == SAFETENSORS:
-            from ckpttool.formats.safetensors import header_bytes
-
-            entries = [(t.name, t.dtype, t.shape, t.nbytes) for t in shard]
-            output.handle.write(header_bytes(entries, self._metadata()))
-            for tensor, data in self._tensors(shard):
-                output.handle.write(data)
-                crcs[tensor.name] = zlib.crc32(data)
-        else:
-            _write_pth(output, shard, self._tensors(shard), crcs)
-        return crcs
-
-    def _metadata(self) -> dict[str, str]:
-        return {"format": "pt", **self.options.metadata}  # transformers refuses files without format=pt
-
-    def _verify(
-        self, path: str, shard: list[DcpTensor], crcs: dict[str, int], written: list[DcpTensor] | None = None
-    ) -> None:
-        """The file reads back (through the safetensors library, or torch.load(weights_only=True))
-        with the planned keys, dtypes and shapes, and the bytes of each tensor written here
-        (`written`, by default all) are the ones DCP loaded."""
-        if self.options.to == SAFETENSORS:
-            from ckpttool.formats.safetensors import read_safetensors
-
-            _safetensors_header_matches(path, shard, self._metadata())
-            tensors = read_safetensors(path).root
-        else:
-            from ckpttool.formats.torchzip import read_torch_zip
-            from ckpttool.ops.trust import torch_accepts
-
-            torch_accepts(path, {t.name: (t.dtype, t.shape) for t in shard})
-            tensors = read_torch_zip(path).root
-        for tensor in shard if written is None else written:
-            span = direct_range(tensors[tensor.name])
-            if span is None or crc32(span) != crcs[tensor.name]:
-                raise VerificationError(f"tensor {tensor.name!r} does not read back as DCP loaded it")
-
-
-def _write_index(outs: OutputSet, path: str, paths: list[str], shards: list[list[DcpTensor]]) -> None:
-    """The Hugging Face index: every tensor's shard, and the total size."""
-    weight_map = {t.name: os.path.basename(p) for p, shard in zip(paths, shards, strict=True) for t in shard}
-    index = {"metadata": {"total_size": sum(t.nbytes for s in shards for t in s)}, "weight_map": weight_map}
-    output = outs.open(path)
-    output.handle.write(json.dumps(index, indent=2).encode() + b"\n")
-    output.seal()
-    with open(output.temp, encoding="utf-8") as f:
-        if json.load(f) != index:
-            raise VerificationError(f"{path} does not read back as written")
-
-
-def _load_or_explain(src: str, metadata: Metadata, wanted: dict[str, tuple[str, tuple[int, ...]]]) -> dict[str, Any]:
-    """DCP's errors (a chunk that does not unpickle as a tensor, sizes that disagree) as one line."""
-    from torch.distributed.checkpoint.api import CheckpointException
-
-    try:
-        return load_group(src, metadata, wanted)
-    except (CheckpointException, RuntimeError, ValueError, AssertionError, OSError) as exc:
-        first = str(exc).strip().splitlines()
-        raise FormatError(f"DCP cannot read the data files: {first[-1] if first else type(exc).__name__}") from None
-
-
-def _safetensors_header_matches(path: str, shard: list[DcpTensor], metadata: dict[str, str]) -> None:
-    from safetensors import safe_open
-
-    with safe_open(path, framework="numpy") as f:
-        found = {k: (f.get_slice(k).get_dtype(), list(f.get_slice(k).get_shape())) for k in f.keys()}  # noqa: SIM118
-        written = f.metadata() or {}
-    planned = {t.name: (DTYPES[t.dtype].safetensors, list(t.shape)) for t in shard}
-    if found != planned or written != metadata:
-        raise VerificationError("header does not read back as planned")
-
-
-def _write_pth(output: PendingOutput, shard: list[DcpTensor], data: Iterator[tuple[DcpTensor, memoryview]],
-               crcs: dict[str, int]) -> None:  # fmt: skip
-    from ckpttool.formats.torchzip_write import (
-        PlannedTensor,
-        StorageRecord,
-        root_folder,
-        state_dict_graph,
-        storage_numel,
-        write_torch_zip,
-    )
-    from ckpttool.pickle.writer import dumps
-
-    planned = [
-        PlannedTensor(t.name, t.dtype, t.shape, contiguous_strides(t.shape), 0, str(i),
-                      storage_numel(t.dtype, _numel(t.shape)))
-        for i, t in enumerate(shard)
-    ]  # fmt: skip
-    keys = {t.name: str(i) for i, t in enumerate(shard)}
-
-    def records() -> Iterator[StorageRecord]:
-        for tensor, payload in data:
-            crcs[tensor.name] = zlib.crc32(payload)
-            yield StorageRecord(keys[tensor.name], data=payload)
-
-    write_torch_zip(output.handle, root_folder(output.final), dumps(state_dict_graph(planned)), records())
-
-
-def _land_files(outs: OutputSet, ranks: Ranks) -> None:
-    """Every rank's verified files land together, renamed by rank 0, or none does."""
-    moves = [move for part in ranks.gather([(p.temp, p.final) for p in outs.pending]) for move in part]
-
-    def land() -> None:
-        if ranks.leader:
-            try:
-                replace_all(moves)
-            except BaseException:
-                with held():
-                    for temp, _ in moves:
-                        with contextlib.suppress(OSError):
-                            os.unlink(temp)
-                raise
-
-    together(ranks, land)
-    outs.pending.clear()  # landed; nothing left to remove
 
 
 def convert_dcp(src: str, dst: str, options: ConvertOptions, progress: Progress) -> ConvertReport | None:

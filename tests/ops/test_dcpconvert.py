@@ -27,7 +27,7 @@ from ops.dcp_make import free_port
 from ops.support import assert_nothing_written, temp_files
 from safetensors.torch import load_file, save_file
 
-from ckpttool.ops.dcpconvert import groups
+from ckpttool.ops.dcpio import groups
 from ckpttool.ops.dcpmeta import read_dcp_metadata
 from ckpttool.ops.dcpranks import Ranks
 
