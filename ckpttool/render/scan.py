@@ -1,0 +1,210 @@
+"""What `scan` prints: verdict blocks, global rows, allowlist lines, SARIF."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ckpttool.render.text import fit_table, key_values, output_width, to_csv, to_json, to_table, wrap_list
+
+if TYPE_CHECKING:  # only for annotations: JSON output must not pay for importing every op
+    from ckpttool.ops.check import CheckReport
+    from ckpttool.ops.scan import FileScan
+    from ckpttool.ops.scanpaths import ScanEntry, UnreadableFile
+
+# 2 (from 1): unknown-call, weights_only apart from the verdict, calls, allowed names, and
+# an unreadable path as an entry of files[] (verdict unreadable, error).
+SCAN_SCHEMA_VERSION = 2
+_SCAN_ORDER = {"dangerous": 0, "unknown-call": 1, "needs-allowlist": 2, "safe": 3}
+_WEIGHTS_ONLY_TEXT = {
+    "loads": "loads as is",
+    "loads-after-allowlist": "loads after the add_safe_globals line below",
+    "refused": "refused",
+    "not-applicable": "not applicable",
+}
+
+
+def scan_json(entries: Sequence[ScanEntry], error: tuple[str | None, str] | None = None) -> str:
+    """`files` has every path in order; `error` (as every command's JSON error) when none could be read."""
+    payload: dict[str, Any] = {"files": [_scan_entry_json(e) for e in entries]}
+    if error is not None:
+        payload["error"] = {"path": error[0], "message": error[1], "exit_code": 2}
+    return to_json(payload, version=SCAN_SCHEMA_VERSION)
+
+
+def _scan_entry_json(e: ScanEntry) -> dict[str, Any]:
+    from ckpttool.ops.scan import FileScan
+
+    if isinstance(e, FileScan):
+        return _scan_file_json(e)
+    # The fields of a scanned file, empty, so that consumers read one shape.
+    return {
+        "path": e.path,
+        "format": None,
+        "verdict": e.verdict,
+        "error": e.error,
+        "weights_only": None,
+        "pickles": 0,
+        "globals": [],
+        "allowlist": None,
+        "imports": [],
+        "problems": [],
+        "allowed": {},
+        "notes": [],
+    }
+
+
+def _scan_file_json(r: FileScan) -> dict[str, Any]:
+    return {
+        "path": r.path,
+        "format": r.format,
+        "verdict": r.verdict,
+        "error": None,
+        "weights_only": {"result": r.weights_only.result, "reasons": r.weights_only.reasons},
+        "pickles": r.pickles,
+        "globals": [
+            {
+                "module": g.module,
+                "name": g.name,
+                "uses": g.uses,
+                "verdict": g.verdict,
+                "reason": g.reason,
+                "calls": g.calls,
+                "allowed_by": g.allowed_by,
+            }
+            for g in r.globals
+        ],
+        "allowlist": r.allowlist,
+        "imports": r.imports,
+        "problems": r.problems,
+        "allowed": r.allowed,
+        "notes": r.notes,
+    }
+
+
+def scan_csv(entries: Sequence[ScanEntry]) -> str:
+    from ckpttool.ops.scan import FileScan
+
+    rows = []
+    for r in entries:
+        if not isinstance(r, FileScan):  # unreadable: the reason in the last column
+            rows.append((r.path, "", r.verdict, "", "", "", "", r.error))
+            continue
+        head = (r.path, r.format, r.verdict, r.weights_only.result)
+        if not r.globals:
+            rows.append((*head, "", "", "", ""))
+        rows.extend((*head, g.qualname, " ".join(g.uses), g.verdict, "") for g in r.globals)
+    return to_csv(("path", "format", "verdict", "weights_only", "global", "uses", "global_verdict", "error"), rows)
+
+
+def scan_table(entries: Sequence[ScanEntry]) -> str:
+    from ckpttool.ops.scan import FileScan
+
+    blocks = [_scan_block(r) if isinstance(r, FileScan) else _unreadable_block(r) for r in entries]
+    if len(entries) > 1:
+        blocks.append(
+            to_table(
+                ("file", "format", "verdict", "weights_only", "pickles"),
+                (
+                    (r.path, r.format, r.verdict, r.weights_only.result, r.pickles)
+                    if isinstance(r, FileScan)
+                    else (r.path, "", r.verdict, "", "")
+                    for r in entries
+                ),
+            )
+        )
+    return "\n\n".join(blocks)
+
+
+def _unreadable_block(r: UnreadableFile) -> str:
+    # The reason is a line that wraps, never cut.
+    return key_values([("file", r.path), ("verdict", r.verdict.upper()), ("error", r.error)], output_width())
+
+
+def _scan_block(r: FileScan) -> str:
+    pairs: list[tuple[str, Any]] = [("file", r.path), ("format", r.format), ("pickles", r.pickles)]
+    pairs += [("verdict", r.verdict.upper()), ("weights_only", _WEIGHTS_ONLY_TEXT[r.weights_only.result])]
+    if r.allowed:
+        pairs.append(("allowed", [f"{name} ({source})" for name, source in sorted(r.allowed.items())]))
+    width = output_width()
+    lines = [key_values(pairs, width)]
+    lines.extend(f"  {reason}" for reason in r.weights_only.reasons)
+    if r.globals:
+        body = sorted(((g.qualname, ", ".join(g.uses), g.verdict, g.reason) for g in r.globals), key=_verdict_order)
+        lines.append(fit_table(("global", "uses", "verdict", "why"), body, width, shrink=(3, 0)))
+    from ckpttool.pickle.judge import unknown_calls_by_allow
+
+    for name, calls in unknown_calls_by_allow(r.globals).items():  # one hint for a TorchScript archive's classes
+        lines.extend(f"unknown call: {call}" for call in calls)
+        lines.append(f"  to allow it: --allow {name}, or [tool.ckpttool] allow in pyproject.toml")
+    lines.extend(f"problem: {p}" for p in r.problems)
+    lines.extend(f"note: {n}" for n in r.notes)
+    if r.allowlist:
+        from ckpttool.pickle.weightsonly import allowlist_effect
+
+        lines.append(allowlist_effect(r.weights_only.result))
+        lines.extend(f"    import {m}" for m in r.imports)
+        lines.extend(allowlist_lines(r.allowlist, width))
+    return "\n".join(lines)
+
+
+def allowlist_lines(call: str, width: int | None, indent: str = "    ") -> list[str]:
+    """The `add_safe_globals([...])` line, or within `width` one name per wrapped line
+    inside the brackets: still Python to paste as it is."""
+    head, bracket, rest = call.partition("([")
+    if width is None or len(indent + call) <= width or not bracket or not rest.endswith("])"):
+        return [indent + call]
+    names = wrap_list(rest[:-2].split(", "), width - 2 * len(indent))
+    return [f"{indent}{head}([", *(2 * indent + line for line in names), f"{indent}])"]
+
+
+def _verdict_order(row: tuple[str, str, str, str]) -> tuple[int, str]:
+    return (_SCAN_ORDER.get(row[2], 4), row[0])
+
+
+def scan_sarif(results: list[FileScan], unreadable: list[tuple[str, str]]) -> str:
+    """One SARIF result per finding: each global that is not safe, each problem, each
+    weights_only refusal, each unreadable file."""
+    from ckpttool import sarif
+
+    findings: list[sarif.Finding] = []
+    for r in results:
+        findings.extend(_scan_findings(r))
+    findings.extend(sarif.Finding("CKPT006", path, message) for path, message in unreadable)
+    return sarif.document(findings)
+
+
+def check_sarif(reports: list[CheckReport]) -> str:
+    """One SARIF result per check finding: errors under CKPT101, warnings and notes under CKPT102."""
+    from ckpttool import sarif
+
+    levels = {"error": "error", "warning": "warning", "info": "note"}
+    findings = [
+        sarif.Finding(
+            "CKPT101" if f.severity == "error" else "CKPT102",
+            r.path,
+            f"{f.check}: {f.message}" + (f" ({f.key})" if f.key else ""),
+            levels.get(f.severity, "note"),
+            {"check": f.check, **({"key": f.key} if f.key else {})},
+        )
+        for r in reports
+        for f in r.findings
+    ]
+    return sarif.document(findings)
+
+
+def _scan_findings(r: FileScan) -> list[Any]:
+    from ckpttool.sarif import Finding
+
+    rules = {"dangerous": "CKPT001", "unknown-call": "CKPT003", "needs-allowlist": "CKPT004"}
+    found = []
+    for g in sorted(r.globals, key=lambda g: (_SCAN_ORDER[g.verdict], g.qualname)):
+        if g.verdict in rules:
+            calls = f" Calls: {'; '.join(g.calls)}." if g.calls else ""
+            message = f"{g.qualname} ({', '.join(g.uses)}): {g.verdict}: {g.reason}.{calls}"
+            found.append(Finding(rules[g.verdict], r.path, message, properties={"global": g.qualname}))
+    found.extend(Finding("CKPT002", r.path, p) for p in r.problems)
+    if r.weights_only.result == "refused":
+        reasons = "; ".join(r.weights_only.reasons)
+        found.append(Finding("CKPT005", r.path, f"torch.load(weights_only=True) refuses this file: {reasons}"))
+    return found

@@ -1,0 +1,270 @@
+"""Tables, JSON and CSV, fitting text to the terminal, and numbers people read: the
+pieces every command's output is made of."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # only for annotations: JSON output must not pay for importing every op
+    pass
+
+SCHEMA_VERSION = 1
+TENSOR_COLUMNS = ("key", "dtype", "shape", "numel", "nbytes", "device")
+
+
+def to_json(payload: dict[str, Any], version: int = SCHEMA_VERSION) -> str:
+    # Compact: json's C encoder only runs without indent, and outputs can hold 10^5 rows.
+    return json.dumps({"schema_version": version, **payload}, allow_nan=False, separators=(",", ":"))
+
+
+def to_csv(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(headers)
+    writer.writerows(rows)
+    return out.getvalue().rstrip("\n")
+
+
+def to_table(
+    headers: Sequence[str], rows: Iterable[Sequence[Any]], align: Sequence[str] | None = None, indented: bool = False
+) -> str:
+    """A plain table; `align` per column ("left", "right"); `indented` keeps leading spaces (trees)."""
+    from tabulate import tabulate
+
+    return str(
+        tabulate(
+            list(rows),
+            headers=list(headers),
+            tablefmt="simple",
+            disable_numparse=True,
+            colalign=align,
+            preserve_whitespace=indented,
+        )
+    )
+
+
+def key_values(pairs: Iterable[tuple[str, Any]], width: int | None = None) -> str:
+    """`label:  value` lines. A list value is joined with ", " and, within `width`, wrapped
+    under its first item; a long text is cut with a count of what was cut."""
+    from tabulate import tabulate
+
+    rows = [(f"{k}:", v) for k, v in pairs]
+    if rows:
+        indent = max(len(label) for label, _ in rows) + 2  # tabulate's plain column gap
+        budget = None if width is None else max(width - indent, MIN_WIDTH // 2)
+        rows = [(label, _fit_value(value, budget)) for label, value in rows]
+    return str(tabulate(rows, tablefmt="plain", disable_numparse=True))
+
+
+MAX_WRAPPED_LINES = 4
+
+
+def _fit_value(value: Any, budget: int | None) -> Any:
+    if isinstance(value, (list, tuple)):
+        return "\n".join(wrap_list([str(v) for v in value], budget))
+    if budget is None or not isinstance(value, str) or "\n" in value or len(value) <= budget:
+        return value
+    if " " not in value:
+        return cut(value, budget)
+    import textwrap
+
+    lines = textwrap.wrap(value, budget, break_on_hyphens=False)
+    if len(lines) > MAX_WRAPPED_LINES:
+        rest = " ".join(lines[MAX_WRAPPED_LINES - 1 :])
+        lines = [*lines[: MAX_WRAPPED_LINES - 1], cut(rest, budget)]
+    return "\n".join(lines)
+
+
+# -- width ------------------------------------------------------------------------------------
+# Tables fit the terminal they are printed on; JSON and CSV are never cut.
+
+MIN_WIDTH = 40
+ELLIPSIS = "…"
+
+
+def output_width() -> int | None:
+    """Columns a table may use: $COLUMNS when set, else the terminal's width; None (no
+    limit) when stdout is not a terminal, so a table piped to a file or a pager stays whole."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return max(int(columns), MIN_WIDTH)
+    if not sys.stdout.isatty():
+        return None
+    import shutil
+
+    return max(shutil.get_terminal_size().columns, MIN_WIDTH)
+
+
+def cut(text: str, width: int | None) -> str:
+    """`text`, or as much of it as fits with `… (+N chars)` saying how much was cut."""
+    if width is None or len(text) <= width:
+        return text
+    for _ in range(3):  # the count's own length changes the room left, settle it
+        keep = max(width - len(f"{ELLIPSIS} (+{len(text)} chars)"), 1)
+        marker = f"{ELLIPSIS} (+{len(text) - keep} chars)"
+        if keep + len(marker) <= width:
+            break
+    return text[:keep] + marker
+
+
+def shorten(text: str, width: int, middle: bool = False) -> str:
+    """`text` cut to `width` with `…`, at the end or (for dotted keys) after the first
+    part, which keeps where it starts and as much of the leaf as fits
+    (`layer1…bn1.running_mean`, `model…self_attn.q_proj.weight`)."""
+    if len(text) <= width:
+        return text
+    if width <= 1:
+        return ELLIPSIS[:width]
+    if not middle:
+        return text[: width - 1] + ELLIPSIS
+    head = min(len(text.split(".", 1)[0]), width // 3) if "." in text else (width - 1) // 2
+    tail = width - 1 - head
+    return text[:head] + ELLIPSIS + text[len(text) - tail :]
+
+
+def wrap_list(items: Sequence[str], width: int | None, sep: str = ", ") -> list[str]:
+    """Items joined by `sep`, broken into lines of at most `width` between items; an item
+    longer than a line is shortened with `…`."""
+    if width is None:
+        return [sep.join(items)]
+    lines: list[str] = []
+    line = ""
+    for i, item in enumerate(items):
+        piece = shorten(item, width - len(sep.rstrip())) + (sep.rstrip() if i < len(items) - 1 else "")
+        candidate = f"{line} {piece}" if line else piece
+        if line and len(candidate) > width:
+            lines.append(line)
+            candidate = piece
+        line = candidate
+    return [*lines, line] if line or not lines else lines
+
+
+def fit_table(
+    headers: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    width: int | None,
+    shrink: Sequence[int] = (0,),
+    align: Sequence[str] | None = None,
+    indented: bool = False,
+    whole: str = "--format csv",
+) -> str:
+    """A table no wider than `width`: cells of the `shrink` columns (keys in the middle,
+    others at the end) are cut with `…`, the widest first, and a last line counts them
+    and names the output that shows them `whole`."""
+    body = [[_cell(c) for c in row] for row in rows]
+    if width is None or not body:
+        return to_table(headers, body, align, indented)
+    # tabulate pads every header by 2 (its MIN_PADDING): a column is never narrower than that.
+    floors = [len(str(h)) + 2 for h in headers]
+    widths = [max(floors[i], *(len(r[i]) for r in body)) for i in range(len(headers))]
+    excess = sum(widths) + 2 * (len(widths) - 1) - width
+    limits = _shrunk(widths, floors, shrink, excess)
+    cut_cells = 0
+    for row in body:
+        for i, limit in limits.items():
+            if len(row[i]) > limit:
+                row[i] = shorten(row[i], limit, middle=i == shrink[0])
+                cut_cells += 1
+    table = to_table(headers, body, align, indented)
+    if cut_cells:
+        note = f"({plural(cut_cells, 'cell')} cut with {ELLIPSIS} to fit {width} columns; {whole} shows all)"
+        table += "\n" + (note if len(note) <= width else f"({plural(cut_cells, 'cell')} cut with {ELLIPSIS})")
+    return table
+
+
+def _cell(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _shrunk(widths: list[int], floors: list[int], shrink: Sequence[int], excess: int) -> dict[int, int]:
+    """New widths for the shrinkable columns, taking `excess` characters off the widest
+    first, none below its header or 8 characters."""
+    limits = {i: widths[i] for i in shrink}
+    while excess > 0:
+        room = [i for i in shrink if limits[i] > max(floors[i], 8)]
+        if not room:
+            break
+        widest = max(room, key=lambda i: limits[i])
+        limits[widest] -= 1
+        excess -= 1
+    return {i: w for i, w in limits.items() if w < widths[i]}
+
+
+# -- numbers ----------------------------------------------------------------------------------
+
+
+def human_size(n: int) -> str:
+    """Bytes in binary units (KiB, MiB, GiB), the one unit system of every table."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{int(size)} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def human_count(n: int) -> str:
+    """A count people read at a glance: 950, 17.1 K, 21.8 M, 7.0 B (thousand, million, billion)."""
+    if abs(n) < 1000:
+        return str(n)
+    value = float(n)
+    for unit in ("K", "M", "B", "T"):
+        value /= 1000
+        if abs(value) < 999.95 or unit == "T":
+            return f"{value:.1f} {unit}"
+    return str(n)
+
+
+def grouped(n: int) -> str:
+    """An exact count with thousands separators, for table cells."""
+    return f"{n:,}"
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """`1 tensor`, `2 tensors`, `1,024 tensors`."""
+    return f"{n:,} {word if n == 1 else (words or word + 's')}"
+
+
+def shape_text(shape: Sequence[int]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def compact(value: Any, limit: int = 60) -> str:
+    from ckpttool.npvalues import ArrayList, array_text, json_text
+
+    short = array_text(value, limit) if isinstance(value, ArrayList) else None
+    if short is not None:  # a numpy array: whole elements and `…`, not a cut number
+        return short
+    text = value if isinstance(value, str) else json_text(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def number_text(value: Any) -> str:
+    """A statistic as a table cell: 6 significant digits, `-` for none."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, complex):  # a complex tensor's mean, as Python writes it: (0.1+0.2j)
+        return f"({value.real:.6g}{value.imag:+.6g}j)"
+    return str(value)
+
+
+def percent_text(share: float | None) -> str:
+    """A share as a percentage cell: `-` for none, never rounded to 0 or 100."""
+    if share is None:
+        return "-"
+    text = f"{share * 100:.2f}"
+    # Never round a few zeros to 0.00 or almost all to 100.00: the difference matters.
+    if text == "0.00" and share > 0:
+        return "<0.01"
+    if text == "100.00" and share < 1:
+        return ">99.99"
+    return text
