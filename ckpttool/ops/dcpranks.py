@@ -11,6 +11,7 @@ whatever happened, so a failure on one rank never leaves the others waiting.
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -89,7 +90,22 @@ def current_ranks() -> Ranks:
 
     if not dist.is_initialized():
         dist.init_process_group("gloo")
+        atexit.register(_close_group)
     return Ranks(dist.get_rank(), dist.get_world_size())
+
+
+def _close_group() -> None:
+    """Tear the group down while Python still runs: gloo's threads left to the C++ runtime's
+    exit abort the process ("terminate called without an active exception"). The barrier
+    keeps one rank from closing its connections while another still reads from them."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        return
+    try:
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
 
 
 def together(ranks: Ranks, step: Callable[[], T]) -> T:
