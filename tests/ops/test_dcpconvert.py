@@ -336,7 +336,18 @@ def _torchrun(*args: Any) -> subprocess.CompletedProcess[str]:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", *rendezvous,
                "-m", "ckpttool", "convert", *map(str, args)]  # fmt: skip
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    for _ in range(GLOO_ABORT_ATTEMPTS):
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+        if GLOO_ABORT not in result.stderr:
+            break
+    return result
+
+
+# Now and then, on a loaded machine, one rank dies in gloo's C++ threads with this
+# message before torchrun reports, whatever the conversion did; not understood yet
+# (see README, "Known limits"). Such a run is tried again; any other failure is not.
+GLOO_ABORT = "terminate called without an active exception"
+GLOO_ABORT_ATTEMPTS = 3
 
 
 @pytest.mark.slow
