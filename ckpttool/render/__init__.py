@@ -44,6 +44,7 @@ from ckpttool.render.scan import (
     scan_table,
 )
 from ckpttool.render.stats import stats_output
+from ckpttool.render.tables import fit_table
 from ckpttool.render.text import (
     ELLIPSIS,
     MAX_WRAPPED_LINES,
@@ -52,7 +53,6 @@ from ckpttool.render.text import (
     TENSOR_COLUMNS,
     compact,
     cut,
-    fit_table,
     grouped,
     human_count,
     human_size,
@@ -67,6 +67,7 @@ from ckpttool.render.text import (
     to_json,
     to_table,
     wrap_list,
+    wrap_text,
 )
 
 __all__ = [
@@ -125,4 +126,5 @@ __all__ = [
     "tree_output",
     "tree_table",
     "wrap_list",
+    "wrap_text",
 ]

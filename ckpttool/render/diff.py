@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ckpttool.render.tables import fit_table
 from ckpttool.render.text import (
     compact,
-    fit_table,
     grouped,
     key_values,
     number_text,
@@ -44,7 +44,7 @@ def diff_output(report: DiffReport, fmt: str, width: int | None = None) -> str:
     if fmt == "csv":
         return to_csv(_DIFF_COLUMNS, rows)
     summary = key_values(_diff_summary(report), width)
-    return summary + ("\n\n" + fit_table(_DIFF_COLUMNS, rows, width, shrink=(0, 2)) if rows else "")
+    return summary + ("\n\n" + fit_table(_DIFF_COLUMNS, rows, width, shrink=(0,), wrap=(2,)) if rows else "")
 
 
 _DIFF_COLUMNS = ("key", "difference", "detail")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ckpttool.render.tables import fit_table
 from ckpttool.render.text import (
     compact,
-    fit_table,
     grouped,
     key_values,
     number_text,
@@ -57,7 +57,7 @@ def _optimizer_block(r: OptimizerReport, width: int | None = None) -> str:
         lines.append(_hyper_parameter_table(r.param_groups, width))
     state = [(s.index, s.name or "", number_text(s.step), _state_tensors(s.tensors)) for s in r.state]
     if state:
-        lines.append(fit_table(("index", "name", "step", "state tensors"), state, width, shrink=(1, 3)))
+        lines.append(fit_table(("index", "name", "step", "state tensors"), state, width, shrink=(1,), wrap=(3,)))
     lines.extend(key_values([("note", n)], width) for n in r.notes)
     return "\n\n".join(lines)
 

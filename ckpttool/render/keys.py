@@ -1,0 +1,89 @@
+"""Cutting a column of keys, names or paths to a width so that the rows stay apart: each
+keeps its end (the leaf) and the parts where it differs from the other rows that end the
+same way (`layer1.0…running_mean`, `layer1.1…running_mean`), never a cut number."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+ELLIPSIS = "…"
+
+
+def separator_of(texts: Sequence[str]) -> str:
+    """`/` for a column of paths, `.` for dotted keys and qualified names."""
+    return "/" if any("/" in t for t in texts) else "."
+
+
+def shorten_keys(texts: Sequence[str], width: int) -> list[str]:
+    """Each text that is longer than `width`, cut with `…` between whole parts."""
+    sep = separator_of(texts)
+    split = [t.split(sep) for t in texts]
+    tries: dict[str, dict[str, Any]] = {}
+    for parts in split:  # one tree of the parts before the leaf, per leaf
+        node = tries.setdefault(parts[-1], {})
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[_END] = {}
+    return [
+        text if len(text) <= width else shorten_key(parts, width, sep, _telling_parts(parts, tries[parts[-1]]))
+        for text, parts in zip(texts, split, strict=True)
+    ]
+
+
+_END = "\0end"  # marks where a row's parts end in the tree (no key part holds a NUL)
+
+
+def _telling_parts(parts: list[str], tree: dict[str, Any]) -> list[int]:
+    """Indices of the parts where `parts` parts ways with another row of the same leaf."""
+    telling = []
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        if len(node) > 1:
+            telling.append(i)
+        node = node[part]
+    return telling
+
+
+def shorten_key(parts: list[str], width: int, sep: str, telling: Sequence[int] = ()) -> str:
+    """Whole parts within `width`: the leaf, the telling parts (in order), then for a key
+    its first part (`layer1…`), then the parts before the leaf, nearest first, up to the
+    first that does not fit; each run of left-out parts is one `…`."""
+    last = len(parts) - 1
+    kept = {last}
+    if _rendered_length(parts, kept) > width:  # not even the leaf fits: its own end, cut
+        return _cut_middle(sep.join(parts), width)
+    for index in [*telling, *([0] if sep == "." else [])]:
+        if _rendered_length(parts, kept | {index}) <= width:
+            kept.add(index)
+    for index in range(last - 1, -1, -1):
+        if index in kept:
+            continue
+        if _rendered_length(parts, kept | {index}) > width:
+            break
+        kept.add(index)
+    return _render(parts, kept, sep)
+
+
+def _render(parts: list[str], kept: set[int], sep: str) -> str:
+    pieces = [] if 0 in kept else [ELLIPSIS]
+    for i in sorted(kept):
+        if i > 0 and i - 1 in kept:
+            pieces.append(sep)
+        elif i > 0 and pieces != [ELLIPSIS]:
+            pieces.append(ELLIPSIS)
+        pieces.append(parts[i])
+    return "".join(pieces)
+
+
+def _rendered_length(parts: list[str], kept: set[int]) -> int:
+    return len(_render(parts, kept, "."))
+
+
+def _cut_middle(text: str, width: int) -> str:
+    """The start and the end of `text` around one `…`; more of the end, which names the leaf."""
+    if width <= 1:
+        return ELLIPSIS[:width]
+    head = (width - 1) // 3
+    tail = width - 1 - head
+    return text[:head] + ELLIPSIS + text[len(text) - tail :]
