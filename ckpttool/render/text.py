@@ -99,13 +99,14 @@ def wrap_text(text: str, width: int | None, indent: str = "", first: str = "") -
 
 def _pieces(text: str, room: int) -> list[tuple[str, str]]:
     """(glue, piece): the words of `text` joined by a space, a word longer than `room`
-    in pieces that end after a `/` or `.`, joined by nothing."""
+    in pieces that end after a `/` (a path) or a `.` (a key), joined by nothing."""
     import re
 
     out: list[tuple[str, str]] = []
     for word in text.split():
         glue = " "
-        for atom in re.split(r"(?<=[/.])", word) if len(word) > room else [word]:
+        sep = "/" if "/" in word else "."  # a path breaks between folders, a key between parts
+        for atom in re.split(f"(?<=[{sep}])", word) if len(word) > room else [word]:
             for start in range(0, len(atom), room):  # an atom longer than a line: cut at the line
                 if atom[start : start + room]:
                     out.append((glue, atom[start : start + room]))
@@ -265,7 +266,7 @@ def command_lines(command: str, width: int | None, indent: str = "  ") -> list[s
     for word in words[1:]:
         if len(lines[-1]) + 1 + len(word) + 2 > width:
             lines[-1] += " \\"
-            lines.append(indent + "    " + word)
+            lines.append(indent + "  " + word)
         else:
             lines[-1] += " " + word
     return lines
