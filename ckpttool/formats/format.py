@@ -135,7 +135,25 @@ def no_checkpoint(probe: Probe) -> Checkpoint:
 def not_a_checkpoint(head: bytes) -> str:
     if head.startswith(b"\x89PNG"):
         return "a PNG image, not a checkpoint"
+    text = text_start(head)
+    if text is not None:
+        return f"not a checkpoint: it is text, starting {text!r}"
     return "not a checkpoint: no zip, safetensors, tar or pickle signature"
+
+
+def text_start(head: bytes, shown: int = 40) -> str | None:
+    """The first characters of the first line when `head` reads as UTF-8 text (printable
+    characters and line breaks, at most a character cut at the end); else None."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:  # not only a character cut by the end of the head
+            return None
+        text = head[: exc.start].decode("utf-8")
+    if not text.strip() or not all(c.isprintable() or c in "\n\r\t" for c in text):
+        return None
+    first = text.strip().splitlines()[0]
+    return first if len(first) <= shown else first[: shown - 3] + "..."
 
 
 @dataclass(frozen=True)

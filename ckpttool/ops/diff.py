@@ -107,6 +107,7 @@ def diff(path_a: str, path_b: str, options: DiffOptions, progress: Progress | No
     if options.every_tensor:
         leaves_a, leaves_b = nested_entries(a.root, root_a), nested_entries(b.root, root_b)
         report.entries_mismatch = _differing(leaves_a, leaves_b, equivalent)
+        _fill_containers(report.entries_mismatch, {"a": a.root, "b": b.root})
     else:
         read_scalars = not options.keys_only  # a saved 0-dim loss is tensor data too
         top_a, top_b = entry_values(a.root, root_a), entry_values(b.root, root_b)
@@ -158,6 +159,19 @@ def nested_entries(root: Any, weights_root: str | None) -> dict[str, Any]:
         elif not isinstance(node, (dict, list, tuple)) or not node:
             out[path] = node
     return out
+
+
+def _fill_containers(rows: list[dict[str, Any]], roots: dict[str, Any]) -> None:
+    """An empty container in one file where the other holds a full one (an optimizer's
+    `state` before its first step and after) is no absent entry: show what the other holds."""
+    for row in rows:
+        side = row.get("absent")
+        if side is None:
+            continue
+        node = next((node for path, node in walk(roots[side]) if path == row["key"]), None)
+        if isinstance(node, (dict, list, tuple)) and node:
+            row[side] = jsonable(node)
+            del row["absent"]
 
 
 def _within(path: str, root: str | None) -> bool:

@@ -106,4 +106,12 @@ def _value_detail(m: dict[str, Any]) -> str:
 
 
 def _entry(m: dict[str, Any], side: str) -> str:
-    return "(absent)" if m.get("absent") == side else compact(m[side], 30)
+    if m.get("absent") == side:
+        return "(absent)"
+    value = m[side]
+    text = compact(value, 30)
+    if len(text) < 30 or not isinstance(value, (dict, list)):
+        return text
+    if isinstance(value, dict):  # a whole container said by its size: `{2 entries}`
+        return "{" + plural(len(value), "entry", "entries") + "}"
+    return f"[{plural(len(value), 'item')}]"
