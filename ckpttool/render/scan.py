@@ -158,7 +158,7 @@ def allowlist_lines(call: str, width: int | None, indent: str = "    ") -> list[
     head, bracket, rest = call.partition("([")
     if width is None or len(indent + call) <= width or not bracket or not rest.endswith("])"):
         return [indent + call]
-    names = wrap_list(rest[:-2].split(", "), width - 2 * len(indent))
+    names = wrap_list(rest[:-2].split(", "), width - 2 * len(indent), whole=True)
     return [f"{indent}{head}([", *(2 * indent + line for line in names), f"{indent}])"]
 
 

@@ -161,15 +161,17 @@ def shorten(text: str, width: int, middle: bool = False) -> str:
     return text[:head] + ELLIPSIS + text[len(text) - tail :]
 
 
-def wrap_list(items: Sequence[str], width: int | None, sep: str = ", ") -> list[str]:
+def wrap_list(items: Sequence[str], width: int | None, sep: str = ", ", whole: bool = False) -> list[str]:
     """Items joined by `sep`, broken into lines of at most `width` between items; an item
-    longer than a line is shortened with `…`."""
+    longer than a line is shortened with `…`, or with `whole` (names to paste) kept whole
+    on a line of its own."""
     if width is None:
         return [sep.join(items)]
     lines: list[str] = []
     line = ""
     for i, item in enumerate(items):
-        piece = shorten(item, width - len(sep.rstrip())) + (sep.rstrip() if i < len(items) - 1 else "")
+        shown = item if whole else shorten(item, width - len(sep.rstrip()))
+        piece = shown + (sep.rstrip() if i < len(items) - 1 else "")
         candidate = f"{line} {piece}" if line else piece
         if line and len(candidate) > width:
             lines.append(line)
