@@ -20,33 +20,38 @@ def shorten_keys(texts: Sequence[str], width: int) -> list[str]:
     sep = separator_of(texts)
     split = [t.split(sep) for t in texts]
     tries: dict[str, dict[str, Any]] = {}
-    for parts in split:  # one tree of the parts before the leaf, per leaf
-        node = tries.setdefault(parts[-1], {})
+    for parts in split:  # one tree of the parts before the leaf, per leaf, counting rows
+        node = tries.setdefault(parts[-1], {_ROWS: 0})
+        node[_ROWS] += 1
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[_END] = {}
+            node = node.setdefault(part, {_ROWS: 0})
+            node[_ROWS] += 1
+        node.setdefault(_END, {_ROWS: 0})[_ROWS] += 1
     return [
         text if len(text) <= width else shorten_key(parts, width, sep, _telling_parts(parts, tries[parts[-1]]))
         for text, parts in zip(texts, split, strict=True)
     ]
 
 
-_END = "\0end"  # marks where a row's parts end in the tree (no key part holds a NUL)
+_END = "\0end"  # where a row's parts end in the tree (no key part holds a NUL)
+_ROWS = "\0rows"  # how many rows pass through a node
 
 
 def _telling_parts(parts: list[str], tree: dict[str, Any]) -> list[int]:
-    """Indices of the parts where `parts` parts ways with another row of the same leaf."""
-    telling = []
+    """Indices of the parts where `parts` parts ways with other rows of the same leaf,
+    the part that tells it from the most rows first (the deeper one on a tie)."""
+    apart: dict[int, int] = {}
     node = tree
     for i, part in enumerate(parts[:-1]):
-        if len(node) > 1:
-            telling.append(i)
-        node = node[part]
-    return telling
+        child = node[part]
+        if node[_ROWS] > child[_ROWS]:
+            apart[i] = node[_ROWS] - child[_ROWS]
+        node = child
+    return sorted(apart, key=lambda i: (-apart[i], -i))
 
 
 def shorten_key(parts: list[str], width: int, sep: str, telling: Sequence[int] = ()) -> str:
-    """Whole parts within `width`: the leaf, the telling parts (in order), then for a key
+    """Whole parts within `width`: the leaf, the telling parts (in the order given), then for a key
     its first part (`layer1…`), then the parts before the leaf, nearest first, up to the
     first that does not fit; each run of left-out parts is one `…`."""
     last = len(parts) - 1

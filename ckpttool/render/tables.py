@@ -90,10 +90,13 @@ def _layout(
     limits = dict(widths)
     excess = sum(widths.values()) + 2 * (len(columns) - 1) - width
     while excess > 0:
-        room = [i for i in columns if limits[i] > floors[i]]
+        # Prose wraps first (nothing is lost), then keys are cut, the widest first.
+        room = [i for i in columns if limits[i] > floors[i] and i in wrap] or [
+            i for i in columns if limits[i] > floors[i]
+        ]
         if not room:
             return None
-        widest = max(room, key=lambda i: (limits[i] - floors[i], i in wrap))
+        widest = max(room, key=lambda i: limits[i] - floors[i])
         limits[widest] -= 1
         excess -= 1
     key_room = limits[shrink[0]] if shrink and shrink[0] in columns else width

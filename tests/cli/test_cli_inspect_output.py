@@ -16,6 +16,7 @@ import pytest
 import torch
 import torchvision
 from click.testing import CliRunner, Result
+from conftest import matches_cut
 from torch import nn
 
 from ckpttool.cli import main
@@ -297,20 +298,6 @@ def test_no_terminal_means_no_cut(folder: Path) -> None:
     out = run(folder, "inspect", "llm.pth", columns=None).stdout
     assert "…" not in out
     assert out.split("\n\n", 1)[1] == LLM_TABLE_120
-
-
-def matches_cut(shown: str, key: str) -> bool:
-    """`shown` is `key` with runs of whole parts left out (each one `…`), its leaf kept."""
-    pieces = shown.split("…")
-    if not key.endswith(pieces[-1]) or not key.startswith(pieces[0]):
-        return False
-    at = len(pieces[0])
-    for piece in pieces[1:]:
-        found = key.find(piece, at)
-        if found < 0:
-            return False
-        at = found + len(piece)
-    return True
 
 
 def test_cut_keys_keep_what_tells_rows_apart(folder: Path, resnet34: nn.Module) -> None:

@@ -6,12 +6,13 @@ stderr holds one line per error, whole by design."""
 from __future__ import annotations
 
 import importlib.util
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import REPO
+from conftest import REPO, matches_cut
 
 from ckpttool.cli import main
 
@@ -162,3 +163,44 @@ def test_reference_fits(columns: int, tmp_path: Path, in_repo: None) -> None:
     train = ["reference", "train", "--model", "cnn", "--epochs", "1", "--steps-per-epoch", "2"]
     assert_fits([[*train, "--out", str(tmp_path / "set")]], columns)
     assert_fits([["reference", "check", "fixtures/reference/cnn", "--resume-epochs", "0"]], columns)
+
+
+def run_at(args: list[str], columns: int) -> str:
+    result = CliRunner().invoke(main, args, env={"COLUMNS": str(columns)}, catch_exceptions=False)
+    assert result.exit_code in (0, 1), result.stderr
+    return result.stdout
+
+
+def test_scan_names_stay_apart(dcp: Path) -> None:
+    """The globals of a DCP `.metadata` (`torch.distributed.checkpoint.metadata.…` many
+    times) are cut between whole parts, each still its own name, as JSON lists them."""
+    import json
+
+    (scanned,) = json.loads(run_at(["scan", str(dcp), "--format", "json"], 80))["files"]
+    names = {g["module"] + "." + g["name"] for g in scanned["globals"]}
+    out = run_at(["scan", str(dcp)], 80)
+    table = out[out.index("global ") :].splitlines()
+    shown = [line.split()[0] for line in table[2:] if line[:1] not in (" ", "(") and line.strip()]
+    assert len(shown) == len(names) == len(set(shown))
+    assert all(any(matches_cut(s, name) for name in names) for s in shown), shown
+    assert max(len(line) for line in out.splitlines()) <= 80
+
+
+def test_dcp_chunks_note_names_json(dcp: Path) -> None:
+    """Only JSON lists every chunk: the note under a cut chunk table says so."""
+    out = run_at(["inspect", str(dcp), "-v", "--all"], 60)
+    assert "--format csv shows all" not in out.split("offsets")[1]
+    assert max(len(line) for line in out.splitlines()) <= 60
+
+
+def test_diff_details_keep_their_numbers(in_repo: None) -> None:
+    """At 80 columns a value row's detail wraps: the max abs difference is torch's, whole."""
+    import torch
+
+    a, b = f("general_checkpoint.tar"), f("general_checkpoint_float_loss.pt")
+    weights_a = torch.load(a, weights_only=True)["model_state_dict"]
+    weights_b = torch.load(b, weights_only=True)["model_state_dict"]
+    text = " ".join(run_at(["diff", a, b], 80).split())
+    for key, tensor in weights_a.items():
+        max_abs = (tensor.double() - weights_b[key].double()).abs().max().item()
+        assert re.search(rf"{re.escape(key)} values differ in .*? max abs {float(f'{max_abs:.6g}'):.6g},", text), key
