@@ -33,6 +33,7 @@ from ckpttool.render.inspect import (
     tree_output,
     tree_table,
 )
+from ckpttool.render.keys import shorten_keys
 from ckpttool.render.optimizer import optimizer_output
 from ckpttool.render.scan import (
     SCAN_SCHEMA_VERSION,
@@ -51,6 +52,7 @@ from ckpttool.render.text import (
     MIN_WIDTH,
     SCHEMA_VERSION,
     TENSOR_COLUMNS,
+    command_lines,
     compact,
     cut,
     grouped,
@@ -89,6 +91,7 @@ __all__ = [
     "check_sarif",
     "chunk_json",
     "chunk_rows_table",
+    "command_lines",
     "compact",
     "convert_output",
     "counts_json",
@@ -114,6 +117,7 @@ __all__ = [
     "scan_table",
     "shape_text",
     "shorten",
+    "shorten_keys",
     "stats_output",
     "tensor_json",
     "tensor_rows_csv",

@@ -56,33 +56,37 @@ def shorten_key(parts: list[str], width: int, sep: str, telling: Sequence[int] =
     first that does not fit; each run of left-out parts is one `…`."""
     last = len(parts) - 1
     kept = {last}
-    if _rendered_length(parts, kept) > width:  # not even the leaf fits: its own end, cut
+    if _rendered_length(parts, kept, sep) > width:  # not even the leaf fits: its own end, cut
         return _cut_middle(sep.join(parts), width)
     for index in [*telling, *([0] if sep == "." else [])]:
-        if _rendered_length(parts, kept | {index}) <= width:
+        if _rendered_length(parts, kept | {index}, sep) <= width:
             kept.add(index)
     for index in range(last - 1, -1, -1):
         if index in kept:
             continue
-        if _rendered_length(parts, kept | {index}) > width:
+        if _rendered_length(parts, kept | {index}, sep) > width:
             break
         kept.add(index)
     return _render(parts, kept, sep)
 
 
 def _render(parts: list[str], kept: set[int], sep: str) -> str:
-    pieces = [] if 0 in kept else [ELLIPSIS]
+    """The kept parts; a run of left-out parts is `…` in a key, `/…/` in a path."""
+    gap = ELLIPSIS if sep == "." else sep + ELLIPSIS + sep
+    pieces: list[str] = []
+    previous = None
     for i in sorted(kept):
-        if i > 0 and i - 1 in kept:
-            pieces.append(sep)
-        elif i > 0 and pieces != [ELLIPSIS]:
-            pieces.append(ELLIPSIS)
+        if previous is None:
+            pieces.append(gap.lstrip(sep) if i > 0 else "")
+        else:
+            pieces.append(sep if i == previous + 1 else gap)
         pieces.append(parts[i])
+        previous = i
     return "".join(pieces)
 
 
-def _rendered_length(parts: list[str], kept: set[int]) -> int:
-    return len(_render(parts, kept, "."))
+def _rendered_length(parts: list[str], kept: set[int], sep: str) -> int:
+    return len(_render(parts, kept, sep))
 
 
 def _cut_middle(text: str, width: int) -> str:

@@ -39,9 +39,8 @@ def fit_table(
     more lines; a last line counts the cut cells and names the output that shows them
     `whole`."""
     body = [[_cell(c) for c in row] for row in rows]
-    table = to_table(headers, body, align, indented)
-    if width is None or not body or _widest(table) <= width:
-        return table
+    if width is None or not body or _natural_width(headers, body) <= width:
+        return to_table(headers, body, align, indented)
     layout = _choose_layout(headers, body, width, list(shrink), list(wrap))
     if layout is None:
         return _blocks(headers, body, width)
@@ -164,5 +163,8 @@ def _cell_width(text: str) -> int:
     return max((len(line) for line in text.split("\n")), default=0)
 
 
-def _widest(text: str) -> int:
-    return max((len(line) for line in text.split("\n")), default=0)
+def _natural_width(headers: Sequence[str], body: list[list[str]]) -> int:
+    """The width tabulate's simple table takes: each column as wide as its widest cell or
+    its header with 2 of padding, 2 spaces between columns (no table is drawn to know)."""
+    columns = [max(len(h) + 2, *(_cell_width(r[i]) for r in body)) for i, h in enumerate(headers)]
+    return sum(columns) + 2 * (len(columns) - 1)
