@@ -47,11 +47,11 @@ def _as_saved(ref: TensorRef, tensor: Any) -> Any:
     `requires_grad` as saved (a loss kept with its graph flag, a parameter frozen or not)."""
     import torch
 
+    # Only floating and complex tensors can require grad: a file claiming it for integers is not obeyed.
+    requires_grad = ref.requires_grad and (tensor.is_floating_point() or tensor.is_complex())
     if ref.kind == "parameter":
-        return torch.nn.Parameter(tensor, requires_grad=ref.requires_grad)
-    if ref.requires_grad and (tensor.is_floating_point() or tensor.is_complex()):
-        return tensor.requires_grad_(True)
-    return tensor
+        return torch.nn.Parameter(tensor, requires_grad=requires_grad)
+    return tensor.requires_grad_(True) if requires_grad else tensor
 
 
 class _Materializer:

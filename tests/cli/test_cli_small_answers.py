@@ -119,3 +119,25 @@ def test_readme_quotes_what_torch_load_prints() -> None:
     assert quoted is not None
     assert message.startswith("Weights only load failed")
     assert f"WeightsUnpickler error: {quoted.group(1)}" in message
+
+
+def test_load_ignores_requires_grad_claimed_for_integers(tmp_path: Path) -> None:
+    """torch cannot make an integer tensor that requires grad; a file that says so anyway
+    (its storage type edited from float to int) loads with requires_grad False, not an error."""
+    import zipfile
+
+    path = tmp_path / "grads.pt"
+    torch.save({"p": torch.nn.Parameter(torch.arange(3.0)), "t": torch.arange(3.0).requires_grad_()}, path)
+    edited = tmp_path / "ints.pt"
+    with zipfile.ZipFile(path) as source, zipfile.ZipFile(edited, "w") as target:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename.endswith("data.pkl"):
+                assert b"torch\nFloatStorage\n" in data
+                data = data.replace(b"torch\nFloatStorage\n", b"torch\nIntStorage\n")
+            target.writestr(info.filename, data)
+    loaded = load(str(edited))
+    assert {k: (t.dtype, t.requires_grad) for k, t in loaded.items()} == {
+        "p": (torch.int32, False),
+        "t": (torch.int32, False),
+    }
