@@ -62,8 +62,6 @@ def _choose_layout(
             if layout.key_room >= min(COMFORTABLE_KEYS, natural):
                 return layout
             fitting.append(layout)
-        if columns is varying:
-            break
     return max(fitting, key=lambda layout: layout.key_room, default=None)
 
 
@@ -127,7 +125,7 @@ def _render(
     table = _tabulated([headers[i] for i in layout.columns], shown_rows, shown_align, indented, layout.padded)
     dropped = [i for i in range(len(headers)) if i not in layout.columns]
     if dropped:
-        said = "; ".join(f"{headers[i]} {body[0][i]}" for i in dropped)
+        said = "; ".join(f"{headers[i]} {body[0][i] or '-'}" for i in dropped)
         table += "\n" + "\n".join(wrap_text(f"(every row: {said})", width))
     if cut_cells:
         note = f"({plural(cut_cells, 'cell')} cut with {ELLIPSIS} to fit {width} columns; {whole} shows all)"
