@@ -34,6 +34,7 @@ from typing import Any
 from ckpttool.checkpoint import Checkpoint, Chunk, Record, Storage, TensorRef, contiguous_strides
 from ckpttool.dtypes import DTYPES
 from ckpttool.errors import FileAccessError, FormatError
+from ckpttool.formats.dcp_megatron import COMMON_NAME, common_path, is_torch_dist, megatron_root
 from ckpttool.formats.dcp_metadata import (
     METADATA_NAME,
     DcpChunk,
@@ -57,13 +58,15 @@ __all__ = ["FORMAT", "is_dcp_folder", "item_pickles", "metadata_pickle", "read_d
 
 
 def is_dcp_folder(path: str) -> bool:
+    """A DCP folder, or a NeMo 2 checkpoint whose `weights/` is one."""
     return os.path.isdir(path) and os.path.isfile(metadata_path(path))
 
 
 def read_dcp(path: str) -> Checkpoint:
     """The checkpoint in the DCP folder `path`: metadata and item headers only, no tensor data."""
     meta = read_dcp_metadata(path)
-    files = DataFiles(path)
+    folder = meta.folder
+    files = DataFiles(folder)
     built = _Built()
     values: dict[str, Any] = {}
     for fqn in meta.order:
@@ -71,18 +74,45 @@ def read_dcp(path: str) -> Checkpoint:
             values[fqn] = _tensor(meta.tensors[fqn], files, built)
         else:
             values[fqn] = _read_item(fqn, meta.entries[fqn].storage, files, built).root
-    total = os.path.getsize(metadata_path(path)) + sum(files.size(name) for name in meta.files)
+    names = [METADATA_NAME, *meta.files]
+    root = nest(values, meta.paths)
+    if is_torch_dist(folder, meta):
+        names += [COMMON_NAME] if common_path(folder) else []
+        root, notes = megatron_root(values, meta, _common_state(folder, built))
+        built.anomalies.extend(notes)
     return Checkpoint(
         path=path,
         format=FORMAT,
-        file_size=total,
-        root=nest(values, meta.paths),
+        file_size=sum(os.path.getsize(os.path.join(folder, name)) for name in names),
+        root=root,
         storages=built.storages,
-        metadata={k: v for k, v in (("version", meta.version), ("save_id", meta.save_id)) if v},
+        metadata=_metadata(meta),
         anomalies=built.anomalies,
-        files=[metadata_path(path)] + [os.path.join(path, name) for name in meta.files],
+        files=[os.path.join(folder, name) for name in names],
         chunks={fqn: [_chunk(c) for c in t.chunks] for fqn, t in meta.tensors.items()},
     )
+
+
+def _metadata(meta: DcpMetadata) -> dict[str, str]:
+    out = {k: v for k, v in (("version", meta.version), ("save_id", meta.save_id)) if v}
+    if meta.save_plans:
+        out["megatron save plans"] = str(meta.save_plans)
+    for fqn, shape in meta.reformulated.items():
+        out[f"flattened_range {fqn}"] = f"saved as {list(meta.tensors[fqn].shape)}, global shape {list(shape)}"
+    return out
+
+
+def _common_state(folder: str, built: _Built) -> Any:
+    """Megatron's common.pt (a torch.save file), read as inert data, or None."""
+    path = common_path(folder)
+    if path is None:
+        return None
+    checkpoint = read_torch_zip(path)
+    for key, storage in checkpoint.storages.items():
+        storage.key = f"{COMMON_NAME}:{key}"
+        built.storages[storage.key] = storage
+    built.anomalies.extend(f"{COMMON_NAME}: {a}" for a in checkpoint.anomalies)
+    return checkpoint.root
 
 
 def _chunk(chunk: DcpChunk) -> Chunk:
@@ -101,7 +131,10 @@ def item_pickles(path: str) -> Iterator[tuple[str, bytes]]:
     safetensors serialisation writes those): left out."""
     yield metadata_pickle(path)
     meta = read_dcp_metadata(path)
-    files = DataFiles(path)
+    files = DataFiles(meta.folder)
+    common = common_path(meta.folder) if is_torch_dist(meta.folder, meta) else None
+    if common is not None:
+        yield from _archive_pickles(COMMON_NAME, open_archive(common))
     for fqn, item, is_tensor in _items(meta):
         name = f"{item.file}[{item.offset}:{item.offset + item.length}] ({fqn})"
         start, _ = files.check(fqn, item)
@@ -109,10 +142,13 @@ def item_pickles(path: str) -> Iterator[tuple[str, bytes]]:
             if not is_tensor:
                 yield name, files.read(item.file, start, min(item.length, MAX_PICKLE_RECORD))
             continue
-        archive = files.archive(fqn, item)
-        entry = archive.record("data.pkl")
-        if entry is not None:
-            yield f"{name}:{entry.name}", read_entry(archive, entry, MAX_PICKLE_RECORD)
+        yield from _archive_pickles(name, files.archive(fqn, item))
+
+
+def _archive_pickles(name: str, archive: ZipArchive) -> Iterator[tuple[str, bytes]]:
+    entry = archive.record("data.pkl")
+    if entry is not None:
+        yield f"{name}:{entry.name}", read_entry(archive, entry, MAX_PICKLE_RECORD)
 
 
 def _items(meta: DcpMetadata) -> Iterator[tuple[str, DcpStorage, bool]]:

@@ -1,0 +1,81 @@
+"""Megatron-Core's `torch_dist` checkpoints: DCP folders with Megatron's layout.
+
+Megatron-Core (and NeMo 2, whose `weights/` is such a folder) saves the sharded part
+of a model's state through DCP under flat keys (`model.decoder.layers.mlp.linear_fc1.weight`,
+`optimizer.state.exp_avg.model.…`), objects as bytes entries `KEY/shard_<offset>_<count>`,
+and the values that are not sharded (iteration, args) in `common.pt` beside them (a
+`torch.save` file) or, in newer releases, in the bytes entry `common_state/shard_0_1`.
+`metadata.json` names the backend (`"sharded_backend": "torch_dist"`).
+
+Here that layout becomes the state_dict Megatron's own `load` returns, with no code run:
+tensors grouped by their first key component (`model`, `optimizer`, ...), so the model's
+weights are found under `model`, objects under their full keys, and the common state
+merged in at the top (read as inert data by the torch-zip reader).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from ckpttool.formats.dcp_metadata import DcpMetadata
+
+MEGATRON_METADATA = "metadata.json"
+COMMON_NAME = "common.pt"
+COMMON_ENTRY = "common_state/shard_0_1"  # newer releases: the common state as a DCP object
+TORCH_DIST = "torch_dist"
+MAX_METADATA_JSON = 1 << 20
+
+
+def is_torch_dist(folder: str, meta: DcpMetadata) -> bool:
+    """Written by Megatron-Core: its metadata.json names torch_dist, or `.metadata` holds its save plans."""
+    return meta.save_plans > 0 or meta.mcore or backend(folder) == TORCH_DIST
+
+
+def backend(folder: str) -> str | None:
+    """metadata.json's sharded_backend, or None when there is no such readable file."""
+    try:
+        with open(os.path.join(folder, MEGATRON_METADATA), "rb") as f:
+            data = json.loads(f.read(MAX_METADATA_JSON))
+    except (OSError, ValueError):
+        return None
+    value = data.get("sharded_backend") if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def common_path(folder: str) -> str | None:
+    path = os.path.join(folder, COMMON_NAME)
+    return path if os.path.isfile(path) else None
+
+
+def megatron_root(values: dict[str, Any], meta: DcpMetadata, common: Any) -> tuple[dict[str, Any], list[str]]:
+    """(the state_dict, anomalies): tensors grouped by their first key component, objects
+    under their full keys, then the common state merged in where it names no sharded key."""
+    root: dict[str, Any] = {}
+    notes: list[str] = []
+    for fqn, value in values.items():
+        head, dot, rest = fqn.partition(".")
+        if fqn in meta.tensors and dot and head not in values:
+            group = root.setdefault(head, {})
+            if isinstance(group, dict):
+                group[rest] = value
+                continue
+        root[fqn] = value
+    entry = values.get(COMMON_ENTRY)
+    if isinstance(entry, list) and len(entry) == 1 and isinstance(entry[0], dict):
+        common = entry[0] if common is None else common
+    if isinstance(common, dict):
+        _merge(root, common, "", notes)
+    return root, notes
+
+
+def _merge(into: dict[Any, Any], common: dict[Any, Any], where: str, notes: list[str]) -> None:
+    for key, value in common.items():
+        name = f"{where}{key}"
+        if key not in into:
+            into[key] = value
+        elif isinstance(into[key], dict) and isinstance(value, dict):
+            _merge(into[key], value, f"{name}.", notes)
+        else:
+            notes.append(f"{COMMON_NAME}'s {name!r} is also a sharded key: the sharded value is shown")

@@ -1,0 +1,235 @@
+"""Megatron-Core `torch_dist` folders and NeMo 2 checkpoints, read as what torch loads.
+
+The folders in `fixtures/megatron` were written by megatron-core 0.16.1 itself on CPU
+(`fixtures/fixturegen/megatron_dist.py`): a tiny GPTModel on one rank (TP 1) and two
+ranks (TP 2), hand-built sharded tensors and objects, Adam moments by parameter key,
+a dp_reshardable buffer, and `common.pt`. Ground truth is torch's own
+`dcp_to_torch_save`, run here on the committed folders (they are ours, so loading them
+is safe), and the safetensors file the generator saved from it (for the pre-0.14
+folder, whose `.metadata` names megatron's classes: torch cannot load it without
+megatron-core).
+"""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from click.testing import Result
+from conftest import cli_json
+from hostile.builders import Op, call_global, global_ref, reduce_pickle, shell_touch, text, torch_zip, value, whole
+from safetensors.torch import load_file
+
+from ckpttool.formats.dcp import read_dcp
+from ckpttool.formats.dcp_metadata import read_dcp_metadata
+from ckpttool.tensordata import load_tensor
+from ckpttool.weights import all_tensors
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "megatron"
+LIVE = ("gpt_tp1", "gpt_tp2")  # folders torch reads without megatron-core
+QKV = "decoder.layers.self_attention.linear_qkv.weight"
+DP_BUFFER = "optimizer.distributed.dp_group_idx_0.gbuf_idx_0.dtype_(torch.float32, torch.float32).bucket_idx_0.exp_avg"
+
+
+def _folder(name: str) -> Path:
+    return FIXTURES / name
+
+
+def _live_truth(folder: Path, tmp: Path) -> dict[str, torch.Tensor]:
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp_to_torch_save(folder, tmp / "loaded.pt")
+    loaded = torch.load(tmp / "loaded.pt", weights_only=True)
+    return {k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
+
+
+@pytest.fixture(scope="module")
+def truth(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, torch.Tensor]]:
+    """Every tensor torch loads from each folder, by its flat key; the committed copy must agree."""
+    out = {}
+    for name in LIVE:
+        live = _live_truth(_folder(name), tmp_path_factory.mktemp(name))
+        committed = load_file(FIXTURES / f"{name}.groundtruth.safetensors")
+        assert live.keys() == committed.keys() and all(torch.equal(live[k], committed[k]) for k in live)
+        out[name] = live
+    out["nemo2"] = _live_truth(_folder("nemo2") / "weights", tmp_path_factory.mktemp("nemo2"))
+    out["pre014_flat"] = load_file(FIXTURES / "pre014_flat.groundtruth.safetensors")
+    return out
+
+
+def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    checkpoint = read_dcp(str(folder))
+    return {named.key: load_tensor(named.tensor) for named in all_tensors(checkpoint.root)}
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+
+def test_megatron_metadata_is_read_with_its_save_plans() -> None:
+    from torch.distributed.checkpoint import FileSystemReader
+
+    for name, plans in (("gpt_tp1", 1), ("gpt_tp2", 2)):
+        meta = read_dcp_metadata(str(_folder(name)))
+        theirs = FileSystemReader(str(_folder(name))).read_metadata()  # our own committed file
+        assert meta.save_plans == plans == len(theirs.all_local_plans)  # type: ignore[attr-defined]
+        assert {k: tuple(t.shape) for k, t in meta.tensors.items()} == {
+            k: tuple(v.size) for k, v in theirs.state_dict_metadata.items() if hasattr(v, "size")
+        }
+        assert set(meta.entries) == {k for k, v in theirs.state_dict_metadata.items() if not hasattr(v, "size")}
+
+
+@pytest.mark.parametrize("name", [*LIVE, "nemo2", "pre014_flat"])
+def test_every_tensor_equals_what_torch_loads(truth: dict[str, dict[str, torch.Tensor]], name: str) -> None:
+    ours = _read_tensors(_folder(name))
+    assert ours.keys() == truth[name].keys()
+    for key, tensor in ours.items():
+        assert torch.equal(tensor, truth[name][key]), key
+
+
+def test_inspect_shows_model_common_state_and_objects(cli: Callable[..., Result]) -> None:
+    report = cli_json(cli("inspect", _folder("gpt_tp2"), "--format", "json"))
+    assert report["weights"]["root"] == "model"
+    keys = {t["key"] for t in report["weights"]["tensors"]}
+    assert QKV in keys and len(keys) == 17
+    shapes = {t["key"]: t["shape"] for t in report["weights"]["tensors"]}
+    assert shapes[QKV] == [2, 32, 16]  # global: both layers, both tensor-parallel halves
+    entries = report["entries"]
+    assert entries["iteration"] == 42 and entries["args"]["hidden_size"] == 16
+    assert entries["extra.per_rank/shard_1_2"] == [{"rank": 1, "seed": 8}]
+    assert "model.decoder.layers.mlp.linear_fc1._extra_state/shard_0_2" in entries
+
+
+def test_inspect_all_lists_optimizer_state_by_parameter_key(cli: Callable[..., Result]) -> None:
+    report = cli_json(cli("inspect", _folder("gpt_tp2"), "--all", "--format", "json"))
+    keys = {t["key"] for t in report["tensors"]}
+    assert "optimizer.state.exp_avg.model.decoder.layers.mlp.linear_fc1.weight" in keys
+    assert DP_BUFFER in keys
+
+
+def test_nemo2_checkpoint_is_its_weights_folder(cli: Callable[..., Result]) -> None:
+    nemo = cli_json(cli("inspect", _folder("nemo2"), "--format", "json"))
+    plain = cli_json(cli("inspect", _folder("gpt_tp1"), "--format", "json"))
+    assert nemo["tensors"] == plain["tensors"] and nemo["entries"] == plain["entries"]
+
+
+# -- scan ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [*LIVE, "nemo2", "pre014_flat"])
+def test_real_folders_need_an_allowlist_never_dangerous(cli: Callable[..., Result], name: str) -> None:
+    result = cli("scan", _folder(name), "--format", "json")
+    (scanned,) = cli_json(result)["files"]
+    assert scanned["verdict"] == "needs-allowlist", scanned["problems"]
+    named = {f"{g['module']}.{g['name']}": g["verdict"] for g in scanned["globals"]}
+    assert named["argparse.Namespace"] == "needs-allowlist"  # common.pt's args: it was scanned
+    assert all(v in ("safe", "needs-allowlist") for v in named.values())
+
+
+def _all_commands(cli: Callable[..., Result], folder: Path, out: Path) -> dict[str, Result]:
+    return {
+        "inspect": cli("inspect", folder, "--all"),
+        "stats": cli("inspect", folder, "--stats"),
+        "scan": cli("scan", folder, "--format", "json"),
+        "check": cli("check", folder),
+        "diff": cli("diff", folder, _folder("gpt_tp1")),
+        "convert": cli("convert", folder, out),
+        "optimizer": cli("optimizer", folder),
+    }
+
+
+def _assert_dangerous_and_ran_nothing(results: dict[str, Result], marker: Path) -> dict[str, Any]:
+    assert not marker.exists()
+    (scanned,) = cli_json(results["scan"])["files"]
+    assert (results["scan"].exit_code, scanned["verdict"]) == (1, "dangerous")
+    assert results["check"].exit_code == 1
+    for name, result in results.items():
+        assert result.exit_code in (0, 1, 2), name
+        assert len(result.stderr.splitlines()) <= 1, (name, result.stderr)
+    return scanned  # type: ignore[no-any-return]
+
+
+def test_hostile_common_pt_runs_nothing(cli: Callable[..., Result], tmp_path: Path, marker: Path) -> None:
+    folder = Path(shutil.copytree(_folder("gpt_tp1"), tmp_path / "hostile"))
+    (folder / "common.pt").write_bytes(torch_zip(reduce_pickle("os", "system", shell_touch(marker))))
+    scanned = _assert_dangerous_and_ran_nothing(_all_commands(cli, folder, tmp_path / "out.safetensors"), marker)
+    assert any(g["module"] == "os" and g["verdict"] == "dangerous" for g in scanned["globals"])
+
+
+def test_hostile_object_entry_runs_nothing(cli: Callable[..., Result], tmp_path: Path, marker: Path) -> None:
+    folder = Path(shutil.copytree(_folder("gpt_tp1"), tmp_path / "hostile"))
+    data = folder / "__0_0.distcp"
+    archive = torch_zip(reduce_pickle("os", "system", shell_touch(marker)))
+    offset = data.stat().st_size
+    data.write_bytes(data.read_bytes() + archive)
+    metadata = pickle.loads((folder / ".metadata").read_bytes())  # our own committed file
+    for index, info in metadata.storage_data.items():
+        if index.fqn == "extra.shared/shard_0_1":
+            info.relative_path, info.offset, info.length = data.name, offset, len(archive)
+    (folder / ".metadata").write_bytes(pickle.dumps(metadata))
+    scanned = _assert_dangerous_and_ran_nothing(_all_commands(cli, folder, tmp_path / "out.safetensors"), marker)
+    assert any(g["module"] == "os" and g["verdict"] == "dangerous" for g in scanned["globals"])
+
+
+def _instance(module: str, name: str, fields: dict[str, bytes]) -> bytes:
+    state = Op.EMPTY_DICT + Op.MARK + b"".join(text(k) + v for k, v in fields.items()) + Op.SETITEMS
+    return global_ref(module, name) + Op.EMPTY_TUPLE + Op.NEWOBJ + state + Op.BUILD
+
+
+def _plans_with_gadget(marker: Path) -> bytes:
+    """DCP Metadata whose Megatron save plan holds a WriteItem typed by a posix.system call."""
+    gadget = call_global("posix", "system", shell_touch(marker))
+    item = _instance("torch.distributed.checkpoint.planner", "WriteItem", {"type": gadget})
+    plan = _instance("torch.distributed.checkpoint.planner", "SavePlan", {"items": Op.EMPTY_LIST + item + Op.APPEND})
+    base = {"state_dict_metadata": value({}), "planner_data": value(None), "storage_data": value({})}
+    plans = Op.EMPTY_LIST + plan + Op.APPEND
+    return whole(_instance("torch.distributed.checkpoint.metadata", "Metadata", {**base, "all_local_plans": plans}))
+
+
+def test_hostile_save_plan_in_metadata_runs_nothing(cli: Callable[..., Result], tmp_path: Path, marker: Path) -> None:
+    folder = Path(shutil.copytree(_folder("gpt_tp1"), tmp_path / "hostile"))
+    (folder / ".metadata").write_bytes(_plans_with_gadget(marker))
+    results = _all_commands(cli, folder, tmp_path / "out.safetensors")
+    scanned = _assert_dangerous_and_ran_nothing(results, marker)
+    assert any((g["module"], g["verdict"]) == ("posix", "dangerous") for g in scanned["globals"])
+    (line,) = results["inspect"].stderr.splitlines()
+    assert results["inspect"].exit_code == 2 and "posix.system" in line
+
+
+# -- convert -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [*LIVE, "nemo2"])
+def test_convert_to_safetensors_equals_torch(
+    cli: Callable[..., Result], tmp_path: Path, truth: dict[str, dict[str, torch.Tensor]], name: str
+) -> None:
+    out = tmp_path / "model.safetensors"
+    result = cli("convert", _folder(name), out)
+    assert result.exit_code == 0, result.stderr
+    written = load_file(out)
+    assert written.keys() == {k.removeprefix("model.") for k in truth[name] if k.startswith("model.")}
+    for key, tensor in written.items():
+        assert torch.equal(tensor, truth[name][f"model.{key}"]), key
+
+
+def test_convert_sharded_and_pth_equal_torch(
+    cli: Callable[..., Result], tmp_path: Path, truth: dict[str, dict[str, torch.Tensor]]
+) -> None:
+    expected = {k.removeprefix("model."): v for k, v in truth["gpt_tp2"].items() if k.startswith("model.")}
+    sharded = tmp_path / "model.safetensors"
+    assert cli("convert", _folder("gpt_tp2"), sharded, "--shard-size", "8KB").exit_code == 0
+    shards = sorted(tmp_path.glob("model-*.safetensors"))
+    assert len(shards) > 1 and (tmp_path / "model.safetensors.index.json").exists()
+    merged = {k: v for shard in shards for k, v in load_file(shard).items()}
+    assert merged.keys() == expected.keys() and all(torch.equal(merged[k], expected[k]) for k in expected)
+    pth = tmp_path / "model.pth"
+    assert cli("convert", _folder("gpt_tp2"), pth, "--to", "pth").exit_code == 0
+    loaded = torch.load(pth, weights_only=True)
+    assert loaded.keys() == expected.keys() and all(torch.equal(loaded[k], expected[k]) for k in expected)
