@@ -27,14 +27,14 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
 from ckpttool.checkpoint import Checkpoint, Chunk, Record, Storage, TensorRef, contiguous_strides
 from ckpttool.dtypes import DTYPES
 from ckpttool.errors import FileAccessError, FormatError
-from ckpttool.formats.dcp_megatron import COMMON_NAME, common_path, is_torch_dist, megatron_root
+from ckpttool.formats.dcp_megatron import COMMON_NAME, common_path, is_torch_dist, megatron_root, unconvertible
 from ckpttool.formats.dcp_metadata import (
     METADATA_NAME,
     DcpChunk,
@@ -76,7 +76,8 @@ def read_dcp(path: str) -> Checkpoint:
             values[fqn] = _read_item(fqn, meta.entries[fqn].storage, files, built).root
     names = [METADATA_NAME, *meta.files]
     root = nest(values, meta.paths)
-    if is_torch_dist(folder, meta):
+    megatron = is_torch_dist(folder, meta)
+    if megatron:
         names += [COMMON_NAME] if common_path(folder) else []
         root, notes = megatron_root(values, meta, _common_state(folder, built))
         built.anomalies.extend(notes)
@@ -90,6 +91,7 @@ def read_dcp(path: str) -> Checkpoint:
         anomalies=built.anomalies,
         files=[os.path.join(folder, name) for name in names],
         chunks={fqn: [_chunk(c) for c in t.chunks] for fqn, t in meta.tensors.items()},
+        unconvertible=unconvertible(meta) if megatron else {},
     )
 
 
@@ -291,6 +293,28 @@ def _gathered(tensor: DcpTensor, parts: list[tuple[DcpChunk, TensorRef]], files:
     storage.record.gather = partial(gather, tensor, parts)
     storage.record.viewed_by = partial(_named, tensor.fqn)
     return TensorRef(tensor.dtype, shape, contiguous_strides(shape), 0, storage, tensor.requires_grad)
+
+
+def layer_of(ref: TensorRef, layer: int) -> TensorRef:
+    """The slice `[layer]` along the first axis: for a tensor assembled from DCP chunks, one
+    assembled from only the chunks that slice meets (so each layer reads its own bytes);
+    otherwise a view of the same storage."""
+    record = ref.storage.record if ref.storage is not None else None
+    assembly = record.gather if record is not None else None
+    if record is None or not (isinstance(assembly, partial) and assembly.func is gather):
+        return _first_axis(ref, layer)
+    tensor, parts = assembly.args
+    sliced = DcpTensor(f"{tensor.fqn}[{layer}]", tensor.dtype, tensor.shape[1:], [], tensor.requires_grad)
+    kept = [
+        (DcpChunk(chunk.offsets[1:], chunk.sizes[1:], chunk.storage), _first_axis(part, layer - chunk.offsets[0]))
+        for chunk, part in parts
+        if chunk.offsets[0] <= layer < chunk.offsets[0] + chunk.sizes[0]
+    ]
+    return _gathered(sliced, kept, DataFiles(os.path.dirname(record.path)))
+
+
+def _first_axis(ref: TensorRef, index: int) -> TensorRef:
+    return replace(ref, shape=ref.shape[1:], stride=ref.stride[1:], offset=ref.offset + index * ref.stride[0])
 
 
 def gather(tensor: DcpTensor, parts: list[tuple[DcpChunk, TensorRef]]) -> bytearray:

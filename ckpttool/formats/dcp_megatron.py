@@ -19,12 +19,15 @@ import json
 import os
 from typing import Any
 
+from ckpttool.checkpoint import Checkpoint
+from ckpttool.errors import FormatError
 from ckpttool.formats.dcp_metadata import DcpMetadata
 
 MEGATRON_METADATA = "metadata.json"
 COMMON_NAME = "common.pt"
 COMMON_ENTRY = "common_state/shard_0_1"  # newer releases: the common state as a DCP object
 TORCH_DIST = "torch_dist"
+DP_RESHARDABLE = "optimizer.distributed.dp_group_idx_"  # the distributed optimizer's flat buffers
 MAX_METADATA_JSON = 1 << 20
 
 
@@ -42,6 +45,35 @@ def backend(folder: str) -> str | None:
         return None
     value = data.get("sharded_backend") if isinstance(data, dict) else None
     return value if isinstance(value, str) else None
+
+
+def unconvertible(meta: DcpMetadata) -> dict[str, str]:
+    """Why each tensor that only Megatron-Core's code can map back cannot be converted, by key."""
+    out = {
+        fqn: "a distributed optimizer's dp_reshardable flat buffer: which bytes belong to which parameter "
+        "is Megatron-Core's bucket layout, which the checkpoint does not hold"
+        for fqn in meta.tensors
+        if fqn.startswith(DP_RESHARDABLE)
+    }
+    for fqn, shape in meta.reformulated.items():
+        out[fqn] = (
+            f"saved with flattened_range by Megatron-Core before 0.14: stored as {list(meta.tensors[fqn].shape)} "
+            f"(grid of flattened local shards), not as its global shape {list(shape)}"
+        )
+    return out
+
+
+def refuse_unconvertible(checkpoint: Checkpoint, fqns: list[str]) -> None:
+    """A FormatError naming the first of `fqns` that cannot be converted, and why."""
+    for fqn in fqns:
+        why = checkpoint.unconvertible.get(fqn)
+        if why is not None:
+            raise FormatError(f"{fqn!r} cannot be converted: {why}", path=checkpoint.path)
+
+
+def is_under(fqn: str, root: str | None) -> bool:
+    """Whether the flat key lies under the weights root (every key when the root is the whole file)."""
+    return not root or fqn == root or fqn.startswith(f"{root}.")
 
 
 def common_path(folder: str) -> str | None:

@@ -28,6 +28,7 @@ from safetensors.torch import load_file
 
 from ckpttool.formats.dcp import read_dcp
 from ckpttool.formats.dcp_metadata import read_dcp_metadata
+from ckpttool.ops.unstack import layer_names, unstack_checkpoint
 from ckpttool.tensordata import load_tensor
 from ckpttool.weights import all_tensors
 
@@ -233,3 +234,93 @@ def test_convert_sharded_and_pth_equal_torch(
     assert cli("convert", _folder("gpt_tp2"), pth, "--to", "pth").exit_code == 0
     loaded = torch.load(pth, weights_only=True)
     assert loaded.keys() == expected.keys() and all(torch.equal(loaded[k], expected[k]) for k in expected)
+
+
+# -- --unstack -------------------------------------------------------------------------------------
+
+
+def test_layer_names_split_only_stacked_keys() -> None:
+    assert layer_names("decoder.layers.mlp.linear_fc1.weight", (2, 4)) == [
+        "decoder.layers.0.mlp.linear_fc1.weight",
+        "decoder.layers.1.mlp.linear_fc1.weight",
+    ]
+    assert layer_names("layers.norm", (1,)) == ["layers.0.norm"]
+    assert layer_names("decoder.layers.3.mlp.weight", (2, 4)) is None  # a layer already
+    assert layer_names("decoder.layers.mlp.weight", ()) is None
+    assert layer_names("decoder.sublayers.mlp.weight", (2,)) is None
+
+
+def _unstacked_truth(truth: dict[str, torch.Tensor], prefix: str = "model.") -> dict[str, torch.Tensor]:
+    out = {}
+    for key, tensor in truth.items():
+        if not key.startswith(prefix):
+            continue
+        names = layer_names(key.removeprefix(prefix), tuple(tensor.shape))
+        out.update({key.removeprefix(prefix): tensor} if names is None else dict(zip(names, tensor, strict=True)))
+    return out
+
+
+@pytest.mark.parametrize("name", LIVE)
+def test_unstacked_layers_equal_slices_of_what_torch_loads(
+    truth: dict[str, dict[str, torch.Tensor]], name: str
+) -> None:
+    checkpoint = read_dcp(str(_folder(name)))
+    assert unstack_checkpoint(checkpoint) == 12 + 2  # the model's layer tensors, the moments of linear_fc1.weight
+    ours = {t.key: load_tensor(t.tensor) for t in all_tensors(checkpoint.root["model"])}
+    expected = _unstacked_truth(truth[name])
+    assert ours.keys() == expected.keys() and f"{QKV.replace('layers.', 'layers.1.')}" in ours
+    for key, tensor in ours.items():
+        assert torch.equal(tensor, expected[key]), key
+
+
+def test_inspect_unstack_names_each_layer_with_its_chunks(cli: Callable[..., Result]) -> None:
+    report = cli_json(cli("inspect", _folder("gpt_tp2"), "--unstack", "-v", "--format", "json"))
+    rows = {t["key"]: t for t in report["weights"]["tensors"]}
+    assert len(rows) == 12 * 2 + 5 and not any(layer_names(k, (1,)) for k in rows)
+    qkv = rows["decoder.layers.1.self_attention.linear_qkv.weight"]
+    assert qkv["shape"] == [32, 16]
+    assert sorted((c["offsets"], c["sizes"]) for c in qkv["chunks"]) == [([0, 0], [16, 16]), ([16, 0], [16, 16])]
+
+
+@pytest.mark.parametrize("to", ["safetensors", "pth"])
+def test_convert_unstack_equals_slices_and_diff_agrees(
+    cli: Callable[..., Result], tmp_path: Path, truth: dict[str, dict[str, torch.Tensor]], to: str
+) -> None:
+    out = tmp_path / f"model.{to}"
+    result = cli("convert", _folder("gpt_tp2"), out, "--unstack", "--to", to)
+    assert result.exit_code == 0, result.stderr
+    written = load_file(out) if to == "safetensors" else torch.load(out, weights_only=True)
+    expected = _unstacked_truth(truth["gpt_tp2"])
+    assert written.keys() == expected.keys()
+    assert all(torch.equal(written[k], expected[k]) for k in expected)
+    report = cli_json(cli("diff", _folder("gpt_tp2"), out, "--unstack", "--format", "json"))
+    assert (report["identical"], report["equal"]) == (True, len(expected))
+
+
+# -- refusals ------------------------------------------------------------------------------------
+
+
+def test_dp_reshardable_buffer_is_listed_but_refused_for_conversion(cli: Callable[..., Result], tmp_path: Path) -> None:
+    listed = cli_json(cli("inspect", _folder("gpt_tp2"), "--all", "--format", "json"))
+    assert DP_BUFFER in {t["key"] for t in listed["tensors"]}
+    for args in (("--root", "optimizer"), ("--root", "optimizer", "--to", "pth")):
+        result = cli("convert", _folder("gpt_tp2"), tmp_path / "opt.safetensors", *args)
+        (line,) = result.stderr.splitlines()
+        assert result.exit_code == 2 and "dp_reshardable" in line and DP_BUFFER in line
+    assert not list(tmp_path.iterdir())
+    moments = cli("convert", _folder("gpt_tp2"), tmp_path / "moments.safetensors", "--root", "optimizer.state")
+    assert moments.exit_code == 0, moments.stderr  # the moments keyed by parameter convert
+
+
+def test_flattened_range_tensor_is_listed_but_refused_for_conversion(
+    cli: Callable[..., Result], tmp_path: Path
+) -> None:
+    meta = read_dcp_metadata(str(_folder("pre014_flat")))
+    assert meta.mcore and meta.reformulated == {"extra.split": (6, 2)}
+    listed = cli_json(cli("inspect", _folder("pre014_flat"), "--all", "--format", "json"))
+    assert "extra.split" in {t["key"] for t in listed["tensors"]}
+    assert "global shape [6, 2]" in listed["metadata"]["flattened_range extra.split"]
+    result = cli("convert", _folder("pre014_flat"), tmp_path / "extra.safetensors", "--root", "extra")
+    (line,) = result.stderr.splitlines()
+    assert result.exit_code == 2 and "flattened_range" in line and "'extra.split'" in line
+    assert cli("convert", _folder("pre014_flat"), tmp_path / "model.safetensors").exit_code == 0
