@@ -21,7 +21,7 @@ from typing import Any
 
 from ckpttool.checkpoint import Checkpoint
 from ckpttool.errors import FormatError
-from ckpttool.formats.dcp_metadata import DcpMetadata
+from ckpttool.formats.dcp_metadata import DcpMetadata, dcp_folder
 
 MEGATRON_METADATA = "metadata.json"
 COMMON_NAME = "common.pt"
@@ -34,6 +34,11 @@ MAX_METADATA_JSON = 1 << 20
 def is_torch_dist(folder: str, meta: DcpMetadata) -> bool:
     """Written by Megatron-Core: its metadata.json names torch_dist, or `.metadata` holds its save plans."""
     return meta.save_plans > 0 or meta.mcore or backend(folder) == TORCH_DIST
+
+
+def is_torch_dist_folder(path: str) -> bool:
+    """A Megatron-Core checkpoint folder (or NeMo 2 checkpoint), by its metadata.json alone."""
+    return backend(dcp_folder(path)) == TORCH_DIST
 
 
 def backend(folder: str) -> str | None:
@@ -111,3 +116,41 @@ def _merge(into: dict[Any, Any], common: dict[Any, Any], where: str, notes: list
             _merge(into[key], value, f"{name}.", notes)
         else:
             notes.append(f"{COMMON_NAME}'s {name!r} is also a sharded key: the sharded value is shown")
+
+
+# -- optimizer state -----------------------------------------------------------------------------
+
+OPTIMIZER, STATE = "optimizer", "state."
+
+
+def optimizer_by_parameter(root: Any) -> dict[str, Any] | None:
+    """Megatron-Core's optimizer state (`optimizer.state.<name>.<parameter key>`, a tensor
+    shaped like the parameter) as an optimizer state_dict keyed by parameter key:
+    `{'state': {key: {name: tensor}}, 'param_groups': [{'params': [keys], ...}]}`, the group's
+    hyper-parameters taken from the first param group the common state holds; None when
+    there is none."""
+    section = root.get(OPTIMIZER) if isinstance(root, dict) else None
+    if not isinstance(section, dict):
+        return None
+    state: dict[str, dict[str, Any]] = {}
+    for key, value in section.items():
+        name, dot, param = str(key).removeprefix(STATE).partition(".")
+        if str(key).startswith(STATE) and dot and param:
+            state.setdefault(param, {})[name] = value
+    if not state:
+        return None
+    group = {k: v for k, v in _first_group(section).items() if k != "params"}
+    return {"state": state, "param_groups": [{**group, "params": list(state)}]}
+
+
+def _first_group(node: Any, depth: int = 0) -> dict[str, Any]:
+    if not isinstance(node, dict) or depth > 8:
+        return {}
+    groups = node.get("param_groups")
+    if isinstance(groups, list) and groups and isinstance(groups[0], dict):
+        return groups[0]
+    for value in node.values():
+        found = _first_group(value, depth + 1)
+        if found:
+            return found
+    return {}

@@ -115,6 +115,24 @@ def test_inspect_all_lists_optimizer_state_by_parameter_key(cli: Callable[..., R
     assert DP_BUFFER in keys
 
 
+def test_optimizer_shows_state_by_parameter_key(
+    cli: Callable[..., Result], truth: dict[str, dict[str, torch.Tensor]]
+) -> None:
+    (report,) = cli_json(cli("optimizer", _folder("gpt_tp2"), "--format", "json"))["optimizers"]
+    assert report["names"] == "keys"
+    expected = {
+        key.removeprefix(f"optimizer.state.{moment}."): moment
+        for key in truth["gpt_tp2"]
+        for moment in ("exp_avg", "exp_avg_sq")
+        if key.startswith(f"optimizer.state.{moment}.")
+    }
+    assert {s["name"] for s in report["state"]} == set(expected)
+    for state in report["state"]:
+        for moment, described in state["tensors"].items():
+            tensor = truth["gpt_tp2"][f"optimizer.state.{moment}.{state['name']}"]
+            assert described == {"shape": list(tensor.shape), "dtype": "float32"}
+
+
 def test_nemo2_checkpoint_is_its_weights_folder(cli: Callable[..., Result]) -> None:
     nemo = cli_json(cli("inspect", _folder("nemo2"), "--format", "json"))
     plain = cli_json(cli("inspect", _folder("gpt_tp1"), "--format", "json"))
@@ -223,7 +241,7 @@ def test_convert_to_safetensors_equals_torch(
 def test_convert_sharded_and_pth_equal_torch(
     cli: Callable[..., Result], tmp_path: Path, truth: dict[str, dict[str, torch.Tensor]]
 ) -> None:
-    expected = {k.removeprefix("model."): v for k, v in truth["gpt_tp2"].items() if k.startswith("model.")}
+    expected = _model(truth["gpt_tp2"])
     sharded = tmp_path / "model.safetensors"
     assert cli("convert", _folder("gpt_tp2"), sharded, "--shard-size", "8KB").exit_code == 0
     shards = sorted(tmp_path.glob("model-*.safetensors"))
@@ -234,6 +252,24 @@ def test_convert_sharded_and_pth_equal_torch(
     assert cli("convert", _folder("gpt_tp2"), pth, "--to", "pth").exit_code == 0
     loaded = torch.load(pth, weights_only=True)
     assert loaded.keys() == expected.keys() and all(torch.equal(loaded[k], expected[k]) for k in expected)
+
+
+@pytest.mark.parametrize("unstack", [False, True])
+def test_convert_to_plain_dcp_equals_torch(
+    cli: Callable[..., Result], tmp_path: Path, truth: dict[str, dict[str, torch.Tensor]], unstack: bool
+) -> None:
+    out = tmp_path / "plain"
+    result = cli("convert", _folder("gpt_tp2"), out, "--to", "dcp", *(["--unstack"] if unstack else []))
+    assert result.exit_code == 0, result.stderr
+    written = _live_truth(out, tmp_path)  # our own output, read back by torch
+    expected = _unstacked_truth(truth["gpt_tp2"]) if unstack else _model(truth["gpt_tp2"])
+    assert written.keys() == expected.keys() and all(torch.equal(written[k], expected[k]) for k in expected)
+    refused = cli("convert", _folder("gpt_tp2"), tmp_path / "opt", "--to", "dcp", "--root", "optimizer")
+    assert refused.exit_code == 2 and "dp_reshardable" in refused.stderr
+
+
+def _model(truth: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k.removeprefix("model."): v for k, v in truth.items() if k.startswith("model.")}
 
 
 # -- --unstack -------------------------------------------------------------------------------------
