@@ -139,6 +139,44 @@ def test_nemo2_checkpoint_is_its_weights_folder(cli: Callable[..., Result]) -> N
     assert nemo["tensors"] == plain["tensors"] and nemo["entries"] == plain["entries"]
 
 
+def _with_common_state_entry(folder: Path, common: dict[str, Any]) -> None:
+    """The newer layout: common.pt's values as the DCP object `common_state/shard_0_1`
+    (a torch.save of a one-item list, as megatron-core saves objects), appended to a data file."""
+    import io
+
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata, MetadataIndex
+
+    (folder / "common.pt").unlink()
+    buffer = io.BytesIO()
+    torch.save([common], buffer)
+    data = folder / "__0_0.distcp"
+    offset = data.stat().st_size
+    data.write_bytes(data.read_bytes() + buffer.getvalue())
+    metadata = pickle.loads((folder / ".metadata").read_bytes())  # our own committed file
+    metadata.state_dict_metadata["common_state/shard_0_1"] = BytesStorageMetadata()
+    info = _StorageInfo(data.name, offset, len(buffer.getvalue()))
+    metadata.storage_data[MetadataIndex("common_state/shard_0_1")] = info
+    (folder / ".metadata").write_bytes(pickle.dumps(metadata))
+
+
+def test_common_state_entry_is_merged_like_common_pt(cli: Callable[..., Result], tmp_path: Path) -> None:
+    folder = Path(shutil.copytree(_folder("gpt_tp1"), tmp_path / "newer"))
+    _with_common_state_entry(folder, {"iteration": 7, "checkpoint_version": 3.0})
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp_to_torch_save(folder, tmp_path / "loaded.pt")  # torch reads the folder
+    loaded = torch.load(tmp_path / "loaded.pt", weights_only=True)
+    assert loaded["common_state/shard_0_1"] == [{"iteration": 7, "checkpoint_version": 3.0}]
+    report = cli_json(cli("inspect", folder, "--format", "json"))
+    assert (report["entries"]["iteration"], report["entries"]["checkpoint_version"]) == (7, 3.0)
+    assert report["weights"]["root"] == "model"
+    (scanned,) = cli_json(cli("scan", folder, "--format", "json"))["files"]
+    assert scanned["verdict"] in ("safe", "needs-allowlist")
+
+
 # -- scan ----------------------------------------------------------------------------------------
 
 
