@@ -240,24 +240,37 @@ def _instance(module: str, name: str, fields: dict[str, bytes]) -> bytes:
     return global_ref(module, name) + Op.EMPTY_TUPLE + Op.NEWOBJ + state + Op.BUILD
 
 
+_BASE = {"state_dict_metadata": value({}), "planner_data": value(None), "storage_data": value({})}
+
+
 def _plans_with_gadget(marker: Path) -> bytes:
     """DCP Metadata whose Megatron save plan holds a WriteItem typed by a posix.system call."""
     gadget = call_global("posix", "system", shell_touch(marker))
     item = _instance("torch.distributed.checkpoint.planner", "WriteItem", {"type": gadget})
     plan = _instance("torch.distributed.checkpoint.planner", "SavePlan", {"items": Op.EMPTY_LIST + item + Op.APPEND})
-    base = {"state_dict_metadata": value({}), "planner_data": value(None), "storage_data": value({})}
     plans = Op.EMPTY_LIST + plan + Op.APPEND
-    return whole(_instance("torch.distributed.checkpoint.metadata", "Metadata", {**base, "all_local_plans": plans}))
+    return whole(_instance("torch.distributed.checkpoint.metadata", "Metadata", {**_BASE, "all_local_plans": plans}))
 
 
-def test_hostile_save_plan_in_metadata_runs_nothing(cli: Callable[..., Result], tmp_path: Path, marker: Path) -> None:
+def _mcore_data_with_gadget(marker: Path) -> bytes:
+    """Pre-0.14 MCoreMetadata whose mcore_data holds a posix.system call."""
+    gadget = call_global("posix", "system", shell_touch(marker))
+    mcore_data = Op.EMPTY_DICT + text("w") + Op.EMPTY_DICT + text("x") + gadget + Op.SETITEM + Op.SETITEM
+    module = "megatron.core.dist_checkpointing.strategies.torch"
+    return whole(_instance(module, "MCoreMetadata", {**_BASE, "mcore_data": mcore_data}))
+
+
+@pytest.mark.parametrize("build", [_plans_with_gadget, _mcore_data_with_gadget], ids=["save plan", "mcore_data"])
+def test_hostile_megatron_metadata_runs_nothing(
+    cli: Callable[..., Result], tmp_path: Path, marker: Path, build: Callable[[Path], bytes]
+) -> None:
     folder = Path(shutil.copytree(_folder("gpt_tp1"), tmp_path / "hostile"))
-    (folder / ".metadata").write_bytes(_plans_with_gadget(marker))
+    (folder / ".metadata").write_bytes(build(marker))
     results = _all_commands(cli, folder, tmp_path / "out.safetensors")
     scanned = _assert_dangerous_and_ran_nothing(results, marker)
     assert any((g["module"], g["verdict"]) == ("posix", "dangerous") for g in scanned["globals"])
     (line,) = results["inspect"].stderr.splitlines()
-    assert results["inspect"].exit_code == 2 and "posix.system" in line
+    assert results["inspect"].exit_code == 2 and "not torch.distributed.checkpoint metadata" in line
 
 
 # -- convert -------------------------------------------------------------------------------------
