@@ -51,12 +51,13 @@ INDEX = f"{_MD}.MetadataIndex"
 STORAGE_META = f"{_MD}.StorageMeta"
 MEM_FORMAT = f"{_MD}._MEM_FORMAT_ENCODING"
 STORAGE_INFO = f"{_FS}._StorageInfo"
+STORAGE_PREFIX = f"{_FS}._StoragePrefix"  # a save plan's storage_data once the writer prepared it
 # Megatron-Core's additions: the save plans (`all_local_plans`), and before 0.14 its own
 # subclasses of Metadata and SavePlan, each with `mcore_data` per key.
 SAVE_PLAN, WRITE_ITEM = f"{_PLANNER}.SavePlan", f"{_PLANNER}.WriteItem"
 TENSOR_WRITE, WRITE_ITEM_TYPE = f"{_PLANNER}.TensorWriteData", f"{_PLANNER}.WriteItemType"
 MCORE_METADATA, MCORE_SAVE_PLAN = f"{_MCORE}.MCoreMetadata", f"{_MCORE}.MCoreSavePlan"
-MEGATRON_CLASSES = frozenset({SAVE_PLAN, WRITE_ITEM, TENSOR_WRITE, MCORE_METADATA, MCORE_SAVE_PLAN})
+MEGATRON_CLASSES = frozenset({SAVE_PLAN, WRITE_ITEM, TENSOR_WRITE, MCORE_METADATA, MCORE_SAVE_PLAN, STORAGE_PREFIX})
 SIZE, LAYOUT = "torch.Size", "torch.serialization._get_layout"
 TORCH_DTYPES = frozenset(f"torch.{name}" for name in DTYPES if name[:1].islower())
 DCP_CLASSES = MEGATRON_CLASSES | {METADATA, TENSOR, BYTES, CHUNK, PROPERTIES, INDEX, STORAGE_META, STORAGE_INFO}
@@ -228,8 +229,9 @@ class _Reader:
             fields = self.instance(plan, cls)
             self.only(fields, _PLAN_FIELDS, "SavePlan")
             items = fields.get("items", [])
-            if not isinstance(items, list) or fields.get("storage_data") is not None:
-                raise self.fail("a SavePlan whose items are not a list, or with storage_data")
+            if not isinstance(items, list):
+                raise self.fail("a SavePlan whose items are not a list")
+            self.storage_prefix(fields.get("storage_data"))
             if not isinstance(fields.get("usable", True), bool):
                 raise self.fail("a SavePlan whose usable is not a bool")
             self.planner_paths(fields.get("planner_data"), fields.get("planner_data") or {})
@@ -237,6 +239,13 @@ class _Reader:
             for item in items:
                 self.write_item(item)
         return len(node)
+
+    def storage_prefix(self, node: Any) -> None:
+        """A save plan's storage_data: none, or the file system writer's `_StoragePrefix(prefix)`."""
+        if node is not None:
+            fields = self.instance(node, STORAGE_PREFIX)
+            self.only(fields, frozenset({"prefix"}), "_StoragePrefix")
+            self.text(fields.get("prefix"), "a _StoragePrefix's prefix")
 
     def write_item(self, node: Any) -> None:
         fields = self.instance(node, WRITE_ITEM)

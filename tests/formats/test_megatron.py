@@ -411,3 +411,17 @@ def test_flattened_range_tensor_is_listed_but_refused_for_conversion(
     (line,) = result.stderr.splitlines()
     assert result.exit_code == 2 and "flattened_range" in line and "'extra.split'" in line
     assert cli("convert", _folder("pre014_flat"), tmp_path / "model.safetensors").exit_code == 0
+
+
+def test_save_plans_prepared_by_the_writer_are_accepted(tmp_path: Path) -> None:
+    """A plan whose storage_data the file system writer set (`_StoragePrefix`), as torch pickles it."""
+    from dataclasses import replace
+
+    from torch.distributed.checkpoint.filesystem import _StoragePrefix
+
+    folder = Path(shutil.copytree(_folder("gpt_tp2"), tmp_path / "prepared"))
+    metadata = pickle.loads((folder / ".metadata").read_bytes())  # our own committed file
+    plans = metadata.all_local_plans
+    metadata.all_local_plans = [replace(p, storage_data=_StoragePrefix(f"__{i}_")) for i, p in enumerate(plans)]
+    (folder / ".metadata").write_bytes(pickle.dumps(metadata))
+    assert read_dcp_metadata(str(folder)).save_plans == 2
