@@ -134,11 +134,12 @@ def item_pickles(path: str) -> Iterator[tuple[str, bytes]]:
     yield metadata_pickle(path)
     meta = read_dcp_metadata(path)
     files = DataFiles(meta.folder)
+    inside = "" if os.path.samefile(meta.folder, path) else f"{os.path.relpath(meta.folder, path)}/"  # NeMo 2
     common = common_path(meta.folder) if is_torch_dist(meta.folder, meta) else None
     if common is not None:
-        yield from _archive_pickles(COMMON_NAME, open_archive(common))
+        yield from _archive_pickles(inside + COMMON_NAME, open_archive(common))
     for fqn, item, is_tensor in _items(meta):
-        name = f"{item.file}[{item.offset}:{item.offset + item.length}] ({fqn})"
+        name = f"{inside}{item.file}[{item.offset}:{item.offset + item.length}] ({fqn})"
         start, _ = files.check(fqn, item)
         if files.read(item.file, start, min(4, item.length)) != ZIP_MAGIC:
             if not is_tensor:

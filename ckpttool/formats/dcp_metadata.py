@@ -155,14 +155,15 @@ def metadata_path(folder: str) -> str:
 
 
 def metadata_pickle(folder: str) -> tuple[str, bytes]:
-    """(name, bytes) of the folder's `.metadata` pickle, for `scan`."""
+    """(name, bytes) of the folder's `.metadata` pickle, for `scan`; the name is relative to
+    `folder` (`weights/.metadata` in a NeMo 2 checkpoint)."""
     path = metadata_path(folder)
     try:
         size = os.path.getsize(path)
         if size > MAX_METADATA_SIZE:
             raise LimitError(f"{METADATA_NAME} of {size} bytes is larger than {MAX_METADATA_SIZE}", path=folder)
         with open(path, "rb") as f:
-            return METADATA_NAME, f.read(MAX_METADATA_SIZE)
+            return os.path.relpath(path, folder), f.read(MAX_METADATA_SIZE)
     except FileNotFoundError:
         raise FileAccessError(f"no {METADATA_NAME} file: not a distributed checkpoint", path=folder) from None
     except OSError as exc:
@@ -234,7 +235,7 @@ class _Reader:
             self.storage_prefix(fields.get("storage_data"))
             if not isinstance(fields.get("usable", True), bool):
                 raise self.fail("a SavePlan whose usable is not a bool")
-            self.planner_paths(fields.get("planner_data"), fields.get("planner_data") or {})
+            self.plain_dict(fields.get("planner_data"), "a SavePlan's planner_data")
             self.plain_dict(fields.get("mcore_data"), "a SavePlan's mcore_data")
             for item in items:
                 self.write_item(item)
