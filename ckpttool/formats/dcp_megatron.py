@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any
 
 from ckpttool.checkpoint import Checkpoint
@@ -27,6 +28,8 @@ MEGATRON_METADATA = "metadata.json"
 COMMON_NAME = "common.pt"
 COMMON_ENTRY = "common_state/shard_0_1"  # newer releases: the common state as a DCP object
 TORCH_DIST = "torch_dist"
+SECTION = re.compile(r"model\d*|module|optimizer")
+MODEL_SECTION = re.compile(r"(?:model\d*|module)\.")
 DP_RESHARDABLE = "optimizer.distributed.dp_group_idx_"  # the distributed optimizer's flat buffers
 MAX_METADATA_JSON = 1 << 20
 
@@ -87,13 +90,17 @@ def common_path(folder: str) -> str | None:
 
 
 def megatron_root(values: dict[str, Any], meta: DcpMetadata, common: Any) -> tuple[dict[str, Any], list[str]]:
-    """(the state_dict, anomalies): tensors grouped by their first key component, objects
-    under their full keys, then the common state merged in where it names no sharded key."""
+    """(the state_dict, anomalies): the tensors of each section Megatron-LM and NeMo prefix
+    their keys with (`model.`, `model0.` per virtual pipeline stage, `module.`, `optimizer.`)
+    grouped under it, every other key as it is, then the common state merged in where it
+    names no sharded key. A model saved without a prefix stays flat: its weights are the
+    whole folder."""
     root: dict[str, Any] = {}
     notes: list[str] = []
+    grouped = any(MODEL_SECTION.match(fqn) for fqn in meta.tensors)
     for fqn, value in values.items():
         head, dot, rest = fqn.partition(".")
-        if fqn in meta.tensors and dot and head not in values:
+        if grouped and fqn in meta.tensors and dot and SECTION.fullmatch(head) and head not in values:
             group = root.setdefault(head, {})
             if isinstance(group, dict):
                 group[rest] = value

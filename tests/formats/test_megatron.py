@@ -182,6 +182,25 @@ def test_common_state_entry_is_merged_like_common_pt(cli: Callable[..., Result],
     assert scanned["verdict"] in ("safe", "needs-allowlist")
 
 
+def test_a_model_saved_without_prefix_is_the_whole_folder(cli: Callable[..., Result], tmp_path: Path) -> None:
+    """`model.sharded_state_dict(prefix="")`, no optimizer: the weights are every tensor, flat."""
+    from dataclasses import replace
+
+    folder = Path(shutil.copytree(_folder("gpt_tp2"), tmp_path / "bare"))
+    metadata = pickle.loads((folder / ".metadata").read_bytes())  # our own committed file
+    kept = {k.removeprefix("model."): v for k, v in metadata.state_dict_metadata.items() if "optimizer" not in k}
+    metadata.state_dict_metadata = kept
+    storage = {replace(i, fqn=i.fqn.removeprefix("model.")): v for i, v in metadata.storage_data.items()}
+    metadata.storage_data = {i: v for i, v in storage.items() if i.fqn in kept}
+    (folder / ".metadata").write_bytes(pickle.dumps(metadata))
+    report = cli_json(cli("inspect", folder, "--format", "json"))
+    assert report["weights"]["root"] == "" and QKV in {t["key"] for t in report["weights"]["tensors"]}
+    out = tmp_path / "bare.safetensors"
+    assert cli("convert", folder, out).exit_code == 0
+    expected, written = _live_truth(folder, tmp_path), load_file(out)
+    assert written.keys() == expected.keys() and all(torch.equal(written[k], expected[k]) for k in expected)
+
+
 # -- scan ----------------------------------------------------------------------------------------
 
 
