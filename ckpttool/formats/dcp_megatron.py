@@ -8,9 +8,11 @@ and the values that are not sharded (iteration, args) in `common.pt` beside them
 `metadata.json` names the backend (`"sharded_backend": "torch_dist"`).
 
 Here that layout becomes the state_dict Megatron's own `load` returns, with no code run:
-tensors grouped by their first key component (`model`, `optimizer`, ...), so the model's
-weights are found under `model`, objects under their full keys, and the common state
-merged in at the top (read as inert data by the torch-zip reader).
+tensors grouped by the section their keys start with (`model`, `optimizer`, ...), so the
+model's weights are found under `model`, objects under their full keys, and the common
+state merged in at the top (read as inert data by the torch-zip reader). Tensors only
+Megatron's code can map back (dp_reshardable buffers, flattened_range) are named in
+`Checkpoint.unconvertible`, for conversions to refuse.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def backend(folder: str) -> str | None:
     try:
         with open(os.path.join(folder, MEGATRON_METADATA), "rb") as f:
             data = json.loads(f.read(MAX_METADATA_JSON))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # unreadable, not JSON, nested past the parser
         return None
     value = data.get("sharded_backend") if isinstance(data, dict) else None
     return value if isinstance(value, str) else None

@@ -449,3 +449,17 @@ def test_save_plans_prepared_by_the_writer_are_accepted(tmp_path: Path) -> None:
     metadata.all_local_plans = [replace(p, storage_data=_StoragePrefix(f"__{i}_")) for i, p in enumerate(plans)]
     (folder / ".metadata").write_bytes(pickle.dumps(metadata))
     assert read_dcp_metadata(str(folder)).save_plans == 2
+
+
+def test_damaged_side_files_are_one_line_or_ignored(cli: Callable[..., Result], tmp_path: Path) -> None:
+    folder = Path(shutil.copytree(_folder("gpt_tp1"), tmp_path / "damaged"))
+    (folder / "metadata.json").write_text("[" * 100_000)  # the save plans still say Megatron-Core
+    assert cli_json(cli("inspect", folder, "--format", "json"))["weights"]["root"] == "model"
+    common = folder / "common.pt"
+    common.write_bytes(common.read_bytes()[:1000])
+    for args in (("inspect", folder), ("convert", folder, tmp_path / "out.safetensors")):
+        result = cli(*args)
+        (line,) = result.stderr.splitlines()
+        assert result.exit_code == 2 and "common.pt" in line, line
+    (scanned,) = cli_json(cli("scan", folder, "--format", "json"))["files"]
+    assert scanned["verdict"] == "dangerous"  # what cannot be read cannot be cleared
