@@ -51,6 +51,8 @@ from ckpttool.formats.ziparchive import ZIP_MAGIC, ZipArchive, open_archive, pre
 from ckpttool.tensordata import read_span
 
 FORMAT = "dcp"
+EXTRA_STATE = "._extra_state/"  # a module's extra state saved as a Megatron object entry
+PICKLE_PROTO = b"\x80"  # the first opcode of every pickle of protocol 2 or later
 MAX_NESTING = 64  # deeper planner paths are not a state_dict: the keys stay flat
 _RANK_FILE = re.compile(r"__(\d+)_\d+\.distcp")  # FileSystemWriter's name: rank, then file number
 
@@ -145,13 +147,28 @@ def item_pickles(path: str) -> Iterator[tuple[str, bytes]]:
             if not is_tensor:
                 yield name, files.read(item.file, start, min(item.length, MAX_PICKLE_RECORD))
             continue
-        yield from _archive_pickles(name, files.archive(fqn, item))
+        archive = files.archive(fqn, item)
+        yield from _archive_pickles(name, archive)
+        if not is_tensor and EXTRA_STATE in fqn:
+            yield from _embedded_pickles(name, archive)
 
 
 def _archive_pickles(name: str, archive: ZipArchive) -> Iterator[tuple[str, bytes]]:
     entry = archive.record("data.pkl")
     if entry is not None:
         yield f"{name}:{entry.name}", read_entry(archive, entry, MAX_PICKLE_RECORD)
+
+
+def _embedded_pickles(name: str, archive: ZipArchive) -> Iterator[tuple[str, bytes]]:
+    """TransformerEngine keeps a module's extra state (FP8 scaling) as a uint8 tensor of
+    `pickle.dumps` bytes, which its `set_extra_state` unpickles: a tensor record of an
+    `_extra_state` object that starts like a pickle is scanned as the pickle it is."""
+    records = f"{archive.root}/data/"
+    for record in archive.order:
+        if record.startswith(records) and archive.entries[record].size:
+            data = read_entry(archive, archive.entries[record], MAX_PICKLE_RECORD)
+            if data[:1] == PICKLE_PROTO:
+                yield f"{name}:{record} (TransformerEngine extra state)", data
 
 
 def _items(meta: DcpMetadata) -> Iterator[tuple[str, DcpStorage, bool]]:

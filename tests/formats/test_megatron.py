@@ -244,19 +244,54 @@ def test_hostile_common_pt_runs_nothing(cli: Callable[..., Result], tmp_path: Pa
     assert any(g["module"] == "os" and g["verdict"] == "dangerous" for g in scanned["globals"])
 
 
-def test_hostile_object_entry_runs_nothing(cli: Callable[..., Result], tmp_path: Path, marker: Path) -> None:
-    folder = Path(shutil.copytree(_folder("gpt_tp1"), tmp_path / "hostile"))
+def _replace_entry(folder: Path, fqn: str, archive: bytes) -> None:
+    """The object entry `fqn` pointed at `archive`, appended to a data file."""
     data = folder / "__0_0.distcp"
-    archive = torch_zip(reduce_pickle("os", "system", shell_touch(marker)))
     offset = data.stat().st_size
     data.write_bytes(data.read_bytes() + archive)
     metadata = pickle.loads((folder / ".metadata").read_bytes())  # our own committed file
     for index, info in metadata.storage_data.items():
-        if index.fqn == "extra.shared/shard_0_1":
+        if index.fqn == fqn:
             info.relative_path, info.offset, info.length = data.name, offset, len(archive)
     (folder / ".metadata").write_bytes(pickle.dumps(metadata))
+
+
+def _saved(value: Any) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
+
+
+EXTRA_STATE = "model.decoder.layers.self_attention.linear_qkv._extra_state/shard_0_2"
+
+
+def test_hostile_object_entry_runs_nothing(cli: Callable[..., Result], tmp_path: Path, marker: Path) -> None:
+    folder = Path(shutil.copytree(_folder("gpt_tp1"), tmp_path / "hostile"))
+    _replace_entry(folder, "extra.shared/shard_0_1", torch_zip(reduce_pickle("os", "system", shell_touch(marker))))
     scanned = _assert_dangerous_and_ran_nothing(_all_commands(cli, folder, tmp_path / "out.safetensors"), marker)
     assert any(g["module"] == "os" and g["verdict"] == "dangerous" for g in scanned["globals"])
+
+
+def test_transformer_engine_extra_state_is_scanned_as_the_pickle_it_holds(
+    cli: Callable[..., Result], tmp_path: Path, marker: Path
+) -> None:
+    """TransformerEngine's set_extra_state unpickles the bytes of its uint8 extra-state tensor."""
+    benign = Path(shutil.copytree(_folder("gpt_tp1"), tmp_path / "benign"))
+    state = bytearray(pickle.dumps({"scale_fwd": [1.0, 2.0], "amax_history_len": 16}))
+    _replace_entry(benign, EXTRA_STATE, _saved([torch.frombuffer(state, dtype=torch.uint8)]))
+    (scanned,) = cli_json(cli("scan", benign, "--format", "json"))["files"]
+    (plain,) = cli_json(cli("scan", _folder("gpt_tp1"), "--format", "json"))["files"]
+    assert scanned["verdict"] == "needs-allowlist" and scanned["pickles"] == plain["pickles"] + 1
+
+    hostile = Path(shutil.copytree(_folder("gpt_tp1"), tmp_path / "hostile"))
+    payload = bytearray(reduce_pickle("os", "system", shell_touch(marker)))
+    _replace_entry(hostile, EXTRA_STATE, _saved([torch.frombuffer(payload, dtype=torch.uint8)]))
+    results = _all_commands(cli, hostile, tmp_path / "out.safetensors")
+    scanned = _assert_dangerous_and_ran_nothing(results, marker)
+    assert any(g["module"] == "os" and g["verdict"] == "dangerous" for g in scanned["globals"])
+    assert results["inspect"].exit_code == 0  # the tensor itself is plain data
 
 
 def _instance(module: str, name: str, fields: dict[str, bytes]) -> bytes:
