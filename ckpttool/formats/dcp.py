@@ -19,7 +19,9 @@ one `.metadata` declares is a FormatError naming the file and the key.
 
 The keys are put back into the nested state_dict they were flattened from (DCP's
 planner_data), so `model.weight` is the `weight` of the `model` dict and an optimizer's
-`state` and `param_groups` are found where `optimizer` looks for them.
+`state` and `param_groups` are found where `optimizer` looks for them. A Megatron-Core
+`torch_dist` folder (or NeMo 2 checkpoint, whose `weights/` is one) is laid out as Megatron
+loads it, with its `common.pt` (`formats/dcp_megatron.py`).
 """
 
 from __future__ import annotations
