@@ -30,6 +30,7 @@ from ckpttool.formats import read_checkpoint
 from ckpttool.ops.entrycompare import same_entry
 from ckpttool.ops.equivalence import equivalent
 from ckpttool.ops.inspect import entry_values, jsonable
+from ckpttool.ops.unstack import unstack_checkpoint
 from ckpttool.ops.valuediff import Tolerance, compare_values
 from ckpttool.tensormap import MappedFiles
 from ckpttool.weights import all_tensors, find_weights, walk
@@ -84,10 +85,14 @@ class DiffOptions:
     root_a: str | None = None
     root_b: str | None = None
     ignore_dtype: bool = False
+    unstack: bool = False  # Megatron-Core's stacked layers, one tensor per layer (ops/unstack.py)
 
 
 def diff(path_a: str, path_b: str, options: DiffOptions, progress: Progress | None = None) -> DiffReport:
     a, b = read_checkpoint(path_a), read_checkpoint(path_b)
+    if options.unstack:
+        unstack_checkpoint(a)
+        unstack_checkpoint(b)
     with about(path_a):
         tensors_a, root_a = _tensors(a.root, options.every_tensor, options.root_a)
     with about(path_b):

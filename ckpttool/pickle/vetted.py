@@ -184,10 +184,13 @@ def _path_parts_fits(args: Args) -> str | None:
     return "expected path parts as strings"
 
 
-def _memory_format_code_fits(args: Args) -> str | None:
-    if len(args) == 1 and type(args[0]) is int and args[0] in (0, 1, 2):
-        return None
-    return "expected one of the codes 0, 1, 2"
+def _enum_code_fits(codes: tuple[int, ...]) -> Callable[[Args], str | None]:
+    def fits(args: Args) -> str | None:
+        if len(args) == 1 and type(args[0]) is int and args[0] in codes:
+            return None
+        return f"expected one of the codes {', '.join(map(str, codes))}"
+
+    return fits
 
 
 _PATH = Vetted("a path object parsed from strings; nothing touches the file system", _path_parts_fits)
@@ -198,7 +201,12 @@ DCP_METADATA_CALLS: dict[str, Vetted] = {
     **{f"pathlib.{m}{c}": _PATH for m in ("", "_local.") for c in ("PosixPath", "WindowsPath")},
     "torch.distributed.checkpoint.metadata._MEM_FORMAT_ENCODING": Vetted(
         "the memory-format code of DCP's TensorProperties: an Enum member looked up by its value (a dict lookup)",
-        _memory_format_code_fits,
+        _enum_code_fits((0, 1, 2)),
+    ),
+    # Megatron-Core keeps the save plans in `.metadata` (all_local_plans): each WriteItem's type.
+    "torch.distributed.checkpoint.planner.WriteItemType": Vetted(
+        "the kind of a DCP save plan's WriteItem: an Enum member looked up by its value (a dict lookup)",
+        _enum_code_fits((1, 2, 3)),
     ),
 }
 
