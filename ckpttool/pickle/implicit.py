@@ -1,0 +1,95 @@
+"""The calls an unpickler makes that no REDUCE spells: methods of the objects it built,
+and callables those methods may reach.
+
+- APPEND(S) on anything but a list looks up `append`/`extend` on the object; SETITEM(S)
+  on anything but a dict calls its `__setitem__`: calls of the object's class (unless
+  the class is a container of that kind).
+- BUILD with slot state sets each attribute through the class's `__setattr__` (an object
+  can forward it elsewhere, as `typing._GenericAlias` does).
+- An iterating constructor (`collections.OrderedDict(x)`, `set(x)`, ...) given an object
+  the pickle built calls its `keys`/`__iter__`: a call of that object's class.
+- A global sitting in an object's state, items or a constructor's arguments is where
+  the object's methods (`__setstate__`, `__del__`, `append`, ...) can call it: it is
+  judged as called. The callables a vetted or allowlisted function takes by position
+  are judged by that function's own rule (`vetted.passes`, `call_ops`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from ckpttool.pickle.allowlist import is_allowed
+from ckpttool.pickle.objects import UNSET, Call, Global, PersistentRef
+from ckpttool.pickle.state import legacy_module_class
+from ckpttool.pickle.vetted import VETTED, container_kind, is_plain
+
+# Allowlisted or vetted constructors that iterate (or read keys/items of) what they are given.
+ITERATING = frozenset(
+    {"collections.OrderedDict", "collections.Counter", "collections.deque", "collections.defaultdict",
+     "builtins.set", "builtins.frozenset", "builtins.list", "builtins.tuple", "builtins.dict", "builtins.bytearray",
+     "builtins.bytes", "builtins.len"}
+)  # fmt: skip
+_LEAVES = (str, bytes, bytearray, int, float, complex, bool, type(None), Call, PersistentRef)
+
+Implicit = tuple[Global, str]  # the global, and how the unpickler comes to call it
+
+
+def implicit_calls(calls: Iterable[Call]) -> Iterator[Implicit]:
+    for call in calls:
+        func = legacy_module_class(call.func)
+        if isinstance(func, Global):
+            yield from _method_calls(call, func)
+        yield from _callables_held(call, func)
+
+
+def _method_calls(call: Call, func: Global) -> Iterator[Implicit]:
+    kind = container_kind(func.qualname)
+    if call.items is not None and kind != "list":
+        yield func, "APPEND(S) calls its append/extend"
+    if call.dictitems is not None and kind != "dict":
+        yield func, "SETITEM(S) calls its __setitem__"
+    if _has_slot_state(call.state):
+        yield func, "BUILD's slot state sets attributes through its __setattr__"
+    if func.qualname in ITERATING:
+        for arg in call.args:
+            target = legacy_module_class(arg.func) if isinstance(arg, Call) and not is_plain(arg) else None
+            if isinstance(target, Global):
+                yield target, f"iterated by {func.qualname}(...), which calls its keys/__iter__"
+
+
+def _has_slot_state(state: Any) -> bool:
+    return type(state) is tuple and len(state) == 2 and bool(state[1])
+
+
+def _callables_held(call: Call, func: Any) -> Iterator[Implicit]:
+    name = func.qualname if isinstance(func, Global) else "a computed callable"
+    judged_by_callee = isinstance(func, Global) and (is_allowed(func.qualname) or func.qualname in VETTED)
+    # A global a vetted or allowlisted function takes as an argument is judged by its rule.
+    args = [a for a in call.args if not isinstance(legacy_module_class(a), Global)] if judged_by_callee else call.args
+    held = {"arguments": args, "keyword arguments": call.kwargs, "items": call.items, "dict items": call.dictitems}
+    if call.state is not UNSET:
+        held["state"] = call.state
+    for where, value in held.items():
+        for found in globals_in(value):
+            yield found, f"a callable in the {where} of {name}(...), where its methods can call it"
+
+
+def globals_in(value: Any) -> Iterator[Global]:
+    """The globals inside plain containers, each container visited once; objects the
+    pickle built (`Call`) are judged as calls of their own."""
+    seen: set[int] = set()
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, _LEAVES):
+            continue
+        if isinstance(node, Global):
+            yield node
+        elif id(node) not in seen:
+            seen.add(id(node))
+            if isinstance(node, dict):
+                stack.extend(node.keys())
+                stack.extend(node.values())
+            elif isinstance(node, (tuple, list, set, frozenset)):
+                stack.extend(node)
