@@ -17,6 +17,7 @@ import importlib
 import importlib.util
 import sys
 import sysconfig
+import warnings
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parents[1] / "ckpttool" / "pickle" / "stdlib_reach.py"
@@ -108,7 +109,9 @@ def extension_members() -> dict[str, str]:
     members: dict[str, str] = {}
     for name in sorted(sys.stdlib_module_names):
         if name in sys.builtin_module_names or _is_extension(name):
-            module = importlib.import_module(name)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # deprecated modules say so on import
+                module = importlib.import_module(name)
             for member, reach in _MEMBER_REACH.items():
                 if callable(getattr(module, member, None)):
                     members[f"{name}.{member}"] = reach

@@ -237,7 +237,8 @@ def _judged(module: str, name: str, tally: _Tally, allowed_by: str | None) -> tu
     called = USE_CALL in tally.uses
     vetted = VETTED.get(qualname)
     class_why = None if called else vetted_class(qualname)
-    label = None if vetted or class_why else gadget_label(module, name, called)
+    class_only = USE_INSTANTIATE in tally.uses and not called
+    label = None if vetted or class_why else gadget_label(module, name, class_only)
     if label:
         return DANGEROUS, label + _never_overridden(allowed_by)
     if allowed_by:

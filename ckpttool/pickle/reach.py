@@ -7,7 +7,7 @@ invite, beyond the known gadgets of `allowlist.danger_reason`.
 - modules no checkpoint needs (IDEs, code converters, profilers, config loaders);
 - a name reached through another object's attribute (`Class.method`, `module.attr`):
   what it is cannot be known without importing;
-- a private function (`_name`) that the pickle calls.
+- a private function (`_name`): anything but a class the pickle only instantiates.
 
 A vetted name (`vetted`, `vetted_classes`) is exempt: each was read for what it does.
 """
@@ -53,9 +53,9 @@ def _reached_through_attribute(module: str, name: str) -> bool:
     return is_internal(module) or any(not p[:1].isupper() for p in parts)
 
 
-def gadget_label(module: str, name: str, called: bool) -> str | None:
-    """Why `module.name` is dangerous to allowlist, or None. `called`: the pickle calls it
-    (directly, or as a method the unpickler invokes, or as a callable in some state)."""
+def gadget_label(module: str, name: str, class_only: bool) -> str | None:
+    """Why `module.name` is dangerous to allowlist, or None. `class_only`: the pickle only
+    instantiates it (a private class of the user's own package is still a class)."""
     for prefix in _prefixes(module):
         if prefix in NEEDLESS_MODULES:
             return f"{prefix}: a module no checkpoint needs; never allowlist it"
@@ -68,6 +68,6 @@ def gadget_label(module: str, name: str, called: bool) -> str | None:
             "a name reached through another object's attribute (Class.method or module.attr): what it is "
             "cannot be known without importing; never allowlist it"
         )
-    if called and any(p.startswith("_") for p in name.split(".")):
-        return "a private function, called: never allowlist it"
+    if not class_only and any(p.startswith("_") for p in name.split(".")):
+        return "a private function (a leading underscore): never allowlist it"
     return None
