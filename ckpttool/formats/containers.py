@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any, Literal
 
-from ckpttool.errors import CkptError, LimitError, PickleError, UnknownFormatError
+from ckpttool.errors import CkptError, EncryptedError, LimitError, PickleError, UnknownFormatError
 from ckpttool.formats.format import Format, Found, Probe
 from ckpttool.formats.ziparchive import ZipArchive, ZipEntry, is_zip, open_archive, read_entry, resolve_data_offset
 from ckpttool.pickle import Decoded, decode
@@ -157,6 +157,8 @@ class _Scanner:
         head = bytes(data[start : min(end, start + _HEAD)])
         try:
             self._content(name, head, data, start, end, depth)
+        except EncryptedError:
+            raise  # nothing inside can be scanned: the file is unreadable, not a finding
         except CkptError as exc:
             self.found.problems.append(f"{name}: {exc.message}")
 
@@ -264,6 +266,8 @@ class _Scanner:
                 self.found.members += 1
                 try:
                     self.zip_member(label, archive, archive.entries[member], f, depth, member in torch_pickles)
+                except EncryptedError:
+                    raise
                 except CkptError as exc:
                     self.found.problems.append(f"{label}: {exc.message}")
         self.found.problems.extend(f"{prefix}{a}" if prefix else a for a in archive.anomalies)
