@@ -21,8 +21,9 @@ from typing import Any
 
 from ckpttool.pickle.allowlist import is_allowed
 from ckpttool.pickle.objects import UNSET, Call, Global, PersistentRef
-from ckpttool.pickle.state import legacy_module_class
+from ckpttool.pickle.state import USE_CALL, USE_INSTANTIATE, legacy_module_class
 from ckpttool.pickle.vetted import VETTED, container_kind, is_plain
+from ckpttool.pickle.vetted_classes import INSTANTIATED_STATE
 
 # Allowlisted or vetted constructors that iterate (or read keys/items of) what they are given.
 ITERATING = frozenset(
@@ -32,7 +33,7 @@ ITERATING = frozenset(
 )  # fmt: skip
 _LEAVES = (str, bytes, bytearray, int, float, complex, bool, type(None), Call, PersistentRef)
 
-Implicit = tuple[Global, str]  # the global, and how the unpickler comes to call it
+Implicit = tuple[Global, str, str]  # the global, its use, and how the unpickler comes to it
 
 
 def implicit_calls(calls: Iterable[Call]) -> Iterator[Implicit]:
@@ -46,16 +47,16 @@ def implicit_calls(calls: Iterable[Call]) -> Iterator[Implicit]:
 def _method_calls(call: Call, func: Global) -> Iterator[Implicit]:
     kind = container_kind(func.qualname)
     if call.items is not None and kind != "list":
-        yield func, "APPEND(S) calls its append/extend"
+        yield func, USE_CALL, "APPEND(S) calls its append/extend"
     if call.dictitems is not None and kind != "dict":
-        yield func, "SETITEM(S) calls its __setitem__"
+        yield func, USE_CALL, "SETITEM(S) calls its __setitem__"
     if _has_slot_state(call.state):
-        yield func, "BUILD's slot state sets attributes through its __setattr__"
+        yield func, USE_CALL, "BUILD's slot state sets attributes through its __setattr__"
     if func.qualname in ITERATING:
         for arg in call.args:
             target = legacy_module_class(arg.func) if isinstance(arg, Call) and not is_plain(arg) else None
             if isinstance(target, Global):
-                yield target, f"iterated by {func.qualname}(...), which calls its keys/__iter__"
+                yield target, USE_CALL, f"iterated by {func.qualname}(...), which calls its keys/__iter__"
 
 
 def _has_slot_state(state: Any) -> bool:
@@ -69,10 +70,29 @@ def _callables_held(call: Call, func: Any) -> Iterator[Implicit]:
     args = [a for a in call.args if not isinstance(legacy_module_class(a), Global)] if judged_by_callee else call.args
     held = {"arguments": args, "keyword arguments": call.kwargs, "items": call.items, "dict items": call.dictitems}
     if call.state is not UNSET:
-        held["state"] = call.state
+        held["state"] = _state_data(call.state, func)
+        yield from _state_classes(call.state, func)
     for where, value in held.items():
         for found in globals_in(value):
-            yield found, f"a callable in the {where} of {name}(...), where its methods can call it"
+            yield found, USE_CALL, f"a callable in the {where} of {name}(...), where its methods can call it"
+
+
+def _instantiated_keys(state: Any, func: Any) -> frozenset[str]:
+    keys = INSTANTIATED_STATE.get(func.qualname) if isinstance(func, Global) else None
+    return keys if keys and isinstance(state, dict) else frozenset()
+
+
+def _state_data(state: Any, func: Any) -> Any:
+    """The state but for the classes its class instantiates (`vetted_classes.INSTANTIATED_STATE`)."""
+    keys = _instantiated_keys(state, func)
+    return {k: v for k, v in state.items() if k not in keys} if keys else state
+
+
+def _state_classes(state: Any, func: Any) -> Iterator[Implicit]:
+    for key in _instantiated_keys(state, func):
+        target = legacy_module_class(state.get(key))
+        if isinstance(target, Global):
+            yield target, USE_INSTANTIATE, f"instantiated by {func.qualname} from its state"
 
 
 def globals_in(value: Any) -> Iterator[Global]:

@@ -117,8 +117,8 @@ def judge(
             _tally(tallies, ref).uses.update(getattr(ref, "uses", ()))
         for call in decoded.calls:
             problems.extend(_judge_call(call, tallies, allow))
-        for target, how in implicit_calls(decoded.calls):
-            _note_implicit(_tally(tallies, target), how)
+        for target, use, how in implicit_calls(decoded.calls):
+            _note_implicit(_tally(tallies, target), use, how)
     judged = [_global_verdict(module, name, t, allow, torchscript) for (module, name), t in tallies.items()]
     verdict = DANGEROUS if problems else worst(g.verdict for g in judged)
     return Judgement(verdict, judged, problems)
@@ -128,9 +128,9 @@ def _tally(tallies: dict[tuple[str, str], _Tally], ref: Global) -> _Tally:
     return tallies.setdefault((ref.module, ref.name), _Tally())
 
 
-def _note_implicit(tally: _Tally, how: str) -> None:
-    tally.uses.add(USE_CALL)
-    if how not in tally.implicit and len(tally.implicit) < MAX_CALLS_SHOWN:
+def _note_implicit(tally: _Tally, use: str, how: str) -> None:
+    tally.uses.add(use)
+    if use == USE_CALL and how not in tally.implicit and len(tally.implicit) < MAX_CALLS_SHOWN:
         tally.implicit.append(how)
 
 

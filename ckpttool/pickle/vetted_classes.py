@@ -24,7 +24,15 @@ VETTED_CLASSES: dict[str, str] = {
     ),
     f"{_DCP}.metadata.TensorProperties": "DCP's tensor properties: __setstate__ assigns its fields from a tuple",
     f"{_DCP}.filesystem._StorageInfo": "DCP's storage record: __setstate__ updates its fields from a dict",
+    "joblib.numpy_pickle.NumpyArrayWrapper": (
+        "joblib's array placeholder: BUILD stores shape, order and dtype; joblib.load replaces it by the array "
+        "it reads from the bytes after it (a pickle of its own for object arrays, judged as such)"
+    ),
 }  # fmt: skip
+
+# State keys of a vetted class that hold a class it instantiates (not calls with data):
+# joblib makes `_reconstruct(subclass, (0,), 'b')` of an array subclass.
+INSTANTIATED_STATE: dict[str, frozenset[str]] = {"joblib.numpy_pickle.NumpyArrayWrapper": frozenset({"subclass"})}
 
 # nn.Module subclasses: Module.__setstate__ updates __dict__ and fills the hook dicts an old
 # pickle lacks; the overrides in torch/nn/modules (conv, pooling, activation, rnn,
