@@ -31,17 +31,32 @@ ITERATING = frozenset(
      "builtins.set", "builtins.frozenset", "builtins.list", "builtins.tuple", "builtins.dict", "builtins.bytearray",
      "builtins.bytes", "builtins.len"}
 )  # fmt: skip
-_LEAVES = (str, bytes, bytearray, int, float, complex, bool, type(None), Call, PersistentRef)
+_LEAF_TYPES = frozenset({str, bytes, bytearray, int, float, complex, bool, type(None), Call, PersistentRef})
+
+# Allowlisted torch functions that set attributes of what they build from an argument.
+_STATE_TAKING = frozenset(
+    {"torch._tensor._rebuild_from_type_v2", "torch._utils._rebuild_parameter_with_state",
+     "torch._utils._rebuild_wrapper_subclass"}
+)  # fmt: skip
 
 Implicit = tuple[Global, str, str]  # the global, its use, and how the unpickler comes to it
 
 
-def implicit_calls(calls: Iterable[Call]) -> Iterator[Implicit]:
+def implicit_calls(calls: Iterable[Call]) -> list[Implicit]:
+    """Every implicit use in `calls`, in order (one pass; a large state_dict has a call per tensor)."""
+    found: list[Implicit] = []
     for call in calls:
-        func = legacy_module_class(call.func)
+        func = call.func
+        if type(func) is PersistentRef:
+            func = legacy_module_class(func)
         if isinstance(func, Global):
-            yield from _method_calls(call, func)
-        yield from _callables_held(call, func)
+            if call.items is not None or call.dictitems is not None or call.state is not UNSET:
+                found.extend(_method_calls(call, func))
+            elif call.args and func.qualname in ITERATING:
+                found.extend(_method_calls(call, func))
+        if call.args or call.state is not UNSET or call.kwargs or call.items or call.dictitems:
+            _callables_held(call, func, found)
+    return found
 
 
 def _method_calls(call: Call, func: Global) -> Iterator[Implicit]:
@@ -63,18 +78,28 @@ def _has_slot_state(state: Any) -> bool:
     return type(state) is tuple and len(state) == 2 and bool(state[1])
 
 
-def _callables_held(call: Call, func: Any) -> Iterator[Implicit]:
-    name = func.qualname if isinstance(func, Global) else "a computed callable"
-    judged_by_callee = isinstance(func, Global) and (is_allowed(func.qualname) or func.qualname in VETTED)
-    # A global a vetted or allowlisted function takes as an argument is judged by its rule.
-    args = [a for a in call.args if not isinstance(legacy_module_class(a), Global)] if judged_by_callee else call.args
-    held = {"arguments": args, "keyword arguments": call.kwargs, "items": call.items, "dict items": call.dictitems}
+def _callables_held(call: Call, func: Any, found: list[Implicit]) -> None:
+    args: Any = call.args
+    qualname = func.qualname if isinstance(func, Global) else None
+    if qualname and is_allowed(qualname) and qualname not in ITERATING and qualname not in _STATE_TAKING:
+        args = ()  # torch's rebuild functions, sizes, devices: their own code consumes the arguments
+    elif qualname and (is_allowed(qualname) or qualname in VETTED):
+        # A global a vetted or allowlisted function takes as an argument is judged by its rule.
+        args = [a for a in args if type(a) not in _LEAF_TYPES and not isinstance(legacy_module_class(a), Global)]
+    held: list[tuple[str, Any]] = [("arguments", args)] if args else []
+    if call.kwargs:
+        held.append(("keyword arguments", call.kwargs))
+    if call.items:
+        held.append(("items", call.items))
+    if call.dictitems:
+        held.append(("dict items", call.dictitems))
     if call.state is not UNSET:
-        held["state"] = _state_data(call.state, func)
-        yield from _state_classes(call.state, func)
-    for where, value in held.items():
-        for found in globals_in(value):
-            yield found, USE_CALL, f"a callable in the {where} of {name}(...), where its methods can call it"
+        held.append(("state", _state_data(call.state, func)))
+        found.extend(_state_classes(call.state, func))
+    for where, value in held:
+        for target in globals_in(value):
+            name = func.qualname if isinstance(func, Global) else "a computed callable"
+            found.append((target, USE_CALL, f"a callable in the {where} of {name}(...), where its methods can call it"))
 
 
 def _instantiated_keys(state: Any, func: Any) -> frozenset[str]:
@@ -95,21 +120,23 @@ def _state_classes(state: Any, func: Any) -> Iterator[Implicit]:
             yield target, USE_INSTANTIATE, f"instantiated by {func.qualname} from its state"
 
 
-def globals_in(value: Any) -> Iterator[Global]:
+def globals_in(value: Any) -> list[Global]:
     """The globals inside plain containers, each container visited once; objects the
     pickle built (`Call`) are judged as calls of their own."""
+    found: list[Global] = []
+    if type(value) in _LEAF_TYPES:
+        return found
     seen: set[int] = set()
     stack = [value]
     while stack:
         node = stack.pop()
-        if isinstance(node, _LEAVES):
+        kind = type(node)
+        if kind in _LEAF_TYPES:
             continue
-        if isinstance(node, Global):
-            yield node
-        elif id(node) not in seen:
-            seen.add(id(node))
-            if isinstance(node, dict):
-                stack.extend(node.keys())
-                stack.extend(node.values())
-            elif isinstance(node, (tuple, list, set, frozenset)):
-                stack.extend(node)
+        if kind is tuple or kind is list or kind is dict or kind is set or kind is frozenset:
+            if id(node) not in seen:
+                seen.add(id(node))
+                stack.extend(node.items() if kind is dict else node)
+        elif isinstance(node, Global):
+            found.append(node)
+    return found
