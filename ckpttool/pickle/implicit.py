@@ -31,7 +31,7 @@ ITERATING = frozenset(
      "builtins.set", "builtins.frozenset", "builtins.list", "builtins.tuple", "builtins.dict", "builtins.bytearray",
      "builtins.bytes", "builtins.len"}
 )  # fmt: skip
-_LEAF_TYPES = frozenset({str, bytes, bytearray, int, float, complex, bool, type(None), Call, PersistentRef})
+_LEAF_TYPES = frozenset({str, bytes, bytearray, int, float, complex, bool, type(None), PersistentRef})
 
 # Allowlisted torch functions that set attributes of what they build from an argument.
 _STATE_TAKING = frozenset(
@@ -89,9 +89,11 @@ def _callables_held(call: Call, func: Any, found: list[Implicit]) -> None:
     held: list[tuple[str, Any]] = [("arguments", args)] if args else []
     if call.kwargs:
         held.append(("keyword arguments", call.kwargs))
-    if call.items:
+    # A real container's items are data, as a plain list's or dict's are (`globals_in`).
+    kind = container_kind(qualname) if qualname else None
+    if call.items and kind != "list":
         held.append(("items", call.items))
-    if call.dictitems:
+    if call.dictitems and kind != "dict":
         held.append(("dict items", call.dictitems))
     if call.state is not UNSET:
         held.append(("state", _state_data(call.state, func)))
@@ -136,7 +138,26 @@ def globals_in(value: Any) -> list[Global]:
         if kind is tuple or kind is list or kind is dict or kind is set or kind is frozenset:
             if id(node) not in seen:
                 seen.add(id(node))
-                stack.extend(node.items() if kind is dict else node)
+                if kind is dict:
+                    stack.extend(node.values())
+                    stack.extend(node.keys())
+                else:
+                    stack.extend(node)
+        elif kind is Call:
+            if id(node) not in seen:
+                seen.add(id(node))
+                stack.extend(_container_contents(node))
         elif isinstance(node, Global):
             found.append(node)
     return found
+
+
+def _container_contents(call: Call) -> list[Any]:
+    """What a real container the pickle built holds (an OrderedDict's items, a deque's
+    list): looked into like a plain dict or list. Any other object is judged on its own."""
+    kind = container_kind(call.func_name) if call.func_name else None
+    if kind == "dict":
+        return [*(call.dictitems or ()), *call.args]
+    if kind == "list":
+        return [*(call.items or ()), *call.args]
+    return []

@@ -103,6 +103,13 @@ def test_what_an_allowlisted_constructor_iterates_is_called() -> None:
     assert "iterated by collections.OrderedDict" in reason_of(judgement, "mypkg.Box")
 
 
+def test_a_containers_items_are_data_until_an_object_holds_them() -> None:
+    ordered = call("collections.OrderedDict") + text("cls") + glob("mypkg.models.Net") + SETITEM
+    assert verdict_of(judged(ordered), "mypkg.models.Net") == "needs-allowlist"
+    held = new("mypkg.Box") + state(config=ordered) + BUILD
+    assert verdict_of(judged(held), "mypkg.models.Net") == "unknown-call"
+
+
 def test_real_containers_are_filled_without_a_call() -> None:
     ordered = call("collections.OrderedDict") + text("k") + EMPTY_LIST + SETITEM
     deque = call("collections.deque", EMPTY_LIST) + text("x") + APPEND
