@@ -317,6 +317,24 @@ DATETIME_CALLS: dict[str, Vetted] = {
 }
 
 
+def _not_at_load(args: Args) -> str | None:
+    return "called while loading; an activation is only held by a module and called by its forward"
+
+
+_ACTIVATION = Vetted(
+    "an activation function a module holds (TransformerEncoderLayer.activation): tensor math its forward "
+    "calls with tensors; nothing runs at load time",
+    _not_at_load,
+)
+ACTIVATIONS: dict[str, Vetted] = dict.fromkeys(
+    [f"torch.nn.functional.{name}"
+     for name in ("relu", "silu", "tanh", "sigmoid", "softmax", "log_softmax", "leaky_relu", "elu", "selu", "celu",
+                  "glu", "hardtanh", "relu6", "mish", "hardswish", "hardsigmoid", "tanhshrink", "softsign", "softmin")]
+    + [f"torch._C._nn.{name}" for name in ("gelu", "softplus", "log_sigmoid")],
+    _ACTIVATION,
+)  # fmt: skip
+
+
 _CONSTRUCTOR = "builds a {} from the plain data it is given; calls nothing of it"
 _RECONSTRUCT = Vetted(
     "an empty ndarray of the given subtype (judged as instantiated) that BUILD fills from bytes, "
@@ -381,6 +399,7 @@ VETTED: dict[str, Vetted] = {
     **TORCHSCRIPT_BUILDERS,
     **DCP_METADATA_CALLS,
     **DATETIME_CALLS,
+    **ACTIVATIONS,
 }
 
 # torch's own allowlisted containers, for judging what SETITEMS and APPENDS do to them.

@@ -24,6 +24,16 @@ VETTED_CLASSES: dict[str, str] = {
     ),
     f"{_DCP}.metadata.TensorProperties": "DCP's tensor properties: __setstate__ assigns its fields from a tuple",
     f"{_DCP}.filesystem._StorageInfo": "DCP's storage record: __setstate__ updates its fields from a dict",
+    **dict.fromkeys(
+        ("torch.nn.utils.weight_norm.WeightNorm", "torch.nn.utils.spectral_norm.SpectralNorm",
+         "torch.nn.utils.spectral_norm.SpectralNormStateDictHook",
+         "torch.nn.utils.spectral_norm.SpectralNormLoadStateDictPreHook"),
+        "the hook weight_norm/spectral_norm keep in a module's hook dicts: BUILD stores a name and numbers; "
+        "no __setstate__, no __del__; it runs only on forward or state_dict",
+    ),
+    "torch.nn.modules.module._WrappedHook": (
+        "a module's state_dict hook wrapper: __setstate__ stores the hook and a weak reference to its module"
+    ),
     "joblib.numpy_pickle.NumpyArrayWrapper": (
         "joblib's array placeholder: BUILD stores shape, order and dtype; joblib.load replaces it by the array "
         "it reads from the bytes after it (a pickle of its own for object arrays, judged as such)"
