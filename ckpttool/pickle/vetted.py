@@ -335,6 +335,21 @@ ACTIVATIONS: dict[str, Vetted] = dict.fromkeys(
 )  # fmt: skip
 
 
+# Type markers configs hold as values (omegaconf's metadata keeps `typing.Any` as a node's
+# type; configs keep numpy scalar types as dtypes).
+TYPE_MARKERS: dict[str, Vetted] = {
+    **dict.fromkeys(
+        [f"typing.{name}" for name in ("Any", "Optional", "Union", "List", "Dict", "Tuple", "Set", "Callable")],
+        Vetted("a typing marker held as a type annotation; nothing calls it at load time", _not_at_load),
+    ),
+    **dict.fromkeys(
+        [f"numpy.{name}" for name in ("bool_", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+                                      "float16", "float32", "float64", "complex64", "complex128")],
+        Vetted("a numpy scalar type held as a dtype; called, it converts one number (C code)", _plain(1)),
+    ),
+}  # fmt: skip
+
+
 _CONSTRUCTOR = "builds a {} from the plain data it is given; calls nothing of it"
 _RECONSTRUCT = Vetted(
     "an empty ndarray of the given subtype (judged as instantiated) that BUILD fills from bytes, "
@@ -400,6 +415,7 @@ VETTED: dict[str, Vetted] = {
     **DCP_METADATA_CALLS,
     **DATETIME_CALLS,
     **ACTIVATIONS,
+    **TYPE_MARKERS,
 }
 
 # torch's own allowlisted containers, for judging what SETITEMS and APPENDS do to them.

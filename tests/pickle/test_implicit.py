@@ -136,6 +136,13 @@ def test_vetted_and_user_classes_given_plain_state_need_an_allowlist(cls: str) -
     assert judgement.verdict == "needs-allowlist"
 
 
+@pytest.mark.parametrize("marker", ["typing.Any", "numpy.float32", "torch.nn.functional.relu", "builtins.dict"])
+def test_type_markers_held_in_state_need_an_allowlist(marker: str) -> None:
+    """omegaconf keeps typing.Any in a node's metadata; configs keep dtypes and activations."""
+    judgement = judged(new("omegaconf.base.ContainerMetadata") + state(ref_type=glob(marker)) + BUILD)
+    assert judgement.verdict == "needs-allowlist", judgement.globals
+
+
 # -- names never to allowlist ------------------------------------------------------------------
 
 GADGET_LABELS = [
