@@ -303,6 +303,17 @@ def danger_reason(module: str, name: str) -> str | None:
     for prefix in _prefixes(qualname):
         if prefix in _DANGEROUS_MODULES:
             return f"{prefix}: {_DANGEROUS_MODULES[prefix]}"
+    return _reached_through(module, name)
+
+
+def _reached_through(module: str, name: str) -> str | None:
+    """`platform.os.system`, `typing.types.CodeType`: a dotted name whose tail names a known
+    gadget once the attribute it goes through is taken for the module it usually is."""
+    parts = name.split(".")
+    for i in range(1, len(parts)):
+        reached = danger_reason(".".join(parts[:i]), ".".join(parts[i:]))
+        if reached:
+            return f"{'.'.join(parts)} through {module}: {reached}"
     return None
 
 

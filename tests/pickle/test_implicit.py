@@ -185,6 +185,17 @@ def test_a_gadget_label_is_dangerous_and_never_allowed(qualname: str, use: str) 
     assert "--allow" not in reason_of(judgement, qualname).replace("allowed by --allow", "")
 
 
+@pytest.mark.parametrize(
+    ("qualname", "reached"),
+    [("typing.types.CodeType", "code objects"), ("platform.os.system", "module os"),
+     ("_aix_support.subprocess.call", "subprocess"), ("mypkg.builtins.eval", "runs code")],
+)  # fmt: skip
+def test_a_name_through_a_module_attribute_is_judged_as_what_it_reaches(qualname: str, reached: str) -> None:
+    judgement = judged(dotted(qualname) + POP + b"N")
+    assert verdict_of(judgement, qualname) == "dangerous"
+    assert reached in reason_of(judgement, qualname)
+
+
 @pytest.mark.parametrize("name", ["Outer.Inner", "_Private"])
 def test_a_nested_or_private_class_of_the_users_package_is_a_class(name: str) -> None:
     assert judged(f"cmypkg\n{name}\n".encode() + b")\x81" + EMPTY_DICT + BUILD).verdict == "needs-allowlist"
