@@ -15,6 +15,7 @@ from typing import Any, Literal, Protocol
 
 from ckpttool.checkpoint import Checkpoint
 from ckpttool.errors import CkptError, FileAccessError, PickleError, UnknownFormatError
+from ckpttool.formats.joblib import JoblibRead
 from ckpttool.formats.ziparchive import ZipArchive, open_archive
 from ckpttool.pickle import Decoded
 from ckpttool.pickle.judge import TorchScript
@@ -38,6 +39,8 @@ FormatName = Literal[
     "gzip",
     "bz2",
     "xz",
+    "zlib",
+    "lzma",
     "sealed",
 ]
 HEAD = 512
@@ -101,6 +104,13 @@ class Found:
         self.pickles.extend(other.pickles)
         self.problems.extend(other.problems)
         self.notes.extend(other.notes)
+
+    def add_joblib(self, name: str, read: JoblibRead | None) -> None:
+        """joblib's own reading of a pickle that decoded as a whole (it may differ)."""
+        if read is not None:
+            self.pickles.extend((name + label, decoded) for label, decoded in read.pickles)
+            if read.problem:
+                self.problems.append(f"{name}: {read.problem}")
 
     def summarise(self) -> Found:
         if not self.pickles and not self.problems:

@@ -16,11 +16,13 @@ from ckpttool.errors import UnknownFormatError
 from ckpttool.formats.containers import (
     BZ2_FORMAT,
     GZIP_FORMAT,
+    LZMA_FORMAT,
     NPY_FORMAT,
     SEALED_FORMAT,
     TAR_FORMAT,
     XZ_FORMAT,
     ZIP_FORMAT,
+    ZLIB_FORMAT,
 )
 from ckpttool.formats.dcp_format import DCP_FORMAT
 from ckpttool.formats.format import Format, FormatName, Found, Probe, not_a_checkpoint, probe
@@ -40,6 +42,8 @@ FORMATS: tuple[Format, ...] = (
     GZIP_FORMAT,
     BZ2_FORMAT,
     XZ_FORMAT,
+    ZLIB_FORMAT,
+    LZMA_FORMAT,
     TAR_FORMAT,
     ZIP_FORMAT,
     TORCHSCRIPT_FORMAT,
