@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from ckpttool.checkpoint import Checkpoint, OpaqueCall
-from ckpttool.errors import FormatError, PickleError, UnknownFormatError
+from ckpttool.errors import FormatError, NotACheckpointError, PickleError
 from ckpttool.formats.format import Format, FormatName, Found, Probe
 from ckpttool.interpret import Interpreter
 from ckpttool.pickle import decode
@@ -44,7 +44,7 @@ def _read(probe: Probe) -> Checkpoint:
         # Protocol 2+ pickles open with PROTO; a file that does not and fails to decode
         # is text or binary that happens to start with an opcode's byte.
         if not _opens_with_proto(probe):
-            raise UnknownFormatError(f"not a checkpoint ({exc.message})", path=probe.path) from None
+            raise NotACheckpointError(f"not a checkpoint ({exc.message})", path=probe.path) from None
         raise
 
 
@@ -59,7 +59,7 @@ def raw_pickles(probe: Probe) -> Found:
                 decoded = decode(data, start=start, source=probe.path)
             except PickleError as exc:
                 if index == 0 and not _found_anything(exc) and not _opens_with_proto(probe):
-                    raise UnknownFormatError(f"not a checkpoint ({exc.message})", path=probe.path) from None
+                    raise NotACheckpointError(f"not a checkpoint ({exc.message})", path=probe.path) from None
                 found.failure(name, exc)
                 return found
             found.pickles.append((name, decoded))
