@@ -67,12 +67,17 @@ class LazyGroup(click.Group):
         rank leaves its process group the same way, on success or failure."""
         if kwargs.get("standalone_mode", True) is False:
             return super().main(*args, **kwargs)
+        from ckpttool.ops.dcpranks import joined, leave
+
         try:
             return self._main(*args, **kwargs)
         except SystemExit as exc:
-            from ckpttool.ops.dcpranks import leave
-
             leave(exc.code if isinstance(exc.code, int) else 1 if exc.code else 0)  # as Python exits
+            raise
+        except Exception:
+            if joined():  # a bug: its traceback, as Python would print it, then the same end
+                _print_traceback()
+                leave(1)
             raise
 
     def _main(self, *args: Any, **kwargs: Any) -> Any:

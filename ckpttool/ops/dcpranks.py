@@ -118,13 +118,18 @@ def _close_group() -> None:
 CLOSE_TIMEOUT = 60
 
 
+def joined() -> bool:
+    """Whether this process is in a process group (never importing torch to find out)."""
+    distributed = sys.modules.get("torch.distributed")
+    return distributed is not None and distributed.is_available() and distributed.is_initialized()
+
+
 def leave(code: int) -> None:
     """The end of a process that joined a torchrun group, whatever the exit code: every rank
     meets the others at a barrier, the group is destroyed, and the process ends here, its
     output flushed, without running the C++ runtime's exit, where threads gloo started
     (and torch never joins) abort the process now and then. Does nothing elsewhere."""
-    distributed = sys.modules.get("torch.distributed")
-    if distributed is None or not distributed.is_available() or not distributed.is_initialized():
+    if not joined():
         return
     _close_group()
     for stream in (sys.stdout, sys.stderr):
