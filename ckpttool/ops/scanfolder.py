@@ -67,7 +67,8 @@ def _checkpoint_files(folder: str) -> set[str]:
     """The files of `folder` its checkpoint's loader reads together, when it is a DCP or
     sharded checkpoint; none otherwise (each file is then scanned on its own)."""
     try:
-        kind = detect(folder) if os.path.isfile(os.path.join(folder, DCP_METADATA)) or find_index(folder) else None
+        several = os.path.isfile(os.path.join(folder, DCP_METADATA)) or find_index(folder) is not None
+        kind = detect(folder) if several else None  # a folder with one weights file: each file alone
         if kind == "dcp":
             data = [n for n in os.listdir(folder) if n.endswith(DCP_DATA_SUFFIX)]
             return {os.path.normpath(os.path.join(folder, n)) for n in [DCP_METADATA, *data]}

@@ -10,11 +10,13 @@ of another host and those whose pid now belongs to another process are told apar
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -117,7 +119,7 @@ def test_pid_reuse_another_host_and_foreign_names(tmp_path: Path, capsys: pytest
     assert line.startswith(f"ckpttool: removed 2 {REMOVED}")
 
 
-def test_a_killed_reference_run_is_cleared_by_the_next(tmp_path: Path) -> None:
+def test_a_killed_reference_run_is_cleared_by_the_next(cli: Cli, tmp_path: Path) -> None:
     out = tmp_path / "runs"
     out.mkdir()
     args = ["reference", "train", "--model", "nn", "--epochs", "1", "--device", "cpu", "--out", str(out)]
@@ -131,3 +133,13 @@ def test_a_killed_reference_run_is_cleared_by_the_next(tmp_path: Path) -> None:
     removed = [line for line in done.stderr.splitlines() if REMOVED in line]
     assert len(removed) == 1 and left in removed[0], done.stderr
     assert leftovers(out, STAGING_SUFFIX) == [] and (out / "state_dict.pth").exists()
+    # What it wrote, scanned as a folder: every file torch.save wrote is an entry with its pickle.
+    saved = {str(p) for p in out.iterdir() if zipfile.is_zipfile(p) and _pickled(p)}
+    scanned = json.loads(cli("scan", out, "--format", "json").stdout)["files"]
+    assert {f["path"] for f in scanned if f["pickles"]} == saved and len(saved) >= 5
+    assert {f["verdict"] for f in scanned} <= {"safe", "needs-allowlist"}
+
+
+def _pickled(path: Path) -> bool:
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/data.pkl") for name in archive.namelist())
