@@ -92,6 +92,7 @@ def current_ranks() -> Ranks:
 
     if not dist.is_initialized():
         dist.init_process_group("gloo")
+        _set_up_here.append(True)
         atexit.register(_close_group)
     return Ranks(dist.get_rank(), dist.get_world_size())
 
@@ -118,10 +119,14 @@ def _close_group() -> None:
 CLOSE_TIMEOUT = 60
 
 
+_set_up_here: list[bool] = []  # whether this process's group is the one `current_ranks` set up
+
+
 def joined() -> bool:
-    """Whether this process is in a process group (never importing torch to find out)."""
+    """Whether this process is in the group `current_ranks` set up (a group the caller set
+    up is the caller's to end; torch is never imported to find out)."""
     distributed = sys.modules.get("torch.distributed")
-    return distributed is not None and distributed.is_available() and distributed.is_initialized()
+    return bool(_set_up_here) and distributed is not None and distributed.is_initialized()
 
 
 def leave(code: int) -> None:
