@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from ckpttool.checkpoint import Checkpoint
-from ckpttool.errors import CkptError, FileAccessError, PickleError, UnknownFormatError
+from ckpttool.errors import CkptError, FileAccessError, NotACheckpointError, PickleError, UnknownFormatError
 from ckpttool.formats.joblib import JoblibRead
 from ckpttool.formats.ziparchive import ZipArchive, open_archive
 from ckpttool.pickle import Decoded
@@ -78,7 +78,7 @@ def probe(path: str, registry: Registry) -> Probe:
     except OSError as exc:
         raise FileAccessError(f"cannot read: {exc.strerror}", path=path) from None
     if size == 0:
-        raise UnknownFormatError("empty file: not a checkpoint", path=path)
+        raise NotACheckpointError("empty file: not a checkpoint", path=path)
     return Probe(path, False, size, head, registry)
 
 

@@ -12,7 +12,7 @@ Hugging Face folder with one weights file.
 from __future__ import annotations
 
 from ckpttool.checkpoint import Checkpoint
-from ckpttool.errors import UnknownFormatError
+from ckpttool.errors import NotACheckpointError, UnknownFormatError
 from ckpttool.formats.containers import (
     BZ2_FORMAT,
     GZIP_FORMAT,
@@ -69,7 +69,7 @@ class _Registry:
             names = ", ".join(WEIGHTS_FILES)
             message = f"folder without an *.index.json, {names} or .metadata: not a checkpoint"
             raise UnknownFormatError(message, path=path)
-        raise UnknownFormatError(not_a_checkpoint(looked.head), path=path)
+        raise NotACheckpointError(not_a_checkpoint(looked.head), path=path)
 
 
 REGISTRY = _Registry()

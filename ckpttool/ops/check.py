@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckpttool.checkpoint import Checkpoint, TensorRef
-from ckpttool.errors import CkptError, IntegrityError
+from ckpttool.errors import CkptError, IntegrityError, UnknownFormatError
 from ckpttool.formats import LEGACY, LEGACY_TAR, ZIP, read_checkpoint
 from ckpttool.ops.keys import (
     Allowance,
@@ -34,7 +34,7 @@ from ckpttool.ops.keys import (
     found_weights,
     suggest_fixes,
 )
-from ckpttool.ops.scan import DANGEROUS, NEEDS_ALLOWLIST, scan_file
+from ckpttool.ops.scan import DANGEROUS, NEEDS_ALLOWLIST, FileScan, scan_file
 from ckpttool.pickle.judge import unknown_calls_by_allow
 from ckpttool.pickle.weightsonly import allowlist_effect
 from ckpttool.tensordata import verify_storage
@@ -219,15 +219,36 @@ def _shown(calls: list[str]) -> str:
 
 
 def _safety(path: str, report: CheckReport, allow: dict[str, str]) -> None:
-    result = scan_file(path, allow)
+    """As `scan`: of a folder, every file under it; each finding then names its file."""
+    for where, result in _scanned(path, allow):
+        if isinstance(result, str):
+            report.add("safety", ERROR, f"{where}cannot be scanned: {result}")
+        else:
+            _file_safety(result, report, where)
+
+
+def _scanned(path: str, allow: dict[str, str]) -> list[tuple[str, FileScan | str]]:
+    """(`name: ` or "" for the path itself, its scan or why it could not be scanned)."""
+    if not os.path.isdir(path):
+        return [("", scan_file(path, allow))]
+    from ckpttool.ops.scanpaths import scan_folder
+
+    entries = scan_folder(path, allow)
+    if len(entries) == 1 and entries[0].path == path and not isinstance(entries[0], FileScan):
+        raise UnknownFormatError(entries[0].error, path=path)  # no checkpoint in it at all
+    named = [("" if e.path == path else f"{os.path.relpath(e.path, path)}: ", e) for e in entries]
+    return [(where, e if isinstance(e, FileScan) else e.error) for where, e in named]
+
+
+def _file_safety(result: FileScan, report: CheckReport, where: str) -> None:
     if result.verdict == DANGEROUS:
         reasons = result.problems + [f"{g.qualname}: {g.reason}" for g in result.globals if g.verdict == DANGEROUS]
-        report.add("safety", ERROR, "scan calls this file dangerous: " + "; ".join(reasons[:3]))
+        report.add("safety", ERROR, f"{where}scan calls this file dangerous: " + "; ".join(reasons[:3]))
     for name, calls in unknown_calls_by_allow(result.globals).items():  # a TorchScript archive: one finding
         report.add(
             "safety",
             ERROR,
-            f"calls {_shown(calls)}: neither vetted nor a known gadget; if you trust it, --allow {name}",
+            f"{where}calls {_shown(calls)}: neither vetted nor a known gadget; if you trust it, --allow {name}",
             remedy=Remedy(
                 "if you trust it, allow it (or [tool.ckpttool] allow in pyproject.toml):", [f"--allow {name}"]
             ),
@@ -238,7 +259,7 @@ def _safety(path: str, report: CheckReport, allow: dict[str, str]) -> None:
         refused = result.weights_only.result != "loads-after-allowlist"
         why = f"; it refuses: {'; '.join(result.weights_only.reasons)}" if refused else ""
         remedy = Remedy(effect, [*(f"import {m}" for m in result.imports), result.allowlist])
-        report.add("safety", WARNING, f"{effect} {result.allowlist}{why}", remedy=remedy)
+        report.add("safety", WARNING, f"{where}{effect} {result.allowlist}{why}", remedy=remedy)
 
 
 def _keys(checkpoint: Checkpoint, options: CheckOptions, target: Target, report: CheckReport) -> None:

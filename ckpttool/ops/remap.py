@@ -64,14 +64,23 @@ def map_location(location: str, mapping: LocationMap) -> str:
 
 
 def refuse_dangerous(src: str, force: bool) -> None:
-    """The rewritten pickle would carry a dangerous file's payload on: refuse it, naming
-    what scan found, unless forced."""
+    """The rewritten pickle would carry a payload on: refuse every file `scan` fails
+    (dangerous, or calls neither vetted nor allowed in pyproject.toml), naming what it
+    found, unless forced."""
     from ckpttool.errors import DangerousSourceError
-    from ckpttool.ops.scan import DANGEROUS, scan_file
+    from ckpttool.ops.allowconfig import allowed_names
+    from ckpttool.ops.scan import DANGEROUS, UNKNOWN_CALL, scan_file
 
-    result = scan_file(src)
-    if result.verdict != DANGEROUS or force:
+    result = scan_file(src, allowed_names(()))
+    if result.verdict not in (DANGEROUS, UNKNOWN_CALL) or force:
         return
+    if result.verdict == UNKNOWN_CALL:
+        named = [g.qualname for g in result.globals if g.verdict == UNKNOWN_CALL]
+        raise DangerousSourceError(
+            f"scan finds calls neither vetted nor a known gadget ({', '.join(named)}); "
+            "the rewritten DST would carry them on: --force rewrites it anyway",
+            path=src,
+        )
     named = [g.qualname for g in result.globals if g.verdict == DANGEROUS]
     found = f"dangerous globals {', '.join(named)}" if named else result.problems[0]
     raise DangerousSourceError(
