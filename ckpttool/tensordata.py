@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO
 
 from ckpttool.checkpoint import Record, Storage, TensorRef
+from ckpttool.crc import Crc32
+from ckpttool.crc import crc32 as crc32_of
 from ckpttool.dtypes import DTYPES
 from ckpttool.errors import FormatError, IntegrityError, LimitError
 
@@ -81,7 +83,7 @@ def read_span(tensor: TensorRef) -> tuple[bytearray, int]:
         verify_record(record)
     data = read_range(ByteRange(record.path, record.data_offset() + first_byte, end_byte - first_byte))
     if whole and _unchecked(record):
-        _check(record, zlib.crc32(data))
+        _check(record, crc32_of(data))
     return data, tensor.offset
 
 
@@ -111,7 +113,7 @@ def inflate_storage(storage: Storage) -> bytes:
     if len(out) != storage.nbytes or inflater.unconsumed_tail:
         raise LimitError(f"record {record.name} does not inflate to {storage.nbytes} bytes", path=record.path)
     if _unchecked(record):
-        _check(record, zlib.crc32(out))  # a zip CRC-32 is of the inflated bytes
+        _check(record, crc32_of(out))  # a zip CRC-32 is of the inflated bytes
     return out
 
 
@@ -127,7 +129,7 @@ def chunks(span: ByteRange, size: int = CHUNK) -> Iterator[bytes]:
         verify_record(record)
         yield from _blocks(span, size)
         return
-    crc = _Crc32()
+    crc = Crc32()
     last: bytes | None = None
     for block in crc.over(_blocks(span, size)):
         if last is not None:
@@ -149,22 +151,10 @@ def _blocks(span: ByteRange, size: int = CHUNK) -> Iterator[bytes]:
             done += len(block)
 
 
-class _Crc32:
-    """A CRC-32 computed over blocks as they pass: the one streamed CRC loop there is."""
-
-    def __init__(self) -> None:
-        self.value = 0
-
-    def over(self, blocks: Iterator[bytes]) -> Iterator[bytes]:
-        for block in blocks:
-            self.value = zlib.crc32(block, self.value)
-            yield block
-
-
 def crc32(span: ByteRange, out: BinaryIO | None = None) -> int:
     """The CRC-32 of the bytes as they are (no record check), each block also appended to
     `out` when given: how zip records are written, copied and checked."""
-    crc = _Crc32()
+    crc = Crc32()
     for block in crc.over(_blocks(span)):
         if out is not None:
             out.write(block)

@@ -21,6 +21,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import IO
 
+from ckpttool.crc import crc32 as crc32_of
 from ckpttool.errors import LimitError, ZipFormatError
 
 ZIP_MAGIC = b"PK\x03\x04"
@@ -237,7 +238,7 @@ def recorded_crc(entry: ZipEntry) -> int | None:
 
 
 def crc_matches(entry: ZipEntry, data: bytes) -> bool:
-    return zlib.crc32(data) & 0xFFFFFFFF == entry.crc
+    return crc32_of(data) & 0xFFFFFFFF == entry.crc
 
 
 def _pread(path: str, offset: int, size: int, f: IO[bytes] | None) -> bytes:
