@@ -53,7 +53,7 @@ def inspect_command(
     """
     from ckpttool import render
     from ckpttool.errors import UsageError
-    from ckpttool.formats import read_checkpoint
+    from ckpttool.formats import open_path
     from ckpttool.ops.inspect import count, describe, select, top_level_summary
 
     # Options that only shape the tree are an error without it, never silently ignored.
@@ -61,8 +61,9 @@ def inspect_command(
         raise UsageError(f"{'--depth' if depth is not None else '--full-prefix'} only applies with --tree")
     from ckpttool.ops.inspect import tree as group_by_module
 
-    checkpoint = read_checkpoint(path)
-    report = describe(checkpoint, root)
+    opened = open_path(path)
+    checkpoint = opened.checkpoint()
+    report = describe(checkpoint, root, opened)
     weights = select(report.weights, patterns, sort)
     tensors = select(report.tensors, patterns, sort)
     shown = tensors if show_all else weights

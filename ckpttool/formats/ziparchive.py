@@ -19,7 +19,7 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Any
 
 from ckpttool.crc import crc32 as crc32_of
 from ckpttool.errors import LimitError, ZipFormatError
@@ -58,6 +58,8 @@ class ZipArchive:
     entries: dict[str, ZipEntry]
     order: list[str]
     anomalies: list[str] = field(default_factory=list)
+    # each pickle record's inert decoding, by record name: decoded once however many ask
+    decoded: dict[str, Any] = field(default_factory=dict)
 
     @property
     def root(self) -> str:
