@@ -155,10 +155,40 @@ def crc32(span: ByteRange, out: BinaryIO | None = None) -> int:
     """The CRC-32 of the bytes as they are (no record check), each block also appended to
     `out` when given: how zip records are written, copied and checked."""
     crc = Crc32()
-    for block in crc.over(_blocks(span)):
+    for block in _reused_blocks(span):
+        crc.add(block)
         if out is not None:
             out.write(block)
     return crc.value
+
+
+def _reused_blocks(span: ByteRange) -> Iterator[memoryview]:
+    """The span's bytes block by block, read into one buffer that each block overwrites
+    (no allocation per block): for callers done with a block before they ask for the next."""
+    buffer = memoryview(bytearray(min(CHUNK, span.size)))
+    with open(span.path, "rb") as f:
+        done = 0
+        while done < span.size:
+            n = os.preadv(f.fileno(), [buffer[: min(CHUNK, span.size - done)]], span.offset + done)
+            if n == 0:
+                raise FormatError(f"file ends at byte {span.offset + done}", path=span.path)
+            yield buffer[:n]
+            done += n
+
+
+def copy_matches_record(source: ByteRange, copy: ByteRange) -> bool:
+    """Whether `copy` holds the bytes of `source`, told by one CRC-32 pass over `copy` alone:
+    when `source` is a whole zip record with a recorded CRC-32, equal values vouch for the
+    copy and for the record (now marked checked). False means "not shown": compare them."""
+    record = source.record
+    if record is None or not record.crc or record.compressed or record.gather is not None:
+        return False
+    if source.size != copy.size or (source.offset, source.size) != (record.data_offset(), record.size):
+        return False
+    if crc32(copy) & 0xFFFFFFFF != record.crc:
+        return False  # the comparison then says which side is damaged
+    record.verified = True
+    return True
 
 
 # -- record checks --------------------------------------------------------------------------------
