@@ -13,7 +13,8 @@ part of it — and each record is checked once per read checkpoint. A mismatch i
 IntegrityError naming the file, the record and the tensors that view it. (torch
 itself does not check: `torch.load` returns the changed values.) Kernel copies
 (`copy_range`) do not see the bytes; their callers verify what they copied before
-keeping it (`verify_tensor`, or reading the source back through `chunks`).
+keeping it (the copy's CRC-32 against the record's, `copy_matches_record`, which needs no
+second read of the source; `verify_tensor`; or reading the source back through `chunks`).
 """
 
 from __future__ import annotations
