@@ -8,16 +8,23 @@ byte a command copies, compares or verifies goes through it, so it sets the pace
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-from isal.isal_zlib import crc32 as _isal_crc32
+from collections.abc import Callable, Iterator
+from functools import cache
 
 Buffer = bytes | bytearray | memoryview
 
 
+@cache
+def _isal_crc32() -> Callable[[Buffer, int], int]:
+    # imported on first use: commands that read only metadata never load it
+    from isal.isal_zlib import crc32
+
+    return crc32
+
+
 def crc32(data: Buffer, value: int = 0) -> int:
     """The CRC-32 of `data`, continuing from `value` (as `zlib.crc32`)."""
-    return _isal_crc32(data, value)
+    return _isal_crc32()(data, value)
 
 
 class Crc32:
@@ -27,10 +34,11 @@ class Crc32:
         self.value = 0
 
     def add(self, block: Buffer) -> None:
-        self.value = _isal_crc32(block, self.value)
+        self.value = _isal_crc32()(block, self.value)
 
     def over(self, blocks: Iterator[bytes]) -> Iterator[bytes]:
         """The blocks, unchanged, each added as it passes."""
+        compute = _isal_crc32()
         for block in blocks:
-            self.value = _isal_crc32(block, self.value)
+            self.value = compute(block, self.value)
             yield block
