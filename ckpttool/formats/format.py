@@ -58,11 +58,29 @@ class Probe:
     registry: Registry
     memo: dict[str, Any] = field(default_factory=dict)  # what a format read while recognising it
     _archive: ZipArchive | None = None
+    # each reader's outcome on this probe (a checkpoint, or the error it raised): a scan's
+    # check that the file reads takes the read a command already made, and the reverse
+    reads: dict[Callable[[Probe], Checkpoint], Checkpoint | CkptError] = field(default_factory=dict)
 
     def archive(self) -> ZipArchive:
         if self._archive is None:
             self._archive = open_archive(self.path)
         return self._archive
+
+
+def read_once(probe: Probe, read: Callable[[Probe], Checkpoint]) -> Checkpoint:
+    """`read(probe)`, run at most once per probe: later calls get the same checkpoint (or
+    the same error) without decoding the file again."""
+    outcome = probe.reads.get(read)
+    if outcome is None:
+        try:
+            outcome = read(probe)
+        except CkptError as exc:
+            outcome = exc
+        probe.reads[read] = outcome
+    if isinstance(outcome, CkptError):
+        raise outcome
+    return outcome
 
 
 def probe(path: str, registry: Registry) -> Probe:
@@ -187,7 +205,7 @@ class Format:
     def open(self, probe: Probe) -> Checkpoint:
         """The checkpoint's metadata; no tensor data is read, nothing executed."""
         try:
-            return self.read(probe)
+            return read_once(probe, self.read)
         except PermissionError as exc:
             raise FileAccessError(f"cannot read: {exc.strerror}", path=probe.path) from None
 

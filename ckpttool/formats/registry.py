@@ -62,9 +62,13 @@ class _Registry:
     def identify(self, path: str, scanning: bool = False) -> tuple[Format, Probe]:
         """The first format that recognises `path`. Reading skips the scan-only containers."""
         looked = probe(path, self)
+        return self.recognise(looked, scanning), looked
+
+    def recognise(self, looked: Probe, scanning: bool = False) -> Format:
+        path = looked.path
         for fmt in FORMATS:
             if (scanning or not fmt.scan_only) and fmt.recognise(looked):
-                return fmt, looked
+                return fmt
         if looked.folder:
             names = ", ".join(WEIGHTS_FILES)
             message = f"folder without an *.index.json, {names} or .metadata: not a checkpoint"
@@ -75,6 +79,32 @@ class _Registry:
 REGISTRY = _Registry()
 
 
+class OpenedFile:
+    """One path as a command works on it: probed once, each of its pickles decoded once.
+    Its checkpoint (`checkpoint`) and its pickles for a scan (`pickles`) come from the same
+    probe, so the zip directory, the decoded pickles and the read are shared between them."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.probe = probe(path, REGISTRY)
+        self._found: Found | None = None
+
+    def checkpoint(self) -> Checkpoint:
+        """The checkpoint's metadata (read once; the same object on each call)."""
+        return REGISTRY.recognise(self.probe).open(self.probe)
+
+    def pickles(self) -> Found:
+        """Every pickle the file holds, decoded inert, for a scan (found once)."""
+        if self._found is None:
+            self._found = REGISTRY.recognise(self.probe, scanning=True).scan(self.probe)
+        return self._found
+
+
+def open_path(path: str) -> OpenedFile:
+    """Raises when `path` is missing, unreadable or an empty file."""
+    return OpenedFile(path)
+
+
 def detect(path: str) -> FormatName:
     """The format of `path`, from its content (and, for folders, the files in them)."""
     fmt, looked = REGISTRY.identify(path)
@@ -83,11 +113,9 @@ def detect(path: str) -> FormatName:
 
 def read_checkpoint(path: str) -> Checkpoint:
     """Read any supported checkpoint's metadata; no tensor data is read, nothing executed."""
-    fmt, looked = REGISTRY.identify(path)
-    return fmt.open(looked)
+    return open_path(path).checkpoint()
 
 
 def find_pickles(path: str) -> Found:
     """Every pickle in `path`, whatever holds it, decoded inert; `Found.format` names it."""
-    fmt, looked = REGISTRY.identify(path, scanning=True)
-    return fmt.scan(looked)
+    return open_path(path).pickles()
