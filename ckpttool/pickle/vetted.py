@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ckpttool.pickle.ecosystem import INT_ENUMS
 from ckpttool.pickle.objects import Call, Global
 from ckpttool.pickle.state import USE_CALL, USE_INSTANTIATE, USE_REFERENCE, legacy_module_class
 
@@ -203,6 +204,21 @@ DCP_METADATA_CALLS: dict[str, Vetted] = {
 }
 
 
+def _int_member_fits(values: frozenset[int]) -> Callable[[Args], str | None]:
+    def fits(args: Args) -> str | None:
+        if len(args) == 1 and type(args[0]) is int and args[0] in values:
+            return None
+        return f"expected one of the values {', '.join(map(str, sorted(values)))}"
+
+    return fits
+
+
+# Training libraries' int enums (`ecosystem`): a member looked up by its value.
+ENUM_CALLS: dict[str, Vetted] = {
+    name: Vetted(why, _int_member_fits(values)) for name, (why, values) in INT_ENUMS.items()
+}
+
+
 _TORCHSCRIPT_NAME = re.compile(r"__torch__(?:\.\w+)+")
 _MAX_TYPE_NAMES = 64
 
@@ -332,6 +348,7 @@ VETTED: dict[str, Vetted] = {
     ),
     **TORCHSCRIPT_BUILDERS,
     **DCP_METADATA_CALLS,
+    **ENUM_CALLS,
 }
 
 # torch's own allowlisted containers, for judging what SETITEMS and APPENDS do to them.
