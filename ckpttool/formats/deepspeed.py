@@ -59,7 +59,8 @@ def read_deepspeed(path: str) -> Checkpoint:
     masters = _per_rank(states, ZERO3_STATE if stage == 3 else PARTITIONED_STATE, files)
     weights = _weights(first, models, layout, masters, stage, files)
     metadata = _metadata(first, states[0], stage, files, weights)
-    root: dict[str, Any] = {"deepspeed": {k: metadata[k] for k in SUMMARY if k in metadata}, "module": weights}
+    summary = {k: int(metadata[k]) if metadata[k].isdigit() else metadata[k] for k in SUMMARY if k in metadata}
+    root: dict[str, Any] = {"deepspeed": summary, "module": weights}
     root["optimizer"] = _optimizer(states, layout, files)
     root.update((k, v) for k, v in first.items() if k not in _LEFT_OUT)
     return Checkpoint(
