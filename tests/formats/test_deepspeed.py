@@ -1,7 +1,7 @@
 """DeepSpeed ZeRO checkpoints, read without DeepSpeed: what ckpttool consolidates equals
 what the engine itself held.
 
-The run folders under fixtures/files/deepspeed/ were written by DeepSpeed on the CPU
+The run folders under fixtures/deepspeed/ were written by DeepSpeed on the CPU
 accelerator (`fixtures/deepspeed_generate.py`, which CI cannot run: no DeepSpeed here).
 Beside each one, the engine's own values, saved by the same run: `engine.safetensors`
 (`engine.module.state_dict()`, ZeRO-3 inside `GatheredParameters`), `master.safetensors`
@@ -30,7 +30,7 @@ from ckpttool.formats.torchzip import read_torch_zip
 from ckpttool.tensordata import load_tensor
 from ckpttool.weights import find_weights
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "files" / "deepspeed"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "deepspeed"
 CASES: dict[str, dict[str, Any]] = json.loads((FIXTURES / "cases.json").read_text())
 TAG = "global_step2"
 BUFFERS = {"scale", "counts", "running", "seen"}  # the fixtures' model's persistent buffers
