@@ -16,7 +16,7 @@ from __future__ import annotations
 # qualname -> (why calling it runs no code, the values it may be called with)
 INT_ENUMS: dict[str, tuple[str, frozenset[int]]] = {
     "deepspeed.runtime.zero.config.ZeroStageEnum": (
-        "DeepSpeed's ZeRO stage, an int enum: a member looked up by its value (0-3)",
+        "the ZeRO stage DeepSpeed saves, an int enum: a member looked up by its value (0-3)",
         frozenset({0, 1, 2, 3}),
     ),
 }
