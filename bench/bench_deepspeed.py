@@ -61,7 +61,11 @@ def main() -> None:
     parser.add_argument("--gb", type=float, default=6.0)
     parser.add_argument("--dir", default="/tmp/ckpttool-ds-bench")
     parser.add_argument("--deepspeed-python", required=True, help="a Python that imports deepspeed")
+    parser.add_argument("--write-only", help=argparse.SUPPRESS)  # the folder, written in a process of its own
     args = parser.parse_args()
+    if args.write_only:
+        write(Path(args.write_only), args.gb)
+        return
     base = Path(args.dir)
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
@@ -71,20 +75,28 @@ def main() -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def run(base: Path, gb: float, ds_python: str) -> None:
-    from common import ckpttool, run_once
+def write(ckpt: Path, gb: float) -> None:
     from zero3_layout import write_zero3
 
     params = spec(gb)
     shapes = dict(params)
-    ckpt = base / "run"
     write_zero3(str(ckpt), params, 2, lambda name: value(name, shapes[name].numel()))
+
+
+def run(base: Path, gb: float, ds_python: str) -> None:
+    # A child's peak RSS counts the parent's at fork: the folder is written by another process.
+    from common import ckpttool, run_once
+
+    params = spec(gb)
+    ckpt = base / "run"
+    subprocess.run([sys.executable, __file__, "--gb", str(gb), "--deepspeed-python", ds_python,
+                    "--write-only", str(ckpt)], check=True)  # fmt: skip
     script = subprocess.run(
         [ds_python, "-c", "import deepspeed.utils.zero_to_fp32 as m; print(m.__file__)"],
         capture_output=True,
         text=True,
         check=True,
-    ).stdout.strip()
+    ).stdout.splitlines()[-1]  # after whatever DeepSpeed logs on import
     shutil.copy(script, ckpt / "zero_to_fp32.py")
     size = sum(p.stat().st_size for p in ckpt.rglob("*") if p.is_file())
     largest = max(s.numel() for _, s in params) * 4

@@ -209,7 +209,8 @@ def verify_storage(storage: Storage) -> None:
     """The storage's record holds its CRC-32 (callers of kernel copies make sure of it
     before they keep what they copied; `check` asks it of every record)."""
     if storage.record is not None and storage.record.gather is not None:
-        storage.record.gather()  # each part is checked as it is read
+        if not storage.record.verified:  # a gathering that checked its parts may say so
+            storage.record.gather()  # each part is checked as it is read
         return
     if storage.record is None or not _unchecked(storage.record):
         return

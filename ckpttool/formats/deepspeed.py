@@ -33,7 +33,7 @@ from ckpttool.formats.deepspeed_files import LATEST, ZeroFiles, scripts_beside, 
 from ckpttool.formats.deepspeed_layout import Layout, LayoutError, Place, partitioned, zero3
 from ckpttool.formats.format import Format, Found, Probe
 from ckpttool.formats.torchzip import read_torch_zip
-from ckpttool.tensordata import read_span
+from ckpttool.tensordata import CHUNK, direct_range, read_span, verify_record
 
 FORMAT: Final = "deepspeed"
 PARAMETER = "parameter"  # how a TensorRef says it was an nn.Parameter
@@ -212,21 +212,39 @@ def assemble(
     storage = Storage(f"{name} (gathered)", dtype, prod(shape), "cpu")
     first = pieces[0].storage.record.path if pieces and pieces[0].storage and pieces[0].storage.record else files.folder
     storage.record = Record(first, f"{name} ({len(pieces)} slices)", 0, storage.nbytes)
-    storage.record.gather = partial(gather, pieces)
+    storage.record.gather = partial(gather, pieces, storage.record)
     storage.record.viewed_by = partial(_named, name)
     return TensorRef(dtype, shape, strides, 0, storage, kind=kind)
 
 
-def gather(pieces: list[TensorRef]) -> bytearray:
-    """The pieces' bytes one after another, each read (and its record checked) on its own."""
+def gather(pieces: list[TensorRef], record: Record) -> bytearray:
+    """The pieces' bytes one after another, read straight into one buffer once each piece's
+    record has passed its CRC-32 check (a streamed pass, once per record); `record`, the
+    gathered tensor's, is then known good, so checking it again reads nothing."""
     out = bytearray(sum(p.nbytes for p in pieces))
-    done = 0
+    view, done = memoryview(out), 0
     for piece in pieces:
-        data, _ = read_span(piece)
-        out[done : done + len(data)] = data
-        done += len(data)
-        del data
+        source = direct_range(piece)
+        if source is None or source.record is None:  # not one plain byte range: read as torch would
+            data, _ = read_span(piece)
+            view[done : done + len(data)] = data
+            done += len(data)
+            continue
+        verify_record(source.record)
+        _read_into(view[done : done + source.size], source.path, source.offset)
+        done += source.size
+    record.verified = True
     return out
+
+
+def _read_into(view: memoryview, path: str, offset: int) -> None:
+    with open(path, "rb") as f:
+        got = 0
+        while got < len(view):
+            n = os.preadv(f.fileno(), [view[got : got + CHUNK]], offset + got)
+            if n == 0:
+                raise FormatError(f"file ends inside a storage record (byte {offset + got})", path=path)
+            got += n
 
 
 def _named(name: str) -> list[str]:
