@@ -295,3 +295,21 @@ def test_scan_reads_every_rank_file_and_names_the_script(cli: Any, tmp_path: Pat
     assert document["pickles"] == 4  # the model states and 3 optimizer state files
     assert any("zero_to_fp32.py" in note and "never runs it" in note for note in document["notes"])
     assert not marker.exists()
+
+
+# -- diff and check ------------------------------------------------------------------------------------
+
+
+def test_diff_against_the_engines_state_dict(cli: Any) -> None:
+    """fp32: the consolidated weights are the engine's, tensor for tensor."""
+    case = FIXTURES / "zero3_fp32_2ranks"
+    report = cli_json(cli("diff", case, case / "engine.safetensors", "--format", "json"))
+    assert report["identical"] is True, report
+
+
+def test_check_against_the_model(cli: Any) -> None:
+    generator = Path(__file__).resolve().parents[2] / "fixtures" / "deepspeed_generate.py"
+    result = cli("check", FIXTURES / "zero2_fp32_2ranks", "--model", f"{generator}:Tiny", "--format", "json")
+    assert result.exit_code == 0, result.output
+    document = cli_json(result)["files"][0]
+    assert document["ok"] and not [f for f in document["findings"] if f["severity"] == "error"], document
