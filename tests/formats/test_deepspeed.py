@@ -313,3 +313,24 @@ def test_check_against_the_model(cli: Any) -> None:
     assert result.exit_code == 0, result.output
     document = cli_json(result)["files"][0]
     assert document["ok"] and not [f for f in document["findings"] if f["severity"] == "error"], document
+
+
+class _Payload:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_hostile_rank_file_runs_nothing(cli: Any, tmp_path: Path) -> None:
+    """An optimizer state file that would open a file when unpickled: read inertly, refused
+    as no ZeRO state by every command, dangerous to scan; the payload never runs."""
+    run = _copy("zero1_fp32_2ranks", tmp_path)
+    marker = tmp_path / "pwned"
+    torch.save({"optimizer_state_dict": _Payload(marker)}, run / TAG / "zero_pp_rank_1_mp_rank_00_optim_states.pt")
+    _refused(cli, run, "optimizer_state_dict")
+    assert cli("convert", run, tmp_path / "out.safetensors").exit_code == 2
+    document = cli_json(cli("scan", run, "--format", "json"))["files"][0]
+    assert document["verdict"] == "dangerous"
+    assert not marker.exists() and not (tmp_path / "out.safetensors").exists()
