@@ -334,3 +334,19 @@ def test_a_hostile_rank_file_runs_nothing(cli: Any, tmp_path: Path) -> None:
     document = cli_json(cli("scan", run, "--format", "json"))["files"][0]
     assert document["verdict"] == "dangerous"
     assert not marker.exists() and not (tmp_path / "out.safetensors").exists()
+
+
+def test_optimizer_shows_state_by_name(cli: Any) -> None:
+    case = "zero3_bf16_3ranks"
+    report = cli_json(cli("optimizer", FIXTURES / case, "--format", "json"))
+    (optimizer,) = report["optimizers"]
+    assert (optimizer["type"], optimizer["names"]) == ("Adam", "keys")
+    master = load_file(FIXTURES / case / "master.safetensors")
+    assert [p for g in optimizer["param_groups"] for p in g["params"]] == [s["name"] for s in optimizer["state"]]
+    for state in optimizer["state"]:
+        shape = list(master[state["name"]].shape)
+        assert state["step"] == 2 and {k: v["shape"] for k, v in state["tensors"].items()} == {
+            "exp_avg": shape,
+            "exp_avg_sq": shape,
+        }
+    assert {s["name"] for s in optimizer["state"]} == set(master)
