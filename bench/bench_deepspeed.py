@@ -1,6 +1,6 @@
 """DeepSpeed ZeRO-3: `convert` against DeepSpeed's `zero_to_fp32.py` on the same folder.
 
-`python bench/bench_deepspeed.py --deepspeed-python /path/to/venv-with-deepspeed/bin/python
+`python bench/bench_deepspeed.py --deepspeed-python /path/to/venv/bin/python
 [--gb 6] [--dir /tmp/ckpttool-ds-bench]` writes a ZeRO-3 run folder of 2 ranks, LLM-shaped,
 of at least --gb GB (fp32 master partitions and Adam's two moments: the consolidated model
 is a third of it), with `torch.save` in DeepSpeed's layout (`zero3_layout`, checked against
@@ -10,7 +10,7 @@ whole process (wall time, peak RSS):
 
 - `ckpttool convert RUN out/model.safetensors --shard-size 2GB` (streamed, verified);
 - `python RUN/zero_to_fp32.py RUN out --safe_serialization --max_shard_size 2GB`, run by
-  the Python that has DeepSpeed (the script imports it).
+  the Python that has DeepSpeed and huggingface_hub (the script imports both when sharding).
 
 Everything is written under --dir and deleted at the end; it needs about 2x the folder's
 size free on disk.
@@ -114,6 +114,8 @@ def run(base: Path, gb: float, ds_python: str) -> None:
     theirs = run_once([ds_python, str(ckpt / "zero_to_fp32.py"), str(ckpt), str(out), "--safe_serialization",
                        "--max_shard_size", "2GB"])  # fmt: skip
     show("zero_to_fp32.py --safe_serialization --max_shard_size 2GB", theirs)
+    if not list(out.glob("*.safetensors")):  # it exits 1 on a Python error, which run_once accepts
+        raise SystemExit("zero_to_fp32.py wrote nothing (does its Python have deepspeed and huggingface_hub?)")
     print(
         f"  time {ours.seconds / theirs.seconds:.2f}x zero_to_fp32.py's, peak memory "
         f"{ours.peak_mb / theirs.peak_mb:.2f}x (goal: <= 0.7x, <= 0.25x)"

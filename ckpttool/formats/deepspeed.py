@@ -23,17 +23,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
-from functools import partial
 from math import prod
-from typing import Any, Final, TypeGuard
+from typing import Any, Final
 
-from ckpttool.checkpoint import Checkpoint, OpaqueCall, Record, Storage, TensorRef, contiguous_strides
+from ckpttool.checkpoint import Checkpoint, OpaqueCall, TensorRef
 from ckpttool.errors import CkptError, FormatError
 from ckpttool.formats.deepspeed_files import LATEST, ZeroFiles, scripts_beside, tag_folder, zero_files
-from ckpttool.formats.deepspeed_layout import Layout, LayoutError, Place, partitioned, zero3
+from ckpttool.formats.deepspeed_layout import Layout, LayoutError, partitioned, zero3
+from ckpttool.formats.deepspeed_slices import assemble, bind, is_flat, slice_of
 from ckpttool.formats.format import Format, Found, Probe
 from ckpttool.formats.torchzip import read_torch_zip
-from ckpttool.tensordata import CHUNK, direct_range, read_span, verify_record
 
 FORMAT: Final = "deepspeed"
 PARAMETER = "parameter"  # how a TensorRef says it was an nn.Parameter
@@ -126,18 +125,12 @@ def _per_rank(states: list[dict[Any, Any]], key: str, files: ZeroFiles) -> list[
     out = []
     for state, path in zip(states, files.optim, strict=True):
         tensors = state.get(key)
-        if not isinstance(tensors, list) or not all(_flat(t) for t in tensors):
+        if not isinstance(tensors, list) or not all(is_flat(t) for t in tensors):
             raise FormatError(f"{key} is not a list of flat tensors", path=path)
         out.append(tensors)
     if any(len(t) != len(out[0]) for t in out):
         raise FormatError(f"ranks hold different numbers of {key}", path=files.folder)
     return out
-
-
-def _flat(value: Any) -> TypeGuard[TensorRef]:
-    if not isinstance(value, TensorRef):
-        return False
-    return len(value.shape) == 1 and value.layout == "strided" and value.is_contiguous()
 
 
 def _shapes(value: Any, path: str, key: str) -> dict[str, tuple[int, ...]]:
@@ -188,90 +181,6 @@ def _paddings(state: dict[Any, Any], files: ZeroFiles) -> list[list[int]] | None
     return [[n for n in group if n is not None] for group in numbers]
 
 
-# -- tensors made of slices ----------------------------------------------------------------------------
-
-
-def _slice(part: TensorRef, start: int, count: int) -> TensorRef:
-    return TensorRef(part.dtype, (count,), (1,), part.offset + start, part.storage)
-
-
-def assemble(
-    name: str, shape: tuple[int, ...], pieces: list[TensorRef], files: ZeroFiles, kind: str = "tensor"
-) -> TensorRef:
-    """The tensor `name`: one piece's view as it is, or a record that gathers the pieces."""
-    dtypes = {p.dtype for p in pieces}
-    if len(dtypes) > 1:
-        raise FormatError(f"{name!r} is stored in pieces of dtypes {sorted(dtypes)}", path=files.folder)
-    if any(p.storage is None or p.storage.byteorder != "little" for p in pieces):
-        raise FormatError(f"{name!r} has a piece without little-endian data in the file", path=files.folder)
-    dtype = pieces[0].dtype if pieces else "float32"
-    strides = contiguous_strides(shape)
-    if len(pieces) == 1:
-        piece = pieces[0]
-        return TensorRef(dtype, shape, strides, piece.offset, piece.storage, kind=kind)
-    storage = Storage(f"{name} (gathered)", dtype, prod(shape), "cpu")
-    first = pieces[0].storage.record.path if pieces and pieces[0].storage and pieces[0].storage.record else files.folder
-    storage.record = Record(first, f"{name} ({len(pieces)} slices)", 0, storage.nbytes)
-    storage.record.gather = partial(gather, pieces, storage.record)
-    storage.record.viewed_by = partial(_named, name)
-    return TensorRef(dtype, shape, strides, 0, storage, kind=kind)
-
-
-def gather(pieces: list[TensorRef], record: Record) -> bytearray:
-    """The pieces' bytes one after another, read straight into one buffer once each piece's
-    record has passed its CRC-32 check (a streamed pass, once per record); `record`, the
-    gathered tensor's, is then known good, so checking it again reads nothing."""
-    out = bytearray(sum(p.nbytes for p in pieces))
-    view, done = memoryview(out), 0
-    for piece in pieces:
-        source = direct_range(piece)
-        if source is None or source.record is None:  # not one plain byte range: read as torch would
-            data, _ = read_span(piece)
-            view[done : done + len(data)] = data
-            done += len(data)
-            continue
-        verify_record(source.record)
-        _read_into(view[done : done + source.size], source.path, source.offset)
-        done += source.size
-    record.verified = True
-    return out
-
-
-def _read_into(view: memoryview, path: str, offset: int) -> None:
-    with open(path, "rb") as f:
-        got = 0
-        while got < len(view):
-            n = os.preadv(f.fileno(), [view[got : got + CHUNK]], offset + got)
-            if n == 0:
-                raise FormatError(f"file ends inside a storage record (byte {offset + got})", path=path)
-            got += n
-
-
-def _named(name: str) -> list[str]:
-    return [name]
-
-
-def _bind(
-    name: str,
-    places: list[Place],
-    tensors: list[list[TensorRef]],
-    shape: tuple[int, ...],
-    files: ZeroFiles,
-    kind: str = "tensor",
-) -> TensorRef:
-    pieces = []
-    for place in places:
-        part = tensors[place.rank][place.group]
-        if place.start + place.count > part.numel:
-            raise FormatError(
-                f"{name!r}: rank {place.rank} holds {part.numel} elements in flat group {place.group}, "
-                f"short of {place.start + place.count}",
-                path=files.optim[place.rank],
-            )
-        pieces.append(_slice(part, place.start, place.count))
-    return assemble(name, shape, pieces, files, kind)
-
-
 # -- the weights -------------------------------------------------------------------------------------
 
 
@@ -284,7 +193,7 @@ def _weights(
     files: ZeroFiles,
 ) -> dict[str, TensorRef]:
     module = _dict(first.get("module"), files.model[0], "module")
-    trainable = {n: _bind(n, layout.places[n], masters, s, files, PARAMETER) for n, s in layout.shapes.items()}
+    trainable = {n: bind(n, layout.places[n], masters, s, files, PARAMETER) for n, s in layout.shapes.items()}
     params = {**trainable, **_frozen(first, models, stage, files)}
     buffers = set(first.get("buffer_names") or ())
     shared: dict[Any, Any] = first["shared_params"] if isinstance(first.get("shared_params"), dict) else {}
@@ -321,11 +230,11 @@ def _frozen(first: dict[Any, Any], models: list[Checkpoint], stage: int, files: 
             part, take = held.get(name), min(share, numel - rank * share)
             if take <= 0:
                 continue
-            if not _flat(part) or part.numel < take:
+            if not is_flat(part) or part.numel < take:
                 raise FormatError(
                     f"frozen parameter {name!r} has no partition of {share} elements", path=models[rank].path
                 )
-            pieces.append(_slice(part, 0, take))
+            pieces.append(slice_of(part, 0, take))
         out[name] = assemble(name, shape, pieces, files, PARAMETER)
     return out
 
@@ -352,7 +261,6 @@ def _optimizer(states: list[dict[Any, Any]], layout: Layout, files: ZeroFiles) -
     if any(b is None for b in bases):
         return None
     per_rank = [b["state"] for b in bases if b is not None]
-    group_count = len(layout.groups and set(layout.groups.values()))
     state: dict[str, Any] = {}
     for name, places in layout.places.items():
         group = layout.groups[name]
@@ -361,13 +269,12 @@ def _optimizer(states: list[dict[Any, Any]], layout: Layout, files: ZeroFiles) -
             continue
         entry: dict[str, Any] = {}
         for key, value in held.items():
-            if isinstance(value, TensorRef) and _flat(value) and value.numel > 1:
+            if isinstance(value, TensorRef) and is_flat(value) and value.numel > 1:
                 moments = [_moment(rank_state, key, files) for rank_state in per_rank]
-                entry[str(key)] = _bind(f"{name}.{key}", places, moments, layout.shapes[name], files)
+                entry[str(key)] = bind(f"{name}.{key}", places, moments, layout.shapes[name], files)
             else:
                 entry[str(key)] = value
         state[name] = entry
-    del group_count
     groups = []
     for group in bases[0]["param_groups"] if bases[0] is not None else []:
         if isinstance(group, dict):
@@ -383,7 +290,7 @@ def _moment(rank_state: dict[Any, Any], key: Any, files: ZeroFiles) -> list[Tens
     for index in range(count):
         held = rank_state.get(index)
         value = held.get(key) if isinstance(held, dict) else None
-        out.append(value if _flat(value) else TensorRef("float32", (0,), (1,), 0, None))
+        out.append(value if is_flat(value) else TensorRef("float32", (0,), (1,), 0, None))
     return out
 
 

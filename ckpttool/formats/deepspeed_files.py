@@ -36,7 +36,6 @@ class ZeroFiles:
     folder: str
     model: list[str]  # one file (ZeRO-1/2) or one per rank (ZeRO-3)
     optim: list[str]  # one per rank, rank order
-    bf16: bool  # `bf16_` optimizer files: bf16 was enabled
 
     @property
     def world(self) -> int:
@@ -116,9 +115,7 @@ def zero_files(folder: str) -> ZeroFiles:
     else:
         raise FormatError("no mp_rank_00_model_states.pt beside the optimizer states", path=folder)
     join = os.path.join
-    return ZeroFiles(
-        folder, [join(folder, n) for n in model_files], [join(folder, n) for n in optim_ranks], True in kinds
-    )
+    return ZeroFiles(folder, [join(folder, n) for n in model_files], [join(folder, n) for n in optim_ranks])
 
 
 def _by_rank(folder: str, files: dict[int, str], what: str) -> list[str]:
