@@ -3,11 +3,13 @@
 ZeRO-1/2 (and BF16_Optimizer) flatten each parameter group, in `param_shapes` order, into
 one vector and cut it into `world` consecutive partitions: rank r saves the r-th. A
 parameter is the slice of that vector at its offset, found in at most `world` partitions
-(the padding that aligns the vector is at its end, on the last rank).
+(the padding that aligns the vector is at its end, on the last rank: fewer than `SPARE` x
+world elements).
 
 ZeRO-3 partitions each parameter on its own: every rank holds `ceil(numel / world)` of its
 elements (the last one padded), one parameter after another in `param_shapes` order, in
-the concatenation of the rank's flat groups (several when `sub_group_size` splits them).
+the concatenation of the rank's flat groups (several when `sub_group_size` splits them),
+which they fill exactly.
 A parameter is rank 0's slice, then rank 1's, ..., cut to its size.
 
 The same places hold each parameter's Adam moments, in the optimizer state's tensors of
@@ -18,6 +20,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from math import prod
+
+# ZeRO-1/2 pad each group's flat vector to a multiple of (a small factor) x world; more
+# elements to spare than this says the partitions are not the parameters' (another model's)
+SPARE = 16
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,10 @@ def partitioned(
             layout.shapes[name], layout.groups[name] = shape, group
             layout.places[name] = [Place(p.group, group, p.start, p.count) for p in _within(offset, numel, bounds)]
             offset += numel + padding
+        if bounds[-1] - offset >= SPARE * len(sizes):
+            raise LayoutError(
+                f"the parameters of group {group} take {offset} elements, its partitions hold {bounds[-1]}"
+            )
         layout.used += offset
     return layout
 
@@ -97,6 +107,8 @@ def zero3(shapes: list[dict[str, tuple[int, ...]]], sizes: list[list[int]]) -> L
         layout.shapes[name], layout.places[name] = shape, places
         layout.groups[name] = _within(offset, max(share, 1), bounds)[0].group if bounds[-1] else 0
         offset += share
+    if offset != bounds[-1]:
+        raise LayoutError(f"the parameters take {offset} elements of each rank's flat groups, which hold {bounds[-1]}")
     layout.used = offset * world
     return layout
 

@@ -161,13 +161,21 @@ def test_partition_count_not_the_files_found_is_refused(cli: Any, tmp_path: Path
     _refused(cli, run, "partition_count")
 
 
-def test_sizes_that_do_not_add_up_are_refused(cli: Any, tmp_path: Path) -> None:
-    run = _copy("zero2_fp32_2ranks", tmp_path)
-    path = run / TAG / "mp_rank_00_model_states.pt"
+@pytest.mark.parametrize(
+    ("case", "model", "shape"),
+    [
+        ("zero2_fp32_2ranks", "mp_rank_00_model_states.pt", [1000, 1000]),  # more than the partitions hold
+        ("zero3_fp32_2ranks", "zero_pp_rank_0_mp_rank_00_model_states.pt", [2]),  # less than they hold
+    ],
+)
+def test_sizes_that_do_not_add_up_are_refused(
+    cli: Any, tmp_path: Path, case: str, model: str, shape: list[int]
+) -> None:
+    run = _copy(case, tmp_path)
+    path = run / TAG / model
     states = torch.load(path, weights_only=False)  # our own fixture, written by DeepSpeed
     first = states["param_shapes"][0]
-    name = next(iter(first))
-    first[name] = torch.Size([1000, 1000])
+    first[next(iter(first))] = torch.Size(shape)
     torch.save(states, path)
     _refused(cli, run, "sizes do not add up")
 
