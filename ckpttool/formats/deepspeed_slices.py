@@ -3,7 +3,8 @@
 A tensor held whole by one partition is a view of that partition's record (copied as it
 is); one spread over ranks is a tensor whose record gathers its slices on demand, each
 read straight into one buffer once its own record has passed its CRC-32 check, so memory
-is bounded by the tensor.
+is bounded by the tensor. Its record also names the slices as byte ranges (`parts`), which
+`convert` copies file to file and compares range by range, never holding the tensor.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from ckpttool.checkpoint import Record, Storage, TensorRef, contiguous_strides
 from ckpttool.errors import FormatError
 from ckpttool.formats.deepspeed_files import ZeroFiles
 from ckpttool.formats.deepspeed_layout import Place
-from ckpttool.tensordata import CHUNK, direct_range, read_span, verify_record
+from ckpttool.tensordata import CHUNK, ByteRange, direct_range, read_span, verify_record
 
 
 def is_flat(value: Any) -> TypeGuard[TensorRef]:
@@ -48,6 +49,7 @@ def assemble(
     first = pieces[0].storage.record.path if pieces and pieces[0].storage and pieces[0].storage.record else files.folder
     storage.record = Record(first, f"{name} ({len(pieces)} slices)", 0, storage.nbytes)
     storage.record.gather = partial(gather, pieces, storage.record)
+    storage.record.parts = partial(parts, pieces)
     storage.record.viewed_by = partial(_named, name)
     return TensorRef(dtype, shape, strides, 0, storage, kind=kind)
 
@@ -70,6 +72,12 @@ def gather(pieces: list[TensorRef], record: Record) -> bytearray:
         done += source.size
     record.verified = True
     return out
+
+
+def parts(pieces: list[TensorRef]) -> list[ByteRange] | None:
+    """Each piece as the plain byte range of its file it is (copied file to file), or None."""
+    ranges = [direct_range(piece) for piece in pieces]
+    return None if None in ranges else [r for r in ranges if r is not None]
 
 
 def _read_into(view: memoryview, path: str, offset: int) -> None:

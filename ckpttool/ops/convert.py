@@ -98,6 +98,10 @@ class OutputTensor:
         """The source bytes, when the output holds exactly them."""
         return self.source.byte_range() if self.dtype == self.source.dtype else None
 
+    def pieces(self) -> list[ByteRange] | None:
+        """The source bytes as ranges of files, one after another, when the output holds exactly them."""
+        return self.source.byte_ranges() if self.dtype == self.source.dtype else None
+
     def expected(self) -> memoryview:
         """The bytes the output must hold: the source's, or exactly the cast of them."""
         return tensor_bytes(cast(self.source.tensor(), self.dtype))
@@ -312,9 +316,10 @@ def _write_safetensors(f: Any, shard: list[OutputTensor], user_metadata: dict[st
 
 
 def _write_data(f: Any, output: OutputTensor) -> None:
-    direct = output.direct()
-    if direct is not None:
-        copy_range(direct, f)
+    pieces = output.pieces()
+    if pieces is not None:
+        for piece in pieces:
+            copy_range(piece, f)
     else:
         f.write(output.expected())
 
@@ -344,15 +349,27 @@ def _whole(tensor: Any) -> ByteRange:
 
 
 def _verify_bytes(path: str, output: OutputTensor, written: ByteRange) -> None:
-    direct = output.direct()
+    pieces = output.pieces()
     try:
-        equal = same_bytes(direct, written) if direct is not None else range_equals(written, output.expected())
+        equal = _same_pieces(pieces, written) if pieces is not None else range_equals(written, output.expected())
     except IntegrityError as exc:
         if exc.path != path:
             raise  # a source record fails its CRC-32: refused as damaged input
         equal = False  # what we wrote fails the CRC-32 we gave it
     if not equal:
         raise VerificationError(f"tensor {output.name!r} does not read back equal to the source")
+
+
+def _same_pieces(pieces: list[ByteRange], written: ByteRange) -> bool:
+    """`written` holds the pieces' bytes one after another."""
+    if sum(p.size for p in pieces) != written.size:
+        return False
+    done = 0
+    for piece in pieces:
+        if not same_bytes(piece, ByteRange(written.path, written.offset + done, piece.size, written.record)):
+            return False
+        done += piece.size
+    return True
 
 
 def _write_pth(f: Any, root: str, shard: list[OutputTensor], progress: Progress) -> None:

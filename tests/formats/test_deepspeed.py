@@ -367,3 +367,19 @@ def test_optimizer_shows_state_by_name(cli: Any) -> None:
             "exp_avg_sq": shape,
         }
     assert {s["name"] for s in optimizer["state"]} == set(master)
+
+
+def test_convert_refuses_a_damaged_partition(cli: Any, tmp_path: Path) -> None:
+    """Slices are copied file to file; the partition's CRC-32 is still checked before
+    anything lands."""
+    run = _copy("zero3_fp32_2ranks", tmp_path)
+    path = run / TAG / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    flat = read_torch_zip(str(path)).root["optimizer_state_dict"]["fp32_flat_groups"][0]
+    assert flat.storage is not None and flat.storage.record is not None
+    data = bytearray(path.read_bytes())
+    data[flat.storage.record.data_offset() + 4 * flat.offset + 1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    out = tmp_path / "model.safetensors"
+    result = cli("convert", run, out)
+    assert result.exit_code == 2 and "CRC-32" in result.stderr, result.output
+    assert not out.exists()
