@@ -383,3 +383,13 @@ def test_convert_refuses_a_damaged_partition(cli: Any, tmp_path: Path) -> None:
     result = cli("convert", run, out)
     assert result.exit_code == 2 and "CRC-32" in result.stderr, result.output
     assert not out.exists()
+
+
+def test_convert_to_pth_without_a_cast(cli: Any, tmp_path: Path) -> None:
+    case = "zero3_fp32_2ranks"
+    result = cli("convert", FIXTURES / case, tmp_path / "model.pth", "--to", "pth")
+    assert result.exit_code == 0, result.stderr
+    loaded = torch.load(tmp_path / "model.pth", weights_only=True)
+    expected = _consolidated(case)
+    assert set(loaded) == set(expected)
+    assert all(loaded[k].dtype == v.dtype and torch.equal(loaded[k], v) for k, v in expected.items())
