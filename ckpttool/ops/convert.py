@@ -374,7 +374,6 @@ def _same_pieces(pieces: list[ByteRange], written: ByteRange) -> bool:
 
 def _write_pth(f: Any, root: str, shard: list[OutputTensor], progress: Progress) -> None:
     planned: list[tuple[int, PlannedTensor]] = []
-    records = []
     for index, output in enumerate(shard):
         key, shape = str(index), output.source.shape
         numel = storage_numel(output.dtype, output.source.numel)
@@ -382,13 +381,21 @@ def _write_pth(f: Any, root: str, shard: list[OutputTensor], progress: Progress)
             planned.append(
                 (position, PlannedTensor(name, output.dtype, shape, contiguous_strides(shape), 0, key, numel))
             )
+    in_source_order = [tensor for _, tensor in sorted(planned, key=lambda p: p[0])]
+    write_torch_zip(f, root, dumps(state_dict_graph(in_source_order)), _storage_records(shard, progress))
+
+
+def _storage_records(shard: list[OutputTensor], progress: Progress) -> Iterator[StorageRecord]:
+    """Each output's record as the writer asks for it: a tensor read or gathered into memory
+    is held only while it is written."""
+    for index, output in enumerate(shard):
         direct = output.direct()
-        records.append(
-            StorageRecord(key, span=direct) if direct is not None else StorageRecord(key, data=output.expected())
+        yield (
+            StorageRecord(str(index), span=direct)
+            if direct is not None
+            else StorageRecord(str(index), data=output.expected())
         )
         progress.advance(output.nbytes)
-    in_source_order = [tensor for _, tensor in sorted(planned, key=lambda p: p[0])]
-    write_torch_zip(f, root, dumps(state_dict_graph(in_source_order)), records)
 
 
 def _verify_pth(path: str, shard: list[OutputTensor]) -> None:
