@@ -252,3 +252,5 @@ class Checkpoint:
     persistent_objects: dict[str, Any] = field(default_factory=dict)
     # How each tensor is stored in pieces, by its full key, where a format says (DCP).
     chunks: dict[str, list[Chunk]] = field(default_factory=dict)
+    # Why a tensor cannot be converted, by its full key (Megatron-Core's layouts that need its code).
+    unconvertible: dict[str, str] = field(default_factory=dict)

@@ -64,6 +64,10 @@ class ZipFormatError(FormatError):
     """The zip container is truncated or inconsistent."""
 
 
+class EncryptedError(ZipFormatError):
+    """A zip record whose bytes are encrypted: nothing reads it, and nothing can scan it."""
+
+
 class PickleError(FormatError):
     """The pickle stream is malformed: truncated, bad opcode, stack or memo misuse."""
 

@@ -30,7 +30,8 @@ def load_state_dict(path: str, root: str | None = None) -> dict[str, torch.Tenso
 
 
 def load(path: str) -> Any:
-    """The whole checkpoint: dicts, lists, numbers, tensors; modules as their state_dict."""
+    """The whole checkpoint: dicts, lists, numbers, tensors (parameters and `requires_grad`
+    as torch.load gives them); modules as their state_dict (detached, as `state_dict()`)."""
     return _Materializer().value(read_checkpoint(path).root)
 
 
@@ -41,14 +42,29 @@ def _tensor(ref: TensorRef, cache: dict[int, Any]) -> Any:
     return cache[id(ref)]
 
 
+def _as_saved(ref: TensorRef, tensor: Any) -> Any:
+    """What torch.load gives for the tensor: an `nn.Parameter` for a saved parameter, and
+    `requires_grad` as saved (a loss kept with its graph flag, a parameter frozen or not)."""
+    import torch
+
+    # Only floating and complex tensors can require grad: a file claiming it for integers is not obeyed.
+    requires_grad = ref.requires_grad and (tensor.is_floating_point() or tensor.is_complex())
+    if ref.kind == "parameter":
+        return torch.nn.Parameter(tensor, requires_grad=requires_grad)
+    return tensor.requires_grad_(True) if requires_grad else tensor
+
+
 class _Materializer:
     def __init__(self) -> None:
         self.tensors: dict[int, Any] = {}
+        self.saved: dict[int, Any] = {}  # as torch.load gives them, one per reference
         self.memo: dict[int, Any] = {}
 
     def value(self, node: Any) -> Any:
         if isinstance(node, TensorRef):
-            return _tensor(node, self.tensors)
+            if id(node) not in self.saved:
+                self.saved[id(node)] = _as_saved(node, _tensor(node, self.tensors).detach())
+            return self.saved[id(node)]
         if isinstance(node, (dict, list, tuple, PickledObject)) and id(node) in self.memo:
             return self.memo[id(node)]
         if isinstance(node, dict):

@@ -49,3 +49,17 @@ def assert_json_error(result: Result) -> dict[str, Any]:
 def marker(tmp_path: Path) -> Path:
     """A path that a payload would create; tests assert it never appears."""
     return tmp_path / "PAYLOAD_RAN"
+
+
+def matches_cut(shown: str, key: str) -> bool:
+    """`shown` is `key` with runs of whole parts left out (each one `…`), its leaf kept."""
+    pieces = shown.split("…")
+    if not key.endswith(pieces[-1]) or not key.startswith(pieces[0]):
+        return False
+    at = len(pieces[0])
+    for piece in pieces[1:]:
+        found = key.find(piece, at)
+        if found < 0:
+            return False
+        at = found + len(piece)
+    return True

@@ -55,6 +55,15 @@ def output_options(formats: tuple[str, ...] = FORMATS) -> Callable[[F], F]:
     return decorate
 
 
+def unstack_option() -> Callable[[F], F]:
+    return click.option(
+        "--unstack",
+        is_flag=True,
+        help="Megatron-Core's stacked layers (decoder.layers.mlp... of shape [L, ...]) as one tensor per layer, "
+        "decoder.layers.{i}.mlp....",
+    )
+
+
 def emit(text: str) -> None:
     if text:
         click.echo(text)

@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from ckpttool.cli.common import CastDtype, ProgressBar, emit, output_options, path_argument, warn
+from ckpttool.cli.common import CastDtype, ProgressBar, emit, output_options, path_argument, unstack_option, warn
 
 
 def _pairs(values: tuple[str, ...], option: str) -> list[tuple[str, str]]:
@@ -56,10 +56,12 @@ def _pairs(values: tuple[str, ...], option: str) -> list[tuple[str, str]]:
     "--force", is_flag=True, help="Replace an existing DST (with --trust: also load a file scan calls dangerous)."
 )
 @click.option("--trust", is_flag=True, help="Load SRC with torch.load(weights_only=False): runs code from the file.")
+@unstack_option()
 @output_options(("table", "json"))
 def convert_command(src: str, dst: str, to: str | None, root: str | None, dtype: str | None, shard_size: str | None,
                     strip_prefixes: tuple[str, ...], renames: tuple[str, ...], metadata: tuple[str, ...],
-                    dedupe: bool, keep_structure: bool, force: bool, trust: bool, fmt: str) -> None:  # fmt: skip
+                    dedupe: bool, keep_structure: bool, force: bool, trust: bool, unstack: bool,
+                    fmt: str) -> None:  # fmt: skip
     """Write the weights of SRC as safetensors or as a plain state_dict that
     torch.load(weights_only=True) reads.
 
@@ -73,7 +75,8 @@ def convert_command(src: str, dst: str, to: str | None, root: str | None, dtype:
     """
     if keep_structure:
         weights_only = {"--to safetensors": to == "safetensors", "--dtype": dtype, "--shard-size": shard_size,
-                        "--metadata": metadata, "--dedupe": dedupe, "--trust": trust}  # fmt: skip
+                        "--metadata": metadata, "--dedupe": dedupe, "--trust": trust,
+                        "--unstack": unstack}  # fmt: skip
         _keep_structure(src, dst, root, strip_prefixes, _pairs(renames, "--rename"), weights_only, force, fmt)
         return
     from ckpttool import render
@@ -90,6 +93,7 @@ def convert_command(src: str, dst: str, to: str | None, root: str | None, dtype:
         dedupe=dedupe,
         force=force,
         trust=trust,
+        unstack=unstack,
     )
     leader = os.environ.get("RANK", "0") == "0"  # under torchrun: one bar and one report, rank 0's
     bar = ProgressBar("convert") if leader else None

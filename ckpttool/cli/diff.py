@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ckpttool.cli.common import ProgressBar, emit, finish, output_options, path_argument
+from ckpttool.cli.common import ProgressBar, emit, finish, output_options, path_argument, unstack_option
 
 
 @click.command("diff")
@@ -33,9 +33,11 @@ from ckpttool.cli.common import ProgressBar, emit, finish, output_options, path_
 )
 @click.option("--root-a", metavar="PATH", help="Dotted path of the weights inside A.")
 @click.option("--root-b", metavar="PATH", help="Dotted path of the weights inside B.")
+@unstack_option()
 @output_options()
 def diff_command(a: str, b: str, atol: float, rtol: float, equal_nan: bool, ignore_dtype: bool, keys_only: bool,
-                 every_tensor: bool, root_a: str | None, root_b: str | None, fmt: str) -> None:  # fmt: skip
+                 every_tensor: bool, root_a: str | None, root_b: str | None, unstack: bool,
+                 fmt: str) -> None:  # fmt: skip
     """Compare two checkpoints of any formats (a .pth against its
     .safetensors, a whole pickled model against a state_dict, a sharded folder
     against a single file): keys only in A or B, shape and dtype mismatches,
@@ -51,7 +53,9 @@ def diff_command(a: str, b: str, atol: float, rtol: float, equal_nan: bool, igno
 
     if atol < 0 or rtol < 0:
         raise UsageError("--atol and --rtol must not be negative")
-    options = DiffOptions(Tolerance(atol, rtol, equal_nan), keys_only, every_tensor, root_a, root_b, ignore_dtype)
+    options = DiffOptions(
+        Tolerance(atol, rtol, equal_nan), keys_only, every_tensor, root_a, root_b, ignore_dtype, unstack
+    )
     bar = ProgressBar("diff")
     try:
         report = diff(a, b, options, bar)

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from ckpttool.cli.common import ProgressBar, emit, output_options, path_argument, warn
+from ckpttool.cli.common import ProgressBar, emit, output_options, path_argument, unstack_option, warn
 
 
 @click.command("inspect")
@@ -29,6 +29,7 @@ from ckpttool.cli.common import ProgressBar, emit, output_options, path_argument
     is_flag=True,
     help="Also the file's serialization records (version, id, ...) and, for a DCP folder, every saved chunk.",
 )
+@unstack_option()
 @output_options()
 def inspect_command(
     path: str,
@@ -41,6 +42,7 @@ def inspect_command(
     root: str | None,
     stats: bool,
     verbose: bool,
+    unstack: bool,
     fmt: str,
 ) -> None:
     """What is in a checkpoint: where the weights are, how many parameters and
@@ -62,6 +64,10 @@ def inspect_command(
     from ckpttool.ops.inspect import tree as group_by_module
 
     checkpoint = read_checkpoint(path)
+    if unstack:
+        from ckpttool.ops.unstack import unstack_checkpoint
+
+        unstack_checkpoint(checkpoint)
     report = describe(checkpoint, root)
     weights = select(report.weights, patterns, sort)
     tensors = select(report.tensors, patterns, sort)

@@ -28,8 +28,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any, Literal
 
-from ckpttool.errors import CkptError, LimitError, PickleError, UnknownFormatError
+from ckpttool.errors import CkptError, EncryptedError, LimitError, PickleError, UnknownFormatError
 from ckpttool.formats.format import Format, Found, Probe
+from ckpttool.formats.joblib import read_as_joblib, without_problems
 from ckpttool.formats.ziparchive import ZipArchive, ZipEntry, is_zip, open_archive, read_entry, resolve_data_offset
 from ckpttool.pickle import Decoded, decode
 from ckpttool.pickle.opcodes import NAMES
@@ -47,6 +48,9 @@ _STREAMS: dict[bytes, tuple[str, Callable[[], Any]]] = {
     b"\x1f\x8b": ("gzip", lambda: zlib.decompressobj(16 + zlib.MAX_WBITS)),
     b"BZh": ("bz2", bz2.BZ2Decompressor),
     b"\xfd7zXZ\x00": ("xz", lzma.LZMADecompressor),
+    # joblib's compressors: a bare zlib stream (its default, compress=3) and legacy .lzma
+    **dict.fromkeys((b"x\x01", b"x^", b"x\x9c", b"x\xda"), ("zlib", zlib.decompressobj)),
+    b"]\x00\x00": ("lzma", lambda: lzma.LZMADecompressor(lzma.FORMAT_ALONE)),
 }
 _LEGACY_PICKLES = 5  # magic, protocol version, sys_info, the main pickle, storage keys
 
@@ -157,6 +161,8 @@ class _Scanner:
         head = bytes(data[start : min(end, start + _HEAD)])
         try:
             self._content(name, head, data, start, end, depth)
+        except EncryptedError:
+            raise  # nothing inside can be scanned: the file is unreadable, not a finding
         except CkptError as exc:
             self.found.problems.append(f"{name}: {exc.message}")
 
@@ -193,9 +199,16 @@ class _Scanner:
             try:
                 decoded = decode(data, start=start, end=end, source=name)
             except PickleError as exc:
-                self.failed(label, exc, strict or index > 0)
-                return
+                joblib = read_as_joblib(data, start, end, name, exc.partial)
+                if not (joblib and not joblib.problem and exc.partial):
+                    self.failed(label, exc, strict or index > 0)
+                    return
+                self.found.pickles += [(label + suffix, d) for suffix, d in joblib.pickles]
+                self.found.pickles.append((f"{label} (as pickle.loads reads it)", without_problems(exc.partial)))
+                start, index = joblib.end, index + 1
+                continue
             self.found.pickles.append((label, decoded))
+            self.found.add_joblib(label, read_as_joblib(data, start, end, name, decoded))
             if index == 0 and decoded.value == MAGIC_NUMBER and type(decoded.value) is int:
                 self.legacy(name, data, decoded.end, end)
                 return
@@ -264,6 +277,8 @@ class _Scanner:
                 self.found.members += 1
                 try:
                     self.zip_member(label, archive, archive.entries[member], f, depth, member in torch_pickles)
+                except EncryptedError:
+                    raise
                 except CkptError as exc:
                     self.found.problems.append(f"{label}: {exc.message}")
         self.found.problems.extend(f"{prefix}{a}" if prefix else a for a in archive.anomalies)
@@ -427,9 +442,9 @@ def _scanned_as(kind: str) -> Callable[[Probe], Found]:
     return lambda probe: scan_container(probe.path, kind)
 
 
-def _stream(name: Literal["gzip", "bz2", "xz"]) -> Format:
-    magic = next(m for m, (label, _) in _STREAMS.items() if label == name)
-    return Format(name, lambda probe: probe.head.startswith(magic), pickles=_scanned_as(name), scan_only=True)
+def _stream(name: Literal["gzip", "bz2", "xz", "zlib", "lzma"]) -> Format:
+    magics = tuple(m for m, (label, _) in _STREAMS.items() if label == name)
+    return Format(name, lambda probe: probe.head.startswith(magics), pickles=_scanned_as(name), scan_only=True)
 
 
 def _plain_zip(probe: Probe) -> bool:
@@ -441,6 +456,7 @@ def _plain_zip(probe: Probe) -> bool:
 SEALED_FORMAT = Format("sealed", lambda probe: sealed_archive(probe.head) is not None, pickles=_sealed, scan_only=True)
 NPY_FORMAT = Format("npy", lambda probe: probe.head.startswith(NPY_MAGIC), pickles=_scanned_as(NPY), scan_only=True)
 GZIP_FORMAT, BZ2_FORMAT, XZ_FORMAT = _stream("gzip"), _stream("bz2"), _stream("xz")
+ZLIB_FORMAT, LZMA_FORMAT = _stream("zlib"), _stream("lzma")
 TAR_FORMAT = Format(
     "tar",
     lambda probe: is_tar(probe.head) and not is_legacy_tar(probe.path),

@@ -19,7 +19,9 @@ one `.metadata` declares is a FormatError naming the file and the key.
 
 The keys are put back into the nested state_dict they were flattened from (DCP's
 planner_data), so `model.weight` is the `weight` of the `model` dict and an optimizer's
-`state` and `param_groups` are found where `optimizer` looks for them.
+`state` and `param_groups` are found where `optimizer` looks for them. A Megatron-Core
+`torch_dist` folder (or NeMo 2 checkpoint, whose `weights/` is one) is laid out as Megatron
+loads it, with its `common.pt` (`formats/dcp_megatron.py`).
 """
 
 from __future__ import annotations
@@ -27,13 +29,14 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 
 from ckpttool.checkpoint import Checkpoint, Chunk, Record, Storage, TensorRef, contiguous_strides
 from ckpttool.dtypes import DTYPES
 from ckpttool.errors import FileAccessError, FormatError
+from ckpttool.formats.dcp_megatron import COMMON_NAME, common_path, is_torch_dist, megatron_root, unconvertible
 from ckpttool.formats.dcp_metadata import (
     METADATA_NAME,
     DcpChunk,
@@ -50,6 +53,8 @@ from ckpttool.formats.ziparchive import ZIP_MAGIC, ZipArchive, open_archive, pre
 from ckpttool.tensordata import read_span
 
 FORMAT = "dcp"
+EXTRA_STATE = "._extra_state/"  # a module's extra state saved as a Megatron object entry
+PICKLE_PROTO = b"\x80"  # the first opcode of every pickle of protocol 2 or later
 MAX_NESTING = 64  # deeper planner paths are not a state_dict: the keys stay flat
 _RANK_FILE = re.compile(r"__(\d+)_\d+\.distcp")  # FileSystemWriter's name: rank, then file number
 
@@ -57,13 +62,15 @@ __all__ = ["FORMAT", "is_dcp_folder", "item_pickles", "metadata_pickle", "read_d
 
 
 def is_dcp_folder(path: str) -> bool:
+    """A DCP folder, or a NeMo 2 checkpoint whose `weights/` is one."""
     return os.path.isdir(path) and os.path.isfile(metadata_path(path))
 
 
 def read_dcp(path: str) -> Checkpoint:
     """The checkpoint in the DCP folder `path`: metadata and item headers only, no tensor data."""
     meta = read_dcp_metadata(path)
-    files = DataFiles(path)
+    folder = meta.folder
+    files = DataFiles(folder)
     built = _Built()
     values: dict[str, Any] = {}
     for fqn in meta.order:
@@ -71,18 +78,47 @@ def read_dcp(path: str) -> Checkpoint:
             values[fqn] = _tensor(meta.tensors[fqn], files, built)
         else:
             values[fqn] = _read_item(fqn, meta.entries[fqn].storage, files, built).root
-    total = os.path.getsize(metadata_path(path)) + sum(files.size(name) for name in meta.files)
+    names = [METADATA_NAME, *meta.files]
+    root = nest(values, meta.paths)
+    megatron = is_torch_dist(folder, meta)
+    if megatron:
+        names += [COMMON_NAME] if common_path(folder) else []
+        root, notes = megatron_root(values, meta, _common_state(folder, built))
+        built.anomalies.extend(notes)
     return Checkpoint(
         path=path,
         format=FORMAT,
-        file_size=total,
-        root=nest(values, meta.paths),
+        file_size=sum(os.path.getsize(os.path.join(folder, name)) for name in names),
+        root=root,
         storages=built.storages,
-        metadata={k: v for k, v in (("version", meta.version), ("save_id", meta.save_id)) if v},
+        metadata=_metadata(meta),
         anomalies=built.anomalies,
-        files=[metadata_path(path)] + [os.path.join(path, name) for name in meta.files],
+        files=[os.path.join(folder, name) for name in names],
         chunks={fqn: [_chunk(c) for c in t.chunks] for fqn, t in meta.tensors.items()},
+        unconvertible=unconvertible(meta) if megatron else {},
     )
+
+
+def _metadata(meta: DcpMetadata) -> dict[str, str]:
+    out = {k: v for k, v in (("version", meta.version), ("save_id", meta.save_id)) if v}
+    if meta.save_plans:
+        out["megatron save plans"] = str(meta.save_plans)
+    for fqn, shape in meta.reformulated.items():
+        out[f"flattened_range {fqn}"] = f"saved as {list(meta.tensors[fqn].shape)}, global shape {list(shape)}"
+    return out
+
+
+def _common_state(folder: str, built: _Built) -> Any:
+    """Megatron's common.pt (a torch.save file), read as inert data, or None."""
+    path = common_path(folder)
+    if path is None:
+        return None
+    checkpoint = read_torch_zip(path)
+    for key, storage in checkpoint.storages.items():
+        storage.key = f"{COMMON_NAME}:{key}"
+        built.storages[storage.key] = storage
+    built.anomalies.extend(f"{COMMON_NAME}: {a}" for a in checkpoint.anomalies)
+    return checkpoint.root
 
 
 def _chunk(chunk: DcpChunk) -> Chunk:
@@ -101,18 +137,40 @@ def item_pickles(path: str) -> Iterator[tuple[str, bytes]]:
     safetensors serialisation writes those): left out."""
     yield metadata_pickle(path)
     meta = read_dcp_metadata(path)
-    files = DataFiles(path)
+    files = DataFiles(meta.folder)
+    inside = "" if os.path.samefile(meta.folder, path) else f"{os.path.relpath(meta.folder, path)}/"  # NeMo 2
+    common = common_path(meta.folder) if is_torch_dist(meta.folder, meta) else None
+    if common is not None:
+        yield from _archive_pickles(inside + COMMON_NAME, open_archive(common))
     for fqn, item, is_tensor in _items(meta):
-        name = f"{item.file}[{item.offset}:{item.offset + item.length}] ({fqn})"
+        name = f"{inside}{item.file}[{item.offset}:{item.offset + item.length}] ({fqn})"
         start, _ = files.check(fqn, item)
         if files.read(item.file, start, min(4, item.length)) != ZIP_MAGIC:
             if not is_tensor:
                 yield name, files.read(item.file, start, min(item.length, MAX_PICKLE_RECORD))
             continue
         archive = files.archive(fqn, item)
-        entry = archive.record("data.pkl")
-        if entry is not None:
-            yield f"{name}:{entry.name}", read_entry(archive, entry, MAX_PICKLE_RECORD)
+        yield from _archive_pickles(name, archive)
+        if not is_tensor and EXTRA_STATE in fqn:
+            yield from _embedded_pickles(name, archive)
+
+
+def _archive_pickles(name: str, archive: ZipArchive) -> Iterator[tuple[str, bytes]]:
+    entry = archive.record("data.pkl")
+    if entry is not None:
+        yield f"{name}:{entry.name}", read_entry(archive, entry, MAX_PICKLE_RECORD)
+
+
+def _embedded_pickles(name: str, archive: ZipArchive) -> Iterator[tuple[str, bytes]]:
+    """TransformerEngine keeps a module's extra state (FP8 scaling) as a uint8 tensor of
+    `pickle.dumps` bytes, which its `set_extra_state` unpickles: a tensor record of an
+    `_extra_state` object that starts like a pickle is scanned as the pickle it is."""
+    records = f"{archive.root}/data/"
+    for record in archive.order:
+        if record.startswith(records) and archive.entries[record].size:
+            data = read_entry(archive, archive.entries[record], MAX_PICKLE_RECORD)
+            if data[:1] == PICKLE_PROTO:
+                yield f"{name}:{record} (TransformerEngine extra state)", data
 
 
 def _items(meta: DcpMetadata) -> Iterator[tuple[str, DcpStorage, bool]]:
@@ -255,6 +313,28 @@ def _gathered(tensor: DcpTensor, parts: list[tuple[DcpChunk, TensorRef]], files:
     storage.record.gather = partial(gather, tensor, parts)
     storage.record.viewed_by = partial(_named, tensor.fqn)
     return TensorRef(tensor.dtype, shape, contiguous_strides(shape), 0, storage, tensor.requires_grad)
+
+
+def layer_of(ref: TensorRef, layer: int) -> TensorRef:
+    """The slice `[layer]` along the first axis: for a tensor assembled from DCP chunks, one
+    assembled from only the chunks that slice meets (so each layer reads its own bytes);
+    otherwise a view of the same storage."""
+    record = ref.storage.record if ref.storage is not None else None
+    assembly = record.gather if record is not None else None
+    if record is None or not (isinstance(assembly, partial) and assembly.func is gather):
+        return _first_axis(ref, layer)
+    tensor, parts = assembly.args
+    sliced = DcpTensor(f"{tensor.fqn}[{layer}]", tensor.dtype, tensor.shape[1:], [], tensor.requires_grad)
+    kept = [
+        (DcpChunk(chunk.offsets[1:], chunk.sizes[1:], chunk.storage), _first_axis(part, layer - chunk.offsets[0]))
+        for chunk, part in parts
+        if chunk.offsets[0] <= layer < chunk.offsets[0] + chunk.sizes[0]
+    ]
+    return _gathered(sliced, kept, DataFiles(os.path.dirname(record.path)))
+
+
+def _first_axis(ref: TensorRef, index: int) -> TensorRef:
+    return replace(ref, shape=ref.shape[1:], stride=ref.stride[1:], offset=ref.offset + index * ref.stride[0])
 
 
 def gather(tensor: DcpTensor, parts: list[tuple[DcpChunk, TensorRef]]) -> bytearray:

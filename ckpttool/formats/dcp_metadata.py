@@ -35,10 +35,13 @@ if TYPE_CHECKING:
     from torch.distributed.checkpoint.metadata import Metadata
 
 METADATA_NAME = ".metadata"
+NEMO_WEIGHTS, NEMO_CONTEXT = "weights", "context"  # NeMo 2: the DCP folder beside the model's context
 MAX_METADATA_SIZE = 1 << 30  # tens of MB for the largest models; past this a file is refused
 
 _MD = "torch.distributed.checkpoint.metadata"
 _FS = "torch.distributed.checkpoint.filesystem"
+_PLANNER = "torch.distributed.checkpoint.planner"
+_MCORE = "megatron.core.dist_checkpointing.strategies.torch"
 METADATA = f"{_MD}.Metadata"
 TENSOR = f"{_MD}.TensorStorageMetadata"
 BYTES = f"{_MD}.BytesStorageMetadata"
@@ -48,13 +51,24 @@ INDEX = f"{_MD}.MetadataIndex"
 STORAGE_META = f"{_MD}.StorageMeta"
 MEM_FORMAT = f"{_MD}._MEM_FORMAT_ENCODING"
 STORAGE_INFO = f"{_FS}._StorageInfo"
+STORAGE_PREFIX = f"{_FS}._StoragePrefix"  # a save plan's storage_data once the writer prepared it
+# Megatron-Core's additions: the save plans (`all_local_plans`), and before 0.14 its own
+# subclasses of Metadata and SavePlan, each with `mcore_data` per key.
+SAVE_PLAN, WRITE_ITEM = f"{_PLANNER}.SavePlan", f"{_PLANNER}.WriteItem"
+TENSOR_WRITE, WRITE_ITEM_TYPE = f"{_PLANNER}.TensorWriteData", f"{_PLANNER}.WriteItemType"
+MCORE_METADATA, MCORE_SAVE_PLAN = f"{_MCORE}.MCoreMetadata", f"{_MCORE}.MCoreSavePlan"
+MEGATRON_CLASSES = frozenset({SAVE_PLAN, WRITE_ITEM, TENSOR_WRITE, MCORE_METADATA, MCORE_SAVE_PLAN, STORAGE_PREFIX})
 SIZE, LAYOUT = "torch.Size", "torch.serialization._get_layout"
 TORCH_DTYPES = frozenset(f"torch.{name}" for name in DTYPES if name[:1].islower())
-DCP_CLASSES = frozenset({METADATA, TENSOR, BYTES, CHUNK, PROPERTIES, INDEX, STORAGE_META, STORAGE_INFO})
+DCP_CLASSES = MEGATRON_CLASSES | {METADATA, TENSOR, BYTES, CHUNK, PROPERTIES, INDEX, STORAGE_META, STORAGE_INFO}
 # DCP_METADATA_CALLS: the memory-format Enum and the pathlib classes of StorageMeta.checkpoint_id,
 # vetted for scan by the argument forms DCP writes.
 DCP_GLOBALS = DCP_CLASSES | {SIZE, LAYOUT} | set(DCP_METADATA_CALLS) | TORCH_DTYPES
 _MEMORY_FORMATS = {0: "contiguous_format", 1: "channels_last", 2: "preserve_format"}
+_WRITE_ITEM_TYPES = (1, 2, 3)  # TENSOR, SHARD, BYTE_IO
+_PLAN_FIELDS = frozenset({"items", "storage_data", "planner_data", "usable", "mcore_data"})
+_WRITE_ITEM_FIELDS = frozenset({"index", "type", "bytes_io_data", "tensor_data"})
+REFORMULATED = "nd_reformulated_orig_global_shape"  # mcore_data of a tensor saved with flattened_range
 
 Path = tuple[str | int, ...]  # a key's place in the nested state_dict: dict keys and list indices
 
@@ -115,6 +129,11 @@ class DcpMetadata:
     order: list[str] = field(default_factory=list)  # every key, tensors and entries, as the file lists them
     version: str | None = None
     save_id: str | None = None
+    # Megatron-Core before 0.14: tensors saved with `flattened_range`, by key, with their real
+    # global shape (the one in `tensors` is reformulated: grid axes, then the flat local chunk).
+    reformulated: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    save_plans: int = 0  # Megatron-Core's all_local_plans, one per rank
+    mcore: bool = False  # written by Megatron-Core before 0.14 (MCoreMetadata)
 
     @property
     def files(self) -> list[str]:
@@ -123,19 +142,28 @@ class DcpMetadata:
         return sorted(names | {b.storage.file for b in self.entries.values()})
 
 
+def dcp_folder(path: str) -> str:
+    """Where a checkpoint's DCP files lie: `path` itself, or the `weights/` folder of a NeMo 2
+    checkpoint (`weights/` with `.metadata`, beside `context/`)."""
+    weights = os.path.join(path, NEMO_WEIGHTS)
+    nemo = os.path.isdir(os.path.join(path, NEMO_CONTEXT)) and os.path.isfile(os.path.join(weights, METADATA_NAME))
+    return weights if nemo and not os.path.exists(os.path.join(path, METADATA_NAME)) else path
+
+
 def metadata_path(folder: str) -> str:
-    return os.path.join(folder, METADATA_NAME)
+    return os.path.join(dcp_folder(folder), METADATA_NAME)
 
 
 def metadata_pickle(folder: str) -> tuple[str, bytes]:
-    """(name, bytes) of the folder's `.metadata` pickle, for `scan`."""
+    """(name, bytes) of the folder's `.metadata` pickle, for `scan`; the name is relative to
+    `folder` (`weights/.metadata` in a NeMo 2 checkpoint)."""
     path = metadata_path(folder)
     try:
         size = os.path.getsize(path)
         if size > MAX_METADATA_SIZE:
             raise LimitError(f"{METADATA_NAME} of {size} bytes is larger than {MAX_METADATA_SIZE}", path=folder)
         with open(path, "rb") as f:
-            return METADATA_NAME, f.read(MAX_METADATA_SIZE)
+            return os.path.relpath(path, folder), f.read(MAX_METADATA_SIZE)
     except FileNotFoundError:
         raise FileAccessError(f"no {METADATA_NAME} file: not a distributed checkpoint", path=folder) from None
     except OSError as exc:
@@ -151,7 +179,7 @@ def read_dcp_metadata(folder: str) -> DcpMetadata:
     """The folder's `.metadata` as plain data; FormatError when it is anything but DCP's schema."""
     name, data = metadata_pickle(folder)
     decoded = decode(data, source=os.path.join(folder, name))
-    return _Reader(folder).metadata(decoded, len(data))
+    return _Reader(dcp_folder(folder)).metadata(decoded, len(data))
 
 
 class _Reader:
@@ -171,7 +199,8 @@ class _Reader:
             raise self.fail(f"{decoded.problems[0]}; see `ckpttool scan`")
         if decoded.end != size:
             raise self.fail(f"{size - decoded.end} bytes follow the pickle's STOP; see `ckpttool scan`")
-        fields = self.instance(decoded.value, METADATA)
+        cls = MCORE_METADATA if _is_call_of(decoded.value, MCORE_METADATA) else METADATA
+        fields = self.instance(decoded.value, cls)
         out = DcpMetadata(self.folder, version=self.optional_str(fields.get("version"), "version"))
         storage = self.storage_data(fields.get("storage_data"))
         items = fields.get("state_dict_metadata")
@@ -182,7 +211,92 @@ class _Reader:
             out.order.append(fqn)
         out.paths = self.planner_paths(fields.get("planner_data"), items)
         out.save_id = self.save_id(fields.get("storage_meta"))
+        out.save_plans = self.save_plans(fields.get("all_local_plans"))
+        out.reformulated = self.mcore_data(fields.get("mcore_data"), out)
+        out.mcore = cls == MCORE_METADATA
         return out
+
+    # -- Megatron-Core's additions -----------------------------------------------------------------
+
+    def save_plans(self, node: Any) -> int:
+        """`all_local_plans`: checked to be DCP's SavePlans (or MCoreSavePlans) of WriteItems,
+        which megatron-core compares with its next save's plans; nothing in them is used."""
+        if node is None:
+            return 0
+        if not isinstance(node, list):
+            raise self.fail(f"all_local_plans is {_what(node)}, not a list")
+        for plan in node:
+            cls = MCORE_SAVE_PLAN if _is_call_of(plan, MCORE_SAVE_PLAN) else SAVE_PLAN
+            fields = self.instance(plan, cls)
+            self.only(fields, _PLAN_FIELDS, "SavePlan")
+            items = fields.get("items", [])
+            if not isinstance(items, list):
+                raise self.fail("a SavePlan whose items are not a list")
+            self.storage_prefix(fields.get("storage_data"))
+            if not isinstance(fields.get("usable", True), bool):
+                raise self.fail("a SavePlan whose usable is not a bool")
+            self.plain_dict(fields.get("planner_data"), "a SavePlan's planner_data")
+            self.plain_dict(fields.get("mcore_data"), "a SavePlan's mcore_data")
+            for item in items:
+                self.write_item(item)
+        return len(node)
+
+    def storage_prefix(self, node: Any) -> None:
+        """A save plan's storage_data: none, or the file system writer's `_StoragePrefix(prefix)`."""
+        if node is not None:
+            fields = self.instance(node, STORAGE_PREFIX)
+            self.only(fields, frozenset({"prefix"}), "_StoragePrefix")
+            self.text(fields.get("prefix"), "a _StoragePrefix's prefix")
+
+    def write_item(self, node: Any) -> None:
+        fields = self.instance(node, WRITE_ITEM)
+        self.only(fields, _WRITE_ITEM_FIELDS, "WriteItem")
+        index = self.instance(fields.get("index"), INDEX)
+        self.text(index.get("fqn"), "a WriteItem's fqn")
+        kind = fields.get("type")
+        if not (isinstance(kind, Call) and kind.func_name == WRITE_ITEM_TYPE and kind.kind != NEWOBJ):
+            raise self.fail(f"a WriteItem type given as {_what(kind)}")
+        if len(kind.args) != 1 or type(kind.args[0]) is not int or kind.args[0] not in _WRITE_ITEM_TYPES:
+            raise self.fail(f"a WriteItem type of {kind.args!r}")
+        if fields.get("bytes_io_data") is not None:
+            raise self.fail("a WriteItem with bytes_io_data")
+        data = fields.get("tensor_data")
+        if data is not None:
+            tensor = self.instance(data, TENSOR_WRITE)
+            chunk = self.instance(tensor.get("chunk"), CHUNK)
+            self.size(chunk.get("offsets"), "a WriteItem's chunk")
+            self.size(chunk.get("sizes"), "a WriteItem's chunk")
+            self.dtype(self.instance(tensor.get("properties"), PROPERTIES).get("dtype"), "a WriteItem")
+            self.size(tensor.get("size"), "a WriteItem")
+
+    def mcore_data(self, node: Any, out: DcpMetadata) -> dict[str, tuple[int, ...]]:
+        """MCoreMetadata's mcore_data: per key, the original global shape of a tensor saved
+        with flattened_range (its stored shape reformulated); nothing else is kept."""
+        reformulated: dict[str, tuple[int, ...]] = {}
+        for key, value in self.plain_dict(node, "mcore_data").items():
+            if not isinstance(value, dict):
+                raise self.fail(f"mcore_data of {key!r} is {_what(value)}")
+            shape = value.get(REFORMULATED)
+            if shape is None:
+                continue
+            if not (isinstance(shape, (tuple, list)) and all(type(d) is int and 0 <= d <= INT64_MAX for d in shape)):
+                raise self.fail(f"mcore_data of {key!r}: {REFORMULATED} is {_what(shape)}")
+            if key in out.tensors:
+                reformulated[key] = tuple(shape)
+        return reformulated
+
+    def plain_dict(self, node: Any, what: str) -> dict[str, Any]:
+        """A dict keyed by strings whose values hold no call or global (or None: empty)."""
+        if node is None:
+            return {}
+        if not (isinstance(node, dict) and all(isinstance(k, str) for k in node) and _is_plain(node)):
+            raise self.fail(f"{what} is {_what(node)}, not plain data")
+        return node
+
+    def only(self, fields: dict[str, Any], known: frozenset[str], what: str) -> None:
+        extra = sorted(set(fields) - known)
+        if extra:
+            raise self.fail(f"a {what} with the unknown fields {', '.join(extra[:3])}")
 
     # -- DCP's classes ----------------------------------------------------------------------------
 
@@ -358,6 +472,21 @@ def _overlap(chunks: list[DcpChunk]) -> bool:
 def _meet(a: DcpChunk, b: DcpChunk) -> bool:
     spans = zip(a.offsets, a.sizes, b.offsets, b.sizes, strict=True)
     return all(b_at < a_at + a_n and a_at < b_at + b_n for a_at, a_n, b_at, b_n in spans)
+
+
+def _is_call_of(node: Any, cls: str) -> bool:
+    return isinstance(node, Call) and node.func_name == cls
+
+
+def _is_plain(node: Any, depth: int = 0) -> bool:
+    """Data of str, int, float, bool and None in dicts, lists and tuples: no call, no global."""
+    if depth > 16:
+        return False
+    if isinstance(node, dict):
+        return all(_is_plain(k, depth + 1) and _is_plain(v, depth + 1) for k, v in node.items())
+    if isinstance(node, (list, tuple)):
+        return all(_is_plain(v, depth + 1) for v in node)
+    return node is None or type(node) in (str, int, float, bool)
 
 
 def _is_count(value: Any) -> TypeGuard[int]:

@@ -15,6 +15,7 @@ from typing import Any, Literal, Protocol
 
 from ckpttool.checkpoint import Checkpoint
 from ckpttool.errors import CkptError, FileAccessError, PickleError, UnknownFormatError
+from ckpttool.formats.joblib import JoblibRead
 from ckpttool.formats.ziparchive import ZipArchive, open_archive
 from ckpttool.pickle import Decoded
 from ckpttool.pickle.judge import TorchScript
@@ -39,6 +40,8 @@ FormatName = Literal[
     "gzip",
     "bz2",
     "xz",
+    "zlib",
+    "lzma",
     "sealed",
 ]
 HEAD = 512
@@ -103,6 +106,13 @@ class Found:
         self.problems.extend(other.problems)
         self.notes.extend(other.notes)
 
+    def add_joblib(self, name: str, read: JoblibRead | None) -> None:
+        """joblib's own reading of a pickle that decoded as a whole (it may differ)."""
+        if read is not None:
+            self.pickles.extend((name + label, decoded) for label, decoded in read.pickles)
+            if read.problem:
+                self.problems.append(f"{name}: {read.problem}")
+
     def summarise(self) -> Found:
         if not self.pickles and not self.problems:
             self.notes.append(f"no pickle in its {self.members} member(s): nothing in it runs code when loaded")
@@ -136,7 +146,25 @@ def no_checkpoint(probe: Probe) -> Checkpoint:
 def not_a_checkpoint(head: bytes) -> str:
     if head.startswith(b"\x89PNG"):
         return "a PNG image, not a checkpoint"
+    text = text_start(head)
+    if text is not None:
+        return f"not a checkpoint: it is text, starting {text!r}"
     return "not a checkpoint: no zip, safetensors, tar or pickle signature"
+
+
+def text_start(head: bytes, shown: int = 40) -> str | None:
+    """The first characters of the first line when `head` reads as UTF-8 text (printable
+    characters and line breaks, at most a character cut at the end); else None."""
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 3:  # not only a character cut by the end of the head
+            return None
+        text = head[: exc.start].decode("utf-8")
+    if not text.strip() or not all(c.isprintable() or c in "\n\r\t" for c in text):
+        return None
+    first = text.strip().splitlines()[0]
+    return first if len(first) <= shown else first[: shown - 3] + "..."
 
 
 @dataclass(frozen=True)

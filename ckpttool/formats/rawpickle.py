@@ -8,7 +8,8 @@ from typing import Any
 
 from ckpttool.checkpoint import Checkpoint, OpaqueCall
 from ckpttool.errors import FormatError, PickleError, UnknownFormatError
-from ckpttool.formats.format import Format, FormatName, Found, Probe
+from ckpttool.formats.format import Format, FormatName, Found, Probe, not_a_checkpoint, text_start
+from ckpttool.formats.joblib import read_as_joblib, without_problems
 from ckpttool.interpret import Interpreter
 from ckpttool.pickle import decode
 from ckpttool.pickle.opcodes import NAMES
@@ -44,7 +45,7 @@ def _read(probe: Probe) -> Checkpoint:
         # Protocol 2+ pickles open with PROTO; a file that does not and fails to decode
         # is text or binary that happens to start with an opcode's byte.
         if not _opens_with_proto(probe):
-            raise UnknownFormatError(f"not a checkpoint ({exc.message})", path=probe.path) from None
+            raise UnknownFormatError(_not_a_pickle(probe, exc), path=probe.path) from None
         raise
 
 
@@ -58,13 +59,27 @@ def raw_pickles(probe: Probe) -> Found:
             try:
                 decoded = decode(data, start=start, source=probe.path)
             except PickleError as exc:
+                joblib = read_as_joblib(data, start, probe.size, probe.path, exc.partial)
+                if joblib and not joblib.problem and exc.partial:
+                    found.pickles += [(name + label, d) for label, d in joblib.pickles]
+                    found.pickles.append((f"{name} (as pickle.loads reads it)", without_problems(exc.partial)))
+                    start, index = joblib.end, index + 1
+                    continue
                 if index == 0 and not _found_anything(exc) and not _opens_with_proto(probe):
-                    raise UnknownFormatError(f"not a checkpoint ({exc.message})", path=probe.path) from None
+                    raise UnknownFormatError(_not_a_pickle(probe, exc), path=probe.path) from None
                 found.failure(name, exc)
                 return found
             found.pickles.append((name, decoded))
+            found.add_joblib(name, read_as_joblib(data, start, probe.size, probe.path, decoded))
             start, index = decoded.end, index + 1
     return found
+
+
+def _not_a_pickle(probe: Probe, exc: PickleError) -> str:
+    # Text whose first byte is an opcode's (`e`, `n`, `(` ...): say it is text.
+    if text_start(probe.head) is not None:
+        return not_a_checkpoint(probe.head)
+    return f"not a checkpoint ({exc.message})"
 
 
 def _opens_with_proto(probe: Probe) -> bool:

@@ -16,11 +16,13 @@ from ckpttool.errors import UnknownFormatError
 from ckpttool.formats.containers import (
     BZ2_FORMAT,
     GZIP_FORMAT,
+    LZMA_FORMAT,
     NPY_FORMAT,
     SEALED_FORMAT,
     TAR_FORMAT,
     XZ_FORMAT,
     ZIP_FORMAT,
+    ZLIB_FORMAT,
 )
 from ckpttool.formats.dcp_format import DCP_FORMAT
 from ckpttool.formats.deepspeed import DEEPSPEED_FORMAT
@@ -41,6 +43,8 @@ FORMATS: tuple[Format, ...] = (
     GZIP_FORMAT,
     BZ2_FORMAT,
     XZ_FORMAT,
+    ZLIB_FORMAT,
+    LZMA_FORMAT,
     TAR_FORMAT,
     ZIP_FORMAT,
     TORCHSCRIPT_FORMAT,

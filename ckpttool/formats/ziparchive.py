@@ -21,7 +21,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import IO
 
-from ckpttool.errors import LimitError, ZipFormatError
+from ckpttool.errors import CkptError, EncryptedError, LimitError, ZipFormatError
 
 ZIP_MAGIC = b"PK\x03\x04"
 _EOCD = struct.Struct("<4s4H2LH")
@@ -96,7 +96,29 @@ def open_archive(path: str, start: int = 0, end: int | None = None) -> ZipArchiv
     _parse_central_directory(directory, count, archive, start)
     if not archive.order:
         raise ZipFormatError("zip archive holds no records", path=path)
+    _refuse_encrypted(archive)
     return archive
+
+
+_MAX_PLAIN_CHECK = 256 << 20
+
+
+def _refuse_encrypted(archive: ZipArchive) -> None:
+    """A record flagged as encrypted whose bytes are not its plain content is encrypted:
+    torch refuses the file and no scan can see inside, so it is unreadable. A flag set on
+    plain bytes (to make other readers give up) stays an anomaly of a readable file."""
+    for entry in archive.entries.values():
+        if entry.flags & (_FLAG_ENCRYPTED | _FLAG_STRONG_ENCRYPTION) and not _reads_as_plain(archive, entry):
+            raise EncryptedError(f"record {entry.name!r} is encrypted: cannot be scanned", path=archive.path)
+
+
+def _reads_as_plain(archive: ZipArchive, entry: ZipEntry) -> bool:
+    if entry.size > _MAX_PLAIN_CHECK:
+        return True  # too large to tell: its flag stays an anomaly (the scan fails closed)
+    try:  # a CRC of 0 is "none recorded" (torch with CRC computation off): cannot tell
+        return entry.crc == 0 or crc_matches(entry, read_entry(archive, entry, entry.size))
+    except CkptError:
+        return False
 
 
 def _find_central_directory(f: IO[bytes], start: int, end: int, path: str) -> tuple[int, int, int]:

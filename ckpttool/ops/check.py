@@ -362,8 +362,6 @@ def _cpu_only(checkpoint: Checkpoint, report: CheckReport) -> None:
     devices = Counter(t.tensor.device for t in all_tensors(checkpoint.root) if isinstance(t.tensor, TensorRef))
     for device, count in devices.items():
         if device != "cpu":
-            report.add(
-                "cpu-only",
-                ERROR,
-                f"{count} tensors restore to {device}; fix: ckpttool remap {checkpoint.path} OUT --device cpu",
-            )
+            command = shlex.join(["ckpttool", "remap", checkpoint.path, "OUT", "--device", "cpu"])
+            remedy = Remedy("to restore every tensor to cpu, write a copy (OUT):", [command])
+            report.add("cpu-only", ERROR, f"{count} tensors restore to {device}; fix: {command}", remedy=remedy)

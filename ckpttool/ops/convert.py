@@ -32,6 +32,7 @@ from ckpttool.errors import (
     about,
 )
 from ckpttool.formats import read_checkpoint
+from ckpttool.formats.dcp_megatron import is_under, refuse_unconvertible
 from ckpttool.formats.safetensors import header_bytes, read_safetensors
 from ckpttool.formats.torchzip import read_torch_zip
 from ckpttool.formats.torchzip_write import (
@@ -43,6 +44,7 @@ from ckpttool.formats.torchzip_write import (
     write_torch_zip,
 )
 from ckpttool.ops.sources import FileSource, Source, TrustedSource, file_sources
+from ckpttool.ops.unstack import unstack_checkpoint
 from ckpttool.pickle.writer import dumps
 from ckpttool.tensordata import ByteRange, cast, copy_range, range_equals, same_bytes, tensor_bytes, verify_tensor
 
@@ -76,6 +78,7 @@ class ConvertOptions:
     dedupe: bool = False
     force: bool = False
     trust: bool = False
+    unstack: bool = False  # Megatron-Core's stacked layers, one tensor per layer (ops/unstack.py)
 
 
 @dataclass
@@ -193,9 +196,16 @@ def _sources(src: str, options: ConvertOptions) -> tuple[list[tuple[str, Source]
     if options.trust:
         from ckpttool.ops.trust import trusted_weights
 
+        if options.unstack:
+            raise UsageError("--unstack reads SRC itself; it does not combine with --trust")
         tensors, where = trusted_weights(src, options.root, options.force)
         return [(k, TrustedSource(v)) for k, v in tensors.items()], where, []
-    return file_sources(read_checkpoint(src), options.root)
+    checkpoint = read_checkpoint(src)
+    if options.unstack:
+        unstack_checkpoint(checkpoint)
+    sources, weights_root, notes = file_sources(checkpoint, options.root)
+    refuse_unconvertible(checkpoint, [fqn for fqn in checkpoint.unconvertible if is_under(fqn, weights_root)])
+    return sources, weights_root, notes
 
 
 def _plan(sources: list[tuple[str, Source]], options: ConvertOptions, notes: list[str]) -> list[OutputTensor]:

@@ -31,6 +31,7 @@ from ckpttool.errors import (
     UsageError,
     VerificationError,
 )
+from ckpttool.formats.dcp_megatron import is_torch_dist_folder
 from ckpttool.ops.convert import (
     PTH,
     ConvertOptions,
@@ -59,7 +60,7 @@ DCP = "dcp"
 def convert_to_dcp(src: str, dst: str, options: ConvertOptions, progress: Progress) -> ConvertReport:
     _refuse_options(options, {"--shard-size": options.shard_size, "--dedupe": options.dedupe,
                               "--metadata": options.metadata})  # fmt: skip
-    if is_dcp_folder(src):
+    if is_dcp_folder(src) and not is_torch_dist_folder(src):  # Megatron's layout becomes plain DCP
         raise UsageError(f"{src} is a DCP checkpoint already")
     ranks = current_ranks()
     sources, weights_root, notes = _sources(src, options)

@@ -29,6 +29,7 @@ from ckpttool.errors import (
     WeightsNotFoundError,
     about,
 )
+from ckpttool.formats.dcp_megatron import refuse_unconvertible
 from ckpttool.ops.convert import (
     SAFETENSORS,
     ConvertOptions,
@@ -40,6 +41,7 @@ from ckpttool.ops.convert import (
 from ckpttool.ops.dcpio import groups, load_group
 from ckpttool.ops.dcpmeta import read_checked
 from ckpttool.ops.dcpranks import Ranks, current_ranks, together
+from ckpttool.ops.unstack import layer_names
 from ckpttool.signals import held
 from ckpttool.tensordata import cast, crc32, direct_range, tensor_bytes
 from ckpttool.weights import find_weights, join
@@ -58,10 +60,15 @@ class DcpTensor:
     source_dtype: str
     dtype: str
     shape: tuple[int, ...]
+    layer: int | None = None  # --unstack: this tensor is slice [layer] of the stored one
+    stored: tuple[int, ...] | None = None  # the stored shape, when it is a slice
 
     @property
     def nbytes(self) -> int:
         return byte_size(_numel(self.shape), self.dtype)
+
+    def of(self, loaded: Any) -> Any:
+        return loaded if self.layer is None else loaded[self.layer]
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -108,17 +115,34 @@ def _dcp_plan(src: str, options: ConvertOptions) -> tuple[Metadata, list[DcpTens
     entries = metadata.state_dict_metadata
     tensors = {fqn: md for fqn, md in entries.items() if isinstance(md, TensorStorageMetadata)}
     root, chosen = _weights(checkpoint, list(tensors), options.root)
+    refuse_unconvertible(checkpoint, [fqn for _, fqn in chosen])
+    slices = _layers(chosen, {fqn: tuple(md.size) for fqn, md in tensors.items()}, options.unstack)
     notes: list[str] = []
-    names = rename([key for key, _ in chosen], options.strip_prefixes, options.renames, notes)
+    names = rename([key for key, _, _ in slices], options.strip_prefixes, options.renames, notes)
     out = []
-    for name, (_, fqn) in zip(names, chosen, strict=True):
+    for name, (_, fqn, layer) in zip(names, slices, strict=True):
         md = tensors[fqn]
         source_dtype = str(md.properties.dtype).removeprefix("torch.")
         dtype = options.dtype if options.dtype and DTYPES[source_dtype].is_floating else source_dtype
         if options.to == SAFETENSORS and DTYPES[dtype].safetensors is None:
             raise FormatError(f"tensor {name!r} has dtype {dtype}, which safetensors cannot store; use --to pth")
-        out.append(DcpTensor(name, fqn, source_dtype, dtype, tuple(md.size)))
+        stored = tuple(md.size)
+        if layer is None:
+            out.append(DcpTensor(name, fqn, source_dtype, dtype, stored))
+        else:
+            out.append(DcpTensor(name, fqn, source_dtype, dtype, stored[1:], layer, stored))
     return metadata, out, root, notes
+
+
+def _layers(
+    chosen: list[tuple[str, str]], shapes: dict[str, tuple[int, ...]], unstack: bool
+) -> list[tuple[str, str, int | None]]:
+    """(output key, DCP key, layer): with --unstack, a stacked tensor becomes its layers."""
+    out: list[tuple[str, str, int | None]] = []
+    for key, fqn in chosen:
+        names = layer_names(key, shapes[fqn]) if unstack else None
+        out.extend([(key, fqn, None)] if names is None else [(n, fqn, i) for i, n in enumerate(names)])
+    return out
 
 
 def _weights(checkpoint: Checkpoint, fqns: list[str], root: str | None) -> tuple[str, list[tuple[str, str]]]:
@@ -200,11 +224,13 @@ class _ShardWriter:
     def _tensors(self, shard: list[DcpTensor]) -> Iterator[tuple[DcpTensor, memoryview]]:
         """Each tensor's output bytes, in order, loaded a bounded group at a time."""
         for group in groups(shard, lambda t: t.nbytes):
-            wanted = {t.fqn: (t.source_dtype, t.shape) for t in group}
+            wanted = {t.fqn: (t.source_dtype, t.stored or t.shape) for t in group}
+            last = {t.fqn: i for i, t in enumerate(group)}  # a stacked tensor's layers share one load
             with about(self.src):
                 loaded = _load_or_explain(self.src, self.metadata, wanted)
-            for tensor in group:
-                yield tensor, tensor_bytes(cast(loaded.pop(tensor.fqn), tensor.dtype))
+            for i, tensor in enumerate(group):
+                value = loaded.pop(tensor.fqn) if last[tensor.fqn] == i else loaded[tensor.fqn]
+                yield tensor, tensor_bytes(cast(tensor.of(value), tensor.dtype))
                 self.progress.advance(tensor.nbytes)
 
     def _write(self, output: PendingOutput, shard: list[DcpTensor]) -> dict[str, int]:

@@ -15,8 +15,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ckpttool.formats.dcp import is_dcp_folder, read_dcp
+from ckpttool.formats.dcp_metadata import dcp_folder, torch_metadata
 from ckpttool.formats.dcp_metadata import read_dcp_metadata as read_plain_metadata
-from ckpttool.formats.dcp_metadata import torch_metadata
 
 if TYPE_CHECKING:
     from torch.distributed.checkpoint.metadata import Metadata
@@ -55,4 +55,4 @@ def safe_reader(folder: str, metadata: Metadata | None = None) -> Any:
             known.storage_meta.load_id = self.load_id
             return known
 
-    return SafeFileSystemReader(folder)
+    return SafeFileSystemReader(dcp_folder(folder))

@@ -30,6 +30,7 @@ from ckpttool.formats import read_checkpoint
 from ckpttool.ops.entrycompare import same_entry
 from ckpttool.ops.equivalence import equivalent
 from ckpttool.ops.inspect import entry_values, jsonable
+from ckpttool.ops.unstack import unstack_checkpoint
 from ckpttool.ops.valuediff import Tolerance, compare_values
 from ckpttool.tensormap import MappedFiles
 from ckpttool.weights import all_tensors, find_weights, walk
@@ -84,10 +85,14 @@ class DiffOptions:
     root_a: str | None = None
     root_b: str | None = None
     ignore_dtype: bool = False
+    unstack: bool = False  # Megatron-Core's stacked layers, one tensor per layer (ops/unstack.py)
 
 
 def diff(path_a: str, path_b: str, options: DiffOptions, progress: Progress | None = None) -> DiffReport:
     a, b = read_checkpoint(path_a), read_checkpoint(path_b)
+    if options.unstack:
+        unstack_checkpoint(a)
+        unstack_checkpoint(b)
     with about(path_a):
         tensors_a, root_a = _tensors(a.root, options.every_tensor, options.root_a)
     with about(path_b):
@@ -107,6 +112,7 @@ def diff(path_a: str, path_b: str, options: DiffOptions, progress: Progress | No
     if options.every_tensor:
         leaves_a, leaves_b = nested_entries(a.root, root_a), nested_entries(b.root, root_b)
         report.entries_mismatch = _differing(leaves_a, leaves_b, equivalent)
+        _fill_containers(report.entries_mismatch, {"a": a.root, "b": b.root})
     else:
         read_scalars = not options.keys_only  # a saved 0-dim loss is tensor data too
         top_a, top_b = entry_values(a.root, root_a), entry_values(b.root, root_b)
@@ -158,6 +164,19 @@ def nested_entries(root: Any, weights_root: str | None) -> dict[str, Any]:
         elif not isinstance(node, (dict, list, tuple)) or not node:
             out[path] = node
     return out
+
+
+def _fill_containers(rows: list[dict[str, Any]], roots: dict[str, Any]) -> None:
+    """An empty container in one file where the other holds a full one (an optimizer's
+    `state` before its first step and after) is no absent entry: show what the other holds."""
+    for row in rows:
+        side = row.get("absent")
+        if side is None:
+            continue
+        node = next((node for path, node in walk(roots[side]) if path == row["key"]), None)
+        if isinstance(node, (dict, list, tuple)) and node:
+            row[side] = jsonable(node)
+            del row["absent"]
 
 
 def _within(path: str, root: str | None) -> bool:

@@ -11,9 +11,9 @@ from collections.abc import Hashable
 from typing import TYPE_CHECKING, Protocol
 
 from ckpttool.checkpoint import Checkpoint, TensorRef
-from ckpttool.errors import WeightsNotFoundError
+from ckpttool.errors import WeightsNotFoundError, about
 from ckpttool.tensordata import ByteRange, direct_range, direct_ranges, load_tensor
-from ckpttool.weights import find_weights
+from ckpttool.weights import all_tensors, find_weights, resolve_path
 
 if TYPE_CHECKING:
     import torch
@@ -78,8 +78,24 @@ class TrustedSource:
 
 
 def file_sources(checkpoint: Checkpoint, root: str | None) -> tuple[list[tuple[str, Source]], str | None, list[str]]:
-    weights = find_weights(checkpoint.root, root)
+    try:
+        weights = find_weights(checkpoint.root, root)
+    except WeightsNotFoundError:
+        if not root:
+            raise
+        return _nested_sources(checkpoint, root)
     if weights.root is None:
         raise WeightsNotFoundError("no weights found; name them with --root", path=checkpoint.path)
     sources: list[tuple[str, Source]] = [(t.key, FileSource(t.tensor)) for t in weights.tensors]
     return sources, weights.root, list(weights.notes)
+
+
+def _nested_sources(checkpoint: Checkpoint, root: str) -> tuple[list[tuple[str, Source]], str, list[str]]:
+    """A `--root` that is no state_dict (an optimizer state: `state.0.exp_avg` ...): its
+    tensors under their dotted paths below it, as a DCP folder's `--root` gives them."""
+    with about(checkpoint.path):
+        tensors = all_tensors(resolve_path(checkpoint.root, root))
+    if not tensors:
+        raise WeightsNotFoundError(f"--root {root!r} holds no tensors", path=checkpoint.path)
+    note = f"--root {root!r} is no state_dict: its tensors are written under their paths below it"
+    return [(t.key, FileSource(t.tensor)) for t in tensors], root, [note]

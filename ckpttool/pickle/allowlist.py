@@ -273,6 +273,9 @@ PURE_MEMBERS: frozenset[str] = frozenset(
     for name in ("build_intlist", "build_tensorlist", "build_doublelist", "build_boollist",
                  "build_tensor_from_id", "restore_type_tag")
 )  # fmt: skip
+# Classes of a gadget module read the same way: joblib's array placeholder, vetted as a
+# class in `ckpttool.pickle.vetted_classes` (joblib.load, not the class, reads the array).
+PURE_CLASSES: frozenset[str] = frozenset({"joblib.numpy_pickle.NumpyArrayWrapper"})
 
 # Module-level functions whose own name is a dunder: pickle's protocol 0 and 1 helpers.
 _DUNDER_FUNCTIONS = frozenset({"copyreg.__newobj__", "copyreg.__newobj_ex__"})
@@ -295,11 +298,22 @@ def danger_reason(module: str, name: str) -> str | None:
         return "reaches a dunder attribute (an object's internals): only an attack names one"
     if qualname in _DANGEROUS_NAMES:
         return _DANGEROUS_NAMES[qualname]
-    if qualname in PURE_MEMBERS:
+    if qualname in PURE_MEMBERS or qualname in PURE_CLASSES:
         return None
     for prefix in _prefixes(qualname):
         if prefix in _DANGEROUS_MODULES:
             return f"{prefix}: {_DANGEROUS_MODULES[prefix]}"
+    return _reached_through(module, name)
+
+
+def _reached_through(module: str, name: str) -> str | None:
+    """`platform.os.system`, `typing.types.CodeType`: a dotted name whose tail names a known
+    gadget once the attribute it goes through is taken for the module it usually is."""
+    parts = name.split(".")
+    for i in range(1, len(parts)):
+        reached = danger_reason(".".join(parts[:i]), ".".join(parts[i:]))
+        if reached:
+            return f"{'.'.join(parts)} through {module}: {reached}"
     return None
 
 

@@ -147,7 +147,20 @@ class CallOpcodes(MachineState):
             target.state = state
             if isinstance(target.func, TrackedGlobal):
                 target.func.uses.add(USE_BUILD)
-        return pos
+        return pos if self.hooks.after_build is None else self.inline_data(target, pos)
+
+    def inline_data(self, target: Any, pos: int) -> int:
+        """Skip the bytes a reader keeps after BUILD. They are read from the file past the
+        current frame, so BUILD must end its frame; the next opcodes open a new one."""
+        assert self.hooks.after_build is not None
+        after = self.hooks.after_build(target, pos)
+        if after == pos:
+            return pos
+        if self.frame_end is not None and self.frame_end != pos:
+            raise self.error("data kept after BUILD inside a frame: readers disagree on where it is", pos)
+        if self.frame_end is not None:
+            self.frame_end = after
+        return after
 
     def op_persid(self, pos: int) -> int:
         text, new = self.line(pos)

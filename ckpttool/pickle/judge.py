@@ -32,9 +32,12 @@ from itertools import islice
 from typing import Any, Literal
 
 from ckpttool.pickle.allowlist import danger_reason, is_allowed
+from ckpttool.pickle.implicit import implicit_calls
 from ckpttool.pickle.objects import NEWOBJ, Call, Global, PersistentRef
+from ckpttool.pickle.reach import gadget_label, is_internal
 from ckpttool.pickle.state import USE_BUILD, USE_CALL, USE_INSTANTIATE, USE_REFERENCE, Decoded, legacy_module_class
 from ckpttool.pickle.vetted import VETTED, container_kind
+from ckpttool.pickle.vetted_classes import vetted_class
 
 Verdict = Literal["safe", "needs-allowlist", "unknown-call", "dangerous"]
 SAFE: Verdict = "safe"
@@ -93,6 +96,7 @@ class _Tally:
     call_count: int = 0
     misfits: list[str] = field(default_factory=list)
     passed_by: set[str] = field(default_factory=set)
+    implicit: list[str] = field(default_factory=list)  # how the unpickler calls it unasked
 
 
 def worst(verdicts: Iterable[Verdict]) -> Verdict:
@@ -113,6 +117,8 @@ def judge(
             _tally(tallies, ref).uses.update(getattr(ref, "uses", ()))
         for call in decoded.calls:
             problems.extend(_judge_call(call, tallies, allow))
+        for target, use, how in implicit_calls(decoded.calls):
+            _note_implicit(_tally(tallies, target), use, how)
     judged = [_global_verdict(module, name, t, allow, torchscript) for (module, name), t in tallies.items()]
     verdict = DANGEROUS if problems else worst(g.verdict for g in judged)
     return Judgement(verdict, judged, problems)
@@ -120,6 +126,12 @@ def judge(
 
 def _tally(tallies: dict[tuple[str, str], _Tally], ref: Global) -> _Tally:
     return tallies.setdefault((ref.module, ref.name), _Tally())
+
+
+def _note_implicit(tally: _Tally, use: str, how: str) -> None:
+    tally.uses.add(use)
+    if use == USE_CALL and how not in tally.implicit and len(tally.implicit) < MAX_CALLS_SHOWN:
+        tally.implicit.append(how)
 
 
 def _judge_call(call: Call, tallies: dict[tuple[str, str], _Tally], allow: Mapping[str, str]) -> list[str]:
@@ -177,6 +189,7 @@ def _global_verdict(
     if verdict == UNKNOWN_CALL:
         more = tally.call_count - len(tally.calls)
         calls = tally.calls + ([f"... and {more} more"] if more > 0 else [])
+        calls += [f"{module}.{name}: {how}" for how in tally.implicit]
     return GlobalJudgement(module, name, uses, verdict, reason, calls, allowed_by)
 
 
@@ -218,28 +231,44 @@ def _judged(module: str, name: str, tally: _Tally, allowed_by: str | None) -> tu
     qualname = f"{module}.{name}"
     danger = danger_reason(module, name)
     if danger:
-        if allowed_by:
-            danger += f" (allowed by {allowed_by}, which never overrides a known gadget)"
-        return DANGEROUS, danger
+        return DANGEROUS, danger + _never_overridden(allowed_by)
     if is_allowed(qualname):
         return SAFE, "on torch's weights_only allowlist"
+    called = USE_CALL in tally.uses
+    vetted = VETTED.get(qualname)
+    class_why = None if called else vetted_class(qualname)
+    class_only = USE_INSTANTIATE in tally.uses and not called
+    label = None if vetted or class_why else gadget_label(module, name, class_only)
+    if label:
+        return DANGEROUS, label + _never_overridden(allowed_by)
     if allowed_by:
         return NEEDS_ALLOWLIST, f"allowed by {allowed_by}"
     if tally.misfits:
         return UNKNOWN_CALL, f"vetted only for other arguments: called with {tally.misfits[0]}"
-    vetted = VETTED.get(qualname)
     if vetted:
         return NEEDS_ALLOWLIST, f"vetted: {vetted.why}"
-    if USE_CALL in tally.uses:
+    if class_why:
+        return NEEDS_ALLOWLIST, f"vetted class: {class_why}"
+    if called:
         return UNKNOWN_CALL, _unknown_call_reason(qualname, tally)
+    if USE_INSTANTIATE in tally.uses and is_internal(module):
+        return UNKNOWN_CALL, (
+            "a class of the standard library, torch or numpy outside the vetted list: its __setstate__ and "
+            f"__del__ run; if you trust it, --allow {qualname}"
+        )
     if USE_INSTANTIATE in tally.uses:
         return NEEDS_ALLOWLIST, "a class instantiated and given state; not on torch's allowlist"
     return NEEDS_ALLOWLIST, "referenced only; not on torch's allowlist"
 
 
+def _never_overridden(allowed_by: str | None) -> str:
+    return f" (allowed by {allowed_by}, which never overrides a known gadget)" if allowed_by else ""
+
+
 def _unknown_call_reason(qualname: str, tally: _Tally) -> str:
     by = f", as the callable that {', '.join(sorted(tally.passed_by))} calls" if tally.passed_by else ""
-    return f"called by the pickle{by}: neither vetted nor a known gadget; if you trust it, --allow {qualname}"
+    how = f" ({'; '.join(tally.implicit)})" if tally.implicit else ""
+    return f"called by the pickle{by}{how}: neither vetted nor a known gadget; if you trust it, --allow {qualname}"
 
 
 # -- showing a call ------------------------------------------------------------------------------

@@ -94,12 +94,15 @@ class Hooks:
     (torch's rebuild functions, OrderedDict, ...): the reader builds its model in one
     pass. `persistent` turns a persistent id into a storage. `build` receives BUILD on
     a value a reducer built (a state_dict's `_metadata`) and says whether it took it.
-    Scans use no hooks.
+    Scans use no hooks, but for a joblib file's `after_build`.
     """
 
     reducers: Mapping[str, Callable[[tuple[Any, ...]], Any]] = field(default_factory=dict)
     persistent: Callable[[Any], Any] | None = None
     build: Callable[[Any, Any], bool] | None = None
+    # After BUILD on `target` at `pos`: where the opcodes go on, for readers that keep
+    # data between opcodes (joblib writes array bytes after its wrapper's BUILD).
+    after_build: Callable[[Any, int], int] | None = None
 
 
 NO_HOOKS = Hooks()

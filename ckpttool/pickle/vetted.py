@@ -12,7 +12,7 @@ instances of their own, so no gadget can be reached through a vetted callable.
 
 Not vetted on purpose: anything that calls a callable it is given at load time
 (`map`, `functools.partial`, ...), and `bytes(n)`/`bytearray(n)` with a count (an
-allocation the file chooses). `len` is not listed: no pickler writes a call to it.
+allocation the file chooses).
 TorchScript's `torch.jit._pickle` builders are the only members of `torch.jit` listed;
 the archive's TorchScript code itself is never vetted (`judge`'s TorchScript rule).
 """
@@ -62,7 +62,8 @@ def describe_argument(value: Any) -> str:
 _PLAIN_RESULTS = frozenset(
     {"_codecs.encode", "builtins.bytes", "builtins.bytearray", "builtins.set", "builtins.frozenset",
      "builtins.complex", "builtins.str", "builtins.int", "builtins.float", "builtins.tuple", "builtins.list",
-     "builtins.dict"}
+     "builtins.dict", "datetime.datetime", "datetime.date", "datetime.time", "datetime.timedelta",
+     "datetime.timezone"}
 )  # fmt: skip
 
 
@@ -185,10 +186,13 @@ def _path_parts_fits(args: Args) -> str | None:
     return "expected path parts as strings"
 
 
-def _memory_format_code_fits(args: Args) -> str | None:
-    if len(args) == 1 and type(args[0]) is int and args[0] in (0, 1, 2):
-        return None
-    return "expected one of the codes 0, 1, 2"
+def _enum_code_fits(codes: tuple[int, ...]) -> Callable[[Args], str | None]:
+    def fits(args: Args) -> str | None:
+        if len(args) == 1 and type(args[0]) is int and args[0] in codes:
+            return None
+        return f"expected one of the codes {', '.join(map(str, codes))}"
+
+    return fits
 
 
 _PATH = Vetted("a path object parsed from strings; nothing touches the file system", _path_parts_fits)
@@ -196,10 +200,19 @@ _PATH = Vetted("a path object parsed from strings; nothing touches the file syst
 # StorageMeta holds the folder as a pathlib path, and TensorProperties its memory format
 # as an Enum member, looked up by value.
 DCP_METADATA_CALLS: dict[str, Vetted] = {
-    **{f"pathlib.{m}{c}": _PATH for m in ("", "_local.") for c in ("PosixPath", "WindowsPath")},
+    **{
+        f"pathlib.{m}{c}": _PATH
+        for m in ("", "_local.")
+        for c in ("PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath")
+    },
     "torch.distributed.checkpoint.metadata._MEM_FORMAT_ENCODING": Vetted(
         "the memory-format code of DCP's TensorProperties: an Enum member looked up by its value (a dict lookup)",
-        _memory_format_code_fits,
+        _enum_code_fits((0, 1, 2)),
+    ),
+    # Megatron-Core keeps the save plans in `.metadata` (all_local_plans): each WriteItem's type.
+    "torch.distributed.checkpoint.planner.WriteItemType": Vetted(
+        "the kind of a DCP save plan's WriteItem: an Enum member looked up by its value (a dict lookup)",
+        _enum_code_fits((1, 2, 3)),
     ),
 }
 
@@ -286,6 +299,81 @@ def numpy_dtype_class(args: Args) -> str | None:
     return f"numpy.dtypes.{name}" if name else None
 
 
+def _is_call_of(value: Any, qualname: str) -> bool:
+    return isinstance(value, Call) and value.func_name == qualname
+
+
+def _numbers(max_args: int) -> Callable[[Args], str | None]:
+    def fits(args: Args) -> str | None:
+        if len(args) <= max_args and all(type(a) in (int, float) for a in args):
+            return None
+        return f"expected at most {max_args} numbers"
+
+    return fits
+
+
+def _timezone_fits(args: Args) -> str | None:
+    if 1 <= len(args) <= 2 and _is_call_of(args[0], "datetime.timedelta") and all(type(a) is str for a in args[1:]):
+        return None
+    return "expected (datetime.timedelta(...), name)"
+
+
+def _datetime_fits(args: Args) -> str | None:
+    """As datetime's __reduce__ writes them: the packed value (bytes, or `_codecs.encode`
+    of a string, or numbers), then a datetime.timezone; a tzinfo of another class would
+    have its methods called."""
+    packed = isinstance(args[-1], Call) and _is_call_of(args[-1], "_codecs.encode") if args else True
+    value, tz = (args, None) if packed or not isinstance(args[-1], Call) else (args[:-1], args[-1])
+    if tz is not None and not _is_call_of(tz, "datetime.timezone"):
+        return f"a tzinfo that is {describe_argument(tz)}, not a datetime.timezone"
+    if len(value) <= 8 and all(type(a) in (bytes, str, int) or _is_call_of(a, "_codecs.encode") for a in value):
+        return None
+    return "expected a packed value (bytes or numbers) and a datetime.timezone"
+
+
+_DATETIME = Vetted("a datetime value type built from its packed bytes or numbers (C code); no callable", _datetime_fits)
+DATETIME_CALLS: dict[str, Vetted] = {
+    "datetime.datetime": _DATETIME,
+    "datetime.date": _DATETIME,
+    "datetime.time": _DATETIME,
+    "datetime.timedelta": Vetted("a duration from numbers (C code)", _numbers(7)),
+    "datetime.timezone": Vetted("a fixed-offset time zone from a timedelta and a name (C code)", _timezone_fits),
+}
+
+
+def _not_at_load(args: Args) -> str | None:
+    return "called while loading; an activation is only held by a module and called by its forward"
+
+
+_ACTIVATION = Vetted(
+    "an activation function a module holds (TransformerEncoderLayer.activation): tensor math its forward "
+    "calls with tensors; nothing runs at load time",
+    _not_at_load,
+)
+ACTIVATIONS: dict[str, Vetted] = dict.fromkeys(
+    [f"torch.nn.functional.{name}"
+     for name in ("relu", "silu", "tanh", "sigmoid", "softmax", "log_softmax", "leaky_relu", "elu", "selu", "celu",
+                  "glu", "hardtanh", "relu6", "mish", "hardswish", "hardsigmoid", "tanhshrink", "softsign", "softmin")]
+    + [f"torch._C._nn.{name}" for name in ("gelu", "softplus", "log_sigmoid")],
+    _ACTIVATION,
+)  # fmt: skip
+
+
+# Type markers configs hold as values (omegaconf's metadata keeps `typing.Any` as a node's
+# type; configs keep numpy scalar types as dtypes).
+TYPE_MARKERS: dict[str, Vetted] = {
+    **dict.fromkeys(
+        [f"typing.{name}" for name in ("Any", "Optional", "Union", "List", "Dict", "Tuple", "Set", "Callable")],
+        Vetted("a typing marker held as a type annotation; nothing calls it at load time", _not_at_load),
+    ),
+    **dict.fromkeys(
+        [f"numpy.{name}" for name in ("bool_", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+                                      "float16", "float32", "float64", "complex64", "complex128")],
+        Vetted("a numpy scalar type held as a dtype; called, it converts one number (C code)", _plain(1)),
+    ),
+}  # fmt: skip
+
+
 _CONSTRUCTOR = "builds a {} from the plain data it is given; calls nothing of it"
 _RECONSTRUCT = Vetted(
     "an empty ndarray of the given subtype (judged as instantiated) that BUILD fills from bytes, "
@@ -316,6 +404,7 @@ VETTED: dict[str, Vetted] = {
         _plain(3),
     ),
     "builtins.bytes": Vetted("bytes from bytes, or a string and an encoding name", _bytes_fits),
+    "builtins.len": Vetted("the length of plain data (its own C code; nothing of the pickle's is called)", _plain(1)),
     "builtins.slice": Vetted("a slice of plain values", _plain(3)),
     "builtins.range": Vetted("a lazy range of integers: nothing is allocated", _plain(3)),
     "collections.defaultdict": Vetted(
@@ -348,6 +437,9 @@ VETTED: dict[str, Vetted] = {
     ),
     **TORCHSCRIPT_BUILDERS,
     **DCP_METADATA_CALLS,
+    **DATETIME_CALLS,
+    **ACTIVATIONS,
+    **TYPE_MARKERS,
     **ENUM_CALLS,
 }
 

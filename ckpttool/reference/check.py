@@ -45,6 +45,7 @@ from ckpttool.reference.fingerprint import Fingerprint, machine_fingerprint
 from ckpttool.reference.fixtures import probe_images_sha256, probe_input_sha256, sha256_of, train_config_of
 from ckpttool.reference.manifest import FileRecord, Manifest, read_manifest
 from ckpttool.reference.models import ModelSpec, get_model_spec
+from ckpttool.reference.progress import advance, phase
 from ckpttool.reference.resume import ResumeProof, prove_resume
 from ckpttool.reference.train import (
     Evaluation,
@@ -52,6 +53,7 @@ from ckpttool.reference.train import (
     evaluate_model,
     reproducible,
     resolve_device,
+    steps_per_epoch,
 )
 from ckpttool.weights import find_weights
 
@@ -124,8 +126,10 @@ def check_fixtures(
     if not manifest.files:
         report.results.append(CheckResult(None, "", "files", False, "the manifest lists no files"))
     with tempfile.TemporaryDirectory(prefix="ckpttool-reference-check-") as scratch:
-        for record in manifest.files:
-            report.results += checker.check_file(directory, record, Path(scratch))
+        with phase("checking files", len(manifest.files), "file"):
+            for record in manifest.files:
+                report.results += checker.check_file(directory, record, Path(scratch))
+                advance()
         if resume_epochs:
             report.resume, result = check_resume(manifest, data, resume_epochs, Path(scratch))
             report.results.append(result)
@@ -255,14 +259,18 @@ class FixtureChecker:
         """
         key = weights_fingerprint(state)
         if key not in self.outcomes:
-            shape, data = self.spec.input_shape, self.data
-            self.outcomes[key] = Outcome(
-                train=evaluate_model(model, data, data.train, shape, self.device),
-                test=evaluate_model(model, data, data.test, shape, self.device),
-                logits=compute_probe_logits(model, data, shape, self.device),
-                first=label,
-            )
+            with phase("evaluating", len(self.data.train) + len(self.data.test), "example"):
+                self.outcomes[key] = self._outcome(model, label)
         return self.outcomes[key]
+
+    def _outcome(self, model: nn.Module, label: str) -> Outcome:
+        shape, data = self.spec.input_shape, self.data
+        return Outcome(
+            train=evaluate_model(model, data, data.train, shape, self.device),
+            test=evaluate_model(model, data, data.test, shape, self.device),
+            logits=compute_probe_logits(model, data, shape, self.device),
+            first=label,
+        )
 
     def compare(self, outcome: Outcome, record: FileRecord) -> list[Comparison]:
         mode, tolerance = self.metrics_mode, self.tolerance
@@ -353,8 +361,11 @@ def check_resume(
     """The manifest's training, `epochs` long on the CPU, resumed half way through
     a checkpoint that ckpttool's reader loads."""
     config = replace(train_config_of(manifest), epochs=epochs, device="cpu")
+    # The straight run trains every epoch, the resumed one the second half again.
+    steps = (epochs + epochs - epochs // 2) * steps_per_epoch(config, data)
     try:
-        proof = prove_resume(config, data, scratch / "resume", read_checkpoint_through_ckpttool)
+        with phase("resume proof", steps, "step"):
+            proof = prove_resume(config, data, scratch / "resume", read_checkpoint_through_ckpttool)
     except (CkptError, RuntimeError, KeyError, TypeError, ValueError) as error:
         return None, CheckResult(None, "", "resume", False, one_line(error))
     how = f"{epochs} epochs on cpu, resumed after {proof.split_epoch} from ckpttool's reader"

@@ -132,7 +132,7 @@ def _run_table(report: CheckReport, width: int | None) -> str:
     rows = [
         (result.check, "ok" if result.ok else "FAIL", result.detail) for result in report.results if result.file is None
     ]
-    return fit_table(["check", "result", "detail"], rows, width, shrink=(2,), whole=WHOLE)
+    return fit_table(["check", "result", "detail"], rows, width, shrink=(), wrap=(2,), whole=WHOLE)
 
 
 def _failures_table(failures: list[CheckResult], width: int | None) -> str:
@@ -146,4 +146,4 @@ def _failures_table(failures: list[CheckResult], width: int | None) -> str:
         for result in failures
     ]
     headers = ["failed: file", "variant", "check", "detail"]
-    return fit_table(headers, rows, width, shrink=(3, 0), whole=WHOLE)
+    return fit_table(headers, rows, width, shrink=(0,), wrap=(3,), whole=WHOLE)

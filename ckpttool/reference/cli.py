@@ -135,19 +135,20 @@ def train_command(
     """
     from ckpttool.reference.data import load_dataset
     from ckpttool.reference.fixtures import build_fixtures, summarize
-    from ckpttool.reference.progress import ProgressReporter
+    from ckpttool.reference.progress import ProgressReporter, bars_on
     from ckpttool.reference.report import train_json, train_table
     from ckpttool.reference.saving import parse_styles
+    from ckpttool.render import output_width
 
     started = time.perf_counter()
     chosen_styles = parse_styles(styles)
     config = _config(model, epochs, batch_size, lr, optimizer, seed, device, steps_per_epoch)
     data = load_dataset(dataset, data_root, download)
-    bar_stream = sys.stderr if sys.stderr.isatty() else None
-    progress = ProgressReporter(config.epochs, lambda line: click.echo(line, err=True), bar_stream)
-    fixtures = build_fixtures(config, data, out_dir, chosen_styles, checkpoint_every, progress)
+    progress = ProgressReporter(config.epochs, lambda line: click.echo(line, err=True))
+    with bars_on(sys.stderr if sys.stderr.isatty() else None):
+        fixtures = build_fixtures(config, data, out_dir, chosen_styles, checkpoint_every, progress)
     summary = summarize(fixtures, total_seconds=time.perf_counter() - started)
-    click.echo(train_json(summary) if fmt == "json" else train_table(summary))
+    click.echo(train_json(summary) if fmt == "json" else train_table(summary, output_width()))
 
 
 def _config(
@@ -252,9 +253,11 @@ def check_command(
     from ckpttool.reference.check import check_fixtures
     from ckpttool.reference.checkreport import check_json, check_table
     from ckpttool.reference.compare import Tolerance
+    from ckpttool.reference.progress import bars_on
     from ckpttool.render import output_width
 
     tolerance = Tolerance(atol=atol, rtol=rtol)
-    report = check_fixtures(directory, device, data_root, resume_epochs, tolerance, exact)
+    with bars_on(sys.stderr if sys.stderr.isatty() else None):
+        report = check_fixtures(directory, device, data_root, resume_epochs, tolerance, exact)
     click.echo(check_json(report) if fmt == "json" else check_table(report, output_width()))
     ctx.exit(EXIT_OK if report.ok else EXIT_FINDINGS)

@@ -25,6 +25,7 @@ from ckpttool.reference.manifest import (
     TrainingRecord,
     write_manifest,
 )
+from ckpttool.reference.progress import advance, phase
 from ckpttool.reference.report import TrainSummary
 from ckpttool.reference.saving import SavedFile, save_periodic_checkpoint, save_styles
 from ckpttool.reference.staging import staged_folder
@@ -62,12 +63,13 @@ class FixtureSet:
 
 
 def take_snapshot(run: TrainingRun) -> Snapshot:
-    return Snapshot(
-        epoch=run.epochs_done,
-        train=run.evaluate(run.data.train),
-        test=run.evaluate(run.data.test),
-        probe_logits=run.probe_logits(),
-    )
+    with phase("evaluating", len(run.data.train) + len(run.data.test), "example"):
+        return Snapshot(
+            epoch=run.epochs_done,
+            train=run.evaluate(run.data.train),
+            test=run.evaluate(run.data.test),
+            probe_logits=run.probe_logits(),
+        )
 
 
 def sha256_of(path: Path) -> str:
@@ -150,9 +152,10 @@ def build_fixtures(
         inner = observer or SilentObserver()
         periodic = PeriodicCheckpoints(staging.folder, periodic_every, config.epochs, inner, located_as)
         run = TrainingRun(config, data, periodic)
-        run.train_until(config.epochs)
+        with phase("training", run.steps_until(config.epochs), "step"):
+            run.train_until(config.epochs)
         final = take_snapshot(run)
-        saved_files = save_styles(run, styles, staging.folder, located_as)
+        saved_files = _save_styles(run, styles, staging.folder, located_as)
         # Hashed where they are staged: a rename keeps the bytes.
         records = periodic.records + [file_record(saved, final) for saved in saved_files]
         manifest = build_manifest(run, records, located_as)
@@ -160,6 +163,15 @@ def build_fixtures(
         # The manifest last: whoever sees it in the folder finds the files it lists.
         staging.land([record.path for record in records] + [MANIFEST_NAME])
     return FixtureSet(run, final, manifest, directory / MANIFEST_NAME)
+
+
+def _save_styles(run: TrainingRun, styles: Sequence[str], folder: Path, located_as: str | None) -> list[SavedFile]:
+    saved = []
+    with phase("saving", len(styles), "file"):
+        for style in styles:
+            saved += save_styles(run, [style], folder, located_as)
+            advance()
+    return saved
 
 
 def summarize(fixtures: FixtureSet, total_seconds: float) -> TrainSummary:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ckpttool.reference.manifest import FileRecord, Manifest, Metrics
-from ckpttool.render import SCHEMA_VERSION, human_size, key_values, to_table
+from ckpttool.render import SCHEMA_VERSION, fit_table, human_size, key_values, to_table
 
 
 @dataclass(frozen=True)
@@ -60,11 +60,12 @@ def _file_json(record: FileRecord) -> dict[str, Any]:
     }
 
 
-def train_table(summary: TrainSummary) -> str:
-    return "\n\n".join([_overview(summary), _epochs_table(summary), _files_table(summary)])
+def train_table(summary: TrainSummary, width: int | None = None) -> str:
+    """Fits `width` (the terminal's): the file column is cut where names differ."""
+    return "\n\n".join([_overview(summary, width), _epochs_table(summary), _files_table(summary, width)])
 
 
-def _overview(summary: TrainSummary) -> str:
+def _overview(summary: TrainSummary, width: int | None) -> str:
     manifest, training = summary.manifest, summary.manifest.training
     dataset, model = manifest.dataset, manifest.model
     rows = [
@@ -80,7 +81,7 @@ def _overview(summary: TrainSummary) -> str:
         ),
         ("manifest", str(summary.manifest_path)),
     ]
-    return key_values(rows)
+    return key_values(rows, width)
 
 
 def _metrics_text(metrics: Metrics) -> str:
@@ -101,7 +102,7 @@ def _epochs_table(summary: TrainSummary) -> str:
     return to_table(["epoch", "train loss"], rows)
 
 
-def _files_table(summary: TrainSummary) -> str:
+def _files_table(summary: TrainSummary, width: int | None) -> str:
     rows = [
         (
             record.path,
@@ -115,4 +116,4 @@ def _files_table(summary: TrainSummary) -> str:
         for record in summary.manifest.files
     ]
     headers = ["file", "style", "format", "epoch", "size", "test acc", "sha256"]
-    return to_table(headers, rows)
+    return fit_table(headers, rows, width, shrink=(0, 1), whole="--format json")

@@ -30,6 +30,7 @@ from torch import nn
 from ckpttool.errors import UsageError
 from ckpttool.reference.data import ImageSplit, ReferenceData
 from ckpttool.reference.models import ModelSpec, get_model_spec
+from ckpttool.reference.progress import advance
 
 EVAL_BATCH_SIZE = 256
 SGD_MOMENTUM = 0.9
@@ -206,6 +207,15 @@ def build_optimizer(name: str, model: nn.Module, lr: float) -> torch.optim.Optim
     raise UsageError(f"unknown optimizer {name!r}; choose adam or sgd")
 
 
+def steps_per_epoch(config: TrainConfig, data: ReferenceData) -> int:
+    """How many batches an epoch of `config` trains on (as `batch_slices` forms them)."""
+    size = len(data.train)
+    batches = max(math.ceil(size / config.batch_size), 1)
+    if batches > 1 and size % config.batch_size == 1:  # a last batch of one joins the one before
+        batches -= 1
+    return batches if config.steps_per_epoch is None else min(batches, config.steps_per_epoch)
+
+
 def batch_slices(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
     """Batches of `order`; a last batch of one joins the one before.
 
@@ -275,6 +285,7 @@ class TrainingRun:
             loss = self._train_step(indices)
             total_loss += loss * len(indices)
             seen += len(indices)
+            advance()
             self.observer.on_step(epoch + 1, step, len(batches), loss)
         return total_loss / seen, len(batches)
 
@@ -289,6 +300,10 @@ class TrainingRun:
     def _batch(self, split: ImageSplit, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         inputs = self.data.model_input(split.images[indices], self.spec.input_shape)
         return inputs.to(self.device), split.labels[indices].to(self.device)
+
+    def steps_until(self, epochs: int) -> int:
+        """The training steps from `epochs_done` up to `epochs` (a progress bar's total)."""
+        return max(epochs - self.epochs_done, 0) * steps_per_epoch(self.config, self.data)
 
     def evaluate(self, split: ImageSplit) -> Evaluation:
         """Accuracy and mean loss over a whole split, in eval mode."""
@@ -330,6 +345,7 @@ def evaluate_model(
             logits = model(inputs)
             losses += F.cross_entropy(logits, labels, reduction="none").tolist()
             correct += int((logits.argmax(dim=1) == labels).sum())
+            advance(len(indices))
     size = len(split)
     return Evaluation(accuracy=correct / size, loss=math.fsum(losses) / size, examples=size)
 

@@ -33,6 +33,7 @@ from ckpttool.render.inspect import (
     tree_output,
     tree_table,
 )
+from ckpttool.render.keys import shorten_keys
 from ckpttool.render.optimizer import optimizer_output
 from ckpttool.render.scan import (
     SCAN_SCHEMA_VERSION,
@@ -44,15 +45,16 @@ from ckpttool.render.scan import (
     scan_table,
 )
 from ckpttool.render.stats import stats_output
+from ckpttool.render.tables import fit_table
 from ckpttool.render.text import (
     ELLIPSIS,
     MAX_WRAPPED_LINES,
     MIN_WIDTH,
     SCHEMA_VERSION,
     TENSOR_COLUMNS,
+    command_lines,
     compact,
     cut,
-    fit_table,
     grouped,
     human_count,
     human_size,
@@ -67,6 +69,7 @@ from ckpttool.render.text import (
     to_json,
     to_table,
     wrap_list,
+    wrap_text,
 )
 
 __all__ = [
@@ -88,6 +91,7 @@ __all__ = [
     "check_sarif",
     "chunk_json",
     "chunk_rows_table",
+    "command_lines",
     "compact",
     "convert_output",
     "counts_json",
@@ -113,6 +117,7 @@ __all__ = [
     "scan_table",
     "shape_text",
     "shorten",
+    "shorten_keys",
     "stats_output",
     "tensor_json",
     "tensor_rows_csv",
@@ -125,4 +130,5 @@ __all__ = [
     "tree_output",
     "tree_table",
     "wrap_list",
+    "wrap_text",
 ]

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ckpttool.render.scan import allowlist_lines
-from ckpttool.render.text import cut, fit_table, grouped, key_values, output_width, plural, to_csv, to_json
+from ckpttool.render.tables import fit_table
+from ckpttool.render.text import command_lines, grouped, key_values, output_width, plural, to_csv, to_json, wrap_text
 
 if TYPE_CHECKING:  # only for annotations: JSON output must not pay for importing every op
     from ckpttool.ops.check import CheckReport
@@ -89,12 +90,13 @@ def _check_block(r: CheckReport, strict: bool, width: int | None) -> str:
         pairs.append(("note", "no key matches, and no rename or other root helps"))
     blocks = [key_values(pairs, width)]
     if r.allow_hint:
-        blocks.append(f"left out on purpose (a warm start)? accept them with:\n  {' '.join(r.allow_hint)}")
+        hint = command_lines(" ".join(r.allow_hint), width)
+        blocks.append("\n".join(["left out on purpose (a warm start)? accept them with:", *hint]))
     if r.suggestions:
         blocks.append(_fixes(r, width))
     if r.findings:
         body = _collapsed(r.findings)
-        blocks.append(fit_table(("severity", "check", "key", "message"), body, width, shrink=(2, 3)))
+        blocks.append(fit_table(("severity", "check", "key", "message"), body, width, shrink=(2,), wrap=(3,)))
     remedies = _remedies(r.findings, width)
     if remedies:
         blocks.append(remedies)
@@ -108,10 +110,13 @@ def _remedies(findings: list[Any], width: int | None) -> str:
     for f in findings:
         if f.remedy is None:
             continue
-        lines.append(f.remedy.label)
+        lines.extend(wrap_text(f.remedy.label, width, indent="  "))
         *before, last = f.remedy.lines
         lines.extend(f"    {line}" for line in before)
-        lines.extend(allowlist_lines(last, width))
+        if last.startswith("ckpttool "):  # a command: shell continuations, still one to paste
+            lines.extend(command_lines(last, width, indent="    "))
+        else:
+            lines.extend(allowlist_lines(last, width))
     return "\n".join(lines)
 
 
@@ -143,8 +148,8 @@ def _fixes(r: CheckReport, width: int | None) -> str:
     lines = []
     for i, s in enumerate(r.suggestions[:CHECK_FIXES_SHOWN]):
         label = "fix:" if i == 0 else "or:"
-        lines.append(cut(f"{label} {s.fix} ({_fix_effect(s)})", width))
-        lines.append(f"  {s.command}")
+        lines.extend(wrap_text(f"{label} {s.fix} ({_fix_effect(s)})", width, indent="  "))
+        lines.extend(command_lines(s.command, width))
     if len(r.suggestions) > CHECK_FIXES_SHOWN:
         lines.append(f"({len(r.suggestions) - CHECK_FIXES_SHOWN:,} more in --format json)")
     return "\n".join(lines)

@@ -42,7 +42,7 @@ def convert_output(report: ConvertReport, fmt: str) -> str:
     if report.aliases:
         pairs.append(("aliases", ", ".join(f"{a} -> {k}" for a, k in report.aliases.items())))
     pairs.append(("verified", _convert_verified(report)))
-    return key_values(pairs)
+    return key_values(pairs, output_width())
 
 
 def _convert_verified(report: ConvertReport) -> str:
@@ -112,5 +112,6 @@ def remap_output(report: RemapReport, fmt: str) -> str:
             ("storages", report.storages),
             ("remapped", changes),
             ("verified", report.verified),
-        ]
+        ],
+        output_width(),
     )

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ckpttool.render.tables import fit_table
 from ckpttool.render.text import (
     compact,
-    fit_table,
     grouped,
     key_values,
     number_text,
@@ -44,7 +44,7 @@ def diff_output(report: DiffReport, fmt: str, width: int | None = None) -> str:
     if fmt == "csv":
         return to_csv(_DIFF_COLUMNS, rows)
     summary = key_values(_diff_summary(report), width)
-    return summary + ("\n\n" + fit_table(_DIFF_COLUMNS, rows, width, shrink=(0, 2)) if rows else "")
+    return summary + ("\n\n" + fit_table(_DIFF_COLUMNS, rows, width, shrink=(0,), wrap=(2,)) if rows else "")
 
 
 _DIFF_COLUMNS = ("key", "difference", "detail")
@@ -106,4 +106,12 @@ def _value_detail(m: dict[str, Any]) -> str:
 
 
 def _entry(m: dict[str, Any], side: str) -> str:
-    return "(absent)" if m.get("absent") == side else compact(m[side], 30)
+    if m.get("absent") == side:
+        return "(absent)"
+    value = m[side]
+    text = compact(value, 30)
+    if len(text) < 30 or not isinstance(value, (dict, list)):
+        return text
+    if isinstance(value, dict):  # a whole container said by its size: `{2 entries}`
+        return "{" + plural(len(value), "entry", "entries") + "}"
+    return f"[{plural(len(value), 'item')}]"

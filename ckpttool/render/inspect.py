@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from ckpttool.render.tables import fit_table
 from ckpttool.render.text import (
     TENSOR_COLUMNS,
     compact,
-    fit_table,
     grouped,
     human_count,
     human_size,
@@ -68,7 +68,8 @@ def chunk_rows_table(rows: list[TensorRow], width: int | None = None) -> str:
     ]  # fmt: skip
     headers = ("key", "offsets", "sizes", "rank", "file", "at byte", "stored")
     align = ("left", "left", "left", "right", "left", "right", "right")
-    return fit_table(headers, body, width, shrink=(0, 4), align=align)
+    # Only JSON lists the chunks whole: CSV has one row per tensor.
+    return fit_table(headers, body, width, shrink=(0, 4), align=align, whole="--format json")
 
 
 def inspect_json(report: InspectReport, weights: list[TensorRow], tensors: list[TensorRow]) -> str:
@@ -133,7 +134,7 @@ def tensor_rows_table(rows: list[TensorRow], width: int | None = None) -> str:
         columns.append(("chunks", "right", lambda r: len(r.chunks or ())))
     body = [[get(r) for _, _, get in columns] for r in rows]
     headers = [name for name, _, _ in columns]
-    return fit_table(headers, body, width, shrink=(0, 2), align=[a for _, a, _ in columns])
+    return fit_table(headers, body, width, shrink=(0,), align=[a for _, a, _ in columns])
 
 
 def inspect_summary(

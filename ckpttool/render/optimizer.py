@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ckpttool.render.tables import fit_table
 from ckpttool.render.text import (
     compact,
-    fit_table,
     grouped,
     key_values,
     number_text,
@@ -24,11 +24,20 @@ def optimizer_output(path: str, reports: list[OptimizerReport], fmt: str, width:
     if fmt == "json":
         return to_json({"path": path, "optimizers": [_optimizer_json(r) for r in reports]})
     if fmt == "csv":
-        rows = [(r.path, r.type, s.index, s.name, s.step, _state_tensors(s.tensors)) for r in reports for s in r.state]
+        rows = [
+            (r.path, r.type, s.index, s.name, _step_csv(s.step), _state_tensors(s.tensors))
+            for r in reports
+            for s in r.state
+        ]
         return to_csv(("optimizer", "type", "index", "name", "step", "tensors"), rows)
     if not reports:
         return "no optimizer state in this file"
     return "\n\n".join(_optimizer_block(r, width) for r in reports)
+
+
+def _step_csv(step: Any) -> Any:
+    # Adam keeps its step count in a float32 tensor: 5.0 is the count 5, as the table shows it.
+    return int(step) if isinstance(step, float) and step.is_integer() else step
 
 
 def _optimizer_json(r: OptimizerReport) -> dict[str, Any]:
@@ -57,7 +66,7 @@ def _optimizer_block(r: OptimizerReport, width: int | None = None) -> str:
         lines.append(_hyper_parameter_table(r.param_groups, width))
     state = [(s.index, s.name or "", number_text(s.step), _state_tensors(s.tensors)) for s in r.state]
     if state:
-        lines.append(fit_table(("index", "name", "step", "state tensors"), state, width, shrink=(1, 3)))
+        lines.append(fit_table(("index", "name", "step", "state tensors"), state, width, shrink=(1,), wrap=(3,)))
     lines.extend(key_values([("note", n)], width) for n in r.notes)
     return "\n\n".join(lines)
 

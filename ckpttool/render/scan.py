@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ckpttool.render.text import fit_table, key_values, output_width, to_csv, to_json, to_table, wrap_list
+from ckpttool.render.tables import fit_table
+from ckpttool.render.text import key_values, output_width, to_csv, to_json, wrap_list, wrap_text
 
 if TYPE_CHECKING:  # only for annotations: JSON output must not pay for importing every op
     from ckpttool.ops.check import CheckReport
@@ -102,17 +103,15 @@ def scan_table(entries: Sequence[ScanEntry]) -> str:
 
     blocks = [_scan_block(r) if isinstance(r, FileScan) else _unreadable_block(r) for r in entries]
     if len(entries) > 1:
-        blocks.append(
-            to_table(
-                ("file", "format", "verdict", "weights_only", "pickles"),
-                (
-                    (r.path, r.format, r.verdict, r.weights_only.result, r.pickles)
-                    if isinstance(r, FileScan)
-                    else (r.path, "", r.verdict, "", "")
-                    for r in entries
-                ),
-            )
-        )
+        rows = [
+            (r.path, r.format, r.verdict, r.weights_only.result, r.pickles)
+            if isinstance(r, FileScan)
+            else (r.path, "", r.verdict, "", "")
+            for r in entries
+        ]
+        headers = ("file", "format", "verdict", "weights_only", "pickles")
+        align = ("left", "left", "left", "left", "right")
+        blocks.append(fit_table(headers, rows, output_width(), align=align, whole="--format json"))
     return "\n\n".join(blocks)
 
 
@@ -128,17 +127,22 @@ def _scan_block(r: FileScan) -> str:
         pairs.append(("allowed", [f"{name} ({source})" for name, source in sorted(r.allowed.items())]))
     width = output_width()
     lines = [key_values(pairs, width)]
-    lines.extend(f"  {reason}" for reason in r.weights_only.reasons)
+    for reason in r.weights_only.reasons:
+        lines.extend(wrap_text(reason, width, indent="    ", first="  "))
     if r.globals:
         body = sorted(((g.qualname, ", ".join(g.uses), g.verdict, g.reason) for g in r.globals), key=_verdict_order)
-        lines.append(fit_table(("global", "uses", "verdict", "why"), body, width, shrink=(3, 0)))
+        lines.append(fit_table(("global", "uses", "verdict", "why"), body, width, shrink=(0,), wrap=(3, 1)))
     from ckpttool.pickle.judge import unknown_calls_by_allow
 
     for name, calls in unknown_calls_by_allow(r.globals).items():  # one hint for a TorchScript archive's classes
-        lines.extend(f"unknown call: {call}" for call in calls)
-        lines.append(f"  to allow it: --allow {name}, or [tool.ckpttool] allow in pyproject.toml")
-    lines.extend(f"problem: {p}" for p in r.problems)
-    lines.extend(f"note: {n}" for n in r.notes)
+        for call in calls:
+            lines.extend(wrap_text(call, width, indent="  ", first="unknown call: "))
+        lines.extend(
+            wrap_text(f"to allow it: --allow {name}, or [tool.ckpttool] allow in pyproject.toml", width, "    ", "  ")
+        )
+    for label, texts in (("problem: ", r.problems), ("note: ", r.notes)):
+        for text in texts:
+            lines.extend(wrap_text(text, width, indent="  ", first=label))
     if r.allowlist:
         from ckpttool.pickle.weightsonly import allowlist_effect
 
@@ -154,7 +158,7 @@ def allowlist_lines(call: str, width: int | None, indent: str = "    ") -> list[
     head, bracket, rest = call.partition("([")
     if width is None or len(indent + call) <= width or not bracket or not rest.endswith("])"):
         return [indent + call]
-    names = wrap_list(rest[:-2].split(", "), width - 2 * len(indent))
+    names = wrap_list(rest[:-2].split(", "), width - 2 * len(indent), whole=True)
     return [f"{indent}{head}([", *(2 * indent + line for line in names), f"{indent}])"]
 
 

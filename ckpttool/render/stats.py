@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ckpttool.render.text import fit_table, grouped, number_text, percent_text, shape_text, to_csv, to_json
+from ckpttool.render.tables import fit_table
+from ckpttool.render.text import grouped, number_text, percent_text, shape_text, to_csv, to_json
 
 if TYPE_CHECKING:  # only for annotations: JSON output must not pay for importing every op
     from ckpttool.ops.stats import TensorStats
@@ -24,7 +25,7 @@ def stats_output(path: str, stats: list[TensorStats], fmt: str, width: int | Non
     body = (
         [*(number_text(v) for v in row[:7]), grouped(row[7]), grouped(row[8]), percent_text(row[9])] for row in rows
     )
-    return fit_table(_STATS_HEADERS, body, width, shrink=(0, 2))
+    return fit_table(_STATS_HEADERS, body, width, shrink=(0,))
 
 
 def _stats_json(s: TensorStats) -> dict[str, Any]:

@@ -71,15 +71,47 @@ def _fit_value(value: Any, budget: int | None) -> Any:
         return "\n".join(wrap_list([str(v) for v in value], budget))
     if budget is None or not isinstance(value, str) or "\n" in value or len(value) <= budget:
         return value
-    if " " not in value:
-        return cut(value, budget)
-    import textwrap
-
-    lines = textwrap.wrap(value, budget, break_on_hyphens=False)
+    lines = wrap_text(value, budget)
     if len(lines) > MAX_WRAPPED_LINES:
         rest = " ".join(lines[MAX_WRAPPED_LINES - 1 :])
         lines = [*lines[: MAX_WRAPPED_LINES - 1], cut(rest, budget)]
     return "\n".join(lines)
+
+
+def wrap_text(text: str, width: int | None, indent: str = "", first: str = "") -> list[str]:
+    """`text` on lines of at most `width`: `first` before the first line, `indent` before
+    the others; broken between words, and a word longer than a line (a path, a key)
+    after a `/` or `.` where it can be."""
+    if width is None or len(first) + len(text) <= width:
+        return [first + text]
+    room = max(width - max(len(first), len(indent)), MIN_WIDTH // 4)
+    lines: list[str] = []
+    line = ""
+    for glue, piece in _pieces(text, room):
+        joined = line + glue + piece if line else piece
+        if line and len(joined) > room:
+            lines.append(line)
+            joined = piece
+        line = joined
+    lines.append(line)
+    return [(first if i == 0 else indent) + line for i, line in enumerate(lines)]
+
+
+def _pieces(text: str, room: int) -> list[tuple[str, str]]:
+    """(glue, piece): the words of `text` joined by a space, a word longer than `room`
+    in pieces that end after a `/` (a path) or a `.` (a key), joined by nothing."""
+    import re
+
+    out: list[tuple[str, str]] = []
+    for word in text.split():
+        glue = " "
+        sep = "/" if "/" in word else "."  # a path breaks between folders, a key between parts
+        for atom in re.split(f"(?<=[{sep}])", word) if len(word) > room else [word]:
+            for start in range(0, len(atom), room):  # an atom longer than a line: cut at the line
+                if atom[start : start + room]:
+                    out.append((glue, atom[start : start + room]))
+                    glue = ""
+    return out
 
 
 # -- width ------------------------------------------------------------------------------------
@@ -129,72 +161,23 @@ def shorten(text: str, width: int, middle: bool = False) -> str:
     return text[:head] + ELLIPSIS + text[len(text) - tail :]
 
 
-def wrap_list(items: Sequence[str], width: int | None, sep: str = ", ") -> list[str]:
+def wrap_list(items: Sequence[str], width: int | None, sep: str = ", ", whole: bool = False) -> list[str]:
     """Items joined by `sep`, broken into lines of at most `width` between items; an item
-    longer than a line is shortened with `…`."""
+    longer than a line is shortened with `…`, or with `whole` (names to paste) kept whole
+    on a line of its own."""
     if width is None:
         return [sep.join(items)]
     lines: list[str] = []
     line = ""
     for i, item in enumerate(items):
-        piece = shorten(item, width - len(sep.rstrip())) + (sep.rstrip() if i < len(items) - 1 else "")
+        shown = item if whole else shorten(item, width - len(sep.rstrip()))
+        piece = shown + (sep.rstrip() if i < len(items) - 1 else "")
         candidate = f"{line} {piece}" if line else piece
         if line and len(candidate) > width:
             lines.append(line)
             candidate = piece
         line = candidate
     return [*lines, line] if line or not lines else lines
-
-
-def fit_table(
-    headers: Sequence[str],
-    rows: Iterable[Sequence[Any]],
-    width: int | None,
-    shrink: Sequence[int] = (0,),
-    align: Sequence[str] | None = None,
-    indented: bool = False,
-    whole: str = "--format csv",
-) -> str:
-    """A table no wider than `width`: cells of the `shrink` columns (keys in the middle,
-    others at the end) are cut with `…`, the widest first, and a last line counts them
-    and names the output that shows them `whole`."""
-    body = [[_cell(c) for c in row] for row in rows]
-    if width is None or not body:
-        return to_table(headers, body, align, indented)
-    # tabulate pads every header by 2 (its MIN_PADDING): a column is never narrower than that.
-    floors = [len(str(h)) + 2 for h in headers]
-    widths = [max(floors[i], *(len(r[i]) for r in body)) for i in range(len(headers))]
-    excess = sum(widths) + 2 * (len(widths) - 1) - width
-    limits = _shrunk(widths, floors, shrink, excess)
-    cut_cells = 0
-    for row in body:
-        for i, limit in limits.items():
-            if len(row[i]) > limit:
-                row[i] = shorten(row[i], limit, middle=i == shrink[0])
-                cut_cells += 1
-    table = to_table(headers, body, align, indented)
-    if cut_cells:
-        note = f"({plural(cut_cells, 'cell')} cut with {ELLIPSIS} to fit {width} columns; {whole} shows all)"
-        table += "\n" + (note if len(note) <= width else f"({plural(cut_cells, 'cell')} cut with {ELLIPSIS})")
-    return table
-
-
-def _cell(value: Any) -> str:
-    return "" if value is None else str(value)
-
-
-def _shrunk(widths: list[int], floors: list[int], shrink: Sequence[int], excess: int) -> dict[int, int]:
-    """New widths for the shrinkable columns, taking `excess` characters off the widest
-    first, none below its header or 8 characters."""
-    limits = {i: widths[i] for i in shrink}
-    while excess > 0:
-        room = [i for i in shrink if limits[i] > max(floors[i], 8)]
-        if not room:
-            break
-        widest = max(room, key=lambda i: limits[i])
-        limits[widest] -= 1
-        excess -= 1
-    return {i: w for i, w in limits.items() if w < widths[i]}
 
 
 # -- numbers ----------------------------------------------------------------------------------
@@ -268,3 +251,24 @@ def percent_text(share: float | None) -> str:
     if text == "100.00" and share < 1:
         return ">99.99"
     return text
+
+
+def command_lines(command: str, width: int | None, indent: str = "  ") -> list[str]:
+    """A shell command to paste, whole: within `width`, broken between its words with
+    ` \\` continuations, which the shell reads as one line."""
+    if width is None or len(indent + command) <= width:
+        return [indent + command]
+    import shlex
+
+    try:
+        words = [shlex.quote(word) for word in shlex.split(command)]
+    except ValueError:  # not shell words: as it is
+        return [indent + command]
+    lines = [indent + words[0]]
+    for word in words[1:]:
+        if len(lines[-1]) + 1 + len(word) + 2 > width:
+            lines[-1] += " \\"
+            lines.append(indent + "  " + word)
+        else:
+            lines[-1] += " " + word
+    return lines

@@ -99,3 +99,39 @@ def test_table_shows_the_allow_option_whole(cli: Cli, tmp_path: Path, trainmod: 
     assert "    --allow trainmod.Phase" in lines
     # What it says to paste works: the same check with that option passes.
     assert cli("check", path, "--allow", "trainmod.Phase").exit_code == 0
+
+
+def test_cpu_only_remedy_is_whole_at_80_columns(cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The remap command `check --cpu-only` prints is whole at 80 columns (shell
+    continuations), the same in JSON's `remedy`, and running it gives a file that
+    torch.load restores to cpu."""
+    import shlex
+    import shutil
+
+    from click.testing import CliRunner
+
+    from ckpttool.cli import main
+
+    # A path a terminal line holds (a longer one goes on a line of its own, whole).
+    folder = tmp_path / "runs" / "resnet-cifar10-from-a-gpu-node" / "checkpoints"
+    folder.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    source = folder.relative_to(tmp_path) / "cnn_state_dict_cuda0.pth"
+    shutil.copy(Path(__file__).parents[2] / "fixtures" / "files" / source.name, source)
+    (checked,) = cli_json(cli("check", source, "--cpu-only", "--format", "json"))["files"]
+    (finding,) = checked["findings"]
+    (command,) = finding["remedy"]["lines"]
+    result = CliRunner().invoke(main, ["check", str(source), "--cpu-only"], env={"COLUMNS": "80"})
+    assert result.exit_code == 1
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    start = lines.index(finding["remedy"]["label"]) + 1
+    printed = " ".join(line.strip().removesuffix(" \\") for line in lines[start:])
+    assert shlex.split(printed) == shlex.split(command)
+    out = Path("cpu.pth")
+    args = [str(out) if word == "OUT" else word for word in shlex.split(command)[1:]]
+    assert cli(*args).exit_code == 0
+    expected = torch.load(source, map_location="cpu", weights_only=True)
+    restored = torch.load(out, weights_only=True)  # no map_location: where the file says
+    assert {t.device.type for t in restored.values()} == {"cpu"}
+    assert all(torch.equal(restored[k], v) for k, v in expected.items())

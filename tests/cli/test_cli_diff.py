@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import math
+import re
 import shlex
 from collections.abc import Callable
 from pathlib import Path
@@ -326,7 +327,8 @@ def test_all_and_roots_are_accepted(cli: Cli, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("columns", [80, 120])
 def test_table_fits_the_terminal(cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, columns: int) -> None:
-    """Long keys and details are cut with … to the terminal's width; CSV keeps them whole."""
+    """Long keys are cut with … to the terminal's width, details wrap (their numbers are
+    never cut); CSV keeps them whole."""
     key = "model.layers.0.self_attn.rotary_embedding.inverse_frequencies.weight"
     a, b = save(readme_checkpoint(1), tmp_path / "a.pt"), save(readme_checkpoint(2), tmp_path / "b.pt")
     long_a, long_b = save({key: MOVED_A}, tmp_path / "la.pt"), save({key: MOVED_B}, tmp_path / "lb.pt")
@@ -336,7 +338,11 @@ def test_table_fits_the_terminal(cli: Cli, tmp_path: Path, monkeypatch: pytest.M
         assert result.exit_code == 1
         assert max(len(line) for line in result.stdout.splitlines()) <= columns, result.stdout
     result = cli("diff", long_a, long_b)
-    assert "…" in result.stdout
+    assert ("…" in result.stdout) is (len(key) + len("values") + 16 + 4 > columns)
+    table = result.stdout.split("\n\n", 1)[1].splitlines()
+    detail_column = [m.start() for m in re.finditer("-+", table[1])][2]  # the ruler under the headers
+    wrapped = " ".join(line[detail_column:].strip() for line in table[2:] if not line.startswith("("))
+    assert wrapped == MOVED_DETAIL
     assert list(csv.reader(io.StringIO(cli("diff", long_a, long_b, "--format", "csv").stdout)))[1] == [
         key, "values", MOVED_DETAIL,
     ]  # fmt: skip

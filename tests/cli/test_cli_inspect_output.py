@@ -16,6 +16,7 @@ import pytest
 import torch
 import torchvision
 from click.testing import CliRunner, Result
+from conftest import matches_cut
 from torch import nn
 
 from ckpttool.cli import main
@@ -244,13 +245,13 @@ tied:        1 key shares a tensor with an earlier key, counted once
 dtypes:      bfloat16 68.2 K (133.1 KiB), float32 32 (128 B)
 devices:     cpu
 
-key                             dtype     shape         numel       size  role
-------------------------------  --------  ----------  -------  ---------  ------
-model.embed_tokens.weight       bfloat16  [1000, 64]   64,000  125.0 KiB  param
-model….self_attn.q_proj.weight  bfloat16  [64, 64]      4,096    8.0 KiB  param
-model…attn.rotary_emb.inv_freq  float32   [32]             32      128 B  param
-model…tention_layernorm.weight  bfloat16  [64]             64      128 B  param
-lm_head.weight                  bfloat16  [1000, 64]   64,000  125.0 KiB  param
+key                            dtype     shape         numel       size  role
+-----------------------------  --------  ----------  -------  ---------  ------
+model.embed_tokens.weight      bfloat16  [1000, 64]   64,000  125.0 KiB  param
+model.layers…self_attn…weight  bfloat16  [64, 64]      4,096    8.0 KiB  param
+model…rotary_emb.inv_freq      float32   [32]             32      128 B  param
+model.layers…weight            bfloat16  [64]             64      128 B  param
+lm_head.weight                 bfloat16  [1000, 64]   64,000  125.0 KiB  param
 (3 cells cut with … to fit 80 columns; --format csv shows all)
 """
 
@@ -297,3 +298,20 @@ def test_no_terminal_means_no_cut(folder: Path) -> None:
     out = run(folder, "inspect", "llm.pth", columns=None).stdout
     assert "…" not in out
     assert out.split("\n\n", 1)[1] == LLM_TABLE_120
+
+
+def test_cut_keys_keep_what_tells_rows_apart(folder: Path, resnet34: nn.Module) -> None:
+    """At 80 columns the block index stays (`layer1.0…running_mean`, `layer1.1…running_mean`),
+    each shown key is its own key with whole parts left out, and no number is cut."""
+    keys = list(resnet34.state_dict())
+    out = run(folder, "inspect", "resnet34.pth").stdout
+    table = out.split("\n\n", 1)[1].splitlines()
+    rows = [line.split() for line in table[2 : 2 + len(keys)]]
+    assert widest(out) <= 80
+    assert [row[0] for row in rows if "…" not in row[0]] == [k for k in keys if len(k) <= len(table[1].split()[0])]
+    for row, key in zip(rows, keys, strict=True):
+        assert matches_cut(row[0], key), (row[0], key)
+    shown = [row[0] for row in rows]
+    assert "layer1.0…running_mean" in shown and "layer1.1…running_mean" in shown
+    tensors = resnet34.state_dict()
+    assert [int(row[-4].replace(",", "")) for row in rows] == [t.numel() for t in tensors.values()]

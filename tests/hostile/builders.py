@@ -414,6 +414,44 @@ def zip_bytes(members: Iterable[ZipMember], *, align: bool = True, end_record: b
     return bytes(out if end_record else out[:-22])
 
 
+def _crc_table() -> list[int]:
+    table = []
+    for n in range(256):
+        for _ in range(8):
+            n = (n >> 1) ^ 0xEDB88320 if n & 1 else n >> 1
+        table.append(n)
+    return table
+
+
+_CRC_TABLE = _crc_table()
+
+
+def zipcrypto(data: bytes, password: bytes, crc: int) -> bytes:
+    """Traditional PKWARE encryption (APPNOTE 6.1) of a STORED record's bytes: a 12-byte
+    header whose last byte is the CRC's high byte, then the cipher text."""
+    keys = [0x12345678, 0x23456789, 0x34567890]
+
+    def update(byte: int) -> None:
+        keys[0] = (keys[0] >> 8) ^ _CRC_TABLE[(keys[0] ^ byte) & 0xFF]
+        keys[1] = ((keys[1] + (keys[0] & 0xFF)) * 134775813 + 1) & 0xFFFFFFFF
+        keys[2] = (keys[2] >> 8) ^ _CRC_TABLE[(keys[2] ^ (keys[1] >> 24)) & 0xFF]
+
+    for byte in password:
+        update(byte)
+    out = bytearray()
+    for byte in bytes(range(11)) + bytes([crc >> 24]) + data:
+        temp = (keys[2] | 2) & 0xFFFF
+        out.append(byte ^ (((temp * (temp ^ 1)) >> 8) & 0xFF))
+        update(byte)
+    return bytes(out)
+
+
+def encrypted(member: ZipMember, password: bytes = b"secret") -> ZipMember:
+    """The member as a password-protected zip writes it."""
+    crc = zlib.crc32(member.data) & 0xFFFFFFFF
+    return replace(member, flags=member.flags | FLAG_ENCRYPTED, payload=zipcrypto(member.data, password, crc))
+
+
 def torch_zip_members(
     data_pkl: bytes,
     records: Mapping[str, bytes] | None = None,

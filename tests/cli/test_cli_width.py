@@ -1,0 +1,206 @@
+"""Every text output of every command fits the terminal: each command, with its options,
+on the bundled fixtures (and a DCP folder written by torch), at $COLUMNS 80 and 120 —
+no line of stdout is wider. JSON and CSV are never cut, so they are not run here;
+stderr holds one line per error, whole by design."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import REPO, matches_cut
+
+from ckpttool.cli import main
+
+FILES = REPO / "fixtures" / "files"
+CNN_SPEC = "fixtures/tutorial_models.py:CNN"
+WIDTHS = (80, 120)
+
+
+def fixture_paths() -> list[str]:
+    """Every bundled checkpoint, file or folder, relative to the repository (as a user types it)."""
+    return sorted(str(p.relative_to(REPO)) for p in FILES.iterdir() if p.name != "index.json")
+
+
+def f(name: str) -> str:
+    return f"fixtures/files/{name}"
+
+
+@pytest.fixture(scope="module")
+def dcp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A DCP folder written by `torch.distributed.checkpoint.save` (world size 1)."""
+    spec = importlib.util.spec_from_file_location("dcp_save", REPO / "tests" / "formats" / "dcp_save.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    folder = tmp_path_factory.mktemp("width") / "step-100"
+    module.save(str(folder))
+    return folder
+
+
+@pytest.fixture
+def in_repo(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.chdir(REPO)
+    yield
+
+
+def widest_line(args: list[str], columns: int) -> tuple[int, str]:
+    result = CliRunner().invoke(main, args, env={"COLUMNS": str(columns)}, catch_exceptions=False)
+    assert result.exit_code in (0, 1, 2), (args, result.stderr)
+    assert result.stdout or result.exit_code == 2, (args, result.stderr)
+    lines = result.stdout.splitlines() or [""]
+    widest = max(lines, key=len)
+    return len(widest), widest
+
+
+def assert_fits(commands: list[list[str]], columns: int) -> None:
+    too_wide = []
+    for args in commands:
+        width, line = widest_line(args, columns)
+        if width > columns:
+            too_wide.append(f"{' '.join(args)}: {width}: {line}")
+    assert not too_wide, "\n".join(too_wide)
+
+
+INSPECT_OPTIONS = [["--stats"], ["--tree"], ["--tree", "--full-prefix"], ["--all"], ["-v"], ["--sort", "size"]]
+INSPECT_WITH_OPTIONS = [
+    "cnn_whole_model.pth",
+    "general_checkpoint.tar",
+    "timm_checkpoint_with_ema.pth.tar",
+    "lightning.ckpt",
+    "dtypes.pt",
+    "exotic_tensors.pt",
+    "nested_containers_whole_model.pt",
+    "tied_lm_whole_model.pth",
+    "sharded_safetensors",
+    "cnn_scripted.pt",
+    "deepspeed",
+]
+
+
+@pytest.mark.parametrize("columns", WIDTHS)
+def test_inspect_fits(columns: int, dcp: Path, in_repo: None) -> None:
+    commands = [["inspect", path] for path in fixture_paths()]
+    commands += [["inspect", f(name), *options] for name in INSPECT_WITH_OPTIONS for options in INSPECT_OPTIONS]
+    commands += [["inspect", str(dcp), *options] for options in [[], *INSPECT_OPTIONS]]
+    commands += [["inspect", f("general_checkpoint.tar"), "--root", "optimizer_state_dict"]]  # an error
+    assert_fits(commands, columns)
+
+
+@pytest.mark.parametrize("columns", WIDTHS)
+def test_scan_and_check_fit(columns: int, dcp: Path, in_repo: None) -> None:
+    paths = fixture_paths()
+    commands = [["scan", path] for path in paths]
+    commands += [["scan", *paths], ["scan", str(dcp)], ["scan", *paths[:4]], ["scan", "README.md", *paths[:2]]]
+    commands += [["check", path] for path in paths]
+    commands += [["check", *paths], ["check", str(dcp), "--finite", "--cpu-only"]]
+    commands += [["check", f(name), "--cpu-only"] for name in ("cnn_state_dict_cuda0.pth", "nn_state_dict_cuda1.pth")]
+    commands += [
+        ["check", f("dataparallel_state_dict.pth"), "--model", CNN_SPEC],
+        ["check", f("cnn_state_dict.pth"), f("dataparallel_state_dict.pth"), "--model", CNN_SPEC],
+        ["check", f("nn_state_dict.pt"), "--model", CNN_SPEC],
+        ["check", f("compiled_state_dict.pth"), "--like", f("cnn_state_dict.pth")],
+        ["check", f("cnn_state_dict.pth"), "--finite", "--strict"],
+    ]
+    assert_fits(commands, columns)
+
+
+DIFF_PAIRS = [
+    ("general_checkpoint.tar", "general_checkpoint_float_loss.pt"),
+    ("cnn_state_dict.pth", "cnn.safetensors"),
+    ("cnn_state_dict.pth", "dataparallel_state_dict.pth"),
+    ("cnn_state_dict.pth", "nn_state_dict.pt"),
+    ("timm_checkpoint_with_ema.pth.tar", "checkpoint.pth.tar"),
+    ("dtypes.pt", "dtypes_big_endian.pt"),
+    ("lightning.ckpt", "lightning_namespace_hparams.ckpt"),
+    ("tied_lm_state_dict.pth", "tied_lm_whole_model.pth"),
+]
+
+
+@pytest.mark.parametrize("columns", WIDTHS)
+def test_diff_and_optimizer_fit(columns: int, dcp: Path, in_repo: None) -> None:
+    commands = [["diff", f(a), f(b), *options] for a, b in DIFF_PAIRS for options in ([], ["--all"], ["--keys-only"])]
+    commands += [
+        ["diff", str(dcp), str(dcp), "--all"],
+        ["diff", f("cnn_state_dict.pth"), f("cnn.safetensors"), "--atol", "1e-3"],
+    ]
+    commands += [["optimizer", path] for path in fixture_paths()]
+    commands += [["optimizer", str(dcp)], ["optimizer", f("cnn_model_optimizer.pt"), "--model", CNN_SPEC]]
+    assert_fits(commands, columns)
+
+
+@pytest.mark.parametrize("columns", WIDTHS)
+def test_convert_and_remap_fit(columns: int, dcp: Path, tmp_path: Path, in_repo: None) -> None:
+    out = tmp_path
+    commands = [
+        ["convert", f("cnn_whole_model.pth"), str(out / "a.safetensors")],
+        ["convert", f("general_checkpoint.tar"), str(out / "b.safetensors"), "--dtype", "bf16"],
+        ["convert", f("dtypes.pt"), str(out / "c.pth"), "--dtype", "fp16"],
+        ["convert", f("tied_lm_state_dict.pth"), str(out / "d.safetensors"), "--dedupe", "--shard-size", "10KB"],
+        [
+            "convert",
+            f("dataparallel_state_dict.pth"),
+            str(out / "e.pth"),
+            "--keep-structure",
+            "--strip-prefix",
+            "module.",
+        ],
+        ["convert", f("general_checkpoint.tar"), str(out / "f.safetensors"), "--root", "optimizer_state_dict"],
+        ["convert", str(dcp), str(out / "g.safetensors"), "--dtype", "bf16"],
+        ["convert", f("cnn_state_dict.pth"), str(out / "h"), "--to", "dcp"],
+        ["remap", f("cnn_state_dict_cuda0.pth"), str(out / "i.pth"), "--device", "cpu"],
+        ["remap", f("cnn_model_optimizer_cuda0.pt"), str(out / "j.pt"), "--map", "cuda:0=cpu"],
+    ]
+    assert_fits(commands, columns)
+
+
+@pytest.mark.parametrize("columns", WIDTHS)
+def test_reference_fits(columns: int, tmp_path: Path, in_repo: None) -> None:
+    train = ["reference", "train", "--model", "cnn", "--epochs", "1", "--steps-per-epoch", "2"]
+    assert_fits([[*train, "--out", str(tmp_path / "set")]], columns)
+    assert_fits([["reference", "check", "fixtures/reference/cnn", "--resume-epochs", "0"]], columns)
+
+
+def run_at(args: list[str], columns: int) -> str:
+    result = CliRunner().invoke(main, args, env={"COLUMNS": str(columns)}, catch_exceptions=False)
+    assert result.exit_code in (0, 1), result.stderr
+    return result.stdout
+
+
+def test_scan_names_stay_apart(dcp: Path) -> None:
+    """The globals of a DCP `.metadata` (`torch.distributed.checkpoint.metadata.…` many
+    times) are cut between whole parts, each still its own name, as JSON lists them."""
+    import json
+
+    (scanned,) = json.loads(run_at(["scan", str(dcp), "--format", "json"], 80))["files"]
+    names = {g["module"] + "." + g["name"] for g in scanned["globals"]}
+    out = run_at(["scan", str(dcp)], 80)
+    table = out[out.index("global ") :].splitlines()
+    shown = [line.split()[0] for line in table[2:] if line[:1] not in (" ", "(") and line.strip()]
+    assert len(shown) == len(names) == len(set(shown))
+    assert all(any(matches_cut(s, name) for name in names) for s in shown), shown
+    assert max(len(line) for line in out.splitlines()) <= 80
+
+
+def test_dcp_chunks_note_names_json(dcp: Path) -> None:
+    """Only JSON lists every chunk: the note under a cut chunk table says so."""
+    out = run_at(["inspect", str(dcp), "-v", "--all"], 60)
+    assert "--format csv shows all" not in out.split("offsets")[1]
+    assert max(len(line) for line in out.splitlines()) <= 60
+
+
+def test_diff_details_keep_their_numbers(in_repo: None) -> None:
+    """At 80 columns a value row's detail wraps: the max abs difference is torch's, whole."""
+    import torch
+
+    a, b = f("general_checkpoint.tar"), f("general_checkpoint_float_loss.pt")
+    weights_a = torch.load(a, weights_only=True)["model_state_dict"]
+    weights_b = torch.load(b, weights_only=True)["model_state_dict"]
+    text = " ".join(run_at(["diff", a, b], 80).split())
+    for key, tensor in weights_a.items():
+        max_abs = (tensor.double() - weights_b[key].double()).abs().max().item()
+        assert re.search(rf"{re.escape(key)} values differ in .*? max abs {float(f'{max_abs:.6g}'):.6g},", text), key
