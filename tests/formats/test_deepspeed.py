@@ -393,3 +393,15 @@ def test_convert_to_pth_without_a_cast(cli: Any, tmp_path: Path) -> None:
     expected = _consolidated(case)
     assert set(loaded) == set(expected)
     assert all(loaded[k].dtype == v.dtype and torch.equal(loaded[k], v) for k, v in expected.items())
+
+
+def test_where_zero_to_fp32_goes_wrong_ckpttool_does_not() -> None:
+    """As DeepSpeed 0.19.8's consolidation ran in the generator: ZeRO-1 frozen parameters
+    dropped, BF16_Optimizer refused; ckpttool reads both whole."""
+    frozen = {"frozen.weight", "frozen.bias"}
+    theirs = load_file(FIXTURES / "zero1_fp32_2ranks" / "zero_to_fp32.safetensors")
+    assert not frozen & set(theirs) and frozen <= set(_weights(FIXTURES / "zero1_fp32_2ranks"))
+    record = CASES["bf16opt_2ranks"]["zero_to_fp32"]
+    assert not record["works"] and "is not a zero checkpoint" in record["error"]
+    engine = load_file(FIXTURES / "bf16opt_2ranks" / "engine.safetensors")
+    assert set(_weights(FIXTURES / "bf16opt_2ranks")) == set(engine)
