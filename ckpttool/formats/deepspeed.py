@@ -22,6 +22,7 @@ when asked for.
 from __future__ import annotations
 
 import os
+from contextlib import suppress
 from dataclasses import replace
 from math import prod
 from typing import Any, Final
@@ -269,11 +270,12 @@ def _optimizer(states: list[dict[Any, Any]], layout: Layout, files: ZeroFiles) -
             continue
         entry: dict[str, Any] = {}
         for key, value in held.items():
-            if isinstance(value, TensorRef) and is_flat(value) and value.numel > 1:
-                moments = [_moment(rank_state, key, files) for rank_state in per_rank]
-                entry[str(key)] = bind(f"{name}.{key}", places, moments, layout.shapes[name], files)
-            else:
+            if not (is_flat(value) and value.numel > 1):
                 entry[str(key)] = value
+                continue
+            moments = [_moment(rank_state, key) for rank_state in per_rank]
+            with suppress(FormatError):  # a rank without this moment (no step taken): left out, weights still read
+                entry[str(key)] = bind(f"{name}.{key}", places, moments, layout.shapes[name], files)
         state[name] = entry
     groups = []
     for group in bases[0]["param_groups"] if bases[0] is not None else []:
@@ -283,7 +285,7 @@ def _optimizer(states: list[dict[Any, Any]], layout: Layout, files: ZeroFiles) -
     return {"state": state, "param_groups": groups}
 
 
-def _moment(rank_state: dict[Any, Any], key: Any, files: ZeroFiles) -> list[TensorRef]:
+def _moment(rank_state: dict[Any, Any], key: Any) -> list[TensorRef]:
     """A rank's tensors of one moment, by flat group index (missing groups are empty)."""
     count = max((k for k in rank_state if isinstance(k, int)), default=-1) + 1
     out: list[TensorRef] = []
