@@ -140,6 +140,12 @@ def test_missing_rank_is_refused(cli: Any, tmp_path: Path) -> None:
     _refused(cli, run, "rank(s) 0 are missing")
 
 
+def test_missing_model_states_are_refused(cli: Any, tmp_path: Path) -> None:
+    run = _copy("zero2_fp32_2ranks", tmp_path)
+    (run / TAG / "mp_rank_00_model_states.pt").unlink()
+    _refused(cli, run, "no mp_rank_00_model_states.pt")
+
+
 @pytest.mark.parametrize(
     ("name", "words"),
     [
