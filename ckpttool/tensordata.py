@@ -61,6 +61,21 @@ def direct_range(tensor: TensorRef) -> ByteRange | None:
     return ByteRange(storage.record.path, start, tensor.nbytes, storage.record)
 
 
+def direct_ranges(tensor: TensorRef) -> list[ByteRange] | None:
+    """`direct_range`, or for a whole gathered tensor whose parts are plain ranges, those."""
+    single = direct_range(tensor)
+    if single is not None:
+        return [single]
+    storage = tensor.storage
+    record = storage.record if storage is not None else None
+    if record is None or record.parts is None or not tensor.is_contiguous() or tensor.layout != "strided":
+        return None
+    if storage is None or tensor.offset or tensor.nbytes != storage.nbytes:
+        return None
+    parts: list[ByteRange] | None = record.parts()
+    return parts
+
+
 def record_range(record: Record) -> ByteRange:
     """The whole of a stored record's bytes."""
     return ByteRange(record.path, record.data_offset(), record.size, record)
@@ -230,7 +245,13 @@ def verify_storage(storage: Storage) -> None:
     """The storage's record holds its CRC-32 (callers of kernel copies make sure of it
     before they keep what they copied; `check` asks it of every record)."""
     if storage.record is not None and storage.record.gather is not None:
-        storage.record.gather()  # each part is checked as it is read
+        parts = storage.record.parts() if storage.record.parts is not None else None
+        if parts is not None:  # checked part by part, each record once
+            for part in parts:
+                if part.record is not None:
+                    verify_record(part.record)
+        elif not storage.record.verified:  # a gathering that checked its parts may say so
+            storage.record.gather()  # each part is checked as it is read
         return
     if storage.record is None or not _unchecked(storage.record):
         return

@@ -31,6 +31,7 @@ FormatName = Literal[
     "sharded-bin",
     "raw-pickle",
     "dcp",
+    "deepspeed",
     "hf-folder",  # named by its weights file's format once read
     # holding pickles, not checkpoints: only `scan` opens them
     "zip",

@@ -5,8 +5,8 @@ named `.pt` and a PNG renamed `.pth` are told apart by their bytes. Each path is
 once (its first bytes, size, whether it is a folder) and each format recognises itself
 from that probe, so the order below is the order of precedence: containers that only
 `scan` opens first (reading skips them), then torch's formats as torch.load tries them
-(a zip before anything else), raw pickles last. Folders: an index, then DCP, then a
-Hugging Face folder with one weights file.
+(a zip before anything else), raw pickles last. Folders: an index, then a DeepSpeed
+ZeRO run, then DCP, then a Hugging Face folder with one weights file.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from ckpttool.formats.containers import (
     ZLIB_FORMAT,
 )
 from ckpttool.formats.dcp_format import DCP_FORMAT
+from ckpttool.formats.deepspeed import DEEPSPEED_FORMAT
 from ckpttool.formats.format import Format, FormatName, Found, Probe, not_a_checkpoint, probe
 from ckpttool.formats.hffolder import HF_FOLDER_FORMAT, WEIGHTS_FILES
 from ckpttool.formats.legacy import LEGACY_FORMAT, LEGACY_TAR_FORMAT
@@ -52,6 +53,7 @@ FORMATS: tuple[Format, ...] = (
     LEGACY_TAR_FORMAT,
     SHARDED_FORMAT,
     LEGACY_FORMAT,
+    DEEPSPEED_FORMAT,  # a folder, or the `latest` file naming one, which is text
     RAW_PICKLE_FORMAT,
     DCP_FORMAT,
     HF_FOLDER_FORMAT,

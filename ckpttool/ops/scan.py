@@ -120,7 +120,10 @@ def danger(result: FileScan) -> Danger | None:
 
 # -- what torch.load(weights_only=True) does ------------------------------------------------
 
-_TORCH_LOADS: frozenset[FormatName] = frozenset({"torch-zip", "torch-legacy", "torch-legacy-tar", "sharded-bin"})
+# DeepSpeed folders: every rank file is a torch.save zip that DeepSpeed torch.loads.
+_TORCH_LOADS: frozenset[FormatName] = frozenset(
+    {"torch-zip", "torch-legacy", "torch-legacy-tar", "sharded-bin", "deepspeed"}
+)
 _SAFETENSORS: frozenset[FormatName] = frozenset({"safetensors", "sharded-safetensors"})
 # The pickles torch.load unpickles, by the names the readers give them: a zip's
 # `<root>/data.pkl`, the stacked pickles of a legacy file, the members of a legacy tar.
