@@ -300,7 +300,8 @@ def test_scan_reads_every_rank_file_and_names_the_script(cli: Any, tmp_path: Pat
     (run / "zero_to_fp32.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
     result = cli("scan", run, "--format", "json")
     report = cli_json(result)
-    document = report["files"][0] if "files" in report else report
+    document = _deepspeed_entry(report)
+    assert all(f["verdict"] in ("safe", "needs-allowlist") for f in report["files"]), report["files"]
     verdicts = {g["module"] + "." + g["name"]: g["verdict"] for g in document["globals"]}
     assert verdicts["deepspeed.runtime.zero.config.ZeroStageEnum"] == "needs-allowlist"
     assert verdicts["deepspeed.runtime.fp16.loss_scaler.LossScaler"] == "needs-allowlist"
@@ -333,9 +334,15 @@ def test_check_against_the_model(cli: Any) -> None:
 def test_weights_only_is_what_torch_load_does(cli: Any, case: str) -> None:
     """DeepSpeed torch.loads every rank file: the generator recorded whether
     torch.load(weights_only=True) loads them all once DeepSpeed's classes are allowlisted."""
-    document = cli_json(cli("scan", FIXTURES / case, "--format", "json"))["files"][0]
+    document = _deepspeed_entry(cli_json(cli("scan", FIXTURES / case, "--format", "json")))
     loads = CASES[case]["weights_only_with_allowlist"]
     assert document["weights_only"]["result"] == ("loads-after-allowlist" if loads else "refused")
+
+
+def _deepspeed_entry(report: dict[str, Any]) -> dict[str, Any]:
+    """A folder scan has an entry per file; the run's own entry is the DeepSpeed checkpoint."""
+    (entry,) = [f for f in report["files"] if f["format"] == "deepspeed"]
+    return entry
 
 
 class _Payload:
@@ -354,7 +361,7 @@ def test_a_hostile_rank_file_runs_nothing(cli: Any, tmp_path: Path) -> None:
     torch.save({"optimizer_state_dict": _Payload(marker)}, run / TAG / "zero_pp_rank_1_mp_rank_00_optim_states.pt")
     _refused(cli, run, "optimizer_state_dict")
     assert cli("convert", run, tmp_path / "out.safetensors").exit_code == 2
-    document = cli_json(cli("scan", run, "--format", "json"))["files"][0]
+    document = _deepspeed_entry(cli_json(cli("scan", run, "--format", "json")))
     assert document["verdict"] == "dangerous"
     assert not marker.exists() and not (tmp_path / "out.safetensors").exists()
 
