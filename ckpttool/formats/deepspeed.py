@@ -345,14 +345,7 @@ def deepspeed_pickles(probe: Probe) -> Found:
     else:
         names = files.model + files.optim
     for path in names:
-        try:
-            fmt, inner = probe.registry.identify(path, scanning=True)
-            sub = fmt.scan(inner)
-        except CkptError as exc:
-            found.problems.append(f"{os.path.basename(path)}: {exc.message}")
-            continue
-        found.problems.extend(f"{os.path.basename(path)}: {p}" for p in sub.problems)
-        found.pickles.extend((f"{os.path.basename(path)}:{name}", d) for name, d in sub.pickles)
+        found.add_member(probe.registry, path, os.path.basename(path))
     found.notes.extend(
         f"{script}: DeepSpeed's consolidation script, Python code beside the checkpoint; ckpttool never runs it "
         "and loading the checkpoint never needs it"

@@ -124,6 +124,18 @@ class Found:
         self.problems.extend(other.problems)
         self.notes.extend(other.notes)
 
+    def add_member(self, registry: Registry, path: str, label: str) -> None:
+        """Scan a file of a checkpoint made of several (a shard, a rank file) as its own
+        format scans it; its pickles and problems are named `label:...`."""
+        try:
+            fmt, member = registry.identify(path, scanning=True)
+            sub = fmt.scan(member)
+        except CkptError as exc:
+            self.problems.append(f"{label}: {exc.message}")
+            return
+        self.problems.extend(f"{label}: {p}" for p in sub.problems)
+        self.pickles.extend((f"{label}:{name}", d) for name, d in sub.pickles)
+
     def add_joblib(self, name: str, read: JoblibRead | None) -> None:
         """joblib's own reading of a pickle that decoded as a whole (it may differ)."""
         if read is not None:

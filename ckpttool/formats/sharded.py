@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ckpttool.checkpoint import Checkpoint, Storage, TensorRef
-from ckpttool.errors import CkptError, FormatError
+from ckpttool.errors import FormatError
 from ckpttool.formats.format import Format, FormatName, Found, Probe, Registry
 from ckpttool.formats.legacy import LEGACY
 from ckpttool.formats.safetensors import SAFETENSORS
@@ -155,14 +155,7 @@ def sharded_pickles(probe: Probe) -> Found:
     folder = os.path.dirname(os.path.abspath(index_path))
     found = Found()
     for shard in dict.fromkeys(index["weight_map"].values()):
-        try:
-            fmt, shard_probe = probe.registry.identify(shard_path(folder, shard, index_path), scanning=True)
-            sub = fmt.scan(shard_probe)
-        except CkptError as exc:
-            found.problems.append(f"{shard}: {exc.message}")
-            continue
-        found.problems.extend(f"{shard}: {p}" for p in sub.problems)
-        found.pickles.extend((f"{shard}:{name}", d) for name, d in sub.pickles)
+        found.add_member(probe.registry, shard_path(folder, shard, index_path), shard)
     return found
 
 
