@@ -40,6 +40,13 @@ _STATE_TAKING = frozenset(
 )  # fmt: skip
 
 Implicit = tuple[Global, str, str]  # the global, its use, and how the unpickler comes to it
+_HELD = "a callable in the"  # how a held callable is noted; every other note is a method of the object
+
+
+def is_method_call(how: str) -> bool:
+    """Whether the note says the unpickler calls a method of an object it built (append,
+    __setitem__, __setattr__ for slot state, keys/__iter__), not a callable the object holds."""
+    return not how.startswith(_HELD)
 
 
 def implicit_calls(calls: Iterable[Call]) -> list[Implicit]:
@@ -101,7 +108,7 @@ def _callables_held(call: Call, func: Any, found: list[Implicit]) -> None:
     for where, value in held:
         for target in globals_in(value):
             name = func.qualname if isinstance(func, Global) else "a computed callable"
-            found.append((target, USE_CALL, f"a callable in the {where} of {name}(...), where its methods can call it"))
+            found.append((target, USE_CALL, f"{_HELD} {where} of {name}(...), where its methods can call it"))
 
 
 def _instantiated_keys(state: Any, func: Any) -> frozenset[str]:

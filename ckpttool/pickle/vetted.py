@@ -358,6 +358,40 @@ TYPE_MARKERS: dict[str, Vetted] = {
 }  # fmt: skip
 
 
+def _safe_uuid_fits(args: Args) -> str | None:
+    if len(args) == 1 and (args[0] is None or (type(args[0]) is int and args[0] in (0, -1))):
+        return None
+    return "expected one of the SafeUUID codes 0, -1, None"
+
+
+def _numbers_or_text(max_args: int) -> Callable[[Args], str | None]:
+    """Decimal and Fraction take numbers or a string; any other object would be asked for
+    its numerator/denominator or its __float__."""
+
+    def fits(args: Args) -> str | None:
+        if 1 <= len(args) <= max_args and all(type(a) in (int, float, str) for a in args):
+            return None
+        return f"expected at most {max_args} numbers or strings"
+
+    return fits
+
+
+# Value types configs and training records hold besides datetime's.
+VALUE_CALLS: dict[str, Vetted] = {
+    "uuid.SafeUUID": Vetted(
+        "whether a UUID was made multiprocessing-safely: an Enum member looked up by its value (a dict lookup)",
+        _safe_uuid_fits,
+    ),
+    "types.SimpleNamespace": Vetted(
+        "an attribute bag (a config): built empty, BUILD updates its __dict__ (its state form is checked); "
+        "no __setstate__, no __del__",
+        _plain(0),
+    ),
+    "decimal.Decimal": Vetted("a decimal number parsed from a string or a number (C code)", _numbers_or_text(1)),
+    "fractions.Fraction": Vetted("a fraction of two integers, or parsed from a string", _numbers_or_text(2)),
+}
+
+
 _CONSTRUCTOR = "builds a {} from the plain data it is given; calls nothing of it"
 _RECONSTRUCT = Vetted(
     "an empty ndarray of the given subtype (judged as instantiated) that BUILD fills from bytes, "
@@ -422,6 +456,7 @@ VETTED: dict[str, Vetted] = {
     **TORCHSCRIPT_BUILDERS,
     **DCP_METADATA_CALLS,
     **DATETIME_CALLS,
+    **VALUE_CALLS,
     **ACTIVATIONS,
     **TYPE_MARKERS,
 }

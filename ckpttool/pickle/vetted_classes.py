@@ -11,6 +11,11 @@ Slot state is not vetted for any of them (an implicit call).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+from ckpttool.pickle.objects import UNSET
+
 _DCP = "torch.distributed.checkpoint"
 _DCP_DATACLASS = "a dataclass of DCP's .metadata: BUILD stores its fields; no __setstate__ that calls, no __del__"
 
@@ -34,11 +39,58 @@ VETTED_CLASSES: dict[str, str] = {
     "torch.nn.modules.module._WrappedHook": (
         "a module's state_dict hook wrapper: __setstate__ stores the hook and a weak reference to its module"
     ),
+    "uuid.UUID": (
+        "a run id: __setstate__ stores the int and looks its SafeUUID code up (an Enum value lookup); "
+        "nothing of the uuid module's process-running node lookup is reached; no __del__"
+    ),
+    "torch.torch_version.TorchVersion": (
+        "torch.__version__ as a checkpoint stores it: a str subclass built by str.__new__ from a string; "
+        "its comparison methods run only when called; no __setstate__, no __del__"
+    ),
     "joblib.numpy_pickle.NumpyArrayWrapper": (
         "joblib's array placeholder: BUILD stores shape, order and dtype; joblib.load replaces it by the array "
         "it reads from the bytes after it (a pickle of its own for object arrays, judged as such)"
     ),
 }  # fmt: skip
+
+Form = Callable[[tuple[Any, ...], Any], str | None]  # (NEWOBJ arguments, BUILD state) -> what does not fit
+
+
+def _uuid_form(args: tuple[Any, ...], state: Any) -> str | None:
+    """UUID.__getstate__'s dict: a plain int, and the SafeUUID code when it is known (any other
+    value would be hashed by the Enum lookup, calling a method of an object the pickle built)."""
+    if args or type(state) is not dict or not set(state) <= {"int", "is_safe"} or type(state.get("int")) is not int:
+        return "expected uuid.UUID() with the state {'int': int, 'is_safe': code}"
+    safe = state.get("is_safe")
+    return None if safe is None or (type(safe) is int and safe in (0, -1)) else "an is_safe that is no SafeUUID code"
+
+
+def _version_form(args: tuple[Any, ...], state: Any) -> str | None:
+    # str.__new__ of anything but a str would call that object's __str__.
+    if len(args) == 1 and type(args[0]) is str and (state is UNSET or state is None or state == {}):
+        return None
+    return "expected TorchVersion(str) without state"
+
+
+def _namespace_form(args: tuple[Any, ...], state: Any) -> str | None:
+    # BUILD interns each key and stores it in __dict__: only a dict with string keys does nothing else.
+    if not args and (state is UNSET or (type(state) is dict and all(type(k) is str for k in state))):
+        return None
+    return "expected SimpleNamespace() with a dict of attribute names as its state"
+
+
+# The argument and state forms under which a vetted class's construction only stores data.
+CLASS_FORMS: dict[str, Form] = {
+    "uuid.UUID": _uuid_form,
+    "torch.torch_version.TorchVersion": _version_form,
+    "types.SimpleNamespace": _namespace_form,
+}
+
+
+def class_misfit(qualname: str, args: tuple[Any, ...], state: Any) -> str | None:
+    form = CLASS_FORMS.get(qualname)
+    return form(args, state) if form else None
+
 
 # State keys of a vetted class that hold a class it instantiates (not calls with data):
 # joblib makes `_reconstruct(subclass, (0,), 'b')` of an array subclass.
