@@ -1,0 +1,169 @@
+"""Values real checkpoints hold (run ids, config namespaces, torch.__version__, decimals):
+`needs-allowlist` under the forms their own pickling writes, and loadable by
+`torch.load(weights_only=True)` with the printed line; the same names given a callable or
+an object the pickle built stay flagged, and no command runs the payload."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hostile.builders import Op, call_global, global_ref, shell_touch, text, torch_zip, value, whole
+from hostile.support import FileWriter, assert_dangerous, assert_inspect_harmless, assert_not_run, global_entry, run_cli
+from hostile.test_implicit_calls import SYSTEM, attributes, load_with_allowlist, naive_load_runs_it
+
+from ckpttool.pickle import decode
+from ckpttool.pickle.judge import judge
+
+
+def real_values() -> dict[str, Any]:
+    import decimal
+    import fractions
+    import types
+    import uuid
+
+    import torch
+
+    return {
+        "run_id": uuid.UUID("12345678-1234-5678-1234-567812345678"),
+        "safe_id": uuid.UUID(int=7, is_safe=uuid.SafeUUID.safe),
+        "safety": uuid.SafeUUID.unsafe,
+        "config": types.SimpleNamespace(lr=0.1, name="run", layers=[2, 4]),
+        "torch_version": torch.__version__,
+        "lr": decimal.Decimal("0.0001"),
+        "split": fractions.Fraction(1, 3),
+    }
+
+
+VETTED_NAMES = (
+    "uuid.UUID", "uuid.SafeUUID", "types.SimpleNamespace", "torch.torch_version.TorchVersion", "decimal.Decimal",
+    "fractions.Fraction",
+)  # fmt: skip
+
+
+def test_real_values_need_only_the_printed_allowlist(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    values = real_values()
+    path = tmp_path / "record.pt"
+    torch.save(values, path)
+    outcome = run_cli("scan", "--format", "json", path)
+    (report,) = outcome.json()["files"]
+    assert (outcome.exit_code, report["verdict"]) == (0, "needs-allowlist"), report
+    for qualname in VETTED_NAMES:
+        assert global_entry(report, qualname)["verdict"] == "needs-allowlist"
+    assert load_with_allowlist(path, report["allowlist"], report["imports"]) == repr(values)
+    assert run_cli("check", path).exit_code == 0
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_every_protocol_of_the_real_values_is_vetted(protocol: int) -> None:
+    pytest.importorskip("torch")
+    judgement = judge([decode(pickle.dumps(real_values(), protocol=protocol))])
+    assert judgement.verdict == "needs-allowlist", [(g.qualname, g.reason) for g in judgement.globals]
+
+
+# -- the same names, given what their forms refuse -----------------------------------------------
+
+
+def command(marker: Path) -> bytes:
+    """platform.os.system("touch MARKER"): what each variant smuggles in."""
+    return SYSTEM + value((shell_touch(marker),)) + Op.REDUCE
+
+
+def namespace_append(marker: Path) -> bytes:
+    """SimpleNamespace() as its reduce writes it, whose state sets `append` to a command runner."""
+    built = call_global("types", "SimpleNamespace") + attributes(append=SYSTEM) + Op.BUILD
+    return whole(built + value(shell_touch(marker)) + Op.APPEND, protocol=4)
+
+
+def namespace_slot_append(marker: Path) -> bytes:
+    """The same through BUILD's slot state (set with setattr)."""
+    slots = Op.NONE + attributes(append=SYSTEM) + Op.TUPLE2
+    built = call_global("types", "SimpleNamespace") + slots + Op.BUILD
+    return whole(built + value(shell_touch(marker)) + Op.APPEND, protocol=4)
+
+
+def uuid_state_of_a_command(marker: Path) -> bytes:
+    state = Op.EMPTY_DICT + Op.MARK + text("int") + value(1) + text("is_safe") + command(marker) + Op.SETITEMS
+    return whole(global_ref("uuid", "UUID") + Op.EMPTY_TUPLE + Op.NEWOBJ + state + Op.BUILD, protocol=4)
+
+
+def version_of_a_command(marker: Path) -> bytes:
+    version = global_ref("torch.torch_version", "TorchVersion") + Op.MARK + command(marker) + Op.TUPLE + Op.NEWOBJ
+    return whole(version, protocol=4)
+
+
+def called_with_a_command(module: str, name: str) -> Any:
+    def build(marker: Path) -> bytes:
+        return whole(global_ref(module, name) + Op.MARK + command(marker) + Op.TUPLE + Op.REDUCE, protocol=4)
+
+    return build
+
+
+VARIANTS: dict[str, tuple[Any, str]] = {
+    # name: (builder, the vetted name it abuses)
+    "namespace_append": (namespace_append, "types.SimpleNamespace"),
+    "namespace_slot_append": (namespace_slot_append, "types.SimpleNamespace"),
+    "uuid_state": (uuid_state_of_a_command, "uuid.UUID"),
+    "torch_version": (version_of_a_command, "torch.torch_version.TorchVersion"),
+    "safe_uuid": (called_with_a_command("uuid", "SafeUUID"), "uuid.SafeUUID"),
+    "decimal": (called_with_a_command("decimal", "Decimal"), "decimal.Decimal"),
+    "fraction": (called_with_a_command("fractions", "Fraction"), "fractions.Fraction"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_a_vetted_name_given_a_callable_stays_flagged_and_never_runs(
+    write: FileWriter, marker: Path, name: str
+) -> None:
+    build, target = VARIANTS[name]
+    raw = write(f"{name}.pkl", build(marker))
+    assert naive_load_runs_it(raw, marker), "the variant must run its payload under the naive loader"
+    for path in (raw, write(f"{name}.pt", torch_zip(build(marker)))):
+        report = assert_dangerous(path, "platform.os.system")
+        assert global_entry(report, target)["verdict"] in ("unknown-call", "dangerous"), report
+        assert report["allowlist"] is None
+        assert run_cli("check", path).exit_code == 1
+        assert_inspect_harmless(path)
+    assert_not_run(marker)
+
+
+# -- forms: anything but what the real object's pickling writes is an unknown call ----------------
+
+
+def verdict_of(body: bytes, qualname: str) -> str:
+    judgement = judge([decode(whole(body, protocol=4))])
+    (found,) = [g for g in judgement.globals if g.qualname == qualname]
+    return found.verdict
+
+
+def new_with_state(module: str, name: str, state: dict[str, Any]) -> bytes:
+    return global_ref(module, name) + Op.EMPTY_TUPLE + Op.NEWOBJ + value(state) + Op.BUILD
+
+
+OBJECT = call_global("mypkg.models", "Net")  # an object the pickle built: its methods are its class's code
+
+
+@pytest.mark.parametrize(
+    ("body", "qualname"),
+    [
+        (new_with_state("uuid", "UUID", {"int": 1, "is_safe": 2}), "uuid.UUID"),
+        (new_with_state("uuid", "UUID", {"int": "1"}), "uuid.UUID"),
+        (global_ref("uuid", "UUID") + Op.EMPTY_TUPLE + Op.NEWOBJ + Op.EMPTY_DICT + Op.MARK + text("int")
+         + value(1) + text("is_safe") + OBJECT + Op.SETITEMS + Op.BUILD, "uuid.UUID"),
+        (global_ref("torch.torch_version", "TorchVersion") + Op.MARK + OBJECT + Op.TUPLE + Op.NEWOBJ,
+         "torch.torch_version.TorchVersion"),
+        (global_ref("torch.torch_version", "TorchVersion") + value((b"2.1",)) + Op.NEWOBJ,
+         "torch.torch_version.TorchVersion"),
+        (call_global("types", "SimpleNamespace") + value({1: 2}) + Op.BUILD, "types.SimpleNamespace"),
+        (call_global("types", "SimpleNamespace", {"a": 1}), "types.SimpleNamespace"),
+        (call_global("uuid", "SafeUUID", 5), "uuid.SafeUUID"),
+        (call_global("decimal", "Decimal", "1", None), "decimal.Decimal"),
+        (global_ref("decimal", "Decimal") + Op.MARK + OBJECT + Op.TUPLE + Op.REDUCE, "decimal.Decimal"),
+        (call_global("fractions", "Fraction", [1, 2]), "fractions.Fraction"),
+    ],
+)  # fmt: skip
+def test_a_vetted_value_outside_its_form_is_an_unknown_call(body: bytes, qualname: str) -> None:
+    assert verdict_of(body, qualname) == "unknown-call"
