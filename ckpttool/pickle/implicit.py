@@ -23,7 +23,7 @@ from ckpttool.pickle.allowlist import is_allowed
 from ckpttool.pickle.objects import UNSET, Call, Global, PersistentRef
 from ckpttool.pickle.state import USE_CALL, USE_INSTANTIATE, legacy_module_class
 from ckpttool.pickle.vetted import VETTED, container_kind, is_plain
-from ckpttool.pickle.vetted_classes import INSTANTIATED_STATE
+from ckpttool.pickle.vetted_classes import INSTANTIATED_STATE, PAIR_STATE
 
 # Allowlisted or vetted constructors that iterate (or read keys/items of) what they are given.
 ITERATING = frozenset(
@@ -72,7 +72,7 @@ def _method_calls(call: Call, func: Global) -> Iterator[Implicit]:
         yield func, USE_CALL, "APPEND(S) calls its append/extend"
     if call.dictitems is not None and kind != "dict":
         yield func, USE_CALL, "SETITEM(S) calls its __setitem__"
-    if _has_slot_state(call.state):
+    if _has_slot_state(call.state) and func.qualname not in PAIR_STATE:
         yield func, USE_CALL, "BUILD's slot state sets attributes through its __setattr__"
     if func.qualname in ITERATING:
         for arg in call.args:

@@ -14,7 +14,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ckpttool.pickle.objects import UNSET
+from ckpttool.pickle.objects import UNSET, Call
+from ckpttool.pickle.vetted import (
+    BIT_GENERATOR_CTOR,
+    NUMPY_BIT_GENERATORS,
+    SEED_SEQUENCE,
+    SEED_SEQUENCE_UNPICKLER,
+    plain_or_arrays,
+)
 
 _DCP = "torch.distributed.checkpoint"
 _DCP_DATACLASS = "a dataclass of DCP's .metadata: BUILD stores its fields; no __setstate__ that calls, no __del__"
@@ -47,6 +54,19 @@ VETTED_CLASSES: dict[str, str] = {
         "torch.__version__ as a checkpoint stores it: a str subclass built by str.__new__ from a string; "
         "its comparison methods run only when called; no __setstate__, no __del__"
     ),
+    **dict.fromkeys(
+        NUMPY_BIT_GENERATORS.values(),
+        "a numpy bit generator: __new__ seeds it from the system's entropy; __setstate__ (C code) reads the "
+        "state's ints and arrays (their form is checked) and stores a SeedSequence; no __del__ that calls",
+    ),
+    "numpy.random._generator.Generator": (
+        "a numpy Generator around a bit generator; __setstate__ (numpy 1) hands the state to the bit generator"
+    ),
+    "numpy.random.mtrand.RandomState": (
+        "numpy's legacy RandomState around an MT19937; __setstate__ is set_state, reading ints, floats and the "
+        "key array"
+    ),
+    SEED_SEQUENCE: "numpy's seed record: Cython's __setstate__ stores entropy, pool array, pool size and spawn key",
     "joblib.numpy_pickle.NumpyArrayWrapper": (
         "joblib's array placeholder: BUILD stores shape, order and dtype; joblib.load replaces it by the array "
         "it reads from the bytes after it (a pickle of its own for object arrays, judged as such)"
@@ -79,12 +99,43 @@ def _namespace_form(args: tuple[Any, ...], state: Any) -> str | None:
     return "expected SimpleNamespace() with a dict of attribute names as its state"
 
 
+def _is_seed_sequence(value: Any) -> bool:
+    return value is None or (isinstance(value, Call) and value.func_name == SEED_SEQUENCE_UNPICKLER)
+
+
+def _bit_generator_form(args: tuple[Any, ...], state: Any) -> str | None:
+    """BitGenerator.__setstate__ takes its state dict, or (state dict, SeedSequence) since numpy 2."""
+    if type(state) is tuple and len(state) == 2 and _is_seed_sequence(state[1]):
+        state = state[0]
+    if state is UNSET or (type(state) is dict and plain_or_arrays(state)):
+        return None
+    return "expected a bit generator's state: a dict of numbers and arrays, and a SeedSequence"
+
+
+def _rng_form(args: tuple[Any, ...], state: Any) -> str | None:
+    if state is UNSET or state is None or (type(state) in (dict, tuple) and plain_or_arrays(state)):
+        return None
+    return "expected a random state of numbers and arrays"
+
+
+def _seed_sequence_form(args: tuple[Any, ...], state: Any) -> str | None:
+    if type(state) is tuple and len(state) == 5 and plain_or_arrays(state):
+        return None
+    return "expected a SeedSequence's state: entropy, spawn count, pool array, pool size, spawn key"
+
+
 # The argument and state forms under which a vetted class's construction only stores data.
 CLASS_FORMS: dict[str, Form] = {
     "uuid.UUID": _uuid_form,
     "torch.torch_version.TorchVersion": _version_form,
     "types.SimpleNamespace": _namespace_form,
+    **dict.fromkeys([BIT_GENERATOR_CTOR, *NUMPY_BIT_GENERATORS.values()], _bit_generator_form),
+    "numpy.random._pickle.__generator_ctor": _rng_form,
+    "numpy.random._pickle.__randomstate_ctor": _rng_form,
+    SEED_SEQUENCE_UNPICKLER: _seed_sequence_form,
 }
+# What builds an object whose __setstate__ takes a pair (BUILD's tuple is no slot state there).
+PAIR_STATE = frozenset({BIT_GENERATOR_CTOR, *NUMPY_BIT_GENERATORS.values()})
 
 
 def class_misfit(qualname: str, args: tuple[Any, ...], state: Any) -> str | None:

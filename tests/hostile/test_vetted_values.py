@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hostile.builders import Op, call_global, global_ref, shell_touch, text, torch_zip, value, whole
+from hostile.builders import Op, Raw, call, call_global, global_ref, shell_touch, text, torch_zip, value, whole
 from hostile.support import FileWriter, assert_dangerous, assert_inspect_harmless, assert_not_run, global_entry, run_cli
 from hostile.test_implicit_calls import SYSTEM, attributes, load_with_allowlist, naive_load_runs_it
 
@@ -166,4 +166,113 @@ OBJECT = call_global("mypkg.models", "Net")  # an object the pickle built: its m
     ],
 )  # fmt: skip
 def test_a_vetted_value_outside_its_form_is_an_unknown_call(body: bytes, qualname: str) -> None:
+    assert verdict_of(body, qualname) == "unknown-call"
+
+
+# -- numpy random generators ----------------------------------------------------------------------
+
+_DRAWS = """import importlib, sys, torch
+path, line, imports = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+namespace = {"torch": torch}
+for module in imports:
+    importlib.import_module(module)
+    namespace[module.split(".")[0]] = sys.modules[module.split(".")[0]]
+exec(line, namespace)
+rngs = torch.load(path, weights_only=True)
+print(rngs["generator"].random(3).tolist(), rngs["legacy"].rand(3).tolist(), rngs["bits"].random_raw(3).tolist())
+"""
+
+
+def numpy_rngs() -> dict[str, Any]:
+    import numpy as np
+
+    return {"generator": np.random.default_rng(3), "legacy": np.random.RandomState(4), "bits": np.random.MT19937(5)}
+
+
+def test_numpy_random_generators_need_only_the_printed_allowlist(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "rng_state.pt"
+    torch.save(numpy_rngs(), path)
+    outcome = run_cli("scan", "--format", "json", path)
+    (report,) = outcome.json()["files"]
+    assert (outcome.exit_code, report["verdict"]) == (0, "needs-allowlist"), report
+    done = subprocess.run(
+        [sys.executable, "-c", _DRAWS, str(path), report["allowlist"], ",".join(report["imports"])],
+        capture_output=True, text=True, check=True, timeout=120,
+    )  # fmt: skip
+    fresh = numpy_rngs()  # the same seeds: the loaded generators must continue the same streams
+    expected = [fresh["generator"].random(3).tolist(), fresh["legacy"].rand(3).tolist()]
+    assert done.stdout.strip() == f"{expected[0]} {expected[1]} {fresh['bits'].random_raw(3).tolist()}"
+
+
+def rng_ctor_calling_a_command(name: str) -> Any:
+    """numpy 1's (name, ctor) form: the helper calls ctor(name), so a command runner given as
+    the ctor runs a program called MT19937 (found on PATH)."""
+
+    def build(marker: Path) -> bytes:
+        return whole(call(global_ref("numpy.random._pickle", name), "MT19937", Raw(SYSTEM)), protocol=4)
+
+    return build
+
+
+def bit_generator_state_of_a_command(marker: Path) -> bytes:
+    state = {"bit_generator": "MT19937", "state": {"key": Raw(command(marker)), "pos": 0}}
+    built = call_global("numpy.random._pickle", "__bit_generator_ctor", "MT19937") + value(state) + Op.BUILD
+    return whole(built, protocol=4)
+
+
+RNG_VARIANTS: dict[str, tuple[Any, str]] = {
+    "generator_ctor": (rng_ctor_calling_a_command("__generator_ctor"), "numpy.random._pickle.__generator_ctor"),
+    "randomstate_ctor": (rng_ctor_calling_a_command("__randomstate_ctor"), "numpy.random._pickle.__randomstate_ctor"),
+    "bit_generator_state": (bit_generator_state_of_a_command, "numpy.random._pickle.__bit_generator_ctor"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RNG_VARIANTS))
+def test_a_numpy_rng_helper_given_a_callable_stays_flagged_and_never_runs(
+    write: FileWriter, marker: Path, tmp_path: Path, name: str
+) -> None:
+    pytest.importorskip("numpy")
+    build, target = RNG_VARIANTS[name]
+    (tmp_path / "bin").mkdir()
+    program = tmp_path / "bin" / "MT19937"  # what os.system("MT19937") finds on the naive loader's PATH
+    program.write_text(f"#!/bin/sh\n{shell_touch(marker)}\n")
+    program.chmod(0o755)
+    raw = write(f"{name}.pkl", build(marker))
+    assert naive_load_runs_it(raw, marker), "the variant must run its payload under the naive loader"
+    for path in (raw, write(f"{name}.pt", torch_zip(build(marker)))):
+        report = assert_dangerous(path, "platform.os.system")
+        assert global_entry(report, target)["verdict"] in ("unknown-call", "dangerous"), report
+        assert report["allowlist"] is None
+        assert run_cli("check", path).exit_code == 1
+        assert_inspect_harmless(path)
+    assert_not_run(marker)
+
+
+PCG64 = global_ref("numpy.random._pcg64", "PCG64")
+
+
+@pytest.mark.parametrize(
+    ("body", "qualname"),
+    [
+        (call(global_ref("numpy.random._pickle", "__bit_generator_ctor"), "Nope"),
+         "numpy.random._pickle.__bit_generator_ctor"),
+        (call(global_ref("numpy.random._pickle", "__bit_generator_ctor"), Raw(global_ref("mypkg", "Net"))),
+         "numpy.random._pickle.__bit_generator_ctor"),
+        (call(global_ref("numpy.random._pickle", "__generator_ctor"), "MT19937", Raw(global_ref("mypkg", "make"))),
+         "numpy.random._pickle.__generator_ctor"),
+        (call(global_ref("numpy.random._pickle", "__randomstate_ctor"), Raw(OBJECT)),
+         "numpy.random._pickle.__randomstate_ctor"),
+        (call(global_ref("numpy.random._pickle", "__bit_generator_ctor"), Raw(PCG64)) + Op.MARK + value({"a": 1})
+         + OBJECT + Op.TUPLE + Op.BUILD, "numpy.random._pickle.__bit_generator_ctor"),
+        (call(global_ref("numpy.random._pickle", "__bit_generator_ctor"), Raw(PCG64)) + Op.EMPTY_DICT + Op.MARK
+         + text("state") + OBJECT + Op.SETITEMS + Op.BUILD, "numpy.random._pickle.__bit_generator_ctor"),
+        (call(global_ref("numpy.random.bit_generator", "__pyx_unpickle_SeedSequence"), Raw(PCG64), 1, None),
+         "numpy.random.bit_generator.__pyx_unpickle_SeedSequence"),
+    ],
+)  # fmt: skip
+def test_a_numpy_rng_helper_outside_its_form_is_an_unknown_call(body: bytes, qualname: str) -> None:
     assert verdict_of(body, qualname) == "unknown-call"
