@@ -487,7 +487,7 @@ NUMPY_RANDOM_CALLS: dict[str, Vetted] = {
         result_class=lambda args: "numpy.random.mtrand.RandomState",
     ),
     SEED_SEQUENCE_UNPICKLER: Vetted(
-        "Cython's unpickler of a SeedSequence: SeedSequence.__new__ (refusing another class) after a checksum "
+        "the Cython unpickler of a SeedSequence: SeedSequence.__new__ (refusing another class) after a checksum "
         "check; BUILD stores the entropy, pool array and spawn key",
         _seed_sequence_fits,
         _first_instantiated,

@@ -66,7 +66,7 @@ VETTED_CLASSES: dict[str, str] = {
         "numpy's legacy RandomState around an MT19937; __setstate__ is set_state, reading ints, floats and the "
         "key array"
     ),
-    SEED_SEQUENCE: "numpy's seed record: Cython's __setstate__ stores entropy, pool array, pool size and spawn key",
+    SEED_SEQUENCE: "numpy's seed record: its Cython __setstate__ stores entropy, pool array, pool size and spawn key",
     "joblib.numpy_pickle.NumpyArrayWrapper": (
         "joblib's array placeholder: BUILD stores shape, order and dtype; joblib.load replaces it by the array "
         "it reads from the bytes after it (a pickle of its own for object arrays, judged as such)"
