@@ -376,6 +376,12 @@ def _numbers_or_text(max_args: int) -> Callable[[Args], str | None]:
     return fits
 
 
+def _regex_fits(args: Args) -> str | None:
+    if len(args) == 2 and type(args[0]) in (str, bytes) and type(args[1]) is int:
+        return None
+    return "expected (pattern string, flags int)"
+
+
 # Value types configs and training records hold besides datetime's.
 VALUE_CALLS: dict[str, Vetted] = {
     "uuid.SafeUUID": Vetted(
@@ -389,6 +395,19 @@ VALUE_CALLS: dict[str, Vetted] = {
     ),
     "decimal.Decimal": Vetted("a decimal number parsed from a string or a number (C code)", _numbers_or_text(1)),
     "fractions.Fraction": Vetted("a fraction of two integers, or parsed from a string", _numbers_or_text(2)),
+    "re._compile": Vetted(
+        "a compiled regular expression as copyreg pickles one: the pattern parsed and compiled by sre (no callable)",
+        _regex_fits,
+    ),
+    "random.Random": Vetted(
+        "Python's RNG: built seeded from the system's entropy, BUILD's setstate then loads the Mersenne Twister "
+        "words (C code; its state form is checked)",
+        _plain(0),
+    ),
+    "torch.amp.grad_scaler._refresh_per_optimizer_state": Vetted(
+        "GradScaler's default_factory: returns a fresh {'stage': OptState.READY, 'found_inf_per_device': {}}",
+        _plain(0),
+    ),
 }
 
 

@@ -67,6 +67,11 @@ VETTED_CLASSES: dict[str, str] = {
         "key array"
     ),
     SEED_SEQUENCE: "numpy's seed record: its Cython __setstate__ stores entropy, pool array, pool size and spawn key",
+    **dict.fromkeys(
+        ("torch.amp.grad_scaler.GradScaler", "torch.cuda.amp.grad_scaler.GradScaler"),
+        "AMP's loss scaler: __setstate__ updates its __dict__ (numbers, a device string and a defaultdict whose "
+        "factory is judged as called); no __del__",
+    ),
     "joblib.numpy_pickle.NumpyArrayWrapper": (
         "joblib's array placeholder: BUILD stores shape, order and dtype; joblib.load replaces it by the array "
         "it reads from the bytes after it (a pickle of its own for object arrays, judged as such)"
@@ -99,6 +104,21 @@ def _namespace_form(args: tuple[Any, ...], state: Any) -> str | None:
     return "expected SimpleNamespace() with a dict of attribute names as its state"
 
 
+def _dict_state_form(args: tuple[Any, ...], state: Any) -> str | None:
+    # __dict__.update of anything but a dict would call that object's keys().
+    if not args and (state is UNSET or (type(state) is dict and all(type(k) is str for k in state))):
+        return None
+    return "expected no arguments and a dict of attribute names as its state"
+
+
+def _python_random_form(args: tuple[Any, ...], state: Any) -> str | None:
+    """Random.getstate(): (3, the generator's 625 words, the cached gauss value)."""
+    if type(state) is tuple and len(state) == 3 and state[0] == 3 and type(state[1]) is tuple:
+        if all(type(w) is int for w in state[1]) and (state[2] is None or type(state[2]) is float):
+            return None
+    return "expected random.Random() with the state (3, words, gauss)"
+
+
 def _is_seed_sequence(value: Any) -> bool:
     return value is None or (isinstance(value, Call) and value.func_name == SEED_SEQUENCE_UNPICKLER)
 
@@ -129,6 +149,9 @@ CLASS_FORMS: dict[str, Form] = {
     "uuid.UUID": _uuid_form,
     "torch.torch_version.TorchVersion": _version_form,
     "types.SimpleNamespace": _namespace_form,
+    "torch.amp.grad_scaler.GradScaler": _dict_state_form,
+    "torch.cuda.amp.grad_scaler.GradScaler": _dict_state_form,
+    "random.Random": _python_random_form,
     **dict.fromkeys([BIT_GENERATOR_CTOR, *NUMPY_BIT_GENERATORS.values()], _bit_generator_form),
     "numpy.random._pickle.__generator_ctor": _rng_form,
     "numpy.random._pickle.__randomstate_ctor": _rng_form,

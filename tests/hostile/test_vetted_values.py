@@ -276,3 +276,86 @@ PCG64 = global_ref("numpy.random._pcg64", "PCG64")
 )  # fmt: skip
 def test_a_numpy_rng_helper_outside_its_form_is_an_unknown_call(body: bytes, qualname: str) -> None:
     assert verdict_of(body, qualname) == "unknown-call"
+
+
+# -- regexes, Python's RNG and AMP's loss scaler: compared by what they do -------------------------
+
+_DESCRIBE = """def describe(values):
+    return [values["pattern"].pattern, values["pattern"].flags, values["rng"].random(),
+            values["scaler"].get_scale(), values["scaler"]._device, dict(values["scaler"]._per_optimizer_states)]
+"""
+_LOAD_AND_DESCRIBE = (
+    _DRAWS.rsplit("rngs = ", 1)[0] + _DESCRIBE + "print(describe(torch.load(path, weights_only=True)))\n"
+)
+
+
+def stateful_values() -> dict[str, Any]:
+    import random
+    import re
+
+    import torch
+
+    rng = random.Random(11)
+    rng.random()
+    return {"pattern": re.compile(r"layer\.(\d+)\.", re.IGNORECASE), "rng": rng, "scaler": torch.amp.GradScaler("cpu")}
+
+
+def test_regexes_rngs_and_grad_scalers_need_only_the_printed_allowlist(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "trainer_state.pt"
+    torch.save(stateful_values(), path)
+    outcome = run_cli("scan", "--format", "json", path)
+    (report,) = outcome.json()["files"]
+    assert (outcome.exit_code, report["verdict"]) == (0, "needs-allowlist"), report
+    done = subprocess.run(
+        [sys.executable, "-c", _LOAD_AND_DESCRIBE, str(path), report["allowlist"], ",".join(report["imports"])],
+        capture_output=True, text=True, check=True, timeout=120,
+    )  # fmt: skip
+    namespace: dict[str, Any] = {}
+    exec(_DESCRIBE, namespace)
+    assert done.stdout.strip() == str(namespace["describe"](stateful_values()))
+
+
+STATEFUL_VARIANTS: dict[str, tuple[Any, str]] = {
+    "regex_of_a_command": (called_with_a_command("re", "_compile"), "re._compile"),
+    "random_seeded_by_a_command": (called_with_a_command("random", "Random"), "random.Random"),
+    "scaler_factory_of_a_command": (
+        called_with_a_command("torch.amp.grad_scaler", "_refresh_per_optimizer_state"),
+        "torch.amp.grad_scaler._refresh_per_optimizer_state",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STATEFUL_VARIANTS))
+def test_a_stateful_value_given_a_command_stays_flagged_and_never_runs(
+    write: FileWriter, marker: Path, name: str
+) -> None:
+    build, target = STATEFUL_VARIANTS[name]
+    raw = write(f"{name}.pkl", build(marker))
+    assert naive_load_runs_it(raw, marker), "the variant must run its payload under the naive loader"
+    for path in (raw, write(f"{name}.pt", torch_zip(build(marker)))):
+        report = assert_dangerous(path, "platform.os.system")
+        assert global_entry(report, target)["verdict"] in ("unknown-call", "dangerous"), report
+        assert run_cli("check", path).exit_code == 1
+        assert_inspect_harmless(path)
+    assert_not_run(marker)
+
+
+@pytest.mark.parametrize(
+    ("body", "qualname"),
+    [
+        (call_global("random", "Random") + value((3, (1, "2"), None)) + Op.BUILD, "random.Random"),
+        (call_global("random", "Random") + Op.MARK + value(3) + value((1,)) + OBJECT + Op.TUPLE + Op.BUILD,
+         "random.Random"),
+        (call_global("re", "_compile", "a+", "2"), "re._compile"),
+        (global_ref("torch.amp.grad_scaler", "GradScaler") + Op.EMPTY_TUPLE + Op.NEWOBJ + OBJECT + Op.BUILD,
+         "torch.amp.grad_scaler.GradScaler"),
+        (call_global("torch.amp.grad_scaler", "_refresh_per_optimizer_state", 1),
+         "torch.amp.grad_scaler._refresh_per_optimizer_state"),
+    ],
+)  # fmt: skip
+def test_a_stateful_value_outside_its_form_is_an_unknown_call(body: bytes, qualname: str) -> None:
+    assert verdict_of(body, qualname) == "unknown-call"
