@@ -359,3 +359,26 @@ def test_a_stateful_value_given_a_command_stays_flagged_and_never_runs(
 )  # fmt: skip
 def test_a_stateful_value_outside_its_form_is_an_unknown_call(body: bytes, qualname: str) -> None:
     assert verdict_of(body, qualname) == "unknown-call"
+
+
+_NUMPY1_STATE = {"bit_generator": "MT19937", "state": {"key": [1, 2, 3], "pos": 624}, "has_gauss": 0, "gauss": 0.0}
+_CTOR = Raw(global_ref("numpy.random._pickle", "__bit_generator_ctor"))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        call(global_ref("numpy.random._pickle", "__randomstate_ctor"), "MT19937", _CTOR) + value(_NUMPY1_STATE)
+        + Op.BUILD,
+        call(global_ref("numpy.random._pickle", "__generator_ctor"), "PCG64", _CTOR)
+        + value({"bit_generator": "PCG64", "state": {"state": 1, "inc": 3}, "has_uint32": 0, "uinteger": 0})
+        + Op.BUILD,
+        call(global_ref("numpy.random._pickle", "__bit_generator_ctor"), "SFC64")
+        + value({"bit_generator": "SFC64", "state": {"state": [1, 2, 3, 4]}, "has_uint32": 0, "uinteger": 0})
+        + Op.BUILD,
+    ],
+)  # fmt: skip
+def test_numpy_1_spellings_of_the_rngs_are_vetted(body: bytes) -> None:
+    """numpy 1.x writes a bit generator's name (and its own ctor) where numpy 2 writes the class."""
+    judgement = judge([decode(whole(body, protocol=2))])
+    assert (judgement.verdict, judgement.problems) == ("needs-allowlist", []), judgement.globals
