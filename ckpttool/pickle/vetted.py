@@ -400,12 +400,13 @@ VALUE_CALLS: dict[str, Vetted] = {
         _regex_fits,
     ),
     "random.Random": Vetted(
-        "Python's RNG: built seeded from the system's entropy, BUILD's setstate then loads the Mersenne Twister "
-        "words (C code; its state form is checked)",
+        "the standard library RNG: built seeded from the system's entropy, BUILD's setstate then loads the "
+        "Mersenne Twister words (C code; its state form is checked)",
         _plain(0),
     ),
     "torch.amp.grad_scaler._refresh_per_optimizer_state": Vetted(
-        "GradScaler's default_factory: returns a fresh {'stage': OptState.READY, 'found_inf_per_device': {}}",
+        "the default_factory of a pickled GradScaler: returns a fresh "
+        "{'stage': OptState.READY, 'found_inf_per_device': {}}",
         _plain(0),
     ),
 }
