@@ -22,6 +22,7 @@ from ckpttool.pickle.vetted import (
     SEED_SEQUENCE_UNPICKLER,
     plain_or_arrays,
 )
+from ckpttool.pickle.vetted_optim import OPTIMIZERS, optimizer_form
 
 _DCP = "torch.distributed.checkpoint"
 _DCP_DATACLASS = "a dataclass of DCP's .metadata: BUILD stores its fields; no __setstate__ that calls, no __del__"
@@ -72,6 +73,7 @@ VETTED_CLASSES: dict[str, str] = {
         "AMP's loss scaler: __setstate__ updates its __dict__ (numbers, a device string and a defaultdict whose "
         "factory is judged as called); no __del__",
     ),
+    **OPTIMIZERS,
     "joblib.numpy_pickle.NumpyArrayWrapper": (
         "joblib's array placeholder: BUILD stores shape, order and dtype; joblib.load replaces it by the array "
         "it reads from the bytes after it (a pickle of its own for object arrays, judged as such)"
@@ -152,6 +154,7 @@ CLASS_FORMS: dict[str, Form] = {
     "torch.amp.grad_scaler.GradScaler": _dict_state_form,
     "torch.cuda.amp.grad_scaler.GradScaler": _dict_state_form,
     "random.Random": _python_random_form,
+    **dict.fromkeys(OPTIMIZERS, optimizer_form),
     **dict.fromkeys([BIT_GENERATOR_CTOR, *NUMPY_BIT_GENERATORS.values()], _bit_generator_form),
     "numpy.random._pickle.__generator_ctor": _rng_form,
     "numpy.random._pickle.__randomstate_ctor": _rng_form,
