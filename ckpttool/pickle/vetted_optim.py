@@ -38,7 +38,7 @@ def _data(value: Any, depth: int = 0) -> bool:
     if type(value) in _SCALARS:
         return True
     if isinstance(value, Call):
-        return bool(value.func_name) and is_allowed(value.func_name)
+        return value.func_name is not None and is_allowed(value.func_name)
     if depth >= _MAX_DEPTH:
         return False
     if type(value) in (list, tuple):
