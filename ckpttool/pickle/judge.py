@@ -165,17 +165,20 @@ def _judge_call(call: Call, tallies: dict[tuple[str, str], _Tally], allow: Mappi
 
 
 def _built_class(call: Call, func: Global) -> tuple[Global, tuple[Any, ...]]:
-    """The class a call instantiates and the arguments its __new__ gets: protocols 0 and 1
-    spell `cls.__new__` through copyreg (`_reconstructor(cls, base, state)` passes `state`
-    to a base other than object)."""
+    """The class a call instantiates and the arguments its __new__ gets (keywords as a last
+    argument): protocols 0 and 1 spell `cls.__new__` through copyreg (`_reconstructor(cls,
+    base, state)` passes `state` to a base other than object)."""
     cls = legacy_module_class(call.args[0]) if call.args else None
     if func.qualname == "copyreg.__newobj__" and isinstance(cls, Global):
         return cls, call.args[1:]
+    if func.qualname == "copyreg.__newobj_ex__" and isinstance(cls, Global) and len(call.args) == 3:
+        args, kwargs = call.args[1], call.args[2]
+        return cls, (tuple(args) if type(args) is tuple else (args,)) + ((kwargs,) if kwargs else ())
     if func.qualname == "copyreg._reconstructor" and isinstance(cls, Global) and len(call.args) == 3:
         base = legacy_module_class(call.args[1])
         plain_object = isinstance(base, Global) and base.qualname == "builtins.object"
         return cls, () if plain_object else call.args[2:]
-    return func, call.args
+    return func, call.args + ((call.kwargs,) if call.kwargs else ())
 
 
 def _container_problems(call: Call, qualname: str) -> list[str]:

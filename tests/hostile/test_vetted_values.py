@@ -485,3 +485,20 @@ def test_an_optimizer_outside_its_form_is_an_unknown_call(state: bytes) -> None:
 def test_an_optimizer_state_as_torch_writes_it_is_vetted() -> None:
     assert verdict_of(optimizer(state_with(defaults=value({"lr": 0.1}), param_groups=value([{"params": [0]}]))),
                       "torch.optim.adam.Adam") == "needs-allowlist"  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        call_global("copyreg", "__newobj_ex__", Raw(global_ref("uuid", "UUID")), (), {}) + Op.EMPTY_DICT + Op.MARK
+        + text("int") + value(1) + text("is_safe") + OBJECT + Op.SETITEMS + Op.BUILD,
+        global_ref("uuid", "UUID") + value(()) + value({"int": 1}) + Op.NEWOBJ_EX,
+        call_global("copyreg", "_reconstructor", Raw(global_ref("torch.torch_version", "TorchVersion")),
+                    Raw(global_ref("builtins", "str")), b"2.1"),
+    ],
+)  # fmt: skip
+def test_every_spelling_of_a_vetted_class_has_its_form_checked(body: bytes) -> None:
+    """NEWOBJ_EX and copyreg's helpers build the same objects as NEWOBJ: the same forms hold."""
+    judgement = judge([decode(whole(body, protocol=4))])
+    vetted = [g for g in judgement.globals if g.qualname in ("uuid.UUID", "torch.torch_version.TorchVersion")]
+    assert [g.verdict for g in vetted] == ["unknown-call"], [(g.qualname, g.reason) for g in judgement.globals]
