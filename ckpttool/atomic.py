@@ -2,7 +2,8 @@
 
 Each output is written to a hidden temporary file in the destination's folder (so
 the final rename stays on one filesystem), flushed to disk, checked by the caller,
-and only then renamed into place. Any failure removes every temporary file; an
+and only then renamed into place. Any failure removes every temporary file (what a
+killed run could not remove, the next run writing into the folder does); an
 existing destination is replaced only when the caller allows it, and never when it
 is the source itself.
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from ckpttool.errors import FileAccessError, OutputExistsError, UsageError
+from ckpttool.leftovers import remove_leftovers, temp_prefix
 from ckpttool.signals import held
 
 TEMP_SUFFIX = ".ckpttool-tmp"
@@ -71,8 +73,9 @@ class OutputSet:
     def open(self, final: str) -> PendingOutput:
         self.check_destination(final)
         folder, name = os.path.split(os.path.abspath(final))
+        clear_leftovers(folder)
         with held():  # a temporary file exists only once it is recorded for removal
-            fd, temp = tempfile.mkstemp(prefix=f".{name}.", suffix=TEMP_SUFFIX, dir=folder)
+            fd, temp = tempfile.mkstemp(prefix=temp_prefix(name), suffix=TEMP_SUFFIX, dir=folder)
             pending = PendingOutput(final, temp, os.fdopen(fd, "w+b"))
             self.pending.append(pending)
         return pending
@@ -94,6 +97,12 @@ class OutputSet:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(output.temp)
             self.pending.clear()
+
+
+def clear_leftovers(folder: str) -> None:
+    """Remove what killed runs left in `folder` (see `ckpttool.leftovers`). Each output of a
+    set looks again; only the first finds any, so a run says so once."""
+    remove_leftovers(folder, TEMP_SUFFIX)
 
 
 def replace_all(moves: list[tuple[str, str]]) -> None:
@@ -151,7 +160,7 @@ def _named_for_destination(exc: OSError, finals: list[str]) -> OSError:
     temp = str(exc.filename or "")
     if temp.endswith(TEMP_SUFFIX):
         folder, name = os.path.split(temp)
-        final = os.path.join(folder, name[1:].rsplit(".", 2)[0])  # `.NAME.<random>.ckpttool-tmp`
+        final = os.path.join(folder, name[1:].rsplit(".", 3)[0])  # `.NAME.<owner>.<random>.ckpttool-tmp`
     elif exc.filename is None and exc.errno in _WRITE_ERRNOS and finals:
         final = ", ".join(finals)
     else:

@@ -35,6 +35,9 @@ class Record:
     # callable returning all of the record's bytes when they are not one byte range of a file
     # (a DCP tensor assembled from the chunks each rank saved); such a record is never mapped
     gather: Any = None
+    # callable returning the byte ranges (tensordata.ByteRange) a gathered record's bytes are,
+    # in order, when each is a plain range of a file (copied file to file), else None
+    parts: Any = None
 
     def data_offset(self) -> int:
         if self.offset < 0:

@@ -60,6 +60,10 @@ class UnknownFormatError(FormatError):
     """Nothing in the file's content matches a known checkpoint format."""
 
 
+class NotACheckpointError(UnknownFormatError):
+    """No format recognises the file at all (empty, text, other data): no pickle in it to run."""
+
+
 class ZipFormatError(FormatError):
     """The zip container is truncated or inconsistent."""
 

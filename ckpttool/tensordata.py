@@ -13,7 +13,8 @@ part of it — and each record is checked once per read checkpoint. A mismatch i
 IntegrityError naming the file, the record and the tensors that view it. (torch
 itself does not check: `torch.load` returns the changed values.) Kernel copies
 (`copy_range`) do not see the bytes; their callers verify what they copied before
-keeping it (`verify_tensor`, or reading the source back through `chunks`).
+keeping it (the copy's CRC-32 against the record's, `copy_matches_record`, which needs no
+second read of the source; `verify_tensor`; or reading the source back through `chunks`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO
 
 from ckpttool.checkpoint import Record, Storage, TensorRef
+from ckpttool.crc import Crc32
+from ckpttool.crc import crc32 as crc32_of
 from ckpttool.dtypes import DTYPES
 from ckpttool.errors import FormatError, IntegrityError, LimitError
 
@@ -58,6 +61,21 @@ def direct_range(tensor: TensorRef) -> ByteRange | None:
     return ByteRange(storage.record.path, start, tensor.nbytes, storage.record)
 
 
+def direct_ranges(tensor: TensorRef) -> list[ByteRange] | None:
+    """`direct_range`, or for a whole gathered tensor whose parts are plain ranges, those."""
+    single = direct_range(tensor)
+    if single is not None:
+        return [single]
+    storage = tensor.storage
+    record = storage.record if storage is not None else None
+    if record is None or record.parts is None or not tensor.is_contiguous() or tensor.layout != "strided":
+        return None
+    if storage is None or tensor.offset or tensor.nbytes != storage.nbytes:
+        return None
+    parts: list[ByteRange] | None = record.parts()
+    return parts
+
+
 def record_range(record: Record) -> ByteRange:
     """The whole of a stored record's bytes."""
     return ByteRange(record.path, record.data_offset(), record.size, record)
@@ -81,7 +99,7 @@ def read_span(tensor: TensorRef) -> tuple[bytearray, int]:
         verify_record(record)
     data = read_range(ByteRange(record.path, record.data_offset() + first_byte, end_byte - first_byte))
     if whole and _unchecked(record):
-        _check(record, zlib.crc32(data))
+        _check(record, crc32_of(data))
     return data, tensor.offset
 
 
@@ -111,7 +129,7 @@ def inflate_storage(storage: Storage) -> bytes:
     if len(out) != storage.nbytes or inflater.unconsumed_tail:
         raise LimitError(f"record {record.name} does not inflate to {storage.nbytes} bytes", path=record.path)
     if _unchecked(record):
-        _check(record, zlib.crc32(out))  # a zip CRC-32 is of the inflated bytes
+        _check(record, crc32_of(out))  # a zip CRC-32 is of the inflated bytes
     return out
 
 
@@ -127,7 +145,7 @@ def chunks(span: ByteRange, size: int = CHUNK) -> Iterator[bytes]:
         verify_record(record)
         yield from _blocks(span, size)
         return
-    crc = _Crc32()
+    crc = Crc32()
     last: bytes | None = None
     for block in crc.over(_blocks(span, size)):
         if last is not None:
@@ -149,26 +167,44 @@ def _blocks(span: ByteRange, size: int = CHUNK) -> Iterator[bytes]:
             done += len(block)
 
 
-class _Crc32:
-    """A CRC-32 computed over blocks as they pass: the one streamed CRC loop there is."""
-
-    def __init__(self) -> None:
-        self.value = 0
-
-    def over(self, blocks: Iterator[bytes]) -> Iterator[bytes]:
-        for block in blocks:
-            self.value = zlib.crc32(block, self.value)
-            yield block
-
-
 def crc32(span: ByteRange, out: BinaryIO | None = None) -> int:
     """The CRC-32 of the bytes as they are (no record check), each block also appended to
     `out` when given: how zip records are written, copied and checked."""
-    crc = _Crc32()
-    for block in crc.over(_blocks(span)):
+    crc = Crc32()
+    for block in _reused_blocks(span):
+        crc.add(block)
         if out is not None:
             out.write(block)
     return crc.value
+
+
+def _reused_blocks(span: ByteRange) -> Iterator[memoryview]:
+    """The span's bytes block by block, read into one buffer that each block overwrites
+    (no allocation per block): for callers done with a block before they ask for the next."""
+    buffer = memoryview(bytearray(min(CHUNK, span.size)))
+    with open(span.path, "rb") as f:
+        done = 0
+        while done < span.size:
+            n = os.preadv(f.fileno(), [buffer[: min(CHUNK, span.size - done)]], span.offset + done)
+            if n == 0:
+                raise FormatError(f"file ends at byte {span.offset + done}", path=span.path)
+            yield buffer[:n]
+            done += n
+
+
+def copy_matches_record(source: ByteRange, copy: ByteRange) -> bool:
+    """Whether `copy` holds the bytes of `source`, told by one CRC-32 pass over `copy` alone:
+    when `source` is a whole zip record with a recorded CRC-32, equal values vouch for the
+    copy and for the record (now marked checked). False means "not shown": compare them."""
+    record = source.record
+    if record is None or not record.crc or record.compressed or record.gather is not None:
+        return False
+    if source.size != copy.size or (source.offset, source.size) != (record.data_offset(), record.size):
+        return False
+    if crc32(copy) & 0xFFFFFFFF != record.crc:
+        return False  # the comparison then says which side is damaged
+    record.verified = True
+    return True
 
 
 # -- record checks --------------------------------------------------------------------------------
@@ -209,7 +245,13 @@ def verify_storage(storage: Storage) -> None:
     """The storage's record holds its CRC-32 (callers of kernel copies make sure of it
     before they keep what they copied; `check` asks it of every record)."""
     if storage.record is not None and storage.record.gather is not None:
-        storage.record.gather()  # each part is checked as it is read
+        parts = storage.record.parts() if storage.record.parts is not None else None
+        if parts is not None:  # checked part by part, each record once
+            for part in parts:
+                if part.record is not None:
+                    verify_record(part.record)
+        elif not storage.record.verified:  # a gathering that checked its parts may say so
+            storage.record.gather()  # each part is checked as it is read
         return
     if storage.record is None or not _unchecked(storage.record):
         return

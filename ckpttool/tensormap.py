@@ -23,13 +23,13 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import mmap
-import zlib
 from collections.abc import Callable, Iterator
 from functools import cache
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ckpttool.checkpoint import TensorRef
+from ckpttool.crc import Crc32
 from ckpttool.dtypes import DTYPES
 from ckpttool.errors import FormatError
 from ckpttool.tensordata import ByteRange, check_crc, direct_range, needs_crc_check, read_span, verify_record
@@ -131,30 +131,18 @@ def _mapped_blocks(span: ByteRange, dtype: np.dtype, count: int, step: int, file
     if span.offset + span.size > len(buffer):
         raise FormatError(f"file ends inside a storage record (byte {len(buffer)})", path=span.path)
     streamed = span.record if whole_record else None
-    crc = _Crc32()
+    crc = Crc32()  # just before the caller compares a block: its bytes are then in cache
     for first in range(0, count, step):
         n = min(step, count - first)
         start = span.offset + first * dtype.itemsize
         block = np.frombuffer(buffer, dtype, n, start)
         if streamed is not None:
-            crc.add(block)
+            crc.add(block.data)
             if first + n == count:  # the last block waits for the record's check
                 check_crc(streamed, crc.value)
         yield block
         del block
         files.release(span.path, start, start + n * dtype.itemsize)
-
-
-class _Crc32:
-    """Computed over each block just before the caller compares it: the bytes are then in
-    cache for the comparison. (A second thread computing it was slower on a busy 2-core
-    machine: each block's hand-off costs more than the overlap gains.)"""
-
-    def __init__(self) -> None:
-        self.value = 0
-
-    def add(self, block: np.ndarray) -> None:
-        self.value = zlib.crc32(block.data, self.value)
 
 
 def _is_whole_record(span: ByteRange) -> bool:

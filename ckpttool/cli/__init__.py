@@ -63,9 +63,24 @@ class LazyGroup(click.Group):
             formatter.write_dl(rows)
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
-        """Usage errors as one stderr line too, not click's usage block."""
+        """Usage errors as one stderr line too, not click's usage block. Under torchrun every
+        rank leaves its process group the same way, on success or failure."""
         if kwargs.get("standalone_mode", True) is False:
             return super().main(*args, **kwargs)
+        from ckpttool.ops.dcpranks import joined, leave
+
+        try:
+            return self._main(*args, **kwargs)
+        except SystemExit as exc:
+            leave(exc.code if isinstance(exc.code, int) else 1 if exc.code else 0)  # as Python exits
+            raise
+        except Exception:
+            if joined():  # a bug: its traceback, as Python would print it, then the same end
+                _print_traceback()
+                leave(1)
+            raise
+
+    def _main(self, *args: Any, **kwargs: Any) -> Any:
         try:
             with stopping_cleanly():  # SIGTERM/SIGHUP/SIGINT unwind through every cleanup
                 result = super().main(*args, **{**kwargs, "standalone_mode": False})

@@ -55,7 +55,7 @@ def inspect_command(
     """
     from ckpttool import render
     from ckpttool.errors import UsageError
-    from ckpttool.formats import read_checkpoint
+    from ckpttool.formats import open_path
     from ckpttool.ops.inspect import count, describe, select, top_level_summary
 
     # Options that only shape the tree are an error without it, never silently ignored.
@@ -63,12 +63,13 @@ def inspect_command(
         raise UsageError(f"{'--depth' if depth is not None else '--full-prefix'} only applies with --tree")
     from ckpttool.ops.inspect import tree as group_by_module
 
-    checkpoint = read_checkpoint(path)
+    opened = open_path(path)
+    checkpoint = opened.checkpoint()
     if unstack:
         from ckpttool.ops.unstack import unstack_checkpoint
 
         unstack_checkpoint(checkpoint)
-    report = describe(checkpoint, root)
+    report = describe(checkpoint, root, opened)
     weights = select(report.weights, patterns, sort)
     tensors = select(report.tensors, patterns, sort)
     shown = tensors if show_all else weights

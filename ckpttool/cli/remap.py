@@ -21,7 +21,7 @@ from ckpttool.cli.common import ProgressBar, emit, output_options, path_argument
 @click.option(
     "--force",
     is_flag=True,
-    help="Replace an existing DST, and rewrite a file scan calls dangerous (with --trust: load it).",
+    help="Replace an existing DST, and rewrite a file scan fails (dangerous, unknown-call; with --trust: load it).",
 )
 @click.option("--trust", is_flag=True, help="Load SRC with torch.load(weights_only=False): runs code from the file.")
 @output_options(("table", "json"))

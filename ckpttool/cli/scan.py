@@ -28,9 +28,11 @@ def scan_command(paths: tuple[str, ...], strict: bool, allow: tuple[str, ...], f
     errors). Also what torch.load(weights_only=True) does with the file.
 
     Every path is reported; one that cannot be read has the verdict
-    unreadable. Exit 1 if any file is dangerous, unknown-call or unreadable
-    (with --strict, also needs-allowlist); exit 2 only when no path could be
-    read at all.
+    unreadable. A folder is every file under it, each an entry (a DCP or
+    sharded checkpoint one entry; links out of the folder not followed).
+    Exit 1 if any file is dangerous, unknown-call or unreadable (with
+    --strict, also needs-allowlist); exit 2 only when no path could be read
+    at all.
     """
     from ckpttool import render
     from ckpttool.errors import EXIT_ERROR

@@ -7,7 +7,7 @@ from __future__ import annotations
 from ckpttool.formats.format import FormatName
 from ckpttool.formats.legacy import LEGACY, LEGACY_TAR
 from ckpttool.formats.rawpickle import RAW_PICKLE
-from ckpttool.formats.registry import detect, find_pickles, read_checkpoint
+from ckpttool.formats.registry import OpenedFile, detect, find_pickles, open_path, read_checkpoint
 from ckpttool.formats.safetensors import SAFETENSORS
 from ckpttool.formats.torchzip import TORCH_ZIP as ZIP
 from ckpttool.formats.torchzip import TORCHSCRIPT
@@ -20,7 +20,9 @@ __all__ = [
     "TORCHSCRIPT",
     "ZIP",
     "FormatName",
+    "OpenedFile",
     "detect",
     "find_pickles",
+    "open_path",
     "read_checkpoint",
 ]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from ckpttool.checkpoint import Checkpoint
-from ckpttool.errors import CkptError, FileAccessError, PickleError, UnknownFormatError
+from ckpttool.errors import CkptError, FileAccessError, NotACheckpointError, PickleError, UnknownFormatError
 from ckpttool.formats.joblib import JoblibRead
 from ckpttool.formats.ziparchive import ZipArchive, open_archive
 from ckpttool.pickle import Decoded
@@ -31,6 +31,7 @@ FormatName = Literal[
     "sharded-bin",
     "raw-pickle",
     "dcp",
+    "deepspeed",
     "hf-folder",  # named by its weights file's format once read
     # holding pickles, not checkpoints: only `scan` opens them
     "zip",
@@ -58,11 +59,29 @@ class Probe:
     registry: Registry
     memo: dict[str, Any] = field(default_factory=dict)  # what a format read while recognising it
     _archive: ZipArchive | None = None
+    # each reader's outcome on this probe (a checkpoint, or the error it raised): a scan's
+    # check that the file reads takes the read a command already made, and the reverse
+    reads: dict[Callable[[Probe], Checkpoint], Checkpoint | CkptError] = field(default_factory=dict)
 
     def archive(self) -> ZipArchive:
         if self._archive is None:
             self._archive = open_archive(self.path)
         return self._archive
+
+
+def read_once(probe: Probe, read: Callable[[Probe], Checkpoint]) -> Checkpoint:
+    """`read(probe)`, run at most once per probe: later calls get the same checkpoint (or
+    the same error) without decoding the file again."""
+    outcome = probe.reads.get(read)
+    if outcome is None:
+        try:
+            outcome = read(probe)
+        except CkptError as exc:
+            outcome = exc
+        probe.reads[read] = outcome
+    if isinstance(outcome, CkptError):
+        raise outcome
+    return outcome
 
 
 def probe(path: str, registry: Registry) -> Probe:
@@ -78,7 +97,7 @@ def probe(path: str, registry: Registry) -> Probe:
     except OSError as exc:
         raise FileAccessError(f"cannot read: {exc.strerror}", path=path) from None
     if size == 0:
-        raise UnknownFormatError("empty file: not a checkpoint", path=path)
+        raise NotACheckpointError("empty file: not a checkpoint", path=path)
     return Probe(path, False, size, head, registry)
 
 
@@ -187,7 +206,7 @@ class Format:
     def open(self, probe: Probe) -> Checkpoint:
         """The checkpoint's metadata; no tensor data is read, nothing executed."""
         try:
-            return self.read(probe)
+            return read_once(probe, self.read)
         except PermissionError as exc:
             raise FileAccessError(f"cannot read: {exc.strerror}", path=probe.path) from None
 

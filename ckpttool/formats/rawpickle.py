@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from ckpttool.checkpoint import Checkpoint, OpaqueCall
-from ckpttool.errors import FormatError, PickleError, UnknownFormatError
+from ckpttool.errors import FormatError, NotACheckpointError, PickleError
 from ckpttool.formats.format import Format, FormatName, Found, Probe, not_a_checkpoint, text_start
 from ckpttool.formats.joblib import read_as_joblib, without_problems
 from ckpttool.interpret import Interpreter
@@ -45,7 +45,7 @@ def _read(probe: Probe) -> Checkpoint:
         # Protocol 2+ pickles open with PROTO; a file that does not and fails to decode
         # is text or binary that happens to start with an opcode's byte.
         if not _opens_with_proto(probe):
-            raise UnknownFormatError(_not_a_pickle(probe, exc), path=probe.path) from None
+            raise NotACheckpointError(_not_a_pickle(probe, exc), path=probe.path) from None
         raise
 
 
@@ -66,7 +66,7 @@ def raw_pickles(probe: Probe) -> Found:
                     start, index = joblib.end, index + 1
                     continue
                 if index == 0 and not _found_anything(exc) and not _opens_with_proto(probe):
-                    raise UnknownFormatError(_not_a_pickle(probe, exc), path=probe.path) from None
+                    raise NotACheckpointError(_not_a_pickle(probe, exc), path=probe.path) from None
                 found.failure(name, exc)
                 return found
             found.pickles.append((name, decoded))

@@ -5,14 +5,14 @@ named `.pt` and a PNG renamed `.pth` are told apart by their bytes. Each path is
 once (its first bytes, size, whether it is a folder) and each format recognises itself
 from that probe, so the order below is the order of precedence: containers that only
 `scan` opens first (reading skips them), then torch's formats as torch.load tries them
-(a zip before anything else), raw pickles last. Folders: an index, then DCP, then a
-Hugging Face folder with one weights file.
+(a zip before anything else), raw pickles last. Folders: an index, then a DeepSpeed
+ZeRO run, then DCP, then a Hugging Face folder with one weights file.
 """
 
 from __future__ import annotations
 
 from ckpttool.checkpoint import Checkpoint
-from ckpttool.errors import UnknownFormatError
+from ckpttool.errors import NotACheckpointError, UnknownFormatError
 from ckpttool.formats.containers import (
     BZ2_FORMAT,
     GZIP_FORMAT,
@@ -25,6 +25,7 @@ from ckpttool.formats.containers import (
     ZLIB_FORMAT,
 )
 from ckpttool.formats.dcp_format import DCP_FORMAT
+from ckpttool.formats.deepspeed import DEEPSPEED_FORMAT
 from ckpttool.formats.format import Format, FormatName, Found, Probe, not_a_checkpoint, probe
 from ckpttool.formats.hffolder import HF_FOLDER_FORMAT, WEIGHTS_FILES
 from ckpttool.formats.legacy import LEGACY_FORMAT, LEGACY_TAR_FORMAT
@@ -52,6 +53,7 @@ FORMATS: tuple[Format, ...] = (
     LEGACY_TAR_FORMAT,
     SHARDED_FORMAT,
     LEGACY_FORMAT,
+    DEEPSPEED_FORMAT,  # a folder, or the `latest` file naming one, which is text
     RAW_PICKLE_FORMAT,
     DCP_FORMAT,
     HF_FOLDER_FORMAT,
@@ -62,17 +64,47 @@ class _Registry:
     def identify(self, path: str, scanning: bool = False) -> tuple[Format, Probe]:
         """The first format that recognises `path`. Reading skips the scan-only containers."""
         looked = probe(path, self)
+        return self.recognise(looked, scanning), looked
+
+    def recognise(self, looked: Probe, scanning: bool = False) -> Format:
+        path = looked.path
         for fmt in FORMATS:
             if (scanning or not fmt.scan_only) and fmt.recognise(looked):
-                return fmt, looked
+                return fmt
         if looked.folder:
             names = ", ".join(WEIGHTS_FILES)
             message = f"folder without an *.index.json, {names} or .metadata: not a checkpoint"
             raise UnknownFormatError(message, path=path)
-        raise UnknownFormatError(not_a_checkpoint(looked.head), path=path)
+        raise NotACheckpointError(not_a_checkpoint(looked.head), path=path)
 
 
 REGISTRY = _Registry()
+
+
+class OpenedFile:
+    """One path as a command works on it: probed once, each of its pickles decoded once.
+    Its checkpoint (`checkpoint`) and its pickles for a scan (`pickles`) come from the same
+    probe, so the zip directory, the decoded pickles and the read are shared between them."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.probe = probe(path, REGISTRY)
+        self._found: Found | None = None
+
+    def checkpoint(self) -> Checkpoint:
+        """The checkpoint's metadata (read once; the same object on each call)."""
+        return REGISTRY.recognise(self.probe).open(self.probe)
+
+    def pickles(self) -> Found:
+        """Every pickle the file holds, decoded inert, for a scan (found once)."""
+        if self._found is None:
+            self._found = REGISTRY.recognise(self.probe, scanning=True).scan(self.probe)
+        return self._found
+
+
+def open_path(path: str) -> OpenedFile:
+    """Raises when `path` is missing, unreadable or an empty file."""
+    return OpenedFile(path)
 
 
 def detect(path: str) -> FormatName:
@@ -83,11 +115,9 @@ def detect(path: str) -> FormatName:
 
 def read_checkpoint(path: str) -> Checkpoint:
     """Read any supported checkpoint's metadata; no tensor data is read, nothing executed."""
-    fmt, looked = REGISTRY.identify(path)
-    return fmt.open(looked)
+    return open_path(path).checkpoint()
 
 
 def find_pickles(path: str) -> Found:
     """Every pickle in `path`, whatever holds it, decoded inert; `Found.format` names it."""
-    fmt, looked = REGISTRY.identify(path, scanning=True)
-    return fmt.scan(looked)
+    return open_path(path).pickles()

@@ -29,8 +29,11 @@ _ENTRY_FIELDS = frozenset({"dtype", "shape", "data_offsets"})
 def looks_like_safetensors(head: bytes, file_size: int) -> bool:
     """A JSON object after 8 bytes (JSON whitespace before it is fine: the reference parses
     the header with serde_json). The length is not required to fit: a header that claims
-    too much is a safetensors file with a bad header, reported as such."""
-    return len(head) >= 9 and head[8:].lstrip(_JSON_SPACE)[:1] == b"{" and struct.unpack_from("<Q", head)[0] >= 2
+    too much is a safetensors file with a bad header, reported as such; but 8 bytes of
+    text (a JSON file such as `{"root": {...`) are not a length, whatever follows them."""
+    if len(head) < 9 or head[8:].lstrip(_JSON_SPACE)[:1] != b"{" or struct.unpack_from("<Q", head)[0] < 2:
+        return False
+    return not all(0x20 <= byte < 0x7F or byte in _JSON_SPACE for byte in head[:8])
 
 
 def read_header(path: str) -> tuple[dict[str, Any], int, int]:

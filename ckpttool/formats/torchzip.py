@@ -16,8 +16,8 @@ from typing import Any
 from ckpttool.checkpoint import Checkpoint, Record, Storage
 from ckpttool.errors import CkptError, FormatError, LimitError, PickleError, ZipFormatError
 from ckpttool.formats.containers import scan_zip_members, trailing_data
-from ckpttool.formats.format import Format, FormatName, Found, Probe
-from ckpttool.formats.torchpickle import StorageTable, check_tensors, decode_torch_pickle
+from ckpttool.formats.format import Format, FormatName, Found, Probe, read_once
+from ckpttool.formats.torchpickle import StorageTable, check_tensors, interpret_torch_pickle
 from ckpttool.formats.torchscript import declare, read_declarations
 from ckpttool.formats.ziparchive import (
     ZipArchive,
@@ -62,8 +62,13 @@ def read_pickle_bytes(archive: ZipArchive, entry: ZipEntry) -> bytes:
 
 
 def read_pickle(archive: ZipArchive, entry: ZipEntry) -> Decoded:
-    """The record's pickle as an inert graph, for scans (no reader hooks)."""
-    return decode(read_pickle_bytes(archive, entry), source=f"{archive.path}:{entry.name}")
+    """The record's pickle as an inert graph, for scans (no reader hooks): decoded once per
+    opened archive, the same graph for each caller."""
+    decoded: Decoded | None = archive.decoded.get(entry.name)
+    if decoded is None:
+        decoded = decode(read_pickle_bytes(archive, entry), source=f"{archive.path}:{entry.name}")
+        archive.decoded[entry.name] = decoded
+    return decoded
 
 
 def read_byteorder(archive: ZipArchive) -> str:
@@ -84,7 +89,7 @@ def read_torch_zip(path: str, archive: ZipArchive | None = None) -> Checkpoint:
     if entry is None:
         raise ZipFormatError(f"zip archive without {archive.root}/data.pkl: not a torch checkpoint", path=path)
     table = StorageTable(path, read_byteorder(archive))
-    _, root = decode_torch_pickle(read_pickle_bytes(archive, entry), table, entry.name)
+    root = interpret_torch_pickle(read_pickle(archive, entry), table)  # the scan's decoding, if made
     if torchscript:
         declare(root, read_declarations(archive))
         root = _with_constants(archive, table, root)
@@ -118,7 +123,7 @@ def _with_constants(archive: ZipArchive, table: StorageTable, root: Any) -> Any:
     entry = archive.record("constants.pkl")
     if entry is None:
         return root
-    _, constants = decode_torch_pickle(read_pickle_bytes(archive, entry), _ConstantsTable(table), entry.name)
+    constants = interpret_torch_pickle(read_pickle(archive, entry), _ConstantsTable(table))
     if not all_tensors(constants):
         return root
     return {"data": root, "constants": constants}
@@ -210,7 +215,7 @@ def zip_pickles(probe: Probe) -> Found:
                 "writes: torch.jit.load still compiles from code/ what its pickles name"
             )
     if not found.problems:
-        found.guard(lambda: read_torch_zip(probe.path, archive))
+        found.guard(lambda: read_once(probe, _read))
     return found
 
 

@@ -19,8 +19,9 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, Any
 
+from ckpttool.crc import crc32 as crc32_of
 from ckpttool.errors import CkptError, EncryptedError, LimitError, ZipFormatError
 
 ZIP_MAGIC = b"PK\x03\x04"
@@ -57,6 +58,8 @@ class ZipArchive:
     entries: dict[str, ZipEntry]
     order: list[str]
     anomalies: list[str] = field(default_factory=list)
+    # each pickle record's inert decoding, by record name: decoded once however many ask
+    decoded: dict[str, Any] = field(default_factory=dict)
 
     @property
     def root(self) -> str:
@@ -259,7 +262,7 @@ def recorded_crc(entry: ZipEntry) -> int | None:
 
 
 def crc_matches(entry: ZipEntry, data: bytes) -> bool:
-    return zlib.crc32(data) & 0xFFFFFFFF == entry.crc
+    return crc32_of(data) & 0xFFFFFFFF == entry.crc
 
 
 def _pread(path: str, offset: int, size: int, f: IO[bytes] | None) -> bytes:

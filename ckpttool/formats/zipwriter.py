@@ -10,10 +10,10 @@ header afterwards. Zip64 fields appear only where sizes or offsets need them.
 from __future__ import annotations
 
 import struct
-import zlib
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from ckpttool.crc import crc32 as crc32_of
 from ckpttool.tensordata import ByteRange, copy_range, crc32
 
 ALIGNMENT = 64
@@ -38,7 +38,7 @@ class ZipWriter:
         self.entries: list[_Entry] = []
 
     def write_bytes(self, name: str, data: bytes | bytearray | memoryview) -> None:
-        entry = self._start(name, len(data), zlib.crc32(data) & _U32)
+        entry = self._start(name, len(data), crc32_of(data) & _U32)
         self.out.write(data)
         self.entries.append(entry)
 

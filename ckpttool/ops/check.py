@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ckpttool.checkpoint import Checkpoint, TensorRef
-from ckpttool.errors import CkptError, IntegrityError
-from ckpttool.formats import LEGACY, LEGACY_TAR, ZIP, read_checkpoint
+from ckpttool.errors import CkptError, IntegrityError, UnknownFormatError
+from ckpttool.formats import LEGACY, LEGACY_TAR, ZIP, OpenedFile, open_path, read_checkpoint
 from ckpttool.ops.keys import (
     Allowance,
     Expected,
@@ -34,7 +34,7 @@ from ckpttool.ops.keys import (
     found_weights,
     suggest_fixes,
 )
-from ckpttool.ops.scan import DANGEROUS, NEEDS_ALLOWLIST, scan_file
+from ckpttool.ops.scan import NEEDS_ALLOWLIST, FileScan, danger, scan_opened
 from ckpttool.pickle.judge import unknown_calls_by_allow
 from ckpttool.pickle.weightsonly import allowlist_effect
 from ckpttool.tensordata import verify_storage
@@ -146,15 +146,17 @@ def check(path: str, options: CheckOptions, target: Target | None = None) -> Che
     if target is None:
         target = prepare(options)
     report = CheckReport(path)
+    opened: OpenedFile | None = None
     try:
-        checkpoint = read_checkpoint(path)
+        opened = open_path(path)
+        checkpoint = opened.checkpoint()
     except (CkptError, OSError) as exc:
         report.readable = False
         report.add(READ, ERROR, _message(exc, path))
-        _safety_of_unreadable(path, report, options.allow)
+        _safety_of_unreadable(opened or path, report, options.allow)
         return report
     _guarded(report, "integrity", lambda: _integrity(checkpoint, report))
-    _guarded(report, "safety", lambda: _safety(path, report, options.allow))
+    _guarded(report, "safety", lambda: _safety(opened, report, options.allow))
     if target is not None:
         report.against = target.noun
         _guarded(report, target.check, lambda: _keys(checkpoint, options, target, report))
@@ -199,12 +201,12 @@ def _integrity(checkpoint: Checkpoint, report: CheckReport) -> None:
             report.add("integrity", ERROR, exc.message, keys[0] if keys else storage.key)
 
 
-def _safety_of_unreadable(path: str, report: CheckReport, allow: dict[str, str]) -> None:
+def _safety_of_unreadable(source: OpenedFile | str, report: CheckReport, allow: dict[str, str]) -> None:
     """No checkpoint reader understands the file, but it may hold pickles (a plain zip of
     model.pkl, an .npy object array): when the scan calls it dangerous, that is the finding
     (exit 1), not an unreadable file."""
     try:
-        _safety(path, report, allow)
+        _safety(source if isinstance(source, OpenedFile) else open_path(source), report, allow)
     except (CkptError, OSError):
         return
     report.readable = any(f.check == "safety" and f.severity == ERROR for f in report.findings)
@@ -218,16 +220,38 @@ def _shown(calls: list[str]) -> str:
     return "; ".join(calls[:_CALLS_SHOWN] + ([f"... and {more} more"] if more > 0 else []))
 
 
-def _safety(path: str, report: CheckReport, allow: dict[str, str]) -> None:
-    result = scan_file(path, allow)
-    if result.verdict == DANGEROUS:
-        reasons = result.problems + [f"{g.qualname}: {g.reason}" for g in result.globals if g.verdict == DANGEROUS]
-        report.add("safety", ERROR, "scan calls this file dangerous: " + "; ".join(reasons[:3]))
+def _safety(opened: OpenedFile, report: CheckReport, allow: dict[str, str]) -> None:
+    """As `scan`: of a folder, every file under it; each finding then names its file."""
+    for where, result in _scanned(opened, allow):
+        if isinstance(result, str):
+            report.add("safety", ERROR, f"{where}cannot be scanned: {result}")
+        else:
+            _file_safety(result, report, where)
+
+
+def _scanned(opened: OpenedFile, allow: dict[str, str]) -> list[tuple[str, FileScan | str]]:
+    """(`name: ` or "" for the path itself, its scan or why it could not be scanned)."""
+    path = opened.path
+    if not os.path.isdir(path):
+        return [("", scan_opened(opened, allow))]
+    from ckpttool.ops.scanpaths import scan_folder
+
+    entries = scan_folder(path, allow)
+    if len(entries) == 1 and entries[0].path == path and not isinstance(entries[0], FileScan):
+        raise UnknownFormatError(entries[0].error, path=path)  # no checkpoint in it at all
+    named = [("" if e.path == path else f"{os.path.relpath(e.path, path)}: ", e) for e in entries]
+    return [(where, e if isinstance(e, FileScan) else e.error) for where, e in named]
+
+
+def _file_safety(result: FileScan, report: CheckReport, where: str) -> None:
+    found = danger(result)
+    if found is not None:
+        report.add("safety", ERROR, f"{where}scan calls this file dangerous: " + "; ".join(found.reasons[:3]))
     for name, calls in unknown_calls_by_allow(result.globals).items():  # a TorchScript archive: one finding
         report.add(
             "safety",
             ERROR,
-            f"calls {_shown(calls)}: neither vetted nor a known gadget; if you trust it, --allow {name}",
+            f"{where}calls {_shown(calls)}: neither vetted nor a known gadget; if you trust it, --allow {name}",
             remedy=Remedy(
                 "if you trust it, allow it (or [tool.ckpttool] allow in pyproject.toml):", [f"--allow {name}"]
             ),
@@ -238,7 +262,7 @@ def _safety(path: str, report: CheckReport, allow: dict[str, str]) -> None:
         refused = result.weights_only.result != "loads-after-allowlist"
         why = f"; it refuses: {'; '.join(result.weights_only.reasons)}" if refused else ""
         remedy = Remedy(effect, [*(f"import {m}" for m in result.imports), result.allowlist])
-        report.add("safety", WARNING, f"{effect} {result.allowlist}{why}", remedy=remedy)
+        report.add("safety", WARNING, f"{where}{effect} {result.allowlist}{why}", remedy=remedy)
 
 
 def _keys(checkpoint: Checkpoint, options: CheckOptions, target: Target, report: CheckReport) -> None:

@@ -46,7 +46,16 @@ from ckpttool.formats.torchzip_write import (
 from ckpttool.ops.sources import FileSource, Source, TrustedSource, file_sources
 from ckpttool.ops.unstack import unstack_checkpoint
 from ckpttool.pickle.writer import dumps
-from ckpttool.tensordata import ByteRange, cast, copy_range, range_equals, same_bytes, tensor_bytes, verify_tensor
+from ckpttool.tensordata import (
+    ByteRange,
+    cast,
+    copy_matches_record,
+    copy_range,
+    range_equals,
+    same_bytes,
+    tensor_bytes,
+    verify_tensor,
+)
 
 SAFETENSORS, PTH = "safetensors", "pth"
 
@@ -100,6 +109,10 @@ class OutputTensor:
     def direct(self) -> ByteRange | None:
         """The source bytes, when the output holds exactly them."""
         return self.source.byte_range() if self.dtype == self.source.dtype else None
+
+    def pieces(self) -> list[ByteRange] | None:
+        """The source bytes as ranges of files, one after another, when the output holds exactly them."""
+        return self.source.byte_ranges() if self.dtype == self.source.dtype else None
 
     def expected(self) -> memoryview:
         """The bytes the output must hold: the source's, or exactly the cast of them."""
@@ -322,9 +335,10 @@ def _write_safetensors(f: Any, shard: list[OutputTensor], user_metadata: dict[st
 
 
 def _write_data(f: Any, output: OutputTensor) -> None:
-    direct = output.direct()
-    if direct is not None:
-        copy_range(direct, f)
+    pieces = output.pieces()
+    if pieces is not None:
+        for piece in pieces:
+            copy_range(piece, f)
     else:
         f.write(output.expected())
 
@@ -354,9 +368,11 @@ def _whole(tensor: Any) -> ByteRange:
 
 
 def _verify_bytes(path: str, output: OutputTensor, written: ByteRange) -> None:
-    direct = output.direct()
+    pieces = output.pieces()
+    if pieces is not None and len(pieces) == 1 and copy_matches_record(pieces[0], written):
+        return  # the copy's CRC-32 is the source record's: neither needs reading again
     try:
-        equal = same_bytes(direct, written) if direct is not None else range_equals(written, output.expected())
+        equal = _same_pieces(pieces, written) if pieces is not None else range_equals(written, output.expected())
     except IntegrityError as exc:
         if exc.path != path:
             raise  # a source record fails its CRC-32: refused as damaged input
@@ -365,9 +381,20 @@ def _verify_bytes(path: str, output: OutputTensor, written: ByteRange) -> None:
         raise VerificationError(f"tensor {output.name!r} does not read back equal to the source")
 
 
+def _same_pieces(pieces: list[ByteRange], written: ByteRange) -> bool:
+    """`written` holds the pieces' bytes one after another."""
+    if sum(p.size for p in pieces) != written.size:
+        return False
+    done = 0
+    for piece in pieces:
+        if not same_bytes(piece, ByteRange(written.path, written.offset + done, piece.size, written.record)):
+            return False
+        done += piece.size
+    return True
+
+
 def _write_pth(f: Any, root: str, shard: list[OutputTensor], progress: Progress) -> None:
     planned: list[tuple[int, PlannedTensor]] = []
-    records = []
     for index, output in enumerate(shard):
         key, shape = str(index), output.source.shape
         numel = storage_numel(output.dtype, output.source.numel)
@@ -375,13 +402,21 @@ def _write_pth(f: Any, root: str, shard: list[OutputTensor], progress: Progress)
             planned.append(
                 (position, PlannedTensor(name, output.dtype, shape, contiguous_strides(shape), 0, key, numel))
             )
+    in_source_order = [tensor for _, tensor in sorted(planned, key=lambda p: p[0])]
+    write_torch_zip(f, root, dumps(state_dict_graph(in_source_order)), _storage_records(shard, progress))
+
+
+def _storage_records(shard: list[OutputTensor], progress: Progress) -> Iterator[StorageRecord]:
+    """Each output's record as the writer asks for it: a tensor read or gathered into memory
+    is held only while it is written."""
+    for index, output in enumerate(shard):
         direct = output.direct()
-        records.append(
-            StorageRecord(key, span=direct) if direct is not None else StorageRecord(key, data=output.expected())
+        yield (
+            StorageRecord(str(index), span=direct)
+            if direct is not None
+            else StorageRecord(str(index), data=output.expected())
         )
         progress.advance(output.nbytes)
-    in_source_order = [tensor for _, tensor in sorted(planned, key=lambda p: p[0])]
-    write_torch_zip(f, root, dumps(state_dict_graph(in_source_order)), records)
 
 
 def _verify_pth(path: str, shard: list[OutputTensor]) -> None:

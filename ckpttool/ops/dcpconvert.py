@@ -24,7 +24,7 @@ import shutil
 import tempfile
 from typing import TYPE_CHECKING, Any
 
-from ckpttool.atomic import TEMP_SUFFIX
+from ckpttool.atomic import TEMP_SUFFIX, clear_leftovers
 from ckpttool.errors import (
     FileAccessError,
     OutputExistsError,
@@ -32,6 +32,7 @@ from ckpttool.errors import (
     VerificationError,
 )
 from ckpttool.formats.dcp_megatron import is_torch_dist_folder
+from ckpttool.leftovers import temp_prefix
 from ckpttool.ops.convert import (
     PTH,
     ConvertOptions,
@@ -112,8 +113,9 @@ def _check_folder_destination(src: str, dst: str, force: bool) -> None:
 
 def _temp_folder(dst: str) -> str:
     parent, name = os.path.split(os.path.abspath(dst))
+    clear_leftovers(parent)
     with held():
-        temp = tempfile.mkdtemp(prefix=f".{name}.", suffix=TEMP_SUFFIX, dir=parent)
+        temp = tempfile.mkdtemp(prefix=temp_prefix(name), suffix=TEMP_SUFFIX, dir=parent)
         mask = os.umask(0)
         os.umask(mask)
         os.chmod(temp, 0o777 & ~mask)  # mkdtemp makes 0700 folders

@@ -14,13 +14,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ckpttool.atomic import OutputSet, PendingOutput, output_set, replace_all
 from ckpttool.checkpoint import Checkpoint, byte_size, contiguous_strides
+from ckpttool.crc import crc32 as crc32_of
 from ckpttool.dtypes import DTYPES
 from ckpttool.errors import (
     FormatError,
@@ -208,7 +208,7 @@ class _ShardWriter:
                 for tensor, data in self._tensors(mine):
                     f.seek(offsets[tensor.name])
                     f.write(data)
-                    crcs[tensor.name] = zlib.crc32(data)
+                    crcs[tensor.name] = crc32_of(data)
             with about(path):
                 self._verify(temp, shard, crcs, mine)
 
@@ -242,7 +242,7 @@ class _ShardWriter:
             output.handle.write(header_bytes(entries, self._metadata()))
             for tensor, data in self._tensors(shard):
                 output.handle.write(data)
-                crcs[tensor.name] = zlib.crc32(data)
+                crcs[tensor.name] = crc32_of(data)
         else:
             _write_pth(output, shard, self._tensors(shard), crcs)
         return crcs
@@ -328,7 +328,7 @@ def _write_pth(output: PendingOutput, shard: list[DcpTensor], data: Iterator[tup
 
     def records() -> Iterator[StorageRecord]:
         for tensor, payload in data:
-            crcs[tensor.name] = zlib.crc32(payload)
+            crcs[tensor.name] = crc32_of(payload)
             yield StorageRecord(keys[tensor.name], data=payload)
 
     write_torch_zip(output.handle, root_folder(output.final), dumps(state_dict_graph(planned)), records())

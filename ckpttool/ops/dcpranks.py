@@ -12,7 +12,9 @@ whatever happened, so a failure on one rank never leaves the others waiting.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -90,6 +92,7 @@ def current_ranks() -> Ranks:
 
     if not dist.is_initialized():
         dist.init_process_group("gloo")
+        _set_up_here.append(True)
         atexit.register(_close_group)
     return Ranks(dist.get_rank(), dist.get_world_size())
 
@@ -97,15 +100,47 @@ def current_ranks() -> Ranks:
 def _close_group() -> None:
     """Tear the group down while Python still runs: gloo's threads left to the C++ runtime's
     exit abort the process ("terminate called without an active exception"). The barrier
-    keeps one rank from closing its connections while another still reads from them."""
+    keeps one rank from closing its connections while another still reads from them; it
+    gives up on a rank that is gone after `CLOSE_TIMEOUT` (a failure is never a hang)."""
+    from datetime import timedelta
+
     import torch.distributed as dist
 
     if not dist.is_initialized():
         return
     try:
-        dist.barrier()
+        dist.monitored_barrier(timeout=timedelta(seconds=CLOSE_TIMEOUT))
+    except RuntimeError:
+        pass  # a rank already gone: nothing left to wait for
     finally:
         dist.destroy_process_group()
+
+
+CLOSE_TIMEOUT = 60
+
+
+_set_up_here: list[bool] = []  # whether this process's group is the one `current_ranks` set up
+
+
+def joined() -> bool:
+    """Whether this process is in the group `current_ranks` set up (a group the caller set
+    up is the caller's to end; torch is never imported to find out)."""
+    distributed = sys.modules.get("torch.distributed")
+    return bool(_set_up_here) and distributed is not None and distributed.is_initialized()
+
+
+def leave(code: int) -> None:
+    """The end of a process that joined a torchrun group, whatever the exit code: every rank
+    meets the others at a barrier, the group is destroyed, and the process ends here, its
+    output flushed, without running the C++ runtime's exit, where threads gloo started
+    (and torch never joins) abort the process now and then. Does nothing elsewhere."""
+    if not joined():
+        return
+    _close_group()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe has nothing left to flush
+            stream.flush()
+    os._exit(code)
 
 
 def together(ranks: Ranks, step: Callable[[], T]) -> T:

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from ckpttool.checkpoint import Checkpoint, Chunk, GlobalName, OpaqueCall, PickledObject, TensorRef, byte_size
 from ckpttool.errors import CkptError, about
-from ckpttool.formats import read_checkpoint
+from ckpttool.formats import OpenedFile, open_path
 from ckpttool.interpret import Cycle
 from ckpttool.npvalues import decode_numpy, numpy_json
 from ckpttool.scalars import read_scalar
@@ -102,26 +102,30 @@ class InspectReport:
 
 
 def inspect_checkpoint(path: str, root: str | None = None) -> InspectReport:
-    checkpoint = read_checkpoint(path)
-    return describe(checkpoint, root)
+    opened = open_path(path)
+    return describe(opened.checkpoint(), root, opened)
 
 
-def danger_notes(path: str) -> list[str]:
+def danger_notes(opened: OpenedFile) -> list[str]:
     """Reading a file is harmless here, loading it may not be: say so when scan calls it dangerous."""
-    from ckpttool.ops.scan import DANGEROUS, scan_file
+    from ckpttool.ops.scan import danger, scan_opened
 
     try:
-        result = scan_file(path)
+        found = danger(scan_opened(opened))
     except CkptError:
         return []  # what scan cannot read, inspect has just read: no verdict to give
-    if result.verdict != DANGEROUS:
+    if found is None:
         return []
-    named = [g.qualname for g in result.globals if g.verdict == DANGEROUS]
-    found = f"dangerous globals {', '.join(named)}" if named else result.problems[0]
-    return [f"DANGEROUS: scan calls this file dangerous ({found}); never torch.load it; see `ckpttool scan`"]
+    return [f"DANGEROUS: scan calls this file dangerous ({found.named}); never torch.load it; see `ckpttool scan`"]
 
 
-def describe(checkpoint: Checkpoint, root: str | None = None) -> InspectReport:
+def _opened(checkpoint: Checkpoint, opened: OpenedFile | None) -> OpenedFile:
+    """The file the checkpoint was read from, as opened (a folder's checkpoint names its file)."""
+    return opened if opened is not None and opened.path == checkpoint.path else open_path(checkpoint.path)
+
+
+def describe(checkpoint: Checkpoint, root: str | None = None, opened: OpenedFile | None = None) -> InspectReport:
+    """`opened`: the file `checkpoint` was read from, whose pickles the safety line then reuses."""
     with about(checkpoint.path):
         weights = find_weights(checkpoint.root, root)
     every = all_tensors(checkpoint.root)
@@ -140,7 +144,7 @@ def describe(checkpoint: Checkpoint, root: str | None = None) -> InspectReport:
         objects=objects(checkpoint.root),
         metadata=checkpoint.metadata,
         alternatives=weights.alternatives,
-        notes=danger_notes(checkpoint.path) + weights.notes,
+        notes=danger_notes(_opened(checkpoint, opened)) + weights.notes,
         anomalies=checkpoint.anomalies,
         roles=weights.roles,
         attributes=[tensor_row(t) for t in weights.attributes],

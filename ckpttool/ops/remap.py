@@ -18,7 +18,7 @@ from typing import Any
 from ckpttool.atomic import output_set
 from ckpttool.checkpoint import Checkpoint, Storage, TensorRef
 from ckpttool.errors import FormatError, UsageError, VerificationError, about
-from ckpttool.formats import LEGACY, LEGACY_TAR, ZIP, read_checkpoint
+from ckpttool.formats import LEGACY, LEGACY_TAR, ZIP, OpenedFile, open_path
 from ckpttool.formats.legacy import main_pickle
 from ckpttool.formats.torchzip import read_pickle, read_torch_zip
 from ckpttool.formats.torchzip_write import StorageRecord, root_folder, storage_class, write_torch_zip
@@ -63,20 +63,29 @@ def map_location(location: str, mapping: LocationMap) -> str:
     return location
 
 
-def refuse_dangerous(src: str, force: bool) -> None:
-    """The rewritten pickle would carry a dangerous file's payload on: refuse it, naming
-    what scan found, unless forced."""
+def refuse_dangerous(src: OpenedFile, force: bool) -> None:
+    """The rewritten pickle would carry a payload on: refuse every file `scan` fails
+    (dangerous, or calls neither vetted nor allowed in pyproject.toml), naming what it
+    found, unless forced."""
     from ckpttool.errors import DangerousSourceError
-    from ckpttool.ops.scan import DANGEROUS, scan_file
+    from ckpttool.ops.allowconfig import allowed_names
+    from ckpttool.ops.scan import UNKNOWN_CALL, danger, scan_opened
 
-    result = scan_file(src)
-    if result.verdict != DANGEROUS or force:
+    result = scan_opened(src, allowed_names(()))
+    found = danger(result)
+    if force or (found is None and result.verdict != UNKNOWN_CALL):
         return
-    named = [g.qualname for g in result.globals if g.verdict == DANGEROUS]
-    found = f"dangerous globals {', '.join(named)}" if named else result.problems[0]
+    if found is None:
+        named = [g.qualname for g in result.globals if g.verdict == UNKNOWN_CALL]
+        raise DangerousSourceError(
+            f"scan finds calls neither vetted nor a known gadget ({', '.join(named)}); "
+            "the rewritten DST would carry them on: --force rewrites it anyway",
+            path=src.path,
+        )
     raise DangerousSourceError(
-        f"scan calls this file dangerous ({found}); the rewritten DST would carry it on: --force rewrites it anyway",
-        path=src,
+        f"scan calls this file dangerous ({found.named}); the rewritten DST would carry it on: "
+        "--force rewrites it anyway",
+        path=src.path,
     )
 
 
@@ -89,9 +98,10 @@ def remap(
 
         trusted: RemapReport = trusted_remap(src, dst, mapping, force)
         return trusted
-    checkpoint = read_checkpoint(src)
+    opened = open_path(src)
+    checkpoint = opened.checkpoint()
     report = RemapReport(src, dst, len(checkpoint.storages))
-    rewrite_pickle(checkpoint, dst, report, mapping, force=force, progress=progress)
+    rewrite_pickle(checkpoint, dst, report, mapping, force=force, progress=progress, opened=opened)
     if not report.changed:
         report.notes.append("no storage location needed changing")
     return report
@@ -107,16 +117,20 @@ def rewrite_pickle(
     progress: Any = None,
     edit: Callable[[Any], None] | None = None,
     expect: Callable[[Any], None] | None = None,
+    opened: OpenedFile | None = None,
 ) -> None:
     """Write a torch checkpoint anew: its pickle re-encoded from the inert graph, storage
     locations mapped, records copied. `edit` may change the inert graph in place first;
     `expect` then makes the same change to `checkpoint.root` (in place), which the output
-    must decode to (remap changes only locations; renaming keys changes keys too)."""
+    must decode to (remap changes only locations; renaming keys changes keys too).
+    `opened`: the file `checkpoint` was read from; its scan and its pickle are the ones rewritten."""
     src = checkpoint.path
     if checkpoint.format not in (ZIP, LEGACY, LEGACY_TAR):
         raise FormatError(f"only torch checkpoints can be rewritten; this is {checkpoint.format}", path=src)
-    refuse_dangerous(src, force)
-    decoded = raw_pickle(src, checkpoint.format)
+    if opened is None or opened.path != src:
+        opened = open_path(src)
+    refuse_dangerous(opened, force)
+    decoded = raw_pickle(opened, checkpoint.format)
     if decoded.lossy:
         raise FormatError(
             f"the pickle holds a construct ckpttool cannot rewrite faithfully: {decoded.lossy[0]}", path=src
@@ -139,14 +153,15 @@ def rewrite_pickle(
         outs.commit()
 
 
-def raw_pickle(src: str, fmt: str) -> Decoded:
-    """The main pickle as an inert graph, exactly as the file holds it."""
+def raw_pickle(src: OpenedFile, fmt: str) -> Decoded:
+    """The main pickle as an inert graph, exactly as the file holds it (a zip's as its scan
+    decoded it)."""
     if fmt == ZIP:
-        archive = open_archive(src)
+        archive = src.probe.archive()
         entry = archive.record("data.pkl")
         assert entry is not None  # read_checkpoint found it
         return read_pickle(archive, entry)
-    return main_pickle(src, tar=fmt == LEGACY_TAR)
+    return main_pickle(src.path, tar=fmt == LEGACY_TAR)
 
 
 class _PidRewriter:

@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ckpttool.formats import FormatName, find_pickles
+from ckpttool.formats import FormatName, OpenedFile, open_path
 from ckpttool.formats.format import Found
 from ckpttool.pickle.judge import (
     DANGEROUS,
@@ -32,7 +32,18 @@ from ckpttool.pickle.judge import (
 from ckpttool.pickle.judge import GlobalJudgement as GlobalReport
 from ckpttool.pickle.weightsonly import WeightsOnly, emulate, not_applicable
 
-__all__ = ["DANGEROUS", "NEEDS_ALLOWLIST", "SAFE", "UNKNOWN_CALL", "FileScan", "GlobalReport", "scan_file"]
+__all__ = [
+    "DANGEROUS",
+    "NEEDS_ALLOWLIST",
+    "SAFE",
+    "UNKNOWN_CALL",
+    "Danger",
+    "FileScan",
+    "GlobalReport",
+    "danger",
+    "scan_file",
+    "scan_opened",
+]
 
 
 @dataclass
@@ -56,7 +67,12 @@ def scan_file(path: str, allow: Mapping[str, str] | None = None) -> FileScan:
     `allow` maps `module.name` to where the user allowed it (`--allow`, a pyproject.toml):
     those names count as vetted for this scan.
     """
-    collected = find_pickles(path)
+    return scan_opened(open_path(path), allow)
+
+
+def scan_opened(opened: OpenedFile, allow: Mapping[str, str] | None = None) -> FileScan:
+    """`scan_file` of a file a command has already opened: its pickles as decoded there."""
+    collected = opened.pickles()
     judgement = judge((d for _, d in collected.pickles), allow, collected.torchscript)
     problems = collected.problems + judgement.problems
     verdict = DANGEROUS if problems else judgement.verdict
@@ -66,7 +82,7 @@ def scan_file(path: str, allow: Mapping[str, str] | None = None) -> FileScan:
     allowlist = weights_only.allowlist if loadable else None
     allowed = {g.qualname: g.allowed_by for g in judgement.globals if g.allowed_by}
     return FileScan(
-        path,
+        opened.path,
         collected.format or "",
         verdict,
         len(collected.pickles),
@@ -80,9 +96,34 @@ def scan_file(path: str, allow: Mapping[str, str] | None = None) -> FileScan:
     )
 
 
+@dataclass(frozen=True)
+class Danger:
+    """Why a scan calls a file dangerous, as every command that refuses or warns says it."""
+
+    globals: list[str]  # the dangerous globals' names
+    reasons: list[str]  # the scan's problems, then `name: reason` for each dangerous global
+
+    @property
+    def named(self) -> str:
+        """The dangerous globals, or the first problem when no global is one."""
+        return f"dangerous globals {', '.join(self.globals)}" if self.globals else self.reasons[0]
+
+
+def danger(result: FileScan) -> Danger | None:
+    """The one summary of a dangerous scan (None when the verdict is another)."""
+    if result.verdict != DANGEROUS:
+        return None
+    named = [g for g in result.globals if g.verdict == DANGEROUS]
+    reasons = result.problems + [f"{g.qualname}: {g.reason}" for g in named]
+    return Danger([g.qualname for g in named], reasons)
+
+
 # -- what torch.load(weights_only=True) does ------------------------------------------------
 
-_TORCH_LOADS: frozenset[FormatName] = frozenset({"torch-zip", "torch-legacy", "torch-legacy-tar", "sharded-bin"})
+# DeepSpeed folders: every rank file is a torch.save zip that DeepSpeed torch.loads.
+_TORCH_LOADS: frozenset[FormatName] = frozenset(
+    {"torch-zip", "torch-legacy", "torch-legacy-tar", "sharded-bin", "deepspeed"}
+)
 _SAFETENSORS: frozenset[FormatName] = frozenset({"safetensors", "sharded-safetensors"})
 # The pickles torch.load unpickles, by the names the readers give them: a zip's
 # `<root>/data.pkl`, the stacked pickles of a legacy file, the members of a legacy tar.

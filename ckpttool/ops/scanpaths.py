@@ -2,15 +2,20 @@
 
 As in `check`, an unreadable path is reported among the others, in the order given,
 so that it never hides the verdict of a readable neighbour (nor they its failure).
+A folder is one entry per file under it (`ops.scanfolder`); there, a file that holds no
+pickle (config.json, a tokenizer, a README) is an entry too, `safe`, saying so.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from ckpttool.errors import CkptError
-from ckpttool.ops.scan import FileScan, scan_file
+from ckpttool.errors import CkptError, NotACheckpointError
+from ckpttool.ops.scan import SAFE, FileScan, scan_file
+from ckpttool.ops.scanfolder import FolderItem, folder_items
+from ckpttool.pickle.weightsonly import not_applicable
 
 UNREADABLE = "unreadable"  # the verdict an unreadable path has in every output
 
@@ -27,14 +32,62 @@ class UnreadableFile:
 ScanEntry = FileScan | UnreadableFile
 
 
+NO_PICKLE_FORMATS = ("text", "data")  # what a folder's files that are no checkpoint are called
+
+
 def scan_paths(paths: Sequence[str], allow: Mapping[str, str] | None = None) -> list[ScanEntry]:
-    return [_scan_one(path, allow) for path in paths]
+    entries: list[ScanEntry] = []
+    for path in paths:
+        entries.extend(scan_folder(path, allow) if os.path.isdir(path) else [_scan_one(path, allow)])
+    return entries
 
 
-def _scan_one(path: str, allow: Mapping[str, str] | None) -> ScanEntry:
+def scan_folder(root: str, allow: Mapping[str, str] | None = None) -> list[ScanEntry]:
+    """One entry per file under `root`; one unreadable entry for the folder when none of
+    its files is a checkpoint or holds a pickle (nothing there to call safe)."""
+    entries = [_scan_item(item, allow) for item in folder_items(root)]
+    if all(isinstance(e, FileScan) and e.format in NO_PICKLE_FORMATS for e in entries):
+        count = f"{len(entries)} file(s), text or other data" if entries else "no file"
+        why = f"no file in the folder holds a checkpoint or a pickle ({count}): not a checkpoint"
+        return [UnreadableFile(root, why)]
+    return entries
+
+
+def _scan_item(item: FolderItem, allow: Mapping[str, str] | None) -> ScanEntry:
+    if item.kind == "skipped":
+        return UnreadableFile(item.path, item.reason)
+    return _scan_one(item.path, allow, in_folder=item.kind == "file")
+
+
+def _no_pickle(path: str, error: str) -> FileScan:
+    """A file beside the checkpoint that no format recognises: pickle.load and torch.load
+    fail on its first bytes before calling anything."""
+    why = "empty" if error.startswith("empty") else "no zip, safetensors, tar or pickle signature"
+    kind = "text" if _is_text(path) else "data"
+    note = f"{kind} with no pickle ({why}): nothing in it runs code when loaded"
+    refusal = not_applicable("not a checkpoint: torch.load refuses it")
+    return FileScan(path, kind, SAFE, 0, weights_only=refusal, notes=[note])
+
+
+def _is_text(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError as exc:  # a character cut at the end of the head is text still
+        return exc.start >= len(head) - 3 and b"\0" not in head
+    return b"\0" not in head
+
+
+def _scan_one(path: str, allow: Mapping[str, str] | None, in_folder: bool = False) -> ScanEntry:
     try:
         return scan_file(path, allow)
     except CkptError as exc:
+        if in_folder and isinstance(exc, NotACheckpointError):
+            return _no_pickle(path, exc.message)
         # Another file's name stays in the message (a shard of a sharded folder).
         return UnreadableFile(path, exc.message if exc.path in (None, path) else str(exc))
     except OSError as exc:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from ckpttool.checkpoint import Checkpoint, TensorRef
 from ckpttool.errors import WeightsNotFoundError, about
-from ckpttool.tensordata import ByteRange, direct_range, load_tensor
+from ckpttool.tensordata import ByteRange, direct_range, direct_ranges, load_tensor
 from ckpttool.weights import all_tensors, find_weights, resolve_path
 
 if TYPE_CHECKING:
@@ -29,6 +29,7 @@ class Source(Protocol):
 
     def tensor(self) -> torch.Tensor: ...
     def byte_range(self) -> ByteRange | None: ...
+    def byte_ranges(self) -> list[ByteRange] | None: ...
     def identity(self) -> Hashable | None: ...
 
 
@@ -44,6 +45,10 @@ class FileSource:
 
     def byte_range(self) -> ByteRange | None:
         return direct_range(self.ref)
+
+    def byte_ranges(self) -> list[ByteRange] | None:
+        """The bytes as ranges of files, one after another (a tensor gathered from slices)."""
+        return direct_ranges(self.ref)
 
     def identity(self) -> Hashable | None:
         ref = self.ref
@@ -62,6 +67,9 @@ class TrustedSource:
         return self.value
 
     def byte_range(self) -> ByteRange | None:
+        return None
+
+    def byte_ranges(self) -> list[ByteRange] | None:
         return None
 
     def identity(self) -> Hashable | None:

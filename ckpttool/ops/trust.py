@@ -18,11 +18,11 @@ if TYPE_CHECKING:
 
 
 def refuse_if_dangerous(path: str, force: bool) -> None:
-    from ckpttool.ops.scan import DANGEROUS, scan_file
+    from ckpttool.ops.scan import danger, scan_file
 
-    result = scan_file(path)
-    if result.verdict == DANGEROUS and not force:
-        reason = (result.problems or [f"{g.qualname}: {g.reason}" for g in result.globals if g.verdict == DANGEROUS])[0]
+    found = danger(scan_file(path))
+    if found is not None and not force:
+        reason = found.reasons[0]
         raise UnsafeFileError(f"scan calls this file dangerous ({reason}); --trust needs --force to load it", path=path)
 
 

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ckpttool.pickle.ecosystem import INT_ENUMS
 from ckpttool.pickle.objects import Call, Global
 from ckpttool.pickle.state import USE_CALL, USE_INSTANTIATE, USE_REFERENCE, legacy_module_class
 
@@ -213,6 +214,21 @@ DCP_METADATA_CALLS: dict[str, Vetted] = {
         "the kind of a DCP save plan's WriteItem: an Enum member looked up by its value (a dict lookup)",
         _enum_code_fits((1, 2, 3)),
     ),
+}
+
+
+def _int_member_fits(values: frozenset[int]) -> Callable[[Args], str | None]:
+    def fits(args: Args) -> str | None:
+        if len(args) == 1 and type(args[0]) is int and args[0] in values:
+            return None
+        return f"expected one of the values {', '.join(map(str, sorted(values)))}"
+
+    return fits
+
+
+# Training libraries' int enums (`ecosystem`): a member looked up by its value.
+ENUM_CALLS: dict[str, Vetted] = {
+    name: Vetted(why, _int_member_fits(values)) for name, (why, values) in INT_ENUMS.items()
 }
 
 
@@ -583,6 +599,7 @@ VETTED: dict[str, Vetted] = {
     **NUMPY_RANDOM_CALLS,
     **ACTIVATIONS,
     **TYPE_MARKERS,
+    **ENUM_CALLS,
 }
 
 # torch's own allowlisted containers, for judging what SETITEMS and APPENDS do to them.

@@ -37,6 +37,12 @@ VETTED_CLASSES: dict[str, str] = {
     ),
     f"{_DCP}.metadata.TensorProperties": "DCP's tensor properties: __setstate__ assigns its fields from a tuple",
     f"{_DCP}.filesystem._StorageInfo": "DCP's storage record: __setstate__ updates its fields from a dict",
+    # The save plans Megatron-Core keeps in .metadata (`all_local_plans`): frozen dataclasses.
+    **dict.fromkeys(
+        (f"{_DCP}.planner.{name}" for name in ("SavePlan", "WriteItem", "TensorWriteData")),
+        "a frozen dataclass of DCP's save plan: BUILD stores its fields in __dict__; no __setstate__, no __del__",
+    ),
+    f"{_DCP}.filesystem._StoragePrefix": "DCP's file-name prefix of a save plan: a dataclass of one string",
     **dict.fromkeys(
         ("torch.nn.utils.weight_norm.WeightNorm", "torch.nn.utils.spectral_norm.SpectralNorm",
          "torch.nn.utils.spectral_norm.SpectralNormStateDictHook",

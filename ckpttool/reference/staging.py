@@ -5,7 +5,8 @@ manifest) into a hidden staging folder on the destination's filesystem, and only
 all of it is written moves the files into the destination with `atomic.replace_all`:
 the set lands whole or not at all. A failure or a stop signal (`ckpttool.signals`)
 before that removes the staging folder, so the destination is left as it was: absent
-if it did not exist, an existing folder's contents unchanged.
+if it did not exist, an existing folder's contents unchanged. A staging folder a killed
+run left (SIGKILL) is removed by the next run staging there (`ckpttool.leftovers`).
 
 Where the staging folder lives: inside an existing destination (the one place sure to
 be on the same filesystem, even when the destination is a mount point, and writable
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from ckpttool.atomic import replace_all
 from ckpttool.errors import UsageError
+from ckpttool.leftovers import remove_leftovers, temp_prefix
 from ckpttool.signals import held
 
 STAGING_SUFFIX = ".ckpttool-staging"
@@ -69,10 +71,11 @@ def staged_folder(destination: Path) -> Iterator[StagedFolder]:
     however it ends (what `land` moved out of it is no longer in it)."""
     destination = Path(destination)
     base = _staging_base(destination)
+    remove_leftovers(str(base), STAGING_SUFFIX)  # a killed run's staging folders
     folder: Path | None = None
     try:
         with held():  # the folder exists only once it is recorded for removal
-            folder = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", suffix=STAGING_SUFFIX, dir=base))
+            folder = Path(tempfile.mkdtemp(prefix=temp_prefix(destination.name), suffix=STAGING_SUFFIX, dir=base))
         yield StagedFolder(destination, folder)
     finally:
         if folder is not None:

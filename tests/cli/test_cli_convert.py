@@ -267,6 +267,7 @@ def test_unconvertible_source_is_one_error_line(
 
 def test_verification_mismatch_exits_1(cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # DESIGN.md: exit 1 is "the command ran and found something ... a verify mismatch".
+    monkeypatch.setattr(convert_module, "copy_matches_record", lambda source, copy: False)  # compare, not CRC
     monkeypatch.setattr(convert_module, "same_bytes", lambda a, b: False)
     dst = tmp_path / "model.safetensors"
     result = cli("convert", fixture("cnn_state_dict"), dst)
@@ -276,6 +277,7 @@ def test_verification_mismatch_exits_1(cli: Cli, tmp_path: Path, monkeypatch: py
 
 
 def test_verification_mismatch_leaves_nothing(cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(convert_module, "copy_matches_record", lambda source, copy: False)  # compare, not CRC
     monkeypatch.setattr(convert_module, "same_bytes", lambda a, b: False)
     dst = tmp_path / "model.safetensors"
     result = cli("convert", fixture("cnn_state_dict"), dst)

@@ -71,15 +71,14 @@ def test_inspect_lists_the_files_tensors(cli: Cli, folder: Path) -> None:
     assert report["format"] == ("safetensors" if the_file(folder).suffix == ".safetensors" else "torch-zip")
 
 
-def test_scan_reports_the_file(cli: Cli, folder: Path) -> None:
+def test_scan_reports_each_file(cli: Cli, folder: Path) -> None:
+    """Every file of the folder is an entry; the weights file's is the file's own scan."""
     on_folder, on_file = cli("scan", folder, "--format", "json"), cli("scan", the_file(folder), "--format", "json")
     assert on_folder.exit_code == on_file.exit_code == 0, on_folder.stderr
-    folder_report, file_report = cli_json(on_folder)["files"][0], cli_json(on_file)["files"][0]
-    assert folder_report["path"] == str(folder)
-    assert {k: v for k, v in folder_report.items() if k != "path"} == {
-        k: v for k, v in file_report.items() if k != "path"
-    }
-    assert folder_report["verdict"] == "safe"
+    config, weights = cli_json(on_folder)["files"]
+    assert weights == cli_json(on_file)["files"][0]
+    assert weights["path"] == str(the_file(folder)) and weights["verdict"] == "safe"
+    assert (config["path"], config["format"], config["verdict"]) == (str(folder / "config.json"), "text", "safe")
 
 
 def test_check_passes(cli: Cli, folder: Path) -> None:

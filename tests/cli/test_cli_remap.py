@@ -7,7 +7,11 @@ depth is in tests/ops/test_remap.py and tests/ops/test_failures.py.
 
 from __future__ import annotations
 
+import importlib
+import os
 import re
+import subprocess
+import sys
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -247,3 +251,63 @@ def test_trust_when_torch_cannot_load_is_one_error_line(cli: Cli, tmp_path: Path
     result = cli("remap", src, dst, "--device", "cpu", "--trust")
     assert_one_error_line(result, str(src))
     assert_nothing_written(tmp_path, dst)
+
+
+# -- a file scan fails for an unknown call ---------------------------------------------------------
+
+UNKNOWN_MODULE = "remap_payload_module"
+
+
+def unknown_call_checkpoint(tmp_path: Path, marker: Path) -> Path:
+    """A checkpoint whose pickle calls a function of a user's module (neither vetted nor a
+    known gadget: scan says unknown-call) that creates `marker` when torch.load runs it."""
+    package = tmp_path / "pkgs"
+    package.mkdir()
+    (package / f"{UNKNOWN_MODULE}.py").write_text("def touch(path):\n    open(path, 'w').close()\n    return 0\n")
+    sys.path.insert(0, str(package))
+    try:
+        module = importlib.import_module(UNKNOWN_MODULE)
+
+        class Call:
+            def __reduce__(self) -> tuple[Any, tuple[str]]:
+                return (module.touch, (str(marker),))
+
+        src = tmp_path / "unknown.pt"
+        torch.save({"weight": torch.ones(2, 3), "extra": Call()}, src)
+    finally:
+        sys.path.remove(str(package))
+        sys.modules.pop(UNKNOWN_MODULE, None)
+    return src
+
+
+def test_an_unknown_call_file_is_refused_as_scan_fails_it(cli: Cli, tmp_path: Path) -> None:
+    marker = tmp_path / "PAYLOAD_RAN"
+    src = unknown_call_checkpoint(tmp_path, marker)
+    scanned = cli("scan", src, "--format", "json")
+    assert (scanned.exit_code, cli_json(scanned)["files"][0]["verdict"]) == (1, "unknown-call")
+    dst = tmp_path / "cpu.pt"
+    with unchanged(src):
+        result = cli("remap", src, dst, "--device", "cpu")
+    assert (result.exit_code, result.stdout) == (1, ""), result.stderr
+    (line,) = result.stderr.splitlines()
+    assert str(src) in line and f"{UNKNOWN_MODULE}.touch" in line and "--force" in line, line
+    assert not dst.exists() and not marker.exists() and not temp_files(tmp_path)
+    # The refusal is warranted: the naive loader runs the call.
+    load = f"import torch; torch.load({str(src)!r}, weights_only=False)"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "pkgs")}
+    subprocess.run([sys.executable, "-c", load], env=env, check=True, capture_output=True, timeout=120)
+    assert marker.exists()
+
+
+def test_an_unknown_call_file_is_rewritten_when_forced_or_allowed(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    marker = tmp_path / "PAYLOAD_RAN"
+    src = unknown_call_checkpoint(tmp_path, marker)
+    remap_json(cli, src, tmp_path / "forced.pt", "--device", "cpu", "--force")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(f'[tool.ckpttool]\nallow = ["{UNKNOWN_MODULE}.touch"]\n')
+    monkeypatch.chdir(project)
+    remap_json(cli, src, tmp_path / "allowed.pt", "--device", "cpu")
+    assert (tmp_path / "forced.pt").exists() and (tmp_path / "allowed.pt").exists() and not marker.exists()

@@ -25,7 +25,11 @@ Cli = Callable[..., Result]
 FILES = REPO / "fixtures" / "files"
 
 
-@pytest.mark.parametrize("text", ["epoch 5: loss 0.1\nepoch 6: loss 0.09\n", "notes about the run\n", "(draft)\n"])
+# The JSON line has `{` as its ninth byte, as a safetensors file has after its 8-byte length.
+TEXTS = ["epoch 5: loss 0.1\nepoch 6: loss 0.09\n", "notes about the run\n", "(draft)\n", '{"root": {"type": "ref"}}\n']
+
+
+@pytest.mark.parametrize("text", TEXTS)
 @pytest.mark.parametrize("command", ["inspect", "scan", "check"])
 def test_a_text_file_is_called_text(cli: Cli, tmp_path: Path, text: str, command: str) -> None:
     """Text whose first byte is a pickle opcode's (`e`, `n`, `(`) is not reported as a

@@ -192,6 +192,30 @@ def test_a_real_checkpoint_needs_only_an_allowlist(
     assert cli_json(cli("check", folders[world], "--format", "json"))["files"][0]["findings"] == []
 
 
+def test_a_file_beside_the_dcp_files_is_an_entry_of_its_own(
+    folders: dict[int, Path], cli: Callable[..., Result], tmp_path: Path
+) -> None:
+    """`.metadata` and the data files are one entry, as dcp.load reads them; a pickle put
+    beside them (in the folder or under it) is scanned on its own."""
+    from ops.support import ExecPayload
+
+    folder = tmp_path / "dcp"
+    shutil.copytree(folders[2], folder)
+    marker = tmp_path / "PAYLOAD_RAN"
+    (folder / "extra").mkdir()
+    torch.save({"payload": ExecPayload(marker)}, folder / "extra" / "extra_state.pt")
+    result = cli("scan", folder, "--format", "json")
+    assert result.exit_code == 1
+    found = {f["path"]: (f["format"], f["verdict"]) for f in cli_json(result)["files"]}
+    assert found == {
+        str(folder): ("dcp", "needs-allowlist"),
+        str(folder / "extra" / "extra_state.pt"): ("torch-zip", "dangerous"),
+    }
+    (error,) = [f for f in cli_json(cli("check", folder, "--format", "json"))["files"][0]["findings"]]
+    assert error["message"].startswith("extra/extra_state.pt: scan calls this file dangerous")
+    assert not marker.exists()
+
+
 # -- broken folders: one line, exit 2, nothing written ----------------------------------------------
 
 

@@ -163,6 +163,12 @@ def _with_common_state_entry(folder: Path, common: dict[str, Any]) -> None:
     (folder / ".metadata").write_bytes(pickle.dumps(metadata))
 
 
+def _dcp_entry(report: dict[str, Any]) -> dict[str, Any]:
+    """The folder's DCP entry of a folder scan (the files beside it are entries of their own)."""
+    (entry,) = [f for f in report["files"] if f["format"] == "dcp"]
+    return entry
+
+
 def test_common_state_entry_is_merged_like_common_pt(cli: Callable[..., Result], tmp_path: Path) -> None:
     folder = Path(shutil.copytree(_folder("gpt_tp1"), tmp_path / "newer"))
     _with_common_state_entry(folder, {"iteration": 7, "checkpoint_version": 3.0})
@@ -178,7 +184,7 @@ def test_common_state_entry_is_merged_like_common_pt(cli: Callable[..., Result],
     report = cli_json(cli("inspect", folder, "--format", "json"))
     assert (report["entries"]["iteration"], report["entries"]["checkpoint_version"]) == (7, 3.0)
     assert report["weights"]["root"] == "model"
-    (scanned,) = cli_json(cli("scan", folder, "--format", "json"))["files"]
+    scanned = _dcp_entry(cli_json(cli("scan", folder, "--format", "json")))
     assert scanned["verdict"] in ("safe", "needs-allowlist")
 
 
@@ -207,8 +213,10 @@ def test_a_model_saved_without_prefix_is_the_whole_folder(cli: Callable[..., Res
 @pytest.mark.parametrize("name", [*LIVE, "nemo2", "pre014_flat"])
 def test_real_folders_need_an_allowlist_never_dangerous(cli: Callable[..., Result], name: str) -> None:
     result = cli("scan", _folder(name), "--format", "json")
-    (scanned,) = cli_json(result)["files"]
+    scanned = _dcp_entry(cli_json(result))
     assert scanned["verdict"] == "needs-allowlist", scanned["problems"]
+    assert result.exit_code == 0  # every file of the folder (common.pt, metadata.json) passes too
+    assert all(f["verdict"] in ("safe", "needs-allowlist") for f in cli_json(result)["files"])
     named = {f"{g['module']}.{g['name']}": g["verdict"] for g in scanned["globals"]}
     assert named["argparse.Namespace"] == "needs-allowlist"  # common.pt's args: it was scanned
     assert all(v in ("safe", "needs-allowlist") for v in named.values())
@@ -228,7 +236,7 @@ def _all_commands(cli: Callable[..., Result], folder: Path, out: Path) -> dict[s
 
 def _assert_dangerous_and_ran_nothing(results: dict[str, Result], marker: Path) -> dict[str, Any]:
     assert not marker.exists()
-    (scanned,) = cli_json(results["scan"])["files"]
+    scanned = _dcp_entry(cli_json(results["scan"]))
     assert (results["scan"].exit_code, scanned["verdict"]) == (1, "dangerous")
     assert results["check"].exit_code == 1
     for name, result in results.items():
@@ -281,8 +289,8 @@ def test_transformer_engine_extra_state_is_scanned_as_the_pickle_it_holds(
     benign = Path(shutil.copytree(_folder("gpt_tp1"), tmp_path / "benign"))
     state = bytearray(pickle.dumps({"scale_fwd": [1.0, 2.0], "amax_history_len": 16}))
     _replace_entry(benign, EXTRA_STATE, _saved([torch.frombuffer(state, dtype=torch.uint8)]))
-    (scanned,) = cli_json(cli("scan", benign, "--format", "json"))["files"]
-    (plain,) = cli_json(cli("scan", _folder("gpt_tp1"), "--format", "json"))["files"]
+    scanned = _dcp_entry(cli_json(cli("scan", benign, "--format", "json")))
+    plain = _dcp_entry(cli_json(cli("scan", _folder("gpt_tp1"), "--format", "json")))
     assert scanned["verdict"] == "needs-allowlist" and scanned["pickles"] == plain["pickles"] + 1
 
     hostile = Path(shutil.copytree(_folder("gpt_tp1"), tmp_path / "hostile"))
@@ -496,5 +504,5 @@ def test_damaged_side_files_are_one_line_or_ignored(cli: Callable[..., Result], 
         result = cli(*args)
         (line,) = result.stderr.splitlines()
         assert result.exit_code == 2 and "common.pt" in line, line
-    (scanned,) = cli_json(cli("scan", folder, "--format", "json"))["files"]
+    scanned = _dcp_entry(cli_json(cli("scan", folder, "--format", "json")))
     assert scanned["verdict"] == "dangerous"  # what cannot be read cannot be cleared

@@ -77,6 +77,11 @@ OPERATIONS = [
 ]
 OPERATION_IDS = [op.name for op in OPERATIONS]
 TENSOR_OPERATIONS = [op for op in OPERATIONS if op.name != "remap"]
+# Outputs that hold the source's bytes as they are are verified by their CRC-32 against the
+# source record's (one pass over the output, none more over the source); a cast is compared
+# with the cast of the source as it is now.
+COPYING_OPERATIONS = [op for op in TENSOR_OPERATIONS if op.name != "convert-cast"]
+RECOMPUTING_OPERATIONS = [op for op in TENSOR_OPERATIONS if op.name == "convert-cast"]
 
 
 def output_size(op: Operation, folder: Path) -> int:
@@ -329,6 +334,32 @@ def corrupt_tensor_bytes(output: PendingOutput) -> None:
         flip_byte(temp, record_data_offset(temp, "data/0"))
 
 
+@pytest.mark.parametrize("op", COPYING_OPERATIONS, ids=[op.name for op in COPYING_OPERATIONS])
+def test_source_record_changed_after_its_copy_leaves_the_recorded_bytes(
+    op: Operation, tmp_path: Path, after_seal: Callable[[Callable[[PendingOutput], None]], None]
+) -> None:
+    # The copy's CRC-32 is the one the source recorded: the output holds the bytes the
+    # source was saved with, whatever happens to the source afterwards.
+    (tmp_path / "src").mkdir()
+    src = copy_fixture(op.source, tmp_path / "src")
+    flipped: list[str] = []
+
+    def flip_source_once(output: PendingOutput) -> None:
+        if not flipped:
+            flip_byte(src, record_data_offset(src, "data/0") + 3)
+            flipped.append(output.final)
+
+    after_seal(flip_source_once)
+    dst = tmp_path / op.dst_name
+    op.run(src, dst, False)
+    assert flipped
+    outputs = sorted(p for p in tmp_path.iterdir() if p.is_file() and not p.name.endswith(".json"))
+    written: dict[str, Any] = {}
+    for path in outputs:
+        written.update(load_output(path, "safetensors" if path.suffix == ".safetensors" else "pth"))
+    assert_same_tensors(written, ground_truth_weights(op.source))
+
+
 @pytest.mark.parametrize("op", OPERATIONS, ids=OPERATION_IDS)
 def test_output_corrupted_before_verification_is_caught(
     op: Operation, tmp_path: Path, after_seal: Callable[[Callable[[PendingOutput], None]], None]
@@ -337,7 +368,7 @@ def test_output_corrupted_before_verification_is_caught(
     fails_cleanly(op, tmp_path, VerificationError)
 
 
-@pytest.mark.parametrize("op", TENSOR_OPERATIONS, ids=[op.name for op in TENSOR_OPERATIONS])
+@pytest.mark.parametrize("op", RECOMPUTING_OPERATIONS, ids=[op.name for op in RECOMPUTING_OPERATIONS])
 def test_source_record_corrupted_during_the_run_is_caught(
     op: Operation, tmp_path: Path, after_seal: Callable[[Callable[[PendingOutput], None]], None]
 ) -> None:
@@ -384,6 +415,7 @@ def test_record_corrupted_before_the_run_is_refused(to: str, tmp_path: Path) -> 
 @pytest.mark.parametrize("op", TENSOR_OPERATIONS, ids=[op.name for op in TENSOR_OPERATIONS])
 def test_forced_tensor_mismatch_leaves_nothing(op: Operation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Both comparisons: bytes copied as they are, and bytes compared with a cast.
+    monkeypatch.setattr(convert_module, "copy_matches_record", lambda source, copy: False)  # compare, not CRC
     monkeypatch.setattr(convert_module, "same_bytes", lambda a, b: False)
     monkeypatch.setattr(convert_module, "range_equals", lambda span, expected: False)
     fails_cleanly(op, tmp_path, VerificationError)
@@ -400,6 +432,7 @@ def test_forced_mismatch_in_the_last_shard_removes_the_earlier_ones(
         calls += 1
         return calls < 6 and original(a, b)  # cnn has 6 tensors; the last one mismatches
 
+    monkeypatch.setattr(convert_module, "copy_matches_record", lambda source, copy: False)  # compare, not CRC
     monkeypatch.setattr(convert_module, "same_bytes", fail_late)
     fails_cleanly(OPERATIONS[3], tmp_path, VerificationError)
 

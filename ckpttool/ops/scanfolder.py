@@ -1,0 +1,111 @@
+"""What `scan` reads of a folder: every file under it, recursively, each on its own.
+
+Whatever `inspect` takes as a folder's checkpoint (its safetensors file, its index), a
+loader may read any other file beside it: transformers reads `pytorch_model.bin` when
+safetensors are off, and its Trainer `torch.load`s `training_args.bin`, `optimizer.pt`,
+`scheduler.pt` and `rng_state.pth` on resume. So each file is scanned as `scan FILE`
+scans it (with the same container caps). A checkpoint made of several files is one
+entry, scanned as its loader reads it: a DCP folder (`.metadata` and its data files), a
+sharded folder (its index and the shards the index names); the other files beside it
+are entries of their own.
+
+Nothing is followed out of the folder: a symbolic link whose target lies outside it is
+reported, not read (a loader following it would read a file this scan never saw, so it
+counts as unreadable). Links inside it point at files scanned anyway.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from typing import Literal
+
+from ckpttool.errors import CkptError
+from ckpttool.formats import detect
+from ckpttool.formats.sharded import find_index, load_index, shard_path
+
+MAX_FILES = 10_000  # entries of one folder; past it, the rest is reported unscanned
+DCP_DATA_SUFFIX = ".distcp"
+DCP_METADATA = ".metadata"
+
+ItemKind = Literal["file", "checkpoint", "skipped"]
+
+
+@dataclass
+class FolderItem:
+    path: str
+    kind: ItemKind  # a file to scan, a folder that is a checkpoint of several files, or a path not read
+    reason: str = ""  # why a skipped path was not read
+
+
+def folder_items(root: str) -> list[FolderItem]:
+    """Every path under `root` to scan, in a stable (sorted) order."""
+    top = os.path.realpath(root)
+    items: list[FolderItem] = []
+    covered: set[str] = set()  # the files of a checkpoint folder's entry
+
+    def unlistable(exc: OSError) -> None:
+        items.append(FolderItem(exc.filename or root, "skipped", f"cannot list: {exc.strerror or exc}"))
+
+    for folder, dirs, files in os.walk(root, onerror=unlistable):
+        dirs.sort()
+        own = _checkpoint_files(folder)
+        if own:
+            items.append(FolderItem(folder, "checkpoint"))
+            covered |= own
+        names = [n for n in sorted(files) if os.path.normpath(os.path.join(folder, n)) not in covered]
+        items.extend(_linked_folders(folder, dirs, top))
+        items.extend(_classify(os.path.join(folder, name), top) for name in names)
+        if len(items) > MAX_FILES:
+            reason = f"more than {MAX_FILES} files: the rest of the folder is not scanned"
+            return [*items[:MAX_FILES], FolderItem(root, "skipped", reason)]
+    return items
+
+
+def _checkpoint_files(folder: str) -> set[str]:
+    """The files of `folder` its checkpoint's loader reads together, when it is a DCP or
+    sharded checkpoint; none otherwise (each file is then scanned on its own)."""
+    try:
+        several = os.path.isfile(os.path.join(folder, DCP_METADATA)) or find_index(folder) is not None
+        kind = detect(folder) if several else None  # a folder with one weights file: each file alone
+        if kind == "dcp":
+            data = [n for n in os.listdir(folder) if n.endswith(DCP_DATA_SUFFIX)]
+            return {os.path.normpath(os.path.join(folder, n)) for n in [DCP_METADATA, *data]}
+        if kind is not None and kind.startswith("sharded"):
+            index = find_index(folder)
+            assert index is not None  # detected by it
+            shards = {shard_path(folder, s, index) for s in load_index(index)["weight_map"].values()}
+            return {os.path.normpath(p) for p in [index, *shards]}
+    except (CkptError, OSError):  # a broken index: its files are scanned one by one
+        pass
+    return set()
+
+
+def _linked_folders(folder: str, dirs: list[str], top: str) -> list[FolderItem]:
+    """os.walk does not descend through links: one inside points at files listed anyway."""
+    linked = [os.path.join(folder, d) for d in dirs if os.path.islink(os.path.join(folder, d))]
+    return [_outside(p) for p in linked if not _inside(p, top)]
+
+
+def _classify(path: str, top: str) -> FolderItem:
+    if os.path.islink(path) and not _inside(path, top):
+        return _outside(path)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        broken = "a broken symbolic link" if os.path.islink(path) else "cannot read"
+        return FolderItem(path, "skipped", f"{broken}: {exc.strerror or exc}")
+    if not stat.S_ISREG(mode):  # a pipe or device would block or never end
+        return FolderItem(path, "skipped", "not a regular file: not read")
+    return FolderItem(path, "file")
+
+
+def _inside(path: str, top: str) -> bool:
+    target = os.path.realpath(path)
+    return os.path.commonpath([target, top]) == top
+
+
+def _outside(path: str) -> FolderItem:
+    reason = f"a symbolic link to {os.path.realpath(path)}, outside the folder: not followed (scan the target itself)"
+    return FolderItem(path, "skipped", reason)

@@ -1,0 +1,165 @@
+"""`scan DIR` and `check DIR` read every file under the folder, each an entry of the report.
+
+Whatever `inspect` takes as the folder's checkpoint, a loader reads the files beside it
+(transformers' `pytorch_model.bin` when safetensors are off, its Trainer's
+`training_args.bin`, `optimizer.pt`, `scheduler.pt`, `rng_state.pth` on resume). Ground
+truth: the payload planted in such a file runs under `torch.load(weights_only=False)` in a
+subprocess, and the files holding a pickle are those torch.save wrote (a zip with a
+`data.pkl`), found with zipfile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from click.testing import Result
+from conftest import cli_json
+from ops.support import ExecPayload
+from safetensors.torch import save_file
+
+Cli = Callable[..., Result]
+REFERENCE = Path(__file__).resolve().parents[2] / "fixtures" / "reference"
+SHARDED = Path(__file__).resolve().parents[2] / "fixtures" / "files" / "sharded_bin"
+TRAINER_FILES = ("training_args.bin", "optimizer.pt", "scheduler.pt", "rng_state.pth")
+
+
+def hf_folder(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"model_type": "tiny", "hidden_size": 4}))
+    (folder / "tokenizer.json").write_text(json.dumps({"model": {"vocab": {"a": 0}}}))
+    (folder / "README.md").write_text("# tiny\n")
+    save_file({"w": torch.ones(2, 2)}, str(folder / "model.safetensors"))
+    return folder
+
+
+def plant(path: Path, marker: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"w": torch.zeros(2), "payload": ExecPayload(marker)}, path)
+    return path
+
+
+def payload_fires(path: Path, marker: Path) -> bool:
+    """The naive loader, in a subprocess: whether the planted payload ran."""
+    load = f"import torch; torch.load({str(path)!r}, weights_only=False)"
+    subprocess.run([sys.executable, "-c", load], check=True, capture_output=True, timeout=120)
+    fired = marker.exists()
+    marker.unlink(missing_ok=True)
+    return fired
+
+
+def entries(result: Result) -> dict[str, dict[str, Any]]:
+    return {f["path"]: f for f in cli_json(result)["files"]}
+
+
+@pytest.mark.parametrize(
+    "planted", ["pytorch_model.bin", "extra_state.pt", *(f"checkpoint-500/{n}" for n in TRAINER_FILES)]
+)
+def test_a_payload_beside_safe_weights_fails_scan_and_check(cli: Cli, tmp_path: Path, planted: str) -> None:
+    marker = tmp_path / "PAYLOAD_RAN"
+    folder = hf_folder(tmp_path / "model")
+    bad = plant(folder / planted, marker)
+    assert payload_fires(bad, marker)
+    result = cli("scan", folder, "--format", "json")
+    assert result.exit_code == 1, result.stderr
+    found = entries(result)
+    files = sorted(str(p) for p in folder.rglob("*") if p.is_file())
+    assert sorted(found) == files
+    assert {p: f["verdict"] for p, f in found.items() if f["verdict"] != "safe"} == {str(bad): "dangerous"}
+    assert found[str(folder / "model.safetensors")]["format"] == "safetensors"
+    for name in ("config.json", "tokenizer.json", "README.md"):
+        assert (found[str(folder / name)]["format"], found[str(folder / name)]["pickles"]) == ("text", 0)
+    checked = cli("check", folder, "--format", "json")
+    assert checked.exit_code == 1
+    (finding,) = [f for f in cli_json(checked)["files"][0]["findings"] if f["severity"] == "error"]
+    assert finding["message"].startswith(f"{planted}: scan calls this file dangerous"), finding
+    assert not marker.exists()
+
+
+def test_a_clean_folder_passes_and_a_file_scan_is_unchanged(cli: Cli, tmp_path: Path) -> None:
+    folder = hf_folder(tmp_path / "model")
+    torch.save({"w": torch.ones(2)}, folder / "pytorch_model.bin")
+    result = cli("scan", folder, "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    on_file = cli_json(cli("scan", folder / "pytorch_model.bin", "--format", "json"))["files"]
+    assert [entries(result)[str(folder / "pytorch_model.bin")]] == on_file
+    assert cli("check", folder).exit_code == 0
+
+
+def test_the_reference_folder_scans_every_pickled_file(cli: Cli, tmp_path: Path) -> None:
+    """`reference train`'s folder: every file torch.save wrote is scanned for its pickle."""
+    folder = tmp_path / "reference"
+    shutil.copytree(REFERENCE, folder)
+    saved = {str(p) for p in folder.rglob("*") if zipfile.is_zipfile(p) and _has_data_pkl(p)}
+    found = entries(cli("scan", folder, "--format", "json"))
+    assert {p for p, f in found.items() if f["pickles"]} == saved and len(saved) >= 6
+    marker = tmp_path / "PAYLOAD_RAN"
+    plant(folder / "cnn" / "model_optimizer.pt", marker)
+    result = cli("scan", folder, "--format", "json")
+    assert (result.exit_code, entries(result)[str(folder / "cnn" / "model_optimizer.pt")]["verdict"]) == (
+        1,
+        "dangerous",
+    )
+    assert not marker.exists()
+
+
+def _has_data_pkl(path: Path) -> bool:
+    with zipfile.ZipFile(path) as archive:
+        return any(n.endswith("/data.pkl") for n in archive.namelist())
+
+
+def test_links_out_of_the_folder_are_not_followed(cli: Cli, tmp_path: Path) -> None:
+    marker = tmp_path / "PAYLOAD_RAN"
+    outside = plant(tmp_path / "elsewhere" / "weights.bin", marker)
+    folder = hf_folder(tmp_path / "model")
+    os.symlink(outside, folder / "pytorch_model.bin")
+    os.symlink(outside.parent, folder / "linked-folder")
+    os.symlink(folder / "model.safetensors", folder / "alias.safetensors")  # inside: scanned
+    result = cli("scan", folder, "--format", "json")
+    assert result.exit_code == 1
+    found = entries(result)
+    for link in ("pytorch_model.bin", "linked-folder"):
+        entry = found[str(folder / link)]
+        assert entry["verdict"] == "unreadable" and "outside the folder: not followed" in entry["error"], entry
+    assert found[str(folder / "alias.safetensors")]["verdict"] == "safe"
+    assert len(result.stderr.splitlines()) == 2 and "not followed" in result.stderr
+    assert cli("check", folder).exit_code == 1
+
+
+def test_a_folder_holding_only_data_without_pickle_is_not_a_checkpoint(cli: Cli, tmp_path: Path) -> None:
+    folder = tmp_path / "assets"
+    folder.mkdir()
+    (folder / "tokenizer.model").write_bytes(bytes(range(256)) * 4)
+    (folder / "vocab.txt").write_text("a\nb\n")
+    result = cli("scan", folder)
+    assert result.exit_code == 2
+    (line,) = result.stderr.splitlines()
+    assert str(folder) in line and "not a checkpoint" in line
+    torch.save({"w": torch.ones(1)}, folder / "weights.pt")
+    found = entries(cli("scan", folder, "--format", "json"))
+    assert found[str(folder / "tokenizer.model")]["format"] == "data"
+    assert found[str(folder / "tokenizer.model")]["verdict"] == "safe"
+
+
+def test_a_sharded_folder_is_one_entry_and_the_files_beside_it_their_own(cli: Cli, tmp_path: Path) -> None:
+    folder = tmp_path / "sharded"
+    shutil.copytree(SHARDED, folder)
+    alone = cli_json(cli("scan", SHARDED, "--format", "json"))["files"]
+    result = cli("scan", folder, "--format", "json")
+    assert result.exit_code == 0
+    assert [{**e, "path": None} for e in cli_json(result)["files"]] == [{**e, "path": None} for e in alone]
+    marker = tmp_path / "PAYLOAD_RAN"
+    stray = plant(folder / "pytorch_model-00003-of-00002.bin", marker)  # named by no index
+    result = cli("scan", folder, "--format", "json")
+    assert result.exit_code == 1
+    assert {p: f["verdict"] for p, f in entries(result).items()} == {str(folder): "safe", str(stray): "dangerous"}
+    assert not marker.exists()

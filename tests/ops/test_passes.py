@@ -1,0 +1,146 @@
+"""Each command decodes each pickle once and reads each tensor's bytes once (once more only to
+verify an output it wrote): counted by instrumenting the pickle decoder and the readers (pread,
+preadv, kernel copies and the pages `diff` maps), never by the clock. A change that adds a pass
+over a file fails here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import ckpttool.pickle.machine as machine
+import ckpttool.tensormap as tensormap
+
+TENSORS, ELEMENTS = 4, 1 << 18  # 4 float32 tensors of 1 MiB: the pickle and directory are small beside them
+DATA_BYTES = TENSORS * ELEMENTS * 4
+OVERHEAD = 64 << 10  # what a pass over a file may read besides tensor bytes (pickle, directory, header)
+
+
+@dataclass
+class Passes:
+    """Pickle decodes by the file they lie in, and bytes read by file."""
+
+    decodes: Counter[str] = field(default_factory=Counter)
+    read: Counter[str] = field(default_factory=Counter)
+
+    def pickles_decoded(self, path: Path) -> int:
+        return sum(n for source, n in self.decodes.items() if source.startswith(f"{path}:"))
+
+    def tensor_passes(self, path: Path) -> float:
+        """How many times the file's tensor bytes were read (a whole number when the
+        small reads of pickle, directory and header are set aside)."""
+        return self.read[str(path)] / DATA_BYTES
+
+    def outputs(self, folder: Path, source: Path) -> dict[str, int]:
+        """Bytes read from each file in `folder` other than `source` (outputs being verified)."""
+        return {p: n for p, n in self.read.items() if p.startswith(str(folder)) and p != str(source)}
+
+
+def _path_of(fd: int) -> str:
+    return os.readlink(f"/proc/self/fd/{fd}")
+
+
+@pytest.fixture
+def passes(monkeypatch: pytest.MonkeyPatch) -> Iterator[Passes]:
+    counted = Passes()
+    run = machine._Machine.run
+
+    def counting_run(self: Any) -> Any:
+        counted.decodes[str(self.source)] += 1
+        return run(self)
+
+    def wrap(name: str, size: Callable[[Any, tuple[Any, ...]], int], fd_index: int = 0) -> None:
+        original = getattr(os, name)
+
+        def counting(*args: Any) -> Any:
+            result = original(*args)
+            counted.read[_path_of(args[fd_index])] += size(result, args)
+            return result
+
+        monkeypatch.setattr(os, name, counting)
+
+    release = tensormap.MappedFiles.release
+
+    def counting_release(self: Any, path: str, start: int, end: int) -> None:
+        counted.read[os.path.realpath(path)] += end - start
+        release(self, path, start, end)
+
+    monkeypatch.setattr(machine._Machine, "run", counting_run)
+    wrap("pread", lambda result, args: len(result))
+    wrap("preadv", lambda result, args: int(result))
+    wrap("copy_file_range", lambda result, args: int(result))
+    monkeypatch.setattr(tensormap.MappedFiles, "release", counting_release)
+    yield counted
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    generator = torch.Generator().manual_seed(0)
+    state = {f"layer{i}.weight": torch.randn(ELEMENTS, generator=generator) for i in range(TENSORS)}
+    folder = tmp_path / "src"
+    folder.mkdir()
+    torch.save(state, folder / "model.pt")
+    save_file(state, folder / "model.safetensors")
+    return (folder / "model.pt").resolve()
+
+
+def _run(cli: Callable[..., Any], *args: Any) -> None:
+    result = cli(*args, "--format", "json")
+    assert result.exit_code in (0, 1), result.stderr
+
+
+@pytest.mark.parametrize("command", ["inspect", "scan"])
+def test_reading_metadata_decodes_once_and_reads_no_tensor(
+    command: str, cli: Callable[..., Any], source: Path, passes: Passes
+) -> None:
+    _run(cli, command, source)
+    assert passes.pickles_decoded(source) == 1
+    assert passes.read[str(source)] < OVERHEAD
+
+
+def test_check_decodes_once_and_reads_each_record_once(cli: Callable[..., Any], source: Path, passes: Passes) -> None:
+    _run(cli, "check", source)
+    assert passes.pickles_decoded(source) == 1
+    assert 1 <= passes.tensor_passes(source) < 1 + OVERHEAD / DATA_BYTES
+
+
+def test_stats_read_each_tensor_once(cli: Callable[..., Any], source: Path, passes: Passes) -> None:
+    _run(cli, "inspect", source, "--stats")
+    assert passes.pickles_decoded(source) == 1
+    assert 1 <= passes.tensor_passes(source) < 1 + OVERHEAD / DATA_BYTES
+
+
+@pytest.mark.parametrize(
+    ("args", "dst_name"),
+    [(("convert",), "out.safetensors"), (("convert", "--to", "pth"), "out.pt"), (("remap",), "out.pt")],
+)
+def test_writing_reads_the_source_once_and_the_output_once(
+    args: tuple[str, ...], dst_name: str, cli: Callable[..., Any], source: Path, passes: Passes
+) -> None:
+    dst = source.parent.parent / dst_name
+    extra = ("--device", "cpu") if args[0] == "remap" else ()
+    _run(cli, *args[:1], source, dst, *args[1:], *extra)
+    assert dst.exists()
+    assert passes.pickles_decoded(source) == 1
+    assert 1 <= passes.tensor_passes(source) < 1 + OVERHEAD / DATA_BYTES
+    # the output is read back once, to verify it, under its temporary name
+    verified = passes.outputs(source.parent.parent, source)
+    assert len(verified) == 1, verified
+    assert DATA_BYTES <= next(iter(verified.values())) < DATA_BYTES + OVERHEAD
+
+
+def test_diff_reads_each_side_once(cli: Callable[..., Any], source: Path, passes: Passes) -> None:
+    other = source.with_suffix(".safetensors")
+    _run(cli, "diff", source, other)
+    assert passes.pickles_decoded(source) == 1
+    assert 1 <= passes.tensor_passes(source) < 1 + OVERHEAD / DATA_BYTES
+    assert 1 <= passes.read[str(other)] / DATA_BYTES < 1 + OVERHEAD / DATA_BYTES
