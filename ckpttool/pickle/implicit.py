@@ -23,7 +23,7 @@ from ckpttool.pickle.allowlist import is_allowed
 from ckpttool.pickle.objects import UNSET, Call, Global, PersistentRef
 from ckpttool.pickle.state import USE_CALL, USE_INSTANTIATE, legacy_module_class
 from ckpttool.pickle.vetted import VETTED, container_kind, is_plain
-from ckpttool.pickle.vetted_classes import INSTANTIATED_STATE
+from ckpttool.pickle.vetted_classes import INSTANTIATED_STATE, PAIR_STATE
 
 # Allowlisted or vetted constructors that iterate (or read keys/items of) what they are given.
 ITERATING = frozenset(
@@ -40,6 +40,13 @@ _STATE_TAKING = frozenset(
 )  # fmt: skip
 
 Implicit = tuple[Global, str, str]  # the global, its use, and how the unpickler comes to it
+_HELD = "a callable in the"  # how a held callable is noted; every other note is a method of the object
+
+
+def is_method_call(how: str) -> bool:
+    """Whether the note says the unpickler calls a method of an object it built (append,
+    __setitem__, __setattr__ for slot state, keys/__iter__), not a callable the object holds."""
+    return not how.startswith(_HELD)
 
 
 def implicit_calls(calls: Iterable[Call]) -> list[Implicit]:
@@ -65,7 +72,7 @@ def _method_calls(call: Call, func: Global) -> Iterator[Implicit]:
         yield func, USE_CALL, "APPEND(S) calls its append/extend"
     if call.dictitems is not None and kind != "dict":
         yield func, USE_CALL, "SETITEM(S) calls its __setitem__"
-    if _has_slot_state(call.state):
+    if _has_slot_state(call.state) and func.qualname not in PAIR_STATE:
         yield func, USE_CALL, "BUILD's slot state sets attributes through its __setattr__"
     if func.qualname in ITERATING:
         for arg in call.args:
@@ -101,7 +108,7 @@ def _callables_held(call: Call, func: Any, found: list[Implicit]) -> None:
     for where, value in held:
         for target in globals_in(value):
             name = func.qualname if isinstance(func, Global) else "a computed callable"
-            found.append((target, USE_CALL, f"a callable in the {where} of {name}(...), where its methods can call it"))
+            found.append((target, USE_CALL, f"{_HELD} {where} of {name}(...), where its methods can call it"))
 
 
 def _instantiated_keys(state: Any, func: Any) -> frozenset[str]:

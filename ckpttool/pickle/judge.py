@@ -32,12 +32,12 @@ from itertools import islice
 from typing import Any, Literal
 
 from ckpttool.pickle.allowlist import danger_reason, is_allowed
-from ckpttool.pickle.implicit import implicit_calls
+from ckpttool.pickle.implicit import implicit_calls, is_method_call
 from ckpttool.pickle.objects import NEWOBJ, Call, Global, PersistentRef
 from ckpttool.pickle.reach import gadget_label, is_internal
 from ckpttool.pickle.state import USE_BUILD, USE_CALL, USE_INSTANTIATE, USE_REFERENCE, Decoded, legacy_module_class
 from ckpttool.pickle.vetted import VETTED, container_kind
-from ckpttool.pickle.vetted_classes import vetted_class
+from ckpttool.pickle.vetted_classes import class_misfit, vetted_class
 
 Verdict = Literal["safe", "needs-allowlist", "unknown-call", "dangerous"]
 SAFE: Verdict = "safe"
@@ -97,6 +97,7 @@ class _Tally:
     misfits: list[str] = field(default_factory=list)
     passed_by: set[str] = field(default_factory=set)
     implicit: list[str] = field(default_factory=list)  # how the unpickler calls it unasked
+    methods_called: bool = False  # the unpickler calls a method of an object of this class
 
 
 def worst(verdicts: Iterable[Verdict]) -> Verdict:
@@ -130,6 +131,7 @@ def _tally(tallies: dict[tuple[str, str], _Tally], ref: Global) -> _Tally:
 
 def _note_implicit(tally: _Tally, use: str, how: str) -> None:
     tally.uses.add(use)
+    tally.methods_called = tally.methods_called or (use == USE_CALL and is_method_call(how))
     if use == USE_CALL and how not in tally.implicit and len(tally.implicit) < MAX_CALLS_SHOWN:
         tally.implicit.append(how)
 
@@ -148,6 +150,10 @@ def _judge_call(call: Call, tallies: dict[tuple[str, str], _Tally], allow: Mappi
                 tally.calls.append(render_call(call))
         if misfit:
             tally.misfits.append(misfit)
+    built, args = _built_class(call, func)
+    form_misfit = class_misfit(built.qualname, args, call.state)
+    if form_misfit:
+        _tally(tallies, built).misfits.append(form_misfit)
     if vetted:
         for value, use in vetted.passes(call.args):
             target = legacy_module_class(value)
@@ -156,6 +162,23 @@ def _judge_call(call: Call, tallies: dict[tuple[str, str], _Tally], allow: Mappi
             if use == USE_CALL:
                 passed.passed_by.add(func.qualname)
     return _container_problems(call, func.qualname)
+
+
+def _built_class(call: Call, func: Global) -> tuple[Global, tuple[Any, ...]]:
+    """The class a call instantiates and the arguments its __new__ gets (keywords as a last
+    argument): protocols 0 and 1 spell `cls.__new__` through copyreg (`_reconstructor(cls,
+    base, state)` passes `state` to a base other than object)."""
+    cls = legacy_module_class(call.args[0]) if call.args else None
+    if func.qualname == "copyreg.__newobj__" and isinstance(cls, Global):
+        return cls, call.args[1:]
+    if func.qualname == "copyreg.__newobj_ex__" and isinstance(cls, Global) and len(call.args) == 3:
+        args, kwargs = call.args[1], call.args[2]
+        return cls, (tuple(args) if type(args) is tuple else (args,)) + ((kwargs,) if kwargs else ())
+    if func.qualname == "copyreg._reconstructor" and isinstance(cls, Global) and len(call.args) == 3:
+        base = legacy_module_class(call.args[1])
+        plain_object = isinstance(base, Global) and base.qualname == "builtins.object"
+        return cls, () if plain_object else call.args[2:]
+    return func, call.args + ((call.kwargs,) if call.kwargs else ())
 
 
 def _container_problems(call: Call, qualname: str) -> list[str]:
@@ -245,6 +268,8 @@ def _judged(module: str, name: str, tally: _Tally, allowed_by: str | None) -> tu
         return NEEDS_ALLOWLIST, f"allowed by {allowed_by}"
     if tally.misfits:
         return UNKNOWN_CALL, f"vetted only for other arguments: called with {tally.misfits[0]}"
+    if (vetted or class_why or (called and vetted_class(qualname))) and tally.methods_called:
+        return UNKNOWN_CALL, f"vetted for its construction and state only: {_unknown_call_reason(qualname, tally)}"
     if vetted:
         return NEEDS_ALLOWLIST, f"vetted: {vetted.why}"
     if class_why:

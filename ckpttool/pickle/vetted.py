@@ -374,6 +374,163 @@ TYPE_MARKERS: dict[str, Vetted] = {
 }  # fmt: skip
 
 
+def _safe_uuid_fits(args: Args) -> str | None:
+    if len(args) == 1 and (args[0] is None or (type(args[0]) is int and args[0] in (0, -1))):
+        return None
+    return "expected one of the SafeUUID codes 0, -1, None"
+
+
+def _numbers_or_text(max_args: int) -> Callable[[Args], str | None]:
+    """Decimal and Fraction take numbers or a string; any other object would be asked for
+    its numerator/denominator or its __float__."""
+
+    def fits(args: Args) -> str | None:
+        if 1 <= len(args) <= max_args and all(type(a) in (int, float, str) for a in args):
+            return None
+        return f"expected at most {max_args} numbers or strings"
+
+    return fits
+
+
+def _regex_fits(args: Args) -> str | None:
+    if len(args) == 2 and type(args[0]) in (str, bytes) and type(args[1]) is int:
+        return None
+    return "expected (pattern string, flags int)"
+
+
+# Value types configs and training records hold besides datetime's.
+VALUE_CALLS: dict[str, Vetted] = {
+    "uuid.SafeUUID": Vetted(
+        "whether a UUID was made multiprocessing-safely: an Enum member looked up by its value (a dict lookup)",
+        _safe_uuid_fits,
+    ),
+    "types.SimpleNamespace": Vetted(
+        "an attribute bag (a config): built empty, BUILD updates its __dict__ (its state form is checked); "
+        "no __setstate__, no __del__",
+        _plain(0),
+    ),
+    "decimal.Decimal": Vetted("a decimal number parsed from a string or a number (C code)", _numbers_or_text(1)),
+    "fractions.Fraction": Vetted("a fraction of two integers, or parsed from a string", _numbers_or_text(2)),
+    "re._compile": Vetted(
+        "a compiled regular expression as copyreg pickles one: the pattern parsed and compiled by sre (no callable)",
+        _regex_fits,
+    ),
+    "random.Random": Vetted(
+        "the standard library RNG: built seeded from the system's entropy, BUILD's setstate then loads the "
+        "Mersenne Twister words (C code; its state form is checked)",
+        _plain(0),
+    ),
+    "torch.amp.grad_scaler._refresh_per_optimizer_state": Vetted(
+        "the default_factory of a pickled GradScaler: returns a fresh "
+        "{'stage': OptState.READY, 'found_inf_per_device': {}}",
+        _plain(0),
+    ),
+}
+
+
+_ARRAY_BUILDERS = frozenset({"numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct"})
+_MAX_DEPTH = 8
+
+
+def plain_or_arrays(value: Any, depth: int = 0) -> bool:
+    """Plain data all the way down, ndarrays (judged as calls of their own) allowed: what a
+    numpy RNG's state holds. Anything else would have its methods (`__int__`, `__floordiv__`)
+    called by the C code that reads the state."""
+    if type(value) in (str, bytes, int, float, bool, type(None)):
+        return True
+    if depth >= _MAX_DEPTH:
+        return False
+    if type(value) in (tuple, list):
+        return all(plain_or_arrays(v, depth + 1) for v in value)
+    if type(value) is dict:
+        return all(type(k) is str and plain_or_arrays(v, depth + 1) for k, v in value.items())
+    return isinstance(value, Call) and value.func_name in _ARRAY_BUILDERS
+
+
+# numpy.random's own table (`numpy/random/_pickle.py`): name -> bit generator class.
+NUMPY_BIT_GENERATORS: dict[str, str] = {
+    "MT19937": "numpy.random._mt19937.MT19937", "PCG64": "numpy.random._pcg64.PCG64",
+    "PCG64DXSM": "numpy.random._pcg64.PCG64DXSM", "Philox": "numpy.random._philox.Philox",
+    "SFC64": "numpy.random._sfc64.SFC64",
+}  # fmt: skip
+_RNG_PICKLE = "numpy.random._pickle"
+BIT_GENERATOR_CTOR = f"{_RNG_PICKLE}.__bit_generator_ctor"
+
+
+def _bit_generator_class(arg: Any) -> str | None:
+    """The class `__bit_generator_ctor(arg)` instantiates: a name of numpy's table, or one of
+    its classes (numpy 2 passes the class, and would call any callable it is given)."""
+    target = legacy_module_class(arg)
+    if isinstance(target, Global):
+        return target.qualname if target.qualname in NUMPY_BIT_GENERATORS.values() else None
+    return NUMPY_BIT_GENERATORS.get(arg) if type(arg) is str else None
+
+
+def _bit_generator_ctor_fits(args: Args) -> str | None:
+    if not args or (len(args) == 1 and _bit_generator_class(args[0])):
+        return None
+    return "expected a bit generator name or class of numpy.random's own table"
+
+
+def _bit_generator_ctor_passes(args: Args) -> Passed:
+    return [(args[0], USE_INSTANTIATE)] if args and _is_global(args[0]) else []
+
+
+def _rng_ctor_fits(args: Args) -> str | None:
+    """numpy 2: (a bit generator the pickle built by __bit_generator_ctor); numpy 1: (name,)
+    or (name, __bit_generator_ctor), the ctor being called with the name."""
+    if len(args) == 1 and _is_call_of(args[0], BIT_GENERATOR_CTOR):
+        return None
+    named = len(args) in (1, 2) and type(args[0]) is str and args[0] in NUMPY_BIT_GENERATORS
+    ctor = legacy_module_class(args[1]) if len(args) == 2 else None
+    if not args or (named and (ctor is None or (isinstance(ctor, Global) and ctor.qualname == BIT_GENERATOR_CTOR))):
+        return None
+    return "expected a bit generator (or its name, and numpy's own __bit_generator_ctor)"
+
+
+def _rng_ctor_passes(args: Args) -> Passed:
+    return [(args[1], USE_CALL)] if len(args) == 2 and _is_global(args[1]) else []
+
+
+def _seed_sequence_fits(args: Args) -> str | None:
+    target = legacy_module_class(args[0]) if args else None
+    if len(args) == 3 and isinstance(target, Global) and target.qualname == SEED_SEQUENCE and type(args[1]) is int:
+        return None if args[2] is None else "expected no state in the arguments (BUILD gives it)"
+    return "expected (numpy.random.bit_generator.SeedSequence, checksum, None)"
+
+
+SEED_SEQUENCE = "numpy.random.bit_generator.SeedSequence"
+SEED_SEQUENCE_UNPICKLER = "numpy.random.bit_generator.__pyx_unpickle_SeedSequence"
+_RNG_CTOR = "{}: numpy's pickling helper builds it from a bit generator of numpy's own table; BUILD then sets its state"
+NUMPY_RANDOM_CALLS: dict[str, Vetted] = {
+    BIT_GENERATOR_CTOR: Vetted(
+        "numpy's pickling helper: instantiates a bit generator class of numpy's own table (by name or class); "
+        "BUILD then sets its state (C code reading ints and arrays)",
+        _bit_generator_ctor_fits,
+        _bit_generator_ctor_passes,
+        result_class=lambda args: _bit_generator_class(args[0]) if args else NUMPY_BIT_GENERATORS["MT19937"],
+    ),
+    f"{_RNG_PICKLE}.__generator_ctor": Vetted(
+        _RNG_CTOR.format("a numpy.random.Generator"),
+        _rng_ctor_fits,
+        _rng_ctor_passes,
+        result_class=lambda args: "numpy.random._generator.Generator",
+    ),
+    f"{_RNG_PICKLE}.__randomstate_ctor": Vetted(
+        _RNG_CTOR.format("a numpy.random.RandomState"),
+        _rng_ctor_fits,
+        _rng_ctor_passes,
+        result_class=lambda args: "numpy.random.mtrand.RandomState",
+    ),
+    SEED_SEQUENCE_UNPICKLER: Vetted(
+        "the Cython unpickler of a SeedSequence: SeedSequence.__new__ (refusing another class) after a checksum "
+        "check; BUILD stores the entropy, pool array and spawn key",
+        _seed_sequence_fits,
+        _first_instantiated,
+    ),
+}
+
+
 _CONSTRUCTOR = "builds a {} from the plain data it is given; calls nothing of it"
 _RECONSTRUCT = Vetted(
     "an empty ndarray of the given subtype (judged as instantiated) that BUILD fills from bytes, "
@@ -438,6 +595,8 @@ VETTED: dict[str, Vetted] = {
     **TORCHSCRIPT_BUILDERS,
     **DCP_METADATA_CALLS,
     **DATETIME_CALLS,
+    **VALUE_CALLS,
+    **NUMPY_RANDOM_CALLS,
     **ACTIVATIONS,
     **TYPE_MARKERS,
     **ENUM_CALLS,
