@@ -4,48 +4,22 @@ pickles built opcode by opcode and only ever decoded by ckpttool."""
 from __future__ import annotations
 
 import importlib.util
-import struct
 from pathlib import Path
 from typing import Any
 
+import judging
 import pytest
+from judging import call, glob, new, num, text, verdict_of
 
-from ckpttool.pickle import decode, stdlib_reach
-from ckpttool.pickle.judge import Judgement, judge
+from ckpttool.pickle import stdlib_reach
+from ckpttool.pickle.judge import Judgement
 
 GENERATOR = Path(__file__).resolve().parents[2] / "tools" / "generate_stdlib_reach.py"
 BUILD, APPEND, APPENDS, SETITEM, MARK, POP, TUPLE2 = b"b", b"a", b"e", b"s", b"(", b"0", b"\x86"
 
 
-def glob(qualname: str) -> bytes:
-    module, _, name = qualname.rpartition(".")
-    return f"c{module}\n{name}\n".encode()
-
-
-def text(value: str) -> bytes:
-    raw = value.encode()
-    return b"X" + struct.pack("<I", len(raw)) + raw
-
-
-def num(value: int) -> bytes:
-    return b"J" + struct.pack("<i", value)
-
-
-def call(func: str, *args: bytes) -> bytes:
-    return glob(func) + b"(" + b"".join(args) + b"tR"
-
-
-def new(cls: str, *args: bytes) -> bytes:
-    return glob(cls) + b"(" + b"".join(args) + b"t\x81"
-
-
 def judged(body: bytes, allow: dict[str, str] | None = None) -> Judgement:
-    return judge([decode(b"\x80\x04" + body + b".")], allow)
-
-
-def verdict_of(judgement: Judgement, qualname: str) -> str:
-    (found,) = [g for g in judgement.globals if g.qualname == qualname]
-    return found.verdict
+    return judging.judged(body, allow, protocol=4)
 
 
 EMPTY_LIST, EMPTY_DICT = b"]", b"}"

@@ -10,50 +10,16 @@ from __future__ import annotations
 
 import collections
 import pickle
-import struct
 
 import numpy as np
 import pytest
 import torch.jit._pickle
+from judging import call, glob, judged, new, num, text, verdict_of
 
 from ckpttool.pickle import decode
 from ckpttool.pickle.allowlist import PURE_MEMBERS
 from ckpttool.pickle.judge import Judgement, TorchScript, judge, unknown_calls_by_allow
 from ckpttool.pickle.vetted import NUMPY_DTYPE_CLASSES, VETTED, numpy_dtype_class
-
-
-def glob(qualname: str) -> bytes:
-    module, _, name = qualname.rpartition(".")
-    return f"c{module}\n{name}\n".encode()
-
-
-def text(value: str) -> bytes:
-    raw = value.encode()
-    return b"X" + struct.pack("<I", len(raw)) + raw
-
-
-def num(value: int) -> bytes:
-    return b"J" + struct.pack("<i", value)
-
-
-def call(func: str, *args: bytes) -> bytes:
-    """REDUCE: func(*args)."""
-    return glob(func) + b"(" + b"".join(args) + b"tR"
-
-
-def new(cls: str, *args: bytes) -> bytes:
-    """NEWOBJ: cls.__new__(cls, *args)."""
-    return glob(cls) + b"(" + b"".join(args) + b"t\x81"
-
-
-def judged(body: bytes, allow: dict[str, str] | None = None) -> Judgement:
-    return judge([decode(b"\x80\x02" + body + b".")], allow)
-
-
-def verdict_of(judgement: Judgement, qualname: str) -> str:
-    (found,) = [g for g in judgement.globals if g.qualname == qualname]
-    return found.verdict
-
 
 NONE = b"N"
 EMPTY_LIST = b"]"
