@@ -273,9 +273,10 @@ PURE_MEMBERS: frozenset[str] = frozenset(
     for name in ("build_intlist", "build_tensorlist", "build_doublelist", "build_boollist",
                  "build_tensor_from_id", "restore_type_tag")
 )  # fmt: skip
-# Classes of a gadget module read the same way: joblib's array placeholder, vetted as a
-# class in `ckpttool.pickle.vetted_classes` (joblib.load, not the class, reads the array).
-PURE_CLASSES: frozenset[str] = frozenset({"joblib.numpy_pickle.NumpyArrayWrapper"})
+# Classes of a gadget module read the same way, each vetted as a class in
+# `ckpttool.pickle.vetted_classes`: joblib's array placeholder (joblib.load, not the class,
+# reads the array) and io's in-memory buffer (it opens no file).
+PURE_CLASSES: frozenset[str] = frozenset({"joblib.numpy_pickle.NumpyArrayWrapper", "_io.BytesIO"})
 
 # Module-level functions whose own name is a dunder: pickle's protocol 0 and 1 helpers.
 _DUNDER_FUNCTIONS = frozenset({"copyreg.__newobj__", "copyreg.__newobj_ex__"})

@@ -80,6 +80,10 @@ VETTED_CLASSES: dict[str, str] = {
         "factory is judged as called); no __del__",
     ),
     **OPTIMIZERS,
+    "_io.BytesIO": (
+        "an in-memory buffer (TransformerEngine's extra state in older checkpoints): __setstate__ (C code) "
+        "copies its bytes and position; it opens no file; no __del__ beyond freeing the buffer"
+    ),
     "joblib.numpy_pickle.NumpyArrayWrapper": (
         "joblib's array placeholder: BUILD stores shape, order and dtype; joblib.load replaces it by the array "
         "it reads from the bytes after it (a pickle of its own for object arrays, judged as such)"
@@ -152,9 +156,33 @@ def _seed_sequence_form(args: tuple[Any, ...], state: Any) -> str | None:
     return "expected a SeedSequence's state: entropy, spawn count, pool array, pool size, spawn key"
 
 
+_BYTES_RESULTS = frozenset({"_codecs.encode", "builtins.bytes", "builtins.bytearray"})
+
+
+def _is_bytes(value: Any) -> bool:
+    return type(value) in (bytes, bytearray) or (isinstance(value, Call) and value.func_name in _BYTES_RESULTS)
+
+
+def _bytesio_form(args: tuple[Any, ...], state: Any) -> str | None:
+    """BytesIO.__getstate__: (its bytes, the position, its __dict__ or None); any other value
+    would be read through the buffer protocol or iterated, calling an object the pickle built."""
+    if len(args) > 1 or (args and not _is_bytes(args[0])):
+        return "expected BytesIO() or BytesIO(bytes)"
+    if state is UNSET or (
+        type(state) is tuple
+        and len(state) == 3
+        and _is_bytes(state[0])
+        and type(state[1]) is int
+        and (state[2] is None or (type(state[2]) is dict and all(type(k) is str for k in state[2])))
+    ):
+        return None
+    return "expected a BytesIO state: (bytes, position, None or a dict of attribute names)"
+
+
 # The argument and state forms under which a vetted class's construction only stores data.
 CLASS_FORMS: dict[str, Form] = {
     "uuid.UUID": _uuid_form,
+    "_io.BytesIO": _bytesio_form,
     "torch.torch_version.TorchVersion": _version_form,
     "types.SimpleNamespace": _namespace_form,
     "torch.amp.grad_scaler.GradScaler": _dict_state_form,

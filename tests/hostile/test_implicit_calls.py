@@ -219,17 +219,18 @@ for module in imports:
     importlib.import_module(module)
     namespace[module.split(".")[0]] = sys.modules[module.split(".")[0]]
 exec(line, namespace)
-print(repr(torch.load(path, weights_only=True)))
+loaded = torch.load(path, weights_only=True)
+print(repr(eval(sys.argv[4], {"loaded": loaded})))
 """
 
 
-def load_with_allowlist(path: Path, line: str, imports: list[str]) -> str:
+def load_with_allowlist(path: Path, line: str, imports: list[str], shown: str = "loaded") -> str:
     """repr of what torch.load(weights_only=True) returns once the printed line has run
-    (a child process, so the allowlist ends with it)."""
+    (a child process, so the allowlist ends with it), or of the expression `shown` of it."""
     import json
 
     done = subprocess.run(
-        [sys.executable, "-c", _WEIGHTS_ONLY, str(path), line, json.dumps(imports)],
+        [sys.executable, "-c", _WEIGHTS_ONLY, str(path), line, json.dumps(imports), shown],
         capture_output=True, text=True, check=True, timeout=120,
     )  # fmt: skip
     return done.stdout.strip()

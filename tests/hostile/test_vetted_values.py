@@ -57,6 +57,26 @@ def test_real_values_need_only_the_printed_allowlist(tmp_path: Path) -> None:
     assert run_cli("check", path).exit_code == 0
 
 
+def test_an_in_memory_buffer_needs_only_the_printed_allowlist(tmp_path: Path) -> None:
+    """Older TransformerEngine layers kept their extra state as an io.BytesIO: vetted, and
+    torch.load(weights_only=True) under the printed line returns the same bytes and position."""
+    import io
+
+    torch = pytest.importorskip("torch")
+    buffer = io.BytesIO(b"fp8 scaling state")
+    buffer.seek(3)
+    path = tmp_path / "te.pt"
+    torch.save({"layer._extra_state": buffer}, path)
+    outcome = run_cli("scan", "--format", "json", path)
+    (report,) = outcome.json()["files"]
+    assert (outcome.exit_code, report["verdict"]) == (0, "needs-allowlist"), report
+    assert global_entry(report, "_io.BytesIO")["verdict"] == "needs-allowlist"
+    buffered = "(loaded['layer._extra_state'].getvalue(), loaded['layer._extra_state'].tell())"
+    assert load_with_allowlist(path, report["allowlist"], report["imports"], buffered) == repr(
+        (b"fp8 scaling state", 3)
+    )
+
+
 @pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
 def test_every_protocol_of_the_real_values_is_vetted(protocol: int) -> None:
     pytest.importorskip("torch")
@@ -95,6 +115,11 @@ def version_of_a_command(marker: Path) -> bytes:
     return whole(version, protocol=4)
 
 
+def bytesio_state_of_a_command(marker: Path) -> bytes:
+    state = Op.MARK + command(marker) + value(0) + Op.NONE + Op.TUPLE
+    return whole(global_ref("_io", "BytesIO") + Op.EMPTY_TUPLE + Op.NEWOBJ + state + Op.BUILD, protocol=4)
+
+
 def called_with_a_command(module: str, name: str) -> Any:
     def build(marker: Path) -> bytes:
         return whole(global_ref(module, name) + Op.MARK + command(marker) + Op.TUPLE + Op.REDUCE, protocol=4)
@@ -111,6 +136,8 @@ VARIANTS: dict[str, tuple[Any, str]] = {
     "safe_uuid": (called_with_a_command("uuid", "SafeUUID"), "uuid.SafeUUID"),
     "decimal": (called_with_a_command("decimal", "Decimal"), "decimal.Decimal"),
     "fraction": (called_with_a_command("fractions", "Fraction"), "fractions.Fraction"),
+    "bytesio_state": (bytesio_state_of_a_command, "_io.BytesIO"),
+    "bytesio_argument": (called_with_a_command("_io", "BytesIO"), "_io.BytesIO"),
 }
 
 
