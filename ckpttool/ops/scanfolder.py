@@ -9,9 +9,12 @@ entry, scanned as its loader reads it: a DCP folder (`.metadata` and its data fi
 sharded folder (its index and the shards the index names); the other files beside it
 are entries of their own.
 
-Nothing is followed out of the folder: a symbolic link whose target lies outside it is
-reported, not read (a loader following it would read a file this scan never saw, so it
-counts as unreadable). Links inside it point at files scanned anyway.
+A symbolic link to a regular file is followed wherever its target lies, as a loader
+follows it: a Hugging Face cache snapshot (`snapshots/<hash>/`) holds only links into
+`../../blobs/`. The target's content is scanned under the link's name, and the entry
+names the target. A link to a folder outside is not followed (reported, unreadable: the
+files a loader would find there were never scanned); one inside points at files listed
+anyway. Pipes, devices and broken or looping links are reported, not read.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class FolderItem:
     path: str
     kind: ItemKind  # a file to scan, a folder that is a checkpoint of several files, or a path not read
     reason: str = ""  # why a skipped path was not read
+    target: str = ""  # the file a symbolic link resolves to, when `path` is one
 
 
 def folder_items(root: str) -> list[FolderItem]:
@@ -51,12 +55,12 @@ def folder_items(root: str) -> list[FolderItem]:
     for folder, dirs, files in os.walk(root, onerror=unlistable):
         dirs.sort()
         own = _checkpoint_files(folder)
-        if own:
+        if own and not own <= covered:  # a tag folder already read through its run's `latest`
             items.append(FolderItem(folder, "checkpoint"))
             covered |= own
         names = [n for n in sorted(files) if os.path.normpath(os.path.join(folder, n)) not in covered]
         items.extend(_linked_folders(folder, dirs, top))
-        items.extend(_classify(os.path.join(folder, name), top) for name in names)
+        items.extend(_classify(os.path.join(folder, name)) for name in names)
         if len(items) > MAX_FILES:
             reason = f"more than {MAX_FILES} files: the rest of the folder is not scanned"
             return [*items[:MAX_FILES], FolderItem(root, "skipped", reason)]
@@ -88,17 +92,17 @@ def _linked_folders(folder: str, dirs: list[str], top: str) -> list[FolderItem]:
     return [_outside(p) for p in linked if not _inside(p, top)]
 
 
-def _classify(path: str, top: str) -> FolderItem:
-    if os.path.islink(path) and not _inside(path, top):
-        return _outside(path)
+def _classify(path: str) -> FolderItem:
+    link = os.path.islink(path)
     try:
-        mode = os.stat(path).st_mode
+        mode = os.stat(path).st_mode  # through every link; a loop raises ELOOP
     except OSError as exc:
-        broken = "a broken symbolic link" if os.path.islink(path) else "cannot read"
+        broken = "a broken symbolic link" if link else "cannot read"
         return FolderItem(path, "skipped", f"{broken}: {exc.strerror or exc}")
     if not stat.S_ISREG(mode):  # a pipe or device would block or never end
-        return FolderItem(path, "skipped", "not a regular file: not read")
-    return FolderItem(path, "file")
+        what = f"a symbolic link to {os.path.realpath(path)}, not" if link else "not"
+        return FolderItem(path, "skipped", f"{what} a regular file: not read")
+    return FolderItem(path, "file", target=os.path.realpath(path) if link else "")
 
 
 def _inside(path: str, top: str) -> bool:
@@ -107,5 +111,6 @@ def _inside(path: str, top: str) -> bool:
 
 
 def _outside(path: str) -> FolderItem:
-    reason = f"a symbolic link to {os.path.realpath(path)}, outside the folder: not followed (scan the target itself)"
+    where = os.path.realpath(path)
+    reason = f"a symbolic link to the folder {where}, outside the folder: not followed (scan the target itself)"
     return FolderItem(path, "skipped", reason)

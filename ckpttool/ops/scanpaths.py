@@ -56,7 +56,14 @@ def scan_folder(root: str, allow: Mapping[str, str] | None = None) -> list[ScanE
 def _scan_item(item: FolderItem, allow: Mapping[str, str] | None) -> ScanEntry:
     if item.kind == "skipped":
         return UnreadableFile(item.path, item.reason)
-    return _scan_one(item.path, allow, in_folder=item.kind == "file")
+    entry = _scan_one(item.path, allow, in_folder=item.kind == "file")
+    if item.target:  # the content is the target's: say which file that is
+        link = f"a symbolic link to {item.target}"
+        if isinstance(entry, FileScan):
+            entry.notes.insert(0, f"{link}: its content is scanned")
+        else:
+            entry.error = f"{link}: {entry.error}"
+    return entry
 
 
 def _no_pickle(path: str, error: str) -> FileScan:
