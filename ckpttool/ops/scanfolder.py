@@ -6,8 +6,8 @@ safetensors are off, and its Trainer `torch.load`s `training_args.bin`, `optimiz
 `scheduler.pt` and `rng_state.pth` on resume. So each file is scanned as `scan FILE`
 scans it (with the same container caps). A checkpoint made of several files is one
 entry, scanned as its loader reads it: a DCP folder (`.metadata` and its data files), a
-sharded folder (its index and the shards the index names); the other files beside it
-are entries of their own.
+sharded folder (its index and the shards the index names), a DeepSpeed run or tag folder
+(`latest` and the tag's rank files); the other files beside it are entries of their own.
 
 A symbolic link to a regular file is followed wherever its target lies, as a loader
 follows it: a Hugging Face cache snapshot (`snapshots/<hash>/`) holds only links into
@@ -26,6 +26,7 @@ from typing import Literal
 
 from ckpttool.errors import CkptError
 from ckpttool.formats import detect
+from ckpttool.formats.deepspeed_files import LATEST, rank_files, tag_folder
 from ckpttool.formats.sharded import find_index, load_index, shard_path
 
 MAX_FILES = 10_000  # entries of one folder; past it, the rest is reported unscanned
@@ -72,7 +73,10 @@ def _checkpoint_files(folder: str) -> set[str]:
     sharded checkpoint; none otherwise (each file is then scanned on its own)."""
     try:
         several = os.path.isfile(os.path.join(folder, DCP_METADATA)) or find_index(folder) is not None
+        several = several or tag_folder(folder) is not None
         kind = detect(folder) if several else None  # a folder with one weights file: each file alone
+        if kind == "deepspeed":
+            return _deepspeed_files(folder)
         if kind == "dcp":
             data = [n for n in os.listdir(folder) if n.endswith(DCP_DATA_SUFFIX)]
             return {os.path.normpath(os.path.join(folder, n)) for n in [DCP_METADATA, *data]}
@@ -84,6 +88,16 @@ def _checkpoint_files(folder: str) -> set[str]:
     except (CkptError, OSError):  # a broken index: its files are scanned one by one
         pass
     return set()
+
+
+def _deepspeed_files(folder: str) -> set[str]:
+    """A run folder's `latest` and the rank files of the tag it names, or a tag folder's
+    rank files: what its entry decodes. Other files there are entries of their own."""
+    tag = tag_folder(folder)
+    assert tag is not None  # detected by it
+    files, _ = rank_files(tag)
+    latest = [os.path.join(folder, LATEST)] if tag != folder else []
+    return {os.path.normpath(p) for p in [*latest, *files]}
 
 
 def _linked_folders(folder: str, dirs: list[str], top: str) -> list[FolderItem]:

@@ -247,3 +247,39 @@ def test_a_sharded_folder_is_one_entry_and_the_files_beside_it_their_own(cli: Cl
     assert result.exit_code == 1
     assert {p: f["verdict"] for p, f in entries(result).items()} == {str(folder): "safe", str(stray): "dangerous"}
     assert not marker.exists()
+
+
+DEEPSPEED = Path(__file__).resolve().parents[2] / "fixtures" / "deepspeed" / "zero2_bf16_3ranks"
+
+
+def test_a_deepspeed_run_is_one_entry_and_each_rank_file_is_decoded_once(cli: Cli, tmp_path: Path) -> None:
+    """The run's entry decodes `latest` and the tag's rank files (what DeepSpeed torch.loads);
+    an older tag is an entry of its own, and a stray file in a tag folder too."""
+    run = tmp_path / "run"
+    shutil.copytree(DEEPSPEED, run)
+    (run / "zero_to_fp32.py").write_text("print('consolidate')\n")
+    tag = run / (run / "latest").read_text().strip()
+    shutil.copytree(tag, run / "global_step1")
+    ranks = sorted(str(p) for p in tag.iterdir() if zipfile.is_zipfile(p) and _has_data_pkl(p))
+    assert len(ranks) == 4  # the model states and 3 optimizer state files
+    result = cli("scan", run, "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    found = entries(result)
+    beside = {str(p) for p in run.iterdir() if p.is_file() and p.name != "latest"}
+    assert set(found) == {str(run), str(run / "global_step1"), *beside}
+    assert (found[str(run)]["format"], found[str(run)]["pickles"]) == ("deepspeed", len(ranks))
+    assert found[str(run / "global_step1")]["format"] == "deepspeed"
+    assert sum(f["pickles"] for f in found.values()) == 2 * len(ranks)  # no rank file decoded twice
+    assert any("zero_to_fp32.py" in note for note in found[str(run)]["notes"])
+    assert found[str(run / "zero_to_fp32.py")]["format"] == "text"
+    marker = tmp_path / "PAYLOAD_RAN"
+    stray = plant(tag / "extra_state.pt", marker)
+    assert payload_fires(stray, marker)
+    result = cli("scan", run, "--format", "json")
+    assert result.exit_code == 1
+    assert {p: f["verdict"] for p, f in entries(result).items() if f["verdict"] == "dangerous"} == {
+        str(stray): "dangerous"
+    }
+    alone = cli_json(cli("scan", tag, "--format", "json"))["files"]
+    assert {f["path"]: f["format"] for f in alone} == {str(tag): "deepspeed", str(stray): "torch-zip"}
+    assert not marker.exists()
