@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ckpttool.errors import CkptError
-from ckpttool.formats import detect
+from ckpttool.formats import OpenedFile, detect
 from ckpttool.formats.deepspeed_files import LATEST, rank_files, tag_folder
 from ckpttool.formats.sharded import find_index, load_index, shard_path
 
@@ -44,8 +44,9 @@ class FolderItem:
     target: str = ""  # the file a symbolic link resolves to, when `path` is one
 
 
-def folder_items(root: str) -> list[FolderItem]:
-    """Every path under `root` to scan, in a stable (sorted) order."""
+def folder_items(root: str, opened: OpenedFile | None = None) -> list[FolderItem]:
+    """Every path under `root` to scan, in a stable (sorted) order. `opened`: `root` as a
+    command already opened it, whose probe tells its format without probing again."""
     top = os.path.realpath(root)
     items: list[FolderItem] = []
     covered: set[str] = set()  # the files of a checkpoint folder's entry
@@ -55,7 +56,7 @@ def folder_items(root: str) -> list[FolderItem]:
 
     for folder, dirs, files in os.walk(root, onerror=unlistable):
         dirs.sort()
-        own = _checkpoint_files(folder)
+        own = _checkpoint_files(folder, opened if opened is not None and same_path(opened.path, folder) else None)
         if own and not own <= covered:  # a tag folder already read through its run's `latest`
             items.append(FolderItem(folder, "checkpoint"))
             covered |= own
@@ -68,13 +69,15 @@ def folder_items(root: str) -> list[FolderItem]:
     return items
 
 
-def _checkpoint_files(folder: str) -> set[str]:
-    """The files of `folder` its checkpoint's loader reads together, when it is a DCP or
-    sharded checkpoint; none otherwise (each file is then scanned on its own)."""
+def _checkpoint_files(folder: str, opened: OpenedFile | None) -> set[str]:
+    """The files of `folder` its checkpoint's loader reads together, when it is a DCP,
+    sharded or DeepSpeed checkpoint; none otherwise (each file is then scanned on its own)."""
     try:
         several = os.path.isfile(os.path.join(folder, DCP_METADATA)) or find_index(folder) is not None
         several = several or tag_folder(folder) is not None
-        kind = detect(folder) if several else None  # a folder with one weights file: each file alone
+        if not several:  # a folder with one weights file: each file alone
+            return set()
+        kind = opened.kind() if opened is not None else detect(folder)
         if kind == "deepspeed":
             return _deepspeed_files(folder)
         if kind == "dcp":
@@ -117,6 +120,10 @@ def _classify(path: str) -> FolderItem:
         what = f"a symbolic link to {os.path.realpath(path)}, not" if link else "not"
         return FolderItem(path, "skipped", f"{what} a regular file: not read")
     return FolderItem(path, "file", target=os.path.realpath(path) if link else "")
+
+
+def same_path(a: str, b: str) -> bool:
+    return os.path.normpath(a) == os.path.normpath(b)
 
 
 def _inside(path: str, top: str) -> bool:

@@ -28,6 +28,9 @@ from conftest import cli_json
 from ops.support import ExecPayload
 from safetensors.torch import save_file
 
+from ckpttool.formats import registry
+from ckpttool.ops.check import CheckOptions, check
+
 Cli = Callable[..., Result]
 REFERENCE = Path(__file__).resolve().parents[2] / "fixtures" / "reference"
 SHARDED = Path(__file__).resolve().parents[2] / "fixtures" / "files" / "sharded_bin"
@@ -283,3 +286,26 @@ def test_a_deepspeed_run_is_one_entry_and_each_rank_file_is_decoded_once(cli: Cl
     alone = cli_json(cli("scan", tag, "--format", "json"))["files"]
     assert {f["path"]: f["format"] for f in alone} == {str(tag): "deepspeed", str(stray): "torch-zip"}
     assert not marker.exists()
+
+
+MEGATRON = Path(__file__).resolve().parents[2] / "fixtures" / "megatron" / "gpt_tp1"
+
+
+def test_check_of_a_dcp_folder_opens_it_once(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The folder scan's entry for the checkpoint itself is the opening the read used;
+    its findings are those `scan` gives the same folder."""
+    probed: list[str] = []
+    real = registry.probe
+
+    def counted(path: str, *args: Any) -> Any:
+        probed.append(os.path.normpath(path))
+        return real(path, *args)
+
+    monkeypatch.setattr(registry, "probe", counted)
+    report = check(str(MEGATRON), CheckOptions())
+    assert probed.count(os.path.normpath(MEGATRON)) == 1, probed
+    monkeypatch.undo()
+    scanned = cli_json(cli("scan", MEGATRON, "--format", "json"))["files"]
+    assert str(MEGATRON) in {f["path"] for f in scanned}
+    bad = [f["path"] for f in scanned if f["verdict"] not in ("safe", "needs-allowlist")]
+    assert report.ok() == (not bad) and [f.message for f in report.findings if f.severity == "error"] == []
