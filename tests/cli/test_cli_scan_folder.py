@@ -10,14 +10,17 @@ subprocess, and the files holding a pickle are those torch.save wrote (a zip wit
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
 import zipfile
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +31,11 @@ from conftest import cli_json
 from ops.support import ExecPayload
 from safetensors.torch import save_file
 
-from ckpttool.formats import registry
+from ckpttool.errors import CkptError
+from ckpttool.formats import dcp_format, dcp_metadata, registry
+from ckpttool.formats.registry import open_path
 from ckpttool.ops.check import CheckOptions, check
+from ckpttool.ops.scan import scan_file, scan_opened
 
 Cli = Callable[..., Result]
 REFERENCE = Path(__file__).resolve().parents[2] / "fixtures" / "reference"
@@ -301,11 +307,42 @@ def test_check_of_a_dcp_folder_opens_it_once(cli: Cli, monkeypatch: pytest.Monke
         probed.append(os.path.normpath(path))
         return real(path, *args)
 
+    decoded: list[str] = []
+
+    def decoding(real_decode: Callable[..., Any]) -> Callable[..., Any]:
+        def counted_decode(data: bytes, *args: Any, **kwargs: Any) -> Any:
+            decoded.append(os.path.basename(str(kwargs.get("source", ""))))
+            return real_decode(data, *args, **kwargs)
+
+        return counted_decode
+
     monkeypatch.setattr(registry, "probe", counted)
+    for module in (dcp_format, dcp_metadata):
+        monkeypatch.setattr(module, "decode", decoding(module.decode))
     report = check(str(MEGATRON), CheckOptions())
     assert probed.count(os.path.normpath(MEGATRON)) == 1, probed
+    assert decoded.count(".metadata") == 1, decoded  # the read's decoding is the scan's
     monkeypatch.undo()
     scanned = cli_json(cli("scan", MEGATRON, "--format", "json"))["files"]
     assert str(MEGATRON) in {f["path"] for f in scanned}
     bad = [f["path"] for f in scanned if f["verdict"] not in ("safe", "needs-allowlist")]
     assert report.ok() == (not bad) and [f.message for f in report.findings if f.severity == "error"] == []
+
+
+def test_a_scan_after_the_read_is_the_scan_of_a_fresh_opening(tmp_path: Path) -> None:
+    """The read and the scan share `.metadata`'s decoding: the scan is the same whichever
+    ran first, for a clean folder and for one whose metadata holds a payload."""
+    marker = tmp_path / "PAYLOAD_RAN"
+    hostile = tmp_path / "hostile"
+    shutil.copytree(MEGATRON, hostile)
+    (hostile / ".metadata").write_bytes(pickle.dumps(ExecPayload(marker)))  # dcp.load pickle.loads it
+    load = f"import pickle; pickle.load(open({str(hostile / '.metadata')!r}, 'rb'))"
+    subprocess.run([sys.executable, "-c", load], check=True, capture_output=True, timeout=120)
+    assert marker.exists()
+    marker.unlink()
+    for folder in (MEGATRON, hostile):
+        opened = open_path(str(folder))
+        with contextlib.suppress(CkptError):
+            opened.checkpoint()
+        assert asdict(scan_opened(opened)) == asdict(scan_file(str(folder)))
+    assert scan_file(str(hostile)).verdict == "dangerous" and not marker.exists()
