@@ -66,9 +66,10 @@ def is_dcp_folder(path: str) -> bool:
     return os.path.isdir(path) and os.path.isfile(metadata_path(path))
 
 
-def read_dcp(path: str) -> Checkpoint:
-    """The checkpoint in the DCP folder `path`: metadata and item headers only, no tensor data."""
-    meta = read_dcp_metadata(path)
+def read_dcp(path: str, meta: DcpMetadata | None = None) -> Checkpoint:
+    """The checkpoint in the DCP folder `path`: metadata and item headers only, no tensor data.
+    `meta`: its `.metadata`, when a scan of the same opening already read it."""
+    meta = meta or read_dcp_metadata(path)
     folder = meta.folder
     files = DataFiles(folder)
     built = _Built()
@@ -128,15 +129,17 @@ def _chunk(chunk: DcpChunk) -> Chunk:
     return Chunk(chunk.offsets, chunk.sizes, item.file, item.offset, item.length, rank)
 
 
-def item_pickles(path: str) -> Iterator[tuple[str, bytes]]:
+def item_pickles(path: str, meta: DcpMetadata | None = None) -> Iterator[tuple[str, bytes]]:
     """The bytes of every pickle stream the folder holds, for `scan` (each may hold several
     pickles one after another): `.metadata`, then, when it reads as DCP metadata, each
     item's `data.pkl`. A non-tensor entry that is no zip is handed over whole: `dcp.load`
     passes it to `torch.load(weights_only=False)`, whose legacy path unpickles it. A tensor
     item that is no zip is no pickle torch unpickles freely (FileSystemWriter's experimental
-    safetensors serialisation writes those): left out."""
-    yield metadata_pickle(path)
-    meta = read_dcp_metadata(path)
+    safetensors serialisation writes those): left out. `meta`: the metadata the caller
+    already read from the `.metadata` pickle it decoded itself; that stream is then not yielded."""
+    if meta is None:
+        yield metadata_pickle(path)
+        meta = read_dcp_metadata(path)
     files = DataFiles(meta.folder)
     inside = "" if os.path.samefile(meta.folder, path) else f"{os.path.relpath(meta.folder, path)}/"  # NeMo 2
     common = common_path(meta.folder) if is_torch_dist(meta.folder, meta) else None

@@ -11,12 +11,14 @@ named after what `.metadata` holds.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from ckpttool.checkpoint import Checkpoint
 from ckpttool.errors import CkptError, PickleError
 from ckpttool.formats.dcp import is_dcp_folder, item_pickles, read_dcp
+from ckpttool.formats.dcp_metadata import DcpMetadata, metadata_of, metadata_pickle
 from ckpttool.formats.format import Format, Found, Probe
-from ckpttool.pickle import decode
+from ckpttool.pickle import Decoded, decode
 
 
 def _recognise(probe: Probe) -> bool:
@@ -24,12 +26,42 @@ def _recognise(probe: Probe) -> bool:
 
 
 def _read(probe: Probe) -> Checkpoint:
-    return read_dcp(probe.path)
+    shared = _metadata(probe)
+    return read_dcp(probe.path, shared.meta if shared else None)
+
+
+@dataclass(frozen=True)
+class _Metadata:
+    """`.metadata` decoded once per opening: the read and the scan of a folder share it."""
+
+    name: str
+    data: bytes
+    decoded: Decoded
+    meta: DcpMetadata
+
+
+def _metadata(probe: Probe) -> _Metadata | None:
+    """None when `.metadata` does not read as DCP metadata: the read and the scan then
+    meet (and report) the failure on their own path."""
+    if "dcp_metadata" not in probe.memo:
+        try:
+            name, data = metadata_pickle(probe.path)
+            decoded = decode(data, source=os.path.join(probe.path, name))
+            probe.memo["dcp_metadata"] = _Metadata(name, data, decoded, metadata_of(probe.path, decoded, len(data)))
+        except CkptError:
+            return None
+    shared: _Metadata = probe.memo["dcp_metadata"]
+    return shared
 
 
 def dcp_pickles(probe: Probe) -> Found:
     found = Found()
-    streams = item_pickles(probe.path)
+    shared = _metadata(probe)
+    if shared is not None:  # its first pickle as the read decoded it, then any after it
+        found.pickles.append((shared.name, shared.decoded))
+        source = os.path.join(probe.path, shared.name)
+        _decode_all(found, shared.name, shared.data, source, shared.decoded.end, 1)
+    streams = item_pickles(probe.path, shared.meta if shared else None)
     try:
         for name, data in streams:
             _decode_all(found, name, data, os.path.join(probe.path, name))
@@ -38,9 +70,8 @@ def dcp_pickles(probe: Probe) -> Found:
     return found
 
 
-def _decode_all(found: Found, name: str, data: bytes, source: str) -> None:
+def _decode_all(found: Found, name: str, data: bytes, source: str, start: int = 0, index: int = 0) -> None:
     """Every pickle of the stream, one after another, as a stream of loads would see them."""
-    start, index = 0, 0
     while start < len(data):
         label = f"{name} pickle {index}" if index else name
         try:

@@ -178,8 +178,12 @@ def decode_metadata(folder: str) -> Decoded:
 def read_dcp_metadata(folder: str) -> DcpMetadata:
     """The folder's `.metadata` as plain data; FormatError when it is anything but DCP's schema."""
     name, data = metadata_pickle(folder)
-    decoded = decode(data, source=os.path.join(folder, name))
-    return _Reader(dcp_folder(folder)).metadata(decoded, len(data))
+    return metadata_of(folder, decode(data, source=os.path.join(folder, name)), len(data))
+
+
+def metadata_of(folder: str, decoded: Decoded, size: int) -> DcpMetadata:
+    """`read_dcp_metadata` of a `.metadata` pickle already decoded (by a scan), `size` bytes long."""
+    return _Reader(dcp_folder(folder)).metadata(decoded, size)
 
 
 class _Reader:

@@ -29,7 +29,14 @@ from typing import Any, Final
 
 from ckpttool.checkpoint import Checkpoint, OpaqueCall, TensorRef
 from ckpttool.errors import CkptError, FormatError
-from ckpttool.formats.deepspeed_files import LATEST, ZeroFiles, scripts_beside, tag_folder, zero_files
+from ckpttool.formats.deepspeed_files import (
+    LATEST,
+    ZeroFiles,
+    rank_files,
+    scripts_beside,
+    tag_folder,
+    zero_files,
+)
 from ckpttool.formats.deepspeed_layout import Layout, LayoutError, partitioned, zero3
 from ckpttool.formats.deepspeed_slices import assemble, bind, is_flat, slice_of
 from ckpttool.formats.format import Format, Found, Probe
@@ -337,13 +344,9 @@ def deepspeed_pickles(probe: Probe) -> Found:
     copies beside the checkpoint are named as code that loading it never needs."""
     folder = probe.memo.get("tag_folder") or tag_folder(probe.path) or probe.path
     found = Found()
-    try:
-        files = zero_files(folder)
-    except CkptError as exc:
-        found.problems.append(exc.message)
-        names = [os.path.join(folder, n) for n in sorted(os.listdir(folder)) if n.endswith(".pt")]
-    else:
-        names = files.model + files.optim
+    names, refusal = rank_files(folder)
+    if refusal is not None:
+        found.problems.append(refusal)
     for path in names:
         found.add_member(probe.registry, path, os.path.basename(path))
     found.notes.extend(

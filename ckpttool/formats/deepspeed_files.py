@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import os
 import re
+from contextlib import suppress
 from dataclasses import dataclass
 
-from ckpttool.errors import FileAccessError, FormatError
+from ckpttool.errors import CkptError, FileAccessError, FormatError
 
 LATEST = "latest"
 MAX_TAG = 4096
@@ -116,6 +117,18 @@ def zero_files(folder: str) -> ZeroFiles:
         raise FormatError("no mp_rank_00_model_states.pt beside the optimizer states", path=folder)
     join = os.path.join
     return ZeroFiles(folder, [join(folder, n) for n in model_files], [join(folder, n) for n in optim_ranks])
+
+
+def rank_files(folder: str) -> tuple[list[str], str | None]:
+    """The files a scan of the tag folder decodes, and why ckpttool cannot read them as one
+    run (None when it can): the rank files, or every `.pt` file of a layout it refuses."""
+    try:
+        files = zero_files(folder)
+    except CkptError as exc:
+        with suppress(OSError):
+            return [os.path.join(folder, n) for n in sorted(os.listdir(folder)) if n.endswith(".pt")], exc.message
+        return [], exc.message
+    return files.model + files.optim, None
 
 
 def _by_rank(folder: str, files: dict[int, str], what: str) -> list[str]:

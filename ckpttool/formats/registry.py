@@ -95,6 +95,10 @@ class OpenedFile:
         """The checkpoint's metadata (read once; the same object on each call)."""
         return REGISTRY.recognise(self.probe).open(self.probe)
 
+    def kind(self) -> FormatName:
+        """What `detect` says of the path, from this probe."""
+        return REGISTRY.recognise(self.probe).kind_of(self.probe)
+
     def pickles(self) -> Found:
         """Every pickle the file holds, decoded inert, for a scan (found once)."""
         if self._found is None:

@@ -236,7 +236,7 @@ def _scanned(opened: OpenedFile, allow: dict[str, str]) -> list[tuple[str, FileS
         return [("", scan_opened(opened, allow))]
     from ckpttool.ops.scanpaths import scan_folder
 
-    entries = scan_folder(path, allow)
+    entries = scan_folder(path, allow, opened)  # a DCP folder's own entry: the pickles of this opening
     if len(entries) == 1 and entries[0].path == path and not isinstance(entries[0], FileScan):
         raise UnknownFormatError(entries[0].error, path=path)  # no checkpoint in it at all
     named = [("" if e.path == path else f"{os.path.relpath(e.path, path)}: ", e) for e in entries]

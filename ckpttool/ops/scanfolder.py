@@ -6,12 +6,15 @@ safetensors are off, and its Trainer `torch.load`s `training_args.bin`, `optimiz
 `scheduler.pt` and `rng_state.pth` on resume. So each file is scanned as `scan FILE`
 scans it (with the same container caps). A checkpoint made of several files is one
 entry, scanned as its loader reads it: a DCP folder (`.metadata` and its data files), a
-sharded folder (its index and the shards the index names); the other files beside it
-are entries of their own.
+sharded folder (its index and the shards the index names), a DeepSpeed run or tag folder
+(`latest` and the tag's rank files); the other files beside it are entries of their own.
 
-Nothing is followed out of the folder: a symbolic link whose target lies outside it is
-reported, not read (a loader following it would read a file this scan never saw, so it
-counts as unreadable). Links inside it point at files scanned anyway.
+A symbolic link to a regular file is followed wherever its target lies, as a loader
+follows it: a Hugging Face cache snapshot (`snapshots/<hash>/`) holds only links into
+`../../blobs/`. The target's content is scanned under the link's name, and the entry
+names the target. A link to a folder outside is not followed (reported, unreadable: the
+files a loader would find there were never scanned); one inside points at files listed
+anyway. Pipes, devices and broken or looping links are reported, not read.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ckpttool.errors import CkptError
-from ckpttool.formats import detect
+from ckpttool.formats import OpenedFile, detect
+from ckpttool.formats.deepspeed_files import LATEST, rank_files, tag_folder
 from ckpttool.formats.sharded import find_index, load_index, shard_path
 
 MAX_FILES = 10_000  # entries of one folder; past it, the rest is reported unscanned
@@ -37,10 +41,12 @@ class FolderItem:
     path: str
     kind: ItemKind  # a file to scan, a folder that is a checkpoint of several files, or a path not read
     reason: str = ""  # why a skipped path was not read
+    target: str = ""  # the file a symbolic link resolves to, when `path` is one
 
 
-def folder_items(root: str) -> list[FolderItem]:
-    """Every path under `root` to scan, in a stable (sorted) order."""
+def folder_items(root: str, opened: OpenedFile | None = None) -> list[FolderItem]:
+    """Every path under `root` to scan, in a stable (sorted) order. `opened`: `root` as a
+    command already opened it, whose probe tells its format without probing again."""
     top = os.path.realpath(root)
     items: list[FolderItem] = []
     covered: set[str] = set()  # the files of a checkpoint folder's entry
@@ -50,25 +56,30 @@ def folder_items(root: str) -> list[FolderItem]:
 
     for folder, dirs, files in os.walk(root, onerror=unlistable):
         dirs.sort()
-        own = _checkpoint_files(folder)
-        if own:
+        own = _checkpoint_files(folder, opened if opened is not None and same_path(opened.path, folder) else None)
+        if own and not own <= covered:  # a tag folder already read through its run's `latest`
             items.append(FolderItem(folder, "checkpoint"))
             covered |= own
         names = [n for n in sorted(files) if os.path.normpath(os.path.join(folder, n)) not in covered]
         items.extend(_linked_folders(folder, dirs, top))
-        items.extend(_classify(os.path.join(folder, name), top) for name in names)
+        items.extend(_classify(os.path.join(folder, name)) for name in names)
         if len(items) > MAX_FILES:
             reason = f"more than {MAX_FILES} files: the rest of the folder is not scanned"
             return [*items[:MAX_FILES], FolderItem(root, "skipped", reason)]
     return items
 
 
-def _checkpoint_files(folder: str) -> set[str]:
-    """The files of `folder` its checkpoint's loader reads together, when it is a DCP or
-    sharded checkpoint; none otherwise (each file is then scanned on its own)."""
+def _checkpoint_files(folder: str, opened: OpenedFile | None) -> set[str]:
+    """The files of `folder` its checkpoint's loader reads together, when it is a DCP,
+    sharded or DeepSpeed checkpoint; none otherwise (each file is then scanned on its own)."""
     try:
         several = os.path.isfile(os.path.join(folder, DCP_METADATA)) or find_index(folder) is not None
-        kind = detect(folder) if several else None  # a folder with one weights file: each file alone
+        several = several or tag_folder(folder) is not None
+        if not several:  # a folder with one weights file: each file alone
+            return set()
+        kind = opened.kind() if opened is not None else detect(folder)
+        if kind == "deepspeed":
+            return _deepspeed_files(folder)
         if kind == "dcp":
             data = [n for n in os.listdir(folder) if n.endswith(DCP_DATA_SUFFIX)]
             return {os.path.normpath(os.path.join(folder, n)) for n in [DCP_METADATA, *data]}
@@ -82,23 +93,37 @@ def _checkpoint_files(folder: str) -> set[str]:
     return set()
 
 
+def _deepspeed_files(folder: str) -> set[str]:
+    """A run folder's `latest` and the rank files of the tag it names, or a tag folder's
+    rank files: what its entry decodes. Other files there are entries of their own."""
+    tag = tag_folder(folder)
+    assert tag is not None  # detected by it
+    files, _ = rank_files(tag)
+    latest = [os.path.join(folder, LATEST)] if tag != folder else []
+    return {os.path.normpath(p) for p in [*latest, *files]}
+
+
 def _linked_folders(folder: str, dirs: list[str], top: str) -> list[FolderItem]:
     """os.walk does not descend through links: one inside points at files listed anyway."""
     linked = [os.path.join(folder, d) for d in dirs if os.path.islink(os.path.join(folder, d))]
     return [_outside(p) for p in linked if not _inside(p, top)]
 
 
-def _classify(path: str, top: str) -> FolderItem:
-    if os.path.islink(path) and not _inside(path, top):
-        return _outside(path)
+def _classify(path: str) -> FolderItem:
+    link = os.path.islink(path)
     try:
-        mode = os.stat(path).st_mode
+        mode = os.stat(path).st_mode  # through every link; a loop raises ELOOP
     except OSError as exc:
-        broken = "a broken symbolic link" if os.path.islink(path) else "cannot read"
+        broken = "a broken symbolic link" if link else "cannot read"
         return FolderItem(path, "skipped", f"{broken}: {exc.strerror or exc}")
     if not stat.S_ISREG(mode):  # a pipe or device would block or never end
-        return FolderItem(path, "skipped", "not a regular file: not read")
-    return FolderItem(path, "file")
+        what = f"a symbolic link to {os.path.realpath(path)}, not" if link else "not"
+        return FolderItem(path, "skipped", f"{what} a regular file: not read")
+    return FolderItem(path, "file", target=os.path.realpath(path) if link else "")
+
+
+def same_path(a: str, b: str) -> bool:
+    return os.path.normpath(a) == os.path.normpath(b)
 
 
 def _inside(path: str, top: str) -> bool:
@@ -107,5 +132,6 @@ def _inside(path: str, top: str) -> bool:
 
 
 def _outside(path: str) -> FolderItem:
-    reason = f"a symbolic link to {os.path.realpath(path)}, outside the folder: not followed (scan the target itself)"
+    where = os.path.realpath(path)
+    reason = f"a symbolic link to the folder {where}, outside the folder: not followed (scan the target itself)"
     return FolderItem(path, "skipped", reason)

@@ -13,8 +13,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from ckpttool.errors import CkptError, NotACheckpointError
-from ckpttool.ops.scan import SAFE, FileScan, scan_file
-from ckpttool.ops.scanfolder import FolderItem, folder_items
+from ckpttool.formats import OpenedFile
+from ckpttool.ops.scan import SAFE, FileScan, scan_file, scan_opened
+from ckpttool.ops.scanfolder import FolderItem, folder_items, same_path
 from ckpttool.pickle.weightsonly import not_applicable
 
 UNREADABLE = "unreadable"  # the verdict an unreadable path has in every output
@@ -42,10 +43,13 @@ def scan_paths(paths: Sequence[str], allow: Mapping[str, str] | None = None) -> 
     return entries
 
 
-def scan_folder(root: str, allow: Mapping[str, str] | None = None) -> list[ScanEntry]:
+def scan_folder(root: str, allow: Mapping[str, str] | None = None, opened: OpenedFile | None = None) -> list[ScanEntry]:
     """One entry per file under `root`; one unreadable entry for the folder when none of
-    its files is a checkpoint or holds a pickle (nothing there to call safe)."""
-    entries = [_scan_item(item, allow) for item in folder_items(root)]
+    its files is a checkpoint or holds a pickle (nothing there to call safe). `opened`:
+    `root` as a command already opened it, scanned as it is when `root` is the checkpoint
+    (a DCP or DeepSpeed folder): its probe and decoded pickles are not made again."""
+    reuse = opened if opened is not None and same_path(opened.path, root) else None
+    entries = [_scan_item(item, allow, reuse) for item in folder_items(root, reuse)]
     if all(isinstance(e, FileScan) and e.format in NO_PICKLE_FORMATS for e in entries):
         count = f"{len(entries)} file(s), text or other data" if entries else "no file"
         why = f"no file in the folder holds a checkpoint or a pickle ({count}): not a checkpoint"
@@ -53,10 +57,19 @@ def scan_folder(root: str, allow: Mapping[str, str] | None = None) -> list[ScanE
     return entries
 
 
-def _scan_item(item: FolderItem, allow: Mapping[str, str] | None) -> ScanEntry:
+def _scan_item(item: FolderItem, allow: Mapping[str, str] | None, root: OpenedFile | None) -> ScanEntry:
     if item.kind == "skipped":
         return UnreadableFile(item.path, item.reason)
-    return _scan_one(item.path, allow, in_folder=item.kind == "file")
+    if item.kind == "checkpoint" and root is not None and same_path(item.path, root.path):
+        return _scan_one(root, allow)
+    entry = _scan_one(item.path, allow, in_folder=item.kind == "file")
+    if item.target:  # the content is the target's: say which file that is
+        link = f"a symbolic link to {item.target}"
+        if isinstance(entry, FileScan):
+            entry.notes.insert(0, f"{link}: its content is scanned")
+        else:
+            entry.error = f"{link}: {entry.error}"
+    return entry
 
 
 def _no_pickle(path: str, error: str) -> FileScan:
@@ -82,9 +95,10 @@ def _is_text(path: str) -> bool:
     return b"\0" not in head
 
 
-def _scan_one(path: str, allow: Mapping[str, str] | None, in_folder: bool = False) -> ScanEntry:
+def _scan_one(source: str | OpenedFile, allow: Mapping[str, str] | None, in_folder: bool = False) -> ScanEntry:
+    path = source.path if isinstance(source, OpenedFile) else source
     try:
-        return scan_file(path, allow)
+        return scan_opened(source, allow) if isinstance(source, OpenedFile) else scan_file(path, allow)
     except CkptError as exc:
         if in_folder and isinstance(exc, NotACheckpointError):
             return _no_pickle(path, exc.message)

@@ -10,13 +10,17 @@ subprocess, and the files holding a pickle are those torch.save wrote (a zip wit
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
 import zipfile
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,12 @@ from click.testing import Result
 from conftest import cli_json
 from ops.support import ExecPayload
 from safetensors.torch import save_file
+
+from ckpttool.errors import CkptError
+from ckpttool.formats import dcp_format, dcp_metadata, registry
+from ckpttool.formats.registry import open_path
+from ckpttool.ops.check import CheckOptions, check
+from ckpttool.ops.scan import scan_file, scan_opened
 
 Cli = Callable[..., Result]
 REFERENCE = Path(__file__).resolve().parents[2] / "fixtures" / "reference"
@@ -117,22 +127,105 @@ def _has_data_pkl(path: Path) -> bool:
         return any(n.endswith("/data.pkl") for n in archive.namelist())
 
 
-def test_links_out_of_the_folder_are_not_followed(cli: Cli, tmp_path: Path) -> None:
+def test_links_to_files_are_followed_and_links_to_folders_out_are_not(cli: Cli, tmp_path: Path) -> None:
+    """A loader opening `pytorch_model.bin` reads the file its link names, wherever it lies;
+    the files a folder link leads to were never listed, so that link is reported."""
     marker = tmp_path / "PAYLOAD_RAN"
     outside = plant(tmp_path / "elsewhere" / "weights.bin", marker)
     folder = hf_folder(tmp_path / "model")
     os.symlink(outside, folder / "pytorch_model.bin")
     os.symlink(outside.parent, folder / "linked-folder")
     os.symlink(folder / "model.safetensors", folder / "alias.safetensors")  # inside: scanned
+    assert payload_fires(folder / "pytorch_model.bin", marker)
     result = cli("scan", folder, "--format", "json")
     assert result.exit_code == 1
     found = entries(result)
-    for link in ("pytorch_model.bin", "linked-folder"):
-        entry = found[str(folder / link)]
-        assert entry["verdict"] == "unreadable" and "outside the folder: not followed" in entry["error"], entry
+    linked = found[str(folder / "pytorch_model.bin")]
+    assert linked["verdict"] == "dangerous" and linked["notes"][0].startswith(f"a symbolic link to {outside}:")
+    entry = found[str(folder / "linked-folder")]
+    assert entry["verdict"] == "unreadable" and "outside the folder: not followed" in entry["error"], entry
     assert found[str(folder / "alias.safetensors")]["verdict"] == "safe"
-    assert len(result.stderr.splitlines()) == 2 and "not followed" in result.stderr
+    assert len(result.stderr.splitlines()) == 1 and "not followed" in result.stderr
     assert cli("check", folder).exit_code == 1
+    assert not marker.exists()
+
+
+def hf_cache_snapshot(cache: Path, files: dict[str, Callable[[Path], object]]) -> Path:
+    """The layout huggingface_hub downloads into: `blobs/<sha256>` holds each file's
+    content, `snapshots/<commit>/<name>` is a relative link to it, `refs/main` the commit."""
+    repo = cache / "models--org--tiny"
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snapshot = repo / "snapshots" / commit
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    for name, write in files.items():
+        staged = repo / "blobs" / "staging"
+        write(staged)
+        blob = repo / "blobs" / hashlib.sha256(staged.read_bytes()).hexdigest()
+        staged.rename(blob)
+        link = snapshot / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.relpath(blob, link.parent), link)
+    return snapshot
+
+
+def _config(path: Path) -> None:
+    path.write_text(json.dumps({"model_type": "tiny", "hidden_size": 4}))
+
+
+def _safetensors(path: Path) -> None:
+    save_file({"w": torch.ones(2, 2)}, str(path))
+
+
+def test_a_hugging_face_cache_snapshot_scans_the_blobs_its_links_name(cli: Cli, tmp_path: Path) -> None:
+    snapshot = hf_cache_snapshot(tmp_path / "hub", {"config.json": _config, "model.safetensors": _safetensors})
+    assert all(p.is_symlink() for p in snapshot.iterdir())
+    result = cli("scan", snapshot, "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    found = entries(result)
+    assert sorted(found) == sorted(str(p) for p in snapshot.iterdir())
+    assert found[str(snapshot / "model.safetensors")]["format"] == "safetensors"
+    assert found[str(snapshot / "config.json")]["format"] == "text"
+    for name, entry in found.items():
+        assert entry["verdict"] == "safe" and entry["notes"][0].startswith(f"a symbolic link to {Path(name).resolve()}")
+    assert cli("check", snapshot).exit_code == 0
+
+
+def test_a_malicious_blob_in_a_hugging_face_cache_is_dangerous(cli: Cli, tmp_path: Path) -> None:
+    marker = tmp_path / "PAYLOAD_RAN"
+    files = {"config.json": _config, "model.safetensors": _safetensors, "pytorch_model.bin": lambda p: plant(p, marker)}
+    snapshot = hf_cache_snapshot(tmp_path / "hub", files)
+    bad = snapshot / "pytorch_model.bin"
+    assert payload_fires(bad, marker)
+    result = cli("scan", snapshot, "--format", "json")
+    assert result.exit_code == 1
+    assert {p: f["verdict"] for p, f in entries(result).items() if f["verdict"] != "safe"} == {str(bad): "dangerous"}
+    checked = cli("check", snapshot, "--format", "json")
+    assert checked.exit_code == 1
+    assert any(
+        f["message"].startswith("pytorch_model.bin: scan calls this file dangerous")
+        for f in cli_json(checked)["files"][0]["findings"]
+    )
+    assert not marker.exists()
+
+
+def test_links_that_lead_nowhere_readable_are_reported_not_read(cli: Cli, tmp_path: Path) -> None:
+    """A link to a pipe would block the scan, a loop never resolves, a broken link names no file."""
+    folder = hf_folder(tmp_path / "model")
+    os.mkfifo(tmp_path / "pipe")
+    os.symlink(tmp_path / "pipe", folder / "pipe.bin")
+    os.symlink(folder / "loop-b.bin", folder / "loop-a.bin")
+    os.symlink(folder / "loop-a.bin", folder / "loop-b.bin")
+    os.symlink(tmp_path / "gone.bin", folder / "broken.bin")
+    result = cli("scan", folder, "--format", "json")
+    assert result.exit_code == 1
+    found = entries(result)
+    assert f"a symbolic link to {tmp_path / 'pipe'}, not a regular file" in found[str(folder / "pipe.bin")]["error"]
+    for name in ("loop-a.bin", "loop-b.bin", "broken.bin"):
+        assert found[str(folder / name)]["verdict"] == "unreadable"
+        assert found[str(folder / name)]["error"].startswith("a broken symbolic link"), found[str(folder / name)]
+    assert found[str(folder / "model.safetensors")]["verdict"] == "safe"
 
 
 def test_a_folder_holding_only_data_without_pickle_is_not_a_checkpoint(cli: Cli, tmp_path: Path) -> None:
@@ -163,3 +256,93 @@ def test_a_sharded_folder_is_one_entry_and_the_files_beside_it_their_own(cli: Cl
     assert result.exit_code == 1
     assert {p: f["verdict"] for p, f in entries(result).items()} == {str(folder): "safe", str(stray): "dangerous"}
     assert not marker.exists()
+
+
+DEEPSPEED = Path(__file__).resolve().parents[2] / "fixtures" / "deepspeed" / "zero2_bf16_3ranks"
+
+
+def test_a_deepspeed_run_is_one_entry_and_each_rank_file_is_decoded_once(cli: Cli, tmp_path: Path) -> None:
+    """The run's entry decodes `latest` and the tag's rank files (what DeepSpeed torch.loads);
+    an older tag is an entry of its own, and a stray file in a tag folder too."""
+    run = tmp_path / "run"
+    shutil.copytree(DEEPSPEED, run)
+    (run / "zero_to_fp32.py").write_text("print('consolidate')\n")
+    tag = run / (run / "latest").read_text().strip()
+    shutil.copytree(tag, run / "global_step1")
+    ranks = sorted(str(p) for p in tag.iterdir() if zipfile.is_zipfile(p) and _has_data_pkl(p))
+    assert len(ranks) == 4  # the model states and 3 optimizer state files
+    result = cli("scan", run, "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    found = entries(result)
+    beside = {str(p) for p in run.iterdir() if p.is_file() and p.name != "latest"}
+    assert set(found) == {str(run), str(run / "global_step1"), *beside}
+    assert (found[str(run)]["format"], found[str(run)]["pickles"]) == ("deepspeed", len(ranks))
+    assert found[str(run / "global_step1")]["format"] == "deepspeed"
+    assert sum(f["pickles"] for f in found.values()) == 2 * len(ranks)  # no rank file decoded twice
+    assert any("zero_to_fp32.py" in note for note in found[str(run)]["notes"])
+    assert found[str(run / "zero_to_fp32.py")]["format"] == "text"
+    marker = tmp_path / "PAYLOAD_RAN"
+    stray = plant(tag / "extra_state.pt", marker)
+    assert payload_fires(stray, marker)
+    result = cli("scan", run, "--format", "json")
+    assert result.exit_code == 1
+    assert {p: f["verdict"] for p, f in entries(result).items() if f["verdict"] == "dangerous"} == {
+        str(stray): "dangerous"
+    }
+    alone = cli_json(cli("scan", tag, "--format", "json"))["files"]
+    assert {f["path"]: f["format"] for f in alone} == {str(tag): "deepspeed", str(stray): "torch-zip"}
+    assert not marker.exists()
+
+
+MEGATRON = Path(__file__).resolve().parents[2] / "fixtures" / "megatron" / "gpt_tp1"
+
+
+def test_check_of_a_dcp_folder_opens_it_once(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The folder scan's entry for the checkpoint itself is the opening the read used;
+    its findings are those `scan` gives the same folder."""
+    probed: list[str] = []
+    real = registry.probe
+
+    def counted(path: str, *args: Any) -> Any:
+        probed.append(os.path.normpath(path))
+        return real(path, *args)
+
+    decoded: list[str] = []
+
+    def decoding(real_decode: Callable[..., Any]) -> Callable[..., Any]:
+        def counted_decode(data: bytes, *args: Any, **kwargs: Any) -> Any:
+            decoded.append(os.path.basename(str(kwargs.get("source", ""))))
+            return real_decode(data, *args, **kwargs)
+
+        return counted_decode
+
+    monkeypatch.setattr(registry, "probe", counted)
+    for module in (dcp_format, dcp_metadata):
+        monkeypatch.setattr(module, "decode", decoding(module.decode))
+    report = check(str(MEGATRON), CheckOptions())
+    assert probed.count(os.path.normpath(MEGATRON)) == 1, probed
+    assert decoded.count(".metadata") == 1, decoded  # the read's decoding is the scan's
+    monkeypatch.undo()
+    scanned = cli_json(cli("scan", MEGATRON, "--format", "json"))["files"]
+    assert str(MEGATRON) in {f["path"] for f in scanned}
+    bad = [f["path"] for f in scanned if f["verdict"] not in ("safe", "needs-allowlist")]
+    assert report.ok() == (not bad) and [f.message for f in report.findings if f.severity == "error"] == []
+
+
+def test_a_scan_after_the_read_is_the_scan_of_a_fresh_opening(tmp_path: Path) -> None:
+    """The read and the scan share `.metadata`'s decoding: the scan is the same whichever
+    ran first, for a clean folder and for one whose metadata holds a payload."""
+    marker = tmp_path / "PAYLOAD_RAN"
+    hostile = tmp_path / "hostile"
+    shutil.copytree(MEGATRON, hostile)
+    (hostile / ".metadata").write_bytes(pickle.dumps(ExecPayload(marker)))  # dcp.load pickle.loads it
+    load = f"import pickle; pickle.load(open({str(hostile / '.metadata')!r}, 'rb'))"
+    subprocess.run([sys.executable, "-c", load], check=True, capture_output=True, timeout=120)
+    assert marker.exists()
+    marker.unlink()
+    for folder in (MEGATRON, hostile):
+        opened = open_path(str(folder))
+        with contextlib.suppress(CkptError):
+            opened.checkpoint()
+        assert asdict(scan_opened(opened)) == asdict(scan_file(str(folder)))
+    assert scan_file(str(hostile)).verdict == "dangerous" and not marker.exists()
