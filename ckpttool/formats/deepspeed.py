@@ -345,8 +345,8 @@ def deepspeed_pickles(probe: Probe) -> Found:
     folder = probe.memo.get("tag_folder") or tag_folder(probe.path) or probe.path
     found = Found()
     names, refusal = rank_files(folder)
-    if refusal is not None:
-        found.problems.append(refusal)
+    if refusal is not None:  # a layout the reader refuses is no danger: every rank file is still scanned
+        found.notes.append(f"not read as one ZeRO checkpoint ({refusal}); each .pt file in it is scanned")
     for path in names:
         found.add_member(probe.registry, path, os.path.basename(path))
     found.notes.extend(

@@ -158,6 +158,12 @@ def test_other_parallelism_is_refused(cli: Any, tmp_path: Path, name: str, words
     run = _copy("zero1_fp32_2ranks", tmp_path)
     shutil.copy(run / TAG / "mp_rank_00_model_states.pt", run / TAG / name)
     _refused(cli, run, words)
+    # A layout the reader refuses is no finding of scan: every rank file is still judged.
+    scanned = cli("scan", run, "--format", "json")
+    entry = _deepspeed_entry(cli_json(scanned))
+    assert (scanned.exit_code, entry["verdict"]) == (0, "needs-allowlist"), entry
+    assert any(words in note for note in entry["notes"]), entry["notes"]
+    assert entry["pickles"] == len(list((run / TAG).glob("*.pt")))
 
 
 def test_partition_count_not_the_files_found_is_refused(cli: Any, tmp_path: Path) -> None:
