@@ -201,13 +201,16 @@ def count(rows: list[TensorRow]) -> Counts:
     """Parameters, buffers, other tensors, the total and each dtype, tied views counted once."""
     counts = Counts()
     seen: set[tuple[Any, ...]] = set()
+    groups = {"parameter": counts.parameters, "buffer": counts.buffers}
     for row in rows:
-        view = (row.storage, row.storage_offset, tuple(row.shape), tuple(row.stride), row.dtype)
-        fresh = row.storage is None or view not in seen
-        seen.add(view)
+        fresh = row.storage is None
+        if not fresh:
+            view = (row.storage, row.storage_offset, tuple(row.shape), tuple(row.stride), row.dtype)
+            fresh = view not in seen
+            seen.add(view)
         counts.tied += not fresh
-        group = {"parameter": counts.parameters, "buffer": counts.buffers}.get(row.role or "", counts.other)
-        for c in (group, counts.total, counts.dtypes.setdefault(row.dtype, Count())):
+        dtype = counts.dtypes.get(row.dtype) or counts.dtypes.setdefault(row.dtype, Count())
+        for c in (groups.get(row.role or "", counts.other), counts.total, dtype):
             c.tensors += 1
             c.numel += row.numel if fresh else 0
             c.nbytes += row.nbytes if fresh else 0

@@ -75,6 +75,14 @@ def chunk_rows_table(rows: list[TensorRow], width: int | None = None) -> str:
 def inspect_json(report: InspectReport, weights: list[TensorRow], tensors: list[TensorRow]) -> str:
     from ckpttool.ops.inspect import count
 
+    rendered: dict[int, dict[str, Any]] = {}  # weights and tensors share rows: each is rendered once
+
+    def row_json(row: TensorRow) -> dict[str, Any]:
+        out = rendered.get(id(row))
+        if out is None:
+            out = rendered[id(row)] = tensor_json(row)
+        return out
+
     return to_json(
         {
             "path": report.path,
@@ -87,12 +95,12 @@ def inspect_json(report: InspectReport, weights: list[TensorRow], tensors: list[
                 "alternatives": report.alternatives,
                 "roles": report.roles,
                 "counts": counts_json(count(weights)),
-                "tensors": [tensor_json(r) for r in weights],
+                "tensors": [row_json(r) for r in weights],
                 "attributes": [tensor_json(r) for r in report.attributes],
             },
             "entries": report.entries,
             "objects": [{"path": o.path, "class": o.cls} for o in report.objects],
-            "tensors": [tensor_json(r) for r in tensors],
+            "tensors": [row_json(r) for r in tensors],
             "metadata": report.metadata,
             "notes": report.notes,
             "anomalies": report.anomalies,
