@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from ckpttool.checkpoint import Checkpoint, Chunk, GlobalName, OpaqueCall, PickledObject, TensorRef, byte_size
 from ckpttool.errors import CkptError, about
 from ckpttool.formats import OpenedFile, open_path
+from ckpttool.gcpause import gc_paused
 from ckpttool.interpret import Cycle
 from ckpttool.npvalues import decode_numpy, numpy_json
 from ckpttool.scalars import read_scalar
@@ -124,6 +125,7 @@ def _opened(checkpoint: Checkpoint, opened: OpenedFile | None) -> OpenedFile:
     return opened if opened is not None and opened.path == checkpoint.path else open_path(checkpoint.path)
 
 
+@gc_paused()  # 10^5 rows that live until the report is printed
 def describe(checkpoint: Checkpoint, root: str | None = None, opened: OpenedFile | None = None) -> InspectReport:
     """`opened`: the file `checkpoint` was read from, whose pickles the safety line then reuses."""
     with about(checkpoint.path):

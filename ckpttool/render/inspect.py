@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from ckpttool.gcpause import gc_paused
 from ckpttool.render.tables import fit_table
 from ckpttool.render.text import (
     TENSOR_COLUMNS,
@@ -72,6 +73,7 @@ def chunk_rows_table(rows: list[TensorRow], width: int | None = None) -> str:
     return fit_table(headers, body, width, shrink=(0, 4), align=align, whole="--format json")
 
 
+@gc_paused()  # a dict per row, each alive until the text is written
 def inspect_json(report: InspectReport, weights: list[TensorRow], tensors: list[TensorRow]) -> str:
     from ckpttool.ops.inspect import count
 
