@@ -105,9 +105,13 @@ class TensorRef:
 
     def is_contiguous(self) -> bool:
         """Row-major without gaps (torch's rule: strides of size-1 dimensions do not matter)."""
+        shape, stride = self.shape, self.stride
+        dim = _same_rank(shape, stride)
         expected = 1
-        for n, s in zip(reversed(self.shape), reversed(self.stride), strict=True):
-            if n != 1 and s != expected:
+        while dim:  # an index loop: zip(strict=True) over reversed() costs three times as much
+            dim -= 1
+            n = shape[dim]
+            if n != 1 and stride[dim] != expected:
                 return self.numel == 0
             expected *= n
         return True
@@ -125,6 +129,13 @@ class TensorRef:
         """The same span in bytes of the storage (an untyped storage counts bytes)."""
         first, end = self.span()
         return first * self.itemsize, end * self.itemsize
+
+
+def _same_rank(shape: tuple[int, ...], stride: tuple[int, ...]) -> int:
+    """The number of dimensions; a stride per size, or ValueError as zip(strict=True) raises."""
+    if len(shape) != len(stride):
+        raise ValueError(f"{len(shape)} sizes but {len(stride)} strides")
+    return len(shape)
 
 
 def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:

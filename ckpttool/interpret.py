@@ -99,7 +99,8 @@ class Interpreter:
         self.depth = 0
 
     def value(self, node: Any) -> Any:
-        if node is None or isinstance(node, _FINAL):
+        # a Call (a state_dict's every tensor) is no final value: spare it the isinstance
+        if type(node) is not Call and (node is None or isinstance(node, _FINAL)):
             return node
         key = id(node)
         if key in self.memo:

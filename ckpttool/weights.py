@@ -361,19 +361,28 @@ def _object_children(obj: PickledObject) -> Iterator[tuple[Any, Any]]:
         yield from ((f"args{i}", a) for i, a in enumerate(obj.args))
 
 
+# Exact types that never have children: a 50,000-tensor state_dict is mostly these.
+_LEAF_TYPES = frozenset({TensorRef, str, int, float, bool, bytes, type(None)})
+
+
 def walk(root: Any) -> Iterator[tuple[str, Any]]:
     """Every node once, depth first in file order, with its dotted path."""
     seen: set[int] = set()
     stack: list[tuple[str, Any]] = [("", root)]
     while stack:
         path, node = stack.pop()
+        if type(node) in _LEAF_TYPES:
+            yield path, node
+            continue
         if isinstance(node, (dict, list, tuple, PickledObject)):
             if id(node) in seen:
                 continue
             seen.add(id(node))
         yield path, node
-        children = [(join(path, k), v) for k, v in _children(node)]
-        stack.extend(reversed(children))
+        pairs = node.items() if isinstance(node, dict) else _children(node)
+        children = [(f"{path}.{k}", v) for k, v in pairs] if path else [(str(k), v) for k, v in pairs]
+        children.reverse()
+        stack.extend(children)
 
 
 def all_tensors(root: Any) -> list[NamedTensor]:

@@ -17,6 +17,7 @@ from ckpttool.checkpoint import Checkpoint
 from ckpttool.errors import CkptError, FileAccessError, NotACheckpointError, PickleError, UnknownFormatError
 from ckpttool.formats.joblib import JoblibRead
 from ckpttool.formats.ziparchive import ZipArchive, open_archive
+from ckpttool.gcpause import gc_paused
 from ckpttool.pickle import Decoded
 from ckpttool.pickle.judge import TorchScript
 
@@ -75,7 +76,8 @@ def read_once(probe: Probe, read: Callable[[Probe], Checkpoint]) -> Checkpoint:
     outcome = probe.reads.get(read)
     if outcome is None:
         try:
-            outcome = read(probe)
+            with gc_paused():
+                outcome = read(probe)
         except CkptError as exc:
             outcome = exc
         probe.reads[read] = outcome

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from ckpttool.checkpoint import Checkpoint, Chunk, GlobalName, OpaqueCall, PickledObject, TensorRef, byte_size
 from ckpttool.errors import CkptError, about
 from ckpttool.formats import OpenedFile, open_path
+from ckpttool.gcpause import gc_paused
 from ckpttool.interpret import Cycle
 from ckpttool.npvalues import decode_numpy, numpy_json
 from ckpttool.scalars import read_scalar
@@ -124,6 +125,7 @@ def _opened(checkpoint: Checkpoint, opened: OpenedFile | None) -> OpenedFile:
     return opened if opened is not None and opened.path == checkpoint.path else open_path(checkpoint.path)
 
 
+@gc_paused()  # 10^5 rows that live until the report is printed
 def describe(checkpoint: Checkpoint, root: str | None = None, opened: OpenedFile | None = None) -> InspectReport:
     """`opened`: the file `checkpoint` was read from, whose pickles the safety line then reuses."""
     with about(checkpoint.path):
@@ -201,13 +203,16 @@ def count(rows: list[TensorRow]) -> Counts:
     """Parameters, buffers, other tensors, the total and each dtype, tied views counted once."""
     counts = Counts()
     seen: set[tuple[Any, ...]] = set()
+    groups = {"parameter": counts.parameters, "buffer": counts.buffers}
     for row in rows:
-        view = (row.storage, row.storage_offset, tuple(row.shape), tuple(row.stride), row.dtype)
-        fresh = row.storage is None or view not in seen
-        seen.add(view)
+        fresh = row.storage is None
+        if not fresh:
+            view = (row.storage, row.storage_offset, tuple(row.shape), tuple(row.stride), row.dtype)
+            fresh = view not in seen
+            seen.add(view)
         counts.tied += not fresh
-        group = {"parameter": counts.parameters, "buffer": counts.buffers}.get(row.role or "", counts.other)
-        for c in (group, counts.total, counts.dtypes.setdefault(row.dtype, Count())):
+        dtype = counts.dtypes.get(row.dtype) or counts.dtypes.setdefault(row.dtype, Count())
+        for c in (groups.get(row.role or "", counts.other), counts.total, dtype):
             c.tensors += 1
             c.numel += row.numel if fresh else 0
             c.nbytes += row.nbytes if fresh else 0

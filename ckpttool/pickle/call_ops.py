@@ -20,7 +20,7 @@ from ckpttool.pickle.state import (
 )
 
 # Allowlisted torch functions that call or instantiate an argument: (position, use).
-_ARGUMENT_USES: dict[str, tuple[tuple[int, str], ...]] = {
+ARGUMENT_USES: dict[str, tuple[tuple[int, str], ...]] = {
     "torch._tensor._rebuild_from_type_v2": ((0, USE_CALL), (1, USE_INSTANTIATE)),
     "torch._utils._rebuild_wrapper_subclass": ((0, USE_INSTANTIATE),),
 }
@@ -57,7 +57,7 @@ class CallOpcodes(MachineState):
             raise self.error(f"REDUCE arguments are {describe(args)}, not a tuple", self.op_pos)
         if type(func) is TrackedGlobal:
             func.uses.add(USE_CALL)
-            for position, use in _ARGUMENT_USES.get(func.qualname, ()):
+            for position, use in ARGUMENT_USES.get(func.qualname, ()):
                 self.note_argument(func, args, position, use)
             if func.hook is not None:
                 return self.apply_hook(func, args)

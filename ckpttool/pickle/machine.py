@@ -19,9 +19,10 @@ from collections.abc import Callable
 from typing import Any
 
 from ckpttool.errors import PickleError
-from ckpttool.pickle.call_ops import CallOpcodes
+from ckpttool.pickle.call_ops import ARGUMENT_USES, CallOpcodes
 from ckpttool.pickle.container_ops import ContainerOpcodes
 from ckpttool.pickle.framing import buffered_stream
+from ckpttool.pickle.objects import CALL, Call, PersistentRef
 from ckpttool.pickle.opcodes import ARGUMENT_BYTES as _ARGUMENT_BYTES
 from ckpttool.pickle.opcodes import INLINE, NAMES, TORCH_OPCODES
 from ckpttool.pickle.scalar_ops import ScalarOpcodes
@@ -145,6 +146,7 @@ class _Machine(ScalarOpcodes, ContainerOpcodes, CallOpcodes):
         data, end, dispatch, memo, metastack = self.data, self.end, self.dispatch, self.memo, self.metastack
         max_ops, max_marks, max_memo = self.limits.max_opcodes, self.limits.max_mark_depth, self.limits.max_memo
         persistent = self.hooks.persistent
+        record, passes_on = self.calls.append, ARGUMENT_USES
         stack = self.stack
         pos, count = self.start, 0
         window = end  # the end of the current frame, or of the pickle
@@ -209,11 +211,29 @@ class _Machine(ScalarOpcodes, ContainerOpcodes, CallOpcodes):
                 elif op == 0x52:  # REDUCE
                     self.op_pos = pos
                     args = stack.pop()
-                    stack[-1] = self.reduce(stack[-1], args)
+                    func = stack[-1]
+                    if (
+                        type(func) is TrackedGlobal
+                        and type(args) is tuple
+                        and func.hook is None
+                        and func.qualname not in passes_on
+                    ):
+                        # `reduce`'s bookkeeping, inline, for a global that passes no argument on
+                        func.uses.add(USE_CALL)
+                        stack[-1] = call = Call(func, args, CALL)
+                        record(call)
+                    else:
+                        stack[-1] = self.reduce(func, args)
                     pos += 1
                 elif op == 0x51:  # BINPERSID
                     self.op_pos = pos
-                    stack[-1] = persistent(stack[-1]) if persistent else self.persistent_ref(stack[-1])
+                    pid = stack[-1]
+                    if persistent:
+                        stack[-1] = persistent(pid)
+                    elif type(pid) is tuple and pid and pid[0] == "storage":
+                        stack[-1] = PersistentRef(pid)  # what `persistent_ref` returns for a storage
+                    else:
+                        stack[-1] = self.persistent_ref(pid)
                     pos += 1
                 elif op == 0x89:  # NEWFALSE
                     stack.append(False)

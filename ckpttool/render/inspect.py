@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from ckpttool.gcpause import gc_paused
 from ckpttool.render.tables import fit_table
 from ckpttool.render.text import (
     TENSOR_COLUMNS,
@@ -72,8 +73,17 @@ def chunk_rows_table(rows: list[TensorRow], width: int | None = None) -> str:
     return fit_table(headers, body, width, shrink=(0, 4), align=align, whole="--format json")
 
 
+@gc_paused()  # a dict per row, each alive until the text is written
 def inspect_json(report: InspectReport, weights: list[TensorRow], tensors: list[TensorRow]) -> str:
     from ckpttool.ops.inspect import count
+
+    rendered: dict[int, dict[str, Any]] = {}  # weights and tensors share rows: each is rendered once
+
+    def row_json(row: TensorRow) -> dict[str, Any]:
+        out = rendered.get(id(row))
+        if out is None:
+            out = rendered[id(row)] = tensor_json(row)
+        return out
 
     return to_json(
         {
@@ -87,12 +97,12 @@ def inspect_json(report: InspectReport, weights: list[TensorRow], tensors: list[
                 "alternatives": report.alternatives,
                 "roles": report.roles,
                 "counts": counts_json(count(weights)),
-                "tensors": [tensor_json(r) for r in weights],
+                "tensors": [row_json(r) for r in weights],
                 "attributes": [tensor_json(r) for r in report.attributes],
             },
             "entries": report.entries,
             "objects": [{"path": o.path, "class": o.cls} for o in report.objects],
-            "tensors": [tensor_json(r) for r in tensors],
+            "tensors": [row_json(r) for r in tensors],
             "metadata": report.metadata,
             "notes": report.notes,
             "anomalies": report.anomalies,
