@@ -28,7 +28,7 @@ from math import prod
 from typing import Any, Final
 
 from ckpttool.checkpoint import Checkpoint, OpaqueCall, TensorRef
-from ckpttool.errors import CkptError, FormatError
+from ckpttool.errors import FormatError
 from ckpttool.formats.deepspeed_files import (
     LATEST,
     ZeroFiles,
