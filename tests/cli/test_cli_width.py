@@ -204,3 +204,30 @@ def test_diff_details_keep_their_numbers(in_repo: None) -> None:
     for key, tensor in weights_a.items():
         max_abs = (tensor.double() - weights_b[key].double()).abs().max().item()
         assert re.search(rf"{re.escape(key)} values differ in .*? max abs {float(f'{max_abs:.6g}'):.6g},", text), key
+
+
+DEEPSPEED = ["fixtures/deepspeed/zero3_bf16_3ranks", "fixtures/deepspeed/zero1_fp32_2ranks"]
+MEGATRON = ["fixtures/megatron/gpt_tp2", "fixtures/megatron/nemo2"]
+RUN_FOLDERS = [*DEEPSPEED, *MEGATRON]
+FOLDER_INSPECT_OPTIONS = [[], ["--stats"], ["--tree"], ["--all"], ["-v"], ["-v", "--all"], ["--unstack"]]
+
+
+@pytest.mark.parametrize("columns", WIDTHS)
+def test_run_folders_fit(columns: int, tmp_path: Path, in_repo: None) -> None:
+    """DeepSpeed ZeRO and Megatron / NeMo 2 run folders, through every command, and folder
+    scans with one entry per file (a run folder, the bundled files, every run folder)."""
+    commands = [["inspect", path, *options] for path in RUN_FOLDERS for options in FOLDER_INSPECT_OPTIONS]
+    commands += [["inspect", MEGATRON[0], "--stats", "--unstack"], ["inspect", MEGATRON[1], "--tree", "--unstack"]]
+    commands += [[command, path] for command in ("scan", "check", "optimizer") for path in RUN_FOLDERS]
+    commands += [["check", path, "--finite", "--cpu-only"] for path in (DEEPSPEED[0], MEGATRON[0])]
+    commands += [["scan", "fixtures/files"], ["scan", "fixtures/deepspeed"], ["scan", "fixtures/megatron"]]
+    commands += [
+        ["diff", DEEPSPEED[0], "fixtures/deepspeed/zero2_bf16_3ranks", "--all"],
+        ["diff", DEEPSPEED[1], "fixtures/deepspeed/zero2_fp32_2ranks", "--all"],
+        ["diff", MEGATRON[0], "fixtures/megatron/gpt_tp1", "--unstack"],
+        ["diff", MEGATRON[0], MEGATRON[1], "--all"],  # --all of a Megatron pair takes seconds: once
+    ]
+    commands += [["convert", path, str(tmp_path / f"{n}.safetensors"), "--dtype", "bf16"] for n, path in
+                 enumerate(RUN_FOLDERS)]  # fmt: skip
+    commands += [["convert", MEGATRON[0], str(tmp_path / "unstacked.safetensors"), "--unstack"]]
+    assert_fits(commands, columns)
