@@ -231,3 +231,20 @@ def test_run_folders_fit(columns: int, tmp_path: Path, in_repo: None) -> None:
                  enumerate(RUN_FOLDERS)]  # fmt: skip
     commands += [["convert", MEGATRON[0], str(tmp_path / "unstacked.safetensors"), "--unstack"]]
     assert_fits(commands, columns)
+
+
+def test_megatron_keys_stay_apart(in_repo: None) -> None:
+    """At 80 columns each model key of a Megatron folder (the keys torch's own DCP load
+    returns, kept in the ground truth file, under the `model` root) is cut to a form of its own, whole parts left
+    out: `…word_embeddings.weight` and `…position_embeddings.weight`, not `model.em…` twice."""
+    from safetensors import safe_open
+
+    with safe_open(str(REPO / "fixtures" / "megatron" / "gpt_tp2.groundtruth.safetensors"), "pt") as truth:
+        keys = [k.removeprefix("model.") for k in truth.keys() if k.startswith("model.")]  # noqa: SIM118
+    out = run_at(["inspect", MEGATRON[0]], 80)
+    table = out[out.index("\nkey ") + 1 :].splitlines()[2:]
+    shown = [line.split()[0] for line in table if line[:1] not in (" ", "(") and line.strip()]
+    assert len(shown) == len(keys) == len(set(shown)), shown
+    assert all(any(matches_cut(s, k) for k in keys) for s in shown), shown
+    assert all(any(matches_cut(s, k) for s in shown) for k in keys), shown
+    assert max(len(line) for line in out.splitlines()) <= 80
