@@ -248,3 +248,17 @@ def test_megatron_keys_stay_apart(in_repo: None) -> None:
     assert all(any(matches_cut(s, k) for k in keys) for s in shown), shown
     assert all(any(matches_cut(s, k) for s in shown) for k in keys), shown
     assert max(len(line) for line in out.splitlines()) <= 80
+
+
+def test_stats_keys_whole_when_cuts_read_alike(in_repo: None) -> None:
+    """`--stats` at 80 columns leaves a key too little room to tell rows apart: each key,
+    as torch loads it, stands whole on its own line above its row of numbers."""
+    from safetensors import safe_open
+
+    with safe_open(str(REPO / "fixtures" / "megatron" / "gpt_tp2.groundtruth.safetensors"), "pt") as truth:
+        keys = {k.removeprefix("model.") for k in truth.keys() if k.startswith("model.")}  # noqa: SIM118
+    out = run_at(["inspect", MEGATRON[0], "--stats"], 80)
+    lines = out.splitlines()
+    table = lines[lines.index("key") :]
+    assert {line for line in table if line[:1] not in (" ", "(", "k")} == keys
+    assert max(len(line) for line in out.splitlines()) <= 80
