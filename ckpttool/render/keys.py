@@ -41,24 +41,44 @@ def _apart(
 ) -> list[str]:
     """Rows whose cuts read the same although their keys differ are cut again keeping the
     deepest telling part first, which is where they part ways with their nearest kin
-    (`…word_embeddings.weight`, `…position_embeddings.weight`), where that reads apart
-    from every other row; otherwise the first cut stays."""
-    keys_of: dict[str, set[str]] = {}
-    for text, short in zip(texts, shown, strict=True):
-        keys_of.setdefault(short, set()).add(text)
-    again = {
-        n: shorten_key(split[n], width, sep, sorted(telling[n], reverse=True))
-        for n, short in enumerate(shown)
-        if len(keys_of[short]) > 1
-    }
-    retried: dict[str, set[str]] = {}
-    for n, short in again.items():
-        retried.setdefault(short, set()).add(texts[n])
+    (`…word_embeddings.weight`, `…position_embeddings.weight`), and failing that keeping
+    the telling parts whole and the end of a long leaf (`…/zero2_run/…rank_0_optim.pt`),
+    where that reads apart from every other row; otherwise the first cut stays."""
     out = list(shown)
-    for n, short in again.items():
-        if short not in keys_of and len(retried[short]) == 1:
-            out[n] = short
+
+    def deepest_first(n: int) -> str:
+        return shorten_key(split[n], width, sep, sorted(telling[n], reverse=True))
+
+    def leaf_end(n: int) -> str:
+        return _leaf_end(split[n], width, sep, sorted(telling[n], reverse=True))
+
+    for cut_again in (deepest_first, leaf_end):
+        keys_of: dict[str, set[str]] = {}
+        for text, short in zip(texts, out, strict=True):
+            keys_of.setdefault(short, set()).add(text)
+        again = {n: cut_again(n) for n, short in enumerate(out) if len(keys_of[short]) > 1}
+        retried: dict[str, set[str]] = {}
+        for n, short in again.items():
+            retried.setdefault(short, set()).add(texts[n])
+        for n, short in again.items():
+            if short not in keys_of and len(retried[short]) == 1:
+                out[n] = short
     return out
+
+
+LEAF_FLOOR = 16  # the least of a long leaf's end kept beside its telling parts
+
+
+def _leaf_end(parts: list[str], width: int, sep: str, telling: Sequence[int]) -> str:
+    """The telling parts whole, as many as leave `LEAF_FLOOR` of room, then `…` and the
+    end of the leaf."""
+    kept: set[int] = set()
+    for index in telling:
+        if width - len(_render(parts, kept | {index}, sep)) - 2 >= LEAF_FLOOR:
+            kept.add(index)
+    prefix = _render(parts, kept, sep) + sep if kept else ""
+    room = width - len(prefix) - 1
+    return prefix + ELLIPSIS + parts[-1][len(parts[-1]) - room :] if room > 0 else _cut_middle(sep.join(parts), width)
 
 
 _END = "\0end"  # where a row's parts end in the tree (no key part holds a NUL)
