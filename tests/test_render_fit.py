@@ -74,3 +74,17 @@ def test_too_many_columns_become_one_block_per_row() -> None:
     assert [line.split() for line in blocks[1].splitlines()] == [
         [f"{h}:", v] for h, v in zip(headers, rows[1], strict=True)
     ]
+
+
+def test_paths_of_runs_keep_their_run() -> None:
+    """Files of the same name in two run folders, too long to keep both the run and the
+    name whole: each keeps its run and the end of its name, and rows stay apart."""
+    paths = [
+        f"fixtures/deepspeed/{run}/global_step2/bf16_zero_pp_rank_{rank}_mp_rank_00_optim_states.pt"
+        for run in ("zero2_bf16_3ranks", "zero3_bf16_3ranks")
+        for rank in (0, 1)
+    ]
+    shown = shorten_keys(paths, 56)
+    assert len(set(shown)) == len(paths) and all(len(s) <= 56 for s in shown), shown
+    for s, path in zip(shown, paths, strict=True):
+        assert matches_cut(s, path) and path.split("/")[2] in s, (s, path)

@@ -11,8 +11,9 @@ ELLIPSIS = "…"
 
 
 def separator_of(texts: Sequence[str]) -> str:
-    """`/` for a column of paths, `.` for dotted keys and qualified names."""
-    return "/" if any("/" in t for t in texts) else "."
+    """`/` for a column of paths, `.` for dotted keys and qualified names: a few keys
+    holding a `/` (`rng_state/shard_0.1.torch_rng_state`) do not make a column paths."""
+    return "/" if 2 * sum("/" in t for t in texts) >= len(texts) else "."
 
 
 def shorten_keys(texts: Sequence[str], width: int) -> list[str]:
@@ -27,10 +28,57 @@ def shorten_keys(texts: Sequence[str], width: int) -> list[str]:
             node = node.setdefault(part, {_ROWS: 0})
             node[_ROWS] += 1
         node.setdefault(_END, {_ROWS: 0})[_ROWS] += 1
-    return [
-        text if len(text) <= width else shorten_key(parts, width, sep, _telling_parts(parts, tries[parts[-1]]))
-        for text, parts in zip(texts, split, strict=True)
+    telling = [_telling_parts(parts, tries[parts[-1]]) for parts in split]
+    shown = [
+        text if len(text) <= width else shorten_key(parts, width, sep, order)
+        for text, parts, order in zip(texts, split, telling, strict=True)
     ]
+    return _apart(texts, shown, split, telling, width, sep)
+
+
+def _apart(
+    texts: Sequence[str], shown: list[str], split: list[list[str]], telling: list[list[int]], width: int, sep: str
+) -> list[str]:
+    """Rows whose cuts read the same although their keys differ are cut again keeping the
+    deepest telling part first, which is where they part ways with their nearest kin
+    (`…word_embeddings.weight`, `…position_embeddings.weight`), and failing that keeping
+    the telling parts whole and the end of a long leaf (`…/zero2_run/…rank_0_optim.pt`),
+    where that reads apart from every other row; otherwise the first cut stays."""
+    out = list(shown)
+
+    def deepest_first(n: int) -> str:
+        return shorten_key(split[n], width, sep, sorted(telling[n], reverse=True))
+
+    def leaf_end(n: int) -> str:
+        return _leaf_end(split[n], width, sep, sorted(telling[n], reverse=True))
+
+    for cut_again in (deepest_first, leaf_end):
+        keys_of: dict[str, set[str]] = {}
+        for text, short in zip(texts, out, strict=True):
+            keys_of.setdefault(short, set()).add(text)
+        again = {n: cut_again(n) for n, short in enumerate(out) if len(keys_of[short]) > 1}
+        retried: dict[str, set[str]] = {}
+        for n, short in again.items():
+            retried.setdefault(short, set()).add(texts[n])
+        for n, short in again.items():
+            if short not in keys_of and len(retried[short]) == 1:
+                out[n] = short
+    return out
+
+
+LEAF_FLOOR = 16  # the least of a long leaf's end kept beside its telling parts
+
+
+def _leaf_end(parts: list[str], width: int, sep: str, telling: Sequence[int]) -> str:
+    """The telling parts whole, as many as leave `LEAF_FLOOR` of room, then `…` and the
+    end of the leaf."""
+    kept: set[int] = set()
+    for index in telling:
+        if width - len(_render(parts, kept | {index}, sep)) - 2 >= LEAF_FLOOR:
+            kept.add(index)
+    prefix = _render(parts, kept, sep) + sep if kept else ""
+    room = width - len(prefix) - 1
+    return prefix + ELLIPSIS + parts[-1][len(parts[-1]) - room :] if room > 0 else _cut_middle(sep.join(parts), width)
 
 
 _END = "\0end"  # where a row's parts end in the tree (no key part holds a NUL)

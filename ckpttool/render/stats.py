@@ -25,7 +25,7 @@ def stats_output(path: str, stats: list[TensorStats], fmt: str, width: int | Non
     body = (
         [*(number_text(v) for v in row[:7]), grouped(row[7]), grouped(row[8]), percent_text(row[9])] for row in rows
     )
-    return fit_table(_STATS_HEADERS, body, width, shrink=(0,))
+    return fit_table(_STATS_HEADERS, body, width, shrink=(0,), keys_above=True)
 
 
 def _stats_json(s: TensorStats) -> dict[str, Any]:

@@ -33,17 +33,23 @@ def fit_table(
     indented: bool = False,
     whole: str = "--format csv",
     wrap: Sequence[int] = (),
+    keys_above: bool = False,
 ) -> str:
     """A table no wider than `width`: cells of the `shrink` columns (keys, names, paths)
     are cut with `…` where rows stay apart, cells of the `wrap` columns (prose) go on
     more lines; a last line counts the cut cells and names the output that shows them
-    `whole`."""
+    `whole`. With `keys_above`, keys (column 0) that a cut cannot tell apart are put whole
+    on lines of their own above their rows instead."""
     body = [[_cell(c) for c in row] for row in rows]
     if width is None or not body or _natural_width(headers, body) <= width:
         return to_table(headers, body, align, indented)
     layout = _choose_layout(headers, body, width, list(shrink), list(wrap))
     if layout is None:
         return _blocks(headers, body, width)
+    if keys_above and _cuts_collide(body, layout.limits.get(0)):
+        above = _keys_above(headers, body, width, align)
+        if above is not None:
+            return above
     return _render(headers, body, layout, width, list(shrink), list(wrap), align, indented, whole)
 
 
@@ -131,6 +137,31 @@ def _render(
         note = f"({plural(cut_cells, 'cell')} cut with {ELLIPSIS} to fit {width} columns; {whole} shows all)"
         table += "\n" + (note if len(note) <= width else f"({plural(cut_cells, 'cell')} cut with {ELLIPSIS})")
     return table
+
+
+def _cuts_collide(body: list[list[str]], limit: int | None) -> bool:
+    """Whether keys that differ would read the same once cut to `limit`."""
+    if limit is None:
+        return False
+    keys = [r[0] for r in body]
+    return len(set(shorten_keys(keys, limit))) < len(set(keys))
+
+
+def _keys_above(headers: Sequence[str], body: list[list[str]], width: int, align: Sequence[str] | None) -> str | None:
+    """Keys too narrow to tell rows apart: each key whole on a line of its own, above its
+    row of the other columns (indented); None when those do not fit on one line a row."""
+    rest = fit_table(
+        headers[1:], [r[1:] for r in body], width - 2, shrink=(), align=None if align is None else align[1:]
+    )
+    lines = rest.split("\n")
+    ruled = len(lines) >= 2 + len(body) and set(lines[1]) <= {"-", " "}  # a table, not blocks
+    if not ruled or any("\n" in c for r in body for c in r):
+        return None
+    out = [headers[0], *("  " + line for line in lines[:2])]
+    for row, line in zip(body, lines[2 : 2 + len(body)], strict=True):
+        out.extend(wrap_text(row[0], width, indent="  "))
+        out.append("  " + line)
+    return "\n".join([*out, *lines[2 + len(body) :]])
 
 
 def _tabulated(

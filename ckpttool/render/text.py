@@ -52,15 +52,29 @@ def to_table(
 
 def key_values(pairs: Iterable[tuple[str, Any]], width: int | None = None) -> str:
     """`label:  value` lines. A list value is joined with ", " and, within `width`, wrapped
-    under its first item; a long text is cut with a count of what was cut."""
+    under its first item; a long text is cut with a count of what was cut. A label longer
+    than two fifths of `width` (an entry's key) is a line of its own above its value, so
+    the other values keep their room."""
     from tabulate import tabulate
 
     rows = [(f"{k}:", v) for k, v in pairs]
-    if rows:
-        indent = max(len(label) for label, _ in rows) + 2  # tabulate's plain column gap
-        budget = None if width is None else max(width - indent, MIN_WIDTH // 2)
-        rows = [(label, _fit_value(value, budget)) for label, value in rows]
-    return str(tabulate(rows, tablefmt="plain", disable_numparse=True))
+    if not rows:
+        return str(tabulate(rows, tablefmt="plain"))
+    apart = set() if width is None else {n for n, (label, _) in enumerate(rows) if len(label) > width * 2 // 5}
+    indent = max((len(label) for n, (label, _) in enumerate(rows) if n not in apart), default=0) + 2
+    budget = None if width is None else max(width - indent, MIN_WIDTH // 2)
+    fitted = [("" if n in apart else label, _fit_value(value, budget)) for n, (label, value) in enumerate(rows)]
+    table = str(tabulate(fitted, tablefmt="plain", disable_numparse=True))
+    if not apart:
+        return table
+    lines, out = table.split("\n"), []
+    for n, (_, value) in enumerate(fitted):  # tabulate gives each row as many lines as its value
+        if n in apart:
+            out.extend(wrap_text(rows[n][0], width, indent="  "))
+        height = len(value.split("\n")) if isinstance(value, str) else 1
+        out.extend(lines[:height])
+        del lines[:height]
+    return "\n".join(out)
 
 
 MAX_WRAPPED_LINES = 4
@@ -99,19 +113,27 @@ def wrap_text(text: str, width: int | None, indent: str = "", first: str = "") -
 
 def _pieces(text: str, room: int) -> list[tuple[str, str]]:
     """(glue, piece): the words of `text` joined by a space, a word longer than `room`
-    in pieces that end after a `/` (a path) or a `.` (a key), joined by nothing."""
-    import re
-
+    in pieces that end after a `/` (a path) or, where a piece is still too long, after
+    a `.` (a key), joined by nothing."""
     out: list[tuple[str, str]] = []
     for word in text.split():
         glue = " "
-        sep = "/" if "/" in word else "."  # a path breaks between folders, a key between parts
-        for atom in re.split(f"(?<=[{sep}])", word) if len(word) > room else [word]:
+        for atom in _atoms(word, room):
             for start in range(0, len(atom), room):  # an atom longer than a line: cut at the line
                 if atom[start : start + room]:
                     out.append((glue, atom[start : start + room]))
                     glue = ""
     return out
+
+
+def _atoms(word: str, room: int) -> list[str]:
+    """A path breaks between folders, a key (or a folder name too long) between parts."""
+    import re
+
+    if len(word) <= room:
+        return [word]
+    folders = re.split(r"(?<=/)", word)
+    return [atom for folder in folders for atom in (re.split(r"(?<=\.)", folder) if len(folder) > room else [folder])]
 
 
 # -- width ------------------------------------------------------------------------------------

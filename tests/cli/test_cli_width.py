@@ -204,3 +204,61 @@ def test_diff_details_keep_their_numbers(in_repo: None) -> None:
     for key, tensor in weights_a.items():
         max_abs = (tensor.double() - weights_b[key].double()).abs().max().item()
         assert re.search(rf"{re.escape(key)} values differ in .*? max abs {float(f'{max_abs:.6g}'):.6g},", text), key
+
+
+DEEPSPEED = ["fixtures/deepspeed/zero3_bf16_3ranks", "fixtures/deepspeed/zero1_fp32_2ranks"]
+MEGATRON = ["fixtures/megatron/gpt_tp2", "fixtures/megatron/nemo2"]
+RUN_FOLDERS = [*DEEPSPEED, *MEGATRON]
+FOLDER_INSPECT_OPTIONS = [[], ["--stats"], ["--tree"], ["--all"], ["-v"], ["-v", "--all"], ["--unstack"]]
+
+
+@pytest.mark.parametrize("columns", WIDTHS)
+def test_run_folders_fit(columns: int, tmp_path: Path, in_repo: None) -> None:
+    """DeepSpeed ZeRO and Megatron / NeMo 2 run folders, through every command, and folder
+    scans with one entry per file (a run folder, the bundled files, every run folder)."""
+    commands = [["inspect", path, *options] for path in RUN_FOLDERS for options in FOLDER_INSPECT_OPTIONS]
+    commands += [["inspect", MEGATRON[0], "--stats", "--unstack"], ["inspect", MEGATRON[1], "--tree", "--unstack"]]
+    commands += [[command, path] for command in ("scan", "check", "optimizer") for path in RUN_FOLDERS]
+    commands += [["check", path, "--finite", "--cpu-only"] for path in (DEEPSPEED[0], MEGATRON[0])]
+    commands += [["scan", "fixtures/files"], ["scan", "fixtures/deepspeed"], ["scan", "fixtures/megatron"]]
+    commands += [
+        ["diff", DEEPSPEED[0], "fixtures/deepspeed/zero2_bf16_3ranks", "--all"],
+        ["diff", DEEPSPEED[1], "fixtures/deepspeed/zero2_fp32_2ranks", "--all"],
+        ["diff", MEGATRON[0], "fixtures/megatron/gpt_tp1", "--unstack"],
+        ["diff", MEGATRON[0], MEGATRON[1], "--all"],  # --all of a Megatron pair takes seconds: once
+    ]
+    commands += [["convert", path, str(tmp_path / f"{n}.safetensors"), "--dtype", "bf16"] for n, path in
+                 enumerate(RUN_FOLDERS)]  # fmt: skip
+    commands += [["convert", MEGATRON[0], str(tmp_path / "unstacked.safetensors"), "--unstack"]]
+    assert_fits(commands, columns)
+
+
+def test_megatron_keys_stay_apart(in_repo: None) -> None:
+    """At 80 columns each model key of a Megatron folder (the keys torch's own DCP load
+    returns, kept in the ground truth file, under the `model` root) is cut to a form of its own, whole parts left
+    out: `…word_embeddings.weight` and `…position_embeddings.weight`, not `model.em…` twice."""
+    from safetensors import safe_open
+
+    with safe_open(str(REPO / "fixtures" / "megatron" / "gpt_tp2.groundtruth.safetensors"), "pt") as truth:
+        keys = [k.removeprefix("model.") for k in truth.keys() if k.startswith("model.")]  # noqa: SIM118
+    out = run_at(["inspect", MEGATRON[0]], 80)
+    table = out[out.index("\nkey ") + 1 :].splitlines()[2:]
+    shown = [line.split()[0] for line in table if line[:1] not in (" ", "(") and line.strip()]
+    assert len(shown) == len(keys) == len(set(shown)), shown
+    assert all(any(matches_cut(s, k) for k in keys) for s in shown), shown
+    assert all(any(matches_cut(s, k) for s in shown) for k in keys), shown
+    assert max(len(line) for line in out.splitlines()) <= 80
+
+
+def test_stats_keys_whole_when_cuts_read_alike(in_repo: None) -> None:
+    """`--stats` at 80 columns leaves a key too little room to tell rows apart: each key,
+    as torch loads it, stands whole on its own line above its row of numbers."""
+    from safetensors import safe_open
+
+    with safe_open(str(REPO / "fixtures" / "megatron" / "gpt_tp2.groundtruth.safetensors"), "pt") as truth:
+        keys = {k.removeprefix("model.") for k in truth.keys() if k.startswith("model.")}  # noqa: SIM118
+    out = run_at(["inspect", MEGATRON[0], "--stats"], 80)
+    lines = out.splitlines()
+    table = lines[lines.index("key") :]
+    assert {line for line in table if line[:1] not in (" ", "(", "k")} == keys
+    assert max(len(line) for line in out.splitlines()) <= 80
