@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ckpttool.render.tables import fit_table
-from ckpttool.render.text import key_values, output_width, to_csv, to_json, wrap_list, wrap_text
+from ckpttool.render.text import key_values, output_width, to_csv, to_json, to_table, wrap_list, wrap_text
 
 if TYPE_CHECKING:  # only for annotations: JSON output must not pay for importing every op
     from ckpttool.ops.check import CheckReport
@@ -103,16 +104,44 @@ def scan_table(entries: Sequence[ScanEntry]) -> str:
 
     blocks = [_scan_block(r) if isinstance(r, FileScan) else _unreadable_block(r) for r in entries]
     if len(entries) > 1:
-        rows = [
-            (r.path, r.format, r.verdict, r.weights_only.result, r.pickles)
+        blocks.append(_summary_table(entries))
+    return "\n\n".join(blocks)
+
+
+def _summary_table(entries: Sequence[ScanEntry]) -> str:
+    """One row per entry. Where full paths do not fit, they are shown under the folder
+    they share, said once above the table, so a cut keeps what tells files apart."""
+    from ckpttool.ops.scan import FileScan
+
+    width = output_width()
+    headers = ("file", "format", "verdict", "weights_only", "pickles")
+    align = ("left", "left", "left", "left", "right")
+
+    def rows(name: Callable[[str], str]) -> list[tuple[Any, ...]]:
+        return [
+            (name(r.path), r.format, r.verdict, r.weights_only.result, r.pickles)
             if isinstance(r, FileScan)
-            else (r.path, "", r.verdict, "", "")
+            else (name(r.path), "", r.verdict, "", "")
             for r in entries
         ]
-        headers = ("file", "format", "verdict", "weights_only", "pickles")
-        align = ("left", "left", "left", "left", "right")
-        blocks.append(fit_table(headers, rows, output_width(), align=align, whole="--format json"))
-    return "\n\n".join(blocks)
+
+    whole = to_table(headers, rows(str), align)
+    base = _shared_folder([r.path for r in entries])
+    if width is None or max(map(len, whole.splitlines())) <= width or not base:
+        return fit_table(headers, rows(str), width, align=align, whole="--format json", keys_above=True)
+    above = "\n".join(wrap_text(f"files under {base}{os.sep}", width))
+    relative = rows(lambda p: os.path.relpath(p, base))
+    table = fit_table(headers, relative, width, align=align, whole="--format json", keys_above=True)
+    return f"{above}\n{table}"
+
+
+def _shared_folder(paths: list[str]) -> str:
+    """The folder every path lies in ('' when they share none, or only the current one)."""
+    try:
+        shared = os.path.commonpath([os.path.dirname(os.path.normpath(p)) or "." for p in paths])
+    except ValueError:  # absolute and relative paths mixed
+        return ""
+    return "" if shared in ("", ".", os.sep) else shared
 
 
 def _unreadable_block(r: UnreadableFile) -> str:

@@ -262,3 +262,18 @@ def test_stats_keys_whole_when_cuts_read_alike(in_repo: None) -> None:
     table = lines[lines.index("key") :]
     assert {line for line in table if line[:1] not in (" ", "(", "k")} == keys
     assert max(len(line) for line in out.splitlines()) <= 80
+
+
+@pytest.mark.parametrize("columns", WIDTHS)
+def test_a_folder_scan_names_every_file_whole(in_repo: None, columns: int) -> None:
+    """The summary of a folder scan shows each file's path under the folder, said once,
+    so no two files read alike however narrow the terminal (every path is found whole)."""
+    import json
+
+    runner = CliRunner()
+    listed = runner.invoke(main, ["scan", "fixtures/deepspeed", "--format", "json"], env={"COLUMNS": str(columns)})
+    paths = [Path(entry["path"]).relative_to("fixtures/deepspeed") for entry in json.loads(listed.stdout)["files"]]
+    text = runner.invoke(main, ["scan", "fixtures/deepspeed"], env={"COLUMNS": str(columns)}).stdout
+    summary = text[text.index("files under fixtures/deepspeed/") :]
+    assert all(re.search(rf"^{re.escape(str(p))}(\s|$)", summary, re.M) for p in paths), summary
+    assert max(len(line) for line in text.splitlines()) <= columns
