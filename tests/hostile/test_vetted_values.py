@@ -198,17 +198,6 @@ def test_a_vetted_value_outside_its_form_is_an_unknown_call(body: bytes, qualnam
 
 # -- numpy random generators ----------------------------------------------------------------------
 
-_DRAWS = """import importlib, sys, torch
-path, line, imports = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
-namespace = {"torch": torch}
-for module in imports:
-    importlib.import_module(module)
-    namespace[module.split(".")[0]] = sys.modules[module.split(".")[0]]
-exec(line, namespace)
-rngs = torch.load(path, weights_only=True)
-print(rngs["generator"].random(3).tolist(), rngs["legacy"].rand(3).tolist(), rngs["bits"].random_raw(3).tolist())
-"""
-
 
 def numpy_rngs() -> dict[str, Any]:
     import numpy as np
@@ -217,22 +206,23 @@ def numpy_rngs() -> dict[str, Any]:
 
 
 def test_numpy_random_generators_need_only_the_printed_allowlist(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     torch = pytest.importorskip("torch")
     path = tmp_path / "rng_state.pt"
     torch.save(numpy_rngs(), path)
     outcome = run_cli("scan", "--format", "json", path)
     (report,) = outcome.json()["files"]
     assert (outcome.exit_code, report["verdict"]) == (0, "needs-allowlist"), report
-    done = subprocess.run(
-        [sys.executable, "-c", _DRAWS, str(path), report["allowlist"], ",".join(report["imports"])],
-        capture_output=True, text=True, check=True, timeout=120,
-    )  # fmt: skip
+    drawn = (
+        "[loaded['generator'].random(3).tolist(), loaded['legacy'].rand(3).tolist(), "
+        "loaded['bits'].random_raw(3).tolist()]"
+    )
     fresh = numpy_rngs()  # the same seeds: the loaded generators must continue the same streams
-    expected = [fresh["generator"].random(3).tolist(), fresh["legacy"].rand(3).tolist()]
-    assert done.stdout.strip() == f"{expected[0]} {expected[1]} {fresh['bits'].random_raw(3).tolist()}"
+    expected = [
+        fresh["generator"].random(3).tolist(),
+        fresh["legacy"].rand(3).tolist(),
+        fresh["bits"].random_raw(3).tolist(),
+    ]
+    assert load_with_allowlist(path, report["allowlist"], report["imports"], drawn) == repr(expected)
 
 
 def rng_ctor_calling_a_command(name: str) -> Any:
@@ -307,12 +297,11 @@ def test_a_numpy_rng_helper_outside_its_form_is_an_unknown_call(body: bytes, qua
 
 # -- regexes, Python's RNG and AMP's loss scaler: compared by what they do -------------------------
 
-_DESCRIBE = """def describe(values):
-    return [values["pattern"].pattern, values["pattern"].flags, values["rng"].random(),
-            values["scaler"].get_scale(), values["scaler"]._device, dict(values["scaler"]._per_optimizer_states)]
-"""
-_ALLOWLISTED = _DRAWS.rsplit("rngs = ", 1)[0]  # runs the printed imports and add_safe_globals line
-_LOAD_AND_DESCRIBE = _ALLOWLISTED + _DESCRIBE + "print(describe(torch.load(path, weights_only=True)))\n"
+# What the loaded values hold and do, as an expression over `loaded` (load_with_allowlist's `shown`).
+_DESCRIBED = (
+    "[loaded['pattern'].pattern, loaded['pattern'].flags, loaded['rng'].random(), loaded['scaler'].get_scale(), "
+    "loaded['scaler']._device, dict(loaded['scaler']._per_optimizer_states)]"
+)
 
 
 def stateful_values() -> dict[str, Any]:
@@ -327,22 +316,14 @@ def stateful_values() -> dict[str, Any]:
 
 
 def test_regexes_rngs_and_grad_scalers_need_only_the_printed_allowlist(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     torch = pytest.importorskip("torch")
     path = tmp_path / "trainer_state.pt"
     torch.save(stateful_values(), path)
     outcome = run_cli("scan", "--format", "json", path)
     (report,) = outcome.json()["files"]
     assert (outcome.exit_code, report["verdict"]) == (0, "needs-allowlist"), report
-    done = subprocess.run(
-        [sys.executable, "-c", _LOAD_AND_DESCRIBE, str(path), report["allowlist"], ",".join(report["imports"])],
-        capture_output=True, text=True, check=True, timeout=120,
-    )  # fmt: skip
-    namespace: dict[str, Any] = {}
-    exec(_DESCRIBE, namespace)
-    assert done.stdout.strip() == str(namespace["describe"](stateful_values()))
+    expected = repr(eval(_DESCRIBED, {"loaded": stateful_values()}))
+    assert load_with_allowlist(path, report["allowlist"], report["imports"], _DESCRIBED) == expected
 
 
 STATEFUL_VARIANTS: dict[str, tuple[Any, str]] = {
