@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -63,3 +64,15 @@ def matches_cut(shown: str, key: str) -> bool:
             return False
         at = found + len(piece)
     return True
+
+
+@pytest.fixture(scope="session")
+def dcp_world1(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A DCP folder written by `torch.distributed.checkpoint.save` (world size 1), once per session."""
+    spec = importlib.util.spec_from_file_location("dcp_save", REPO / "tests" / "formats" / "dcp_save.py")
+    assert spec is not None and spec.loader is not None
+    dcp_save = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dcp_save)
+    folder = tmp_path_factory.mktemp("dcp") / "world1"
+    dcp_save.save(str(folder))
+    return folder

@@ -5,7 +5,6 @@ stderr holds one line per error, whole by design."""
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,16 +29,10 @@ def f(name: str) -> str:
     return f"fixtures/files/{name}"
 
 
-@pytest.fixture(scope="module")
-def dcp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture
+def dcp(dcp_world1: Path) -> Path:
     """A DCP folder written by `torch.distributed.checkpoint.save` (world size 1)."""
-    spec = importlib.util.spec_from_file_location("dcp_save", REPO / "tests" / "formats" / "dcp_save.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    folder = tmp_path_factory.mktemp("width") / "step-100"
-    module.save(str(folder))
-    return folder
+    return dcp_world1
 
 
 @pytest.fixture
