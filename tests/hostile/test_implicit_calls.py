@@ -195,9 +195,7 @@ def test_datetime_and_path_values_need_only_the_printed_allowlist(tmp_path: Path
     torch = pytest.importorskip("torch")
     path = tmp_path / "config.pt"
     torch.save(benign_values(), path)
-    outcome = run_cli("scan", "--format", "json", path)
-    (report,) = outcome.json()["files"]
-    assert (outcome.exit_code, report["verdict"]) == (0, "needs-allowlist"), report
+    report = scan_needing_allowlist(path)
     loaded = load_with_allowlist(path, report["allowlist"], report["imports"])
     assert loaded == repr(benign_values())
 
@@ -206,9 +204,7 @@ def test_len_of_plain_data_needs_only_the_printed_allowlist(tmp_path: Path) -> N
     pytest.importorskip("torch")
     path = tmp_path / "len.pt"
     path.write_bytes(torch_zip(whole(call_global("builtins", "len", [1, 2, 3]))))
-    outcome = run_cli("scan", "--format", "json", path)
-    (report,) = outcome.json()["files"]
-    assert (outcome.exit_code, report["verdict"]) == (0, "needs-allowlist"), report
+    report = scan_needing_allowlist(path)
     assert load_with_allowlist(path, report["allowlist"], report["imports"]) == "3"
 
 
@@ -222,6 +218,14 @@ exec(line, namespace)
 loaded = torch.load(path, weights_only=True)
 print(repr(eval(sys.argv[4], {"loaded": loaded})))
 """
+
+
+def scan_needing_allowlist(path: Path) -> dict[str, Any]:
+    """scan's report of `path`, which passes (exit 0) as needs-allowlist."""
+    outcome = run_cli("scan", "--format", "json", path)
+    (report,) = outcome.json()["files"]
+    assert (outcome.exit_code, report["verdict"]) == (0, "needs-allowlist"), report
+    return report
 
 
 def load_with_allowlist(path: Path, line: str, imports: list[str], shown: str = "loaded") -> str:
@@ -262,9 +266,7 @@ def test_library_models_need_only_the_printed_allowlist(tmp_path: Path, name: st
     model = library_models()[name]
     path = tmp_path / f"{name}.pt"
     torch.save(model, path)
-    outcome = run_cli("scan", "--format", "json", path)
-    (report,) = outcome.json()["files"]
-    assert (outcome.exit_code, report["verdict"]) == (0, "needs-allowlist"), report["globals"]
+    report = scan_needing_allowlist(path)
     # `torch.nn.utils.weight_norm` (and `spectral_norm`) is the function that shadows the
     # module of that name: the printed expression cannot be evaluated there.
     if name not in ("weight_norm", "spectral_norm"):

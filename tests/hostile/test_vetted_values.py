@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 from hostile.builders import Op, Raw, call, call_global, global_ref, shell_touch, text, torch_zip, value, whole
 from hostile.support import FileWriter, assert_dangerous, assert_inspect_harmless, assert_not_run, global_entry, run_cli
-from hostile.test_implicit_calls import SYSTEM, attributes, load_with_allowlist, naive_load_runs_it
+from hostile.test_implicit_calls import (
+    SYSTEM,
+    attributes,
+    load_with_allowlist,
+    naive_load_runs_it,
+    scan_needing_allowlist,
+)
 
 from ckpttool.pickle import decode
 from ckpttool.pickle.judge import judge
@@ -48,9 +54,7 @@ def test_real_values_need_only_the_printed_allowlist(tmp_path: Path) -> None:
     values = real_values()
     path = tmp_path / "record.pt"
     torch.save(values, path)
-    outcome = run_cli("scan", "--format", "json", path)
-    (report,) = outcome.json()["files"]
-    assert (outcome.exit_code, report["verdict"]) == (0, "needs-allowlist"), report
+    report = scan_needing_allowlist(path)
     for qualname in VETTED_NAMES:
         assert global_entry(report, qualname)["verdict"] == "needs-allowlist"
     assert load_with_allowlist(path, report["allowlist"], report["imports"]) == repr(values)
@@ -67,9 +71,7 @@ def test_an_in_memory_buffer_needs_only_the_printed_allowlist(tmp_path: Path) ->
     buffer.seek(3)
     path = tmp_path / "te.pt"
     torch.save({"layer._extra_state": buffer}, path)
-    outcome = run_cli("scan", "--format", "json", path)
-    (report,) = outcome.json()["files"]
-    assert (outcome.exit_code, report["verdict"]) == (0, "needs-allowlist"), report
+    report = scan_needing_allowlist(path)
     assert global_entry(report, "_io.BytesIO")["verdict"] == "needs-allowlist"
     buffered = "(loaded['layer._extra_state'].getvalue(), loaded['layer._extra_state'].tell())"
     assert load_with_allowlist(path, report["allowlist"], report["imports"], buffered) == repr(
@@ -141,19 +143,31 @@ VARIANTS: dict[str, tuple[Any, str]] = {
 }
 
 
+def assert_flagged_and_never_run(
+    write: FileWriter, marker: Path, name: str, build: Any, target: str
+) -> list[dict[str, Any]]:
+    """The variant runs its payload under the naive loader; raw and in a torch zip, scan
+    calls it dangerous with `target` flagged, check exits 1, and no command runs it.
+    Returns the two scan reports."""
+    raw = write(f"{name}.pkl", build(marker))
+    assert naive_load_runs_it(raw, marker), "the variant must run its payload under the naive loader"
+    reports = []
+    for path in (raw, write(f"{name}.pt", torch_zip(build(marker)))):
+        report = assert_dangerous(path, "platform.os.system")
+        assert global_entry(report, target)["verdict"] in ("unknown-call", "dangerous"), report
+        assert run_cli("check", path).exit_code == 1
+        assert_inspect_harmless(path)
+        reports.append(report)
+    return reports
+
+
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_a_vetted_name_given_a_callable_stays_flagged_and_never_runs(
     write: FileWriter, marker: Path, name: str
 ) -> None:
     build, target = VARIANTS[name]
-    raw = write(f"{name}.pkl", build(marker))
-    assert naive_load_runs_it(raw, marker), "the variant must run its payload under the naive loader"
-    for path in (raw, write(f"{name}.pt", torch_zip(build(marker)))):
-        report = assert_dangerous(path, "platform.os.system")
-        assert global_entry(report, target)["verdict"] in ("unknown-call", "dangerous"), report
+    for report in assert_flagged_and_never_run(write, marker, name, build, target):
         assert report["allowlist"] is None
-        assert run_cli("check", path).exit_code == 1
-        assert_inspect_harmless(path)
     assert_not_run(marker)
 
 
@@ -209,9 +223,7 @@ def test_numpy_random_generators_need_only_the_printed_allowlist(tmp_path: Path)
     torch = pytest.importorskip("torch")
     path = tmp_path / "rng_state.pt"
     torch.save(numpy_rngs(), path)
-    outcome = run_cli("scan", "--format", "json", path)
-    (report,) = outcome.json()["files"]
-    assert (outcome.exit_code, report["verdict"]) == (0, "needs-allowlist"), report
+    report = scan_needing_allowlist(path)
     drawn = (
         "[loaded['generator'].random(3).tolist(), loaded['legacy'].rand(3).tolist(), "
         "loaded['bits'].random_raw(3).tolist()]"
@@ -319,9 +331,7 @@ def test_regexes_rngs_and_grad_scalers_need_only_the_printed_allowlist(tmp_path:
     torch = pytest.importorskip("torch")
     path = tmp_path / "trainer_state.pt"
     torch.save(stateful_values(), path)
-    outcome = run_cli("scan", "--format", "json", path)
-    (report,) = outcome.json()["files"]
-    assert (outcome.exit_code, report["verdict"]) == (0, "needs-allowlist"), report
+    report = scan_needing_allowlist(path)
     expected = repr(eval(_DESCRIBED, {"loaded": stateful_values()}))
     assert load_with_allowlist(path, report["allowlist"], report["imports"], _DESCRIBED) == expected
 
@@ -341,13 +351,7 @@ def test_a_stateful_value_given_a_command_stays_flagged_and_never_runs(
     write: FileWriter, marker: Path, name: str
 ) -> None:
     build, target = STATEFUL_VARIANTS[name]
-    raw = write(f"{name}.pkl", build(marker))
-    assert naive_load_runs_it(raw, marker), "the variant must run its payload under the naive loader"
-    for path in (raw, write(f"{name}.pt", torch_zip(build(marker)))):
-        report = assert_dangerous(path, "platform.os.system")
-        assert global_entry(report, target)["verdict"] in ("unknown-call", "dangerous"), report
-        assert run_cli("check", path).exit_code == 1
-        assert_inspect_harmless(path)
+    assert_flagged_and_never_run(write, marker, name, build, target)
     assert_not_run(marker)
 
 
@@ -437,9 +441,7 @@ def test_whole_optimizers_need_only_the_printed_allowlist(tmp_path: Path) -> Non
     optimizers = stepped_optimizers()
     path = tmp_path / "optimizers.pt"
     torch.save(optimizers, path)
-    outcome = run_cli("scan", "--format", "json", path)
-    (report,) = outcome.json()["files"]
-    assert (outcome.exit_code, report["verdict"]) == (0, "needs-allowlist"), report
+    report = scan_needing_allowlist(path)
     done = subprocess.run(
         [sys.executable, "-c", _OPTIMIZER_STATES, str(path), report["allowlist"]],
         capture_output=True, text=True, check=True, timeout=120,
