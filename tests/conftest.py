@@ -69,7 +69,7 @@ def matches_cut(shown: str, key: str) -> bool:
 @pytest.fixture(scope="session")
 def dcp_world1(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A DCP folder written by `torch.distributed.checkpoint.save` (world size 1), once per session."""
-    spec = importlib.util.spec_from_file_location("dcp_save", REPO / "tests" / "formats" / "dcp_save.py")
+    spec = importlib.util.spec_from_file_location("dcp_save", REPO / "tests" / "support" / "dcp.py")
     assert spec is not None and spec.loader is not None
     dcp_save = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(dcp_save)

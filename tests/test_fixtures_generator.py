@@ -13,11 +13,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import groundtruth as gt
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
+from support import groundtruth as gt
 from torch import nn
 
 INDEX = gt.load_fixture_index()

@@ -5,7 +5,7 @@ included — and 2 when no path could be read at all or an option is misused; th
 report; integrity, safety, --finite and --cpu-only findings with their severities.
 
 Agreement of `--model` with `load_state_dict`, and every suggested command applied and
-reloaded, are tested in tests/compare/test_check_truth.py.
+reloaded, are tested in tests/ops/compare/test_check_truth.py.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pytest
 import torch
 from click.testing import Result
 from conftest import cli_json
-from groundtruth import COMMITTED_DIR, FIXTURES_DIR, data_record_offsets, tutorial_models
+from support.groundtruth import COMMITTED_DIR, FIXTURES_DIR, data_record_offsets, tutorial_models
 
 Cli = Callable[..., Result]
 ERROR_PREFIX = "ckpttool: error: "
@@ -32,7 +32,7 @@ DATAPARALLEL = COMMITTED_DIR / "dataparallel_state_dict.pth"
 WHOLE_MODEL = COMMITTED_DIR / "cnn_whole_model.pth"
 CUDA = COMMITTED_DIR / "cnn_state_dict_cuda0.pth"
 CNN_SPEC = f"{FIXTURES_DIR / 'tutorial_models.py'}:CNN"
-CHECK_MODELS = Path(__file__).resolve().parents[1] / "compare" / "checkmodels.py"
+CHECK_MODELS = Path(__file__).resolve().parents[1] / "support" / "checkmodels.py"
 FILE_FIELDS = {"path", "ok", "readable", "findings", "keys", "missing", "unexpected", "shape_mismatch",
                "dtype_mismatch", "allowed_missing", "allowed_unexpected", "allow_hint", "suggestions"}  # fmt: skip
 FINDING_FIELDS = {"check", "severity", "key", "message", "remedy"}

@@ -16,8 +16,8 @@ import pytest
 import torch
 from click.testing import Result
 from conftest import cli_json
-from groundtruth import fixture_path, ground_truth_weights, tensors_equal, torch_load_trusted
-from ops.support import (
+from support.groundtruth import fixture_path, ground_truth_weights, tensors_equal, torch_load_trusted
+from support.ops import (
     ALIASES_KEY,
     BY_NAME,
     assert_nothing_written,

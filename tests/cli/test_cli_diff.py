@@ -3,7 +3,7 @@ unreadable or misused), data on stdout and diagnostics on stderr, and the table,
 and CSV forms of one report agreeing row for row.
 
 Whether the comparisons themselves are right is tested against torch in
-tests/compare/test_diff_truth.py; here the files are small and made in tmp_path.
+tests/ops/compare/test_diff_truth.py; here the files are small and made in tmp_path.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import pytest
 import torch
 from click.testing import Result
 from conftest import REPO, assert_json_error, cli_json
-from groundtruth import COMMITTED_DIR
 from safetensors.torch import save_file
+from support.groundtruth import COMMITTED_DIR
 
 Cli = Callable[..., Result]
 ERROR_PREFIX = "ckpttool: error: "

@@ -17,12 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import groundtruth as gt
 import pytest
 import torch
 from click.testing import Result
 from conftest import assert_json_error, cli_json
-from reader.truth import dtype_name, tensors_in
+from support import groundtruth as gt
+from support.layouts import dtype_name, tensors_in
 from torch import nn
 
 Cli = Callable[..., Result]
@@ -37,7 +37,7 @@ TENSOR_FIELDS = {
     "stride", "contiguous", "layout",
 }  # fmt: skip
 CSV_HEADER = ["key", "dtype", "shape", "numel", "nbytes", "device", "role"]
-# Formats whose key order is the reader's own (see tests/reader/test_ground_truth.py).
+# Formats whose key order is the reader's own (see tests/formats/test_ground_truth.py).
 UNORDERED_FORMATS = {"safetensors", "sharded-safetensors", "sharded-bin"}
 ERROR_LINE = "ckpttool: error: {path}: "
 

@@ -2,7 +2,7 @@
 report, names from `--model` and the guess without it, and exit code 2 with one stderr
 line for an unreadable file or a model spec that cannot be built.
 
-Agreement with `optimizer.state_dict()` is tested in tests/compare/test_optimizer_truth.py.
+Agreement with `optimizer.state_dict()` is tested in tests/ops/compare/test_optimizer_truth.py.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 import torch
 from click.testing import Result
 from conftest import assert_json_error, cli_json
-from groundtruth import COMMITTED_DIR, FIXTURES_DIR, torch_load_trusted
+from support.groundtruth import COMMITTED_DIR, FIXTURES_DIR, torch_load_trusted
 
 Cli = Callable[..., Result]
 ERROR_PREFIX = "ckpttool: error: "

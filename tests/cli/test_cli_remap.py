@@ -21,8 +21,8 @@ import pytest
 import torch
 from click.testing import Result
 from conftest import cli_json
-from groundtruth import assert_same_content, fixture_path, storage_locations, torch_load_trusted
-from ops.support import (
+from support.groundtruth import assert_same_content, fixture_path, storage_locations, torch_load_trusted
+from support.ops import (
     BY_NAME,
     assert_nothing_written,
     assert_one_error_line,

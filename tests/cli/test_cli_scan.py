@@ -26,11 +26,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import groundtruth as gt
 import pytest
 import torch
 from click.testing import Result
 from conftest import cli_json
+from support import groundtruth as gt
 
 Cli = Callable[..., Result]
 INDEX = gt.load_fixture_index()

@@ -28,8 +28,8 @@ import pytest
 import torch
 from click.testing import Result
 from conftest import cli_json
-from ops.support import ExecPayload
 from safetensors.torch import save_file
+from support.ops import ExecPayload
 
 from ckpttool.errors import CkptError
 from ckpttool.formats import dcp_format, dcp_metadata, registry

@@ -1,7 +1,7 @@
 """`ckpttool inspect --stats`: per-tensor min, max, mean, std, NaN/Inf counts and zero share.
 
 Every row is compared with torch computing the same numbers on the tensor torch
-loads (see tests/ops/stats_truth.py for the rules). A big generated fixture checks,
+loads (see tests/support/stats.py for the rules). A big generated fixture checks,
 in a child process, that memory stays bounded while tensors are streamed.
 """
 
@@ -21,14 +21,14 @@ import pytest
 import torch
 from click.testing import Result
 from conftest import cli_json
-from groundtruth import fixture_path, ground_truth_weights, torch_load_trusted
-from ops.stats_truth import assert_stats_match, resolve, special_tensors
-from ops.support import (
+from support.groundtruth import fixture_path, ground_truth_weights, torch_load_trusted
+from support.ops import (
     BY_NAME,
     assert_one_error_line,
     committed_fixtures_unchanged,
     unchanged,
 )
+from support.stats import assert_stats_match, resolve, special_tensors
 
 Cli = Callable[..., Result]
 COLUMNS = ["key", "dtype", "shape", "min", "max", "mean", "std", "nan", "inf", "zeros"]

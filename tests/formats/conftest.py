@@ -15,5 +15,5 @@ HERE = Path(__file__).resolve().parent
 @pytest.fixture(scope="session")
 def dcp_world2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("dcp") / "world2"
-    subprocess.run([sys.executable, str(HERE / "dcp_save.py"), str(folder), "2"], check=True, timeout=600)
+    subprocess.run([sys.executable, str(HERE.parent / "support" / "dcp.py"), str(folder), "2"], check=True, timeout=600)
     return folder

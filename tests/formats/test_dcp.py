@@ -4,7 +4,7 @@ Ground truth is torch's own: `dcp_to_torch_save` then `torch.load` for the value
 folders were written by this test, so loading them is safe), `FileSystemReader`'s
 `read_metadata` for the metadata. The checkpoints are real: written by `dcp.save` on
 gloo with world size 1 in this process and world size 2 in spawned processes
-(`dcp_save.py`): sharded DTensors (by rows and by columns), FSDP2, replicated tensors,
+(`tests/support/dcp.py`): sharded DTensors (by rows and by columns), FSDP2, replicated tensors,
 optimizer state keyed by index and by name, non-tensor entries.
 """
 
@@ -197,7 +197,7 @@ def test_a_file_beside_the_dcp_files_is_an_entry_of_its_own(
 ) -> None:
     """`.metadata` and the data files are one entry, as dcp.load reads them; a pickle put
     beside them (in the folder or under it) is scanned on its own."""
-    from ops.support import ExecPayload
+    from support.ops import ExecPayload
 
     folder = tmp_path / "dcp"
     shutil.copytree(folders[2], folder)

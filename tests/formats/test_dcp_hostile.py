@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import Result
 from conftest import cli_json
-from hostile.builders import (
+from support.builders import (
     Op,
     call_global,
     global_ref,

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 import torch
-from hostile.builders import reduce_pickle
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.builders import reduce_pickle
 from torch.distributed.checkpoint.filesystem import _StorageInfo
 from torch.distributed.checkpoint.metadata import (
     BytesStorageMetadata,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hostile.support import FileWriter
+from support.hostile import FileWriter
 
 
 @pytest.fixture

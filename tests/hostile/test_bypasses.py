@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from hostile.builders import (
+from support.builders import (
     Op,
     Raw,
     ZipMember,
@@ -23,8 +23,7 @@ from hostile.builders import (
     whole,
     zip_bytes,
 )
-from hostile.payloads import inner_system_pickle
-from hostile.support import (
+from support.hostile import (
     FileWriter,
     assert_dangerous,
     assert_inspect_harmless,
@@ -33,6 +32,7 @@ from hostile.support import (
     global_entry,
     scan,
 )
+from support.payloads import inner_system_pickle
 
 WEIGHT = float_tensor("w", "0", 2, 3)
 

@@ -8,7 +8,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from hostile.builders import (
+from support.builders import (
     LegacyFile,
     ZipMember,
     call_global,
@@ -24,8 +24,8 @@ from hostile.builders import (
     whole,
     zip_bytes,
 )
-from hostile.corpus import npy_object_array, tar_of
-from hostile.support import FileWriter, assert_dangerous, assert_not_run, only_file, run_cli, scan
+from support.corpus import npy_object_array, tar_of
+from support.hostile import FileWriter, assert_dangerous, assert_not_run, only_file, run_cli, scan
 
 from ckpttool.formats.containers import MAX_DEPTH
 

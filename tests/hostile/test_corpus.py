@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hostile.corpus import Sample, benign_samples, file_name, malicious_samples
-from hostile.support import assert_no_crash, assert_not_run, only_file, run_cli
+from support.corpus import Sample, benign_samples, file_name, malicious_samples
+from support.hostile import assert_no_crash, assert_not_run, only_file, run_cli
 
 _PLACEHOLDER = Path("/nonexistent/PAYLOAD_RAN")
 MALICIOUS = {s.name: s for s in malicious_samples(_PLACEHOLDER)}

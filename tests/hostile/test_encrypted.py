@@ -10,9 +10,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from hostile.builders import ZipMember, encrypted, torch_zip_members, zip_bytes
-from hostile.payloads import inner_system_pickle
-from hostile.support import FileWriter, assert_not_run, assert_one_line_error, run_cli, torch_accepts
+from support.builders import ZipMember, encrypted, torch_zip_members, zip_bytes
+from support.hostile import FileWriter, assert_not_run, assert_one_line_error, run_cli, torch_accepts
+from support.payloads import inner_system_pickle
 
 
 def locked(members: list[ZipMember], suffix: str) -> bytes:

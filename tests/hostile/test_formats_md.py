@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hostile.builders import (
+from support.builders import (
     DEFLATED,
     FLAG_ENCRYPTED,
     FLAG_PATCHED,
@@ -47,18 +47,7 @@ from hostile.builders import (
     whole,
     zip_bytes,
 )
-from hostile.payloads import (
-    CONTAINERS,
-    Payload,
-    builtins_payloads,
-    computed_name_payloads,
-    container_abuse_payloads,
-    dumped_payloads,
-    gadget_payloads,
-    handwritten_system_payloads,
-    inner_system_pickle,
-)
-from hostile.support import (
+from support.hostile import (
     FileWriter,
     assert_dangerous,
     assert_inspect_harmless,
@@ -75,6 +64,17 @@ from hostile.support import (
     run_cli_process,
     scan,
     torch_accepts,
+)
+from support.payloads import (
+    CONTAINERS,
+    Payload,
+    builtins_payloads,
+    computed_name_payloads,
+    container_abuse_payloads,
+    dumped_payloads,
+    gadget_payloads,
+    handwritten_system_payloads,
+    inner_system_pickle,
 )
 
 from ckpttool.errors import (

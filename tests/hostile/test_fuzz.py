@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hostile.builders import LEGACY_MAGIC, integer, torch_zip, whole
-from hostile.support import assert_one_line_error, run_cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.builders import LEGACY_MAGIC, integer, torch_zip, whole
+from support.hostile import assert_one_line_error, run_cli
 
 from ckpttool.errors import CkptError
 from ckpttool.formats import read_checkpoint

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hostile.builders import Op, Raw, call_global, global_ref, shell_touch, text, torch_zip, value, whole
-from hostile.support import (
+from support.builders import Op, Raw, call_global, global_ref, shell_touch, text, torch_zip, value, whole
+from support.hostile import (
     FileWriter,
     assert_dangerous,
     assert_inspect_harmless,

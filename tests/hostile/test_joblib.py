@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hostile.builders import Op, Raw, ReducesTo, call_global, global_ref, shell_touch, value, whole
-from hostile.support import assert_dangerous, assert_inspect_harmless, assert_not_run, run_cli
+from support.builders import Op, Raw, ReducesTo, call_global, global_ref, shell_touch, value, whole
+from support.hostile import assert_dangerous, assert_inspect_harmless, assert_not_run, run_cli
 
 from ckpttool.formats.joblib import WRAPPER, JoblibReading
 

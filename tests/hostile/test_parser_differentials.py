@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from hostile.builders import Op, proto, shell_touch, short_text, whole
-from hostile.oracle import READINGS, ckpttool_meets, cpython_meets, has_differential
-from hostile.support import assert_dangerous, assert_not_run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.builders import Op, proto, shell_touch, short_text, whole
+from support.hostile import assert_dangerous, assert_not_run
+from support.oracle import READINGS, ckpttool_meets, cpython_meets, has_differential
 
 from ckpttool.pickle import decode
 
@@ -260,7 +260,7 @@ def test_the_string_trick_really_hides_a_call_from_pickle_loads(marker: Path) ->
     "name", ["hidden_by_a_string_across_the_frame_end", "hidden_in_a_global_line_across_the_frame_end"]
 )
 def test_a_scan_of_a_torch_zip_with_a_framing_trick_is_dangerous(name: str, marker: Path, tmp_path: Path) -> None:
-    from hostile.builders import torch_zip
+    from support.builders import torch_zip
 
     path = tmp_path / "framed.pt"
     path.write_bytes(torch_zip(DIFFERENTIALS[name](marker)))

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from hostile.builders import (
+from support.builders import (
     Op,
     call_global,
     checkpoint_zip,
@@ -33,8 +33,8 @@ from hostile.builders import (
     value,
     whole,
 )
-from hostile.support import only_file, scan, torch_accepts
-from hostile.tinynet import TinyNet
+from support.hostile import only_file, scan, torch_accepts
+from support.tinynet import TinyNet
 
 from ckpttool.ops.scan import scan_file
 
@@ -217,9 +217,9 @@ def test_a_model_class_that_no_longer_exists_is_still_judged(tmp_path: Path) -> 
         for info in source.infolist():
             data = source.read(info)
             if info.filename.endswith("data.pkl"):
-                data = data.replace(b"hostile.tinynet", b"hostile.vanish_")
+                data = data.replace(b"support.tinynet", b"support.vanish_")
             renamed.writestr(info, data)
     report = scan_file(str(path))
     assert report.verdict == "needs-allowlist"
-    assert "hostile.vanish_.TinyNet" in {g.qualname for g in report.globals}
-    assert "hostile.vanish_" not in sys.modules
+    assert "support.vanish_.TinyNet" in {g.qualname for g in report.globals}
+    assert "support.vanish_" not in sys.modules

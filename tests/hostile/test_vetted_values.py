@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hostile.builders import Op, Raw, call, call_global, global_ref, shell_touch, text, torch_zip, value, whole
-from hostile.support import FileWriter, assert_dangerous, assert_inspect_harmless, assert_not_run, global_entry, run_cli
 from hostile.test_implicit_calls import (
     SYSTEM,
     attributes,
@@ -19,6 +17,8 @@ from hostile.test_implicit_calls import (
     naive_load_runs_it,
     scan_needing_allowlist,
 )
+from support.builders import Op, Raw, call, call_global, global_ref, shell_touch, text, torch_zip, value, whole
+from support.hostile import FileWriter, assert_dangerous, assert_inspect_harmless, assert_not_run, global_entry, run_cli
 
 from ckpttool.pickle import decode
 from ckpttool.pickle.judge import judge

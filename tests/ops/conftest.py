@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from ops.support import committed_fixtures_unchanged
+from support.ops import committed_fixtures_unchanged
 
 __all__ = ["committed_fixtures_unchanged"]

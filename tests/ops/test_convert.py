@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 import torch
-from groundtruth import (
+from safetensors.torch import load_file
+from support.groundtruth import (
     TORCH_FORMATS,
     expected_state_dict_keys,
     fixture_path,
@@ -23,7 +24,7 @@ from groundtruth import (
     torch_load_trusted,
     weights_at,
 )
-from ops.support import (
+from support.ops import (
     ALIASES_KEY,
     BY_NAME,
     CONVERT_REFUSED,
@@ -45,7 +46,6 @@ from ops.support import (
     torch_load_weights_only,
     unchanged,
 )
-from safetensors.torch import load_file
 
 from ckpttool.atomic import OutputSet
 from ckpttool.errors import (

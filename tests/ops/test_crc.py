@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 from click.testing import Result
-from groundtruth import data_record_offsets, fixture_path, ground_truth_weights, tensors_equal
-from ops.support import (
+from support.groundtruth import data_record_offsets, fixture_path, ground_truth_weights, tensors_equal
+from support.ops import (
     BY_NAME,
     CONVERT_REFUSED,
     FIXTURES,

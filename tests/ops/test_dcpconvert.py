@@ -24,8 +24,8 @@ import pytest
 import torch
 from click.testing import Result
 from ops.dcp_make import free_port
-from ops.support import assert_nothing_written, temp_files
 from safetensors.torch import load_file, save_file
+from support.ops import assert_nothing_written, temp_files
 
 from ckpttool.ops.dcpio import groups
 from ckpttool.ops.dcpmeta import read_dcp_metadata
@@ -403,7 +403,7 @@ def test_torchrun_refuses_conversions_it_cannot_split(
 
 
 def _stopped(args: list[Any], ready: Callable[[], bool]) -> subprocess.CompletedProcess[str]:
-    from signalling import signal_when
+    from support.signalling import signal_when
 
     for _ in range(4):  # a run that ends before the moment it waits for is tried again
         result = signal_when([str(a) for a in args], ready, signal.SIGTERM)

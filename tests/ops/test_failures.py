@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from groundtruth import fixture_path, ground_truth_weights, tensors_equal, torch_load_trusted
-from ops.support import (
+from support.groundtruth import fixture_path, ground_truth_weights, tensors_equal, torch_load_trusted
+from support.ops import (
     BY_NAME,
     ERROR_PREFIX,
     assert_nothing_written,

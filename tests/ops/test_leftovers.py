@@ -24,7 +24,7 @@ import pytest
 import torch
 from click.testing import Result
 from safetensors.torch import load_file
-from signalling import signal_when
+from support.signalling import signal_when
 
 from ckpttool.atomic import TEMP_SUFFIX
 from ckpttool.leftovers import owner, remove_leftovers

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import torch
-from groundtruth import (
+from support.groundtruth import (
     TORCH_FORMATS,
     assert_same_content,
     fixture_path,
@@ -21,7 +21,7 @@ from groundtruth import (
     torch_load_trusted,
     zip_record,
 )
-from ops.support import (
+from support.ops import (
     BY_NAME,
     assert_nothing_written,
     copy_fixture,

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from signalling import signal_when
+from support.signalling import signal_when
 
 from ckpttool.signals import Interrupted, held, stopping_cleanly
 

@@ -1,6 +1,6 @@
 """`inspect --stats` numbers against torch computing them on the tensors torch loads.
 
-The expectations themselves are in stats_truth.py, shared with the CLI tests.
+The expectations themselves are in tests/support/stats.py, shared with the CLI tests.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 import torch
-from groundtruth import fixture_path, ground_truth_weights, torch_load_trusted
-from ops.stats_truth import REL_TOL, assert_stats_match, has_arithmetic, resolve, special_tensors
-from ops.support import BY_NAME, NO_WEIGHTS, ids, records_where
+from support.groundtruth import fixture_path, ground_truth_weights, torch_load_trusted
+from support.ops import BY_NAME, NO_WEIGHTS, ids, records_where
+from support.stats import REL_TOL, assert_stats_match, has_arithmetic, resolve, special_tensors
 
 import ckpttool.ops.stats as stats_module
 from ckpttool.formats import read_checkpoint

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from groundtruth import (
+from support.groundtruth import (
     TORCH_FORMATS,
     assert_same_content,
     fixture_path,
@@ -26,7 +26,7 @@ from groundtruth import (
     storage_locations,
     torch_load_trusted,
 )
-from ops.support import (
+from support.ops import (
     assert_same_tensors,
     ids,
     load_output,

@@ -7,9 +7,9 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-import judging
 import pytest
-from judging import call, glob, new, num, text, verdict_of
+from support import judging
+from support.judging import call, glob, new, num, text, verdict_of
 
 from ckpttool.pickle import stdlib_reach
 from ckpttool.pickle.judge import Judgement

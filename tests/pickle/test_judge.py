@@ -14,7 +14,7 @@ import pickle
 import numpy as np
 import pytest
 import torch.jit._pickle
-from judging import call, glob, judged, new, num, text, verdict_of
+from support.judging import call, glob, judged, new, num, text, verdict_of
 
 from ckpttool.pickle import decode
 from ckpttool.pickle.allowlist import PURE_MEMBERS

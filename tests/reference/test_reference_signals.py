@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from signalling import signal_when
+from support.signalling import signal_when
 
 from ckpttool.cli import main
 from ckpttool.errors import UsageError

@@ -18,13 +18,14 @@ from typing import Any
 
 import torch
 from click.testing import Result
-from groundtruth import FIXTURES_DIR, tensors_equal
 from torch import nn
 
-COMPARE_DIR = Path(__file__).resolve().parent
-REPO_ROOT = COMPARE_DIR.parents[1]
+from support.groundtruth import FIXTURES_DIR, tensors_equal
+
+SUPPORT_DIR = Path(__file__).resolve().parent
+REPO_ROOT = SUPPORT_DIR.parents[1]
 TUTORIAL_MODELS_FILE = FIXTURES_DIR / "tutorial_models.py"
-CHECK_MODELS_FILE = COMPARE_DIR / "checkmodels.py"
+CHECK_MODELS_FILE = SUPPORT_DIR / "checkmodels.py"
 
 # float8 and float4 have no torch.equal kernel; float8 widens to float32 exactly, and
 # the packed float4 pairs have no arithmetic at all, so only their bits can be compared.

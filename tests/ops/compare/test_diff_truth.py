@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import torch
 from click.testing import Result
-from compare.support import (
+from safetensors.torch import load_file, save_file
+from support.compare import (
     elementwise_close,
     output_json,
     perturbed,
@@ -27,7 +28,7 @@ from compare.support import (
     value_errors,
     widened,
 )
-from groundtruth import (
+from support.groundtruth import (
     fixture_path,
     fixture_record,
     ground_truth_weights,
@@ -35,7 +36,6 @@ from groundtruth import (
     torch_load_trusted,
     tutorial_models,
 )
-from safetensors.torch import load_file, save_file
 
 import ckpttool.ops.valuediff as valuediff
 import ckpttool.tensordata as tensordata

@@ -25,8 +25,8 @@ import pytest
 import torch
 import torchvision
 from click.testing import Result
-from compare import checkmodels
-from compare.support import (
+from support import checkmodels
+from support.compare import (
     CHECK_MODELS_FILE,
     TUTORIAL_MODELS_FILE,
     LoadResult,
@@ -37,7 +37,7 @@ from compare.support import (
     save,
     spec,
 )
-from groundtruth import (
+from support.groundtruth import (
     assert_same_content,
     fixture_path,
     fixture_record,
@@ -509,7 +509,7 @@ def test_finite_counts_nan_and_inf_as_torch_does(cli: Cli, tmp_path: Path) -> No
 def test_cpu_only_against_torchs_storage_locations(cli: Cli) -> None:
     """Every torch-format fixture: a cpu-only error exactly when torch restores a storage
     elsewhere (`map_location` sees the location the file names)."""
-    from groundtruth import TORCH_FORMATS, load_fixture_index, storage_locations
+    from support.groundtruth import TORCH_FORMATS, load_fixture_index, storage_locations
 
     for record in load_fixture_index():
         if record["format"] not in TORCH_FORMATS:

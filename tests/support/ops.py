@@ -1,7 +1,7 @@
 """What the convert, remap and stats tests share: fixture groups, output readers, and the
 guarantees every write makes (source untouched, nothing left behind on failure).
 
-The ground truth itself comes from `groundtruth`; this module only decides which
+The ground truth itself comes from `support.groundtruth`; this module only decides which
 fixtures each operation should accept and reads back what ckpttool wrote.
 """
 
@@ -24,7 +24,10 @@ from typing import Any
 import pytest
 import torch
 from click.testing import Result
-from groundtruth import (
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from support.groundtruth import (
     COMMITTED_DIR,
     data_record_offsets,
     fixture_path,
@@ -32,8 +35,6 @@ from groundtruth import (
     load_fixture_index,
     tensors_equal,
 )
-from safetensors import safe_open
-from safetensors.torch import load_file
 
 ERROR_PREFIX = "ckpttool: error: "
 TEMP_SUFFIX = ".ckpttool-tmp"

@@ -21,8 +21,8 @@ from typing import Any, cast
 import pytest
 import torch
 from click.testing import Result
-from compare.support import save
-from groundtruth import (
+from support.compare import save
+from support.groundtruth import (
     COMMITTED_DIR,
     TORCH_FORMATS,
     assert_same_content,

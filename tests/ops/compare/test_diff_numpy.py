@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import Result
-from compare.support import output_json, save
+from support.compare import output_json, save
 
 from ckpttool.checkpoint import GlobalName, OpaqueCall
 from ckpttool.npvalues import decode_numpy

@@ -15,13 +15,13 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import groundtruth as gt
 import torch
 from torch import nn
 
 from ckpttool.checkpoint import Checkpoint, TensorRef
 from ckpttool.formats import read_checkpoint
 from ckpttool.weights import NamedTensor
+from support import groundtruth as gt
 
 # Module attributes that hold parameters, buffers and children; ckpttool addresses
 # their contents by state_dict names, so the walk below does too.

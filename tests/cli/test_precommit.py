@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 from click.testing import Result
-from compare.support import REPO_ROOT
-from groundtruth import COMMITTED_DIR, data_record_offsets
+from support.compare import REPO_ROOT
+from support.groundtruth import COMMITTED_DIR, data_record_offsets
 
 Cli = Callable[..., Result]
 HOOKS_FILE = REPO_ROOT / ".pre-commit-hooks.yaml"

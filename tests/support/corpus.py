@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from hostile.builders import (
+from support.builders import (
     LegacyFile,
     Op,
     Raw,

@@ -1,7 +1,7 @@
 """Real distributed checkpoints, written by `torch.distributed.checkpoint.save` on gloo.
 
 `save(out, world)` in the calling process (world size 1, a process group of its own on
-an in-memory store); `python dcp_save.py OUT WORLD` spawns WORLD ranks on 127.0.0.1.
+an in-memory store); `python dcp.py OUT WORLD` spawns WORLD ranks on 127.0.0.1.
 Every rank builds the same state, as training code does:
 - `model`: DTensors on a CPU mesh: a weight split by rows (`Shard(0)`, 5 rows over 2
   ranks: uneven), one split by columns (`Shard(1)`: chunks that are no byte range of

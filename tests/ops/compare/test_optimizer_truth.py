@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import torch
 from click.testing import Result
-from compare import checkmodels
-from compare.support import (
+from support import checkmodels
+from support.compare import (
     CHECK_MODELS_FILE,
     TUTORIAL_MODELS_FILE,
     jsonable,
@@ -30,7 +30,7 @@ from compare.support import (
     step_of,
     take_steps,
 )
-from groundtruth import fixture_path, fixture_record, torch_load_trusted, tutorial_models
+from support.groundtruth import fixture_path, fixture_record, torch_load_trusted, tutorial_models
 from torch import nn
 
 Cli = Callable[..., Result]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hostile.builders import (
+from support.builders import (
     LegacyFile,
     Op,
     Raw,

@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-FIXTURES_DIR = Path(__file__).resolve().parents[1] / "fixtures"
+FIXTURES_DIR = Path(__file__).resolve().parents[2] / "fixtures"
 COMMITTED_DIR = FIXTURES_DIR / "files"
 GENERATOR = FIXTURES_DIR / "generate.py"
 TORCH_FORMATS = frozenset({"torch-zip", "torch-legacy", "torch-legacy-tar"})

@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import groundtruth as gt
 import pytest
-from reader.truth import dtype_name
+from support import groundtruth as gt
+from support.layouts import dtype_name
 
 WHOLE_MODELS = [pytest.param(r["name"], id=r["name"]) for r in gt.load_fixture_index() if r["whole_model"]]
 # Where the fixtures' model classes really live; must not be importable either.

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import groundtruth as gt
 import pytest
 import torch
-from reader.truth import (
+from safetensors import safe_open
+from support import groundtruth as gt
+from support.layouts import (
     Layout,
     ckpt,
     load_torch_file,
@@ -26,7 +27,6 @@ from reader.truth import (
     torch_layout,
     torch_storage_groups,
 )
-from safetensors import safe_open
 
 from ckpttool.checkpoint import PickledObject
 from ckpttool.formats import detect, read_checkpoint
