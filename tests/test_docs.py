@@ -7,7 +7,7 @@ import re
 import click
 import pytest
 from click.testing import CliRunner
-from conftest import REPO
+from support.paths import REPO
 
 from ckpttool.cli import COMMANDS, main
 

@@ -8,7 +8,7 @@ import shlex
 
 import pytest
 from click.testing import CliRunner
-from conftest import REPO
+from support.paths import REPO
 
 from ckpttool.cli import main
 

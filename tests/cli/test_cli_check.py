@@ -21,11 +21,10 @@ from typing import Any
 import pytest
 import torch
 from click.testing import Result
-from conftest import cli_json
+from support.cli import ERROR_PREFIX, assert_one_error_line, cli_json
 from support.groundtruth import COMMITTED_DIR, FIXTURES_DIR, data_record_offsets, tutorial_models
 
 Cli = Callable[..., Result]
-ERROR_PREFIX = "ckpttool: error: "
 CLEAN = COMMITTED_DIR / "cnn_state_dict.pth"
 SAFETENSORS = COMMITTED_DIR / "cnn.safetensors"
 DATAPARALLEL = COMMITTED_DIR / "dataparallel_state_dict.pth"
@@ -48,29 +47,6 @@ def blocks(stdout: str) -> list[list[str]]:
 
 def key_values(block: list[str]) -> dict[str, str]:
     return {name.strip(): value.strip() for name, value in (line.split(":", 1) for line in block)}
-
-
-def table(block: list[str]) -> list[dict[str, str]]:
-    """A tabulate `simple` table as dicts, cut at the columns its dashed rule marks."""
-    header, rule, *rows = block
-    spans, start = [], 0
-    for dashes in rule.split("  "):
-        if dashes:
-            begin = rule.index(dashes, start)
-            spans.append(begin)
-            start = begin + len(dashes)
-    bounds = [*spans, None]
-    columns = [header[bounds[i] : bounds[i + 1]].strip() for i in range(len(spans))]
-    return [{c: row[bounds[i] : bounds[i + 1]].strip() for i, c in enumerate(columns)} for row in rows]
-
-
-def assert_one_error_line(result: Result, *names: str) -> None:
-    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
-    assert result.stdout == ""
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(ERROR_PREFIX), result.stderr
-    for name in names:
-        assert name in lines[0], (name, lines[0])
 
 
 def check_document(cli: Cli, *args: Any) -> tuple[int, dict[str, Any]]:

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 from click.testing import Result
-from conftest import cli_json
+from support.cli import cli_json
 
 Cli = Callable[..., Result]
 TRAINMOD = "import enum\n\n\nclass Phase(enum.Enum):\n    TRAIN = 'train'\n"

@@ -15,13 +15,12 @@ from typing import Any
 import pytest
 import torch
 from click.testing import Result
-from conftest import cli_json
-from support.groundtruth import fixture_path, ground_truth_weights, tensors_equal, torch_load_trusted
+from support.cli import assert_one_error_line, cli_json
+from support.groundtruth import fixture, fixture_path, ground_truth_weights, tensors_equal, torch_load_trusted
 from support.ops import (
     ALIASES_KEY,
     BY_NAME,
     assert_nothing_written,
-    assert_one_error_line,
     assert_same_tensors,
     committed_fixtures_unchanged,
     dangerous_checkpoint,
@@ -42,10 +41,6 @@ REPORT_FIELDS = {
 }  # fmt: skip
 
 __all__ = ["committed_fixtures_unchanged"]  # autouse: the committed fixtures stay as they were
-
-
-def fixture(name: str) -> Path:
-    return fixture_path(BY_NAME[name])
 
 
 def convert_json(cli: Cli, src: Path, dst: Path, *options: Any) -> dict[str, Any]:

@@ -21,12 +21,12 @@ from typing import Any
 import pytest
 import torch
 from click.testing import Result
-from conftest import REPO, assert_json_error, cli_json
 from safetensors.torch import save_file
+from support.cli import assert_one_error_line, cli_json, table, table_header
 from support.groundtruth import COMMITTED_DIR
+from support.paths import REPO
 
 Cli = Callable[..., Result]
-ERROR_PREFIX = "ckpttool: error: "
 JSON_FIELDS = {
     "schema_version", "a", "b", "identical", "values_compared", "only_in_a", "only_in_b", "shape_mismatch",
     "dtype_mismatch", "value_mismatch", "entries_mismatch", "equal", "keys_only", "ignore_dtype",
@@ -53,16 +53,9 @@ def table_rows(stdout: str) -> list[list[str]]:
     parts = stdout.split("\n\n", 1)
     if len(parts) == 1:
         return []
-    header, rule, *rows = parts[1].splitlines()
-    spans, start = [], 0
-    for dashes in rule.split("  "):
-        if dashes:
-            begin = rule.index(dashes, start)
-            spans.append((begin, begin + len(dashes)))
-            start = begin + len(dashes)
-    assert [header[b:e].strip() for b, e in spans] == CSV_HEADER
-    bounds = [b for b, _ in spans] + [None]
-    return [[row[bounds[i] : bounds[i + 1]].strip() for i in range(len(spans))] for row in rows]
+    block = parts[1].splitlines()
+    assert table_header(block) == CSV_HEADER
+    return [list(row.values()) for row in table(block)]
 
 
 def strict_json(text: str) -> Any:
@@ -72,18 +65,6 @@ def strict_json(text: str) -> Any:
         raise AssertionError(f"{name} is not JSON")
 
     return json.loads(text, parse_constant=refuse)
-
-
-def assert_one_error_line(result: Result, *names: str, fmt: str = "table") -> None:
-    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
-    if fmt == "json":
-        assert_json_error(result)
-    else:
-        assert result.stdout == ""
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(ERROR_PREFIX), result.stderr
-    for name in names:
-        assert name in lines[0], (name, lines[0])
 
 
 # -- identical ------------------------------------------------------------------------------------

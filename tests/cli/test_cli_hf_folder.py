@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import torch
 from click.testing import Result
-from conftest import cli_json
 from safetensors.torch import load_file, save_file
+from support.cli import cli_json
 
 Cli = Callable[..., Result]
 CONFIG = {"model_type": "tiny", "hidden_size": 6, "architectures": ["TinyModel"]}

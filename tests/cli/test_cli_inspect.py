@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 import torch
 from click.testing import Result
-from conftest import assert_json_error, cli_json
 from support import groundtruth as gt
+from support.cli import assert_json_error, assert_one_error_line, cli_json
+from support.groundtruth import fixture
 from support.layouts import dtype_name, tensors_in
 from torch import nn
 
@@ -39,11 +40,6 @@ TENSOR_FIELDS = {
 CSV_HEADER = ["key", "dtype", "shape", "numel", "nbytes", "device", "role"]
 # Formats whose key order is the reader's own (see tests/formats/test_ground_truth.py).
 UNORDERED_FORMATS = {"safetensors", "sharded-safetensors", "sharded-bin"}
-ERROR_LINE = "ckpttool: error: {path}: "
-
-
-def fixture(name: str) -> Path:
-    return gt.fixture_path(gt.fixture_record(name))
 
 
 def loaded(name: str) -> Any:
@@ -76,17 +72,6 @@ def csv_rows(result: Result) -> list[dict[str, str]]:
     header = next(reader)
     assert header == CSV_HEADER
     return [dict(zip(header, row, strict=True)) for row in reader]
-
-
-def assert_one_error_line(result: Result, path: Path | str) -> str:
-    """Exit 2, nothing on stdout, one stderr line naming the file, no traceback."""
-    assert result.exit_code == 2
-    assert result.stdout == ""
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith(ERROR_LINE.format(path=path)), lines[0]
-    assert "Traceback" not in result.stderr
-    return lines[0]
 
 
 # -- table ------------------------------------------------------------------------------
@@ -332,7 +317,7 @@ def test_root_overrides_the_weights(cli: Cli, name: str, root: str) -> None:
 
 def test_bad_root_is_one_error_line(cli: Cli) -> None:
     path = fixture("model_optimizer_checkpoint")
-    line = assert_one_error_line(cli("inspect", path, "--root", "no.such.root"), path)
+    line = assert_one_error_line(cli("inspect", path, "--root", "no.such.root"), path=path)
     assert "no.such.root" in line
 
 
@@ -578,7 +563,7 @@ def test_big_endian_byteorder_is_reported(cli: Cli) -> None:
 @pytest.mark.parametrize("fmt", ["table", "csv"])
 def test_missing_file_is_one_error_line(cli: Cli, tmp_path: Path, fmt: str) -> None:
     missing = tmp_path / "missing.pt"
-    assert_one_error_line(cli("inspect", missing, "--format", fmt), missing)
+    assert_one_error_line(cli("inspect", missing, "--format", fmt), path=missing)
 
 
 def test_json_errors_are_also_a_json_object_on_stdout(cli: Cli, tmp_path: Path) -> None:
@@ -605,7 +590,7 @@ def test_bare_ckpttool_prints_its_help_and_exits_0(cli: Cli) -> None:
 def test_not_a_checkpoint_is_one_error_line(cli: Cli, tmp_path: Path) -> None:
     text = tmp_path / "notes.pt"
     text.write_text("just some notes\n")
-    assert_one_error_line(cli("inspect", text), text)
+    assert_one_error_line(cli("inspect", text), path=text)
 
 
 def run_ckpttool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

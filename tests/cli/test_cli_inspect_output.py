@@ -16,7 +16,7 @@ import pytest
 import torch
 import torchvision
 from click.testing import CliRunner, Result
-from conftest import matches_cut
+from support.cli import matches_cut
 from torch import nn
 
 from ckpttool.cli import main

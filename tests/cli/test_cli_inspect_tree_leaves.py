@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 from click.testing import Result
-from conftest import cli_json
+from support.cli import cli_json
 
 Cli = Callable[..., Result]
 

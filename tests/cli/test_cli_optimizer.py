@@ -16,11 +16,10 @@ from typing import Any
 import pytest
 import torch
 from click.testing import Result
-from conftest import assert_json_error, cli_json
+from support.cli import assert_json_error, assert_one_error_line, cli_json, table
 from support.groundtruth import COMMITTED_DIR, FIXTURES_DIR, torch_load_trusted
 
 Cli = Callable[..., Result]
-ERROR_PREFIX = "ckpttool: error: "
 ADAM_FILE = COMMITTED_DIR / "cnn_model_optimizer.pt"
 LIGHTNING_FILE = COMMITTED_DIR / "lightning.ckpt"
 CNN_SPEC = f"{FIXTURES_DIR / 'tutorial_models.py'}:CNN"
@@ -38,32 +37,9 @@ def key_values(block: list[str]) -> dict[str, str]:
     return {name.strip(): value.strip() for name, value in (line.split(":", 1) for line in block)}
 
 
-def table(block: list[str]) -> list[dict[str, str]]:
-    """A tabulate `simple` table as dicts, cut at the columns its dashed rule marks."""
-    header, rule, *rows = block
-    spans, start = [], 0
-    for dashes in rule.split("  "):
-        if dashes:
-            begin = rule.index(dashes, start)
-            spans.append(begin)
-            start = begin + len(dashes)
-    bounds = [*spans, None]
-    columns = [header[bounds[i] : bounds[i + 1]].strip() for i in range(len(spans))]
-    return [{c: row[bounds[i] : bounds[i + 1]].strip() for i, c in enumerate(columns)} for row in rows]
-
-
 def state_text(tensors: dict[str, dict[str, Any]]) -> str:
     """How the table and CSV write a parameter's state tensors."""
     return "; ".join(f"{k} [{', '.join(map(str, t['shape']))}] {t['dtype']}" for k, t in tensors.items())
-
-
-def assert_one_error_line(result: Result, *names: str) -> None:
-    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
-    assert result.stdout == ""
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(ERROR_PREFIX), result.stderr
-    for name in names:
-        assert name in lines[0], (name, lines[0])
 
 
 # -- output forms -----------------------------------------------------------------------------------

@@ -20,12 +20,10 @@ from typing import Any
 import pytest
 import torch
 from click.testing import Result
-from conftest import cli_json
-from support.groundtruth import assert_same_content, fixture_path, storage_locations, torch_load_trusted
+from support.cli import assert_one_error_line, cli_json
+from support.groundtruth import assert_same_content, fixture, storage_locations, torch_load_trusted
 from support.ops import (
-    BY_NAME,
     assert_nothing_written,
-    assert_one_error_line,
     committed_fixtures_unchanged,
     dangerous_checkpoint,
     quiet_torch_notices,
@@ -40,10 +38,6 @@ Cli = Callable[..., Result]
 REPORT_FIELDS = {"schema_version", "source", "output", "storages", "changed", "verified", "verification", "notes"}
 
 __all__ = ["committed_fixtures_unchanged"]  # autouse: the committed fixtures stay as they were
-
-
-def fixture(name: str) -> Path:
-    return fixture_path(BY_NAME[name])
 
 
 def remap_json(cli: Cli, src: Path, dst: Path, *options: Any) -> dict[str, Any]:

@@ -29,8 +29,9 @@ from typing import Any
 import pytest
 import torch
 from click.testing import Result
-from conftest import cli_json
 from support import groundtruth as gt
+from support.cli import cli_json
+from support.groundtruth import fixture
 
 Cli = Callable[..., Result]
 INDEX = gt.load_fixture_index()
@@ -57,10 +58,6 @@ UNSUPPORTED_GLOBAL = "Unsupported global"
 RELOCATED_MODULES = ("__main__", "models")
 # One entry of an add_safe_globals line: `(object, "pickled.name")` or a (dotted) name.
 LINE_ENTRY = re.compile(r'\(([\w.]+), "([\w.]+)"\)|([\w.]+)')
-
-
-def fixture(name: str) -> Path:
-    return gt.fixture_path(gt.fixture_record(name))
 
 
 def files_torch_loads(path: Path) -> list[Path]:

@@ -27,8 +27,8 @@ from typing import Any
 import pytest
 import torch
 from click.testing import Result
-from conftest import cli_json
 from safetensors.torch import save_file
+from support.cli import cli_json
 from support.ops import ExecPayload
 
 from ckpttool.errors import CkptError

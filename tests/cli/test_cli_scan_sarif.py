@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 from click.testing import Result
-from conftest import COMMITTED_FIXTURES, cli_json
+from support.cli import cli_json
+from support.paths import COMMITTED_DIR
 
 Cli = Callable[..., Result]
 LEVELS = ["none", "note", "warning", "error"]
@@ -149,7 +150,7 @@ def test_scan_sarif_has_one_result_per_finding(cli: Cli, tmp_path: Path) -> None
     hostile = tmp_path / "hostile.pkl"
     # os.system('true') and an unknown call, one pickle after another.
     hostile.write_bytes(b"\x80\x02cos\nsystem\nX\x04\x00\x00\x00true\x85R.\x80\x02cmylib\nStrategy\nK\x01\x85R.")
-    paths = [hostile, COMMITTED_FIXTURES / "cnn_state_dict.pth", COMMITTED_FIXTURES / "cnn_whole_model.pth"]
+    paths = [hostile, COMMITTED_DIR / "cnn_state_dict.pth", COMMITTED_DIR / "cnn_whole_model.pth"]
     result = cli("scan", *paths, "--format", "sarif")
     assert result.exit_code == 1
     (run,) = sarif_of(result)["runs"]
@@ -172,7 +173,7 @@ def test_scan_sarif_has_one_result_per_finding(cli: Cli, tmp_path: Path) -> None
 
 
 def test_rule_ids_are_stable(cli: Cli) -> None:
-    result = cli("scan", COMMITTED_FIXTURES / "cnn_state_dict.pth", "--format", "sarif")
+    result = cli("scan", COMMITTED_DIR / "cnn_state_dict.pth", "--format", "sarif")
     assert result.exit_code == 0
     (run,) = sarif_of(result)["runs"]
     assert run["results"] == []
@@ -207,7 +208,7 @@ def test_an_unreadable_file_is_a_result_too(cli: Cli, tmp_path: Path) -> None:
 
 
 def test_check_sarif_has_one_result_per_finding(cli: Cli) -> None:
-    path = COMMITTED_FIXTURES / "cnn_whole_model.pth"
+    path = COMMITTED_DIR / "cnn_whole_model.pth"
     result = cli("check", path, "--format", "sarif")
     assert result.exit_code == 0
     (run,) = sarif_of(result)["runs"]
@@ -218,7 +219,7 @@ def test_check_sarif_has_one_result_per_finding(cli: Cli) -> None:
 
 @pytest.mark.parametrize("value", ["os", "not a name", "a..b", "1a.b"])
 def test_allow_takes_module_dot_name(cli: Cli, value: str) -> None:
-    result = cli("scan", COMMITTED_FIXTURES / "cnn_state_dict.pth", "--allow", value)
+    result = cli("scan", COMMITTED_DIR / "cnn_state_dict.pth", "--allow", value)
     assert result.exit_code == 2
     assert result.stderr.startswith("ckpttool: error: --allow: ") and result.stderr.count("\n") == 1
 
@@ -226,7 +227,7 @@ def test_allow_takes_module_dot_name(cli: Cli, value: str) -> None:
 def test_a_broken_pyproject_is_one_error_line(cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "pyproject.toml").write_text("[tool.ckpttool]\nallow = 'x.y'\n")
     monkeypatch.chdir(tmp_path)
-    result = cli("scan", COMMITTED_FIXTURES / "cnn_state_dict.pth")
+    result = cli("scan", COMMITTED_DIR / "cnn_state_dict.pth")
     assert result.exit_code == 2
     assert "allow must be a list of strings" in result.stderr and result.stderr.count("\n") == 1
 
@@ -240,5 +241,5 @@ def test_inspect_says_a_file_is_dangerous(cli: Cli, tmp_path: Path) -> None:
     )
     notes = cli_json(cli("inspect", path, "--format", "json"))["notes"]
     assert any(n.startswith("DANGEROUS:") and "ckpttool scan" in n for n in notes)
-    clean = cli_json(cli("inspect", COMMITTED_FIXTURES / "cnn_state_dict.pth", "--format", "json"))["notes"]
+    clean = cli_json(cli("inspect", COMMITTED_DIR / "cnn_state_dict.pth", "--format", "json"))["notes"]
     assert not any("DANGEROUS" in n for n in clean)

@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 import torch
 from click.testing import Result
-from conftest import REPO, cli_json
 from safetensors.torch import load_file
+from support.cli import cli_json
+from support.paths import REPO
 
 from ckpttool.load import load
 

@@ -20,11 +20,10 @@ from typing import Any
 import pytest
 import torch
 from click.testing import Result
-from conftest import cli_json
-from support.groundtruth import fixture_path, ground_truth_weights, torch_load_trusted
+from support.cli import assert_one_error_line, cli_json
+from support.groundtruth import fixture, ground_truth_weights, torch_load_trusted
 from support.ops import (
     BY_NAME,
-    assert_one_error_line,
     committed_fixtures_unchanged,
     unchanged,
 )
@@ -35,10 +34,6 @@ COLUMNS = ["key", "dtype", "shape", "min", "max", "mean", "std", "nan", "inf", "
 ROW_FIELDS = {"key", "dtype", "shape", "numel", "min", "max", "mean", "std", "nan", "inf", "zeros"}
 
 __all__ = ["committed_fixtures_unchanged"]  # autouse: the committed fixtures stay as they were
-
-
-def fixture(name: str) -> Path:
-    return fixture_path(BY_NAME[name])
 
 
 def strict_json(text: str) -> Any:

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import Result
-from conftest import cli_json
 from safetensors import safe_open
 from safetensors.torch import load_file
+from support.cli import cli_json
 from torch import nn
 
 Cli = Callable[..., Result]

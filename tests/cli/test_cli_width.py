@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import REPO, matches_cut
+from support.cli import matches_cut
+from support.paths import REPO
 
 from ckpttool.cli import main
 

@@ -19,11 +19,11 @@ from typing import Any
 
 import pytest
 from click.testing import Result
-from support.compare import REPO_ROOT
 from support.groundtruth import COMMITTED_DIR, data_record_offsets
+from support.paths import REPO
 
 Cli = Callable[..., Result]
-HOOKS_FILE = REPO_ROOT / ".pre-commit-hooks.yaml"
+HOOKS_FILE = REPO / ".pre-commit-hooks.yaml"
 
 
 def scalar(text: str) -> Any:

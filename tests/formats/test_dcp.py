@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 import torch
 from click.testing import Result
-from conftest import cli_json
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.cli import cli_json
 
 from ckpttool.errors import CkptError
 from ckpttool.formats.dcp import read_dcp

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import Result
-from conftest import cli_json
 from support.builders import (
     Op,
     call_global,
@@ -27,6 +26,7 @@ from support.builders import (
     value,
     whole,
 )
+from support.cli import cli_json
 
 MD = "torch.distributed.checkpoint.metadata"
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import cli_json
 from safetensors.torch import load_file
+from support.cli import cli_json
 
 from ckpttool.checkpoint import TensorRef
 from ckpttool.formats import read_checkpoint

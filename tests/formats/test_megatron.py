@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 import torch
 from click.testing import Result
-from conftest import cli_json
 from safetensors.torch import load_file
 from support.builders import Op, call_global, global_ref, reduce_pickle, shell_touch, text, torch_zip, value, whole
+from support.cli import cli_json
 
 from ckpttool.formats.dcp import read_dcp
 from ckpttool.formats.dcp_metadata import read_dcp_metadata

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import COMMITTED_FIXTURES
 from safetensors.torch import save_file
+from support.paths import COMMITTED_DIR
 
 from ckpttool.checkpoint import Checkpoint
 from ckpttool.errors import CkptError, UnknownFormatError, ZipFormatError
@@ -19,7 +19,7 @@ from ckpttool.formats import format as format_module
 from ckpttool.formats.format import Format, FormatName, Found, Probe
 from ckpttool.ops.scan import scan_file
 
-FIXTURES = sorted(COMMITTED_FIXTURES / n for n in os.listdir(COMMITTED_FIXTURES))
+FIXTURES = sorted(COMMITTED_DIR / n for n in os.listdir(COMMITTED_DIR))
 
 
 def test_every_format_is_declared_once_under_a_known_name() -> None:
@@ -55,7 +55,7 @@ def count_archive_opens(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 @pytest.mark.parametrize("name", ["cnn_state_dict.pth", "cnn_scripted.pt"])
 def test_a_zips_central_directory_is_read_once(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     opened = count_archive_opens(monkeypatch)
-    path = str(COMMITTED_FIXTURES / name)
+    path = str(COMMITTED_DIR / name)
     read_checkpoint(path)
     assert opened == [path]
     scan_file(path)
@@ -118,8 +118,8 @@ def test_a_folder_with_dcp_metadata_is_dcp_before_a_weights_file(tmp_path: Path)
 def test_a_sharded_index_wins_over_a_single_file_in_the_same_folder(tmp_path: Path) -> None:
     folder = tmp_path / "model"
     folder.mkdir()
-    for name in os.listdir(COMMITTED_FIXTURES / "sharded_safetensors"):
-        (folder / name).write_bytes((COMMITTED_FIXTURES / "sharded_safetensors" / name).read_bytes())
+    for name in os.listdir(COMMITTED_DIR / "sharded_safetensors"):
+        (folder / name).write_bytes((COMMITTED_DIR / "sharded_safetensors" / name).read_bytes())
     torch.save({"other": torch.zeros(1)}, folder / "pytorch_model.bin")
     assert detect(str(folder)) == "sharded-safetensors"
     assert "other" not in read_checkpoint(str(folder)).root
@@ -137,7 +137,7 @@ def test_a_sharded_index_is_loaded_once(monkeypatch: pytest.MonkeyPatch, where: 
         return real(path)
 
     monkeypatch.setattr(sharded, "load_index", counting)
-    folder = COMMITTED_FIXTURES / "sharded_safetensors"
+    folder = COMMITTED_DIR / "sharded_safetensors"
     path = str(folder if where == "folder" else folder / "model.safetensors.index.json")
     checkpoint = read_checkpoint(path)
     assert len(loaded) == 1

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 from click.testing import Result
+from support.cli import assert_one_error_line
 from support.groundtruth import data_record_offsets, fixture_path, ground_truth_weights, tensors_equal
 from support.ops import (
     BY_NAME,
@@ -30,7 +31,6 @@ from support.ops import (
     FIXTURES,
     NO_SAFETENSORS_DTYPE,
     assert_nothing_written,
-    assert_one_error_line,
     flip_byte,
     quiet_torch_notices,
     sha256_tree,

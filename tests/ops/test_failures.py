@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.cli import ERROR_PREFIX
 from support.groundtruth import fixture_path, ground_truth_weights, tensors_equal, torch_load_trusted
 from support.ops import (
     BY_NAME,
-    ERROR_PREFIX,
     assert_nothing_written,
     assert_same_tensors,
     copy_fixture,

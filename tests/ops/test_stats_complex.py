@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import Result
-from conftest import cli_json
+from support.cli import cli_json
 
 from ckpttool.formats import read_checkpoint
 from ckpttool.ops import stats as stats_module

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from click.testing import Result
-from conftest import cli_json
+from support.cli import cli_json
 
 HERE = Path(__file__).resolve().parent
 Cli = Callable[..., Result]

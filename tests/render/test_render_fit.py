@@ -7,7 +7,7 @@ import shlex
 
 import pytest
 import torchvision
-from conftest import matches_cut
+from support.cli import matches_cut
 
 from ckpttool.render import command_lines, fit_table, shorten_keys, wrap_text
 

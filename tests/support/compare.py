@@ -23,7 +23,6 @@ from torch import nn
 from support.groundtruth import FIXTURES_DIR, tensors_equal
 
 SUPPORT_DIR = Path(__file__).resolve().parent
-REPO_ROOT = SUPPORT_DIR.parents[1]
 TUTORIAL_MODELS_FILE = FIXTURES_DIR / "tutorial_models.py"
 CHECK_MODELS_FILE = SUPPORT_DIR / "checkmodels.py"
 

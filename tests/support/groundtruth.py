@@ -30,8 +30,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-FIXTURES_DIR = Path(__file__).resolve().parents[2] / "fixtures"
-COMMITTED_DIR = FIXTURES_DIR / "files"
+from support.paths import COMMITTED_DIR, FIXTURES_DIR
+
 GENERATOR = FIXTURES_DIR / "generate.py"
 TORCH_FORMATS = frozenset({"torch-zip", "torch-legacy", "torch-legacy-tar"})
 
@@ -64,6 +64,11 @@ def fixture_record(name: str, directory: Path = COMMITTED_DIR) -> dict[str, Any]
         if record["name"] == name:
             return record
     raise KeyError(f"no fixture named {name!r} in {directory}")
+
+
+def fixture(name: str) -> Path:
+    """The committed fixture file or folder called `name` in the fixture index."""
+    return fixture_path(fixture_record(name))
 
 
 def fixture_path(record: Mapping[str, Any], directory: Path = COMMITTED_DIR) -> Path:

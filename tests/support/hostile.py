@@ -20,9 +20,9 @@ from typing import Any
 from click.testing import CliRunner
 
 from ckpttool.cli import main
+from support.cli import assert_one_error_line
 
 CKPTTOOL = Path(sys.executable).with_name("ckpttool")
-ERROR_PREFIX = "ckpttool: error: "
 FileWriter = Callable[[str, bytes], Path]  # the `write` fixture: name, bytes -> path
 
 # Exec'd in a child so the limit covers everything the CLI allocates, and nothing else.
@@ -84,18 +84,6 @@ def global_entry(report: dict[str, Any], qualname: str) -> dict[str, Any]:
 # -- assertions ------------------------------------------------------------------------------
 
 
-def assert_one_line_error(outcome: CliOutcome, path: Path) -> str:
-    """Exit 2, nothing on stdout, one `ckpttool: error:` line naming the file."""
-    assert outcome.exit_code == 2, f"exit {outcome.exit_code}; stdout {outcome.stdout[:500]!r}"
-    assert "Traceback" not in outcome.stderr
-    assert "internal error" not in outcome.stderr, outcome.stderr
-    lines = outcome.stderr.splitlines()
-    assert len(lines) == 1, outcome.stderr
-    assert lines[0].startswith(ERROR_PREFIX), lines[0]
-    assert path.name in lines[0], lines[0]
-    return lines[0]
-
-
 def assert_no_crash(outcome: CliOutcome) -> None:
     assert "Traceback" not in outcome.stderr, outcome.stderr[-2000:]
     assert "internal error" not in outcome.stderr, outcome.stderr
@@ -104,7 +92,7 @@ def assert_no_crash(outcome: CliOutcome) -> None:
 
 def assert_inspect_refuses(path: Path) -> str:
     """`inspect` of a broken file: a typed error, exit 2, one line."""
-    return assert_one_line_error(run_cli("inspect", "--format", "json", path), path)
+    return assert_one_error_line(run_cli("inspect", "--format", "json", path), path.name, fmt=None)
 
 
 def assert_inspect_harmless(path: Path) -> CliOutcome:
@@ -114,7 +102,7 @@ def assert_inspect_harmless(path: Path) -> CliOutcome:
         assert outcome.json()["schema_version"] == 1
         assert_no_crash(outcome)
     else:
-        assert_one_line_error(outcome, path)
+        assert_one_error_line(outcome, path.name, fmt=None)
     return outcome
 
 
@@ -122,7 +110,7 @@ def assert_scan_fails_closed(path: Path) -> dict[str, Any] | None:
     """`scan` of a file it cannot fully read: exit 2, or exit 1 and `dangerous` with problems."""
     outcome = scan(path)
     if outcome.exit_code == 2:
-        assert_one_line_error(outcome, path)
+        assert_one_error_line(outcome, path.name, fmt=None)
         return None
     assert outcome.exit_code == 1, f"exit {outcome.exit_code}: {outcome.stdout[:800]}"
     assert_no_crash(outcome)
@@ -152,7 +140,7 @@ def assert_not_safe(path: Path) -> CliOutcome:
     if outcome.exit_code == 1:
         assert only_file(outcome)["verdict"] == "dangerous"
     else:
-        assert_one_line_error(outcome, path)
+        assert_one_error_line(outcome, path.name, fmt=None)
     return outcome
 
 

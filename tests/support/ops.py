@@ -23,7 +23,6 @@ from typing import Any
 
 import pytest
 import torch
-from click.testing import Result
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -36,7 +35,6 @@ from support.groundtruth import (
     tensors_equal,
 )
 
-ERROR_PREFIX = "ckpttool: error: "
 TEMP_SUFFIX = ".ckpttool-tmp"
 ALIASES_KEY = "ckpttool.aliases"
 
@@ -237,18 +235,6 @@ def expected_dst_temp_name(dst: Path, temp: str) -> bool:
 
 
 # -- the CLI --------------------------------------------------------------------------------------
-
-
-def assert_one_error_line(result: Result, *fragments: str) -> str:
-    """Exit 2 and exactly one stderr line, `ckpttool: error: ...`, holding each fragment."""
-    assert result.exit_code == 2, (result.exit_code, result.stdout, result.stderr)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith(ERROR_PREFIX), lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    assert result.stdout == ""
-    return lines[0]
 
 
 def run_ckpttool_process(
