@@ -1,10 +1,11 @@
-"""Fixtures every test folder may use: the CLI in-process, a payload marker, a DCP folder.
+"""Fixtures every test folder may use: the CLI in-process, a payload marker, DCP folders.
 
 Helpers are in the `support` package; this file holds only fixtures."""
 
 from __future__ import annotations
 
-import importlib.util
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from click.testing import CliRunner, Result
 from support.paths import REPO
 
 from ckpttool.cli import main
+
+SUPPORT = REPO / "tests" / "support"
 
 
 @pytest.fixture
@@ -35,11 +38,18 @@ def marker(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def dcp_world1(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A DCP folder written by `torch.distributed.checkpoint.save` (world size 1), once per session."""
-    spec = importlib.util.spec_from_file_location("dcp_save", REPO / "tests" / "support" / "dcp.py")
-    assert spec is not None and spec.loader is not None
-    dcp_save = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(dcp_save)
+    """A DCP folder written by `torch.distributed.checkpoint.save` (world size 1), once per
+    session; tests only read it (copy it to damage it)."""
+    from support.dcp import save  # torch.distributed: imported only by the tests that need it
+
     folder = tmp_path_factory.mktemp("dcp") / "world1"
-    dcp_save.save(str(folder))
+    save(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def dcp_world2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same state saved by 2 spawned ranks (uneven shards), once per session; read only."""
+    folder = tmp_path_factory.mktemp("dcp") / "world2"
+    subprocess.run([sys.executable, str(SUPPORT / "dcp.py"), str(folder), "2"], check=True, timeout=600)
     return folder

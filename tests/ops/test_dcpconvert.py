@@ -1,8 +1,9 @@
 """`convert` into and out of DCP folders, against what torch.distributed.checkpoint itself loads.
 
 The DCP checkpoints are real: written by `dcp.save` from 1 and 2 processes on gloo
-(`dcp_make.py`: FSDP2-sharded parameters with uneven shards, a replicated DTensor, Adam
-state, non-tensor entries). The ground truth is torch's own `dcp_to_torch_save` read
+(`dcp_world1` and `dcp_world2`, of tests/support/dcp.py: DTensors sharded by rows and by
+columns with uneven shards, FSDP2-sharded parameters with Adam state, replicated tensors,
+non-tensor entries). The ground truth is torch's own `dcp_to_torch_save` read
 back with `torch.load`; every converted tensor must equal it (torch.equal, dtype too).
 """
 
@@ -23,8 +24,8 @@ from typing import Any
 import pytest
 import torch
 from click.testing import Result
-from ops.dcp_make import free_port
 from safetensors.torch import load_file, save_file
+from support.dcp import free_port
 from support.ops import assert_nothing_written, temp_files
 
 from ckpttool.ops.dcpio import groups
@@ -33,18 +34,13 @@ from ckpttool.ops.dcpranks import Ranks
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-MODEL_KEYS = ["0.weight", "0.bias", "2.weight"]
+MODEL_KEYS = ["0.weight", "0.bias", "2.weight", "2.bias"]
 
 
-def _make_dcp(out: Path, world: int) -> Path:
-    subprocess.run([sys.executable, str(HERE / "dcp_make.py"), str(out), str(world)], check=True, timeout=300)
-    return out
-
-
-@pytest.fixture(scope="module")
-def dcp_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
-    base = tmp_path_factory.mktemp("dcp")
-    return {world: _make_dcp(base / f"world{world}", world) for world in (1, 2)}
+@pytest.fixture
+def dcp_dirs(dcp_world1: Path, dcp_world2: Path) -> dict[int, Path]:
+    """The session's DCP folders by world size; tests copy one before changing it."""
+    return {1: dcp_world1, 2: dcp_world2}
 
 
 def dcp_truth(folder: Path, tmp: Path) -> dict[str, Any]:
@@ -131,9 +127,9 @@ def test_dcp_root_and_rename(dcp_dirs: dict[int, Path], tmp_path: Path, run: Cal
 def test_dcp_optimizer_state_by_key_prefix(
     dcp_dirs: dict[int, Path], tmp_path: Path, run: Callable[..., Result]
 ) -> None:
-    truth = tensors_of(dcp_truth(dcp_dirs[2], tmp_path), "optim.state.")
+    truth = tensors_of(dcp_truth(dcp_dirs[2], tmp_path), "fsdp.optim.state.")
     assert any(k.endswith("exp_avg_sq") for k in truth)
-    result = run("convert", dcp_dirs[2], tmp_path / "optim.pth", "--root", "optim.state")
+    result = run("convert", dcp_dirs[2], tmp_path / "optim.pth", "--root", "fsdp.optim.state")
     assert result.exit_code == 0, result.stderr
     assert_equal_tensors(torch.load(tmp_path / "optim.pth", weights_only=True), truth)
 

@@ -1,4 +1,6 @@
-"""Real distributed checkpoints, written by `torch.distributed.checkpoint.save` on gloo.
+"""Real distributed checkpoints, written by `torch.distributed.checkpoint.save` on gloo: the
+one DCP writer of the tests (the session fixtures `dcp_world1` and `dcp_world2` of
+tests/conftest.py are its folders).
 
 `save(out, world)` in the calling process (world size 1, a process group of its own on
 an in-memory store); `python dcp.py OUT WORLD` spawns WORLD ranks on 127.0.0.1.
@@ -88,7 +90,8 @@ def _rank(rank: int, world: int, out: str, port: int) -> None:
     dist.destroy_process_group()
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a rendezvous)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -98,4 +101,4 @@ if __name__ == "__main__":
     import torch.multiprocessing as mp
 
     folder, ranks = sys.argv[1], int(sys.argv[2])
-    mp.spawn(_rank, args=(ranks, folder, _free_port()), nprocs=ranks, join=True)
+    mp.spawn(_rank, args=(ranks, folder, free_port()), nprocs=ranks, join=True)
