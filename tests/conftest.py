@@ -18,6 +18,17 @@ from ckpttool.cli import main
 
 SUPPORT = REPO / "tests" / "support"
 
+# Session fixtures that cost more than a fast run may spend: every test that needs one is
+# slow, also where the fixture's cost lands on a test that is not slow itself.
+SLOW_FIXTURES = frozenset({"dcp_world2"})  # two spawned ranks on gloo
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by the marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture
 def cli() -> Callable[..., Result]:

@@ -603,6 +603,7 @@ def run_ckpttool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["group", "command"])
 def test_debug_shows_a_traceback(tmp_path: Path, where: str) -> None:
     args = ["--debug", "inspect", "missing.pt"] if where == "group" else ["inspect", "--debug", "missing.pt"]
@@ -613,6 +614,7 @@ def test_debug_shows_a_traceback(tmp_path: Path, where: str) -> None:
     assert "missing.pt: no such file" in completed.stderr
 
 
+@pytest.mark.slow
 def test_debug_keeps_the_unreadable_input_exit_code(tmp_path: Path) -> None:
     """Exit codes mean the same everywhere: 2 is an unreadable input, also with --debug."""
     completed = run_ckpttool("--debug", "inspect", "missing.pt", cwd=tmp_path)

@@ -67,6 +67,7 @@ def widest(text: str) -> int:
 # -- counts against torch ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "roles"), [("resnet34.pth", "guessed"), ("resnet34_model.pth", "module")])
 def test_parameters_and_buffers_as_torch_counts_them(folder: Path, resnet34: nn.Module, name: str, roles: str) -> None:
     report = json.loads(run(folder, "inspect", name, "--format", "json", columns=None).stdout)
@@ -278,6 +279,7 @@ def test_long_keys_at_120_columns_fit_whole(folder: Path) -> None:
     assert widest(out) <= 120
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("columns", [80, 120])
 def test_every_line_fits(folder: Path, columns: int) -> None:
     for args in (["resnet34_model.pth"], ["resnet34.pth", "--tree"], ["resnet34.pth", "--all"]):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import torch
 from click.testing import Result
 
@@ -31,6 +32,7 @@ def nested_tensor_count(value: object) -> int:
     return 0
 
 
+@pytest.mark.slow
 def test_an_optimizer_root_is_named_with_its_tensors(cli: Cli, tmp_path: Path) -> None:
     path = training_checkpoint(tmp_path / "train.pth")
     truth = torch.load(path, weights_only=True)["optimizer_state_dict"]

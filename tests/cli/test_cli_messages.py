@@ -59,6 +59,7 @@ def _small_file_limit() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (16 << 10, resource.RLIM_INFINITY))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [["convert", "--to", "safetensors"], ["convert", "--to", "pth"], ["remap"]])
 def test_write_errors_name_the_destination(tmp_path: Path, command: list[str]) -> None:
     """A file size limit (as a full disk would) stops the write: the one stderr line names

@@ -274,6 +274,7 @@ def unknown_call_checkpoint(tmp_path: Path, marker: Path) -> Path:
     return src
 
 
+@pytest.mark.slow
 def test_an_unknown_call_file_is_refused_as_scan_fails_it(cli: Cli, tmp_path: Path) -> None:
     marker = tmp_path / "PAYLOAD_RAN"
     src = unknown_call_checkpoint(tmp_path, marker)

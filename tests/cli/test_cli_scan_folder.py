@@ -71,6 +71,7 @@ def entries(result: Result) -> dict[str, dict[str, Any]]:
     return {f["path"]: f for f in cli_json(result)["files"]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "planted", ["pytorch_model.bin", "extra_state.pt", *(f"checkpoint-500/{n}" for n in TRAINER_FILES)]
 )
@@ -127,6 +128,7 @@ def _has_data_pkl(path: Path) -> bool:
         return any(n.endswith("/data.pkl") for n in archive.namelist())
 
 
+@pytest.mark.slow
 def test_links_to_files_are_followed_and_links_to_folders_out_are_not(cli: Cli, tmp_path: Path) -> None:
     """A loader opening `pytorch_model.bin` reads the file its link names, wherever it lies;
     the files a folder link leads to were never listed, so that link is reported."""
@@ -192,6 +194,7 @@ def test_a_hugging_face_cache_snapshot_scans_the_blobs_its_links_name(cli: Cli, 
     assert cli("check", snapshot).exit_code == 0
 
 
+@pytest.mark.slow
 def test_a_malicious_blob_in_a_hugging_face_cache_is_dangerous(cli: Cli, tmp_path: Path) -> None:
     marker = tmp_path / "PAYLOAD_RAN"
     files = {"config.json": _config, "model.safetensors": _safetensors, "pytorch_model.bin": lambda p: plant(p, marker)}
@@ -261,6 +264,7 @@ def test_a_sharded_folder_is_one_entry_and_the_files_beside_it_their_own(cli: Cl
 DEEPSPEED = Path(__file__).resolve().parents[2] / "fixtures" / "deepspeed" / "zero2_bf16_3ranks"
 
 
+@pytest.mark.slow
 def test_a_deepspeed_run_is_one_entry_and_each_rank_file_is_decoded_once(cli: Cli, tmp_path: Path) -> None:
     """The run's entry decodes `latest` and the tag's rank files (what DeepSpeed torch.loads);
     an older tag is an entry of its own, and a stray file in a tag folder too."""
@@ -329,6 +333,7 @@ def test_check_of_a_dcp_folder_opens_it_once(cli: Cli, monkeypatch: pytest.Monke
     assert report.ok() == (not bad) and [f.message for f in report.findings if f.severity == "error"] == []
 
 
+@pytest.mark.slow
 def test_a_scan_after_the_read_is_the_scan_of_a_fresh_opening(tmp_path: Path) -> None:
     """The read and the scan share `.metadata`'s decoding: the scan is the same whichever
     ran first, for a clean folder and for one whose metadata holds a payload."""

@@ -76,6 +76,7 @@ INSPECT_WITH_OPTIONS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("columns", WIDTHS)
 def test_inspect_fits(columns: int, dcp: Path, in_repo: None) -> None:
     commands = [["inspect", path] for path in fixture_paths()]
@@ -85,6 +86,7 @@ def test_inspect_fits(columns: int, dcp: Path, in_repo: None) -> None:
     assert_fits(commands, columns)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("columns", WIDTHS)
 def test_scan_and_check_fit(columns: int, dcp: Path, in_repo: None) -> None:
     paths = fixture_paths()
@@ -115,6 +117,7 @@ DIFF_PAIRS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("columns", WIDTHS)
 def test_diff_and_optimizer_fit(columns: int, dcp: Path, in_repo: None) -> None:
     commands = [["diff", f(a), f(b), *options] for a, b in DIFF_PAIRS for options in ([], ["--all"], ["--keys-only"])]
@@ -152,6 +155,7 @@ def test_convert_and_remap_fit(columns: int, dcp: Path, tmp_path: Path, in_repo:
     assert_fits(commands, columns)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("columns", WIDTHS)
 def test_reference_fits(columns: int, tmp_path: Path, in_repo: None) -> None:
     train = ["reference", "train", "--model", "cnn", "--epochs", "1", "--steps-per-epoch", "2"]
@@ -206,6 +210,7 @@ RUN_FOLDERS = [*DEEPSPEED, *MEGATRON]
 FOLDER_INSPECT_OPTIONS = [[], ["--stats"], ["--tree"], ["--all"], ["-v"], ["-v", "--all"], ["--unstack"]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("columns", WIDTHS)
 def test_run_folders_fit(columns: int, tmp_path: Path, in_repo: None) -> None:
     """DeepSpeed ZeRO and Megatron / NeMo 2 run folders, through every command, and folder
@@ -227,6 +232,7 @@ def test_run_folders_fit(columns: int, tmp_path: Path, in_repo: None) -> None:
     assert_fits(commands, columns)
 
 
+@pytest.mark.slow
 def test_megatron_keys_stay_apart(in_repo: None) -> None:
     """At 80 columns each model key of a Megatron folder (the keys torch's own DCP load
     returns, kept in the ground truth file, under the `model` root) is cut to a form of its own, whole parts left
@@ -244,6 +250,7 @@ def test_megatron_keys_stay_apart(in_repo: None) -> None:
     assert max(len(line) for line in out.splitlines()) <= 80
 
 
+@pytest.mark.slow
 def test_stats_keys_whole_when_cuts_read_alike(in_repo: None) -> None:
     """`--stats` at 80 columns leaves a key too little room to tell rows apart: each key,
     as torch loads it, stands whole on its own line above its row of numbers."""

@@ -127,6 +127,7 @@ def corrupted_copy(source: Path, folder: Path) -> Path:
     return target
 
 
+@pytest.mark.slow
 def test_entry_passes_clean_files_and_fails_a_corrupted_one(hook: dict[str, Any], tmp_path: Path) -> None:
     """One process over several files, as pre-commit batches them: exit 0 when all hold,
     1 when one has a failed check or cannot be read (every file still reported), 2 only

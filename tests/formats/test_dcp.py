@@ -73,6 +73,7 @@ def _torch_metadata(folder: Path) -> Any:
     return FileSystemReader(folder).read_metadata()  # pickle.load: our own file, in a test
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("world", [1, 2])
 def test_every_tensor_is_what_dcp_loads(folders: dict[int, Path], truths: dict[int, Any], world: int) -> None:
     want = _tensors(truths[world])
@@ -152,6 +153,7 @@ def test_optimizer_state_by_index_and_by_name(folders: dict[int, Path], cli: Cal
     assert named["param_groups"][0]["lr"] == 0.02
 
 
+@pytest.mark.slow
 def test_diff_and_check_against_a_pth(
     folders: dict[int, Path], truths: dict[int, Any], cli: Callable[..., Result], tmp_path: Path
 ) -> None:
@@ -192,6 +194,7 @@ def test_a_real_checkpoint_needs_only_an_allowlist(
     assert cli_json(cli("check", folders[world], "--format", "json"))["files"][0]["findings"] == []
 
 
+@pytest.mark.slow
 def test_a_file_beside_the_dcp_files_is_an_entry_of_its_own(
     folders: dict[int, Path], cli: Callable[..., Result], tmp_path: Path
 ) -> None:
@@ -267,6 +270,7 @@ BROKEN: dict[str, Callable[[Path], str]] = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", list(BROKEN))
 def test_a_broken_folder_is_one_line_and_exit_2(
     folders: dict[int, Path], cli: Callable[..., Result], tmp_path: Path, damage: str
@@ -286,6 +290,7 @@ def test_a_broken_folder_is_one_line_and_exit_2(
     assert checked.exit_code == 2 or (checked.exit_code == 1 and named in checked.stdout)
 
 
+@pytest.mark.slow
 def test_inspect_and_scan_never_import_torch(folders: dict[int, Path]) -> None:
     """Metadata commands read `.metadata` and the item headers only: no torch, no numpy."""
     code = (
@@ -298,6 +303,7 @@ def test_inspect_and_scan_never_import_torch(folders: dict[int, Path]) -> None:
     assert done.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None)
 @given(data=st.data())
 def test_damaged_data_files_give_values_or_a_ckpt_error(dcp_world1: Path, data: st.DataObject) -> None:

@@ -136,6 +136,7 @@ def _hostile_entry(folder: Path, marker: Path, kind: str) -> None:
     (folder / ".metadata").write_bytes(pickle.dumps(metadata))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(ENTRIES))
 def test_hostile_non_tensor_entry_runs_nothing(
     dcp_world1: Path, cli: Callable[..., Result], tmp_path: Path, marker: Path, kind: str

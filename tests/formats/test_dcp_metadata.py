@@ -101,6 +101,7 @@ def test_a_missing_metadata_file(tmp_path: Path) -> None:
 REAL = pickle.dumps(_metadata((4, 6), [((0, 0), (4, 3)), ((0, 3), (4, 3))]))
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.binary(max_size=300) | st.builds(lambda at, b: REAL[:at] + b + REAL[at + 1 :],
                                                  st.integers(0, len(REAL) - 1), st.binary(max_size=3)))  # fmt: skip

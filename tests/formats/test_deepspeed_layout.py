@@ -6,6 +6,7 @@ share), for any shapes, world sizes and paddings."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -38,6 +39,7 @@ def _read(layout: Layout, parts: list[list[torch.Tensor]]) -> dict[str, torch.Te
     }
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(st.lists(shapes, min_size=1, max_size=3), st.integers(1, 4), st.integers(0, 3), st.data())
 def test_zero12_places(groups: list[list[tuple[int, ...]]], world: int, align: int, data: st.DataObject) -> None:
@@ -62,6 +64,7 @@ def test_zero12_places(groups: list[list[tuple[int, ...]]], world: int, align: i
         assert len(layout.places[name]) <= world
 
 
+@pytest.mark.slow
 @settings(max_examples=200, deadline=None)
 @given(shapes, st.integers(1, 4), st.integers(1, 3))
 def test_zero3_places(group: list[tuple[int, ...]], world: int, sub_groups: int) -> None:

@@ -98,6 +98,7 @@ def test_every_tensor_equals_what_torch_loads(truth: dict[str, dict[str, torch.T
         assert torch.equal(tensor, truth[name][key]), key
 
 
+@pytest.mark.slow
 def test_inspect_shows_model_common_state_and_objects(cli: Callable[..., Result]) -> None:
     report = cli_json(cli("inspect", _folder("gpt_tp2"), "--format", "json"))
     assert report["weights"]["root"] == "model"
@@ -136,6 +137,7 @@ def test_optimizer_shows_state_by_parameter_key(
             assert described == {"shape": list(tensor.shape), "dtype": "float32"}
 
 
+@pytest.mark.slow
 def test_nemo2_checkpoint_is_its_weights_folder(cli: Callable[..., Result]) -> None:
     nemo = cli_json(cli("inspect", _folder("nemo2"), "--format", "json"))
     plain = cli_json(cli("inspect", _folder("gpt_tp1"), "--format", "json"))
@@ -188,6 +190,7 @@ def test_common_state_entry_is_merged_like_common_pt(cli: Callable[..., Result],
     assert scanned["verdict"] in ("safe", "needs-allowlist")
 
 
+@pytest.mark.slow
 def test_a_model_saved_without_prefix_is_the_whole_folder(cli: Callable[..., Result], tmp_path: Path) -> None:
     """`model.sharded_state_dict(prefix="")`, no optimizer: the weights are every tensor, flat."""
     from dataclasses import replace
@@ -245,6 +248,7 @@ def _assert_dangerous_and_ran_nothing(results: dict[str, Result], marker: Path) 
     return scanned  # type: ignore[no-any-return]
 
 
+@pytest.mark.slow
 def test_hostile_common_pt_runs_nothing(cli: Callable[..., Result], tmp_path: Path, marker: Path) -> None:
     folder = Path(shutil.copytree(_folder("gpt_tp1"), tmp_path / "hostile"))
     (folder / "common.pt").write_bytes(torch_zip(reduce_pickle("os", "system", shell_touch(marker))))
@@ -275,6 +279,7 @@ def _saved(value: Any) -> bytes:
 EXTRA_STATE = "model.decoder.layers.self_attention.linear_qkv._extra_state/shard_0_2"
 
 
+@pytest.mark.slow
 def test_hostile_object_entry_runs_nothing(cli: Callable[..., Result], tmp_path: Path, marker: Path) -> None:
     folder = Path(shutil.copytree(_folder("gpt_tp1"), tmp_path / "hostile"))
     _replace_entry(folder, "extra.shared/shard_0_1", torch_zip(reduce_pickle("os", "system", shell_touch(marker))))
@@ -282,6 +287,7 @@ def test_hostile_object_entry_runs_nothing(cli: Callable[..., Result], tmp_path:
     assert any(g["module"] == "os" and g["verdict"] == "dangerous" for g in scanned["globals"])
 
 
+@pytest.mark.slow
 def test_transformer_engine_extra_state_is_scanned_as_the_pickle_it_holds(
     cli: Callable[..., Result], tmp_path: Path, marker: Path
 ) -> None:
@@ -356,6 +362,7 @@ def test_convert_to_safetensors_equals_torch(
         assert torch.equal(tensor, truth[name][f"model.{key}"]), key
 
 
+@pytest.mark.slow
 def test_convert_sharded_and_pth_equal_torch(
     cli: Callable[..., Result], tmp_path: Path, truth: dict[str, dict[str, torch.Tensor]]
 ) -> None:
@@ -372,6 +379,7 @@ def test_convert_sharded_and_pth_equal_torch(
     assert loaded.keys() == expected.keys() and all(torch.equal(loaded[k], expected[k]) for k in expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("unstack", [False, True])
 def test_convert_to_plain_dcp_equals_torch(
     cli: Callable[..., Result], tmp_path: Path, truth: dict[str, dict[str, torch.Tensor]], unstack: bool
@@ -427,6 +435,7 @@ def test_unstacked_layers_equal_slices_of_what_torch_loads(
         assert torch.equal(tensor, expected[key]), key
 
 
+@pytest.mark.slow
 def test_inspect_unstack_names_each_layer_with_its_chunks(cli: Callable[..., Result]) -> None:
     report = cli_json(cli("inspect", _folder("gpt_tp2"), "--unstack", "-v", "--format", "json"))
     rows = {t["key"]: t for t in report["weights"]["tensors"]}
@@ -436,6 +445,7 @@ def test_inspect_unstack_names_each_layer_with_its_chunks(cli: Callable[..., Res
     assert sorted((c["offsets"], c["sizes"]) for c in qkv["chunks"]) == [([0, 0], [16, 16]), ([16, 0], [16, 16])]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("to", ["safetensors", "pth"])
 def test_convert_unstack_equals_slices_and_diff_agrees(
     cli: Callable[..., Result], tmp_path: Path, truth: dict[str, dict[str, torch.Tensor]], to: str
@@ -454,6 +464,7 @@ def test_convert_unstack_equals_slices_and_diff_agrees(
 # -- refusals ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_dp_reshardable_buffer_is_listed_but_refused_for_conversion(cli: Callable[..., Result], tmp_path: Path) -> None:
     listed = cli_json(cli("inspect", _folder("gpt_tp2"), "--all", "--format", "json"))
     assert DP_BUFFER in {t["key"] for t in listed["tensors"]}
@@ -466,6 +477,7 @@ def test_dp_reshardable_buffer_is_listed_but_refused_for_conversion(cli: Callabl
     assert moments.exit_code == 0, moments.stderr  # the moments keyed by parameter convert
 
 
+@pytest.mark.slow
 def test_flattened_range_tensor_is_listed_but_refused_for_conversion(
     cli: Callable[..., Result], tmp_path: Path
 ) -> None:
@@ -494,6 +506,7 @@ def test_save_plans_prepared_by_the_writer_are_accepted(tmp_path: Path) -> None:
     assert read_dcp_metadata(str(folder)).save_plans == 2
 
 
+@pytest.mark.slow
 def test_damaged_side_files_are_one_line_or_ignored(cli: Callable[..., Result], tmp_path: Path) -> None:
     folder = Path(shutil.copytree(_folder("gpt_tp1"), tmp_path / "damaged"))
     (folder / "metadata.json").write_text("[" * 100_000)  # the save plans still say Megatron-Core

@@ -79,6 +79,7 @@ def probe_imports(qualnames: list[str], cwd: Path) -> dict[str, str]:
     return verdicts
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", WHOLE_MODELS)
 def test_whole_model_is_inspected_without_its_class(name: str, tmp_path: Path) -> None:
     record = gt.fixture_record(name)

@@ -61,6 +61,7 @@ def test_a_zip_bomb_is_refused_without_inflating_it(write: FileWriter) -> None:
     assert any("not inflated" in p for p in report["problems"])
 
 
+@pytest.mark.slow
 def test_a_member_that_lies_about_its_size_is_capped(write: FileWriter) -> None:
     """The declared size is small, the stream inflates to much more: the cap holds."""
     squeezer = zlib.compressobj(9, zlib.DEFLATED, -15)

@@ -469,6 +469,7 @@ def four_gib_of_zeros() -> bytes:
     return deflate_zeros(4 * GIB)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("record", "declared"),
     [("data.pkl", 200), ("data.pkl", 0xFFFFFFFF), ("byteorder", 6), ("version", 2), ("data/0", 24)],
@@ -703,6 +704,7 @@ BOUNDED_SHAPES: dict[str, bytes] = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", sorted(BOUNDED_SHAPES))
 def test_case17_memory_and_time_stay_bounded(write: FileWriter, shape: str) -> None:
     path = write(f"{shape}.pkl", BOUNDED_SHAPES[shape])

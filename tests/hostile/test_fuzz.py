@@ -134,18 +134,21 @@ REAL_NAMES = ["zip.pt", "legacy.pt", "module.pt", "weights.safetensors"]
 # -- properties -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @FUZZ
 @given(data=st.binary(max_size=512))
 def test_decode_any_bytes(data: bytes) -> None:
     returns_or_raises_ckpt_error(lambda: decode(data))
 
 
+@pytest.mark.slow
 @FUZZ
 @given(stream=opcode_streams, protocol=st.sampled_from([b"", b"\x80\x02", b"\x80\x04", b"\x80\x05"]))
 def test_decode_any_opcode_stream(stream: bytes, protocol: bytes) -> None:
     returns_or_raises_ckpt_error(lambda: decode(protocol + stream))
 
 
+@pytest.mark.slow
 @FUZZ
 @given(signature=st.sampled_from(SIGNATURES), tail=st.binary(max_size=256))
 def test_any_file_reads_or_raises_ckpt_error(workdir: Path, signature: bytes, tail: bytes) -> None:
@@ -154,6 +157,7 @@ def test_any_file_reads_or_raises_ckpt_error(workdir: Path, signature: bytes, ta
     read_and_scan(path)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(stream=opcode_streams)
 def test_any_opcode_stream_as_data_pkl_reads_or_raises_ckpt_error(workdir: Path, stream: bytes) -> None:
@@ -165,6 +169,7 @@ def test_any_opcode_stream_as_data_pkl_reads_or_raises_ckpt_error(workdir: Path,
     read_and_scan(raw)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", REAL_NAMES)
 def test_mutated_real_files_read_or_raise_ckpt_error(workdir: Path, real_files: dict[str, bytes], name: str) -> None:
     @FUZZ
@@ -177,6 +182,7 @@ def test_mutated_real_files_read_or_raise_ckpt_error(workdir: Path, real_files: 
     check()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", REAL_NAMES)
 def test_mutated_real_files_through_the_cli(workdir: Path, real_files: dict[str, bytes], name: str) -> None:
     @settings(FUZZ, max_examples=40)

@@ -191,6 +191,7 @@ def benign_values() -> dict[str, object]:
     }
 
 
+@pytest.mark.slow
 def test_datetime_and_path_values_need_only_the_printed_allowlist(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     path = tmp_path / "config.pt"
@@ -200,6 +201,7 @@ def test_datetime_and_path_values_need_only_the_printed_allowlist(tmp_path: Path
     assert loaded == repr(benign_values())
 
 
+@pytest.mark.slow
 def test_len_of_plain_data_needs_only_the_printed_allowlist(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     path = tmp_path / "len.pt"
@@ -258,6 +260,7 @@ def library_models() -> dict[str, Any]:
         }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name", ["transformer_relu", "transformer_gelu", "weight_norm", "spectral_norm", "recurrent", "attention"]
 )

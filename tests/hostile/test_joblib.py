@@ -116,6 +116,7 @@ HANDWRITTEN = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(HANDWRITTEN))
 def test_a_payload_hidden_between_the_readings_is_found(tmp_path: Path, marker: Path, name: str) -> None:
     build, loader = HANDWRITTEN[name]
@@ -128,6 +129,7 @@ def test_a_payload_hidden_between_the_readings_is_found(tmp_path: Path, marker: 
     assert_not_run(marker)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("compression", sorted(COMPRESSIONS))
 @pytest.mark.parametrize("where", ["value", "object_array"])
 def test_joblib_dump_of_a_payload_is_dangerous(tmp_path: Path, marker: Path, compression: str, where: str) -> None:

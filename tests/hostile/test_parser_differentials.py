@@ -160,6 +160,7 @@ def test_frames_anywhere_never_hide_what_cpython_meets(
     assert_machine_covers_every_reading(framed_anywhere(body, cuts, slack) + trailer)
 
 
+@pytest.mark.slow
 @settings(max_examples=100, deadline=None)
 @given(value=st.recursive(st.text(max_size=30) | st.binary(max_size=30) | st.integers(), st.lists, max_leaves=30))
 def test_cpython_pickles_are_never_flagged(value: object) -> None:

@@ -101,6 +101,7 @@ def write(tmp_path: Path, header: bytes, data: bytes, declared: int | None = Non
     return path
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=headers())
 def test_generated_headers_read_as_the_reference_reads_them(tmp_path: Path, case: tuple[bytes, bytes]) -> None:

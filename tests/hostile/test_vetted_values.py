@@ -49,6 +49,7 @@ VETTED_NAMES = (
 )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_real_values_need_only_the_printed_allowlist(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     values = real_values()
@@ -61,6 +62,7 @@ def test_real_values_need_only_the_printed_allowlist(tmp_path: Path) -> None:
     assert run_cli("check", path).exit_code == 0
 
 
+@pytest.mark.slow
 def test_an_in_memory_buffer_needs_only_the_printed_allowlist(tmp_path: Path) -> None:
     """Older TransformerEngine layers kept their extra state as an io.BytesIO: vetted, and
     torch.load(weights_only=True) under the printed line returns the same bytes and position."""
@@ -161,6 +163,7 @@ def assert_flagged_and_never_run(
     return reports
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_a_vetted_name_given_a_callable_stays_flagged_and_never_runs(
     write: FileWriter, marker: Path, name: str
@@ -219,6 +222,7 @@ def numpy_rngs() -> dict[str, Any]:
     return {"generator": np.random.default_rng(3), "legacy": np.random.RandomState(4), "bits": np.random.MT19937(5)}
 
 
+@pytest.mark.slow
 def test_numpy_random_generators_need_only_the_printed_allowlist(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     path = tmp_path / "rng_state.pt"
@@ -327,6 +331,7 @@ def stateful_values() -> dict[str, Any]:
     return {"pattern": re.compile(r"layer\.(\d+)\.", re.IGNORECASE), "rng": rng, "scaler": torch.amp.GradScaler("cpu")}
 
 
+@pytest.mark.slow
 def test_regexes_rngs_and_grad_scalers_need_only_the_printed_allowlist(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     path = tmp_path / "trainer_state.pt"
@@ -346,6 +351,7 @@ STATEFUL_VARIANTS: dict[str, tuple[Any, str]] = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(STATEFUL_VARIANTS))
 def test_a_stateful_value_given_a_command_stays_flagged_and_never_runs(
     write: FileWriter, marker: Path, name: str
@@ -433,6 +439,7 @@ def stepped_optimizers() -> dict[str, Any]:
     return optimizers
 
 
+@pytest.mark.slow
 def test_whole_optimizers_need_only_the_printed_allowlist(tmp_path: Path) -> None:
     import subprocess
     import sys
@@ -457,6 +464,7 @@ def optimizer_defaults_of_a_command(marker: Path) -> bytes:
     return whole(built, protocol=4)
 
 
+@pytest.mark.slow
 def test_an_optimizer_whose_state_holds_a_command_stays_flagged_and_never_runs(write: FileWriter, marker: Path) -> None:
     raw = write("optimizer.pkl", optimizer_defaults_of_a_command(marker))
     assert naive_load_runs_it(raw, marker), "the variant must run its payload under the naive loader"

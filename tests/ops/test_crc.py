@@ -210,6 +210,7 @@ def test_a_file_without_crcs_reads_as_it_is(cli: Cli, tmp_path: Path) -> None:
     assert all(tensors_equal(written[key], value) for key, value in torch_reads.items())
 
 
+@pytest.mark.slow
 def test_undamaged_fixtures_are_not_refused(cli: Cli) -> None:
     # No false alarms: every record of every committed zip fixture holds its CRC-32.
     for record in DAMAGEABLE:

@@ -74,6 +74,7 @@ def run(cli: Callable[..., Result]) -> Callable[..., Result]:
 # -- out of DCP ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("world", [1, 2])
 def test_dcp_to_safetensors_is_what_dcp_loads(
     dcp_dirs: dict[int, Path], tmp_path: Path, run: Callable[..., Result], world: int

@@ -190,6 +190,7 @@ def generated_here(generator: Any) -> dict[str, list[str]]:
 KEY_REACHING = ("subprocess", "pathlib", "typing", "uuid", "platform", "logging")
 
 
+@pytest.mark.slow
 def test_the_reach_table_is_what_the_generator_reads_from_the_standard_library() -> None:
     """Exactly, on the Python that generated it; on another patch or minor version (whose
     standard library may differ) the table must still be an unedited output of the

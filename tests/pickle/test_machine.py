@@ -55,6 +55,7 @@ plain = st.recursive(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(value=plain, protocol=st.sampled_from(PROTOCOLS))
 def test_plain_values_decode_to_what_pickle_loads(value: Any, protocol: int) -> None:
@@ -262,6 +263,7 @@ def test_billion_laughs_by_memo_stays_linear() -> None:
     assert all_tensors(value) == []
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200))
 def test_any_bytes_decode_or_raise_our_error(data: bytes) -> None:
@@ -271,6 +273,7 @@ def test_any_bytes_decode_or_raise_our_error(data: bytes) -> None:
         pass
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=60), st.sampled_from([b"\x80\x02", b"\x80\x04\x95", b"(", b"c"]))
 def test_bytes_after_a_pickle_header_decode_or_raise_our_error(tail: bytes, head: bytes) -> None:

@@ -20,6 +20,7 @@ def invoke(*args: str) -> Result:
     return CliRunner().invoke(reference, ["train", *args])
 
 
+@pytest.mark.slow
 def test_train_writes_fixtures_and_reports_json(tmp_path: Path) -> None:
     result = invoke("--model", "nn", "--epochs", "2", "--out", str(tmp_path), "--format", "json")
     assert result.exit_code == 0, result.output
@@ -36,6 +37,7 @@ def test_train_writes_fixtures_and_reports_json(tmp_path: Path) -> None:
     assert "step/s" not in result.stderr and "%|" not in result.stderr
 
 
+@pytest.mark.slow
 def test_train_table_shows_summary_losses_and_files(tmp_path: Path) -> None:
     args = ("--model", "cnn", "--epochs", "1", "--styles", "state-dict,safetensors")
     result = invoke(*args, "--out", str(tmp_path), "--steps-per-epoch", "3", "--optimizer", "sgd")

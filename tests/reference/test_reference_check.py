@@ -31,6 +31,7 @@ def failing(report: CheckReport) -> set[tuple[str | None, str, str]]:
     return {(result.file, result.variant, result.check) for result in report.failures}
 
 
+@pytest.mark.slow
 def test_fresh_fixtures_pass_every_check(cnn_fixtures: FixtureSet) -> None:
     report = check_fixtures(cnn_fixtures.manifest_path.parent, device="cpu")
     assert report.ok, report.failures
@@ -46,6 +47,7 @@ def test_fresh_fixtures_pass_every_check(cnn_fixtures: FixtureSet) -> None:
         assert {"train-accuracy", "train-loss", "test-accuracy", "test-loss"} <= checks
 
 
+@pytest.mark.slow
 def test_committed_cnn_set_passes_through_the_cli(cli: Cli, committed: Path) -> None:
     result = cli("reference", "check", committed / "cnn", "--format", "json")
     assert result.exit_code == 0, result.stdout
@@ -103,6 +105,7 @@ def edit_manifest(directory: Path, path: str, edit: Callable[[dict[str, Any]], N
     manifest_path.write_text(json.dumps(manifest))
 
 
+@pytest.mark.slow
 def test_a_flipped_weight_byte_fails_that_file_only(copied: Path) -> None:
     flip_weight_byte(copied / "state_dict.pth")
     report = check_fixtures(copied, device="cpu", resume_epochs=0)
@@ -117,6 +120,7 @@ def test_a_flipped_weight_byte_fails_that_file_only(copied: Path) -> None:
         assert made.check == "make" and "CRC-32" in made.detail
 
 
+@pytest.mark.slow
 def test_a_broken_archive_is_a_finding_not_a_crash(copied: Path, cli: Cli) -> None:
     path = copied / "model.pth"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
@@ -129,6 +133,7 @@ def test_a_broken_archive_is_a_finding_not_a_crash(copied: Path, cli: Cli) -> No
     assert ("safetensors", "make") in checks
 
 
+@pytest.mark.slow
 def test_an_edited_accuracy_fails_that_file_in_the_table(copied: Path, cli: Cli) -> None:
     def one_more_right(entry: dict[str, Any]) -> None:
         entry["test"]["accuracy"] += 1 / entry["test"]["examples"]
@@ -145,6 +150,7 @@ def test_an_edited_accuracy_fails_that_file_in_the_table(copied: Path, cli: Cli)
     assert not any(line.startswith("model.pth") for line in failures)
 
 
+@pytest.mark.slow
 def test_one_changed_bit_of_a_recorded_logit_fails(copied: Path) -> None:
     edit_manifest(copied, "model.safetensors", last_logit_bit)
     report = check_fixtures(copied, device="cpu", resume_epochs=0)
@@ -166,6 +172,7 @@ def other_capability(evaluation: dict[str, Any]) -> None:
         evaluation[name]["cpu_capability"] = "SVE256"
 
 
+@pytest.mark.slow
 def test_another_fingerprint_is_compared_within_the_tolerance(copied: Path) -> None:
     edit_fingerprints(copied, other_capability)
     edit_manifest(copied, "state_dict.pth", last_logit_bit)
@@ -175,6 +182,7 @@ def test_another_fingerprint_is_compared_within_the_tolerance(copied: Path) -> N
         assert not mode.exact and "cpu_capability: SVE256 -> " in mode.reason
 
 
+@pytest.mark.slow
 def test_a_manifest_without_fingerprints_is_compared_within_the_tolerance(copied: Path) -> None:
     def forget(evaluation: dict[str, Any]) -> None:
         del evaluation["metrics_fingerprint"], evaluation["probe_fingerprint"]
@@ -186,6 +194,7 @@ def test_a_manifest_without_fingerprints_is_compared_within_the_tolerance(copied
     assert report.logits_mode == Mode(False, "the manifest records no machine fingerprint")
 
 
+@pytest.mark.slow
 def test_exact_is_demanded_and_says_the_fingerprints_differ(copied: Path, cli: Cli) -> None:
     edit_fingerprints(copied, other_capability)
     edit_manifest(copied, "state_dict.pth", last_logit_bit)
@@ -197,6 +206,7 @@ def test_exact_is_demanded_and_says_the_fingerprints_differ(copied: Path, cli: C
     assert failures == {("state_dict.pth", "probe-logits")}
 
 
+@pytest.mark.slow
 def test_atol_and_rtol_replace_the_tolerance(copied: Path, cli: Cli) -> None:
     edit_fingerprints(copied, other_capability)
 
@@ -236,12 +246,14 @@ def test_committed_set_passes_on_other_cpu_kernels(committed: Path, capability: 
         assert f"ATEN_CPU_CAPABILITY={capability}" in line or "cpu_capability" in line, line
 
 
+@pytest.mark.slow
 def test_a_missing_file_is_named(copied: Path) -> None:
     (copied / "general_checkpoint.tar").unlink()
     report = check_fixtures(copied, device="cpu", resume_epochs=0)
     assert failing(report) == {("general_checkpoint.tar", "file", "exists")}
 
 
+@pytest.mark.slow
 def test_a_manifest_naming_a_file_elsewhere_fails_that_entry(copied: Path) -> None:
     def elsewhere(entry: dict[str, Any]) -> None:
         entry["path"] = "../cnn/state_dict.pth"
@@ -260,6 +272,7 @@ def test_an_empty_manifest_does_not_pass(copied: Path) -> None:
     assert failing(report) == {(None, "", "files")}
 
 
+@pytest.mark.slow
 def test_fixtures_are_never_read_by_torch_load(committed: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # `convert --to pth` verifies the file it has just written with
     # torch.load(weights_only=True); no fixture, and nothing with weights_only=False.
@@ -303,6 +316,7 @@ def test_help_states_the_tolerance_and_exit_codes(cli: Cli) -> None:
         assert option in text
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("columns", [80, 120])
 def test_table_fits_the_terminal(copied: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch, columns: int) -> None:
     # Long lines on purpose: a fingerprint that differs (the reason), and a damaged file.

@@ -74,6 +74,7 @@ def test_every_file_loads_back_to_the_manifest_logits(
         assert torch.equal(logits, record.probe_logits.to_tensor()), record.path
 
 
+@pytest.mark.slow
 def test_reloaded_files_reproduce_the_manifest_accuracy(
     cnn_fixtures: FixtureSet, digits: ReferenceData, load_fixture_model: FixtureModelLoader
 ) -> None:
@@ -141,6 +142,7 @@ def test_manifest_round_trips_and_logits_are_exact(cnn_fixtures: FixtureSet) -> 
     assert raw["probe"]["images_sha256"] == probe_images_sha256(cnn_fixtures.run.data, 16)
 
 
+@pytest.mark.slow
 def test_files_and_manifest_are_reproducible(digits: ReferenceData, tmp_path: Path) -> None:
     config = TrainConfig.for_model("nn", epochs=2)
     first = build_fixtures(config, digits, tmp_path / "first", checkpoint_every=1)
@@ -158,6 +160,7 @@ def test_probe_logits_keep_every_bit() -> None:
     assert decoded.view(torch.int32).tolist() == logits.view(torch.int32).tolist()
 
 
+@pytest.mark.slow
 def test_style_subset_and_no_periodic_checkpoints(digits: ReferenceData, tmp_path: Path) -> None:
     fixtures = build_fixtures(
         TrainConfig.for_model("nn", epochs=3),

@@ -55,6 +55,7 @@ def test_torch_itself_needs_a_gpu_for_them(committed: Path) -> None:
         torch.load(committed / "cnn_cuda0" / "state_dict.pth", weights_only=True)  # noqa: TID251
 
 
+@pytest.mark.slow
 def test_reference_check_passes_on_the_committed_set(cli: Cli, committed: Path) -> None:
     result = cli("reference", "check", committed / "cnn_cuda0")
     assert result.exit_code == 0, result.stdout
@@ -102,6 +103,7 @@ def test_remap_to_cpu_gives_a_file_torch_loads_with_the_same_logits(
     )
 
 
+@pytest.mark.slow
 def test_fresh_located_output_passes_the_check(digits: ReferenceData, tmp_path: Path) -> None:
     config = TrainConfig.for_model("nn", epochs=1)
     styles = parse_styles("whole-model,general-checkpoint,safetensors")

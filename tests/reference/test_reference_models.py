@@ -75,6 +75,7 @@ def test_small_models_give_ten_logits_for_their_input(name: str) -> None:
     assert logits.shape == (2, 10)
 
 
+@pytest.mark.slow
 def test_torchvision_models_are_untrained_with_ten_classes() -> None:
     for name, classifier_key in (("vgg16", "classifier.6.weight"), ("resnet34", "fc.weight")):
         spec = get_model_spec(name)

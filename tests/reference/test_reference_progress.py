@@ -36,6 +36,7 @@ def bars(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, int]]:
     return Recorded.closed
 
 
+@pytest.mark.slow
 def test_every_phase_ends_at_its_total(digits: ReferenceData, tmp_path: Path, bars: list[Any]) -> None:
     config = TrainConfig.for_model("cnn", epochs=2, steps_per_epoch=3)
     stream = io.StringIO()
@@ -58,6 +59,7 @@ def test_every_phase_ends_at_its_total(digits: ReferenceData, tmp_path: Path, ba
     assert all(done == total for _, total, done in bars), bars
 
 
+@pytest.mark.slow
 def test_no_bars_unless_turned_on(digits: ReferenceData, tmp_path: Path, bars: list[Any]) -> None:
     build_fixtures(TrainConfig.for_model("cnn", epochs=1, steps_per_epoch=2), digits, tmp_path, ["state-dict"])
     assert bars == []

@@ -23,6 +23,7 @@ from ckpttool.reference.train import TrainConfig, TrainingRun
 WeightsLoader = Callable[[Path], Mapping[str, Any]]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_resume_is_bit_exact(
     digits: ReferenceData, tmp_path: Path, optimizer: str, read_through_ckpttool: WeightsLoader
@@ -37,6 +38,7 @@ def test_resume_is_bit_exact(
     assert proof.compared > 6
 
 
+@pytest.mark.slow
 def test_a_changed_bit_is_found(digits: ReferenceData, tmp_path: Path, read_through_ckpttool: WeightsLoader) -> None:
     def load_and_nudge(path: Path) -> Mapping[str, Any]:
         saved = dict(read_through_ckpttool(path))
@@ -50,6 +52,7 @@ def test_a_changed_bit_is_found(digits: ReferenceData, tmp_path: Path, read_thro
     assert "model.fc1.bias" in proof.mismatched
 
 
+@pytest.mark.slow
 def test_the_data_order_of_the_remaining_epochs_matters(digits: ReferenceData) -> None:
     # What makes the proof meaningful: resuming with the order of another epoch (as a
     # run that forgot where it stopped would) does not give the straight-through weights.

@@ -31,6 +31,8 @@ from ckpttool.reference.manifest import MANIFEST_NAME, read_manifest
 from ckpttool.reference.saving import SAVE_STYLES
 from ckpttool.reference.staging import STAGING_SUFFIX, staged_folder
 
+pytestmark = pytest.mark.slow
+
 ATTEMPTS = 3  # a run that ends before the moment it waits for is tried again
 EPOCHS = 3
 TRAIN_ARGS = ["reference", "train", "--model", "nn", "--epochs", str(EPOCHS), "--checkpoint-every", "1"]

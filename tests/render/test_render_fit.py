@@ -12,6 +12,7 @@ from support.cli import matches_cut
 from ckpttool.render import command_lines, fit_table, shorten_keys, wrap_text
 
 
+@pytest.mark.slow
 def test_resnet_keys_keep_block_and_leaf() -> None:
     keys = list(torchvision.models.resnet34(weights=None).state_dict())
     shown = shorten_keys(keys, 22)

@@ -357,6 +357,7 @@ def check_case(cli: Cli, case: Case, built: Built, out_dir: Path) -> None:
         assert report["suggestions"][0]["option"] == case.best_fix
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("case", "build"), CASES, ids=[c.name for c, _ in CASES])
 def test_model_keys_agree_with_load_state_dict(
     cli: Cli, tmp_path: Path, case: Case, build: Callable[[Path], Built]
@@ -364,6 +365,7 @@ def test_model_keys_agree_with_load_state_dict(
     check_case(cli, case, build(tmp_path), tmp_path)
 
 
+@pytest.mark.slow
 def test_classifier_with_other_num_classes(cli: Cli, torchvision_files: dict[str, Built], tmp_path: Path) -> None:
     """ImageNet resnet18 weights for a 10-class resnet18: fc.weight and fc.bias mismatch."""
     case = Case(
@@ -375,6 +377,7 @@ def test_classifier_with_other_num_classes(cli: Cli, torchvision_files: dict[str
     check_case(cli, case, torchvision_files["resnet18"], tmp_path)
 
 
+@pytest.mark.slow
 def test_vgg16_weights_for_resnet34(cli: Cli, torchvision_files: dict[str, Built], tmp_path: Path) -> None:
     """Another architecture entirely: every key missing or unexpected, nothing loads, and
     the table says so in its matched line and a few rows per kind."""
@@ -506,6 +509,7 @@ def test_finite_counts_nan_and_inf_as_torch_does(cli: Cli, tmp_path: Path) -> No
 # -- --cpu-only ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cpu_only_against_torchs_storage_locations(cli: Cli) -> None:
     """Every torch-format fixture: a cpu-only error exactly when torch restores a storage
     elsewhere (`map_location` sees the location the file names)."""

@@ -291,6 +291,7 @@ def test_integers_across_dtypes(cli: Cli, tmp_path: Path) -> None:
 LONG = 3 * valuediff.READ_ELEMENTS + 5  # three whole blocks and a bit
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
 def test_one_block_differs_errors_span_the_whole_tensor(cli: Cli, tmp_path: Path, dtype: torch.dtype) -> None:
     """Values moved in the second block only: equal blocks are skipped by their bytes, yet
@@ -307,6 +308,7 @@ def test_one_block_differs_errors_span_the_whole_tensor(cli: Cli, tmp_path: Path
     assert code == 1
 
 
+@pytest.mark.slow
 def test_without_libc_memcmp_numpy_compares_the_bytes(
     cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -322,6 +324,7 @@ def test_without_libc_memcmp_numpy_compares_the_bytes(
     assert code == 1
 
 
+@pytest.mark.slow
 def test_nan_in_a_late_block_of_equal_bytes(cli: Cli, tmp_path: Path) -> None:
     """Bit-identical tensors with one NaN in their last block: different as torch.equal
     says, equal with --equal-nan."""
@@ -576,6 +579,7 @@ def adam_checkpoints(tmp_path: Path) -> tuple[Path, Path]:
     return paths[0], paths[1]
 
 
+@pytest.mark.slow
 def test_all_compares_hyper_parameters_and_every_tensor_once(cli: Cli, tmp_path: Path) -> None:
     """--all against what torch.load returns for both files: tensors anywhere (optimizer
     moments, step counters, the 0-dim loss) differ exactly where torch.equal says, and
@@ -609,6 +613,7 @@ def test_all_compares_hyper_parameters_and_every_tensor_once(cli: Cli, tmp_path:
     assert code == 1
 
 
+@pytest.mark.slow
 def test_without_all_hyper_parameters_are_not_compared(cli: Cli, tmp_path: Path) -> None:
     """By default only the weights and the top-level entries (epoch, loss): the optimizer
     holds tensors, so it is --all's to compare."""

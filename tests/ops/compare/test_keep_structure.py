@@ -138,6 +138,7 @@ def input_shape(model: nn.Module) -> tuple[int, ...]:
     return (first.in_features,)
 
 
+@pytest.mark.slow
 def test_dataparallel_training_checkpoint_is_fixed_and_resumes(cli: Cli, tmp_path: Path) -> None:
     src = tmp_path / "dp_checkpoint.pth"
     trained, optimizer = trained_dataparallel_checkpoint(src)

@@ -127,6 +127,7 @@ def assert_names(report: dict[str, Any], truth: Mapping[int, str], prefix: str =
 # -- one optimizer over a whole model ------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_agrees_with_state_dict_and_names_from_model(cli: Cli, tmp_path: Path, case: OptimizerCase) -> None:
     model = cnn()
@@ -161,6 +162,7 @@ def test_scalar_and_never_updated_parameters(cli: Cli, tmp_path: Path, case: Opt
     assert_names(report, parameter_index_names(model, optimizer))
 
 
+@pytest.mark.slow
 def test_whole_pickled_model_names_its_parameters(cli: Cli, tmp_path: Path) -> None:
     """`{'model': nn.Module, 'optimizer': ...}`: names guessed from the pickled module."""
     model = cnn()
@@ -182,6 +184,7 @@ def model_order_groups(model: nn.Module) -> list[dict[str, Any]]:
     return [{"params": conv, "lr": 1e-3}, {"params": head, "lr": 1e-2, "weight_decay": 0.1}]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", MAIN_CASES, ids=[c.name for c in MAIN_CASES])
 def test_groups_in_model_order(cli: Cli, tmp_path: Path, case: OptimizerCase) -> None:
     model = cnn()
@@ -202,6 +205,7 @@ def assert_names_right_or_absent(report: dict[str, Any], truth: Mapping[int, str
         assert report["notes"], "unresolved names come with a reason"
 
 
+@pytest.mark.slow
 def test_head_first_groups_are_not_misnamed(cli: Cli, tmp_path: Path) -> None:
     """Groups out of model order (the head's learning rate first), shapes that differ."""
     model = cnn()
@@ -265,6 +269,7 @@ def lightning_checkpoint(model: nn.Module, optimizers: list[torch.optim.Optimize
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", MAIN_CASES, ids=[c.name for c in MAIN_CASES])
 def test_lightning_optimizer_states(cli: Cli, tmp_path: Path, case: OptimizerCase) -> None:
     model = cnn()
