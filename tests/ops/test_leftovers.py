@@ -30,6 +30,8 @@ from ckpttool.atomic import TEMP_SUFFIX
 from ckpttool.leftovers import owner, remove_leftovers
 from ckpttool.reference.staging import STAGING_SUFFIX
 
+pytestmark = pytest.mark.slow
+
 Cli = Callable[..., Result]
 ATTEMPTS = 3
 REMOVED = "temporary output(s) of a run that was killed"

@@ -24,6 +24,8 @@ from support.signalling import signal_when
 
 from ckpttool.signals import Interrupted, held, stopping_cleanly
 
+pytestmark = pytest.mark.slow
+
 TENSORS, ROWS, COLUMNS = 4, 2048, 6144  # four float32 tensors of 48 MiB
 SOURCE_BYTES = TENSORS * ROWS * COLUMNS * 4
 SIGNALS = [signal.SIGTERM, signal.SIGHUP, signal.SIGINT]

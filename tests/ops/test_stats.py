@@ -122,6 +122,7 @@ class ProgressRecorder:
         self.steps.append(done)
 
 
+@pytest.mark.slow
 def test_tensors_are_read_one_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
     # Each tensor read is garbage before the next one is read.
     original = stats_module.load_tensor

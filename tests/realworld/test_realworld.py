@@ -18,6 +18,8 @@ import pytest
 from click.testing import Result
 from support.cli import cli_json
 
+pytestmark = pytest.mark.slow
+
 HERE = Path(__file__).resolve().parent
 Cli = Callable[..., Result]
 # Callables these files truly call that ckpttool does not vet: Cls('steps') builds an enum

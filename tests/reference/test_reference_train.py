@@ -25,6 +25,7 @@ from ckpttool.reference.train import (
 ACCURACY_FLOOR = {"nn": 0.93, "cnn": 0.92, "neural-network": 0.94, "cifar10-net": 0.94}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name",
     [pytest.param(name, marks=pytest.mark.slow) if name == "cifar10-net" else name for name in sorted(ACCURACY_FLOOR)],
@@ -38,6 +39,7 @@ def test_default_training_reaches_the_stated_accuracy(digits: ReferenceData, nam
     assert len(losses) == run.config.epochs and losses[-1] < losses[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [pytest.param("vgg16", marks=pytest.mark.slow), "resnet34"])
 def test_torchvision_models_take_a_few_steps_to_finite_logits(digits: ReferenceData, name: str) -> None:
     config = TrainConfig.for_model(name, epochs=1, batch_size=8, steps_per_epoch=2)
