@@ -112,6 +112,7 @@ def test_json_for_one_file_has_the_shape_of_several(cli: Cli) -> None:
     assert report["findings"] == report["missing"] == report["unexpected"] == report["suggestions"] == []
 
 
+@pytest.mark.slow
 def test_json_for_several_files(cli: Cli) -> None:
     code, document = check_document(cli, CLEAN, DATAPARALLEL, "--model", CNN_SPEC)
     assert (code, document["ok"]) == (1, False)
@@ -139,6 +140,7 @@ def test_json_suggestion_fields(cli: Cli) -> None:
     assert report["keys"] == {"root": "", "in_file": len(CNN_KEYS), "matched": 0}
 
 
+@pytest.mark.slow
 def test_csv_rows_are_the_json_findings(cli: Cli) -> None:
     _, document = check_document(cli, DATAPARALLEL, CLEAN, "--model", CNN_SPEC)
     result = cli("check", DATAPARALLEL, CLEAN, "--model", CNN_SPEC, "--format", "csv")
@@ -330,6 +332,7 @@ def test_no_path_readable_exits_2(cli: Cli, tmp_path: Path) -> None:
     assert key_values(blocks(result.stdout)[0])["result"] == "UNREADABLE"
 
 
+@pytest.mark.slow
 def test_exit_codes_over_path_sets(cli: Cli, tmp_path: Path) -> None:
     empty, truncated = unreadable_files(tmp_path)
     (tmp_path / "broken").mkdir()
@@ -417,6 +420,7 @@ def test_fixed_output_names(tmp_path: Path, name: str, fixed: str) -> None:
     assert fixed_name(str(path) + ("/" if name.endswith("/") else "")) == str(tmp_path / fixed)
 
 
+@pytest.mark.slow
 def test_warm_start_table_hint_and_allowance(cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Model A's weights for model B (A plus a head): FAILED with the options that accept
     the new layer; with them, OK and one info row saying what was allowed."""
@@ -455,6 +459,7 @@ def test_warm_start_table_hint_and_allowance(cli: Cli, tmp_path: Path, monkeypat
     ]
 
 
+@pytest.mark.slow
 def test_allowance_is_for_its_own_kind_only(cli: Cli, tmp_path: Path) -> None:
     """--allow-unexpected does not excuse a missing key, nor a size mismatch."""
     path = tmp_path / "model_a.pth"

@@ -101,6 +101,7 @@ def test_table_shows_the_allow_option_whole(cli: Cli, tmp_path: Path, trainmod: 
     assert cli("check", path, "--allow", "trainmod.Phase").exit_code == 0
 
 
+@pytest.mark.slow
 def test_cpu_only_remedy_is_whole_at_80_columns(cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The remap command `check --cpu-only` prints is whole at 80 columns (shell
     continuations), the same in JSON's `remedy`, and running it gives a file that

@@ -69,6 +69,7 @@ SOURCES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SOURCES)
 @pytest.mark.parametrize(
     ("dst_name", "to"),
@@ -197,6 +198,7 @@ def test_dedupe_pth_shares_storage(cli: Cli, tmp_path: Path) -> None:
     assert stored["head.weight"].untyped_storage().data_ptr() == stored["embed.weight"].untyped_storage().data_ptr()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("to", ["safetensors", "pth"])
 def test_shard_size(cli: Cli, to: str, tmp_path: Path) -> None:
     record = BY_NAME["neural_network_state_dict"]

@@ -165,6 +165,7 @@ def test_differences_json(cli: Cli, differing: tuple[Path, Path]) -> None:
     assert report["equal"] == 1
 
 
+@pytest.mark.slow
 def test_tolerance_options_change_the_exit_code(cli: Cli, tmp_path: Path) -> None:
     a = save({"w": torch.tensor([1.0, 2.0])}, tmp_path / "a.pth")
     b = save({"w": torch.tensor([1.0, 2.001])}, tmp_path / "b.pth")
@@ -352,6 +353,7 @@ def readme_checkpoint(epoch: int) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow
 def test_readme_examples_run_as_shown(cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Every command of the README's diff section, on files of the names it uses, with the exit
     code it implies; the output it shows, exactly."""

@@ -130,6 +130,7 @@ def test_optimizer_of_a_folder_without_one_is_empty(cli: Cli, folder: Path) -> N
     assert cli_json(result)["optimizers"] == []
 
 
+@pytest.mark.slow
 def test_optimizer_state_in_the_folders_file(cli: Cli, tmp_path: Path) -> None:
     model = Tiny()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)

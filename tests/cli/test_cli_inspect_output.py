@@ -143,12 +143,14 @@ classes:     torchvision.models.resnet.ResNet, torch.nn.modules.conv.Conv2d x36,
              torch.nn.modules.linear.Linear"""
 
 
+@pytest.mark.slow
 def test_summary_of_a_state_dict(folder: Path, resnet34: nn.Module) -> None:
     assert sum(p.numel() for p in resnet34.parameters()) == 21_797_672
     assert sum(b.numel() for b in resnet34.buffers()) == 17_060
     assert summary_of(run(folder, "inspect", "resnet34.pth").stdout) == RESNET34_STATE_DICT_80
 
 
+@pytest.mark.slow
 def test_summary_of_a_whole_model_wraps_the_classes(folder: Path) -> None:
     assert summary_of(run(folder, "inspect", "resnet34_model.pth").stdout) == RESNET34_MODEL_80
     wide = summary_of(run(folder, "inspect", "resnet34_model.pth", columns=120).stdout)
@@ -156,6 +158,7 @@ def test_summary_of_a_whole_model_wraps_the_classes(folder: Path) -> None:
     assert "\n" + RESNET34_CLASSES_120 in wide
 
 
+@pytest.mark.slow
 def test_serialization_records_only_with_verbose(folder: Path) -> None:
     assert "metadata" not in run(folder, "inspect", "resnet34.pth").stdout
     verbose = summary_of(run(folder, "inspect", "resnet34.pth", "--verbose", columns=None).stdout).splitlines()
@@ -216,6 +219,7 @@ total                        3,673,088      3,075         18   14.0 MiB
 """
 
 
+@pytest.mark.slow
 def test_tree_collapsed_to_depth_2(folder: Path, resnet34: nn.Module) -> None:
     for name in ("resnet34.pth", "resnet34_model.pth"):
         assert run(folder, "inspect", name, "--tree", "--depth", "2").stdout == RESNET34_TREE_DEPTH_2
@@ -224,6 +228,7 @@ def test_tree_collapsed_to_depth_2(folder: Path, resnet34: nn.Module) -> None:
     assert sum(b.numel() for b in layer4.buffers()) == 7_175
 
 
+@pytest.mark.slow
 def test_tree_with_full_prefixes(folder: Path, resnet34: nn.Module) -> None:
     result = run(folder, "inspect", "resnet34_model.pth", "--tree", "--full-prefix", "--filter", "layer4.0.*")
     assert result.stdout == RESNET34_TREE_LAYER4_0_FULL
@@ -302,6 +307,7 @@ def test_no_terminal_means_no_cut(folder: Path) -> None:
     assert out.split("\n\n", 1)[1] == LLM_TABLE_120
 
 
+@pytest.mark.slow
 def test_cut_keys_keep_what_tells_rows_apart(folder: Path, resnet34: nn.Module) -> None:
     """At 80 columns the block index stays (`layer1.0…running_mean`, `layer1.1…running_mean`),
     each shown key is its own key with whole parts left out, and no number is cut."""

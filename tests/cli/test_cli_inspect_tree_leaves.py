@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import torch
 from click.testing import Result
 from support.cli import cli_json
@@ -68,6 +69,7 @@ def test_top_level_parameters_are_rows_of_the_root(cli: Cli, tmp_path: Path) -> 
     check_tree(cli, path, torch.load(path, weights_only=True))
 
 
+@pytest.mark.slow
 def test_a_torchscript_modules_own_buffer_is_a_row(cli: Cli, tmp_path: Path) -> None:
     path = tmp_path / "scripted.pt"
     with warnings.catch_warnings():

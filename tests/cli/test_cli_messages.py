@@ -74,6 +74,7 @@ def test_write_errors_name_the_destination(tmp_path: Path, command: list[str]) -
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_scan_allowlist_line_wraps_and_stays_python(cli: Cli) -> None:
     """At 60 columns the add_safe_globals line wraps inside its brackets; pasted, it is the
     same call as the one-line form."""

@@ -55,6 +55,7 @@ def load_plain(path: Path) -> Any:
         return torch_load_trusted(path, map_location=None)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "storages", "changed"),
     [
@@ -120,6 +121,7 @@ def test_cpu_checkpoint_has_nothing_to_change(cli: Cli, tmp_path: Path) -> None:
     assert_same_content(load_plain(dst), torch_load_trusted(src))
 
 
+@pytest.mark.slow
 def test_legacy_input_gives_zip_output(cli: Cli, tmp_path: Path) -> None:
     src, dst = fixture("legacy_whole_model"), tmp_path / "zip.pt"
     assert not zipfile.is_zipfile(src)
@@ -183,6 +185,7 @@ def test_verification_mismatch_leaves_nothing(cli: Cli, tmp_path: Path, monkeypa
 # -- --trust ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_trust_remaps_through_torch(cli: Cli, tmp_path: Path) -> None:
     src, dst = fixture("cuda0_model_optimizer"), tmp_path / "cpu.pt"
     remap_json(cli, src, dst, "--device", "cpu", "--trust")

@@ -556,6 +556,7 @@ def reduce_os_system(protocol_2_pickle: bytes) -> bytes:
     return injected
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("record", ["data.pkl", "constants.pkl"])
 @pytest.mark.parametrize("name", TORCHSCRIPT)
 def test_torchscript_with_a_gadget_is_dangerous_even_when_allowed(
@@ -587,6 +588,7 @@ def test_check_reports_the_torchscript_code_and_how_to_allow_it(cli: Cli, name: 
     assert cli("check", fixture(name), "--allow", top).exit_code == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", TORCHSCRIPT)
 def test_inspect_calls_torchscript_dangerous_only_with_a_gadget(cli: Cli, name: str, tmp_path: Path) -> None:
     result = cli("inspect", fixture(name), "--format", "json")

@@ -106,6 +106,7 @@ def test_a_clean_folder_passes_and_a_file_scan_is_unchanged(cli: Cli, tmp_path: 
     assert cli("check", folder).exit_code == 0
 
 
+@pytest.mark.slow
 def test_the_reference_folder_scans_every_pickled_file(cli: Cli, tmp_path: Path) -> None:
     """`reference train`'s folder: every file torch.save wrote is scanned for its pickle."""
     folder = tmp_path / "reference"
@@ -301,6 +302,7 @@ def test_a_deepspeed_run_is_one_entry_and_each_rank_file_is_decoded_once(cli: Cl
 MEGATRON = Path(__file__).resolve().parents[2] / "fixtures" / "megatron" / "gpt_tp1"
 
 
+@pytest.mark.slow
 def test_check_of_a_dcp_folder_opens_it_once(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
     """The folder scan's entry for the checkpoint itself is the opening the read used;
     its findings are those `scan` gives the same folder."""

@@ -58,6 +58,7 @@ def stats_json(cli: Cli, path: Path, *options: Any) -> dict[str, Any]:
     return report
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "name",
     [
@@ -81,6 +82,7 @@ def test_rows_match_torch(cli: Cli, name: str) -> None:
         assert_stats_match(row, truth[row["key"]])
 
 
+@pytest.mark.slow
 def test_all_covers_optimizer_state(cli: Cli) -> None:
     path = fixture("model_optimizer_checkpoint")
     loaded = torch_load_trusted(path)
@@ -92,6 +94,7 @@ def test_all_covers_optimizer_state(cli: Cli) -> None:
         assert_stats_match(row, resolve(loaded, row["key"]))
 
 
+@pytest.mark.slow
 def test_default_is_the_weights_only(cli: Cli) -> None:
     rows = stats_json(cli, fixture("model_optimizer_checkpoint"))["stats"]
     truth = ground_truth_weights(BY_NAME["model_optimizer_checkpoint"])
@@ -112,6 +115,7 @@ def test_root(cli: Cli) -> None:
         assert_stats_match(row, truth[row["key"]])
 
 
+@pytest.mark.slow
 def test_sort_by_size(cli: Cli) -> None:
     rows = stats_json(cli, fixture("cnn_state_dict"), "--sort", "size")["stats"]
     sizes = [row["numel"] for row in rows]  # one dtype throughout: size follows numel
@@ -128,6 +132,7 @@ def specials_file(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_special_values_in_json(cli: Cli, specials_file: Path) -> None:
     truth = special_tensors()
     rows = {row["key"]: row for row in stats_json(cli, specials_file)["stats"]}
@@ -139,6 +144,7 @@ def test_special_values_in_json(cli: Cli, specials_file: Path) -> None:
     assert rows["specials"]["inf"] == 2
 
 
+@pytest.mark.slow
 def test_csv_matches_json(cli: Cli, specials_file: Path) -> None:
     result = cli("inspect", "--stats", "--format", "csv", specials_file)
     assert result.exit_code == 0, result.stderr
@@ -153,6 +159,7 @@ def test_csv_matches_json(cli: Cli, specials_file: Path) -> None:
             assert (cell == "") if value is None else float(cell) == float(value), (cells[0], column)
 
 
+@pytest.mark.slow
 def test_table(cli: Cli, specials_file: Path) -> None:
     result = cli("inspect", "--stats", specials_file)
     assert result.exit_code == 0, result.stderr
@@ -162,6 +169,7 @@ def test_table(cli: Cli, specials_file: Path) -> None:
     assert len(lines) == 2 + len(special_tensors())  # header, rule, one line per tensor
 
 
+@pytest.mark.slow
 def test_table_zeros_are_a_percentage(cli: Cli, tmp_path: Path) -> None:
     tensors = {
         "quarter": torch.tensor([0.0, 1.0, 2.0, 3.0]),

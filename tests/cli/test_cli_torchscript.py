@@ -65,6 +65,7 @@ def jit_load(path: Path) -> torch.jit.ScriptModule:
     return module
 
 
+@pytest.mark.slow
 def test_weights_are_the_state_dict_keys(cli: Cli, scripted: Path) -> None:
     report = cli_json(cli("inspect", scripted, "--format", "json"))
     module = jit_load(scripted)

@@ -130,6 +130,7 @@ def test_diff_and_optimizer_fit(columns: int, dcp: Path, in_repo: None) -> None:
     assert_fits(commands, columns)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("columns", WIDTHS)
 def test_convert_and_remap_fit(columns: int, dcp: Path, tmp_path: Path, in_repo: None) -> None:
     out = tmp_path
@@ -169,6 +170,7 @@ def run_at(args: list[str], columns: int) -> str:
     return result.stdout
 
 
+@pytest.mark.slow
 def test_scan_names_stay_apart(dcp: Path) -> None:
     """The globals of a DCP `.metadata` (`torch.distributed.checkpoint.metadata.…` many
     times) are cut between whole parts, each still its own name, as JSON lists them."""
@@ -184,6 +186,7 @@ def test_scan_names_stay_apart(dcp: Path) -> None:
     assert max(len(line) for line in out.splitlines()) <= 80
 
 
+@pytest.mark.slow
 def test_dcp_chunks_note_names_json(dcp: Path) -> None:
     """Only JSON lists every chunk: the note under a cut chunk table says so."""
     out = run_at(["inspect", str(dcp), "-v", "--all"], 60)
@@ -265,6 +268,7 @@ def test_stats_keys_whole_when_cuts_read_alike(in_repo: None) -> None:
     assert max(len(line) for line in out.splitlines()) <= 80
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("columns", WIDTHS)
 def test_a_folder_scan_names_every_file_whole(in_repo: None, columns: int) -> None:
     """The summary of a folder scan shows each file's path under the folder, said once,

@@ -100,6 +100,7 @@ def test_run_tag_and_latest_are_one_checkpoint(case: str) -> None:
             assert torch.equal(load_tensor(tensor), reference[name]), (path, name)
 
 
+@pytest.mark.slow
 def test_inspect_shows_the_run(cli: Any) -> None:
     case = "zero3_bf16_3ranks"
     report = cli_json(cli("inspect", FIXTURES / case, "--format", "json"))
@@ -213,6 +214,7 @@ def test_convert_to_safetensors_is_the_consolidated_weights(cli: Any, tmp_path: 
     assert all(torch.equal(written[n], v) for n, v in master.items())
 
 
+@pytest.mark.slow
 def test_convert_shards_to_pth_and_casts(cli: Any, tmp_path: Path) -> None:
     case = "zero3_bf16_3ranks"
     expected = _consolidated(case)
@@ -232,6 +234,7 @@ def test_convert_shards_to_pth_and_casts(cli: Any, tmp_path: Path) -> None:
     assert loaded["out.weight"].data_ptr() == loaded["embed.weight"].data_ptr()  # the tie survives in a .pth
 
 
+@pytest.mark.slow
 def test_convert_to_dcp(cli: Any, tmp_path: Path) -> None:
     case = "zero1_fp32_2ranks"
     result = cli("convert", FIXTURES / case, tmp_path / "dcp", "--to", "dcp")
@@ -269,6 +272,7 @@ def _real(writer: Any, params: list[tuple[str, torch.Size]], rank: int) -> torch
     return mask
 
 
+@pytest.mark.slow
 def test_benchmark_layout_is_deepspeeds(tmp_path: Path) -> None:
     """The benchmark writes its ZeRO-3 folders with torch.save: given the parameters of a
     folder DeepSpeed wrote, it writes the same files, keys and partition bytes."""
@@ -328,6 +332,7 @@ def test_diff_against_the_engines_state_dict(cli: Any) -> None:
     assert report["identical"] is True, report
 
 
+@pytest.mark.slow
 def test_check_against_the_model(cli: Any) -> None:
     generator = Path(__file__).resolve().parents[2] / "fixtures" / "deepspeed_generate.py"
     result = cli("check", FIXTURES / "zero2_fp32_2ranks", "--model", f"{generator}:Tiny", "--format", "json")

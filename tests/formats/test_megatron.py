@@ -77,6 +77,7 @@ def _read_tensors(folder: Path) -> dict[str, torch.Tensor]:
 # -- reading -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_megatron_metadata_is_read_with_its_save_plans() -> None:
     from torch.distributed.checkpoint import FileSystemReader
 
@@ -90,6 +91,7 @@ def test_megatron_metadata_is_read_with_its_save_plans() -> None:
         assert set(meta.entries) == {k for k, v in theirs.state_dict_metadata.items() if not hasattr(v, "size")}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [*LIVE, "nemo2", "pre014_flat"])
 def test_every_tensor_equals_what_torch_loads(truth: dict[str, dict[str, torch.Tensor]], name: str) -> None:
     ours = _read_tensors(_folder(name))
@@ -112,6 +114,7 @@ def test_inspect_shows_model_common_state_and_objects(cli: Callable[..., Result]
     assert "model.decoder.layers.mlp.linear_fc1._extra_state/shard_0_2" in entries
 
 
+@pytest.mark.slow
 def test_inspect_all_lists_optimizer_state_by_parameter_key(cli: Callable[..., Result]) -> None:
     report = cli_json(cli("inspect", _folder("gpt_tp2"), "--all", "--format", "json"))
     keys = {t["key"] for t in report["tensors"]}
@@ -119,6 +122,7 @@ def test_inspect_all_lists_optimizer_state_by_parameter_key(cli: Callable[..., R
     assert DP_BUFFER in keys
 
 
+@pytest.mark.slow
 def test_optimizer_shows_state_by_parameter_key(
     cli: Callable[..., Result], truth: dict[str, dict[str, torch.Tensor]]
 ) -> None:
@@ -171,6 +175,7 @@ def _dcp_entry(report: dict[str, Any]) -> dict[str, Any]:
     return entry
 
 
+@pytest.mark.slow
 def test_common_state_entry_is_merged_like_common_pt(cli: Callable[..., Result], tmp_path: Path) -> None:
     folder = Path(shutil.copytree(_folder("gpt_tp1"), tmp_path / "newer"))
     _with_common_state_entry(folder, {"iteration": 7, "checkpoint_version": 3.0})
@@ -213,6 +218,7 @@ def test_a_model_saved_without_prefix_is_the_whole_folder(cli: Callable[..., Res
 # -- scan ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [*LIVE, "nemo2", "pre014_flat"])
 def test_real_folders_need_an_allowlist_never_dangerous(cli: Callable[..., Result], name: str) -> None:
     result = cli("scan", _folder(name), "--format", "json")
@@ -333,6 +339,7 @@ def _mcore_data_with_gadget(marker: Path) -> bytes:
     return whole(_instance(module, "MCoreMetadata", {**_BASE, "mcore_data": mcore_data}))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("build", [_plans_with_gadget, _mcore_data_with_gadget], ids=["save plan", "mcore_data"])
 def test_hostile_megatron_metadata_runs_nothing(
     cli: Callable[..., Result], tmp_path: Path, marker: Path, build: Callable[[Path], bytes]
@@ -349,6 +356,7 @@ def test_hostile_megatron_metadata_runs_nothing(
 # -- convert -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [*LIVE, "nemo2"])
 def test_convert_to_safetensors_equals_torch(
     cli: Callable[..., Result], tmp_path: Path, truth: dict[str, dict[str, torch.Tensor]], name: str
@@ -422,6 +430,7 @@ def _unstacked_truth(truth: dict[str, torch.Tensor], prefix: str = "model.") -> 
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", LIVE)
 def test_unstacked_layers_equal_slices_of_what_torch_loads(
     truth: dict[str, dict[str, torch.Tensor]], name: str

@@ -46,6 +46,7 @@ def rebuild_from_type(func: bytes, marker: Path) -> bytes:
     return whole(global_ref("torch._tensor", "_rebuild_from_type_v2") + args + Op.REDUCE)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "gadget",
     [("imaplib", "IMAP4_stream"), ("doctest", "debug_script"), ("builtins", "exec")],
@@ -96,6 +97,7 @@ def test_a_payload_shard_of_a_sharded_checkpoint(tmp_path: Path, marker: Path) -
     assert_not_run(marker)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", ["itself", "each_other"])
 def test_an_index_that_refers_back_to_itself_terminates(tmp_path: Path, shape: str) -> None:
     first, second = tmp_path / "a.index.json", tmp_path / "b.index.json"

@@ -52,6 +52,7 @@ def test_archives_nested_past_the_bound_fail_closed(write: FileWriter, marker: P
     assert any("nested deeper" in p for p in report["problems"])
 
 
+@pytest.mark.slow
 def test_a_zip_bomb_is_refused_without_inflating_it(write: FileWriter) -> None:
     bomb = ZipMember("model.pkl", b"", method=8, payload=deflate_zeros(1 << 30), declared_size=1 << 30)
     path = write("bomb.zip", zip_bytes([bomb], align=False))

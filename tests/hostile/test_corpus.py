@@ -25,6 +25,7 @@ def _rebuilt(name: str, marker: Path) -> Sample:
     return next(s for s in malicious_samples(marker) if s.name == name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", MALICIOUS)
 def test_every_hostile_file_is_dangerous_and_runs_nowhere(tmp_path: Path, marker: Path, name: str) -> None:
     path = _written(tmp_path, _rebuilt(name, marker))

@@ -724,6 +724,7 @@ def test_case17_memory_and_time_stay_bounded(write: FileWriter, shape: str) -> N
         assert time.monotonic() - started < 20
 
 
+@pytest.mark.slow
 def test_case17_a_million_nested_marks_is_a_limit_and_fails_closed(write: FileWriter) -> None:
     path = write("marks.pkl", BOUNDED_SHAPES["nested_marks_1e6"])
     with pytest.raises(LimitError, match="MARK"):

@@ -122,6 +122,7 @@ TECHNIQUES: dict[str, tuple[Technique, str, str]] = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(TECHNIQUES))
 def test_an_implicit_call_is_judged_and_never_runs(write: FileWriter, marker: Path, name: str) -> None:
     build, target, reached = TECHNIQUES[name]
@@ -147,6 +148,7 @@ THROUGH_AN_ATTRIBUTE = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("qualname", sorted(THROUGH_AN_ATTRIBUTE))
 def test_a_name_through_a_module_attribute_is_what_it_reaches(write: FileWriter, marker: Path, qualname: str) -> None:
     func, args = THROUGH_AN_ATTRIBUTE[qualname](marker)

@@ -131,6 +131,7 @@ def assert_machine_covers_every_reading(data: bytes) -> dict[str, object]:
     return {"ours": ours, "decoded": decoded, "met": met}
 
 
+@pytest.mark.slow
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(parts=item_lists, cuts=st.lists(st.integers(0, 50), max_size=4), unframed_groups=st.sets(st.integers(0, 4)))
 def test_regular_frames_read_exactly_as_cpython_reads_them(
@@ -146,6 +147,7 @@ def test_regular_frames_read_exactly_as_cpython_reads_them(
         assert (ours.globals, ours.called) == (loads.globals, loads.called)  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     parts=item_lists,

@@ -264,6 +264,7 @@ RNG_VARIANTS: dict[str, tuple[Any, str]] = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(RNG_VARIANTS))
 def test_a_numpy_rng_helper_given_a_callable_stays_flagged_and_never_runs(
     write: FileWriter, marker: Path, tmp_path: Path, name: str

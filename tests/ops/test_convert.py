@@ -90,6 +90,7 @@ def convert_cases() -> list[Any]:
 # -- every fixture, both formats ------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("record", "to"), convert_cases())
 def test_round_trip_equals_ground_truth(record: dict[str, Any], to: str, tmp_path: Path) -> None:
     dst = destination(tmp_path, to)

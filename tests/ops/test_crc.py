@@ -119,6 +119,7 @@ def assert_refused(result: Result, damaged: Damaged) -> None:
 
 
 # Files convert refuses for another reason (tests/ops/test_convert.py) are left out.
+@pytest.mark.slow
 @only_damaged(lambda r: r["name"] not in CONVERT_REFUSED | NO_SAFETENSORS_DTYPE)
 def test_convert_to_safetensors_refuses(damaged: Damaged, cli: Cli, tmp_path: Path) -> None:
     dst = tmp_path / "out.safetensors"

@@ -193,6 +193,7 @@ def test_to_dcp_round_trip(tmp_path: Path, run: Callable[..., Result], kind: str
     assert_equal_tensors(load_file(tmp_path / "back.safetensors"), source)
 
 
+@pytest.mark.slow
 def test_to_dcp_cast_and_force(tmp_path: Path, run: Callable[..., Result]) -> None:
     source = _source_state()
     torch.save(source, tmp_path / "src.pt")

@@ -98,6 +98,7 @@ def _run(cli: Callable[..., Any], *args: Any) -> None:
     assert result.exit_code in (0, 1), result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["inspect", "scan"])
 def test_reading_metadata_decodes_once_and_reads_no_tensor(
     command: str, cli: Callable[..., Any], source: Path, passes: Passes
@@ -107,18 +108,21 @@ def test_reading_metadata_decodes_once_and_reads_no_tensor(
     assert passes.read[str(source)] < OVERHEAD
 
 
+@pytest.mark.slow
 def test_check_decodes_once_and_reads_each_record_once(cli: Callable[..., Any], source: Path, passes: Passes) -> None:
     _run(cli, "check", source)
     assert passes.pickles_decoded(source) == 1
     assert 1 <= passes.tensor_passes(source) < 1 + OVERHEAD / DATA_BYTES
 
 
+@pytest.mark.slow
 def test_stats_read_each_tensor_once(cli: Callable[..., Any], source: Path, passes: Passes) -> None:
     _run(cli, "inspect", source, "--stats")
     assert passes.pickles_decoded(source) == 1
     assert 1 <= passes.tensor_passes(source) < 1 + OVERHEAD / DATA_BYTES
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("args", "dst_name"),
     [(("convert",), "out.safetensors"), (("convert", "--to", "pth"), "out.pt"), (("remap",), "out.pt")],
@@ -138,6 +142,7 @@ def test_writing_reads_the_source_once_and_the_output_once(
     assert DATA_BYTES <= next(iter(verified.values())) < DATA_BYTES + OVERHEAD
 
 
+@pytest.mark.slow
 def test_diff_reads_each_side_once(cli: Callable[..., Any], source: Path, passes: Passes) -> None:
     other = source.with_suffix(".safetensors")
     _run(cli, "diff", source, other)

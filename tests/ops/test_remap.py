@@ -138,6 +138,7 @@ def test_map_one_gpu_to_another(tmp_path: Path) -> None:
     assert_same_content(torch_load_trusted(dst), torch_load_trusted(src))
 
 
+@pytest.mark.slow
 def test_map_leaves_other_locations_alone(tmp_path: Path) -> None:
     src = fixture_path(BY_NAME["cuda0_model_optimizer"])
     dst = tmp_path / "remapped.pt"
@@ -145,6 +146,7 @@ def test_map_leaves_other_locations_alone(tmp_path: Path) -> None:
     assert storage_locations(dst) == {"cpu", "cuda:1"}
 
 
+@pytest.mark.slow
 def test_map_by_device_type(tmp_path: Path) -> None:
     src = fixture_path(BY_NAME["cuda0_model_optimizer"])
     dst = tmp_path / "remapped.pt"
@@ -187,6 +189,7 @@ def test_formats_without_storage_locations_are_refused(record: dict[str, Any], t
     assert_nothing_written(tmp_path, dst)
 
 
+@pytest.mark.slow
 def test_existing_destination_needs_force(tmp_path: Path) -> None:
     src = fixture_path(BY_NAME["cuda0_state_dict"])
     dst = tmp_path / "remapped.pt"
@@ -205,6 +208,7 @@ def test_source_is_never_its_own_destination(tmp_path: Path) -> None:
     assert temp_files(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_trust_remaps_through_torch(tmp_path: Path) -> None:
     record = BY_NAME["cuda0_model_optimizer"]
     src = fixture_path(record)

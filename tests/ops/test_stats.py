@@ -101,6 +101,7 @@ def test_special_values_spelled_out(specials_file: Path) -> None:
     assert stats["offset"].std == pytest.approx(1.0, rel=0.1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chunk", [1, 7, 64])
 def test_chunked_reduction_combines_exactly(chunk: int, specials_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Tensors split over many chunks must give the single-pass answer.

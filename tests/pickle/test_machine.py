@@ -244,6 +244,7 @@ def test_limits_fail_closed_with_a_limit_error(data: bytes, limits: Limits, mess
         decode(data, limits=limits)
 
 
+@pytest.mark.slow
 def test_deeply_nested_dict_keys_hit_a_limit_not_the_c_stack() -> None:
     nested = b"N" + b"\x85" * 100_000  # a tuple nested 100,000 deep
     data = b"\x80\x02}" + nested + b"K\x01s."

@@ -102,6 +102,7 @@ def test_help_documents_options_and_sizes() -> None:
     assert "train" in CliRunner().invoke(reference, ["--help"]).stdout
 
 
+@pytest.mark.slow
 def test_importing_the_command_group_does_not_import_torch() -> None:
     code = "import sys, ckpttool.reference.cli; print('torch' in sys.modules)"
     root = Path(__file__).resolve().parents[2]

@@ -263,6 +263,7 @@ def test_a_manifest_naming_a_file_elsewhere_fails_that_entry(copied: Path) -> No
     assert failing(report) == {("../cnn/state_dict.pth", "file", "exists")}
 
 
+@pytest.mark.slow
 def test_an_empty_manifest_does_not_pass(copied: Path) -> None:
     manifest_path = copied / "manifest.json"
     manifest = json.loads(manifest_path.read_text())

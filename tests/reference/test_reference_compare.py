@@ -102,6 +102,7 @@ def test_a_different_split_size_fails_both_metrics() -> None:
     assert [r.ok for r in results] == [False, False] and "99" in results[0].detail
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["nn", "cnn"])
 def test_recorded_numbers_do_not_depend_on_the_thread_count(digits: ReferenceData, name: str) -> None:
     run = train(TrainConfig.for_model(name, epochs=1, steps_per_epoch=4), digits)

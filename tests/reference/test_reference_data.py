@@ -20,6 +20,7 @@ from ckpttool.reference.data import (
 )
 
 
+@pytest.mark.slow
 def test_digits_split_is_fixed_and_stratified(digits: ReferenceData) -> None:
     assert (len(digits.train), len(digits.test)) == (1437, 360)
     assert digits.train.images.shape == (1437, 1, 8, 8)

@@ -62,6 +62,7 @@ def test_sha256_and_size_match_the_files(cnn_fixtures: FixtureSet) -> None:
         assert len(data) == record.size
 
 
+@pytest.mark.slow
 def test_every_file_loads_back_to_the_manifest_logits(
     cnn_fixtures: FixtureSet, digits: ReferenceData, load_fixture_model: FixtureModelLoader
 ) -> None:
@@ -111,6 +112,7 @@ def test_training_checkpoints_hold_what_the_tutorials_save(cnn_fixtures: Fixture
     assert set(load(str(directory / "model_optimizer.pt"))) == {"model", "optimizer"}
 
 
+@pytest.mark.slow
 def test_the_reader_gives_what_torch_restores(cnn_fixtures: FixtureSet, torch_load_ground_truth: GroundTruth) -> None:
     directory, spec = cnn_fixtures.manifest_path.parent, get_model_spec("cnn")
     for record in cnn_fixtures.manifest.files:

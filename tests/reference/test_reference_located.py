@@ -76,6 +76,7 @@ def test_inspect_shows_where_each_tensor_was(cli: Cli, committed: Path) -> None:
     assert devices["optimizer.state.0.step"] == "cpu"
 
 
+@pytest.mark.slow
 def test_remap_to_cpu_gives_a_file_torch_loads_with_the_same_logits(
     cli: Cli, committed: Path, tmp_path: Path, digits: ReferenceData
 ) -> None:

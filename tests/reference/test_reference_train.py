@@ -49,6 +49,7 @@ def test_torchvision_models_take_a_few_steps_to_finite_logits(digits: ReferenceD
     assert logits.shape == (16, 10) and bool(torch.isfinite(logits).all())
 
 
+@pytest.mark.slow
 def test_same_config_gives_bit_identical_weights(digits: ReferenceData) -> None:
     config = TrainConfig.for_model("nn", epochs=2)
     first, second = train(config, digits), train(config, digits)
@@ -92,6 +93,7 @@ def test_config_defaults_come_from_the_model_and_options_override() -> None:
     assert TrainConfig.for_model("cnn").deterministic
 
 
+@pytest.mark.slow
 def test_sgd_trains_with_momentum_state(digits: ReferenceData) -> None:
     run = train(TrainConfig.for_model("nn", epochs=1, optimizer="sgd", lr=0.05), digits)
     state = run.optimizer.state_dict()

@@ -396,11 +396,13 @@ def test_vgg16_weights_for_resnet34(cli: Cli, torchvision_files: dict[str, Built
     assert rows[5].split()[2:4] == ["(" + str(len(truth.missing) - 5), "more)"]
 
 
+@pytest.mark.slow
 def test_matching_model_passes(cli: Cli, torchvision_files: dict[str, Built]) -> None:
     code, report = run_check(cli, torchvision_files["resnet18"].path, "--model", "torchvision.models:resnet18")
     assert (code, report["ok"], report["findings"], report["suggestions"]) == (0, True, [], [])
 
 
+@pytest.mark.slow
 def test_wrong_root_with_the_same_keys_suggests_the_other_root(cli: Cli, tmp_path: Path) -> None:
     """A generator and a discriminator saved as `nn.Sequential`s share their keys; only the
     shapes tell the roots apart. Taking the discriminator's root fixes every key."""
@@ -428,6 +430,7 @@ def test_whole_pickled_model_against_its_class(cli: Cli) -> None:
     assert {(f["check"], f["severity"]) for f in report["findings"]} == {("safety", "warning")}
 
 
+@pytest.mark.slow
 def test_half_precision_is_a_warning_torch_casts(cli: Cli, tmp_path: Path) -> None:
     """load_state_dict copies float16 into float32 parameters: a warning, an error with --strict."""
     built = half_precision(tmp_path)
@@ -471,6 +474,7 @@ def test_like_reference_agrees_with_keys_shapes_dtypes(cli: Cli, name: str, refe
         assert report["suggestions"][0]["fixes"] == len(theirs)
 
 
+@pytest.mark.slow
 def test_like_fails_on_dtype_alone(cli: Cli, tmp_path: Path) -> None:
     """A reference's dtypes must match exactly (unlike a model, which casts)."""
     built = half_precision(tmp_path)
@@ -484,6 +488,7 @@ def test_like_fails_on_dtype_alone(cli: Cli, tmp_path: Path) -> None:
 # -- --finite --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_finite_counts_nan_and_inf_as_torch_does(cli: Cli, tmp_path: Path) -> None:
     weights = dict(seeded(cnn).state_dict())
     weights["conv1.weight"].view(-1)[[0, 5, 9]] = float("nan")
@@ -550,6 +555,7 @@ def tensors_per_location(path: Path) -> dict[str, int]:
     return counts
 
 
+@pytest.mark.slow
 def test_cpu_only_counts_tensors_per_device(cli: Cli) -> None:
     """A GPU run's checkpoint: weights and Adam moments on cuda:0, step counters on cpu."""
     path = fixture_path(fixture_record("cuda0_model_optimizer"))

@@ -67,6 +67,7 @@ PAIRS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 NESTED_KEY = {"mean": "hyper_parameters.mean", "rng": "rng.1"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("every", [False, True], ids=["top-level", "all"])
 @pytest.mark.parametrize("case", list(PAIRS))
 def test_differing_numpy_entries_are_reported(cli: Cli, tmp_path: Path, case: str, every: bool) -> None:
@@ -95,6 +96,7 @@ def test_equal_numpy_entries_saved_twice_are_identical(cli: Cli, tmp_path: Path,
     assert (code, report["identical"], report["entries_mismatch"]) == (0, True, [])
 
 
+@pytest.mark.slow
 def test_diff_rows_show_the_decoded_values(cli: Cli, tmp_path: Path) -> None:
     a = checkpoint(tmp_path, "a.pth", **PAIRS["mean"][0], **PAIRS["best_acc"][0])
     b = checkpoint(tmp_path, "b.pth", **PAIRS["mean"][1], **PAIRS["best_acc"][1])
@@ -144,6 +146,7 @@ def array_text(array: np.ndarray[Any, Any]) -> str:
     return f"array([{elements}], dtype={array.dtype.name})"
 
 
+@pytest.mark.slow
 def test_inspect_shows_numpy_values(cli: Cli, tmp_path: Path) -> None:
     path = checkpoint(
         tmp_path,
@@ -258,6 +261,7 @@ HOSTILE: dict[str, Callable[[Path], Any]] = {
 }  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(HOSTILE))
 def test_other_dtypes_and_bad_sizes_stay_inert(cli: Cli, tmp_path: Path, marker: Path, name: str) -> None:
     path = checkpoint(tmp_path, "a.pth", value=HOSTILE[name](marker))
@@ -273,6 +277,7 @@ def test_other_dtypes_and_bad_sizes_stay_inert(cli: Cli, tmp_path: Path, marker:
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_hostile_arrays_compare_by_their_whole_structure(cli: Cli, tmp_path: Path, marker: Path) -> None:
     """Arrays left undecoded still differ where their bytes do (and equal where they match)."""
     a = checkpoint(tmp_path, "a.pth", value=Forged((3,), np.dtype("<f8"), b"\0" * 23))

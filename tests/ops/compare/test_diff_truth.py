@@ -117,6 +117,7 @@ def cnn_state() -> dict[str, torch.Tensor]:
 # -- committed fixtures --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("record", DERIVED, ids=[r["name"] for r in DERIVED])
 def test_derived_fixture_pairs_agree_with_torch_equal(cli: Cli, record: dict[str, Any]) -> None:
     """Each fixture against the one it was derived from: other formats, whole models,
@@ -128,6 +129,7 @@ def test_derived_fixture_pairs_agree_with_torch_equal(cli: Cli, record: dict[str
     assert code == (0 if report["identical"] else 1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("record", WITH_WEIGHTS, ids=[r["name"] for r in WITH_WEIGHTS])
 def test_every_fixture_equals_itself_as_torch_equal_says(cli: Cli, record: dict[str, Any]) -> None:
     """A file against itself: equal everywhere torch.equal(t, t) holds (NaN never does),
@@ -141,6 +143,7 @@ def test_every_fixture_equals_itself_as_torch_equal_says(cli: Cli, record: dict[
     assert (code, report["identical"], report["value_mismatch"]) == (0, True, [])
 
 
+@pytest.mark.slow
 def test_whole_model_against_its_state_dict(cli: Cli) -> None:
     """A pickled nn.Module (its class absent) against the state_dict saved from it."""
     whole, plain = fixture_record("cnn_whole_model_main"), fixture_record("cnn_state_dict")
@@ -149,6 +152,7 @@ def test_whole_model_against_its_state_dict(cli: Cli) -> None:
     assert report["equal"] == len(ground_truth_weights(plain))
 
 
+@pytest.mark.slow
 def test_sharded_folder_against_single_file(cli: Cli, tmp_path: Path) -> None:
     """Shards written by convert against the file they came from; then one value moved."""
     source = fixture_path(fixture_record("neural_network_state_dict"))
@@ -180,6 +184,7 @@ CONVERTED = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CONVERTED)
 def test_converted_safetensors_equal_their_source(cli: Cli, tmp_path: Path, name: str) -> None:
     """convert's output against its source: identical; the non-tensor entries of a training
@@ -197,6 +202,7 @@ def test_converted_safetensors_equal_their_source(cli: Cli, tmp_path: Path, name
 CONVERTED_TO_PTH = ["dtypes", "big_endian_dtypes", "tensor_layouts", "legacy_tar_layouts", "legacy_state_dict"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CONVERTED_TO_PTH)
 def test_converted_pth_equals_its_source(cli: Cli, tmp_path: Path, name: str) -> None:
     """Contiguous little-endian copies of views, strided and byte-swapped tensors compare
@@ -212,6 +218,7 @@ def test_converted_pth_equals_its_source(cli: Cli, tmp_path: Path, name: str) ->
 TOLERANCES = [(0.0, 0.0), (0.0, 1e-4), (0.0, 1e-3), (1e-5, 0.0), (1e-3, 0.0), (1e-5, 1e-4)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize(("atol", "rtol"), TOLERANCES)
 def test_cast_copy_against_torch_allclose(cli: Cli, tmp_path: Path, dtype: str, atol: float, rtol: float) -> None:
@@ -235,6 +242,7 @@ def test_cast_copy_against_torch_allclose(cli: Cli, tmp_path: Path, dtype: str, 
         assert_errors_match(row, a, b, elementwise_close(a, b, rtol=rtol, atol=atol))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 @pytest.mark.parametrize(("atol", "rtol"), [(0.0, 0.0), (1e-3, 1e-3), (1e-2, 1e-2)])
 def test_cast_copy_with_ignore_dtype(cli: Cli, tmp_path: Path, dtype: str, atol: float, rtol: float) -> None:
@@ -276,6 +284,7 @@ def test_readme_bf16_example_passes_with_ignore_dtype(cli: Cli, tmp_path: Path) 
     assert code == 1 and len(report["dtype_mismatch"]) == sum(v.is_floating_point() for v in state.values())
 
 
+@pytest.mark.slow
 def test_integers_across_dtypes(cli: Cli, tmp_path: Path) -> None:
     """int32 against int64, uint8 against bool: by value with --ignore-dtype, as torch.equal
     says of int64 copies."""
@@ -355,6 +364,7 @@ def flip_byte(path: Path, key: str, element: int) -> None:
         f.write(bytes([byte[0] ^ 0x40]))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("view", ["whole", "slice"], ids=["whole-record", "part-of-record"])
 def test_damaged_record_is_an_error_not_a_difference(cli: Cli, tmp_path: Path, view: str) -> None:
     """A record whose bytes changed after saving fails its CRC-32: exit 2 naming it, whether
@@ -377,6 +387,7 @@ def test_damaged_record_is_an_error_not_a_difference(cli: Cli, tmp_path: Path, v
 MOVED_KEY, MOVED_INDEX, DELTA = "fc1.weight", 77, 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("atol", "rtol"),
     [(0.0, 0.0), (2e-3, 0.0), (5e-4, 0.0), (0.0, 1e-9), (0.0, 10.0), (1e-4, 1e-4)],
@@ -623,6 +634,7 @@ def test_without_all_hyper_parameters_are_not_compared(cli: Cli, tmp_path: Path)
     assert code == 1
 
 
+@pytest.mark.slow
 def test_roots_pick_the_weights_on_each_side(cli: Cli, tmp_path: Path, cnn_state: dict[str, torch.Tensor]) -> None:
     """An EMA copy inside the same file, compared with the live weights by naming both roots."""
     ema = perturbed(cnn_state, "conv1.bias", 0, 0.5)
@@ -652,6 +664,7 @@ def forbid_tensor_reads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(valuediff, "read_span", refuse)
 
 
+@pytest.mark.slow
 def test_keys_only_reads_no_tensor_data(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, cnn_state: dict[str, torch.Tensor]
 ) -> None:
@@ -675,6 +688,7 @@ def test_keys_only_reads_no_tensor_data(
         diff(str(a), str(b), DiffOptions())
 
 
+@pytest.mark.slow
 def test_keys_only_sees_no_value_differences(cli: Cli, tmp_path: Path, cnn_state: dict[str, torch.Tensor]) -> None:
     moved = perturbed(cnn_state, MOVED_KEY, 0, 1.0)
     a, b = save(cnn_state, tmp_path / "a.pth"), save(moved, tmp_path / "b.pth")
@@ -686,6 +700,7 @@ def test_keys_only_sees_no_value_differences(cli: Cli, tmp_path: Path, cnn_state
     assert (code, report["identical"], report["keys_only"], report["values_compared"]) == (1, False, False, True)
 
 
+@pytest.mark.slow
 def test_library_tolerance_matches_cli(tmp_path: Path, cnn_state: dict[str, torch.Tensor]) -> None:
     """The library call gives the CLI's facts: one moved value, inside and outside atol."""
     a = save(cnn_state, tmp_path / "a.pth")
@@ -707,6 +722,7 @@ def scalar_weights(temperature: float, batches: int) -> dict[str, torch.Tensor]:
     }
 
 
+@pytest.mark.slow
 def test_one_element_weights_follow_the_tolerance(cli: Cli, tmp_path: Path) -> None:
     """A 0-dim weight within --atol is equal, as torch.allclose says for every tensor."""
     a, b = scalar_weights(1.0, 7), scalar_weights(1.0 + 1e-6, 7)
@@ -731,6 +747,7 @@ def test_keys_only_ignores_one_element_weight_values(cli: Cli, tmp_path: Path) -
     assert (code, report["identical"], report["entries_mismatch"]) == (0, None, [])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("atol", [1e-3, 2.0])
 def test_tolerance_on_integer_complex_and_infinite_values(cli: Cli, tmp_path: Path, atol: float) -> None:
     """torch.allclose semantics beyond real floats: integers, complex numbers, infinities."""

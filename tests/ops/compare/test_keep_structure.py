@@ -91,6 +91,7 @@ def keep_structure(cli: Cli, src: Path, dst: Path, *options: str) -> dict[str, A
     return report
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("record", STATE_DICT_FIXTURES, ids=[r["name"] for r in STATE_DICT_FIXTURES])
 def test_every_state_dict_fixture_keeps_its_objects(cli: Cli, tmp_path: Path, record: dict[str, Any]) -> None:
     """A prefix added to every key of the weights root; torch reads everything else back equal."""
@@ -162,6 +163,7 @@ def test_dataparallel_training_checkpoint_is_fixed_and_resumes(cli: Cli, tmp_pat
     assert output["epoch"] == 7 and output["args"].arch == "bn"
 
 
+@pytest.mark.slow
 def test_output_of_a_weights_only_source_loads_weights_only(cli: Cli, tmp_path: Path) -> None:
     """No class is added: a file torch.load(weights_only=True) reads stays readable that way."""
     src = COMMITTED_DIR / "general_checkpoint.tar"
@@ -173,6 +175,7 @@ def test_output_of_a_weights_only_source_loads_weights_only(cli: Cli, tmp_path: 
     assert_same_content(source, output)
 
 
+@pytest.mark.slow
 def test_stacked_prefix_from_a_compiled_dataparallel_model(cli: Cli, tmp_path: Path) -> None:
     torch.manual_seed(0)
     cnn = tutorial_models().CNN()
@@ -185,6 +188,7 @@ def test_stacked_prefix_from_a_compiled_dataparallel_model(cli: Cli, tmp_path: P
     assert output["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_tied_weights_stay_tied(cli: Cli, tmp_path: Path) -> None:
     src = COMMITTED_DIR / "tied_lm_state_dict.pth"
     dst = tmp_path / "tied.pth"
@@ -201,6 +205,7 @@ def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
     return bool(a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr())
 
 
+@pytest.mark.slow
 def test_table_output(cli: Cli, tmp_path: Path) -> None:
     src = COMMITTED_DIR / "dataparallel_state_dict.pth"
     dst = tmp_path / "fixed.pth"

@@ -147,6 +147,7 @@ def test_agrees_with_state_dict_and_names_from_model(cli: Cli, tmp_path: Path, c
     assert_matches_state_dict(guess, optimizer.state_dict())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES[:1] + CASES[3:4], ids=["adam", "sgd_momentum"])
 def test_scalar_and_never_updated_parameters(cli: Cli, tmp_path: Path, case: OptimizerCase) -> None:
     """A 0-dim parameter has 0-dim moments; a layer without gradients has no state, yet
@@ -219,6 +220,7 @@ def test_head_first_groups_are_not_misnamed(cli: Cli, tmp_path: Path) -> None:
         assert_names_right_or_absent(report, truth)
 
 
+@pytest.mark.slow
 def test_frozen_layer_left_out_is_not_misnamed(cli: Cli, tmp_path: Path) -> None:
     """Only trainable parameters handed to the optimizer: its indices skip the frozen ones."""
     model = cnn()
@@ -233,6 +235,7 @@ def test_frozen_layer_left_out_is_not_misnamed(cli: Cli, tmp_path: Path) -> None
         assert_names_right_or_absent(report, truth)
 
 
+@pytest.mark.slow
 def test_same_shaped_groups_out_of_model_order_are_not_called_exact(cli: Cli, tmp_path: Path) -> None:
     """Two layers of one shape, the second's group first (fine-tuning the top layer at its
     own rate). Every position matches a parameter's shape, so position alone would name
@@ -288,6 +291,7 @@ def test_lightning_optimizer_states(cli: Cli, tmp_path: Path, case: OptimizerCas
     assert_names(guess, truth, prefix="model.")
 
 
+@pytest.mark.slow
 def test_lightning_two_optimizers(cli: Cli, tmp_path: Path) -> None:
     """A GAN's two optimizers, each over part of the module: both reported, in order."""
     generator, discriminator = checkmodels.Generator(), checkmodels.Discriminator()
@@ -341,6 +345,7 @@ WITH_OPTIMIZER = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "kind"), WITH_OPTIMIZER.items())
 def test_committed_fixtures(cli: Cli, name: str, kind: str) -> None:
     record = fixture_record(name)
@@ -358,6 +363,7 @@ def test_committed_fixtures(cli: Cli, name: str, kind: str) -> None:
 TORCH_OPTIMIZERS = ["Adagrad", "Adadelta", "Adamax", "NAdam", "RAdam", "ASGD", "Rprop", "LBFGS", "Adafactor"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", TORCH_OPTIMIZERS)
 def test_type_of_every_torch_optimizer(cli: Cli, tmp_path: Path, name: str) -> None:
     """The class is not stored; its param group's hyper-parameters name it."""
@@ -391,6 +397,7 @@ CORNER_INPUTS: dict[str, Callable[[], torch.Tensor]] = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CORNER_INPUTS)
 def test_guessed_names_for_model_corners(cli: Cli, tmp_path: Path, name: str) -> None:
     """Tied weights (one parameter, two state_dict keys), buffers, `None` parameters and
