@@ -15,6 +15,7 @@ from typing import Any
 
 from ckpttool.dtypes import DTYPES
 from ckpttool.errors import TensorLayoutError
+from ckpttool.formatnames import FormatName
 
 INT64_MAX = (1 << 63) - 1
 
@@ -251,7 +252,7 @@ class Checkpoint:
     """Everything known about one checkpoint file (or sharded folder)."""
 
     path: str
-    format: str
+    format: FormatName
     file_size: int
     root: Any
     storages: dict[str, Storage] = field(default_factory=dict)

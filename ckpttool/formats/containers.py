@@ -29,6 +29,7 @@ from contextlib import contextmanager
 from typing import IO, Any, Literal
 
 from ckpttool.errors import CkptError, EncryptedError, LimitError, PickleError, UnknownFormatError
+from ckpttool.formatnames import NPY, PLAIN_ZIP, TAR, FormatName
 from ckpttool.formats.format import Format, Found, Probe
 from ckpttool.formats.joblib import read_as_joblib, without_problems
 from ckpttool.formats.ziparchive import ZipArchive, ZipEntry, is_zip, open_archive, read_entry, resolve_data_offset
@@ -44,7 +45,7 @@ _HEAD = 512
 
 NPY_MAGIC = b"\x93NUMPY"
 _SEALED = {b"7z\xbc\xaf\x27\x1c": "a 7z archive", b"Rar!\x1a\x07": "a RAR archive"}
-_STREAMS: dict[bytes, tuple[str, Callable[[], Any]]] = {
+_STREAMS: dict[bytes, tuple[FormatName, Callable[[], Any]]] = {
     b"\x1f\x8b": ("gzip", lambda: zlib.decompressobj(16 + zlib.MAX_WBITS)),
     b"BZh": ("bz2", bz2.BZ2Decompressor),
     b"\xfd7zXZ\x00": ("xz", lzma.LZMADecompressor),
@@ -54,7 +55,6 @@ _STREAMS: dict[bytes, tuple[str, Callable[[], Any]]] = {
 }
 _LEGACY_PICKLES = 5  # magic, protocol version, sys_info, the main pickle, storage keys
 
-ZIP, TAR, NPY = "zip", "tar", "npy"
 # torch's legacy format opens with this int pickled; a member that does is read as one
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 
@@ -74,7 +74,7 @@ def refuse_sealed(head: bytes, path: str) -> None:
         raise UnknownFormatError(f"{what}, which ckpttool cannot open: extract it and scan its files", path=path)
 
 
-def container_kind(head: bytes) -> str | None:
+def container_kind(head: bytes) -> FormatName | None:
     """The container formats scan opens by content (a zip or tar needs a closer look to tell
     a torch layout from a plain archive: `is_torch_zip`, `is_legacy_tar`)."""
     if head.startswith(NPY_MAGIC):
@@ -101,10 +101,10 @@ def _tar_names(path: str) -> set[str] | None:
 # -- the entry points ------------------------------------------------------------------------
 
 
-def scan_container(path: str, kind: str) -> Found:
+def scan_container(path: str, kind: FormatName) -> Found:
     """Every pickle in the zip / tar / npy / compressed stream at `path`."""
     scanner = _Scanner()
-    if kind == ZIP:
+    if kind == PLAIN_ZIP:
         scanner.zip_file("", open_archive(path), 0)
     elif kind == TAR:
         scanner.tar_file("", path, 0)
@@ -438,7 +438,7 @@ def _sealed(probe: Probe) -> Found:
     return Found()
 
 
-def _scanned_as(kind: str) -> Callable[[Probe], Found]:
+def _scanned_as(kind: FormatName) -> Callable[[Probe], Found]:
     return lambda probe: scan_container(probe.path, kind)
 
 
@@ -463,4 +463,4 @@ TAR_FORMAT = Format(
     pickles=_scanned_as(TAR),
     scan_only=True,
 )
-ZIP_FORMAT = Format("zip", _plain_zip, pickles=lambda probe: scan_zip_archive(probe.archive()), scan_only=True)
+ZIP_FORMAT = Format(PLAIN_ZIP, _plain_zip, pickles=lambda probe: scan_zip_archive(probe.archive()), scan_only=True)

@@ -23,14 +23,13 @@ from typing import Any
 from ckpttool.checkpoint import Checkpoint, Record, Storage, TensorRef
 from ckpttool.dtypes import storage_dtype
 from ckpttool.errors import FormatError
+from ckpttool.formatnames import LEGACY, LEGACY_TAR
 from ckpttool.formats.containers import MAGIC_NUMBER, is_tar, scan_tar_members
-from ckpttool.formats.format import Format, FormatName, Found
+from ckpttool.formats.format import Format, Found
 from ckpttool.formats.torchpickle import StorageTable, check_tensors, interpret_torch_pickle
 from ckpttool.interpret import Interpreter, reader_hooks
 from ckpttool.pickle import NO_HOOKS, Decoded, Global, Hooks, decode
 
-LEGACY: FormatName = "torch-legacy"
-LEGACY_TAR: FormatName = "torch-legacy-tar"
 PROTOCOL_VERSION = 1001
 Seen = list[tuple[str, Decoded]]
 

@@ -16,9 +16,9 @@ from typing import Any
 from ckpttool.checkpoint import Checkpoint, Record, Storage, TensorRef, contiguous_strides
 from ckpttool.dtypes import BY_SAFETENSORS, DTYPES, DType
 from ckpttool.errors import SafetensorsError
-from ckpttool.formats.format import Format, FormatName, Found, Probe
+from ckpttool.formatnames import SAFETENSORS
+from ckpttool.formats.format import Format, Found, Probe
 
-SAFETENSORS: FormatName = "safetensors"
 MAX_HEADER_SIZE = 100_000_000
 _U64_MAX = (1 << 64) - 1
 _JSON_SPACE = b" \t\n\r"

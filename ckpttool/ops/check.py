@@ -23,7 +23,7 @@ from typing import Any
 
 from ckpttool.checkpoint import Checkpoint, TensorRef
 from ckpttool.errors import CkptError, IntegrityError, UnknownFormatError
-from ckpttool.formats import LEGACY, LEGACY_TAR, ZIP, OpenedFile, open_path, read_checkpoint
+from ckpttool.formats import LEGACY, LEGACY_TAR, TORCH_ZIP, OpenedFile, open_path, read_checkpoint
 from ckpttool.ops.keys import (
     Allowance,
     Expected,
@@ -42,7 +42,7 @@ from ckpttool.weights import Weights, all_tensors, find_weights
 
 ERROR, WARNING, INFO = "error", "warning", "info"
 READ = "read"  # the check a file that cannot be read fails
-REWRITABLE = frozenset({ZIP, LEGACY, LEGACY_TAR})  # formats `convert --keep-structure` rewrites whole
+REWRITABLE = frozenset({TORCH_ZIP, LEGACY, LEGACY_TAR})  # formats `convert --keep-structure` rewrites whole
 
 
 @dataclass
