@@ -19,7 +19,7 @@ import shlex
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from ckpttool.checkpoint import Checkpoint, TensorRef
 from ckpttool.errors import CkptError, IntegrityError, UnknownFormatError
@@ -40,7 +40,10 @@ from ckpttool.pickle.weightsonly import allowlist_effect
 from ckpttool.tensordata import verify_storage
 from ckpttool.weights import Weights, all_tensors, find_weights
 
-ERROR, WARNING, INFO = "error", "warning", "info"
+Severity = Literal["error", "warning", "info"]
+ERROR: Severity = "error"
+WARNING: Severity = "warning"
+INFO: Severity = "info"
 READ = "read"  # the check a file that cannot be read fails
 REWRITABLE = frozenset({TORCH_ZIP, LEGACY, LEGACY_TAR})  # formats `convert --keep-structure` rewrites whole
 
@@ -56,7 +59,7 @@ class Remedy:
 @dataclass
 class Finding:
     check: str
-    severity: str
+    severity: Severity
     key: str | None
     message: str
     remedy: Remedy | None = None
@@ -93,11 +96,11 @@ class CheckReport:
         return not any(f.severity in failing for f in self.findings)
 
     def add(
-        self, check: str, severity: str, message: str, key: str | None = None, remedy: Remedy | None = None
+        self, check: str, severity: Severity, message: str, key: str | None = None, remedy: Remedy | None = None
     ) -> None:
         self.findings.append(Finding(check, severity, key, message, remedy))
 
-    def count(self, severity: str) -> int:
+    def count(self, severity: Severity) -> int:
         return sum(f.severity == severity for f in self.findings)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from ckpttool.errors import CkptError, NotACheckpointError
 from ckpttool.formatnames import NoPickleKind
@@ -19,7 +20,8 @@ from ckpttool.ops.scan import SAFE, FileScan, scan_file, scan_opened
 from ckpttool.ops.scanfolder import FolderItem, folder_items, same_path
 from ckpttool.pickle.weightsonly import not_applicable
 
-UNREADABLE = "unreadable"  # the verdict an unreadable path has in every output
+Unreadable = Literal["unreadable"]  # the verdict an unreadable path has in every output
+UNREADABLE: Unreadable = "unreadable"
 
 
 @dataclass
@@ -28,7 +30,7 @@ class UnreadableFile:
 
     path: str
     error: str  # the reason, without the path
-    verdict: str = UNREADABLE
+    verdict: Unreadable = UNREADABLE
 
 
 ScanEntry = FileScan | UnreadableFile
