@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import pytest
 from click.testing import CliRunner
-from support.docs import LINKED_PATHS, README, REPO, relative_links
+from support.docs import LINKED_PATHS, README, REPO, anchored_links, anchors, relative_links
 
 from ckpttool.cli import COMMANDS, main
 
@@ -60,6 +60,9 @@ def test_every_relative_link_points_to_a_file_in_the_repository(path: Path) -> N
         resolved = (path.parent / target).resolve()
         assert resolved.is_relative_to(REPO), f"{path.name} links outside the repository: {target}"
         assert resolved.exists(), f"{path.name} links to {target}, which does not exist"
+    for file, anchor in anchored_links(path):
+        if file.suffix == ".md":
+            assert anchor in anchors(file), f"{path.name} links to #{anchor}, no heading of {file.name}"
 
 
 def test_the_documentation_has_pages_and_links() -> None:

@@ -46,11 +46,33 @@ def section(title: str, text: str = DOCUMENTATION) -> str:
     raise LookupError(f"no section about `ckpttool {title}` in the documentation")
 
 
-def relative_links(path: Path) -> list[str]:
-    """The targets of a Markdown file's links to files (no URL, no in-page anchor), fenced
-    blocks and inline code left out."""
+def link_targets(path: Path) -> list[str]:
+    """Where a Markdown file's links go, URLs left out; fenced blocks and inline code are
+    not read for links."""
     text = path.read_text(encoding="utf-8")
     prose = re.sub(r"^```.*?^```", "", text, flags=re.DOTALL | re.M)
     prose = re.sub(r"`[^`\n]*`", "", prose)
-    targets = [target.split("#", 1)[0] for target in LINK.findall(prose)]
-    return [t for t in targets if t and not re.match(r"^[a-z][a-z0-9+.-]*:", t)]
+    return [t for t in LINK.findall(prose) if not re.match(r"^[a-z][a-z0-9+.-]*:", t)]
+
+
+def relative_links(path: Path) -> list[str]:
+    """The files a Markdown file links to, as written (anchors dropped, in-page links left out)."""
+    return [target for target in (t.split("#", 1)[0] for t in link_targets(path)) if target]
+
+
+def anchored_links(path: Path) -> list[tuple[Path, str]]:
+    """(file, anchor) of each link with an anchor; an in-page link's file is `path` itself."""
+    found = []
+    for target in link_targets(path):
+        file, _, anchor = target.partition("#")
+        if anchor:
+            found.append(((path.parent / file).resolve() if file else path, anchor))
+    return found
+
+
+def anchors(path: Path) -> set[str]:
+    """The anchors a Markdown renderer gives the file's headings, as GitHub makes them."""
+    text = path.read_text(encoding="utf-8")
+    lines = text.split("\n")
+    titles = [lines[index].lstrip("#").strip().lower() for index, _ in headings(text)]
+    return {re.sub(r"[^\w\- ]", "", title).replace(" ", "-") for title in titles}
