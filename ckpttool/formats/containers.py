@@ -26,8 +26,9 @@ import tempfile
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import IO, Any, Literal
+from typing import IO, Literal, Protocol
 
+from ckpttool.buffers import FileData
 from ckpttool.errors import CkptError, EncryptedError, LimitError, PickleError, UnknownFormatError
 from ckpttool.formatnames import NPY, PLAIN_ZIP, TAR, FormatName
 from ckpttool.formats.format import Format, Found, Probe
@@ -45,7 +46,15 @@ _HEAD = 512
 
 NPY_MAGIC = b"\x93NUMPY"
 _SEALED = {b"7z\xbc\xaf\x27\x1c": "a 7z archive", b"Rar!\x1a\x07": "a RAR archive"}
-_STREAMS: dict[bytes, tuple[FormatName, Callable[[], Any]]] = {
+
+
+class _Inflater(Protocol):
+    """What zlib, bz2 and lzma decompressors share: inflate up to `max_length` bytes."""
+
+    def decompress(self, data: bytes, max_length: int, /) -> bytes: ...
+
+
+_STREAMS: dict[bytes, tuple[FormatName, Callable[[], _Inflater]]] = {
     b"\x1f\x8b": ("gzip", lambda: zlib.decompressobj(16 + zlib.MAX_WBITS)),
     b"BZh": ("bz2", bz2.BZ2Decompressor),
     b"\xfd7zXZ\x00": ("xz", lzma.LZMADecompressor),
@@ -156,7 +165,7 @@ class _Scanner:
             raise LimitError(f"{name}: {size} bytes to inflate or copy exceed the scan's bounds")
         self.budget -= size
 
-    def content(self, name: str, data: Any, start: int, end: int, depth: int) -> None:
+    def content(self, name: str, data: FileData, start: int, end: int, depth: int) -> None:
         """Whatever `data[start:end]` is: an archive, an npy, a pickle stream, or nothing."""
         head = bytes(data[start : min(end, start + _HEAD)])
         try:
@@ -166,7 +175,7 @@ class _Scanner:
         except CkptError as exc:
             self.found.problems.append(f"{name}: {exc.message}")
 
-    def _content(self, name: str, head: bytes, data: Any, start: int, end: int, depth: int) -> None:
+    def _content(self, name: str, head: bytes, data: FileData, start: int, end: int, depth: int) -> None:
         sealed = sealed_archive(head)
         if sealed is not None:
             self.found.problems.append(f"{name}: {sealed}, which ckpttool cannot open")
@@ -186,7 +195,7 @@ class _Scanner:
 
     # pickles
 
-    def pickles(self, name: str, data: Any, start: int, end: int, *, strict: bool, single: bool = False) -> None:
+    def pickles(self, name: str, data: FileData, start: int, end: int, *, strict: bool, single: bool = False) -> None:
         """Every pickle back to back, as a stream of loads reads them. A member that does not
         open with PROTO is a pickle only if it decodes (or names importable-looking globals).
         `single`: a record torch reads one pickle from (bytes after it are a problem)."""
@@ -222,7 +231,7 @@ class _Scanner:
             self.found.pickles.append((f"{label} (up to the error)", partial))
         self.found.problems.append(f"{label}: {exc.message}")
 
-    def legacy(self, name: str, data: Any, start: int, end: int) -> None:
+    def legacy(self, name: str, data: FileData, start: int, end: int) -> None:
         """torch's legacy format: the remaining stacked pickles, then raw storage bytes."""
         for index in range(1, _LEGACY_PICKLES):
             try:
@@ -233,12 +242,12 @@ class _Scanner:
             self.found.pickles.append((f"{name} (pickle {index})", decoded))
             start = decoded.end
 
-    def npy(self, name: str, data: Any, start: int, end: int) -> None:
+    def npy(self, name: str, data: FileData, start: int, end: int) -> None:
         header, body = _npy_header(data, start, end)
         if _holds_objects(header.get("descr")):  # numpy pickles object arrays after the header
             self.single_pickle(f"{name} (object array)", data, body, end)
 
-    def single_pickle(self, label: str, data: Any, start: int, end: int) -> None:
+    def single_pickle(self, label: str, data: FileData, start: int, end: int) -> None:
         try:
             decoded = decode(data, start=start, end=end, source=label)
         except PickleError as exc:
@@ -251,7 +260,7 @@ class _Scanner:
 
     # archives
 
-    def nested_archive(self, name: str, data: Any, start: int, end: int, depth: int) -> None:
+    def nested_archive(self, name: str, data: FileData, start: int, end: int, depth: int) -> None:
         self.charge(name, end - start)
         with _copied(data, start, end) as path:
             if is_zip(bytes(data[start : start + 4])):
@@ -299,7 +308,7 @@ class _Scanner:
         data = read_entry(archive, entry, min(entry.size, MAX_MEMBER), f)
         self.member(label, data, 0, len(data), depth, single)
 
-    def member(self, label: str, data: Any, start: int, end: int, depth: int, single: bool) -> None:
+    def member(self, label: str, data: FileData, start: int, end: int, depth: int, single: bool) -> None:
         if single:
             self.single_pickle(label, data, start, end)
         else:
@@ -317,7 +326,7 @@ class _Scanner:
                 end = min(member.offset_data + member.size, len(data))
                 self.content(prefix + member.name, data, member.offset_data, end, depth)
 
-    def stream(self, name: str, kind: str, data: Any, start: int, end: int, depth: int) -> None:
+    def stream(self, name: str, kind: FormatName, data: FileData, start: int, end: int, depth: int) -> None:
         """A gzip / bz2 / xz stream, inflated under the budget, then read by content."""
         inflated = _inflate_stream(kind, data, start, end, min(MAX_MEMBER, self.budget), name)
         self.charge(name, len(inflated))
@@ -356,7 +365,7 @@ def read_entry_head(archive: ZipArchive, entry: ZipEntry, f: IO[bytes]) -> bytes
         return b""
 
 
-def _inflate_stream(kind: str, data: Any, start: int, end: int, cap: int, name: str) -> bytes:
+def _inflate_stream(kind: FormatName, data: FileData, start: int, end: int, cap: int, name: str) -> bytes:
     make = next(factory for label, factory in _STREAMS.values() if label == kind)
     inflater = make()
     out = bytearray()
@@ -373,7 +382,7 @@ def _inflate_stream(kind: str, data: Any, start: int, end: int, cap: int, name: 
     return bytes(out)
 
 
-def _npy_header(data: Any, start: int, end: int) -> tuple[dict[str, Any], int]:
+def _npy_header(data: FileData, start: int, end: int) -> tuple[dict[object, object], int]:
     """numpy's header: magic, version, header length, a dict literal (read as numpy does,
     with literal_eval, never eval)."""
     major = data[start + 6] if end - start > 8 else 0
@@ -394,7 +403,7 @@ def _npy_header(data: Any, start: int, end: int) -> tuple[dict[str, Any], int]:
     return header, body
 
 
-def _holds_objects(descr: Any) -> bool:
+def _holds_objects(descr: object) -> bool:
     """Whether numpy's dtype description has an object field anywhere (then the array is
     pickled). Anything unrecognisable counts as holding objects: decoding it is harmless."""
     if isinstance(descr, str):
@@ -405,13 +414,13 @@ def _holds_objects(descr: Any) -> bool:
 
 
 @contextmanager
-def _mapped(path: str) -> Iterator[Any]:
+def _mapped(path: str) -> Iterator[FileData]:
     with open(path, "rb") as f, _mapped_file(f) as data:
         yield data
 
 
 @contextmanager
-def _mapped_file(f: IO[bytes]) -> Iterator[Any]:
+def _mapped_file(f: IO[bytes]) -> Iterator[FileData]:
     if os.fstat(f.fileno()).st_size == 0:
         yield b""
         return
@@ -420,7 +429,7 @@ def _mapped_file(f: IO[bytes]) -> Iterator[Any]:
 
 
 @contextmanager
-def _copied(data: Any, start: int, end: int) -> Iterator[str]:
+def _copied(data: FileData, start: int, end: int) -> Iterator[str]:
     """A nested archive copied to a temporary file, so the archive readers can open it."""
     with tempfile.TemporaryDirectory(prefix="ckpttool-") as folder:
         path = os.path.join(folder, "member")

@@ -32,7 +32,7 @@ def read_raw_pickle(path: str) -> Checkpoint:
     return Checkpoint(path, RAW_PICKLE, size, root, anomalies=anomalies, files=[path])
 
 
-def _no_storages(pid: Any) -> Any:
+def _no_storages(pid: Any) -> OpaqueCall:
     # Outside torch's formats a persistent id refers to nothing ckpttool can read.
     return OpaqueCall("persistent_load", (pid,))
 
