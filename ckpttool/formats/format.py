@@ -35,7 +35,7 @@ class Probe:
     size: int
     head: bytes
     registry: Registry
-    memo: dict[str, Any] = field(default_factory=dict)  # what a format read while recognising it
+    memo: dict[str, Any] = field(default_factory=dict)  # what a format read while recognising it (its own types)
     _archive: ZipArchive | None = None
     # each reader's outcome on this probe (a checkpoint, or the error it raised): a scan's
     # check that the file reads takes the read a command already made, and the reverse
