@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -80,7 +80,7 @@ class LazyGroup(click.Group):
                 leave(1)
             raise
 
-    def _main(self, *args: Any, **kwargs: Any) -> Any:
+    def _main(self, *args: Any, **kwargs: Any) -> NoReturn:
         try:
             with stopping_cleanly():  # SIGTERM/SIGHUP/SIGINT unwind through every cleanup
                 result = super().main(*args, **{**kwargs, "standalone_mode": False})

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from typing import Any
+from typing import Any, NoReturn
 
 from ckpttool.checkpoint import Checkpoint, Record, Storage, TensorRef, contiguous_strides
 from ckpttool.dtypes import BY_SAFETENSORS, DTYPES, DType
@@ -102,7 +102,7 @@ def _check_text(text: str) -> None:
         raise ValueError("a lone surrogate escape in a string") from None
 
 
-def _no_constant(name: str) -> Any:
+def _no_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not JSON")
 
 
