@@ -94,7 +94,7 @@ class ModelRecord:
 
     name: str
     constructor: str
-    args: dict[str, Any]
+    args: dict[str, object]
     input_shape: tuple[int, int, int]
     parameters: int
 
