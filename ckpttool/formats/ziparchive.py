@@ -19,13 +19,10 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING
+from typing import IO, Any
 
 from ckpttool.crc import crc32 as crc32_of
 from ckpttool.errors import CkptError, EncryptedError, LimitError, ZipFormatError
-
-if TYPE_CHECKING:
-    from ckpttool.pickle import Decoded
 
 ZIP_MAGIC = b"PK\x03\x04"
 _EOCD = struct.Struct("<4s4H2LH")
@@ -62,7 +59,7 @@ class ZipArchive:
     order: list[str]
     anomalies: list[str] = field(default_factory=list)
     # each pickle record's inert decoding, by record name: decoded once however many ask
-    decoded: dict[str, Decoded] = field(default_factory=dict)
+    decoded: dict[str, Any] = field(default_factory=dict)
 
     @property
     def root(self) -> str:
