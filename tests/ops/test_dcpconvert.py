@@ -266,6 +266,29 @@ def test_corrupt_chunk_is_one_line(dcp_dirs: dict[int, Path], tmp_path: Path, ru
     assert_nothing_written(tmp_path, tmp_path / "m.safetensors")
 
 
+def test_a_chunk_whose_bytes_changed_is_refused(
+    dcp_dirs: dict[int, Path], tmp_path: Path, run: Callable[..., Result]
+) -> None:
+    """A row chunk is copied file to file unseen; its copy's CRC-32 then disagrees with the one
+    torch.save recorded, and the chunk itself fails it: damaged input, nothing lands."""
+    from ckpttool.formats.dcp import read_dcp_tensors
+    from ckpttool.tensordata import direct_ranges
+
+    copy = _copy(dcp_dirs[2], tmp_path)
+    pieces = direct_ranges(read_dcp_tensors(str(copy))[1]["model.0.weight"])
+    assert pieces is not None and len(pieces) == 2  # split by rows over both ranks: copied piece by piece
+    with open(pieces[1].path, "r+b") as f:
+        f.seek(pieces[1].offset)
+        first = f.read(1)
+        f.seek(pieces[1].offset)
+        f.write(bytes([first[0] ^ 1]))
+    result = run("convert", copy, tmp_path / "m.safetensors")
+    assert result.exit_code == 2, result.stderr
+    assert result.stderr.count("\n") == 1
+    assert "__1_0.distcp" in result.stderr and "CRC-32" in result.stderr and "model.0.weight" in result.stderr
+    assert_nothing_written(tmp_path, tmp_path / "m.safetensors")
+
+
 def test_metadata_disagreeing_with_data_files(
     dcp_dirs: dict[int, Path], tmp_path: Path, run: Callable[..., Result]
 ) -> None:
