@@ -200,7 +200,7 @@ def run(base: Path, layers: int) -> None:
     out.mkdir()
     consolidate = python(CONSOLIDATE_SCRIPT, str(hf), str(out), mapping)
     torchs = run_once(consolidate)
-    show("torch _consolidate_hf_safetensors (HF-layout DCP input, unverified)", torchs)
+    show("torch _consolidate_hf_safetensors (HF layout, unverified)", torchs)
     budget = 2 * max(rows * cols * 4 for _, rows, cols, _ in _spec(layers)) / 2**20 + 300
     print(
         f"DCP row: convert takes {ours.seconds / script.seconds:.2f} of the script (goal <= 0.6) and "

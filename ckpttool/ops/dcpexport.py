@@ -238,8 +238,7 @@ class _ShardWriter:
         """The tensor's output bytes at `position` of `fd`: its chunks copied file to file where
         they are plain runs of rows of the same dtype, else assembled in memory and written."""
         with about(self.src):
-            source = tensor.of(self.refs[tensor.fqn])
-            pieces = direct_ranges(source) if tensor.dtype == tensor.source_dtype else None
+            pieces = self._pieces(tensor)
             if pieces is not None:
                 for piece in pieces:
                     _copy_at(piece, fd, position)
@@ -249,6 +248,13 @@ class _ShardWriter:
                 _write_at(data, fd, position)
         self.progress.advance(tensor.nbytes)
         return pieces if pieces is not None else crc32_of(data)
+
+    def _pieces(self, tensor: DcpTensor) -> list[ByteRange] | None:
+        """The byte ranges of the data files that are the tensor's output bytes, in order, when
+        there are such (no cast; chunks that are runs of whole rows)."""
+        if tensor.dtype != tensor.source_dtype:
+            return None
+        return direct_ranges(tensor.of(self.refs[tensor.fqn]))
 
     def _loaded(self, tensor: DcpTensor) -> torch.Tensor:
         """The tensor in its output dtype, assembled from its chunks (each checked against its
@@ -269,14 +275,18 @@ class _ShardWriter:
                 written[tensor.name] = self._put(tensor, output.handle.fileno(), position)
                 position += tensor.nbytes
         else:
-            _write_pth(output, shard, self._in_memory(shard), written)
+            _write_pth(output, shard, self._records(shard), written)
         return written
 
-    def _in_memory(self, shard: list[DcpTensor]) -> Iterator[tuple[DcpTensor, memoryview]]:
+    def _records(self, shard: list[DcpTensor]) -> Iterator[tuple[DcpTensor, ByteRange | memoryview]]:
+        """Each tensor's `.pth` record: a whole chunk record with its CRC-32 (copied file to
+        file under that CRC), or bytes assembled in memory."""
         for tensor in shard:
             with about(self.src):
-                data = tensor_bytes(self._loaded(tensor))
-            yield tensor, data
+                pieces = self._pieces(tensor)
+                whole = pieces is not None and len(pieces) == 1 and _record_crc(pieces[0]) is not None
+                payload = pieces[0] if pieces is not None and whole else tensor_bytes(self._loaded(tensor))
+            yield tensor, payload
             self.progress.advance(tensor.nbytes)
 
     def _metadata(self) -> dict[str, str]:
@@ -318,6 +328,14 @@ def _holds(span: ByteRange, expected: int | list[ByteRange], path: str) -> bool:
             return False
         done += piece.size
     return done == span.size
+
+
+def _record_crc(span: ByteRange) -> int | None:
+    """The CRC-32 torch.save recorded for exactly these bytes (a whole stored record), if any."""
+    record = span.record
+    if record is None or not record.crc or record.compressed or record.gather is not None:
+        return None
+    return record.crc if (span.offset, span.size) == (record.data_offset(), record.size) else None
 
 
 def _copy_at(piece: ByteRange, fd: int, position: int) -> None:
@@ -366,8 +384,8 @@ def _safetensors_header_matches(path: str, shard: list[DcpTensor], metadata: dic
         raise VerificationError("header does not read back as planned")
 
 
-def _write_pth(output: PendingOutput, shard: list[DcpTensor], data: Iterator[tuple[DcpTensor, memoryview]],
-               crcs: Written) -> None:  # fmt: skip
+def _write_pth(output: PendingOutput, shard: list[DcpTensor],
+               data: Iterator[tuple[DcpTensor, ByteRange | memoryview]], written: Written) -> None:  # fmt: skip
     from ckpttool.formats.torchzip_write import (
         PlannedTensor,
         StorageRecord,
@@ -387,8 +405,12 @@ def _write_pth(output: PendingOutput, shard: list[DcpTensor], data: Iterator[tup
 
     def records() -> Iterator[StorageRecord]:
         for tensor, payload in data:
-            crcs[tensor.name] = crc32_of(payload)
-            yield StorageRecord(keys[tensor.name], data=payload)
+            if isinstance(payload, ByteRange):
+                written[tensor.name] = [payload]
+                yield StorageRecord(keys[tensor.name], span=payload, crc=_record_crc(payload))
+            else:
+                written[tensor.name] = crc32_of(payload)
+                yield StorageRecord(keys[tensor.name], data=payload)
 
     write_torch_zip(output.handle, root_folder(output.final), dumps(state_dict_graph(planned)), records())
 

@@ -162,11 +162,12 @@ def dcp_source(tmp_path: Path) -> Path:
     return folder.resolve()
 
 
+@pytest.mark.parametrize("to", ["safetensors", "pth"])
 def test_dcp_convert_reads_each_chunk_once_and_the_output_once(
-    cli: Callable[..., Any], dcp_source: Path, passes: Passes
+    to: str, cli: Callable[..., Any], dcp_source: Path, passes: Passes
 ) -> None:
-    dst = dcp_source.parent / "out.safetensors"
-    _run(cli, "convert", dcp_source, dst, "--root", "")
+    dst = dcp_source.parent / f"out.{to}"
+    _run(cli, "convert", dcp_source, dst, "--root", "", "--to", to)
     assert dst.exists()
     data_files = [str(p) for p in dcp_source.glob("*.distcp")]
     assert DATA_BYTES <= sum(passes.read[f] for f in data_files) < DATA_BYTES + OVERHEAD
