@@ -8,6 +8,7 @@ back with `torch.load`; every converted tensor must equal it (torch.equal, dtype
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -111,6 +112,25 @@ def test_dcp_to_sharded_safetensors_with_index(
         got.update(part)
     assert_equal_tensors(got, truth)
     assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in truth.values())
+
+
+def test_without_kernel_copies_chunks_are_copied_through_a_buffer(
+    dcp_dirs: dict[int, Path], tmp_path: Path, run: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Filesystems (or kernels) without copy_file_range between two files: the same output."""
+    truth = tensors_of(dcp_truth(dcp_dirs[2], tmp_path))
+
+    tried: list[int] = []
+
+    def unsupported(*args: Any) -> int:
+        tried.append(args[2])
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "copy_file_range", unsupported)
+    result = run("convert", dcp_dirs[2], tmp_path / "all.safetensors", "--root", "")
+    assert result.exit_code == 0, result.stderr
+    assert tried  # the kernel copy was asked for, and refused
+    assert_equal_tensors(load_file(tmp_path / "all.safetensors"), truth)
 
 
 def test_dcp_to_pth_loads_weights_only(dcp_dirs: dict[int, Path], tmp_path: Path, run: Callable[..., Result]) -> None:
