@@ -10,7 +10,7 @@ import click
 
 from ckpttool.errors import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
 
-F = TypeVar("F", bound=Callable[..., Any])
+F = TypeVar("F", bound=Callable[..., object])
 DEBUG_KEY = "ckpttool.debug"
 FORMAT_KEY = "ckpttool.format"  # so that errors can answer in the format asked for
 FORMATS = ("table", "json", "csv")

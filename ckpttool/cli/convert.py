@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Mapping
 
 import click
 
@@ -114,7 +114,7 @@ def _keep_structure(
     root: str | None,
     strip_prefixes: tuple[str, ...],
     renames: list[tuple[str, str]],
-    weights_only: dict[str, Any],
+    weights_only: Mapping[str, object],
     force: bool,
     fmt: str,
 ) -> None:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
 from ckpttool.cli.common import ProgressBar, emit, output_options, path_argument, unstack_option, warn
+
+if TYPE_CHECKING:
+    from ckpttool.checkpoint import Checkpoint
 
 
 @click.command("inspect")
@@ -95,7 +98,7 @@ def inspect_command(
 
 
 def _stats(
-    checkpoint: Any,
+    checkpoint: Checkpoint,
     weights_root: str | None,
     root: str | None,
     patterns: tuple[str, ...],

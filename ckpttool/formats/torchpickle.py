@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ckpttool.buffers import FileData
 from ckpttool.checkpoint import GlobalName, Record, Storage, TensorRef, validate_layout
 from ckpttool.dtypes import storage_dtype
 from ckpttool.errors import FormatError
@@ -77,7 +78,7 @@ def _short(value: Any) -> str:
 
 
 def decode_torch_pickle(
-    data: Any, table: StorageTable, name: str, *, start: int = 0, end: int | None = None
+    data: FileData, table: StorageTable, name: str, *, start: int = 0, end: int | None = None
 ) -> tuple[Decoded, Any]:
     """Decode one torch pickle straight into the model: tensors, storages, dicts."""
     hooks = reader_hooks(table.path, table.resolve)

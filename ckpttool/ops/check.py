@@ -19,11 +19,11 @@ import shlex
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from ckpttool.checkpoint import Checkpoint, TensorRef
 from ckpttool.errors import CkptError, IntegrityError, UnknownFormatError
-from ckpttool.formats import LEGACY, LEGACY_TAR, ZIP, OpenedFile, open_path, read_checkpoint
+from ckpttool.formats import LEGACY, LEGACY_TAR, TORCH_ZIP, OpenedFile, open_path, read_checkpoint
 from ckpttool.ops.keys import (
     Allowance,
     Expected,
@@ -40,9 +40,12 @@ from ckpttool.pickle.weightsonly import allowlist_effect
 from ckpttool.tensordata import verify_storage
 from ckpttool.weights import Weights, all_tensors, find_weights
 
-ERROR, WARNING, INFO = "error", "warning", "info"
+Severity = Literal["error", "warning", "info"]
+ERROR: Severity = "error"
+WARNING: Severity = "warning"
+INFO: Severity = "info"
 READ = "read"  # the check a file that cannot be read fails
-REWRITABLE = frozenset({ZIP, LEGACY, LEGACY_TAR})  # formats `convert --keep-structure` rewrites whole
+REWRITABLE = frozenset({TORCH_ZIP, LEGACY, LEGACY_TAR})  # formats `convert --keep-structure` rewrites whole
 
 
 @dataclass
@@ -56,7 +59,7 @@ class Remedy:
 @dataclass
 class Finding:
     check: str
-    severity: str
+    severity: Severity
     key: str | None
     message: str
     remedy: Remedy | None = None
@@ -93,11 +96,11 @@ class CheckReport:
         return not any(f.severity in failing for f in self.findings)
 
     def add(
-        self, check: str, severity: str, message: str, key: str | None = None, remedy: Remedy | None = None
+        self, check: str, severity: Severity, message: str, key: str | None = None, remedy: Remedy | None = None
     ) -> None:
         self.findings.append(Finding(check, severity, key, message, remedy))
 
-    def count(self, severity: str) -> int:
+    def count(self, severity: Severity) -> int:
         return sum(f.severity == severity for f in self.findings)
 
 
@@ -261,7 +264,7 @@ def _file_safety(result: FileScan, report: CheckReport, where: str) -> None:
         effect = allowlist_effect(result.weights_only.result)
         refused = result.weights_only.result != "loads-after-allowlist"
         why = f"; it refuses: {'; '.join(result.weights_only.reasons)}" if refused else ""
-        remedy = Remedy(effect, [*(f"import {m}" for m in result.imports), result.allowlist])
+        remedy = Remedy(effect, [*result.imports, result.allowlist])
         report.add("safety", WARNING, f"{where}{effect} {result.allowlist}{why}", remedy=remedy)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from ckpttool.atomic import output_set
 from ckpttool.checkpoint import Checkpoint, Storage, TensorRef
 from ckpttool.errors import FormatError, UsageError, VerificationError, about
-from ckpttool.formats import LEGACY, LEGACY_TAR, ZIP, OpenedFile, open_path
+from ckpttool.formats import LEGACY, LEGACY_TAR, TORCH_ZIP, OpenedFile, open_path
 from ckpttool.formats.legacy import main_pickle
 from ckpttool.formats.torchzip import read_pickle, read_torch_zip
 from ckpttool.formats.torchzip_write import StorageRecord, root_folder, storage_class, write_torch_zip
@@ -125,7 +125,7 @@ def rewrite_pickle(
     must decode to (remap changes only locations; renaming keys changes keys too).
     `opened`: the file `checkpoint` was read from; its scan and its pickle are the ones rewritten."""
     src = checkpoint.path
-    if checkpoint.format not in (ZIP, LEGACY, LEGACY_TAR):
+    if checkpoint.format not in (TORCH_ZIP, LEGACY, LEGACY_TAR):
         raise FormatError(f"only torch checkpoints can be rewritten; this is {checkpoint.format}", path=src)
     if opened is None or opened.path != src:
         opened = open_path(src)
@@ -156,7 +156,7 @@ def rewrite_pickle(
 def raw_pickle(src: OpenedFile, fmt: str) -> Decoded:
     """The main pickle as an inert graph, exactly as the file holds it (a zip's as its scan
     decoded it)."""
-    if fmt == ZIP:
+    if fmt == TORCH_ZIP:
         archive = src.probe.archive()
         entry = archive.record("data.pkl")
         assert entry is not None  # read_checkpoint found it

@@ -11,14 +11,17 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from ckpttool.errors import CkptError, NotACheckpointError
+from ckpttool.formatnames import NoPickleKind
 from ckpttool.formats import OpenedFile
 from ckpttool.ops.scan import SAFE, FileScan, scan_file, scan_opened
 from ckpttool.ops.scanfolder import FolderItem, folder_items, same_path
 from ckpttool.pickle.weightsonly import not_applicable
 
-UNREADABLE = "unreadable"  # the verdict an unreadable path has in every output
+Unreadable = Literal["unreadable"]  # the verdict an unreadable path has in every output
+UNREADABLE: Unreadable = "unreadable"
 
 
 @dataclass
@@ -27,7 +30,7 @@ class UnreadableFile:
 
     path: str
     error: str  # the reason, without the path
-    verdict: str = UNREADABLE
+    verdict: Unreadable = UNREADABLE
 
 
 ScanEntry = FileScan | UnreadableFile
@@ -76,7 +79,7 @@ def _no_pickle(path: str, error: str) -> FileScan:
     """A file beside the checkpoint that no format recognises: pickle.load and torch.load
     fail on its first bytes before calling anything."""
     why = "empty" if error.startswith("empty") else "no zip, safetensors, tar or pickle signature"
-    kind = "text" if _is_text(path) else "data"
+    kind: NoPickleKind = "text" if _is_text(path) else "data"
     note = f"{kind} with no pickle ({why}): nothing in it runs code when loaded"
     refusal = not_applicable("not a checkpoint: torch.load refuses it")
     return FileScan(path, kind, SAFE, 0, weights_only=refusal, notes=[note])

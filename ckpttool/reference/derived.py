@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ckpttool.formats import LEGACY, ZIP
+from ckpttool.formats import LEGACY, TORCH_ZIP
 from ckpttool.ops.convert import ConvertOptions, convert
 from ckpttool.ops.remap import parse_mapping, remap
 from ckpttool.reference.manifest import FileRecord
@@ -58,7 +58,7 @@ def _any_format(_record: FileRecord) -> bool:
 
 
 def _torch_format(record: FileRecord) -> bool:
-    return record.format in (ZIP, LEGACY)
+    return record.format in (TORCH_ZIP, LEGACY)
 
 
 def _bare(_record: FileRecord) -> str:

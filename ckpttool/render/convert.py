@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ckpttool.render.text import human_size, key_values, output_width, plural, to_json
 
@@ -30,7 +30,7 @@ def convert_output(report: ConvertReport, fmt: str) -> str:
                 "notes": report.notes,
             }
         )
-    pairs: list[tuple[str, Any]] = [
+    pairs: list[tuple[str, object]] = [
         ("source", report.source),
         ("weights", f"'{report.weights_root}'" if report.weights_root else "the whole file"),
         ("wrote", ", ".join(report.outputs)),
@@ -73,7 +73,7 @@ def rekey_output(report: RekeyReport, fmt: str) -> str:
             }
         )
     width = output_width()
-    pairs: list[tuple[str, Any]] = [
+    pairs: list[tuple[str, object]] = [
         ("source", report.source),
         ("weights", f"'{report.weights_root}'" if report.weights_root else "the whole file"),
         ("wrote", report.output),

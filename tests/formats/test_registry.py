@@ -14,9 +14,10 @@ from support.paths import COMMITTED_DIR
 
 from ckpttool.checkpoint import Checkpoint
 from ckpttool.errors import CkptError, UnknownFormatError, ZipFormatError
+from ckpttool.formatnames import FormatName
 from ckpttool.formats import detect, find_pickles, read_checkpoint, registry
 from ckpttool.formats import format as format_module
-from ckpttool.formats.format import Format, FormatName, Found, Probe
+from ckpttool.formats.format import Format, Found, Probe
 from ckpttool.ops.scan import scan_file
 
 FIXTURES = sorted(COMMITTED_DIR / n for n in os.listdir(COMMITTED_DIR))
