@@ -80,7 +80,7 @@ def convert_command(src: str, dst: str, to: str | None, root: str | None, dtype:
         _keep_structure(src, dst, root, strip_prefixes, _pairs(renames, "--rename"), weights_only, force, fmt)
         return
     from ckpttool import render
-    from ckpttool.ops.convert import ConvertOptions, convert, parse_size
+    from ckpttool.ops.convert.converting import ConvertOptions, convert, parse_size
 
     options = ConvertOptions(
         to=to or ("safetensors" if dst.endswith(".safetensors") else "pth"),
@@ -121,8 +121,8 @@ def _keep_structure(
     """The whole file with renamed keys; the options that shape a weights-only output are refused."""
     from ckpttool import render
     from ckpttool.errors import UsageError
-    from ckpttool.ops.convert import destination_folder
-    from ckpttool.ops.rekey import rekey
+    from ckpttool.ops.convert.converting import destination_folder
+    from ckpttool.ops.rewrite.rekeying import rekey
 
     clashes = [option for option, given in weights_only.items() if given]
     if clashes:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ckpttool.formats import LEGACY, ZIP
-from ckpttool.ops.convert import ConvertOptions, convert
-from ckpttool.ops.remap import parse_mapping, remap
+from ckpttool.ops.convert.converting import ConvertOptions, convert
+from ckpttool.ops.rewrite.remapping import parse_mapping, remap
 from ckpttool.reference.manifest import FileRecord
 
 # The fixture as it is, and each file made from it, in the order they are checked.

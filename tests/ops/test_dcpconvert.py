@@ -27,9 +27,9 @@ from ops.dcp_make import free_port
 from ops.support import assert_nothing_written, temp_files
 from safetensors.torch import load_file, save_file
 
-from ckpttool.ops.dcpio import groups
-from ckpttool.ops.dcpmeta import read_dcp_metadata
-from ckpttool.ops.dcpranks import Ranks
+from ckpttool.ops.convert.dcp.groups import groups
+from ckpttool.ops.convert.dcp.meta import read_dcp_metadata
+from ckpttool.ops.convert.dcp.ranks import Ranks
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -442,7 +442,7 @@ class _Recorder:
 
 
 def test_one_progress_bar_per_output_file(dcp_dirs: dict[int, Path], tmp_path: Path) -> None:
-    from ckpttool.ops.convert import ConvertOptions, convert
+    from ckpttool.ops.convert.converting import ConvertOptions, convert
 
     recorder = _Recorder()
     options = ConvertOptions(to="safetensors", root="", shard_size=200)

@@ -109,7 +109,7 @@ def inspect_checkpoint(path: str, root: str | None = None) -> InspectReport:
 
 def danger_notes(opened: OpenedFile) -> list[str]:
     """Reading a file is harmless here, loading it may not be: say so when scan calls it dangerous."""
-    from ckpttool.ops.scan import danger, scan_opened
+    from ckpttool.ops.safety.scan import danger, scan_opened
 
     try:
         found = danger(scan_opened(opened))

@@ -17,7 +17,7 @@ from typing import Any
 from ckpttool.checkpoint import PickledObject, TensorRef
 from ckpttool.formats import read_checkpoint
 from ckpttool.formats.dcp_megatron import optimizer_by_parameter
-from ckpttool.ops.inspect import jsonable
+from ckpttool.ops.inspect.report import jsonable
 from ckpttool.scalars import read_scalar
 from ckpttool.weights import find_weights, module_parameters, walk
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from ckpttool.errors import CkptError, NotACheckpointError
 from ckpttool.formats import OpenedFile
-from ckpttool.ops.scan import SAFE, FileScan, scan_file, scan_opened
-from ckpttool.ops.scanfolder import FolderItem, folder_items, same_path
+from ckpttool.ops.safety.folder import FolderItem, folder_items, same_path
+from ckpttool.ops.safety.scan import SAFE, FileScan, scan_file, scan_opened
 from ckpttool.pickle.weightsonly import not_applicable
 
 UNREADABLE = "unreadable"  # the verdict an unreadable path has in every output

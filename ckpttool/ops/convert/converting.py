@@ -43,8 +43,8 @@ from ckpttool.formats.torchzip_write import (
     storage_numel,
     write_torch_zip,
 )
-from ckpttool.ops.sources import FileSource, Source, TrustedSource, file_sources
-from ckpttool.ops.unstack import unstack_checkpoint
+from ckpttool.ops.convert.sources import FileSource, Source, TrustedSource, file_sources
+from ckpttool.ops.convert.unstack import unstack_checkpoint
 from ckpttool.pickle.writer import dumps
 from ckpttool.tensordata import (
     ByteRange,
@@ -160,7 +160,7 @@ def convert(src: str, dst: str, options: ConvertOptions, progress: Progress | No
 
 
 def _convert(src: str, dst: str, options: ConvertOptions, progress: Progress | None) -> ConvertReport:
-    from ckpttool.ops.dcpconvert import convert_dcp
+    from ckpttool.ops.convert.dcp.into import convert_dcp
 
     dcp_report = convert_dcp(src, dst, options, progress or NoProgress())  # into or out of a DCP folder
     if dcp_report is not None:
@@ -203,7 +203,7 @@ def _convert(src: str, dst: str, options: ConvertOptions, progress: Progress | N
 
 def _sources(src: str, options: ConvertOptions) -> tuple[list[tuple[str, Source]], str | None, list[str]]:
     if options.trust:
-        from ckpttool.ops.trust import trusted_weights
+        from ckpttool.ops.safety.trust import trusted_weights
 
         if options.unstack:
             raise UsageError("--unstack reads SRC itself; it does not combine with --trust")
@@ -420,7 +420,7 @@ def _storage_records(shard: list[OutputTensor], progress: Progress) -> Iterator[
 
 
 def _verify_pth(path: str, shard: list[OutputTensor]) -> None:
-    from ckpttool.ops.trust import torch_accepts
+    from ckpttool.ops.safety.trust import torch_accepts
 
     torch_accepts(path, {n: (o.dtype, o.source.shape) for o in shard for _, n in o.names})
     weights = read_torch_zip(path).root

@@ -33,7 +33,7 @@ from ckpttool.errors import (
 )
 from ckpttool.formats.dcp_megatron import is_torch_dist_folder
 from ckpttool.leftovers import temp_prefix
-from ckpttool.ops.convert import (
+from ckpttool.ops.convert.converting import (
     PTH,
     ConvertOptions,
     ConvertReport,
@@ -42,10 +42,10 @@ from ckpttool.ops.convert import (
     _plan,
     _sources,
 )
-from ckpttool.ops.dcpexport import convert_from_dcp
-from ckpttool.ops.dcpio import Stopped, groups, inside_dcp, load_group
-from ckpttool.ops.dcpmeta import is_dcp_folder, read_dcp_metadata
-from ckpttool.ops.dcpranks import Ranks, current_ranks, together
+from ckpttool.ops.convert.dcp.export import convert_from_dcp
+from ckpttool.ops.convert.dcp.groups import Stopped, groups, inside_dcp, load_group
+from ckpttool.ops.convert.dcp.meta import is_dcp_folder, read_dcp_metadata
+from ckpttool.ops.convert.dcp.ranks import Ranks, current_ranks, together
 from ckpttool.signals import held, stop_pending
 from ckpttool.tensordata import cast, tensor_bytes, torch_dtype
 

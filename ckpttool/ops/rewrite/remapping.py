@@ -23,7 +23,7 @@ from ckpttool.formats.legacy import main_pickle
 from ckpttool.formats.torchzip import read_pickle, read_torch_zip
 from ckpttool.formats.torchzip_write import StorageRecord, root_folder, storage_class, write_torch_zip
 from ckpttool.formats.ziparchive import open_archive
-from ckpttool.ops.equivalence import equivalent
+from ckpttool.ops.compare.equivalence import equivalent
 from ckpttool.pickle import Call, Decoded, Global, PersistentRef
 from ckpttool.pickle.writer import dumps
 from ckpttool.tensordata import ByteRange, crc32, inflate_storage, verify_record
@@ -68,8 +68,8 @@ def refuse_dangerous(src: OpenedFile, force: bool) -> None:
     (dangerous, or calls neither vetted nor allowed in pyproject.toml), naming what it
     found, unless forced."""
     from ckpttool.errors import DangerousSourceError
-    from ckpttool.ops.allowconfig import allowed_names
-    from ckpttool.ops.scan import UNKNOWN_CALL, danger, scan_opened
+    from ckpttool.ops.safety.allowconfig import allowed_names
+    from ckpttool.ops.safety.scan import UNKNOWN_CALL, danger, scan_opened
 
     result = scan_opened(src, allowed_names(()))
     found = danger(result)
@@ -94,7 +94,7 @@ def remap(
 ) -> RemapReport:
     """`progress`, when given, has `start(total_bytes)` and `advance(bytes)` (as convert's)."""
     if trust:
-        from ckpttool.ops.trust import trusted_remap
+        from ckpttool.ops.safety.trust import trusted_remap
 
         trusted: RemapReport = trusted_remap(src, dst, mapping, force)
         return trusted

@@ -21,8 +21,8 @@ from ckpttool.checkpoint import TensorRef
 from ckpttool.errors import UsageError, WeightsNotFoundError, about
 from ckpttool.formats import read_checkpoint
 from ckpttool.interpret import StateDict
-from ckpttool.ops.convert import rename
-from ckpttool.ops.remap import RemapReport, rewrite_pickle
+from ckpttool.ops.convert.converting import rename
+from ckpttool.ops.rewrite.remapping import RemapReport, rewrite_pickle
 from ckpttool.pickle import Call
 from ckpttool.weights import find_weights, resolve_path
 

@@ -30,7 +30,7 @@ from ckpttool.errors import (
     about,
 )
 from ckpttool.formats.dcp_megatron import refuse_unconvertible
-from ckpttool.ops.convert import (
+from ckpttool.ops.convert.converting import (
     SAFETENSORS,
     ConvertOptions,
     ConvertReport,
@@ -38,10 +38,10 @@ from ckpttool.ops.convert import (
     _shard_paths,
     rename,
 )
-from ckpttool.ops.dcpio import groups, load_group
-from ckpttool.ops.dcpmeta import read_checked
-from ckpttool.ops.dcpranks import Ranks, current_ranks, together
-from ckpttool.ops.unstack import layer_names
+from ckpttool.ops.convert.dcp.groups import groups, load_group
+from ckpttool.ops.convert.dcp.meta import read_checked
+from ckpttool.ops.convert.dcp.ranks import Ranks, current_ranks, together
+from ckpttool.ops.convert.unstack import layer_names
 from ckpttool.signals import held
 from ckpttool.tensordata import cast, crc32, direct_range, tensor_bytes
 from ckpttool.weights import find_weights, join
@@ -263,7 +263,7 @@ class _ShardWriter:
             tensors = read_safetensors(path).root
         else:
             from ckpttool.formats.torchzip import read_torch_zip
-            from ckpttool.ops.trust import torch_accepts
+            from ckpttool.ops.safety.trust import torch_accepts
 
             torch_accepts(path, {t.name: (t.dtype, t.shape) for t in shard})
             tensors = read_torch_zip(path).root

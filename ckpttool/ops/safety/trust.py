@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 
 def refuse_if_dangerous(path: str, force: bool) -> None:
-    from ckpttool.ops.scan import danger, scan_file
+    from ckpttool.ops.safety.scan import danger, scan_file
 
     found = danger(scan_file(path))
     if found is not None and not force:
@@ -95,7 +95,7 @@ def trusted_remap(src: str, dst: str, mapping: Any, force: bool) -> Any:
     import torch
 
     from ckpttool.atomic import output_set
-    from ckpttool.ops.remap import RemapReport, map_location
+    from ckpttool.ops.rewrite.remapping import RemapReport, map_location
 
     obj = trusted_load(
         src, force, map_location=lambda storage, location: _restore(storage, map_location(location, mapping))

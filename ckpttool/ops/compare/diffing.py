@@ -27,16 +27,16 @@ from typing import TYPE_CHECKING, Any
 from ckpttool.checkpoint import PickledObject, TensorRef
 from ckpttool.errors import about
 from ckpttool.formats import read_checkpoint
-from ckpttool.ops.entrycompare import same_entry
-from ckpttool.ops.equivalence import equivalent
-from ckpttool.ops.inspect import entry_values, jsonable
-from ckpttool.ops.unstack import unstack_checkpoint
-from ckpttool.ops.valuediff import Tolerance, compare_values
+from ckpttool.ops.compare.entries import same_entry
+from ckpttool.ops.compare.equivalence import equivalent
+from ckpttool.ops.compare.values import Tolerance, compare_values
+from ckpttool.ops.convert.unstack import unstack_checkpoint
+from ckpttool.ops.inspect.report import entry_values, jsonable
 from ckpttool.tensormap import MappedFiles
 from ckpttool.weights import all_tensors, find_weights, walk
 
 if TYPE_CHECKING:
-    from ckpttool.ops.convert import Progress
+    from ckpttool.ops.convert.converting import Progress
 
 __all__ = ["DiffOptions", "DiffReport", "Tolerance", "diff"]
 

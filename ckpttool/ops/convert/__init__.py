@@ -1,0 +1,1 @@
+"""Writing a checkpoint's weights in another format: safetensors, .pth, DCP."""

@@ -1,0 +1,1 @@
+"""What is in a checkpoint: the inspect report, per-tensor statistics, optimizer state."""
