@@ -80,10 +80,10 @@ def convert_command(src: str, dst: str, to: str | None, root: str | None, dtype:
         _keep_structure(src, dst, root, strip_prefixes, _pairs(renames, "--rename"), weights_only, force, fmt)
         return
     from ckpttool import render
-    from ckpttool.ops.convert.converting import ConvertOptions, convert, parse_size
+    from ckpttool.ops.convert import ConvertOptions, convert, default_target, parse_size
 
     options = ConvertOptions(
-        to=to or ("safetensors" if dst.endswith(".safetensors") else "pth"),
+        to=to or default_target(dst),
         root=root,
         dtype=dtype,
         shard_size=parse_size(shard_size) if shard_size else None,

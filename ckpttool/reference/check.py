@@ -29,7 +29,7 @@ from torch import nn
 
 from ckpttool.errors import CkptError, UsageError
 from ckpttool.formats import read_checkpoint
-from ckpttool.load import load, load_state_dict
+from ckpttool.materialize import load, load_state_dict
 from ckpttool.reference.compare import (
     DEFAULT_TOLERANCE,
     Comparison,

@@ -19,7 +19,7 @@ from click.testing import Result
 from conftest import REPO, cli_json
 from safetensors.torch import load_file
 
-from ckpttool.load import load
+from ckpttool.materialize import load
 
 Cli = Callable[..., Result]
 FILES = REPO / "fixtures" / "files"

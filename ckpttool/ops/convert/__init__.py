@@ -1,1 +1,49 @@
-"""Writing a checkpoint's weights in another format: safetensors, .pth, DCP."""
+"""Writing a checkpoint's weights in another format: safetensors, `.pth`, DCP (`dcp/`)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ckpttool.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from ckpttool.ops.convert.converting import (
+        ConvertOptions,
+        ConvertReport,
+        NoProgress,
+        Progress,
+        convert,
+        default_target,
+        destination_folder,
+        parse_size,
+        rename,
+    )
+    from ckpttool.ops.convert.unstack import layer_names, unstack_checkpoint
+
+_EXPORTS = {
+    "ConvertOptions": ".converting",
+    "ConvertReport": ".converting",
+    "NoProgress": ".converting",
+    "Progress": ".converting",
+    "convert": ".converting",
+    "default_target": ".converting",
+    "destination_folder": ".converting",
+    "parse_size": ".converting",
+    "rename": ".converting",
+    "layer_names": ".unstack",
+    "unstack_checkpoint": ".unstack",
+}
+__all__ = [
+    "ConvertOptions",
+    "ConvertReport",
+    "NoProgress",
+    "Progress",
+    "convert",
+    "default_target",
+    "destination_folder",
+    "layer_names",
+    "parse_size",
+    "rename",
+    "unstack_checkpoint",
+]
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -132,6 +132,11 @@ class ConvertReport:
     notes: list[str] = field(default_factory=list)
 
 
+def default_target(dst: str) -> str:
+    """The target a destination's name implies: safetensors for `*.safetensors`, else a torch `.pth`."""
+    return SAFETENSORS if dst.endswith(".safetensors") else PTH
+
+
 @contextlib.contextmanager
 def destination_folder(dst: str) -> Iterator[None]:
     """The folder `dst` goes into, created as `mkdir -p` would when missing (shards and

@@ -58,6 +58,7 @@ class OptimizerReport:
 
 
 def optimizers(path: str, model_params: list[tuple[str, tuple[int, ...]]] | None = None) -> list[OptimizerReport]:
+    """Every optimizer state_dict in the file; `model_params` (name, shape) names their parameters exactly."""
     checkpoint = read_checkpoint(path)
     found = [(p, node) for p, node in walk(checkpoint.root) if _is_optimizer_state(node)]
     megatron = optimizer_by_parameter(checkpoint.root) if checkpoint.format == "dcp" else None

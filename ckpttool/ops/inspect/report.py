@@ -103,6 +103,7 @@ class InspectReport:
 
 
 def inspect_checkpoint(path: str, root: str | None = None) -> InspectReport:
+    """What `ckpttool inspect` shows of a file, as data; `root` names the weights when the guess is wrong."""
     opened = open_path(path)
     return describe(opened.checkpoint(), root, opened)
 

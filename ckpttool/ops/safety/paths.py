@@ -37,6 +37,7 @@ NO_PICKLE_FORMATS = ("text", "data")  # what a folder's files that are no checkp
 
 
 def scan_paths(paths: Sequence[str], allow: Mapping[str, str] | None = None) -> list[ScanEntry]:
+    """One entry per file, in order: each path given, every file under a folder, an unreadable path too."""
     entries: list[ScanEntry] = []
     for path in paths:
         entries.extend(scan_folder(path, allow) if os.path.isdir(path) else [_scan_one(path, allow)])
