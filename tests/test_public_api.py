@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 
 import ckpttool
 from ckpttool.cli import main
+from ckpttool.ops.convert import Ranks
 
 STATE_DICT = COMMITTED_DIR / "cnn_state_dict.pth"
 CHECKPOINT = COMMITTED_DIR / "checkpoint.pth.tar"  # {"state_dict": ..., "epoch": ...}
@@ -164,3 +165,17 @@ def test_every_failure_is_a_ckpt_error_naming_the_file(tmp_path: Path) -> None:
         assert str(garbage) in str(caught.value)
     with pytest.raises(ckpttool.CkptError, match="exists"):
         ckpttool.convert(str(STATE_DICT), str(garbage))
+
+
+def test_the_library_reads_no_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Called from a program torchrun started, convert is one process unless given ranks:
+    no refusal, no process group set up behind the caller's back."""
+    for name, value in {"WORLD_SIZE": "2", "RANK": "1", "MASTER_ADDR": "127.0.0.1"}.items():
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "model.safetensors"
+    ckpttool.convert(str(STATE_DICT), str(out))
+    assert_same_tensors(load_file(out), torch_load_trusted(STATE_DICT))
+    assert not torch.distributed.is_initialized()
+    shared = ckpttool.ConvertOptions(ranks=Ranks(0, 2))
+    with pytest.raises(ckpttool.CkptError, match="only conversions into or out of a DCP folder"):
+        ckpttool.convert(str(STATE_DICT), str(tmp_path / "shared.safetensors"), shared)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ckpttool.formats import LEGACY, ZIP
 from ckpttool.ops.convert.converting import ConvertOptions, convert
+from ckpttool.ops.convert.targets import ConvertTarget
 from ckpttool.ops.rewrite.remapping import parse_mapping, remap
 from ckpttool.reference.manifest import FileRecord
 
@@ -41,7 +42,7 @@ class Derivation:
     locations: tuple[str, ...] | None = None
 
 
-def _convert_to(target: str) -> Callable[[Path, Path], None]:
+def _convert_to(target: ConvertTarget) -> Callable[[Path, Path], None]:
     def make(source: Path, destination: Path) -> None:
         # No root given: convert finds the weights as it would for a user.
         convert(str(source), str(destination), ConvertOptions(to=target, force=True))

@@ -13,11 +13,12 @@ if TYPE_CHECKING:
         NoProgress,
         Progress,
         convert,
-        default_target,
         destination_folder,
         parse_size,
         rename,
     )
+    from ckpttool.ops.convert.dcp.ranks import Ranks
+    from ckpttool.ops.convert.targets import TARGETS, ConvertTarget, default_target
     from ckpttool.ops.convert.unstack import layer_names, unstack_checkpoint
 
 _EXPORTS = {
@@ -26,18 +27,24 @@ _EXPORTS = {
     "NoProgress": ".converting",
     "Progress": ".converting",
     "convert": ".converting",
-    "default_target": ".converting",
     "destination_folder": ".converting",
     "parse_size": ".converting",
     "rename": ".converting",
+    "Ranks": ".dcp.ranks",
+    "TARGETS": ".targets",
+    "ConvertTarget": ".targets",
+    "default_target": ".targets",
     "layer_names": ".unstack",
     "unstack_checkpoint": ".unstack",
 }
 __all__ = [
     "ConvertOptions",
     "ConvertReport",
+    "ConvertTarget",
     "NoProgress",
     "Progress",
+    "Ranks",
+    "TARGETS",
     "convert",
     "default_target",
     "destination_folder",

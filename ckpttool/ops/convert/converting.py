@@ -43,7 +43,9 @@ from ckpttool.formats.torchzip_write import (
     storage_numel,
     write_torch_zip,
 )
+from ckpttool.ops.convert.dcp.ranks import Ranks
 from ckpttool.ops.convert.sources import FileSource, Source, TrustedSource, file_sources
+from ckpttool.ops.convert.targets import PTH, SAFETENSORS, ConvertTarget
 from ckpttool.ops.convert.unstack import unstack_checkpoint
 from ckpttool.pickle.writer import dumps
 from ckpttool.tensordata import (
@@ -56,8 +58,6 @@ from ckpttool.tensordata import (
     tensor_bytes,
     verify_tensor,
 )
-
-SAFETENSORS, PTH = "safetensors", "pth"
 
 
 class Progress(Protocol):
@@ -77,7 +77,7 @@ class NoProgress:
 
 @dataclass
 class ConvertOptions:
-    to: str = SAFETENSORS
+    to: ConvertTarget = SAFETENSORS
     root: str | None = None
     dtype: str | None = None
     shard_size: int | None = None
@@ -87,7 +87,9 @@ class ConvertOptions:
     dedupe: bool = False
     force: bool = False
     trust: bool = False
-    unstack: bool = False  # Megatron-Core's stacked layers, one tensor per layer (ops/unstack.py)
+    unstack: bool = False  # Megatron-Core's stacked layers, one tensor per layer (convert/unstack.py)
+    # The processes sharing a DCP conversion; one by default. The command passes torchrun's ranks in.
+    ranks: Ranks = field(default_factory=Ranks)
 
 
 @dataclass
@@ -130,11 +132,6 @@ class ConvertReport:
     aliases: dict[str, str] = field(default_factory=dict)
     cast: int = 0
     notes: list[str] = field(default_factory=list)
-
-
-def default_target(dst: str) -> str:
-    """The target a destination's name implies: safetensors for `*.safetensors`, else a torch `.pth`."""
-    return SAFETENSORS if dst.endswith(".safetensors") else PTH
 
 
 @contextlib.contextmanager

@@ -31,7 +31,6 @@ from ckpttool.errors import (
 )
 from ckpttool.formats.dcp_megatron import refuse_unconvertible
 from ckpttool.ops.convert.converting import (
-    SAFETENSORS,
     ConvertOptions,
     ConvertReport,
     Progress,
@@ -40,7 +39,8 @@ from ckpttool.ops.convert.converting import (
 )
 from ckpttool.ops.convert.dcp.groups import groups, load_group
 from ckpttool.ops.convert.dcp.meta import read_checked
-from ckpttool.ops.convert.dcp.ranks import Ranks, current_ranks, together
+from ckpttool.ops.convert.dcp.ranks import Ranks, together
+from ckpttool.ops.convert.targets import SAFETENSORS
 from ckpttool.ops.convert.unstack import layer_names
 from ckpttool.signals import held
 from ckpttool.tensordata import cast, crc32, direct_range, tensor_bytes
@@ -81,7 +81,7 @@ def _numel(shape: tuple[int, ...]) -> int:
 def convert_from_dcp(src: str, dst: str, options: ConvertOptions, progress: Progress) -> ConvertReport:
     if options.dedupe:
         raise UsageError("--dedupe: a DCP checkpoint holds no tied tensors")
-    ranks = current_ranks()
+    ranks = options.ranks
     metadata, tensors, root, notes = _dcp_plan(src, options)
     shards = list(groups(tensors, lambda t: t.nbytes, options.shard_size)) if options.shard_size else [tensors]
     paths = _shard_paths(dst, len(shards))

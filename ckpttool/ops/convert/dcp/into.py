@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ckpttool.atomic import TEMP_SUFFIX, clear_leftovers
 from ckpttool.errors import (
@@ -34,7 +34,6 @@ from ckpttool.errors import (
 from ckpttool.formats.dcp_megatron import is_torch_dist_folder
 from ckpttool.leftovers import temp_prefix
 from ckpttool.ops.convert.converting import (
-    PTH,
     ConvertOptions,
     ConvertReport,
     OutputTensor,
@@ -45,15 +44,10 @@ from ckpttool.ops.convert.converting import (
 from ckpttool.ops.convert.dcp.export import convert_from_dcp
 from ckpttool.ops.convert.dcp.groups import Stopped, groups, inside_dcp, load_group
 from ckpttool.ops.convert.dcp.meta import is_dcp_folder, read_dcp_metadata
-from ckpttool.ops.convert.dcp.ranks import Ranks, current_ranks, together
+from ckpttool.ops.convert.dcp.ranks import Ranks, together
+from ckpttool.ops.convert.targets import DCP, PTH
 from ckpttool.signals import held, stop_pending
 from ckpttool.tensordata import cast, tensor_bytes, torch_dtype
-
-if TYPE_CHECKING:
-    pass
-
-DCP = "dcp"
-
 
 # -- into DCP ----------------------------------------------------------------------------------
 
@@ -63,7 +57,7 @@ def convert_to_dcp(src: str, dst: str, options: ConvertOptions, progress: Progre
                               "--metadata": options.metadata})  # fmt: skip
     if is_dcp_folder(src) and not is_torch_dist_folder(src):  # Megatron's layout becomes plain DCP
         raise UsageError(f"{src} is a DCP checkpoint already")
-    ranks = current_ranks()
+    ranks = options.ranks
     sources, weights_root, notes = _sources(src, options)
     outputs = _plan(sources, options, notes)
     _check_folder_destination(src, dst, options.force)
@@ -188,7 +182,7 @@ def convert_dcp(src: str, dst: str, options: ConvertOptions, progress: Progress)
         if options.trust:
             raise UsageError("--trust does not apply to a DCP checkpoint: it is read without running code")
         return convert_from_dcp(src, dst, options, progress)
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+    if options.ranks.distributed:
         # Every rank would write the same file: only DCP conversions are split across ranks.
         raise UsageError("under torchrun only conversions into or out of a DCP folder are split; run this one alone")
     return None

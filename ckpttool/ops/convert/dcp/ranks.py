@@ -1,9 +1,9 @@
-"""The processes a conversion is split across: one, or the ranks `torchrun` started.
+"""The processes a conversion is split across: one, or the ranks of a process group.
 
-Under `torchrun` (RANK and WORLD_SIZE in the environment) the default process group is
-set up on gloo, so the same command runs on CPU-only machines; every rank takes a share
-of the tensors, and the ranks agree on success before anything lands. One process needs
-no process group at all (DCP runs with `no_dist=True`).
+The caller says which (`ConvertOptions.ranks`; the command passes the ranks `torchrun`
+started, `cli/torchrun.py`): every rank takes a share of the tensors, and the ranks agree
+on success before anything lands. One process needs no process group at all (DCP runs
+with `no_dist=True`).
 
 Every step that can fail on one rank alone ends in `agree`, a collective all ranks reach
 whatever happened, so a failure on one rank never leaves the others waiting.
@@ -11,15 +11,12 @@ whatever happened, so a failure on one rank never leaves the others waiting.
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import os
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from ckpttool.errors import CkptError, UsageError
+from ckpttool.errors import CkptError
+from ckpttool.ops.convert.targets import DCP
 
 T = TypeVar("T")
 
@@ -81,66 +78,12 @@ class Ranks:
         return out
 
 
-def current_ranks() -> Ranks:
-    """One process, or this rank of the group torchrun describes (set up here on gloo)."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world <= 1:
-        return Ranks()
-    if "RANK" not in os.environ or "MASTER_ADDR" not in os.environ:
-        raise UsageError("WORLD_SIZE is set without RANK and MASTER_ADDR; run under torchrun")
-    import torch.distributed as dist
+def split_across_ranks(src: str, to: str) -> bool:
+    """Whether ranks can share this conversion: into DCP, or out of a DCP folder. Any other
+    would have every rank write the same file."""
+    from ckpttool.ops.convert.dcp.meta import is_dcp_folder
 
-    if not dist.is_initialized():
-        dist.init_process_group("gloo")
-        _set_up_here.append(True)
-        atexit.register(_close_group)
-    return Ranks(dist.get_rank(), dist.get_world_size())
-
-
-def _close_group() -> None:
-    """Tear the group down while Python still runs: gloo's threads left to the C++ runtime's
-    exit abort the process ("terminate called without an active exception"). The barrier
-    keeps one rank from closing its connections while another still reads from them; it
-    gives up on a rank that is gone after `CLOSE_TIMEOUT` (a failure is never a hang)."""
-    from datetime import timedelta
-
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        return
-    try:
-        dist.monitored_barrier(timeout=timedelta(seconds=CLOSE_TIMEOUT))
-    except RuntimeError:
-        pass  # a rank already gone: nothing left to wait for
-    finally:
-        dist.destroy_process_group()
-
-
-CLOSE_TIMEOUT = 60
-
-
-_set_up_here: list[bool] = []  # whether this process's group is the one `current_ranks` set up
-
-
-def joined() -> bool:
-    """Whether this process is in the group `current_ranks` set up (a group the caller set
-    up is the caller's to end; torch is never imported to find out)."""
-    distributed = sys.modules.get("torch.distributed")
-    return bool(_set_up_here) and distributed is not None and distributed.is_initialized()
-
-
-def leave(code: int) -> None:
-    """The end of a process that joined a torchrun group, whatever the exit code: every rank
-    meets the others at a barrier, the group is destroyed, and the process ends here, its
-    output flushed, without running the C++ runtime's exit, where threads gloo started
-    (and torch never joins) abort the process now and then. Does nothing elsewhere."""
-    if not joined():
-        return
-    _close_group()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):  # a closed pipe has nothing left to flush
-            stream.flush()
-    os._exit(code)
+    return to == DCP or is_dcp_folder(src)
 
 
 def together(ranks: Ranks, step: Callable[[], T]) -> T:
