@@ -170,10 +170,10 @@ def _convert(src: str, dst: str, options: ConvertOptions, progress: Progress | N
     if options.to == PTH and dst.endswith(".safetensors"):
         # torch.load reads any *.safetensors file as safetensors, so it could not load this one
         raise UsageError(f"{dst}: a .pth written under a .safetensors name; name it .pth or use --to safetensors")
-    sources, weights_root, notes = _sources(src, options)
-    outputs = _plan(sources, options, notes)
+    sources, weights_root, notes = weight_sources(src, options)
+    outputs = plan_outputs(sources, options, notes)
     shards = _shard(outputs, options.shard_size)
-    paths = _shard_paths(dst, len(shards))
+    paths = shard_paths(dst, len(shards))
     index = [dst + ".index.json"] if len(shards) > 1 else []
     progress = progress or NoProgress()
     progress.start(sum(o.nbytes for o in outputs))
@@ -203,7 +203,7 @@ def _convert(src: str, dst: str, options: ConvertOptions, progress: Progress | N
 # -- what to write -------------------------------------------------------------------------------
 
 
-def _sources(src: str, options: ConvertOptions) -> tuple[list[tuple[str, Source]], str | None, list[str]]:
+def weight_sources(src: str, options: ConvertOptions) -> tuple[list[tuple[str, Source]], str | None, list[str]]:
     if options.trust:
         from ckpttool.ops.safety.trust import trusted_weights
 
@@ -219,7 +219,7 @@ def _sources(src: str, options: ConvertOptions) -> tuple[list[tuple[str, Source]
     return sources, weights_root, notes
 
 
-def _plan(sources: list[tuple[str, Source]], options: ConvertOptions, notes: list[str]) -> list[OutputTensor]:
+def plan_outputs(sources: list[tuple[str, Source]], options: ConvertOptions, notes: list[str]) -> list[OutputTensor]:
     if not sources:
         raise WeightsNotFoundError("no tensors to convert")
     names = rename([name for name, _ in sources], options.strip_prefixes, options.renames, notes)
@@ -292,7 +292,7 @@ def _shard(outputs: list[OutputTensor], limit: int | None) -> list[list[OutputTe
     return shards
 
 
-def _shard_paths(dst: str, count: int) -> list[str]:
+def shard_paths(dst: str, count: int) -> list[str]:
     if count == 1:
         return [dst]
     folder, name = os.path.split(dst)

@@ -17,8 +17,8 @@ from typing import Any
 
 from ckpttool.atomic import output_set
 from ckpttool.checkpoint import Checkpoint, Storage, TensorRef
-from ckpttool.errors import FormatError, UsageError, VerificationError, about
-from ckpttool.formats import LEGACY, LEGACY_TAR, ZIP, OpenedFile, open_path
+from ckpttool.errors import CkptError, FormatError, UsageError, VerificationError, about
+from ckpttool.formats import LEGACY, LEGACY_TAR, ZIP, OpenedFile, open_path, read_checkpoint
 from ckpttool.formats.legacy import main_pickle
 from ckpttool.formats.torchzip import read_pickle, read_torch_zip
 from ckpttool.formats.torchzip_write import StorageRecord, root_folder, storage_class, write_torch_zip
@@ -94,10 +94,7 @@ def remap(
 ) -> RemapReport:
     """`progress`, when given, has `start(total_bytes)` and `advance(bytes)` (as convert's)."""
     if trust:
-        from ckpttool.ops.safety.trust import trusted_remap
-
-        trusted: RemapReport = trusted_remap(src, dst, mapping, force)
-        return trusted
+        return trusted_remap(src, dst, mapping, force)
     opened = open_path(src)
     checkpoint = opened.checkpoint()
     report = RemapReport(src, dst, len(checkpoint.storages))
@@ -247,3 +244,44 @@ def _crc(storage: Storage) -> int:
     record = storage.record
     assert record is not None
     return crc32(ByteRange(record.path, record.data_offset(), record.size))
+
+
+# -- remap --trust ---------------------------------------------------------------------------------
+
+
+def trusted_remap(src: str, dst: str, mapping: LocationMap, force: bool) -> RemapReport:
+    """`remap --trust`: torch itself loads SRC with the new locations and saves it."""
+    import torch
+
+    from ckpttool.ops.safety.trust import trusted_load
+
+    obj = trusted_load(
+        src, force, map_location=lambda storage, location: _restore(storage, map_location(location, mapping))
+    )
+    report = RemapReport(src, dst, storages=0, notes=["loaded with torch.load(weights_only=False) (--trust)"])
+    with output_set([src], force) as outs:
+        output = outs.open(dst)
+        torch.save(obj, output.handle)
+        output.seal()
+        with about(dst):
+            locations = _written_locations(output.temp)
+        outs.commit()
+    report.storages = sum(locations.values())
+    report.verified = "torch wrote it; ckpttool reads it back, storages on the mapped devices"
+    report.changed = {f"* -> {location}": count for location, count in locations.items()}
+    return report
+
+
+def _written_locations(path: str) -> dict[str, int]:
+    """Where the written storages restore to, read back by ckpttool's own reader."""
+    from collections import Counter
+
+    try:
+        written = read_checkpoint(path)
+    except CkptError as exc:
+        raise VerificationError(f"the remapped file does not read back: {exc.message}") from None
+    return dict(Counter(s.location for s in written.storages.values()))
+
+
+def _restore(storage: Any, location: str) -> Any:
+    return storage if location == "cpu" else storage.to(location)

@@ -34,8 +34,8 @@ from ckpttool.ops.convert.converting import (
     ConvertOptions,
     ConvertReport,
     Progress,
-    _shard_paths,
     rename,
+    shard_paths,
 )
 from ckpttool.ops.convert.dcp.groups import groups, load_group
 from ckpttool.ops.convert.dcp.meta import read_checked
@@ -84,7 +84,7 @@ def convert_from_dcp(src: str, dst: str, options: ConvertOptions, progress: Prog
     ranks = options.ranks
     metadata, tensors, root, notes = _dcp_plan(src, options)
     shards = list(groups(tensors, lambda t: t.nbytes, options.shard_size)) if options.shard_size else [tensors]
-    paths = _shard_paths(dst, len(shards))
+    paths = shard_paths(dst, len(shards))
     index = dst + ".index.json" if len(shards) > 1 else None
     mine = ranks.share(list(zip(paths, shards, strict=True)), lambda p: sum(t.nbytes for t in p[1]))
     with output_set([src], options.force) as outs:

@@ -38,8 +38,8 @@ from ckpttool.ops.convert.converting import (
     ConvertReport,
     OutputTensor,
     Progress,
-    _plan,
-    _sources,
+    plan_outputs,
+    weight_sources,
 )
 from ckpttool.ops.convert.dcp.export import convert_from_dcp
 from ckpttool.ops.convert.dcp.groups import Stopped, groups, inside_dcp, load_group
@@ -58,8 +58,8 @@ def convert_to_dcp(src: str, dst: str, options: ConvertOptions, progress: Progre
     if is_dcp_folder(src) and not is_torch_dist_folder(src):  # Megatron's layout becomes plain DCP
         raise UsageError(f"{src} is a DCP checkpoint already")
     ranks = options.ranks
-    sources, weights_root, notes = _sources(src, options)
-    outputs = _plan(sources, options, notes)
+    sources, weights_root, notes = weight_sources(src, options)
+    outputs = plan_outputs(sources, options, notes)
     _check_folder_destination(src, dst, options.force)
     mine = ranks.share(outputs, lambda o: o.nbytes)
     progress.start(sum(o.nbytes for o in mine))
