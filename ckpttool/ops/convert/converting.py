@@ -13,7 +13,6 @@ so memory stays bounded by the largest tensor.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -21,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ckpttool.atomic import OutputSet, output_set
-from ckpttool.checkpoint import byte_size, contiguous_strides
+from ckpttool.checkpoint import byte_size
 from ckpttool.dtypes import DTYPES
 from ckpttool.errors import (
     FormatError,
@@ -39,15 +38,20 @@ from ckpttool.formats.torchzip_write import (
     PlannedTensor,
     StorageRecord,
     root_folder,
-    state_dict_graph,
-    storage_numel,
-    write_torch_zip,
 )
 from ckpttool.ops.convert.dcp.ranks import Ranks
 from ckpttool.ops.convert.sources import FileSource, Source, TrustedSource, file_sources
 from ckpttool.ops.convert.targets import PTH, SAFETENSORS, ConvertTarget
 from ckpttool.ops.convert.unstack import unstack_checkpoint
-from ckpttool.pickle.writer import dumps
+from ckpttool.ops.convert.writers import (
+    check_safetensors_header,
+    pth_tensor,
+    refuse_unstorable,
+    safetensors_metadata,
+    shard_of,
+    write_index,
+    write_pth,
+)
 from ckpttool.tensordata import (
     ByteRange,
     cast,
@@ -265,7 +269,7 @@ def rename(
     return out
 
 
-def _check_convertible(name: str, source: Source, dtype: str, to: str) -> None:
+def _check_convertible(name: str, source: Source, dtype: str, to: ConvertTarget) -> None:
     if source.layout != "strided":
         raise FormatError(f"tensor {name!r} is {source.layout}; only dense tensors can be converted")
     if not source.has_data:
@@ -274,8 +278,7 @@ def _check_convertible(name: str, source: Source, dtype: str, to: str) -> None:
         raise FormatError(
             f"tensor {name!r} is quantized ({source.dtype}); its scale and zero point cannot be converted"
         )
-    if to == SAFETENSORS and DTYPES[dtype].safetensors is None:
-        raise FormatError(f"tensor {name!r} has dtype {dtype}, which safetensors cannot store; use --to pth")
+    refuse_unstorable(name, dtype, to)
 
 
 def _shard(outputs: list[OutputTensor], limit: int | None) -> list[list[OutputTensor]]:
@@ -320,12 +323,7 @@ def _write_and_verify(
 
 
 def _metadata(shard: list[OutputTensor], user: dict[str, str]) -> dict[str, str]:
-    # transformers refuses safetensors files without format=pt.
-    metadata = {"format": "pt", **user}
-    aliases = {alias: o.name for o in shard for _, alias in o.aliases}
-    if aliases:
-        metadata["ckpttool.aliases"] = json.dumps(aliases, sort_keys=True)
-    return metadata
+    return safetensors_metadata(user, {alias: o.name for o in shard for _, alias in o.aliases})
 
 
 def _write_safetensors(f: Any, shard: list[OutputTensor], user_metadata: dict[str, str], progress: Progress) -> None:
@@ -346,15 +344,8 @@ def _write_data(f: Any, output: OutputTensor) -> None:
 
 
 def _verify_safetensors(path: str, shard: list[OutputTensor], metadata: dict[str, str]) -> None:
-    from safetensors import safe_open
-
     # The reference implementation parses and validates the header we wrote...
-    with safe_open(path, framework="numpy") as f:
-        found = {k: (f.get_slice(k).get_dtype(), list(f.get_slice(k).get_shape())) for k in f.keys()}
-        written_metadata = f.metadata() or {}
-    planned = {o.name: (DTYPES[o.dtype].safetensors, list(o.source.shape)) for o in shard}
-    if found != planned or written_metadata != metadata:
-        raise VerificationError("header does not read back as planned")
+    check_safetensors_header(path, [(o.name, o.dtype, o.source.shape) for o in shard], metadata)
     # ...and every tensor's bytes must be the source's (or the cast of them).
     tensors = read_safetensors(path).root
     for output in shard:
@@ -398,14 +389,11 @@ def _same_pieces(pieces: list[ByteRange], written: ByteRange) -> bool:
 def _write_pth(f: Any, root: str, shard: list[OutputTensor], progress: Progress) -> None:
     planned: list[tuple[int, PlannedTensor]] = []
     for index, output in enumerate(shard):
-        key, shape = str(index), output.source.shape
-        numel = storage_numel(output.dtype, output.source.numel)
         for position, name in output.names:  # aliases view the same storage: the tie survives
-            planned.append(
-                (position, PlannedTensor(name, output.dtype, shape, contiguous_strides(shape), 0, key, numel))
-            )
+            tensor = pth_tensor(name, output.dtype, output.source.shape, str(index), output.source.numel)
+            planned.append((position, tensor))
     in_source_order = [tensor for _, tensor in sorted(planned, key=lambda p: p[0])]
-    write_torch_zip(f, root, dumps(state_dict_graph(in_source_order)), _storage_records(shard, progress))
+    write_pth(f, root, in_source_order, _storage_records(shard, progress))
 
 
 def _storage_records(shard: list[OutputTensor], progress: Progress) -> Iterator[StorageRecord]:
@@ -440,20 +428,8 @@ def _verify_sources(outputs: list[OutputTensor]) -> None:
 
 
 def _write_index(outs: OutputSet, dst: str, paths: list[str], shards: list[list[OutputTensor]]) -> None:
-    weight_map = {
-        name: os.path.basename(path)
-        for path, shard in zip(paths, shards, strict=True)
-        for output in shard
-        for _, name in output.names
-    }
-    total = sum(o.nbytes for shard in shards for o in shard)
-    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    output = outs.open(dst + ".index.json")
-    output.handle.write(json.dumps(index, indent=2).encode() + b"\n")
-    output.seal()
-    with open(output.temp, encoding="utf-8") as f:
-        if json.load(f) != index:
-            raise VerificationError(f"{dst}.index.json does not read back as written")
+    weight_map = shard_of(paths, [[name for output in shard for _, name in output.names] for shard in shards])
+    write_index(outs, dst + ".index.json", weight_map, sum(o.nbytes for shard in shards for o in shard))
 
 
 def parse_size(text: str) -> int:

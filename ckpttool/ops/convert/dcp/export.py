@@ -12,14 +12,13 @@ the offset the header fixes), verify what they wrote, and rank 0 lands every fil
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ckpttool.atomic import OutputSet, PendingOutput, output_set, replace_all
-from ckpttool.checkpoint import Checkpoint, byte_size, contiguous_strides
+from ckpttool.checkpoint import Checkpoint, byte_size
 from ckpttool.crc import crc32 as crc32_of
 from ckpttool.dtypes import DTYPES
 from ckpttool.errors import (
@@ -42,6 +41,15 @@ from ckpttool.ops.convert.dcp.meta import read_checked
 from ckpttool.ops.convert.dcp.ranks import Ranks, together
 from ckpttool.ops.convert.targets import SAFETENSORS
 from ckpttool.ops.convert.unstack import layer_names
+from ckpttool.ops.convert.writers import (
+    check_safetensors_header,
+    pth_tensor,
+    refuse_unstorable,
+    safetensors_metadata,
+    shard_of,
+    write_index,
+    write_pth,
+)
 from ckpttool.signals import held
 from ckpttool.tensordata import cast, crc32, direct_range, tensor_bytes
 from ckpttool.weights import find_weights, join
@@ -124,8 +132,7 @@ def _dcp_plan(src: str, options: ConvertOptions) -> tuple[Metadata, list[DcpTens
         md = tensors[fqn]
         source_dtype = str(md.properties.dtype).removeprefix("torch.")
         dtype = options.dtype if options.dtype and DTYPES[source_dtype].is_floating else source_dtype
-        if options.to == SAFETENSORS and DTYPES[dtype].safetensors is None:
-            raise FormatError(f"tensor {name!r} has dtype {dtype}, which safetensors cannot store; use --to pth")
+        refuse_unstorable(name, dtype, options.to)
         stored = tuple(md.size)
         if layer is None:
             out.append(DcpTensor(name, fqn, source_dtype, dtype, stored))
@@ -248,7 +255,7 @@ class _ShardWriter:
         return crcs
 
     def _metadata(self) -> dict[str, str]:
-        return {"format": "pt", **self.options.metadata}  # transformers refuses files without format=pt
+        return safetensors_metadata(self.options.metadata)
 
     def _verify(
         self, path: str, shard: list[DcpTensor], crcs: dict[str, int], written: list[DcpTensor] | None = None
@@ -259,7 +266,7 @@ class _ShardWriter:
         if self.options.to == SAFETENSORS:
             from ckpttool.formats.safetensors import read_safetensors
 
-            _safetensors_header_matches(path, shard, self._metadata())
+            check_safetensors_header(path, [(t.name, t.dtype, t.shape) for t in shard], self._metadata())
             tensors = read_safetensors(path).root
         else:
             from ckpttool.formats.torchzip import read_torch_zip
@@ -274,15 +281,8 @@ class _ShardWriter:
 
 
 def _write_index(outs: OutputSet, path: str, paths: list[str], shards: list[list[DcpTensor]]) -> None:
-    """The Hugging Face index: every tensor's shard, and the total size."""
-    weight_map = {t.name: os.path.basename(p) for p, shard in zip(paths, shards, strict=True) for t in shard}
-    index = {"metadata": {"total_size": sum(t.nbytes for s in shards for t in s)}, "weight_map": weight_map}
-    output = outs.open(path)
-    output.handle.write(json.dumps(index, indent=2).encode() + b"\n")
-    output.seal()
-    with open(output.temp, encoding="utf-8") as f:
-        if json.load(f) != index:
-            raise VerificationError(f"{path} does not read back as written")
+    weight_map = shard_of(paths, [[t.name for t in shard] for shard in shards])
+    write_index(outs, path, weight_map, sum(t.nbytes for s in shards for t in s))
 
 
 def _load_or_explain(src: str, metadata: Metadata, wanted: dict[str, tuple[str, tuple[int, ...]]]) -> dict[str, Any]:
@@ -296,34 +296,11 @@ def _load_or_explain(src: str, metadata: Metadata, wanted: dict[str, tuple[str, 
         raise FormatError(f"DCP cannot read the data files: {first[-1] if first else type(exc).__name__}") from None
 
 
-def _safetensors_header_matches(path: str, shard: list[DcpTensor], metadata: dict[str, str]) -> None:
-    from safetensors import safe_open
-
-    with safe_open(path, framework="numpy") as f:
-        found = {k: (f.get_slice(k).get_dtype(), list(f.get_slice(k).get_shape())) for k in f.keys()}  # noqa: SIM118
-        written = f.metadata() or {}
-    planned = {t.name: (DTYPES[t.dtype].safetensors, list(t.shape)) for t in shard}
-    if found != planned or written != metadata:
-        raise VerificationError("header does not read back as planned")
-
-
 def _write_pth(output: PendingOutput, shard: list[DcpTensor], data: Iterator[tuple[DcpTensor, memoryview]],
                crcs: dict[str, int]) -> None:  # fmt: skip
-    from ckpttool.formats.torchzip_write import (
-        PlannedTensor,
-        StorageRecord,
-        root_folder,
-        state_dict_graph,
-        storage_numel,
-        write_torch_zip,
-    )
-    from ckpttool.pickle.writer import dumps
+    from ckpttool.formats.torchzip_write import StorageRecord, root_folder
 
-    planned = [
-        PlannedTensor(t.name, t.dtype, t.shape, contiguous_strides(t.shape), 0, str(i),
-                      storage_numel(t.dtype, _numel(t.shape)))
-        for i, t in enumerate(shard)
-    ]  # fmt: skip
+    planned = [pth_tensor(t.name, t.dtype, t.shape, str(i), _numel(t.shape)) for i, t in enumerate(shard)]
     keys = {t.name: str(i) for i, t in enumerate(shard)}
 
     def records() -> Iterator[StorageRecord]:
@@ -331,7 +308,7 @@ def _write_pth(output: PendingOutput, shard: list[DcpTensor], data: Iterator[tup
             crcs[tensor.name] = crc32_of(payload)
             yield StorageRecord(keys[tensor.name], data=payload)
 
-    write_torch_zip(output.handle, root_folder(output.final), dumps(state_dict_graph(planned)), records())
+    write_pth(output.handle, root_folder(output.final), planned, records())
 
 
 def _land_files(outs: OutputSet, ranks: Ranks) -> None:
