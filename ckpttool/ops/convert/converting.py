@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from ckpttool.atomic import OutputSet, output_set
+from ckpttool.atomic import OutputSet, created_folders, output_set
 from ckpttool.checkpoint import byte_size
 from ckpttool.dtypes import DTYPES
 from ckpttool.errors import (
@@ -138,25 +138,10 @@ class ConvertReport:
     notes: list[str] = field(default_factory=list)
 
 
-@contextlib.contextmanager
-def destination_folder(dst: str) -> Iterator[None]:
-    """The folder `dst` goes into, created as `mkdir -p` would when missing (shards and
-    their index into `out/`), and removed again, as far as it was created here and is
-    still empty, when the conversion fails."""
-    created: list[str] = []
-    folder = os.path.dirname(os.path.abspath(dst))
-    while folder and not os.path.exists(folder):
-        created.append(folder)
-        folder = os.path.dirname(folder)
-    for path in reversed(created):  # outermost first
-        os.makedirs(path, exist_ok=True)  # another rank under torchrun may make it first
-    try:
-        yield
-    except BaseException:
-        for path in created:  # innermost first; a folder others wrote into stays
-            with contextlib.suppress(OSError):
-                os.rmdir(path)
-        raise
+def destination_folder(dst: str) -> contextlib.AbstractContextManager[None]:
+    """The folder `dst` goes into, created when missing (shards and their index into `out/`),
+    and removed again, as far as it was created here and is still empty, when the conversion fails."""
+    return created_folders(os.path.dirname(os.path.abspath(dst)))
 
 
 def convert(src: str, dst: str, options: ConvertOptions, progress: Progress | None = None) -> ConvertReport:

@@ -24,7 +24,7 @@ import shutil
 import tempfile
 from typing import Any
 
-from ckpttool.atomic import TEMP_SUFFIX, clear_leftovers
+from ckpttool.atomic import TEMP_SUFFIX, clear_leftovers, replace_all
 from ckpttool.errors import (
     FileAccessError,
     OutputExistsError,
@@ -43,7 +43,7 @@ from ckpttool.ops.convert.converting import (
 )
 from ckpttool.ops.convert.dcp.export import convert_from_dcp
 from ckpttool.ops.convert.dcp.groups import Stopped, groups, inside_dcp, load_group
-from ckpttool.ops.convert.dcp.meta import is_dcp_folder, read_dcp_metadata
+from ckpttool.ops.convert.dcp.meta import checked_torch_metadata, is_dcp_folder
 from ckpttool.ops.convert.dcp.ranks import Ranks, together
 from ckpttool.ops.convert.targets import DCP, PTH
 from ckpttool.signals import held, stop_pending
@@ -149,7 +149,7 @@ def _planner(outputs: list[OutputTensor], progress: Progress) -> Any:
 
 def _verify_dcp(folder: str, outputs: list[OutputTensor]) -> None:
     """What DCP loads back from the folder is the source (or exactly its cast), byte for byte."""
-    metadata = read_dcp_metadata(folder)
+    metadata = checked_torch_metadata(folder)
     for group in groups(outputs, lambda o: o.nbytes):
         loaded = load_group(folder, metadata, {o.name: (o.dtype, o.source.shape) for o in group})
         for output in group:
@@ -159,19 +159,7 @@ def _verify_dcp(folder: str, outputs: list[OutputTensor]) -> None:
 
 def _land_folder(temp: str, dst: str) -> None:
     """The temporary folder becomes DST; a replaced checkpoint is removed only after."""
-    backup = None
-    with held():
-        if os.path.exists(dst):
-            backup = temp + ".previous"
-            os.replace(dst, backup)
-        try:
-            os.replace(temp, dst)
-        except BaseException:
-            if backup:
-                os.replace(backup, dst)
-            raise
-    if backup:
-        shutil.rmtree(backup, ignore_errors=True)
+    replace_all([(temp, dst)])
 
 
 def convert_dcp(src: str, dst: str, options: ConvertOptions, progress: Progress) -> ConvertReport | None:
