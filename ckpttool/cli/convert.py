@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from ckpttool.cli.common import CastDtype, ProgressBar, emit, output_options, path_argument, unstack_option, warn
+from ckpttool.cli.common import CastDtype, emit, output_options, path_argument, progress_bar, unstack_option, warn
 from ckpttool.ops.convert.targets import TARGETS
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ def convert_command(src: str, dst: str, to: ConvertTarget | None, root: str | No
         ranks=_ranks(src, target),
     )
     leader = options.ranks.leader  # under torchrun: one bar and one report, rank 0's
-    bar = ProgressBar("convert") if leader else None
+    bar = progress_bar("convert") if leader else None
     try:
         report = convert(src, dst, options, bar)
     finally:
@@ -145,7 +145,7 @@ def _keep_structure(
         raise UsageError(f"--keep-structure only renames keys; it does not combine with {', '.join(clashes)}")
     if dst.endswith(".safetensors"):
         raise UsageError(f"{dst}: --keep-structure writes a torch checkpoint; name it .pth or .pt")
-    bar = ProgressBar("convert")
+    bar = progress_bar("convert")
     try:
         with destination_folder(dst):
             report = rekey(src, dst, strip_prefixes, renames, root, force, bar)

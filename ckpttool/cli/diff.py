@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ckpttool.cli.common import ProgressBar, emit, finish, output_options, path_argument, unstack_option
+from ckpttool.cli.common import emit, finish, output_options, path_argument, progress_bar, unstack_option
 
 
 @click.command("diff")
@@ -56,7 +56,7 @@ def diff_command(a: str, b: str, atol: float, rtol: float, equal_nan: bool, igno
     options = DiffOptions(
         Tolerance(atol, rtol, equal_nan), keys_only, every_tensor, root_a, root_b, ignore_dtype, unstack
     )
-    bar = ProgressBar("diff")
+    bar = progress_bar("diff")
     try:
         report = diff(a, b, options, bar)
     finally:

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from ckpttool.cli.common import ProgressBar, emit, output_options, path_argument, unstack_option, warn
+from ckpttool.cli.common import emit, output_options, path_argument, progress_bar, unstack_option, warn
 
 
 @click.command("inspect")
@@ -110,7 +110,7 @@ def _stats(
 
     named = find_weights(checkpoint.root, root).tensors if weights_root is not None else all_tensors(checkpoint.root)
     chosen = select(named, patterns, sort)
-    bar = ProgressBar("stats")
+    bar = progress_bar("stats")
     bar.start(sum(t.nbytes for t in chosen))
     try:
         return render.stats_output(checkpoint.path, all_stats(chosen, bar), fmt, width)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ckpttool.cli.common import ProgressBar, emit, output_options, path_argument, warn
+from ckpttool.cli.common import emit, output_options, path_argument, progress_bar, warn
 
 
 @click.command("remap")
@@ -38,7 +38,7 @@ def remap_command(
     from ckpttool import render
     from ckpttool.ops.rewrite.remapping import parse_mapping, remap
 
-    bar = ProgressBar("remap")
+    bar = progress_bar("remap")
     try:
         report = remap(src, dst, parse_mapping(device, maps), force=force, trust=trust, progress=bar)
     finally:

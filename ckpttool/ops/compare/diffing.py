@@ -36,7 +36,7 @@ from ckpttool.tensormap import MappedFiles
 from ckpttool.weights import all_tensors, find_weights, walk
 
 if TYPE_CHECKING:
-    from ckpttool.ops.convert.converting import Progress
+    from ckpttool.progress import Progress
 
 __all__ = ["DiffOptions", "DiffReport", "Tolerance", "diff"]
 

@@ -10,8 +10,6 @@ if TYPE_CHECKING:
     from ckpttool.ops.convert.converting import (
         ConvertOptions,
         ConvertReport,
-        NoProgress,
-        Progress,
         convert,
         destination_folder,
         parse_size,
@@ -20,12 +18,13 @@ if TYPE_CHECKING:
     from ckpttool.ops.convert.dcp.ranks import Ranks
     from ckpttool.ops.convert.targets import TARGETS, ConvertTarget, default_target
     from ckpttool.ops.convert.unstack import layer_names, unstack_checkpoint
+    from ckpttool.progress import NoProgress, Progress
 
 _EXPORTS = {
     "ConvertOptions": ".converting",
     "ConvertReport": ".converting",
-    "NoProgress": ".converting",
-    "Progress": ".converting",
+    "NoProgress": "ckpttool.progress",
+    "Progress": "ckpttool.progress",
     "convert": ".converting",
     "destination_folder": ".converting",
     "parse_size": ".converting",

@@ -17,7 +17,7 @@ import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from ckpttool.atomic import OutputSet, created_folders, output_set
 from ckpttool.checkpoint import byte_size
@@ -52,6 +52,7 @@ from ckpttool.ops.convert.writers import (
     write_index,
     write_pth,
 )
+from ckpttool.progress import NoProgress, Progress
 from ckpttool.tensordata import (
     ByteRange,
     cast,
@@ -62,21 +63,6 @@ from ckpttool.tensordata import (
     tensor_bytes,
     verify_tensor,
 )
-
-
-class Progress(Protocol):
-    """Told the total bytes of tensor data, then each chunk as it is written."""
-
-    def start(self, total: int) -> None: ...
-    def advance(self, done: int) -> None: ...
-
-
-class NoProgress:
-    def start(self, total: int) -> None:
-        pass
-
-    def advance(self, done: int) -> None:
-        pass
 
 
 @dataclass

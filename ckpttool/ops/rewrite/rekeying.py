@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ckpttool.checkpoint import TensorRef
 from ckpttool.errors import UsageError, WeightsNotFoundError, about
@@ -25,6 +25,9 @@ from ckpttool.ops.convert.converting import rename
 from ckpttool.ops.rewrite.remapping import RemapReport, rewrite_pickle
 from ckpttool.pickle import Call
 from ckpttool.weights import find_weights, resolve_path
+
+if TYPE_CHECKING:
+    from ckpttool.progress import Progress
 
 
 @dataclass
@@ -46,7 +49,7 @@ def rekey(
     renames: Sequence[tuple[str, str]] = (),
     root: str | None = None,
     force: bool = False,
-    progress: Any = None,
+    progress: Progress | None = None,
 ) -> RekeyReport:
     """Write SRC to DST with the weights' keys renamed and every other object kept."""
     with about(src):

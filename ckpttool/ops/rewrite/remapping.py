@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ckpttool.atomic import output_set
 from ckpttool.checkpoint import Checkpoint, Storage, TensorRef
@@ -27,6 +27,9 @@ from ckpttool.ops.compare.equivalence import equivalent
 from ckpttool.pickle import Call, Decoded, Global, PersistentRef
 from ckpttool.pickle.writer import dumps
 from ckpttool.tensordata import ByteRange, crc32, inflate_storage, verify_record
+
+if TYPE_CHECKING:
+    from ckpttool.progress import Progress
 
 LocationMap = list[tuple[str, str]]
 
@@ -90,7 +93,7 @@ def refuse_dangerous(src: OpenedFile, force: bool) -> None:
 
 
 def remap(
-    src: str, dst: str, mapping: LocationMap, force: bool = False, trust: bool = False, progress: Any = None
+    src: str, dst: str, mapping: LocationMap, force: bool = False, trust: bool = False, progress: Progress | None = None
 ) -> RemapReport:
     """`progress`, when given, has `start(total_bytes)` and `advance(bytes)` (as convert's)."""
     if trust:
@@ -111,7 +114,7 @@ def rewrite_pickle(
     mapping: LocationMap,
     *,
     force: bool = False,
-    progress: Any = None,
+    progress: Progress | None = None,
     edit: Callable[[Any], None] | None = None,
     expect: Callable[[Any], None] | None = None,
     opened: OpenedFile | None = None,

@@ -32,7 +32,6 @@ from ckpttool.formats.dcp_megatron import refuse_unconvertible
 from ckpttool.ops.convert.converting import (
     ConvertOptions,
     ConvertReport,
-    Progress,
     rename,
     shard_paths,
 )
@@ -50,6 +49,7 @@ from ckpttool.ops.convert.writers import (
     write_index,
     write_pth,
 )
+from ckpttool.progress import Progress
 from ckpttool.signals import held
 from ckpttool.tensordata import cast, crc32, direct_range, tensor_bytes
 from ckpttool.weights import find_weights, join

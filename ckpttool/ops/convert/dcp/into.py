@@ -37,7 +37,6 @@ from ckpttool.ops.convert.converting import (
     ConvertOptions,
     ConvertReport,
     OutputTensor,
-    Progress,
     plan_outputs,
     weight_sources,
 )
@@ -46,6 +45,7 @@ from ckpttool.ops.convert.dcp.groups import Stopped, groups, inside_dcp, load_gr
 from ckpttool.ops.convert.dcp.meta import checked_torch_metadata, is_dcp_folder
 from ckpttool.ops.convert.dcp.ranks import Ranks, together
 from ckpttool.ops.convert.targets import DCP, PTH
+from ckpttool.progress import Progress
 from ckpttool.signals import held, stop_pending
 from ckpttool.tensordata import cast, tensor_bytes, torch_dtype
 
