@@ -19,7 +19,7 @@ import shlex
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ckpttool.checkpoint import Checkpoint, TensorRef
 from ckpttool.errors import CkptError, IntegrityError, UnknownFormatError
@@ -39,6 +39,9 @@ from ckpttool.pickle.judge import unknown_calls_by_allow
 from ckpttool.pickle.weightsonly import allowlist_effect
 from ckpttool.tensordata import verify_storage
 from ckpttool.weights import Weights, all_tensors, find_weights
+
+if TYPE_CHECKING:
+    import torch
 
 ERROR, WARNING, INFO = "error", "warning", "info"
 READ = "read"  # the check a file that cannot be read fails
@@ -107,7 +110,7 @@ class Target:
 
     check: str  # "model" or "like": the findings' check name
     expected: Expected
-    model: Any = None
+    model: torch.nn.Module | None = None
 
     @property
     def noun(self) -> str:

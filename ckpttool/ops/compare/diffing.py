@@ -3,7 +3,7 @@
 Keys only in A or B, shape and dtype mismatches, value mismatches (how many elements
 differ, the largest absolute and relative errors, the relative L2 error), and
 differing non-tensor entries. Values compare as `torch.equal` does by default, or as
-`torch.allclose(rtol, atol)` with a tolerance (see `valuediff`); with `ignore_dtype`
+`torch.allclose(rtol, atol)` with a tolerance (see `compare/values.py`); with `ignore_dtype`
 tensors of different dtypes compare by value and their dtypes are not a difference.
 
 Which entries: by default the top-level values that are not weights (epoch, loss,
@@ -85,7 +85,7 @@ class DiffOptions:
     root_a: str | None = None
     root_b: str | None = None
     ignore_dtype: bool = False
-    unstack: bool = False  # Megatron-Core's stacked layers, one tensor per layer (ops/unstack.py)
+    unstack: bool = False  # Megatron-Core's stacked layers, one tensor per layer (convert/unstack.py)
 
 
 def diff(path_a: str, path_b: str, options: DiffOptions, progress: Progress | None = None) -> DiffReport:

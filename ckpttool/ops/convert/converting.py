@@ -17,10 +17,10 @@ import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 from ckpttool.atomic import OutputSet, created_folders, output_set
-from ckpttool.checkpoint import byte_size
+from ckpttool.checkpoint import TensorRef, byte_size
 from ckpttool.dtypes import DTYPES
 from ckpttool.errors import (
     FormatError,
@@ -297,7 +297,9 @@ def _metadata(shard: list[OutputTensor], user: dict[str, str]) -> dict[str, str]
     return safetensors_metadata(user, {alias: o.name for o in shard for _, alias in o.aliases})
 
 
-def _write_safetensors(f: Any, shard: list[OutputTensor], user_metadata: dict[str, str], progress: Progress) -> None:
+def _write_safetensors(
+    f: BinaryIO, shard: list[OutputTensor], user_metadata: dict[str, str], progress: Progress
+) -> None:
     entries = [(o.name, o.dtype, o.source.shape, o.nbytes) for o in shard]
     f.write(header_bytes(entries, _metadata(shard, user_metadata)))
     for output in shard:
@@ -305,7 +307,7 @@ def _write_safetensors(f: Any, shard: list[OutputTensor], user_metadata: dict[st
         progress.advance(output.nbytes)
 
 
-def _write_data(f: Any, output: OutputTensor) -> None:
+def _write_data(f: BinaryIO, output: OutputTensor) -> None:
     pieces = output.pieces()
     if pieces is not None:
         for piece in pieces:
@@ -323,7 +325,7 @@ def _verify_safetensors(path: str, shard: list[OutputTensor], metadata: dict[str
         _verify_bytes(path, output, _whole(tensors[output.name]))
 
 
-def _whole(tensor: Any) -> ByteRange:
+def _whole(tensor: TensorRef) -> ByteRange:
     from ckpttool.tensordata import direct_range
 
     span = direct_range(tensor)
@@ -357,7 +359,7 @@ def _same_pieces(pieces: list[ByteRange], written: ByteRange) -> bool:
     return True
 
 
-def _write_pth(f: Any, root: str, shard: list[OutputTensor], progress: Progress) -> None:
+def _write_pth(f: BinaryIO, root: str, shard: list[OutputTensor], progress: Progress) -> None:
     planned: list[tuple[int, PlannedTensor]] = []
     for index, output in enumerate(shard):
         for position, name in output.names:  # aliases view the same storage: the tie survives

@@ -2,7 +2,7 @@
 
 As in `check`, an unreadable path is reported among the others, in the order given,
 so that it never hides the verdict of a readable neighbour (nor they its failure).
-A folder is one entry per file under it (`ops.scanfolder`); there, a file that holds no
+A folder is one entry per file under it (`safety/folder.py`); there, a file that holds no
 pickle (config.json, a tokenizer, a README) is an entry too, `safe`, saying so.
 """
 

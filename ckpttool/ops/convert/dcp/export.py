@@ -1,7 +1,7 @@
 """`convert` out of a DCP folder: its weights as safetensors (sharded, with the Hugging Face
 index) or a torch `.pth`, loaded through DCP a bounded group at a time.
 
-`.metadata` is never unpickled (`dcpmeta`); DCP's own `FileSystemReader` (with the
+`.metadata` is never unpickled (`dcp/meta.py`); DCP's own `FileSystemReader` (with the
 rebuilt metadata) and `DefaultLoadPlanner` fill preallocated tensors, one group of keys per
 `dcp.load` call, and each group is streamed into the file being written. Non-tensor entries
 are never loaded (DCP would `torch.load` them with weights_only=False). Under torchrun the

@@ -9,7 +9,7 @@ the source then. With one writer thread DCP's CPU loader resolves one item at a 
 so memory stays at one tensor. Several `save` calls into one folder would not do: each
 writes its own `.metadata` and the last one wins.
 
-Out of DCP (a DCP folder as SRC): `dcpexport`. `convert_dcp` sends each conversion the
+Out of DCP (a DCP folder as SRC): `dcp/export.py`. `convert_dcp` sends each conversion the
 right way.
 
 Every output is written to a hidden temporary file or folder beside DST, verified, and
