@@ -17,7 +17,7 @@ from unittest import mock
 import torch
 
 import ckpttool.tensordata as tensordata
-from ckpttool.ops.convert.converting import ConvertOptions, convert
+from ckpttool.ops.convert import ConvertOptions, convert
 
 
 def make_source(folder: Path, size_gb: float) -> Path:

@@ -137,7 +137,7 @@ def _keep_structure(
     """The whole file with renamed keys; the options that shape a weights-only output are refused."""
     from ckpttool import render
     from ckpttool.errors import UsageError
-    from ckpttool.ops.convert.converting import destination_folder
+    from ckpttool.ops.convert import destination_folder
     from ckpttool.ops.rewrite.rekeying import rekey
 
     clashes = [option for option, given in weights_only.items() if given]

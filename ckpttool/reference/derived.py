@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ckpttool.formats import LEGACY, ZIP
-from ckpttool.ops.convert.converting import ConvertOptions, convert
-from ckpttool.ops.convert.targets import ConvertTarget
+from ckpttool.ops.convert import ConvertOptions, ConvertTarget, convert
 from ckpttool.ops.rewrite.remapping import parse_mapping, remap
 from ckpttool.reference.manifest import FileRecord
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 from ckpttool.render.text import human_size, key_values, output_width, plural, to_json
 
 if TYPE_CHECKING:  # only for annotations: JSON output must not pay for importing every op
-    from ckpttool.ops.convert.converting import ConvertReport
+    from ckpttool.ops.convert import ConvertReport
     from ckpttool.ops.rewrite.rekeying import RekeyReport
     from ckpttool.ops.rewrite.remapping import RemapReport
 

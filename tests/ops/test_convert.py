@@ -57,7 +57,7 @@ from ckpttool.errors import (
     UsageError,
     WeightsNotFoundError,
 )
-from ckpttool.ops.convert.converting import ConvertOptions, ConvertReport, convert, parse_size
+from ckpttool.ops.convert import ConvertOptions, ConvertReport, convert, parse_size
 
 FORMATS = ("safetensors", "pth")
 EXTENSION = {"safetensors": "safetensors", "pth": "pt"}

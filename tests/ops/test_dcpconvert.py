@@ -442,7 +442,7 @@ class _Recorder:
 
 
 def test_one_progress_bar_per_output_file(dcp_dirs: dict[int, Path], tmp_path: Path) -> None:
-    from ckpttool.ops.convert.converting import ConvertOptions, convert
+    from ckpttool.ops.convert import ConvertOptions, convert
 
     recorder = _Recorder()
     options = ConvertOptions(to="safetensors", root="", shard_size=200)

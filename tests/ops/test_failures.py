@@ -39,7 +39,7 @@ import ckpttool.ops.rewrite.remapping as remap_module
 from ckpttool.atomic import PendingOutput
 from ckpttool.errors import CkptError, FileAccessError, FormatError, IntegrityError, VerificationError
 from ckpttool.formats.zipwriter import ZipWriter
-from ckpttool.ops.convert.converting import ConvertOptions, convert
+from ckpttool.ops.convert import ConvertOptions, convert
 from ckpttool.ops.rewrite.remapping import parse_mapping, remap
 
 SOURCE = BY_NAME["cnn_state_dict"]

@@ -7,28 +7,22 @@ from typing import TYPE_CHECKING
 from ckpttool.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from ckpttool.ops.convert.converting import (
-        ConvertOptions,
-        ConvertReport,
-        convert,
-        destination_folder,
-        parse_size,
-        rename,
-    )
+    from ckpttool.ops.convert.converting import convert, destination_folder
     from ckpttool.ops.convert.dcp.ranks import Ranks
+    from ckpttool.ops.convert.plan import ConvertOptions, ConvertReport, parse_size, rename
     from ckpttool.ops.convert.targets import TARGETS, ConvertTarget, default_target
     from ckpttool.ops.convert.unstack import layer_names, unstack_checkpoint
     from ckpttool.progress import NoProgress, Progress
 
 _EXPORTS = {
-    "ConvertOptions": ".converting",
-    "ConvertReport": ".converting",
+    "ConvertOptions": ".plan",
+    "ConvertReport": ".plan",
     "NoProgress": "ckpttool.progress",
     "Progress": "ckpttool.progress",
     "convert": ".converting",
     "destination_folder": ".converting",
-    "parse_size": ".converting",
-    "rename": ".converting",
+    "parse_size": ".plan",
+    "rename": ".plan",
     "Ranks": ".dcp.ranks",
     "TARGETS": ".targets",
     "ConvertTarget": ".targets",

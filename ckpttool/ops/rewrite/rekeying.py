@@ -21,7 +21,7 @@ from ckpttool.checkpoint import TensorRef
 from ckpttool.errors import UsageError, WeightsNotFoundError, about
 from ckpttool.formats import read_checkpoint
 from ckpttool.interpret import StateDict
-from ckpttool.ops.convert.converting import rename
+from ckpttool.ops.convert.plan import rename
 from ckpttool.ops.rewrite.remapping import RemapReport, rewrite_pickle
 from ckpttool.pickle import Call
 from ckpttool.weights import find_weights, resolve_path

@@ -29,15 +29,15 @@ from ckpttool.errors import (
     about,
 )
 from ckpttool.formats.dcp_megatron import refuse_unconvertible
-from ckpttool.ops.convert.converting import (
+from ckpttool.ops.convert.dcp.groups import groups, load_group
+from ckpttool.ops.convert.dcp.meta import read_checked
+from ckpttool.ops.convert.dcp.ranks import Ranks, together
+from ckpttool.ops.convert.plan import (
     ConvertOptions,
     ConvertReport,
     rename,
     shard_paths,
 )
-from ckpttool.ops.convert.dcp.groups import groups, load_group
-from ckpttool.ops.convert.dcp.meta import read_checked
-from ckpttool.ops.convert.dcp.ranks import Ranks, together
 from ckpttool.ops.convert.targets import SAFETENSORS
 from ckpttool.ops.convert.unstack import layer_names
 from ckpttool.ops.convert.writers import (

@@ -33,17 +33,17 @@ from ckpttool.errors import (
 )
 from ckpttool.formats.dcp_megatron import is_torch_dist_folder
 from ckpttool.leftovers import temp_prefix
-from ckpttool.ops.convert.converting import (
+from ckpttool.ops.convert.dcp.export import convert_from_dcp
+from ckpttool.ops.convert.dcp.groups import Stopped, groups, inside_dcp, load_group
+from ckpttool.ops.convert.dcp.meta import checked_torch_metadata, is_dcp_folder
+from ckpttool.ops.convert.dcp.ranks import Ranks, together
+from ckpttool.ops.convert.plan import (
     ConvertOptions,
     ConvertReport,
     OutputTensor,
     plan_outputs,
     weight_sources,
 )
-from ckpttool.ops.convert.dcp.export import convert_from_dcp
-from ckpttool.ops.convert.dcp.groups import Stopped, groups, inside_dcp, load_group
-from ckpttool.ops.convert.dcp.meta import checked_torch_metadata, is_dcp_folder
-from ckpttool.ops.convert.dcp.ranks import Ranks, together
 from ckpttool.ops.convert.targets import DCP, PTH
 from ckpttool.progress import Progress
 from ckpttool.signals import held, stop_pending
