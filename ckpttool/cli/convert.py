@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from ckpttool.cli.common import CastDtype, emit, output_options, path_argument, progress_bar, unstack_option, warn
-from ckpttool.ops.convert.targets import TARGETS
+from ckpttool.ops.convert import TARGETS
 
 if TYPE_CHECKING:
     from ckpttool.ops.convert import ConvertTarget, Ranks
@@ -138,7 +138,7 @@ def _keep_structure(
     from ckpttool import render
     from ckpttool.errors import UsageError
     from ckpttool.ops.convert import destination_folder
-    from ckpttool.ops.rewrite.rekeying import rekey
+    from ckpttool.ops.rewrite import rekey
 
     clashes = [option for option, given in weights_only.items() if given]
     if clashes:

@@ -49,7 +49,7 @@ def diff_command(a: str, b: str, atol: float, rtol: float, equal_nan: bool, igno
     """
     from ckpttool import render
     from ckpttool.errors import UsageError
-    from ckpttool.ops.compare.diffing import DiffOptions, Tolerance, diff
+    from ckpttool.ops.compare import DiffOptions, Tolerance, diff
 
     if atol < 0 or rtol < 0:
         raise UsageError("--atol and --rtol must not be negative")

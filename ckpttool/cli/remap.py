@@ -36,7 +36,7 @@ def remap_command(
     output. DST is verified before it is renamed into place.
     """
     from ckpttool import render
-    from ckpttool.ops.rewrite.remapping import parse_mapping, remap
+    from ckpttool.ops.rewrite import parse_mapping, remap
 
     bar = progress_bar("remap")
     try:

@@ -14,7 +14,7 @@ import os
 import sys
 
 from ckpttool.errors import UsageError
-from ckpttool.ops.convert.dcp.ranks import Ranks
+from ckpttool.ops.convert import Ranks
 
 CLOSE_TIMEOUT = 60
 

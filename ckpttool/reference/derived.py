@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ckpttool.formats import LEGACY, ZIP
 from ckpttool.ops.convert import ConvertOptions, ConvertTarget, convert
-from ckpttool.ops.rewrite.remapping import parse_mapping, remap
+from ckpttool.ops.rewrite import parse_mapping, remap
 from ckpttool.reference.manifest import FileRecord
 
 # The fixture as it is, and each file made from it, in the order they are checked.

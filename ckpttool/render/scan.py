@@ -10,9 +10,8 @@ from ckpttool.render.tables import fit_table
 from ckpttool.render.text import key_values, output_width, to_csv, to_json, to_table, wrap_list, wrap_text
 
 if TYPE_CHECKING:  # only for annotations: JSON output must not pay for importing every op
-    from ckpttool.ops.compare.checking import CheckReport
-    from ckpttool.ops.safety.paths import ScanEntry, UnreadableFile
-    from ckpttool.ops.safety.scan import FileScan
+    from ckpttool.ops.compare import CheckReport
+    from ckpttool.ops.safety import FileScan, ScanEntry, UnreadableFile
 
 # 2 (from 1): unknown-call, weights_only apart from the verdict, calls, allowed names, and
 # an unreadable path as an entry of files[] (verdict unreadable, error).
@@ -35,7 +34,7 @@ def scan_json(entries: Sequence[ScanEntry], error: tuple[str | None, str] | None
 
 
 def _scan_entry_json(e: ScanEntry) -> dict[str, Any]:
-    from ckpttool.ops.safety.scan import FileScan
+    from ckpttool.ops.safety import FileScan
 
     if isinstance(e, FileScan):
         return _scan_file_json(e)
@@ -85,7 +84,7 @@ def _scan_file_json(r: FileScan) -> dict[str, Any]:
 
 
 def scan_csv(entries: Sequence[ScanEntry]) -> str:
-    from ckpttool.ops.safety.scan import FileScan
+    from ckpttool.ops.safety import FileScan
 
     rows = []
     for r in entries:
@@ -100,7 +99,7 @@ def scan_csv(entries: Sequence[ScanEntry]) -> str:
 
 
 def scan_table(entries: Sequence[ScanEntry]) -> str:
-    from ckpttool.ops.safety.scan import FileScan
+    from ckpttool.ops.safety import FileScan
 
     blocks = [_scan_block(r) if isinstance(r, FileScan) else _unreadable_block(r) for r in entries]
     if len(entries) > 1:
@@ -111,7 +110,7 @@ def scan_table(entries: Sequence[ScanEntry]) -> str:
 def _summary_table(entries: Sequence[ScanEntry]) -> str:
     """One row per entry. Where full paths do not fit, they are shown under the folder
     they share, said once above the table, so a cut keeps what tells files apart."""
-    from ckpttool.ops.safety.scan import FileScan
+    from ckpttool.ops.safety import FileScan
 
     width = output_width()
     headers = ("file", "format", "verdict", "weights_only", "pickles")

@@ -28,9 +28,9 @@ from ops.dcp_make import free_port
 from ops.support import assert_nothing_written, temp_files
 from safetensors.torch import load_file, save_file
 
+from ckpttool.ops.convert import Ranks
 from ckpttool.ops.convert.dcp.groups import groups
 from ckpttool.ops.convert.dcp.meta import checked_torch_metadata
-from ckpttool.ops.convert.dcp.ranks import Ranks
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent

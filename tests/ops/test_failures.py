@@ -40,7 +40,7 @@ from ckpttool.atomic import PendingOutput
 from ckpttool.errors import CkptError, FileAccessError, FormatError, IntegrityError, VerificationError
 from ckpttool.formats.zipwriter import ZipWriter
 from ckpttool.ops.convert import ConvertOptions, convert
-from ckpttool.ops.rewrite.remapping import parse_mapping, remap
+from ckpttool.ops.rewrite import parse_mapping, remap
 
 SOURCE = BY_NAME["cnn_state_dict"]
 GPU_SOURCE = BY_NAME["cuda0_state_dict"]

@@ -19,7 +19,7 @@ from ops.support import BY_NAME, NO_WEIGHTS, ids, records_where
 
 import ckpttool.ops.inspect.stats as stats_module
 from ckpttool.formats import read_checkpoint
-from ckpttool.ops.inspect.stats import all_stats, tensor_stats
+from ckpttool.ops.inspect import all_stats, tensor_stats
 from ckpttool.weights import NamedTensor, all_tensors, find_weights
 
 WITH_WEIGHTS = records_where(lambda r: r["name"] not in NO_WEIGHTS)

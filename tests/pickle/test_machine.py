@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from ckpttool.errors import CkptError, LimitError, PickleError
 from ckpttool.interpret import Interpreter
-from ckpttool.ops.inspect.report import jsonable
+from ckpttool.ops.inspect import jsonable
 from ckpttool.pickle import Call, Global, Limits, PersistentRef, decode
 from ckpttool.pickle.machine import USE_BUILD, USE_CALL, USE_INSTANTIATE, TrackedGlobal
 from ckpttool.weights import all_tensors
