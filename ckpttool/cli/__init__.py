@@ -67,7 +67,7 @@ class LazyGroup(click.Group):
         rank leaves its process group the same way, on success or failure."""
         if kwargs.get("standalone_mode", True) is False:
             return super().main(*args, **kwargs)
-        from ckpttool.ops.dcpranks import joined, leave
+        from ckpttool.cli.torchrun import joined, leave
 
         try:
             return self._main(*args, **kwargs)

@@ -23,6 +23,6 @@ def allow_option(func: F) -> F:
 
 def resolve_allow(flags: tuple[str, ...]) -> dict[str, str]:
     """The names allowed for this run (the flags, then the project's pyproject.toml), by source."""
-    from ckpttool.ops.allowconfig import allowed_names
+    from ckpttool.ops.safety import allowed_names
 
     return allowed_names(flags)

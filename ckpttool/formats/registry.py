@@ -35,9 +35,6 @@ from ckpttool.formats.safetensors import SAFETENSORS_FORMAT
 from ckpttool.formats.sharded import SHARDED_FORMAT
 from ckpttool.formats.torchzip import TORCH_ZIP_FORMAT, TORCHSCRIPT_FORMAT
 
-METADATA_FILE = ".metadata"
-
-
 FORMATS: tuple[Format, ...] = (
     SEALED_FORMAT,
     NPY_FORMAT,

@@ -30,7 +30,7 @@ from torch import nn
 from ckpttool.checkpoint import Checkpoint
 from ckpttool.errors import CkptError, UsageError
 from ckpttool.formats import read_checkpoint
-from ckpttool.load import load, load_state_dict
+from ckpttool.materialize import load, load_state_dict
 from ckpttool.reference.compare import (
     DEFAULT_TOLERANCE,
     Comparison,

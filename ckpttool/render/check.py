@@ -9,8 +9,7 @@ from ckpttool.render.tables import fit_table
 from ckpttool.render.text import command_lines, grouped, key_values, output_width, plural, to_csv, to_json, wrap_text
 
 if TYPE_CHECKING:  # only for annotations: JSON output must not pay for importing every op
-    from ckpttool.ops.check import CheckReport, Finding
-    from ckpttool.ops.keys import Suggestion
+    from ckpttool.ops.compare import CheckReport, Finding, Suggestion
 
 
 CHECK_SCHEMA_VERSION = 2  # 2: one shape for one or many paths, unreadable files reported

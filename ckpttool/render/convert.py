@@ -8,8 +8,7 @@ from ckpttool.render.text import human_size, key_values, output_width, plural, t
 
 if TYPE_CHECKING:  # only for annotations: JSON output must not pay for importing every op
     from ckpttool.ops.convert import ConvertReport
-    from ckpttool.ops.rekey import RekeyReport
-    from ckpttool.ops.remap import RemapReport
+    from ckpttool.ops.rewrite import RekeyReport, RemapReport
 
 # -- convert -----------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from ckpttool.render.text import (
 )
 
 if TYPE_CHECKING:  # only for annotations: JSON output must not pay for importing every op
-    from ckpttool.ops.diff import DiffReport
+    from ckpttool.ops.compare import DiffReport
 
 
 def diff_output(report: DiffReport, fmt: str, width: int | None = None) -> str:

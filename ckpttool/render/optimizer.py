@@ -17,7 +17,7 @@ from ckpttool.render.text import (
 )
 
 if TYPE_CHECKING:  # only for annotations: JSON output must not pay for importing every op
-    from ckpttool.ops.optimizer import OptimizerReport
+    from ckpttool.ops.inspect import OptimizerReport
 
 
 def optimizer_output(path: str, reports: list[OptimizerReport], fmt: str, width: int | None = None) -> str:

@@ -10,9 +10,8 @@ from ckpttool.render.tables import fit_table
 from ckpttool.render.text import key_values, output_width, to_csv, to_json, to_table, wrap_list, wrap_text
 
 if TYPE_CHECKING:  # only for annotations: JSON output must not pay for importing every op
-    from ckpttool.ops.check import CheckReport, Severity
-    from ckpttool.ops.scan import FileScan
-    from ckpttool.ops.scanpaths import ScanEntry, UnreadableFile
+    from ckpttool.ops.compare import CheckReport, Severity
+    from ckpttool.ops.safety import FileScan, ScanEntry, UnreadableFile
     from ckpttool.pickle.judge import Verdict
     from ckpttool.pickle.weightsonly import Result
     from ckpttool.sarif import Finding, Level, RuleId
@@ -38,7 +37,7 @@ def scan_json(entries: Sequence[ScanEntry], error: tuple[str | None, str] | None
 
 
 def _scan_entry_json(e: ScanEntry) -> dict[str, object]:
-    from ckpttool.ops.scan import FileScan
+    from ckpttool.ops.safety import FileScan
 
     if isinstance(e, FileScan):
         return _scan_file_json(e)
@@ -88,7 +87,7 @@ def _scan_file_json(r: FileScan) -> dict[str, object]:
 
 
 def scan_csv(entries: Sequence[ScanEntry]) -> str:
-    from ckpttool.ops.scan import FileScan
+    from ckpttool.ops.safety import FileScan
 
     rows: list[tuple[str, ...]] = []
     for r in entries:
@@ -103,7 +102,7 @@ def scan_csv(entries: Sequence[ScanEntry]) -> str:
 
 
 def scan_table(entries: Sequence[ScanEntry]) -> str:
-    from ckpttool.ops.scan import FileScan
+    from ckpttool.ops.safety import FileScan
 
     blocks = [_scan_block(r) if isinstance(r, FileScan) else _unreadable_block(r) for r in entries]
     if len(entries) > 1:
@@ -114,7 +113,7 @@ def scan_table(entries: Sequence[ScanEntry]) -> str:
 def _summary_table(entries: Sequence[ScanEntry]) -> str:
     """One row per entry. Where full paths do not fit, they are shown under the folder
     they share, said once above the table, so a cut keeps what tells files apart."""
-    from ckpttool.ops.scan import FileScan
+    from ckpttool.ops.safety import FileScan
 
     width = output_width()
     headers = ("file", "format", "verdict", "weights_only", "pickles")

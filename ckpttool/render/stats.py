@@ -8,7 +8,7 @@ from ckpttool.render.tables import fit_table
 from ckpttool.render.text import grouped, number_text, percent_text, shape_text, to_csv, to_json
 
 if TYPE_CHECKING:  # only for annotations: JSON output must not pay for importing every op
-    from ckpttool.ops.stats import TensorStats
+    from ckpttool.ops.inspect import TensorStats
 
 # The share of zeros is a fraction in JSON and CSV (`zeros`, as before) and a percentage
 # in the table, labelled so that it does not read as a count beside `nan` and `inf`.

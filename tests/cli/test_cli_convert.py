@@ -32,7 +32,7 @@ from support.ops import (
     unchanged,
 )
 
-import ckpttool.ops.convert as convert_module
+import ckpttool.ops.convert.converting as convert_module
 
 Cli = Callable[..., Result]
 REPORT_FIELDS = {

@@ -32,7 +32,7 @@ from support.ops import (
     unchanged,
 )
 
-import ckpttool.ops.remap as remap_module
+import ckpttool.ops.rewrite.remapping as remap_module
 
 Cli = Callable[..., Result]
 REPORT_FIELDS = {"schema_version", "source", "output", "storages", "changed", "verified", "verification", "notes"}

@@ -21,7 +21,7 @@ from support.cli import cli_json
 from support.docs import DOCUMENTATION
 from support.paths import REPO
 
-from ckpttool.load import load
+from ckpttool.materialize import load
 
 Cli = Callable[..., Result]
 FILES = REPO / "fixtures" / "files"

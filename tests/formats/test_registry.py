@@ -18,7 +18,7 @@ from ckpttool.formatnames import FormatName
 from ckpttool.formats import detect, find_pickles, read_checkpoint, registry
 from ckpttool.formats import format as format_module
 from ckpttool.formats.format import Format, Found, Probe
-from ckpttool.ops.scan import scan_file
+from ckpttool.ops.safety import scan_file
 
 FIXTURES = sorted(COMMITTED_DIR / n for n in os.listdir(COMMITTED_DIR))
 

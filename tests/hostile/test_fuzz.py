@@ -25,7 +25,7 @@ from support.hostile import run_cli
 
 from ckpttool.errors import CkptError
 from ckpttool.formats import read_checkpoint
-from ckpttool.ops.scan import scan_file
+from ckpttool.ops.safety import scan_file
 from ckpttool.pickle import decode
 
 FUZZ = settings(

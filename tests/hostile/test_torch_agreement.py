@@ -34,7 +34,7 @@ from support.builders import (
 from support.hostile import only_file, scan, torch_accepts
 from support.tinynet import TinyNet
 
-from ckpttool.ops.scan import scan_file
+from ckpttool.ops.safety import scan_file
 
 Saver = Callable[[Path], None]
 

@@ -2,7 +2,7 @@
 
 As in `check`, an unreadable path is reported among the others, in the order given,
 so that it never hides the verdict of a readable neighbour (nor they its failure).
-A folder is one entry per file under it (`ops.scanfolder`); there, a file that holds no
+A folder is one entry per file under it (`safety/folder.py`); there, a file that holds no
 pickle (config.json, a tokenizer, a README) is an entry too, `safe`, saying so.
 """
 
@@ -16,8 +16,8 @@ from typing import Literal
 from ckpttool.errors import CkptError, NotACheckpointError
 from ckpttool.formatnames import NoPickleKind
 from ckpttool.formats import OpenedFile
-from ckpttool.ops.scan import SAFE, FileScan, scan_file, scan_opened
-from ckpttool.ops.scanfolder import FolderItem, folder_items, same_path
+from ckpttool.ops.safety.folder import FolderItem, folder_items, same_path
+from ckpttool.ops.safety.scan import SAFE, FileScan, scan_file, scan_opened
 from ckpttool.pickle.weightsonly import not_applicable
 
 Unreadable = Literal["unreadable"]  # the verdict an unreadable path has in every output
@@ -40,6 +40,7 @@ NO_PICKLE_FORMATS = ("text", "data")  # what a folder's files that are no checkp
 
 
 def scan_paths(paths: Sequence[str], allow: Mapping[str, str] | None = None) -> list[ScanEntry]:
+    """One entry per file, in order: each path given, every file under a folder, an unreadable path too."""
     entries: list[ScanEntry] = []
     for path in paths:
         entries.extend(scan_folder(path, allow) if os.path.isdir(path) else [_scan_one(path, allow)])

@@ -19,12 +19,12 @@ import shlex
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ckpttool.checkpoint import Checkpoint, TensorRef
 from ckpttool.errors import CkptError, IntegrityError, UnknownFormatError
 from ckpttool.formats import LEGACY, LEGACY_TAR, TORCH_ZIP, OpenedFile, open_path, read_checkpoint
-from ckpttool.ops.keys import (
+from ckpttool.ops.compare.keys import (
     Allowance,
     Expected,
     KeyComparison,
@@ -34,11 +34,14 @@ from ckpttool.ops.keys import (
     found_weights,
     suggest_fixes,
 )
-from ckpttool.ops.scan import NEEDS_ALLOWLIST, FileScan, danger, scan_opened
+from ckpttool.ops.safety.scan import NEEDS_ALLOWLIST, FileScan, danger, scan_opened
 from ckpttool.pickle.judge import unknown_calls_by_allow
 from ckpttool.pickle.weightsonly import allowlist_effect
 from ckpttool.tensordata import verify_storage
 from ckpttool.weights import Weights, all_tensors, find_weights
+
+if TYPE_CHECKING:
+    import torch
 
 Severity = Literal["error", "warning", "info"]
 ERROR: Severity = "error"
@@ -110,7 +113,7 @@ class Target:
 
     check: str  # "model" or "like": the findings' check name
     expected: Expected
-    model: Any = None
+    model: torch.nn.Module | None = None
 
     @property
     def noun(self) -> str:
@@ -128,7 +131,7 @@ def prepare(options: CheckOptions) -> Target | None:
     """Build the model or read the reference. Their errors are the user's to fix before
     any file is checked (exit 2), unlike a file's own problems."""
     if options.model_spec:
-        from ckpttool.ops.modelspec import build_model, expected_state
+        from ckpttool.ops.compare.modelspec import build_model, expected_state
 
         model = build_model(options.model_spec, options.model_args)
         return Target("model", expected_state(model), model)
@@ -237,7 +240,7 @@ def _scanned(opened: OpenedFile, allow: dict[str, str]) -> list[tuple[str, FileS
     path = opened.path
     if not os.path.isdir(path):
         return [("", scan_opened(opened, allow))]
-    from ckpttool.ops.scanpaths import scan_folder
+    from ckpttool.ops.safety.paths import scan_folder
 
     entries = scan_folder(path, allow, opened)  # a DCP folder's own entry: the pickles of this opening
     if len(entries) == 1 and entries[0].path == path and not isinstance(entries[0], FileScan):
@@ -377,7 +380,7 @@ def fixed_name(path: str, tag: str = "fixed") -> str:
 
 
 def _finite(checkpoint: Checkpoint, root: str | None, report: CheckReport) -> None:
-    from ckpttool.ops.stats import non_finite
+    from ckpttool.ops.inspect.stats import non_finite
 
     for named in find_weights(checkpoint.root, root).tensors:
         nan, inf = non_finite(named.tensor)
