@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import torch
 from click.testing import CliRunner
-from groundtruth import COMMITTED_DIR, storage_locations, tensors_equal, torch_load_trusted
 from safetensors.torch import load_file
+from support.groundtruth import COMMITTED_DIR, storage_locations, tensors_equal, torch_load_trusted
 
 import ckpttool
 from ckpttool.cli import main
