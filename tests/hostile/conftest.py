@@ -1,4 +1,4 @@
-"""Fixtures for the hostile-input tests: a marker path, a file writer."""
+"""Fixtures for the hostile-input tests: a file writer (the payload `marker` is tests/conftest.py's)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,6 @@ from pathlib import Path
 
 import pytest
 from support.hostile import FileWriter
-
-
-@pytest.fixture
-def marker(tmp_path: Path) -> Path:
-    """The file every payload would create; tests assert it never appears."""
-    return tmp_path / "PAYLOAD_RAN"
 
 
 @pytest.fixture

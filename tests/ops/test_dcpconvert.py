@@ -28,13 +28,12 @@ from click.testing import Result
 from safetensors.torch import load_file, save_file
 from support.dcp import free_port
 from support.ops import assert_nothing_written, temp_files
+from support.paths import REPO
 
 from ckpttool.ops.convert import Ranks
 from ckpttool.ops.convert.dcp.groups import groups
 from ckpttool.ops.convert.dcp.meta import checked_torch_metadata
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
 MODEL_KEYS = ["0.weight", "0.bias", "2.weight", "2.bias"]
 
 
