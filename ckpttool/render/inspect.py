@@ -13,11 +13,15 @@ from ckpttool.render.text import (
     grouped,
     human_count,
     human_size,
+    json_string,
+    json_text,
     key_values,
+    object_text,
     plural,
     shape_text,
     to_csv,
     to_json,
+    to_json_text,
 )
 
 if TYPE_CHECKING:  # only for annotations: JSON output must not pay for importing every op
@@ -73,41 +77,72 @@ def chunk_rows_table(rows: list[TensorRow], width: int | None = None) -> str:
     return fit_table(headers, body, width, shrink=(0, 4), align=align, whole="--format json")
 
 
-@gc_paused()  # a dict per row, each alive until the text is written
+@gc_paused()  # a text per row, each alive until the whole text is written
 def inspect_json(report: InspectReport, weights: list[TensorRow], tensors: list[TensorRow]) -> str:
     from ckpttool.ops.inspect import count
 
-    rendered: dict[int, dict[str, Any]] = {}  # weights and tensors share rows: each is rendered once
+    rendered: dict[int, str] = {}  # weights and tensors share rows: each is encoded once
 
-    def row_json(row: TensorRow) -> dict[str, Any]:
-        out = rendered.get(id(row))
-        if out is None:
-            out = rendered[id(row)] = tensor_json(row)
-        return out
+    def rows_text(rows: list[TensorRow]) -> str:
+        texts = []
+        for row in rows:
+            text = rendered.get(id(row))
+            if text is None:
+                text = rendered[id(row)] = tensor_text(row)
+            texts.append(text)
+        return "[" + ",".join(texts) + "]"
 
-    return to_json(
-        {
-            "path": report.path,
-            "format": report.format,
-            "file_size": report.file_size,
-            "byteorder": report.byteorder,
-            "weights": {
-                "root": report.weights_root,
-                "kind": report.weights_kind,
-                "alternatives": report.alternatives,
-                "roles": report.roles,
-                "counts": counts_json(count(weights)),
-                "tensors": [row_json(r) for r in weights],
-                "attributes": [tensor_json(r) for r in report.attributes],
-            },
-            "entries": report.entries,
-            "objects": [{"path": o.path, "class": o.cls} for o in report.objects],
-            "tensors": [row_json(r) for r in tensors],
-            "metadata": report.metadata,
-            "notes": report.notes,
-            "anomalies": report.anomalies,
-        }
+    weights_members = [
+        ("root", json_text(report.weights_root)),
+        ("kind", json_text(report.weights_kind)),
+        ("alternatives", json_text(report.alternatives)),
+        ("roles", json_text(report.roles)),
+        ("counts", json_text(counts_json(count(weights)))),
+        ("tensors", rows_text(weights)),
+        ("attributes", json_text([tensor_json(r) for r in report.attributes])),
+    ]
+    return to_json_text(
+        [
+            ("path", json_text(report.path)),
+            ("format", json_text(report.format)),
+            ("file_size", json_text(report.file_size)),
+            ("byteorder", json_text(report.byteorder)),
+            ("weights", object_text(weights_members)),
+            ("entries", json_text(report.entries)),
+            ("objects", json_text([{"path": o.path, "class": o.cls} for o in report.objects])),
+            ("tensors", rows_text(tensors)),
+            ("metadata", json_text(report.metadata)),
+            ("notes", json_text(report.notes)),
+            ("anomalies", json_text(report.anomalies)),
+        ]
     )
+
+
+def tensor_text(row: TensorRow) -> str:
+    """`tensor_json(row)` as `to_json` encodes it, written directly: no dict per row."""
+    if row.chunks is not None:
+        return json_text(tensor_json(row))
+    role = "null" if row.role is None else json_string(row.role)
+    storage = "null" if row.storage is None else json_string(row.storage)
+    return (
+        f'{{"key":{json_string(row.key)},"dtype":{json_string(row.dtype)},"shape":{_ints_text(row.shape)},'
+        f'"numel":{_int_text(row.numel)},"nbytes":{_int_text(row.nbytes)},"device":{json_string(row.device)},'
+        f'"kind":{json_string(row.kind)},"role":{role},"storage":{storage},'
+        f'"storage_offset":{_int_text(row.storage_offset)},"stride":{_ints_text(row.stride)},'
+        f'"contiguous":{"true" if row.contiguous is True else json_text(row.contiguous)},'
+        f'"layout":{json_string(row.layout)}}}'
+    )
+
+
+def _int_text(value: Any) -> str:
+    return str(value) if type(value) is int else json_text(value)
+
+
+def _ints_text(values: list[int]) -> str:
+    for value in values:
+        if type(value) is not int:
+            return json_text(values)
+    return "[" + ",".join(map(str, values)) + "]"
 
 
 def counts_json(counts: Counts) -> dict[str, Any]:

@@ -21,6 +21,27 @@ def to_json(payload: dict[str, Any], version: int = SCHEMA_VERSION) -> str:
     return json.dumps({"schema_version": version, **payload}, allow_nan=False, separators=(",", ":"))
 
 
+def json_text(value: Any) -> str:
+    """One value encoded exactly as `to_json` encodes it inside a document."""
+    return json.dumps(value, allow_nan=False, separators=(",", ":"))
+
+
+def json_string(value: Any) -> str:
+    """A string as `to_json` writes it (json's own C escaper); any other value through `json_text`."""
+    return json.encoder.encode_basestring_ascii(value) if type(value) is str else json_text(value)
+
+
+def to_json_text(members: Iterable[tuple[str, str]], version: int = SCHEMA_VERSION) -> str:
+    """`to_json` of a document whose members' values are already encoded (`json_text`), byte for
+    byte: a value shared by two members (10^5 rows) is then encoded once, not once per member."""
+    return object_text([("schema_version", str(version)), *members])
+
+
+def object_text(members: Iterable[tuple[str, str]]) -> str:
+    """A JSON object from names and their already encoded values, compact as `to_json` writes it."""
+    return "{" + ",".join([f"{json_string(name)}:{value}" for name, value in members]) + "}"
+
+
 def to_csv(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     import csv
     import io
