@@ -10,10 +10,10 @@ from ckpttool.render.tables import fit_table
 from ckpttool.render.text import (
     TENSOR_COLUMNS,
     compact,
+    encode_string,
     grouped,
     human_count,
     human_size,
-    json_string,
     json_text,
     key_values,
     object_text,
@@ -122,16 +122,20 @@ def tensor_text(row: TensorRow) -> str:
     """`tensor_json(row)` as `to_json` encodes it, written directly: no dict per row."""
     if row.chunks is not None:
         return json_text(tensor_json(row))
-    role = "null" if row.role is None else json_string(row.role)
-    storage = "null" if row.storage is None else json_string(row.storage)
-    return (
-        f'{{"key":{json_string(row.key)},"dtype":{json_string(row.dtype)},"shape":{_ints_text(row.shape)},'
-        f'"numel":{_int_text(row.numel)},"nbytes":{_int_text(row.nbytes)},"device":{json_string(row.device)},'
-        f'"kind":{json_string(row.kind)},"role":{role},"storage":{storage},'
-        f'"storage_offset":{_int_text(row.storage_offset)},"stride":{_ints_text(row.stride)},'
-        f'"contiguous":{"true" if row.contiguous is True else json_text(row.contiguous)},'
-        f'"layout":{json_string(row.layout)}}}'
-    )
+    quote = encode_string  # json's own C escaper, for the fields a row holds as str
+    try:
+        role = "null" if row.role is None else quote(row.role)
+        storage = "null" if row.storage is None else quote(row.storage)
+        return (
+            f'{{"key":{quote(row.key)},"dtype":{quote(row.dtype)},"shape":{_ints_text(row.shape)},'
+            f'"numel":{_int_text(row.numel)},"nbytes":{_int_text(row.nbytes)},"device":{quote(row.device)},'
+            f'"kind":{quote(row.kind)},"role":{role},"storage":{storage},'
+            f'"storage_offset":{_int_text(row.storage_offset)},"stride":{_ints_text(row.stride)},'
+            f'"contiguous":{"true" if row.contiguous is True else json_text(row.contiguous)},'
+            f'"layout":{quote(row.layout)}}}'
+        )
+    except TypeError:  # a field that is no str after all: json encodes it as it would have
+        return json_text(tensor_json(row))
 
 
 def _int_text(value: Any) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # only for annotations: JSON output must not pay for importing every op
@@ -26,9 +26,13 @@ def json_text(value: Any) -> str:
     return json.dumps(value, allow_nan=False, separators=(",", ":"))
 
 
+# A str as `to_json` writes it (json's own C escaper); TypeError for anything else.
+encode_string: Callable[[str], str] = json.encoder.encode_basestring_ascii
+
+
 def json_string(value: Any) -> str:
-    """A string as `to_json` writes it (json's own C escaper); any other value through `json_text`."""
-    return json.encoder.encode_basestring_ascii(value) if type(value) is str else json_text(value)
+    """A string as `to_json` writes it; any other value through `json_text`."""
+    return encode_string(value) if type(value) is str else json_text(value)
 
 
 def to_json_text(members: Iterable[tuple[str, str]], version: int = SCHEMA_VERSION) -> str:
