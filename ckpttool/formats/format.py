@@ -11,15 +11,17 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ckpttool.checkpoint import Checkpoint
 from ckpttool.errors import CkptError, FileAccessError, NotACheckpointError, PickleError, UnknownFormatError
-from ckpttool.formats.joblib import JoblibRead
 from ckpttool.formats.ziparchive import ZipArchive, open_archive
 from ckpttool.gcpause import gc_paused
-from ckpttool.pickle import Decoded
-from ckpttool.pickle.judge import TorchScript
+
+if TYPE_CHECKING:  # annotations only: reading a torch zip imports no joblib reader
+    from ckpttool.formats.joblib import JoblibRead
+    from ckpttool.pickle import Decoded
+    from ckpttool.pickle.judge import TorchScript
 
 FormatName = Literal[
     "torch-zip",
