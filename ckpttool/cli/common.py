@@ -64,9 +64,19 @@ def unstack_option() -> Callable[[F], F]:
     )
 
 
+_EMIT_PIECE = 1 << 20
+
+
 def emit(text: str) -> None:
-    if text:
-        click.echo(text)
+    if len(text) <= _EMIT_PIECE:
+        if text:
+            click.echo(text)
+        return
+    # A 10^5-row JSON document in pieces: never a second and third copy of it (with its
+    # newline, encoded) in memory at once.
+    for start in range(0, len(text), _EMIT_PIECE):
+        click.echo(text[start : start + _EMIT_PIECE], nl=False)
+    click.echo("")
 
 
 def warn(message: str) -> None:

@@ -9,6 +9,7 @@ from ckpttool.gcpause import gc_paused
 from ckpttool.render.tables import fit_table
 from ckpttool.render.text import (
     TENSOR_COLUMNS,
+    Encoded,
     compact,
     encode_string,
     grouped,
@@ -16,7 +17,7 @@ from ckpttool.render.text import (
     human_size,
     json_text,
     key_values,
-    object_text,
+    object_pieces,
     plural,
     shape_text,
     to_csv,
@@ -83,16 +84,17 @@ def inspect_json(report: InspectReport, weights: list[TensorRow], tensors: list[
 
     rendered: dict[int, str] = {}  # weights and tensors share rows: each is encoded once
 
-    def rows_text(rows: list[TensorRow]) -> str:
-        texts = []
+    def rows_text(rows: list[TensorRow]) -> list[str]:
+        pieces = ["["]
         for row in rows:
             text = rendered.get(id(row))
             if text is None:
                 text = rendered[id(row)] = tensor_text(row)
-            texts.append(text)
-        return "[" + ",".join(texts) + "]"
+            pieces += (text, ",")
+        pieces[-1] = "]"  # the last comma, or the list's opening bracket when it is empty
+        return pieces if len(pieces) > 1 else ["[]"]
 
-    weights_members = [
+    weights_members: list[tuple[str, Encoded]] = [
         ("root", json_text(report.weights_root)),
         ("kind", json_text(report.weights_kind)),
         ("alternatives", json_text(report.alternatives)),
@@ -107,7 +109,7 @@ def inspect_json(report: InspectReport, weights: list[TensorRow], tensors: list[
             ("format", json_text(report.format)),
             ("file_size", json_text(report.file_size)),
             ("byteorder", json_text(report.byteorder)),
-            ("weights", object_text(weights_members)),
+            ("weights", object_pieces(weights_members)),
             ("entries", json_text(report.entries)),
             ("objects", json_text([{"path": o.path, "class": o.cls} for o in report.objects])),
             ("tensors", rows_text(tensors)),
