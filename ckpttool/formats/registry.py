@@ -16,7 +16,8 @@ from importlib import import_module
 from typing import TYPE_CHECKING, overload
 
 from ckpttool.errors import NotACheckpointError, UnknownFormatError
-from ckpttool.formats.format import Format, FormatName, Found, Probe, not_a_checkpoint, probe
+from ckpttool.formatnames import FormatName
+from ckpttool.formats.format import Format, Found, Probe, not_a_checkpoint, probe
 
 if TYPE_CHECKING:
     from ckpttool.checkpoint import Checkpoint

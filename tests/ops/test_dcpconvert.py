@@ -8,6 +8,7 @@ back with `torch.load`; every converted tensor must equal it (torch.equal, dtype
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -27,9 +28,9 @@ from ops.dcp_make import free_port
 from ops.support import assert_nothing_written, temp_files
 from safetensors.torch import load_file, save_file
 
-from ckpttool.ops.dcpio import groups
-from ckpttool.ops.dcpmeta import read_dcp_metadata
-from ckpttool.ops.dcpranks import Ranks
+from ckpttool.ops.convert import Ranks
+from ckpttool.ops.convert.dcp.groups import groups
+from ckpttool.ops.convert.dcp.meta import checked_torch_metadata
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -111,6 +112,25 @@ def test_dcp_to_sharded_safetensors_with_index(
         got.update(part)
     assert_equal_tensors(got, truth)
     assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in truth.values())
+
+
+def test_without_kernel_copies_chunks_are_copied_through_a_buffer(
+    dcp_dirs: dict[int, Path], tmp_path: Path, run: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Filesystems (or kernels) without copy_file_range between two files: the same output."""
+    truth = tensors_of(dcp_truth(dcp_dirs[2], tmp_path))
+
+    tried: list[int] = []
+
+    def unsupported(*args: Any) -> int:
+        tried.append(args[2])
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "copy_file_range", unsupported)
+    result = run("convert", dcp_dirs[2], tmp_path / "all.safetensors", "--root", "")
+    assert result.exit_code == 0, result.stderr
+    assert tried  # the kernel copy was asked for, and refused
+    assert_equal_tensors(load_file(tmp_path / "all.safetensors"), truth)
 
 
 def test_dcp_to_pth_loads_weights_only(dcp_dirs: dict[int, Path], tmp_path: Path, run: Callable[..., Result]) -> None:
@@ -222,7 +242,7 @@ def test_dcp_metadata_read_without_unpickling_equals_pickle(dcp_dirs: dict[int, 
     folder = dcp_dirs[2]
     with open(folder / ".metadata", "rb") as f:
         truth = pickle.load(f)  # ground truth: torch's own file
-    ours = read_dcp_metadata(str(folder))
+    ours = checked_torch_metadata(str(folder))
     assert ours.state_dict_metadata == truth.state_dict_metadata
     assert ours.storage_data == truth.storage_data
     assert ours.planner_data == truth.planner_data
@@ -256,13 +276,36 @@ def test_truncated_data_file(dcp_dirs: dict[int, Path], tmp_path: Path, run: Cal
 
 def test_corrupt_chunk_is_one_line(dcp_dirs: dict[int, Path], tmp_path: Path, run: Callable[..., Result]) -> None:
     copy = _copy(dcp_dirs[1], tmp_path)
-    where = next(i for k, i in read_dcp_metadata(str(copy)).storage_data.items() if k.fqn == "model.0.weight")
+    where = next(i for k, i in checked_torch_metadata(str(copy)).storage_data.items() if k.fqn == "model.0.weight")
     data = bytearray((copy / where.relative_path).read_bytes())
     data[where.offset : where.offset + 64] = b"\0" * 64  # the chunk's zip header: the length is right, not the content
     (copy / where.relative_path).write_bytes(bytes(data))
     result = run("convert", copy, tmp_path / "m.safetensors", "--root", "")
     assert result.exit_code == 2, result.stderr
     assert result.stderr.count("\n") == 1 and "'model.0.weight'" in result.stderr
+    assert_nothing_written(tmp_path, tmp_path / "m.safetensors")
+
+
+def test_a_chunk_whose_bytes_changed_is_refused(
+    dcp_dirs: dict[int, Path], tmp_path: Path, run: Callable[..., Result]
+) -> None:
+    """A row chunk is copied file to file unseen; its copy's CRC-32 then disagrees with the one
+    torch.save recorded, and the chunk itself fails it: damaged input, nothing lands."""
+    from ckpttool.formats.dcp import read_dcp_tensors
+    from ckpttool.tensordata import direct_ranges
+
+    copy = _copy(dcp_dirs[2], tmp_path)
+    pieces = direct_ranges(read_dcp_tensors(str(copy))[1]["model.0.weight"])
+    assert pieces is not None and len(pieces) == 2  # split by rows over both ranks: copied piece by piece
+    with open(pieces[1].path, "r+b") as f:
+        f.seek(pieces[1].offset)
+        first = f.read(1)
+        f.seek(pieces[1].offset)
+        f.write(bytes([first[0] ^ 1]))
+    result = run("convert", copy, tmp_path / "m.safetensors")
+    assert result.exit_code == 2, result.stderr
+    assert result.stderr.count("\n") == 1
+    assert "__1_0.distcp" in result.stderr and "CRC-32" in result.stderr and "model.0.weight" in result.stderr
     assert_nothing_written(tmp_path, tmp_path / "m.safetensors")
 
 
