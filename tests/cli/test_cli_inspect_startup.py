@@ -10,9 +10,11 @@ import sys
 
 from tests.conftest import COMMITTED_FIXTURES, REPO
 
-# The readers a torch zip never needs, and torch itself.
+# The readers a torch zip never needs, torch itself, and logging (set up only by the
+# commands that write outputs).
 NOT_IMPORTED = (
     "torch",
+    "logging",
     "ckpttool.formats.dcp",
     "ckpttool.formats.dcp_format",
     "ckpttool.formats.dcp_metadata",
