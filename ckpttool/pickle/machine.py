@@ -14,12 +14,12 @@ IndexError, RecursionError or MemoryError.
 
 from __future__ import annotations
 
-import gc
 import struct
 from collections.abc import Callable
 from typing import Any
 
 from ckpttool.errors import PickleError
+from ckpttool.gcpause import gc_paused
 from ckpttool.pickle.call_ops import ARGUMENT_USES, CallOpcodes
 from ckpttool.pickle.container_ops import ContainerOpcodes
 from ckpttool.pickle.framing import buffered_stream
@@ -83,13 +83,8 @@ class _Machine(ScalarOpcodes, ContainerOpcodes, CallOpcodes):
         # The graph is built of new containers and records that hold one another: the
         # collector would walk it again and again while it grows, and it frees nothing
         # (every object is reachable from the stack or the memo).
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
+        with gc_paused():
             return self.decoded()
-        finally:
-            if collecting:
-                gc.enable()
 
     def decoded(self) -> Decoded:
         try:
