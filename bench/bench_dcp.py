@@ -13,6 +13,12 @@ each as a whole process (wall time, peak RSS):
   on the same tensors saved by the same 2 ranks through `HuggingFaceStorageWriter`
   (it reads only checkpoints written in that layout, not `.distcp` files).
 
+It ends with the DCP row of the performance table: ckpttool's convert time as a share of
+the script's and of torch's consolidation (goals: at most 0.6 and 1.0), and its peak RSS
+against the budget of twice the largest tensor plus 300 MB. The checkpoints are written by
+child processes, so that this process stays small: a child's peak RSS counts its parent's
+at the fork, and each tool's peak is then its own.
+
 Everything is written under --dir and deleted at the end; it needs about 3x the
 checkpoint size free on disk.
 """
@@ -25,6 +31,7 @@ import math
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -84,6 +91,12 @@ def _writer(rank: int, world: int, port: int, layers: int, folder: str, hf: bool
 
 
 def write_checkpoint(folder: Path, layers: int, hf: bool = False) -> None:
+    """The checkpoint, written by 2 ranks spawned from a child process of this one."""
+    args = ["--write", str(folder), "--layers", str(layers), *(["--hf"] if hf else [])]
+    subprocess.run([sys.executable, __file__, *args], check=True)
+
+
+def _spawn_writers(folder: Path, layers: int, hf: bool) -> None:
     import torch.multiprocessing as mp
 
     with socket.socket() as s:
@@ -142,7 +155,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--gb", type=float, default=6.0)
     parser.add_argument("--dir", default="/tmp/ckpttool-dcp-bench")
+    parser.add_argument("--write", help=argparse.SUPPRESS)  # the child that writes a checkpoint
+    parser.add_argument("--layers", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--hf", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.write:
+        _spawn_writers(Path(args.write), args.layers, args.hf)
+        return
     base = Path(args.dir)
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
@@ -158,17 +177,20 @@ def run(base: Path, layers: int) -> None:
 
     ckpt, out = base / "dcp", base / "out"
     write_checkpoint(ckpt, layers)
-    print(f"DCP checkpoint: {_size(ckpt) / 1e9:.2f} GB in {len(list(ckpt.iterdir()))} files, 2 ranks, {sys.argv}")
+    files = len(list(ckpt.iterdir()))
+    print(f"DCP checkpoint: {_size(ckpt) / 1e9:.2f} GB in {files} files, 2 ranks, {sys.argv}; load {os.getloadavg()}")
     show("ckpttool inspect --format json", run_once(ckpttool("inspect", str(ckpt), "--format", "json")))
     show("dcp_to_torch_save + torch.load(mmap=True)", run_once(python(INSPECT_SCRIPT, str(ckpt), str(base / "t.pt"))))
     (base / "t.pt").unlink()
     out.mkdir()
     convert = ckpttool("convert", str(ckpt), str(out / "model.safetensors"), "--shard-size", "2GB")
-    show("ckpttool convert --shard-size 2GB (verified)", run_once(convert))
+    ours = run_once(convert)
+    show("ckpttool convert --shard-size 2GB (verified)", ours)
     shutil.rmtree(out)
     out.mkdir()
     baseline = python(CONVERT_SCRIPT, str(ckpt), str(base / "t.pt"), str(out))
-    show("dcp_to_torch_save + torch.load + save_file per 2 GB", run_once(baseline))
+    script = run_once(baseline)
+    show("dcp_to_torch_save + torch.load + save_file per 2 GB", script)
     shutil.rmtree(out)
     (base / "t.pt").unlink()
     shutil.rmtree(ckpt)
@@ -177,7 +199,14 @@ def run(base: Path, layers: int) -> None:
     mapping = json.dumps(_one_file_per_2gb(layers))
     out.mkdir()
     consolidate = python(CONSOLIDATE_SCRIPT, str(hf), str(out), mapping)
-    show("torch _consolidate_hf_safetensors (HF-layout DCP input)", run_once(consolidate))
+    torchs = run_once(consolidate)
+    show("torch _consolidate_hf_safetensors (HF layout, unverified)", torchs)
+    budget = 2 * max(rows * cols * 4 for _, rows, cols, _ in _spec(layers)) / 2**20 + 300
+    print(
+        f"DCP row: convert takes {ours.seconds / script.seconds:.2f} of the script (goal <= 0.6) and "
+        f"{ours.seconds / torchs.seconds:.2f} of torch's consolidation (goal <= 1.0); peak {ours.peak_mb:.0f} MB "
+        f"(goal <= {budget:.0f} MB: 2 x the largest tensor + 300 MB); load average {os.getloadavg()[0]:.1f}"
+    )
 
 
 def _one_file_per_2gb(layers: int) -> dict[str, int]:

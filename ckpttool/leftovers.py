@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import socket
-import sys
 from functools import cache
 
 BACKUP_SUFFIX = ".previous"
@@ -43,7 +42,7 @@ def temp_prefix(name: str) -> str:
 
 def remove_leftovers(folder: str, suffix: str) -> list[str]:
     """Remove every leftover in `folder` whose name ends with `suffix` and whose writer is
-    gone; says so in one stderr line. Returns the names removed (or put back)."""
+    gone; says so in one warning (one stderr line from the command line). Returns the names removed (or put back)."""
     try:
         names = sorted(os.listdir(folder))
     except OSError:
@@ -119,5 +118,8 @@ def _zombie(pid: int) -> bool:
 
 
 def _say(line: str) -> None:
-    with contextlib.suppress(OSError, ValueError):  # stderr closed: nothing to say it on
-        print(line, file=sys.stderr, flush=True)
+    """A warning on the `ckpttool` logger: the library prints nothing itself. With no
+    logging set up (the command line), Python's last-resort handler writes it to stderr."""
+    import logging  # only when there is something to say
+
+    logging.getLogger("ckpttool").warning(line)

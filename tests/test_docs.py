@@ -1,17 +1,17 @@
-"""Every command documents itself and is documented in the README."""
+"""Every command documents itself and is documented in the README; every relative link of the
+documentation points to a file in the repository."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import click
 import pytest
 from click.testing import CliRunner
-from conftest import REPO
+from support.docs import LINKED_PATHS, README, REPO, anchored_links, anchors, relative_links
 
 from ckpttool.cli import COMMANDS, main
-
-README = (REPO / "README.md").read_text(encoding="utf-8")
 
 
 def all_commands() -> list[tuple[str, click.Command]]:
@@ -51,3 +51,24 @@ def test_readme_opens_with_the_two_commands() -> None:
     assert "pytest" in first[1]
     fixture = first[0].split("ckpttool inspect ", 1)[1].strip()
     assert (REPO / fixture).is_file()
+
+
+@pytest.mark.parametrize("path", LINKED_PATHS, ids=[p.relative_to(REPO).as_posix() for p in LINKED_PATHS])
+def test_every_relative_link_points_to_a_file_in_the_repository(path: Path) -> None:
+    assert path.is_file(), f"{path.relative_to(REPO)} is missing"
+    for target in relative_links(path):
+        resolved = (path.parent / target).resolve()
+        assert resolved.is_relative_to(REPO), f"{path.name} links outside the repository: {target}"
+        assert resolved.exists(), f"{path.name} links to {target}, which does not exist"
+    for file, anchor in anchored_links(path):
+        if file.suffix == ".md":
+            assert anchor in anchors(file), f"{path.name} links to #{anchor}, no heading of {file.name}"
+
+
+def test_the_documentation_has_pages_and_links() -> None:
+    """The link test above checks something: the README links to every page of docs/."""
+    pages = [p for p in LINKED_PATHS if p.parent == REPO / "docs"]
+    assert pages
+    linked = {(REPO / target).resolve() for target in relative_links(REPO / "README.md")}
+    assert {p.resolve() for p in pages} <= linked
+    assert (REPO / "CHANGELOG.md").resolve() in linked

@@ -20,6 +20,7 @@ import bz2
 import lzma
 import mmap
 import os
+import re
 import struct
 import tarfile
 import tempfile
@@ -143,6 +144,11 @@ def trailing_data(decoded: Decoded, end: int) -> str | None:
     return None
 
 
+# A string literal (kept whole) or an integer with Python 2's long suffix.
+_LONG_SUFFIX = re.compile(r"""('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")|\b(\d+)[lL]\b""")
+_PADDING = 64  # whitespace after an npy pickle's STOP up to this is padding, not data
+
+
 # -- the walk ---------------------------------------------------------------------------------
 
 
@@ -246,6 +252,8 @@ class _Scanner:
             return
         self.found.pickles.append((label, decoded))
         extra = trailing_data(decoded, end)
+        if extra and end - decoded.end <= _PADDING and not bytes(data[decoded.end : end]).strip():
+            extra = None  # padding (Python 2's numpy ended its pickles with a newline): nothing reads it
         if extra:
             self.found.problems.append(f"{label}: {extra}")
 
@@ -375,7 +383,7 @@ def _inflate_stream(kind: str, data: Any, start: int, end: int, cap: int, name: 
 
 def _npy_header(data: Any, start: int, end: int) -> tuple[dict[str, Any], int]:
     """numpy's header: magic, version, header length, a dict literal (read as numpy does,
-    with literal_eval, never eval)."""
+    with literal_eval, never eval; Python 2's `2L` integers as numpy reads them too)."""
     major = data[start + 6] if end - start > 8 else 0
     width = 2 if major == 1 else 4
     if major not in (1, 2, 3) or start + 8 + width > end:
@@ -386,12 +394,18 @@ def _npy_header(data: Any, start: int, end: int) -> tuple[dict[str, Any], int]:
         raise UnknownFormatError("npy header runs past the end of the file")
     text = bytes(data[start + 8 + width : body]).decode("latin1")
     try:
-        header = ast.literal_eval(text)
+        header = ast.literal_eval(_without_long_suffixes(text) if major in (1, 2) else text)
     except (ValueError, SyntaxError, MemoryError, RecursionError):
         raise UnknownFormatError("npy header is not a Python literal") from None
     if not isinstance(header, dict):
         raise UnknownFormatError("npy header is not a dict")
     return header, body
+
+
+def _without_long_suffixes(text: str) -> str:
+    """`(2L, 3L)` as `(2, 3)`: the `L` after an integer, outside strings (numpy's own filter
+    for headers written by Python 2)."""
+    return _LONG_SUFFIX.sub(lambda m: m.group(1) or m.group(2), text)
 
 
 def _holds_objects(descr: Any) -> bool:

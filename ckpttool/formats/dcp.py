@@ -50,7 +50,7 @@ from ckpttool.formats.dcp_metadata import (
 )
 from ckpttool.formats.torchzip import MAX_PICKLE_RECORD, read_torch_zip
 from ckpttool.formats.ziparchive import ZIP_MAGIC, ZipArchive, open_archive, pread_exact, read_entry
-from ckpttool.tensordata import read_span
+from ckpttool.tensordata import ByteRange, direct_range, read_span
 
 FORMAT = "dcp"
 EXTRA_STATE = "._extra_state/"  # a module's extra state saved as a Megatron object entry
@@ -58,7 +58,7 @@ PICKLE_PROTO = b"\x80"  # the first opcode of every pickle of protocol 2 or late
 MAX_NESTING = 64  # deeper planner paths are not a state_dict: the keys stay flat
 _RANK_FILE = re.compile(r"__(\d+)_\d+\.distcp")  # FileSystemWriter's name: rank, then file number
 
-__all__ = ["FORMAT", "is_dcp_folder", "item_pickles", "metadata_pickle", "read_dcp"]
+__all__ = ["FORMAT", "is_dcp_folder", "item_pickles", "metadata_pickle", "read_dcp", "read_dcp_tensors"]
 
 
 def is_dcp_folder(path: str) -> bool:
@@ -69,6 +69,11 @@ def is_dcp_folder(path: str) -> bool:
 def read_dcp(path: str, meta: DcpMetadata | None = None) -> Checkpoint:
     """The checkpoint in the DCP folder `path`: metadata and item headers only, no tensor data.
     `meta`: its `.metadata`, when a scan of the same opening already read it."""
+    return read_dcp_tensors(path, meta)[0]
+
+
+def read_dcp_tensors(path: str, meta: DcpMetadata | None = None) -> tuple[Checkpoint, dict[str, TensorRef]]:
+    """`read_dcp`, and each tensor by its DCP key (what `convert` copies out of the folder)."""
     meta = meta or read_dcp_metadata(path)
     folder = meta.folder
     files = DataFiles(folder)
@@ -86,7 +91,7 @@ def read_dcp(path: str, meta: DcpMetadata | None = None) -> Checkpoint:
         names += [COMMON_NAME] if common_path(folder) else []
         root, notes = megatron_root(values, meta, _common_state(folder, built))
         built.anomalies.extend(notes)
-    return Checkpoint(
+    checkpoint = Checkpoint(
         path=path,
         format=FORMAT,
         file_size=sum(os.path.getsize(os.path.join(folder, name)) for name in names),
@@ -98,6 +103,7 @@ def read_dcp(path: str, meta: DcpMetadata | None = None) -> Checkpoint:
         chunks={fqn: [_chunk(c) for c in t.chunks] for fqn, t in meta.tensors.items()},
         unconvertible=unconvertible(meta) if megatron else {},
     )
+    return checkpoint, {fqn: values[fqn] for fqn in meta.tensors}
 
 
 def _metadata(meta: DcpMetadata) -> dict[str, str]:
@@ -314,8 +320,25 @@ def _gathered(tensor: DcpTensor, parts: list[tuple[DcpChunk, TensorRef]], files:
     storage = Storage(tensor.fqn, tensor.dtype, _numel(shape), "cpu")
     storage.record = Record(first, f"{tensor.fqn} ({len(parts)} chunks)", 0, storage.nbytes)
     storage.record.gather = partial(gather, tensor, parts)
+    storage.record.parts = partial(row_ranges, tensor, parts)
     storage.record.viewed_by = partial(_named, tensor.fqn)
     return TensorRef(tensor.dtype, shape, contiguous_strides(shape), 0, storage, tensor.requires_grad)
+
+
+def row_ranges(tensor: DcpTensor, parts: list[tuple[DcpChunk, TensorRef]]) -> list[ByteRange] | None:
+    """The tensor's bytes as plain byte ranges of its data files, in order, when its chunks are
+    runs of whole rows (how FSDP and tensor parallelism split a matrix by its first axis), so
+    that `convert` copies them file to file; None for any other split."""
+    ranges: list[ByteRange] = []
+    row, rest = 0, tensor.shape[1:]
+    for chunk, ref in sorted(parts, key=lambda part: part[0].offsets[:1]):
+        whole_rows = chunk.sizes[1:] == rest and not any(chunk.offsets[1:])
+        span = direct_range(ref) if whole_rows and chunk.offsets[:1] == (row,) else None
+        if span is None:
+            return None
+        ranges.append(span)
+        row += chunk.sizes[0]
+    return ranges if tensor.shape and row == tensor.shape[0] else None
 
 
 def layer_of(ref: TensorRef, layer: int) -> TensorRef:

@@ -87,7 +87,14 @@ def _opens_with_proto(probe: Probe) -> bool:
 
 
 def _found_anything(exc: PickleError) -> bool:
-    return exc.partial is not None and bool(exc.partial.globals)
+    """A global any unpickler could import before the error. Source code starting with
+    `import x` or `class X:` reads as INST or GLOBAL of names with spaces and colons,
+    which name no module: that is text, not a pickle."""
+    return exc.partial is not None and any(_python_name(g.module) and _python_name(g.name) for g in exc.partial.globals)
+
+
+def _python_name(dotted: str) -> bool:
+    return all(part.isidentifier() for part in dotted.split("."))
 
 
 RAW_PICKLE_FORMAT = Format(

@@ -261,7 +261,7 @@ def _file_safety(result: FileScan, report: CheckReport, where: str) -> None:
         effect = allowlist_effect(result.weights_only.result)
         refused = result.weights_only.result != "loads-after-allowlist"
         why = f"; it refuses: {'; '.join(result.weights_only.reasons)}" if refused else ""
-        remedy = Remedy(effect, [*(f"import {m}" for m in result.imports), result.allowlist])
+        remedy = Remedy(effect, [*result.imports, result.allowlist])
         report.add("safety", WARNING, f"{where}{effect} {result.allowlist}{why}", remedy=remedy)
 
 

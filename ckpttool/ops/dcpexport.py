@@ -1,12 +1,17 @@
 """`convert` out of a DCP folder: its weights as safetensors (sharded, with the Hugging Face
-index) or a torch `.pth`, loaded through DCP a bounded group at a time.
+index) or a torch `.pth`, each byte of the data files read once.
 
-`.metadata` is never unpickled (`dcpmeta`); DCP's own `FileSystemReader` (with the
-rebuilt metadata) and `DefaultLoadPlanner` fill preallocated tensors, one group of keys per
-`dcp.load` call, and each group is streamed into the file being written. Non-tensor entries
-are never loaded (DCP would `torch.load` them with weights_only=False). Under torchrun the
-ranks share the shards (or, for one safetensors file, the tensors, each written in place at
-the offset the header fixes), verify what they wrote, and rank 0 lands every file.
+The folder is read by ckpttool's own DCP reader (`formats/dcp.py`: `.metadata` and every
+item's pickle through the code-free machine, nothing unpickled, every item checked against
+its file). A tensor whose chunks are runs of whole rows (saved whole, or split by its first
+axis as FSDP and tensor parallelism split a matrix) is copied file to file by the kernel,
+chunk by chunk, into its place in the output, never through Python memory; its copy is
+verified by one CRC-32 pass over the output against each chunk's recorded CRC-32, which also
+vouches for the source. Any other tensor (cast, or split along another axis) is assembled
+in memory, one tensor at a time, and its written bytes checked against the CRC-32 of what
+was assembled. Non-tensor entries are never loaded. Under torchrun the ranks share the
+shards (or, for one safetensors file, the tensors, each written in place at the offset the
+header fixes), verify what they wrote, and rank 0 lands every file.
 """
 
 from __future__ import annotations
@@ -16,10 +21,10 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ckpttool.atomic import OutputSet, PendingOutput, output_set, replace_all
-from ckpttool.checkpoint import Checkpoint, byte_size, contiguous_strides
+from ckpttool.checkpoint import Checkpoint, TensorRef, byte_size, contiguous_strides
 from ckpttool.crc import crc32 as crc32_of
 from ckpttool.dtypes import DTYPES
 from ckpttool.errors import (
@@ -29,6 +34,7 @@ from ckpttool.errors import (
     WeightsNotFoundError,
     about,
 )
+from ckpttool.formats.dcp import layer_of, read_dcp_tensors
 from ckpttool.formats.dcp_megatron import refuse_unconvertible
 from ckpttool.ops.convert import (
     SAFETENSORS,
@@ -38,16 +44,26 @@ from ckpttool.ops.convert import (
     _shard_paths,
     rename,
 )
-from ckpttool.ops.dcpio import groups, load_group
-from ckpttool.ops.dcpmeta import read_checked
+from ckpttool.ops.dcpio import groups
 from ckpttool.ops.dcpranks import Ranks, current_ranks, together
 from ckpttool.ops.unstack import layer_names
 from ckpttool.signals import held
-from ckpttool.tensordata import cast, crc32, direct_range, tensor_bytes
+from ckpttool.tensordata import (
+    ByteRange,
+    cast,
+    chunks,
+    copy_matches_record,
+    crc32,
+    direct_range,
+    direct_ranges,
+    load_tensor,
+    same_bytes,
+    tensor_bytes,
+)
 from ckpttool.weights import find_weights, join
 
 if TYPE_CHECKING:
-    from torch.distributed.checkpoint.metadata import Metadata
+    import torch
 
 
 # -- out of DCP --------------------------------------------------------------------------------
@@ -67,8 +83,8 @@ class DcpTensor:
     def nbytes(self) -> int:
         return byte_size(_numel(self.shape), self.dtype)
 
-    def of(self, loaded: Any) -> Any:
-        return loaded if self.layer is None else loaded[self.layer]
+    def of(self, stored: TensorRef) -> TensorRef:
+        return stored if self.layer is None else layer_of(stored, self.layer)
 
 
 def _numel(shape: tuple[int, ...]) -> int:
@@ -82,7 +98,7 @@ def convert_from_dcp(src: str, dst: str, options: ConvertOptions, progress: Prog
     if options.dedupe:
         raise UsageError("--dedupe: a DCP checkpoint holds no tied tensors")
     ranks = current_ranks()
-    metadata, tensors, root, notes = _dcp_plan(src, options)
+    refs, tensors, root, notes = _dcp_plan(src, options)
     shards = list(groups(tensors, lambda t: t.nbytes, options.shard_size)) if options.shard_size else [tensors]
     paths = _shard_paths(dst, len(shards))
     index = dst + ".index.json" if len(shards) > 1 else None
@@ -90,7 +106,7 @@ def convert_from_dcp(src: str, dst: str, options: ConvertOptions, progress: Prog
     with output_set([src], options.force) as outs:
         for path in [*paths, *([index] if index else [])]:  # refuse before writing anything
             outs.check_destination(path)
-        writer = _ShardWriter(src, metadata, options, progress)
+        writer = _ShardWriter(src, refs, options, progress)
         if ranks.distributed and len(shards) == 1 and options.to == SAFETENSORS:
             writer.write_together(outs, ranks, paths[0], shards[0])
         else:
@@ -108,30 +124,25 @@ def convert_from_dcp(src: str, dst: str, options: ConvertOptions, progress: Prog
     )
 
 
-def _dcp_plan(src: str, options: ConvertOptions) -> tuple[Metadata, list[DcpTensor], str, list[str]]:
-    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-
-    checkpoint, metadata = read_checked(src)
-    entries = metadata.state_dict_metadata
-    tensors = {fqn: md for fqn, md in entries.items() if isinstance(md, TensorStorageMetadata)}
-    root, chosen = _weights(checkpoint, list(tensors), options.root)
+def _dcp_plan(src: str, options: ConvertOptions) -> tuple[dict[str, TensorRef], list[DcpTensor], str, list[str]]:
+    checkpoint, refs = read_dcp_tensors(src)
+    root, chosen = _weights(checkpoint, list(refs), options.root)
     refuse_unconvertible(checkpoint, [fqn for _, fqn in chosen])
-    slices = _layers(chosen, {fqn: tuple(md.size) for fqn, md in tensors.items()}, options.unstack)
+    slices = _layers(chosen, {fqn: ref.shape for fqn, ref in refs.items()}, options.unstack)
     notes: list[str] = []
     names = rename([key for key, _, _ in slices], options.strip_prefixes, options.renames, notes)
     out = []
     for name, (_, fqn, layer) in zip(names, slices, strict=True):
-        md = tensors[fqn]
-        source_dtype = str(md.properties.dtype).removeprefix("torch.")
+        source_dtype = refs[fqn].dtype
         dtype = options.dtype if options.dtype and DTYPES[source_dtype].is_floating else source_dtype
         if options.to == SAFETENSORS and DTYPES[dtype].safetensors is None:
             raise FormatError(f"tensor {name!r} has dtype {dtype}, which safetensors cannot store; use --to pth")
-        stored = tuple(md.size)
+        stored = refs[fqn].shape
         if layer is None:
             out.append(DcpTensor(name, fqn, source_dtype, dtype, stored))
         else:
             out.append(DcpTensor(name, fqn, source_dtype, dtype, stored[1:], layer, stored))
-    return metadata, out, root, notes
+    return refs, out, root, notes
 
 
 def _layers(
@@ -169,21 +180,25 @@ def _weights(checkpoint: Checkpoint, fqns: list[str], root: str | None) -> tuple
     return root, chosen
 
 
-class _ShardWriter:
-    """Writes this rank's shards, each filled group by group from DCP, and verifies them."""
+# By output name: the CRC-32 of the bytes written from memory, or the ranges copied file to file.
+Written = dict[str, int | list[ByteRange]]
 
-    def __init__(self, src: str, metadata: Metadata, options: ConvertOptions, progress: Progress) -> None:
-        self.src, self.metadata, self.options, self.progress = src, metadata, options, progress
+
+class _ShardWriter:
+    """Writes this rank's shards, each tensor copied out of the data files, and verifies them."""
+
+    def __init__(self, src: str, refs: dict[str, TensorRef], options: ConvertOptions, progress: Progress) -> None:
+        self.src, self.refs, self.options, self.progress = src, refs, options, progress
 
     def write_all(self, outs: OutputSet, mine: list[tuple[str, list[DcpTensor]]], index: str | None,
                   paths: list[str], shards: list[list[DcpTensor]]) -> None:  # fmt: skip
         for path, shard in mine:
             self.progress.start(sum(t.nbytes for t in shard))  # one bar per file
             output = outs.open(path)
-            crcs = self._write(output, shard)
+            written = self._write(output, shard)
             output.seal()
             with about(output.final):
-                self._verify(output.temp, shard, crcs)
+                self._verify(output.temp, shard, written)
         if index:
             _write_index(outs, index, paths, shards)
 
@@ -203,14 +218,12 @@ class _ShardWriter:
         self.progress.start(sum(t.nbytes for t in mine))
 
         def write_mine() -> None:
-            crcs: dict[str, int] = {}
+            written: Written = {}
             with open(temp, "r+b") as f:
-                for tensor, data in self._tensors(mine):
-                    f.seek(offsets[tensor.name])
-                    f.write(data)
-                    crcs[tensor.name] = crc32_of(data)
+                for tensor in mine:
+                    written[tensor.name] = self._put(tensor, f.fileno(), offsets[tensor.name])
             with about(path):
-                self._verify(temp, shard, crcs, mine)
+                self._verify(temp, shard, written, mine)
 
         together(ranks, write_mine)
 
@@ -221,41 +234,68 @@ class _ShardWriter:
         output.seal()
         return output.temp
 
-    def _tensors(self, shard: list[DcpTensor]) -> Iterator[tuple[DcpTensor, memoryview]]:
-        """Each tensor's output bytes, in order, loaded a bounded group at a time."""
-        for group in groups(shard, lambda t: t.nbytes):
-            wanted = {t.fqn: (t.source_dtype, t.stored or t.shape) for t in group}
-            last = {t.fqn: i for i, t in enumerate(group)}  # a stacked tensor's layers share one load
-            with about(self.src):
-                loaded = _load_or_explain(self.src, self.metadata, wanted)
-            for i, tensor in enumerate(group):
-                value = loaded.pop(tensor.fqn) if last[tensor.fqn] == i else loaded[tensor.fqn]
-                yield tensor, tensor_bytes(cast(tensor.of(value), tensor.dtype))
-                self.progress.advance(tensor.nbytes)
+    def _put(self, tensor: DcpTensor, fd: int, position: int) -> int | list[ByteRange]:
+        """The tensor's output bytes at `position` of `fd`: its chunks copied file to file where
+        they are plain runs of rows of the same dtype, else assembled in memory and written."""
+        with about(self.src):
+            pieces = self._pieces(tensor)
+            if pieces is not None:
+                for piece in pieces:
+                    _copy_at(piece, fd, position)
+                    position += piece.size
+            else:
+                data = tensor_bytes(self._loaded(tensor))
+                _write_at(data, fd, position)
+        self.progress.advance(tensor.nbytes)
+        return pieces if pieces is not None else crc32_of(data)
 
-    def _write(self, output: PendingOutput, shard: list[DcpTensor]) -> dict[str, int]:
-        crcs: dict[str, int] = {}
+    def _pieces(self, tensor: DcpTensor) -> list[ByteRange] | None:
+        """The byte ranges of the data files that are the tensor's output bytes, in order, when
+        there are such (no cast; chunks that are runs of whole rows)."""
+        if tensor.dtype != tensor.source_dtype:
+            return None
+        return direct_ranges(tensor.of(self.refs[tensor.fqn]))
+
+    def _loaded(self, tensor: DcpTensor) -> torch.Tensor:
+        """The tensor in its output dtype, assembled from its chunks (each checked against its
+        CRC-32 as it is read)."""
+        return cast(load_tensor(tensor.of(self.refs[tensor.fqn])), tensor.dtype)
+
+    def _write(self, output: PendingOutput, shard: list[DcpTensor]) -> Written:
+        written: Written = {}
         if self.options.to == SAFETENSORS:
             from ckpttool.formats.safetensors import header_bytes
 
             entries = [(t.name, t.dtype, t.shape, t.nbytes) for t in shard]
-            output.handle.write(header_bytes(entries, self._metadata()))
-            for tensor, data in self._tensors(shard):
-                output.handle.write(data)
-                crcs[tensor.name] = crc32_of(data)
+            header = header_bytes(entries, self._metadata())
+            output.handle.write(header)
+            output.handle.flush()  # the tensors are written at their offsets, past the buffer
+            position = len(header)
+            for tensor in shard:
+                written[tensor.name] = self._put(tensor, output.handle.fileno(), position)
+                position += tensor.nbytes
         else:
-            _write_pth(output, shard, self._tensors(shard), crcs)
-        return crcs
+            _write_pth(output, shard, self._records(shard), written)
+        return written
+
+    def _records(self, shard: list[DcpTensor]) -> Iterator[tuple[DcpTensor, ByteRange | memoryview]]:
+        """Each tensor's `.pth` record: a whole chunk record with its CRC-32 (copied file to
+        file under that CRC), or bytes assembled in memory."""
+        for tensor in shard:
+            with about(self.src):
+                pieces = self._pieces(tensor)
+                whole = pieces is not None and len(pieces) == 1 and _record_crc(pieces[0]) is not None
+                payload = pieces[0] if pieces is not None and whole else tensor_bytes(self._loaded(tensor))
+            yield tensor, payload
+            self.progress.advance(tensor.nbytes)
 
     def _metadata(self) -> dict[str, str]:
         return {"format": "pt", **self.options.metadata}  # transformers refuses files without format=pt
 
-    def _verify(
-        self, path: str, shard: list[DcpTensor], crcs: dict[str, int], written: list[DcpTensor] | None = None
-    ) -> None:
+    def _verify(self, path: str, shard: list[DcpTensor], written: Written, mine: list[DcpTensor] | None = None) -> None:
         """The file reads back (through the safetensors library, or torch.load(weights_only=True))
         with the planned keys, dtypes and shapes, and the bytes of each tensor written here
-        (`written`, by default all) are the ones DCP loaded."""
+        (`mine`, by default all) are the chunks copied, or the bytes assembled."""
         if self.options.to == SAFETENSORS:
             from ckpttool.formats.safetensors import read_safetensors
 
@@ -267,10 +307,58 @@ class _ShardWriter:
 
             torch_accepts(path, {t.name: (t.dtype, t.shape) for t in shard})
             tensors = read_torch_zip(path).root
-        for tensor in shard if written is None else written:
+        for tensor in shard if mine is None else mine:
             span = direct_range(tensors[tensor.name])
-            if span is None or crc32(span) != crcs[tensor.name]:
-                raise VerificationError(f"tensor {tensor.name!r} does not read back as DCP loaded it")
+            expected = written[tensor.name]
+            if span is None or not _holds(span, expected, path):
+                raise VerificationError(f"tensor {tensor.name!r} does not read back equal to the checkpoint")
+
+
+def _holds(span: ByteRange, expected: int | list[ByteRange], path: str) -> bool:
+    """Whether the written `span` holds what was written: bytes of that CRC-32, or the copied
+    ranges one after another. A copied chunk whose copy has the chunk's recorded CRC-32 is
+    shown equal by that pass alone; any other is compared with its source, which refuses a
+    source chunk that fails its own CRC-32 as damaged input."""
+    if isinstance(expected, int):
+        return crc32(span) == expected
+    done = 0
+    for piece in expected:
+        copy = ByteRange(path, span.offset + done, piece.size)
+        if not (copy_matches_record(piece, copy) or same_bytes(piece, copy)):
+            return False
+        done += piece.size
+    return done == span.size
+
+
+def _record_crc(span: ByteRange) -> int | None:
+    """The CRC-32 torch.save recorded for exactly these bytes (a whole stored record), if any."""
+    record = span.record
+    if record is None or not record.crc or record.compressed or record.gather is not None:
+        return None
+    return record.crc if (span.offset, span.size) == (record.data_offset(), record.size) else None
+
+
+def _copy_at(piece: ByteRange, fd: int, position: int) -> None:
+    """The piece's bytes at `position` of `fd`, copied by the kernel where the filesystem allows."""
+    with open(piece.path, "rb") as source:
+        done = 0
+        try:
+            while done < piece.size:
+                n = os.copy_file_range(source.fileno(), fd, piece.size - done, piece.offset + done, position + done)
+                if n == 0:
+                    raise FormatError(f"file ends at byte {piece.offset + done}", path=piece.path)
+                done += n
+        except OSError:  # filesystems without copy_file_range: copy through a buffer
+            rest = ByteRange(piece.path, piece.offset + done, piece.size - done)
+            for block in chunks(rest):
+                _write_at(block, fd, position + done)
+                done += len(block)
+
+
+def _write_at(data: bytes | memoryview, fd: int, position: int) -> None:
+    view, done = memoryview(data).cast("B"), 0
+    while done < len(view):
+        done += os.pwrite(fd, view[done:], position + done)
 
 
 def _write_index(outs: OutputSet, path: str, paths: list[str], shards: list[list[DcpTensor]]) -> None:
@@ -285,17 +373,6 @@ def _write_index(outs: OutputSet, path: str, paths: list[str], shards: list[list
             raise VerificationError(f"{path} does not read back as written")
 
 
-def _load_or_explain(src: str, metadata: Metadata, wanted: dict[str, tuple[str, tuple[int, ...]]]) -> dict[str, Any]:
-    """DCP's errors (a chunk that does not unpickle as a tensor, sizes that disagree) as one line."""
-    from torch.distributed.checkpoint.api import CheckpointException
-
-    try:
-        return load_group(src, metadata, wanted)
-    except (CheckpointException, RuntimeError, ValueError, AssertionError, OSError) as exc:
-        first = str(exc).strip().splitlines()
-        raise FormatError(f"DCP cannot read the data files: {first[-1] if first else type(exc).__name__}") from None
-
-
 def _safetensors_header_matches(path: str, shard: list[DcpTensor], metadata: dict[str, str]) -> None:
     from safetensors import safe_open
 
@@ -307,8 +384,8 @@ def _safetensors_header_matches(path: str, shard: list[DcpTensor], metadata: dic
         raise VerificationError("header does not read back as planned")
 
 
-def _write_pth(output: PendingOutput, shard: list[DcpTensor], data: Iterator[tuple[DcpTensor, memoryview]],
-               crcs: dict[str, int]) -> None:  # fmt: skip
+def _write_pth(output: PendingOutput, shard: list[DcpTensor],
+               data: Iterator[tuple[DcpTensor, ByteRange | memoryview]], written: Written) -> None:  # fmt: skip
     from ckpttool.formats.torchzip_write import (
         PlannedTensor,
         StorageRecord,
@@ -328,8 +405,12 @@ def _write_pth(output: PendingOutput, shard: list[DcpTensor], data: Iterator[tup
 
     def records() -> Iterator[StorageRecord]:
         for tensor, payload in data:
-            crcs[tensor.name] = crc32_of(payload)
-            yield StorageRecord(keys[tensor.name], data=payload)
+            if isinstance(payload, ByteRange):
+                written[tensor.name] = [payload]
+                yield StorageRecord(keys[tensor.name], span=payload, crc=_record_crc(payload))
+            else:
+                written[tensor.name] = crc32_of(payload)
+                yield StorageRecord(keys[tensor.name], data=payload)
 
     write_torch_zip(output.handle, root_folder(output.final), dumps(state_dict_graph(planned)), records())
 

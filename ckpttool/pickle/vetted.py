@@ -428,7 +428,11 @@ VALUE_CALLS: dict[str, Vetted] = {
 }
 
 
-_ARRAY_BUILDERS = frozenset({"numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct"})
+# numpy.core._internal._reconstruct is what numpy before 1.0 pickled (numpy keeps it for them):
+# `ndarray.__new__(subtype, shape, dtype)`, the same builder under an older name.
+_ARRAY_BUILDERS = frozenset(
+    {"numpy.core.multiarray._reconstruct", "numpy._core.multiarray._reconstruct", "numpy.core._internal._reconstruct"}
+)
 _MAX_DEPTH = 8
 
 
@@ -573,6 +577,7 @@ VETTED: dict[str, Vetted] = {
     "collections.deque": Vetted("a double-ended queue of plain data and a maximum length", _plain(2), container="list"),
     "numpy.core.multiarray._reconstruct": _RECONSTRUCT,
     "numpy._core.multiarray._reconstruct": _RECONSTRUCT,
+    "numpy.core._internal._reconstruct": _RECONSTRUCT,
     "numpy.dtype": Vetted(
         "a dtype parsed from its type string (C code); BUILD then sets byte order and fields",
         _dtype_fits,

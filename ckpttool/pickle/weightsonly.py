@@ -29,6 +29,7 @@ MAX_REASONS = 5
 # Old numpy wrote these names; numpy 2 keeps them as aliases of numpy._core, whose objects
 # say `numpy._core...` in __module__, so torch needs the (object, "pickled name") form.
 _ALIASED_PREFIXES = ("numpy.core.",)
+_WHERE_LOADED = ("__main__", "builtins")  # names defined (or built in) where torch.load runs
 _BYTE = re.compile(r" \(pickle byte \d+\)$")
 
 
@@ -37,7 +38,7 @@ class WeightsOnly:
     result: Result
     reasons: list[str] = field(default_factory=list)
     allowlist: str | None = None  # the add_safe_globals line, for the names the file needs
-    imports: list[str] = field(default_factory=list)
+    imports: list[str] = field(default_factory=list)  # statements to run before `allowlist`
 
 
 def allowlist_effect(result: Result) -> str:
@@ -92,16 +93,36 @@ def needed_globals(pickles: Iterable[Decoded]) -> list[tuple[str, str]]:
 
 def allowlist_line(names: Iterable[tuple[str, str]]) -> tuple[str, list[str]]:
     """The add_safe_globals call that lets torch.load(weights_only=True) read the file,
-    and the modules to import first."""
-    shown, imports = [], set()
+    and the import statements to run first. `from MODULE import NAME` reaches a class
+    where a dotted path cannot: torch.optim deletes its submodule attributes
+    (`torch.optim.adam`), and `torch.nn.utils.weight_norm` is the function that shadows
+    its module."""
+    names = list(names)
+    taken = {"torch"} | {name.partition(".")[0] for module, name in names if module in _WHERE_LOADED}
+    local: dict[tuple[str, str], str] = {}  # (module, top-level name) -> the name it is imported as
+    shown = []
     for module, name in names:
-        if module in ("__main__", "builtins"):
-            shown.append(name)  # defined (or built in) where torch.load is called
-            continue
-        imports.add(module)
+        head, dot, rest = name.partition(".")  # a nested class is reached through its outer class
+        if module in _WHERE_LOADED:
+            reached = head
+        elif (module, head) in local:
+            reached = local[module, head]
+        else:
+            reached = head if head not in taken else f"{module.replace('.', '_')}_{head}"
+            local[module, head] = reached
+            taken.add(reached)
         qualname = f"{module}.{name}"
-        shown.append(f'({qualname}, "{qualname}")' if qualname.startswith(_ALIASED_PREFIXES) else qualname)
-    return f"torch.serialization.add_safe_globals([{', '.join(shown)}])", sorted(imports)
+        expression = f"{reached}{dot}{rest}"
+        shown.append(f'({expression}, "{qualname}")' if qualname.startswith(_ALIASED_PREFIXES) else expression)
+    return f"torch.serialization.add_safe_globals([{', '.join(shown)}])", _import_statements(local)
+
+
+def _import_statements(local: dict[tuple[str, str], str]) -> list[str]:
+    """One `from MODULE import A, B as MODULE_B` per module."""
+    by_module: dict[str, list[str]] = {}
+    for (module, head), reached in local.items():
+        by_module.setdefault(module, []).append(head if reached == head else f"{head} as {reached}")
+    return [f"from {module} import {', '.join(names)}" for module, names in sorted(by_module.items())]
 
 
 def _summarised(reasons: list[str]) -> list[str]:

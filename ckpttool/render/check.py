@@ -111,12 +111,11 @@ def _remedies(findings: list[Any], width: int | None) -> str:
         if f.remedy is None:
             continue
         lines.extend(wrap_text(f.remedy.label, width, indent="  "))
-        *before, last = f.remedy.lines
-        lines.extend(f"    {line}" for line in before)
-        if last.startswith("ckpttool "):  # a command: shell continuations, still one to paste
-            lines.extend(command_lines(last, width, indent="    "))
-        else:
-            lines.extend(allowlist_lines(last, width))
+        for line in f.remedy.lines:
+            if line.startswith("ckpttool "):  # a command: shell continuations, still one to paste
+                lines.extend(command_lines(line, width, indent="    "))
+            else:
+                lines.extend(allowlist_lines(line, width))
     return "\n".join(lines)
 
 

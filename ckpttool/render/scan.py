@@ -176,19 +176,24 @@ def _scan_block(r: FileScan) -> str:
         from ckpttool.pickle.weightsonly import allowlist_effect
 
         lines.append(allowlist_effect(r.weights_only.result))
-        lines.extend(f"    import {m}" for m in r.imports)
-        lines.extend(allowlist_lines(r.allowlist, width))
+        for statement in [*r.imports, r.allowlist]:
+            lines.extend(allowlist_lines(statement, width))
     return "\n".join(lines)
 
 
 def allowlist_lines(call: str, width: int | None, indent: str = "    ") -> list[str]:
-    """The `add_safe_globals([...])` line, or within `width` one name per wrapped line
-    inside the brackets: still Python to paste as it is."""
-    head, bracket, rest = call.partition("([")
-    if width is None or len(indent + call) <= width or not bracket or not rest.endswith("])"):
+    """An import statement or the `add_safe_globals([...])` line, or within `width` one
+    name per wrapped line inside its brackets: still Python to paste as it is."""
+    if call.startswith("from ") and " import " in call:
+        head, _, rest = call.partition(" import ")
+        head, rest, close = f"{head} import (", f"{rest})", ")"
+    else:
+        head, bracket, rest = call.partition("([")
+        head, close = f"{head}{bracket}", "])"
+    if width is None or len(indent + call) <= width or not rest.endswith(close):
         return [indent + call]
-    names = wrap_list(rest[:-2].split(", "), width - 2 * len(indent), whole=True)
-    return [f"{indent}{head}([", *(2 * indent + line for line in names), f"{indent}])"]
+    names = wrap_list(rest[: -len(close)].split(", "), width - 2 * len(indent), whole=True)
+    return [f"{indent}{head}", *(2 * indent + line for line in names), f"{indent}{close}"]
 
 
 def _verdict_order(row: tuple[str, str, str, str]) -> tuple[int, str]:

@@ -21,9 +21,10 @@ from typing import Any
 import pytest
 import torch
 from click.testing import Result
-from conftest import REPO, assert_json_error, cli_json
+from conftest import assert_json_error, cli_json
 from groundtruth import COMMITTED_DIR
 from safetensors.torch import save_file
+from support.docs import section as docs_section
 
 Cli = Callable[..., Result]
 ERROR_PREFIX = "ckpttool: error: "
@@ -348,13 +349,12 @@ def test_table_fits_the_terminal(cli: Cli, tmp_path: Path, monkeypatch: pytest.M
     ]  # fmt: skip
 
 
-# -- the README's examples ----------------------------------------------------------------------------
+# -- the documentation's examples ---------------------------------------------------------------------
 
 
 def readme_diff_section() -> tuple[list[list[str]], str]:
-    """The commands of the README's diff section and the output it shows (`$ command` first)."""
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    section = readme.split("### `ckpttool diff A B`", 1)[1].split("\n### ", 1)[0]
+    """The commands of the documentation's diff section and the output it shows (`$ command` first)."""
+    section = docs_section("diff A B")
     commands_block, shown = section.split("```bash\n", 1)[1].split("```", 1)
     output = shown.split("```\n", 1)[1].split("```", 1)[0]
     commands = [shlex.split(line.split("#", 1)[0])[1:] for line in commands_block.splitlines() if line.strip()]

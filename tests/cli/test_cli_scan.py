@@ -57,6 +57,7 @@ UNSUPPORTED_GLOBAL = "Unsupported global"
 RELOCATED_MODULES = ("__main__", "models")
 # One entry of an add_safe_globals line: `(object, "pickled.name")` or a (dotted) name.
 LINE_ENTRY = re.compile(r'\(([\w.]+), "([\w.]+)"\)|([\w.]+)')
+IMPORT_LINE = re.compile(r"from ([\w.]+) import (.+)")
 
 
 def fixture(name: str) -> Path:
@@ -110,21 +111,38 @@ def supply(module: str, name: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-def supply_line(line: str) -> list[Any]:
-    """What a user of these fixtures passes for the printed add_safe_globals line: its
-    bare names are builtins or the script's own classes (`__main__`)."""
+def imported_names(imports: list[str]) -> dict[str, tuple[str, str]]:
+    """{local name: (module, name)} of the printed `from MODULE import A, B as C` lines."""
+    found = {}
+    for statement in imports:
+        match = IMPORT_LINE.fullmatch(statement)
+        assert match, statement
+        for entry in match.group(2).split(", "):
+            name, _, local = entry.partition(" as ")
+            found[local or name] = (match.group(1), name)
+    return found
+
+
+def allowlist_entries(line: str) -> str:
     match = re.fullmatch(r"torch\.serialization\.add_safe_globals\(\[(.*)\]\)", line)
     assert match, line
+    return match.group(1)
+
+
+def supply_line(line: str, imports: list[str]) -> list[Any]:
+    """What a user of these fixtures passes for the printed lines: the imported names,
+    with the relocated fixture classes taken from tutorial_models; bare names are builtins
+    or the script's own classes (`__main__`)."""
+    names = imported_names(imports)
     allow = []
-    for aliased, pickled, plain in LINE_ENTRY.findall(match.group(1)):
+    for aliased, pickled, plain in LINE_ENTRY.findall(allowlist_entries(line)):
         if aliased:
-            module, _, name = aliased.rpartition(".")
+            module, name = names[aliased]
             allow.append((getattr(importlib.import_module(module), name), pickled))
-        elif "." not in plain:
-            allow.append(getattr(builtins, plain) if hasattr(builtins, plain) else supply("__main__", plain))
+        elif plain in names:
+            allow.append(supply(*names[plain]))
         else:
-            module, _, name = plain.rpartition(".")
-            allow.append(supply(module, name))
+            allow.append(getattr(builtins, plain) if hasattr(builtins, plain) else supply("__main__", plain))
     return allow
 
 
@@ -176,10 +194,10 @@ def test_weights_only_says_what_torch_does(cli: Cli, name: str) -> None:
         return
     assert (said == "loads") == (refusal is None), f"{said} {scanned['weights_only']['reasons']}; torch: {refusal}"
     if said == "loads-after-allowlist":
-        assert torch_weights_only(fixture(name), supply_line(scanned["allowlist"])) is None
+        assert torch_weights_only(fixture(name), supply_line(scanned["allowlist"], scanned["imports"])) is None
     elif said == "refused":
         assert scanned["weights_only"]["reasons"]
-        allow = supply_line(scanned["allowlist"]) if scanned["allowlist"] else []
+        allow = supply_line(scanned["allowlist"], scanned["imports"]) if scanned["allowlist"] else []
         assert torch_weights_only(fixture(name), allow) is not None
 
 
@@ -226,11 +244,15 @@ def test_allowlist_line_names_every_global_to_allow(cli: Cli, name: str) -> None
         return
     listed = needs_allowlist(scanned)
     assert listed
-    names = [g["name"] if g["module"] in ("__main__", "builtins") else f"{g['module']}.{g['name']}" for g in listed]
-    match = re.fullmatch(r"torch\.serialization\.add_safe_globals\(\[(.*)\]\)", scanned["allowlist"])
-    assert match, scanned["allowlist"]
-    assert sorted(match.group(1).split(", ")) == sorted(names)
-    assert set(scanned["imports"]) == {g["module"] for g in listed if g["module"] not in ("__main__", "builtins")}
+    imported = imported_names(scanned["imports"])
+    shown = [
+        tuple(pickled.rsplit(".", 1)) if pickled else imported.get(plain, ("__main__", plain))
+        for _, pickled, plain in LINE_ENTRY.findall(allowlist_entries(scanned["allowlist"]))
+    ]
+    expected = [(g["module"], g["name"]) for g in listed]
+    # The script's own classes and builtins are used bare; every other name is imported.
+    assert sorted(shown) == sorted((m if m != "builtins" else "__main__", n) for m, n in expected)
+    assert {module for module, _ in imported.values()} == {m for m, _ in expected if m not in ("__main__", "builtins")}
     # The refused global torch named is one of them.
     refused = re.search(r"GLOBAL (\S+) was not an allowed global", torch_refusal(name) or "")
     assert refused and refused.group(1) in {f"{g['module']}.{g['name']}" for g in listed}
@@ -410,8 +432,8 @@ def test_table_lists_globals_and_the_allowlist_line(cli: Cli) -> None:
         assert re.search(row, out, re.M), g
     assert "to load with torch.load(weights_only=True):" in out
     assert re.search(rf"^\s+{re.escape(scanned['allowlist'])}$", out, re.M)
-    for module in scanned["imports"]:
-        assert re.search(rf"^\s+import {re.escape(module)}$", out, re.M)
+    for statement in scanned["imports"]:
+        assert re.search(rf"^\s+{re.escape(statement)}$", out, re.M)
 
 
 def test_table_of_several_files_ends_with_a_summary(cli: Cli) -> None:

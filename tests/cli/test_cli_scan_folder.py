@@ -95,6 +95,56 @@ def test_a_payload_beside_safe_weights_fails_scan_and_check(cli: Cli, tmp_path: 
     assert not marker.exists()
 
 
+CUSTOM_CODE = {
+    "modeling_tiny.py": "import torch\nfrom torch import nn\n\n\nclass Tiny(nn.Module):\n    pass\n",
+    "configuration_tiny.py": "class TinyConfig:\n    model_type = 'tiny'\n",
+    "tokenization_tiny.py": "(VOCAB,) = ('a',)\n",
+}
+
+
+def test_python_files_beside_the_weights_are_text_not_pickles(cli: Cli, tmp_path: Path) -> None:
+    """Source that starts with `import` or `class` opens with a protocol-0 opcode's byte
+    (INST, GLOBAL, MARK): no unpickler gets past names that are not Python names."""
+    folder = hf_folder(tmp_path / "model")
+    for name, source in CUSTOM_CODE.items():
+        (folder / name).write_text(source)
+        with pytest.raises((pickle.UnpicklingError, ImportError, EOFError)):
+            pickle.loads(source.encode())  # what pickle.load makes of it: an error, nothing run
+    result = cli("scan", folder, "--format", "json")
+    assert result.exit_code == 0, result.stdout
+    for name in CUSTOM_CODE:
+        assert (entries(result)[str(folder / name)]["format"], entries(result)[str(folder / name)]["verdict"]) == (
+            "text",
+            "safe",
+        )
+    alone = cli("scan", folder / "modeling_tiny.py")
+    assert (alone.exit_code, alone.stderr.strip()) == (
+        2,
+        f"ckpttool: error: {folder / 'modeling_tiny.py'}: not a checkpoint: it is text, starting 'import torch'",
+    )
+
+
+def test_a_text_looking_pickle_that_calls_before_failing_stays_dangerous(cli: Cli, tmp_path: Path) -> None:
+    marker = tmp_path / "PAYLOAD_RAN"
+    folder = hf_folder(tmp_path / "model")
+    call = f"cposix\nsystem\n(S'touch {marker}'\ntR"
+    for name, source in {
+        "a.py": call + "import torch\n",
+        "b.py": f"(iposix\nsystem\nS'touch {marker}'\nimport x\n",
+    }.items():
+        (folder / name).write_text(source)
+        with contextlib.suppress(Exception):
+            pickle.loads(source.encode())
+        assert marker.exists() == (name == "a.py"), name  # the first runs its payload before failing
+        marker.unlink(missing_ok=True)
+    result = cli("scan", folder, "--format", "json")
+    assert result.exit_code == 1
+    assert {p: f["verdict"] for p, f in entries(result).items() if f["verdict"] != "safe"} == {
+        str(folder / "a.py"): "dangerous",
+        str(folder / "b.py"): "dangerous",
+    }
+
+
 def test_a_clean_folder_passes_and_a_file_scan_is_unchanged(cli: Cli, tmp_path: Path) -> None:
     folder = hf_folder(tmp_path / "model")
     torch.save({"w": torch.ones(2)}, folder / "pytorch_model.bin")

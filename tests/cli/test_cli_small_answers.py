@@ -18,6 +18,7 @@ import torch
 from click.testing import Result
 from conftest import REPO, cli_json
 from safetensors.torch import load_file
+from support.docs import DOCUMENTATION
 
 from ckpttool.load import load
 
@@ -118,7 +119,7 @@ def test_readme_quotes_what_torch_load_prints() -> None:
     with pytest.raises(pickle.UnpicklingError) as caught:
         torch.load(FILES / "cnn_whole_model.pth", weights_only=True)
     message = " ".join(str(caught.value).split())
-    readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
+    readme = " ".join(DOCUMENTATION.split())
     quoted = re.search(r"`UnpicklingError: Weights only load failed … WeightsUnpickler error: ([^`]*)`", readme)
     assert quoted is not None
     assert message.startswith("Weights only load failed")

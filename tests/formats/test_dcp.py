@@ -28,9 +28,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ckpttool.errors import CkptError
-from ckpttool.formats.dcp import read_dcp
+from ckpttool.formats.dcp import read_dcp, read_dcp_tensors
 from ckpttool.formats.dcp_metadata import read_dcp_metadata, torch_metadata
-from ckpttool.tensordata import load_tensor
+from ckpttool.tensordata import direct_ranges, load_tensor
 from ckpttool.weights import all_tensors
 
 
@@ -89,6 +89,25 @@ def test_split_tensors_are_gathered_from_both_ranks(folders: dict[int, Path]) ->
     assert [(c.offsets, c.sizes, c.rank) for c in by_rows] == [((0, 0), (3, 6), 0), ((3, 0), (2, 6), 1)]
     assert [(c.offsets, c.sizes, c.rank) for c in by_columns] == [((0, 0), (3, 3), 0), ((0, 3), (3, 2), 1)]
     assert {c.file for c in by_rows} == {"__0_0.distcp", "__1_0.distcp"}
+
+
+def test_convert_copies_row_chunks_and_assembles_the_others(
+    folders: dict[int, Path], truths: dict[int, Any], cli: Callable[..., Result], tmp_path: Path
+) -> None:
+    """A tensor split by rows is copied chunk by chunk (each chunk is a byte range of the whole);
+    one split by columns is assembled in memory; every tensor converted equals what DCP loads."""
+    from safetensors.torch import load_file
+
+    refs = read_dcp_tensors(str(folders[2]))[1]
+    by_rows = direct_ranges(refs["model.0.weight"])
+    assert by_rows is not None and [p.size for p in by_rows] == [3 * 6 * 4, 2 * 6 * 4]
+    assert direct_ranges(refs["model.2.weight"]) is None
+    result = cli("convert", folders[2], tmp_path / "all.safetensors", "--root", "")
+    assert result.exit_code == 0, result.stderr
+    got, want = load_file(tmp_path / "all.safetensors"), _tensors(truths[2])
+    assert sorted(got) == sorted(want)
+    for key, value in want.items():
+        assert got[key].dtype == value.dtype and torch.equal(got[key], value), key
 
 
 @pytest.mark.parametrize("world", [1, 2])

@@ -169,6 +169,38 @@ def test_real_numpy_object_arrays_are_not_dangerous(write: FileWriter) -> None:
     assert only_file(outcome)["verdict"] != "dangerous", outcome.stdout
 
 
+def test_object_arrays_pickled_before_numpy_1_0_are_not_dangerous(write: FileWriter) -> None:
+    """numpy's pre-1.0 pickles name `numpy.core._internal._reconstruct`, which numpy keeps
+    for them (its own test data holds such a file): the same array builder as today's."""
+    import numpy as np
+
+    expected = np.array(["a", {"k": 1}, [1, 2]], dtype=object)
+    today = pickle.dumps(expected, protocol=2)
+    old = today.replace(b"cnumpy._core.multiarray\n_reconstruct\n", b"cnumpy.core._internal\n_reconstruct\n")
+    assert old != today
+    path = write("np0.npy", npy_object_array(old).replace(b"(2,)", b"(3,)"))
+    assert np.load(path, allow_pickle=True).tolist() == expected.tolist()  # numpy reads it
+    outcome = scan(path)
+    assert (outcome.exit_code, only_file(outcome)["verdict"]) == (0, "needs-allowlist"), outcome.stdout
+
+
+def test_npy_files_python_2_wrote_are_read_as_numpy_reads_them(write: FileWriter) -> None:
+    """Python 2 wrote `2L` in the header's shape and a newline after an object array's pickle."""
+    import numpy as np
+
+    header = b"{'descr': '<f8', 'fortran_order': False, 'shape': (2L,), }"
+    header += b" " * (-(10 + len(header) + 1) % 64) + b"\n"
+    longs = write("py2.npy", b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + b"\0" * 16)
+    with pytest.warns(UserWarning, match="created on Python 2"):
+        assert np.load(longs).tolist() == [0.0, 0.0]
+    objects = np.array(["a", {"k": 1}], dtype=object)
+    padded = write("padded.npy", npy_object_array(pickle.dumps(objects, protocol=2) + b"\n"))
+    assert np.load(padded, allow_pickle=True).tolist() == objects.tolist()
+    for path, verdict in ((longs, "safe"), (padded, "needs-allowlist")):
+        outcome = scan(path)
+        assert (outcome.exit_code, only_file(outcome)["verdict"], only_file(outcome)["problems"]) == (0, verdict, [])
+
+
 def test_a_legacy_file_in_a_raw_payload_stays_dangerous(write: FileWriter, marker: Path) -> None:
     path = write("evil.zip", zip_bytes([ZipMember("x.pth", LegacyFile(system(marker), []).to_bytes())]))
     assert_dangerous(path, "os.system")

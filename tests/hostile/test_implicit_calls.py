@@ -208,13 +208,9 @@ def test_len_of_plain_data_needs_only_the_printed_allowlist(tmp_path: Path) -> N
     assert load_with_allowlist(path, report["allowlist"], report["imports"]) == "3"
 
 
-_WEIGHTS_ONLY = """import importlib, json, sys, torch
+_WEIGHTS_ONLY = """import json, sys, torch
 path, line, imports = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-namespace = {"torch": torch}
-for module in imports:
-    importlib.import_module(module)
-    namespace[module.split(".")[0]] = sys.modules[module.split(".")[0]]
-exec(line, namespace)
+exec("\\n".join(["import torch", *imports, line]), {})
 loaded = torch.load(path, weights_only=True)
 print(repr(eval(sys.argv[4], {"loaded": loaded})))
 """
@@ -267,7 +263,4 @@ def test_library_models_need_only_the_printed_allowlist(tmp_path: Path, name: st
     path = tmp_path / f"{name}.pt"
     torch.save(model, path)
     report = scan_needing_allowlist(path)
-    # `torch.nn.utils.weight_norm` (and `spectral_norm`) is the function that shadows the
-    # module of that name: the printed expression cannot be evaluated there.
-    if name not in ("weight_norm", "spectral_norm"):
-        assert load_with_allowlist(path, report["allowlist"], report["imports"]) == repr(model)
+    assert load_with_allowlist(path, report["allowlist"], report["imports"]) == repr(model)

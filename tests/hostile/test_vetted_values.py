@@ -397,17 +397,11 @@ def test_numpy_1_spellings_of_the_rngs_are_vetted(body: bytes) -> None:
 
 # -- whole optimizers ------------------------------------------------------------------------------
 
-# `torch.optim` deletes its submodule attributes (`torch.optim.adamw`), so the printed line
-# cannot be evaluated as written; its names are resolved through sys.modules instead. torch's
-# weights_only unpickler refuses the optimizer state's defaultdict whatever is allowlisted (as
+# torch's weights_only unpickler refuses the optimizer state's defaultdict whatever is allowlisted (as
 # the scan says); the full loader shows the state comes back whole.
-_OPTIMIZER_STATES = """import builtins, importlib, sys, torch
-path, line = sys.argv[1], sys.argv[2]
-names = line.split("([", 1)[1].rsplit("])", 1)[0].split(", ")
-def resolve(name):
-    module, _, attr = name.rpartition(".")
-    return getattr(importlib.import_module(module) if module else builtins, attr)
-torch.serialization.add_safe_globals([resolve(n) for n in names])
+_OPTIMIZER_STATES = """import json, sys, torch
+path, line, imports = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+exec("\\n".join(["import torch", *imports, line]), {})
 try:
     torch.load(path, weights_only=True)
 except Exception as error:
@@ -434,6 +428,7 @@ def stepped_optimizers() -> dict[str, Any]:
 
 
 def test_whole_optimizers_need_only_the_printed_allowlist(tmp_path: Path) -> None:
+    import json
     import subprocess
     import sys
 
@@ -443,7 +438,7 @@ def test_whole_optimizers_need_only_the_printed_allowlist(tmp_path: Path) -> Non
     torch.save(optimizers, path)
     report = scan_needing_allowlist(path)
     done = subprocess.run(
-        [sys.executable, "-c", _OPTIMIZER_STATES, str(path), report["allowlist"]],
+        [sys.executable, "-c", _OPTIMIZER_STATES, str(path), report["allowlist"], json.dumps(report["imports"])],
         capture_output=True, text=True, check=True, timeout=120,
     )  # fmt: skip
     assert report["weights_only"]["result"] == "refused"

@@ -8,6 +8,7 @@ back with `torch.load`; every converted tensor must equal it (torch.equal, dtype
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -111,6 +112,25 @@ def test_dcp_to_sharded_safetensors_with_index(
         got.update(part)
     assert_equal_tensors(got, truth)
     assert index["metadata"]["total_size"] == sum(t.numel() * t.element_size() for t in truth.values())
+
+
+def test_without_kernel_copies_chunks_are_copied_through_a_buffer(
+    dcp_dirs: dict[int, Path], tmp_path: Path, run: Callable[..., Result], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Filesystems (or kernels) without copy_file_range between two files: the same output."""
+    truth = tensors_of(dcp_truth(dcp_dirs[2], tmp_path))
+
+    tried: list[int] = []
+
+    def unsupported(*args: Any) -> int:
+        tried.append(args[2])
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "copy_file_range", unsupported)
+    result = run("convert", dcp_dirs[2], tmp_path / "all.safetensors", "--root", "")
+    assert result.exit_code == 0, result.stderr
+    assert tried  # the kernel copy was asked for, and refused
+    assert_equal_tensors(load_file(tmp_path / "all.safetensors"), truth)
 
 
 def test_dcp_to_pth_loads_weights_only(dcp_dirs: dict[int, Path], tmp_path: Path, run: Callable[..., Result]) -> None:
@@ -263,6 +283,29 @@ def test_corrupt_chunk_is_one_line(dcp_dirs: dict[int, Path], tmp_path: Path, ru
     result = run("convert", copy, tmp_path / "m.safetensors", "--root", "")
     assert result.exit_code == 2, result.stderr
     assert result.stderr.count("\n") == 1 and "'model.0.weight'" in result.stderr
+    assert_nothing_written(tmp_path, tmp_path / "m.safetensors")
+
+
+def test_a_chunk_whose_bytes_changed_is_refused(
+    dcp_dirs: dict[int, Path], tmp_path: Path, run: Callable[..., Result]
+) -> None:
+    """A row chunk is copied file to file unseen; its copy's CRC-32 then disagrees with the one
+    torch.save recorded, and the chunk itself fails it: damaged input, nothing lands."""
+    from ckpttool.formats.dcp import read_dcp_tensors
+    from ckpttool.tensordata import direct_ranges
+
+    copy = _copy(dcp_dirs[2], tmp_path)
+    pieces = direct_ranges(read_dcp_tensors(str(copy))[1]["model.0.weight"])
+    assert pieces is not None and len(pieces) == 2  # split by rows over both ranks: copied piece by piece
+    with open(pieces[1].path, "r+b") as f:
+        f.seek(pieces[1].offset)
+        first = f.read(1)
+        f.seek(pieces[1].offset)
+        f.write(bytes([first[0] ^ 1]))
+    result = run("convert", copy, tmp_path / "m.safetensors")
+    assert result.exit_code == 2, result.stderr
+    assert result.stderr.count("\n") == 1
+    assert "__1_0.distcp" in result.stderr and "CRC-32" in result.stderr and "model.0.weight" in result.stderr
     assert_nothing_written(tmp_path, tmp_path / "m.safetensors")
 
 

@@ -144,3 +144,36 @@ def test_diff_reads_each_side_once(cli: Callable[..., Any], source: Path, passes
     assert passes.pickles_decoded(source) == 1
     assert 1 <= passes.tensor_passes(source) < 1 + OVERHEAD / DATA_BYTES
     assert 1 <= passes.read[str(other)] / DATA_BYTES < 1 + OVERHEAD / DATA_BYTES
+
+
+@pytest.fixture
+def dcp_source(tmp_path: Path) -> Path:
+    """A DCP folder of the same tensors, saved by one process (each tensor one chunk)."""
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+
+    generator = torch.Generator().manual_seed(0)
+    state = {f"layer{i}.weight": torch.randn(ELEMENTS, generator=generator) for i in range(TENSORS)}
+    folder = tmp_path / "dcp"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save(state, checkpoint_id=folder, no_dist=True)
+    return folder.resolve()
+
+
+@pytest.mark.parametrize("to", ["safetensors", "pth"])
+def test_dcp_convert_reads_each_chunk_once_and_the_output_once(
+    to: str, cli: Callable[..., Any], dcp_source: Path, passes: Passes
+) -> None:
+    dst = dcp_source.parent / f"out.{to}"
+    _run(cli, "convert", dcp_source, dst, "--root", "", "--to", to)
+    assert dst.exists()
+    data_files = [str(p) for p in dcp_source.glob("*.distcp")]
+    assert DATA_BYTES <= sum(passes.read[f] for f in data_files) < DATA_BYTES + OVERHEAD
+    assert passes.decodes[str(dcp_source / ".metadata")] == 1
+    assert sum(passes.pickles_decoded(Path(f)) for f in data_files) == TENSORS  # one item pickle per tensor
+    verified = passes.outputs(dcp_source.parent, dcp_source)
+    verified = {p: n for p, n in verified.items() if not p.startswith(f"{dcp_source}/")}
+    assert len(verified) == 1, verified
+    assert DATA_BYTES <= next(iter(verified.values())) < DATA_BYTES + OVERHEAD
