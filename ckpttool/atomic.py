@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -106,8 +107,8 @@ def clear_leftovers(folder: str) -> None:
 
 
 def replace_all(moves: list[tuple[str, str]]) -> None:
-    """`os.replace` each (temporary, final) pair; on any failure or signal the finals
-    done so far are removed and the files they replaced put back."""
+    """`os.replace` each (temporary, final) pair, files or folders (a DCP checkpoint); on any
+    failure or signal the finals done so far are removed and what they replaced put back."""
     backups: list[tuple[str, str]] = []
     done: list[str] = []
     try:
@@ -122,16 +123,48 @@ def replace_all(moves: list[tuple[str, str]]) -> None:
     except BaseException:
         with held():
             for final in done:
-                with contextlib.suppress(OSError):
-                    os.unlink(final)
+                _remove(final)
             for backup, final in backups:
                 with contextlib.suppress(OSError):
                     os.replace(backup, final)
         raise
     with held():  # landed: a signal now ends the command after the old files are gone
         for backup, _ in backups:
-            with contextlib.suppress(OSError):
-                os.unlink(backup)
+            _remove(backup)
+
+
+def _remove(path: str) -> None:
+    """A file, or a whole folder, gone; what cannot be removed is left to the next run."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+@contextlib.contextmanager
+def created_folders(folder: str) -> Iterator[None]:
+    """`folder` and its missing parents created as `mkdir -p` would, and removed again, as
+    far as they were created here and are still empty, when the block fails."""
+    missing: list[str] = []
+    path = os.path.abspath(folder)
+    while path and not os.path.exists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    created: list[str] = []
+    try:
+        with held():  # each folder is recorded as soon as it exists, to be removed on failure
+            for path in reversed(missing):  # outermost first
+                with contextlib.suppress(FileExistsError):  # made meanwhile (another rank): not ours
+                    os.mkdir(path)
+                    created.append(path)
+        yield
+    except BaseException:
+        with held():
+            for path in reversed(created):  # innermost first; a folder others wrote into stays
+                with contextlib.suppress(OSError):
+                    os.rmdir(path)
+        raise
 
 
 @contextlib.contextmanager

@@ -9,12 +9,17 @@ instances are `PickledObject`s (class name + state); nothing here was imported.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from math import prod
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ckpttool.dtypes import DTYPES
 from ckpttool.errors import TensorLayoutError
+from ckpttool.formatnames import FormatName
+
+if TYPE_CHECKING:  # annotations only: tensordata reads records, and imports this module
+    from ckpttool.tensordata import ByteRange
 
 INT64_MAX = (1 << 63) - 1
 
@@ -29,18 +34,19 @@ class Record:
     size: int  # bytes on disk
     compressed: bool = False
     crc: int | None = None  # a zip record's CRC-32 of its (inflated) bytes; 0: none recorded
-    resolve: Any = None  # callable returning the offset when it is -1 (zip records)
-    viewed_by: Any = None  # callable returning the keys of the tensors that view it, for messages
+    resolve: Callable[[], int] | None = None  # the offset, when it is -1 (zip records)
+    viewed_by: Callable[[], list[str]] | None = None  # the keys of the tensors that view it, for messages
     verified: bool = False  # its bytes were read whole once and matched `crc`
-    # callable returning all of the record's bytes when they are not one byte range of a file
-    # (a DCP tensor assembled from the chunks each rank saved); such a record is never mapped
-    gather: Any = None
-    # callable returning the byte ranges (tensordata.ByteRange) a gathered record's bytes are,
-    # in order, when each is a plain range of a file (copied file to file), else None
-    parts: Any = None
+    # all of the record's bytes when they are not one byte range of a file (a DCP tensor
+    # assembled from the chunks each rank saved); such a record is never mapped
+    gather: Callable[[], bytearray] | None = None
+    # the byte ranges a gathered record's bytes are, in order, when each is a plain range of
+    # a file (copied file to file), else None
+    parts: Callable[[], list[ByteRange] | None] | None = None
 
     def data_offset(self) -> int:
         if self.offset < 0:
+            assert self.resolve is not None, "a record whose offset is unknown has a resolver"
             self.offset = self.resolve()
         return self.offset
 
@@ -251,7 +257,7 @@ class Checkpoint:
     """Everything known about one checkpoint file (or sharded folder)."""
 
     path: str
-    format: str
+    format: FormatName
     file_size: int
     root: Any
     storages: dict[str, Storage] = field(default_factory=dict)

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: the pickle machine raises these errors
+    from ckpttool.pickle.state import Decoded
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1
@@ -80,7 +83,7 @@ class PickleError(FormatError):
             message = f"{message} (pickle byte {offset})"
         super().__init__(message, path=path)
         self.offset = offset
-        self.partial: Any = None  # the machine's Decoded up to the failure, for scan
+        self.partial: Decoded | None = None  # what the machine decoded up to the failure, for scan
 
 
 class LimitError(PickleError):

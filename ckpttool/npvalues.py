@@ -66,7 +66,7 @@ class ArrayList(list):  # type: ignore[type-arg]
     shape: tuple[int, ...] = ()
 
 
-def decode_numpy(value: Any) -> NumpyValue | None:
+def decode_numpy(value: object) -> NumpyValue | None:
     """The numpy value `value` pickles, or None where it is no plain numeric one."""
     if not isinstance(value, OpaqueCall) or value.items is not None or value.dictitems is not None:
         return None
@@ -107,7 +107,7 @@ def _array(call: OpaqueCall) -> NumpyValue | None:
     return NumpyValue(array, scalar=False)
 
 
-def _shape(value: Any) -> tuple[int, ...] | None:
+def _shape(value: object) -> tuple[int, ...] | None:
     """A shape numpy can make: at most 32 dimensions (numpy 1's limit) whose nonzero sizes
     multiply to less than 2**62 (numpy refuses even an empty array that would be larger)."""
     if not isinstance(value, tuple) or len(value) > 32 or not all(type(n) is int and n >= 0 for n in value):
@@ -115,7 +115,7 @@ def _shape(value: Any) -> tuple[int, ...] | None:
     return value if math.prod(n for n in value if n) < 2**62 else None
 
 
-def _dtype(value: Any) -> np.dtype[Any] | None:
+def _dtype(value: object) -> np.dtype[Any] | None:
     """`numpy.dtype(code)` for a plain number type with its recorded byte order, else None."""
     if not isinstance(value, OpaqueCall) or value.func != "numpy.dtype" or not value.args:
         return None
@@ -141,7 +141,7 @@ def _dtype(value: Any) -> np.dtype[Any] | None:
 # -- shown and written as data -------------------------------------------------------------
 
 
-def numpy_json(value: NumpyValue) -> Any:
+def numpy_json(value: NumpyValue) -> bool | int | float | str | ArrayList | dict[str, object]:
     """A scalar as its number; an array of up to `SMALL_ARRAY` elements as an `ArrayList`;
     a larger one as `{"__class__": "numpy.ndarray", "dtype", "shape"}` (no elements)."""
     if value.scalar or value.array.ndim == 0:
@@ -154,7 +154,7 @@ def numpy_json(value: NumpyValue) -> Any:
     return out
 
 
-def array_summary(dtype: str, shape: list[int]) -> dict[str, Any]:
+def array_summary(dtype: str, shape: list[int]) -> dict[str, object]:
     return {"__class__": "numpy.ndarray", "dtype": dtype, "shape": shape}
 
 
@@ -165,7 +165,7 @@ def _nest(flat: list[Any], shape: list[int]) -> list[Any]:
     return [_nest(flat[i * step : (i + 1) * step], shape[1:]) for i in range(shape[0])]
 
 
-def _element(x: Any) -> Any:
+def _element(x: Any) -> bool | int | float | str:
     """One element as JSON: bool, int, float (a float32 as its shortest text, 0.485 not
     0.48500001430511475), non-finite floats and complex numbers as text."""
     kind = x.dtype.kind
@@ -210,7 +210,7 @@ def array_text(value: ArrayList, limit: int) -> str | None:
     return None
 
 
-def _is_summary(value: Any) -> bool:
+def _is_summary(value: object) -> bool:
     return (
         isinstance(value, dict)
         and value.keys() == {"__class__", "dtype", "shape"}
@@ -225,7 +225,7 @@ def _holds_array(value: list[Any] | dict[Any, Any]) -> bool:
     )
 
 
-def _elements_text(value: Any) -> str:
+def _elements_text(value: object) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_elements_text(v) for v in value) + "]"
     if isinstance(value, bool):
@@ -233,7 +233,7 @@ def _elements_text(value: Any) -> str:
     return value if isinstance(value, str) else repr(value)
 
 
-def paired_array_text(a: Any, b: Any, limit: int) -> tuple[str, str] | None:
+def paired_array_text(a: object, b: object, limit: int) -> tuple[str, str] | None:
     """Two 1-d arrays that differ past their first element, each in at most `limit`
     characters from the first element where they differ (`array([…, 0.93, …])`), so that
     the text shown differs too; None where that does not apply or fit."""

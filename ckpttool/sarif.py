@@ -11,20 +11,23 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Literal
 from urllib.parse import quote
 
 from ckpttool import __version__
 
 SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 
+Level = Literal["error", "warning", "note"]
+RuleId = Literal["CKPT001", "CKPT002", "CKPT003", "CKPT004", "CKPT005", "CKPT006", "CKPT101", "CKPT102"]
+
 
 @dataclass(frozen=True)
 class Rule:
-    id: str
+    id: RuleId
     name: str
     text: str
-    level: str  # error | warning | note
+    level: Level
 
 
 RULES: tuple[Rule, ...] = (
@@ -49,11 +52,11 @@ RULE_INDEX = {r.id: i for i, r in enumerate(RULES)}
 
 @dataclass(frozen=True)
 class Finding:
-    rule: str
+    rule: RuleId
     path: str
     message: str
-    level: str | None = None  # the rule's default level when None
-    properties: dict[str, Any] | None = None
+    level: Level | None = None  # the rule's default level when None
+    properties: dict[str, str] | None = None
 
 
 def artifact_uri(path: str) -> str:
@@ -64,7 +67,7 @@ def artifact_uri(path: str) -> str:
     return quote(Path(path).as_posix())
 
 
-def document(findings: Iterable[Finding], rule_ids: Iterable[str] | None = None) -> str:
+def document(findings: Iterable[Finding], rule_ids: Iterable[RuleId] | None = None) -> str:
     wanted = set(rule_ids) if rule_ids is not None else {r.id for r in RULES}
     rules = [r for r in RULES if r.id in wanted]
     index = {r.id: i for i, r in enumerate(rules)}
@@ -83,7 +86,7 @@ def document(findings: Iterable[Finding], rule_ids: Iterable[str] | None = None)
     return json.dumps({"$schema": SARIF_SCHEMA, "version": "2.1.0", "runs": [run]}, indent=2)
 
 
-def _rule(rule: Rule) -> dict[str, Any]:
+def _rule(rule: Rule) -> dict[str, object]:
     return {
         "id": rule.id,
         "name": rule.name,
@@ -92,9 +95,9 @@ def _rule(rule: Rule) -> dict[str, Any]:
     }
 
 
-def _result(finding: Finding, index: dict[str, int]) -> dict[str, Any]:
+def _result(finding: Finding, index: dict[RuleId, int]) -> dict[str, object]:
     rule = RULES[RULE_INDEX[finding.rule]]
-    result: dict[str, Any] = {
+    result: dict[str, object] = {
         "ruleId": rule.id,
         "ruleIndex": index[rule.id],
         "level": finding.level or rule.level,

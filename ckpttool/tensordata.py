@@ -76,11 +76,6 @@ def direct_ranges(tensor: TensorRef) -> list[ByteRange] | None:
     return parts
 
 
-def record_range(record: Record) -> ByteRange:
-    """The whole of a stored record's bytes."""
-    return ByteRange(record.path, record.data_offset(), record.size, record)
-
-
 def read_span(tensor: TensorRef) -> tuple[bytearray, int]:
     """The bytes of the storage span the tensor views, and the span's first element."""
     storage = tensor.storage

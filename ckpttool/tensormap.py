@@ -26,7 +26,7 @@ import mmap
 from collections.abc import Callable, Iterator
 from functools import cache
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ckpttool.checkpoint import TensorRef
 from ckpttool.crc import Crc32
@@ -36,12 +36,13 @@ from ckpttool.tensordata import ByteRange, check_crc, direct_range, needs_crc_ch
 
 if TYPE_CHECKING:
     import numpy as np
+    from numpy.typing import DTypeLike
 
 BLOCK_BYTES = 4 << 20  # when the caller does not say
 FAULT_AROUND_SLACK = 1 << 20  # Linux maps up to 64 KiB around a faulting page by default
 
 # numpy's name for the bits of each dtype; "raw" ones are widened by the caller
-_RAW: dict[str, Any] = {
+_RAW: dict[str, DTypeLike] = {
     "float64": "f8", "float32": "f4", "float16": "f2", "bfloat16": "u2", "complex128": "c16", "complex64": "c8",
     "complex32": ("f2", (2,)), "int64": "i8", "int32": "i4", "int16": "i2", "int8": "i1",
     "uint64": "u8", "uint32": "u4", "uint16": "u2", "uint8": "u1", "bool": "?",

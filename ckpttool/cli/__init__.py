@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -67,7 +67,7 @@ class LazyGroup(click.Group):
         rank leaves its process group the same way, on success or failure."""
         if kwargs.get("standalone_mode", True) is False:
             return super().main(*args, **kwargs)
-        from ckpttool.ops.dcpranks import joined, leave
+        from ckpttool.cli.torchrun import joined, leave
 
         try:
             return self._main(*args, **kwargs)
@@ -80,7 +80,7 @@ class LazyGroup(click.Group):
                 leave(1)
             raise
 
-    def _main(self, *args: Any, **kwargs: Any) -> Any:
+    def _main(self, *args: Any, **kwargs: Any) -> NoReturn:
         _notices_on_stderr()
         try:
             with stopping_cleanly():  # SIGTERM/SIGHUP/SIGINT unwind through every cleanup

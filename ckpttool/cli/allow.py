@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import click
 
-F = TypeVar("F", bound=Callable[..., Any])
+F = TypeVar("F", bound=Callable[..., object])
 
 
 def allow_option(func: F) -> F:
@@ -23,6 +23,6 @@ def allow_option(func: F) -> F:
 
 def resolve_allow(flags: tuple[str, ...]) -> dict[str, str]:
     """The names allowed for this run (the flags, then the project's pyproject.toml), by source."""
-    from ckpttool.ops.allowconfig import allowed_names
+    from ckpttool.ops.safety import allowed_names
 
     return allowed_names(flags)

@@ -61,8 +61,7 @@ def check_command(paths: tuple[str, ...], model_spec: str | None, model_args: tu
     when no path could be read at all.
     """
     from ckpttool import render
-    from ckpttool.ops.check import CheckOptions, check_paths
-    from ckpttool.ops.modelspec import parse_model_args
+    from ckpttool.ops.compare import CheckOptions, check_paths, parse_model_args
 
     if (allow_missing or allow_unexpected) and not (model_spec or like):
         raise UsageError("--allow-missing and --allow-unexpected need --model or --like to compare keys with")

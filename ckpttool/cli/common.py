@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from ckpttool.errors import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK
 
-F = TypeVar("F", bound=Callable[..., Any])
+if TYPE_CHECKING:
+    from ckpttool.progress import Bar
+
+F = TypeVar("F", bound=Callable[..., object])
 DEBUG_KEY = "ckpttool.debug"
 FORMAT_KEY = "ckpttool.format"  # so that errors can answer in the format asked for
 FORMATS = ("table", "json", "csv")
@@ -78,31 +81,14 @@ def finish(findings: bool) -> None:
     click.get_current_context().exit(EXIT_FINDINGS if findings else EXIT_OK)
 
 
-class ProgressBar:
-    """A tqdm bar on stderr, shown only on a terminal and only for work worth watching."""
+BAR_MIN_BYTES = 256 << 20  # a bar only for work worth watching
 
-    MIN_BYTES = 256 << 20
 
-    def __init__(self, description: str) -> None:
-        self.description = description
-        self.bar: Any = None
+def progress_bar(description: str) -> Bar:
+    """A bar of bytes on stderr, shown only on a terminal and only for work worth watching."""
+    from ckpttool.progress import Bar
 
-    def start(self, total: int) -> None:
-        """A new bar for `total` bytes; one started before (the previous file's) is closed."""
-        self.close()
-        self.bar = None
-        if sys.stderr.isatty() and total >= self.MIN_BYTES:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, desc=self.description, unit="B", unit_scale=True, file=sys.stderr)
-
-    def advance(self, done: int) -> None:
-        if self.bar is not None:
-            self.bar.update(done)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+    return Bar(description, sys.stderr if sys.stderr.isatty() else None, min_total=BAR_MIN_BYTES)
 
 
 class CastDtype(click.ParamType[str]):

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-import os
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import click
 
-from ckpttool.cli.common import CastDtype, ProgressBar, emit, output_options, path_argument, unstack_option, warn
+from ckpttool.cli.common import CastDtype, emit, output_options, path_argument, progress_bar, unstack_option, warn
+from ckpttool.ops.convert import TARGETS
+
+if TYPE_CHECKING:
+    from ckpttool.ops.convert import ConvertTarget, Ranks
 
 
 def _pairs(values: tuple[str, ...], option: str) -> list[tuple[str, str]]:
@@ -26,7 +30,7 @@ def _pairs(values: tuple[str, ...], option: str) -> list[tuple[str, str]]:
 @click.option(
     "--to",
     "to",
-    type=click.Choice(["safetensors", "pth", "dcp"]),
+    type=click.Choice(TARGETS),
     help="Output format; dcp writes a torch.distributed.checkpoint folder [default: safetensors for a"
     " .safetensors DST, else pth].",
 )
@@ -58,10 +62,10 @@ def _pairs(values: tuple[str, ...], option: str) -> list[tuple[str, str]]:
 @click.option("--trust", is_flag=True, help="Load SRC with torch.load(weights_only=False): runs code from the file.")
 @unstack_option()
 @output_options(("table", "json"))
-def convert_command(src: str, dst: str, to: str | None, root: str | None, dtype: str | None, shard_size: str | None,
-                    strip_prefixes: tuple[str, ...], renames: tuple[str, ...], metadata: tuple[str, ...],
-                    dedupe: bool, keep_structure: bool, force: bool, trust: bool, unstack: bool,
-                    fmt: str) -> None:  # fmt: skip
+def convert_command(src: str, dst: str, to: ConvertTarget | None, root: str | None, dtype: str | None,
+                    shard_size: str | None, strip_prefixes: tuple[str, ...], renames: tuple[str, ...],
+                    metadata: tuple[str, ...], dedupe: bool, keep_structure: bool, force: bool, trust: bool,
+                    unstack: bool, fmt: str) -> None:  # fmt: skip
     """Write the weights of SRC as safetensors or as a plain state_dict that
     torch.load(weights_only=True) reads.
 
@@ -80,10 +84,11 @@ def convert_command(src: str, dst: str, to: str | None, root: str | None, dtype:
         _keep_structure(src, dst, root, strip_prefixes, _pairs(renames, "--rename"), weights_only, force, fmt)
         return
     from ckpttool import render
-    from ckpttool.ops.convert import ConvertOptions, convert, parse_size
+    from ckpttool.ops.convert import ConvertOptions, convert, default_target, parse_size
 
+    target = to or default_target(dst)
     options = ConvertOptions(
-        to=to or ("safetensors" if dst.endswith(".safetensors") else "pth"),
+        to=target,
         root=root,
         dtype=dtype,
         shard_size=parse_size(shard_size) if shard_size else None,
@@ -94,9 +99,10 @@ def convert_command(src: str, dst: str, to: str | None, root: str | None, dtype:
         force=force,
         trust=trust,
         unstack=unstack,
+        ranks=_ranks(src, target),
     )
-    leader = os.environ.get("RANK", "0") == "0"  # under torchrun: one bar and one report, rank 0's
-    bar = ProgressBar("convert") if leader else None
+    leader = options.ranks.leader  # under torchrun: one bar and one report, rank 0's
+    bar = progress_bar("convert") if leader else None
     try:
         report = convert(src, dst, options, bar)
     finally:
@@ -108,13 +114,24 @@ def convert_command(src: str, dst: str, to: str | None, root: str | None, dtype:
         emit(render.convert_output(report, fmt))
 
 
+def _ranks(src: str, target: ConvertTarget) -> Ranks:
+    """The ranks torchrun started, refusing first a conversion they cannot share."""
+    from ckpttool.cli.torchrun import torchrun_ranks, torchrun_world
+    from ckpttool.errors import UsageError
+    from ckpttool.ops.convert.dcp.ranks import split_across_ranks
+
+    if torchrun_world() > 1 and not split_across_ranks(src, target):
+        raise UsageError("under torchrun only conversions into or out of a DCP folder are split; run this one alone")
+    return torchrun_ranks()
+
+
 def _keep_structure(
     src: str,
     dst: str,
     root: str | None,
     strip_prefixes: tuple[str, ...],
     renames: list[tuple[str, str]],
-    weights_only: dict[str, Any],
+    weights_only: Mapping[str, object],
     force: bool,
     fmt: str,
 ) -> None:
@@ -122,14 +139,14 @@ def _keep_structure(
     from ckpttool import render
     from ckpttool.errors import UsageError
     from ckpttool.ops.convert import destination_folder
-    from ckpttool.ops.rekey import rekey
+    from ckpttool.ops.rewrite import rekey
 
     clashes = [option for option, given in weights_only.items() if given]
     if clashes:
         raise UsageError(f"--keep-structure only renames keys; it does not combine with {', '.join(clashes)}")
     if dst.endswith(".safetensors"):
         raise UsageError(f"{dst}: --keep-structure writes a torch checkpoint; name it .pth or .pt")
-    bar = ProgressBar("convert")
+    bar = progress_bar("convert")
     try:
         with destination_folder(dst):
             report = rekey(src, dst, strip_prefixes, renames, root, force, bar)

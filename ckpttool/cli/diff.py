@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ckpttool.cli.common import ProgressBar, emit, finish, output_options, path_argument, unstack_option
+from ckpttool.cli.common import emit, finish, output_options, path_argument, progress_bar, unstack_option
 
 
 @click.command("diff")
@@ -49,14 +49,14 @@ def diff_command(a: str, b: str, atol: float, rtol: float, equal_nan: bool, igno
     """
     from ckpttool import render
     from ckpttool.errors import UsageError
-    from ckpttool.ops.diff import DiffOptions, Tolerance, diff
+    from ckpttool.ops.compare import DiffOptions, Tolerance, diff
 
     if atol < 0 or rtol < 0:
         raise UsageError("--atol and --rtol must not be negative")
     options = DiffOptions(
         Tolerance(atol, rtol, equal_nan), keys_only, every_tensor, root_a, root_b, ignore_dtype, unstack
     )
-    bar = ProgressBar("diff")
+    bar = progress_bar("diff")
     try:
         report = diff(a, b, options, bar)
     finally:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
-from ckpttool.cli.common import ProgressBar, emit, output_options, path_argument, unstack_option, warn
+from ckpttool.cli.common import emit, output_options, path_argument, progress_bar, unstack_option, warn
+
+if TYPE_CHECKING:
+    from ckpttool.checkpoint import Checkpoint
 
 
 @click.command("inspect")
@@ -56,17 +59,17 @@ def inspect_command(
     from ckpttool import render
     from ckpttool.errors import UsageError
     from ckpttool.formats import open_path
-    from ckpttool.ops.inspect import count, describe, select, top_level_summary
+    from ckpttool.ops.inspect.report import count, describe, select, top_level_summary
 
     # Options that only shape the tree are an error without it, never silently ignored.
     if not tree and (depth is not None or full_prefix):
         raise UsageError(f"{'--depth' if depth is not None else '--full-prefix'} only applies with --tree")
-    from ckpttool.ops.inspect import tree as group_by_module
+    from ckpttool.ops.inspect.report import tree as group_by_module
 
     opened = open_path(path)
     checkpoint = opened.checkpoint()
     if unstack:
-        from ckpttool.ops.unstack import unstack_checkpoint
+        from ckpttool.ops.convert.unstack import unstack_checkpoint
 
         unstack_checkpoint(checkpoint)
     report = describe(checkpoint, root, opened)
@@ -95,7 +98,7 @@ def inspect_command(
 
 
 def _stats(
-    checkpoint: Any,
+    checkpoint: Checkpoint,
     weights_root: str | None,
     root: str | None,
     patterns: tuple[str, ...],
@@ -104,13 +107,13 @@ def _stats(
     width: int | None,
 ) -> str:
     from ckpttool import render
-    from ckpttool.ops.inspect import select
-    from ckpttool.ops.stats import all_stats
+    from ckpttool.ops.inspect.report import select
+    from ckpttool.ops.inspect.stats import all_stats
     from ckpttool.weights import all_tensors, find_weights
 
     named = find_weights(checkpoint.root, root).tensors if weights_root is not None else all_tensors(checkpoint.root)
     chosen = select(named, patterns, sort)
-    bar = ProgressBar("stats")
+    bar = progress_bar("stats")
     bar.start(sum(t.nbytes for t in chosen))
     try:
         return render.stats_output(checkpoint.path, all_stats(chosen, bar), fmt, width)

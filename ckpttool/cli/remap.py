@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ckpttool.cli.common import ProgressBar, emit, output_options, path_argument, warn
+from ckpttool.cli.common import emit, output_options, path_argument, progress_bar, warn
 
 
 @click.command("remap")
@@ -36,9 +36,9 @@ def remap_command(
     output. DST is verified before it is renamed into place.
     """
     from ckpttool import render
-    from ckpttool.ops.remap import parse_mapping, remap
+    from ckpttool.ops.rewrite import parse_mapping, remap
 
-    bar = ProgressBar("remap")
+    bar = progress_bar("remap")
     try:
         report = remap(src, dst, parse_mapping(device, maps), force=force, trust=trust, progress=bar)
     finally:

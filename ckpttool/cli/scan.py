@@ -10,7 +10,7 @@ from ckpttool.cli.allow import allow_option, resolve_allow
 from ckpttool.cli.common import FORMATS, emit, finish, output_options, warn
 
 if TYPE_CHECKING:
-    from ckpttool.ops.scanpaths import UnreadableFile
+    from ckpttool.ops.safety import UnreadableFile
 
 
 @click.command("scan")
@@ -36,8 +36,7 @@ def scan_command(paths: tuple[str, ...], strict: bool, allow: tuple[str, ...], f
     """
     from ckpttool import render
     from ckpttool.errors import EXIT_ERROR
-    from ckpttool.ops.scan import DANGEROUS, NEEDS_ALLOWLIST, UNKNOWN_CALL, FileScan
-    from ckpttool.ops.scanpaths import UnreadableFile, scan_paths
+    from ckpttool.ops.safety import DANGEROUS, NEEDS_ALLOWLIST, UNKNOWN_CALL, FileScan, UnreadableFile, scan_paths
 
     entries = scan_paths(paths, resolve_allow(allow))
     results = [e for e in entries if isinstance(e, FileScan)]

@@ -4,13 +4,8 @@ and one registry (`registry.FORMATS`) through which every path is detected, read
 
 from __future__ import annotations
 
-from ckpttool.formats.format import FormatName
-from ckpttool.formats.legacy import LEGACY, LEGACY_TAR
-from ckpttool.formats.rawpickle import RAW_PICKLE
+from ckpttool.formatnames import LEGACY, LEGACY_TAR, RAW_PICKLE, SAFETENSORS, TORCH_ZIP, TORCHSCRIPT, FormatName
 from ckpttool.formats.registry import OpenedFile, detect, find_pickles, open_path, read_checkpoint
-from ckpttool.formats.safetensors import SAFETENSORS
-from ckpttool.formats.torchzip import TORCH_ZIP as ZIP
-from ckpttool.formats.torchzip import TORCHSCRIPT
 
 __all__ = [
     "LEGACY",
@@ -18,7 +13,7 @@ __all__ = [
     "RAW_PICKLE",
     "SAFETENSORS",
     "TORCHSCRIPT",
-    "ZIP",
+    "TORCH_ZIP",
     "FormatName",
     "OpenedFile",
     "detect",

@@ -27,9 +27,11 @@ import tempfile
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import IO, Any, Literal
+from typing import IO, Literal, Protocol
 
+from ckpttool.buffers import FileData
 from ckpttool.errors import CkptError, EncryptedError, LimitError, PickleError, UnknownFormatError
+from ckpttool.formatnames import NPY, PLAIN_ZIP, TAR, FormatName
 from ckpttool.formats.format import Format, Found, Probe
 from ckpttool.formats.joblib import read_as_joblib, without_problems
 from ckpttool.formats.ziparchive import ZipArchive, ZipEntry, is_zip, open_archive, read_entry, resolve_data_offset
@@ -45,7 +47,15 @@ _HEAD = 512
 
 NPY_MAGIC = b"\x93NUMPY"
 _SEALED = {b"7z\xbc\xaf\x27\x1c": "a 7z archive", b"Rar!\x1a\x07": "a RAR archive"}
-_STREAMS: dict[bytes, tuple[str, Callable[[], Any]]] = {
+
+
+class _Inflater(Protocol):
+    """What zlib, bz2 and lzma decompressors share: inflate up to `max_length` bytes."""
+
+    def decompress(self, data: bytes, max_length: int, /) -> bytes: ...
+
+
+_STREAMS: dict[bytes, tuple[FormatName, Callable[[], _Inflater]]] = {
     b"\x1f\x8b": ("gzip", lambda: zlib.decompressobj(16 + zlib.MAX_WBITS)),
     b"BZh": ("bz2", bz2.BZ2Decompressor),
     b"\xfd7zXZ\x00": ("xz", lzma.LZMADecompressor),
@@ -55,7 +65,6 @@ _STREAMS: dict[bytes, tuple[str, Callable[[], Any]]] = {
 }
 _LEGACY_PICKLES = 5  # magic, protocol version, sys_info, the main pickle, storage keys
 
-ZIP, TAR, NPY = "zip", "tar", "npy"
 # torch's legacy format opens with this int pickled; a member that does is read as one
 MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 
@@ -75,7 +84,7 @@ def refuse_sealed(head: bytes, path: str) -> None:
         raise UnknownFormatError(f"{what}, which ckpttool cannot open: extract it and scan its files", path=path)
 
 
-def container_kind(head: bytes) -> str | None:
+def container_kind(head: bytes) -> FormatName | None:
     """The container formats scan opens by content (a zip or tar needs a closer look to tell
     a torch layout from a plain archive: `is_torch_zip`, `is_legacy_tar`)."""
     if head.startswith(NPY_MAGIC):
@@ -102,10 +111,10 @@ def _tar_names(path: str) -> set[str] | None:
 # -- the entry points ------------------------------------------------------------------------
 
 
-def scan_container(path: str, kind: str) -> Found:
+def scan_container(path: str, kind: FormatName) -> Found:
     """Every pickle in the zip / tar / npy / compressed stream at `path`."""
     scanner = _Scanner()
-    if kind == ZIP:
+    if kind == PLAIN_ZIP:
         scanner.zip_file("", open_archive(path), 0)
     elif kind == TAR:
         scanner.tar_file("", path, 0)
@@ -162,7 +171,7 @@ class _Scanner:
             raise LimitError(f"{name}: {size} bytes to inflate or copy exceed the scan's bounds")
         self.budget -= size
 
-    def content(self, name: str, data: Any, start: int, end: int, depth: int) -> None:
+    def content(self, name: str, data: FileData, start: int, end: int, depth: int) -> None:
         """Whatever `data[start:end]` is: an archive, an npy, a pickle stream, or nothing."""
         head = bytes(data[start : min(end, start + _HEAD)])
         try:
@@ -172,7 +181,7 @@ class _Scanner:
         except CkptError as exc:
             self.found.problems.append(f"{name}: {exc.message}")
 
-    def _content(self, name: str, head: bytes, data: Any, start: int, end: int, depth: int) -> None:
+    def _content(self, name: str, head: bytes, data: FileData, start: int, end: int, depth: int) -> None:
         sealed = sealed_archive(head)
         if sealed is not None:
             self.found.problems.append(f"{name}: {sealed}, which ckpttool cannot open")
@@ -192,7 +201,7 @@ class _Scanner:
 
     # pickles
 
-    def pickles(self, name: str, data: Any, start: int, end: int, *, strict: bool, single: bool = False) -> None:
+    def pickles(self, name: str, data: FileData, start: int, end: int, *, strict: bool, single: bool = False) -> None:
         """Every pickle back to back, as a stream of loads reads them. A member that does not
         open with PROTO is a pickle only if it decodes (or names importable-looking globals).
         `single`: a record torch reads one pickle from (bytes after it are a problem)."""
@@ -228,7 +237,7 @@ class _Scanner:
             self.found.pickles.append((f"{label} (up to the error)", partial))
         self.found.problems.append(f"{label}: {exc.message}")
 
-    def legacy(self, name: str, data: Any, start: int, end: int) -> None:
+    def legacy(self, name: str, data: FileData, start: int, end: int) -> None:
         """torch's legacy format: the remaining stacked pickles, then raw storage bytes."""
         for index in range(1, _LEGACY_PICKLES):
             try:
@@ -239,12 +248,12 @@ class _Scanner:
             self.found.pickles.append((f"{name} (pickle {index})", decoded))
             start = decoded.end
 
-    def npy(self, name: str, data: Any, start: int, end: int) -> None:
+    def npy(self, name: str, data: FileData, start: int, end: int) -> None:
         header, body = _npy_header(data, start, end)
         if _holds_objects(header.get("descr")):  # numpy pickles object arrays after the header
             self.single_pickle(f"{name} (object array)", data, body, end)
 
-    def single_pickle(self, label: str, data: Any, start: int, end: int) -> None:
+    def single_pickle(self, label: str, data: FileData, start: int, end: int) -> None:
         try:
             decoded = decode(data, start=start, end=end, source=label)
         except PickleError as exc:
@@ -259,7 +268,7 @@ class _Scanner:
 
     # archives
 
-    def nested_archive(self, name: str, data: Any, start: int, end: int, depth: int) -> None:
+    def nested_archive(self, name: str, data: FileData, start: int, end: int, depth: int) -> None:
         self.charge(name, end - start)
         with _copied(data, start, end) as path:
             if is_zip(bytes(data[start : start + 4])):
@@ -307,7 +316,7 @@ class _Scanner:
         data = read_entry(archive, entry, min(entry.size, MAX_MEMBER), f)
         self.member(label, data, 0, len(data), depth, single)
 
-    def member(self, label: str, data: Any, start: int, end: int, depth: int, single: bool) -> None:
+    def member(self, label: str, data: FileData, start: int, end: int, depth: int, single: bool) -> None:
         if single:
             self.single_pickle(label, data, start, end)
         else:
@@ -325,7 +334,7 @@ class _Scanner:
                 end = min(member.offset_data + member.size, len(data))
                 self.content(prefix + member.name, data, member.offset_data, end, depth)
 
-    def stream(self, name: str, kind: str, data: Any, start: int, end: int, depth: int) -> None:
+    def stream(self, name: str, kind: FormatName, data: FileData, start: int, end: int, depth: int) -> None:
         """A gzip / bz2 / xz stream, inflated under the budget, then read by content."""
         inflated = _inflate_stream(kind, data, start, end, min(MAX_MEMBER, self.budget), name)
         self.charge(name, len(inflated))
@@ -364,7 +373,7 @@ def read_entry_head(archive: ZipArchive, entry: ZipEntry, f: IO[bytes]) -> bytes
         return b""
 
 
-def _inflate_stream(kind: str, data: Any, start: int, end: int, cap: int, name: str) -> bytes:
+def _inflate_stream(kind: FormatName, data: FileData, start: int, end: int, cap: int, name: str) -> bytes:
     make = next(factory for label, factory in _STREAMS.values() if label == kind)
     inflater = make()
     out = bytearray()
@@ -381,7 +390,7 @@ def _inflate_stream(kind: str, data: Any, start: int, end: int, cap: int, name: 
     return bytes(out)
 
 
-def _npy_header(data: Any, start: int, end: int) -> tuple[dict[str, Any], int]:
+def _npy_header(data: FileData, start: int, end: int) -> tuple[dict[object, object], int]:
     """numpy's header: magic, version, header length, a dict literal (read as numpy does,
     with literal_eval, never eval; Python 2's `2L` integers as numpy reads them too)."""
     major = data[start + 6] if end - start > 8 else 0
@@ -408,7 +417,7 @@ def _without_long_suffixes(text: str) -> str:
     return _LONG_SUFFIX.sub(lambda m: m.group(1) or m.group(2), text)
 
 
-def _holds_objects(descr: Any) -> bool:
+def _holds_objects(descr: object) -> bool:
     """Whether numpy's dtype description has an object field anywhere (then the array is
     pickled). Anything unrecognisable counts as holding objects: decoding it is harmless."""
     if isinstance(descr, str):
@@ -419,13 +428,13 @@ def _holds_objects(descr: Any) -> bool:
 
 
 @contextmanager
-def _mapped(path: str) -> Iterator[Any]:
+def _mapped(path: str) -> Iterator[FileData]:
     with open(path, "rb") as f, _mapped_file(f) as data:
         yield data
 
 
 @contextmanager
-def _mapped_file(f: IO[bytes]) -> Iterator[Any]:
+def _mapped_file(f: IO[bytes]) -> Iterator[FileData]:
     if os.fstat(f.fileno()).st_size == 0:
         yield b""
         return
@@ -434,7 +443,7 @@ def _mapped_file(f: IO[bytes]) -> Iterator[Any]:
 
 
 @contextmanager
-def _copied(data: Any, start: int, end: int) -> Iterator[str]:
+def _copied(data: FileData, start: int, end: int) -> Iterator[str]:
     """A nested archive copied to a temporary file, so the archive readers can open it."""
     with tempfile.TemporaryDirectory(prefix="ckpttool-") as folder:
         path = os.path.join(folder, "member")
@@ -452,7 +461,7 @@ def _sealed(probe: Probe) -> Found:
     return Found()
 
 
-def _scanned_as(kind: str) -> Callable[[Probe], Found]:
+def _scanned_as(kind: FormatName) -> Callable[[Probe], Found]:
     return lambda probe: scan_container(probe.path, kind)
 
 
@@ -477,4 +486,4 @@ TAR_FORMAT = Format(
     pickles=_scanned_as(TAR),
     scan_only=True,
 )
-ZIP_FORMAT = Format("zip", _plain_zip, pickles=lambda probe: scan_zip_archive(probe.archive()), scan_only=True)
+ZIP_FORMAT = Format(PLAIN_ZIP, _plain_zip, pickles=lambda probe: scan_zip_archive(probe.archive()), scan_only=True)

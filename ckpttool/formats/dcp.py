@@ -36,6 +36,7 @@ from typing import Any
 from ckpttool.checkpoint import Checkpoint, Chunk, Record, Storage, TensorRef, contiguous_strides
 from ckpttool.dtypes import DTYPES
 from ckpttool.errors import FileAccessError, FormatError
+from ckpttool.formatnames import DCP
 from ckpttool.formats.dcp_megatron import COMMON_NAME, common_path, is_torch_dist, megatron_root, unconvertible
 from ckpttool.formats.dcp_metadata import (
     METADATA_NAME,
@@ -52,13 +53,12 @@ from ckpttool.formats.torchzip import MAX_PICKLE_RECORD, read_torch_zip
 from ckpttool.formats.ziparchive import ZIP_MAGIC, ZipArchive, open_archive, pread_exact, read_entry
 from ckpttool.tensordata import ByteRange, direct_range, read_span
 
-FORMAT = "dcp"
 EXTRA_STATE = "._extra_state/"  # a module's extra state saved as a Megatron object entry
 PICKLE_PROTO = b"\x80"  # the first opcode of every pickle of protocol 2 or later
 MAX_NESTING = 64  # deeper planner paths are not a state_dict: the keys stay flat
 _RANK_FILE = re.compile(r"__(\d+)_\d+\.distcp")  # FileSystemWriter's name: rank, then file number
 
-__all__ = ["FORMAT", "is_dcp_folder", "item_pickles", "metadata_pickle", "read_dcp", "read_dcp_tensors"]
+__all__ = ["is_dcp_folder", "item_pickles", "metadata_pickle", "read_dcp", "read_dcp_tensors"]
 
 
 def is_dcp_folder(path: str) -> bool:
@@ -93,7 +93,7 @@ def read_dcp_tensors(path: str, meta: DcpMetadata | None = None) -> tuple[Checkp
         built.anomalies.extend(notes)
     checkpoint = Checkpoint(
         path=path,
-        format=FORMAT,
+        format=DCP,
         file_size=sum(os.path.getsize(os.path.join(folder, name)) for name in names),
         root=root,
         storages=built.storages,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from ckpttool.checkpoint import Checkpoint
 from ckpttool.errors import CkptError, PickleError
+from ckpttool.formatnames import DCP
 from ckpttool.formats.dcp import is_dcp_folder, item_pickles, read_dcp
 from ckpttool.formats.dcp_metadata import DcpMetadata, metadata_of, metadata_pickle
 from ckpttool.formats.format import Format, Found, Probe
@@ -83,4 +84,4 @@ def _decode_all(found: Found, name: str, data: bytes, source: str, start: int = 
         start, index = decoded.end, index + 1
 
 
-DCP_FORMAT = Format("dcp", _recognise, read=_read, pickles=dcp_pickles)
+DCP_FORMAT = Format(DCP, _recognise, read=_read, pickles=dcp_pickles)

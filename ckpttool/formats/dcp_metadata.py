@@ -170,11 +170,6 @@ def metadata_pickle(folder: str) -> tuple[str, bytes]:
         raise FileAccessError(f"cannot read {METADATA_NAME}: {exc.strerror}", path=folder) from None
 
 
-def decode_metadata(folder: str) -> Decoded:
-    name, data = metadata_pickle(folder)
-    return decode(data, source=os.path.join(folder, name))
-
-
 def read_dcp_metadata(folder: str) -> DcpMetadata:
     """The folder's `.metadata` as plain data; FormatError when it is anything but DCP's schema."""
     name, data = metadata_pickle(folder)

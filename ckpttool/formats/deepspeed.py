@@ -25,10 +25,11 @@ import os
 from contextlib import suppress
 from dataclasses import replace
 from math import prod
-from typing import Any, Final
+from typing import Any
 
 from ckpttool.checkpoint import Checkpoint, OpaqueCall, TensorRef
 from ckpttool.errors import FormatError
+from ckpttool.formatnames import DEEPSPEED
 from ckpttool.formats.deepspeed_files import (
     LATEST,
     ZeroFiles,
@@ -42,7 +43,6 @@ from ckpttool.formats.deepspeed_slices import assemble, bind, is_flat, slice_of
 from ckpttool.formats.format import Format, Found, Probe
 from ckpttool.formats.torchzip import read_torch_zip
 
-FORMAT: Final = "deepspeed"
 PARAMETER = "parameter"  # how a TensorRef says it was an nn.Parameter
 ZERO3_STATE, PARTITIONED_STATE = "fp32_flat_groups", "single_partition_of_fp32_groups"
 SUMMARY = ("zero_stage", "optimizer", "world_size", "precision", "master_weights")
@@ -72,7 +72,7 @@ def read_deepspeed(path: str) -> Checkpoint:
     root.update((k, v) for k, v in first.items() if k not in _LEFT_OUT)
     return Checkpoint(
         path=path,
-        format=FORMAT,
+        format=DEEPSPEED,
         file_size=sum(c.file_size for c in models + optims),
         root=root,
         storages={f"{os.path.basename(c.path)}/{k}": s for c in models + optims for k, s in c.storages.items()},
@@ -361,4 +361,4 @@ def _read(probe: Probe) -> Checkpoint:
     return read_deepspeed(probe.path)
 
 
-DEEPSPEED_FORMAT = Format(FORMAT, _recognise, read=_read, pickles=deepspeed_pickles)
+DEEPSPEED_FORMAT = Format(DEEPSPEED, _recognise, read=_read, pickles=deepspeed_pickles)

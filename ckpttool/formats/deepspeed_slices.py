@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from functools import partial
 from math import prod
-from typing import Any, TypeGuard
+from typing import TypeGuard
 
 from ckpttool.checkpoint import Record, Storage, TensorRef, contiguous_strides
 from ckpttool.errors import FormatError
@@ -21,7 +21,7 @@ from ckpttool.formats.deepspeed_layout import Place
 from ckpttool.tensordata import CHUNK, ByteRange, direct_range, read_span, verify_record
 
 
-def is_flat(value: Any) -> TypeGuard[TensorRef]:
+def is_flat(value: object) -> TypeGuard[TensorRef]:
     if not isinstance(value, TensorRef):
         return False
     return len(value.shape) == 1 and value.layout == "strided" and value.is_contiguous()

@@ -11,40 +11,17 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from ckpttool.checkpoint import Checkpoint
 from ckpttool.errors import CkptError, FileAccessError, NotACheckpointError, PickleError, UnknownFormatError
+from ckpttool.formatnames import FormatName
 from ckpttool.formats.joblib import JoblibRead
 from ckpttool.formats.ziparchive import ZipArchive, open_archive
 from ckpttool.gcpause import gc_paused
 from ckpttool.pickle import Decoded
 from ckpttool.pickle.judge import TorchScript
 
-FormatName = Literal[
-    "torch-zip",
-    "torchscript",
-    "torch-legacy",
-    "torch-legacy-tar",
-    "safetensors",
-    "sharded",
-    "sharded-safetensors",
-    "sharded-bin",
-    "raw-pickle",
-    "dcp",
-    "deepspeed",
-    "hf-folder",  # named by its weights file's format once read
-    # holding pickles, not checkpoints: only `scan` opens them
-    "zip",
-    "tar",
-    "npy",
-    "gzip",
-    "bz2",
-    "xz",
-    "zlib",
-    "lzma",
-    "sealed",
-]
 HEAD = 512
 
 
@@ -58,7 +35,7 @@ class Probe:
     size: int
     head: bytes
     registry: Registry
-    memo: dict[str, Any] = field(default_factory=dict)  # what a format read while recognising it
+    memo: dict[str, Any] = field(default_factory=dict)  # what a format read while recognising it (its own types)
     _archive: ZipArchive | None = None
     # each reader's outcome on this probe (a checkpoint, or the error it raised): a scan's
     # check that the file reads takes the read a command already made, and the reverse

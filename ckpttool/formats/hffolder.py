@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 
 from ckpttool.checkpoint import Checkpoint
-from ckpttool.formats.format import Format, FormatName, Found, Probe
+from ckpttool.formatnames import FormatName
+from ckpttool.formats.format import Format, Found, Probe
 
 WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")
 

@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from ckpttool.buffers import FileData
 from ckpttool.errors import LimitError, PickleError
 from ckpttool.pickle import Decoded, Hooks, decode
 from ckpttool.pickle.objects import Call
@@ -35,7 +36,7 @@ def names_the_wrapper(decoded: Decoded | None) -> bool:
 class JoblibReading:
     """One joblib pickle: `decoded` (as joblib reads it) and the object arrays' pickles."""
 
-    def __init__(self, data: Any, start: int, end: int, source: str) -> None:
+    def __init__(self, data: FileData, start: int, end: int, source: str) -> None:
         self.data, self.end, self.source = data, end, source
         self.inner: list[Decoded] = []
         self.decoded = decode(data, start=start, end=end, source=source, hooks=Hooks(after_build=self.after_build))
@@ -92,7 +93,7 @@ class JoblibRead:
         return self.pickles[0][1].end
 
 
-def read_as_joblib(data: Any, start: int, end: int, source: str, plain: Decoded | None) -> JoblibRead | None:
+def read_as_joblib(data: FileData, start: int, end: int, source: str, plain: Decoded | None) -> JoblibRead | None:
     """joblib's reading of the pickle at `start`, when its plain reading `plain` (complete,
     or up to an error) names the array wrapper; else None."""
     if not names_the_wrapper(plain):

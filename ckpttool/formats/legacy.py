@@ -18,24 +18,24 @@ import mmap
 import os
 import struct
 from functools import partial
-from typing import Any
+from typing import Any, BinaryIO
 
+from ckpttool.buffers import FileData
 from ckpttool.checkpoint import Checkpoint, Record, Storage, TensorRef
 from ckpttool.dtypes import storage_dtype
 from ckpttool.errors import FormatError
+from ckpttool.formatnames import LEGACY, LEGACY_TAR
 from ckpttool.formats.containers import MAGIC_NUMBER, is_tar, scan_tar_members
-from ckpttool.formats.format import Format, FormatName, Found
+from ckpttool.formats.format import Format, Found
 from ckpttool.formats.torchpickle import StorageTable, check_tensors, interpret_torch_pickle
 from ckpttool.interpret import Interpreter, reader_hooks
 from ckpttool.pickle import NO_HOOKS, Decoded, Global, Hooks, decode
 
-LEGACY: FormatName = "torch-legacy"
-LEGACY_TAR: FormatName = "torch-legacy-tar"
 PROTOCOL_VERSION = 1001
 Seen = list[tuple[str, Decoded]]
 
 
-def starts_with_magic(data: Any) -> bool:
+def starts_with_magic(data: FileData) -> bool:
     """True when the first pickle in `data` is torch's legacy magic number."""
     try:
         first = decode(data, end=min(len(data), 64))
@@ -52,7 +52,7 @@ class _Reader:
     Only this module's scan hook passes it.
     """
 
-    def __init__(self, path: str, data: Any, seen: Seen | None) -> None:
+    def __init__(self, path: str, data: FileData, seen: Seen | None) -> None:
         self.path, self.data, self.seen = path, data, seen
 
     def pickle(self, name: str, start: int, end: int | None = None, hooks: Hooks = NO_HOOKS) -> Decoded:
@@ -70,7 +70,7 @@ class _Reader:
         return value
 
 
-def _mapped(path: str) -> tuple[Any, Any]:
+def _mapped(path: str) -> tuple[BinaryIO, mmap.mmap]:
     f = open(path, "rb")
     try:
         return f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
@@ -158,7 +158,7 @@ def _read_legacy_tar(path: str, seen: Seen | None) -> Checkpoint:
     f, data = _mapped(path)
     try:
         r = _Reader(path, data, seen)
-        objects: dict[str, Any] = {}
+        objects: dict[str, Storage | TensorRef] = {}
         _read_tar_storages(r, members["storages"], objects)
         _read_tar_tensors(r, members["tensors"], objects)
         resolve = partial(_tar_object, r.path, objects)
@@ -187,7 +187,7 @@ def _tar_members(path: str) -> dict[str, tuple[int, int]]:
     return found
 
 
-def _read_tar_storages(r: _Reader, span: tuple[int, int], objects: dict[str, Any]) -> None:
+def _read_tar_storages(r: _Reader, span: tuple[int, int], objects: dict[str, Storage | TensorRef]) -> None:
     start, end = span
     count = r.pickle("storages: count", start, end)
     pos = count.end
@@ -211,7 +211,7 @@ def _storage_header(path: str, value: Any) -> tuple[str, str, str]:
     raise FormatError(f"malformed storage header {value!r:.80}", path=path)
 
 
-def _add_view(path: str, objects: dict[str, Any], view: Any) -> None:
+def _add_view(path: str, objects: dict[str, Storage | TensorRef], view: Any) -> None:
     if not (isinstance(view, tuple) and len(view) == 4):
         raise FormatError("malformed storage view", path=path)
     target, base_key, offset, numel = view
@@ -223,7 +223,7 @@ def _add_view(path: str, objects: dict[str, Any], view: Any) -> None:
     objects[str(target)] = Storage(str(target), base.dtype, numel, base.location, record)
 
 
-def _read_tar_tensors(r: _Reader, span: tuple[int, int], objects: dict[str, Any]) -> None:
+def _read_tar_tensors(r: _Reader, span: tuple[int, int], objects: dict[str, Storage | TensorRef]) -> None:
     start, end = span
     count = r.pickle("tensors: count", start, end)
     pos = count.end
@@ -251,7 +251,7 @@ def _tensor_layout(r: _Reader, pos: int, end: int, storage: Storage) -> tuple[Te
     return TensorRef(storage.dtype, sizes, strides, offset, storage), pos + 16 + 16 * ndim
 
 
-def _tar_object(path: str, objects: dict[str, Any], pid: Any) -> Any:
+def _tar_object(path: str, objects: dict[str, Storage | TensorRef], pid: Any) -> Any:
     if isinstance(pid, tuple) and pid:
         return pid[0]  # ('module', cls, source_file, source): the class itself
     found = objects.get(str(pid))

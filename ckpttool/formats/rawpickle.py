@@ -8,13 +8,12 @@ from typing import Any
 
 from ckpttool.checkpoint import Checkpoint, OpaqueCall
 from ckpttool.errors import FormatError, NotACheckpointError, PickleError
-from ckpttool.formats.format import Format, FormatName, Found, Probe, not_a_checkpoint, text_start
+from ckpttool.formatnames import RAW_PICKLE
+from ckpttool.formats.format import Format, Found, Probe, not_a_checkpoint, text_start
 from ckpttool.formats.joblib import read_as_joblib, without_problems
 from ckpttool.interpret import Interpreter
 from ckpttool.pickle import decode
 from ckpttool.pickle.opcodes import NAMES
-
-RAW_PICKLE: FormatName = "raw-pickle"
 
 
 def read_raw_pickle(path: str) -> Checkpoint:
@@ -33,7 +32,7 @@ def read_raw_pickle(path: str) -> Checkpoint:
     return Checkpoint(path, RAW_PICKLE, size, root, anomalies=anomalies, files=[path])
 
 
-def _no_storages(pid: Any) -> Any:
+def _no_storages(pid: Any) -> OpaqueCall:
     # Outside torch's formats a persistent id refers to nothing ckpttool can read.
     return OpaqueCall("persistent_load", (pid,))
 

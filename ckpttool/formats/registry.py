@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from ckpttool.checkpoint import Checkpoint
 from ckpttool.errors import NotACheckpointError, UnknownFormatError
+from ckpttool.formatnames import FormatName
 from ckpttool.formats.containers import (
     BZ2_FORMAT,
     GZIP_FORMAT,
@@ -26,16 +27,13 @@ from ckpttool.formats.containers import (
 )
 from ckpttool.formats.dcp_format import DCP_FORMAT
 from ckpttool.formats.deepspeed import DEEPSPEED_FORMAT
-from ckpttool.formats.format import Format, FormatName, Found, Probe, not_a_checkpoint, probe
+from ckpttool.formats.format import Format, Found, Probe, not_a_checkpoint, probe
 from ckpttool.formats.hffolder import HF_FOLDER_FORMAT, WEIGHTS_FILES
 from ckpttool.formats.legacy import LEGACY_FORMAT, LEGACY_TAR_FORMAT
 from ckpttool.formats.rawpickle import RAW_PICKLE_FORMAT
 from ckpttool.formats.safetensors import SAFETENSORS_FORMAT
 from ckpttool.formats.sharded import SHARDED_FORMAT
 from ckpttool.formats.torchzip import TORCH_ZIP_FORMAT, TORCHSCRIPT_FORMAT
-
-METADATA_FILE = ".metadata"
-
 
 FORMATS: tuple[Format, ...] = (
     SEALED_FORMAT,

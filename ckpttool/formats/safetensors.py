@@ -11,14 +11,14 @@ from __future__ import annotations
 import json
 import os
 import struct
-from typing import Any
+from typing import Any, NoReturn
 
 from ckpttool.checkpoint import Checkpoint, Record, Storage, TensorRef, contiguous_strides
 from ckpttool.dtypes import BY_SAFETENSORS, DTYPES, DType
 from ckpttool.errors import SafetensorsError
-from ckpttool.formats.format import Format, FormatName, Found, Probe
+from ckpttool.formatnames import SAFETENSORS
+from ckpttool.formats.format import Format, Found, Probe
 
-SAFETENSORS: FormatName = "safetensors"
 MAX_HEADER_SIZE = 100_000_000
 _U64_MAX = (1 << 64) - 1
 _JSON_SPACE = b" \t\n\r"
@@ -102,7 +102,7 @@ def _check_text(text: str) -> None:
         raise ValueError("a lone surrogate escape in a string") from None
 
 
-def _no_constant(name: str) -> Any:
+def _no_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not JSON")
 
 

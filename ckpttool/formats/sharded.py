@@ -15,10 +15,8 @@ from typing import Any
 
 from ckpttool.checkpoint import Checkpoint, Storage, TensorRef
 from ckpttool.errors import FormatError
-from ckpttool.formats.format import Format, FormatName, Found, Probe, Registry
-from ckpttool.formats.legacy import LEGACY
-from ckpttool.formats.safetensors import SAFETENSORS
-from ckpttool.formats.torchzip import TORCH_ZIP, TORCHSCRIPT
+from ckpttool.formatnames import LEGACY, SAFETENSORS, TORCH_ZIP, TORCHSCRIPT, FormatName
+from ckpttool.formats.format import Format, Found, Probe, Registry
 from ckpttool.weights import find_weights
 
 MAX_INDEX_SIZE = 100_000_000

@@ -8,18 +8,16 @@ out one `Storage` per key, so every tensor viewing a storage shares it.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ckpttool.checkpoint import GlobalName, Record, Storage, TensorRef, validate_layout
+from ckpttool.buffers import FileData
+from ckpttool.checkpoint import GlobalName, Storage, TensorRef, validate_layout
 from ckpttool.dtypes import storage_dtype
 from ckpttool.errors import FormatError
 from ckpttool.interpret import Interpreter, reader_hooks
 from ckpttool.pickle import Decoded, Global, decode
 from ckpttool.weights import all_tensors
-
-RecordFinder = Callable[[Storage], Record]
 
 
 @dataclass
@@ -77,7 +75,7 @@ def _short(value: Any) -> str:
 
 
 def decode_torch_pickle(
-    data: Any, table: StorageTable, name: str, *, start: int = 0, end: int | None = None
+    data: FileData, table: StorageTable, name: str, *, start: int = 0, end: int | None = None
 ) -> tuple[Decoded, Any]:
     """Decode one torch pickle straight into the model: tensors, storages, dicts."""
     hooks = reader_hooks(table.path, table.resolve)

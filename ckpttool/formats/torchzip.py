@@ -15,8 +15,9 @@ from typing import Any
 
 from ckpttool.checkpoint import Checkpoint, Record, Storage
 from ckpttool.errors import CkptError, FormatError, LimitError, PickleError, ZipFormatError
+from ckpttool.formatnames import TORCH_ZIP, TORCHSCRIPT
 from ckpttool.formats.containers import scan_zip_members, trailing_data
-from ckpttool.formats.format import Format, FormatName, Found, Probe, read_once
+from ckpttool.formats.format import Format, Found, Probe, read_once
 from ckpttool.formats.torchpickle import StorageTable, check_tensors, interpret_torch_pickle
 from ckpttool.formats.torchscript import declare, read_declarations
 from ckpttool.formats.ziparchive import (
@@ -34,8 +35,6 @@ from ckpttool.pickle.judge import TorchScript, is_torchscript_class
 from ckpttool.pickle.objects import Call, Global
 from ckpttool.weights import all_tensors
 
-TORCH_ZIP: FormatName = "torch-zip"
-TORCHSCRIPT: FormatName = "torchscript"
 MAX_SMALL_RECORD = 4096
 # A pickle this large would describe ~10 million tensors; past it a file is refused, and a
 # compressed record is never inflated beyond the smaller of this and its declared size.

@@ -12,7 +12,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from ckpttool.dtypes import DTYPES, STORAGE_DTYPES
 from ckpttool.formats.zipwriter import ZipWriter
@@ -111,7 +111,7 @@ def _tensor_call(t: PlannedTensor, ordered_dict: Global) -> Call:
     storage_class = _TYPED_STORAGES.get(t.dtype)
     if storage_class is not None:
         pid = ("storage", Global("torch", storage_class), t.storage_key, "cpu", t.storage_numel)
-        args: tuple[Any, ...] = (PersistentRef(pid), t.offset, t.shape, t.stride, False, hooks)
+        args: tuple[object, ...] = (PersistentRef(pid), t.offset, t.shape, t.stride, False, hooks)
         return Call(Global("torch._utils", "_rebuild_tensor_v2"), args)
     # dtypes without a typed storage class (float8, uint16, ...) go through an untyped storage.
     pid = ("storage", Global("torch.storage", "UntypedStorage"), t.storage_key, "cpu", t.storage_numel)

@@ -1,0 +1,1 @@
+"""What each command does, as data: one package per job."""

@@ -318,10 +318,6 @@ def _reached_through(module: str, name: str) -> str | None:
     return None
 
 
-def is_known_dangerous(module: str, qualname: str) -> bool:
-    return danger_reason(module, qualname[len(module) + 1 :]) is not None
-
-
 def _prefixes(qualname: str) -> list[str]:
     """'a.b.c' -> ['a', 'a.b', 'a.b.c']: a module entry covers its submodules and members."""
     parts = qualname.split(".")

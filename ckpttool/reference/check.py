@@ -27,9 +27,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ckpttool.checkpoint import Checkpoint
 from ckpttool.errors import CkptError, UsageError
 from ckpttool.formats import read_checkpoint
-from ckpttool.load import load, load_state_dict
+from ckpttool.materialize import load, load_state_dict
 from ckpttool.reference.compare import (
     DEFAULT_TOLERANCE,
     Comparison,
@@ -330,17 +331,17 @@ def locations_check(path: Path, expected: tuple[str, ...]) -> Comparison:
     return _expect("locations", list(expected), found)
 
 
-def _locations_of(checkpoint: Any) -> list[str]:
+def _locations_of(checkpoint: Checkpoint) -> list[str]:
     return sorted({storage.location for storage in checkpoint.storages.values()})
 
 
-def _expect(check: str, expected: Any, actual: Any) -> Comparison:
+def _expect(check: str, expected: object, actual: object) -> Comparison:
     if expected == actual:
         return Comparison(check, True, _shown(actual))
     return Comparison(check, False, f"expected {_shown(expected)}, got {_shown(actual)}")
 
 
-def _shown(value: Any) -> str:
+def _shown(value: object) -> str:
     if isinstance(value, list):
         return ", ".join(value) or "none"
     return repr(value) if value == "" else str(value)

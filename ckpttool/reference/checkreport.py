@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from typing import Any
 
 from ckpttool.reference.check import CheckReport, CheckResult
 from ckpttool.reference.compare import Mode
@@ -28,7 +27,7 @@ VARIANT_HEADERS = {
 
 
 def check_json(report: CheckReport) -> str:
-    payload: dict[str, Any] = {
+    payload: dict[str, object] = {
         "schema_version": SCHEMA_VERSION,
         "ok": report.ok,
         "directory": str(report.directory),
@@ -55,7 +54,7 @@ def check_json(report: CheckReport) -> str:
     return json.dumps(payload, indent=2)
 
 
-def _resume_json(report: CheckReport) -> dict[str, Any] | None:
+def _resume_json(report: CheckReport) -> dict[str, object] | None:
     proof = report.resume
     if proof is None:
         return None

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ckpttool.formats import LEGACY, ZIP
-from ckpttool.ops.convert import ConvertOptions, convert
-from ckpttool.ops.remap import parse_mapping, remap
+from ckpttool.formats import LEGACY, TORCH_ZIP
+from ckpttool.ops.convert import ConvertOptions, ConvertTarget, convert
+from ckpttool.ops.rewrite import parse_mapping, remap
 from ckpttool.reference.manifest import FileRecord
 
 # The fixture as it is, and each file made from it, in the order they are checked.
@@ -41,7 +41,7 @@ class Derivation:
     locations: tuple[str, ...] | None = None
 
 
-def _convert_to(target: str) -> Callable[[Path, Path], None]:
+def _convert_to(target: ConvertTarget) -> Callable[[Path, Path], None]:
     def make(source: Path, destination: Path) -> None:
         # No root given: convert finds the weights as it would for a user.
         convert(str(source), str(destination), ConvertOptions(to=target, force=True))
@@ -58,7 +58,7 @@ def _any_format(_record: FileRecord) -> bool:
 
 
 def _torch_format(record: FileRecord) -> bool:
-    return record.format in (ZIP, LEGACY)
+    return record.format in (TORCH_ZIP, LEGACY)
 
 
 def _bare(_record: FileRecord) -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import nn
@@ -79,7 +78,7 @@ def host_side_state(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [state["step"] for state in optimizer.state.values() if isinstance(state.get("step"), torch.Tensor)]
 
 
-def storage_locations(payload: Any) -> list[str]:
+def storage_locations(payload: object) -> list[str]:
     """The locations `torch.save(payload)` would write, sorted, each once.
 
     Asks torch's taggers (and any relocation in force), exactly as `torch.save` does.
@@ -87,7 +86,7 @@ def storage_locations(payload: Any) -> list[str]:
     return sorted({torch.serialization.location_tag(t.untyped_storage()) for t in _tensors(payload)})
 
 
-def _tensors(value: Any) -> Iterator[torch.Tensor]:
+def _tensors(value: object) -> Iterator[torch.Tensor]:
     if isinstance(value, torch.Tensor):
         yield value
     elif isinstance(value, nn.Module):

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ckpttool.errors import CkptError
+from ckpttool.formatnames import FormatName
 
 if TYPE_CHECKING:
     import torch
@@ -75,7 +76,7 @@ class FileRecord:
     path: str
     sha256: str
     size: int
-    format: str
+    format: FormatName
     style: str
     # Dotted path of the weights inside the file ("" for a bare state_dict or model).
     weights_root: str
@@ -94,7 +95,7 @@ class ModelRecord:
 
     name: str
     constructor: str
-    args: dict[str, Any]
+    args: dict[str, object]
     input_shape: tuple[int, int, int]
     parameters: int
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -119,7 +118,7 @@ class ModelSpec:
     constructor_path: str
     input_shape: tuple[int, int, int]
     defaults: TrainingDefaults
-    kwargs: dict[str, Any] = field(default_factory=dict)
+    kwargs: dict[str, object] = field(default_factory=dict)
 
     def create(self) -> nn.Module:
         return self.constructor(**self.kwargs)

@@ -12,13 +12,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
+
+from ckpttool.progress import Bar
 
 if TYPE_CHECKING:
     from ckpttool.reference.train import EpochReport, TrainingRun
 
 _STREAM: ContextVar[IO[str] | None] = ContextVar("reference_bar_stream", default=None)
-_BAR: ContextVar[Any] = ContextVar("reference_bar", default=None)
+_BAR: ContextVar[Bar | None] = ContextVar("reference_bar", default=None)
 
 
 @contextlib.contextmanager
@@ -35,13 +37,8 @@ def bars_on(stream: IO[str] | None) -> Iterator[None]:
 def phase(name: str, total: int, unit: str) -> Iterator[None]:
     """A bar for one phase of `total` units, with tqdm's estimate of the time left
     (`[elapsed<left]`); a phase inside another gets a bar of its own below it."""
-    stream = _STREAM.get()
-    if stream is None or total <= 0:
-        yield
-        return
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, desc=name, unit=unit, file=stream, leave=False, dynamic_ncols=True)
+    bar = Bar(name, _STREAM.get(), unit=unit, leave=False)
+    bar.start(total)
     token = _BAR.set(bar)
     try:
         yield
@@ -54,14 +51,14 @@ def advance(units: int = 1) -> None:
     """`units` more of the innermost phase are done."""
     bar = _BAR.get()
     if bar is not None:
-        bar.update(units)
+        bar.advance(units)
 
 
 def describe(text: str) -> None:
     """What the innermost phase is at, after its bar (`epoch 2/3, loss 0.1234`)."""
     bar = _BAR.get()
     if bar is not None:
-        bar.set_postfix_str(text, refresh=False)
+        bar.describe(text)
 
 
 class ProgressReporter:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from ckpttool.reference.manifest import FileRecord, Manifest, Metrics
 from ckpttool.render import SCHEMA_VERSION, fit_table, human_size, key_values, to_table
@@ -29,7 +28,7 @@ class TrainSummary:
 
 def train_json(summary: TrainSummary) -> str:
     manifest, training = summary.manifest, summary.manifest.training
-    payload: dict[str, Any] = {
+    payload: dict[str, object] = {
         "schema_version": SCHEMA_VERSION,
         "out": str(summary.manifest_path.parent),
         "manifest": str(summary.manifest_path),
@@ -48,7 +47,7 @@ def train_json(summary: TrainSummary) -> str:
     return json.dumps(payload, indent=2, allow_nan=True)
 
 
-def _file_json(record: FileRecord) -> dict[str, Any]:
+def _file_json(record: FileRecord) -> dict[str, object]:
     return {
         "path": record.path,
         "style": record.style,

@@ -82,7 +82,7 @@ def _run_state(run: TrainingRun) -> dict[str, Any]:
     return {"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict()}
 
 
-def compare_states(expected: Any, actual: Any) -> tuple[int, list[str]]:
+def compare_states(expected: object, actual: object) -> tuple[int, list[str]]:
     """Count the tensors compared and list the dotted paths that are not bit-equal."""
     expected_leaves = dict(flatten_state(expected))
     actual_leaves = dict(flatten_state(actual))
@@ -93,7 +93,7 @@ def compare_states(expected: Any, actual: Any) -> tuple[int, list[str]]:
     return len(expected_leaves), mismatched
 
 
-def flatten_state(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+def flatten_state(value: object, prefix: str = "") -> Iterator[tuple[str, object]]:
     """Leaves of nested dicts, lists and tuples, keyed by their dotted path."""
     if isinstance(value, Mapping):
         for key, item in value.items():
@@ -105,7 +105,7 @@ def flatten_state(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
         yield prefix.rstrip("."), value
 
 
-def same_bits(a: Any, b: Any) -> bool:
+def same_bits(a: object, b: object) -> bool:
     """Tensors equal bit for bit (NaNs included); other values equal as values."""
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
         if a.dtype != b.dtype or a.shape != b.shape:

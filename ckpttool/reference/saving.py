@@ -36,12 +36,10 @@ import torch
 from safetensors.torch import save_file
 
 from ckpttool.errors import UsageError
+from ckpttool.formatnames import SAFETENSORS, TORCH_ZIP, FormatName
 from ckpttool.reference.choices import STYLE_NAMES
 from ckpttool.reference.located import host_side_state, saved_as_located, storage_locations
 from ckpttool.reference.train import TrainingRun
-
-TORCH_ZIP = "torch-zip"
-SAFETENSORS = "safetensors"
 
 
 @dataclass(frozen=True)
@@ -50,7 +48,7 @@ class SavedFile:
 
     path: Path
     style: str
-    format: str
+    format: FormatName
     weights_root: str
     epoch: int
     # Every storage location written into the file, sorted; none for safetensors.
@@ -61,7 +59,7 @@ class SavedFile:
 class SaveStyle:
     name: str
     file_name: str
-    format: str
+    format: FormatName
     weights_root: str
     payload: Callable[[TrainingRun], Any]
 

@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ckpttool.atomic import replace_all
+from ckpttool.atomic import created_folders, replace_all
 from ckpttool.errors import UsageError
 from ckpttool.leftovers import remove_leftovers, temp_prefix
 from ckpttool.signals import held
@@ -49,20 +49,8 @@ class StagedFolder:
         if clashes:
             clash = self.destination / clashes[0]
             raise UsageError(f"{clash} is a folder, where a fixture file goes; nothing was written")
-        created: list[Path] = []
-        try:
-            with held():  # each folder is recorded as soon as it exists, to be removed on failure
-                for missing in reversed(_missing_folders(self.destination)):
-                    with contextlib.suppress(FileExistsError):  # made meanwhile: not ours to remove
-                        missing.mkdir()
-                        created.append(missing)
+        with created_folders(str(self.destination)):
             replace_all([(str(self.folder / name), str(self.destination / name)) for name in names])
-        except BaseException:
-            with held():
-                for folder in reversed(created):
-                    with contextlib.suppress(OSError):
-                        folder.rmdir()
-            raise
 
 
 @contextlib.contextmanager
@@ -95,13 +83,3 @@ def _staging_base(destination: Path) -> Path:
     if not base.is_dir():
         raise UsageError(f"{base} is not a folder; cannot create {destination}")
     return base
-
-
-def _missing_folders(destination: Path) -> list[Path]:
-    """The destination and those of its parents that do not exist, deepest first."""
-    missing = []
-    folder = destination
-    while not folder.exists() and folder != folder.parent:
-        missing.append(folder)
-        folder = folder.parent
-    return missing

@@ -189,7 +189,7 @@ def _full_float32(device: torch.device) -> Iterator[None]:
             setattr(owner, name, value)
 
 
-def _float32_settings() -> list[tuple[Any, str, Any]]:
+def _float32_settings() -> list[tuple[object, str, object]]:
     cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
     # Only one API is touched: torch refuses to read the old `allow_tf32` flags once
     # the new `fp32_precision` ones have been set.

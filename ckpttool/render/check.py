@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ckpttool.render.scan import allowlist_lines
 from ckpttool.render.tables import fit_table
 from ckpttool.render.text import command_lines, grouped, key_values, output_width, plural, to_csv, to_json, wrap_text
 
 if TYPE_CHECKING:  # only for annotations: JSON output must not pay for importing every op
-    from ckpttool.ops.check import CheckReport
+    from ckpttool.ops.compare import CheckReport, Finding, Suggestion
 
 
 CHECK_SCHEMA_VERSION = 2  # 2: one shape for one or many paths, unreadable files reported
@@ -32,7 +32,7 @@ def check_output(reports: list[CheckReport], strict: bool, fmt: str) -> str:
     return "\n\n".join(blocks)
 
 
-def _check_json(r: CheckReport, strict: bool) -> dict[str, Any]:
+def _check_json(r: CheckReport, strict: bool) -> dict[str, object]:
     keys = r.keys
     return {
         "path": r.path,
@@ -79,7 +79,7 @@ def _check_result(r: CheckReport, strict: bool) -> str:
 
 
 def _check_block(r: CheckReport, strict: bool, width: int | None) -> str:
-    pairs: list[tuple[str, Any]] = [("file", r.path), ("result", _check_result(r, strict))]
+    pairs: list[tuple[str, object]] = [("file", r.path), ("result", _check_result(r, strict))]
     if not r.readable:  # its one finding is the reason: a line that wraps, not a table that cuts it
         return key_values([*pairs, ("findings", "1 error"), ("error", r.findings[0].message)], width)
     if r.keys is not None:
@@ -103,7 +103,7 @@ def _check_block(r: CheckReport, strict: bool, width: int | None) -> str:
     return "\n\n".join(blocks)
 
 
-def _remedies(findings: list[Any], width: int | None) -> str:
+def _remedies(findings: list[Finding], width: int | None) -> str:
     """What to paste for each finding that has a remedy, whole on lines of its own: the
     table may cut a message, never these (as scan prints its --allow and add_safe_globals lines)."""
     lines: list[str] = []
@@ -154,7 +154,7 @@ def _fixes(r: CheckReport, width: int | None) -> str:
     return "\n".join(lines)
 
 
-def _fix_effect(s: Any) -> str:
+def _fix_effect(s: Suggestion) -> str:
     if not (s.missing_after or s.unexpected_after or s.shape_mismatch_after):
         return "then every key matches"
     if s.passes:
@@ -167,10 +167,10 @@ def _fix_effect(s: Any) -> str:
     return f"{plural(s.fixes, 'more key')} match; {', '.join(p for p in left if p)} left"
 
 
-def _collapsed(findings: list[Any]) -> list[tuple[str, str, str, str]]:
+def _collapsed(findings: list[Finding]) -> list[tuple[str, str, str, str]]:
     """Finding rows; a kind of key finding (missing, unexpected ...) with more rows than a
     table should hold shows its first few and one row counting the rest."""
-    groups: dict[tuple[str, str], list[Any]] = {}
+    groups: dict[tuple[str, str], list[Finding]] = {}
     for f in findings:
         kind = f.message.split(":", 1)[0] if f.key is not None else f"#{id(f)}"
         groups.setdefault((f.check, kind), []).append(f)

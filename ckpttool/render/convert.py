@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ckpttool.render.text import human_size, key_values, output_width, plural, to_json
 
 if TYPE_CHECKING:  # only for annotations: JSON output must not pay for importing every op
     from ckpttool.ops.convert import ConvertReport
-    from ckpttool.ops.rekey import RekeyReport
-    from ckpttool.ops.remap import RemapReport
+    from ckpttool.ops.rewrite import RekeyReport, RemapReport
 
 # -- convert -----------------------------------------------------------------------------------
 
@@ -30,7 +29,7 @@ def convert_output(report: ConvertReport, fmt: str) -> str:
                 "notes": report.notes,
             }
         )
-    pairs: list[tuple[str, Any]] = [
+    pairs: list[tuple[str, object]] = [
         ("source", report.source),
         ("weights", f"'{report.weights_root}'" if report.weights_root else "the whole file"),
         ("wrote", ", ".join(report.outputs)),
@@ -73,7 +72,7 @@ def rekey_output(report: RekeyReport, fmt: str) -> str:
             }
         )
     width = output_width()
-    pairs: list[tuple[str, Any]] = [
+    pairs: list[tuple[str, object]] = [
         ("source", report.source),
         ("weights", f"'{report.weights_root}'" if report.weights_root else "the whole file"),
         ("wrote", report.output),

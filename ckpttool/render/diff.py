@@ -18,7 +18,7 @@ from ckpttool.render.text import (
 )
 
 if TYPE_CHECKING:  # only for annotations: JSON output must not pay for importing every op
-    from ckpttool.ops.diff import DiffReport
+    from ckpttool.ops.compare import DiffReport
 
 
 def diff_output(report: DiffReport, fmt: str, width: int | None = None) -> str:
@@ -50,8 +50,8 @@ def diff_output(report: DiffReport, fmt: str, width: int | None = None) -> str:
 _DIFF_COLUMNS = ("key", "difference", "detail")
 
 
-def _diff_summary(report: DiffReport) -> list[tuple[str, Any]]:
-    pairs: list[tuple[str, Any]] = [("a", report.a), ("b", report.b)]
+def _diff_summary(report: DiffReport) -> list[tuple[str, object]]:
+    pairs: list[tuple[str, object]] = [("a", report.a), ("b", report.b)]
     if report.values_compared:
         pairs += [
             ("result", _diff_result(report)),

@@ -22,7 +22,7 @@ from ckpttool.render.text import (
 
 if TYPE_CHECKING:  # only for annotations: JSON output must not pay for importing every op
     from ckpttool.checkpoint import Chunk
-    from ckpttool.ops.inspect import Count, Counts, InspectReport, TensorRow, TreeRow
+    from ckpttool.ops.inspect.report import Count, Counts, InspectReport, TensorRow, TreeRow
 
 ROLE_LABELS = {"parameter": "param", "buffer": "buffer"}
 KIND_LABELS = {"module": "pickled nn.Module", "script_module": "TorchScript module", "state_dict": "state_dict"}
@@ -75,7 +75,7 @@ def chunk_rows_table(rows: list[TensorRow], width: int | None = None) -> str:
 
 @gc_paused()  # a dict per row, each alive until the text is written
 def inspect_json(report: InspectReport, weights: list[TensorRow], tensors: list[TensorRow]) -> str:
-    from ckpttool.ops.inspect import count
+    from ckpttool.ops.inspect.report import count
 
     rendered: dict[int, dict[str, Any]] = {}  # weights and tensors share rows: each is rendered once
 
@@ -155,7 +155,7 @@ def inspect_summary(
     verbose: bool = False,
     filtered: bool = False,
 ) -> str:
-    from ckpttool.ops.inspect import count
+    from ckpttool.ops.inspect.report import count
 
     pairs: list[tuple[str, Any]] = [("file", report.path), ("format", report.format)]
     pairs.append(("file size", human_size(report.file_size)))

@@ -17,7 +17,7 @@ from ckpttool.render.text import (
 )
 
 if TYPE_CHECKING:  # only for annotations: JSON output must not pay for importing every op
-    from ckpttool.ops.optimizer import OptimizerReport
+    from ckpttool.ops.inspect import OptimizerReport
 
 
 def optimizer_output(path: str, reports: list[OptimizerReport], fmt: str, width: int | None = None) -> str:
@@ -35,12 +35,12 @@ def optimizer_output(path: str, reports: list[OptimizerReport], fmt: str, width:
     return "\n\n".join(_optimizer_block(r, width) for r in reports)
 
 
-def _step_csv(step: Any) -> Any:
+def _step_csv(step: object) -> object:
     # Adam keeps its step count in a float32 tensor: 5.0 is the count 5, as the table shows it.
     return int(step) if isinstance(step, float) and step.is_integer() else step
 
 
-def _optimizer_json(r: OptimizerReport) -> dict[str, Any]:
+def _optimizer_json(r: OptimizerReport) -> dict[str, object]:
     return {
         "path": r.path,
         "type": r.type,
@@ -59,7 +59,7 @@ def _optimizer_block(r: OptimizerReport, width: int | None = None) -> str:
     names = {"model": "from --model", "file": "guessed from the file's weights", "keys": "the state's own keys"}.get(
         r.names or "", "not resolved"
     )
-    pairs: list[tuple[str, Any]] = [("optimizer", r.path), ("type", f"{r.type or 'unknown'} (inferred)")]
+    pairs: list[tuple[str, object]] = [("optimizer", r.path), ("type", f"{r.type or 'unknown'} (inferred)")]
     pairs += [("names", names), ("param groups", len(r.param_groups))]
     lines = [key_values(pairs, width)]
     if r.param_groups:

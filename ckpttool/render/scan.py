@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ckpttool.render.tables import fit_table
 from ckpttool.render.text import key_values, output_width, to_csv, to_json, to_table, wrap_list, wrap_text
 
 if TYPE_CHECKING:  # only for annotations: JSON output must not pay for importing every op
-    from ckpttool.ops.check import CheckReport
-    from ckpttool.ops.scan import FileScan
-    from ckpttool.ops.scanpaths import ScanEntry, UnreadableFile
+    from ckpttool.ops.compare import CheckReport, Severity
+    from ckpttool.ops.safety import FileScan, ScanEntry, UnreadableFile
+    from ckpttool.pickle.judge import Verdict
+    from ckpttool.pickle.weightsonly import Result
+    from ckpttool.sarif import Finding, Level, RuleId
 
 # 2 (from 1): unknown-call, weights_only apart from the verdict, calls, allowed names, and
 # an unreadable path as an entry of files[] (verdict unreadable, error).
 SCAN_SCHEMA_VERSION = 2
-_SCAN_ORDER = {"dangerous": 0, "unknown-call": 1, "needs-allowlist": 2, "safe": 3}
-_WEIGHTS_ONLY_TEXT = {
+_SCAN_ORDER: dict[Verdict, int] = {"dangerous": 0, "unknown-call": 1, "needs-allowlist": 2, "safe": 3}
+_WEIGHTS_ONLY_TEXT: dict[Result, str] = {
     "loads": "loads as is",
     "loads-after-allowlist": "loads after the add_safe_globals line below",
     "refused": "refused",
@@ -28,14 +30,14 @@ _WEIGHTS_ONLY_TEXT = {
 
 def scan_json(entries: Sequence[ScanEntry], error: tuple[str | None, str] | None = None) -> str:
     """`files` has every path in order; `error` (as every command's JSON error) when none could be read."""
-    payload: dict[str, Any] = {"files": [_scan_entry_json(e) for e in entries]}
+    payload: dict[str, object] = {"files": [_scan_entry_json(e) for e in entries]}
     if error is not None:
         payload["error"] = {"path": error[0], "message": error[1], "exit_code": 2}
     return to_json(payload, version=SCAN_SCHEMA_VERSION)
 
 
-def _scan_entry_json(e: ScanEntry) -> dict[str, Any]:
-    from ckpttool.ops.scan import FileScan
+def _scan_entry_json(e: ScanEntry) -> dict[str, object]:
+    from ckpttool.ops.safety import FileScan
 
     if isinstance(e, FileScan):
         return _scan_file_json(e)
@@ -56,7 +58,7 @@ def _scan_entry_json(e: ScanEntry) -> dict[str, Any]:
     }
 
 
-def _scan_file_json(r: FileScan) -> dict[str, Any]:
+def _scan_file_json(r: FileScan) -> dict[str, object]:
     return {
         "path": r.path,
         "format": r.format,
@@ -85,9 +87,9 @@ def _scan_file_json(r: FileScan) -> dict[str, Any]:
 
 
 def scan_csv(entries: Sequence[ScanEntry]) -> str:
-    from ckpttool.ops.scan import FileScan
+    from ckpttool.ops.safety import FileScan
 
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for r in entries:
         if not isinstance(r, FileScan):  # unreadable: the reason in the last column
             rows.append((r.path, "", r.verdict, "", "", "", "", r.error))
@@ -100,7 +102,7 @@ def scan_csv(entries: Sequence[ScanEntry]) -> str:
 
 
 def scan_table(entries: Sequence[ScanEntry]) -> str:
-    from ckpttool.ops.scan import FileScan
+    from ckpttool.ops.safety import FileScan
 
     blocks = [_scan_block(r) if isinstance(r, FileScan) else _unreadable_block(r) for r in entries]
     if len(entries) > 1:
@@ -111,13 +113,13 @@ def scan_table(entries: Sequence[ScanEntry]) -> str:
 def _summary_table(entries: Sequence[ScanEntry]) -> str:
     """One row per entry. Where full paths do not fit, they are shown under the folder
     they share, said once above the table, so a cut keeps what tells files apart."""
-    from ckpttool.ops.scan import FileScan
+    from ckpttool.ops.safety import FileScan
 
     width = output_width()
     headers = ("file", "format", "verdict", "weights_only", "pickles")
     align = ("left", "left", "left", "left", "right")
 
-    def rows(name: Callable[[str], str]) -> list[tuple[Any, ...]]:
+    def rows(name: Callable[[str], str]) -> list[tuple[object, ...]]:
         return [
             (name(r.path), r.format, r.verdict, r.weights_only.result, r.pickles)
             if isinstance(r, FileScan)
@@ -150,7 +152,7 @@ def _unreadable_block(r: UnreadableFile) -> str:
 
 
 def _scan_block(r: FileScan) -> str:
-    pairs: list[tuple[str, Any]] = [("file", r.path), ("format", r.format), ("pickles", r.pickles)]
+    pairs: list[tuple[str, object]] = [("file", r.path), ("format", r.format), ("pickles", r.pickles)]
     pairs += [("verdict", r.verdict.upper()), ("weights_only", _WEIGHTS_ONLY_TEXT[r.weights_only.result])]
     if r.allowed:
         pairs.append(("allowed", [f"{name} ({source})" for name, source in sorted(r.allowed.items())]))
@@ -196,7 +198,7 @@ def allowlist_lines(call: str, width: int | None, indent: str = "    ") -> list[
     return [f"{indent}{head}", *(2 * indent + line for line in names), f"{indent}{close}"]
 
 
-def _verdict_order(row: tuple[str, str, str, str]) -> tuple[int, str]:
+def _verdict_order(row: tuple[str, str, Verdict, str]) -> tuple[int, str]:
     return (_SCAN_ORDER.get(row[2], 4), row[0])
 
 
@@ -205,7 +207,7 @@ def scan_sarif(results: list[FileScan], unreadable: list[tuple[str, str]]) -> st
     weights_only refusal, each unreadable file."""
     from ckpttool import sarif
 
-    findings: list[sarif.Finding] = []
+    findings: list[Finding] = []
     for r in results:
         findings.extend(_scan_findings(r))
     findings.extend(sarif.Finding("CKPT006", path, message) for path, message in unreadable)
@@ -216,7 +218,7 @@ def check_sarif(reports: list[CheckReport]) -> str:
     """One SARIF result per check finding: errors under CKPT101, warnings and notes under CKPT102."""
     from ckpttool import sarif
 
-    levels = {"error": "error", "warning": "warning", "info": "note"}
+    levels: dict[Severity, Level] = {"error": "error", "warning": "warning", "info": "note"}
     findings = [
         sarif.Finding(
             "CKPT101" if f.severity == "error" else "CKPT102",
@@ -231,11 +233,11 @@ def check_sarif(reports: list[CheckReport]) -> str:
     return sarif.document(findings)
 
 
-def _scan_findings(r: FileScan) -> list[Any]:
+def _scan_findings(r: FileScan) -> list[Finding]:
     from ckpttool.sarif import Finding
 
-    rules = {"dangerous": "CKPT001", "unknown-call": "CKPT003", "needs-allowlist": "CKPT004"}
-    found = []
+    rules: dict[Verdict, RuleId] = {"dangerous": "CKPT001", "unknown-call": "CKPT003", "needs-allowlist": "CKPT004"}
+    found: list[Finding] = []
     for g in sorted(r.globals, key=lambda g: (_SCAN_ORDER[g.verdict], g.qualname)):
         if g.verdict in rules:
             calls = f" Calls: {'; '.join(g.calls)}." if g.calls else ""

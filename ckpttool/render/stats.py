@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ckpttool.render.tables import fit_table
 from ckpttool.render.text import grouped, number_text, percent_text, shape_text, to_csv, to_json
 
 if TYPE_CHECKING:  # only for annotations: JSON output must not pay for importing every op
-    from ckpttool.ops.stats import TensorStats
+    from ckpttool.ops.inspect import TensorStats
 
 # The share of zeros is a fraction in JSON and CSV (`zeros`, as before) and a percentage
 # in the table, labelled so that it does not read as a count beside `nan` and `inf`.
@@ -28,7 +28,7 @@ def stats_output(path: str, stats: list[TensorStats], fmt: str, width: int | Non
     return fit_table(_STATS_HEADERS, body, width, shrink=(0,), keys_above=True)
 
 
-def _stats_json(s: TensorStats) -> dict[str, Any]:
+def _stats_json(s: TensorStats) -> dict[str, object]:
     mean = {"real": s.mean.real, "imag": s.mean.imag} if isinstance(s.mean, complex) else s.mean
     return {
         "key": s.key, "dtype": s.dtype, "shape": s.shape, "numel": s.numel, "min": s.min, "max": s.max,

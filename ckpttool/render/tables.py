@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from ckpttool.render.keys import shorten_keys
 from ckpttool.render.text import ELLIPSIS, key_values, plural, to_table, wrap_text
@@ -26,7 +25,7 @@ class _Layout:
 
 def fit_table(
     headers: Sequence[str],
-    rows: Iterable[Sequence[Any]],
+    rows: Iterable[Sequence[object]],
     width: int | None,
     shrink: Sequence[int] = (0,),
     align: Sequence[str] | None = None,
@@ -184,7 +183,7 @@ def _blocks(headers: Sequence[str], body: list[list[str]], width: int) -> str:
     return "\n\n".join(key_values(list(zip(headers, row, strict=True)), width) for row in body)
 
 
-def _cell(value: Any) -> str:
+def _cell(value: object) -> str:
     return "" if value is None else str(value)
 
 

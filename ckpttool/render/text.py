@@ -7,10 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:  # only for annotations: JSON output must not pay for importing every op
-    pass
+from typing import Any
 
 SCHEMA_VERSION = 1
 TENSOR_COLUMNS = ("key", "dtype", "shape", "numel", "nbytes", "device")

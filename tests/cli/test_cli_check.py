@@ -434,7 +434,7 @@ def test_training_checkpoint_fix_keeps_its_structure(cli: Cli, tmp_path: Path) -
 )
 def test_fixed_output_names(tmp_path: Path, name: str, fixed: str) -> None:
     """The DST of a suggested command sits next to the file; a folder becomes one safetensors file."""
-    from ckpttool.ops.check import fixed_name
+    from ckpttool.ops.compare import fixed_name
 
     path = tmp_path / name
     path.mkdir() if name.endswith("/") else path.write_bytes(b"")

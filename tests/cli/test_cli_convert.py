@@ -33,7 +33,7 @@ from ops.support import (
     unchanged,
 )
 
-import ckpttool.ops.convert as convert_module
+import ckpttool.ops.convert.converting as convert_module
 
 Cli = Callable[..., Result]
 REPORT_FIELDS = {

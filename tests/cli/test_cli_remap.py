@@ -34,7 +34,7 @@ from ops.support import (
     unchanged,
 )
 
-import ckpttool.ops.remap as remap_module
+import ckpttool.ops.rewrite.remapping as remap_module
 
 Cli = Callable[..., Result]
 REPORT_FIELDS = {"schema_version", "source", "output", "storages", "changed", "verified", "verification", "notes"}

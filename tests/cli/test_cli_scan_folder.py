@@ -34,8 +34,8 @@ from safetensors.torch import save_file
 from ckpttool.errors import CkptError
 from ckpttool.formats import dcp_format, dcp_metadata, registry
 from ckpttool.formats.registry import open_path
-from ckpttool.ops.check import CheckOptions, check
-from ckpttool.ops.scan import scan_file, scan_opened
+from ckpttool.ops.compare import CheckOptions, check
+from ckpttool.ops.safety import scan_file, scan_opened
 
 Cli = Callable[..., Result]
 REFERENCE = Path(__file__).resolve().parents[2] / "fixtures" / "reference"

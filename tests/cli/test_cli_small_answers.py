@@ -20,7 +20,7 @@ from conftest import REPO, cli_json
 from safetensors.torch import load_file
 from support.docs import DOCUMENTATION
 
-from ckpttool.load import load
+from ckpttool.materialize import load
 
 Cli = Callable[..., Result]
 FILES = REPO / "fixtures" / "files"

@@ -37,10 +37,10 @@ from groundtruth import (
 )
 from safetensors.torch import load_file, save_file
 
-import ckpttool.ops.valuediff as valuediff
+import ckpttool.ops.compare.values as valuediff
 import ckpttool.tensordata as tensordata
 import ckpttool.tensormap as tensormap
-from ckpttool.ops.diff import DiffOptions, Tolerance, diff
+from ckpttool.ops.compare import DiffOptions, Tolerance, diff
 
 Cli = Callable[..., Result]
 RECORDS = load_fixture_index()

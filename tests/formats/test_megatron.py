@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 
 from ckpttool.formats.dcp import read_dcp
 from ckpttool.formats.dcp_metadata import read_dcp_metadata
-from ckpttool.ops.unstack import layer_names, unstack_checkpoint
+from ckpttool.ops.convert import layer_names, unstack_checkpoint
 from ckpttool.tensordata import load_tensor
 from ckpttool.weights import all_tensors
 

@@ -88,7 +88,7 @@ from ckpttool.errors import (
     ZipFormatError,
 )
 from ckpttool.formats import read_checkpoint
-from ckpttool.ops.scan import scan_file
+from ckpttool.ops.safety import scan_file
 from ckpttool.pickle import decode
 
 WEIGHT = float_tensor("w", "0", 2, 3)

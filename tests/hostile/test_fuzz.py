@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from ckpttool.errors import CkptError
 from ckpttool.formats import read_checkpoint
-from ckpttool.ops.scan import scan_file
+from ckpttool.ops.safety import scan_file
 from ckpttool.pickle import decode
 
 FUZZ = settings(

@@ -34,7 +34,7 @@ from hostile.builders import (
 from hostile.support import only_file, scan, torch_accepts
 from hostile.tinynet import TinyNet
 
-from ckpttool.ops.scan import scan_file
+from ckpttool.ops.safety import scan_file
 
 Saver = Callable[[Path], None]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ckpttool.ops.stats import TensorStats
+from ckpttool.ops.inspect import TensorStats
 
 REL_TOL = 1e-9
 

@@ -40,7 +40,7 @@ from ckpttool.checkpoint import Record, TensorRef
 from ckpttool.dtypes import DTYPES
 from ckpttool.errors import IntegrityError
 from ckpttool.formats import read_checkpoint
-from ckpttool.load import load_state_dict
+from ckpttool.materialize import load_state_dict
 from ckpttool.weights import find_weights
 
 Cli = Callable[..., Result]

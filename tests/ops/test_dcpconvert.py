@@ -28,9 +28,9 @@ from ops.dcp_make import free_port
 from ops.support import assert_nothing_written, temp_files
 from safetensors.torch import load_file, save_file
 
-from ckpttool.ops.dcpio import groups
-from ckpttool.ops.dcpmeta import read_dcp_metadata
-from ckpttool.ops.dcpranks import Ranks
+from ckpttool.ops.convert import Ranks
+from ckpttool.ops.convert.dcp.groups import groups
+from ckpttool.ops.convert.dcp.meta import checked_torch_metadata
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -242,7 +242,7 @@ def test_dcp_metadata_read_without_unpickling_equals_pickle(dcp_dirs: dict[int, 
     folder = dcp_dirs[2]
     with open(folder / ".metadata", "rb") as f:
         truth = pickle.load(f)  # ground truth: torch's own file
-    ours = read_dcp_metadata(str(folder))
+    ours = checked_torch_metadata(str(folder))
     assert ours.state_dict_metadata == truth.state_dict_metadata
     assert ours.storage_data == truth.storage_data
     assert ours.planner_data == truth.planner_data
@@ -276,7 +276,7 @@ def test_truncated_data_file(dcp_dirs: dict[int, Path], tmp_path: Path, run: Cal
 
 def test_corrupt_chunk_is_one_line(dcp_dirs: dict[int, Path], tmp_path: Path, run: Callable[..., Result]) -> None:
     copy = _copy(dcp_dirs[1], tmp_path)
-    where = next(i for k, i in read_dcp_metadata(str(copy)).storage_data.items() if k.fqn == "model.0.weight")
+    where = next(i for k, i in checked_torch_metadata(str(copy)).storage_data.items() if k.fqn == "model.0.weight")
     data = bytearray((copy / where.relative_path).read_bytes())
     data[where.offset : where.offset + 64] = b"\0" * 64  # the chunk's zip header: the length is right, not the content
     (copy / where.relative_path).write_bytes(bytes(data))

@@ -34,13 +34,13 @@ from ops.support import (
     unchanged,
 )
 
-import ckpttool.ops.convert as convert_module
-import ckpttool.ops.remap as remap_module
+import ckpttool.ops.convert.converting as convert_module
+import ckpttool.ops.rewrite.remapping as remap_module
 from ckpttool.atomic import PendingOutput
 from ckpttool.errors import CkptError, FileAccessError, FormatError, IntegrityError, VerificationError
 from ckpttool.formats.zipwriter import ZipWriter
 from ckpttool.ops.convert import ConvertOptions, convert
-from ckpttool.ops.remap import parse_mapping, remap
+from ckpttool.ops.rewrite import parse_mapping, remap
 
 SOURCE = BY_NAME["cnn_state_dict"]
 GPU_SOURCE = BY_NAME["cuda0_state_dict"]

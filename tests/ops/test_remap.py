@@ -37,7 +37,7 @@ from ops.support import (
 )
 
 from ckpttool.errors import FormatError, OutputExistsError, UnsafeFileError, UsageError
-from ckpttool.ops.remap import RemapReport, map_location, parse_mapping, remap
+from ckpttool.ops.rewrite import RemapReport, map_location, parse_mapping, remap
 
 REMAPPABLE = records_where(lambda r: r["format"] in TORCH_FORMATS)
 NOT_REMAPPABLE = records_where(lambda r: r["format"] not in TORCH_FORMATS)

@@ -17,9 +17,9 @@ from groundtruth import fixture_path, ground_truth_weights, torch_load_trusted
 from ops.stats_truth import REL_TOL, assert_stats_match, has_arithmetic, resolve, special_tensors
 from ops.support import BY_NAME, NO_WEIGHTS, ids, records_where
 
-import ckpttool.ops.stats as stats_module
+import ckpttool.ops.inspect.stats as stats_module
 from ckpttool.formats import read_checkpoint
-from ckpttool.ops.stats import all_stats, tensor_stats
+from ckpttool.ops.inspect import all_stats, tensor_stats
 from ckpttool.weights import NamedTensor, all_tensors, find_weights
 
 WITH_WEIGHTS = records_where(lambda r: r["name"] not in NO_WEIGHTS)

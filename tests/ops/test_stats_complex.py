@@ -14,8 +14,8 @@ from click.testing import Result
 from conftest import cli_json
 
 from ckpttool.formats import read_checkpoint
-from ckpttool.ops import stats as stats_module
-from ckpttool.ops.stats import non_finite, tensor_stats
+from ckpttool.ops.inspect import non_finite, tensor_stats
+from ckpttool.ops.inspect import stats as stats_module
 from ckpttool.weights import all_tensors
 
 Cli = Callable[..., Result]

@@ -1,7 +1,7 @@
 """Shared by the reference tests: the digits data, a fresh cnn fixture set, loaders.
 
 Fixtures are read the way `reference check` reads them: through ckpttool's own
-code-free reader (`ckpttool.load`). `torch.load(weights_only=True)` appears only as
+code-free reader (`ckpttool.materialize`). `torch.load(weights_only=True)` appears only as
 ground truth, to show that the reader gives what torch gives. The loaders are
 handed out as pytest fixtures, which work under any import mode.
 """
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 
-from ckpttool.load import load_state_dict
+from ckpttool.materialize import load_state_dict
 from ckpttool.reference.check import read_checkpoint_through_ckpttool
 from ckpttool.reference.data import ReferenceData, load_digits
 from ckpttool.reference.fixtures import FixtureSet, build_fixtures

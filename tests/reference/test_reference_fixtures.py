@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from ckpttool.errors import CkptError, UsageError
-from ckpttool.load import load, load_state_dict
+from ckpttool.materialize import load, load_state_dict
 from ckpttool.reference.choices import STYLE_NAMES
 from ckpttool.reference.data import ReferenceData
 from ckpttool.reference.fingerprint import machine_fingerprint

@@ -13,7 +13,7 @@ import torch
 from click.testing import Result
 
 from ckpttool.formats import read_checkpoint
-from ckpttool.load import load_state_dict
+from ckpttool.materialize import load_state_dict
 from ckpttool.reference.check import check_fixtures
 from ckpttool.reference.compare import DEFAULT_TOLERANCE, compare_logits, comparison_mode
 from ckpttool.reference.data import ReferenceData

@@ -2,7 +2,7 @@
 
 As in `check`, an unreadable path is reported among the others, in the order given,
 so that it never hides the verdict of a readable neighbour (nor they its failure).
-A folder is one entry per file under it (`ops.scanfolder`); there, a file that holds no
+A folder is one entry per file under it (`safety/folder.py`); there, a file that holds no
 pickle (config.json, a tokenizer, a README) is an entry too, `safe`, saying so.
 """
 
@@ -11,14 +11,17 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from ckpttool.errors import CkptError, NotACheckpointError
+from ckpttool.formatnames import NoPickleKind
 from ckpttool.formats import OpenedFile
-from ckpttool.ops.scan import SAFE, FileScan, scan_file, scan_opened
-from ckpttool.ops.scanfolder import FolderItem, folder_items, same_path
+from ckpttool.ops.safety.folder import FolderItem, folder_items, same_path
+from ckpttool.ops.safety.scan import SAFE, FileScan, scan_file, scan_opened
 from ckpttool.pickle.weightsonly import not_applicable
 
-UNREADABLE = "unreadable"  # the verdict an unreadable path has in every output
+Unreadable = Literal["unreadable"]  # the verdict an unreadable path has in every output
+UNREADABLE: Unreadable = "unreadable"
 
 
 @dataclass
@@ -27,7 +30,7 @@ class UnreadableFile:
 
     path: str
     error: str  # the reason, without the path
-    verdict: str = UNREADABLE
+    verdict: Unreadable = UNREADABLE
 
 
 ScanEntry = FileScan | UnreadableFile
@@ -37,6 +40,7 @@ NO_PICKLE_FORMATS = ("text", "data")  # what a folder's files that are no checkp
 
 
 def scan_paths(paths: Sequence[str], allow: Mapping[str, str] | None = None) -> list[ScanEntry]:
+    """One entry per file, in order: each path given, every file under a folder, an unreadable path too."""
     entries: list[ScanEntry] = []
     for path in paths:
         entries.extend(scan_folder(path, allow) if os.path.isdir(path) else [_scan_one(path, allow)])
@@ -76,7 +80,7 @@ def _no_pickle(path: str, error: str) -> FileScan:
     """A file beside the checkpoint that no format recognises: pickle.load and torch.load
     fail on its first bytes before calling anything."""
     why = "empty" if error.startswith("empty") else "no zip, safetensors, tar or pickle signature"
-    kind = "text" if _is_text(path) else "data"
+    kind: NoPickleKind = "text" if _is_text(path) else "data"
     note = f"{kind} with no pickle ({why}): nothing in it runs code when loaded"
     refusal = not_applicable("not a checkpoint: torch.load refuses it")
     return FileScan(path, kind, SAFE, 0, weights_only=refusal, notes=[note])

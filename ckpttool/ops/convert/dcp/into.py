@@ -9,7 +9,7 @@ the source then. With one writer thread DCP's CPU loader resolves one item at a 
 so memory stays at one tensor. Several `save` calls into one folder would not do: each
 writes its own `.metadata` and the last one wins.
 
-Out of DCP (a DCP folder as SRC): `dcpexport`. `convert_dcp` sends each conversion the
+Out of DCP (a DCP folder as SRC): `dcp/export.py`. `convert_dcp` sends each conversion the
 right way.
 
 Every output is written to a hidden temporary file or folder beside DST, verified, and
@@ -22,9 +22,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ckpttool.atomic import TEMP_SUFFIX, clear_leftovers
+from ckpttool.atomic import TEMP_SUFFIX, clear_leftovers, replace_all
 from ckpttool.errors import (
     FileAccessError,
     OutputExistsError,
@@ -33,27 +33,21 @@ from ckpttool.errors import (
 )
 from ckpttool.formats.dcp_megatron import is_torch_dist_folder
 from ckpttool.leftovers import temp_prefix
-from ckpttool.ops.convert import (
-    PTH,
+from ckpttool.ops.convert.dcp.export import convert_from_dcp
+from ckpttool.ops.convert.dcp.groups import Stopped, groups, inside_dcp, load_group
+from ckpttool.ops.convert.dcp.meta import checked_torch_metadata, is_dcp_folder
+from ckpttool.ops.convert.dcp.ranks import Ranks, together
+from ckpttool.ops.convert.plan import (
     ConvertOptions,
     ConvertReport,
     OutputTensor,
-    Progress,
-    _plan,
-    _sources,
+    plan_outputs,
+    weight_sources,
 )
-from ckpttool.ops.dcpexport import convert_from_dcp
-from ckpttool.ops.dcpio import Stopped, groups, inside_dcp, load_group
-from ckpttool.ops.dcpmeta import is_dcp_folder, read_dcp_metadata
-from ckpttool.ops.dcpranks import Ranks, current_ranks, together
+from ckpttool.ops.convert.targets import DCP, PTH
+from ckpttool.progress import Progress
 from ckpttool.signals import held, stop_pending
 from ckpttool.tensordata import cast, tensor_bytes, torch_dtype
-
-if TYPE_CHECKING:
-    pass
-
-DCP = "dcp"
-
 
 # -- into DCP ----------------------------------------------------------------------------------
 
@@ -63,9 +57,9 @@ def convert_to_dcp(src: str, dst: str, options: ConvertOptions, progress: Progre
                               "--metadata": options.metadata})  # fmt: skip
     if is_dcp_folder(src) and not is_torch_dist_folder(src):  # Megatron's layout becomes plain DCP
         raise UsageError(f"{src} is a DCP checkpoint already")
-    ranks = current_ranks()
-    sources, weights_root, notes = _sources(src, options)
-    outputs = _plan(sources, options, notes)
+    ranks = options.ranks
+    sources, weights_root, notes = weight_sources(src, options)
+    outputs = plan_outputs(sources, options, notes)
     _check_folder_destination(src, dst, options.force)
     mine = ranks.share(outputs, lambda o: o.nbytes)
     progress.start(sum(o.nbytes for o in mine))
@@ -155,7 +149,7 @@ def _planner(outputs: list[OutputTensor], progress: Progress) -> Any:
 
 def _verify_dcp(folder: str, outputs: list[OutputTensor]) -> None:
     """What DCP loads back from the folder is the source (or exactly its cast), byte for byte."""
-    metadata = read_dcp_metadata(folder)
+    metadata = checked_torch_metadata(folder)
     for group in groups(outputs, lambda o: o.nbytes):
         loaded = load_group(folder, metadata, {o.name: (o.dtype, o.source.shape) for o in group})
         for output in group:
@@ -165,19 +159,7 @@ def _verify_dcp(folder: str, outputs: list[OutputTensor]) -> None:
 
 def _land_folder(temp: str, dst: str) -> None:
     """The temporary folder becomes DST; a replaced checkpoint is removed only after."""
-    backup = None
-    with held():
-        if os.path.exists(dst):
-            backup = temp + ".previous"
-            os.replace(dst, backup)
-        try:
-            os.replace(temp, dst)
-        except BaseException:
-            if backup:
-                os.replace(backup, dst)
-            raise
-    if backup:
-        shutil.rmtree(backup, ignore_errors=True)
+    replace_all([(temp, dst)])
 
 
 def convert_dcp(src: str, dst: str, options: ConvertOptions, progress: Progress) -> ConvertReport | None:
@@ -188,7 +170,7 @@ def convert_dcp(src: str, dst: str, options: ConvertOptions, progress: Progress)
         if options.trust:
             raise UsageError("--trust does not apply to a DCP checkpoint: it is read without running code")
         return convert_from_dcp(src, dst, options, progress)
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+    if options.ranks.distributed:
         # Every rank would write the same file: only DCP conversions are split across ranks.
         raise UsageError("under torchrun only conversions into or out of a DCP folder are split; run this one alone")
     return None

@@ -15,36 +15,36 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ckpttool.formats.dcp import is_dcp_folder, read_dcp
-from ckpttool.formats.dcp_metadata import dcp_folder, torch_metadata
-from ckpttool.formats.dcp_metadata import read_dcp_metadata as read_plain_metadata
+from ckpttool.formats.dcp_metadata import dcp_folder, read_dcp_metadata, torch_metadata
 
 if TYPE_CHECKING:
     from torch.distributed.checkpoint.metadata import Metadata
 
     from ckpttool.checkpoint import Checkpoint
 
-__all__ = ["is_dcp_folder", "read_dcp_metadata", "safe_reader"]
+__all__ = ["checked_torch_metadata", "is_dcp_folder", "read_checked", "safe_reader"]
 
 
 def read_checked(folder: str) -> tuple[Checkpoint, Metadata]:
     """ckpttool's reading of the checkpoint and torch's `Metadata` of it. Reading it whole
     refuses a missing or truncated data file, or a chunk unlike its metadata, before DCP
     opens anything."""
-    return read_dcp(folder), torch_metadata(read_plain_metadata(folder))
+    return read_dcp(folder), torch_metadata(read_dcp_metadata(folder))
 
 
-def read_dcp_metadata(folder: str) -> Metadata:
-    """torch's `Metadata` of a checkpoint ckpttool has read and checked whole."""
+def checked_torch_metadata(folder: str) -> Metadata:
+    """torch's `Metadata` of a checkpoint ckpttool has read and checked whole (the folder's
+    `.metadata` itself is read by `formats.dcp_metadata.read_dcp_metadata`, never unpickled)."""
     return read_checked(folder)[1]
 
 
 def safe_reader(folder: str, metadata: Metadata | None = None) -> Any:
-    """DCP's `FileSystemReader` whose metadata comes from `read_dcp_metadata` (or is given,
+    """DCP's `FileSystemReader` whose metadata comes from `checked_torch_metadata` (or is given,
     read that way already)."""
     from torch.distributed.checkpoint.filesystem import FileSystemReader
     from torch.distributed.checkpoint.metadata import StorageMeta
 
-    known = metadata if metadata is not None else read_dcp_metadata(folder)
+    known = metadata if metadata is not None else checked_torch_metadata(folder)
 
     class SafeFileSystemReader(FileSystemReader):
         def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:

@@ -8,7 +8,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ckpttool.ops.dcpmeta import safe_reader
+from ckpttool.ops.convert.dcp.meta import safe_reader
 from ckpttool.signals import held
 from ckpttool.tensordata import torch_dtype
 

@@ -14,10 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ckpttool.checkpoint import Checkpoint
 from ckpttool.weights import Weights, find_weights, resolve_path, walk, weights_of
+
+if TYPE_CHECKING:
+    import torch
 
 Expected = dict[str, tuple[tuple[int, ...], str]]  # key -> (shape, dtype)
 COMMON_PREFIXES = ("module.", "_orig_mod.", "model.")
@@ -106,7 +109,7 @@ def compare(found: Expected, expected: Expected, root: str | None = None) -> Key
     return result
 
 
-def compare_with_model(model: Any, expected: Expected, found: Expected, metadata: Any) -> KeyComparison:
+def compare_with_model(model: torch.nn.Module, expected: Expected, found: Expected, metadata: Any) -> KeyComparison:
     """What `model.load_state_dict(sd, strict=False)` reports for the file's weights, by
     asking the model itself: its load hooks (BatchNorm's `num_batches_tracked`, weight
     norm's renamed keys) and the file's `_metadata` apply as they would for real. Meta

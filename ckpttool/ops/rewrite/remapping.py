@@ -13,20 +13,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ckpttool.atomic import output_set
 from ckpttool.checkpoint import Checkpoint, Storage, TensorRef
-from ckpttool.errors import FormatError, UsageError, VerificationError, about
-from ckpttool.formats import LEGACY, LEGACY_TAR, ZIP, OpenedFile, open_path
+from ckpttool.errors import CkptError, FormatError, UsageError, VerificationError, about
+from ckpttool.formats import LEGACY, LEGACY_TAR, TORCH_ZIP, OpenedFile, open_path, read_checkpoint
 from ckpttool.formats.legacy import main_pickle
 from ckpttool.formats.torchzip import read_pickle, read_torch_zip
 from ckpttool.formats.torchzip_write import StorageRecord, root_folder, storage_class, write_torch_zip
 from ckpttool.formats.ziparchive import open_archive
-from ckpttool.ops.equivalence import equivalent
+from ckpttool.ops.compare.equivalence import equivalent
 from ckpttool.pickle import Call, Decoded, Global, PersistentRef
 from ckpttool.pickle.writer import dumps
 from ckpttool.tensordata import ByteRange, crc32, inflate_storage, verify_record
+
+if TYPE_CHECKING:
+    from ckpttool.progress import Progress
 
 LocationMap = list[tuple[str, str]]
 
@@ -68,8 +71,8 @@ def refuse_dangerous(src: OpenedFile, force: bool) -> None:
     (dangerous, or calls neither vetted nor allowed in pyproject.toml), naming what it
     found, unless forced."""
     from ckpttool.errors import DangerousSourceError
-    from ckpttool.ops.allowconfig import allowed_names
-    from ckpttool.ops.scan import UNKNOWN_CALL, danger, scan_opened
+    from ckpttool.ops.safety.allowconfig import allowed_names
+    from ckpttool.ops.safety.scan import UNKNOWN_CALL, danger, scan_opened
 
     result = scan_opened(src, allowed_names(()))
     found = danger(result)
@@ -90,14 +93,11 @@ def refuse_dangerous(src: OpenedFile, force: bool) -> None:
 
 
 def remap(
-    src: str, dst: str, mapping: LocationMap, force: bool = False, trust: bool = False, progress: Any = None
+    src: str, dst: str, mapping: LocationMap, force: bool = False, trust: bool = False, progress: Progress | None = None
 ) -> RemapReport:
     """`progress`, when given, has `start(total_bytes)` and `advance(bytes)` (as convert's)."""
     if trust:
-        from ckpttool.ops.trust import trusted_remap
-
-        trusted: RemapReport = trusted_remap(src, dst, mapping, force)
-        return trusted
+        return trusted_remap(src, dst, mapping, force)
     opened = open_path(src)
     checkpoint = opened.checkpoint()
     report = RemapReport(src, dst, len(checkpoint.storages))
@@ -114,7 +114,7 @@ def rewrite_pickle(
     mapping: LocationMap,
     *,
     force: bool = False,
-    progress: Any = None,
+    progress: Progress | None = None,
     edit: Callable[[Any], None] | None = None,
     expect: Callable[[Any], None] | None = None,
     opened: OpenedFile | None = None,
@@ -125,7 +125,7 @@ def rewrite_pickle(
     must decode to (remap changes only locations; renaming keys changes keys too).
     `opened`: the file `checkpoint` was read from; its scan and its pickle are the ones rewritten."""
     src = checkpoint.path
-    if checkpoint.format not in (ZIP, LEGACY, LEGACY_TAR):
+    if checkpoint.format not in (TORCH_ZIP, LEGACY, LEGACY_TAR):
         raise FormatError(f"only torch checkpoints can be rewritten; this is {checkpoint.format}", path=src)
     if opened is None or opened.path != src:
         opened = open_path(src)
@@ -156,7 +156,7 @@ def rewrite_pickle(
 def raw_pickle(src: OpenedFile, fmt: str) -> Decoded:
     """The main pickle as an inert graph, exactly as the file holds it (a zip's as its scan
     decoded it)."""
-    if fmt == ZIP:
+    if fmt == TORCH_ZIP:
         archive = src.probe.archive()
         entry = archive.record("data.pkl")
         assert entry is not None  # read_checkpoint found it
@@ -247,3 +247,44 @@ def _crc(storage: Storage) -> int:
     record = storage.record
     assert record is not None
     return crc32(ByteRange(record.path, record.data_offset(), record.size))
+
+
+# -- remap --trust ---------------------------------------------------------------------------------
+
+
+def trusted_remap(src: str, dst: str, mapping: LocationMap, force: bool) -> RemapReport:
+    """`remap --trust`: torch itself loads SRC with the new locations and saves it."""
+    import torch
+
+    from ckpttool.ops.safety.trust import trusted_load
+
+    obj = trusted_load(
+        src, force, map_location=lambda storage, location: _restore(storage, map_location(location, mapping))
+    )
+    report = RemapReport(src, dst, storages=0, notes=["loaded with torch.load(weights_only=False) (--trust)"])
+    with output_set([src], force) as outs:
+        output = outs.open(dst)
+        torch.save(obj, output.handle)
+        output.seal()
+        with about(dst):
+            locations = _written_locations(output.temp)
+        outs.commit()
+    report.storages = sum(locations.values())
+    report.verified = "torch wrote it; ckpttool reads it back, storages on the mapped devices"
+    report.changed = {f"* -> {location}": count for location, count in locations.items()}
+    return report
+
+
+def _written_locations(path: str) -> dict[str, int]:
+    """Where the written storages restore to, read back by ckpttool's own reader."""
+    from collections import Counter
+
+    try:
+        written = read_checkpoint(path)
+    except CkptError as exc:
+        raise VerificationError(f"the remapped file does not read back: {exc.message}") from None
+    return dict(Counter(s.location for s in written.storages.values()))
+
+
+def _restore(storage: Any, location: str) -> Any:
+    return storage if location == "cpu" else storage.to(location)

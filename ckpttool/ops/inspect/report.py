@@ -103,13 +103,14 @@ class InspectReport:
 
 
 def inspect_checkpoint(path: str, root: str | None = None) -> InspectReport:
+    """What `ckpttool inspect` shows of a file, as data; `root` names the weights when the guess is wrong."""
     opened = open_path(path)
     return describe(opened.checkpoint(), root, opened)
 
 
 def danger_notes(opened: OpenedFile) -> list[str]:
     """Reading a file is harmless here, loading it may not be: say so when scan calls it dangerous."""
-    from ckpttool.ops.scan import danger, scan_opened
+    from ckpttool.ops.safety.scan import danger, scan_opened
 
     try:
         found = danger(scan_opened(opened))

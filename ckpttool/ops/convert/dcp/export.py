@@ -17,14 +17,13 @@ header fixes), verify what they wrote, and rank 0 lands every file.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ckpttool.atomic import OutputSet, PendingOutput, output_set, replace_all
-from ckpttool.checkpoint import Checkpoint, TensorRef, byte_size, contiguous_strides
+from ckpttool.checkpoint import Checkpoint, TensorRef, byte_size
 from ckpttool.crc import crc32 as crc32_of
 from ckpttool.dtypes import DTYPES
 from ckpttool.errors import (
@@ -36,17 +35,21 @@ from ckpttool.errors import (
 )
 from ckpttool.formats.dcp import layer_of, read_dcp_tensors
 from ckpttool.formats.dcp_megatron import refuse_unconvertible
-from ckpttool.ops.convert import (
-    SAFETENSORS,
-    ConvertOptions,
-    ConvertReport,
-    Progress,
-    _shard_paths,
-    rename,
+from ckpttool.ops.convert.dcp.groups import groups
+from ckpttool.ops.convert.dcp.ranks import Ranks, together
+from ckpttool.ops.convert.plan import ConvertOptions, ConvertReport, rename, shard_paths
+from ckpttool.ops.convert.targets import SAFETENSORS
+from ckpttool.ops.convert.unstack import layer_names
+from ckpttool.ops.convert.writers import (
+    check_safetensors_header,
+    pth_tensor,
+    refuse_unstorable,
+    safetensors_metadata,
+    shard_of,
+    write_index,
+    write_pth,
 )
-from ckpttool.ops.dcpio import groups
-from ckpttool.ops.dcpranks import Ranks, current_ranks, together
-from ckpttool.ops.unstack import layer_names
+from ckpttool.progress import Progress
 from ckpttool.signals import held
 from ckpttool.tensordata import (
     ByteRange,
@@ -97,10 +100,10 @@ def _numel(shape: tuple[int, ...]) -> int:
 def convert_from_dcp(src: str, dst: str, options: ConvertOptions, progress: Progress) -> ConvertReport:
     if options.dedupe:
         raise UsageError("--dedupe: a DCP checkpoint holds no tied tensors")
-    ranks = current_ranks()
+    ranks = options.ranks
     refs, tensors, root, notes = _dcp_plan(src, options)
     shards = list(groups(tensors, lambda t: t.nbytes, options.shard_size)) if options.shard_size else [tensors]
-    paths = _shard_paths(dst, len(shards))
+    paths = shard_paths(dst, len(shards))
     index = dst + ".index.json" if len(shards) > 1 else None
     mine = ranks.share(list(zip(paths, shards, strict=True)), lambda p: sum(t.nbytes for t in p[1]))
     with output_set([src], options.force) as outs:
@@ -135,8 +138,7 @@ def _dcp_plan(src: str, options: ConvertOptions) -> tuple[dict[str, TensorRef], 
     for name, (_, fqn, layer) in zip(names, slices, strict=True):
         source_dtype = refs[fqn].dtype
         dtype = options.dtype if options.dtype and DTYPES[source_dtype].is_floating else source_dtype
-        if options.to == SAFETENSORS and DTYPES[dtype].safetensors is None:
-            raise FormatError(f"tensor {name!r} has dtype {dtype}, which safetensors cannot store; use --to pth")
+        refuse_unstorable(name, dtype, options.to)
         stored = refs[fqn].shape
         if layer is None:
             out.append(DcpTensor(name, fqn, source_dtype, dtype, stored))
@@ -290,7 +292,7 @@ class _ShardWriter:
             self.progress.advance(tensor.nbytes)
 
     def _metadata(self) -> dict[str, str]:
-        return {"format": "pt", **self.options.metadata}  # transformers refuses files without format=pt
+        return safetensors_metadata(self.options.metadata)
 
     def _verify(self, path: str, shard: list[DcpTensor], written: Written, mine: list[DcpTensor] | None = None) -> None:
         """The file reads back (through the safetensors library, or torch.load(weights_only=True))
@@ -299,11 +301,11 @@ class _ShardWriter:
         if self.options.to == SAFETENSORS:
             from ckpttool.formats.safetensors import read_safetensors
 
-            _safetensors_header_matches(path, shard, self._metadata())
+            check_safetensors_header(path, [(t.name, t.dtype, t.shape) for t in shard], self._metadata())
             tensors = read_safetensors(path).root
         else:
             from ckpttool.formats.torchzip import read_torch_zip
-            from ckpttool.ops.trust import torch_accepts
+            from ckpttool.ops.safety.trust import torch_accepts
 
             torch_accepts(path, {t.name: (t.dtype, t.shape) for t in shard})
             tensors = read_torch_zip(path).root
@@ -362,45 +364,15 @@ def _write_at(data: bytes | memoryview, fd: int, position: int) -> None:
 
 
 def _write_index(outs: OutputSet, path: str, paths: list[str], shards: list[list[DcpTensor]]) -> None:
-    """The Hugging Face index: every tensor's shard, and the total size."""
-    weight_map = {t.name: os.path.basename(p) for p, shard in zip(paths, shards, strict=True) for t in shard}
-    index = {"metadata": {"total_size": sum(t.nbytes for s in shards for t in s)}, "weight_map": weight_map}
-    output = outs.open(path)
-    output.handle.write(json.dumps(index, indent=2).encode() + b"\n")
-    output.seal()
-    with open(output.temp, encoding="utf-8") as f:
-        if json.load(f) != index:
-            raise VerificationError(f"{path} does not read back as written")
-
-
-def _safetensors_header_matches(path: str, shard: list[DcpTensor], metadata: dict[str, str]) -> None:
-    from safetensors import safe_open
-
-    with safe_open(path, framework="numpy") as f:
-        found = {k: (f.get_slice(k).get_dtype(), list(f.get_slice(k).get_shape())) for k in f.keys()}  # noqa: SIM118
-        written = f.metadata() or {}
-    planned = {t.name: (DTYPES[t.dtype].safetensors, list(t.shape)) for t in shard}
-    if found != planned or written != metadata:
-        raise VerificationError("header does not read back as planned")
+    weight_map = shard_of(paths, [[t.name for t in shard] for shard in shards])
+    write_index(outs, path, weight_map, sum(t.nbytes for s in shards for t in s))
 
 
 def _write_pth(output: PendingOutput, shard: list[DcpTensor],
                data: Iterator[tuple[DcpTensor, ByteRange | memoryview]], written: Written) -> None:  # fmt: skip
-    from ckpttool.formats.torchzip_write import (
-        PlannedTensor,
-        StorageRecord,
-        root_folder,
-        state_dict_graph,
-        storage_numel,
-        write_torch_zip,
-    )
-    from ckpttool.pickle.writer import dumps
+    from ckpttool.formats.torchzip_write import StorageRecord, root_folder
 
-    planned = [
-        PlannedTensor(t.name, t.dtype, t.shape, contiguous_strides(t.shape), 0, str(i),
-                      storage_numel(t.dtype, _numel(t.shape)))
-        for i, t in enumerate(shard)
-    ]  # fmt: skip
+    planned = [pth_tensor(t.name, t.dtype, t.shape, str(i), _numel(t.shape)) for i, t in enumerate(shard)]
     keys = {t.name: str(i) for i, t in enumerate(shard)}
 
     def records() -> Iterator[StorageRecord]:
@@ -412,7 +384,7 @@ def _write_pth(output: PendingOutput, shard: list[DcpTensor],
                 written[tensor.name] = crc32_of(payload)
                 yield StorageRecord(keys[tensor.name], data=payload)
 
-    write_torch_zip(output.handle, root_folder(output.final), dumps(state_dict_graph(planned)), records())
+    write_pth(output.handle, root_folder(output.final), planned, records())
 
 
 def _land_files(outs: OutputSet, ranks: Ranks) -> None:

@@ -18,6 +18,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from ckpttool.formatnames import ScannedFormat
 from ckpttool.formats import FormatName, OpenedFile, open_path
 from ckpttool.formats.format import Found
 from ckpttool.pickle.judge import (
@@ -49,7 +50,7 @@ __all__ = [
 @dataclass
 class FileScan:
     path: str
-    format: str
+    format: ScannedFormat
     verdict: Verdict
     pickles: int
     globals: list[GlobalReport] = field(default_factory=list)
@@ -83,7 +84,7 @@ def scan_opened(opened: OpenedFile, allow: Mapping[str, str] | None = None) -> F
     allowed = {g.qualname: g.allowed_by for g in judgement.globals if g.allowed_by}
     return FileScan(
         opened.path,
-        collected.format or "",
+        collected.format or opened.kind(),
         verdict,
         len(collected.pickles),
         judgement.globals,

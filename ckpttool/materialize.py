@@ -25,7 +25,7 @@ def load_state_dict(path: str, root: str | None = None) -> dict[str, torch.Tenso
     weights = find_weights(read_checkpoint(path).root, root)
     if weights.root is None:
         raise WeightsNotFoundError("no weights found; name them with root=", path=path)
-    tensors: dict[int, Any] = {}
+    tensors: dict[int, torch.Tensor] = {}
     return {t.key: _tensor(t.tensor, tensors) for t in weights.tensors}
 
 
@@ -35,14 +35,14 @@ def load(path: str) -> Any:
     return _Materializer().value(read_checkpoint(path).root)
 
 
-def _tensor(ref: TensorRef, cache: dict[int, Any]) -> Any:
+def _tensor(ref: TensorRef, cache: dict[int, torch.Tensor]) -> torch.Tensor:
     # One tensor per reference, so names tied in the file stay one tensor.
     if id(ref) not in cache:
         cache[id(ref)] = load_tensor(ref).clone() if ref.numel else load_tensor(ref)
     return cache[id(ref)]
 
 
-def _as_saved(ref: TensorRef, tensor: Any) -> Any:
+def _as_saved(ref: TensorRef, tensor: torch.Tensor) -> torch.Tensor:
     """What torch.load gives for the tensor: an `nn.Parameter` for a saved parameter, and
     `requires_grad` as saved (a loss kept with its graph flag, a parameter frozen or not)."""
     import torch
@@ -56,8 +56,8 @@ def _as_saved(ref: TensorRef, tensor: Any) -> Any:
 
 class _Materializer:
     def __init__(self) -> None:
-        self.tensors: dict[int, Any] = {}
-        self.saved: dict[int, Any] = {}  # as torch.load gives them, one per reference
+        self.tensors: dict[int, torch.Tensor] = {}
+        self.saved: dict[int, torch.Tensor] = {}  # as torch.load gives them, one per reference
         self.memo: dict[int, Any] = {}
 
     def value(self, node: Any) -> Any:

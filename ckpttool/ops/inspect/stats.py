@@ -26,6 +26,8 @@ from ckpttool.weights import NamedTensor
 if TYPE_CHECKING:
     import torch
 
+    from ckpttool.progress import Progress
+
 CHUNK_ELEMENTS = 1 << 22
 
 
@@ -149,7 +151,7 @@ def _greater(a: Any, b: Any) -> Any:
     return b if a is None or b > a else a
 
 
-def all_stats(tensors: Iterable[NamedTensor], progress: Any = None) -> list[TensorStats]:
+def all_stats(tensors: Iterable[NamedTensor], progress: Progress | None = None) -> list[TensorStats]:
     out = []
     for named in tensors:
         out.append(tensor_stats(named))

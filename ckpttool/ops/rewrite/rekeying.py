@@ -15,16 +15,19 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ckpttool.checkpoint import TensorRef
 from ckpttool.errors import UsageError, WeightsNotFoundError, about
 from ckpttool.formats import read_checkpoint
 from ckpttool.interpret import StateDict
-from ckpttool.ops.convert import rename
-from ckpttool.ops.remap import RemapReport, rewrite_pickle
+from ckpttool.ops.convert.plan import rename
+from ckpttool.ops.rewrite.remapping import RemapReport, rewrite_pickle
 from ckpttool.pickle import Call
 from ckpttool.weights import find_weights, resolve_path
+
+if TYPE_CHECKING:
+    from ckpttool.progress import Progress
 
 
 @dataclass
@@ -46,7 +49,7 @@ def rekey(
     renames: Sequence[tuple[str, str]] = (),
     root: str | None = None,
     force: bool = False,
-    progress: Any = None,
+    progress: Progress | None = None,
 ) -> RekeyReport:
     """Write SRC to DST with the weights' keys renamed and every other object kept."""
     with about(src):

@@ -17,7 +17,7 @@ from typing import Any
 from ckpttool.checkpoint import PickledObject, TensorRef
 from ckpttool.formats import read_checkpoint
 from ckpttool.formats.dcp_megatron import optimizer_by_parameter
-from ckpttool.ops.inspect import jsonable
+from ckpttool.ops.inspect.report import jsonable
 from ckpttool.scalars import read_scalar
 from ckpttool.weights import find_weights, module_parameters, walk
 
@@ -58,6 +58,7 @@ class OptimizerReport:
 
 
 def optimizers(path: str, model_params: list[tuple[str, tuple[int, ...]]] | None = None) -> list[OptimizerReport]:
+    """Every optimizer state_dict in the file; `model_params` (name, shape) names their parameters exactly."""
     checkpoint = read_checkpoint(path)
     found = [(p, node) for p, node in walk(checkpoint.root) if _is_optimizer_state(node)]
     megatron = optimizer_by_parameter(checkpoint.root) if checkpoint.format == "dcp" else None

@@ -3,7 +3,7 @@
 Keys only in A or B, shape and dtype mismatches, value mismatches (how many elements
 differ, the largest absolute and relative errors, the relative L2 error), and
 differing non-tensor entries. Values compare as `torch.equal` does by default, or as
-`torch.allclose(rtol, atol)` with a tolerance (see `valuediff`); with `ignore_dtype`
+`torch.allclose(rtol, atol)` with a tolerance (see `compare/values.py`); with `ignore_dtype`
 tensors of different dtypes compare by value and their dtypes are not a difference.
 
 Which entries: by default the top-level values that are not weights (epoch, loss,
@@ -27,16 +27,16 @@ from typing import TYPE_CHECKING, Any
 from ckpttool.checkpoint import PickledObject, TensorRef
 from ckpttool.errors import about
 from ckpttool.formats import read_checkpoint
-from ckpttool.ops.entrycompare import same_entry
-from ckpttool.ops.equivalence import equivalent
-from ckpttool.ops.inspect import entry_values, jsonable
-from ckpttool.ops.unstack import unstack_checkpoint
-from ckpttool.ops.valuediff import Tolerance, compare_values
+from ckpttool.ops.compare.entries import same_entry
+from ckpttool.ops.compare.equivalence import equivalent
+from ckpttool.ops.compare.values import Tolerance, compare_values
+from ckpttool.ops.convert.unstack import unstack_checkpoint
+from ckpttool.ops.inspect.report import entry_values, jsonable
 from ckpttool.tensormap import MappedFiles
 from ckpttool.weights import all_tensors, find_weights, walk
 
 if TYPE_CHECKING:
-    from ckpttool.ops.convert import Progress
+    from ckpttool.progress import Progress
 
 __all__ = ["DiffOptions", "DiffReport", "Tolerance", "diff"]
 
@@ -85,7 +85,7 @@ class DiffOptions:
     root_a: str | None = None
     root_b: str | None = None
     ignore_dtype: bool = False
-    unstack: bool = False  # Megatron-Core's stacked layers, one tensor per layer (ops/unstack.py)
+    unstack: bool = False  # Megatron-Core's stacked layers, one tensor per layer (convert/unstack.py)
 
 
 def diff(path_a: str, path_b: str, options: DiffOptions, progress: Progress | None = None) -> DiffReport:

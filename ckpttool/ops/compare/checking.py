@@ -19,12 +19,12 @@ import shlex
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ckpttool.checkpoint import Checkpoint, TensorRef
 from ckpttool.errors import CkptError, IntegrityError, UnknownFormatError
-from ckpttool.formats import LEGACY, LEGACY_TAR, ZIP, OpenedFile, open_path, read_checkpoint
-from ckpttool.ops.keys import (
+from ckpttool.formats import LEGACY, LEGACY_TAR, TORCH_ZIP, OpenedFile, open_path, read_checkpoint
+from ckpttool.ops.compare.keys import (
     Allowance,
     Expected,
     KeyComparison,
@@ -34,15 +34,21 @@ from ckpttool.ops.keys import (
     found_weights,
     suggest_fixes,
 )
-from ckpttool.ops.scan import NEEDS_ALLOWLIST, FileScan, danger, scan_opened
+from ckpttool.ops.safety.scan import NEEDS_ALLOWLIST, FileScan, danger, scan_opened
 from ckpttool.pickle.judge import unknown_calls_by_allow
 from ckpttool.pickle.weightsonly import allowlist_effect
 from ckpttool.tensordata import verify_storage
 from ckpttool.weights import Weights, all_tensors, find_weights
 
-ERROR, WARNING, INFO = "error", "warning", "info"
+if TYPE_CHECKING:
+    import torch
+
+Severity = Literal["error", "warning", "info"]
+ERROR: Severity = "error"
+WARNING: Severity = "warning"
+INFO: Severity = "info"
 READ = "read"  # the check a file that cannot be read fails
-REWRITABLE = frozenset({ZIP, LEGACY, LEGACY_TAR})  # formats `convert --keep-structure` rewrites whole
+REWRITABLE = frozenset({TORCH_ZIP, LEGACY, LEGACY_TAR})  # formats `convert --keep-structure` rewrites whole
 
 
 @dataclass
@@ -56,7 +62,7 @@ class Remedy:
 @dataclass
 class Finding:
     check: str
-    severity: str
+    severity: Severity
     key: str | None
     message: str
     remedy: Remedy | None = None
@@ -93,11 +99,11 @@ class CheckReport:
         return not any(f.severity in failing for f in self.findings)
 
     def add(
-        self, check: str, severity: str, message: str, key: str | None = None, remedy: Remedy | None = None
+        self, check: str, severity: Severity, message: str, key: str | None = None, remedy: Remedy | None = None
     ) -> None:
         self.findings.append(Finding(check, severity, key, message, remedy))
 
-    def count(self, severity: str) -> int:
+    def count(self, severity: Severity) -> int:
         return sum(f.severity == severity for f in self.findings)
 
 
@@ -107,7 +113,7 @@ class Target:
 
     check: str  # "model" or "like": the findings' check name
     expected: Expected
-    model: Any = None
+    model: torch.nn.Module | None = None
 
     @property
     def noun(self) -> str:
@@ -125,7 +131,7 @@ def prepare(options: CheckOptions) -> Target | None:
     """Build the model or read the reference. Their errors are the user's to fix before
     any file is checked (exit 2), unlike a file's own problems."""
     if options.model_spec:
-        from ckpttool.ops.modelspec import build_model, expected_state
+        from ckpttool.ops.compare.modelspec import build_model, expected_state
 
         model = build_model(options.model_spec, options.model_args)
         return Target("model", expected_state(model), model)
@@ -234,7 +240,7 @@ def _scanned(opened: OpenedFile, allow: dict[str, str]) -> list[tuple[str, FileS
     path = opened.path
     if not os.path.isdir(path):
         return [("", scan_opened(opened, allow))]
-    from ckpttool.ops.scanpaths import scan_folder
+    from ckpttool.ops.safety.paths import scan_folder
 
     entries = scan_folder(path, allow, opened)  # a DCP folder's own entry: the pickles of this opening
     if len(entries) == 1 and entries[0].path == path and not isinstance(entries[0], FileScan):
@@ -374,7 +380,7 @@ def fixed_name(path: str, tag: str = "fixed") -> str:
 
 
 def _finite(checkpoint: Checkpoint, root: str | None, report: CheckReport) -> None:
-    from ckpttool.ops.stats import non_finite
+    from ckpttool.ops.inspect.stats import non_finite
 
     for named in find_weights(checkpoint.root, root).tensors:
         nan, inf = non_finite(named.tensor)

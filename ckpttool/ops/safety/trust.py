@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ckpttool.errors import CkptError, FormatError, UnsafeFileError, VerificationError, WeightsNotFoundError, about
+from ckpttool.errors import FormatError, UnsafeFileError, VerificationError, WeightsNotFoundError
 from ckpttool.weights import EMA_ROOTS, PREFERRED_ROOTS
 
 if TYPE_CHECKING:
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 
 def refuse_if_dangerous(path: str, force: bool) -> None:
-    from ckpttool.ops.scan import danger, scan_file
+    from ckpttool.ops.safety.scan import danger, scan_file
 
     found = danger(scan_file(path))
     if found is not None and not force:
@@ -88,44 +88,3 @@ def torch_accepts(path: str, expected: dict[str, tuple[str, tuple[int, ...]]]) -
     found = {k: (str(v.dtype).removeprefix("torch."), tuple(v.shape)) for k, v in loaded.items()}
     if found != expected:
         raise VerificationError("torch reads back other keys, dtypes or shapes than were written")
-
-
-def trusted_remap(src: str, dst: str, mapping: Any, force: bool) -> Any:
-    """`remap --trust`: torch itself loads SRC with the new locations and saves it."""
-    import torch
-
-    from ckpttool.atomic import output_set
-    from ckpttool.ops.remap import RemapReport, map_location
-
-    obj = trusted_load(
-        src, force, map_location=lambda storage, location: _restore(storage, map_location(location, mapping))
-    )
-    report = RemapReport(src, dst, storages=0, notes=["loaded with torch.load(weights_only=False) (--trust)"])
-    with output_set([src], force) as outs:
-        output = outs.open(dst)
-        torch.save(obj, output.handle)
-        output.seal()
-        with about(dst):
-            locations = _written_locations(output.temp)
-        outs.commit()
-    report.storages = sum(locations.values())
-    report.verified = "torch wrote it; ckpttool reads it back, storages on the mapped devices"
-    report.changed = {f"* -> {location}": count for location, count in locations.items()}
-    return report
-
-
-def _written_locations(path: str) -> dict[str, int]:
-    """Where the written storages restore to, read back by ckpttool's own reader."""
-    from collections import Counter
-
-    from ckpttool.formats import read_checkpoint
-
-    try:
-        written = read_checkpoint(path)
-    except CkptError as exc:
-        raise VerificationError(f"the remapped file does not read back: {exc.message}") from None
-    return dict(Counter(s.location for s in written.storages.values()))
-
-
-def _restore(storage: Any, location: str) -> Any:
-    return storage if location == "cpu" else storage.to(location)

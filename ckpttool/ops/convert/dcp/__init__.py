@@ -1,0 +1,1 @@
+"""Converting into and out of distributed checkpoints (DCP)."""
