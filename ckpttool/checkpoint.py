@@ -167,7 +167,10 @@ def validate_layout(tensor: TensorRef, where: str) -> None:
     storage = tensor.storage
     if storage is None or numel == 0:
         return
-    first, end = tensor.byte_span()
+    last = tensor.offset  # the view's last element: tensor.byte_span() without recounting its elements
+    for n, s in zip(shape, stride, strict=True):  # lengths checked above
+        last += (n - 1) * s
+    end = (last + 1) * DTYPES[tensor.dtype].itemsize
     if end > storage.nbytes:
         raise TensorLayoutError(
             f"{where}: shape {list(shape)} stride {list(stride)} offset {tensor.offset} reaches byte "

@@ -190,11 +190,34 @@ class Interpreter:
         """What torch's rebuild function would return, described; arguments a file chose
         can have any shape, and a shape the builder cannot take is the file's error."""
         try:
+            if builder is _rebuild_tensor_v2 and (plain := self._plain_tensor(args)) is not None:
+                return plain
             return builder(self.source, [self._argument(a) for a in args])
         except CkptError:
             raise
         except Exception as exc:
             raise PickleError(f"malformed arguments to {name}: {type(exc).__name__}", path=self.source) from None
+
+    def _plain_tensor(self, args: tuple[Any, ...]) -> TensorRef | None:
+        """`_rebuild_tensor_v2(storage, offset, size, stride, requires_grad, OrderedDict())` as
+        torch.save writes each tensor, built in one step: what the general path builds from
+        these arguments, without its work per argument. Any other arguments: None."""
+        if len(args) != 6:
+            return None
+        ref, offset, size, stride, grad, hooks = args
+        if type(ref) is not PersistentRef or type(offset) is not int or type(grad) is not bool:
+            return None
+        pid = ref.pid
+        if type(size) is not tuple or type(stride) is not tuple or type(pid) is not tuple or type(hooks) is not Call:
+            return None
+        if not (_only(size, _INTS) and _only(stride, _INTS) and _only(pid, _PID_ITEMS)):
+            return None
+        if hooks.func_name not in DICT_TYPES or hooks.args or hooks.dictitems or hooks.state is not UNSET:
+            return None
+        storage = self.resolve_persistent(pid)
+        if type(storage) is not Storage:
+            return tensor(self.source, storage, offset, size, stride)  # raises as the general path does
+        return TensorRef(storage.dtype, size, stride, offset, storage, grad)
 
     def _argument(self, node: Any) -> Any:
         """`value(node)` for a rebuild function's argument, without the walk's bookkeeping for

@@ -27,7 +27,7 @@ MAX_MODULE_DEPTH = 100
 SCRIPT_MODULE_PREFIX = "__torch__."
 
 
-@dataclass
+@dataclass(slots=True)  # one per tensor and name, 10^5 of them
 class NamedTensor:
     key: str
     tensor: TensorRef

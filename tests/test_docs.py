@@ -4,12 +4,14 @@ documentation points to a file in the repository."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import click
 import pytest
 from click.testing import CliRunner
-from support.docs import LINKED_PATHS, README, REPO, anchored_links, anchors, relative_links
+from support.docs import DOC_PATHS, LINKED_PATHS, README, REPO, anchored_links, anchors, fenced_blocks, relative_links
 
 from ckpttool.cli import COMMANDS, main
 
@@ -72,3 +74,24 @@ def test_the_documentation_has_pages_and_links() -> None:
     linked = {(REPO / target).resolve() for target in relative_links(REPO / "README.md")}
     assert {p.resolve() for p in pages} <= linked
     assert (REPO / "CHANGELOG.md").resolve() in linked
+
+
+LIBRARY_EXAMPLES = [block for block in fenced_blocks("python") if "import ckpttool" in block]
+
+
+@pytest.mark.parametrize("code", LIBRARY_EXAMPLES, ids=[f"example{i}" for i in range(len(LIBRARY_EXAMPLES))])
+def test_library_examples_run_as_shown(tmp_path: Path, code: str) -> None:
+    """Each Python example of the README and docs/, run as a user would from a clone (its
+    outputs written under a scratch folder)."""
+    (tmp_path / "fixtures").symlink_to(REPO / "fixtures")
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+
+def test_the_library_page_shows_every_public_function() -> None:
+    import ckpttool
+
+    (page,) = [p for p in DOC_PATHS if p.name == "library.md"]
+    shown = page.read_text(encoding="utf-8")
+    functions = [name for name in ckpttool.__all__ if name[0].islower()]
+    assert functions and all(f"ckpttool.{name}(" in shown for name in functions), functions

@@ -81,7 +81,6 @@ class LazyGroup(click.Group):
             raise
 
     def _main(self, *args: Any, **kwargs: Any) -> NoReturn:
-        _notices_on_stderr()
         try:
             with stopping_cleanly():  # SIGTERM/SIGHUP/SIGINT unwind through every cleanup
                 result = super().main(*args, **{**kwargs, "standalone_mode": False})
@@ -140,27 +139,6 @@ def _report(ctx: click.Context | None, path: str | None, message: str, exit_code
         from ckpttool.render import to_json
 
         click.echo(to_json({"error": {"path": path, "message": message, "exit_code": exit_code}}))
-
-
-_NOTICES = "ckpttool-command-line"
-
-
-def _notices_on_stderr() -> None:
-    """What the library says on its `ckpttool` logger (a killed run's leftovers removed)
-    is one stderr line each, whatever the logging set-up around the command."""
-    import logging
-
-    class StderrLines(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            with contextlib.suppress(OSError, ValueError):  # stderr closed: nothing to say it on
-                click.echo(record.getMessage(), err=True)
-
-    logger = logging.getLogger("ckpttool")
-    if not any(h.name == _NOTICES for h in logger.handlers):  # once per process (tests run many)
-        handler = StderrLines(logging.WARNING)
-        handler.set_name(_NOTICES)
-        logger.addHandler(handler)
-    logger.propagate = False
 
 
 def _print_traceback() -> None:

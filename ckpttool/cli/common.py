@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -67,9 +68,19 @@ def unstack_option() -> Callable[[F], F]:
     )
 
 
+_EMIT_PIECE = 1 << 20
+
+
 def emit(text: str) -> None:
-    if text:
-        click.echo(text)
+    if len(text) <= _EMIT_PIECE:
+        if text:
+            click.echo(text)
+        return
+    # A 10^5-row JSON document in pieces: never a second and third copy of it (with its
+    # newline, encoded) in memory at once.
+    for start in range(0, len(text), _EMIT_PIECE):
+        click.echo(text[start : start + _EMIT_PIECE], nl=False)
+    click.echo("")
 
 
 def warn(message: str) -> None:
@@ -115,3 +126,25 @@ def path_argument(name: str = "path", **kwargs: Any) -> Callable[[F], F]:
 
 
 __all__ = ["EXIT_ERROR", "debug_option", "emit", "finish", "output_options", "path_argument", "warn"]
+
+
+_NOTICES = "ckpttool-command-line"
+
+
+def notices_on_stderr() -> None:
+    """What the library says on its `ckpttool` logger (a killed run's leftovers removed)
+    is one stderr line each, whatever the logging set-up around the command. Called by the
+    commands that write outputs, so the others never import logging."""
+    import logging
+
+    class StderrLines(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            with contextlib.suppress(OSError, ValueError):  # stderr closed: nothing to say it on
+                click.echo(record.getMessage(), err=True)
+
+    logger = logging.getLogger("ckpttool")
+    if not any(h.name == _NOTICES for h in logger.handlers):  # once per process (tests run many)
+        handler = StderrLines(logging.WARNING)
+        handler.set_name(_NOTICES)
+        logger.addHandler(handler)
+    logger.propagate = False

@@ -7,7 +7,16 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ckpttool.cli.common import CastDtype, emit, output_options, path_argument, progress_bar, unstack_option, warn
+from ckpttool.cli.common import (
+    CastDtype,
+    emit,
+    notices_on_stderr,
+    output_options,
+    path_argument,
+    progress_bar,
+    unstack_option,
+    warn,
+)
 from ckpttool.ops.convert import TARGETS
 
 if TYPE_CHECKING:
@@ -77,6 +86,7 @@ def convert_command(src: str, dst: str, to: ConvertTarget | None, root: str | No
     --rename) inside a copy of the whole file: a training checkpoint keeps its
     epoch, loss and optimizer state.
     """
+    notices_on_stderr()
     if keep_structure:
         weights_only = {"--to safetensors": to == "safetensors", "--dtype": dtype, "--shard-size": shard_size,
                         "--metadata": metadata, "--dedupe": dedupe, "--trust": trust,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ckpttool.cli.common import emit, output_options, path_argument, progress_bar, warn
+from ckpttool.cli.common import emit, notices_on_stderr, output_options, path_argument, progress_bar, warn
 
 
 @click.command("remap")
@@ -35,6 +35,7 @@ def remap_command(
     records are copied byte for byte. Legacy-format input gives zip-format
     output. DST is verified before it is renamed into place.
     """
+    notices_on_stderr()
     from ckpttool import render
     from ckpttool.ops.rewrite import parse_mapping, remap
 

@@ -22,21 +22,21 @@ import mmap
 import os
 import re
 import struct
-import tarfile
-import tempfile
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import IO, Literal, Protocol
+from typing import IO, TYPE_CHECKING, Literal, Protocol
 
 from ckpttool.buffers import FileData
 from ckpttool.errors import CkptError, EncryptedError, LimitError, PickleError, UnknownFormatError
 from ckpttool.formatnames import NPY, PLAIN_ZIP, TAR, FormatName
 from ckpttool.formats.format import Format, Found, Probe
-from ckpttool.formats.joblib import read_as_joblib, without_problems
 from ckpttool.formats.ziparchive import ZipArchive, ZipEntry, is_zip, open_archive, read_entry, resolve_data_offset
 from ckpttool.pickle import Decoded, decode
 from ckpttool.pickle.opcodes import NAMES
+
+if TYPE_CHECKING:
+    from ckpttool.formats.joblib import JoblibRead
 
 MAX_DEPTH = 4  # archives inside archives
 MAX_MEMBER = 256 << 20  # one member read into memory (inflated, or copied out to open it)
@@ -101,6 +101,8 @@ def is_legacy_tar(path: str) -> bool:
 
 
 def _tar_names(path: str) -> set[str] | None:
+    import tarfile  # here: reading a torch zip never needs it
+
     try:
         with tarfile.open(path, mode="r:") as tar:
             return {m.name for m in tar.getmembers()}
@@ -143,6 +145,16 @@ def scan_tar_members(path: str, skip: set[str]) -> Found:
     scanner = _Scanner()
     scanner.tar_file("", path, 0, skip)
     return scanner.found
+
+
+def _as_joblib(data: FileData, start: int, end: int, name: str, plain: Decoded | None) -> JoblibRead | None:
+    """joblib's reading of a pickle that names a global at all (joblib's array wrapper is
+    one): a torch zip's small records never import the joblib reader."""
+    if plain is None or not plain.globals:
+        return None
+    from ckpttool.formats.joblib import read_as_joblib
+
+    return read_as_joblib(data, start, end, name, plain)
 
 
 def trailing_data(decoded: Decoded, end: int) -> str | None:
@@ -214,16 +226,18 @@ class _Scanner:
             try:
                 decoded = decode(data, start=start, end=end, source=name)
             except PickleError as exc:
-                joblib = read_as_joblib(data, start, end, name, exc.partial)
+                joblib = _as_joblib(data, start, end, name, exc.partial)
                 if not (joblib and not joblib.problem and exc.partial):
                     self.failed(label, exc, strict or index > 0)
                     return
+                from ckpttool.formats.joblib import without_problems
+
                 self.found.pickles += [(label + suffix, d) for suffix, d in joblib.pickles]
                 self.found.pickles.append((f"{label} (as pickle.loads reads it)", without_problems(exc.partial)))
                 start, index = joblib.end, index + 1
                 continue
             self.found.pickles.append((label, decoded))
-            self.found.add_joblib(label, read_as_joblib(data, start, end, name, decoded))
+            self.found.add_joblib(label, _as_joblib(data, start, end, name, decoded))
             if index == 0 and decoded.value == MAGIC_NUMBER and type(decoded.value) is int:
                 self.legacy(name, data, decoded.end, end)
                 return
@@ -323,6 +337,8 @@ class _Scanner:
             self.content(label, data, start, end, depth)
 
     def tar_file(self, prefix: str, path: str, depth: int, skip: set[str] | None = None) -> None:
+        import tarfile
+
         try:
             with tarfile.open(path, mode="r:") as tar:
                 members = [m for m in tar.getmembers() if m.isfile() and m.name not in (skip or set())]
@@ -445,6 +461,8 @@ def _mapped_file(f: IO[bytes]) -> Iterator[FileData]:
 @contextmanager
 def _copied(data: FileData, start: int, end: int) -> Iterator[str]:
     """A nested archive copied to a temporary file, so the archive readers can open it."""
+    import tempfile
+
     with tempfile.TemporaryDirectory(prefix="ckpttool-") as folder:
         path = os.path.join(folder, "member")
         with open(path, "wb") as f:

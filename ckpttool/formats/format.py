@@ -11,16 +11,18 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ckpttool.checkpoint import Checkpoint
 from ckpttool.errors import CkptError, FileAccessError, NotACheckpointError, PickleError, UnknownFormatError
 from ckpttool.formatnames import FormatName
-from ckpttool.formats.joblib import JoblibRead
 from ckpttool.formats.ziparchive import ZipArchive, open_archive
 from ckpttool.gcpause import gc_paused
-from ckpttool.pickle import Decoded
-from ckpttool.pickle.judge import TorchScript
+
+if TYPE_CHECKING:  # annotations only: reading a torch zip imports no joblib reader
+    from ckpttool.formats.joblib import JoblibRead
+    from ckpttool.pickle import Decoded
+    from ckpttool.pickle.judge import TorchScript
 
 HEAD = 512
 

@@ -11,51 +11,65 @@ ZeRO run, then DCP, then a Hugging Face folder with one weights file.
 
 from __future__ import annotations
 
-from ckpttool.checkpoint import Checkpoint
+from collections.abc import Iterator, Sequence
+from importlib import import_module
+from typing import TYPE_CHECKING, overload
+
 from ckpttool.errors import NotACheckpointError, UnknownFormatError
 from ckpttool.formatnames import FormatName
-from ckpttool.formats.containers import (
-    BZ2_FORMAT,
-    GZIP_FORMAT,
-    LZMA_FORMAT,
-    NPY_FORMAT,
-    SEALED_FORMAT,
-    TAR_FORMAT,
-    XZ_FORMAT,
-    ZIP_FORMAT,
-    ZLIB_FORMAT,
-)
-from ckpttool.formats.dcp_format import DCP_FORMAT
-from ckpttool.formats.deepspeed import DEEPSPEED_FORMAT
 from ckpttool.formats.format import Format, Found, Probe, not_a_checkpoint, probe
-from ckpttool.formats.hffolder import HF_FOLDER_FORMAT, WEIGHTS_FILES
-from ckpttool.formats.legacy import LEGACY_FORMAT, LEGACY_TAR_FORMAT
-from ckpttool.formats.rawpickle import RAW_PICKLE_FORMAT
-from ckpttool.formats.safetensors import SAFETENSORS_FORMAT
-from ckpttool.formats.sharded import SHARDED_FORMAT
-from ckpttool.formats.torchzip import TORCH_ZIP_FORMAT, TORCHSCRIPT_FORMAT
 
-FORMATS: tuple[Format, ...] = (
-    SEALED_FORMAT,
-    NPY_FORMAT,
-    GZIP_FORMAT,
-    BZ2_FORMAT,
-    XZ_FORMAT,
-    ZLIB_FORMAT,
-    LZMA_FORMAT,
-    TAR_FORMAT,
-    ZIP_FORMAT,
-    TORCHSCRIPT_FORMAT,
-    TORCH_ZIP_FORMAT,
-    SAFETENSORS_FORMAT,
-    LEGACY_TAR_FORMAT,
-    SHARDED_FORMAT,
-    LEGACY_FORMAT,
-    DEEPSPEED_FORMAT,  # a folder, or the `latest` file naming one, which is text
-    RAW_PICKLE_FORMAT,
-    DCP_FORMAT,
-    HF_FOLDER_FORMAT,
+if TYPE_CHECKING:
+    from ckpttool.checkpoint import Checkpoint
+
+METADATA_FILE = ".metadata"
+
+# (module, name) of each format's declaration, in order of precedence. A module is imported
+# when the search reaches it: reading a torch zip never imports the DCP, DeepSpeed, joblib or
+# legacy readers.
+DECLARED: tuple[tuple[str, str], ...] = (
+    ("ckpttool.formats.containers", "SEALED_FORMAT"),
+    ("ckpttool.formats.containers", "NPY_FORMAT"),
+    ("ckpttool.formats.containers", "GZIP_FORMAT"),
+    ("ckpttool.formats.containers", "BZ2_FORMAT"),
+    ("ckpttool.formats.containers", "XZ_FORMAT"),
+    ("ckpttool.formats.containers", "ZLIB_FORMAT"),
+    ("ckpttool.formats.containers", "LZMA_FORMAT"),
+    ("ckpttool.formats.containers", "TAR_FORMAT"),
+    ("ckpttool.formats.containers", "ZIP_FORMAT"),
+    ("ckpttool.formats.torchzip", "TORCHSCRIPT_FORMAT"),
+    ("ckpttool.formats.torchzip", "TORCH_ZIP_FORMAT"),
+    ("ckpttool.formats.safetensors", "SAFETENSORS_FORMAT"),
+    ("ckpttool.formats.legacy", "LEGACY_TAR_FORMAT"),
+    ("ckpttool.formats.sharded", "SHARDED_FORMAT"),
+    ("ckpttool.formats.legacy", "LEGACY_FORMAT"),
+    ("ckpttool.formats.deepspeed", "DEEPSPEED_FORMAT"),  # a folder, or the `latest` file naming one, which is text
+    ("ckpttool.formats.rawpickle", "RAW_PICKLE_FORMAT"),
+    ("ckpttool.formats.dcp_format", "DCP_FORMAT"),
+    ("ckpttool.formats.hffolder", "HF_FOLDER_FORMAT"),
 )
+
+
+class _Declared(Sequence[Format]):
+    """The formats of `DECLARED`, each imported on first use."""
+
+    def __iter__(self) -> Iterator[Format]:
+        for module, name in DECLARED:
+            fmt: Format = getattr(import_module(module), name)
+            yield fmt
+
+    def __len__(self) -> int:
+        return len(DECLARED)
+
+    @overload
+    def __getitem__(self, index: int) -> Format: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Format]: ...
+    def __getitem__(self, index: int | slice) -> Format | Sequence[Format]:
+        return tuple(self)[index]
+
+
+FORMATS: Sequence[Format] = _Declared()
 
 
 class _Registry:
@@ -70,6 +84,8 @@ class _Registry:
             if (scanning or not fmt.scan_only) and fmt.recognise(looked):
                 return fmt
         if looked.folder:
+            from ckpttool.formats.hffolder import WEIGHTS_FILES
+
             names = ", ".join(WEIGHTS_FILES)
             message = f"folder without an *.index.json, {names} or .metadata: not a checkpoint"
             raise UnknownFormatError(message, path=path)

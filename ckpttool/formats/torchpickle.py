@@ -9,6 +9,7 @@ out one `Storage` per key, so every tensor viewing a storage shares it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from ckpttool.buffers import FileData
@@ -17,7 +18,7 @@ from ckpttool.dtypes import storage_dtype
 from ckpttool.errors import FormatError
 from ckpttool.interpret import Interpreter, reader_hooks
 from ckpttool.pickle import Decoded, Global, decode
-from ckpttool.weights import all_tensors
+from ckpttool.weights import walk
 
 
 @dataclass
@@ -31,6 +32,15 @@ class StorageTable:
     anomalies: list[str] = field(default_factory=list)
 
     def resolve(self, pid: Any) -> Storage | GlobalName:
+        # torch.save's own ids, by the 10^5: checked in one step before the general path
+        if not self.legacy and type(pid) is tuple and len(pid) == 5 and pid[0] == "storage":
+            _, storage_type, key, location, numel = pid
+            dtype = _dtype_of(storage_type)
+            if dtype is not None and type(key) is str and type(location) is str and type(numel) is int and numel >= 0:
+                return self._storage(key, dtype, numel, location)
+        return self._resolve_any(pid)
+
+    def _resolve_any(self, pid: Any) -> Storage | GlobalName:
         if self.legacy and isinstance(pid, tuple) and len(pid) == 4 and pid[0] == "module":
             # legacy whole models: ('module', cls, source_file, source) stands for the class
             return GlobalName(pid[1].qualname) if isinstance(pid[1], (Global, GlobalName)) else GlobalName("?")
@@ -65,7 +75,12 @@ class StorageTable:
 def _dtype_of(storage_type: Any) -> str | None:
     if not isinstance(storage_type, (Global, GlobalName)):
         return None
-    module, _, name = storage_type.qualname.rpartition(".")
+    return _storage_dtype(storage_type.qualname)
+
+
+@lru_cache(maxsize=256)  # storage classes: a handful per file
+def _storage_dtype(qualname: str) -> str | None:
+    module, _, name = qualname.rpartition(".")
     return storage_dtype(module, name)
 
 
@@ -90,8 +105,9 @@ def interpret_torch_pickle(decoded: Decoded, table: StorageTable) -> Any:
 
 def check_tensors(root: Any, path: str) -> None:
     """Every tensor's view must fit its storage: checked before anything reads bytes."""
-    for named in all_tensors(root):
-        validate_layout(named.tensor, f"{path}: tensor {named.key!r}")
-        for part in (named.tensor.extra or {}).get("parts", ()):
-            if isinstance(part, TensorRef):
-                validate_layout(part, f"{path}: tensor {named.key!r}")
+    for key, node in walk(root):
+        if isinstance(node, TensorRef):
+            validate_layout(node, f"{path}: tensor {key!r}")
+            for part in (node.extra or {}).get("parts", ()):
+                if isinstance(part, TensorRef):
+                    validate_layout(part, f"{path}: tensor {key!r}")

@@ -92,9 +92,7 @@ def read_torch_zip(path: str, archive: ZipArchive | None = None) -> Checkpoint:
     if torchscript:
         declare(root, read_declarations(archive))
         root = _with_constants(archive, table, root)
-    for storage in table.storages.values():
-        storage.record = _record_for(archive, storage)
-        storage.record.viewed_by = partial(_keys_viewing, root, storage)
+    _attach_records(archive, table, root)
     check_tensors(root, path)
     return Checkpoint(
         path=path,
@@ -143,10 +141,18 @@ class _ConstantsTable(StorageTable):
         return storage
 
 
-def _record_for(archive: ZipArchive, storage: Storage) -> Record:
+def _attach_records(archive: ZipArchive, table: StorageTable, root: Any) -> None:
+    """Each storage's record, found by its name under the archive's root (once per storage)."""
+    prefix = archive.root + "/"
+    for storage in table.storages.values():
+        storage.record = _record_for(archive, storage, prefix)
+        storage.record.viewed_by = partial(_keys_viewing, root, storage)
+
+
+def _record_for(archive: ZipArchive, storage: Storage, prefix: str) -> Record:
     folder, _, key = storage.key.rpartition(":")
     name = (folder or "data") + "/" + key
-    entry = archive.record(name)
+    entry = archive.entries.get(prefix + name)
     if entry is None:
         raise FormatError(f"storage {storage.key!r} has no record {archive.root}/{name}", path=archive.path)
     if entry.size != storage.nbytes:

@@ -19,6 +19,7 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import IO, Any
 
 from ckpttool.crc import crc32 as crc32_of
@@ -61,7 +62,7 @@ class ZipArchive:
     # each pickle record's inert decoding, by record name: decoded once however many ask
     decoded: dict[str, Any] = field(default_factory=dict)
 
-    @property
+    @cached_property  # asked once per storage: 10^5 times for some files
     def root(self) -> str:
         """The folder torch reads records from: the first entry's top-level folder."""
         first = self.order[0]
@@ -157,18 +158,20 @@ def _zip64_directory(tail: bytes, eocd_at: int, path: str) -> tuple[int, int, in
 
 def _parse_central_directory(directory: bytes, count: int, archive: ZipArchive, start: int = 0) -> None:
     pos = 0
+    unpack = _CENTRAL.unpack_from
     for _ in range(count):
         if directory[pos : pos + 4] != b"PK\x01\x02":
             raise ZipFormatError("corrupt central directory entry", path=archive.path)
-        f = _CENTRAL.unpack_from(directory, pos)
-        flags, method, crc, csize, usize = f[3], f[4], f[7], f[8], f[9]
-        name_len, extra_len, comment_len, header_offset = f[10], f[11], f[12], f[16]
-        name_raw = directory[pos + 46 : pos + 46 + name_len]
-        extra = directory[pos + 46 + name_len : pos + 46 + name_len + extra_len]
-        pos += 46 + name_len + extra_len + comment_len
-        if 0xFFFFFFFF in (csize, usize, header_offset):
+        _, _, _, flags, method, _, _, crc, csize, usize, name_len, extra_len, comment_len, _, _, _, header_offset = (
+            unpack(directory, pos)
+        )
+        name_at = pos + 46
+        extra_at = name_at + name_len
+        pos = extra_at + extra_len + comment_len
+        if csize == 0xFFFFFFFF or usize == 0xFFFFFFFF or header_offset == 0xFFFFFFFF:
+            extra = directory[extra_at : extra_at + extra_len]
             usize, csize, header_offset = _zip64_extra(extra, usize, csize, header_offset)
-        name = name_raw.decode("utf-8" if flags & 0x800 else "cp437", "replace")
+        name = directory[name_at:extra_at].decode("utf-8" if flags & 0x800 else "cp437", "replace")
         _add_entry(archive, ZipEntry(name, method, flags, crc, csize, usize, start + header_offset))
     if pos > len(directory):
         raise ZipFormatError("central directory truncated", path=archive.path)

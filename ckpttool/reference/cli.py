@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from ckpttool.cli.common import output_options
+from ckpttool.cli.common import notices_on_stderr, output_options
 from ckpttool.reference.choices import (
     DATASET_NAMES,
     DEFAULT_ATOL,
@@ -133,6 +133,7 @@ def train_command(
       vgg16                                  1 epoch, 32, 1e-4, 8 steps
       resnet34                               3 epochs, 64, 1e-3, whole split
     """
+    notices_on_stderr()
     from ckpttool.reference.data import load_dataset
     from ckpttool.reference.fixtures import build_fixtures, summarize
     from ckpttool.reference.progress import ProgressReporter, bars_on

@@ -9,15 +9,20 @@ from ckpttool.gcpause import gc_paused
 from ckpttool.render.tables import fit_table
 from ckpttool.render.text import (
     TENSOR_COLUMNS,
+    Encoded,
     compact,
+    encode_string,
     grouped,
     human_count,
     human_size,
+    json_text,
     key_values,
+    object_pieces,
     plural,
     shape_text,
     to_csv,
     to_json,
+    to_json_text,
 )
 
 if TYPE_CHECKING:  # only for annotations: JSON output must not pay for importing every op
@@ -73,41 +78,77 @@ def chunk_rows_table(rows: list[TensorRow], width: int | None = None) -> str:
     return fit_table(headers, body, width, shrink=(0, 4), align=align, whole="--format json")
 
 
-@gc_paused()  # a dict per row, each alive until the text is written
+@gc_paused()  # a text per row, each alive until the whole text is written
 def inspect_json(report: InspectReport, weights: list[TensorRow], tensors: list[TensorRow]) -> str:
     from ckpttool.ops.inspect.report import count
 
-    rendered: dict[int, dict[str, Any]] = {}  # weights and tensors share rows: each is rendered once
+    rendered: dict[int, str] = {}  # weights and tensors share rows: each is encoded once
 
-    def row_json(row: TensorRow) -> dict[str, Any]:
-        out = rendered.get(id(row))
-        if out is None:
-            out = rendered[id(row)] = tensor_json(row)
-        return out
+    def rows_text(rows: list[TensorRow]) -> list[str]:
+        pieces = ["["]
+        for row in rows:
+            text = rendered.get(id(row))
+            if text is None:
+                text = rendered[id(row)] = tensor_text(row)
+            pieces += (text, ",")
+        pieces[-1] = "]"  # the last comma, or the list's opening bracket when it is empty
+        return pieces if len(pieces) > 1 else ["[]"]
 
-    return to_json(
-        {
-            "path": report.path,
-            "format": report.format,
-            "file_size": report.file_size,
-            "byteorder": report.byteorder,
-            "weights": {
-                "root": report.weights_root,
-                "kind": report.weights_kind,
-                "alternatives": report.alternatives,
-                "roles": report.roles,
-                "counts": counts_json(count(weights)),
-                "tensors": [row_json(r) for r in weights],
-                "attributes": [tensor_json(r) for r in report.attributes],
-            },
-            "entries": report.entries,
-            "objects": [{"path": o.path, "class": o.cls} for o in report.objects],
-            "tensors": [row_json(r) for r in tensors],
-            "metadata": report.metadata,
-            "notes": report.notes,
-            "anomalies": report.anomalies,
-        }
+    weights_members: list[tuple[str, Encoded]] = [
+        ("root", json_text(report.weights_root)),
+        ("kind", json_text(report.weights_kind)),
+        ("alternatives", json_text(report.alternatives)),
+        ("roles", json_text(report.roles)),
+        ("counts", json_text(counts_json(count(weights)))),
+        ("tensors", rows_text(weights)),
+        ("attributes", json_text([tensor_json(r) for r in report.attributes])),
+    ]
+    return to_json_text(
+        [
+            ("path", json_text(report.path)),
+            ("format", json_text(report.format)),
+            ("file_size", json_text(report.file_size)),
+            ("byteorder", json_text(report.byteorder)),
+            ("weights", object_pieces(weights_members)),
+            ("entries", json_text(report.entries)),
+            ("objects", json_text([{"path": o.path, "class": o.cls} for o in report.objects])),
+            ("tensors", rows_text(tensors)),
+            ("metadata", json_text(report.metadata)),
+            ("notes", json_text(report.notes)),
+            ("anomalies", json_text(report.anomalies)),
+        ]
     )
+
+
+def tensor_text(row: TensorRow) -> str:
+    """`tensor_json(row)` as `to_json` encodes it, written directly: no dict per row."""
+    if row.chunks is not None:
+        return json_text(tensor_json(row))
+    quote = encode_string  # json's own C escaper, for the fields a row holds as str
+    try:
+        role = "null" if row.role is None else quote(row.role)
+        storage = "null" if row.storage is None else quote(row.storage)
+        return (
+            f'{{"key":{quote(row.key)},"dtype":{quote(row.dtype)},"shape":{_ints_text(row.shape)},'
+            f'"numel":{_int_text(row.numel)},"nbytes":{_int_text(row.nbytes)},"device":{quote(row.device)},'
+            f'"kind":{quote(row.kind)},"role":{role},"storage":{storage},'
+            f'"storage_offset":{_int_text(row.storage_offset)},"stride":{_ints_text(row.stride)},'
+            f'"contiguous":{"true" if row.contiguous is True else json_text(row.contiguous)},'
+            f'"layout":{quote(row.layout)}}}'
+        )
+    except TypeError:  # a field that is no str after all: json encodes it as it would have
+        return json_text(tensor_json(row))
+
+
+def _int_text(value: Any) -> str:
+    return str(value) if type(value) is int else json_text(value)
+
+
+def _ints_text(values: list[int]) -> str:
+    for value in values:
+        if type(value) is not int:
+            return json_text(values)
+    return "[" + ",".join(map(str, values)) + "]"
 
 
 def counts_json(counts: Counts) -> dict[str, Any]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -16,6 +16,43 @@ TENSOR_COLUMNS = ("key", "dtype", "shape", "numel", "nbytes", "device")
 def to_json(payload: dict[str, Any], version: int = SCHEMA_VERSION) -> str:
     # Compact: json's C encoder only runs without indent, and outputs can hold 10^5 rows.
     return json.dumps({"schema_version": version, **payload}, allow_nan=False, separators=(",", ":"))
+
+
+def json_text(value: Any) -> str:
+    """One value encoded exactly as `to_json` encodes it inside a document."""
+    return json.dumps(value, allow_nan=False, separators=(",", ":"))
+
+
+# A str as `to_json` writes it (json's own C escaper); TypeError for anything else.
+encode_string: Callable[[str], str] = json.encoder.encode_basestring_ascii
+
+
+def json_string(value: Any) -> str:
+    """A string as `to_json` writes it; any other value through `json_text`."""
+    return encode_string(value) if type(value) is str else json_text(value)
+
+
+Encoded = str | list[str]  # a JSON value's text, or the pieces it is made of, in order
+
+
+def to_json_text(members: Iterable[tuple[str, Encoded]], version: int = SCHEMA_VERSION) -> str:
+    """`to_json` of a document whose members' values are already encoded (`json_text`), byte for
+    byte: a value shared by two members (10^5 rows) is then encoded once, not once per member,
+    and the document is joined once from its pieces."""
+    return "".join(object_pieces([("schema_version", str(version)), *members]))
+
+
+def object_pieces(members: Iterable[tuple[str, Encoded]]) -> list[str]:
+    """A JSON object, compact as `to_json` writes it, from names and their encoded values."""
+    pieces = ["{"]
+    for name, value in members:
+        pieces.append(f"{json_string(name)}:" if len(pieces) == 1 else f",{json_string(name)}:")
+        if isinstance(value, str):
+            pieces.append(value)
+        else:
+            pieces.extend(value)
+    pieces.append("}")
+    return pieces
 
 
 def to_csv(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:

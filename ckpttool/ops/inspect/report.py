@@ -131,7 +131,7 @@ def describe(checkpoint: Checkpoint, root: str | None = None, opened: OpenedFile
     """`opened`: the file `checkpoint` was read from, whose pickles the safety line then reuses."""
     with about(checkpoint.path):
         weights = find_weights(checkpoint.root, root)
-    every = all_tensors(checkpoint.root)
+    every, found_objects = tensors_and_objects(checkpoint.root)
     rows: dict[tuple[str, int], TensorRow] = {}  # a bare state_dict lists each tensor twice
     roles = {id(t.tensor): t.role for t in weights.tensors}  # a weight keeps its role under its full path
     report = InspectReport(
@@ -144,7 +144,7 @@ def describe(checkpoint: Checkpoint, root: str | None = None, opened: OpenedFile
         weights=[_row(t, rows, t.role) for t in weights.tensors],
         tensors=[_row(t, rows, roles.get(id(t.tensor))) for t in every],
         entries=entries(checkpoint.root, weights.root),
-        objects=objects(checkpoint.root),
+        objects=found_objects,
         metadata=checkpoint.metadata,
         alternatives=weights.alternatives,
         notes=danger_notes(_opened(checkpoint, opened)) + weights.notes,
@@ -170,19 +170,21 @@ def _row(named: NamedTensor, cache: dict[tuple[str, int], TensorRow], role: str 
 def tensor_row(named: NamedTensor) -> TensorRow:
     t = named.tensor
     numel = t.numel
+    storage = t.storage
+    # positional, in TensorRow's field order: a row per tensor, 10^5 of them
     return TensorRow(
-        key=named.key,
-        dtype=t.dtype,
-        shape=list(t.shape),
-        numel=numel,
-        nbytes=byte_size(numel, t.dtype),
-        device=t.device,
-        kind=t.kind,
-        storage=t.storage.key if t.storage else None,
-        storage_offset=t.offset,
-        stride=list(t.stride),
-        contiguous=t.is_contiguous(),
-        layout=t.layout,
+        named.key,
+        t.dtype,
+        list(t.shape),
+        numel,
+        byte_size(numel, t.dtype),
+        t.device if storage is None else storage.location,
+        t.kind,
+        None if storage is None else storage.key,
+        t.offset,
+        list(t.stride),
+        t.is_contiguous(),
+        t.layout,
     )
 
 
@@ -203,21 +205,39 @@ def select(rows: list[Keyed], patterns: tuple[str, ...] = (), sort: str | None =
 def count(rows: list[TensorRow]) -> Counts:
     """Parameters, buffers, other tensors, the total and each dtype, tied views counted once."""
     counts = Counts()
-    seen: set[tuple[Any, ...]] = set()
-    groups = {"parameter": counts.parameters, "buffer": counts.buffers}
+    views: dict[tuple[Any, ...], list[TensorRow]] = {}  # rows by where they start in a storage
+    sums: dict[tuple[str | None, str], list[int]] = {}  # [tensors, numel, nbytes] by (role, dtype)
     for row in rows:
-        fresh = row.storage is None
-        if not fresh:
-            view = (row.storage, row.storage_offset, tuple(row.shape), tuple(row.stride), row.dtype)
-            fresh = view not in seen
-            seen.add(view)
+        fresh = row.storage is None or _first_view(views, row)
         counts.tied += not fresh
-        dtype = counts.dtypes.get(row.dtype) or counts.dtypes.setdefault(row.dtype, Count())
-        for c in (groups.get(row.role or "", counts.other), counts.total, dtype):
-            c.tensors += 1
-            c.numel += row.numel if fresh else 0
-            c.nbytes += row.nbytes if fresh else 0
+        added = sums.get((row.role, row.dtype))
+        if added is None:
+            added = sums[(row.role, row.dtype)] = [0, 0, 0]
+        added[0] += 1
+        if fresh:
+            added[1] += row.numel
+            added[2] += row.nbytes
+    groups = {"parameter": counts.parameters, "buffer": counts.buffers}
+    for (role, dtype), (tensors, numel, nbytes) in sums.items():  # dtypes in the order first seen
+        by_dtype = counts.dtypes.get(dtype) or counts.dtypes.setdefault(dtype, Count())
+        for c in (groups.get(role or "", counts.other), counts.total, by_dtype):
+            c.tensors += tensors
+            c.numel += numel
+            c.nbytes += nbytes
     return counts
+
+
+def _first_view(views: dict[tuple[Any, ...], list[TensorRow]], row: TensorRow) -> bool:
+    """Whether no earlier row views the same range of the same storage the same way."""
+    start = (row.storage, row.storage_offset, row.dtype)
+    earlier = views.get(start)
+    if earlier is None:
+        views[start] = [row]
+        return True
+    if any(e.shape == row.shape and e.stride == row.stride for e in earlier):
+        return False
+    earlier.append(row)
+    return True
 
 
 def tree(rows: list[TensorRow], max_depth: int | None = None) -> list[TreeRow]:
@@ -296,6 +316,18 @@ def _heavy(node: Any) -> bool:
 
 def objects(root: Any) -> list[ObjectRow]:
     return [ObjectRow(path, node.cls) for path, node in walk(root) if isinstance(node, PickledObject)]
+
+
+def tensors_and_objects(root: Any) -> tuple[list[NamedTensor], list[ObjectRow]]:
+    """`all_tensors(root)` and `objects(root)` from one walk of the tree."""
+    tensors: list[NamedTensor] = []
+    found: list[ObjectRow] = []
+    for path, node in walk(root):
+        if isinstance(node, TensorRef):
+            tensors.append(NamedTensor(path, node))
+        elif isinstance(node, PickledObject):
+            found.append(ObjectRow(path, node.cls))
+    return tensors, found
 
 
 def jsonable(value: Any, read_scalars: bool = True) -> Any:
