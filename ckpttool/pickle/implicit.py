@@ -52,10 +52,17 @@ def is_method_call(how: str) -> bool:
 def implicit_calls(calls: Iterable[Call]) -> list[Implicit]:
     """Every implicit use in `calls`, in order (one pass; a large state_dict has a call per tensor)."""
     found: list[Implicit] = []
+    consuming: set[int] = set()  # the global records that `_consumes_arguments`, by id
     for call in calls:
         func = call.func
+        if id(func) in consuming and _only_arguments(call):
+            continue  # torch's rebuild functions, sizes, devices: nothing implicit (`_callables_held`)
         if type(func) is PersistentRef:
             func = legacy_module_class(func)
+        if isinstance(func, Global) and _consumes_arguments(func.qualname):
+            consuming.add(id(func))
+            if _only_arguments(call):
+                continue
         if isinstance(func, Global):
             if call.items is not None or call.dictitems is not None or call.state is not UNSET:
                 found.extend(_method_calls(call, func))
@@ -64,6 +71,16 @@ def implicit_calls(calls: Iterable[Call]) -> list[Implicit]:
         if call.args or call.state is not UNSET or call.kwargs or call.items or call.dictitems:
             _callables_held(call, func, found)
     return found
+
+
+def _only_arguments(call: Call) -> bool:
+    """A call with nothing added after it was made: no keywords, items or state."""
+    return call.items is None and call.dictitems is None and call.state is UNSET and not call.kwargs
+
+
+def _consumes_arguments(qualname: str) -> bool:
+    """An allowlisted callable whose own code consumes its arguments, nothing of them called."""
+    return is_allowed(qualname) and qualname not in ITERATING and qualname not in _STATE_TAKING
 
 
 def _method_calls(call: Call, func: Global) -> Iterator[Implicit]:
@@ -88,7 +105,7 @@ def _has_slot_state(state: Any) -> bool:
 def _callables_held(call: Call, func: Any, found: list[Implicit]) -> None:
     args: Any = call.args
     qualname = func.qualname if isinstance(func, Global) else None
-    if qualname and is_allowed(qualname) and qualname not in ITERATING and qualname not in _STATE_TAKING:
+    if qualname and _consumes_arguments(qualname):
         args = ()  # torch's rebuild functions, sizes, devices: their own code consumes the arguments
     elif qualname and (is_allowed(qualname) or qualname in VETTED):
         # A global a vetted or allowlisted function takes as an argument is judged by its rule.

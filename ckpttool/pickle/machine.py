@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ckpttool.errors import PickleError
+from ckpttool.gcpause import gc_paused
 from ckpttool.pickle.call_ops import ARGUMENT_USES, CallOpcodes
 from ckpttool.pickle.container_ops import ContainerOpcodes
 from ckpttool.pickle.framing import buffered_stream
@@ -79,6 +80,13 @@ class _Machine(ScalarOpcodes, ContainerOpcodes, CallOpcodes):
     # -- the loop ---------------------------------------------------------------
 
     def run(self) -> Decoded:
+        # The graph is built of new containers and records that hold one another: the
+        # collector would walk it again and again while it grows, and it frees nothing
+        # (every object is reachable from the stack or the memo).
+        with gc_paused():
+            return self.decoded()
+
+    def decoded(self) -> Decoded:
         try:
             count = self.loop()
             self.check_last_frame()
@@ -141,26 +149,30 @@ class _Machine(ScalarOpcodes, ContainerOpcodes, CallOpcodes):
         self.problems.extend(f"read through a file object: {p}" for p in other.problems)
 
     def loop(self) -> int:
-        """The opcode loop. Opcodes of torch's own pickles are handled inline (they are
-        nearly every opcode of a large checkpoint); the rest go through `dispatch`."""
+        """The opcode loop. Opcodes of torch's own pickles are handled inline, the most
+        frequent first (they are nearly every opcode of a large checkpoint); the rest go
+        through `dispatch`. `op_pos` is set only where a handler or an error reads it."""
         data, end, dispatch, memo, metastack = self.data, self.end, self.dispatch, self.memo, self.metastack
         max_ops, max_marks, max_memo = self.limits.max_opcodes, self.limits.max_mark_depth, self.limits.max_memo
         persistent = self.hooks.persistent
-        record, passes_on = self.calls.append, ARGUMENT_USES
+        record, passes_on, u32 = self.calls.append, ARGUMENT_USES, unpack_u32
         stack = self.stack
         pos, count = self.start, 0
         window = end  # the end of the current frame, or of the pickle
         try:
-            while pos >= 0:
+            while True:
                 if pos >= window:
+                    self.op_pos = pos
                     window = self.leave_frame(pos)
                 count += 1
                 if count > max_ops:
+                    self.op_pos = pos
                     raise self.limit(f"more than {max_ops} opcodes")
                 op = data[pos]
                 if op == 0x72:  # LONG_BINPUT
-                    index = unpack_u32(data, pos + 1)[0]
+                    index = u32(data, pos + 1)[0]
                     if len(memo) >= max_memo and index not in memo:
+                        self.op_pos = pos
                         raise self.limit(f"more than {max_memo} memo entries")
                     memo[index] = stack[-1]
                     pos += 5
@@ -173,11 +185,15 @@ class _Machine(ScalarOpcodes, ContainerOpcodes, CallOpcodes):
                 elif op == 0x71:  # BINPUT
                     memo[data[pos + 1]] = stack[-1]
                     pos += 2
-                elif op == 0x6A:  # LONG_BINGET
-                    stack.append(memo[unpack_u32(data, pos + 1)[0]])
-                    pos += 5
+                elif op == 0x28:  # MARK
+                    if len(metastack) >= max_marks:
+                        self.op_pos = pos
+                        raise self.limit(f"more than {max_marks} nested MARKs")
+                    metastack.append(stack)
+                    stack = []
+                    pos += 1
                 elif op == 0x58:  # BINUNICODE
-                    n = unpack_u32(data, pos + 1)[0]
+                    n = u32(data, pos + 1)[0]
                     pos += 5
                     if pos + n > end:
                         raise self.error(f"argument of {n} bytes runs past the end of the pickle", pos)
@@ -186,30 +202,18 @@ class _Machine(ScalarOpcodes, ContainerOpcodes, CallOpcodes):
                     except UnicodeDecodeError:
                         raise self.error("string is not valid UTF-8", pos) from None
                     pos += n
-                elif op == 0x28:  # MARK
-                    if len(metastack) >= max_marks:
-                        raise self.limit(f"more than {max_marks} nested MARKs")
-                    metastack.append(stack)
-                    stack = []
-                    pos += 1
                 elif op == 0x74:  # TUPLE
+                    if not metastack:
+                        raise self.error("MARK expected but none is open", pos)
                     items = tuple(stack)
-                    stack = self.pop_mark_of(metastack)
+                    stack = metastack.pop()
                     stack.append(items)
-                    pos += 1
-                elif op == 0x85:  # TUPLE1
-                    stack[-1] = (stack[-1],)
                     pos += 1
                 elif op == 0x86:  # TUPLE2
                     second = stack.pop()
                     stack[-1] = (stack[-1], second)
                     pos += 1
-                elif op == 0x87:  # TUPLE3
-                    third, second = stack.pop(), stack.pop()
-                    stack[-1] = (stack[-1], second, third)
-                    pos += 1
                 elif op == 0x52:  # REDUCE
-                    self.op_pos = pos
                     args = stack.pop()
                     func = stack[-1]
                     if (
@@ -223,26 +227,38 @@ class _Machine(ScalarOpcodes, ContainerOpcodes, CallOpcodes):
                         stack[-1] = call = Call(func, args, CALL)
                         record(call)
                     else:
+                        self.op_pos = pos
                         stack[-1] = self.reduce(func, args)
                     pos += 1
                 elif op == 0x51:  # BINPERSID
-                    self.op_pos = pos
                     pid = stack[-1]
                     if persistent:
+                        self.op_pos = pos
                         stack[-1] = persistent(pid)
                     elif type(pid) is tuple and pid and pid[0] == "storage":
                         stack[-1] = PersistentRef(pid)  # what `persistent_ref` returns for a storage
                     else:
+                        self.op_pos = pos
                         stack[-1] = self.persistent_ref(pid)
                     pos += 1
                 elif op == 0x89:  # NEWFALSE
                     stack.append(False)
                     pos += 1
-                elif op == 0x88:  # NEWTRUE
-                    stack.append(True)
-                    pos += 1
                 elif op == 0x29:  # EMPTY_TUPLE
                     stack.append(())
+                    pos += 1
+                elif op == 0x6A:  # LONG_BINGET
+                    stack.append(memo[u32(data, pos + 1)[0]])
+                    pos += 5
+                elif op == 0x85:  # TUPLE1
+                    stack[-1] = (stack[-1],)
+                    pos += 1
+                elif op == 0x87:  # TUPLE3
+                    third, second = stack.pop(), stack.pop()
+                    stack[-1] = (stack[-1], second, third)
+                    pos += 1
+                elif op == 0x88:  # NEWTRUE
+                    stack.append(True)
                     pos += 1
                 elif op == 0x4E:  # NONE
                     stack.append(None)
@@ -255,8 +271,10 @@ class _Machine(ScalarOpcodes, ContainerOpcodes, CallOpcodes):
                     pos += 5
                 elif op == 0x75:  # SETITEMS
                     self.op_pos = pos
+                    if not metastack:
+                        raise self.error("MARK expected but none is open", pos)
                     pairs = stack
-                    stack = self.pop_mark_of(metastack)
+                    stack = metastack.pop()
                     if len(pairs) % 2:
                         raise self.error("SETITEMS with an odd number of items", pos)
                     self.set_items(stack[-1], pairs, "SETITEMS")
@@ -277,13 +295,16 @@ class _Machine(ScalarOpcodes, ContainerOpcodes, CallOpcodes):
                     self.stack = stack
                     pos = handler(pos + 1)
                     stack = self.stack
+                    if pos < 0:  # STOP
+                        return count
         except (IndexError, struct.error):
+            self.op_pos = pos
             raise self.error(self.index_problem(pos), pos) from None
         except KeyError as exc:
+            self.op_pos = pos
             raise self.error(f"memo slot {exc.args[0]} read before it was written", pos) from None
         except RecursionError:  # only reachable through C-level hashing of nested keys
             raise self.limit("structure nested too deeply") from None
-        return count
 
     def index_problem(self, pos: int) -> str:
         """An IndexError means either a short argument or an empty stack: say which."""

@@ -80,10 +80,12 @@ def needed_globals(pickles: Iterable[Decoded]) -> list[tuple[str, str]]:
     for decoded in pickles:
         needed.update((g.module, g.name) for g in decoded.globals if not is_allowed(g.qualname))
         for call in decoded.calls:
+            if call.state is UNSET:
+                continue  # no BUILD: no class to meet (a state_dict's 100,000 calls, mostly)
             func = legacy_module_class(call.func)
             vetted = VETTED.get(func.qualname) if isinstance(func, Global) else None
             made = vetted.result_class(call.args) if vetted and vetted.result_class else None
-            if made and call.state is not UNSET:
+            if made:
                 module, _, name = made.rpartition(".")
                 needed.add((module, name))
     return sorted(needed)

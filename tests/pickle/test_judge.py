@@ -386,3 +386,28 @@ def test_torch_classes_outside_an_archive_are_still_code() -> None:
     judgement = judged_script(SCRIPTED, {TOP: "--allow"}, ts=None)
     assert (judgement.verdict, verdict_of(judgement, INNER)) == ("unknown-call", "unknown-call")
     assert set(unknown_calls_by_allow(judged_script(SCRIPTED, ts=None).globals)) == {TOP, INNER}
+
+
+# -- one global record called many times (a state_dict holds a call per tensor) -----------------
+
+
+def _calls_of_one_record(qualname: str, *calls: bytes) -> bytes:
+    """A list of calls of one global record, shared through the memo as pickle writes it."""
+    return glob(qualname) + b"q\x00(" + b"".join(b"h\x00(" + args + b"tR" for args in calls) + b"l"
+
+
+def test_many_calls_of_one_global_show_the_first_three_and_count_the_rest() -> None:
+    body = _calls_of_one_record("mypkg.make", *(b"K" + bytes([i]) for i in range(1, 6)))
+    (found,) = judged(body).globals
+    assert found.verdict == "unknown-call"
+    assert found.calls == ["mypkg.make(1)", "mypkg.make(2)", "mypkg.make(3)", "... and 2 more"]
+
+
+def test_a_later_call_of_a_counted_global_is_still_judged_for_its_setitems() -> None:
+    # The first calls only need counting; the last one's result is given SETITEMS, which calls
+    # __setitem__ of what torch's rebuild function returns.
+    body = _calls_of_one_record("torch._utils._rebuild_tensor_v2", b"K\x01", b"K\x02")
+    body = body[:-1] + b"h\x00(K\x03tR(" + text("k") + b"K\x04ul"
+    judgement = judged(body)
+    assert judgement.verdict == "dangerous"
+    assert any("GHSA-63cw-57p8-fm3p" in p for p in judgement.problems)
