@@ -14,7 +14,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ckpttool.checkpoint import Checkpoint
-from ckpttool.errors import CkptError, FileAccessError, NotACheckpointError, PickleError, UnknownFormatError
+from ckpttool.errors import (
+    CkptError,
+    FileAccessError,
+    FormatError,
+    NotACheckpointError,
+    PickleError,
+    UnknownFormatError,
+)
 from ckpttool.formatnames import FormatName
 from ckpttool.formats.ziparchive import ZipArchive, open_archive
 from ckpttool.gcpause import gc_paused
@@ -105,11 +112,15 @@ class Found:
         self.problems.extend(other.problems)
         self.notes.extend(other.notes)
 
-    def add_member(self, registry: Registry, path: str, label: str) -> None:
+    def add_member(self, registry: Registry, path: str, label: str, container: str | None = None) -> None:
         """Scan a file of a checkpoint made of several (a shard, a rank file) as its own
-        format scans it; its pickles and problems are named `label:...`."""
+        format scans it; its pickles and problems are named `label:...`. A member of the
+        `container`'s own format is a problem, not scanned: an index naming an index (or
+        itself) would never end."""
         try:
             fmt, member = registry.identify(path, scanning=True)
+            if fmt.name == container:
+                raise FormatError(f"names another {container} checkpoint, not a file of its own", path=path)
             sub = fmt.scan(member)
         except CkptError as exc:
             self.problems.append(f"{label}: {exc.message}")

@@ -153,7 +153,7 @@ def sharded_pickles(probe: Probe) -> Found:
     folder = os.path.dirname(os.path.abspath(index_path))
     found = Found()
     for shard in dict.fromkeys(index["weight_map"].values()):
-        found.add_member(probe.registry, shard_path(folder, shard, index_path), shard)
+        found.add_member(probe.registry, shard_path(folder, shard, index_path), shard, container=SHARDED_FORMAT.name)
     return found
 
 
