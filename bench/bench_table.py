@@ -93,7 +93,9 @@ def jobs(tool: Callable[..., list[str]], peers: Path | None) -> list[Job]:
 
 
 def run_once(argv: list[str], env: dict[str, str], ok: tuple[int, ...] = (0, 1)) -> Measurement:
-    """One whole process; an exit code outside `ok` stops the benchmark (a failed run is no time)."""
+    """One whole process; an exit code outside `ok` stops the benchmark (a failed run is no time).
+    Dirty pages are written out first, so no run pays for the previous run's writes."""
+    os.sync()
     start = time.perf_counter()
     child = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     _, status, usage = os.wait4(child.pid, 0)
