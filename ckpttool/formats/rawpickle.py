@@ -14,6 +14,7 @@ from ckpttool.formats.joblib import read_as_joblib, without_problems
 from ckpttool.interpret import Interpreter
 from ckpttool.pickle import decode
 from ckpttool.pickle.opcodes import NAMES
+from ckpttool.pickle.reach import gadget_label
 
 
 def read_raw_pickle(path: str) -> Checkpoint:
@@ -86,10 +87,17 @@ def _opens_with_proto(probe: Probe) -> bool:
 
 
 def _found_anything(exc: PickleError) -> bool:
-    """A global any unpickler could import before the error. Source code starting with
-    `import x` or `class X:` reads as INST or GLOBAL of names with spaces and colons,
-    which name no module: that is text, not a pickle."""
-    return exc.partial is not None and any(_python_name(g.module) and _python_name(g.name) for g in exc.partial.globals)
+    """Whether an unpickler does anything that matters before the error: a call, or the
+    import of a name that reaches processes, files or evaluation. Text read as protocol 0
+    (`import x` as INST, `cuda` and `fp16` on two lines as a GLOBAL) names at most
+    harmless or impossible names (with spaces and colons) before it fails: not a pickle."""
+    partial = exc.partial
+    if partial is None:
+        return False
+    return bool(partial.calls) or any(
+        _python_name(g.module) and _python_name(g.name) and gadget_label(g.module, g.name, False) is not None
+        for g in partial.globals
+    )
 
 
 def _python_name(dotted: str) -> bool:

@@ -31,7 +31,12 @@ def looks_like_safetensors(head: bytes, file_size: int) -> bool:
     the header with serde_json). The length is not required to fit: a header that claims
     too much is a safetensors file with a bad header, reported as such; but 8 bytes of
     text (a JSON file such as `{"root": {...`) are not a length, whatever follows them."""
-    if len(head) < 9 or head[8:].lstrip(_JSON_SPACE)[:1] != b"{" or struct.unpack_from("<Q", head)[0] < 2:
+    body = head[8:].lstrip(_JSON_SPACE)
+    if len(head) < 9 or body[:1] != b"{" or struct.unpack_from("<Q", head)[0] < 2:
+        return False
+    # A header object opens with a key or closes at once: random data with a `{` at byte 8
+    # (one file in 256) is not taken for a broken safetensors file.
+    if body[1:].lstrip(_JSON_SPACE)[:1] not in (b'"', b"}", b""):
         return False
     return not all(0x20 <= byte < 0x7F or byte in _JSON_SPACE for byte in head[:8])
 

@@ -100,6 +100,7 @@ CUSTOM_CODE = {
     "modeling_tiny.py": "import torch\nfrom torch import nn\n\n\nclass Tiny(nn.Module):\n    pass\n",
     "configuration_tiny.py": "class TinyConfig:\n    model_type = 'tiny'\n",
     "tokenization_tiny.py": "(VOCAB,) = ('a',)\n",
+    "precision.txt": "cuda\nfp16\n",  # GLOBAL cuda.fp16, then the end: nothing called
 }
 
 
@@ -118,6 +119,11 @@ def test_python_files_beside_the_weights_are_text_not_pickles(cli: Cli, tmp_path
             "text",
             "safe",
         )
+    # Data whose ninth byte is `{` (one file in 256) is not a broken safetensors header.
+    (folder / "sample.wav").write_bytes(b"\xff" * 8 + b"{\x9c" + bytes(range(256)))
+    again = cli("scan", folder, "--format", "json")
+    assert again.exit_code == 0, again.stdout
+    assert entries(again)[str(folder / "sample.wav")]["format"] == "data"
     alone = cli("scan", folder / "modeling_tiny.py")
     assert (alone.exit_code, alone.stderr.strip()) == (
         2,
