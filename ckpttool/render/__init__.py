@@ -37,8 +37,8 @@ from ckpttool.render.keys import shorten_keys
 from ckpttool.render.optimizer import optimizer_output
 from ckpttool.render.scan import (
     SCAN_SCHEMA_VERSION,
-    allowlist_lines,
     check_sarif,
+    python_lines,
     scan_csv,
     scan_json,
     scan_sarif,
@@ -86,7 +86,7 @@ __all__ = [
     "SCAN_SCHEMA_VERSION",
     "SCHEMA_VERSION",
     "TENSOR_COLUMNS",
-    "allowlist_lines",
+    "python_lines",
     "check_output",
     "check_sarif",
     "chunk_json",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ckpttool.render.scan import allowlist_lines
+from ckpttool.render.scan import python_lines
 from ckpttool.render.tables import fit_table
 from ckpttool.render.text import command_lines, grouped, key_values, output_width, plural, to_csv, to_json, wrap_text
 
@@ -115,7 +115,7 @@ def _remedies(findings: list[Finding], width: int | None) -> str:
             if line.startswith("ckpttool "):  # a command: shell continuations, still one to paste
                 lines.extend(command_lines(line, width, indent="    "))
             else:
-                lines.extend(allowlist_lines(line, width))
+                lines.extend(python_lines(line, width))
     return "\n".join(lines)
 
 

@@ -179,21 +179,21 @@ def _scan_block(r: FileScan) -> str:
 
         lines.append(allowlist_effect(r.weights_only.result))
         for statement in [*r.imports, r.allowlist]:
-            lines.extend(allowlist_lines(statement, width))
+            lines.extend(python_lines(statement, width))
     return "\n".join(lines)
 
 
-def allowlist_lines(call: str, width: int | None, indent: str = "    ") -> list[str]:
+def python_lines(statement: str, width: int | None, indent: str = "    ") -> list[str]:
     """An import statement or the `add_safe_globals([...])` line, or within `width` one
     name per wrapped line inside its brackets: still Python to paste as it is."""
-    if call.startswith("from ") and " import " in call:
-        head, _, rest = call.partition(" import ")
+    if statement.startswith("from ") and " import " in statement:
+        head, _, rest = statement.partition(" import ")
         head, rest, close = f"{head} import (", f"{rest})", ")"
     else:
-        head, bracket, rest = call.partition("([")
+        head, bracket, rest = statement.partition("([")
         head, close = f"{head}{bracket}", "])"
-    if width is None or len(indent + call) <= width or not rest.endswith(close):
-        return [indent + call]
+    if width is None or len(indent + statement) <= width or not rest.endswith(close):
+        return [indent + statement]
     names = wrap_list(rest[: -len(close)].split(", "), width - 2 * len(indent), whole=True)
     return [f"{indent}{head}", *(2 * indent + line for line in names), f"{indent}{close}"]
 
