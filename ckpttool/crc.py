@@ -36,8 +36,8 @@ def crc32(data: Buffer, value: int = 0) -> int:
 class Crc32:
     """A CRC-32 taken over blocks in the same pass that copies, compares or writes them."""
 
-    def __init__(self) -> None:
-        self.value = 0
+    def __init__(self, value: int = 0) -> None:
+        self.value = value  # continuing a CRC-32 taken over the bytes before
 
     def add(self, block: Buffer) -> None:
         self.value = _isal_crc32()(block, self.value)
