@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import torch
 from safetensors.torch import save_file
+from support.paths import FIXTURES_DIR
 
 import ckpttool.pickle.machine as machine
 import ckpttool.tensormap as tensormap
@@ -172,6 +173,20 @@ def test_a_raw_pickle_is_decoded_once(command: str, cli: Callable[..., Any], tmp
     path.write_bytes(pickle.dumps({"lr": 0.1, "layers": [64, 64], "name": "net"}))
     _run(cli, command, path)
     assert passes.decodes_of(path) == {str(path): 1}
+
+
+@pytest.mark.parametrize("command", ["inspect", "scan", "check"])
+@pytest.mark.parametrize("folder", ["files/sharded_bin", "deepspeed/zero2_fp32_2ranks"])
+def test_each_file_of_a_folder_is_decoded_once(
+    command: str, folder: str, cli: Callable[..., Any], passes: Passes
+) -> None:
+    """A checkpoint made of several files (shards, rank files): the read and the scan of one
+    command share each file's decoding."""
+    root = (FIXTURES_DIR / folder).resolve()
+    _run(cli, command, root)
+    decoded = {source: n for source, n in passes.decodes.items() if source.startswith(f"{root}/")}
+    assert len({source.split(":")[0] for source in decoded}) >= 2, decoded  # every file, each once
+    assert set(decoded.values()) == {1}, decoded
 
 
 @pytest.mark.slow
