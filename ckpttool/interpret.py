@@ -127,9 +127,8 @@ class Interpreter:
         out: dict[Any, Any] = {}
         self.memo[key] = out
         value = self.value
-        for k, v in list(pairs) + more:
-            # state_dicts: string keys and tensors the hooks already built, by the 10^5
-            out[k if type(k) is str else _hashable(value(k))] = v if type(v) is TensorRef else value(v)
+        for k, v in list(pairs) + more:  # a state_dict's string keys, by the 10^5, as they are
+            out[k if type(k) is str else _hashable(value(k))] = value(v)
         return out
 
     def _call(self, node: Call, key: int) -> Any:
@@ -200,7 +199,7 @@ class Interpreter:
         if kind in _SCALARS or (kind is tuple and _only(node, _INTS)):
             return node
         if kind is PersistentRef and type(node.pid) is tuple and _only(node.pid, _PID_ITEMS):
-            return self.resolve_persistent(node.pid)  # as the persistent hook receives it
+            return self.resolve_persistent(node.pid)
         if kind is Call and node.func_name in DICT_TYPES and not (node.args or node.dictitems):
             if node.state is UNSET:
                 return StateDict()
