@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ckpttool.pickle.ecosystem import INT_ENUMS
+from ckpttool.pickle.ecosystem import INT_ENUMS, STR_ENUMS
 from ckpttool.pickle.objects import Call, Global
 from ckpttool.pickle.state import USE_CALL, USE_INSTANTIATE, USE_REFERENCE, legacy_module_class
 
@@ -226,9 +226,15 @@ def _int_member_fits(values: frozenset[int]) -> Callable[[Args], str | None]:
     return fits
 
 
-# Training libraries' int enums (`ecosystem`): a member looked up by its value.
+def _one_str_fits(args: Args) -> str | None:
+    # A string is hashed and compared, nothing of it called; any other value would be.
+    return None if len(args) == 1 and type(args[0]) is str else "expected one string, the member's value"
+
+
+# Training libraries' enums (`ecosystem`): a member looked up by its value.
 ENUM_CALLS: dict[str, Vetted] = {
-    name: Vetted(why, _int_member_fits(values)) for name, (why, values) in INT_ENUMS.items()
+    **{name: Vetted(why, _int_member_fits(values)) for name, (why, values) in INT_ENUMS.items()},
+    **{name: Vetted(why, _one_str_fits) for name, why in STR_ENUMS.items()},
 }
 
 

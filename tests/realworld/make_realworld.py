@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from standins import IntervalStrategy, TinyClassifier, TrainingArguments
+from standins import HFTrainingArguments, IntervalStrategy, TinyClassifier, TrainingArguments, register_library_names
 
 
 def _model() -> TinyClassifier:
@@ -57,6 +57,7 @@ def files(model: TinyClassifier) -> dict[str, tuple[Any, dict[str, Any]]]:
     return {
         "lightning.ckpt": (lightning_checkpoint(model), {}),
         "training_args.bin": (TrainingArguments(), {}),
+        "hf_training_args.bin": (HFTrainingArguments(), {}),
         "trainer_state_with_enum.pt": ({"strategy": IntervalStrategy.STEPS, "step": 10}, {}),
         "numpy_config.pt": (
             {
@@ -86,6 +87,7 @@ def files(model: TinyClassifier) -> dict[str, tuple[Any, dict[str, Any]]]:
 
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    register_library_names()
     model = _model()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # legacy saves warn about source code

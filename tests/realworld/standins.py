@@ -7,7 +7,10 @@ that loads them back."""
 from __future__ import annotations
 
 import enum
+import sys
+import types
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -51,3 +54,102 @@ class TinyClassifier(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.body(x))
+
+
+# -- the classes under their libraries' own names ------------------------------------------------
+# Registered as modules of those names (`register_library_names`) in the processes that save
+# and load the files, so the pickles name transformers.trainer_utils.IntervalStrategy and so on,
+# as the real libraries' do; checked against files transformers 5.25 and accelerate 1.16 wrote
+# (same globals, same NEWOBJ/BUILD and REDUCE shapes).
+
+
+def _enum(base: type[enum.Enum], module: str, name: str, values: list[str]) -> type[enum.Enum]:
+    members = [(v.upper(), v) for v in values]
+    made: type[enum.Enum] = base(name, members, module=module, qualname=name)  # type: ignore[call-overload]
+    return made
+
+
+class _DistributedBase(str, enum.Enum):  # noqa: UP042 - accelerate's own spelling, pickled as such
+    """accelerate.utils.dataclasses.DistributedType's base: a str enum with Enum's own _missing_."""
+
+
+_TRAINER_UTILS = "transformers.trainer_utils"
+HF_ENUMS: dict[str, type[enum.Enum]] = {
+    "IntervalStrategy": _enum(ExplicitEnum, _TRAINER_UTILS, "IntervalStrategy", ["no", "steps", "epoch"]),
+    "SaveStrategy": _enum(ExplicitEnum, _TRAINER_UTILS, "SaveStrategy", ["no", "steps", "epoch", "best"]),
+    "HubStrategy": _enum(ExplicitEnum, _TRAINER_UTILS, "HubStrategy", ["end", "every_save", "checkpoint"]),
+    "SchedulerType": _enum(ExplicitEnum, _TRAINER_UTILS, "SchedulerType", ["linear", "cosine"]),
+    "OptimizerNames": _enum(ExplicitEnum, "transformers.training_args", "OptimizerNames", ["adamw_torch_fused"]),
+    "DistributedType": _enum(_DistributedBase, "accelerate.utils.dataclasses", "DistributedType", ["NO", "MULTI_GPU"]),
+}
+
+
+@dataclass
+class AcceleratorConfig:
+    """transformers.trainer_pt_utils.AcceleratorConfig: a dataclass of flags."""
+
+    split_batches: bool = False
+    dispatch_batches: bool | None = None
+    even_batches: bool = True
+    use_seedable_sampler: bool = True
+
+
+class PartialState:
+    """accelerate.state.PartialState: a plain class, pickled as NEWOBJ and its __dict__."""
+
+    def __init__(self) -> None:
+        self._cpu = True
+        self.backend = None
+        self.device = torch.device("cpu")
+        self.debug = False
+        self.distributed_type = HF_ENUMS["DistributedType"]("NO")
+        self.num_processes = 1
+        self.process_index = 0
+
+
+@dataclass
+class HFTrainingArguments:
+    """transformers.TrainingArguments as Trainer saves it in checkpoint-N/training_args.bin."""
+
+    output_dir: str = "out"
+    learning_rate: float = 5e-5
+    lr_scheduler_type: Any = field(default_factory=lambda: HF_ENUMS["SchedulerType"]("cosine"))
+    optim: Any = field(default_factory=lambda: HF_ENUMS["OptimizerNames"]("adamw_torch_fused"))
+    eval_strategy: Any = field(default_factory=lambda: HF_ENUMS["IntervalStrategy"]("steps"))
+    logging_strategy: Any = field(default_factory=lambda: HF_ENUMS["IntervalStrategy"]("no"))
+    save_strategy: Any = field(default_factory=lambda: HF_ENUMS["SaveStrategy"]("steps"))
+    hub_strategy: Any = field(default_factory=lambda: HF_ENUMS["HubStrategy"]("every_save"))
+    accelerator_config: AcceleratorConfig = field(default_factory=AcceleratorConfig)
+    distributed_state: PartialState = field(default_factory=PartialState)
+    _setup_devices: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    report_to: list[str] = field(default_factory=list)
+
+
+def _library_classes() -> dict[str, dict[str, Any]]:
+    names: dict[str, dict[str, Any]] = {}
+    for cls in HF_ENUMS.values():
+        names.setdefault(cls.__module__, {})[cls.__name__] = cls
+    names.setdefault("transformers.trainer_pt_utils", {})["AcceleratorConfig"] = AcceleratorConfig
+    names.setdefault("accelerate.state", {})["PartialState"] = PartialState
+    names.setdefault("transformers.training_args", {})["TrainingArguments"] = HFTrainingArguments
+    return names
+
+
+def register_library_names() -> None:
+    """Make the stand-ins importable, and pickled, under the libraries' module names (this
+    process only; a real transformers or accelerate installed beside is shadowed)."""
+    for module_name, classes in _library_classes().items():
+        parts = module_name.split(".")
+        for depth in range(1, len(parts) + 1):
+            name = ".".join(parts[:depth])
+            module = sys.modules.get(name)
+            if module is None or not getattr(module, "__standin__", False):
+                module = types.ModuleType(name)
+                module.__standin__ = True  # type: ignore[attr-defined]
+                module.__path__ = []  # type: ignore[attr-defined]  # a package, for the submodules
+                sys.modules[name] = module
+            if depth > 1:
+                setattr(sys.modules[".".join(parts[: depth - 1])], parts[depth - 1], module)
+        for class_name, cls in classes.items():
+            cls.__module__, cls.__qualname__ = module_name, class_name
+            setattr(sys.modules[module_name], class_name, cls)

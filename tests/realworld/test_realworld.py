@@ -30,7 +30,7 @@ NAMES = sorted(
     [
         "lightning.ckpt", "training_args.bin", "trainer_state_with_enum.pt", "numpy_config.pt",
         "fairseq_style.pt", "counters.pt", "empty_defaultdict.pt", "training_checkpoint.pth.tar",
-        "whole_model.pt", "whole_model_legacy.pt", "paths_in_config.pt",
+        "whole_model.pt", "whole_model_legacy.pt", "paths_in_config.pt", "hf_training_args.bin",
     ]
 )  # fmt: skip
 
@@ -73,6 +73,29 @@ def test_a_path_of_strings_is_vetted(cli: Cli, folder: Path) -> None:
     paths = [g for g in report["globals"] if (g["module"], g["name"]) == ("pathlib", "PosixPath")]
     assert [(g["uses"], g["verdict"]) for g in paths] == [(["call"], "needs-allowlist")]
     assert (result.exit_code, report["verdict"]) == (0, "needs-allowlist")
+
+
+def test_trainers_training_args_need_only_an_allowlist(cli: Cli, folder: Path) -> None:
+    """training_args.bin as transformers' Trainer writes it in every checkpoint-N/: its str enums
+    are vetted, so the file passes `scan` and `check` (torch agrees it loads after the line:
+    test_weights_only_answers_agree_with_torch)."""
+    result, report = scanned(cli, folder / "hf_training_args.bin")
+    assert (result.exit_code, report["verdict"], report["weights_only"]["result"]) == (
+        0,
+        "needs-allowlist",
+        "loads-after-allowlist",
+    )
+    calls = {f"{g['module']}.{g['name']}": g["verdict"] for g in report["globals"] if "call" in g["uses"]}
+    assert calls == {
+        "transformers.trainer_utils.SchedulerType": "needs-allowlist",
+        "transformers.training_args.OptimizerNames": "needs-allowlist",
+        "transformers.trainer_utils.IntervalStrategy": "needs-allowlist",
+        "transformers.trainer_utils.SaveStrategy": "needs-allowlist",
+        "transformers.trainer_utils.HubStrategy": "needs-allowlist",
+        "accelerate.utils.dataclasses.DistributedType": "needs-allowlist",
+        "torch.device": "safe",
+    }
+    assert cli("check", folder / "hf_training_args.bin").exit_code == 0
 
 
 @pytest.mark.parametrize("name", ["training_args.bin", "trainer_state_with_enum.pt"])
