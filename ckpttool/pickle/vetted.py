@@ -365,6 +365,22 @@ ACTIVATIONS: dict[str, Vetted] = dict.fromkeys(
 )  # fmt: skip
 
 
+# Layer classes a model holds as a factory: torchvision's ResNet keeps `_norm_layer =
+# nn.BatchNorm2d` and calls it in `_make_layer` to build its blocks. Held, nothing calls
+# it at load time; instantiated (NEWOBJ, never a call), it is the nn.Module its state builds
+# (`vetted_classes`). Called by the pickle, it is an unknown call.
+_LAYER_FACTORY = Vetted(
+    "an nn.Module layer class, held as a model's layer factory (torchvision ResNet's _norm_layer) or "
+    "instantiated: never called at load time; its __setstate__ stores the state; no __del__",
+    _not_at_load,
+)
+LAYER_FACTORIES: dict[str, Vetted] = dict.fromkeys(
+    [f"torch.nn.modules.batchnorm.{name}" for name in ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm")]
+    + [f"torch.nn.modules.normalization.{name}" for name in ("GroupNorm", "LayerNorm", "RMSNorm")]
+    + [f"torch.nn.modules.instancenorm.{name}" for name in ("InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d")],
+    _LAYER_FACTORY,
+)
+
 # Type markers configs hold as values (omegaconf's metadata keeps `typing.Any` as a node's
 # type; configs keep numpy scalar types as dtypes).
 TYPE_MARKERS: dict[str, Vetted] = {
@@ -609,6 +625,7 @@ VETTED: dict[str, Vetted] = {
     **VALUE_CALLS,
     **NUMPY_RANDOM_CALLS,
     **ACTIVATIONS,
+    **LAYER_FACTORIES,
     **TYPE_MARKERS,
     **ENUM_CALLS,
 }

@@ -15,7 +15,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from standins import HFTrainingArguments, IntervalStrategy, TinyClassifier, TrainingArguments, register_library_names
+from standins import (
+    HFTrainingArguments,
+    IntervalStrategy,
+    ResNetLike,
+    TinyClassifier,
+    TrainingArguments,
+    register_library_names,
+)
 
 
 def _model() -> TinyClassifier:
@@ -80,6 +87,7 @@ def files(model: TinyClassifier) -> dict[str, tuple[Any, dict[str, Any]]]:
             {},
         ),
         "whole_model.pt": (model, {}),
+        "whole_resnet_like.pt": (ResNetLike(), {}),
         "whole_model_legacy.pt": (model, {"_use_new_zipfile_serialization": False}),
         "paths_in_config.pt": ({"model": state, "output_dir": Path("runs/exp1"), "range": range(3)}, {}),
     }

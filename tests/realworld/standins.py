@@ -56,6 +56,21 @@ class TinyClassifier(torch.nn.Module):
         return self.norm(self.body(x))
 
 
+class ResNetLike(torch.nn.Module):
+    """torchvision.models.resnet.ResNet's shape: it holds its norm layer's class
+    (`self._norm_layer = nn.BatchNorm2d`) and builds its blocks with it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._norm_layer = torch.nn.BatchNorm2d
+        self.conv1 = torch.nn.Conv2d(3, 4, 3, bias=False)
+        self.bn1 = self._norm_layer(4)
+        self.fc = torch.nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.bn1(self.conv1(x)).mean((2, 3)))
+
+
 # -- the classes under their libraries' own names ------------------------------------------------
 # Registered as modules of those names (`register_library_names`) in the processes that save
 # and load the files, so the pickles name transformers.trainer_utils.IntervalStrategy and so on,

@@ -31,6 +31,7 @@ NAMES = sorted(
         "lightning.ckpt", "training_args.bin", "trainer_state_with_enum.pt", "numpy_config.pt",
         "fairseq_style.pt", "counters.pt", "empty_defaultdict.pt", "training_checkpoint.pth.tar",
         "whole_model.pt", "whole_model_legacy.pt", "paths_in_config.pt", "hf_training_args.bin",
+        "whole_resnet_like.pt",
     ]
 )  # fmt: skip
 
@@ -96,6 +97,14 @@ def test_trainers_training_args_need_only_an_allowlist(cli: Cli, folder: Path) -
         "torch.device": "safe",
     }
     assert cli("check", folder / "hf_training_args.bin").exit_code == 0
+
+
+def test_a_models_norm_layer_factory_is_no_call(cli: Cli, folder: Path) -> None:
+    """torch.save(torchvision ResNet): it holds nn.BatchNorm2d, which nothing calls at load."""
+    result, report = scanned(cli, folder / "whole_resnet_like.pt")
+    (norm,) = [g for g in report["globals"] if g["name"] == "BatchNorm2d"]
+    assert (norm["uses"], norm["verdict"]) == (["call", "instantiate"], "needs-allowlist")
+    assert (result.exit_code, report["verdict"]) == (0, "needs-allowlist")
 
 
 @pytest.mark.parametrize("name", ["training_args.bin", "trainer_state_with_enum.pt"])
