@@ -74,8 +74,8 @@ class ResNetLike(torch.nn.Module):
 # -- the classes under their libraries' own names ------------------------------------------------
 # Registered as modules of those names (`register_library_names`) in the processes that save
 # and load the files, so the pickles name transformers.trainer_utils.IntervalStrategy and so on,
-# as the real libraries' do; checked against files transformers 5.25 and accelerate 1.16 wrote
-# (same globals, same NEWOBJ/BUILD and REDUCE shapes).
+# as the real libraries' do; checked against files transformers 5.25 and 4.46 and accelerate
+# 1.16 and 1.1 wrote (same globals, same NEWOBJ/BUILD and REDUCE shapes).
 
 
 def _enum(base: type[enum.Enum], module: str, name: str, values: list[str]) -> type[enum.Enum]:
@@ -95,6 +95,8 @@ HF_ENUMS: dict[str, type[enum.Enum]] = {
     "HubStrategy": _enum(ExplicitEnum, _TRAINER_UTILS, "HubStrategy", ["end", "every_save", "checkpoint"]),
     "SchedulerType": _enum(ExplicitEnum, _TRAINER_UTILS, "SchedulerType", ["linear", "cosine"]),
     "OptimizerNames": _enum(ExplicitEnum, "transformers.training_args", "OptimizerNames", ["adamw_torch_fused"]),
+    "FSDPOption": _enum(ExplicitEnum, _TRAINER_UTILS, "FSDPOption", ["full_shard", "auto_wrap"]),
+    "DebugOption": _enum(ExplicitEnum, "transformers.debug_utils", "DebugOption", ["underflow_overflow"]),
     "DistributedType": _enum(_DistributedBase, "accelerate.utils.dataclasses", "DistributedType", ["NO", "MULTI_GPU"]),
 }
 
@@ -134,6 +136,8 @@ class HFTrainingArguments:
     logging_strategy: Any = field(default_factory=lambda: HF_ENUMS["IntervalStrategy"]("no"))
     save_strategy: Any = field(default_factory=lambda: HF_ENUMS["SaveStrategy"]("steps"))
     hub_strategy: Any = field(default_factory=lambda: HF_ENUMS["HubStrategy"]("every_save"))
+    fsdp: list[Any] = field(default_factory=lambda: [HF_ENUMS["FSDPOption"]("full_shard")])  # transformers 4
+    debug: list[Any] = field(default_factory=lambda: [HF_ENUMS["DebugOption"]("underflow_overflow")])
     accelerator_config: AcceleratorConfig = field(default_factory=AcceleratorConfig)
     distributed_state: PartialState = field(default_factory=PartialState)
     _setup_devices: torch.device = field(default_factory=lambda: torch.device("cpu"))

@@ -93,6 +93,8 @@ def test_trainers_training_args_need_only_an_allowlist(cli: Cli, folder: Path) -
         "transformers.trainer_utils.IntervalStrategy": "needs-allowlist",
         "transformers.trainer_utils.SaveStrategy": "needs-allowlist",
         "transformers.trainer_utils.HubStrategy": "needs-allowlist",
+        "transformers.trainer_utils.FSDPOption": "needs-allowlist",
+        "transformers.debug_utils.DebugOption": "needs-allowlist",
         "accelerate.utils.dataclasses.DistributedType": "needs-allowlist",
         "torch.device": "safe",
     }
