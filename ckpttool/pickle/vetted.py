@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ckpttool.pickle.ecosystem import INT_ENUMS, STR_ENUMS
+from ckpttool.pickle.ecosystem import ATTRIBUTE_DICTS, INT_ENUMS, STR_ENUMS
 from ckpttool.pickle.objects import Call, Global
 from ckpttool.pickle.state import USE_CALL, USE_INSTANTIATE, USE_REFERENCE, legacy_module_class
 
@@ -636,4 +636,6 @@ TORCH_CONTAINERS: dict[str, str] = {"collections.OrderedDict": "dict", "collecti
 
 def container_kind(qualname: str) -> str | None:
     vetted = VETTED.get(qualname)
-    return vetted.container if vetted else TORCH_CONTAINERS.get(qualname)
+    if vetted:
+        return vetted.container
+    return "dict" if qualname in ATTRIBUTE_DICTS else TORCH_CONTAINERS.get(qualname)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from standins import (
+    AttributeDict,
     HFTrainingArguments,
     IntervalStrategy,
     ResNetLike,
@@ -88,6 +89,9 @@ def files(model: TinyClassifier) -> dict[str, tuple[Any, dict[str, Any]]]:
         ),
         "whole_model.pt": (model, {}),
         "whole_resnet_like.pt": (ResNetLike(), {}),
+        # Fabric.save(path, state) with the AttributeDict its docs suggest: modules and
+        # optimizers become their state_dicts, the rest is kept as it was.
+        "fabric_state.ckpt": ({"model": state, "iter_num": 3, "hparams": AttributeDict(lr=1e-3, layers=[4, 8])}, {}),
         "whole_model_legacy.pt": (model, {"_use_new_zipfile_serialization": False}),
         "paths_in_config.pt": ({"model": state, "output_dir": Path("runs/exp1"), "range": range(3)}, {}),
     }

@@ -74,8 +74,8 @@ class ResNetLike(torch.nn.Module):
 # -- the classes under their libraries' own names ------------------------------------------------
 # Registered as modules of those names (`register_library_names`) in the processes that save
 # and load the files, so the pickles name transformers.trainer_utils.IntervalStrategy and so on,
-# as the real libraries' do; checked against files transformers 5.25 and 4.46 and accelerate
-# 1.16 and 1.1 wrote (same globals, same NEWOBJ/BUILD and REDUCE shapes).
+# as the real libraries' do; checked against files transformers 5.25 and 4.46, accelerate
+# 1.16 and 1.1 and Lightning 2.6 (Fabric.save) wrote (same globals, same NEWOBJ/BUILD and REDUCE shapes).
 
 
 def _enum(base: type[enum.Enum], module: str, name: str, values: list[str]) -> type[enum.Enum]:
@@ -144,12 +144,27 @@ class HFTrainingArguments:
     report_to: list[str] = field(default_factory=list)
 
 
+class AttributeDict(dict[str, Any]):
+    """lightning.fabric.utilities.data.AttributeDict: a dict whose attributes are its items,
+    pickled as NEWOBJ and SETITEMS (no BUILD: it has no __dict__ of its own to save)."""
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError as e:
+            raise AttributeError(key) from e
+
+    def __setattr__(self, key: str, val: Any) -> None:
+        self[key] = val
+
+
 def _library_classes() -> dict[str, dict[str, Any]]:
     names: dict[str, dict[str, Any]] = {}
     for cls in HF_ENUMS.values():
         names.setdefault(cls.__module__, {})[cls.__name__] = cls
     names.setdefault("transformers.trainer_pt_utils", {})["AcceleratorConfig"] = AcceleratorConfig
     names.setdefault("accelerate.state", {})["PartialState"] = PartialState
+    names.setdefault("lightning.fabric.utilities.data", {})["AttributeDict"] = AttributeDict
     names.setdefault("transformers.training_args", {})["TrainingArguments"] = HFTrainingArguments
     return names
 

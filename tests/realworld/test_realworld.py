@@ -31,7 +31,7 @@ NAMES = sorted(
         "lightning.ckpt", "training_args.bin", "trainer_state_with_enum.pt", "numpy_config.pt",
         "fairseq_style.pt", "counters.pt", "empty_defaultdict.pt", "training_checkpoint.pth.tar",
         "whole_model.pt", "whole_model_legacy.pt", "paths_in_config.pt", "hf_training_args.bin",
-        "whole_resnet_like.pt",
+        "whole_resnet_like.pt", "fabric_state.ckpt",
     ]
 )  # fmt: skip
 
@@ -109,6 +109,18 @@ def test_a_models_norm_layer_factory_is_no_call(cli: Cli, folder: Path) -> None:
     assert (result.exit_code, report["verdict"]) == (0, "needs-allowlist")
 
 
+def test_fabrics_attribute_dict_is_a_dict(cli: Cli, folder: Path) -> None:
+    """Fabric.save of an AttributeDict state: filled by SETITEMS, dict's own __setitem__."""
+    result, report = scanned(cli, folder / "fabric_state.ckpt")
+    (attrs,) = [g for g in report["globals"] if g["name"] == "AttributeDict"]
+    assert (attrs["module"], attrs["uses"], attrs["verdict"]) == (
+        "lightning.fabric.utilities.data",
+        ["instantiate"],
+        "needs-allowlist",
+    )
+    assert (result.exit_code, report["verdict"], report["weights_only"]["result"]) == (0, "needs-allowlist", "refused")
+
+
 @pytest.mark.parametrize("name", ["training_args.bin", "trainer_state_with_enum.pt"])
 def test_true_unknown_calls_pass_with_allow(cli: Cli, folder: Path, name: str) -> None:
     _, report = scanned(cli, folder / name)
@@ -172,7 +184,8 @@ def test_weights_only_answers_agree_with_torch(cli: Cli, folder: Path) -> None:
     # Every file that needs an allowlist or calls an unvetted callable prints a line, and
     # all but those torch refuses whatever is allowlisted load after it.
     refused = {n for n, r in reports.items() if r["weights_only"]["result"] == "refused"}
-    assert refused == {"counters.pt", "whole_model_legacy.pt"}  # SETITEM on a defaultdict; ('module', ...) ids
+    # SETITEM on a defaultdict or on an AttributeDict; ('module', ...) ids
+    assert refused == {"counters.pt", "fabric_state.ckpt", "whole_model_legacy.pt"}
     for name, report in reports.items():
         if report["verdict"] in ("needs-allowlist", "unknown-call"):
             assert report["allowlist"], name

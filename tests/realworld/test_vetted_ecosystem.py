@@ -1,6 +1,7 @@
 """What the vetted tables accept from the pickles libraries write: the str enums Hugging
 Face's Trainer pickles in training_args.bin (a member looked up by its value, vetted for one
-string and nothing else, `ecosystem.STR_ENUMS`), and the layer classes models hold."""
+string and nothing else, `ecosystem.STR_ENUMS`), the layer classes models hold, and Lightning's
+AttributeDict."""
 
 from __future__ import annotations
 
@@ -44,3 +45,25 @@ def test_a_norm_layer_class_called_by_the_pickle_is_an_unknown_call() -> None:
     judgement = judged(call(norm, num(4)))
     assert (judgement.verdict, verdict_of(judgement, norm)) == ("unknown-call", "unknown-call")
     assert judged(new(norm) + b"}b").verdict == "needs-allowlist"
+
+
+ATTRIBUTE_DICT = "lightning.fabric.utilities.data.AttributeDict"
+
+
+def test_an_attribute_dict_filled_by_setitems_needs_only_an_allowlist() -> None:
+    judgement = judged(new(ATTRIBUTE_DICT) + text("lr") + num(1) + b"s")
+    assert (judgement.verdict, verdict_of(judgement, ATTRIBUTE_DICT)) == ("needs-allowlist", "needs-allowlist")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # BUILD looks __setstate__ up through __getattr__, among the items: it would call this one.
+        pytest.param(new(ATTRIBUTE_DICT) + text("__setstate__") + b"cmypackage\nrun\ns" + b"}b", id="BUILD"),
+        pytest.param(new(ATTRIBUTE_DICT, text("x")), id="arguments"),
+        pytest.param(call(ATTRIBUTE_DICT) + text("lr") + num(1) + b"s", id="called"),
+        pytest.param(new("mypackage.data.AttributeDict") + text("lr") + num(1) + b"s", id="another package"),
+    ],
+)
+def test_an_attribute_dict_otherwise_is_an_unknown_call(body: bytes) -> None:
+    assert judged(body).verdict == "unknown-call"
