@@ -88,7 +88,8 @@ class _Registry:
 
             names = ", ".join(WEIGHTS_FILES[:2])
             weights = f"{names} (or diffusers' or peft's)"
-            message = f"folder without an *.index.json, {weights} or .metadata: not a checkpoint"
+            # A folder of several checkpoints (Lightning's, timm's): each file is one.
+            message = f"folder without an *.index.json, {weights} or .metadata: not a checkpoint (name its files)"
             raise UnknownFormatError(message, path=path)
         raise NotACheckpointError(not_a_checkpoint(looked.head), path=path)
 

@@ -63,8 +63,9 @@ def test_the_folder_is_its_weights_file(cli: Cli, tmp_path: Path, name: str, con
 
 
 def test_a_folder_of_several_checkpoints_names_what_it_looked_for(cli: Cli, tmp_path: Path) -> None:
-    """Lightning's and timm's checkpoint folders hold several files: none is the checkpoint."""
+    """Lightning's and timm's checkpoint folders hold several files: each is one checkpoint."""
     (tmp_path / "last.ckpt").write_bytes(b"")
     result = cli("inspect", tmp_path)
     assert result.exit_code == 2
     assert "model.safetensors, pytorch_model.bin (or diffusers' or peft's)" in result.stderr
+    assert result.stderr.rstrip().endswith("not a checkpoint (name its files)")
