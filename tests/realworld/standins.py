@@ -1,5 +1,5 @@
-"""Stand-ins for classes that libraries pickle into checkpoints (transformers, Lightning,
-fairseq), for tests: the real libraries are not installed. Each mirrors how its
+"""Stand-ins for classes that libraries pickle into checkpoints (transformers, accelerate,
+Lightning, torchvision, fairseq), for tests: the real libraries are not installed. Each mirrors how its
 original pickles: an `enum` member by its value, a dataclass by its `__dict__`, a module
 as its class and state. Imported by the subprocess that saves the files and by the one
 that loads them back."""
@@ -32,7 +32,9 @@ class SchedulerType(ExplicitEnum):
 
 @dataclass
 class TrainingArguments:
-    """transformers.TrainingArguments as `Trainer` saves it in training_args.bin."""
+    """A training-arguments dataclass of a library ckpttool does not vet, shaped as
+    transformers' (str enums called with their values): its enums stay unknown calls. The
+    real transformers.TrainingArguments, under its own names, is `HFTrainingArguments`."""
 
     output_dir: str = "out"
     learning_rate: float = 5e-5
