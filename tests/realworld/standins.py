@@ -1,7 +1,7 @@
 """Stand-ins for classes that libraries pickle into checkpoints (transformers, accelerate,
-Lightning, torchvision, fairseq), for tests: the real libraries are not installed. Each mirrors how its
-original pickles: an `enum` member by its value, a dataclass by its `__dict__`, a module
-as its class and state. Imported by the subprocess that saves the files and by the one
+Lightning, torchvision, fairseq), for tests: the real libraries are not installed. Each
+mirrors how its original pickles: an `enum` member by its value, a dataclass by its
+`__dict__`, a module as its class and state. Imported by the subprocess that saves the files and by the one
 that loads them back."""
 
 from __future__ import annotations
