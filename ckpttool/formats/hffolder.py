@@ -38,18 +38,18 @@ def _file(probe: Probe) -> str:
 
 
 def _read(probe: Probe) -> Checkpoint:
-    fmt, inner = probe.registry.identify(_file(probe))
-    return fmt.open(inner)
+    inner = probe.member(_file(probe))
+    return probe.registry.recognise(inner).open(inner)
 
 
 def _pickles(probe: Probe) -> Found:
-    fmt, inner = probe.registry.identify(_file(probe), scanning=True)
-    return fmt.scan(inner)
+    inner = probe.member(_file(probe))
+    return probe.registry.recognise(inner, scanning=True).scan(inner)
 
 
 def _kind(probe: Probe) -> FormatName:
-    fmt, inner = probe.registry.identify(_file(probe))
-    return fmt.kind_of(inner)
+    inner = probe.member(_file(probe))
+    return probe.registry.recognise(inner).kind_of(inner)
 
 
 HF_FOLDER_FORMAT = Format(

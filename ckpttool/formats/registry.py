@@ -111,6 +111,10 @@ class OpenedFile:
         """The checkpoint's metadata (read once; the same object on each call)."""
         return REGISTRY.recognise(self.probe).open(self.probe)
 
+    def holds(self, checkpoint: Checkpoint) -> bool:
+        """Whether `checkpoint` was read from this path here (a folder's names its index or file)."""
+        return checkpoint.path == self.path or any(outcome is checkpoint for outcome in self.probe.reads.values())
+
     def kind(self) -> FormatName:
         """What `detect` says of the path, from this probe."""
         return REGISTRY.recognise(self.probe).kind_of(self.probe)
