@@ -19,6 +19,7 @@ FormatName = Literal[
     "sharded-bin",
     "raw-pickle",
     "dcp",
+    "dcp-data",  # one data file of a DCP checkpoint, named alone: only its folder reads
     "deepspeed",
     "hf-folder",  # named by its weights file's format once read
     # holding pickles, not checkpoints: only `scan` opens them
@@ -46,4 +47,8 @@ PLAIN_ZIP: FormatName = "zip"
 TAR: FormatName = "tar"
 NPY: FormatName = "npy"
 DCP: FormatName = "dcp"
+DCP_DATA: FormatName = "dcp-data"
 DEEPSPEED: FormatName = "deepspeed"
+
+# The file that makes a folder a DCP checkpoint (and says where each item of its data files is).
+DCP_METADATA_FILE = ".metadata"

@@ -36,10 +36,9 @@ from typing import Any
 from ckpttool.checkpoint import Checkpoint, Chunk, Record, Storage, TensorRef, contiguous_strides
 from ckpttool.dtypes import DTYPES
 from ckpttool.errors import FileAccessError, FormatError
-from ckpttool.formatnames import DCP
+from ckpttool.formatnames import DCP, DCP_METADATA_FILE
 from ckpttool.formats.dcp_megatron import COMMON_NAME, common_path, is_torch_dist, megatron_root, unconvertible
 from ckpttool.formats.dcp_metadata import (
-    METADATA_NAME,
     DcpChunk,
     DcpMetadata,
     DcpStorage,
@@ -84,7 +83,7 @@ def read_dcp_tensors(path: str, meta: DcpMetadata | None = None) -> tuple[Checkp
             values[fqn] = _tensor(meta.tensors[fqn], files, built)
         else:
             values[fqn] = _read_item(fqn, meta.entries[fqn].storage, files, built).root
-    names = [METADATA_NAME, *meta.files]
+    names = [DCP_METADATA_FILE, *meta.files]
     root = nest(values, meta.paths)
     megatron = is_torch_dist(folder, meta)
     if megatron:
@@ -209,11 +208,13 @@ class DataFiles:
             try:
                 self._sizes[name] = os.path.getsize(path)
             except FileNotFoundError:
-                raise FormatError(f"data file {name} named in {METADATA_NAME} is missing", path=self.folder) from None
+                raise FormatError(
+                    f"data file {name} named in {DCP_METADATA_FILE} is missing", path=self.folder
+                ) from None
             except OSError as exc:
                 raise FileAccessError(f"cannot read {name}: {exc.strerror}", path=self.folder) from None
             if not os.path.isfile(path):
-                raise FormatError(f"data file {name} named in {METADATA_NAME} is not a file", path=self.folder)
+                raise FormatError(f"data file {name} named in {DCP_METADATA_FILE} is not a file", path=self.folder)
         return self._sizes[name]
 
     def check(self, fqn: str, item: DcpStorage) -> tuple[int, int]:
@@ -222,8 +223,8 @@ class DataFiles:
         end = item.offset + item.length
         if end > size:
             raise FormatError(
-                f"{fqn!r}: {METADATA_NAME} puts it at bytes [{item.offset}, {end}) of {item.file}, which holds "
-                f"{size} bytes (truncated, or a {METADATA_NAME} of another save)",
+                f"{fqn!r}: {DCP_METADATA_FILE} puts it at bytes [{item.offset}, {end}) of {item.file}, which holds "
+                f"{size} bytes (truncated, or a {DCP_METADATA_FILE} of another save)",
                 path=self.folder,
             )
         if item.transforms:
@@ -303,10 +304,10 @@ def _chunk_ref(tensor: DcpTensor, chunk: DcpChunk, files: DataFiles, built: _Bui
     item = f"{chunk.storage.file}, byte {chunk.storage.offset}"
     where = f"{tensor.fqn!r}: the chunk at offsets {list(chunk.offsets)} ({item})"
     if not isinstance(root, TensorRef) or root.layout != "strided":
-        raise FormatError(f"{where} holds no dense tensor; {METADATA_NAME} declares {declared}", path=files.folder)
+        raise FormatError(f"{where} holds no dense tensor; {DCP_METADATA_FILE} declares {declared}", path=files.folder)
     if root.shape != chunk.sizes or root.dtype != tensor.dtype:
         raise FormatError(
-            f"{where} holds {list(root.shape)} {root.dtype}; {METADATA_NAME} declares {declared}", path=files.folder
+            f"{where} holds {list(root.shape)} {root.dtype}; {DCP_METADATA_FILE} declares {declared}", path=files.folder
         )
     return root
 

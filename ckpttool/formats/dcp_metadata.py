@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 from ckpttool.checkpoint import INT64_MAX
 from ckpttool.dtypes import DTYPES
 from ckpttool.errors import FileAccessError, FormatError, LimitError
+from ckpttool.formatnames import DCP_METADATA_FILE
 from ckpttool.pickle import UNSET, Call, Decoded, Global, decode
 from ckpttool.pickle.objects import NEWOBJ
 from ckpttool.pickle.vetted import DCP_METADATA_CALLS
@@ -34,7 +35,6 @@ from ckpttool.pickle.vetted import DCP_METADATA_CALLS
 if TYPE_CHECKING:
     from torch.distributed.checkpoint.metadata import Metadata
 
-METADATA_NAME = ".metadata"
 NEMO_WEIGHTS, NEMO_CONTEXT = "weights", "context"  # NeMo 2: the DCP folder beside the model's context
 MAX_METADATA_SIZE = 1 << 30  # tens of MB for the largest models; past this a file is refused
 
@@ -146,12 +146,12 @@ def dcp_folder(path: str) -> str:
     """Where a checkpoint's DCP files lie: `path` itself, or the `weights/` folder of a NeMo 2
     checkpoint (`weights/` with `.metadata`, beside `context/`)."""
     weights = os.path.join(path, NEMO_WEIGHTS)
-    nemo = os.path.isdir(os.path.join(path, NEMO_CONTEXT)) and os.path.isfile(os.path.join(weights, METADATA_NAME))
-    return weights if nemo and not os.path.exists(os.path.join(path, METADATA_NAME)) else path
+    nemo = os.path.isdir(os.path.join(path, NEMO_CONTEXT)) and os.path.isfile(os.path.join(weights, DCP_METADATA_FILE))
+    return weights if nemo and not os.path.exists(os.path.join(path, DCP_METADATA_FILE)) else path
 
 
 def metadata_path(folder: str) -> str:
-    return os.path.join(dcp_folder(folder), METADATA_NAME)
+    return os.path.join(dcp_folder(folder), DCP_METADATA_FILE)
 
 
 def metadata_pickle(folder: str) -> tuple[str, bytes]:
@@ -161,13 +161,13 @@ def metadata_pickle(folder: str) -> tuple[str, bytes]:
     try:
         size = os.path.getsize(path)
         if size > MAX_METADATA_SIZE:
-            raise LimitError(f"{METADATA_NAME} of {size} bytes is larger than {MAX_METADATA_SIZE}", path=folder)
+            raise LimitError(f"{DCP_METADATA_FILE} of {size} bytes is larger than {MAX_METADATA_SIZE}", path=folder)
         with open(path, "rb") as f:
             return os.path.relpath(path, folder), f.read(MAX_METADATA_SIZE)
     except FileNotFoundError:
-        raise FileAccessError(f"no {METADATA_NAME} file: not a distributed checkpoint", path=folder) from None
+        raise FileAccessError(f"no {DCP_METADATA_FILE} file: not a distributed checkpoint", path=folder) from None
     except OSError as exc:
-        raise FileAccessError(f"cannot read {METADATA_NAME}: {exc.strerror}", path=folder) from None
+        raise FileAccessError(f"cannot read {DCP_METADATA_FILE}: {exc.strerror}", path=folder) from None
 
 
 def read_dcp_metadata(folder: str) -> DcpMetadata:
@@ -188,7 +188,9 @@ class _Reader:
         self.folder = folder
 
     def fail(self, message: str) -> FormatError:
-        return FormatError(f"{METADATA_NAME} is not torch.distributed.checkpoint metadata: {message}", path=self.folder)
+        return FormatError(
+            f"{DCP_METADATA_FILE} is not torch.distributed.checkpoint metadata: {message}", path=self.folder
+        )
 
     def metadata(self, decoded: Decoded, size: int) -> DcpMetadata:
         foreign = sorted({g.qualname for g in decoded.globals} - DCP_GLOBALS)

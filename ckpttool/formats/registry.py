@@ -22,8 +22,6 @@ from ckpttool.formats.format import Format, Found, Probe, not_a_checkpoint, prob
 if TYPE_CHECKING:
     from ckpttool.checkpoint import Checkpoint
 
-METADATA_FILE = ".metadata"
-
 # (module, name) of each format's declaration, in order of precedence. A module is imported
 # when the search reaches it: reading a torch zip never imports the DCP, DeepSpeed, joblib or
 # legacy readers.
@@ -36,6 +34,7 @@ DECLARED: tuple[tuple[str, str], ...] = (
     ("ckpttool.formats.containers", "ZLIB_FORMAT"),
     ("ckpttool.formats.containers", "LZMA_FORMAT"),
     ("ckpttool.formats.containers", "TAR_FORMAT"),
+    ("ckpttool.formats.dcp_data", "DCP_DATA_FORMAT"),  # a zip at first sight, but only its folder reads
     ("ckpttool.formats.containers", "ZIP_FORMAT"),
     ("ckpttool.formats.torchzip", "TORCHSCRIPT_FORMAT"),
     ("ckpttool.formats.torchzip", "TORCH_ZIP_FORMAT"),

@@ -338,3 +338,16 @@ def test_damaged_data_files_give_values_or_a_ckpt_error(dcp_world1: Path, data: 
                 load_tensor(named.tensor)
         except CkptError:
             pass
+
+
+@pytest.mark.parametrize("command", ["inspect", "scan", "check", "convert"])
+def test_a_data_file_alone_names_its_folder(folders: dict[int, Path], cli: Callable[..., Result], command: str) -> None:
+    """A .distcp file is items one after another, found only through the folder's .metadata:
+    named alone it is exit 2 with one line saying which folder to name (a scan fails closed)."""
+    data_file = sorted(folders[2].glob("*.distcp"))[0]
+    args = [data_file, data_file.parent / "out.safetensors"] if command == "convert" else [data_file]
+    result = cli(command, *args)
+    assert result.exit_code == 2, result.stdout
+    (line,) = result.stderr.splitlines()
+    assert f"DCP checkpoint in {folders[2]}: name that folder" in line, line
+    assert not (data_file.parent / "out.safetensors").exists()

@@ -25,13 +25,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ckpttool.errors import CkptError
+from ckpttool.formatnames import DCP_METADATA_FILE
 from ckpttool.formats import OpenedFile, detect
 from ckpttool.formats.deepspeed_files import LATEST, rank_files, tag_folder
 from ckpttool.formats.sharded import find_index, load_index, shard_path
 
 MAX_FILES = 10_000  # entries of one folder; past it, the rest is reported unscanned
 DCP_DATA_SUFFIX = ".distcp"
-DCP_METADATA = ".metadata"
 
 ItemKind = Literal["file", "checkpoint", "skipped"]
 
@@ -73,7 +73,7 @@ def _checkpoint_files(folder: str, opened: OpenedFile | None) -> set[str]:
     """The files of `folder` its checkpoint's loader reads together, when it is a DCP,
     sharded or DeepSpeed checkpoint; none otherwise (each file is then scanned on its own)."""
     try:
-        several = os.path.isfile(os.path.join(folder, DCP_METADATA)) or find_index(folder) is not None
+        several = os.path.isfile(os.path.join(folder, DCP_METADATA_FILE)) or find_index(folder) is not None
         several = several or tag_folder(folder) is not None
         if not several:  # a folder with one weights file: each file alone
             return set()
@@ -82,7 +82,7 @@ def _checkpoint_files(folder: str, opened: OpenedFile | None) -> set[str]:
             return _deepspeed_files(folder)
         if kind == "dcp":
             data = [n for n in os.listdir(folder) if n.endswith(DCP_DATA_SUFFIX)]
-            return {os.path.normpath(os.path.join(folder, n)) for n in [DCP_METADATA, *data]}
+            return {os.path.normpath(os.path.join(folder, n)) for n in [DCP_METADATA_FILE, *data]}
         if kind is not None and kind.startswith("sharded"):
             index = find_index(folder)
             assert index is not None  # detected by it
