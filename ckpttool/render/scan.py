@@ -162,7 +162,7 @@ def _scan_block(r: FileScan) -> str:
         lines.extend(wrap_text(reason, width, indent="    ", first="  "))
     if r.globals:
         body = sorted(((g.qualname, ", ".join(g.uses), g.verdict, g.reason) for g in r.globals), key=_verdict_order)
-        lines.append(fit_table(("global", "uses", "verdict", "why"), body, width, shrink=(0,), wrap=(3, 1)))
+        lines.extend(_globals_lines(body, width))
     from ckpttool.pickle.judge import unknown_calls_by_allow
 
     for name, calls in unknown_calls_by_allow(r.globals).items():  # one hint for a TorchScript archive's classes
@@ -181,6 +181,24 @@ def _scan_block(r: FileScan) -> str:
         for statement in [*r.imports, r.allowlist]:
             lines.extend(python_lines(statement, width))
     return "\n".join(lines)
+
+
+_HEADERS = ("global", "uses", "verdict", "why")
+MIN_WHY_WIDTH = 24  # narrower, a reason takes more lines than a list entry does
+
+
+def _globals_lines(body: list[tuple[str, str, Verdict, str]], width: int | None) -> list[str]:
+    """The globals as a table while every name fits whole and the reasons keep a readable
+    column; on a narrower terminal each global on lines of its own: its name whole, its
+    verdict and uses, then why, indented."""
+    beside = sum(max(len(_HEADERS[i]), *(len(row[i]) for row in body)) for i in range(3)) + 6  # 2 between columns
+    if width is None or width - beside >= MIN_WHY_WIDTH:
+        return [fit_table(_HEADERS, body, width, shrink=(0,), wrap=(3, 1))]
+    lines = ["globals (verdict; uses), each with why:"]
+    for name, uses, verdict, why in body:
+        lines.extend(wrap_text(f"{name} ({verdict}; {uses})", width, indent="    ", first="  "))
+        lines.extend(wrap_text(why, width, indent="      ", first="      "))
+    return lines
 
 
 def python_lines(statement: str, width: int | None, indent: str = "    ") -> list[str]:
