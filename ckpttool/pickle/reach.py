@@ -37,8 +37,16 @@ NEEDLESS_MODULES = frozenset(
      "torch.export", "torch._export", "torch.compiler", "torch._functorch", "torch._higher_order_ops",
      "torch.distributed.elastic", "torch.distributed.launcher", "torch.distributed.run", "torch.backends",
      # installed with torch, and evaluating: sympify runs strings as Python, jinja2 compiles templates to it
-     "sympy", "isympy", "jinja2"}
+     "sympy", "isympy", "jinja2",
+     # importing them is their effect (the unpickler imports a module before it looks the name up):
+     # antigravity opens a web browser, the others print
+     "antigravity", "this", "__hello__", "__phello__"}
 )  # fmt: skip
+
+
+# `package.__main__` is `python -m package`: importing it runs the program (on the loading
+# process's own command line). `__main__` alone is the running script, where pickled classes live.
+_MAIN = "__main__"
 
 
 def is_internal(module: str) -> bool:
@@ -66,6 +74,8 @@ def _reached_through_attribute(module: str, name: str) -> bool:
 def gadget_label(module: str, name: str, class_only: bool) -> str | None:
     """Why `module.name` is dangerous to allowlist, or None. `class_only`: the pickle only
     instantiates it (a private class of the user's own package is still a class)."""
+    if _MAIN in module.split(".")[1:]:
+        return f"{module}: a package's command-line program, which runs when imported; never allowlist it"
     for prefix in _prefixes(module):
         if prefix in NEEDLESS_MODULES:
             return f"{prefix}: a module no checkpoint needs; never allowlist it"
