@@ -90,7 +90,8 @@ def _is_global(value: Any) -> bool:
 
 
 def _bytes_fits(args: Args) -> str | None:
-    if args and type(args[0]) is int:
+    # A count the pickle computes (`bytes(int('4000000000'))`) allocates as a literal one does.
+    if args and (type(args[0]) is int or (isinstance(args[0], Call) and args[0].func_name == "builtins.int")):
         return "an integer count (bytes(n) allocates n bytes)"
     return _plain(3)(args)
 
