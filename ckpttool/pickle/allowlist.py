@@ -12,6 +12,8 @@ scanners' test suites build exploits from — because a blocklist can never be c
 
 from __future__ import annotations
 
+import unicodedata
+
 _ALLOWED_BY_MODULE: dict[str, tuple[str, ...]] = {
     "_codecs": ("encode",),
     "builtins": (
@@ -290,8 +292,21 @@ def is_blocked(module: str) -> bool:
     return module in BLOCKED_MODULES or module.split(".", 1)[0] in BLOCKED_MODULES
 
 
+def _spellable(dotted: str) -> bool:
+    """Whether an import statement spells `dotted` as is: identifiers that Python's
+    source normalisation (NFKC) leaves unchanged."""
+    return all(p.isidentifier() and unicodedata.normalize("NFKC", p) == p for p in dotted.split("."))
+
+
 def danger_reason(module: str, name: str) -> str | None:
     """Why `module.name` is a known gadget, or None when it is not a known one."""
+    if not (_spellable(module) and _spellable(name)):
+        # `x import y;os.system(...);from x`: pickle imports no such module, but the printed
+        # `from MODULE import NAME` line or `--allow MODULE.NAME` would run what it spells.
+        return (
+            "a name no import statement spells (not Python identifiers): no class is named so; only an attack "
+            "names one, and a remedy printed with it would run code when pasted"
+        )
     if is_blocked(module):
         return f"module {module} runs programs and touches the system; torch blocks it even when allowlisted"
     qualname = f"{module}.{name}"
