@@ -189,8 +189,8 @@ BLOCKED_MODULES: frozenset[str] = frozenset({"sys", "os", "posix", "nt"})
 # programs or code, load or fetch code or files, or reach the interpreter's internals.
 _DANGEROUS_MODULES: dict[str, str] = {
     **dict.fromkeys(
-        ("subprocess", "_posixsubprocess", "pty", "commands", "popen2", "multiprocessing", "asyncio",
-         "signal", "_thread", "threading"),
+        ("subprocess", "_posixsubprocess", "pty", "commands", "popen2", "multiprocessing", "torch.multiprocessing",
+         "asyncio", "signal", "_thread", "threading"),
         "runs programs or threads",
     ),
     **dict.fromkeys(
@@ -201,12 +201,17 @@ _DANGEROUS_MODULES: dict[str, str] = {
         "imports, compiles or runs code",
     ),
     **dict.fromkeys(
-        ("pickle", "_pickle", "cloudpickle", "dill", "joblib", "shelve", "copyreg._extension_registry"),
+        ("pickle", "_pickle", "cloudpickle", "dill", "joblib", "shelve", "copyreg._extension_registry",
+         "torch.utils.data.datapipes.utils.decoder", "torch.utils.model_dump", "torch.distributed.flight_recorder",
+         # dcp.load: pickle.load of .metadata, torch.load(weights_only=False) of its entries
+         "torch.distributed.checkpoint.format_utils", "torch.distributed.checkpoint.state_dict_loader",
+         "torch.distributed.checkpoint.load", "torch.distributed.checkpoint.load_state_dict"),
         "unpickles more data (a second, unscanned pickle)",
     ),
     **dict.fromkeys(
         ("io", "_io", "shutil", "tempfile", "glob", "fileinput", "sqlite3", "zipfile",
-         "tarfile", "mmap", "fcntl"),
+         "tarfile", "mmap", "fcntl", "numpy.lib.format", "numpy.lib._format_impl", "numpy.lib.npyio",
+         "numpy.lib._npyio_impl"),
         "reads or writes files",
     ),
     **dict.fromkeys(
@@ -216,9 +221,9 @@ _DANGEROUS_MODULES: dict[str, str] = {
         "opens network connections or programs",
     ),
     **dict.fromkeys(
-        ("torch.jit", "torch.hub", "torch._inductor", "torch._dynamo", "torch.fx", "torch.package",
-         "torch.utils.collect_env", "torch.utils.cpp_extension", "torch._C._jit", "torch.distributed.rpc",
-         "numpy.testing", "numpy.f2py", "numpy.distutils"),
+        ("torch.jit", "torch.hub", "torch.utils.model_zoo", "torch._inductor", "torch._dynamo", "torch.fx",
+         "torch.package", "torch.utils.collect_env", "torch.utils.cpp_extension", "torch._C._jit",
+         "torch.distributed.rpc", "numpy.testing", "numpy.f2py", "numpy.distutils"),
         "compiles, loads or runs code",
     ),
 }  # fmt: skip
@@ -257,6 +262,11 @@ _DANGEROUS_NAMES: dict[str, str] = {
         "loads another file, with pickle or native code",
     ),
     "torch.nn.modules.module.Module.register_forward_hook": "installs a callable that runs later",
+    **dict.fromkeys(
+        ("torch.save", "torch.serialization.save", "numpy.save", "numpy.savez", "numpy.savez_compressed",
+         "numpy.savetxt", "numpy.fromregex"),
+        "reads or writes files",
+    ),
     "copyreg.add_extension": "rewires extension codes",
     "codecs.open": "reads or writes files",
     "linecache.getline": "reads files",
