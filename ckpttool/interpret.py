@@ -6,19 +6,15 @@ instead: a `TensorRef`, an ordered dict, a `torch.Size` tuple, a device string, 
 `PickledObject` for an instance of any class. Nothing is imported or called; calls
 it does not know stay `OpaqueCall`s.
 
-The same builders run in two places: as the machine's reduce hooks while a reader
-decodes (one pass, no intermediate graph), and in `Interpreter`, which walks what
-is left afterwards (instances, unknown calls, globals used as values) or, for torch's
-zip format, the whole inert graph the scan decoded too (each pickle decoded once per
-command: the model and the scan's evidence come from the same decoding). Shared nodes
-map to shared results (tied weights stay one object), cycles are followed once, and
-nesting deeper than `MAX_DEPTH` is a `LimitError`.
+`Interpreter` walks the inert graph the scan decoded too (each pickle decoded once
+per command: the model and the scan's evidence come from the same decoding). Shared
+nodes map to shared results (tied weights stay one object), cycles are followed once,
+and nesting deeper than `MAX_DEPTH` is a `LimitError`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from functools import partial
 from typing import Any
 
 from ckpttool.checkpoint import (
@@ -30,7 +26,6 @@ from ckpttool.checkpoint import (
     contiguous_strides,
 )
 from ckpttool.errors import CkptError, LimitError, PickleError, TensorLayoutError
-from ckpttool.pickle import Hooks
 from ckpttool.pickle.objects import NEWOBJ, UNSET, Call, Global, PersistentRef
 from ckpttool.pickle.state import TrackedGlobal
 
@@ -66,28 +61,6 @@ class StateDict(dict):  # type: ignore[type-arg]
     (module versions that `load_state_dict` uses to upgrade old checkpoints)."""
 
     metadata: Any = None
-
-
-def reader_hooks(source: str, persistent: PersistentResolver) -> Hooks:
-    """Hooks that let a reader build its model while the machine decodes."""
-    reducers: dict[str, Callable[[tuple[Any, ...]], Any]] = {
-        name: partial(builder, source) for name, builder in BUILDERS.items()
-    }
-    for name in DICT_TYPES:
-        reducers[name] = _dict_hook
-    return Hooks(reducers=reducers, persistent=persistent, build=_build_hook)
-
-
-def _dict_hook(args: tuple[Any, ...]) -> dict[Any, Any]:
-    # A real dict: the SETITEMS that follow fill it directly.
-    return StateDict(_pairs_argument(args))
-
-
-def _build_hook(target: Any, state: Any) -> bool:
-    if type(target) is StateDict and isinstance(state, dict):
-        target.metadata = state.get("_metadata")
-        return True
-    return False
 
 
 class Interpreter:
@@ -154,9 +127,8 @@ class Interpreter:
         out: dict[Any, Any] = {}
         self.memo[key] = out
         value = self.value
-        for k, v in list(pairs) + more:
-            # state_dicts: string keys and tensors the hooks already built, by the 10^5
-            out[k if type(k) is str else _hashable(value(k))] = v if type(v) is TensorRef else value(v)
+        for k, v in list(pairs) + more:  # a state_dict's string keys, by the 10^5, as they are
+            out[k if type(k) is str else _hashable(value(k))] = value(v)
         return out
 
     def _call(self, node: Call, key: int) -> Any:
@@ -227,7 +199,7 @@ class Interpreter:
         if kind in _SCALARS or (kind is tuple and _only(node, _INTS)):
             return node
         if kind is PersistentRef and type(node.pid) is tuple and _only(node.pid, _PID_ITEMS):
-            return self.resolve_persistent(node.pid)  # as the persistent hook receives it
+            return self.resolve_persistent(node.pid)
         if kind is Call and node.func_name in DICT_TYPES and not (node.args or node.dictitems):
             if node.state is UNSET:
                 return StateDict()

@@ -162,10 +162,11 @@ def _blocks(span: ByteRange, size: int = CHUNK) -> Iterator[bytes]:
             done += len(block)
 
 
-def crc32(span: ByteRange, out: BinaryIO | None = None) -> int:
+def crc32(span: ByteRange, out: BinaryIO | None = None, value: int = 0) -> int:
     """The CRC-32 of the bytes as they are (no record check), each block also appended to
-    `out` when given: how zip records are written, copied and checked."""
-    crc = Crc32()
+    `out` when given: how zip records are written, copied and checked. `value` continues
+    the CRC-32 of bytes before them."""
+    crc = Crc32(value)
     for block in _reused_blocks(span):
         crc.add(block)
         if out is not None:
@@ -187,18 +188,28 @@ def _reused_blocks(span: ByteRange) -> Iterator[memoryview]:
             done += n
 
 
+def recorded_crc(span: ByteRange) -> int | None:
+    """The CRC-32 the file records for exactly these bytes: the span is a whole stored zip
+    record that has one. None for a part of a record, and for formats without CRCs."""
+    record = span.record
+    if record is None or not record.crc or record.compressed or record.gather is not None:
+        return None
+    if (span.offset, span.size) != (record.data_offset(), record.size):
+        return None
+    return record.crc
+
+
 def copy_matches_record(source: ByteRange, copy: ByteRange) -> bool:
     """Whether `copy` holds the bytes of `source`, told by one CRC-32 pass over `copy` alone:
     when `source` is a whole zip record with a recorded CRC-32, equal values vouch for the
     copy and for the record (now marked checked). False means "not shown": compare them."""
-    record = source.record
-    if record is None or not record.crc or record.compressed or record.gather is not None:
+    expected = recorded_crc(source)
+    if expected is None or source.size != copy.size:
         return False
-    if source.size != copy.size or (source.offset, source.size) != (record.data_offset(), record.size):
-        return False
-    if crc32(copy) & 0xFFFFFFFF != record.crc:
+    if crc32(copy) & 0xFFFFFFFF != expected:
         return False  # the comparison then says which side is damaged
-    record.verified = True
+    assert source.record is not None  # it recorded the CRC
+    source.record.verified = True
     return True
 
 

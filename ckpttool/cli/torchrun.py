@@ -12,9 +12,12 @@ import atexit
 import contextlib
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from ckpttool.errors import UsageError
-from ckpttool.ops.convert import Ranks
+
+if TYPE_CHECKING:  # every command ends through `leave`; only convert asks for its ranks
+    from ckpttool.ops.convert import Ranks
 
 CLOSE_TIMEOUT = 60
 
@@ -28,6 +31,8 @@ def torchrun_world() -> int:
 
 def torchrun_ranks() -> Ranks:
     """One process, or this rank of the group torchrun describes (set up here on gloo)."""
+    from ckpttool.ops.convert import Ranks
+
     if torchrun_world() <= 1:
         return Ranks()
     if "RANK" not in os.environ or "MASTER_ADDR" not in os.environ:

@@ -16,8 +16,6 @@ can hold files but that ckpttool cannot open (7z, RAR) are named as such.
 from __future__ import annotations
 
 import ast
-import bz2
-import lzma
 import mmap
 import os
 import re
@@ -25,6 +23,7 @@ import struct
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import ModuleType
 from typing import IO, TYPE_CHECKING, Literal, Protocol
 
 from ckpttool.buffers import FileData
@@ -57,11 +56,11 @@ class _Inflater(Protocol):
 
 _STREAMS: dict[bytes, tuple[FormatName, Callable[[], _Inflater]]] = {
     b"\x1f\x8b": ("gzip", lambda: zlib.decompressobj(16 + zlib.MAX_WBITS)),
-    b"BZh": ("bz2", bz2.BZ2Decompressor),
-    b"\xfd7zXZ\x00": ("xz", lzma.LZMADecompressor),
+    b"BZh": ("bz2", lambda: _bz2().BZ2Decompressor()),
+    b"\xfd7zXZ\x00": ("xz", lambda: _lzma().LZMADecompressor()),
     # joblib's compressors: a bare zlib stream (its default, compress=3) and legacy .lzma
     **dict.fromkeys((b"x\x01", b"x^", b"x\x9c", b"x\xda"), ("zlib", zlib.decompressobj)),
-    b"]\x00\x00": ("lzma", lambda: lzma.LZMADecompressor(lzma.FORMAT_ALONE)),
+    b"]\x00\x00": ("lzma", lambda: _lzma().LZMADecompressor(_lzma().FORMAT_ALONE)),
 }
 _LEGACY_PICKLES = 5  # magic, protocol version, sys_info, the main pickle, storage keys
 
@@ -389,7 +388,20 @@ def read_entry_head(archive: ZipArchive, entry: ZipEntry, f: IO[bytes]) -> bytes
         return b""
 
 
+def _bz2() -> ModuleType:
+    import bz2  # imported only when a stream needs it: probing a torch zip never does
+
+    return bz2
+
+
+def _lzma() -> ModuleType:
+    import lzma
+
+    return lzma
+
+
 def _inflate_stream(kind: FormatName, data: FileData, start: int, end: int, cap: int, name: str) -> bytes:
+    lzma = _lzma()  # for its error type
     make = next(factory for label, factory in _STREAMS.values() if label == kind)
     inflater = make()
     out = bytearray()

@@ -51,14 +51,15 @@ _LEFT_OUT = frozenset(
 )
 
 
-def read_deepspeed(path: str) -> Checkpoint:
-    """The ZeRO checkpoint `path` names: metadata only, no tensor data is read."""
+def read_deepspeed(path: str, probe: Probe | None = None) -> Checkpoint:
+    """The ZeRO checkpoint `path` names: metadata only, no tensor data is read. `probe`:
+    the folder's, whose rank files a scan of it then decodes no second time."""
     folder = tag_folder(path)
     if folder is None:
         raise FormatError("not a DeepSpeed ZeRO checkpoint folder", path=path)
     files = zero_files(folder)
-    models = [read_torch_zip(p) for p in files.model]
-    optims = [read_torch_zip(p) for p in files.optim]
+    models = [_rank_file(p, probe) for p in files.model]
+    optims = [_rank_file(p, probe) for p in files.optim]
     states = [_zero_state(c) for c in optims]
     first = _dict(models[0].root, files.model[0], "model states")
     stage = _stage(states[0], files)
@@ -348,7 +349,7 @@ def deepspeed_pickles(probe: Probe) -> Found:
     if refusal is not None:  # a layout the reader refuses is no danger: every rank file is still scanned
         found.notes.append(f"not read as one ZeRO checkpoint ({refusal}); each .pt file in it is scanned")
     for path in names:
-        found.add_member(probe.registry, path, os.path.basename(path))
+        found.add_member(probe, path, os.path.basename(path))
     found.notes.extend(
         f"{script}: DeepSpeed's consolidation script, Python code beside the checkpoint; ckpttool never runs it "
         "and loading the checkpoint never needs it"
@@ -357,8 +358,12 @@ def deepspeed_pickles(probe: Probe) -> Found:
     return found
 
 
+def _rank_file(path: str, probe: Probe | None) -> Checkpoint:
+    return read_torch_zip(path) if probe is None else read_torch_zip(path, probe.member(path).archive())
+
+
 def _read(probe: Probe) -> Checkpoint:
-    return read_deepspeed(probe.path)
+    return read_deepspeed(probe.path, probe)
 
 
 DEEPSPEED_FORMAT = Format(DEEPSPEED, _recognise, read=_read, pickles=deepspeed_pickles)

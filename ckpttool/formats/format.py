@@ -49,11 +49,21 @@ class Probe:
     # each reader's outcome on this probe (a checkpoint, or the error it raised): a scan's
     # check that the file reads takes the read a command already made, and the reverse
     reads: dict[Callable[[Probe], Checkpoint], Checkpoint | CkptError] = field(default_factory=dict)
+    # the files of a checkpoint made of several (shards, rank files), each probed once: a
+    # command that reads the checkpoint and scans it decodes each file's pickles once
+    members: dict[str, Probe] = field(default_factory=dict)
 
     def archive(self) -> ZipArchive:
         if self._archive is None:
             self._archive = open_archive(self.path)
         return self._archive
+
+    def member(self, path: str) -> Probe:
+        """A file of this checkpoint, probed once (raises as `probe` does)."""
+        found = self.members.get(path)
+        if found is None:
+            found = self.members[path] = probe(path, self.registry)
+        return found
 
 
 def read_once(probe: Probe, read: Callable[[Probe], Checkpoint]) -> Checkpoint:
@@ -94,6 +104,8 @@ class Registry(Protocol):
 
     def identify(self, path: str, scanning: bool = False) -> tuple[Format, Probe]: ...
 
+    def recognise(self, looked: Probe, scanning: bool = False) -> Format: ...
+
 
 @dataclass
 class Found:
@@ -112,13 +124,14 @@ class Found:
         self.problems.extend(other.problems)
         self.notes.extend(other.notes)
 
-    def add_member(self, registry: Registry, path: str, label: str, container: str | None = None) -> None:
+    def add_member(self, parent: Probe, path: str, label: str, container: str | None = None) -> None:
         """Scan a file of a checkpoint made of several (a shard, a rank file) as its own
         format scans it; its pickles and problems are named `label:...`. A member of the
         `container`'s own format is a problem, not scanned: an index naming an index (or
         itself) would never end."""
         try:
-            fmt, member = registry.identify(path, scanning=True)
+            member = parent.member(path)
+            fmt = parent.registry.recognise(member, scanning=True)
             if fmt.name == container:
                 raise FormatError(f"names another {container} checkpoint, not a file of its own", path=path)
             sub = fmt.scan(member)

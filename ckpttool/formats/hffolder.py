@@ -1,6 +1,7 @@
 """A Hugging Face model folder with one weights file: what `save_pretrained` writes for a
 model small enough not to be sharded (`model.safetensors`, or `pytorch_model.bin` from
-older versions, with `config.json` beside it).
+older versions, with `config.json` beside it; diffusers names them
+`diffusion_pytorch_model.*`, peft's adapters `adapter_model.*`).
 
 The folder is one checkpoint: it is read and scanned as its weights file, under that
 file's own format. safetensors is preferred when both are there, as transformers
@@ -15,7 +16,10 @@ from ckpttool.checkpoint import Checkpoint
 from ckpttool.formatnames import FormatName
 from ckpttool.formats.format import Format, Found, Probe
 
-WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")
+WEIGHTS_FILES = (
+    "model.safetensors", "pytorch_model.bin", "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin",
+    "adapter_model.safetensors", "adapter_model.bin",
+)  # fmt: skip
 
 
 def weights_file(folder: str) -> str | None:
@@ -34,18 +38,18 @@ def _file(probe: Probe) -> str:
 
 
 def _read(probe: Probe) -> Checkpoint:
-    fmt, inner = probe.registry.identify(_file(probe))
-    return fmt.open(inner)
+    inner = probe.member(_file(probe))
+    return probe.registry.recognise(inner).open(inner)
 
 
 def _pickles(probe: Probe) -> Found:
-    fmt, inner = probe.registry.identify(_file(probe), scanning=True)
-    return fmt.scan(inner)
+    inner = probe.member(_file(probe))
+    return probe.registry.recognise(inner, scanning=True).scan(inner)
 
 
 def _kind(probe: Probe) -> FormatName:
-    fmt, inner = probe.registry.identify(_file(probe))
-    return fmt.kind_of(inner)
+    inner = probe.member(_file(probe))
+    return probe.registry.recognise(inner).kind_of(inner)
 
 
 HF_FOLDER_FORMAT = Format(

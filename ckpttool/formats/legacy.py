@@ -7,9 +7,9 @@ bytes. Tar: members `sys_info`, `storages` (a count, then per storage a pickled
 a pickled header and binary sizes/strides/offset) and `pickle` (the main object,
 whose persistent ids name those tensors and storages).
 
-Every pickle is decoded by the machine. Scanning reads the file the same way with
-every pickle decoded inert and kept (`legacy_pickles`), instead of the main one
-decoded into tensors.
+Every pickle is decoded inert by the machine, once per opened file: the read keeps
+each by name on the probe, so a scan of the same file (`legacy_pickles`) and a rewrite
+of its main pickle (`main_pickle`) take them from there.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from ckpttool.dtypes import storage_dtype
 from ckpttool.errors import FormatError
 from ckpttool.formatnames import LEGACY, LEGACY_TAR
 from ckpttool.formats.containers import MAGIC_NUMBER, is_tar, scan_tar_members
-from ckpttool.formats.format import Format, Found
+from ckpttool.formats.format import Format, Found, Probe, read_once
 from ckpttool.formats.torchpickle import StorageTable, check_tensors, interpret_torch_pickle
-from ckpttool.interpret import Interpreter, reader_hooks
-from ckpttool.pickle import NO_HOOKS, Decoded, Global, Hooks, decode
+from ckpttool.interpret import Interpreter
+from ckpttool.pickle import Decoded, Global, decode
 
 PROTOCOL_VERSION = 1001
 Seen = list[tuple[str, Decoded]]
@@ -45,22 +45,19 @@ def starts_with_magic(data: FileData) -> bool:
 
 
 class _Reader:
-    """Sequential decoding over one mapped file.
+    """Sequential decoding over one mapped file. Each pickle is decoded inert and added to
+    `seen` by name, in file order; one already there is not decoded again."""
 
-    A scan passes `seen`: every pickle is then decoded as a plain inert graph and
-    remembered; a read decodes the main pickle with the reader's hooks instead.
-    Only this module's scan hook passes it.
-    """
-
-    def __init__(self, path: str, data: FileData, seen: Seen | None) -> None:
+    def __init__(self, path: str, data: FileData, seen: Seen) -> None:
         self.path, self.data, self.seen = path, data, seen
+        self.known = dict(seen)
 
-    def pickle(self, name: str, start: int, end: int | None = None, hooks: Hooks = NO_HOOKS) -> Decoded:
-        if self.seen is not None:
-            hooks = NO_HOOKS
-        decoded = decode(self.data, start=start, end=end, source=f"{self.path}:{name}", hooks=hooks)
-        if self.seen is not None:
+    def pickle(self, name: str, start: int, end: int | None = None) -> Decoded:
+        decoded = self.known.get(name)
+        if decoded is None:
+            decoded = decode(self.data, start=start, end=end, source=f"{self.path}:{name}")
             self.seen.append((name, decoded))
+            self.known[name] = decoded
         return decoded
 
     def int64(self, offset: int, what: str) -> int:
@@ -80,10 +77,10 @@ def _mapped(path: str) -> tuple[BinaryIO, mmap.mmap]:
 
 
 def read_legacy(path: str) -> Checkpoint:
-    return _read_legacy(path, None)
+    return _read_legacy(path, [])
 
 
-def _read_legacy(path: str, seen: Seen | None) -> Checkpoint:
+def _read_legacy(path: str, seen: Seen) -> Checkpoint:
     f, data = _mapped(path)
     try:
         return _read_stacked(_Reader(path, data, seen), os.fstat(f.fileno()).st_size)
@@ -103,7 +100,7 @@ def _read_stacked(r: _Reader, size: int) -> Checkpoint:
         )
     sys_info = r.pickle("sys_info", version.end)
     table = StorageTable(r.path, _byteorder(sys_info.value), legacy=True)
-    main = r.pickle("main pickle", sys_info.end, hooks=reader_hooks(r.path, table.resolve))
+    main = r.pickle("main pickle", sys_info.end)
     keys = r.pickle("storage keys", main.end)
     root = interpret_torch_pickle(main, table)
     end = _attach_stacked_records(r, table, keys.value, keys.end)
@@ -150,10 +147,10 @@ def _attach(r: _Reader, storage: Storage, offset: int, name: str) -> int:
 
 
 def read_legacy_tar(path: str) -> Checkpoint:
-    return _read_legacy_tar(path, None)
+    return _read_legacy_tar(path, [])
 
 
-def _read_legacy_tar(path: str, seen: Seen | None) -> Checkpoint:
+def _read_legacy_tar(path: str, seen: Seen) -> Checkpoint:
     members = _tar_members(path)
     f, data = _mapped(path)
     try:
@@ -162,7 +159,7 @@ def _read_legacy_tar(path: str, seen: Seen | None) -> Checkpoint:
         _read_tar_storages(r, members["storages"], objects)
         _read_tar_tensors(r, members["tensors"], objects)
         resolve = partial(_tar_object, r.path, objects)
-        main = r.pickle("pickle", *members["pickle"], hooks=reader_hooks(path, resolve))
+        main = r.pickle("pickle", *members["pickle"])
         root = Interpreter(resolve, path).value(main.value)
         check_tensors(root, path)
         storages = {k: v for k, v in objects.items() if isinstance(v, Storage)}
@@ -271,38 +268,57 @@ def _count(value: Any, path: str) -> int:
 _TAR_MEMBERS = {"sys_info", "storages", "tensors", "pickle"}
 
 
-def legacy_pickles(path: str, tar: bool) -> Found:
+def legacy_pickles(probe: Probe, tar: bool) -> Found:
     """Every pickle of the file decoded inert, by name; what torch would refuse is a problem.
     A tar's other members are scanned by content."""
     found = Found()
-    reader = _read_legacy_tar if tar else _read_legacy
-    found.guard(lambda: reader(path, found.pickles), keep_anomalies=True)
+    seen = _seen(probe)
+
+    def read() -> Checkpoint:
+        try:
+            return read_once(probe, _read_tar_probe if tar else _read_probe)
+        finally:
+            found.pickles.extend(seen)  # what decoded before any error counts too
+
+    found.guard(read, keep_anomalies=True)
     if tar:
-        found.add(scan_tar_members(path, _TAR_MEMBERS))
+        found.add(scan_tar_members(probe.path, _TAR_MEMBERS))
     return found
 
 
-def main_pickle(path: str, tar: bool) -> Decoded:
-    """The main pickle as an inert graph, exactly as the file holds it."""
-    seen: Seen = []
-    if tar:
-        _read_legacy_tar(path, seen)
-        return dict(seen)["pickle"]
-    _read_legacy(path, seen)
-    return dict(seen)["main pickle"]
+def main_pickle(probe: Probe, tar: bool) -> Decoded:
+    """The main pickle as an inert graph, exactly as the file holds it (as the read decoded it)."""
+    read_once(probe, _read_tar_probe if tar else _read_probe)
+    return dict(_seen(probe))["pickle" if tar else "main pickle"]
 
 
-LEGACY_FORMAT = Format(
-    LEGACY,
-    lambda probe: probe.head[:1] == b"\x80" and starts_with_magic(probe.head),
-    pickles=lambda probe: legacy_pickles(probe.path, tar=False),
-    read=lambda probe: read_legacy(probe.path),
-)
+def _seen(probe: Probe) -> Seen:
+    seen: Seen = probe.memo.setdefault("legacy pickles", [])
+    return seen
+
+
+def _read_probe(probe: Probe) -> Checkpoint:
+    return _read_legacy(probe.path, _seen(probe))
+
+
+def _read_tar_probe(probe: Probe) -> Checkpoint:
+    return _read_legacy_tar(probe.path, _seen(probe))
+
+
+def _has_magic(probe: Probe) -> bool:
+    """Whether the file opens with the legacy magic number (decoded once per probe)."""
+    if "legacy magic" not in probe.memo:
+        probe.memo["legacy magic"] = probe.head[:1] == b"\x80" and starts_with_magic(probe.head)
+    found: bool = probe.memo["legacy magic"]
+    return found
+
+
+LEGACY_FORMAT = Format(LEGACY, _has_magic, pickles=lambda probe: legacy_pickles(probe, tar=False), read=_read_probe)
 # Any tar is read as torch's: one without its members is named as such. A plain tar's
 # pickles are found first by `containers.TAR_FORMAT` when scanning.
 LEGACY_TAR_FORMAT = Format(
     LEGACY_TAR,
     lambda probe: is_tar(probe.head),
-    pickles=lambda probe: legacy_pickles(probe.path, tar=True),
-    read=lambda probe: read_legacy_tar(probe.path),
+    pickles=lambda probe: legacy_pickles(probe, tar=True),
+    read=_read_tar_probe,
 )

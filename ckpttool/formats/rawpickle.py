@@ -12,12 +12,13 @@ from ckpttool.formatnames import RAW_PICKLE
 from ckpttool.formats.format import Format, Found, Probe, not_a_checkpoint, text_start
 from ckpttool.formats.joblib import read_as_joblib, without_problems
 from ckpttool.interpret import Interpreter
-from ckpttool.pickle import decode
+from ckpttool.pickle import Decoded, decode
 from ckpttool.pickle.opcodes import NAMES
 from ckpttool.pickle.reach import gadget_label
 
 
-def read_raw_pickle(path: str) -> Checkpoint:
+def read_raw_pickle(path: str, memo: dict[str, Any] | None = None) -> Checkpoint:
+    """`memo`: a probe's, where the first pickle is kept for a scan of the same file."""
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         try:
@@ -25,12 +26,27 @@ def read_raw_pickle(path: str) -> Checkpoint:
         except (ValueError, OSError) as exc:
             raise FormatError(f"cannot map the file: {exc}", path=path) from None
         with data:
-            decoded = decode(data, source=path)
+            decoded = _first_pickle(data, path, {} if memo is None else memo)
     root = Interpreter(_no_storages, path).value(decoded.value)
     anomalies = []
     if decoded.end < size:
         anomalies.append(f"{size - decoded.end} bytes follow the pickle's STOP (another pickle?)")
     return Checkpoint(path, RAW_PICKLE, size, root, anomalies=anomalies, files=[path])
+
+
+def _first_pickle(data: mmap.mmap, path: str, memo: dict[str, Any]) -> Decoded:
+    """The pickle at the start of the file, decoded once per probe whether a read or a scan
+    asks first (a failure too)."""
+    outcome: Decoded | PickleError | None = memo.get("first pickle")
+    if outcome is None:
+        try:
+            outcome = decode(data, source=path)
+        except PickleError as exc:
+            outcome = exc
+        memo["first pickle"] = outcome
+    if isinstance(outcome, PickleError):
+        raise outcome
+    return outcome
 
 
 def _no_storages(pid: Any) -> OpaqueCall:
@@ -40,7 +56,7 @@ def _no_storages(pid: Any) -> OpaqueCall:
 
 def _read(probe: Probe) -> Checkpoint:
     try:
-        return read_raw_pickle(probe.path)
+        return read_raw_pickle(probe.path, probe.memo)
     except PickleError as exc:
         # Protocol 2+ pickles open with PROTO; a file that does not and fails to decode
         # is text or binary that happens to start with an opcode's byte.
@@ -57,7 +73,11 @@ def raw_pickles(probe: Probe) -> Found:
         while start < probe.size:
             name = f"pickle {index}" if index else "pickle"
             try:
-                decoded = decode(data, start=start, source=probe.path)
+                decoded = (
+                    _first_pickle(data, probe.path, probe.memo)
+                    if start == 0
+                    else decode(data, start=start, source=probe.path)
+                )
             except PickleError as exc:
                 joblib = read_as_joblib(data, start, probe.size, probe.path, exc.partial)
                 if joblib and not joblib.problem and exc.partial:

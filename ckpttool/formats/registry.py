@@ -86,8 +86,10 @@ class _Registry:
         if looked.folder:
             from ckpttool.formats.hffolder import WEIGHTS_FILES
 
-            names = ", ".join(WEIGHTS_FILES)
-            message = f"folder without an *.index.json, {names} or .metadata: not a checkpoint"
+            names = ", ".join(WEIGHTS_FILES[:2])
+            weights = f"{names} (or diffusers' or peft's)"
+            # A folder of several checkpoints (Lightning's, timm's): each file is one.
+            message = f"folder without an *.index.json, {weights} or .metadata: not a checkpoint (name its files)"
             raise UnknownFormatError(message, path=path)
         raise NotACheckpointError(not_a_checkpoint(looked.head), path=path)
 
@@ -108,6 +110,10 @@ class OpenedFile:
     def checkpoint(self) -> Checkpoint:
         """The checkpoint's metadata (read once; the same object on each call)."""
         return REGISTRY.recognise(self.probe).open(self.probe)
+
+    def holds(self, checkpoint: Checkpoint) -> bool:
+        """Whether `checkpoint` was read from this path here (a folder's names its index or file)."""
+        return checkpoint.path == self.path or any(outcome is checkpoint for outcome in self.probe.reads.values())
 
     def kind(self) -> FormatName:
         """What `detect` says of the path, from this probe."""

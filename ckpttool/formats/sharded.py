@@ -16,7 +16,7 @@ from typing import Any
 from ckpttool.checkpoint import Checkpoint, Storage, TensorRef
 from ckpttool.errors import FormatError
 from ckpttool.formatnames import LEGACY, SAFETENSORS, TORCH_ZIP, TORCHSCRIPT, FormatName
-from ckpttool.formats.format import Format, Found, Probe, Registry
+from ckpttool.formats.format import Format, Found, Probe
 from ckpttool.weights import find_weights
 
 MAX_INDEX_SIZE = 100_000_000
@@ -132,19 +132,20 @@ def _index(probe: Probe) -> tuple[str, dict[str, Any]]:
     return probe.memo.get("index_path", probe.path), probe.memo["index"]
 
 
-def _reader(registry: Registry) -> ShardReader:
+def _reader(parent: Probe) -> ShardReader:
     def read_shard(path: str) -> Checkpoint:
-        fmt, probe = registry.identify(path)
+        shard = parent.member(path)
+        fmt = parent.registry.recognise(shard)
         if fmt.name not in _SHARDS:
             raise FormatError(f"shard is {fmt.name}, expected safetensors or a torch checkpoint", path=path)
-        return fmt.open(probe)
+        return fmt.open(shard)
 
     return read_shard
 
 
 def _read(probe: Probe) -> Checkpoint:
     index_path, index = _index(probe)
-    return read_sharded(index_path, _reader(probe.registry), index)
+    return read_sharded(index_path, _reader(probe), index)
 
 
 def sharded_pickles(probe: Probe) -> Found:
@@ -153,7 +154,7 @@ def sharded_pickles(probe: Probe) -> Found:
     folder = os.path.dirname(os.path.abspath(index_path))
     found = Found()
     for shard in dict.fromkeys(index["weight_map"].values()):
-        found.add_member(probe.registry, shard_path(folder, shard, index_path), shard, container=SHARDED_FORMAT.name)
+        found.add_member(probe, shard_path(folder, shard, index_path), shard, container=SHARDED_FORMAT.name)
     return found
 
 

@@ -12,12 +12,11 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from ckpttool.buffers import FileData
 from ckpttool.checkpoint import GlobalName, Storage, TensorRef, validate_layout
 from ckpttool.dtypes import storage_dtype
 from ckpttool.errors import FormatError
-from ckpttool.interpret import Interpreter, reader_hooks
-from ckpttool.pickle import Decoded, Global, decode
+from ckpttool.interpret import Interpreter
+from ckpttool.pickle import Decoded, Global
 from ckpttool.weights import walk
 
 
@@ -87,15 +86,6 @@ def _storage_dtype(qualname: str) -> str | None:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
-
-
-def decode_torch_pickle(
-    data: FileData, table: StorageTable, name: str, *, start: int = 0, end: int | None = None
-) -> tuple[Decoded, Any]:
-    """Decode one torch pickle straight into the model: tensors, storages, dicts."""
-    hooks = reader_hooks(table.path, table.resolve)
-    decoded = decode(data, start=start, end=end, source=f"{table.path}:{name}", hooks=hooks)
-    return decoded, interpret_torch_pickle(decoded, table)
 
 
 def interpret_torch_pickle(decoded: Decoded, table: StorageTable) -> Any:

@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ckpttool.errors import CkptError
 from ckpttool.pickle.objects import CALL, INST, NEWOBJ, UNSET, Call, Extension, PersistentRef
 from ckpttool.pickle.state import (
     USE_BUILD,
@@ -59,8 +58,6 @@ class CallOpcodes(MachineState):
             func.uses.add(USE_CALL)
             for position, use in ARGUMENT_USES.get(func.qualname, ()):
                 self.note_argument(func, args, position, use)
-            if func.hook is not None:
-                return self.apply_hook(func, args)
         else:
             self.note_call(func, USE_CALL, "REDUCE")
         return self.record(Call(func, args, CALL))
@@ -79,16 +76,6 @@ class CallOpcodes(MachineState):
             target.uses.add(use)
         elif not isinstance(target, Call):
             self.problem(f"{func.qualname} given {describe(target)} to {use}")
-
-    def apply_hook(self, func: TrackedGlobal, args: tuple[Any, ...]) -> Any:
-        hook = func.hook
-        assert hook is not None
-        try:
-            return hook(args)
-        except CkptError:
-            raise
-        except Exception as exc:  # arguments a file chose: any shape is possible
-            raise self.error(f"malformed arguments to {func.qualname}: {type(exc).__name__}", self.op_pos) from None
 
     def persistent_ref(self, pid: Any) -> PersistentRef:
         if not (type(pid) is tuple and pid and pid[0] == "storage"):
@@ -137,8 +124,6 @@ class CallOpcodes(MachineState):
     def op_build(self, pos: int) -> int:
         state = self.stack.pop()
         target = self.stack[-1]
-        if self.hooks.build is not None and self.hooks.build(target, state):
-            return pos
         if not isinstance(target, Call):
             self.problem(f"BUILD on {describe(target)}: sets attributes of an existing object", lossy=True)
         elif target.state is not UNSET:

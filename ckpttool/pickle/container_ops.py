@@ -75,7 +75,7 @@ class ContainerOpcodes(MachineState):
         return pos
 
     def set_items(self, target: Any, items: list[Any], opcode: str) -> None:
-        if isinstance(target, dict):  # a plain dict, or one a reader hook built
+        if isinstance(target, dict):
             for i in range(0, len(items), 2):
                 target[self.checked_key(items[i])] = items[i + 1]
             return

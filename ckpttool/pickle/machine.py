@@ -154,7 +154,6 @@ class _Machine(ScalarOpcodes, ContainerOpcodes, CallOpcodes):
         through `dispatch`. `op_pos` is set only where a handler or an error reads it."""
         data, end, dispatch, memo, metastack = self.data, self.end, self.dispatch, self.memo, self.metastack
         max_ops, max_marks, max_memo = self.limits.max_opcodes, self.limits.max_mark_depth, self.limits.max_memo
-        persistent = self.hooks.persistent
         record, passes_on, u32 = self.calls.append, ARGUMENT_USES, unpack_u32
         stack = self.stack
         pos, count = self.start, 0
@@ -216,12 +215,7 @@ class _Machine(ScalarOpcodes, ContainerOpcodes, CallOpcodes):
                 elif op == 0x52:  # REDUCE
                     args = stack.pop()
                     func = stack[-1]
-                    if (
-                        type(func) is TrackedGlobal
-                        and type(args) is tuple
-                        and func.hook is None
-                        and func.qualname not in passes_on
-                    ):
+                    if type(func) is TrackedGlobal and type(args) is tuple and func.qualname not in passes_on:
                         # `reduce`'s bookkeeping, inline, for a global that passes no argument on
                         func.uses.add(USE_CALL)
                         stack[-1] = call = Call(func, args, CALL)
@@ -232,10 +226,7 @@ class _Machine(ScalarOpcodes, ContainerOpcodes, CallOpcodes):
                     pos += 1
                 elif op == 0x51:  # BINPERSID
                     pid = stack[-1]
-                    if persistent:
-                        self.op_pos = pos
-                        stack[-1] = persistent(pid)
-                    elif type(pid) is tuple and pid and pid[0] == "storage":
+                    if type(pid) is tuple and pid and pid[0] == "storage":
                         stack[-1] = PersistentRef(pid)  # what `persistent_ref` returns for a storage
                     else:
                         self.op_pos = pos

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import _compat_pickle
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,8 +49,8 @@ class Decoded:
     foreign_opcodes: dict[str, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     lossy: list[str] = field(default_factory=list)
-    # Every REDUCE / NEWOBJ / INST / OBJ no reader hook took, in order, reachable from the
-    # value or not: a review vets each call's arguments (what runs at load time).
+    # Every REDUCE / NEWOBJ / INST / OBJ, in order, reachable from the value or not: a
+    # review vets each call's arguments (what runs at load time).
     calls: list[Call] = field(default_factory=list)
     # What torch's weights_only loader refuses that runs nothing by itself (a persistent id
     # that is not a storage, SETITEMS on a non-dict); refused opcodes are in foreign_opcodes.
@@ -75,31 +75,21 @@ unpack_f64 = struct.Struct(">d").unpack_from
 
 
 class TrackedGlobal(Global):
-    """A Global that remembers how the pickle used it (and the hook a reader set for it)."""
+    """A Global that remembers how the pickle used it."""
 
-    __slots__ = ("uses", "offset", "hook")
+    __slots__ = ("uses", "offset")
 
-    def __init__(self, module: str, name: str, offset: int, hook: Callable[..., Any] | None) -> None:
+    def __init__(self, module: str, name: str, offset: int) -> None:
         super().__init__(module, name)
         self.uses: set[str] = set()
         self.offset = offset
-        self.hook = hook
 
 
 @dataclass(frozen=True)
 class Hooks:
-    """ckpttool's own functions to apply while decoding, instead of inert records.
+    """What a reader needs while decoding: readers build their models from the inert graph
+    afterwards, but for joblib, which keeps array bytes between opcodes."""
 
-    `reducers` maps a global's `module.name` to a function of the REDUCE arguments
-    (torch's rebuild functions, OrderedDict, ...): the reader builds its model in one
-    pass. `persistent` turns a persistent id into a storage. `build` receives BUILD on
-    a value a reducer built (a state_dict's `_metadata`) and says whether it took it.
-    Scans use no hooks, but for a joblib file's `after_build`.
-    """
-
-    reducers: Mapping[str, Callable[[tuple[Any, ...]], Any]] = field(default_factory=dict)
-    persistent: Callable[[Any], Any] | None = None
-    build: Callable[[Any, Any], bool] | None = None
     # After BUILD on `target` at `pos`: where the opcodes go on, for readers that keep
     # data between opcodes (joblib writes array bytes after its wrapper's BUILD).
     after_build: Callable[[Any, int], int] | None = None
@@ -270,7 +260,7 @@ class MachineState:
                 module, name = _compat_pickle.NAME_MAPPING[(module, name)]
             elif module in _compat_pickle.IMPORT_MAPPING:
                 module = _compat_pickle.IMPORT_MAPPING[module]
-        ref = TrackedGlobal(module, name, self.op_pos, self.hooks.reducers.get(f"{module}.{name}"))
+        ref = TrackedGlobal(module, name, self.op_pos)
         self.globals.append(ref)
         return ref
 

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ckpttool.pickle.ecosystem import INT_ENUMS
+from ckpttool.pickle.ecosystem import ATTRIBUTE_DICTS, INT_ENUMS, STR_ENUMS
 from ckpttool.pickle.objects import Call, Global
 from ckpttool.pickle.state import USE_CALL, USE_INSTANTIATE, USE_REFERENCE, legacy_module_class
 
@@ -227,9 +227,15 @@ def _int_member_fits(values: frozenset[int]) -> Callable[[Args], str | None]:
     return fits
 
 
-# Training libraries' int enums (`ecosystem`): a member looked up by its value.
+def _one_str_fits(args: Args) -> str | None:
+    # A string is hashed and compared, nothing of it called; any other value would be.
+    return None if len(args) == 1 and type(args[0]) is str else "expected one string, the member's value"
+
+
+# Training libraries' enums (`ecosystem`): a member looked up by its value.
 ENUM_CALLS: dict[str, Vetted] = {
-    name: Vetted(why, _int_member_fits(values)) for name, (why, values) in INT_ENUMS.items()
+    **{name: Vetted(why, _int_member_fits(values)) for name, (why, values) in INT_ENUMS.items()},
+    **{name: Vetted(why, _one_str_fits) for name, why in STR_ENUMS.items()},
 }
 
 
@@ -359,6 +365,22 @@ ACTIVATIONS: dict[str, Vetted] = dict.fromkeys(
     _ACTIVATION,
 )  # fmt: skip
 
+
+# Layer classes a model holds as a factory: torchvision's ResNet keeps `_norm_layer =
+# nn.BatchNorm2d` and calls it in `_make_layer` to build its blocks. Held, nothing calls
+# it at load time; instantiated (NEWOBJ, never a call), it is the nn.Module its state builds
+# (`vetted_classes`). Called by the pickle, it is an unknown call.
+_LAYER_FACTORY = Vetted(
+    "an nn.Module layer class, held as a model's layer factory (torchvision ResNet's _norm_layer) or "
+    "instantiated: never called at load time; its __setstate__ stores the state; no __del__",
+    _not_at_load,
+)
+LAYER_FACTORIES: dict[str, Vetted] = dict.fromkeys(
+    [f"torch.nn.modules.batchnorm.{name}" for name in ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm")]
+    + [f"torch.nn.modules.normalization.{name}" for name in ("GroupNorm", "LayerNorm", "RMSNorm")]
+    + [f"torch.nn.modules.instancenorm.{name}" for name in ("InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d")],
+    _LAYER_FACTORY,
+)
 
 # Type markers configs hold as values (omegaconf's metadata keeps `typing.Any` as a node's
 # type; configs keep numpy scalar types as dtypes).
@@ -610,6 +632,7 @@ VETTED: dict[str, Vetted] = {
     **VALUE_CALLS,
     **NUMPY_RANDOM_CALLS,
     **ACTIVATIONS,
+    **LAYER_FACTORIES,
     **TYPE_MARKERS,
     **ENUM_CALLS,
 }
@@ -620,4 +643,6 @@ TORCH_CONTAINERS: dict[str, str] = {"collections.OrderedDict": "dict", "collecti
 
 def container_kind(qualname: str) -> str | None:
     vetted = VETTED.get(qualname)
-    return vetted.container if vetted else TORCH_CONTAINERS.get(qualname)
+    if vetted:
+        return vetted.container
+    return "dict" if qualname in ATTRIBUTE_DICTS else TORCH_CONTAINERS.get(qualname)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ckpttool.pickle.ecosystem import ATTRIBUTE_DICTS
 from ckpttool.pickle.objects import UNSET, Call
 from ckpttool.pickle.vetted import (
     BIT_GENERATOR_CTOR,
@@ -83,6 +84,12 @@ VETTED_CLASSES: dict[str, str] = {
     "_io.BytesIO": (
         "an in-memory buffer (TransformerEngine's extra state in older checkpoints): __setstate__ (C code) "
         "copies its bytes and position; it opens no file; no __del__ beyond freeing the buffer"
+    ),
+    **dict.fromkeys(
+        ATTRIBUTE_DICTS,
+        "Lightning's AttributeDict, a dict whose attributes are its items: dict.__new__ and dict's own "
+        "__setitem__ for SETITEMS (its form: no BUILD, which would look __setstate__ up among the items); "
+        "no __del__",
     ),
     "joblib.numpy_pickle.NumpyArrayWrapper": (
         "joblib's array placeholder: BUILD stores shape, order and dtype; joblib.load replaces it by the array "
@@ -179,6 +186,12 @@ def _bytesio_form(args: tuple[Any, ...], state: Any) -> str | None:
     return "expected a BytesIO state: (bytes, position, None or a dict of attribute names)"
 
 
+def _attribute_dict_form(args: tuple[Any, ...], state: Any) -> str | None:
+    if not args and state is UNSET:
+        return None
+    return "expected AttributeDict() filled by SETITEMS, without BUILD (it would call an item named __setstate__)"
+
+
 # The argument and state forms under which a vetted class's construction only stores data.
 CLASS_FORMS: dict[str, Form] = {
     "uuid.UUID": _uuid_form,
@@ -188,6 +201,7 @@ CLASS_FORMS: dict[str, Form] = {
     "torch.amp.grad_scaler.GradScaler": _dict_state_form,
     "torch.cuda.amp.grad_scaler.GradScaler": _dict_state_form,
     "random.Random": _python_random_form,
+    **dict.fromkeys(ATTRIBUTE_DICTS, _attribute_dict_form),
     **dict.fromkeys(OPTIMIZERS, optimizer_form),
     **dict.fromkeys([BIT_GENERATOR_CTOR, *NUMPY_BIT_GENERATORS.values()], _bit_generator_form),
     "numpy.random._pickle.__generator_ctor": _rng_form,

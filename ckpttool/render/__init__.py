@@ -2,76 +2,156 @@
 module per command over the shared pieces in `text`.
 
 Every JSON document carries `schema_version`; CSV is one row per item with a header;
-tables are for people. Library code returns dataclasses and never prints.
+tables are for people. Library code returns dataclasses and never prints. A name is
+imported when first used, so a command loads only the renderers it calls.
 """
 
 from __future__ import annotations
 
-from ckpttool.render.check import (
-    CHECK_FIXES_SHOWN,
-    CHECK_ROWS_KEPT,
-    CHECK_ROWS_PER_KIND,
-    CHECK_SCHEMA_VERSION,
-    check_output,
-)
-from ckpttool.render.convert import convert_output, rekey_output, remap_output
-from ckpttool.render.diff import diff_output
-from ckpttool.render.inspect import (
-    KIND_LABELS,
-    ROLE_LABELS,
-    ROLE_SOURCES,
-    chunk_json,
-    chunk_rows_table,
-    counts_json,
-    inspect_json,
-    inspect_summary,
-    tensor_json,
-    tensor_rows_csv,
-    tensor_rows_table,
-    tree_csv,
-    tree_json,
-    tree_output,
-    tree_table,
-)
-from ckpttool.render.keys import shorten_keys
-from ckpttool.render.optimizer import optimizer_output
-from ckpttool.render.scan import (
-    SCAN_SCHEMA_VERSION,
-    check_sarif,
-    python_lines,
-    scan_csv,
-    scan_json,
-    scan_sarif,
-    scan_table,
-)
-from ckpttool.render.stats import stats_output
-from ckpttool.render.tables import fit_table
-from ckpttool.render.text import (
-    ELLIPSIS,
-    MAX_WRAPPED_LINES,
-    MIN_WIDTH,
-    SCHEMA_VERSION,
-    TENSOR_COLUMNS,
-    command_lines,
-    compact,
-    cut,
-    grouped,
-    human_count,
-    human_size,
-    key_values,
-    number_text,
-    output_width,
-    percent_text,
-    plural,
-    shape_text,
-    shorten,
-    to_csv,
-    to_json,
-    to_table,
-    wrap_list,
-    wrap_text,
-)
+from typing import TYPE_CHECKING
 
+from ckpttool.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from ckpttool.render.check import (
+        CHECK_FIXES_SHOWN,
+        CHECK_ROWS_KEPT,
+        CHECK_ROWS_PER_KIND,
+        CHECK_SCHEMA_VERSION,
+        check_output,
+    )
+    from ckpttool.render.convert import (
+        convert_output,
+        rekey_output,
+        remap_output,
+    )
+    from ckpttool.render.diff import (
+        diff_output,
+    )
+    from ckpttool.render.inspect import (
+        KIND_LABELS,
+        ROLE_LABELS,
+        ROLE_SOURCES,
+        chunk_json,
+        chunk_rows_table,
+        counts_json,
+        inspect_json,
+        inspect_summary,
+        tensor_json,
+        tensor_rows_csv,
+        tensor_rows_table,
+        tree_csv,
+        tree_json,
+        tree_output,
+        tree_table,
+    )
+    from ckpttool.render.keys import (
+        shorten_keys,
+    )
+    from ckpttool.render.optimizer import (
+        optimizer_output,
+    )
+    from ckpttool.render.scan import (
+        SCAN_SCHEMA_VERSION,
+        check_sarif,
+        python_lines,
+        scan_csv,
+        scan_json,
+        scan_sarif,
+        scan_table,
+    )
+    from ckpttool.render.stats import (
+        stats_output,
+    )
+    from ckpttool.render.tables import (
+        fit_table,
+    )
+    from ckpttool.render.text import (
+        ELLIPSIS,
+        MAX_WRAPPED_LINES,
+        MIN_WIDTH,
+        SCHEMA_VERSION,
+        TENSOR_COLUMNS,
+        command_lines,
+        compact,
+        cut,
+        grouped,
+        human_count,
+        human_size,
+        key_values,
+        number_text,
+        output_width,
+        percent_text,
+        plural,
+        shape_text,
+        shorten,
+        to_csv,
+        to_json,
+        to_table,
+        wrap_list,
+        wrap_text,
+    )
+
+_EXPORTS = {
+    "CHECK_FIXES_SHOWN": ".check",
+    "CHECK_ROWS_KEPT": ".check",
+    "CHECK_ROWS_PER_KIND": ".check",
+    "CHECK_SCHEMA_VERSION": ".check",
+    "check_output": ".check",
+    "convert_output": ".convert",
+    "rekey_output": ".convert",
+    "remap_output": ".convert",
+    "diff_output": ".diff",
+    "KIND_LABELS": ".inspect",
+    "ROLE_LABELS": ".inspect",
+    "ROLE_SOURCES": ".inspect",
+    "chunk_json": ".inspect",
+    "chunk_rows_table": ".inspect",
+    "counts_json": ".inspect",
+    "inspect_json": ".inspect",
+    "inspect_summary": ".inspect",
+    "tensor_json": ".inspect",
+    "tensor_rows_csv": ".inspect",
+    "tensor_rows_table": ".inspect",
+    "tree_csv": ".inspect",
+    "tree_json": ".inspect",
+    "tree_output": ".inspect",
+    "tree_table": ".inspect",
+    "shorten_keys": ".keys",
+    "optimizer_output": ".optimizer",
+    "SCAN_SCHEMA_VERSION": ".scan",
+    "check_sarif": ".scan",
+    "python_lines": ".scan",
+    "scan_csv": ".scan",
+    "scan_json": ".scan",
+    "scan_sarif": ".scan",
+    "scan_table": ".scan",
+    "stats_output": ".stats",
+    "fit_table": ".tables",
+    "ELLIPSIS": ".text",
+    "MAX_WRAPPED_LINES": ".text",
+    "MIN_WIDTH": ".text",
+    "SCHEMA_VERSION": ".text",
+    "TENSOR_COLUMNS": ".text",
+    "command_lines": ".text",
+    "compact": ".text",
+    "cut": ".text",
+    "grouped": ".text",
+    "human_count": ".text",
+    "human_size": ".text",
+    "key_values": ".text",
+    "number_text": ".text",
+    "output_width": ".text",
+    "percent_text": ".text",
+    "plural": ".text",
+    "shape_text": ".text",
+    "shorten": ".text",
+    "to_csv": ".text",
+    "to_json": ".text",
+    "to_table": ".text",
+    "wrap_list": ".text",
+    "wrap_text": ".text",
+}
 __all__ = [
     "CHECK_FIXES_SHOWN",
     "CHECK_ROWS_KEPT",
@@ -132,3 +212,4 @@ __all__ = [
     "wrap_list",
     "wrap_text",
 ]
+__getattr__ = lazy_exports(__name__, _EXPORTS)

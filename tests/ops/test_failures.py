@@ -13,6 +13,7 @@ import errno
 import os
 import resource
 import signal
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ from ckpttool.ops.rewrite import parse_mapping, remap
 
 SOURCE = BY_NAME["cnn_state_dict"]
 GPU_SOURCE = BY_NAME["cuda0_state_dict"]
+LEGACY_SOURCE = BY_NAME["legacy_state_dict"]
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,9 @@ OPERATIONS = [
     Operation("convert-cast", "out.safetensors", _converter(to="safetensors", dtype="float16")),
     Operation("convert-sharded", "model.safetensors", _converter(to="safetensors", shard_size=10_000)),
     Operation("convert-sharded-pth", "pytorch_model.bin", _converter(to="pth", shard_size=10_000)),
+    # a source without CRC-32s: copied through a buffer that takes the CRC-32 the output is checked against
+    Operation("convert-legacy-safetensors", "out.safetensors", _converter(to="safetensors"), LEGACY_SOURCE),
+    Operation("convert-legacy-pth", "out.pt", _converter(to="pth"), LEGACY_SOURCE),
     Operation("remap", "out.pt", _remapper, GPU_SOURCE),
 ]
 OPERATION_IDS = [op.name for op in OPERATIONS]
@@ -338,15 +343,17 @@ def corrupt_tensor_bytes(output: PendingOutput) -> None:
 def test_source_record_changed_after_its_copy_leaves_the_recorded_bytes(
     op: Operation, tmp_path: Path, after_seal: Callable[[Callable[[PendingOutput], None]], None]
 ) -> None:
-    # The copy's CRC-32 is the one the source recorded: the output holds the bytes the
-    # source was saved with, whatever happens to the source afterwards.
+    # The copy's CRC-32 is the one the source recorded (or, without one, the one taken as it
+    # was copied): the output holds the bytes the source was saved with, whatever happens to
+    # the source afterwards.
     (tmp_path / "src").mkdir()
     src = copy_fixture(op.source, tmp_path / "src")
     flipped: list[str] = []
 
     def flip_source_once(output: PendingOutput) -> None:
         if not flipped:
-            flip_byte(src, record_data_offset(src, "data/0") + 3)
+            # a legacy file ends with its last storage's bytes
+            flip_byte(src, record_data_offset(src, "data/0") + 3 if zipfile.is_zipfile(src) else src.stat().st_size - 1)
             flipped.append(output.final)
 
     after_seal(flip_source_once)
@@ -418,6 +425,7 @@ def test_forced_tensor_mismatch_leaves_nothing(op: Operation, tmp_path: Path, mo
     monkeypatch.setattr(convert_module, "copy_matches_record", lambda source, copy: False)  # compare, not CRC
     monkeypatch.setattr(convert_module, "same_bytes", lambda a, b: False)
     monkeypatch.setattr(convert_module, "range_equals", lambda span, expected: False)
+    monkeypatch.setattr(convert_module, "reads_back_as_copied", lambda written, crc: False)
     fails_cleanly(op, tmp_path, VerificationError)
 
 

@@ -9,6 +9,7 @@ import sys
 import warnings
 
 import torch
+from standins import register_library_names
 
 
 def loads(path: str) -> str | None:
@@ -22,6 +23,7 @@ def loads(path: str) -> str | None:
 
 
 def main() -> None:
+    register_library_names()
     results = {}
     for path, imports, line in json.load(sys.stdin):
         before = loads(path)

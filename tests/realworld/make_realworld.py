@@ -15,7 +15,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from standins import IntervalStrategy, TinyClassifier, TrainingArguments
+from standins import (
+    AttributeDict,
+    HFTrainingArguments,
+    IntervalStrategy,
+    ResNetLike,
+    TinyClassifier,
+    TrainingArguments,
+    register_library_names,
+)
 
 
 def _model() -> TinyClassifier:
@@ -57,6 +65,7 @@ def files(model: TinyClassifier) -> dict[str, tuple[Any, dict[str, Any]]]:
     return {
         "lightning.ckpt": (lightning_checkpoint(model), {}),
         "training_args.bin": (TrainingArguments(), {}),
+        "hf_training_args.bin": (HFTrainingArguments(), {}),
         "trainer_state_with_enum.pt": ({"strategy": IntervalStrategy.STEPS, "step": 10}, {}),
         "numpy_config.pt": (
             {
@@ -79,6 +88,10 @@ def files(model: TinyClassifier) -> dict[str, tuple[Any, dict[str, Any]]]:
             {},
         ),
         "whole_model.pt": (model, {}),
+        "whole_resnet_like.pt": (ResNetLike(), {}),
+        # Fabric.save(path, state) with the AttributeDict its docs suggest: modules and
+        # optimizers become their state_dicts, the rest is kept as it was.
+        "fabric_state.ckpt": ({"model": state, "iter_num": 3, "hparams": AttributeDict(lr=1e-3, layers=[4, 8])}, {}),
         "whole_model_legacy.pt": (model, {"_use_new_zipfile_serialization": False}),
         "paths_in_config.pt": ({"model": state, "output_dir": Path("runs/exp1"), "range": range(3)}, {}),
     }
@@ -86,6 +99,7 @@ def files(model: TinyClassifier) -> dict[str, tuple[Any, dict[str, Any]]]:
 
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    register_library_names()
     model = _model()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # legacy saves warn about source code

@@ -30,7 +30,8 @@ NAMES = sorted(
     [
         "lightning.ckpt", "training_args.bin", "trainer_state_with_enum.pt", "numpy_config.pt",
         "fairseq_style.pt", "counters.pt", "empty_defaultdict.pt", "training_checkpoint.pth.tar",
-        "whole_model.pt", "whole_model_legacy.pt", "paths_in_config.pt",
+        "whole_model.pt", "whole_model_legacy.pt", "paths_in_config.pt", "hf_training_args.bin",
+        "whole_resnet_like.pt", "fabric_state.ckpt",
     ]
 )  # fmt: skip
 
@@ -73,6 +74,51 @@ def test_a_path_of_strings_is_vetted(cli: Cli, folder: Path) -> None:
     paths = [g for g in report["globals"] if (g["module"], g["name"]) == ("pathlib", "PosixPath")]
     assert [(g["uses"], g["verdict"]) for g in paths] == [(["call"], "needs-allowlist")]
     assert (result.exit_code, report["verdict"]) == (0, "needs-allowlist")
+
+
+def test_trainers_training_args_need_only_an_allowlist(cli: Cli, folder: Path) -> None:
+    """training_args.bin as transformers' Trainer writes it in every checkpoint-N/: its str enums
+    are vetted, so the file passes `scan` and `check` (torch agrees it loads after the line:
+    test_weights_only_answers_agree_with_torch)."""
+    result, report = scanned(cli, folder / "hf_training_args.bin")
+    assert (result.exit_code, report["verdict"], report["weights_only"]["result"]) == (
+        0,
+        "needs-allowlist",
+        "loads-after-allowlist",
+    )
+    calls = {f"{g['module']}.{g['name']}": g["verdict"] for g in report["globals"] if "call" in g["uses"]}
+    assert calls == {
+        "transformers.trainer_utils.SchedulerType": "needs-allowlist",
+        "transformers.training_args.OptimizerNames": "needs-allowlist",
+        "transformers.trainer_utils.IntervalStrategy": "needs-allowlist",
+        "transformers.trainer_utils.SaveStrategy": "needs-allowlist",
+        "transformers.trainer_utils.HubStrategy": "needs-allowlist",
+        "transformers.trainer_utils.FSDPOption": "needs-allowlist",
+        "transformers.debug_utils.DebugOption": "needs-allowlist",
+        "accelerate.utils.dataclasses.DistributedType": "needs-allowlist",
+        "torch.device": "safe",
+    }
+    assert cli("check", folder / "hf_training_args.bin").exit_code == 0
+
+
+def test_a_models_norm_layer_factory_is_no_call(cli: Cli, folder: Path) -> None:
+    """torch.save(torchvision ResNet): it holds nn.BatchNorm2d, which nothing calls at load."""
+    result, report = scanned(cli, folder / "whole_resnet_like.pt")
+    (norm,) = [g for g in report["globals"] if g["name"] == "BatchNorm2d"]
+    assert (norm["uses"], norm["verdict"]) == (["call", "instantiate"], "needs-allowlist")
+    assert (result.exit_code, report["verdict"]) == (0, "needs-allowlist")
+
+
+def test_fabrics_attribute_dict_is_a_dict(cli: Cli, folder: Path) -> None:
+    """Fabric.save of an AttributeDict state: filled by SETITEMS, dict's own __setitem__."""
+    result, report = scanned(cli, folder / "fabric_state.ckpt")
+    (attrs,) = [g for g in report["globals"] if g["name"] == "AttributeDict"]
+    assert (attrs["module"], attrs["uses"], attrs["verdict"]) == (
+        "lightning.fabric.utilities.data",
+        ["instantiate"],
+        "needs-allowlist",
+    )
+    assert (result.exit_code, report["verdict"], report["weights_only"]["result"]) == (0, "needs-allowlist", "refused")
 
 
 @pytest.mark.parametrize("name", ["training_args.bin", "trainer_state_with_enum.pt"])
@@ -138,7 +184,8 @@ def test_weights_only_answers_agree_with_torch(cli: Cli, folder: Path) -> None:
     # Every file that needs an allowlist or calls an unvetted callable prints a line, and
     # all but those torch refuses whatever is allowlisted load after it.
     refused = {n for n, r in reports.items() if r["weights_only"]["result"] == "refused"}
-    assert refused == {"counters.pt", "whole_model_legacy.pt"}  # SETITEM on a defaultdict; ('module', ...) ids
+    # SETITEM on a defaultdict or on an AttributeDict; ('module', ...) ids
+    assert refused == {"counters.pt", "fabric_state.ckpt", "whole_model_legacy.pt"}
     for name, report in reports.items():
         if report["verdict"] in ("needs-allowlist", "unknown-call"):
             assert report["allowlist"], name

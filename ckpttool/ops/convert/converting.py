@@ -47,7 +47,9 @@ from ckpttool.tensordata import (
     ByteRange,
     copy_matches_record,
     copy_range,
+    crc32,
     range_equals,
+    recorded_crc,
     same_bytes,
     verify_tensor,
 )
@@ -112,13 +114,13 @@ def _write_and_verify(
 ) -> None:
     output = outs.open(path)
     if options.to == SAFETENSORS:
-        _write_safetensors(output.handle, shard, options.metadata, progress)
+        copied = _write_safetensors(output.handle, shard, options.metadata, progress)
     else:
         _write_pth(output.handle, root_folder(path), shard, progress)
     output.seal()
     with about(output.final):  # the temporary file is gone by the time anyone reads this
         if options.to == SAFETENSORS:
-            _verify_safetensors(output.temp, shard, _metadata(shard, options.metadata))
+            _verify_safetensors(output.temp, shard, _metadata(shard, options.metadata), copied)
         else:
             _verify_pth(output.temp, shard)
 
@@ -129,30 +131,45 @@ def _metadata(shard: list[OutputTensor], user: dict[str, str]) -> dict[str, str]
 
 def _write_safetensors(
     f: BinaryIO, shard: list[OutputTensor], user_metadata: dict[str, str], progress: Progress
-) -> None:
+) -> dict[str, int]:
+    """Returns the CRC-32 of each tensor copied from bytes the source records none for."""
     entries = [(o.name, o.dtype, o.source.shape, o.nbytes) for o in shard]
     f.write(header_bytes(entries, _metadata(shard, user_metadata)))
+    copied: dict[str, int] = {}
     for output in shard:
-        _write_data(f, output)
+        crc = _write_data(f, output)
+        if crc is not None:
+            copied[output.name] = crc
         progress.advance(output.nbytes)
+    return copied
 
 
-def _write_data(f: BinaryIO, output: OutputTensor) -> None:
+def _write_data(f: BinaryIO, output: OutputTensor) -> int | None:
+    """A whole zip record is copied by the kernel (its recorded CRC-32 verifies the copy);
+    bytes with no CRC recorded (legacy and safetensors sources, part of a record) are copied
+    through a buffer that takes theirs in the same pass, so the output is verified without
+    reading the source again. Returns that CRC-32."""
     pieces = output.pieces()
-    if pieces is not None:
-        for piece in pieces:
-            copy_range(piece, f)
-    else:
+    if pieces is None:
         f.write(output.expected())
+        return None
+    if len(pieces) == 1 and recorded_crc(pieces[0]) is not None:
+        copy_range(pieces[0], f)
+        return None
+    f.flush()
+    crc = 0
+    for piece in pieces:
+        crc = crc32(piece, f, crc)
+    return crc
 
 
-def _verify_safetensors(path: str, shard: list[OutputTensor], metadata: dict[str, str]) -> None:
+def _verify_safetensors(path: str, shard: list[OutputTensor], metadata: dict[str, str], copied: dict[str, int]) -> None:
     # The reference implementation parses and validates the header we wrote...
     check_safetensors_header(path, [(o.name, o.dtype, o.source.shape) for o in shard], metadata)
     # ...and every tensor's bytes must be the source's (or the cast of them).
     tensors = read_safetensors(path).root
     for output in shard:
-        _verify_bytes(path, output, _whole(tensors[output.name]))
+        _verify_bytes(path, output, _whole(tensors[output.name]), copied.get(output.name))
 
 
 def _whole(tensor: TensorRef) -> ByteRange:
@@ -163,10 +180,16 @@ def _whole(tensor: TensorRef) -> ByteRange:
     return span
 
 
-def _verify_bytes(path: str, output: OutputTensor, written: ByteRange) -> None:
+def _verify_bytes(path: str, output: OutputTensor, written: ByteRange, copied: int | None) -> None:
+    """`copied`: the CRC-32 of the source bytes taken as they were copied, when the source
+    records none for them."""
     pieces = output.pieces()
     if pieces is not None and len(pieces) == 1 and copy_matches_record(pieces[0], written):
         return  # the copy's CRC-32 is the source record's: neither needs reading again
+    if copied is not None:
+        if not reads_back_as_copied(written, copied):
+            raise VerificationError(f"tensor {output.name!r} does not read back as it was copied")
+        return
     try:
         equal = _same_pieces(pieces, written) if pieces is not None else range_equals(written, output.expected())
     except IntegrityError as exc:
@@ -175,6 +198,11 @@ def _verify_bytes(path: str, output: OutputTensor, written: ByteRange) -> None:
         equal = False  # what we wrote fails the CRC-32 we gave it
     if not equal:
         raise VerificationError(f"tensor {output.name!r} does not read back equal to the source")
+
+
+def reads_back_as_copied(written: ByteRange, copied: int) -> bool:
+    """One pass over the output: its bytes have the CRC-32 taken as the source was copied."""
+    return crc32(written) & 0xFFFFFFFF == copied & 0xFFFFFFFF
 
 
 def _same_pieces(pieces: list[ByteRange], written: ByteRange) -> bool:
@@ -218,7 +246,17 @@ def _verify_pth(path: str, shard: list[OutputTensor]) -> None:
     torch_accepts(path, {n: (o.dtype, o.source.shape) for o in shard for _, n in o.names})
     weights = read_torch_zip(path).root
     for output in shard:
-        _verify_bytes(path, output, _whole(weights[output.name]))
+        written = _whole(weights[output.name])
+        _verify_bytes(path, output, written, _copied_crc(output, written))
+
+
+def _copied_crc(output: OutputTensor, written: ByteRange) -> int | None:
+    """The zip writer took the CRC-32 of the source bytes it copied: when the source records
+    none for them, that CRC-32 (in the written record) is what the copy is checked against."""
+    direct = output.direct()
+    if direct is None or recorded_crc(direct) is not None or written.record is None:
+        return None
+    return written.record.crc
 
 
 def _verify_sources(outputs: list[OutputTensor]) -> None:

@@ -123,7 +123,7 @@ def danger_notes(opened: OpenedFile) -> list[str]:
 
 def _opened(checkpoint: Checkpoint, opened: OpenedFile | None) -> OpenedFile:
     """The file the checkpoint was read from, as opened (a folder's checkpoint names its file)."""
-    return opened if opened is not None and opened.path == checkpoint.path else open_path(checkpoint.path)
+    return opened if opened is not None and opened.holds(checkpoint) else open_path(checkpoint.path)
 
 
 @gc_paused()  # 10^5 rows that live until the report is printed

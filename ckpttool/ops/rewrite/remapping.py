@@ -161,7 +161,7 @@ def raw_pickle(src: OpenedFile, fmt: str) -> Decoded:
         entry = archive.record("data.pkl")
         assert entry is not None  # read_checkpoint found it
         return read_pickle(archive, entry)
-    return main_pickle(src.path, tar=fmt == LEGACY_TAR)
+    return main_pickle(src.probe, tar=fmt == LEGACY_TAR)
 
 
 class _PidRewriter:
