@@ -315,7 +315,9 @@ def _rebuild_sparse(source: str, a: Sequence[Any]) -> Any:
     # The sparse tensor itself has no storage: its parts (indices, values) do.
     t = TensorRef(values.dtype, size, contiguous_strides(size), 0, None, layout=str(layout))
     t.meta_device = values.device
-    t.extra = {"parts": parts}
+    # COO's fourth element is its is_coalesced flag, which torch.load's validation checks.
+    coalesced = data[3] if isinstance(data, tuple) and len(data) == 4 and isinstance(data[3], bool) else None
+    t.extra = {"parts": parts, "coalesced": coalesced}
     return t
 
 

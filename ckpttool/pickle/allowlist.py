@@ -12,6 +12,8 @@ scanners' test suites build exploits from — because a blocklist can never be c
 
 from __future__ import annotations
 
+import unicodedata
+
 _ALLOWED_BY_MODULE: dict[str, tuple[str, ...]] = {
     "_codecs": ("encode",),
     "builtins": (
@@ -187,8 +189,8 @@ BLOCKED_MODULES: frozenset[str] = frozenset({"sys", "os", "posix", "nt"})
 # programs or code, load or fetch code or files, or reach the interpreter's internals.
 _DANGEROUS_MODULES: dict[str, str] = {
     **dict.fromkeys(
-        ("subprocess", "_posixsubprocess", "pty", "commands", "popen2", "multiprocessing", "asyncio",
-         "signal", "_thread", "threading"),
+        ("subprocess", "_posixsubprocess", "pty", "commands", "popen2", "multiprocessing", "torch.multiprocessing",
+         "asyncio", "signal", "_thread", "threading"),
         "runs programs or threads",
     ),
     **dict.fromkeys(
@@ -199,12 +201,17 @@ _DANGEROUS_MODULES: dict[str, str] = {
         "imports, compiles or runs code",
     ),
     **dict.fromkeys(
-        ("pickle", "_pickle", "cloudpickle", "dill", "joblib", "shelve", "copyreg._extension_registry"),
+        ("pickle", "_pickle", "cloudpickle", "dill", "joblib", "shelve", "copyreg._extension_registry",
+         "torch.utils.data.datapipes.utils.decoder", "torch.utils.model_dump", "torch.distributed.flight_recorder",
+         # dcp.load: pickle.load of .metadata, torch.load(weights_only=False) of its entries
+         "torch.distributed.checkpoint.format_utils", "torch.distributed.checkpoint.state_dict_loader",
+         "torch.distributed.checkpoint.load", "torch.distributed.checkpoint.load_state_dict"),
         "unpickles more data (a second, unscanned pickle)",
     ),
     **dict.fromkeys(
         ("io", "_io", "shutil", "tempfile", "glob", "fileinput", "sqlite3", "zipfile",
-         "tarfile", "mmap", "fcntl"),
+         "tarfile", "mmap", "fcntl", "numpy.lib.format", "numpy.lib._format_impl", "numpy.lib.npyio",
+         "numpy.lib._npyio_impl"),
         "reads or writes files",
     ),
     **dict.fromkeys(
@@ -214,9 +221,9 @@ _DANGEROUS_MODULES: dict[str, str] = {
         "opens network connections or programs",
     ),
     **dict.fromkeys(
-        ("torch.jit", "torch.hub", "torch._inductor", "torch._dynamo", "torch.fx", "torch.package",
-         "torch.utils.collect_env", "torch.utils.cpp_extension", "torch._C._jit", "torch.distributed.rpc",
-         "numpy.testing", "numpy.f2py", "numpy.distutils"),
+        ("torch.jit", "torch.hub", "torch.utils.model_zoo", "torch._inductor", "torch._dynamo", "torch.fx",
+         "torch.package", "torch.utils.collect_env", "torch.utils.cpp_extension", "torch._C._jit",
+         "torch.distributed.rpc", "numpy.testing", "numpy.f2py", "numpy.distutils"),
         "compiles, loads or runs code",
     ),
 }  # fmt: skip
@@ -255,6 +262,11 @@ _DANGEROUS_NAMES: dict[str, str] = {
         "loads another file, with pickle or native code",
     ),
     "torch.nn.modules.module.Module.register_forward_hook": "installs a callable that runs later",
+    **dict.fromkeys(
+        ("torch.save", "torch.serialization.save", "numpy.save", "numpy.savez", "numpy.savez_compressed",
+         "numpy.savetxt", "numpy.fromregex"),
+        "reads or writes files",
+    ),
     "copyreg.add_extension": "rewires extension codes",
     "codecs.open": "reads or writes files",
     "linecache.getline": "reads files",
@@ -290,8 +302,21 @@ def is_blocked(module: str) -> bool:
     return module in BLOCKED_MODULES or module.split(".", 1)[0] in BLOCKED_MODULES
 
 
+def _spellable(dotted: str) -> bool:
+    """Whether an import statement spells `dotted` as is: identifiers that Python's
+    source normalisation (NFKC) leaves unchanged."""
+    return all(p.isidentifier() and unicodedata.normalize("NFKC", p) == p for p in dotted.split("."))
+
+
 def danger_reason(module: str, name: str) -> str | None:
     """Why `module.name` is a known gadget, or None when it is not a known one."""
+    if not (_spellable(module) and _spellable(name)):
+        # `x import y;os.system(...);from x`: pickle imports no such module, but the printed
+        # `from MODULE import NAME` line or `--allow MODULE.NAME` would run what it spells.
+        return (
+            "a name no import statement spells (not Python identifiers): no class is named so; only an attack "
+            "names one, and a remedy printed with it would run code when pasted"
+        )
     if is_blocked(module):
         return f"module {module} runs programs and touches the system; torch blocks it even when allowlisted"
     qualname = f"{module}.{name}"

@@ -316,8 +316,8 @@ def _judged(module: str, name: str, tally: _Tally, allowed_by: str | None) -> tu
         return UNKNOWN_CALL, _unknown_call_reason(qualname, tally)
     if USE_INSTANTIATE in tally.uses and is_internal(module):
         return UNKNOWN_CALL, (
-            "a class of the standard library, torch or numpy outside the vetted list: its __setstate__ and "
-            f"__del__ run; if you trust it, --allow {qualname}"
+            "a class of the standard library, torch, numpy or a package torch installs, outside the vetted list: its "
+            f"__new__, __setstate__ and __del__ run; if you trust it, --allow {qualname}"
         )
     if USE_INSTANTIATE in tally.uses:
         return NEEDS_ALLOWLIST, "a class instantiated and given state; not on torch's allowlist"

@@ -18,8 +18,15 @@ import sys
 
 from ckpttool.pickle.stdlib_reach import REACHING_MEMBERS, REACHING_MODULES
 
-# Packages whose classes are vetted one by one, like the standard library's.
-INTERNAL_PACKAGES = frozenset({"torch", "numpy"})
+# Packages whose classes are vetted one by one, like the standard library's: torch, numpy,
+# and what installing torch brings along (its wheel's other packages and its requirements),
+# which a hostile file can count on finding wherever torch.load runs. Their classes are no
+# user's own model: sympy's Matrix sympifies (evaluates) the strings NEWOBJ hands it.
+INTERNAL_PACKAGES = frozenset(
+    {"torch", "numpy", "functorch", "torchgen", "sympy", "isympy", "mpmath", "networkx", "jinja2", "markupsafe",
+     "filelock", "fsspec", "typing_extensions", "setuptools", "pkg_resources", "_distutils_hack", "triton", "cuda",
+     "nvidia"}
+)  # fmt: skip
 
 # A prefix covers the submodules.
 NEEDLESS_MODULES = frozenset(
@@ -28,12 +35,23 @@ NEEDLESS_MODULES = frozenset(
      "unittest", "test", "torch.utils.bottleneck", "torch.utils._config_module", "torch.utils.benchmark",
      "torch.testing", "torch.utils.hipify", "torch.utils.tensorboard", "torch._logging", "torch.onnx",
      "torch.export", "torch._export", "torch.compiler", "torch._functorch", "torch._higher_order_ops",
-     "torch.distributed.elastic", "torch.distributed.launcher", "torch.distributed.run", "torch.backends"}
+     "torch.distributed.elastic", "torch.distributed.launcher", "torch.distributed.run", "torch.backends",
+     # installed with torch, and evaluating: sympify runs strings as Python, jinja2 compiles templates to it
+     "sympy", "isympy", "jinja2",
+     # importing them is their effect (the unpickler imports a module before it looks the name up):
+     # antigravity opens a web browser, the others print
+     "antigravity", "this", "__hello__", "__phello__"}
 )  # fmt: skip
 
 
+# `package.__main__` is `python -m package`: importing it runs the program (on the loading
+# process's own command line). `__main__` alone is the running script, where pickled classes live.
+_MAIN = "__main__"
+
+
 def is_internal(module: str) -> bool:
-    """The standard library, torch or numpy: classes ckpttool vets before calling them inert."""
+    """The standard library, torch, numpy or what torch installs with it: classes ckpttool
+    vets before calling them inert."""
     top = module.split(".", 1)[0]
     return top in sys.stdlib_module_names or top in INTERNAL_PACKAGES
 
@@ -56,6 +74,8 @@ def _reached_through_attribute(module: str, name: str) -> bool:
 def gadget_label(module: str, name: str, class_only: bool) -> str | None:
     """Why `module.name` is dangerous to allowlist, or None. `class_only`: the pickle only
     instantiates it (a private class of the user's own package is still a class)."""
+    if _MAIN in module.split(".")[1:]:
+        return f"{module}: a package's command-line program, which runs when imported; never allowlist it"
     for prefix in _prefixes(module):
         if prefix in NEEDLESS_MODULES:
             return f"{prefix}: a module no checkpoint needs; never allowlist it"

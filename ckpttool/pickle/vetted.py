@@ -90,7 +90,8 @@ def _is_global(value: Any) -> bool:
 
 
 def _bytes_fits(args: Args) -> str | None:
-    if args and type(args[0]) is int:
+    # A count the pickle computes (`bytes(int('4000000000'))`) allocates as a literal one does.
+    if args and (type(args[0]) is int or (isinstance(args[0], Call) and args[0].func_name == "builtins.int")):
         return "an integer count (bytes(n) allocates n bytes)"
     return _plain(3)(args)
 
@@ -458,18 +459,24 @@ _ARRAY_BUILDERS = frozenset(
 _MAX_DEPTH = 8
 
 
-def plain_or_arrays(value: Any, depth: int = 0) -> bool:
+def plain_or_arrays(value: Any, depth: int = 0, seen: set[int] | None = None) -> bool:
     """Plain data all the way down, ndarrays (judged as calls of their own) allowed: what a
     numpy RNG's state holds. Anything else would have its methods (`__int__`, `__floordiv__`)
-    called by the C code that reads the state."""
+    called by the C code that reads the state. Each container is looked at once (`seen`): a
+    pickle's memo shares one list many times over, and a walk of every path would never end."""
     if type(value) in (str, bytes, int, float, bool, type(None)):
         return True
     if depth >= _MAX_DEPTH:
         return False
+    if type(value) in (tuple, list, dict):
+        seen = set() if seen is None else seen
+        if id(value) in seen:
+            return True  # a False anywhere already failed the whole check
+        seen.add(id(value))
     if type(value) in (tuple, list):
-        return all(plain_or_arrays(v, depth + 1) for v in value)
+        return all(plain_or_arrays(v, depth + 1, seen) for v in value)
     if type(value) is dict:
-        return all(type(k) is str and plain_or_arrays(v, depth + 1) for k, v in value.items())
+        return all(type(k) is str and plain_or_arrays(v, depth + 1, seen) for k, v in value.items())
     return isinstance(value, Call) and value.func_name in _ARRAY_BUILDERS
 
 

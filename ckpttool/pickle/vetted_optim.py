@@ -33,20 +33,27 @@ _MAX_DEPTH = 8
 _SCALARS = (str, bytes, int, float, bool, type(None))
 
 
-def _data(value: Any, depth: int = 0) -> bool:
-    """Numbers, strings, real containers of them, and objects torch's own allowlist builds."""
+def _data(value: Any, seen: set[int], depth: int = 0) -> bool:
+    """Numbers, strings, real containers of them, and objects torch's own allowlist builds.
+    Each container is looked at once per check (`seen`): the memo can share one list many
+    times over, and a walk of every path would never end."""
     if type(value) in _SCALARS:
         return True
     if isinstance(value, Call):
         return value.func_name is not None and is_allowed(value.func_name)
     if depth >= _MAX_DEPTH:
         return False
+    if id(value) in seen:
+        return True  # a False anywhere already failed the whole check
+    seen.add(id(value))
     if type(value) in (list, tuple):
-        return all(_data(v, depth + 1) for v in value)
-    return type(value) is dict and all(_data(k, depth + 1) and _data(v, depth + 1) for k, v in value.items())
+        return all(_data(v, seen, depth + 1) for v in value)
+    return type(value) is dict and all(
+        _data(k, seen, depth + 1) and _data(v, seen, depth + 1) for k, v in value.items()
+    )
 
 
-def _per_parameter(states: Any) -> bool:
+def _per_parameter(states: Any, seen: set[int]) -> bool:
     """`state`: a dict or defaultdict from parameter to that parameter's dict of tensors and numbers."""
     if isinstance(states, Call) and states.func_name == "collections.defaultdict":
         items: Any = dict(states.dictitems or ())
@@ -54,7 +61,7 @@ def _per_parameter(states: Any) -> bool:
         items = states
     else:
         return False
-    return all(_data(k) and type(v) is dict and _data(v) for k, v in items.items())
+    return all(_data(k, seen) and type(v) is dict and _data(v, seen) for k, v in items.items())
 
 
 def optimizer_form(args: tuple[Any, ...], state: Any) -> str | None:
@@ -64,6 +71,7 @@ def optimizer_form(args: tuple[Any, ...], state: Any) -> str | None:
     if type(state.get("defaults")) is not dict or type(groups) is not list or not all(type(g) is dict for g in groups):
         return "expected defaults as a dict and param_groups as a list of dicts"
     rest = {k: v for k, v in state.items() if k != "state"}
-    if not _data(rest) or not _per_parameter(state.get("state", {})):
+    seen: set[int] = set()
+    if not _data(rest, seen) or not _per_parameter(state.get("state", {}), seen):
         return "expected an optimizer state of numbers, strings and tensors"
     return None

@@ -19,7 +19,25 @@ _NAN = ("nan",)  # tuples below are tags: data sequences become lists, so they n
 
 
 def same_entry(a: Any, b: Any, read_scalars: bool = True) -> bool:
-    return bool(_Canon(read_scalars).form(a) == _Canon(read_scalars).form(b))
+    return _same(_Canon(read_scalars).form(a), _Canon(read_scalars).form(b), set())
+
+
+def _same(a: Any, b: Any, compared: set[tuple[int, int]]) -> bool:
+    """`a == b` on two canonical forms, each pair of containers compared once: a pickle's memo
+    can share one list many times over, and `==` would walk every path (a file of a few
+    kilobytes, billions of comparisons, in C code no stop signal interrupts)."""
+    if a is b:
+        return True
+    if type(a) is not type(b) or not isinstance(a, (list, tuple, dict)):
+        return bool(a == b)
+    if (id(a), id(b)) in compared:
+        return True  # a difference anywhere already made the whole answer False
+    compared.add((id(a), id(b)))
+    if len(a) != len(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same(v, b[k], compared) for k, v in a.items())
+    return all(_same(x, y, compared) for x, y in zip(a, b, strict=True))
 
 
 class _Canon:

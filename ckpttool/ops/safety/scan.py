@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from ckpttool.formatnames import ScannedFormat
 from ckpttool.formats import FormatName, OpenedFile, open_path
 from ckpttool.formats.format import Found
+from ckpttool.ops.safety.sparse import invalid_sparse, rebuilds_sparse
 from ckpttool.pickle.judge import (
     DANGEROUS,
     NEEDS_ALLOWLIST,
@@ -75,9 +76,10 @@ def scan_opened(opened: OpenedFile, allow: Mapping[str, str] | None = None) -> F
     """`scan_file` of a file a command has already opened: its pickles as decoded there."""
     collected = opened.pickles()
     judgement = judge((d for _, d in collected.pickles), allow, collected.torchscript)
-    problems = collected.problems + judgement.problems
+    sparse = _invalid_sparse(opened, collected)
+    problems = collected.problems + judgement.problems + sparse
     verdict = DANGEROUS if problems else judgement.verdict
-    weights_only = _weights_only(collected, judgement)
+    weights_only = _weights_only(collected, judgement, sparse[0] if sparse else None)
     # No allowlist makes torch.load(weights_only=True) read TorchScript: no line to print.
     loadable = collected.torchscript is None and verdict in (NEEDS_ALLOWLIST, UNKNOWN_CALL)
     allowlist = weights_only.allowlist if loadable else None
@@ -135,7 +137,13 @@ _TORCH_PICKLE = re.compile(
 )
 
 
-def _weights_only(collected: Found, judgement: Judgement) -> WeightsOnly:
+def _invalid_sparse(opened: OpenedFile, collected: Found) -> list[str]:
+    if collected.format not in _TORCH_LOADS or not rebuilds_sparse(d for _, d in collected.pickles):
+        return []
+    return invalid_sparse(opened)
+
+
+def _weights_only(collected: Found, judgement: Judgement, invalid: str | None = None) -> WeightsOnly:
     fmt = collected.format
     if fmt in _SAFETENSORS:
         return not_applicable("safetensors: read it with safetensors.torch.load_file, not torch.load")
@@ -151,7 +159,7 @@ def _weights_only(collected: Found, judgement: Judgement) -> WeightsOnly:
     else:
         refusal = None
     pickles = [d for name, d in collected.pickles if refusal or _torch_reads(name)]
-    return emulate(pickles, judgement, refusal)
+    return emulate(pickles, judgement, refusal or invalid)
 
 
 def _torch_reads(name: str) -> bool:
