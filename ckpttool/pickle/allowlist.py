@@ -12,8 +12,6 @@ scanners' test suites build exploits from — because a blocklist can never be c
 
 from __future__ import annotations
 
-import unicodedata
-
 _ALLOWED_BY_MODULE: dict[str, tuple[str, ...]] = {
     "_codecs": ("encode",),
     "builtins": (
@@ -305,6 +303,10 @@ def is_blocked(module: str) -> bool:
 def _spellable(dotted: str) -> bool:
     """Whether an import statement spells `dotted` as is: identifiers that Python's
     source normalisation (NFKC) leaves unchanged."""
+    if dotted.isascii():  # NFKC leaves ASCII as it is
+        return all(p.isidentifier() for p in dotted.split("."))
+    import unicodedata
+
     return all(p.isidentifier() and unicodedata.normalize("NFKC", p) == p for p in dotted.split("."))
 
 

@@ -17,7 +17,6 @@ from ckpttool.checkpoint import OpaqueCall, PickledObject, TensorRef
 from ckpttool.errors import CkptError
 from ckpttool.formats import OpenedFile
 from ckpttool.pickle.state import Decoded
-from ckpttool.tensordata import load_tensor
 
 SPARSE_REBUILD = "torch._utils._rebuild_sparse_tensor"
 _COMPRESSED = frozenset({"sparse_csr", "sparse_csc", "sparse_bsr", "sparse_bsc"})
@@ -57,7 +56,9 @@ def _sparse_tensors(root: Any) -> Iterator[TensorRef]:
 
 
 def _violation(tensor: TensorRef) -> str | None:
-    import torch
+    import torch  # only a file that rebuilds a sparse tensor pays for it, and for reading its parts
+
+    from ckpttool.tensordata import load_tensor
 
     try:
         parts = [load_tensor(p) for p in (tensor.extra or {}).get("parts", [])]
