@@ -25,11 +25,8 @@ def _recognise(probe: Probe) -> bool:
 
 def _refuse(probe: Probe) -> NoReturn:
     folder = os.path.dirname(probe.path) or "."
-    raise UnknownFormatError(
-        f"one rank's data file of the DCP checkpoint in {folder}: name that folder (its .metadata says "
-        "where each item of this file starts)",
-        path=probe.path,
-    )
+    # only the folder's .metadata says where each item of this file starts
+    raise UnknownFormatError(f"one rank's data of a DCP checkpoint: name its folder, {folder}", path=probe.path)
 
 
 DCP_DATA_FORMAT = Format(DCP_DATA, _recognise, pickles=_refuse, read=_refuse)
