@@ -152,18 +152,26 @@ def contiguous_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(reversed(strides))
 
 
-def validate_layout(tensor: TensorRef, where: str) -> None:
-    """Reject shapes, strides and offsets that do not fit the storage, before any allocation."""
+def validate_layout(tensor: TensorRef, path: str, key: str) -> None:
+    """Reject shapes, strides and offsets that do not fit the storage, before any allocation.
+    `path` and `key` name the tensor in an error (its text is made only then: 10^5 tensors)."""
+    try:
+        _check_layout(tensor)
+    except TensorLayoutError as exc:
+        raise TensorLayoutError(f"{path}: tensor {key!r}: {exc.message}") from None
+
+
+def _check_layout(tensor: TensorRef) -> None:
     shape, stride = tensor.shape, tensor.stride
     if len(shape) != len(stride):
-        raise TensorLayoutError(f"{where}: {len(shape)} sizes but {len(stride)} strides")
+        raise TensorLayoutError(f"{len(shape)} sizes but {len(stride)} strides")
     if shape and (min(shape) < 0 or max(shape) > INT64_MAX):
-        raise TensorLayoutError(f"{where}: invalid size {list(shape)}")
+        raise TensorLayoutError(f"invalid size {list(shape)}")
     if stride and (min(stride) < 0 or max(stride) > INT64_MAX):
-        raise TensorLayoutError(f"{where}: invalid stride {list(stride)}")
+        raise TensorLayoutError(f"invalid stride {list(stride)}")
     numel = tensor.numel
     if tensor.offset < 0 or numel > INT64_MAX:
-        raise TensorLayoutError(f"{where}: invalid storage offset {tensor.offset} or element count")
+        raise TensorLayoutError(f"invalid storage offset {tensor.offset} or element count")
     storage = tensor.storage
     if storage is None or numel == 0:
         return
@@ -173,7 +181,7 @@ def validate_layout(tensor: TensorRef, where: str) -> None:
     end = (last + 1) * DTYPES[tensor.dtype].itemsize
     if end > storage.nbytes:
         raise TensorLayoutError(
-            f"{where}: shape {list(shape)} stride {list(stride)} offset {tensor.offset} reaches byte "
+            f"shape {list(shape)} stride {list(stride)} offset {tensor.offset} reaches byte "
             f"{end - 1} of storage {storage.key!r}, which holds {storage.nbytes} bytes"
         )
 

@@ -97,7 +97,7 @@ def check_tensors(root: Any, path: str) -> None:
     """Every tensor's view must fit its storage: checked before anything reads bytes."""
     for key, node in walk(root):
         if isinstance(node, TensorRef):
-            validate_layout(node, f"{path}: tensor {key!r}")
+            validate_layout(node, path, key)
             for part in (node.extra or {}).get("parts", ()):
                 if isinstance(part, TensorRef):
-                    validate_layout(part, f"{path}: tensor {key!r}")
+                    validate_layout(part, path, key)
