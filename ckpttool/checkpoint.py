@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from math import prod
 from typing import TYPE_CHECKING, Any
 
@@ -111,16 +112,7 @@ class TensorRef:
 
     def is_contiguous(self) -> bool:
         """Row-major without gaps (torch's rule: strides of size-1 dimensions do not matter)."""
-        shape, stride = self.shape, self.stride
-        dim = _same_rank(shape, stride)
-        expected = 1
-        while dim:  # an index loop: zip(strict=True) over reversed() costs three times as much
-            dim -= 1
-            n = shape[dim]
-            if n != 1 and stride[dim] != expected:
-                return self.numel == 0
-            expected *= n
-        return True
+        return _is_contiguous(self.shape, self.stride)
 
     def span(self) -> tuple[int, int]:
         """[first, last + 1) indices, in this tensor's elements, that the view touches."""
@@ -135,6 +127,19 @@ class TensorRef:
         """The same span in bytes of the storage (an untyped storage counts bytes)."""
         first, end = self.span()
         return first * self.itemsize, end * self.itemsize
+
+
+@lru_cache(maxsize=1024)  # a model repeats a few layouts: each is worked out once
+def _is_contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    dim = _same_rank(shape, stride)
+    expected = 1
+    while dim:  # an index loop: zip(strict=True) over reversed() costs three times as much
+        dim -= 1
+        n = shape[dim]
+        if n != 1 and stride[dim] != expected:
+            return prod(shape) == 0
+        expected *= n
+    return True
 
 
 def _same_rank(shape: tuple[int, ...], stride: tuple[int, ...]) -> int:
@@ -162,28 +167,35 @@ def validate_layout(tensor: TensorRef, path: str, key: str) -> None:
 
 
 def _check_layout(tensor: TensorRef) -> None:
-    shape, stride = tensor.shape, tensor.stride
+    numel, span = _view_extent(tensor.shape, tensor.stride)
+    if tensor.offset < 0 or numel > INT64_MAX:
+        raise TensorLayoutError(f"invalid storage offset {tensor.offset} or element count")
+    storage = tensor.storage
+    if storage is None or numel == 0:
+        return
+    end = (tensor.offset + span) * DTYPES[tensor.dtype].itemsize
+    if end > storage.nbytes:
+        shape, stride = tensor.shape, tensor.stride
+        raise TensorLayoutError(
+            f"shape {list(shape)} stride {list(stride)} offset {tensor.offset} reaches byte "
+            f"{end - 1} of storage {storage.key!r}, which holds {storage.nbytes} bytes"
+        )
+
+
+@lru_cache(maxsize=1024)  # a model repeats a few layouts (every layer's): each is worked out once
+def _view_extent(shape: tuple[int, ...], stride: tuple[int, ...]) -> tuple[int, int]:
+    """A view's element count, and how many elements of its storage it spans from its first
+    one (unless it is empty); TensorLayoutError for sizes or strides no tensor has."""
     if len(shape) != len(stride):
         raise TensorLayoutError(f"{len(shape)} sizes but {len(stride)} strides")
     if shape and (min(shape) < 0 or max(shape) > INT64_MAX):
         raise TensorLayoutError(f"invalid size {list(shape)}")
     if stride and (min(stride) < 0 or max(stride) > INT64_MAX):
         raise TensorLayoutError(f"invalid stride {list(stride)}")
-    numel = tensor.numel
-    if tensor.offset < 0 or numel > INT64_MAX:
-        raise TensorLayoutError(f"invalid storage offset {tensor.offset} or element count")
-    storage = tensor.storage
-    if storage is None or numel == 0:
-        return
-    last = tensor.offset  # the view's last element: tensor.byte_span() without recounting its elements
+    span = 1
     for n, s in zip(shape, stride, strict=True):  # lengths checked above
-        last += (n - 1) * s
-    end = (last + 1) * DTYPES[tensor.dtype].itemsize
-    if end > storage.nbytes:
-        raise TensorLayoutError(
-            f"shape {list(shape)} stride {list(stride)} offset {tensor.offset} reaches byte "
-            f"{end - 1} of storage {storage.key!r}, which holds {storage.nbytes} bytes"
-        )
+        span += (n - 1) * s
+    return prod(shape), span
 
 
 @dataclass(frozen=True)

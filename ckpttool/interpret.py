@@ -26,7 +26,7 @@ from ckpttool.checkpoint import (
     contiguous_strides,
 )
 from ckpttool.errors import CkptError, LimitError, PickleError, TensorLayoutError
-from ckpttool.pickle.objects import NEWOBJ, UNSET, Call, Global, PersistentRef
+from ckpttool.pickle.objects import CALL, NEWOBJ, UNSET, Call, Global, PersistentRef
 from ckpttool.pickle.state import TrackedGlobal
 
 MAX_DEPTH = 200
@@ -47,6 +47,14 @@ def _only(items: tuple[Any, ...], types: frozenset[type]) -> bool:
         if type(item) not in types:
             return False
     return True
+
+
+_TENSOR_V2 = "torch._utils._rebuild_tensor_v2"
+
+
+def _malformed(name: str, exc: Exception, source: str) -> PickleError:
+    """Arguments a file chose in a shape the builder cannot take: the file's error."""
+    return PickleError(f"malformed arguments to {name}: {type(exc).__name__}", path=source)
 
 
 class Cycle:
@@ -78,6 +86,13 @@ class Interpreter:
         key = id(node)
         if key in self.memo:
             return self.memo[key]
+        # torch.save's tensors, by the 10^5: nothing below them to walk, so none of the walk's
+        # bookkeeping (they hold no container that could lead back to them)
+        if type(node) is Call and node.kind == CALL and self.depth < MAX_DEPTH and node.func_name == _TENSOR_V2:
+            plain = self._plain_tensor(node.args)
+            if plain is not None:
+                self.memo[key] = plain
+                return plain
         if key in self.busy:
             return Cycle()
         self.depth += 1
@@ -168,7 +183,7 @@ class Interpreter:
         except CkptError:
             raise
         except Exception as exc:
-            raise PickleError(f"malformed arguments to {name}: {type(exc).__name__}", path=self.source) from None
+            raise _malformed(name, exc, self.source) from None
 
     def _plain_tensor(self, args: tuple[Any, ...]) -> TensorRef | None:
         """`_rebuild_tensor_v2(storage, offset, size, stride, requires_grad, OrderedDict())` as
@@ -186,7 +201,12 @@ class Interpreter:
             return None
         if hooks.func_name not in DICT_TYPES or hooks.args or hooks.dictitems or hooks.state is not UNSET:
             return None
-        storage = self.resolve_persistent(pid)
+        try:
+            storage = self.resolve_persistent(pid)
+        except CkptError:
+            raise
+        except Exception as exc:
+            raise _malformed(_TENSOR_V2, exc, self.source) from None
         if type(storage) is not Storage:
             return tensor(self.source, storage, offset, size, stride)  # raises as the general path does
         return TensorRef(storage.dtype, size, stride, offset, storage, grad)
@@ -378,7 +398,7 @@ def _complex(source: str, a: Sequence[Any]) -> Any:
 
 
 BUILDERS: dict[str, Builder] = {
-    "torch._utils._rebuild_tensor_v2": _rebuild_tensor_v2,
+    _TENSOR_V2: _rebuild_tensor_v2,
     "torch._utils._rebuild_tensor_v3": _rebuild_tensor_v3,
     "torch._utils._rebuild_tensor": _rebuild_tensor,
     "torch._utils._rebuild_parameter": _parameter,

@@ -7,7 +7,9 @@ one line on stderr here, in one place; `--debug` shows the traceback instead.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import gc
 import importlib
 import sys
 from typing import Any, NoReturn
@@ -18,6 +20,11 @@ from ckpttool import __version__
 from ckpttool.cli.common import DEBUG_KEY, FORMAT_KEY, debug_option
 from ckpttool.errors import EXIT_ERROR, CkptError
 from ckpttool.signals import Interrupted, stopping_cleanly
+
+# What a command built dies with the process. Python's last collection at shutdown would
+# walk it all first (0.2 s after reading a 50,000-tensor file) to free what the exit frees
+# anyway: frozen, it is left to the exit. Registered first, it runs after every other handler.
+atexit.register(gc.freeze)
 
 # name -> (module:attribute, one-line help shown by `ckpttool --help`)
 COMMANDS: dict[str, tuple[str, str]] = {

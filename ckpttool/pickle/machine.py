@@ -156,17 +156,14 @@ class _Machine(ScalarOpcodes, ContainerOpcodes, CallOpcodes):
         max_ops, max_marks, max_memo = self.limits.max_opcodes, self.limits.max_mark_depth, self.limits.max_memo
         record, passes_on, u32 = self.calls.append, ARGUMENT_USES, unpack_u32
         stack = self.stack
-        pos, count = self.start, 0
+        pos = self.start
         window = end  # the end of the current frame, or of the pickle
         try:
-            while True:
+            # the opcode limit is the range's end: no count to compare per opcode
+            for count in range(1, max_ops + 1):
                 if pos >= window:
                     self.op_pos = pos
                     window = self.leave_frame(pos)
-                count += 1
-                if count > max_ops:
-                    self.op_pos = pos
-                    raise self.limit(f"more than {max_ops} opcodes")
                 op = data[pos]
                 if op == 0x72:  # LONG_BINPUT
                     index = u32(data, pos + 1)[0]
@@ -288,6 +285,10 @@ class _Machine(ScalarOpcodes, ContainerOpcodes, CallOpcodes):
                     stack = self.stack
                     if pos < 0:  # STOP
                         return count
+            self.op_pos = pos
+            if pos >= window:
+                self.leave_frame(pos)  # a pickle that ends here is truncated first
+            raise self.limit(f"more than {max_ops} opcodes")
         except (IndexError, struct.error):
             self.op_pos = pos
             raise self.error(self.index_problem(pos), pos) from None

@@ -148,7 +148,7 @@ def _ints_text(values: list[int]) -> str:
     for value in values:
         if type(value) is not int:
             return json_text(values)
-    return "[" + ",".join(map(str, values)) + "]"
+    return str(values).replace(" ", "")  # "[4, 4]" as JSON writes it, at C speed
 
 
 def counts_json(counts: Counts) -> dict[str, Any]:
