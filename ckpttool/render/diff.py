@@ -96,6 +96,8 @@ def _entry_pair(m: dict[str, Any]) -> str:
 
 
 def _value_detail(m: dict[str, Any]) -> str:
+    if m.get("no_data"):
+        return f"{m['no_data']} holds no values (a meta tensor): nothing to compare"
     if m["mismatched"] is None:
         return "stored bytes differ (no arithmetic for this dtype)"
     share = f"differ in {m['mismatched']:,} of {plural(m['numel'], 'element')} ({percent_text(m['share'])}%)"

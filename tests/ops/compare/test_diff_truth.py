@@ -768,3 +768,23 @@ def test_tolerance_on_integer_complex_and_infinite_values(cli: Cli, tmp_path: Pa
 
     assert_agrees_with_torch(report, a, b, close)
     assert code == (0 if all(close(a[k], b[k]) for k in a) else 1)
+
+
+def test_meta_tensors_hold_no_values_to_compare(cli: Cli, tmp_path: Path) -> None:
+    """A tensor saved on the meta device has no data in the file (torch.load gives it back on
+    meta): two of them agree, one against values is a difference that names the side, and
+    the other tensors are compared as usual."""
+    meta = save({"w": torch.zeros(3, device="meta"), "b": torch.ones(2)}, tmp_path / "meta.pth")
+    real = save({"w": torch.zeros(3), "b": torch.ones(2)}, tmp_path / "real.pth")
+    loaded = torch.load(meta, weights_only=True)
+    assert loaded["w"].is_meta and not loaded["b"].is_meta
+
+    code, report = run_diff(cli, meta, tmp_path / "meta.pth")
+    assert (code, report["identical"], report["equal"]) == (0, True, 2)
+    code, report = run_diff(cli, real, meta)
+    assert (code, report["equal"]) == (1, 1)
+    assert report["value_mismatch"] == [
+        {"key": "w", "numel": 3, "no_data": "b", **{k: None for k in valuediff.UNCOMPARABLE}}
+    ]
+    table = cli("diff", meta, real)
+    assert table.exit_code == 1 and "a holds no values (a meta tensor)" in table.stdout
