@@ -20,6 +20,7 @@ FormatName = Literal[
     "raw-pickle",
     "dcp",
     "dcp-data",  # one data file of a DCP checkpoint, named alone: only its folder reads
+    "pt2",  # torch.export.save's archive
     "deepspeed",
     "hf-folder",  # named by its weights file's format once read
     # holding pickles, not checkpoints: only `scan` opens them
@@ -49,6 +50,7 @@ NPY: FormatName = "npy"
 DCP: FormatName = "dcp"
 DCP_DATA: FormatName = "dcp-data"
 DEEPSPEED: FormatName = "deepspeed"
+PT2: FormatName = "pt2"
 
 # The file that makes a folder a DCP checkpoint (and says where each item of its data files is).
 DCP_METADATA_FILE = ".metadata"

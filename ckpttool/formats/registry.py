@@ -36,6 +36,7 @@ DECLARED: tuple[tuple[str, str], ...] = (
     ("ckpttool.formats.containers", "TAR_FORMAT"),
     ("ckpttool.formats.dcp_data", "DCP_DATA_FORMAT"),  # a zip at first sight, but only its folder reads
     ("ckpttool.formats.containers", "ZIP_FORMAT"),
+    ("ckpttool.formats.pt2", "PT2_FORMAT"),  # a zip without data.pkl, whose weights JSON describes
     ("ckpttool.formats.torchzip", "TORCHSCRIPT_FORMAT"),
     ("ckpttool.formats.torchzip", "TORCH_ZIP_FORMAT"),
     ("ckpttool.formats.safetensors", "SAFETENSORS_FORMAT"),

@@ -231,3 +231,33 @@ def test_dcp_convert_reads_each_chunk_once_and_the_output_once(
     verified = {p: n for p, n in verified.items() if not p.startswith(f"{dcp_source}/")}
     assert len(verified) == 1, verified
     assert DATA_BYTES <= next(iter(verified.values())) < DATA_BYTES + OVERHEAD
+
+
+class _Weights(torch.nn.Module):
+    def __init__(self, state: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.layers = torch.nn.ParameterList(state.values())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return sum((p.sum() for p in self.layers), x)
+
+
+@pytest.mark.parametrize("command", ["inspect", "convert"])
+def test_a_pt2_archive_is_read_once(command: str, cli: Callable[..., Any], tmp_path: Path, passes: Passes) -> None:
+    """torch.export.save's archive: its JSON read for metadata (no tensor bytes, no pickle
+    decoded for inspect), and its records once more only to verify what convert wrote."""
+    import warnings
+
+    generator = torch.Generator().manual_seed(0)
+    state = {str(i): torch.randn(ELEMENTS, generator=generator) for i in range(TENSORS)}
+    source = (tmp_path / "model.pt2").resolve()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.export.save(torch.export.export(_Weights(state), (torch.zeros(()),)), source)
+    dst = tmp_path / "out.safetensors"
+    _run(cli, command, source, *([dst] if command == "convert" else []))
+    assert passes.read[str(source)] / DATA_BYTES < (OVERHEAD / DATA_BYTES if command == "inspect" else 1.01)
+    if command == "convert":
+        assert passes.read[str(source)] >= DATA_BYTES
+        verified = passes.outputs(tmp_path, source)
+        assert len(verified) == 1 and DATA_BYTES <= next(iter(verified.values())) < DATA_BYTES + OVERHEAD, verified

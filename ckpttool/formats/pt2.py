@@ -1,0 +1,221 @@
+"""torch.export's PT2 archives (`torch.export.save`, `.pt2`): their weights, read from JSON.
+
+A PT2 archive is a zip whose `<root>/archive_format` record says `pt2`. The weights of each
+exported program are described by `data/weights/<model>_weights_config.json`, its tensor
+constants by `data/constants/<model>_constants_config.json`: for each name, the record that
+holds a storage's raw bytes and the view torch.export.load makes of it with `as_strided`
+(dtype, sizes, strides, storage offset, device). Views of one storage share its record.
+
+What torch.export.load unpickles instead (tensor subclasses, script and opaque objects:
+`use_pickle`) is never read here: such a file is refused, and `scan` covers its pickles
+as it covers any zip member.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import partial
+from typing import Any
+
+from ckpttool.checkpoint import Checkpoint, Record, Storage, TensorRef, validate_layout
+from ckpttool.dtypes import DTYPES
+from ckpttool.errors import FormatError
+from ckpttool.formatnames import PT2
+from ckpttool.formats.containers import scan_zip_archive
+from ckpttool.formats.format import Format, Probe
+from ckpttool.formats.ziparchive import ZipArchive, ZipEntry, is_zip, read_entry, recorded_crc, resolve_data_offset
+
+MAX_CONFIG = 64 << 20  # a JSON description of some 10^5 tensors; larger is refused unread
+_WEIGHTS_CONFIG = re.compile(r"data/weights/(.+)_weights_config\.json")
+
+# torch._export.serde.schema.ScalarType, by value
+_SCALAR_TYPES = {
+    1: "uint8",
+    2: "int8",
+    3: "int16",
+    4: "int32",
+    5: "int64",
+    6: "float16",
+    7: "float32",
+    8: "float64",
+    9: "complex32",
+    10: "complex64",
+    11: "complex128",
+    12: "bool",
+    13: "bfloat16",
+    28: "uint16",
+    29: "float8_e4m3fn",
+    30: "float8_e5m2",
+    31: "float8_e4m3fnuz",
+    32: "float8_e5m2fnuz",
+    33: "float8_e8m0fnu",
+    34: "uint32",
+    35: "uint64",
+}
+_STRIDED = 7  # torch._export.serde.schema.Layout.Strided
+
+
+def is_pt2(archive: ZipArchive) -> bool:
+    entry = archive.record("archive_format")
+    return entry is not None and entry.size <= 16 and read_entry(archive, entry, 16).strip() == b"pt2"
+
+
+def read_pt2(probe: Probe) -> Checkpoint:
+    archive = probe.archive()
+    models = _models(archive)
+    if not models:
+        raise FormatError(
+            "PT2 archive without data/weights/*_weights_config.json (an AOTInductor package, or an older "
+            "layout): no weights to read",
+            path=archive.path,
+        )
+    reader = _Reader(archive)
+    programs = {}
+    for model in models:
+        weights = reader.tensors(f"data/weights/{model}_weights_config.json")
+        constants_name = f"data/constants/{model}_constants_config.json"
+        constants = reader.tensors(constants_name) if archive.record(constants_name) else {}
+        programs[model] = {"state_dict": weights, "constants": constants} if constants else weights
+    root = programs[models[0]] if len(models) == 1 else programs
+    return Checkpoint(
+        path=archive.path,
+        format=PT2,
+        file_size=archive.file_size,
+        root=root,
+        storages=reader.storages,
+        metadata=reader.metadata(),
+        anomalies=archive.anomalies + reader.anomalies,
+        files=[archive.path],
+    )
+
+
+def _models(archive: ZipArchive) -> list[str]:
+    prefix = archive.root + "/"
+    names = (name[len(prefix) :] for name in archive.order if name.startswith(prefix))
+    return [match.group(1) for name in names if (match := _WEIGHTS_CONFIG.fullmatch(name))]
+
+
+class _Reader:
+    """The tensors of one archive's configs; one `Storage` per record, shared by its views."""
+
+    def __init__(self, archive: ZipArchive) -> None:
+        self.archive = archive
+        self.storages: dict[str, Storage] = {}
+        self.anomalies: list[str] = []
+
+    def tensors(self, config_name: str) -> dict[str, TensorRef]:
+        config = self._config(config_name)
+        folder = config_name.rpartition("/")[0]
+        out = {}
+        for name, payload in config.items():
+            where = f"{config_name}: {name!r}"
+            if not isinstance(payload, dict):
+                raise FormatError(f"{where} is not an object", path=self.archive.path)
+            if payload.get("use_pickle") is not False:
+                raise FormatError(
+                    f"{where} is pickled (a tensor subclass or an object), which torch.export.load unpickles: "
+                    "not read (`ckpttool scan` covers it)",
+                    path=self.archive.path,
+                )
+            out[name] = self._tensor(where, folder, payload)
+        return out
+
+    def _config(self, name: str) -> dict[str, Any]:
+        entry = self.archive.record(name)
+        if entry is None:
+            raise FormatError(f"PT2 archive without {name}", path=self.archive.path)
+        try:
+            document = json.loads(read_entry(self.archive, entry, MAX_CONFIG))
+        except (ValueError, RecursionError) as exc:
+            raise FormatError(f"{name} is not JSON: {exc}", path=self.archive.path) from None
+        config = document.get("config") if isinstance(document, dict) else None
+        if not isinstance(config, dict):
+            raise FormatError(f"{name} has no 'config' object", path=self.archive.path)
+        return config
+
+    def _tensor(self, where: str, folder: str, payload: dict[str, Any]) -> TensorRef:
+        meta, record = payload.get("tensor_meta"), payload.get("path_name")
+        if not isinstance(meta, dict) or not isinstance(record, str):
+            raise FormatError(f"{where} lacks tensor_meta or path_name", path=self.archive.path)
+        code = meta.get("dtype")
+        dtype = _SCALAR_TYPES.get(code) if type(code) is int else None
+        if dtype is None:
+            raise FormatError(f"{where} has unknown dtype {meta.get('dtype')!r}", path=self.archive.path)
+        if meta.get("layout", _STRIDED) != _STRIDED:
+            raise FormatError(f"{where} has layout {meta.get('layout')!r}, not strided", path=self.archive.path)
+        shape = _ints(meta.get("sizes"), f"{where} sizes", self.archive.path)
+        stride = _ints(meta.get("strides"), f"{where} strides", self.archive.path)
+        (offset,) = _ints([meta.get("storage_offset")], f"{where} storage_offset", self.archive.path)
+        storage = self._storage(f"{folder}/{record}", dtype, _device(meta.get("device"), where, self.archive.path))
+        if storage.dtype != dtype:
+            # torch builds the record's storage with the first view's dtype and keeps it
+            self.anomalies.append(f"{where} is {dtype} over record {record}, which holds {storage.dtype}")
+        kind = "parameter" if payload.get("is_param") is True else "tensor"
+        tensor = TensorRef(storage.dtype, shape, stride, offset, storage, meta.get("requires_grad") is True, kind)
+        validate_layout(tensor, self.archive.path, where)
+        return tensor
+
+    def _storage(self, name: str, dtype: str, device: str) -> Storage:
+        storage = self.storages.get(name)
+        if storage is not None:
+            return storage
+        entry = self.archive.record(name)
+        if entry is None:
+            raise FormatError(f"no record {self.archive.root}/{name}", path=self.archive.path)
+        itemsize = DTYPES[dtype].itemsize
+        if entry.size % itemsize:
+            raise FormatError(
+                f"record {entry.name} holds {entry.size} bytes, not a whole number of {dtype}", path=self.archive.path
+            )
+        storage = Storage(name, dtype, entry.size // itemsize, device, _record(self.archive, entry))
+        self.storages[name] = storage
+        return storage
+
+    def metadata(self) -> dict[str, str]:
+        entry = self.archive.record("archive_version")
+        if entry is None or entry.size > 64:
+            return {}
+        return {"archive_version": read_entry(self.archive, entry, 64).decode("utf-8", "replace").strip()}
+
+
+def _record(archive: ZipArchive, entry: ZipEntry) -> Record:
+    return Record(
+        path=archive.path,
+        name=entry.name,
+        offset=entry.data_offset,
+        size=entry.compressed_size,
+        compressed=entry.method != 0,
+        crc=recorded_crc(entry),
+        resolve=partial(resolve_data_offset, archive, entry),
+    )
+
+
+def _ints(values: Any, what: str, path: str) -> tuple[int, ...]:
+    """`[{"as_int": 3}, ...]`: symbolic sizes (`as_expr`) have no value to read."""
+    if not isinstance(values, list):
+        raise FormatError(f"{what} is not a list", path=path)
+    out = []
+    for value in values:
+        number = value.get("as_int") if isinstance(value, dict) else None
+        if type(number) is not int:
+            raise FormatError(f"{what} holds {json.dumps(value)[:60]}, not an integer", path=path)
+        out.append(number)
+    return tuple(out)
+
+
+def _device(value: Any, where: str, path: str) -> str:
+    kind = value.get("type") if isinstance(value, dict) else None
+    index = value.get("index") if isinstance(value, dict) else None
+    if not isinstance(kind, str) or not (index is None or type(index) is int):
+        raise FormatError(f"{where} has device {json.dumps(value)[:60]}", path=path)
+    return kind if index is None else f"{kind}:{index}"
+
+
+def _recognise(probe: Probe) -> bool:
+    return is_zip(probe.head) and is_pt2(probe.archive())
+
+
+# While scanning, a PT2 archive is a plain zip (`containers.ZIP_FORMAT`): every member that
+# holds a pickle is scanned, whatever its name.
+PT2_FORMAT = Format(PT2, _recognise, pickles=lambda probe: scan_zip_archive(probe.archive()), read=read_pt2)

@@ -1,0 +1,157 @@
+"""torch.export's PT2 archives against what `torch.export.load` gives back for the same file.
+
+The archives are written by `torch.export.save` itself: a model with tied weights, a
+transposed parameter (a view with its own strides), bfloat16 and int64 tensors, BatchNorm
+buffers and a non-persistent buffer (a tensor constant). Hostile variants rewrite the
+archive's members with `zipfile`; their payloads are never run.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from click.testing import Result
+from safetensors.torch import load_file
+from support.builders import call_global, shell_touch, whole
+from support.hostile import assert_dangerous, assert_not_run
+
+Cli = Callable[..., Result]
+
+
+class _Model(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = torch.nn.Embedding(10, 4)
+        self.l = torch.nn.Linear(4, 10, bias=False)
+        self.l.weight = self.emb.weight  # tied
+        self.bn = torch.nn.BatchNorm1d(10)
+        self.h = torch.nn.Linear(10, 3).to(torch.bfloat16)
+        self.register_buffer("scale", torch.tensor([2.0]), persistent=False)
+        self.t = torch.nn.Parameter(torch.randn(5, 3).t())  # strides (1, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn(self.l(self.emb(x)).mean(1)) * self.scale
+        return self.h(y.to(torch.bfloat16)).float() + self.t.sum()
+
+
+@pytest.fixture(scope="module")
+def pt2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("pt2") / "model.pt2"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.export's notes on tied weights
+        program = torch.export.export(_Model().eval(), (torch.randint(0, 10, (2, 3)),))
+        torch.export.save(program, path)
+    return path
+
+
+def _loaded(path: Path) -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.export.load(path)
+
+
+def _inspect(cli: Cli, path: Path) -> dict[str, Any]:
+    result = cli("inspect", path, "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
+
+
+def test_tensors_are_the_views_torch_export_load_builds(cli: Cli, pt2: Path) -> None:
+    program = _loaded(pt2)
+    report = _inspect(cli, pt2)
+    assert report["format"] == "pt2" and report["weights"]["root"] == "state_dict"
+    rows = {row["key"]: row for row in report["tensors"]}
+    expected = {f"state_dict.{k}": v for k, v in program.state_dict.items()}
+    expected |= {f"constants.{k}": v for k, v in program.constants.items()}
+    assert set(rows) == set(expected)
+    for key, tensor in expected.items():
+        row = rows[key]
+        assert row["dtype"] == str(tensor.dtype).removeprefix("torch.")
+        assert (row["shape"], row["stride"]) == (list(tensor.shape), list(tensor.stride()))
+        assert row["storage_offset"] == tensor.storage_offset()
+        assert row["kind"] == ("parameter" if isinstance(tensor, torch.nn.Parameter) else "tensor")
+    # views of one storage share it, as torch's tensors share their memory
+    sd = program.state_dict
+    assert sd["l.weight"].untyped_storage().data_ptr() == sd["emb.weight"].untyped_storage().data_ptr()
+    assert rows["state_dict.l.weight"]["storage"] == rows["state_dict.emb.weight"]["storage"]
+    assert report["weights"]["counts"]["tied"] == 1
+
+
+def test_convert_writes_the_values_torch_export_load_reads(cli: Cli, pt2: Path, tmp_path: Path) -> None:
+    out = tmp_path / "model.safetensors"
+    result = cli("convert", pt2, out)
+    assert result.exit_code == 0, result.stderr
+    written, state = load_file(out), _loaded(pt2).state_dict
+    assert sorted(written) == sorted(state)
+    for key, tensor in state.items():
+        assert torch.equal(written[key], tensor.detach()), key
+    assert cli("diff", pt2, out).exit_code == 0
+
+
+def _rewritten(source: Path, target: Path, change: Callable[[str, bytes], bytes], extra: dict[str, bytes]) -> Path:
+    """The archive with each member passed through `change(name, data)`, and `extra` added."""
+    with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as new:
+        root = old.namelist()[0].split("/")[0]
+        for info in old.infolist():
+            new.writestr(info.filename, change(info.filename, old.read(info.filename)))
+        for name, data in extra.items():
+            new.writestr(f"{root}/{name}", data)
+    return target
+
+
+def _config_change(edit: Callable[[dict[str, Any]], None]) -> Callable[[str, bytes], bytes]:
+    def change(name: str, data: bytes) -> bytes:
+        if not name.endswith("model_weights_config.json"):
+            return data
+        document = json.loads(data)
+        edit(document["config"])
+        return json.dumps(document).encode()
+
+    return change
+
+
+def test_a_pickled_payload_is_refused_for_reading_and_dangerous_to_scan(
+    cli: Cli, pt2: Path, tmp_path: Path, marker: Path
+) -> None:
+    """torch.export.load unpickles `use_pickle` payloads with weights_only=False: the archive
+    is not read, and scan finds the pickle whatever the member is called."""
+
+    def pickled(config: dict[str, Any]) -> None:
+        config["evil"] = {"path_name": "weight_99", "is_param": False, "use_pickle": True, "tensor_meta": None}
+
+    payload = whole(call_global("os", "system", shell_touch(marker)))
+    path = _rewritten(pt2, tmp_path / "evil.pt2", _config_change(pickled), {"data/weights/weight_99": payload})
+    result = cli("inspect", path)
+    assert result.exit_code == 2 and "'evil' is pickled" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert_dangerous(path, "os.system")
+    assert_not_run(marker)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda c: c["t"]["tensor_meta"].update(dtype=99), "unknown dtype 99"),
+        (lambda c: c["t"]["tensor_meta"]["sizes"].append({"as_expr": "s0"}), "not an integer"),
+        (lambda c: c["t"]["tensor_meta"].update(storage_offset={"as_int": 10**6}), "reaches byte"),
+        (lambda c: c["t"].update(path_name="missing"), "no record"),
+        (lambda c: c["t"]["tensor_meta"].update(device=[1]), "has device"),
+    ],
+)
+def test_a_damaged_config_is_one_error_line(
+    cli: Cli, pt2: Path, tmp_path: Path, edit: Callable[[dict[str, Any]], None], message: str
+) -> None:
+    path = _rewritten(pt2, tmp_path / "bad.pt2", _config_change(edit), {})
+    for command in (("inspect",), ("convert", tmp_path / "out.safetensors")):
+        result = cli(command[0], path, *command[1:])
+        assert result.exit_code == 2 and message in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out.safetensors").exists()
