@@ -72,6 +72,28 @@ def is_tar(head: bytes) -> bool:
     return len(head) >= 262 and head[257:262] == b"ustar"
 
 
+# Executables and shared libraries: a loader that takes them from an archive runs them
+# (torch._inductor.aoti_load_package loads a PT2 package's compiled model this way).
+_NATIVE = {
+    b"\x7fELF": "an ELF executable or shared library",
+    b"\xcf\xfa\xed\xfe": "a Mach-O binary",
+    b"\xce\xfa\xed\xfe": "a Mach-O binary",
+    b"\xfe\xed\xfa\xcf": "a Mach-O binary",
+    b"\xfe\xed\xfa\xce": "a Mach-O binary",
+}
+
+
+def native_code(head: bytes) -> str | None:
+    """What kind of machine code `head` opens, if it is an executable or shared library
+    (ELF, Mach-O, or a Windows PE file)."""
+    found = next((what for magic, what in _NATIVE.items() if head.startswith(magic)), None)
+    if found is None and head.startswith(b"MZ") and len(head) >= 64:
+        at = int.from_bytes(head[60:64], "little")
+        if head[at : at + 4] == b"PE\x00\x00":
+            found = "a Windows executable or DLL"
+    return found
+
+
 def sealed_archive(head: bytes) -> str | None:
     """'a 7z archive' for formats ckpttool recognises but cannot open, else None."""
     return next((what for magic, what in _SEALED.items() if head.startswith(magic)), None)
@@ -125,10 +147,11 @@ def scan_container(path: str, kind: FormatName) -> Found:
     return scanner.found.summarise()
 
 
-def scan_zip_archive(archive: ZipArchive) -> Found:
-    """`scan_container` for a zip whose central directory is already read."""
+def scan_zip_archive(archive: ZipArchive, skip: frozenset[str] = frozenset()) -> Found:
+    """`scan_container` for a zip whose central directory is already read; the members in
+    `skip` are raw bytes its format says nothing unpickles."""
     scanner = _Scanner()
-    scanner.zip_file("", archive, 0)
+    scanner.zip_file("", archive, 0, skip)
     return scanner.found.summarise()
 
 
@@ -196,6 +219,10 @@ class _Scanner:
         sealed = sealed_archive(head)
         if sealed is not None:
             self.found.problems.append(f"{name}: {sealed}, which ckpttool cannot open")
+            return
+        native = native_code(head)
+        if native is not None:
+            self.found.problems.append(f"{name}: {native}: whatever loads it from here runs its code")
             return
         kind = container_kind(head)
         nested = is_zip(head) or is_tar(head) or (kind is not None and kind != NPY)
@@ -501,9 +528,13 @@ def _stream(name: Literal["gzip", "bz2", "xz", "zlib", "lzma"]) -> Format:
 
 
 def _plain_zip(probe: Probe) -> bool:
-    """A zip without torch's data.pkl: an npz, a download. The central directory read
-    here is the one the torch zip formats read next."""
-    return is_zip(probe.head) and probe.archive().record("data.pkl") is None
+    """A zip without torch's data.pkl that is no PT2 archive: an npz, a download. The
+    central directory read here is the one the torch zip formats read next."""
+    if not is_zip(probe.head) or probe.archive().record("data.pkl") is not None:
+        return False
+    from ckpttool.formats.pt2 import is_pt2  # it scans through this module
+
+    return not is_pt2(probe.archive())
 
 
 SEALED_FORMAT = Format("sealed", lambda probe: sealed_archive(probe.head) is not None, pickles=_sealed, scan_only=True)

@@ -23,11 +23,15 @@ from ckpttool.dtypes import DTYPES
 from ckpttool.errors import FormatError
 from ckpttool.formatnames import PT2
 from ckpttool.formats.containers import scan_zip_archive
-from ckpttool.formats.format import Format, Probe
+from ckpttool.formats.format import Format, Found, Probe
 from ckpttool.formats.ziparchive import ZipArchive, ZipEntry, is_zip, read_entry, recorded_crc, resolve_data_offset
 
 MAX_CONFIG = 64 << 20  # a JSON description of some 10^5 tensors; larger is refused unread
 _WEIGHTS_CONFIG = re.compile(r"data/weights/(.+)_weights_config\.json")
+_CONSTANTS_DIR = "data/constants"
+# torch.export.load reads a constant's record as raw bytes only under this prefix; script
+# objects (`custom_obj_`) and opaque ones (`opaque_obj_`) it unpickles whatever the config says
+_RAW_CONSTANT_PREFIX = "tensor_"
 
 # torch._export.serde.schema.ScalarType, by value
 _SCALAR_TYPES = {
@@ -73,9 +77,9 @@ def read_pt2(probe: Probe) -> Checkpoint:
     reader = _Reader(archive)
     programs = {}
     for model in models:
-        weights = reader.tensors(f"data/weights/{model}_weights_config.json")
-        constants_name = f"data/constants/{model}_constants_config.json"
-        constants = reader.tensors(constants_name) if archive.record(constants_name) else {}
+        weights_name, constants_name = _configs(archive, model)
+        weights = reader.tensors(weights_name)
+        constants = reader.tensors(constants_name) if constants_name else {}
         programs[model] = {"state_dict": weights, "constants": constants} if constants else weights
     root = programs[models[0]] if len(models) == 1 else programs
     return Checkpoint(
@@ -96,6 +100,65 @@ def _models(archive: ZipArchive) -> list[str]:
     return [match.group(1) for name in names if (match := _WEIGHTS_CONFIG.fullmatch(name))]
 
 
+def _configs(archive: ZipArchive, model: str) -> tuple[str, str | None]:
+    """The weights config of `model`, and its constants config where the archive has one."""
+    constants = f"{_CONSTANTS_DIR}/{model}_constants_config.json"
+    return f"data/weights/{model}_weights_config.json", constants if archive.record(constants) else None
+
+
+def _is_raw(config_name: str, payload: Any) -> bool:
+    """Whether torch.export.load reads this entry's record as raw bytes (not unpickled)."""
+    if not isinstance(payload, dict) or payload.get("use_pickle") is not False:
+        return False
+    path_name = payload.get("path_name")
+    return not config_name.startswith(_CONSTANTS_DIR + "/") or (
+        isinstance(path_name, str) and path_name.startswith(_RAW_CONSTANT_PREFIX)
+    )
+
+
+def _config(archive: ZipArchive, name: str) -> dict[str, Any]:
+    entry = archive.record(name)
+    if entry is None:
+        raise FormatError(f"PT2 archive without {name}", path=archive.path)
+    try:
+        document = json.loads(read_entry(archive, entry, MAX_CONFIG))
+    except (ValueError, RecursionError) as exc:
+        raise FormatError(f"{name} is not JSON: {exc}", path=archive.path) from None
+    config = document.get("config") if isinstance(document, dict) else None
+    if not isinstance(config, dict):
+        raise FormatError(f"{name} has no 'config' object", path=archive.path)
+    return config
+
+
+def _raw_records(archive: ZipArchive) -> frozenset[str]:
+    """The records that every entry naming them describes as raw bytes: nothing unpickles
+    them, so a scan leaves them out. A config that does not read leaves every record in."""
+    raw: set[str] = set()
+    pickled: set[str] = set()
+    try:
+        for model in _models(archive):
+            for config_name in _configs(archive, model):
+                if config_name is None:
+                    continue
+                folder = config_name.rpartition("/")[0]
+                for payload in _config(archive, config_name).values():
+                    path_name = payload.get("path_name") if isinstance(payload, dict) else None
+                    if isinstance(path_name, str):
+                        named = f"{archive.root}/{folder}/{path_name}"
+                        (raw if _is_raw(config_name, payload) else pickled).add(named)
+    except FormatError:
+        return frozenset()
+    return frozenset(raw - pickled)
+
+
+def scan_pt2(probe: Probe) -> Found:
+    """Every member that holds a pickle, by content, as in any zip (the sample inputs, pickled
+    payloads, script and opaque objects), and what else could run; the raw tensor records
+    are left out."""
+    archive = probe.archive()
+    return scan_zip_archive(archive, _raw_records(archive))
+
+
 class _Reader:
     """The tensors of one archive's configs; one `Storage` per record, shared by its views."""
 
@@ -105,14 +168,14 @@ class _Reader:
         self.anomalies: list[str] = []
 
     def tensors(self, config_name: str) -> dict[str, TensorRef]:
-        config = self._config(config_name)
+        config = _config(self.archive, config_name)
         folder = config_name.rpartition("/")[0]
         out = {}
         for name, payload in config.items():
             where = f"{config_name}: {name!r}"
             if not isinstance(payload, dict):
                 raise FormatError(f"{where} is not an object", path=self.archive.path)
-            if payload.get("use_pickle") is not False:
+            if not _is_raw(config_name, payload):
                 raise FormatError(
                     f"{where} is pickled (a tensor subclass or an object), which torch.export.load unpickles: "
                     "not read (`ckpttool scan` covers it)",
@@ -120,19 +183,6 @@ class _Reader:
                 )
             out[name] = self._tensor(where, folder, payload)
         return out
-
-    def _config(self, name: str) -> dict[str, Any]:
-        entry = self.archive.record(name)
-        if entry is None:
-            raise FormatError(f"PT2 archive without {name}", path=self.archive.path)
-        try:
-            document = json.loads(read_entry(self.archive, entry, MAX_CONFIG))
-        except (ValueError, RecursionError) as exc:
-            raise FormatError(f"{name} is not JSON: {exc}", path=self.archive.path) from None
-        config = document.get("config") if isinstance(document, dict) else None
-        if not isinstance(config, dict):
-            raise FormatError(f"{name} has no 'config' object", path=self.archive.path)
-        return config
 
     def _tensor(self, where: str, folder: str, payload: dict[str, Any]) -> TensorRef:
         meta, record = payload.get("tensor_meta"), payload.get("path_name")
@@ -216,6 +266,4 @@ def _recognise(probe: Probe) -> bool:
     return is_zip(probe.head) and is_pt2(probe.archive())
 
 
-# While scanning, a PT2 archive is a plain zip (`containers.ZIP_FORMAT`): every member that
-# holds a pickle is scanned, whatever its name.
-PT2_FORMAT = Format(PT2, _recognise, pickles=lambda probe: scan_zip_archive(probe.archive()), read=read_pt2)
+PT2_FORMAT = Format(PT2, _recognise, pickles=scan_pt2, read=read_pt2)

@@ -131,6 +131,25 @@ def test_python_files_beside_the_weights_are_text_not_pickles(cli: Cli, tmp_path
     )
 
 
+def test_a_shared_library_beside_the_weights_is_dangerous(cli: Cli, tmp_path: Path) -> None:
+    """Compiled kernels shipped with a model run when whatever uses them loads them: the
+    library is a finding, named, on its own in a folder too."""
+    folder = hf_folder(tmp_path / "model")
+    (folder / "kernels.so").write_bytes(b"\x7fELF\x02\x01\x01" + b"\x00" * 57)
+    result = cli("scan", folder, "--format", "json")
+    assert result.exit_code == 1, result.stdout
+    found = entries(result)[str(folder / "kernels.so")]
+    assert (found["verdict"], found["problems"]) == (
+        "dangerous",
+        ["an ELF executable or shared library: whatever loads it from here runs its code"],
+    )
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (folder / "kernels.so").rename(lone / "kernels.so")
+    alone = cli("scan", lone, "--format", "json")
+    assert alone.exit_code == 1 and entries(alone)[str(lone / "kernels.so")]["verdict"] == "dangerous"
+
+
 def test_a_text_looking_pickle_that_calls_before_failing_stays_dangerous(cli: Cli, tmp_path: Path) -> None:
     marker = tmp_path / "PAYLOAD_RAN"
     folder = hf_folder(tmp_path / "model")

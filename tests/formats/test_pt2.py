@@ -155,3 +155,68 @@ def test_a_damaged_config_is_one_error_line(
         assert result.exit_code == 2 and message in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def _scan(cli: Cli, path: Path) -> tuple[int, dict[str, Any]]:
+    result = cli("scan", path, "--format", "json")
+    report: dict[str, Any] = json.loads(result.stdout)["files"][0]
+    return result.exit_code, report
+
+
+def test_scan_reads_the_sample_inputs_and_leaves_raw_weights_out(cli: Cli, pt2: Path) -> None:
+    code, report = _scan(cli, pt2)
+    assert (code, report["format"], report["verdict"]) == (0, "pt2", "safe")
+    assert report["pickles"] == 1  # the sample inputs' torch.save archive
+    assert report["weights_only"]["result"] == "not-applicable"
+
+
+def test_raw_weights_that_look_like_code_are_no_finding(cli: Cli, tmp_path: Path) -> None:
+    """A weight's bytes are whatever its values are: one opening with ELF's magic, or with a
+    pickle opcode, is not scanned as what it looks like (torch.export.load never runs it)."""
+    module = torch.nn.Module()
+    elf = torch.frombuffer(bytearray(b"\x7fELF" + b"\x00" * 12), dtype=torch.float32).clone()
+    opcode = torch.frombuffer(bytearray(b"cos\nsystem\n(V\ntR."[:16]), dtype=torch.float32).clone()
+    module.a, module.b = torch.nn.Parameter(elf), torch.nn.Parameter(opcode)
+    module.forward = lambda x: x + module.a.sum() + module.b.sum()  # type: ignore[method-assign]
+    path = tmp_path / "looks.pt2"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.export.save(torch.export.export(module, (torch.zeros(()),)), path)
+    code, report = _scan(cli, path)
+    assert (code, report["verdict"], report["problems"]) == (0, "safe", [])
+
+
+def test_an_object_constant_is_unpickled_whatever_its_config_says(
+    cli: Cli, pt2: Path, tmp_path: Path, marker: Path
+) -> None:
+    """torch.export.load unpickles `opaque_obj_*` constants with pickle.loads even when the
+    config calls them raw: they are neither read as tensors nor left out of the scan."""
+
+    def change(name: str, data: bytes) -> bytes:
+        if not name.endswith("model_constants_config.json"):
+            return data
+        document = json.loads(data)
+        document["config"]["evil"] = {
+            "path_name": "opaque_obj_0",
+            "is_param": False,
+            "use_pickle": False,
+            "tensor_meta": json.loads(data)["config"]["scale"]["tensor_meta"],
+        }
+        return json.dumps(document).encode()
+
+    payload = whole(call_global("os", "system", shell_touch(marker)))
+    path = _rewritten(pt2, tmp_path / "opaque.pt2", change, {"data/constants/opaque_obj_0": payload})
+    result = cli("inspect", path)
+    assert result.exit_code == 2 and "'evil' is pickled" in result.stderr
+    assert_dangerous(path, "os.system")
+    assert_not_run(marker)
+
+
+def test_a_compiled_model_in_the_archive_is_dangerous(cli: Cli, pt2: Path, tmp_path: Path) -> None:
+    """An AOTInductor package's shared library: torch._inductor.aoti_load_package loads it
+    and runs its code."""
+    library = b"\x7fELF\x02\x01\x01" + b"\x00" * 57
+    path = _rewritten(pt2, tmp_path / "aoti.pt2", lambda name, data: data, {"data/aotinductor/model/m.so": library})
+    code, report = _scan(cli, path)
+    assert (code, report["verdict"]) == (1, "dangerous")
+    assert any("m.so: an ELF executable or shared library" in p for p in report["problems"])

@@ -213,3 +213,34 @@ def test_a_legacy_file_in_a_raw_payload_stays_dangerous(write: FileWriter, marke
 def test_pickles_in_text_named_members_are_found_by_content(write: FileWriter, marker: Path) -> None:
     protocol0 = pickle.dumps(["a"], protocol=0)[:-1] + b"0" + b"cos\nsystem\n(S'touch x'\ntR."
     assert_dangerous(write("t.zip", zip_bytes([ZipMember("readme.txt", protocol0)], align=False)), "os.system")
+
+
+def _pe(valid: bool) -> bytes:
+    """A DOS header whose e_lfanew points at a PE signature (or at nothing)."""
+    header = bytearray(b"MZ" + b"\x00" * 126)
+    header[60:64] = (64).to_bytes(4, "little")
+    header[64:68] = b"PE\x00\x00" if valid else b"\x00\x00\x00\x00"
+    return bytes(header) + b"\x00" * 64
+
+
+@pytest.mark.parametrize(
+    ("data", "what"),
+    [
+        (b"\x7fELF\x02\x01\x01" + b"\x00" * 57, "an ELF executable or shared library"),
+        (b"\xcf\xfa\xed\xfe" + b"\x00" * 60, "a Mach-O binary"),
+        (_pe(True), "a Windows executable or DLL"),
+    ],
+)
+def test_native_code_in_an_archive_is_dangerous(write: FileWriter, data: bytes, what: str) -> None:
+    """Whatever loads a shared library from a model download runs it (an AOTInductor
+    package's compiled model is loaded so): the member is a problem, named."""
+    path = write("model.zip", zip_bytes([ZipMember("weights/model.so", data)]))
+    report = only_file(scan(path))
+    assert report["verdict"] == "dangerous"
+    assert report["problems"] == [f"weights/model.so: {what}: whatever loads it from here runs its code"]
+
+
+def test_text_that_opens_with_mz_is_no_native_code(write: FileWriter) -> None:
+    path = write("notes.zip", zip_bytes([ZipMember("a.txt", _pe(False)), ZipMember("b.txt", b"MZ is a name")]))
+    outcome = scan(path)
+    assert outcome.exit_code == 0 and only_file(outcome)["verdict"] == "safe"

@@ -16,8 +16,9 @@ from typing import Literal
 from ckpttool.errors import CkptError, NotACheckpointError
 from ckpttool.formatnames import NoPickleKind
 from ckpttool.formats import OpenedFile
+from ckpttool.formats.containers import native_code
 from ckpttool.ops.safety.folder import FolderItem, folder_items, same_path
-from ckpttool.ops.safety.scan import SAFE, FileScan, scan_file, scan_opened
+from ckpttool.ops.safety.scan import DANGEROUS, SAFE, FileScan, scan_file, scan_opened
 from ckpttool.pickle.weightsonly import not_applicable
 
 Unreadable = Literal["unreadable"]  # the verdict an unreadable path has in every output
@@ -54,7 +55,7 @@ def scan_folder(root: str, allow: Mapping[str, str] | None = None, opened: Opene
     (a DCP or DeepSpeed folder): its probe and decoded pickles are not made again."""
     reuse = opened if opened is not None and same_path(opened.path, root) else None
     entries = [_scan_item(item, allow, reuse) for item in folder_items(root, reuse)]
-    if all(isinstance(e, FileScan) and e.format in NO_PICKLE_FORMATS for e in entries):
+    if all(isinstance(e, FileScan) and e.format in NO_PICKLE_FORMATS and e.verdict == SAFE for e in entries):
         count = f"{len(entries)} file(s), text or other data" if entries else "no file"
         why = f"no file in the folder holds a checkpoint or a pickle ({count}): not a checkpoint"
         return [UnreadableFile(root, why)]
@@ -78,19 +79,30 @@ def _scan_item(item: FolderItem, allow: Mapping[str, str] | None, root: OpenedFi
 
 def _no_pickle(path: str, error: str) -> FileScan:
     """A file beside the checkpoint that no format recognises: pickle.load and torch.load
-    fail on its first bytes before calling anything."""
-    why = "empty" if error.startswith("empty") else "no zip, safetensors, tar or pickle signature"
-    kind: NoPickleKind = "text" if _is_text(path) else "data"
-    note = f"{kind} with no pickle ({why}): nothing in it runs code when loaded"
+    fail on its first bytes before calling anything. A shared library is another matter:
+    whatever loads it (a package's kernels, torch.ops.load_library) runs its code."""
+    head = _head(path)
+    kind: NoPickleKind = "text" if _is_text(head) else "data"
     refusal = not_applicable("not a checkpoint: torch.load refuses it")
+    native = native_code(head)
+    if native is not None:
+        problem = f"{native}: whatever loads it from here runs its code"
+        return FileScan(path, kind, DANGEROUS, 0, weights_only=refusal, problems=[problem])
+    why = "empty" if error.startswith("empty") else "no zip, safetensors, tar or pickle signature"
+    note = f"{kind} with no pickle ({why}): nothing in it runs code when loaded"
     return FileScan(path, kind, SAFE, 0, weights_only=refusal, notes=[note])
 
 
-def _is_text(path: str) -> bool:
+def _head(path: str) -> bytes:
     try:
         with open(path, "rb") as f:
-            head = f.read(4096)
+            return f.read(4096)
     except OSError:
+        return b""
+
+
+def _is_text(head: bytes) -> bool:
+    if not head:
         return False
     try:
         head.decode("utf-8")

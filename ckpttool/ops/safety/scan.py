@@ -152,6 +152,11 @@ def _weights_only(collected: Found, judgement: Judgement, invalid: str | None = 
             "a DCP folder: dcp.load reads .metadata with pickle.load and non-tensor entries with "
             "torch.load(weights_only=False); no allowlist applies"
         )
+    if fmt == "pt2":  # no add_safe_globals line helps either
+        return not_applicable(
+            "a torch.export archive: torch.export.load unpickles pickled payloads with weights_only=False, "
+            "and sample inputs so when weights_only fails; no allowlist applies"
+        )
     if fmt == "torchscript":
         refusal: str | None = "a TorchScript archive, which torch.load(weights_only=True) refuses"
     elif fmt not in _TORCH_LOADS:
