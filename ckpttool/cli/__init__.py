@@ -21,6 +21,12 @@ from ckpttool.cli.common import DEBUG_KEY, FORMAT_KEY, debug_option
 from ckpttool.errors import EXIT_ERROR, CkptError
 from ckpttool.signals import Interrupted, stopping_cleanly
 
+# A command is one short process that keeps nearly everything it makes (the modules it
+# imports, then the checkpoint's model) until it exits. At the collector's default pace, a
+# collection every 700 new objects, a metadata command spends ~5% of its time finding no
+# garbage; every 10,000 still bounds what a cycle left behind can hold.
+gc.set_threshold(10_000, 10, 10)
+
 # What a command built dies with the process. Python's last collection at shutdown would
 # walk it all first (0.2 s after reading a 50,000-tensor file) to free what the exit frees
 # anyway: frozen, it is left to the exit. Registered first, it runs after every other handler.
