@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import json
 import re
-from functools import partial
 from typing import Any
 
-from ckpttool.checkpoint import Checkpoint, Record, Storage, TensorRef, validate_layout
+from ckpttool.checkpoint import Checkpoint, Storage, TensorRef, validate_layout
 from ckpttool.dtypes import DTYPES
 from ckpttool.errors import FormatError
 from ckpttool.formatnames import PT2
 from ckpttool.formats.containers import scan_zip_archive
 from ckpttool.formats.format import Format, Found, Probe
-from ckpttool.formats.ziparchive import ZipArchive, ZipEntry, is_zip, read_entry, recorded_crc, resolve_data_offset
+from ckpttool.formats.ziparchive import ZipArchive, entry_record, is_zip, read_entry
 
 MAX_CONFIG = 64 << 20  # a JSON description of some 10^5 tensors; larger is refused unread
 _WEIGHTS_CONFIG = re.compile(r"data/weights/(.+)_weights_config\.json")
@@ -218,7 +217,7 @@ class _Reader:
             raise FormatError(
                 f"record {entry.name} holds {entry.size} bytes, not a whole number of {dtype}", path=self.archive.path
             )
-        storage = Storage(name, dtype, entry.size // itemsize, device, _record(self.archive, entry))
+        storage = Storage(name, dtype, entry.size // itemsize, device, entry_record(self.archive, entry))
         self.storages[name] = storage
         return storage
 
@@ -227,18 +226,6 @@ class _Reader:
         if entry is None or entry.size > 64:
             return {}
         return {"archive_version": read_entry(self.archive, entry, 64).decode("utf-8", "replace").strip()}
-
-
-def _record(archive: ZipArchive, entry: ZipEntry) -> Record:
-    return Record(
-        path=archive.path,
-        name=entry.name,
-        offset=entry.data_offset,
-        size=entry.compressed_size,
-        compressed=entry.method != 0,
-        crc=recorded_crc(entry),
-        resolve=partial(resolve_data_offset, archive, entry),
-    )
 
 
 def _ints(values: Any, what: str, path: str) -> tuple[int, ...]:

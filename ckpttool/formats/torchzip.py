@@ -24,11 +24,10 @@ from ckpttool.formats.ziparchive import (
     ZipArchive,
     ZipEntry,
     crc_matches,
+    entry_record,
     is_zip,
     open_archive,
     read_entry,
-    recorded_crc,
-    resolve_data_offset,
 )
 from ckpttool.pickle import Decoded, decode
 from ckpttool.pickle.judge import TorchScript, is_torchscript_class
@@ -161,15 +160,7 @@ def _record_for(archive: ZipArchive, storage: Storage, prefix: str) -> Record:
             f"{storage.nbytes} ({storage.numel} x {storage.dtype})",
             path=archive.path,
         )
-    return Record(
-        path=archive.path,
-        name=entry.name,
-        offset=entry.data_offset,
-        size=entry.compressed_size,
-        compressed=entry.method != 0,
-        crc=recorded_crc(entry),
-        resolve=partial(resolve_data_offset, archive, entry),
-    )
+    return entry_record(archive, entry)
 
 
 def _keys_viewing(root: Any, storage: Storage) -> list[str]:

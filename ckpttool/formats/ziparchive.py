@@ -19,9 +19,10 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, partial
 from typing import IO, Any
 
+from ckpttool.checkpoint import Record
 from ckpttool.crc import crc32 as crc32_of
 from ckpttool.errors import CkptError, EncryptedError, LimitError, ZipFormatError
 
@@ -288,3 +289,17 @@ def pread_exact(fd: int, offset: int, size: int) -> bytes:
         parts.append(chunk)
         got += len(chunk)
     return b"".join(parts)
+
+
+def entry_record(archive: ZipArchive, entry: ZipEntry) -> Record:
+    """Where an entry's bytes are, for the readers of tensor data: located through its
+    local header when first read, with the CRC-32 the central directory records."""
+    return Record(
+        path=archive.path,
+        name=entry.name,
+        offset=entry.data_offset,
+        size=entry.compressed_size,
+        compressed=entry.method != 0,
+        crc=recorded_crc(entry),
+        resolve=partial(resolve_data_offset, archive, entry),
+    )
