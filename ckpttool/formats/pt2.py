@@ -73,7 +73,7 @@ def read_pt2(probe: Probe) -> Checkpoint:
             "layout): no weights to read",
             path=archive.path,
         )
-    reader = _Reader(archive)
+    reader = _Reader(probe)
     programs = {}
     for model in models:
         weights_name, constants_name = _configs(archive, model)
@@ -115,7 +115,16 @@ def _is_raw(config_name: str, payload: Any) -> bool:
     )
 
 
-def _config(archive: ZipArchive, name: str) -> dict[str, Any]:
+def _config(probe: Probe, name: str) -> dict[str, Any]:
+    """The `config` object of a JSON config, parsed once per probe (the read and the scan
+    of one command share it)."""
+    parsed: dict[str, dict[str, Any]] = probe.memo.setdefault("pt2 configs", {})
+    if name not in parsed:
+        parsed[name] = _parse_config(probe.archive(), name)
+    return parsed[name]
+
+
+def _parse_config(archive: ZipArchive, name: str) -> dict[str, Any]:
     entry = archive.record(name)
     if entry is None:
         raise FormatError(f"PT2 archive without {name}", path=archive.path)
@@ -129,9 +138,10 @@ def _config(archive: ZipArchive, name: str) -> dict[str, Any]:
     return config
 
 
-def _raw_records(archive: ZipArchive) -> frozenset[str]:
+def _raw_records(probe: Probe) -> frozenset[str]:
     """The records that every entry naming them describes as raw bytes: nothing unpickles
     them, so a scan leaves them out. A config that does not read leaves every record in."""
+    archive = probe.archive()
     raw: set[str] = set()
     pickled: set[str] = set()
     try:
@@ -140,7 +150,7 @@ def _raw_records(archive: ZipArchive) -> frozenset[str]:
                 if config_name is None:
                     continue
                 folder = config_name.rpartition("/")[0]
-                for payload in _config(archive, config_name).values():
+                for payload in _config(probe, config_name).values():
                     path_name = payload.get("path_name") if isinstance(payload, dict) else None
                     if isinstance(path_name, str):
                         named = f"{archive.root}/{folder}/{path_name}"
@@ -154,20 +164,20 @@ def scan_pt2(probe: Probe) -> Found:
     """Every member that holds a pickle, by content, as in any zip (the sample inputs, pickled
     payloads, script and opaque objects), and what else could run; the raw tensor records
     are left out."""
-    archive = probe.archive()
-    return scan_zip_archive(archive, _raw_records(archive))
+    return scan_zip_archive(probe.archive(), _raw_records(probe))
 
 
 class _Reader:
     """The tensors of one archive's configs; one `Storage` per record, shared by its views."""
 
-    def __init__(self, archive: ZipArchive) -> None:
-        self.archive = archive
+    def __init__(self, probe: Probe) -> None:
+        self.probe = probe
+        self.archive = probe.archive()
         self.storages: dict[str, Storage] = {}
         self.anomalies: list[str] = []
 
     def tensors(self, config_name: str) -> dict[str, TensorRef]:
-        config = _config(self.archive, config_name)
+        config = _config(self.probe, config_name)
         folder = config_name.rpartition("/")[0]
         out = {}
         for name, payload in config.items():
