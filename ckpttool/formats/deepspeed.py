@@ -58,6 +58,8 @@ def read_deepspeed(path: str, probe: Probe | None = None) -> Checkpoint:
     if folder is None:
         raise FormatError("not a DeepSpeed ZeRO checkpoint folder", path=path)
     files = zero_files(folder)
+    if not files.optim:
+        return _without_zero(path, files, probe)
     models = [_rank_file(p, probe) for p in files.model]
     optims = [_rank_file(p, probe) for p in files.optim]
     states = [_zero_state(c) for c in optims]
@@ -66,11 +68,10 @@ def read_deepspeed(path: str, probe: Probe | None = None) -> Checkpoint:
     layout = _layout(first, states, stage, files)
     masters = _per_rank(states, ZERO3_STATE if stage == 3 else PARTITIONED_STATE, files)
     weights = _weights(first, models, layout, masters, stage, files)
-    metadata = _metadata(first, states[0], stage, files, weights)
-    summary = {k: int(metadata[k]) if metadata[k].isdigit() else metadata[k] for k in SUMMARY if k in metadata}
-    root: dict[str, Any] = {"deepspeed": summary, "module": weights}
-    root["optimizer"] = _optimizer(states, layout, files)
-    root.update((k, v) for k, v in first.items() if k not in _LEFT_OUT)
+    optimizer = f"ZeRO-{stage}" if "zero_stage" in states[0] else "BF16_Optimizer"
+    metadata = _metadata(first, states[0], stage, optimizer, files.world, files, weights)
+    metadata["master_weights"] = "fp32 partitions (the weights shown), moments under optimizer"
+    root = _root(metadata, weights, _optimizer(states, layout, files), first)
     return Checkpoint(
         path=path,
         format=DEEPSPEED,
@@ -81,6 +82,36 @@ def read_deepspeed(path: str, probe: Probe | None = None) -> Checkpoint:
         anomalies=[f"{os.path.basename(c.path)}: {a}" for c in models + optims for a in c.anomalies],
         files=files.model + files.optim,
     )
+
+
+def _without_zero(path: str, files: ZeroFiles, probe: Probe | None) -> Checkpoint:
+    """ZeRO stage 0: rank 0's model states hold the module as the model's state_dict() did
+    and the optimizer's own state_dict (by parameter index: the file names no parameter)."""
+    model = _rank_file(files.model[0], probe)
+    first = _dict(model.root, files.model[0], "model states")
+    weights = _dict(first.get("module"), files.model[0], "module")
+    buffers = first.get("buffer_names")
+    if isinstance(buffers, list):  # the rest of the module's state_dict are its parameters
+        for name, tensor in weights.items():
+            if isinstance(tensor, TensorRef) and name not in buffers:
+                tensor.kind = PARAMETER
+    world = _int(first.get("dp_world_size"))
+    metadata = _metadata(first, {}, 0, "its own (no ZeRO)", world or 1, files, weights)
+    metadata["master_weights"] = "the module's weights (no ZeRO)"
+    root = _root(metadata, weights, first.get("optimizer"), first)
+    storages = {f"{os.path.basename(model.path)}/{k}": s for k, s in model.storages.items()}
+    anomalies = [f"{os.path.basename(model.path)}: {a}" for a in model.anomalies]
+    size, byteorder = model.file_size, model.byteorder
+    return Checkpoint(path, DEEPSPEED, size, root, storages, byteorder, metadata, anomalies, files.model)
+
+
+def _root(metadata: dict[str, str], weights: dict[str, Any], optimizer: Any, first: dict[Any, Any]) -> dict[str, Any]:
+    """What every stage's checkpoint holds: a summary, the weights, the optimizer's state,
+    then rank 0's other entries (step counts, the config, the scheduler)."""
+    summary = {k: int(metadata[k]) if metadata[k].isdigit() else metadata[k] for k in SUMMARY if k in metadata}
+    root: dict[str, Any] = {"deepspeed": summary, "module": weights, "optimizer": optimizer}
+    root.update((k, v) for k, v in first.items() if k not in _LEFT_OUT)
+    return root
 
 
 # -- the states --------------------------------------------------------------------------------------
@@ -308,14 +339,20 @@ def _moment(rank_state: dict[Any, Any], key: Any) -> list[TensorRef]:
 
 
 def _metadata(
-    first: dict[Any, Any], state: dict[Any, Any], stage: int, files: ZeroFiles, weights: dict[str, TensorRef]
+    first: dict[Any, Any],
+    state: dict[Any, Any],
+    stage: int,
+    optimizer: str,
+    world: int,
+    files: ZeroFiles,
+    weights: dict[str, Any],
 ) -> dict[str, str]:
-    dtypes = sorted({t.dtype for t in weights.values()})
+    dtypes = sorted({t.dtype for t in weights.values() if isinstance(t, TensorRef)})
     config = first.get("ds_config")
     meta = {
         "zero_stage": str(stage),
-        "optimizer": f"ZeRO-{stage}" if "zero_stage" in state else "BF16_Optimizer",
-        "world_size": str(files.world),
+        "optimizer": optimizer,
+        "world_size": str(world),
         "weights_dtypes": ", ".join(dtypes),
         "ds_version": str(first.get("ds_version") or state.get("ds_version") or "?"),
         "global_steps": str(first.get("global_steps", "?")),
@@ -324,7 +361,6 @@ def _metadata(
     if isinstance(config, dict):
         precision = [k for k in ("bf16", "fp16") if isinstance(config.get(k), dict) and config[k].get("enabled")]
         meta["precision"] = precision[0] if precision else "fp32"
-    meta["master_weights"] = "fp32 partitions (the weights shown), moments under optimizer"
     return meta
 
 

@@ -3,7 +3,9 @@
 `engine.save_checkpoint(RUN, tag)` writes `RUN/latest` (the tag, as text) and `RUN/TAG/`:
 `mp_rank_00_model_states.pt` (ZeRO-1/2) or one `zero_pp_rank_R_mp_rank_00_model_states.pt`
 per data-parallel rank (ZeRO-3), and one `[bf16_]zero_pp_rank_R_mp_rank_00_optim_states.pt`
-per rank. A run folder, a tag folder or the `latest` file all name the same checkpoint.
+per rank. Without ZeRO (stage 0), `mp_rank_00_model_states.pt` is all there is: it holds
+the optimizer's state too. A run folder, a tag folder or the `latest` file all name the
+same checkpoint.
 
 Only data parallelism is read: tensor or pipeline parallel files (`mp_rank_01`,
 `layer_*`) and MoE expert files (`expp_rank_*`) are refused, as are missing ranks.
@@ -28,6 +30,7 @@ REFUSED = (
     (re.compile(r"expp_rank_\d+.*\.pt"), "MoE expert files (expp_rank_*)"),
 )
 SCRIPTS = ("zero_to_fp32.py", "zero_to_torch.py")
+STAGE0_FILE = "mp_rank_00_model_states.pt"
 
 
 @dataclass(frozen=True)
@@ -35,8 +38,8 @@ class ZeroFiles:
     """A tag folder's files: model states and optimizer states, by data-parallel rank."""
 
     folder: str
-    model: list[str]  # one file (ZeRO-1/2) or one per rank (ZeRO-3)
-    optim: list[str]  # one per rank, rank order
+    model: list[str]  # one file (ZeRO-0/1/2) or one per rank (ZeRO-3)
+    optim: list[str]  # one per rank, rank order; none without ZeRO
 
     @property
     def world(self) -> int:
@@ -76,9 +79,7 @@ def _holds_zero_files(folder: str) -> bool:
         names = os.listdir(folder)
     except OSError:
         return False
-    return any(OPTIM_FILE.fullmatch(n) for n in names) or any(
-        (m := MODEL_FILE.fullmatch(n)) is not None and m.group(1) is not None for n in names
-    )
+    return any(OPTIM_FILE.fullmatch(n) or MODEL_FILE.fullmatch(n) for n in names)
 
 
 def zero_files(folder: str) -> ZeroFiles:
@@ -99,6 +100,9 @@ def zero_files(folder: str) -> ZeroFiles:
             f"DeepSpeed checkpoint with tensor or pipeline parallel ranks (mp_rank_{max(mp_ranks):02d}): not read",
             path=folder,
         )
+    join = os.path.join
+    if not optim and list(model) == [STAGE0_FILE]:
+        return ZeroFiles(folder, [join(folder, STAGE0_FILE)], [])  # no ZeRO: one file holds it all
     optim_ranks = _by_rank(folder, {int(m.group(2)): n for n, m in optim.items()}, "optimizer state")
     kinds = {m.group(1) is not None for m in optim.values()}
     if len(kinds) > 1:
@@ -115,7 +119,6 @@ def zero_files(folder: str) -> ZeroFiles:
         model_files = plain
     else:
         raise FormatError("no mp_rank_00_model_states.pt beside the optimizer states", path=folder)
-    join = os.path.join
     return ZeroFiles(folder, [join(folder, n) for n in model_files], [join(folder, n) for n in optim_ranks])
 
 
