@@ -6,11 +6,12 @@ tensors). Each job runs as whole processes, ckpttool and script alternately, ROU
 after one warm-up each (page cache warm); the median time and the largest peak RSS are
 printed, with the ratio ckpttool / script (below 1: ckpttool is faster) and the goal.
 
-    python bench/bench_table.py [--tree DIR] [--peers VENV]
+    python bench/bench_table.py [--tree DIR] [--peers VENV] [--only COMMAND ...]
 
 `--tree DIR` runs the ckpttool package of another checkout (`python -m ckpttool` with DIR
 on PYTHONPATH; by default this one's), so a before/after pair is two runs on the same
 files. `--peers VENV` adds `picklescan` from that venv beside `scan` of the 50k file.
+`--only inspect diff` runs those commands' rows alone (a quick before/after of one change).
 The DCP row comes from `bench/bench_dcp.py --gb 3`.
 """
 
@@ -127,6 +128,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tree", type=Path, default=Path(__file__).resolve().parent.parent)
     parser.add_argument("--peers", type=Path)
+    parser.add_argument("--only", nargs="+", metavar="COMMAND", help="the rows of these commands alone")
     options = parser.parse_args()
     tree = options.tree.resolve()
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree / "ckpttool")], check=True, env=ENV)
@@ -139,6 +141,8 @@ def main() -> None:
     print("| job | ckpttool | script | ckpttool / script | goal |")
     print("| --- | --- | --- | --- | --- |")
     for job in jobs(tool, options.peers):
+        if options.only and job.ours[3] not in options.only:  # [python, -m, ckpttool, COMMAND, ...]
+            continue
         ours, script = measure(job, ours_env)
         print(
             f"| {job.title} | {ours.seconds:.2f} s, {ours.peak_mb:.0f} MB | {script.seconds:.2f} s, "
