@@ -225,9 +225,12 @@ def find_weights(obj: Any, override: str | None = None) -> Weights:
     if found is None:
         found = _search(obj)
     if found is None:
-        return Weights(None, [], "none")
+        return Weights(None, [], "none", notes=[OPTIMIZER_FILE] if is_optimizer_state(obj) else [])
     found.alternatives = [p for p in _alternatives(obj) if p != found.root]
     return found
+
+
+OPTIMIZER_FILE = "the file is an optimizer's state_dict, no model's weights: `ckpttool optimizer` shows it"
 
 
 def _conventional(obj: dict[Any, Any], prefix: str) -> Weights | None:
@@ -241,10 +244,29 @@ def _conventional(obj: dict[Any, Any], prefix: str) -> Weights | None:
     return None
 
 
+def is_optimizer_state(node: Any) -> bool:
+    """`optimizer.state_dict()`: a `state` mapping and a list of `param_groups` mappings."""
+    return (
+        isinstance(node, dict)
+        and isinstance(node.get("state"), dict)
+        and isinstance(node.get("param_groups"), list)
+        and all(isinstance(g, dict) for g in node["param_groups"])
+    )
+
+
 def _search(obj: Any) -> Weights | None:
-    """First module or state_dict anywhere, else the mapping holding the most tensors."""
+    """First module or state_dict anywhere, else the mapping holding the most tensors.
+    An optimizer's state is never searched: each parameter's `{step, exp_avg, exp_avg_sq}`
+    looks like a state_dict, but is no model's weights (HF Trainer's `optimizer.pt`,
+    accelerate's `optimizer.bin`, a training dict whose weights come after it)."""
     best: tuple[int, str, dict[Any, Any]] | None = None
+    optimizers: list[str] = []  # paths of optimizer states met; walk goes depth first
     for path, node in walk(obj):
+        if any(o == "" or path == o or path.startswith(o + ".") for o in optimizers):
+            continue
+        if is_optimizer_state(node):
+            optimizers.append(path)
+            continue
         found = weights_of(node, path) if path else None
         if found is not None:
             return found
@@ -288,7 +310,7 @@ def _no_weights_at(node: Any, path: str) -> str:
         return f"--root {path!r} holds no tensors"
     examples = ", ".join(t.key for t in nested[:_NESTED_SHOWN]) + (", ..." if len(nested) > _NESTED_SHOWN else "")
     count = f"{len(nested):,} tensor{'s' if len(nested) != 1 else ''}"
-    if isinstance(node, dict) and isinstance(node.get("state"), dict) and isinstance(node.get("param_groups"), list):
+    if is_optimizer_state(node):
         return (
             f"--root {path!r} is an optimizer state ({count}: {examples}), not a state_dict of weights; "
             "`ckpttool optimizer` shows it per parameter, `ckpttool inspect --all` lists its tensors"

@@ -19,7 +19,7 @@ from ckpttool.formats import read_checkpoint
 from ckpttool.formats.dcp_megatron import optimizer_by_parameter
 from ckpttool.ops.inspect.report import jsonable
 from ckpttool.scalars import read_scalar
-from ckpttool.weights import find_weights, module_parameters, walk
+from ckpttool.weights import find_weights, is_optimizer_state, module_parameters, walk
 
 # (type, hyper-parameter names that identify it), most specific first: torch 2.x groups.
 _SIGNATURES: list[tuple[str, frozenset[str]]] = [
@@ -60,7 +60,7 @@ class OptimizerReport:
 def optimizers(path: str, model_params: list[tuple[str, tuple[int, ...]]] | None = None) -> list[OptimizerReport]:
     """Every optimizer state_dict in the file; `model_params` (name, shape) names their parameters exactly."""
     checkpoint = read_checkpoint(path)
-    found = [(p, node) for p, node in walk(checkpoint.root) if _is_optimizer_state(node)]
+    found = [(p, node) for p, node in walk(checkpoint.root) if is_optimizer_state(node)]
     megatron = optimizer_by_parameter(checkpoint.root) if checkpoint.format == "dcp" else None
     found += [("optimizer", megatron)] if megatron is not None else []
     file_params, guess_note = _file_parameters(checkpoint.root)
@@ -85,15 +85,6 @@ def _keyed_by_name(report: OptimizerReport) -> bool:
     """torch.distributed.checkpoint.state_dict (FSDP, DCP) keys the state by parameter name."""
     params = [p for g in report.param_groups for p in g.get("params") or []]
     return bool(params) and all(isinstance(p, str) for p in params)
-
-
-def _is_optimizer_state(node: Any) -> bool:
-    return (
-        isinstance(node, dict)
-        and isinstance(node.get("state"), dict)
-        and isinstance(node.get("param_groups"), list)
-        and all(isinstance(g, dict) for g in node["param_groups"])
-    )
 
 
 def _describe(where: str, state_dict: dict[str, Any]) -> OptimizerReport:
