@@ -178,3 +178,30 @@ def test_several_variants_and_none_plain_is_for_the_user_to_choose(cli: Cli, tmp
     result = cli("inspect", folder)
     assert_one_error_line(result, "several variants (bf16, fp16)", "name the file", path=folder)
     assert cli("inspect", folder / "model.bf16.safetensors").exit_code == 0
+
+
+def test_a_scanned_folders_file_names_keep_their_start_at_80_columns(tmp_path: Path) -> None:
+    """A sentence-transformers folder (sentence-transformers 6.3 `save`: modules.json,
+    config_sentence_transformers.json, 1_Pooling/config.json, 2_Dense/model.safetensors ...):
+    a file name too long for the summary is cut inside the name, keeping its start and its
+    extension, not down to `…json` as if its dots parted a dotted key."""
+    from click.testing import CliRunner
+
+    from ckpttool.cli import main
+
+    folder = tmp_path / "all-MiniLM-like"
+    _save(folder, "model.safetensors", "config.json")
+    names = ["modules.json", "config_sentence_transformers.json", "sentence_bert_config.json"]
+    for name in [*names, "1_Pooling/config.json", "2_Dense/config.json"]:
+        (folder / name).parent.mkdir(exist_ok=True)
+        (folder / name).write_text("{}")
+    save_file({"linear.weight": torch.ones(2, 4)}, str(folder / "2_Dense" / "model.safetensors"))
+    result = CliRunner().invoke(main, ["scan", str(folder)], env={"COLUMNS": "80"}, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    summary = result.stdout[result.stdout.index("files under") :].splitlines()[3:-1]
+    shown = [line.split()[0] for line in summary]
+    assert max(map(len, result.stdout.splitlines())) <= 80
+    (cut,) = [s for s in shown if "…" in s]
+    head, tail = cut.split("…")
+    assert "config_sentence_transformers.json".startswith(head) and len(head) >= 8
+    assert "config_sentence_transformers.json".endswith(tail) and tail.endswith(".json") and len(tail) > 5
