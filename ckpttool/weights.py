@@ -212,7 +212,7 @@ def guess_role(key: str, tensor: TensorRef) -> str:
     parameter (integer or bool), are buffers; every other tensor is taken for a parameter."""
     if key.rsplit(".", 1)[-1] in BUFFER_NAMES:
         return "buffer"
-    return "parameter" if tensor.dtype.startswith(("float", "complex", "bfloat")) else "buffer"
+    return "parameter" if _is_floating(tensor) else "buffer"
 
 
 def find_weights(obj: Any, override: str | None = None) -> Weights:
@@ -254,8 +254,15 @@ def is_optimizer_state(node: Any) -> bool:
     )
 
 
+def _is_floating(tensor: TensorRef) -> bool:
+    return tensor.dtype.startswith(("float", "complex", "bfloat"))
+
+
 def _search(obj: Any) -> Weights | None:
-    """First module or state_dict anywhere, else the mapping holding the most tensors.
+    """First module or state_dict anywhere, else the mapping holding the most tensors, one
+    of them floating: a mapping of other values and integer tensors only is no model's
+    weights but a record (the RNG states in HF Trainer's `rng_state.pth` and accelerate's
+    `random_states_0.pkl`: `torch.get_rng_state()`'s uint8 bytes beside Python's and numpy's).
     An optimizer's state is never searched: each parameter's `{step, exp_avg, exp_avg_sq}`
     looks like a state_dict, but is no model's weights (HF Trainer's `optimizer.pt`,
     accelerate's `optimizer.bin`, a training dict whose weights come after it)."""
@@ -271,12 +278,12 @@ def _search(obj: Any) -> Weights | None:
         if found is not None:
             return found
         if isinstance(node, dict):
-            count = sum(isinstance(v, TensorRef) for v in node.values())
-            if count and (best is None or count > best[0]):
-                best = (count, path, node)
+            tensors = [v for v in node.values() if isinstance(v, TensorRef)]
+            if any(_is_floating(t) for t in tensors) and (best is None or len(tensors) > best[0]):
+                best = (len(tensors), path, node)
     if best is None:
         return None
-    count, path, node = best
+    _, path, node = best
     tensors = [NamedTensor(str(k), v) for k, v in node.items() if isinstance(v, TensorRef)]
     return state_dict_weights(path, tensors, ["weights taken from a mapping that also holds other values"])
 

@@ -74,3 +74,49 @@ def test_weights_under_an_unknown_name_after_the_optimizer(cli: Cli, tmp_path: P
     assert shown == [(k, str(v.dtype).removeprefix("torch."), list(v.shape)) for k, v in truth.items()]
     described = cli_json(cli("optimizer", path, "--format", "json"))["optimizers"]
     assert [(o["path"], o["type"]) for o in described] == [("optimizer", "AdamW")]
+
+
+def _rng_states(tmp_path: Path) -> dict[str, Path]:
+    """The RNG records trainers save beside the weights, as transformers 5.25's Trainer
+    (`checkpoint-N/rng_state.pth`) and accelerate 1.16's `save_state`
+    (`random_states_0.pkl`, written with torch.save) write them on a CPU machine."""
+    import random
+
+    import numpy as np
+
+    files = {
+        "rng_state.pth": {"python": random.getstate(), "numpy": np.random.get_state(), "cpu": torch.get_rng_state()},
+        "random_states_0.pkl": {
+            "step": 0,
+            "random_state": random.getstate(),
+            "numpy_random_seed": np.random.get_state(),
+            "torch_manual_seed": torch.get_rng_state(),
+        },
+    }
+    for name, state in files.items():
+        torch.save(state, tmp_path / name)
+    return {name: tmp_path / name for name in files}
+
+
+@pytest.mark.parametrize("name", ["rng_state.pth", "random_states_0.pkl"])
+def test_an_rng_state_holds_no_weights(cli: Cli, tmp_path: Path, name: str) -> None:
+    """Before, `torch.get_rng_state()`'s bytes were taken for a one-tensor state_dict."""
+    path = _rng_states(tmp_path)[name]
+    truth = torch_load_trusted(path)
+    (rng,) = [k for k, v in truth.items() if isinstance(v, torch.Tensor)]
+    report = cli_json(cli("inspect", path, "--format", "json"))
+    assert (report["weights"]["root"], report["weights"]["tensors"]) == (None, [])
+    assert [(t["key"], t["dtype"], t["shape"]) for t in report["tensors"]] == [(rng, "uint8", list(truth[rng].shape))]
+    assert cli("check", path).exit_code == 0
+    assert_one_error_line(cli("convert", path, tmp_path / "out.safetensors"), "no weights found", path=path)
+
+
+def test_a_mapping_of_weights_among_other_values_is_still_found(cli: Cli, tmp_path: Path) -> None:
+    """The search's last resort keeps taking a mapping with floating tensors in it."""
+    path = tmp_path / "mixed.pt"
+    torch.save({"net": {"fc.weight": torch.ones(2, 3), "fc.bias": torch.zeros(2), "name": "fc"}, "step": 3}, path)
+    truth = torch_load_trusted(path)["net"]
+    report = cli_json(cli("inspect", path, "--format", "json"))
+    assert report["weights"]["root"] == "net"
+    shown = [(t["key"], t["dtype"], t["shape"]) for t in report["weights"]["tensors"]]
+    assert shown == [(k, "float32", list(v.shape)) for k, v in truth.items() if isinstance(v, torch.Tensor)]
