@@ -278,9 +278,9 @@ def _search(obj: Any) -> Weights | None:
         if found is not None:
             return found
         if isinstance(node, dict):
-            tensors = [v for v in node.values() if isinstance(v, TensorRef)]
-            if any(_is_floating(t) for t in tensors) and (best is None or len(tensors) > best[0]):
-                best = (len(tensors), path, node)
+            held = [v for v in node.values() if isinstance(v, TensorRef)]
+            if any(_is_floating(t) for t in held) and (best is None or len(held) > best[0]):
+                best = (len(held), path, node)
     if best is None:
         return None
     _, path, node = best

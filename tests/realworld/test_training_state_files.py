@@ -120,3 +120,38 @@ def test_a_mapping_of_weights_among_other_values_is_still_found(cli: Cli, tmp_pa
     assert report["weights"]["root"] == "net"
     shown = [(t["key"], t["dtype"], t["shape"]) for t in report["weights"]["tensors"]]
     assert shown == [(k, "float32", list(v.shape)) for k, v in truth.items() if isinstance(v, torch.Tensor)]
+
+
+def _gan(extra: dict[str, nn.Module]) -> tuple[dict[str, object], nn.Module]:
+    """A GAN's checkpoint as CycleGAN- and stylegan2-style scripts save it: each network's
+    state_dict and each optimizer's beside them, under names of their own."""
+    torch.manual_seed(0)
+    g, d = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 4)), nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 1))
+    opt_g, opt_d = torch.optim.Adam(g.parameters()), torch.optim.RMSprop(d.parameters())
+    d(g(torch.randn(2, 4))).sum().backward()
+    opt_g.step()
+    opt_d.step()
+    state = {"G": g.state_dict(), "D": d.state_dict(), "optG": opt_g.state_dict(), "optD": opt_d.state_dict()}
+    return {**state, **{k: m.state_dict() for k, m in extra.items()}}, d
+
+
+def test_a_second_networks_optimizer_is_named_from_that_network(cli: Cli, tmp_path: Path) -> None:
+    """The weights are G's; optD's parameters are named from D, the one network they fit."""
+    state, d = _gan({})
+    torch.save(state, tmp_path / "gan.pt")
+    described = cli_json(cli("optimizer", tmp_path / "gan.pt", "--format", "json"))["optimizers"]
+    by_path = {o["path"]: o for o in described}
+    assert [s["name"] for s in by_path["optD"]["state"]] == [n for n, _ in d.named_parameters()]
+    assert by_path["optD"]["names"] == "file" and "of 'D'" in by_path["optD"]["notes"][0]
+    assert [s["name"] for s in by_path["optG"]["state"]] == ["0.weight", "0.bias", "2.weight", "2.bias"]
+
+
+def test_two_networks_that_fit_leave_the_names_unresolved(cli: Cli, tmp_path: Path) -> None:
+    """A copy of D (an EMA, a frozen teacher) fits optD as well: which one it trained is not
+    known, so no name is given."""
+    state, d = _gan({"D_ema": nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 1))})
+    torch.save(state, tmp_path / "gan.pt")
+    described = cli_json(cli("optimizer", tmp_path / "gan.pt", "--format", "json"))["optimizers"]
+    (opt_d,) = [o for o in described if o["path"] == "optD"]
+    assert [s["name"] for s in opt_d["state"]] == [None] * len(list(d.parameters()))
+    assert opt_d["names"] is None and "names not resolved" in opt_d["notes"][0]

@@ -19,7 +19,7 @@ from ckpttool.formats import read_checkpoint
 from ckpttool.formats.dcp_megatron import optimizer_by_parameter
 from ckpttool.ops.inspect.report import jsonable
 from ckpttool.scalars import read_scalar
-from ckpttool.weights import find_weights, is_optimizer_state, module_parameters, walk
+from ckpttool.weights import Weights, find_weights, is_optimizer_state, module_parameters, walk, weights_of
 
 # (type, hyper-parameter names that identify it), most specific first: torch 2.x groups.
 _SIGNATURES: list[tuple[str, frozenset[str]]] = [
@@ -63,7 +63,7 @@ def optimizers(path: str, model_params: list[tuple[str, tuple[int, ...]]] | None
     found = [(p, node) for p, node in walk(checkpoint.root) if is_optimizer_state(node)]
     megatron = optimizer_by_parameter(checkpoint.root) if checkpoint.format == "dcp" else None
     found += [("optimizer", megatron)] if megatron is not None else []
-    file_params, guess_note = _file_parameters(checkpoint.root)
+    candidates = _file_candidates(checkpoint.root)
     reports = []
     for where, state_dict in found:
         report = _describe(where, state_dict)
@@ -73,10 +73,8 @@ def optimizers(path: str, model_params: list[tuple[str, tuple[int, ...]]] | None
             report.names = "keys"
         elif model_params is not None:
             _name(report, model_params, "model")
-        elif file_params is not None:
-            _name(report, file_params, "file")
-            if report.names:
-                report.notes.append(guess_note)
+        elif candidates:
+            _name_from_file(report, candidates)
         reports.append(report)
     return reports
 
@@ -131,8 +129,47 @@ def _refine(name: str, group: dict[str, Any], state_keys: set[str]) -> str:
     return name
 
 
-def _file_parameters(root: Any) -> tuple[list[tuple[str, tuple[int, ...]]] | None, str]:
+Params = list[tuple[str, tuple[int, ...]]]
+
+
+def _file_candidates(root: Any) -> list[tuple[Params, str]]:
+    """The parameters an optimizer in the file may be over, each with the note a guess from
+    it carries: the weights first, then every other model the file holds at its top (a
+    GAN's `{'G', 'D', 'optG', 'optD'}`, stylegan2's `{'g', 'd', 'g_ema', 'g_optim', 'd_optim'}`)."""
     weights = find_weights(root)
+    candidates = []
+    first, note = _file_parameters(root, weights)
+    if first is not None:
+        candidates.append((first, note))
+    for key, value in root.items() if isinstance(root, dict) else ():
+        other = weights_of(value, str(key)) if str(key) != weights.root else None
+        params, note = _file_parameters(root, other) if other is not None else (None, "")
+        if params is not None:
+            candidates.append((params, f"{note}, of {str(key)!r}"))
+    return candidates
+
+
+def _name_from_file(report: OptimizerReport, candidates: list[tuple[Params, str]]) -> None:
+    """Names from the weights when they fit; else from the one other model of the file that
+    fits (none or several: not resolved, the weights' reason said)."""
+    (params, note), others = candidates[0], candidates[1:]
+    _name(report, params, "file")
+    if report.names:
+        report.notes.append(note)
+        return
+    fitting = []
+    for params, note in others:
+        trial = OptimizerReport(report.path, report.type, report.inferred, report.param_groups, [])
+        trial.state = [ParamState(s.index, None, s.step, s.tensors, s.values) for s in report.state]
+        _name(trial, params, "file")
+        if trial.names:
+            fitting.append((trial, note))
+    if len(fitting) == 1:
+        trial, note = fitting[0]
+        report.state, report.names, report.notes = trial.state, trial.names, [note]
+
+
+def _file_parameters(root: Any, weights: Weights) -> tuple[Params | None, str]:
     if weights.kind == "module":
         module = _at(root, weights.root)
         if isinstance(module, PickledObject):
