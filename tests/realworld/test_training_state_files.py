@@ -186,3 +186,26 @@ def test_a_config_pointing_at_its_parent_is_shown_once(cli: Cli, tmp_path: Path)
         for k, node in group["_content"].items():
             assert node["_parent"] == "<cycle>"
             assert node["_content"] == cfg._content[g]._content[k]._content
+
+
+@pytest.mark.parametrize("name", ["optimizer.pt", "optimizer.bin"])
+def test_a_trainer_folder_points_at_its_optimizer_file(cli: Cli, tmp_path: Path, name: str) -> None:
+    """HF Trainer's checkpoint-N/ (model.safetensors, optimizer.pt) and accelerate's
+    save_state folder (model.safetensors, optimizer.bin): the folder reads as its weights,
+    which hold no optimizer; the answer names the file beside them that does."""
+    from safetensors.torch import save_file
+
+    model, optimizer = _stepped_adamw()
+    folder = tmp_path / "checkpoint-2"
+    folder.mkdir()
+    save_file(model.state_dict(), str(folder / "model.safetensors"))
+    (folder / "config.json").write_text("{}")
+    torch.save(optimizer.state_dict(), folder / name)
+    result = cli("optimizer", folder)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        "no optimizer state in the folder's weights; beside them:",
+        f"  ckpttool optimizer {folder / name}",
+    ]
+    described = cli_json(cli("optimizer", folder / name, "--format", "json"))["optimizers"]
+    assert [len(o["state"]) for o in described] == [len(torch_load_trusted(folder / name)["state"])]

@@ -11,6 +11,8 @@ or from the file's own weights when that is unambiguous, which is said to be a g
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +79,19 @@ def optimizers(path: str, model_params: list[tuple[str, tuple[int, ...]]] | None
             _name_from_file(report, candidates)
         reports.append(report)
     return reports
+
+
+_OPTIMIZER_FILE = re.compile(r"optimizer[\w.-]*\.(pt|pth|bin)")
+
+
+def optimizer_files_beside(path: str) -> list[str]:
+    """The optimizer files a model folder keeps beside its weights, by name: HF Trainer's
+    `checkpoint-N/optimizer.pt`, accelerate's `save_state` `optimizer.bin` (`optimizer_1.bin`
+    for a second one). None for a file."""
+    if not os.path.isdir(path):
+        return []
+    names = sorted(n for n in os.listdir(path) if _OPTIMIZER_FILE.fullmatch(n))
+    return [os.path.join(path, n) for n in names if os.path.isfile(os.path.join(path, n))]
 
 
 def _keyed_by_name(report: OptimizerReport) -> bool:
