@@ -205,3 +205,20 @@ def test_a_scanned_folders_file_names_keep_their_start_at_80_columns(tmp_path: P
     head, tail = cut.split("…")
     assert "config_sentence_transformers.json".startswith(head) and len(head) >= 8
     assert "config_sentence_transformers.json".endswith(tail) and tail.endswith(".json") and len(tail) > 5
+
+
+def test_save_pretrained_folders_of_the_real_library(cli: Cli, tmp_path: Path) -> None:
+    """transformers' own save_pretrained, where it is installed (not in CI's venv: the tests
+    above rebuild its names with torch), plain, as a variant and sharded: each folder reads
+    as the tensors transformers wrote."""
+    transformers = pytest.importorskip("transformers", reason="transformers is not installed")
+    config = transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, n_positions=16)
+    model = transformers.GPT2LMHeadModel(config)
+    for options in ({}, {"variant": "fp16"}, {"variant": "fp16", "max_shard_size": "8KB"}):
+        folder = tmp_path / "_".join(f"{k}{v}" for k, v in options.items())
+        model.save_pretrained(folder, **options)
+        files = sorted(folder.glob("*.safetensors"))
+        truth = {k: v for f in files for k, v in load_file(str(f)).items()}
+        where, shown = _shown(cli, folder)
+        assert shown == _described(truth), options
+        assert Path(where).name.startswith("model"), where
