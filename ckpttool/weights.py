@@ -212,7 +212,7 @@ def guess_role(key: str, tensor: TensorRef) -> str:
     parameter (integer or bool), are buffers; every other tensor is taken for a parameter."""
     if key.rsplit(".", 1)[-1] in BUFFER_NAMES:
         return "buffer"
-    return "parameter" if tensor.dtype.startswith(("float", "complex", "bfloat")) else "buffer"
+    return "parameter" if _is_floating(tensor) else "buffer"
 
 
 def find_weights(obj: Any, override: str | None = None) -> Weights:
@@ -225,9 +225,12 @@ def find_weights(obj: Any, override: str | None = None) -> Weights:
     if found is None:
         found = _search(obj)
     if found is None:
-        return Weights(None, [], "none")
+        return Weights(None, [], "none", notes=[OPTIMIZER_FILE] if is_optimizer_state(obj) else [])
     found.alternatives = [p for p in _alternatives(obj) if p != found.root]
     return found
+
+
+OPTIMIZER_FILE = "the file is an optimizer's state_dict, no model's weights: `ckpttool optimizer` shows it"
 
 
 def _conventional(obj: dict[Any, Any], prefix: str) -> Weights | None:
@@ -241,20 +244,46 @@ def _conventional(obj: dict[Any, Any], prefix: str) -> Weights | None:
     return None
 
 
+def is_optimizer_state(node: Any) -> bool:
+    """`optimizer.state_dict()`: a `state` mapping and a list of `param_groups` mappings."""
+    return (
+        isinstance(node, dict)
+        and isinstance(node.get("state"), dict)
+        and isinstance(node.get("param_groups"), list)
+        and all(isinstance(g, dict) for g in node["param_groups"])
+    )
+
+
+def _is_floating(tensor: TensorRef) -> bool:
+    return tensor.dtype.startswith(("float", "complex", "bfloat"))
+
+
 def _search(obj: Any) -> Weights | None:
-    """First module or state_dict anywhere, else the mapping holding the most tensors."""
+    """First module or state_dict anywhere, else the mapping holding the most tensors, one
+    of them floating: a mapping of other values and integer tensors only is no model's
+    weights but a record (the RNG states in HF Trainer's `rng_state.pth` and accelerate's
+    `random_states_0.pkl`: `torch.get_rng_state()`'s uint8 bytes beside Python's and numpy's).
+    An optimizer's state is never searched: each parameter's `{step, exp_avg, exp_avg_sq}`
+    looks like a state_dict, but is no model's weights (HF Trainer's `optimizer.pt`,
+    accelerate's `optimizer.bin`, a training dict whose weights come after it)."""
     best: tuple[int, str, dict[Any, Any]] | None = None
+    optimizers: list[str] = []  # paths of optimizer states met; walk goes depth first
     for path, node in walk(obj):
+        if any(o == "" or path == o or path.startswith(o + ".") for o in optimizers):
+            continue
+        if is_optimizer_state(node):
+            optimizers.append(path)
+            continue
         found = weights_of(node, path) if path else None
         if found is not None:
             return found
         if isinstance(node, dict):
-            count = sum(isinstance(v, TensorRef) for v in node.values())
-            if count and (best is None or count > best[0]):
-                best = (count, path, node)
+            held = [v for v in node.values() if isinstance(v, TensorRef)]
+            if any(_is_floating(t) for t in held) and (best is None or len(held) > best[0]):
+                best = (len(held), path, node)
     if best is None:
         return None
-    count, path, node = best
+    _, path, node = best
     tensors = [NamedTensor(str(k), v) for k, v in node.items() if isinstance(v, TensorRef)]
     return state_dict_weights(path, tensors, ["weights taken from a mapping that also holds other values"])
 
@@ -288,7 +317,7 @@ def _no_weights_at(node: Any, path: str) -> str:
         return f"--root {path!r} holds no tensors"
     examples = ", ".join(t.key for t in nested[:_NESTED_SHOWN]) + (", ..." if len(nested) > _NESTED_SHOWN else "")
     count = f"{len(nested):,} tensor{'s' if len(nested) != 1 else ''}"
-    if isinstance(node, dict) and isinstance(node.get("state"), dict) and isinstance(node.get("param_groups"), list):
+    if is_optimizer_state(node):
         return (
             f"--root {path!r} is an optimizer state ({count}: {examples}), not a state_dict of weights; "
             "`ckpttool optimizer` shows it per parameter, `ckpttool inspect --all` lists its tensors"

@@ -26,11 +26,13 @@ def optimizer_command(path: str, model_spec: str | None, model_args: tuple[str, 
     guessed from the file's own weights where that is unambiguous (and said so).
     """
     from ckpttool import render
-    from ckpttool.ops.inspect import optimizers
+    from ckpttool.ops.inspect import optimizer_files_beside, optimizers
 
     params = None
     if model_spec:
         from ckpttool.ops.compare import build_model, parameter_names, parse_model_args
 
         params = parameter_names(build_model(model_spec, parse_model_args(model_args)))
-    emit(render.optimizer_output(path, optimizers(path, params), fmt, render.output_width()))
+    found = optimizers(path, params)
+    beside = optimizer_files_beside(path) if not found else []
+    emit(render.optimizer_output(path, found, fmt, render.output_width(), beside))

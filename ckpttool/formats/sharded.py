@@ -17,6 +17,7 @@ from ckpttool.checkpoint import Checkpoint, Storage, TensorRef
 from ckpttool.errors import FormatError
 from ckpttool.formatnames import LEGACY, SAFETENSORS, TORCH_ZIP, TORCHSCRIPT, FormatName
 from ckpttool.formats.format import Format, Found, Probe
+from ckpttool.formats.hffolder import library_weights
 from ckpttool.weights import find_weights
 
 MAX_INDEX_SIZE = 100_000_000
@@ -24,6 +25,10 @@ ShardReader = Callable[[str], Checkpoint]
 
 
 def find_index(folder: str) -> str | None:
+    """The index the libraries would load (see `hffolder`), else the folder's one `*.index.json`."""
+    chosen = library_weights(folder)
+    if chosen is not None:
+        return chosen if chosen.endswith(".json") else None
     names = sorted(n for n in os.listdir(folder) if n.endswith(".index.json"))
     if len(names) > 1:
         raise FormatError(f"several index files ({', '.join(names)}); pass one of them", path=folder)

@@ -185,7 +185,7 @@ def tensor_rows_table(rows: list[TensorRow], width: int | None = None) -> str:
         columns.append(("chunks", "right", lambda r: len(r.chunks or ())))
     body = [[get(r) for _, _, get in columns] for r in rows]
     headers = [name for name, _, _ in columns]
-    return fit_table(headers, body, width, shrink=(0,), align=[a for _, a, _ in columns])
+    return fit_table(headers, body, width, shrink=(0,), align=[a for _, a, _ in columns], keys_above=True)
 
 
 def inspect_summary(

@@ -16,9 +16,10 @@ def separator_of(texts: Sequence[str]) -> str:
     return "/" if 2 * sum("/" in t for t in texts) >= len(texts) else "."
 
 
-def shorten_keys(texts: Sequence[str], width: int) -> list[str]:
-    """Each text that is longer than `width`, cut with `…` between whole parts."""
-    sep = separator_of(texts)
+def shorten_keys(texts: Sequence[str], width: int, sep: str | None = None) -> list[str]:
+    """Each text that is longer than `width`, cut with `…` between whole parts: parts split
+    by `sep`, or by what `separator_of` finds (a file name's dots are no key's)."""
+    sep = sep or separator_of(texts)
     split = [t.split(sep) for t in texts]
     tries: dict[str, dict[str, Any]] = {}
     for parts in split:  # one tree of the parts before the leaf, per leaf, counting rows

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ckpttool.render.tables import fit_table
@@ -20,7 +22,10 @@ if TYPE_CHECKING:  # only for annotations: JSON output must not pay for importin
     from ckpttool.ops.inspect import OptimizerReport
 
 
-def optimizer_output(path: str, reports: list[OptimizerReport], fmt: str, width: int | None = None) -> str:
+def optimizer_output(
+    path: str, reports: list[OptimizerReport], fmt: str, width: int | None = None, beside: Sequence[str] = ()
+) -> str:
+    """`beside`: optimizer files next to the weights of a folder that holds none itself."""
     if fmt == "json":
         return to_json({"path": path, "optimizers": [_optimizer_json(r) for r in reports]})
     if fmt == "csv":
@@ -30,6 +35,10 @@ def optimizer_output(path: str, reports: list[OptimizerReport], fmt: str, width:
             for s in r.state
         ]
         return to_csv(("optimizer", "type", "index", "name", "step", "tensors"), rows)
+    if not reports and beside:
+        lines = ["no optimizer state in the folder's weights; beside them:"]
+        lines += [f"  ckpttool optimizer {shlex.quote(p)}" for p in beside]
+        return "\n".join(lines)
     if not reports:
         return "no optimizer state in this file"
     return "\n\n".join(_optimizer_block(r, width) for r in reports)

@@ -130,10 +130,10 @@ def _summary_table(entries: Sequence[ScanEntry]) -> str:
     whole = to_table(headers, rows(str), align)
     base = _shared_folder([r.path for r in entries])
     if width is None or max(map(len, whole.splitlines())) <= width or not base:
-        return fit_table(headers, rows(str), width, align=align, whole="--format json", keys_above=True)
+        return fit_table(headers, rows(str), width, align=align, whole="--format json", keys_above=True, paths=True)
     above = "\n".join(wrap_text(f"files under {base}{os.sep}", width))
     relative = rows(lambda p: os.path.relpath(p, base))
-    table = fit_table(headers, relative, width, align=align, whole="--format json", keys_above=True)
+    table = fit_table(headers, relative, width, align=align, whole="--format json", keys_above=True, paths=True)
     return f"{above}\n{table}"
 
 

@@ -33,23 +33,26 @@ def fit_table(
     whole: str = "--format csv",
     wrap: Sequence[int] = (),
     keys_above: bool = False,
+    paths: bool = False,
 ) -> str:
     """A table no wider than `width`: cells of the `shrink` columns (keys, names, paths)
     are cut with `…` where rows stay apart, cells of the `wrap` columns (prose) go on
     more lines; a last line counts the cut cells and names the output that shows them
     `whole`. With `keys_above`, keys (column 0) that a cut cannot tell apart are put whole
-    on lines of their own above their rows instead."""
+    on lines of their own above their rows instead. With `paths`, the cut columns hold
+    file paths, cut between folders (a dot there is part of a name)."""
     body = [[_cell(c) for c in row] for row in rows]
     if width is None or not body or _natural_width(headers, body) <= width:
         return to_table(headers, body, align, indented)
     layout = _choose_layout(headers, body, width, list(shrink), list(wrap))
     if layout is None:
         return _blocks(headers, body, width)
-    if keys_above and _cuts_collide(body, layout.limits.get(0)):
+    sep = "/" if paths else None
+    if keys_above and _cuts_collide(body, layout.limits.get(0), sep):
         above = _keys_above(headers, body, width, align)
         if above is not None:
             return above
-    return _render(headers, body, layout, width, list(shrink), list(wrap), align, indented, whole)
+    return _render(headers, body, layout, width, list(shrink), list(wrap), align, indented, whole, sep)
 
 
 def _choose_layout(
@@ -115,6 +118,7 @@ def _render(
     align: Sequence[str] | None,
     indented: bool,
     whole: str,
+    sep: str | None,
 ) -> str:
     cells = {i: [r[i] for r in body] for i in layout.columns}
     cut_cells = 0
@@ -122,7 +126,7 @@ def _render(
         if i in wrap:
             cells[i] = ["\n".join(wrap_text(c, limit)) for c in cells[i]]
             continue
-        short = shorten_keys(cells[i], limit)
+        short = shorten_keys(cells[i], limit, sep)
         cut_cells += sum(a != b for a, b in zip(short, cells[i], strict=True))
         cells[i] = short
     shown_rows = [[cells[i][n] for i in layout.columns] for n in range(len(body))]
@@ -138,12 +142,12 @@ def _render(
     return table
 
 
-def _cuts_collide(body: list[list[str]], limit: int | None) -> bool:
+def _cuts_collide(body: list[list[str]], limit: int | None, sep: str | None) -> bool:
     """Whether keys that differ would read the same once cut to `limit`."""
     if limit is None:
         return False
     keys = [r[0] for r in body]
-    return len(set(shorten_keys(keys, limit))) < len(set(keys))
+    return len(set(shorten_keys(keys, limit, sep))) < len(set(keys))
 
 
 def _keys_above(headers: Sequence[str], body: list[list[str]], width: int, align: Sequence[str] | None) -> str | None:

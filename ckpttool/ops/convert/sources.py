@@ -85,7 +85,8 @@ def file_sources(checkpoint: Checkpoint, root: str | None) -> tuple[list[tuple[s
             raise
         return _nested_sources(checkpoint, root)
     if weights.root is None:
-        raise WeightsNotFoundError("no weights found; name them with --root", path=checkpoint.path)
+        why = weights.notes[0] if weights.notes else "name them with --root"
+        raise WeightsNotFoundError(f"no weights found; {why}", path=checkpoint.path)
     sources: list[tuple[str, Source]] = [(t.key, FileSource(t.tensor)) for t in weights.tensors]
     return sources, weights.root, list(weights.notes)
 

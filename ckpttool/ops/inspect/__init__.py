@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from ckpttool.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from ckpttool.ops.inspect.optimizer import OptimizerReport, ParamState, optimizers
+    from ckpttool.ops.inspect.optimizer import OptimizerReport, ParamState, optimizer_files_beside, optimizers
     from ckpttool.ops.inspect.report import (
         Count,
         Counts,
@@ -48,6 +48,7 @@ _EXPORTS = {
     "OptimizerReport": ".optimizer",
     "ParamState": ".optimizer",
     "optimizers": ".optimizer",
+    "optimizer_files_beside": ".optimizer",
 }
 __all__ = [
     "Count",
@@ -66,6 +67,7 @@ __all__ = [
     "inspect_checkpoint",
     "jsonable",
     "non_finite",
+    "optimizer_files_beside",
     "optimizers",
     "select",
     "tensor_stats",

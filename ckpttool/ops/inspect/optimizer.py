@@ -11,6 +11,8 @@ or from the file's own weights when that is unambiguous, which is said to be a g
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +21,7 @@ from ckpttool.formats import read_checkpoint
 from ckpttool.formats.dcp_megatron import optimizer_by_parameter
 from ckpttool.ops.inspect.report import jsonable
 from ckpttool.scalars import read_scalar
-from ckpttool.weights import find_weights, module_parameters, walk
+from ckpttool.weights import Weights, find_weights, is_optimizer_state, module_parameters, walk, weights_of
 
 # (type, hyper-parameter names that identify it), most specific first: torch 2.x groups.
 _SIGNATURES: list[tuple[str, frozenset[str]]] = [
@@ -60,10 +62,10 @@ class OptimizerReport:
 def optimizers(path: str, model_params: list[tuple[str, tuple[int, ...]]] | None = None) -> list[OptimizerReport]:
     """Every optimizer state_dict in the file; `model_params` (name, shape) names their parameters exactly."""
     checkpoint = read_checkpoint(path)
-    found = [(p, node) for p, node in walk(checkpoint.root) if _is_optimizer_state(node)]
+    found = [(p, node) for p, node in walk(checkpoint.root) if is_optimizer_state(node)]
     megatron = optimizer_by_parameter(checkpoint.root) if checkpoint.format == "dcp" else None
     found += [("optimizer", megatron)] if megatron is not None else []
-    file_params, guess_note = _file_parameters(checkpoint.root)
+    candidates = _file_candidates(checkpoint.root)
     reports = []
     for where, state_dict in found:
         report = _describe(where, state_dict)
@@ -73,27 +75,29 @@ def optimizers(path: str, model_params: list[tuple[str, tuple[int, ...]]] | None
             report.names = "keys"
         elif model_params is not None:
             _name(report, model_params, "model")
-        elif file_params is not None:
-            _name(report, file_params, "file")
-            if report.names:
-                report.notes.append(guess_note)
+        elif candidates:
+            _name_from_file(report, candidates)
         reports.append(report)
     return reports
+
+
+_OPTIMIZER_FILE = re.compile(r"optimizer[\w.-]*\.(pt|pth|bin)")
+
+
+def optimizer_files_beside(path: str) -> list[str]:
+    """The optimizer files a model folder keeps beside its weights, by name: HF Trainer's
+    `checkpoint-N/optimizer.pt`, accelerate's `save_state` `optimizer.bin` (`optimizer_1.bin`
+    for a second one). None for a file."""
+    if not os.path.isdir(path):
+        return []
+    names = sorted(n for n in os.listdir(path) if _OPTIMIZER_FILE.fullmatch(n))
+    return [os.path.join(path, n) for n in names if os.path.isfile(os.path.join(path, n))]
 
 
 def _keyed_by_name(report: OptimizerReport) -> bool:
     """torch.distributed.checkpoint.state_dict (FSDP, DCP) keys the state by parameter name."""
     params = [p for g in report.param_groups for p in g.get("params") or []]
     return bool(params) and all(isinstance(p, str) for p in params)
-
-
-def _is_optimizer_state(node: Any) -> bool:
-    return (
-        isinstance(node, dict)
-        and isinstance(node.get("state"), dict)
-        and isinstance(node.get("param_groups"), list)
-        and all(isinstance(g, dict) for g in node["param_groups"])
-    )
 
 
 def _describe(where: str, state_dict: dict[str, Any]) -> OptimizerReport:
@@ -140,8 +144,47 @@ def _refine(name: str, group: dict[str, Any], state_keys: set[str]) -> str:
     return name
 
 
-def _file_parameters(root: Any) -> tuple[list[tuple[str, tuple[int, ...]]] | None, str]:
+Params = list[tuple[str, tuple[int, ...]]]
+
+
+def _file_candidates(root: Any) -> list[tuple[Params, str]]:
+    """The parameters an optimizer in the file may be over, each with the note a guess from
+    it carries: the weights first, then every other model the file holds at its top (a
+    GAN's `{'G', 'D', 'optG', 'optD'}`, stylegan2's `{'g', 'd', 'g_ema', 'g_optim', 'd_optim'}`)."""
     weights = find_weights(root)
+    candidates = []
+    first, note = _file_parameters(root, weights)
+    if first is not None:
+        candidates.append((first, note))
+    for key, value in root.items() if isinstance(root, dict) else ():
+        other = weights_of(value, str(key)) if str(key) != weights.root else None
+        params, note = _file_parameters(root, other) if other is not None else (None, "")
+        if params is not None:
+            candidates.append((params, f"{note}, of {str(key)!r}"))
+    return candidates
+
+
+def _name_from_file(report: OptimizerReport, candidates: list[tuple[Params, str]]) -> None:
+    """Names from the weights when they fit; else from the one other model of the file that
+    fits (none or several: not resolved, the weights' reason said)."""
+    (params, note), others = candidates[0], candidates[1:]
+    _name(report, params, "file")
+    if report.names:
+        report.notes.append(note)
+        return
+    fitting = []
+    for params, note in others:
+        trial = OptimizerReport(report.path, report.type, report.inferred, report.param_groups, [])
+        trial.state = [ParamState(s.index, None, s.step, s.tensors, s.values) for s in report.state]
+        _name(trial, params, "file")
+        if trial.names:
+            fitting.append((trial, note))
+    if len(fitting) == 1:
+        trial, note = fitting[0]
+        report.state, report.names, report.notes = trial.state, trial.names, [note]
+
+
+def _file_parameters(root: Any, weights: Weights) -> tuple[Params | None, str]:
     if weights.kind == "module":
         module = _at(root, weights.root)
         if isinstance(module, PickledObject):

@@ -331,12 +331,14 @@ def tensors_and_objects(root: Any) -> tuple[list[NamedTensor], list[ObjectRow]]:
 
 
 def jsonable(value: Any, read_scalars: bool = True) -> Any:
-    """A JSON-ready copy, bounded in size and depth (the graph may be shared or cyclic)."""
+    """A JSON-ready copy, bounded in size and depth (the graph may be shared or cyclic). A
+    container met again inside itself (OmegaConf's `_parent`, in every Hydra config that
+    Lightning saves as hyper-parameters) is `<cycle>`, not unrolled to the depth bound."""
     budget = [MAX_ENTRY_NODES]
-    return _jsonable(value, 0, budget, read_scalars)
+    return _jsonable(value, 0, budget, read_scalars, set())
 
 
-def _jsonable(value: Any, depth: int, budget: list[int], read_scalars: bool = True) -> Any:
+def _jsonable(value: Any, depth: int, budget: list[int], read_scalars: bool, within: set[int]) -> Any:
     budget[0] -= 1
     if budget[0] < 0 or depth > MAX_ENTRY_DEPTH:
         return "..."
@@ -344,15 +346,16 @@ def _jsonable(value: Any, depth: int, budget: list[int], read_scalars: bool = Tr
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v, depth + 1, budget, read_scalars) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_jsonable(v, depth + 1, budget, read_scalars) for v in value]
+    if isinstance(value, (dict, list, tuple, set, frozenset, PickledObject)):
+        if id(value) in within:
+            return str(Cycle())
+        within.add(id(value))
+        try:
+            return _container(value, depth, budget, read_scalars, within)
+        finally:
+            within.discard(id(value))
     if isinstance(value, TensorRef):
         return _tensor_value(value, read_scalars)
-    if isinstance(value, PickledObject):
-        attrs = {str(k): _jsonable(v, depth + 1, budget, read_scalars) for k, v in value.attributes.items()}
-        return {"__class__": value.cls, **attrs}
     if isinstance(value, bytes):
         return f"<{len(value)} bytes>"
     if isinstance(value, complex):
@@ -362,6 +365,15 @@ def _jsonable(value: Any, depth: int, budget: list[int], read_scalars: bool = Tr
     if isinstance(value, (GlobalName, OpaqueCall, Cycle)):
         return str(value)
     return f"<{type(value).__name__}>"
+
+
+def _container(value: Any, depth: int, budget: list[int], read_scalars: bool, within: set[int]) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v, depth + 1, budget, read_scalars, within) for k, v in value.items()}
+    if isinstance(value, PickledObject):
+        attrs = {str(k): _jsonable(v, depth + 1, budget, read_scalars, within) for k, v in value.attributes.items()}
+        return {"__class__": value.cls, **attrs}
+    return [_jsonable(v, depth + 1, budget, read_scalars, within) for v in value]
 
 
 def _tensor_value(tensor: TensorRef, read_scalars: bool = True) -> Any:
