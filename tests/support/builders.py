@@ -563,13 +563,89 @@ def legacy_tar(members: Mapping[str, bytes]) -> bytes:
 
 def empty_legacy_tar(**replaced: bytes) -> bytes:
     """A tar checkpoint of no tensors, with any member replaced."""
-    members = {
+    return legacy_tar({**legacy_tar_members(), **replaced})
+
+
+# -- tar headers, block by block ---------------------------------------------------------------
+
+TAR_BLOCK = 512
+REGULAR, HARDLINK, SYMLINK, GNU_SPARSE = b"0", b"1", b"2", b"S"
+
+
+def _octal(number: int, width: int) -> bytes:
+    return b"%0*o\0" % (width - 1, number)
+
+
+def tar_header(
+    name: bytes,
+    size: int,
+    typeflag: bytes = REGULAR,
+    *,
+    linkname: bytes = b"",
+    magic: bytes = b"ustar\x0000",
+    at: Mapping[int, bytes] | None = None,
+) -> bytes:
+    """One tar header block with a valid checksum. `magic=b""` writes a v7 header, which
+    tarfile opens too; `at` overwrites fields by offset (a GNU sparse map)."""
+    block = bytearray(TAR_BLOCK)
+    block[0 : len(name)] = name
+    for offset, field_bytes in {100: _octal(0o644, 8), 108: _octal(0, 8), 116: _octal(0, 8)}.items():
+        block[offset : offset + 8] = field_bytes
+    block[124:136] = _octal(size, 12)
+    block[136:148] = _octal(0, 12)
+    block[156:157] = typeflag
+    block[157 : 157 + len(linkname)] = linkname
+    block[257 : 257 + len(magic)] = magic
+    for offset, field_bytes in (at or {}).items():
+        block[offset : offset + len(field_bytes)] = field_bytes
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
+def tar_member(name: bytes, data: bytes, typeflag: bytes = REGULAR, **header: Any) -> bytes:
+    """A header and its data padded to whole blocks."""
+    return tar_header(name, len(data), typeflag, **header) + data + bytes(-len(data) % TAR_BLOCK)
+
+
+def tar_link(name: bytes, target: bytes, typeflag: bytes = HARDLINK) -> bytes:
+    return tar_header(name, 0, typeflag, linkname=target)
+
+
+def gnu_sparse_member(name: bytes, pickle_bytes: bytes) -> bytes:
+    """A GNU sparse member that tarfile (hence torch.load) expands to `PROTO, BINBYTES of
+    n zero bytes, pickle_bytes`, while its bytes in place read `PROTO, BINBYTES holding
+    pickle_bytes, STOP`: the stored chunks are the prefix and `pickle_bytes`, with a hole of
+    n bytes between them in the expanded file. `pickle_bytes` must not start with PROTO."""
+    n = len(pickle_bytes) + 10
+    prefix = proto(2) + Op.BINBYTES + struct.pack("<I", n)
+    stored = prefix + pickle_bytes
+    sparse_map = {
+        386: _octal(0, 12),  # chunk 1: the prefix, at offset 0
+        398: _octal(len(prefix), 12),
+        410: _octal(len(prefix) + n, 12),  # chunk 2: after a hole of n bytes
+        422: _octal(len(pickle_bytes), 12),
+        483: _octal(len(prefix) + n + len(pickle_bytes), 12),  # the expanded size
+    }
+    padding = bytearray(-len(stored) % TAR_BLOCK)
+    padding[n - len(pickle_bytes)] = Op.STOP[0]  # where the in-place reading's bytes end
+    header = tar_header(name, len(stored), GNU_SPARSE, magic=b"ustar  \0", at=sparse_map)
+    return header + stored + bytes(padding)
+
+
+def tar_end() -> bytes:
+    return bytes(2 * TAR_BLOCK)
+
+
+def legacy_tar_members(pickle_member: bytes = b"") -> dict[str, bytes]:
+    """torch's legacy tar members of an empty checkpoint, its main pickle `pickle_member`
+    (an empty dict when not given)."""
+    return {
         "sys_info": whole(value(legacy_sys_info())),
         "storages": whole(integer(0)) + whole(value([])),  # no storages, no storage views
         "tensors": whole(integer(0)),
-        "pickle": whole(value({})),
+        "pickle": pickle_member or whole(value({})),
     }
-    return legacy_tar({**members, **replaced})
 
 
 # -- safetensors ----------------------------------------------------------------------------------

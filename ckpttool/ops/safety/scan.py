@@ -154,6 +154,8 @@ def _weights_only(collected: Found, judgement: Judgement, invalid: str | None = 
         )
     if fmt == "torchscript":
         refusal: str | None = "a TorchScript archive, which torch.load(weights_only=True) refuses"
+    elif fmt == "torch-legacy-tar":  # refused before any of its pickles is read
+        refusal = "a legacy .tar checkpoint, which torch.load(weights_only=True) refuses"
     elif fmt not in _TORCH_LOADS:
         refusal = f"not a file torch.save writes ({fmt}): torch.load reads zip archives and legacy files only"
     else:
