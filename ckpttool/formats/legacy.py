@@ -223,7 +223,10 @@ def _add_view(path: str, objects: dict[str, Storage | TensorRef], view: Any) -> 
         raise FormatError("malformed storage view", path=path)
     target, base_key, offset, numel = view
     base = objects.get(str(base_key))
-    if not isinstance(base, Storage) or base.record is None or offset < 0 or offset + numel > base.numel:
+    fits = (
+        isinstance(offset, int) and isinstance(numel, int) and offset >= 0 and numel >= 0
+    )  # torch slices bytes with them
+    if not isinstance(base, Storage) or base.record is None or not fits or offset + numel > base.numel:
         raise FormatError(f"storage view {target!r} does not fit storage {base_key!r}", path=path)
     start = base.record.offset + offset * base.itemsize
     record = Record(path, f"storage view {target!r}", start, numel * base.itemsize)

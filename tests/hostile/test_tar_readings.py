@@ -30,6 +30,7 @@ from support.builders import (
     gnu_sparse_member,
     legacy_tar,
     legacy_tar_members,
+    legacy_tar_with_a_view,
     proto,
     shell_touch,
     tar_end,
@@ -42,7 +43,9 @@ from support.hostile import (
     FileWriter,
     assert_dangerous,
     assert_inspect_harmless,
+    assert_inspect_refuses,
     assert_not_run,
+    assert_scan_fails_closed,
     only_file,
     run_cli,
     scan,
@@ -185,6 +188,16 @@ def test_a_member_of_an_unknown_type_in_a_plain_tar_is_scanned(write: FileWriter
     path = write("download.tar", tar_member(b"model.pkl", whole(system_body(marker)), b"Z") + tar_end())
     assert_dangerous(path, "os.system")
     assert_not_run(marker)
+
+
+# -- storage views ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("view", [(2, 1, "1", 2), (2, 1, 0, None), (2, 1, 0, -1), (2, 1, 0, 1 << 70), (2, [1], 0, 1)])
+def test_a_storage_view_that_does_not_fit_is_a_typed_error(write: FileWriter, view: tuple[object, ...]) -> None:
+    path = write("viewed.tar", legacy_tar_with_a_view(view))
+    assert_inspect_refuses(path)
+    assert_scan_fails_closed(path)
 
 
 # -- weights_only ---------------------------------------------------------------------------------

@@ -566,6 +566,22 @@ def empty_legacy_tar(**replaced: bytes) -> bytes:
     return legacy_tar({**legacy_tar_members(), **replaced})
 
 
+def legacy_tar_with_a_view(view: tuple[Any, ...] = (2, 1, 1, 2)) -> bytes:
+    """A legacy tar of one tensor `w`, [1., 2.], read through storage view `view` (target,
+    base, offset, numel) of the 4-float storage 1, which no tensor uses directly."""
+    float_storage = Raw(global_ref("torch", "FloatStorage"))
+    storages = (
+        whole(integer(1))
+        + whole(value((1, "cpu", float_storage)))
+        + struct.pack("<q4f", 4, 0.0, 1.0, 2.0, 3.0)
+        + whole(value([view]))
+    )
+    layout = struct.pack("<i4x3q", 1, 2, 1, 0)  # ndim (and 4 unused bytes), size, stride, offset
+    tensors = whole(integer(1)) + whole(value((3, 2, Raw(global_ref("torch", "FloatTensor"))))) + layout
+    main = whole(Op.EMPTY_DICT + text("w") + integer(3) + Op.BINPERSID + Op.SETITEM)
+    return legacy_tar({**legacy_tar_members(main), "storages": storages, "tensors": tensors})
+
+
 # -- tar headers, block by block ---------------------------------------------------------------
 
 TAR_BLOCK = 512
