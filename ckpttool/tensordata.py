@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -358,11 +359,25 @@ def load_tensor(tensor: TensorRef) -> torch.Tensor:
     return values.as_strided(tensor.shape, tensor.stride, tensor.offset - first)
 
 
+@contextmanager
+def allocating() -> Iterator[None]:
+    """torch's allocator reports a failed allocation as a RuntimeError: as Python's own
+    MemoryError (out of memory, one line), not a bug. A tiny file can declare a view that
+    copies to terabytes (a stride-0 expansion)."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if "can't allocate memory" in str(exc):
+            raise MemoryError(str(exc)) from None
+        raise
+
+
 def tensor_bytes(value: torch.Tensor) -> memoryview:
     """The little-endian bytes of a contiguous copy of `value`."""
     import torch
 
-    contiguous = value.contiguous()
+    with allocating():
+        contiguous = value.contiguous()
     if contiguous.numel() == 0:
         return memoryview(b"")
     return contiguous.reshape(-1).view(torch.uint8).numpy().data
@@ -371,4 +386,5 @@ def tensor_bytes(value: torch.Tensor) -> memoryview:
 def cast(value: torch.Tensor, dtype: str | None) -> torch.Tensor:
     if dtype is None or str(value.dtype).removeprefix("torch.") == dtype:
         return value
-    return value.to(torch_dtype(dtype))
+    with allocating():
+        return value.to(torch_dtype(dtype))
