@@ -27,6 +27,8 @@ from support.builders import (
     call_global,
     checkpoint_zip,
     float_tensor,
+    legacy_tar,
+    legacy_tar_members,
     torch_zip,
     value,
     whole,
@@ -104,6 +106,12 @@ FILES: dict[str, Saver] = {
         lambda: {"r": range(0, 10, 2), "f": frozenset({1, 2}), "q": collections.deque([1, 2], maxlen=4)}
     ),
     "legacy_whole_model": saved(TinyNet, _use_new_zipfile_serialization=False),
+    # no typed storage class names these dtypes, and torch's legacy reader cannot read them back
+    "legacy_untyped_storages": saved(
+        lambda: {"u16": torch.zeros(2, dtype=torch.uint16), "f8": torch.zeros(2, dtype=torch.float8_e4m3fn)},
+        _use_new_zipfile_serialization=False,
+    ),
+    "legacy_tar": written(lambda: legacy_tar(legacy_tar_members())),
 }
 
 

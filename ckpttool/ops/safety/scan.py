@@ -161,7 +161,17 @@ def _weights_only(collected: Found, judgement: Judgement, invalid: str | None = 
     else:
         refusal = None
     pickles = [d for name, d in collected.pickles if refusal or _torch_reads(name)]
+    if refusal is None and fmt == "torch-legacy" and any(g.qualname == _UNTYPED for d in pickles for g in d.globals):
+        # torch's legacy reader asks a storage's class for its dtype (`storage_type.dtype`),
+        # which UntypedStorage, the class of storages no typed class names, has not
+        refusal = (
+            "a legacy file with an UntypedStorage (float8, uint16-64, complex32 tensors): torch.load "
+            "fails on it (AttributeError), weights_only or not"
+        )
     return emulate(pickles, judgement, refusal or invalid)
+
+
+_UNTYPED = "torch.storage.UntypedStorage"
 
 
 def _torch_reads(name: str) -> bool:
