@@ -414,6 +414,45 @@ def zip_bytes(members: Iterable[ZipMember], *, align: bool = True, end_record: b
     return bytes(out if end_record else out[:-22])
 
 
+def zip_with_zip64_end(
+    plain: Sequence[tuple[str, bytes]], zip64: Sequence[tuple[str, bytes]] | None = None, *, trailer: bytes = b""
+) -> bytes:
+    """Stored records, each (name, bytes) written once; a central directory of `plain`
+    named by the plain end record, and a zip64 locator and end record naming a directory of
+    `zip64` (None: the same directory, as a zip64 writer makes it). `trailer` follows all."""
+    out, offsets = bytearray(), {}
+    for name, data in [*plain, *(zip64 or [])]:
+        if (name, data) not in offsets:
+            offsets[name, data] = len(out)
+            raw = name.encode()
+            crc = zlib.crc32(data) & 0xFFFFFFFF
+            out += struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, 0, 0, 0x21, crc, len(data), len(data), len(raw), 0)
+            out += raw + data
+
+    def directory(members: Sequence[tuple[str, bytes]]) -> bytes:
+        return b"".join(
+            struct.pack(
+                "<4s6H3L5H2L", b"PK\x01\x02", 45, 20, 0, 0, 0, 0x21, zlib.crc32(data) & 0xFFFFFFFF,
+                len(data), len(data), len(name.encode()), 0, 0, 0, 0, 0, offsets[name, data],
+            ) + name.encode()
+            for name, data in members
+        )  # fmt: skip
+
+    plain_at, plain_dir = len(out), directory(plain)
+    out += plain_dir
+    other_at, other_dir, other_count = plain_at, plain_dir, len(plain)
+    if zip64 is not None:
+        other_at, other_dir, other_count = len(out), directory(zip64), len(zip64)
+        out += other_dir
+    record_at = len(out)
+    out += struct.pack(
+        "<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, other_count, other_count, len(other_dir), other_at
+    )
+    out += struct.pack("<4sLQL", b"PK\x06\x07", 0, record_at, 1)
+    out += struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(plain), len(plain), len(plain_dir), plain_at, 0)
+    return bytes(out + trailer)
+
+
 def _crc_table() -> list[int]:
     table = []
     for n in range(256):
