@@ -24,7 +24,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import ModuleType
-from typing import IO, TYPE_CHECKING, Literal, Protocol
+from typing import IO, TYPE_CHECKING, Any, Literal, Protocol, cast
 
 from ckpttool.buffers import FileData
 from ckpttool.errors import CkptError, EncryptedError, LimitError, PickleError, UnknownFormatError
@@ -278,8 +278,17 @@ class _Scanner:
                 self.found.pickles.append((f"{label} (as pickle.loads reads it)", without_problems(exc.partial)))
                 start, index = joblib.end, index + 1
                 continue
+            joblib = _as_joblib(data, start, end, name, decoded)
+            if joblib and not joblib.problem and joblib.end != decoded.end:
+                # pickle.loads read joblib's array bytes as opcodes and happened to get through
+                from ckpttool.formats.joblib import without_problems
+
+                self.found.pickles += [(label + suffix, d) for suffix, d in joblib.pickles]
+                self.found.pickles.append((f"{label} (as pickle.loads reads it)", without_problems(decoded)))
+                start, index = joblib.end, index + 1
+                continue
             self.found.pickles.append((label, decoded))
-            self.found.add_joblib(label, _as_joblib(data, start, end, name, decoded))
+            self.found.add_joblib(label, joblib)
             if index == 0 and decoded.value == MAGIC_NUMBER and type(decoded.value) is int:
                 self.legacy(name, data, decoded.end, end)
                 return
@@ -554,12 +563,18 @@ def _without_long_suffixes(text: str) -> str:
 
 def _holds_objects(descr: object) -> bool:
     """Whether numpy's dtype description has an object field anywhere (then the array is
-    pickled). Anything unrecognisable counts as holding objects: decoding it is harmless."""
-    if isinstance(descr, str):
-        return descr.lstrip("<>|=!").startswith("O") or not descr
-    if isinstance(descr, list):
-        return any(_holds_objects(field[1]) if isinstance(field, tuple) and len(field) > 1 else True for field in descr)
-    return True
+    pickled), as numpy itself reads the description: `object`, `(2,)O`, `i4,O` all hold
+    objects. Anything numpy does not read counts as holding objects: decoding it is harmless."""
+    import warnings
+
+    import numpy as np  # only for npy files: numpy parses its own descriptions (C code, no import)
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return bool(np.lib.format.descr_to_dtype(cast(Any, descr)).hasobject)
+    except Exception:  # noqa: BLE001 - numpy refuses it: the file does not load, nothing to judge
+        return True
 
 
 @contextmanager
