@@ -46,3 +46,26 @@ def test_converting_it_is_one_line_and_nothing_written(expanded: Path, suffix: s
     outcome = run_cli_process("convert", expanded, dst, timeout=60)
     assert_one_error_line(outcome, "out of memory")
     assert sorted(p.name for p in expanded.parent.iterdir()) == [expanded.name]
+
+
+@pytest.fixture
+def overlapping(write: FileWriter) -> Path:
+    """A (2**15, 2**15) view with strides (1, 1) over 2**16 stored floats: 2**30 elements
+    from a 256 KiB record, each read up to 2**15 times."""
+    side = 1 << 15
+    spec = TensorSpec("w", "0", 2 * side, (side, side), (1, 1))
+    return write(
+        "overlap.pt", torch_zip(state_dict_pickle([spec]), {"0": storage_bytes(float_tensor("x", "0", 2 * side))})
+    )
+
+
+def test_an_overlapping_view_past_the_bound_is_a_limit_not_hours(overlapping: Path) -> None:
+    import torch
+
+    assert torch.load(overlapping, weights_only=True)["w"].shape == (1 << 15, 1 << 15)  # noqa: TID251 - ground truth
+    stats = run_cli_process("inspect", "--stats", overlapping, timeout=60)
+    assert_one_error_line(stats, "overlapping strides", path=overlapping)
+    finite = run_cli_process("check", "--finite", "--format", "json", overlapping, timeout=60)
+    assert finite.exit_code == 1
+    [finding] = [f for f in finite.json()["files"][0]["findings"] if f["check"] == "finite"]
+    assert "overlapping strides" in finding["message"] and finding["message"].startswith("w: ")

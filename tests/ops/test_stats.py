@@ -178,3 +178,12 @@ def test_expanded_tensors_match_torch_on_the_whole_view(tmp_path: Path) -> None:
         assert_stats_match(stats[key], tensor)
     assert (stats["rows"].nan, stats["rows"].inf) == (4, 4)
     assert stats["one_value"].std == 0.0
+
+
+def test_a_small_overlapping_view_matches_torch(tmp_path: Path) -> None:
+    """Strides that read stored elements more than once, under the bound: computed as is."""
+    view = torch.arange(5.0).as_strided((3, 3), (1, 1))
+    path = tmp_path / "overlap.pt"
+    torch.save({"w": view}, path)
+    [row] = all_stats(weight_tensors(path))
+    assert_stats_match(row, torch.load(path)["w"])

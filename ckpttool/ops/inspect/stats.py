@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from ckpttool.checkpoint import TensorRef
 from ckpttool.dtypes import DTYPES
-from ckpttool.tensordata import load_tensor
+from ckpttool.errors import LimitError
+from ckpttool.tensordata import allocating, load_tensor
 from ckpttool.weights import NamedTensor
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from ckpttool.progress import Progress
 
 CHUNK_ELEMENTS = 1 << 22
+MAX_OVERLAPPING = 1 << 28  # elements read from a view whose strides overlap (a few seconds)
 
 
 @dataclass(slots=True)
@@ -85,8 +87,9 @@ def tensor_stats(named: NamedTensor) -> TensorStats:
     stats = TensorStats(named.key, ref.dtype, list(ref.shape), ref.numel, None, None, None, None, 0, 0, None)
     if ref.layout != "strided" or ref.storage is None or DTYPES[ref.dtype].kind in ("quantized", "other"):
         return stats
-    distinct, repeats = without_repeats(load_tensor(ref))
-    flat = distinct.reshape(-1)
+    distinct, repeats = readable_view(ref, named.key)
+    with allocating():
+        flat = distinct.reshape(-1)
     if DTYPES[ref.dtype].kind == "complex":
         return _complex_stats(flat, stats, repeats)
     moments, zeros = _Moments(), 0
@@ -173,14 +176,15 @@ def all_stats(tensors: Iterable[NamedTensor], progress: Progress | None = None) 
     return out
 
 
-def non_finite(ref: TensorRef) -> tuple[int, int]:
+def non_finite(ref: TensorRef, key: str = "a tensor") -> tuple[int, int]:
     """NaN and Inf counts of one tensor, in chunks (0, 0 for types without them)."""
     import torch
 
     if ref.layout != "strided" or ref.storage is None or DTYPES[ref.dtype].kind not in ("float", "complex"):
         return 0, 0
-    distinct, repeats = without_repeats(load_tensor(ref))
-    flat = distinct.reshape(-1)
+    distinct, repeats = readable_view(ref, key)
+    with allocating():
+        flat = distinct.reshape(-1)
     nan = inf = 0
     for chunk in torch.split(flat, CHUNK_ELEMENTS):  # complex: per element, as torch.isnan/isinf count
         values = chunk.to(torch.float32) if chunk.dtype.itemsize == 1 else chunk
@@ -188,6 +192,21 @@ def non_finite(ref: TensorRef) -> tuple[int, int]:
         nan += int(torch.isnan(values).sum())
         inf += int(torch.isinf(values).sum())
     return nan * repeats, inf * repeats
+
+
+def readable_view(ref: TensorRef, key: str) -> tuple[torch.Tensor, int]:
+    """The tensor without its repeats (`without_repeats`), when reading it costs no more than
+    its stored elements, or a bounded number: a view whose strides overlap (torch accepts
+    any that stays inside its storage) reads its elements many times over, and an 8 MB file
+    can declare 2**40 of them. Past `MAX_OVERLAPPING` such elements, a LimitError."""
+    distinct, repeats = without_repeats(load_tensor(ref))
+    span = 1 + sum((n - 1) * abs(s) for n, s in zip(distinct.shape, distinct.stride(), strict=True) if n > 0)
+    if distinct.numel() > max(span, MAX_OVERLAPPING):
+        raise LimitError(
+            f"{key}: a view of {distinct.numel()} elements over {span} stored ones (overlapping strides): "
+            "too many to read"
+        )
+    return distinct, repeats
 
 
 def without_repeats(view: torch.Tensor) -> tuple[torch.Tensor, int]:
