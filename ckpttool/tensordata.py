@@ -19,6 +19,7 @@ second read of the source; `verify_tensor`; or reading the source back through `
 
 from __future__ import annotations
 
+import math
 import os
 import zlib
 from collections.abc import Iterator
@@ -356,7 +357,30 @@ def load_tensor(tensor: TensorRef) -> torch.Tensor:
         unit = storage.itemsize // 2 if DTYPES[storage.dtype].kind == "complex" else storage.itemsize
         flat = flat.view(-1, unit).flip(1).reshape(-1)
     values = flat.view(torch_dtype(tensor.dtype))
+    check_overlap(tensor)
     return values.as_strided(tensor.shape, tensor.stride, tensor.offset - first)
+
+
+MAX_OVERLAPPING = 1 << 28  # elements a view with overlapping strides may read (a few seconds)
+
+
+def check_overlap(tensor: TensorRef) -> None:
+    """A view whose strides overlap (torch accepts any that stays inside its storage) reads
+    its stored elements many times over: a 256 KiB record can declare 2**30 of them, which
+    every reader of values (stats, diff, convert) would walk or copy whole. Repeats along
+    stride-0 dimensions (an expansion) are left to the readers, which count them. Past
+    `MAX_OVERLAPPING` elements, a LimitError."""
+    kept = [(n, abs(s)) for n, s in zip(tensor.shape, tensor.stride, strict=True) if s != 0 or n <= 1]
+    if any(n == 0 for n, _ in kept):
+        return
+    elements = math.prod(n for n, _ in kept)
+    span = 1 + sum((n - 1) * s for n, s in kept)
+    if elements > max(span, MAX_OVERLAPPING):
+        record = tensor.storage.record if tensor.storage is not None else None
+        raise LimitError(
+            f"a view of {elements} elements over {span} stored ones (overlapping strides): too many to read",
+            path=record.path if record is not None else None,
+        )
 
 
 @contextmanager

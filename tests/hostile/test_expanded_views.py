@@ -69,3 +69,8 @@ def test_an_overlapping_view_past_the_bound_is_a_limit_not_hours(overlapping: Pa
     assert finite.exit_code == 1
     [finding] = [f for f in finite.json()["files"][0]["findings"] if f["check"] == "finite"]
     assert "overlapping strides" in finding["message"] and finding["message"].startswith("w: ")
+    for command in (
+        ("diff", overlapping, overlapping),
+        ("convert", overlapping, overlapping.with_name("o.safetensors")),
+    ):
+        assert_one_error_line(run_cli_process(*command, timeout=60), "overlapping strides", path=overlapping)

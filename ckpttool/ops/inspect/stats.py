@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     from ckpttool.progress import Progress
 
 CHUNK_ELEMENTS = 1 << 22
-MAX_OVERLAPPING = 1 << 28  # elements read from a view whose strides overlap (a few seconds)
 
 
 @dataclass(slots=True)
@@ -195,18 +194,12 @@ def non_finite(ref: TensorRef, key: str = "a tensor") -> tuple[int, int]:
 
 
 def readable_view(ref: TensorRef, key: str) -> tuple[torch.Tensor, int]:
-    """The tensor without its repeats (`without_repeats`), when reading it costs no more than
-    its stored elements, or a bounded number: a view whose strides overlap (torch accepts
-    any that stays inside its storage) reads its elements many times over, and an 8 MB file
-    can declare 2**40 of them. Past `MAX_OVERLAPPING` such elements, a LimitError."""
-    distinct, repeats = without_repeats(load_tensor(ref))
-    span = 1 + sum((n - 1) * abs(s) for n, s in zip(distinct.shape, distinct.stride(), strict=True) if n > 0)
-    if distinct.numel() > max(span, MAX_OVERLAPPING):
-        raise LimitError(
-            f"{key}: a view of {distinct.numel()} elements over {span} stored ones (overlapping strides): "
-            "too many to read"
-        )
-    return distinct, repeats
+    """The tensor without its repeats (`without_repeats`); a view too costly to read (see
+    `tensordata.check_overlap`) is a LimitError naming `key`."""
+    try:
+        return without_repeats(load_tensor(ref))
+    except LimitError as exc:
+        raise LimitError(f"{key}: {exc.message}", path=exc.path) from None
 
 
 def without_repeats(view: torch.Tensor) -> tuple[torch.Tensor, int]:
