@@ -112,7 +112,10 @@ FILES: dict[str, Saver] = {
         _use_new_zipfile_serialization=False,
     ),
     "legacy_tar": written(lambda: legacy_tar(legacy_tar_members())),
+    # torch knows only b"little" and b"big"; the scan fails closed on any other (dangerous)
+    "byteorder_with_a_newline": written(lambda: checkpoint_zip([float_tensor("w", "0", 2)], byteorder=b"little\n")),
 }
+FAILS_CLOSED = {"setitems_on_a_non_dict", "byteorder_with_a_newline"}
 
 
 @pytest.fixture(scope="module")
@@ -158,10 +161,11 @@ def test_weights_only_answer_is_what_torch_does(checkpoints: dict[str, Path], na
 
 @pytest.mark.parametrize("name", sorted(FILES))
 def test_the_verdict_and_the_exit_code(checkpoints: dict[str, Path], name: str) -> None:
-    """None of these files calls anything unvetted; only the GHSA-63cw shape is dangerous."""
+    """None of these files calls anything unvetted; the GHSA-63cw shape and the unknown byteorder
+    (which fails closed) are dangerous."""
     path = checkpoints[name]
     verdict = scan_file(str(path)).verdict
-    assert verdict in (("dangerous",) if name == "setitems_on_a_non_dict" else ("safe", "needs-allowlist"))
+    assert verdict in (("dangerous",) if name in FAILS_CLOSED else ("safe", "needs-allowlist"))
     cli = scan(path)
     assert only_file(cli)["verdict"] == verdict
     assert cli.exit_code == (1 if verdict == "dangerous" else 0)

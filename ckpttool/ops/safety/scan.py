@@ -161,6 +161,10 @@ def _weights_only(collected: Found, judgement: Judgement, invalid: str | None = 
     else:
         refusal = None
     pickles = [d for name, d in collected.pickles if refusal or _torch_reads(name)]
+    unreadable = next((p for p in collected.problems if p.startswith(_UNREADABLE)), None)
+    if refusal is None and unreadable is not None and fmt in _TORCH_LOADS:
+        # ckpttool's reader refuses what torch's refuses (a byteorder record torch does not know)
+        refusal = f"torch.load fails on it too: {unreadable.removeprefix(_UNREADABLE)}"
     if refusal is None and fmt == "torch-legacy" and any(g.qualname == _UNTYPED for d in pickles for g in d.globals):
         # torch's legacy reader asks a storage's class for its dtype (`storage_type.dtype`),
         # which UntypedStorage, the class of storages no typed class names, has not
@@ -172,6 +176,7 @@ def _weights_only(collected: Found, judgement: Judgement, invalid: str | None = 
 
 
 _UNTYPED = "torch.storage.UntypedStorage"
+_UNREADABLE = "unreadable: "  # how `Found.guard` names a reader's refusal
 
 
 def _torch_reads(name: str) -> bool:
