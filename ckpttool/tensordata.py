@@ -19,9 +19,11 @@ second read of the source; `verify_tensor`; or reading the source back through `
 
 from __future__ import annotations
 
+import math
 import os
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -355,14 +357,51 @@ def load_tensor(tensor: TensorRef) -> torch.Tensor:
         unit = storage.itemsize // 2 if DTYPES[storage.dtype].kind == "complex" else storage.itemsize
         flat = flat.view(-1, unit).flip(1).reshape(-1)
     values = flat.view(torch_dtype(tensor.dtype))
+    check_overlap(tensor)
     return values.as_strided(tensor.shape, tensor.stride, tensor.offset - first)
+
+
+MAX_OVERLAPPING = 1 << 28  # elements a view with overlapping strides may read (a few seconds)
+
+
+def check_overlap(tensor: TensorRef) -> None:
+    """A view whose strides overlap (torch accepts any that stays inside its storage) reads
+    its stored elements many times over: a 256 KiB record can declare 2**30 of them, which
+    every reader of values (stats, diff, convert) would walk or copy whole. Repeats along
+    stride-0 dimensions (an expansion) are left to the readers, which count them. Past
+    `MAX_OVERLAPPING` elements, a LimitError."""
+    kept = [(n, abs(s)) for n, s in zip(tensor.shape, tensor.stride, strict=True) if s != 0 or n <= 1]
+    if any(n == 0 for n, _ in kept):
+        return
+    elements = math.prod(n for n, _ in kept)
+    span = 1 + sum((n - 1) * s for n, s in kept)
+    if elements > max(span, MAX_OVERLAPPING):
+        record = tensor.storage.record if tensor.storage is not None else None
+        raise LimitError(
+            f"a view of {elements} elements over {span} stored ones (overlapping strides): too many to read",
+            path=record.path if record is not None else None,
+        )
+
+
+@contextmanager
+def allocating() -> Iterator[None]:
+    """torch's allocator reports a failed allocation as a RuntimeError: as Python's own
+    MemoryError (out of memory, one line), not a bug. A tiny file can declare a view that
+    copies to terabytes (a stride-0 expansion)."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if "can't allocate memory" in str(exc):
+            raise MemoryError(str(exc)) from None
+        raise
 
 
 def tensor_bytes(value: torch.Tensor) -> memoryview:
     """The little-endian bytes of a contiguous copy of `value`."""
     import torch
 
-    contiguous = value.contiguous()
+    with allocating():
+        contiguous = value.contiguous()
     if contiguous.numel() == 0:
         return memoryview(b"")
     return contiguous.reshape(-1).view(torch.uint8).numpy().data
@@ -371,4 +410,5 @@ def tensor_bytes(value: torch.Tensor) -> memoryview:
 def cast(value: torch.Tensor, dtype: str | None) -> torch.Tensor:
     if dtype is None or str(value.dtype).removeprefix("torch.") == dtype:
         return value
-    return value.to(torch_dtype(dtype))
+    with allocating():
+        return value.to(torch_dtype(dtype))

@@ -32,7 +32,15 @@ from ckpttool.checkpoint import TensorRef
 from ckpttool.crc import Crc32
 from ckpttool.dtypes import DTYPES
 from ckpttool.errors import FormatError
-from ckpttool.tensordata import ByteRange, check_crc, direct_range, needs_crc_check, read_span, verify_record
+from ckpttool.tensordata import (
+    ByteRange,
+    check_crc,
+    check_overlap,
+    direct_range,
+    needs_crc_check,
+    read_span,
+    verify_record,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -167,6 +175,7 @@ def _contiguous_copy(tensor: TensorRef, dtype: np.dtype) -> np.ndarray:
             raise FormatError(f"{tensor.dtype} tensor over a big-endian {storage.dtype} storage cannot be read")
         dtype = dtype.newbyteorder(">")
     flat = np.frombuffer(data, dtype)
+    check_overlap(tensor)
     strides = tuple(s * dtype.itemsize for s in tensor.stride)
     view = as_strided(flat[tensor.offset - first :], tensor.shape, strides, writeable=False)
     return np.ascontiguousarray(view).reshape(-1).astype(dtype.newbyteorder("<"), copy=False)

@@ -107,6 +107,7 @@ def _stats(
     width: int | None,
 ) -> str:
     from ckpttool import render
+    from ckpttool.errors import about
     from ckpttool.ops.inspect.report import select
     from ckpttool.ops.inspect.stats import all_stats
     from ckpttool.weights import all_tensors, find_weights
@@ -116,6 +117,8 @@ def _stats(
     bar = progress_bar("stats")
     bar.start(sum(t.nbytes for t in chosen))
     try:
-        return render.stats_output(checkpoint.path, all_stats(chosen, bar), fmt, width)
+        with about(checkpoint.path):
+            stats = all_stats(chosen, bar)
+        return render.stats_output(checkpoint.path, stats, fmt, width)
     finally:
         bar.close()

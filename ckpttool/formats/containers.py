@@ -24,7 +24,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import ModuleType
-from typing import IO, TYPE_CHECKING, Literal, Protocol
+from typing import IO, TYPE_CHECKING, Any, Literal, Protocol, cast
 
 from ckpttool.buffers import FileData
 from ckpttool.errors import CkptError, EncryptedError, LimitError, PickleError, UnknownFormatError
@@ -35,6 +35,8 @@ from ckpttool.pickle import Decoded, decode
 from ckpttool.pickle.opcodes import NAMES
 
 if TYPE_CHECKING:
+    from tarfile import TarFile, TarInfo
+
     from ckpttool.formats.joblib import JoblibRead
 
 MAX_DEPTH = 4  # archives inside archives
@@ -69,7 +71,44 @@ MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
 
 
 def is_tar(head: bytes) -> bool:
-    return len(head) >= 262 and head[257:262] == b"ustar"
+    """Whether `tarfile` opens the file, as torch.load tries before reading a pickle stream:
+    a first block with the `ustar` magic, or a magic-less (v7) header block tarfile accepts,
+    whose first bytes (a member's name) can be anything, a pickle or an npy header too. A
+    file opening with a zip's local header is torch.load's zip, never its tar."""
+    if is_zip(head):
+        return False
+    return (len(head) >= 262 and head[257:262] == b"ustar") or _v7_header(head[:_TAR_BLOCK])
+
+
+_TAR_BLOCK = 512
+
+
+def _v7_header(block: bytes) -> bool:
+    """tarfile's test of a first header block: its checksum (octal text, or base-256)
+    equals the sum of the block's bytes, unsigned or signed, with the checksum field as
+    spaces; tarfile then parses the other fields (imported only when the checksum holds)."""
+    if len(block) < _TAR_BLOCK or block.count(0) == _TAR_BLOCK:
+        return False  # an all-zero block ends an archive: no member to read
+    field = block[148:156]
+    if field[0] in (0o200, 0o377):
+        declared = int.from_bytes(field[1:], "big") - (256**7 if field[0] == 0o377 else 0)
+    else:
+        try:
+            declared = int(field.split(b"\0", 1)[0].decode("ascii").strip() or "0", 8)
+        except (UnicodeDecodeError, ValueError):
+            return False
+    rest = block[:148] + block[156:]
+    unsigned = 256 + sum(rest)
+    signed = unsigned - 256 * sum(1 for b in rest if b > 127)
+    if declared not in (unsigned, signed):
+        return False
+    import tarfile  # only for a block whose checksum holds
+
+    try:
+        tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+    except tarfile.HeaderError:
+        return False
+    return True
 
 
 # Executables and shared libraries: a loader that takes them from an archive runs them
@@ -205,19 +244,23 @@ class _Scanner:
             raise LimitError(f"{name}: {size} bytes to inflate or copy exceed the scan's bounds")
         self.budget -= size
 
-    def content(self, name: str, data: FileData, start: int, end: int, depth: int) -> None:
-        """Whatever `data[start:end]` is: an archive, an npy, a pickle stream, or nothing."""
+    def content(self, name: str, data: FileData, start: int, end: int, depth: int, archives: bool = True) -> None:
+        """Whatever `data[start:end]` is: an archive, an npy, a pickle stream, or nothing.
+        `archives=False`: anything but a zip or tar (the other reading of a tar's bytes)."""
         head = bytes(data[start : min(end, start + _HEAD)])
         try:
-            self._content(name, head, data, start, end, depth)
+            self._content(name, head, data, start, end, depth, archives)
         except EncryptedError:
             raise  # nothing inside can be scanned: the file is unreadable, not a finding
         except CkptError as exc:
             self.found.problems.append(f"{name}: {exc.message}")
 
-    def _content(self, name: str, head: bytes, data: FileData, start: int, end: int, depth: int) -> None:
+    def _content(
+        self, name: str, head: bytes, data: FileData, start: int, end: int, depth: int, archives: bool
+    ) -> None:
+        archive = archives and (is_zip(head) or is_tar(head))
         sealed = sealed_archive(head)
-        if sealed is not None:
+        if sealed is not None and not archive:
             self.found.problems.append(f"{name}: {sealed}, which ckpttool cannot open")
             return
         native = native_code(head)
@@ -225,10 +268,10 @@ class _Scanner:
             self.found.problems.append(f"{name}: {native}: whatever loads it from here runs its code")
             return
         kind = container_kind(head)
-        nested = is_zip(head) or is_tar(head) or (kind is not None and kind != NPY)
+        nested = archive or (kind is not None and kind != NPY)
         if nested and depth >= MAX_DEPTH:
             self.found.problems.append(f"{name}: archives nested deeper than {MAX_DEPTH} levels are not opened")
-        elif is_zip(head) or is_tar(head):
+        elif archive:
             self.nested_archive(name, data, start, end, depth + 1)
         elif kind == NPY:
             self.npy(name, data, start, end)
@@ -262,8 +305,17 @@ class _Scanner:
                 self.found.pickles.append((f"{label} (as pickle.loads reads it)", without_problems(exc.partial)))
                 start, index = joblib.end, index + 1
                 continue
+            joblib = _as_joblib(data, start, end, name, decoded)
+            if joblib and not joblib.problem and joblib.end != decoded.end:
+                # pickle.loads read joblib's array bytes as opcodes and happened to get through
+                from ckpttool.formats.joblib import without_problems
+
+                self.found.pickles += [(label + suffix, d) for suffix, d in joblib.pickles]
+                self.found.pickles.append((f"{label} (as pickle.loads reads it)", without_problems(decoded)))
+                start, index = joblib.end, index + 1
+                continue
             self.found.pickles.append((label, decoded))
-            self.found.add_joblib(label, _as_joblib(data, start, end, name, decoded))
+            self.found.add_joblib(label, joblib)
             if index == 0 and decoded.value == MAGIC_NUMBER and type(decoded.value) is int:
                 self.legacy(name, data, decoded.end, end)
                 return
@@ -363,18 +415,56 @@ class _Scanner:
             self.content(label, data, start, end, depth)
 
     def tar_file(self, prefix: str, path: str, depth: int, skip: set[str] | None = None) -> None:
+
+        with _tar_opened(path) as tar, _mapped(path) as data:
+            members = [m for m in tar.getmembers() if _has_data(m) and m.name not in (skip or set())]
+            self.first_bytes(prefix.rstrip("/") or os.path.basename(path), data, depth)
+            for member in members:
+                self.found.members += 1
+                if member.issparse():
+                    self.sparse_member(prefix + member.name, tar, member, depth)
+                    continue
+                end = min(member.offset_data + member.size, len(data))
+                self.content(prefix + member.name, data, member.offset_data, end, depth)
+
+    def sparse_member(self, label: str, tar: TarFile, member: TarInfo, depth: int) -> None:
+        """A sparse member reads as tarfile reads it, its stored chunks with zeros between
+        them: the stored bytes in place are another pickle."""
         import tarfile
 
         try:
-            with tarfile.open(path, mode="r:") as tar:
-                members = [m for m in tar.getmembers() if m.isfile() and m.name not in (skip or set())]
-        except (tarfile.TarError, OSError, ValueError, UnicodeError, EOFError) as exc:
-            raise UnknownFormatError(f"unreadable tar archive: {exc}") from None
-        with _mapped(path) as data:
-            for member in members:
-                self.found.members += 1
-                end = min(member.offset_data + member.size, len(data))
-                self.content(prefix + member.name, data, member.offset_data, end, depth)
+            self.charge(label, member.size)
+            handle = tar.extractfile(member)
+            data = handle.read() if handle is not None else b""
+        except CkptError as exc:
+            self.found.problems.append(f"{label}: {exc.message}")
+            return
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            self.found.problems.append(f"{label}: unreadable sparse member: {exc}")
+            return
+        self.content(label, data, 0, len(data), depth)
+
+    def first_bytes(self, name: str, data: FileData, depth: int) -> None:
+        """A tar's first header block is nearly free (a v7 tar's opens with a member's name):
+        its first bytes can also be a pickle, an npy or a compressed stream, which
+        pickle.load or numpy would read instead of the members. That reading is scanned too;
+        it counts when it yields a pickle (a real tar's first name is none)."""
+        head = bytes(data[:_HEAD])
+        if not head or (head[0] not in NAMES and container_kind(head) is None):
+            return
+        other = _Scanner()
+        other.budget = self.budget
+        label = f"{name} (read from its first byte, not as a tar)"
+        if container_kind(head) is None:
+            try:
+                other.found.pickles.append((label, decode(data, start=0, end=len(data), source=label)))
+            except PickleError as exc:
+                other.failed(label, exc, False)
+        else:
+            other.content(label, data, 0, len(data), depth, archives=False)
+        if other.found.pickles:
+            self.budget = other.budget
+            self.found.add(other.found)
 
     def stream(self, name: str, kind: FormatName, data: FileData, start: int, end: int, depth: int) -> None:
         """A gzip / bz2 / xz stream, inflated under the budget, then read by content."""
@@ -384,6 +474,32 @@ class _Scanner:
 
 
 # -- helpers ----------------------------------------------------------------------------------
+
+
+@contextmanager
+def _tar_opened(path: str) -> Iterator[TarFile]:
+    """The tar at `path`, its members read (every header: an error is an unreadable archive)."""
+    import tarfile
+
+    unreadable = (tarfile.TarError, OSError, ValueError, UnicodeError, EOFError)
+    try:
+        tar = tarfile.open(path, mode="r:")
+    except unreadable as exc:
+        raise UnknownFormatError(f"unreadable tar archive: {exc}") from None
+    with tar:
+        try:
+            tar.getmembers()
+        except unreadable as exc:
+            raise UnknownFormatError(f"unreadable tar archive: {exc}") from None
+        yield tar
+
+
+def _has_data(member: TarInfo) -> bool:
+    """The members whose bytes tarfile hands out: regular files, and members of a type it
+    does not know (read as regular files)."""
+    import tarfile
+
+    return member.isreg() or member.type not in tarfile.SUPPORTED_TYPES
 
 
 def _importable(module: str) -> bool:
@@ -474,12 +590,18 @@ def _without_long_suffixes(text: str) -> str:
 
 def _holds_objects(descr: object) -> bool:
     """Whether numpy's dtype description has an object field anywhere (then the array is
-    pickled). Anything unrecognisable counts as holding objects: decoding it is harmless."""
-    if isinstance(descr, str):
-        return descr.lstrip("<>|=!").startswith("O") or not descr
-    if isinstance(descr, list):
-        return any(_holds_objects(field[1]) if isinstance(field, tuple) and len(field) > 1 else True for field in descr)
-    return True
+    pickled), as numpy itself reads the description: `object`, `(2,)O`, `i4,O` all hold
+    objects. Anything numpy does not read counts as holding objects: decoding it is harmless."""
+    import warnings
+
+    import numpy as np  # only for npy files: numpy parses its own descriptions (C code, no import)
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return bool(np.lib.format.descr_to_dtype(cast(Any, descr)).hasobject)
+    except Exception:  # noqa: BLE001 - numpy refuses it: the file does not load, nothing to judge
+        return True
 
 
 @contextmanager
@@ -522,9 +644,17 @@ def _scanned_as(kind: FormatName) -> Callable[[Probe], Found]:
     return lambda probe: scan_container(probe.path, kind)
 
 
+def _not_tar(recognise: Callable[[Probe], bool]) -> Callable[[Probe], bool]:
+    """torch.load reads any file tarfile opens (but a zip) as its legacy tar, whatever else
+    its first bytes are (a v7 tar's header can open an npy or a stream): such a file is
+    left to the tar formats, which scan that other reading too."""
+    return lambda probe: recognise(probe) and not is_tar(probe.head)
+
+
 def _stream(name: Literal["gzip", "bz2", "xz", "zlib", "lzma"]) -> Format:
     magics = tuple(m for m, (label, _) in _STREAMS.items() if label == name)
-    return Format(name, lambda probe: probe.head.startswith(magics), pickles=_scanned_as(name), scan_only=True)
+    recognise = _not_tar(lambda probe: probe.head.startswith(magics))
+    return Format(name, recognise, pickles=_scanned_as(name), scan_only=True)
 
 
 def _plain_zip(probe: Probe) -> bool:
@@ -537,8 +667,12 @@ def _plain_zip(probe: Probe) -> bool:
     return not is_pt2(probe.archive())
 
 
-SEALED_FORMAT = Format("sealed", lambda probe: sealed_archive(probe.head) is not None, pickles=_sealed, scan_only=True)
-NPY_FORMAT = Format("npy", lambda probe: probe.head.startswith(NPY_MAGIC), pickles=_scanned_as(NPY), scan_only=True)
+SEALED_FORMAT = Format(
+    "sealed", _not_tar(lambda probe: sealed_archive(probe.head) is not None), pickles=_sealed, scan_only=True
+)
+NPY_FORMAT = Format(
+    "npy", _not_tar(lambda probe: probe.head.startswith(NPY_MAGIC)), pickles=_scanned_as(NPY), scan_only=True
+)
 GZIP_FORMAT, BZ2_FORMAT, XZ_FORMAT = _stream("gzip"), _stream("bz2"), _stream("xz")
 ZLIB_FORMAT, LZMA_FORMAT = _stream("zlib"), _stream("lzma")
 TAR_FORMAT = Format(

@@ -22,11 +22,10 @@ from typing import Any
 from ckpttool.buffers import FileData
 from ckpttool.errors import LimitError, PickleError
 from ckpttool.pickle import Decoded, Hooks, decode
-from ckpttool.pickle.objects import Call
+from ckpttool.pickle.objects import UNSET, Call
 
 WRAPPER = "joblib.numpy_pickle.NumpyArrayWrapper"
 MAX_ITEMS = 1 << 40
-_UNICODE_ITEM = 4  # numpy's 'U' dtypes hold UCS-4 code points
 
 
 def names_the_wrapper(decoded: Decoded | None) -> bool:
@@ -45,15 +44,15 @@ class JoblibReading:
         if not (isinstance(target, Call) and target.func_name == WRAPPER):
             return pos
         state = target.state if isinstance(target.state, dict) else {}
-        code = _dtype_code(state.get("dtype"))
-        if code.startswith("O"):
+        holds_objects, itemsize = _dtype_facts(state.get("dtype"), self.source)
+        if holds_objects:
             inner = decode(self.data, start=pos, end=self.end, source=f"{self.source} (object array)")
             self.inner.append(inner)
             return inner.end
         if state.get("numpy_array_alignment_bytes") is not None:
             padding = self.data[self._within(pos + 1) - 1]  # one byte: how many padding bytes follow
             pos = self._within(pos + 1 + padding)
-        return self._within(pos + _array_bytes(state.get("shape"), code, self.source))
+        return self._within(pos + _array_bytes(state.get("shape"), itemsize, self.source))
 
     def _within(self, pos: int) -> int:
         if pos > self.end:
@@ -61,21 +60,54 @@ class JoblibReading:
         return pos
 
 
-def _dtype_code(dtype: Any) -> str:
-    """The type string of `numpy.dtype('f8', ...)`, as the pickle spells it."""
-    if isinstance(dtype, Call) and dtype.func_name == "numpy.dtype" and dtype.args and type(dtype.args[0]) is str:
-        return dtype.args[0]
-    raise PickleError(f"joblib array wrapper without a readable dtype: {dtype!r}"[:200])
+def _dtype_facts(dtype: Any, source: str) -> tuple[bool, int]:
+    """(`dtype.hasobject`, `dtype.itemsize`) of the wrapper's dtype, which decide whether
+    joblib unpickles the bytes after the wrapper and how many it reads otherwise. numpy
+    builds the dtype from its type string, then its BUILD state sets the flags and, for
+    void and string types, the item size outright (`f8` with the object flag set holds
+    objects, `O8` with it cleared does not): so the dtype is rebuilt by numpy itself from
+    the inert record, plain data and nested dtypes only (numpy's C parsing, nothing imported
+    or called from the file)."""
+    import numpy as np  # only for joblib files
+
+    try:
+        built = _numpy_dtype(np, dtype, 0)
+    except (TypeError, ValueError, OverflowError, KeyError, IndexError) as exc:
+        raise PickleError(f"joblib array wrapper with a dtype numpy does not build: {exc}"[:200], path=source) from None
+    return bool(built.hasobject), int(built.itemsize)
 
 
-def _array_bytes(shape: Any, code: str, source: str) -> int:
+_MAX_DTYPE_DEPTH = 32  # structured dtypes nest their fields' dtypes
+
+
+def _numpy_dtype(np: Any, dtype: Any, depth: int) -> Any:
+    if not (isinstance(dtype, Call) and dtype.func_name == "numpy.dtype" and depth < _MAX_DTYPE_DEPTH):
+        raise PickleError(f"joblib array wrapper without a readable dtype: {dtype!r}"[:200])
+    if not (dtype.kwargs is None and all(type(a) in (str, bool, int) for a in dtype.args)):
+        raise PickleError(f"joblib array wrapper with dtype arguments {dtype.args!r}"[:200])
+    built = np.dtype(*dtype.args)
+    if dtype.state is not UNSET:
+        built.__setstate__(_plain(np, dtype.state, depth))
+    return built
+
+
+def _plain(np: Any, value: Any, depth: int) -> Any:
+    """A dtype's BUILD state as numpy takes it: plain data, and dtypes rebuilt."""
+    if isinstance(value, Call):
+        return _numpy_dtype(np, value, depth + 1)
+    if type(value) is tuple:
+        return tuple(_plain(np, item, depth) for item in value)
+    if type(value) is dict:
+        return {_plain(np, k, depth): _plain(np, v, depth) for k, v in value.items()}
+    if value is None or type(value) in (str, bytes, int, bool, float):
+        return value
+    raise PickleError(f"joblib dtype state holding {type(value).__name__}")
+
+
+def _array_bytes(shape: Any, itemsize: int, source: str) -> int:
     if type(shape) is not tuple or not all(type(n) is int and n >= 0 for n in shape):
         raise PickleError(f"joblib array wrapper with shape {shape!r}"[:200], path=source)
     count = math.prod(shape)
-    size = code[1:]
-    if not size.isdigit():
-        raise PickleError(f"joblib array of dtype {code!r}: no item size", path=source)
-    itemsize = int(size) * (_UNICODE_ITEM if code[0] == "U" else 1)
     if count > MAX_ITEMS:
         raise LimitError(f"joblib array of {count} items", path=source)
     return count * itemsize

@@ -171,17 +171,27 @@ def _read_legacy_tar(path: str, seen: Seen) -> Checkpoint:
 
 
 def _tar_members(path: str) -> dict[str, tuple[int, int]]:
+    """Where the members torch reads lie. torch takes the last member of each name
+    (`getmember`), follows a link to another member's bytes, expands a sparse file and
+    reads a member of an unknown type as a regular file: only a plain regular member is
+    read in place, anything else is refused rather than read otherwise than torch does."""
     import tarfile  # only this old variant needs it
 
     try:
         with tarfile.open(path, mode="r:") as tar:
-            found = {m.name: (m.offset_data, m.offset_data + m.size) for m in tar.getmembers() if m.isfile()}
+            last = {m.name: m for m in tar.getmembers()}
     except (tarfile.TarError, ValueError, UnicodeError, EOFError) as exc:
         raise FormatError(f"unreadable tar archive: {exc}", path=path) from None
-    missing = [name for name in ("storages", "tensors", "pickle") if name not in found]
+    missing = [name for name in _READ_MEMBERS if name not in last]
     if missing:
         raise FormatError(f"legacy tar checkpoint without {', '.join(missing)}", path=path)
-    return found
+    for name in _READ_MEMBERS:
+        member = last[name]
+        if member.issparse() or not member.isreg():
+            kind = "a sparse file" if member.issparse() else "a link" if member.islnk() or member.issym() else None
+            what = kind or f"of tar type {member.type!r}"
+            raise FormatError(f"legacy tar member {name!r} is {what}, which torch.load reads elsewhere", path=path)
+    return {name: (m.offset_data, m.offset_data + m.size) for name, m in last.items() if name in _READ_MEMBERS}
 
 
 def _read_tar_storages(r: _Reader, span: tuple[int, int], objects: dict[str, Storage | TensorRef]) -> None:
@@ -213,7 +223,10 @@ def _add_view(path: str, objects: dict[str, Storage | TensorRef], view: Any) -> 
         raise FormatError("malformed storage view", path=path)
     target, base_key, offset, numel = view
     base = objects.get(str(base_key))
-    if not isinstance(base, Storage) or base.record is None or offset < 0 or offset + numel > base.numel:
+    fits = (
+        isinstance(offset, int) and isinstance(numel, int) and offset >= 0 and numel >= 0
+    )  # torch slices bytes with them
+    if not isinstance(base, Storage) or base.record is None or not fits or offset + numel > base.numel:
         raise FormatError(f"storage view {target!r} does not fit storage {base_key!r}", path=path)
     start = base.record.offset + offset * base.itemsize
     record = Record(path, f"storage view {target!r}", start, numel * base.itemsize)
@@ -264,6 +277,8 @@ def _count(value: Any, path: str) -> int:
 
 
 # -- for scan, and for rewriting ------------------------------------------------------------
+
+_READ_MEMBERS = ("storages", "tensors", "pickle")  # what torch.load reads of a legacy tar
 
 _TAR_MEMBERS = {"sys_info", "storages", "tensors", "pickle"}
 

@@ -89,8 +89,15 @@ def raw_pickles(probe: Probe) -> Found:
                     raise NotACheckpointError(_not_a_pickle(probe, exc), path=probe.path) from None
                 found.failure(name, exc)
                 return found
+            joblib = read_as_joblib(data, start, probe.size, probe.path, decoded)
+            if joblib and not joblib.problem and joblib.end != decoded.end:
+                # pickle.loads read joblib's array bytes as opcodes and happened to get through
+                found.pickles += [(name + label, d) for label, d in joblib.pickles]
+                found.pickles.append((f"{name} (as pickle.loads reads it)", without_problems(decoded)))
+                start, index = joblib.end, index + 1
+                continue
             found.pickles.append((name, decoded))
-            found.add_joblib(name, read_as_joblib(data, start, probe.size, probe.path, decoded))
+            found.add_joblib(name, joblib)
             start, index = decoded.end, index + 1
     return found
 

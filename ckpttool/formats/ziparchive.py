@@ -33,6 +33,7 @@ _EOCD64 = struct.Struct("<4sQ2H2L4Q")
 _CENTRAL = struct.Struct("<4s6H3L5H2L")
 _LOCAL = struct.Struct("<4s5H3L2H")
 _MAX_EOCD_SEARCH = 22 + 0xFFFF
+_SATURATED = (0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF)  # a plain end record's "see the zip64 record"
 STORED, DEFLATED = 0, 8
 _FLAG_ENCRYPTED = 0x1
 _FLAG_PATCHED = 0x20
@@ -92,12 +93,13 @@ def open_archive(path: str, start: int = 0, end: int | None = None) -> ZipArchiv
         end = size if end is None else end
         if not 0 <= start <= end <= size:
             raise ZipFormatError(f"zip archive at bytes [{start}, {end}) lies outside the file", path=path)
-        count, cd_offset, cd_size = _find_central_directory(f, start, end, path)
+        disagree: list[str] = []
+        count, cd_offset, cd_size = _find_central_directory(f, start, end, path, disagree)
         f.seek(start + cd_offset)
         directory = f.read(cd_size)
     if len(directory) != cd_size:
         raise ZipFormatError("central directory runs past the end of the file", path=path)
-    archive = ZipArchive(path, end, {}, [])
+    archive = ZipArchive(path, end, {}, [], disagree)
     _parse_central_directory(directory, count, archive, start)
     if not archive.order:
         raise ZipFormatError("zip archive holds no records", path=path)
@@ -126,33 +128,58 @@ def _reads_as_plain(archive: ZipArchive, entry: ZipEntry) -> bool:
         return False
 
 
-def _find_central_directory(f: IO[bytes], start: int, end: int, path: str) -> tuple[int, int, int]:
-    """(entry count, directory offset from `start`, directory size)."""
+def _find_central_directory(f: IO[bytes], start: int, end: int, path: str, disagree: list[str]) -> tuple[int, int, int]:
+    """(entry count, directory offset from `start`, directory size), found as miniz (torch's
+    reader) finds them: the last end record with room for itself before the end of the file,
+    and a zip64 end record wherever a zip64 locator just before it points (used whenever it
+    is there, as miniz and Python's zipfile do, whatever the plain record says; where the
+    two disagree, `disagree` says so)."""
     size = end - start
     tail_start = start + max(0, size - _MAX_EOCD_SEARCH)
     f.seek(tail_start)
     tail = f.read(end - tail_start)
     at = tail.rfind(b"PK\x05\x06")
-    if at < 0 or at + _EOCD.size > len(tail):
+    while at >= 0 and at + _EOCD.size > len(tail):  # a signature too close to the end: look further back
+        at = tail.rfind(b"PK\x05\x06", 0, at + 3)
+    if at < 0:
         raise ZipFormatError("zip end-of-central-directory record not found (file truncated?)", path=path)
     _, disk, cd_disk, _, count, cd_size, cd_offset, _ = _EOCD.unpack_from(tail, at)
-    if disk != 0 or cd_disk != 0:
+    zip64 = _zip64_directory(f, start, size, tail_start - start + at, path)
+    if zip64 is not None:
+        plain = (count, cd_offset, cd_size)
+        count, cd_offset, cd_size = zip64
+        if any(p not in (z, full) for p, z, full in zip(plain, zip64, _SATURATED, strict=True)):
+            # readers that take the zip64 record only when the plain one is saturated read another directory
+            disagree.append("the zip64 end record names another central directory than the plain end record")
+    elif disk != 0 or cd_disk != 0:
         raise ZipFormatError("multi-disk zip archives are not supported", path=path)
-    if count == 0xFFFF or 0xFFFFFFFF in (cd_size, cd_offset):
-        count, cd_offset, cd_size = _zip64_directory(tail, at, path)
+    elif count == 0xFFFF or 0xFFFFFFFF in (cd_size, cd_offset):
+        raise ZipFormatError("zip64 end-of-central-directory record missing", path=path)
     if cd_offset + cd_size > size:
         raise ZipFormatError("central directory lies outside the file (truncated?)", path=path)
     return count, cd_offset, cd_size
 
 
-def _zip64_directory(tail: bytes, eocd_at: int, path: str) -> tuple[int, int, int]:
+def _zip64_directory(f: IO[bytes], start: int, size: int, eocd_at: int, path: str) -> tuple[int, int, int] | None:
+    """The zip64 end record the locator before the end record at `eocd_at` points to (offsets
+    from `start`), or None when there is no locator or no record where it points."""
     loc_at = eocd_at - _EOCD64_LOCATOR.size
-    if loc_at < 0 or tail[loc_at : loc_at + 4] != b"PK\x06\x07":
-        raise ZipFormatError("zip64 locator missing", path=path)
-    rec_at = loc_at - _EOCD64.size
-    if rec_at < 0 or tail[rec_at : rec_at + 4] != b"PK\x06\x06":
-        raise ZipFormatError("zip64 end-of-central-directory record missing", path=path)
-    fields = _EOCD64.unpack_from(tail, rec_at)
+    if loc_at < 0:
+        return None
+    f.seek(start + loc_at)
+    locator = f.read(_EOCD64_LOCATOR.size)
+    if len(locator) < _EOCD64_LOCATOR.size or locator[:4] != b"PK\x06\x07":
+        return None
+    rec_at = _EOCD64_LOCATOR.unpack(locator)[2]
+    if rec_at > size - _EOCD64.size:
+        raise ZipFormatError("zip64 end-of-central-directory record lies outside the file", path=path)
+    f.seek(start + rec_at)
+    record = f.read(_EOCD64.size)
+    if len(record) < _EOCD64.size or record[:4] != b"PK\x06\x06":
+        return None
+    fields = _EOCD64.unpack(record)
+    if fields[4] != 0 or fields[5] != 0:
+        raise ZipFormatError("multi-disk zip archives are not supported", path=path)
     count, cd_size, cd_offset = fields[7], fields[8], fields[9]
     return count, cd_offset, cd_size
 

@@ -162,6 +162,24 @@ def test_npy_with_numbers_holds_no_pickle_and_object_arrays_are_read(write: File
     assert_not_run(marker)
 
 
+@pytest.mark.parametrize("descr", ["object", "O8", "(2,)O", "2O", "i4,O", "<i4, O"])
+def test_every_spelling_of_an_object_dtype_is_read_as_numpy_reads_it(
+    write: FileWriter, marker: Path, descr: str
+) -> None:
+    """numpy pickles (and np.load(allow_pickle=True) unpickles) an array whose dtype holds an
+    object anywhere, however the header spells it; only `|O`-like spellings were read."""
+    import subprocess
+    import sys
+
+    path = write("o.npy", npy_object_array(system(marker), descr))
+    assert_dangerous(path, "os.system")
+    assert_dangerous(write("o.npz", zip_bytes([ZipMember("o.npy", path.read_bytes())])), "os.system")
+    assert_not_run(marker)
+    load = "import sys, numpy\ntry:\n    numpy.load(sys.argv[1], allow_pickle=True)\nexcept Exception:\n    pass\n"
+    subprocess.run([sys.executable, "-c", load, str(path)], check=False, timeout=60, capture_output=True)
+    assert marker.exists()
+
+
 def test_real_numpy_object_arrays_are_not_dangerous(write: FileWriter) -> None:
     import numpy as np
 
@@ -169,6 +187,10 @@ def test_real_numpy_object_arrays_are_not_dangerous(write: FileWriter) -> None:
     np.save(path, np.array(["a", {"k": 1}, [1, 2]], dtype=object), allow_pickle=True)
     outcome = scan(path)
     assert only_file(outcome)["verdict"] != "dangerous", outcome.stdout
+    records = write("records.npy", b"")
+    np.save(records, np.array([(1, "a"), (2, None)], dtype="i4,O"), allow_pickle=True)
+    outcome = scan(records)
+    assert only_file(outcome)["pickles"] == 1 and only_file(outcome)["verdict"] != "dangerous", outcome.stdout
 
 
 def test_object_arrays_pickled_before_numpy_1_0_are_not_dangerous(write: FileWriter) -> None:

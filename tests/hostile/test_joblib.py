@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from support.builders import Op, Raw, ReducesTo, call_global, global_ref, shell_touch, value, whole
+from support.builders import Op, Raw, ReducesTo, call_global, global_ref, proto, shell_touch, value, whole
 from support.hostile import assert_dangerous, assert_inspect_harmless, assert_not_run, run_cli
 
 from ckpttool.formats.joblib import WRAPPER, JoblibReading
@@ -110,10 +110,72 @@ def opcodes_inside_a_string(marker: Path) -> bytes:
     return whole(wrapper(5) + Op.BINBYTES + struct.pack("<I", len(hidden)) + hidden + Op.POP)
 
 
+def wrapper_of(dtype: bytes, count: int) -> bytes:
+    state = {"subclass": Raw(global_ref("numpy", "ndarray")), "shape": (count,), "order": "C", "dtype": Raw(dtype)}
+    return global_ref("joblib.numpy_pickle", "NumpyArrayWrapper") + Op.EMPTY_TUPLE + Op.NEWOBJ + value(state) + Op.BUILD
+
+
+def dtype_with_state(code: str, state: tuple[Any, ...]) -> bytes:
+    """numpy.dtype(code, False, True) and its BUILD state, as numpy pickles a dtype."""
+    return call_global("numpy", "dtype", code, False, True) + value(state) + Op.BUILD
+
+
+def item_size_set_by_the_dtype_state(marker: Path) -> bytes:
+    """`V8`, whose BUILD state makes its items 16 bytes: joblib skips 16 bytes and runs the
+    call at byte 16; a reading that takes the size from the type string skipped 8 and read
+    on through a BINBYTES holding the call, as pickle.loads does."""
+    hidden = b"zzz" + Op.SETITEM + system_call(marker) + Op.STOP
+    skipped = Op.BINBYTES + struct.pack("<I", 2) + b"ab" + Op.POP  # 8 bytes pickle.loads reads as nothing
+    array = skipped + Op.BINBYTES + struct.pack("<I", len(hidden)) + hidden + Op.POP + Op.SETITEM + Op.STOP
+    dtype = dtype_with_state("V8", (3, "|", None, None, None, 16, 1, 0))
+    return proto(2) + Op.EMPTY_DICT + value("w") + wrapper_of(dtype, 1) + array
+
+
+def object_flag_set_by_the_dtype_state(marker: Path) -> bytes:
+    """`f8` with numpy's object flag set in its BUILD state: joblib unpickles what follows."""
+    call = system_call(marker)
+    command = shell_touch(marker) + " " * (-len(whole(call)) % 8)  # the pickle fills whole items
+    inner = whole(system_call_of(command))
+    dtype = dtype_with_state("f8", (3, "<", None, None, None, -1, -1, 1))
+    return proto(2) + Op.EMPTY_DICT + value("w") + wrapper_of(dtype, len(inner) // 8) + inner + Op.SETITEM + Op.STOP
+
+
+def system_call_of(command: str) -> bytes:
+    return call_global("posix", "system", command)
+
+
 HANDWRITTEN = {
     "array_bytes_are_opcodes": (array_bytes_that_are_opcodes, _PICKLE_LOAD),
     "opcodes_inside_a_string": (opcodes_inside_a_string, _JOBLIB_LOAD),
+    "item_size_set_by_the_dtype_state": (item_size_set_by_the_dtype_state, _JOBLIB_LOAD),
+    "object_flag_set_by_the_dtype_state": (object_flag_set_by_the_dtype_state, _JOBLIB_LOAD),
 }
+
+
+@pytest.mark.parametrize("build", [item_size_set_by_the_dtype_state, object_flag_set_by_the_dtype_state])
+def test_the_dtype_state_decides_how_the_array_is_read(tmp_path: Path, marker: Path, build: Any) -> None:
+    """The fast half of the handwritten cases above (which also run joblib.load)."""
+    path = tmp_path / "state.joblib"
+    path.write_bytes(build(marker))
+    assert_dangerous(path, "posix.system")
+    assert_not_run(marker)
+
+
+def test_a_structured_array_with_an_object_field_is_read_as_joblib_reads_it(tmp_path: Path) -> None:
+    """Its dtype is `V16` with fields: numpy's object flag, in the dtype's state, makes joblib
+    pickle its items; the reading follows that pickle instead of taking 16 raw bytes."""
+    path = tmp_path / "records.joblib"
+    records = np.array([(1, "x"), (2, None)], dtype=[("i", "<i8"), ("o", "O")])
+    joblib.dump({"r": records, "after": np.arange(3)}, path)
+    report = run_cli("scan", "--format", "json", path).json()["files"][0]
+    assert report["problems"] == [], report["problems"]
+    assert any("object array" in name for name in _pickle_names(path))
+
+
+def _pickle_names(path: Path) -> list[str]:
+    from ckpttool.formats import find_pickles
+
+    return [name for name, _ in find_pickles(str(path)).pickles]
 
 
 @pytest.mark.slow

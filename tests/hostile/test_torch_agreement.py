@@ -27,6 +27,8 @@ from support.builders import (
     call_global,
     checkpoint_zip,
     float_tensor,
+    legacy_tar,
+    legacy_tar_members,
     torch_zip,
     value,
     whole,
@@ -104,7 +106,16 @@ FILES: dict[str, Saver] = {
         lambda: {"r": range(0, 10, 2), "f": frozenset({1, 2}), "q": collections.deque([1, 2], maxlen=4)}
     ),
     "legacy_whole_model": saved(TinyNet, _use_new_zipfile_serialization=False),
+    # no typed storage class names these dtypes, and torch's legacy reader cannot read them back
+    "legacy_untyped_storages": saved(
+        lambda: {"u16": torch.zeros(2, dtype=torch.uint16), "f8": torch.zeros(2, dtype=torch.float8_e4m3fn)},
+        _use_new_zipfile_serialization=False,
+    ),
+    "legacy_tar": written(lambda: legacy_tar(legacy_tar_members())),
+    # torch knows only b"little" and b"big"; the scan fails closed on any other (dangerous)
+    "byteorder_with_a_newline": written(lambda: checkpoint_zip([float_tensor("w", "0", 2)], byteorder=b"little\n")),
 }
+FAILS_CLOSED = {"setitems_on_a_non_dict", "byteorder_with_a_newline"}
 
 
 @pytest.fixture(scope="module")
@@ -150,10 +161,11 @@ def test_weights_only_answer_is_what_torch_does(checkpoints: dict[str, Path], na
 
 @pytest.mark.parametrize("name", sorted(FILES))
 def test_the_verdict_and_the_exit_code(checkpoints: dict[str, Path], name: str) -> None:
-    """None of these files calls anything unvetted; only the GHSA-63cw shape is dangerous."""
+    """None of these files calls anything unvetted; the GHSA-63cw shape and the unknown byteorder
+    (which fails closed) are dangerous."""
     path = checkpoints[name]
     verdict = scan_file(str(path)).verdict
-    assert verdict in (("dangerous",) if name == "setitems_on_a_non_dict" else ("safe", "needs-allowlist"))
+    assert verdict in (("dangerous",) if name in FAILS_CLOSED else ("safe", "needs-allowlist"))
     cli = scan(path)
     assert only_file(cli)["verdict"] == verdict
     assert cli.exit_code == (1 if verdict == "dangerous" else 0)

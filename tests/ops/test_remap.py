@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import torch
+from support.builders import legacy_tar_with_a_view
 from support.groundtruth import (
     TORCH_FORMATS,
     assert_same_content,
@@ -226,3 +227,13 @@ def test_trust_refuses_a_dangerous_file_without_force(tmp_path: Path) -> None:
         run_remap(src, dst, trust=True)
     assert not marker.exists()
     assert_nothing_written(tmp_path, dst)
+
+
+def test_a_legacy_tar_storage_used_only_through_a_view_is_copied_and_verified(tmp_path: Path) -> None:
+    """Old torch wrote storage views: the base storage is then named by no tensor, and the
+    rewritten pickle names it nowhere, yet its record is copied and checked."""
+    src = tmp_path / "viewed.tar"
+    src.write_bytes(legacy_tar_with_a_view())
+    dst = tmp_path / "remapped.pt"
+    run_remap(src, dst)
+    assert_same_content(load_plain(dst), torch_load_trusted(src, map_location="cpu"))

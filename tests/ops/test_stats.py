@@ -150,3 +150,40 @@ def test_single_tensor_stats_api() -> None:
     row = tensor_stats(named)
     assert row.key == named.key
     assert_stats_match(row, truth)
+
+
+# -- expanded tensors -----------------------------------------------------------------------------
+
+
+def expanded_tensors() -> dict[str, torch.Tensor]:
+    """Views torch.save keeps as views: stride-0 expansions of a few stored values."""
+    row = torch.tensor([1.5, float("nan"), -2.0, float("inf"), 0.0])
+    return {
+        "rows": row.expand(4, 5),  # stride (0, 1)
+        "columns": row[:3].reshape(3, 1).expand(3, 6),  # stride (1, 0)
+        "one_value": torch.tensor(7.0).expand(2, 3, 4),  # stride (0, 0, 0): std 0, not None
+        "middle": torch.arange(6.0).reshape(2, 1, 3).expand(2, 5, 3),
+        "complex": torch.tensor([1 + 2j, float("nan") + 0j]).expand(3, 2),
+        "ints": torch.tensor([3, -1], dtype=torch.int16).expand(2, 2),
+    }
+
+
+def test_expanded_tensors_match_torch_on_the_whole_view(tmp_path: Path) -> None:
+    truth = expanded_tensors()
+    path = tmp_path / "expanded.pt"
+    torch.save(truth, path)
+    assert all(0 in t.stride() for t in torch.load(path).values())  # saved as views: the case under test
+    stats = {row.key: row for row in all_stats(weight_tensors(path))}
+    for key, tensor in truth.items():
+        assert_stats_match(stats[key], tensor)
+    assert (stats["rows"].nan, stats["rows"].inf) == (4, 4)
+    assert stats["one_value"].std == 0.0
+
+
+def test_a_small_overlapping_view_matches_torch(tmp_path: Path) -> None:
+    """Strides that read stored elements more than once, under the bound: computed as is."""
+    view = torch.arange(5.0).as_strided((3, 3), (1, 1))
+    path = tmp_path / "overlap.pt"
+    torch.save({"w": view}, path)
+    [row] = all_stats(weight_tensors(path))
+    assert_stats_match(row, torch.load(path)["w"])

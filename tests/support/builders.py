@@ -414,6 +414,45 @@ def zip_bytes(members: Iterable[ZipMember], *, align: bool = True, end_record: b
     return bytes(out if end_record else out[:-22])
 
 
+def zip_with_zip64_end(
+    plain: Sequence[tuple[str, bytes]], zip64: Sequence[tuple[str, bytes]] | None = None, *, trailer: bytes = b""
+) -> bytes:
+    """Stored records, each (name, bytes) written once; a central directory of `plain`
+    named by the plain end record, and a zip64 locator and end record naming a directory of
+    `zip64` (None: the same directory, as a zip64 writer makes it). `trailer` follows all."""
+    out, offsets = bytearray(), {}
+    for name, data in [*plain, *(zip64 or [])]:
+        if (name, data) not in offsets:
+            offsets[name, data] = len(out)
+            raw = name.encode()
+            crc = zlib.crc32(data) & 0xFFFFFFFF
+            out += struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, 0, 0, 0x21, crc, len(data), len(data), len(raw), 0)
+            out += raw + data
+
+    def directory(members: Sequence[tuple[str, bytes]]) -> bytes:
+        return b"".join(
+            struct.pack(
+                "<4s6H3L5H2L", b"PK\x01\x02", 45, 20, 0, 0, 0, 0x21, zlib.crc32(data) & 0xFFFFFFFF,
+                len(data), len(data), len(name.encode()), 0, 0, 0, 0, 0, offsets[name, data],
+            ) + name.encode()
+            for name, data in members
+        )  # fmt: skip
+
+    plain_at, plain_dir = len(out), directory(plain)
+    out += plain_dir
+    other_at, other_dir, other_count = plain_at, plain_dir, len(plain)
+    if zip64 is not None:
+        other_at, other_dir, other_count = len(out), directory(zip64), len(zip64)
+        out += other_dir
+    record_at = len(out)
+    out += struct.pack(
+        "<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, other_count, other_count, len(other_dir), other_at
+    )
+    out += struct.pack("<4sLQL", b"PK\x06\x07", 0, record_at, 1)
+    out += struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, len(plain), len(plain), len(plain_dir), plain_at, 0)
+    return bytes(out + trailer)
+
+
 def _crc_table() -> list[int]:
     table = []
     for n in range(256):
@@ -563,13 +602,105 @@ def legacy_tar(members: Mapping[str, bytes]) -> bytes:
 
 def empty_legacy_tar(**replaced: bytes) -> bytes:
     """A tar checkpoint of no tensors, with any member replaced."""
-    members = {
+    return legacy_tar({**legacy_tar_members(), **replaced})
+
+
+def legacy_tar_with_a_view(view: tuple[Any, ...] = (2, 1, 1, 2)) -> bytes:
+    """A legacy tar of one tensor `w`, [1., 2.], read through storage view `view` (target,
+    base, offset, numel) of the 4-float storage 1, which no tensor uses directly."""
+    float_storage = Raw(global_ref("torch", "FloatStorage"))
+    storages = (
+        whole(integer(1))
+        + whole(value((1, "cpu", float_storage)))
+        + struct.pack("<q4f", 4, 0.0, 1.0, 2.0, 3.0)
+        + whole(value([view]))
+    )
+    layout = struct.pack("<i4x3q", 1, 2, 1, 0)  # ndim (and 4 unused bytes), size, stride, offset
+    tensors = whole(integer(1)) + whole(value((3, 2, Raw(global_ref("torch", "FloatTensor"))))) + layout
+    main = whole(Op.EMPTY_DICT + text("w") + integer(3) + Op.BINPERSID + Op.SETITEM)
+    return legacy_tar({**legacy_tar_members(main), "storages": storages, "tensors": tensors})
+
+
+# -- tar headers, block by block ---------------------------------------------------------------
+
+TAR_BLOCK = 512
+REGULAR, HARDLINK, SYMLINK, GNU_SPARSE = b"0", b"1", b"2", b"S"
+
+
+def _octal(number: int, width: int) -> bytes:
+    return b"%0*o\0" % (width - 1, number)
+
+
+def tar_header(
+    name: bytes,
+    size: int,
+    typeflag: bytes = REGULAR,
+    *,
+    linkname: bytes = b"",
+    magic: bytes = b"ustar\x0000",
+    at: Mapping[int, bytes] | None = None,
+) -> bytes:
+    """One tar header block with a valid checksum. `magic=b""` writes a v7 header, which
+    tarfile opens too; `at` overwrites fields by offset (a GNU sparse map)."""
+    block = bytearray(TAR_BLOCK)
+    block[0 : len(name)] = name
+    for offset, field_bytes in {100: _octal(0o644, 8), 108: _octal(0, 8), 116: _octal(0, 8)}.items():
+        block[offset : offset + 8] = field_bytes
+    block[124:136] = _octal(size, 12)
+    block[136:148] = _octal(0, 12)
+    block[156:157] = typeflag
+    block[157 : 157 + len(linkname)] = linkname
+    block[257 : 257 + len(magic)] = magic
+    for offset, field_bytes in (at or {}).items():
+        block[offset : offset + len(field_bytes)] = field_bytes
+    block[148:156] = b" " * 8
+    block[148:156] = b"%06o\0 " % sum(block)
+    return bytes(block)
+
+
+def tar_member(name: bytes, data: bytes, typeflag: bytes = REGULAR, **header: Any) -> bytes:
+    """A header and its data padded to whole blocks."""
+    return tar_header(name, len(data), typeflag, **header) + data + bytes(-len(data) % TAR_BLOCK)
+
+
+def tar_link(name: bytes, target: bytes, typeflag: bytes = HARDLINK) -> bytes:
+    return tar_header(name, 0, typeflag, linkname=target)
+
+
+def gnu_sparse_member(name: bytes, pickle_bytes: bytes) -> bytes:
+    """A GNU sparse member that tarfile (hence torch.load) expands to `PROTO, BINBYTES of
+    n zero bytes, pickle_bytes`, while its bytes in place read `PROTO, BINBYTES holding
+    pickle_bytes, STOP`: the stored chunks are the prefix and `pickle_bytes`, with a hole of
+    n bytes between them in the expanded file. `pickle_bytes` must not start with PROTO."""
+    n = len(pickle_bytes) + 10
+    prefix = proto(2) + Op.BINBYTES + struct.pack("<I", n)
+    stored = prefix + pickle_bytes
+    sparse_map = {
+        386: _octal(0, 12),  # chunk 1: the prefix, at offset 0
+        398: _octal(len(prefix), 12),
+        410: _octal(len(prefix) + n, 12),  # chunk 2: after a hole of n bytes
+        422: _octal(len(pickle_bytes), 12),
+        483: _octal(len(prefix) + n + len(pickle_bytes), 12),  # the expanded size
+    }
+    padding = bytearray(-len(stored) % TAR_BLOCK)
+    padding[n - len(pickle_bytes)] = Op.STOP[0]  # where the in-place reading's bytes end
+    header = tar_header(name, len(stored), GNU_SPARSE, magic=b"ustar  \0", at=sparse_map)
+    return header + stored + bytes(padding)
+
+
+def tar_end() -> bytes:
+    return bytes(2 * TAR_BLOCK)
+
+
+def legacy_tar_members(pickle_member: bytes = b"") -> dict[str, bytes]:
+    """torch's legacy tar members of an empty checkpoint, its main pickle `pickle_member`
+    (an empty dict when not given)."""
+    return {
         "sys_info": whole(value(legacy_sys_info())),
         "storages": whole(integer(0)) + whole(value([])),  # no storages, no storage views
         "tensors": whole(integer(0)),
-        "pickle": whole(value({})),
+        "pickle": pickle_member or whole(value({})),
     }
-    return legacy_tar({**members, **replaced})
 
 
 # -- safetensors ----------------------------------------------------------------------------------

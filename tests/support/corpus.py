@@ -168,9 +168,9 @@ def benign() -> dict[str, bytes]:
 # -- wrappers: how a pickle reaches a user ----------------------------------------------------------
 
 
-def npy_object_array(pickled: bytes) -> bytes:
+def npy_object_array(pickled: bytes, descr: str = "|O") -> bytes:
     """numpy's .npy layout for an object array: the header, then the pickle."""
-    header = b"{'descr': '|O', 'fortran_order': False, 'shape': (2,), }"
+    header = f"{{'descr': {descr!r}, 'fortran_order': False, 'shape': (2,), }}".encode("latin1")
     header += b" " * (-(10 + len(header) + 1) % 64) + b"\n"
     return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + pickled
 

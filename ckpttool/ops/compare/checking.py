@@ -383,7 +383,7 @@ def _finite(checkpoint: Checkpoint, root: str | None, report: CheckReport) -> No
     from ckpttool.ops.inspect.stats import non_finite
 
     for named in find_weights(checkpoint.root, root).tensors:
-        nan, inf = non_finite(named.tensor)
+        nan, inf = non_finite(named.tensor, named.key)
         if nan or inf:
             report.add("finite", ERROR, f"{nan} NaN and {inf} Inf values", named.key)
 

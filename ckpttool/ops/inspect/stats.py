@@ -2,8 +2,9 @@
 
 Tensors are read one at a time and reduced in fixed-size chunks (float64 partial
 sums combined exactly with Chan's formula), so memory stays bounded by the largest
-tensor plus one chunk. min/max/mean/std cover the finite values; NaN and Inf are
-counted apart. std is the sample standard deviation, as `torch.std` computes it.
+tensor plus one chunk; an expanded tensor's repeats are counted, not read again.
+min/max/mean/std cover the finite values; NaN and Inf are counted apart. std is the
+sample standard deviation, as `torch.std` computes it.
 
 Complex tensors follow torch's own definitions, per complex element: no min/max (torch
 defines no order on them: None), mean a complex number, std real (`torch.std` of a
@@ -20,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from ckpttool.checkpoint import TensorRef
 from ckpttool.dtypes import DTYPES
-from ckpttool.tensordata import load_tensor
+from ckpttool.errors import LimitError
+from ckpttool.tensordata import allocating, load_tensor
 from ckpttool.weights import NamedTensor
 
 if TYPE_CHECKING:
@@ -67,6 +69,12 @@ class _Moments:
         self.m2 += m2 + delta * delta * self.count * n / total
         self.count = total
 
+    def repeat(self, times: int) -> None:
+        """Every value seen `times` times: the mean stays, the count and the sum of squared
+        deviations scale."""
+        self.count *= times
+        self.m2 *= times
+
     def std(self) -> float | None:
         return (self.m2 / (self.count - 1)) ** 0.5 if self.count > 1 else None
 
@@ -78,9 +86,11 @@ def tensor_stats(named: NamedTensor) -> TensorStats:
     stats = TensorStats(named.key, ref.dtype, list(ref.shape), ref.numel, None, None, None, None, 0, 0, None)
     if ref.layout != "strided" or ref.storage is None or DTYPES[ref.dtype].kind in ("quantized", "other"):
         return stats
-    flat = load_tensor(ref).reshape(-1)
+    distinct, repeats = readable_view(ref, named.key)
+    with allocating():
+        flat = distinct.reshape(-1)
     if DTYPES[ref.dtype].kind == "complex":
-        return _complex_stats(flat, stats)
+        return _complex_stats(flat, stats, repeats)
     moments, zeros = _Moments(), 0
     for chunk in torch.split(flat, CHUNK_ELEMENTS):
         values = _reducible(chunk)
@@ -100,13 +110,15 @@ def tensor_stats(named: NamedTensor) -> TensorStats:
         zeros += values.numel() - int(torch.count_nonzero(values))
         moments.add(values.to(torch.float64))
         stats.min, stats.max = _lesser(stats.min, low), _greater(stats.max, high)
+    moments.repeat(repeats)
+    stats.nan, stats.inf = stats.nan * repeats, stats.inf * repeats
     stats.mean = moments.mean if moments.count else None
     stats.std = moments.std()
     stats.zeros = zeros / flat.numel() if flat.numel() else None  # NaN and Inf are not zeros
     return stats
 
 
-def _complex_stats(flat: torch.Tensor, stats: TensorStats) -> TensorStats:
+def _complex_stats(flat: torch.Tensor, stats: TensorStats, repeats: int) -> TensorStats:
     """Per complex element, as torch defines them; real and imaginary parts are never mixed
     into one series (min/max over both parts would mean nothing)."""
     import torch
@@ -122,6 +134,9 @@ def _complex_stats(flat: torch.Tensor, stats: TensorStats) -> TensorStats:
         real.add(parts[:, 0])
         imag.add(parts[:, 1])
         zeros += values.numel() - int(torch.count_nonzero(values))
+    real.repeat(repeats)
+    imag.repeat(repeats)
+    stats.nan, stats.inf = stats.nan * repeats, stats.inf * repeats
     if real.count:
         stats.mean = complex(real.mean, imag.mean)
     if real.count > 1:  # |z - mean|^2 = (re - mean.re)^2 + (im - mean.im)^2, summed over both
@@ -160,17 +175,41 @@ def all_stats(tensors: Iterable[NamedTensor], progress: Progress | None = None) 
     return out
 
 
-def non_finite(ref: TensorRef) -> tuple[int, int]:
+def non_finite(ref: TensorRef, key: str = "a tensor") -> tuple[int, int]:
     """NaN and Inf counts of one tensor, in chunks (0, 0 for types without them)."""
     import torch
 
     if ref.layout != "strided" or ref.storage is None or DTYPES[ref.dtype].kind not in ("float", "complex"):
         return 0, 0
-    flat = load_tensor(ref).reshape(-1)
+    distinct, repeats = readable_view(ref, key)
+    with allocating():
+        flat = distinct.reshape(-1)
     nan = inf = 0
     for chunk in torch.split(flat, CHUNK_ELEMENTS):  # complex: per element, as torch.isnan/isinf count
         values = chunk.to(torch.float32) if chunk.dtype.itemsize == 1 else chunk
         values = values.to(torch.complex64) if values.dtype == torch.complex32 else values
         nan += int(torch.isnan(values).sum())
         inf += int(torch.isinf(values).sum())
-    return nan, inf
+    return nan * repeats, inf * repeats
+
+
+def readable_view(ref: TensorRef, key: str) -> tuple[torch.Tensor, int]:
+    """The tensor without its repeats (`without_repeats`); a view too costly to read (see
+    `tensordata.check_overlap`) is a LimitError naming `key`."""
+    try:
+        return without_repeats(load_tensor(ref))
+    except LimitError as exc:
+        raise LimitError(f"{key}: {exc.message}", path=exc.path) from None
+
+
+def without_repeats(view: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """The view with its stride-0 dimensions cut to one element, and how many times each
+    of its elements repeats in the whole: an expanded tensor (`x.expand(...)`, saved as
+    such) is read once, not once per repeat (2**40 repeats of one stored float would take
+    hours). Every statistic but the counts is the same on it; the counts scale."""
+    repeats, index = 1, []
+    for size, stride in zip(view.shape, view.stride(), strict=True):
+        repeated = stride == 0 and size > 1
+        repeats *= size if repeated else 1
+        index.append(slice(0, 1) if repeated else slice(None))
+    return view[tuple(index)], repeats

@@ -159,12 +159,29 @@ def _weights_only(collected: Found, judgement: Judgement, invalid: str | None = 
         )
     if fmt == "torchscript":
         refusal: str | None = "a TorchScript archive, which torch.load(weights_only=True) refuses"
+    elif fmt == "torch-legacy-tar":  # refused before any of its pickles is read
+        refusal = "a legacy .tar checkpoint, which torch.load(weights_only=True) refuses"
     elif fmt not in _TORCH_LOADS:
         refusal = f"not a file torch.save writes ({fmt}): torch.load reads zip archives and legacy files only"
     else:
         refusal = None
     pickles = [d for name, d in collected.pickles if refusal or _torch_reads(name)]
+    unreadable = next((p for p in collected.problems if p.startswith(_UNREADABLE)), None)
+    if refusal is None and unreadable is not None and fmt in _TORCH_LOADS:
+        # ckpttool's reader refuses what torch's refuses (a byteorder record torch does not know)
+        refusal = f"torch.load fails on it too: {unreadable.removeprefix(_UNREADABLE)}"
+    if refusal is None and fmt == "torch-legacy" and any(g.qualname == _UNTYPED for d in pickles for g in d.globals):
+        # torch's legacy reader asks a storage's class for its dtype (`storage_type.dtype`),
+        # which UntypedStorage, the class of storages no typed class names, has not
+        refusal = (
+            "a legacy file with an UntypedStorage (float8, uint16-64, complex32 tensors): torch.load "
+            "fails on it (AttributeError), weights_only or not"
+        )
     return emulate(pickles, judgement, refusal or invalid)
+
+
+_UNTYPED = "torch.storage.UntypedStorage"
+_UNREADABLE = "unreadable: "  # how `Found.guard` names a reader's refusal
 
 
 def _torch_reads(name: str) -> bool:
