@@ -190,10 +190,10 @@ class _Reader:
                     "not read (`ckpttool scan` covers it)",
                     path=self.archive.path,
                 )
-            out[name] = self._tensor(where, folder, payload)
+            out[name] = self._tensor(name, where, folder, payload)
         return out
 
-    def _tensor(self, where: str, folder: str, payload: dict[str, Any]) -> TensorRef:
+    def _tensor(self, name: str, where: str, folder: str, payload: dict[str, Any]) -> TensorRef:
         meta, record = payload.get("tensor_meta"), payload.get("path_name")
         if not isinstance(meta, dict) or not isinstance(record, str):
             raise FormatError(f"{where} lacks tensor_meta or path_name", path=self.archive.path)
@@ -212,7 +212,7 @@ class _Reader:
             self.anomalies.append(f"{where} is {dtype} over record {record}, which holds {storage.dtype}")
         kind = "parameter" if payload.get("is_param") is True else "tensor"
         tensor = TensorRef(storage.dtype, shape, stride, offset, storage, meta.get("requires_grad") is True, kind)
-        validate_layout(tensor, self.archive.path, where)
+        validate_layout(tensor, self.archive.path, name)
         return tensor
 
     def _storage(self, name: str, dtype: str, device: str) -> Storage:

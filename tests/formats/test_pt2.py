@@ -18,9 +18,14 @@ from typing import Any
 import pytest
 import torch
 from click.testing import Result
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file
 from support.builders import call_global, shell_touch, whole
 from support.hostile import assert_dangerous, assert_not_run
+
+from ckpttool.errors import CkptError
+from ckpttool.formats import read_checkpoint
 
 Cli = Callable[..., Result]
 
@@ -220,3 +225,37 @@ def test_a_compiled_model_in_the_archive_is_dangerous(cli: Cli, pt2: Path, tmp_p
     code, report = _scan(cli, path)
     assert (code, report["verdict"]) == (1, "dangerous")
     assert any("m.so: an ELF executable or shared library" in p for p in report["problems"])
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+_FIELDS = st.sampled_from(
+    ["dtype", "sizes", "strides", "storage_offset", "device", "layout", "requires_grad"]  # of tensor_meta
+    + ["/path_name", "/use_pickle", "/is_param", "/tensor_meta", "/"]  # of the entry, or the entry itself
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(entry=st.sampled_from(["t", "emb.weight", "bn.num_batches_tracked"]), field=_FIELDS, value=_JSON)
+def test_any_value_in_a_config_is_read_or_refused_in_one_line(
+    pt2: Path, tmp_path: Path, entry: str, field: str, value: Any
+) -> None:
+    """Whatever a config's field holds, reading the archive gives a checkpoint or a
+    CkptError naming the file: never another exception."""
+
+    def edit(config: dict[str, Any]) -> None:
+        if field == "/":
+            config[entry] = value
+        elif field.startswith("/"):
+            config[entry][field[1:]] = value
+        else:
+            config[entry]["tensor_meta"][field] = value
+
+    path = _rewritten(pt2, tmp_path / "fuzzed.pt2", _config_change(edit), {})
+    try:
+        read_checkpoint(str(path))
+    except CkptError as exc:
+        assert str(path) in str(exc)
