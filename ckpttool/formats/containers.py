@@ -30,6 +30,7 @@ from ckpttool.buffers import FileData
 from ckpttool.errors import CkptError, EncryptedError, LimitError, PickleError, UnknownFormatError
 from ckpttool.formatnames import NPY, PLAIN_ZIP, TAR, FormatName
 from ckpttool.formats.format import Format, Found, Probe
+from ckpttool.formats.safetensors import looks_like_safetensors
 from ckpttool.formats.ziparchive import ZipArchive, ZipEntry, is_zip, open_archive, read_entry, resolve_data_offset
 from ckpttool.pickle import Decoded, decode
 from ckpttool.pickle.opcodes import NAMES
@@ -186,6 +187,16 @@ def scan_container(path: str, kind: FormatName) -> Found:
     return scanner.found.summarise()
 
 
+def scan_torch_load_reading(path: str) -> Found:
+    """The pickles torch.load reads from a file of a format that holds none (`_Scanner.torch_load_reading`)."""
+    scanner = _Scanner()
+    label = f"{os.path.basename(path)} (as torch.load reads it)"
+    with _mapped(path) as data:
+        if len(data):
+            scanner.torch_load_reading(label, data, 0, len(data))
+    return scanner.found
+
+
 def scan_zip_archive(archive: ZipArchive, skip: frozenset[str] = frozenset()) -> Found:
     """`scan_container` for a zip whose central directory is already read; the members in
     `skip` are raw bytes its format says nothing unpickles."""
@@ -277,6 +288,8 @@ class _Scanner:
             self.npy(name, data, start, end)
         elif kind is not None:
             self.stream(name, kind, data, start, end, depth + 1)
+        elif looks_like_safetensors(head, end - start):
+            self.torch_load_reading(name, data, start, end)
         elif head and head[0] in NAMES:
             self.pickles(name, data, start, end, strict=head[:1] == b"\x80")
 
@@ -320,6 +333,25 @@ class _Scanner:
                 self.legacy(name, data, decoded.end, end)
                 return
             start, index = decoded.end, index + 1
+
+    def torch_load_reading(self, name: str, data: FileData, start: int, end: int) -> None:
+        """What torch.load (or one pickle.load) unpickles from bytes of another format that is
+        no zip or tar: the pickle at their first byte, and only when that is torch's legacy
+        magic number, the legacy pickles after it. A safetensors header's length opens with
+        any byte (PROTO in one file of 32): bytes that fail before naming anything importable
+        are no pickle; but opcodes there can skip to a pickle in a string or tensor data."""
+        if data[start] not in NAMES:
+            return
+        try:
+            decoded = decode(data, start=start, end=end, source=name)
+        except PickleError as exc:
+            self.failed(name, exc, strict=False)
+            return
+        legacy = type(decoded.value) is int and decoded.value == MAGIC_NUMBER
+        if decoded.globals or decoded.problems or legacy:
+            self.found.pickles.append((name, decoded))
+        if legacy:
+            self.legacy(name, data, decoded.end, end)
 
     def failed(self, label: str, exc: PickleError, strict: bool) -> None:
         partial = exc.partial

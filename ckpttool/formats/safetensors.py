@@ -235,9 +235,14 @@ def _numel(shape: tuple[int, ...]) -> int:
 
 
 def _validated(probe: Probe) -> Found:
-    """A safetensors file holds no pickle; its header is still validated."""
+    """A safetensors file holds no pickle for safetensors' readers; its header is still
+    validated. torch.load (a `pytorch_model.bin` is handed to it) unpickles the file from
+    its first byte, and the header's length can be opcodes that skip through the header
+    to a pickle in a string or in tensor data: that reading is scanned too."""
+    from ckpttool.formats.containers import scan_torch_load_reading  # it imports this module
+
     read_safetensors(probe.path)
-    return Found()
+    return scan_torch_load_reading(probe.path)
 
 
 SAFETENSORS_FORMAT = Format(

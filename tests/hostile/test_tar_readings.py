@@ -50,18 +50,8 @@ from support.hostile import (
     run_cli,
     scan,
     torch_accepts,
+    torch_load_runs_it,
 )
-
-_TORCH_LOAD = "import sys, torch\ntry:\n    torch.load(sys.argv[1], weights_only=False)\nexcept Exception:\n    pass\n"
-
-
-def torch_load_runs_it(path: Path, marker: Path) -> bool:
-    """Whether `torch.load(weights_only=False)` of the file, in a child process, creates the marker."""
-    subprocess.run([sys.executable, "-c", _TORCH_LOAD, str(path)], check=False, timeout=120, capture_output=True)
-    ran = marker.exists()
-    if ran:
-        marker.unlink()
-    return ran
 
 
 def system_body(marker: Path) -> bytes:

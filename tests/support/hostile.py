@@ -157,6 +157,19 @@ LOAD_WARNINGS = (
 )
 
 
+_TORCH_LOAD = "import sys, torch\ntry:\n    torch.load(sys.argv[1], weights_only=False)\nexcept Exception:\n    pass\n"
+
+
+def torch_load_runs_it(path: Path, marker: Path) -> bool:
+    """Whether `torch.load(weights_only=False)` of the file, in a child process, creates the
+    marker (removed again, so that ckpttool's own runs can be checked after it)."""
+    subprocess.run([sys.executable, "-c", _TORCH_LOAD, str(path)], check=False, timeout=120, capture_output=True)
+    ran = marker.exists()
+    if ran:
+        marker.unlink()
+    return ran
+
+
 def torch_accepts(path: Path) -> bool:
     """Whether `torch.load(weights_only=True)` loads the file (the scan's ground truth).
 
