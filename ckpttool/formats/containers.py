@@ -31,7 +31,15 @@ from ckpttool.errors import CkptError, EncryptedError, LimitError, PickleError, 
 from ckpttool.formatnames import NPY, PLAIN_ZIP, TAR, FormatName
 from ckpttool.formats.format import Format, Found, Probe
 from ckpttool.formats.safetensors import looks_like_safetensors
-from ckpttool.formats.ziparchive import ZipArchive, ZipEntry, is_zip, open_archive, read_entry, resolve_data_offset
+from ckpttool.formats.ziparchive import (
+    ZipArchive,
+    ZipEntry,
+    folded,
+    is_zip,
+    open_archive,
+    read_entry,
+    resolve_data_offset,
+)
 from ckpttool.pickle import Decoded, decode
 from ckpttool.pickle.opcodes import NAMES
 
@@ -408,8 +416,9 @@ class _Scanner:
         if archive.record("data.pkl") is not None:
             # a torch checkpoint: its storages are raw bytes torch never unpickles, and
             # each .pkl record is one pickle
-            skip |= {n for n in archive.order if n.startswith(f"{archive.root}/data/")}
-            torch_pickles = {n for n in archive.order if n.endswith(".pkl")}
+            storages = folded(f"{archive.root}/data/")  # found whatever the case of their letters
+            skip |= {n for n in archive.order if folded(n).startswith(storages)}
+            torch_pickles = {n for n in archive.order if folded(n).endswith(".pkl")}
         with open(archive.path, "rb") as f:
             for member in archive.order:
                 if member in skip or member.endswith("/"):

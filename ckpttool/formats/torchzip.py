@@ -25,6 +25,7 @@ from ckpttool.formats.ziparchive import (
     ZipEntry,
     crc_matches,
     entry_record,
+    folded,
     is_zip,
     open_archive,
     read_entry,
@@ -41,12 +42,14 @@ MAX_PICKLE_RECORD = 256 << 20
 
 
 def is_torchscript(archive: ZipArchive) -> bool:
-    return archive.record("constants.pkl") is not None
+    """torch.load hands an archive to torch.jit.load when a record is named `constants.pkl`
+    exactly (`_is_torchscript_zip` compares the names it lists, not as its lookups do)."""
+    return f"{archive.root}/constants.pkl" in archive.entries
 
 
 def pickle_names(archive: ZipArchive) -> list[str]:
     """Every pickle in the archive, under any root: the scan covers them all."""
-    return [name for name in archive.order if name.endswith(".pkl")]
+    return [name for name in archive.order if folded(name).endswith(".pkl")]
 
 
 def read_pickle_bytes(archive: ZipArchive, entry: ZipEntry) -> bytes:
@@ -142,16 +145,15 @@ class _ConstantsTable(StorageTable):
 
 def _attach_records(archive: ZipArchive, table: StorageTable, root: Any) -> None:
     """Each storage's record, found by its name under the archive's root (once per storage)."""
-    prefix = archive.root + "/"
     for storage in table.storages.values():
-        storage.record = _record_for(archive, storage, prefix)
+        storage.record = _record_for(archive, storage)
         storage.record.viewed_by = partial(_keys_viewing, root, storage)
 
 
-def _record_for(archive: ZipArchive, storage: Storage, prefix: str) -> Record:
+def _record_for(archive: ZipArchive, storage: Storage) -> Record:
     folder, _, key = storage.key.rpartition(":")
     name = (folder or "data") + "/" + key
-    entry = archive.entries.get(prefix + name)
+    entry = archive.record(name)
     if entry is None:
         raise FormatError(f"storage {storage.key!r} has no record {archive.root}/{name}", path=archive.path)
     if entry.size != storage.nbytes:
@@ -201,8 +203,7 @@ def zip_pickles(probe: Probe) -> Found:
     roots = archive.roots()
     if len(roots) > 1:
         found.problems.append(f"records under {len(roots)} root folders: {', '.join(roots)}")
-    found.problems.extend(archive.anomalies)
-    found.add(scan_zip_members(archive, set(pickle_names(archive))))
+    found.add(scan_zip_members(archive, set(pickle_names(archive))))  # with the archive's anomalies
     if is_torchscript(archive):
         found.torchscript = _torchscript(archive, found.pickles)
         if found.torchscript.top is None:  # torch.jit.save always pickles the module itself

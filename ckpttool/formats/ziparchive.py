@@ -38,6 +38,14 @@ STORED, DEFLATED = 0, 8
 _FLAG_ENCRYPTED = 0x1
 _FLAG_PATCHED = 0x20
 _FLAG_STRONG_ENCRYPTION = 0x40
+# miniz compares names as bytes with ASCII letters folded (MZ_TOLOWER): torch's lookups
+# (`get_record`, `has_record`) are case-insensitive
+_ASCII_FOLD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def folded(name: str) -> str:
+    """A record name as miniz compares it: its ASCII letters in lower case."""
+    return name.translate(_ASCII_FOLD)
 
 
 @dataclass(slots=True)
@@ -63,6 +71,7 @@ class ZipArchive:
     anomalies: list[str] = field(default_factory=list)
     # each pickle record's inert decoding, by record name: decoded once however many ask
     decoded: dict[str, Any] = field(default_factory=dict)
+    by_folded: dict[str, str] = field(default_factory=dict)  # `folded` name -> the first record so named
 
     @cached_property  # asked once per storage: 10^5 times for some files
     def root(self) -> str:
@@ -71,8 +80,13 @@ class ZipArchive:
         return first.split("/", 1)[0] if "/" in first else ""
 
     def record(self, name: str) -> ZipEntry | None:
-        """The entry `<root>/<name>`, as torch's `get_record(name)` finds it."""
-        return self.entries.get(f"{self.root}/{name}")
+        """The entry `<root>/<name>`, as torch's `get_record(name)` finds it: whatever the
+        case of its letters (`archive/DATA.PKL` is torch's data.pkl)."""
+        entry = self.entries.get(f"{self.root}/{name}")
+        if entry is None:
+            found = self.by_folded.get(folded(f"{self.root}/{name}"))
+            entry = self.entries[found] if found is not None else None
+        return entry
 
     def roots(self) -> list[str]:
         return sorted({n.split("/", 1)[0] for n in self.order if "/" in n})
@@ -223,6 +237,12 @@ def _add_entry(archive: ZipArchive, entry: ZipEntry) -> None:
     if entry.name in archive.entries:
         archive.anomalies.append(f"record {entry.name!r} appears twice; the first is used")
         return
+    first = archive.by_folded.setdefault(folded(entry.name), entry.name)
+    if first != entry.name:
+        archive.anomalies.append(
+            f"records {first!r} and {entry.name!r} differ only in letter case: "
+            "torch's reader finds either by both names"
+        )
     if entry.flags & (_FLAG_ENCRYPTED | _FLAG_PATCHED | _FLAG_STRONG_ENCRYPTION):
         archive.anomalies.append(
             f"record {entry.name!r} has encryption/patch flags 0x{entry.flags:04x} (torch refuses it)"
