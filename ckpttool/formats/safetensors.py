@@ -240,8 +240,11 @@ def _validated(probe: Probe) -> Found:
     its first byte, and the header's length can be opcodes that skip through the header
     to a pickle in a string or in tensor data: that reading is scanned too."""
     from ckpttool.formats.containers import scan_torch_load_reading  # it imports this module
+    from ckpttool.pickle.opcodes import NAMES
 
     read_safetensors(probe.path)
+    if not probe.head or probe.head[0] not in NAMES:
+        return Found()  # its first byte is no opcode: torch.load fails there, reading nothing
     return scan_torch_load_reading(probe.path)
 
 
