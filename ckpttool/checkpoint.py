@@ -199,6 +199,26 @@ def _view_extent(shape: tuple[int, ...], stride: tuple[int, ...]) -> tuple[int, 
 
 
 @dataclass(frozen=True)
+class DTensorLayout:
+    """Where a DTensor's local shard (the TensorRef that carries this in `extra["dtensor"]`)
+    lies in the whole tensor: its global shape, one placement per mesh dimension as torch
+    writes them (`Shard(dim=0)`, `Replicate()`, `Partial(sum)`, `_StridedShard(dim=0, sf=2)`),
+    the mesh, and this rank's coordinate on it (None where the file does not say)."""
+
+    global_shape: tuple[int, ...]
+    placements: tuple[str, ...]
+    mesh_shape: tuple[int, ...]
+    mesh_dim_names: tuple[str, ...] | None
+    device_type: str
+    coordinate: tuple[int, ...] | None
+
+
+def dtensor_layout(tensor: TensorRef) -> DTensorLayout | None:
+    layout = (tensor.extra or {}).get("dtensor")
+    return layout if isinstance(layout, DTensorLayout) else None
+
+
+@dataclass(frozen=True)
 class ScriptDeclaration:
     """What a TorchScript class declares in its archive's `code/` (read as text, never run):
     which attributes are parameters and buffers, and whether it is a Module at all."""

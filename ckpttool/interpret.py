@@ -25,6 +25,7 @@ from ckpttool.checkpoint import (
     TensorRef,
     contiguous_strides,
 )
+from ckpttool.dtensors import DTENSOR, rebuilt_dtensor
 from ckpttool.errors import CkptError, LimitError, PickleError, TensorLayoutError
 from ckpttool.pickle.objects import CALL, NEWOBJ, UNSET, Call, Global, PersistentRef
 from ckpttool.pickle.state import TrackedGlobal
@@ -313,6 +314,9 @@ def _rebuild_from_type_v2(source: str, a: Sequence[Any]) -> Any:
     # (func, new_type, args, state): the tensor is func(*args); new_type is its class.
     _need(a, 3, "_rebuild_from_type_v2", source)
     func, new_type, args = _qualname(a[0]), _qualname(a[1]), a[2]
+    if func == "torch._utils._rebuild_wrapper_subclass" and new_type == DTENSOR and len(a) > 3:
+        shard = rebuilt_dtensor(args, a[3])  # the local shard, where in the whole tensor
+        return shard if shard is not None else OpaqueCall("torch._tensor._rebuild_from_type_v2", tuple(a))
     builder = BUILDERS.get(func or "")
     if builder is None or not isinstance(args, tuple):
         return OpaqueCall("torch._tensor._rebuild_from_type_v2", tuple(a))

@@ -19,10 +19,19 @@ from ckpttool.pickle.state import (
 )
 
 # Allowlisted torch functions that call or instantiate an argument: (position, use).
+REBUILD_FROM_TYPE = "torch._tensor._rebuild_from_type_v2"
 ARGUMENT_USES: dict[str, tuple[tuple[int, str], ...]] = {
-    "torch._tensor._rebuild_from_type_v2": ((0, USE_CALL), (1, USE_INSTANTIATE)),
+    REBUILD_FROM_TYPE: ((0, USE_CALL), (1, USE_INSTANTIATE)),
     "torch._utils._rebuild_wrapper_subclass": ((0, USE_INSTANTIATE),),
 }
+
+
+def passed_arguments(qualname: str, args: tuple[Any, ...]) -> tuple[Any, Any]:
+    """`_rebuild_from_type_v2(func, new_type, args, state)` calls `func(*args)`: the function
+    and the arguments it is given, or (None, None) for any other call."""
+    if qualname == REBUILD_FROM_TYPE and len(args) > 2 and type(args[2]) is tuple:
+        return args[0], args[2]
+    return None, None
 
 
 class CallOpcodes(MachineState):
@@ -58,6 +67,10 @@ class CallOpcodes(MachineState):
             func.uses.add(USE_CALL)
             for position, use in ARGUMENT_USES.get(func.qualname, ()):
                 self.note_argument(func, args, position, use)
+            inner, passed = passed_arguments(func.qualname, args)
+            if isinstance(inner, TrackedGlobal):  # the uses of the function it calls, too
+                for position, use in ARGUMENT_USES.get(inner.qualname, ()):
+                    self.note_argument(inner, passed, position, use)
         else:
             self.note_call(func, USE_CALL, "REDUCE")
         return self.record(Call(func, args, CALL))

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ckpttool.pickle.allowlist import is_allowed
+from ckpttool.pickle.call_ops import ARGUMENT_USES, passed_arguments
 from ckpttool.pickle.objects import UNSET, Call, Global, PersistentRef
 from ckpttool.pickle.state import USE_CALL, USE_INSTANTIATE, legacy_module_class
 from ckpttool.pickle.vetted import VETTED, container_kind, is_plain
@@ -109,7 +110,7 @@ def _callables_held(call: Call, func: Any, found: list[Implicit]) -> None:
         args = ()  # torch's rebuild functions, sizes, devices: their own code consumes the arguments
     elif qualname and (is_allowed(qualname) or qualname in VETTED):
         # A global a vetted or allowlisted function takes as an argument is judged by its rule.
-        args = [a for a in args if type(a) not in _LEAF_TYPES and not isinstance(legacy_module_class(a), Global)]
+        args = [a for a in _passed_on(qualname, args) if type(a) not in _LEAF_TYPES and not _is_global(a)]
     held: list[tuple[str, Any]] = [("arguments", args)] if args else []
     if call.kwargs:
         held.append(("keyword arguments", call.kwargs))
@@ -126,6 +127,22 @@ def _callables_held(call: Call, func: Any, found: list[Implicit]) -> None:
         for target in globals_in(value):
             name = func.qualname if isinstance(func, Global) else "a computed callable"
             found.append((target, USE_CALL, f"{_HELD} {where} of {name}(...), where its methods can call it"))
+
+
+def _is_global(value: Any) -> bool:
+    return isinstance(legacy_module_class(value), Global)
+
+
+def _passed_on(qualname: str, args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The arguments, but for the globals that the function a rebuild calls takes by its
+    own rule (`_rebuild_wrapper_subclass` instantiates its first: `call_ops`)."""
+    inner, passed = passed_arguments(qualname, args)
+    uses = ARGUMENT_USES.get(inner.qualname, ()) if isinstance(inner, Global) else ()
+    taken = {position for position, _ in uses if position < len(passed) and _is_global(passed[position])}
+    if not taken:
+        return args
+    rest = tuple(a for position, a in enumerate(passed) if position not in taken)
+    return (*args[:2], rest, *args[3:])
 
 
 def _instantiated_keys(state: Any, func: Any) -> frozenset[str]:

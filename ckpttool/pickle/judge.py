@@ -32,12 +32,13 @@ from itertools import islice
 from typing import Any, Literal
 
 from ckpttool.pickle.allowlist import danger_reason, is_allowed
+from ckpttool.pickle.call_ops import REBUILD_FROM_TYPE
 from ckpttool.pickle.implicit import implicit_calls, is_method_call
 from ckpttool.pickle.objects import NEWOBJ, Call, Global, PersistentRef
 from ckpttool.pickle.reach import gadget_label, is_internal
 from ckpttool.pickle.state import USE_BUILD, USE_CALL, USE_INSTANTIATE, USE_REFERENCE, Decoded, legacy_module_class
 from ckpttool.pickle.vetted import VETTED, container_kind
-from ckpttool.pickle.vetted_classes import CLASS_FORMS, class_misfit, vetted_class
+from ckpttool.pickle.vetted_classes import CLASS_FORMS, SUBCLASS_FORMS, class_misfit, vetted_class
 
 Verdict = Literal["safe", "needs-allowlist", "unknown-call", "dangerous"]
 SAFE: Verdict = "safe"
@@ -140,7 +141,12 @@ def _only_counted(qualname: str) -> bool:
     """Whether a call of `qualname` only needs counting (a large state_dict has a call per
     tensor, of a few names): nothing vetted to fit, pass on or misfit, no class form, no
     class it builds."""
-    return qualname not in VETTED and qualname not in _CLASS_BUILDERS and qualname not in CLASS_FORMS
+    return (
+        qualname not in VETTED
+        and qualname not in _CLASS_BUILDERS
+        and qualname not in CLASS_FORMS
+        and qualname != REBUILD_FROM_TYPE
+    )
 
 
 def _count_call(call: Call, tally: _Tally) -> None:
@@ -192,6 +198,8 @@ def _judge_call(call: Call, tallies: dict[tuple[str, str], _Tally], allow: Mappi
     form_misfit = class_misfit(built.qualname, args, call.state)
     if form_misfit:
         _tally(tallies, built).misfits.append(form_misfit)
+    if func.qualname == REBUILD_FROM_TYPE:
+        _subclass_misfit(call, tallies)
     if vetted:
         for value, use in vetted.passes(call.args):
             target = legacy_module_class(value)
@@ -217,6 +225,16 @@ def _built_class(call: Call, func: Global) -> tuple[Global, tuple[Any, ...]]:
         plain_object = isinstance(base, Global) and base.qualname == "builtins.object"
         return cls, () if plain_object else call.args[2:]
     return func, call.args + ((call.kwargs,) if call.kwargs else ())
+
+
+def _subclass_misfit(call: Call, tallies: dict[tuple[str, str], _Tally]) -> None:
+    """A vetted tensor subclass is vetted in the one form its rebuild takes."""
+    new_type = legacy_module_class(call.args[1]) if len(call.args) > 1 else None
+    if not isinstance(new_type, Global) or new_type.qualname not in SUBCLASS_FORMS:
+        return
+    misfit = SUBCLASS_FORMS[new_type.qualname](call.args, call.state)
+    if misfit:
+        _tally(tallies, new_type).misfits.append(misfit)
 
 
 def _container_problems(call: Call, qualname: str) -> list[str]:

@@ -23,6 +23,7 @@ from ckpttool.pickle.vetted import (
     SEED_SEQUENCE_UNPICKLER,
     plain_or_arrays,
 )
+from ckpttool.pickle.vetted_dtensor import DTENSOR, DTENSOR_CLASSES, DTENSOR_FORMS, rebuilt_dtensor_misfit
 from ckpttool.pickle.vetted_optim import OPTIMIZERS, optimizer_form
 
 _DCP = "torch.distributed.checkpoint"
@@ -81,6 +82,7 @@ VETTED_CLASSES: dict[str, str] = {
         "factory is judged as called); no __del__",
     ),
     **OPTIMIZERS,
+    **DTENSOR_CLASSES,
     "_io.BytesIO": (
         "an in-memory buffer (TransformerEngine's extra state in older checkpoints): __setstate__ (C code) "
         "copies its bytes and position; it opens no file; no __del__ beyond freeing the buffer"
@@ -207,6 +209,7 @@ CLASS_FORMS: dict[str, Form] = {
     "numpy.random._pickle.__generator_ctor": _rng_form,
     "numpy.random._pickle.__randomstate_ctor": _rng_form,
     SEED_SEQUENCE_UNPICKLER: _seed_sequence_form,
+    **DTENSOR_FORMS,
 }
 # What builds an object whose __setstate__ takes a pair (BUILD's tuple is no slot state there).
 PAIR_STATE = frozenset({BIT_GENERATOR_CTOR, *NUMPY_BIT_GENERATORS.values()})
@@ -215,6 +218,11 @@ PAIR_STATE = frozenset({BIT_GENERATOR_CTOR, *NUMPY_BIT_GENERATORS.values()})
 def class_misfit(qualname: str, args: tuple[Any, ...], state: Any) -> str | None:
     form = CLASS_FORMS.get(qualname)
     return form(args, state) if form else None
+
+
+# Tensor subclasses vetted as `_rebuild_from_type_v2(func, cls, args, state)` rebuilds them:
+# (that call's arguments, BUILD state on its result) -> what does not fit.
+SUBCLASS_FORMS: dict[str, Form] = {DTENSOR: rebuilt_dtensor_misfit}
 
 
 # State keys of a vetted class that hold a class it instantiates (not calls with data):

@@ -23,6 +23,7 @@ from ckpttool.pickle.judge import DANGEROUS, Judgement
 from ckpttool.pickle.objects import UNSET, Global
 from ckpttool.pickle.state import Decoded, legacy_module_class
 from ckpttool.pickle.vetted import VETTED
+from ckpttool.pickle.vetted_dtensor import REGISTERED_BY_IMPORT
 
 Result = Literal["loads", "loads-after-allowlist", "refused", "not-applicable"]
 MAX_REASONS = 5
@@ -37,7 +38,7 @@ _BYTE = re.compile(r" \(pickle byte \d+\)$")
 class WeightsOnly:
     result: Result
     reasons: list[str] = field(default_factory=list)
-    allowlist: str | None = None  # the add_safe_globals line, for the names the file needs
+    allowlist: str | None = None  # the add_safe_globals line, for the names the file needs (or the import that is it)
     imports: list[str] = field(default_factory=list)  # statements to run before `allowlist`
 
 
@@ -67,7 +68,7 @@ def emulate(pickles: Sequence[Decoded], judgement: Judgement, refusal: str | Non
             reasons.append(f"GLOBAL {module}.{name}: module {module} is blocked even when allowlisted")
         elif f"{module}.{name}" in dangerous:
             reasons.append(f"needs {module}.{name} allowlisted, a known gadget: never allowlist it")
-    line, imports = allowlist_line(needed) if needed and not dangerous else (None, [])
+    line, imports = remedy(needed) if needed and not dangerous else (None, [])
     if reasons:
         return WeightsOnly("refused", _summarised(reasons), line, imports)
     return WeightsOnly("loads-after-allowlist" if needed else "loads", [], line, imports)
@@ -89,6 +90,19 @@ def needed_globals(pickles: Iterable[Decoded]) -> list[tuple[str, str]]:
                 module, _, name = made.rpartition(".")
                 needed.add((module, name))
     return sorted(needed)
+
+
+def remedy(names: Sequence[tuple[str, str]]) -> tuple[str, list[str]]:
+    """`allowlist_line` of the names no torch import allowlists, after the imports that do
+    (`import torch.distributed.tensor` allowlists DTensor's classes; torch.load refuses
+    them without it): the import alone when it covers every name."""
+    modules = sorted({REGISTERED_BY_IMPORT[f"{m}.{n}"] for m, n in names if f"{m}.{n}" in REGISTERED_BY_IMPORT})
+    rest = [(m, n) for m, n in names if f"{m}.{n}" not in REGISTERED_BY_IMPORT]
+    imports = [f"import {module}" for module in modules]
+    if not rest:
+        return imports[-1], imports[:-1]
+    line, more = allowlist_line(rest)
+    return line, imports + more
 
 
 def allowlist_line(names: Iterable[tuple[str, str]]) -> tuple[str, list[str]]:

@@ -26,7 +26,7 @@ from ckpttool.render.text import (
 )
 
 if TYPE_CHECKING:  # only for annotations: JSON output must not pay for importing every op
-    from ckpttool.checkpoint import Chunk
+    from ckpttool.checkpoint import Chunk, DTensorLayout
     from ckpttool.ops.inspect.report import Count, Counts, InspectReport, TensorRow, TreeRow
 
 ROLE_LABELS = {"parameter": "param", "buffer": "buffer"}
@@ -57,7 +57,32 @@ def tensor_json(row: TensorRow) -> dict[str, Any]:
     }
     if row.chunks is not None:
         out["chunks"] = [chunk_json(c) for c in row.chunks]
+    if row.dtensor is not None:
+        out["dtensor"] = dtensor_json(row.dtensor)
     return out
+
+
+def dtensor_json(layout: DTensorLayout) -> dict[str, Any]:
+    """The row's shape is the local shard's; these say where it lies in the whole tensor."""
+    names, coordinate = layout.mesh_dim_names, layout.coordinate
+    mesh = {"shape": list(layout.mesh_shape), "dim_names": None if names is None else list(names),
+            "device_type": layout.device_type}  # fmt: skip
+    return {"global_shape": list(layout.global_shape), "placements": list(layout.placements), "mesh": mesh,
+            "coordinate": None if coordinate is None else list(coordinate)}  # fmt: skip
+
+
+# torch's short forms (`str(placement)`): S(0), R, P(sum), _S(0, 2)
+_SHORT_PLACEMENTS = (("_StridedShard(dim=", "_S("), ("Shard(dim=", "S("), ("Replicate()", "R"), ("Partial(", "P("),
+                     (", sf=", ","))  # fmt: skip
+
+
+def placements_text(layout: DTensorLayout) -> str:
+    texts = []
+    for placement in layout.placements:
+        for long, short in _SHORT_PLACEMENTS:
+            placement = placement.replace(long, short)
+        texts.append(placement)
+    return " ".join(texts)
 
 
 def chunk_json(chunk: Chunk) -> dict[str, Any]:
@@ -122,7 +147,7 @@ def inspect_json(report: InspectReport, weights: list[TensorRow], tensors: list[
 
 def tensor_text(row: TensorRow) -> str:
     """`tensor_json(row)` as `to_json` encodes it, written directly: no dict per row."""
-    if row.chunks is not None:
+    if row.chunks is not None or row.dtensor is not None:
         return json_text(tensor_json(row))
     quote = encode_string  # json's own C escaper, for the fields a row holds as str
     try:
@@ -183,6 +208,9 @@ def tensor_rows_table(rows: list[TensorRow], width: int | None = None) -> str:
         columns.append(("role", "left", lambda r: ROLE_LABELS.get(r.role or "", "")))
     if any(r.chunks for r in rows):
         columns.append(("chunks", "right", lambda r: len(r.chunks or ())))
+    if any(r.dtensor for r in rows):  # a DTensor's shape is its local shard's: the whole tensor beside it
+        columns.append(("global", "left", lambda r: shape_text(list(r.dtensor.global_shape)) if r.dtensor else ""))
+        columns.append(("placement", "left", lambda r: placements_text(r.dtensor) if r.dtensor else ""))
     body = [[get(r) for _, _, get in columns] for r in rows]
     headers = [name for name, _, _ in columns]
     return fit_table(headers, body, width, shrink=(0,), align=[a for _, a, _ in columns], keys_above=True)
@@ -205,6 +233,7 @@ def inspect_summary(
     pairs.append(("weights", _weights_line(report)))
     pairs.extend(("also", f"{alt} (not chosen)") for alt in report.alternatives)
     pairs.extend(_count_lines(count(shown), report.roles, shown, filtered))
+    pairs.extend(_dtensor_lines(shown))
     if report.attributes:
         pairs.append(("attributes", _attributes_line(report)))
     pairs.extend((name, f"{plural(c.tensors, 'tensor')}, {human_size(c.nbytes)}") for name, c in held)
@@ -240,6 +269,21 @@ def _count_lines(counts: Counts, roles: str, shown: list[TensorRow], filtered: b
     lines.append(("dtypes", dtypes))
     lines.append(("devices", [f"{d} ({n})" if len(devices) > 1 else d for d, n in devices.items()]))
     return lines
+
+
+def _dtensor_lines(shown: list[TensorRow]) -> list[tuple[str, Any]]:
+    """What a rank's file of DTensors holds: its local shards, on which mesh, where on it."""
+    layouts = [r.dtensor for r in shown if r.dtensor is not None]
+    if not layouts:
+        return []
+    meshes = []
+    for layout in dict.fromkeys((x.mesh_shape, x.mesh_dim_names, x.device_type, x.coordinate) for x in layouts):
+        shape, names, device, coordinate = layout
+        named = f" ({', '.join(names)})" if names else ""
+        at = f", this rank at {shape_text(list(coordinate))}" if coordinate is not None else ""
+        meshes.append(f"{shape_text(list(shape))}{named} on {device}{at}")
+    head = f"{plural(len(layouts), 'DTensor')}: shape, numel and size are this rank's local shard"
+    return [("dtensors", head), ("mesh", meshes)]
 
 
 def _count_text(c: Count) -> str:

@@ -151,9 +151,15 @@ def _unreadable_block(r: UnreadableFile) -> str:
     return key_values([("file", r.path), ("verdict", r.verdict.upper()), ("error", r.error)], output_width())
 
 
+def _weights_only_text(r: FileScan) -> str:
+    if r.weights_only.result == "loads-after-allowlist" and r.allowlist and r.allowlist.startswith("import "):
+        return "loads after the import below"  # `import torch.distributed.tensor` allowlists DTensor's classes
+    return _WEIGHTS_ONLY_TEXT[r.weights_only.result]
+
+
 def _scan_block(r: FileScan) -> str:
     pairs: list[tuple[str, object]] = [("file", r.path), ("format", r.format), ("pickles", r.pickles)]
-    pairs += [("verdict", r.verdict.upper()), ("weights_only", _WEIGHTS_ONLY_TEXT[r.weights_only.result])]
+    pairs += [("verdict", r.verdict.upper()), ("weights_only", _weights_only_text(r))]
     if r.allowed:
         pairs.append(("allowed", [f"{name} ({source})" for name, source in sorted(r.allowed.items())]))
     width = output_width()

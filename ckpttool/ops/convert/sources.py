@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Protocol
 
-from ckpttool.checkpoint import Checkpoint, TensorRef
+from ckpttool.checkpoint import Checkpoint, TensorRef, dtensor_layout
 from ckpttool.errors import WeightsNotFoundError, about
 from ckpttool.tensordata import ByteRange, direct_range, direct_ranges, load_tensor
-from ckpttool.weights import all_tensors, find_weights, resolve_path
+from ckpttool.weights import NamedTensor, all_tensors, find_weights, resolve_path
 
 if TYPE_CHECKING:
     import torch
@@ -88,7 +88,19 @@ def file_sources(checkpoint: Checkpoint, root: str | None) -> tuple[list[tuple[s
         why = weights.notes[0] if weights.notes else "name them with --root"
         raise WeightsNotFoundError(f"no weights found; {why}", path=checkpoint.path)
     sources: list[tuple[str, Source]] = [(t.key, FileSource(t.tensor)) for t in weights.tensors]
-    return sources, weights.root, list(weights.notes)
+    return sources, weights.root, list(weights.notes) + _shard_notes(weights.tensors)
+
+
+def _shard_notes(tensors: list[NamedTensor]) -> list[str]:
+    """A rank's file of DTensors (FSDP2, tensor parallel) holds its local shards only: those
+    are what is written, as `DTensor.to_local()` gives them."""
+    shards = sum(1 for t in tensors if t.tensor.extra and dtensor_layout(t.tensor))
+    if not shards:
+        return []
+    return [
+        f"{shards} DTensor{'s' if shards != 1 else ''} written as this rank's local shard{'s' if shards != 1 else ''}"
+        " (DTensor.to_local()), not the whole tensors: inspect shows each one's global shape and placement"
+    ]
 
 
 def _nested_sources(checkpoint: Checkpoint, root: str) -> tuple[list[tuple[str, Source]], str, list[str]]:

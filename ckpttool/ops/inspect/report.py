@@ -11,7 +11,17 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ckpttool.checkpoint import Checkpoint, Chunk, GlobalName, OpaqueCall, PickledObject, TensorRef, byte_size
+from ckpttool.checkpoint import (
+    Checkpoint,
+    Chunk,
+    DTensorLayout,
+    GlobalName,
+    OpaqueCall,
+    PickledObject,
+    TensorRef,
+    byte_size,
+    dtensor_layout,
+)
 from ckpttool.errors import CkptError, about
 from ckpttool.formats import OpenedFile, open_path
 from ckpttool.gcpause import gc_paused
@@ -40,6 +50,7 @@ class TensorRow:
     layout: str = "strided"
     role: str | None = None  # "parameter" or "buffer" for weights; None for other tensors
     chunks: list[Chunk] | None = None  # the pieces it is saved in, where the format splits tensors (DCP)
+    dtensor: DTensorLayout | None = None  # a DTensor's place in the whole tensor; the row is its local shard
 
 
 @dataclass
@@ -185,6 +196,9 @@ def tensor_row(named: NamedTensor) -> TensorRow:
         list(t.stride),
         t.is_contiguous(),
         t.layout,
+        None,
+        None,
+        dtensor_layout(t) if t.extra else None,
     )
 
 
