@@ -417,8 +417,9 @@ class _Scanner:
             # a torch checkpoint: its storages are raw bytes torch never unpickles, and
             # each .pkl record is one pickle
             storages = folded(f"{archive.root}/data/")  # found whatever the case of their letters
-            skip |= {n for n in archive.order if folded(n).startswith(storages)}
-            torch_pickles = {n for n in archive.order if folded(n).endswith(".pkl")}
+            names = list(archive.folded_names())
+            skip |= {name for name, key in names if key.startswith(storages)}
+            torch_pickles = {name for name, key in names if key.endswith(".pkl")}
         with open(archive.path, "rb") as f:
             for member in archive.order:
                 if member in skip or member.endswith("/"):

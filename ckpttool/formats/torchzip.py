@@ -25,7 +25,6 @@ from ckpttool.formats.ziparchive import (
     ZipEntry,
     crc_matches,
     entry_record,
-    folded,
     is_zip,
     open_archive,
     read_entry,
@@ -49,7 +48,7 @@ def is_torchscript(archive: ZipArchive) -> bool:
 
 def pickle_names(archive: ZipArchive) -> list[str]:
     """Every pickle in the archive, under any root: the scan covers them all."""
-    return [name for name in archive.order if folded(name).endswith(".pkl")]
+    return [name for name, key in archive.folded_names() if key.endswith(".pkl")]
 
 
 def read_pickle_bytes(archive: ZipArchive, entry: ZipEntry) -> bytes:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property, partial
 from typing import IO, Any
@@ -72,6 +73,7 @@ class ZipArchive:
     # each pickle record's inert decoding, by record name: decoded once however many ask
     decoded: dict[str, Any] = field(default_factory=dict)
     by_folded: dict[str, str] = field(default_factory=dict)  # `folded` name -> the first record so named
+    folded_order: list[str] = field(default_factory=list)  # each name of `order`, `folded` (once per record)
 
     @cached_property  # asked once per storage: 10^5 times for some files
     def root(self) -> str:
@@ -87,6 +89,10 @@ class ZipArchive:
             found = self.by_folded.get(folded(f"{self.root}/{name}"))
             entry = self.entries[found] if found is not None else None
         return entry
+
+    def folded_names(self) -> Iterator[tuple[str, str]]:
+        """Each record's name with its `folded` form (as torch's reader matches names), in order."""
+        return zip(self.order, self.folded_order, strict=True)
 
     def roots(self) -> list[str]:
         return sorted({n.split("/", 1)[0] for n in self.order if "/" in n})
@@ -237,7 +243,8 @@ def _add_entry(archive: ZipArchive, entry: ZipEntry) -> None:
     if entry.name in archive.entries:
         archive.anomalies.append(f"record {entry.name!r} appears twice; the first is used")
         return
-    first = archive.by_folded.setdefault(folded(entry.name), entry.name)
+    key = folded(entry.name)
+    first = archive.by_folded.setdefault(key, entry.name)
     if first != entry.name:
         archive.anomalies.append(
             f"records {first!r} and {entry.name!r} differ only in letter case: "
@@ -253,6 +260,7 @@ def _add_entry(archive: ZipArchive, entry: ZipEntry) -> None:
         archive.anomalies.append(f"record {entry.name!r} lies outside the file")
     archive.entries[entry.name] = entry
     archive.order.append(entry.name)
+    archive.folded_order.append(key)
 
 
 def resolve_data_offset(archive: ZipArchive, entry: ZipEntry, f: IO[bytes] | None = None) -> int:

@@ -84,7 +84,12 @@ class _Machine(ScalarOpcodes, ContainerOpcodes, CallOpcodes):
         # collector would walk it again and again while it grows, and it frees nothing
         # (every object is reachable from the stack or the memo).
         with gc_paused():
-            return self.decoded()
+            try:
+                return self.decoded()
+            finally:
+                # the handlers are bound to the machine: dropped, refcounting frees the
+                # machine (its memo, its mapping) now instead of a later collection
+                self.dispatch = []
 
     def decoded(self) -> Decoded:
         try:

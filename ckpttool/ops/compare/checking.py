@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from ckpttool.checkpoint import Checkpoint, TensorRef
 from ckpttool.errors import CkptError, IntegrityError, UnknownFormatError
 from ckpttool.formats import LEGACY, LEGACY_TAR, TORCH_ZIP, OpenedFile, open_path, read_checkpoint
+from ckpttool.gcpause import each_file
 from ckpttool.ops.compare.keys import (
     Allowance,
     Expected,
@@ -143,7 +144,7 @@ def prepare(options: CheckOptions) -> Target | None:
 
 def check_paths(paths: Sequence[str], options: CheckOptions) -> list[CheckReport]:
     target = prepare(options)
-    return [check(path, options, target) for path in paths]
+    return each_file(paths, lambda path: check(path, options, target))
 
 
 def check(path: str, options: CheckOptions, target: Target | None = None) -> CheckReport:

@@ -17,6 +17,7 @@ from ckpttool.errors import CkptError, NotACheckpointError
 from ckpttool.formatnames import NoPickleKind
 from ckpttool.formats import OpenedFile
 from ckpttool.formats.containers import native_code
+from ckpttool.gcpause import each_file
 from ckpttool.ops.safety.folder import FolderItem, folder_items, same_path
 from ckpttool.ops.safety.scan import DANGEROUS, SAFE, FileScan, scan_file, scan_opened
 from ckpttool.pickle.weightsonly import not_applicable
@@ -42,10 +43,10 @@ NO_PICKLE_FORMATS = ("text", "data")  # what a folder's files that are no checkp
 
 def scan_paths(paths: Sequence[str], allow: Mapping[str, str] | None = None) -> list[ScanEntry]:
     """One entry per file, in order: each path given, every file under a folder, an unreadable path too."""
-    entries: list[ScanEntry] = []
-    for path in paths:
-        entries.extend(scan_folder(path, allow) if os.path.isdir(path) else [_scan_one(path, allow)])
-    return entries
+    groups = each_file(
+        paths, lambda path: scan_folder(path, allow) if os.path.isdir(path) else [_scan_one(path, allow)]
+    )
+    return [entry for group in groups for entry in group]
 
 
 def scan_folder(root: str, allow: Mapping[str, str] | None = None, opened: OpenedFile | None = None) -> list[ScanEntry]:
@@ -54,7 +55,7 @@ def scan_folder(root: str, allow: Mapping[str, str] | None = None, opened: Opene
     `root` as a command already opened it, scanned as it is when `root` is the checkpoint
     (a DCP or DeepSpeed folder): its probe and decoded pickles are not made again."""
     reuse = opened if opened is not None and same_path(opened.path, root) else None
-    entries = [_scan_item(item, allow, reuse) for item in folder_items(root, reuse)]
+    entries = each_file(folder_items(root, reuse), lambda item: _scan_item(item, allow, reuse))
     if all(isinstance(e, FileScan) and e.format in NO_PICKLE_FORMATS and e.verdict == SAFE for e in entries):
         count = f"{len(entries)} file(s), text or other data" if entries else "no file"
         why = f"no file in the folder holds a checkpoint or a pickle ({count}): not a checkpoint"
