@@ -167,3 +167,29 @@ def test_a_clean_safetensors_file_opening_with_opcodes_stays_safe(write: FileWri
         outcome = scan(path)
         assert outcome.exit_code == 0, outcome.stdout
         assert only_file(outcome)["verdict"] == "safe", outcome.stdout
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pt"])
+def test_a_torch_file_named_safetensors_is_refused_by_path_as_torch_does(tmp_path: Path, suffix: str) -> None:
+    """torch.load(path) gives a path ending in `.safetensors` to safetensors, whatever its
+    bytes: a torch zip so named fails there, and loads from an open file or renamed."""
+    import torch
+
+    path = tmp_path / f"model{suffix}"
+    torch.save({"w": torch.arange(3.0)}, path)
+    by_path: Exception | None = None
+    try:
+        torch.load(path, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - whatever torch raises is the ground truth
+        by_path = exc
+    with path.open("rb") as f:
+        assert torch.load(f, weights_only=True)["w"].tolist() == [0.0, 1.0, 2.0]
+    report = only_file(scan(path))
+    assert report["verdict"] == "safe"
+    if suffix == ".safetensors":
+        assert by_path is not None
+        assert report["weights_only"]["result"] == "refused"
+        assert "torch.load(path) passes it to safetensors" in report["weights_only"]["reasons"][0]
+    else:
+        assert by_path is None and report["weights_only"]["result"] == "loads"
+    assert run_cli("check", path).exit_code == 0  # safe to load: no finding

@@ -79,7 +79,7 @@ def scan_opened(opened: OpenedFile, allow: Mapping[str, str] | None = None) -> F
     sparse = _invalid_sparse(opened, collected)
     problems = collected.problems + judgement.problems + sparse
     verdict = DANGEROUS if problems else judgement.verdict
-    weights_only = _weights_only(collected, judgement, sparse[0] if sparse else None)
+    weights_only = _weights_only(collected, judgement, sparse[0] if sparse else None, opened.path)
     # No allowlist makes torch.load(weights_only=True) read TorchScript: no line to print.
     loadable = collected.torchscript is None and verdict in (NEEDS_ALLOWLIST, UNKNOWN_CALL)
     allowlist = weights_only.allowlist if loadable else None
@@ -143,7 +143,7 @@ def _invalid_sparse(opened: OpenedFile, collected: Found) -> list[str]:
     return invalid_sparse(opened)
 
 
-def _weights_only(collected: Found, judgement: Judgement, invalid: str | None = None) -> WeightsOnly:
+def _weights_only(collected: Found, judgement: Judgement, invalid: str | None, path: str) -> WeightsOnly:
     fmt = collected.format
     if fmt in _SAFETENSORS:
         return not_applicable("safetensors: read it with safetensors.torch.load_file, not torch.load")
@@ -170,6 +170,11 @@ def _weights_only(collected: Found, judgement: Judgement, invalid: str | None = 
     if refusal is None and unreadable is not None and fmt in _TORCH_LOADS:
         # ckpttool's reader refuses what torch's refuses (a byteorder record torch does not know)
         refusal = f"torch.load fails on it too: {unreadable.removeprefix(_UNREADABLE)}"
+    if refusal is None and fmt in _TORCH_LOADS and path.endswith(_SAFETENSORS_SUFFIX):
+        refusal = (
+            f"named {_SAFETENSORS_SUFFIX}: torch.load(path) passes it to safetensors, which cannot read a "
+            f"{fmt} file; torch.load of the open file or of the file renamed reads it"
+        )
     if refusal is None and fmt == "torch-legacy" and any(g.qualname == _UNTYPED for d in pickles for g in d.globals):
         # torch's legacy reader asks a storage's class for its dtype (`storage_type.dtype`),
         # which UntypedStorage, the class of storages no typed class names, has not
@@ -181,6 +186,7 @@ def _weights_only(collected: Found, judgement: Judgement, invalid: str | None = 
 
 
 _UNTYPED = "torch.storage.UntypedStorage"
+_SAFETENSORS_SUFFIX = ".safetensors"  # torch.load passes a path so named to safetensors, whatever its bytes
 _UNREADABLE = "unreadable: "  # how `Found.guard` names a reader's refusal
 
 
