@@ -20,9 +20,10 @@ from ckpttool.pickle.state import (
 
 # Allowlisted torch functions that call or instantiate an argument: (position, use).
 REBUILD_FROM_TYPE = "torch._tensor._rebuild_from_type_v2"
+WRAPPER_SUBCLASS = "torch._utils._rebuild_wrapper_subclass"
 ARGUMENT_USES: dict[str, tuple[tuple[int, str], ...]] = {
     REBUILD_FROM_TYPE: ((0, USE_CALL), (1, USE_INSTANTIATE)),
-    "torch._utils._rebuild_wrapper_subclass": ((0, USE_INSTANTIATE),),
+    WRAPPER_SUBCLASS: ((0, USE_INSTANTIATE),),
 }
 
 
