@@ -205,11 +205,13 @@ def scan_torch_load_reading(path: str) -> Found:
     return scanner.found
 
 
-def scan_zip_archive(archive: ZipArchive, skip: frozenset[str] = frozenset()) -> Found:
+def scan_zip_archive(archive: ZipArchive, skip: frozenset[str] = frozenset(), *, storages: bool = True) -> Found:
     """`scan_container` for a zip whose central directory is already read; the members in
-    `skip` are raw bytes its format says nothing unpickles."""
+    `skip` are raw bytes its format says nothing unpickles. `storages`: whether a `data.pkl`
+    makes the records under `data/` a torch checkpoint's storages, left out too (not so in
+    a PT2 archive, whose `data/` holds what torch.export.load unpickles)."""
     scanner = _Scanner()
-    scanner.zip_file("", archive, 0, skip)
+    scanner.zip_file("", archive, 0, skip, storages=storages)
     return scanner.found.summarise()
 
 
@@ -409,16 +411,22 @@ class _Scanner:
                 self.tar_file(f"{name}/", path, depth)
 
     def zip_file(
-        self, prefix: str, archive: ZipArchive, depth: int, skip: frozenset[str] | set[str] = frozenset()
+        self,
+        prefix: str,
+        archive: ZipArchive,
+        depth: int,
+        skip: frozenset[str] | set[str] = frozenset(),
+        *,
+        storages: bool = True,
     ) -> None:
         torch_pickles: set[str] = set()
         skip = set(skip)
         if archive.record("data.pkl") is not None:
             # a torch checkpoint: its storages are raw bytes torch never unpickles, and
             # each .pkl record is one pickle
-            storages = folded(f"{archive.root}/data/")  # found whatever the case of their letters
+            folder = folded(f"{archive.root}/data/")  # found whatever the case of their letters
             names = list(archive.folded_names())
-            skip |= {name for name, key in names if key.startswith(storages)}
+            skip |= {name for name, key in names if storages and key.startswith(folder)}
             torch_pickles = {name for name, key in names if key.endswith(".pkl")}
         with open(archive.path, "rb") as f:
             for member in archive.order:

@@ -182,8 +182,9 @@ def _legacy_payloads(archive: ZipArchive) -> set[str]:
 def scan_pt2(probe: Probe) -> Found:
     """Every member that holds a pickle, by content, as in any zip (the sample inputs, pickled
     payloads, script and opaque objects), and what else could run; the raw tensor records
-    are left out."""
-    return scan_zip_archive(probe.archive(), _raw_records(probe))
+    are left out, and only they (a `data.pkl` beside them, which torch.load would read, does
+    not make the rest of `data/` a torch checkpoint's storages)."""
+    return scan_zip_archive(probe.archive(), _raw_records(probe), storages=False)
 
 
 class _Reader:

@@ -9,6 +9,7 @@ archive's members with `zipfile`; their payloads are never run.
 from __future__ import annotations
 
 import json
+import pickle
 import subprocess
 import sys
 import warnings
@@ -290,27 +291,39 @@ def _raw_bytes_entry(path_name: str, size: int) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(
-    ("raw_name", "pickled_name", "record"),
+    ("raw_name", "pickled_name", "record", "extra"),
     [
         # a pickled payload naming a raw weight's record in other letters: torch's reader
         # finds the one record either way, and unpickles it
-        ("weight_99", "WEIGHT_99", "weight_99"),
+        ("weight_99", "WEIGHT_99", "weight_99", {}),
         # the legacy `data/weights/<model>.pt`, which torch.export.load unpickles in place of
         # the model's weights config, named by that config as a raw weight
-        ("model.pt", None, "model.pt"),
+        ("model.pt", None, "model.pt", {}),
+        # a `data.pkl` beside the configs: the archive is no torch checkpoint whose `data/`
+        # holds storages only
+        (None, "weight_99", "weight_99", {"data.pkl": pickle.dumps({}, protocol=2)}),
     ],
 )
 def test_a_record_torch_export_load_unpickles_is_scanned_whatever_names_it_raw(
-    cli: Cli, pt2: Path, tmp_path: Path, marker: Path, raw_name: str, pickled_name: str | None, record: str
+    cli: Cli,
+    pt2: Path,
+    tmp_path: Path,
+    marker: Path,
+    raw_name: str | None,
+    pickled_name: str | None,
+    record: str,
+    extra: dict[str, bytes],
 ) -> None:
     payload = whole(call_global("os", "system", shell_touch(marker)))
 
     def named(config: dict[str, Any]) -> None:
-        config["raw"] = _raw_bytes_entry(raw_name, len(payload))
+        if raw_name is not None:
+            config["raw"] = _raw_bytes_entry(raw_name, len(payload))
         if pickled_name is not None:
             config["evil"] = {"path_name": pickled_name, "is_param": False, "use_pickle": True, "tensor_meta": None}
 
-    path = _rewritten(pt2, tmp_path / "named.pt2", _config_change(named), {f"data/weights/{record}": payload})
+    members = {f"data/weights/{record}": payload, **extra}
+    path = _rewritten(pt2, tmp_path / "named.pt2", _config_change(named), members)
     assert _export_load_runs_it(path, marker)  # ground truth: torch.export.load runs the payload
     code, report = _scan(cli, path)
     assert (code, report["verdict"]) == (1, "dangerous"), report
