@@ -37,8 +37,8 @@ def passed_arguments(qualname: str, args: tuple[Any, ...]) -> tuple[Any, Any]:
 
 class CallOpcodes(MachineState):
     def read_global_name(self, pos: int) -> tuple[str, str, int]:
-        module, pos = self.line(pos)
-        name, pos = self.line(pos)
+        module, pos = self.line(pos, name=True)
+        name, pos = self.line(pos, name=True)
         try:
             return module.decode("utf-8"), name.decode("utf-8"), pos
         except UnicodeDecodeError:

@@ -27,7 +27,7 @@ class Limits:
     max_opcodes: int = 50_000_000
     max_memo: int = 10_000_000
     max_mark_depth: int = 10_000
-    max_text_line: int = 1 << 20
+    max_text_line: int = 1 << 20  # of a global's module or name
     max_long_bytes: int = 1 << 16
     max_key_depth: int = 64
     max_key_elements: int = 100_000
@@ -175,8 +175,11 @@ class MachineState:
             raise self.error(f"argument of {n} bytes runs past the end of the pickle", pos)
         return bytes(self.data[pos : pos + n])
 
-    def line(self, pos: int) -> tuple[bytes, int]:
-        limit = min(self.end, pos + self.limits.max_text_line)
+    def line(self, pos: int, *, name: bool = False) -> tuple[bytes, int]:
+        """A text argument up to its newline, which CPython reads however long it is (a
+        string, or a number whose C reading stops at a NUL byte). `name`: a global's module
+        or name, bounded (no import finds one that long)."""
+        limit = min(self.end, pos + self.limits.max_text_line) if name else self.end
         newline = self.data.find(b"\n", pos, limit)
         if newline < 0:
             raise self.error("text argument without its newline", pos)

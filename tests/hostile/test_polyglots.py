@@ -167,3 +167,52 @@ def test_a_clean_safetensors_file_opening_with_opcodes_stays_safe(write: FileWri
         outcome = scan(path)
         assert outcome.exit_code == 0, outcome.stdout
         assert only_file(outcome)["verdict"] == "safe", outcome.stdout
+
+
+# -- a text opcode whose line runs past a MiB --------------------------------------------------------
+
+_LONG = (1 << 20) + 4096  # past the bound ckpttool keeps on a global's name
+
+
+def safetensors_with_a_long_line(pickled: bytes, opcode: int, second: int = 0) -> bytes:
+    """A valid safetensors file whose header length opens with `opcode` (then `second`): a
+    text opcode whose line CPython reads through the header and a U8 tensor `pad` of over a
+    MiB with no newline, to the newline that ends `pad`; `pickled` follows in tensor `w`."""
+    pad = b"x" * _LONG + b"\n"
+    n, m = len(pad), len(pickled)
+    for spaces in range(1 << 16):
+        tensors = {
+            "pad": {"dtype": "U8", "shape": [n], "data_offsets": [0, n]},
+            "w": {"dtype": "U8", "shape": [m], "data_offsets": [n, n + m]},
+        }
+        header = json.dumps(tensors, separators=(",", ":")).encode() + b" " * spaces
+        if len(header) & 0xFFFF == opcode | second << 8:
+            return safetensors_bytes(header, pad + pickled)
+    raise AssertionError("no such length")
+
+
+LONG_LINES = {
+    "UNICODE": (ord("V"), 0),  # a string: the header length's other bytes, the header, `pad`
+    "INT": (ord("I"), ord("1")),  # "1", a NUL byte: CPython's C reader stops there and reads 1
+}
+
+
+@pytest.mark.parametrize("opening", LONG_LINES)
+def test_a_text_line_longer_than_a_mib_is_read_to_its_end(write: FileWriter, marker: Path, opening: str) -> None:
+    data = safetensors_with_a_long_line(system_pickle(marker), *LONG_LINES[opening])
+    path = write("pytorch_model.bin", data)
+    with safe_open(str(path), "np") as f:
+        assert sorted(f.keys()) == ["pad", "w"]
+    assert torch_load_runs_it(path, marker)  # ground truth: torch.load runs the payload
+    report = assert_dangerous(path, "os.system")
+    assert report["format"] == "safetensors"
+    assert_not_run(marker)
+
+
+def test_a_clean_safetensors_file_with_a_long_first_line_stays_safe(write: FileWriter) -> None:
+    data = safetensors_with_a_long_line(b"\x00" * 16, ord("V"))
+    with pytest.raises(pickle.UnpicklingError):
+        pickle.loads(data)  # the line, then a zero byte: no opcode, nothing imported
+    outcome = scan(write("model.safetensors", data))
+    assert outcome.exit_code == 0, outcome.stdout
+    assert only_file(outcome)["verdict"] == "safe", outcome.stdout
