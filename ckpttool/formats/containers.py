@@ -40,7 +40,7 @@ from ckpttool.formats.ziparchive import (
     read_entry,
     resolve_data_offset,
 )
-from ckpttool.pickle import Decoded, decode
+from ckpttool.pickle import DEFAULT_LIMITS, Decoded, decode
 from ckpttool.pickle.opcodes import NAMES
 
 if TYPE_CHECKING:
@@ -316,7 +316,7 @@ class _Scanner:
         while start < end:
             label = f"{name} (pickle {index})" if index else name
             try:
-                decoded = decode(data, start=start, end=end, source=name)
+                decoded = _read_on(data, start, end, name)
             except PickleError as exc:
                 joblib = _as_joblib(data, start, end, name, exc.partial)
                 if not (joblib and not joblib.problem and exc.partial):
@@ -353,7 +353,7 @@ class _Scanner:
         if data[start] not in NAMES:
             return
         try:
-            decoded = decode(data, start=start, end=end, source=name)
+            decoded = _read_on(data, start, end, name)
         except PickleError as exc:
             self.failed(name, exc, strict=False)
             return
@@ -365,8 +365,10 @@ class _Scanner:
 
     def failed(self, label: str, exc: PickleError, strict: bool) -> None:
         partial = exc.partial
-        if not strict and not (partial is not None and any(_importable(g.module) for g in partial.globals)):
+        named = partial is not None and any(_importable(g.module) for g in partial.globals)
+        if not strict and not named and not isinstance(exc, LimitError):
             return  # text that happens to start with a protocol-0 opcode, not a pickle
+        # (a limit is no such failure: the reader goes on where the scan stopped)
         if partial is not None:
             self.found.pickles.append((f"{label} (up to the error)", partial))
         self.found.problems.append(f"{label}: {exc.message}")
@@ -550,6 +552,14 @@ def _has_data(member: TarInfo) -> bool:
     import tarfile
 
     return member.isreg() or member.type not in tarfile.SUPPORTED_TYPES
+
+
+def _read_on(data: FileData, start: int, end: int, source: str) -> Decoded:
+    """The pickle a reader unpickles from `data[start]`, decoded in at most the size limit's
+    bytes: a reader goes on past them, so running out of bytes there is a `LimitError` (not
+    the failure of bytes that are no pickle), and so is any other limit."""
+    window = min(end, start + DEFAULT_LIMITS.max_bytes)
+    return decode(data, start=start, end=window, source=source, stream_end=end)
 
 
 def _importable(module: str) -> bool:
