@@ -40,7 +40,7 @@ from ckpttool.formats.ziparchive import (
     read_entry,
     resolve_data_offset,
 )
-from ckpttool.pickle import Decoded, decode
+from ckpttool.pickle import DEFAULT_LIMITS, Decoded, decode
 from ckpttool.pickle.opcodes import NAMES
 
 if TYPE_CHECKING:
@@ -205,11 +205,13 @@ def scan_torch_load_reading(path: str) -> Found:
     return scanner.found
 
 
-def scan_zip_archive(archive: ZipArchive, skip: frozenset[str] = frozenset()) -> Found:
+def scan_zip_archive(archive: ZipArchive, skip: frozenset[str] = frozenset(), *, storages: bool = True) -> Found:
     """`scan_container` for a zip whose central directory is already read; the members in
-    `skip` are raw bytes its format says nothing unpickles."""
+    `skip` are raw bytes its format says nothing unpickles. `storages`: whether a `data.pkl`
+    makes the records under `data/` a torch checkpoint's storages, left out too (not so in
+    a PT2 archive, whose `data/` holds what torch.export.load unpickles)."""
     scanner = _Scanner()
-    scanner.zip_file("", archive, 0, skip)
+    scanner.zip_file("", archive, 0, skip, storages=storages)
     return scanner.found.summarise()
 
 
@@ -314,7 +316,7 @@ class _Scanner:
         while start < end:
             label = f"{name} (pickle {index})" if index else name
             try:
-                decoded = decode(data, start=start, end=end, source=name)
+                decoded = _read_on(data, start, end, name)
             except PickleError as exc:
                 joblib = _as_joblib(data, start, end, name, exc.partial)
                 if not (joblib and not joblib.problem and exc.partial):
@@ -351,7 +353,7 @@ class _Scanner:
         if data[start] not in NAMES:
             return
         try:
-            decoded = decode(data, start=start, end=end, source=name)
+            decoded = _read_on(data, start, end, name)
         except PickleError as exc:
             self.failed(name, exc, strict=False)
             return
@@ -363,8 +365,10 @@ class _Scanner:
 
     def failed(self, label: str, exc: PickleError, strict: bool) -> None:
         partial = exc.partial
-        if not strict and not (partial is not None and any(_importable(g.module) for g in partial.globals)):
+        named = partial is not None and any(_importable(g.module) for g in partial.globals)
+        if not strict and not named and not isinstance(exc, LimitError):
             return  # text that happens to start with a protocol-0 opcode, not a pickle
+        # (a limit is no such failure: the reader goes on where the scan stopped)
         if partial is not None:
             self.found.pickles.append((f"{label} (up to the error)", partial))
         self.found.problems.append(f"{label}: {exc.message}")
@@ -409,16 +413,22 @@ class _Scanner:
                 self.tar_file(f"{name}/", path, depth)
 
     def zip_file(
-        self, prefix: str, archive: ZipArchive, depth: int, skip: frozenset[str] | set[str] = frozenset()
+        self,
+        prefix: str,
+        archive: ZipArchive,
+        depth: int,
+        skip: frozenset[str] | set[str] = frozenset(),
+        *,
+        storages: bool = True,
     ) -> None:
         torch_pickles: set[str] = set()
         skip = set(skip)
         if archive.record("data.pkl") is not None:
             # a torch checkpoint: its storages are raw bytes torch never unpickles, and
             # each .pkl record is one pickle
-            storages = folded(f"{archive.root}/data/")  # found whatever the case of their letters
+            folder = folded(f"{archive.root}/data/")  # found whatever the case of their letters
             names = list(archive.folded_names())
-            skip |= {name for name, key in names if key.startswith(storages)}
+            skip |= {name for name, key in names if storages and key.startswith(folder)}
             torch_pickles = {name for name, key in names if key.endswith(".pkl")}
         with open(archive.path, "rb") as f:
             for member in archive.order:
@@ -542,6 +552,14 @@ def _has_data(member: TarInfo) -> bool:
     import tarfile
 
     return member.isreg() or member.type not in tarfile.SUPPORTED_TYPES
+
+
+def _read_on(data: FileData, start: int, end: int, source: str) -> Decoded:
+    """The pickle a reader unpickles from `data[start]`, decoded in at most the size limit's
+    bytes: a reader goes on past them, so running out of bytes there is a `LimitError` (not
+    the failure of bytes that are no pickle), and so is any other limit."""
+    window = min(end, start + DEFAULT_LIMITS.max_bytes)
+    return decode(data, start=start, end=window, source=source, stream_end=end)
 
 
 def _importable(module: str) -> bool:

@@ -14,6 +14,7 @@ as it covers any zip member.
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 from typing import Any
 
@@ -138,9 +139,17 @@ def _parse_config(archive: ZipArchive, name: str) -> dict[str, Any]:
     return config
 
 
+def _record_name(folder: str, path_name: str) -> str:
+    """The name torch.export.load hands the archive's reader for an entry's record
+    (`os.path.join` on the config's folder and its path name)."""
+    return posixpath.join(folder, path_name)
+
+
 def _raw_records(probe: Probe) -> frozenset[str]:
     """The records that every entry naming them describes as raw bytes: nothing unpickles
-    them, so a scan leaves them out. A config that does not read leaves every record in."""
+    them, so a scan leaves them out. Records are found as torch's reader finds them, whatever
+    the case of their letters (an entry naming `weight_0` and a pickled one `WEIGHT_0` read
+    one record). A config that does not read leaves every record in."""
     archive = probe.archive()
     raw: set[str] = set()
     pickled: set[str] = set()
@@ -152,19 +161,30 @@ def _raw_records(probe: Probe) -> frozenset[str]:
                 folder = config_name.rpartition("/")[0]
                 for payload in _config(probe, config_name).values():
                     path_name = payload.get("path_name") if isinstance(payload, dict) else None
-                    if isinstance(path_name, str):
-                        named = f"{archive.root}/{folder}/{path_name}"
-                        (raw if _is_raw(config_name, payload) else pickled).add(named)
+                    entry = archive.record(_record_name(folder, path_name)) if isinstance(path_name, str) else None
+                    if entry is not None:
+                        (raw if _is_raw(config_name, payload) else pickled).add(entry.name)
     except FormatError:
         return frozenset()
-    return frozenset(raw - pickled)
+    return frozenset(raw - pickled - _legacy_payloads(archive))
+
+
+def _legacy_payloads(archive: ZipArchive) -> set[str]:
+    """The records torch.export.load unpickles in place of a model's configs when they exist:
+    `data/weights/<model>.pt` and `data/constants/<model>.pt`, for each model it finds
+    (each member under `models/`, named by cutting `models/` and `.json` off)."""
+    prefix = f"{archive.root}/models/"
+    models = {name[len(prefix) : -len(".json")] for name in archive.order if name.startswith(prefix)}
+    found = (archive.record(f"{folder}/{model}.pt") for model in models for folder in ("data/weights", _CONSTANTS_DIR))
+    return {entry.name for entry in found if entry is not None}
 
 
 def scan_pt2(probe: Probe) -> Found:
     """Every member that holds a pickle, by content, as in any zip (the sample inputs, pickled
     payloads, script and opaque objects), and what else could run; the raw tensor records
-    are left out."""
-    return scan_zip_archive(probe.archive(), _raw_records(probe))
+    are left out, and only they (a `data.pkl` beside them, which torch.load would read, does
+    not make the rest of `data/` a torch checkpoint's storages)."""
+    return scan_zip_archive(probe.archive(), _raw_records(probe), storages=False)
 
 
 class _Reader:
@@ -206,7 +226,9 @@ class _Reader:
         shape = _ints(meta.get("sizes"), f"{where} sizes", self.archive.path)
         stride = _ints(meta.get("strides"), f"{where} strides", self.archive.path)
         (offset,) = _ints([meta.get("storage_offset")], f"{where} storage_offset", self.archive.path)
-        storage = self._storage(f"{folder}/{record}", dtype, _device(meta.get("device"), where, self.archive.path))
+        storage = self._storage(
+            _record_name(folder, record), dtype, _device(meta.get("device"), where, self.archive.path)
+        )
         if storage.dtype != dtype:
             # torch builds the record's storage with the first view's dtype and keeps it
             self.anomalies.append(f"{where} is {dtype} over record {record}, which holds {storage.dtype}")

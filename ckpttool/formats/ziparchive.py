@@ -39,6 +39,10 @@ STORED, DEFLATED = 0, 8
 _FLAG_ENCRYPTED = 0x1
 _FLAG_PATCHED = 0x20
 _FLAG_STRONG_ENCRYPTION = 0x40
+# An external attribute's MS-DOS folder bit: miniz (torch's reader) takes such a record for a
+# folder whatever its name, and extracting it writes nothing into the buffer torch allocated.
+_DOS_DIRECTORY = 0x10
+_FOLDER_READ = "torch's reader takes it for a folder and reads none of its bytes (torch gets what its buffer held)"
 # miniz compares names as bytes with ASCII letters folded (MZ_TOLOWER): torch's lookups
 # (`get_record`, `has_record`) are case-insensitive
 _ASCII_FOLD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
@@ -61,6 +65,7 @@ class ZipEntry:
     size: int
     header_offset: int
     data_offset: int = -1  # resolved from the local header on first use
+    directory: bool = False  # flagged as a folder by its MS-DOS attribute: miniz reads none of its bytes
 
 
 @dataclass
@@ -210,9 +215,25 @@ def _parse_central_directory(directory: bytes, count: int, archive: ZipArchive, 
     for _ in range(count):
         if directory[pos : pos + 4] != b"PK\x01\x02":
             raise ZipFormatError("corrupt central directory entry", path=archive.path)
-        _, _, _, flags, method, _, _, crc, csize, usize, name_len, extra_len, comment_len, _, _, _, header_offset = (
-            unpack(directory, pos)
-        )
+        (
+            _,
+            _,
+            _,
+            flags,
+            method,
+            _,
+            _,
+            crc,
+            csize,
+            usize,
+            name_len,
+            extra_len,
+            comment_len,
+            _,
+            _,
+            attributes,
+            header_offset,
+        ) = unpack(directory, pos)
         name_at = pos + 46
         extra_at = name_at + name_len
         pos = extra_at + extra_len + comment_len
@@ -220,7 +241,8 @@ def _parse_central_directory(directory: bytes, count: int, archive: ZipArchive, 
             extra = directory[extra_at : extra_at + extra_len]
             usize, csize, header_offset = _zip64_extra(extra, usize, csize, header_offset)
         name = directory[name_at:extra_at].decode("utf-8" if flags & 0x800 else "cp437", "replace")
-        _add_entry(archive, ZipEntry(name, method, flags, crc, csize, usize, start + header_offset))
+        folder = bool(attributes & _DOS_DIRECTORY) and not name.endswith("/") and usize > 0
+        _add_entry(archive, ZipEntry(name, method, flags, crc, csize, usize, start + header_offset, directory=folder))
     if pos > len(directory):
         raise ZipFormatError("central directory truncated", path=archive.path)
 
@@ -256,6 +278,8 @@ def _add_entry(archive: ZipArchive, entry: ZipEntry) -> None:
         )
     if entry.method not in (STORED, DEFLATED):
         archive.anomalies.append(f"record {entry.name!r} uses compression method {entry.method}")
+    if entry.directory:
+        archive.anomalies.append(f"record {entry.name!r} is flagged as a folder: {_FOLDER_READ}")
     if entry.header_offset + entry.compressed_size > archive.file_size:
         archive.anomalies.append(f"record {entry.name!r} lies outside the file")
     archive.entries[entry.name] = entry
@@ -267,6 +291,8 @@ def resolve_data_offset(archive: ZipArchive, entry: ZipEntry, f: IO[bytes] | Non
     """Offset of the record's bytes: after its local header, whose lengths miniz trusts."""
     if entry.data_offset >= 0:
         return entry.data_offset
+    if entry.directory:
+        raise ZipFormatError(f"record {entry.name!r} is flagged as a folder: {_FOLDER_READ}", path=archive.path)
     header = _pread(archive.path, entry.header_offset, _LOCAL.size, f)
     if len(header) < _LOCAL.size or header[:4] != ZIP_MAGIC:
         raise ZipFormatError(f"record {entry.name!r} has no local header", path=archive.path)

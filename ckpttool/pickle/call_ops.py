@@ -20,9 +20,10 @@ from ckpttool.pickle.state import (
 
 # Allowlisted torch functions that call or instantiate an argument: (position, use).
 REBUILD_FROM_TYPE = "torch._tensor._rebuild_from_type_v2"
+WRAPPER_SUBCLASS = "torch._utils._rebuild_wrapper_subclass"
 ARGUMENT_USES: dict[str, tuple[tuple[int, str], ...]] = {
     REBUILD_FROM_TYPE: ((0, USE_CALL), (1, USE_INSTANTIATE)),
-    "torch._utils._rebuild_wrapper_subclass": ((0, USE_INSTANTIATE),),
+    WRAPPER_SUBCLASS: ((0, USE_INSTANTIATE),),
 }
 
 
@@ -36,8 +37,8 @@ def passed_arguments(qualname: str, args: tuple[Any, ...]) -> tuple[Any, Any]:
 
 class CallOpcodes(MachineState):
     def read_global_name(self, pos: int) -> tuple[str, str, int]:
-        module, pos = self.line(pos)
-        name, pos = self.line(pos)
+        module, pos = self.line(pos, name=True)
+        name, pos = self.line(pos, name=True)
         try:
             return module.decode("utf-8"), name.decode("utf-8"), pos
         except UnicodeDecodeError:

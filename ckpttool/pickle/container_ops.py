@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from ckpttool.pickle.objects import NEWOBJ, Call
-from ckpttool.pickle.state import DICT_LIKE_GLOBALS, MachineState, describe
+from ckpttool.pickle.state import DICT_LIKE_GLOBALS, MachineState, describe, short_repr
 
 
 class ContainerOpcodes(MachineState):
@@ -77,7 +77,12 @@ class ContainerOpcodes(MachineState):
     def set_items(self, target: Any, items: list[Any], opcode: str) -> None:
         if isinstance(target, dict):
             for i in range(0, len(items), 2):
-                target[self.checked_key(items[i])] = items[i + 1]
+                key = self.checked_key(items[i])
+                if key in target:
+                    # Python's pickler writes each key once. A dict given to BUILD or a call
+                    # before this opcode gave it the old value, which the graph no longer holds.
+                    self.problem(f"{opcode} replaces the value of key {short_repr(key)} in a dict", lossy=True)
+                target[key] = items[i + 1]
             return
         if not isinstance(target, Call):
             self.problem(f"{opcode} on {describe(target)}, which torch refuses", lossy=True)

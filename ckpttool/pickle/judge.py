@@ -32,7 +32,7 @@ from itertools import islice
 from typing import Any, Literal
 
 from ckpttool.pickle.allowlist import danger_reason, is_allowed
-from ckpttool.pickle.call_ops import REBUILD_FROM_TYPE
+from ckpttool.pickle.call_ops import REBUILD_FROM_TYPE, WRAPPER_SUBCLASS, passed_arguments
 from ckpttool.pickle.implicit import implicit_calls, is_method_call
 from ckpttool.pickle.objects import NEWOBJ, Call, Global, PersistentRef
 from ckpttool.pickle.reach import gadget_label, is_internal
@@ -145,7 +145,7 @@ def _only_counted(qualname: str) -> bool:
         qualname not in VETTED
         and qualname not in _CLASS_BUILDERS
         and qualname not in CLASS_FORMS
-        and qualname != REBUILD_FROM_TYPE
+        and qualname not in (REBUILD_FROM_TYPE, WRAPPER_SUBCLASS)
     )
 
 
@@ -198,8 +198,8 @@ def _judge_call(call: Call, tallies: dict[tuple[str, str], _Tally], allow: Mappi
     form_misfit = class_misfit(built.qualname, args, call.state)
     if form_misfit:
         _tally(tallies, built).misfits.append(form_misfit)
-    if func.qualname == REBUILD_FROM_TYPE:
-        _subclass_misfit(call, tallies)
+    if func.qualname in (REBUILD_FROM_TYPE, WRAPPER_SUBCLASS):
+        _subclass_misfit(call, func.qualname, tallies)
     if vetted:
         for value, use in vetted.passes(call.args):
             target = legacy_module_class(value)
@@ -227,14 +227,19 @@ def _built_class(call: Call, func: Global) -> tuple[Global, tuple[Any, ...]]:
     return func, call.args + ((call.kwargs,) if call.kwargs else ())
 
 
-def _subclass_misfit(call: Call, tallies: dict[tuple[str, str], _Tally]) -> None:
-    """A vetted tensor subclass is vetted in the one form its rebuild takes."""
-    new_type = legacy_module_class(call.args[1]) if len(call.args) > 1 else None
-    if not isinstance(new_type, Global) or new_type.qualname not in SUBCLASS_FORMS:
-        return
-    misfit = SUBCLASS_FORMS[new_type.qualname](call.args, call.state)
-    if misfit:
-        _tally(tallies, new_type).misfits.append(misfit)
+def _subclass_misfit(call: Call, qualname: str, tallies: dict[tuple[str, str], _Tally]) -> None:
+    """A vetted tensor subclass is vetted in the one form its rebuild takes, whether named as
+    the rebuild's type or as the class the wrapper allocates (`_rebuild_wrapper_subclass`
+    called alone, or by a rebuild that makes its result another type)."""
+    _, passed = passed_arguments(qualname, call.args)
+    wrapped = call.args if qualname == WRAPPER_SUBCLASS else passed
+    named = [call.args[1]] if qualname == REBUILD_FROM_TYPE and len(call.args) > 1 else []
+    named += [wrapped[0]] if type(wrapped) is tuple and wrapped else []
+    classes = [c for c in map(legacy_module_class, named) if isinstance(c, Global) and c.qualname in SUBCLASS_FORMS]
+    for cls in classes:
+        misfit = SUBCLASS_FORMS[cls.qualname](call.args if qualname == REBUILD_FROM_TYPE else (), call.state)
+        if misfit:
+            _tally(tallies, cls).misfits.append(misfit)
 
 
 def _container_problems(call: Call, qualname: str) -> list[str]:

@@ -67,14 +67,20 @@ def decode(
     limits: Limits = DEFAULT_LIMITS,
     source: str | None = None,
     hooks: Hooks = NO_HOOKS,
+    stream_end: int = 0,
 ) -> Decoded:
-    """Decode the pickle starting at `data[start]` (bytes or an mmap) without executing it."""
-    return _Machine(data, start, len(data) if end is None else end, limits, source, hooks).run()
+    """Decode the pickle starting at `data[start]` (bytes or an mmap) without executing it.
+    `stream_end`: where the stream a reader unpickles goes on to past `end` (a window of a
+    file larger than the size limit): running out of bytes before it is a `LimitError`."""
+    end = len(data) if end is None else end
+    return _Machine(data, start, end, limits, source, hooks, stream_end).run()
 
 
 class _Machine(ScalarOpcodes, ContainerOpcodes, CallOpcodes):
-    def __init__(self, data: Any, start: int, end: int, limits: Limits, source: str | None, hooks: Hooks) -> None:
-        super().__init__(data, start, end, limits, source, hooks)
+    def __init__(
+        self, data: Any, start: int, end: int, limits: Limits, source: str | None, hooks: Hooks, stream_end: int
+    ) -> None:
+        super().__init__(data, start, end, limits, source, hooks, stream_end)
         self.dispatch = self._build_dispatch()
 
     # -- the loop ---------------------------------------------------------------
@@ -123,7 +129,7 @@ class _Machine(ScalarOpcodes, ContainerOpcodes, CallOpcodes):
         Returns the new window's end."""
         frame_end = self.frame_end
         if frame_end is None or pos >= self.end:
-            raise self.error("pickle ends before its STOP opcode (truncated?)", pos)
+            raise self.past_end("pickle ends before its STOP opcode (truncated?)", pos, pos + 1)
         if pos > frame_end:
             self.note_framing(f"an opcode runs across the end of the frame at byte {frame_end}")
         self.frame_end = None
@@ -197,7 +203,7 @@ class _Machine(ScalarOpcodes, ContainerOpcodes, CallOpcodes):
                     n = u32(data, pos + 1)[0]
                     pos += 5
                     if pos + n > end:
-                        raise self.error(f"argument of {n} bytes runs past the end of the pickle", pos)
+                        raise self.past_end(f"argument of {n} bytes runs past the end of the pickle", pos, pos + n)
                     try:
                         stack.append(str(data[pos : pos + n], "utf-8", "surrogatepass"))
                     except UnicodeDecodeError:
@@ -296,7 +302,7 @@ class _Machine(ScalarOpcodes, ContainerOpcodes, CallOpcodes):
             raise self.limit(f"more than {max_ops} opcodes")
         except (IndexError, struct.error):
             self.op_pos = pos
-            raise self.error(self.index_problem(pos), pos) from None
+            raise self.past_end(self.index_problem(pos), pos, self.argument_end(pos)) from None
         except KeyError as exc:
             self.op_pos = pos
             raise self.error(f"memo slot {exc.args[0]} read before it was written", pos) from None
@@ -305,10 +311,13 @@ class _Machine(ScalarOpcodes, ContainerOpcodes, CallOpcodes):
 
     def index_problem(self, pos: int) -> str:
         """An IndexError means either a short argument or an empty stack: say which."""
-        op = self.data[pos] if pos < len(self.data) else 0
-        if pos + 1 + _ARGUMENT_BYTES.get(op, 0) > self.end:
+        if self.argument_end(pos) > self.end:
             return "pickle ends inside an opcode argument"
         return "stack underflow"
+
+    def argument_end(self, pos: int) -> int:
+        op = self.data[pos] if pos < len(self.data) else 0
+        return pos + 1 + _ARGUMENT_BYTES.get(op, 0)
 
     # -- dispatch ---------------------------------------------------------------------
 

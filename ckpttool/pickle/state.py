@@ -27,7 +27,7 @@ class Limits:
     max_opcodes: int = 50_000_000
     max_memo: int = 10_000_000
     max_mark_depth: int = 10_000
-    max_text_line: int = 1 << 20
+    max_text_line: int = 1 << 20  # of a global's module or name
     max_long_bytes: int = 1 << 16
     max_key_depth: int = 64
     max_key_elements: int = 100_000
@@ -99,12 +99,15 @@ NO_HOOKS = Hooks()
 
 
 class MachineState:
-    def __init__(self, data: Any, start: int, end: int, limits: Limits, source: str | None, hooks: Hooks) -> None:
+    def __init__(
+        self, data: Any, start: int, end: int, limits: Limits, source: str | None, hooks: Hooks, stream_end: int
+    ) -> None:
         if end - start > limits.max_bytes:
             raise LimitError(f"pickle of {end - start} bytes exceeds the limit", path=source)
         self.data = data
         self.start = start
         self.end = end
+        self.stream_end = max(end, stream_end)  # where a reader of the stream would read on to
         self.limits = limits
         self.source = source
         self.stack: list[Any] = []
@@ -170,21 +173,34 @@ class MachineState:
 
     # -- reading arguments -------------------------------------------------------
 
+    def past_end(self, message: str, pos: int, needed: int) -> PickleError:
+        """The bytes ran out before `needed`: the pickle is truncated, or, where the stream
+        goes on past the window decoded (a file larger than the size limit), a reader reads
+        on and this is a limit."""
+        if self.end < needed <= self.stream_end:
+            self.op_pos = pos
+            return self.limit(f"{message}, past the {self.end - self.start} bytes decoded")
+        return self.error(message, pos)
+
     def take(self, pos: int, n: int) -> bytes:
         if n < 0 or pos + n > self.end:
-            raise self.error(f"argument of {n} bytes runs past the end of the pickle", pos)
+            raise self.past_end(f"argument of {n} bytes runs past the end of the pickle", pos, pos + max(n, 0))
         return bytes(self.data[pos : pos + n])
 
-    def line(self, pos: int) -> tuple[bytes, int]:
-        limit = min(self.end, pos + self.limits.max_text_line)
+    def line(self, pos: int, *, name: bool = False) -> tuple[bytes, int]:
+        """A text argument up to its newline, which CPython reads however long it is (a
+        string, or a number whose C reading stops at a NUL byte). `name`: a global's module
+        or name, bounded (no import finds one that long)."""
+        limit = min(self.end, pos + self.limits.max_text_line) if name else self.end
         newline = self.data.find(b"\n", pos, limit)
         if newline < 0:
-            raise self.error("text argument without its newline", pos)
+            beyond = -1 if name else self.data.find(b"\n", self.end, self.stream_end)
+            raise self.past_end("text argument without its newline", pos, beyond + 1 if beyond >= 0 else -1)
         return bytes(self.data[pos:newline]), newline + 1
 
     def fixed(self, pos: int, n: int) -> int:
         if pos + n > self.end:
-            raise self.error("pickle ends inside an opcode argument", pos)
+            raise self.past_end("pickle ends inside an opcode argument", pos, pos + n)
         return pos + n
 
     def c_string(self, text: bytes) -> bytes:

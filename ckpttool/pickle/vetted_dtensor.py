@@ -238,7 +238,9 @@ def _slots(state: Any) -> bool:
 
 def rebuilt_dtensor_misfit(args: tuple[Any, ...], state: Any) -> str | None:
     """What does not fit in `_rebuild_from_type_v2(...)` of a DTensor (None: torch's own form)."""
-    if len(args) != 4 or not isinstance(args[0], Global) or args[0].qualname != _WRAPPER or state is not UNSET:
+    if len(args) != 4 or not all(isinstance(a, Global) for a in args[:2]) or state is not UNSET:
+        return "expected _rebuild_from_type_v2(_rebuild_wrapper_subclass, DTensor, arguments, slots)"
+    if args[0].qualname != _WRAPPER or args[1].qualname != DTENSOR:
         return "expected _rebuild_from_type_v2(_rebuild_wrapper_subclass, DTensor, arguments, slots)"
     if not _wrapper_arguments(args[2]):
         return "expected the wrapper's arguments (DTensor, dtype, size, stride, offset, layout, device, requires_grad)"

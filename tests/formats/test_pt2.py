@@ -9,6 +9,9 @@ archive's members with `zipfile`; their payloads are never run.
 from __future__ import annotations
 
 import json
+import pickle
+import subprocess
+import sys
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -259,3 +262,89 @@ def test_any_value_in_a_config_is_read_or_refused_in_one_line(
         read_checkpoint(str(path))
     except CkptError as exc:
         assert str(path) in str(exc)
+
+
+_EXPORT_LOAD = "import sys, torch\ntry:\n    torch.export.load(sys.argv[1])\nexcept Exception:\n    pass\n"
+
+
+def _export_load_runs_it(path: Path, marker: Path) -> bool:
+    """Whether `torch.export.load` of the archive, in a child process, creates the marker
+    (removed again, so that ckpttool's own runs can be checked after it)."""
+    subprocess.run([sys.executable, "-c", _EXPORT_LOAD, str(path)], check=False, timeout=300, capture_output=True)
+    ran = marker.exists()
+    if ran:
+        marker.unlink()
+    return ran
+
+
+def _raw_bytes_entry(path_name: str, size: int) -> dict[str, Any]:
+    meta = {
+        "dtype": 1,  # uint8: any record is a whole number of them
+        "sizes": [{"as_int": size}],
+        "strides": [{"as_int": 1}],
+        "storage_offset": {"as_int": 0},
+        "requires_grad": False,
+        "device": {"type": "cpu", "index": None},
+        "layout": 7,
+    }
+    return {"path_name": path_name, "is_param": False, "use_pickle": False, "tensor_meta": meta}
+
+
+@pytest.mark.parametrize(
+    ("raw_name", "pickled_name", "record", "extra"),
+    [
+        # a pickled payload naming a raw weight's record in other letters: torch's reader
+        # finds the one record either way, and unpickles it
+        ("weight_99", "WEIGHT_99", "weight_99", {}),
+        # the legacy `data/weights/<model>.pt`, which torch.export.load unpickles in place of
+        # the model's weights config, named by that config as a raw weight
+        ("model.pt", None, "model.pt", {}),
+        # a `data.pkl` beside the configs: the archive is no torch checkpoint whose `data/`
+        # holds storages only
+        (None, "weight_99", "weight_99", {"data.pkl": pickle.dumps({}, protocol=2)}),
+    ],
+)
+def test_a_record_torch_export_load_unpickles_is_scanned_whatever_names_it_raw(
+    cli: Cli,
+    pt2: Path,
+    tmp_path: Path,
+    marker: Path,
+    raw_name: str | None,
+    pickled_name: str | None,
+    record: str,
+    extra: dict[str, bytes],
+) -> None:
+    payload = whole(call_global("os", "system", shell_touch(marker)))
+
+    def named(config: dict[str, Any]) -> None:
+        if raw_name is not None:
+            config["raw"] = _raw_bytes_entry(raw_name, len(payload))
+        if pickled_name is not None:
+            config["evil"] = {"path_name": pickled_name, "is_param": False, "use_pickle": True, "tensor_meta": None}
+
+    members = {f"data/weights/{record}": payload, **extra}
+    path = _rewritten(pt2, tmp_path / "named.pt2", _config_change(named), members)
+    assert _export_load_runs_it(path, marker)  # ground truth: torch.export.load runs the payload
+    code, report = _scan(cli, path)
+    assert (code, report["verdict"]) == (1, "dangerous"), report
+    assert_not_run(marker)
+
+
+def test_a_raw_weight_named_in_other_letters_is_its_record(cli: Cli, pt2: Path, tmp_path: Path) -> None:
+    """torch's reader finds `WEIGHT_0` as `weight_0`: the view reads that record's bytes."""
+
+    def upper(config: dict[str, Any]) -> None:
+        for payload in config.values():
+            payload["path_name"] = payload["path_name"].upper()
+
+    path = _rewritten(pt2, tmp_path / "upper.pt2", _config_change(upper), {})
+    program = _loaded(path)
+    rows = {row["key"]: row for row in _inspect(cli, path)["tensors"]}
+    assert {f"state_dict.{k}" for k in program.state_dict} <= set(rows)
+    out = tmp_path / "upper.safetensors"
+    assert cli("convert", path, out).exit_code == 0
+    written = load_file(out)
+    for key, tensor in program.state_dict.items():
+        assert torch.equal(written[key], tensor.detach()), key
+    code, report = _scan(cli, path)
+    assert (code, report["verdict"]) == (0, "safe")

@@ -42,14 +42,17 @@ from support.hostile import (
 _HOP = 126  # the longest SHORT_BINBYTES hop whose count is a printable character
 
 
-def safetensors_opening_a_pickle(pickled: bytes) -> bytes:
+def safetensors_opening_a_pickle(pickled: bytes, big: int = 0) -> bytes:
     """A valid safetensors file, one U8 tensor `w` holding `pickled`, whose bytes read from
     the first are BINBYTES, SHORT_BINBYTES hops through the `note` metadata string and over
-    the rest of the header, then `pickled`."""
+    the rest of the header, then `pickled`. `big`: the size of a U8 tensor after `w`, whose
+    bytes are left for the caller to write (zeros, in a sparse file)."""
     n = len(pickled)
     tail = f'"}},"w":{{"dtype":"U8","shape":[{n}],"data_offsets":[0,{n}]}}}}'
     opening = '{"__metadata__":{"note":"'
-    for skip in range(0x40, 0x400):
+    if big:
+        opening = f'{{"big":{{"dtype":"U8","shape":[{big}],"data_offsets":[{n},{n + big}]}},' + opening[1:]
+    for skip in range(max(0x40, len(opening) + 4), 0x400):
         length = Op.BINBYTES[0] | skip << 8  # the header length's bytes: BINBYTES of `skip` bytes
         landing, end = 5 + skip, 8 + length  # where the skip lands; where the tensor data starts
         hops, last = divmod(end - landing - 2, _HOP + 2)
@@ -193,3 +196,104 @@ def test_a_torch_file_named_safetensors_is_refused_by_path_as_torch_does(tmp_pat
     else:
         assert by_path is None and report["weights_only"]["result"] == "loads"
     assert run_cli("check", path).exit_code == 0  # safe to load: no finding
+
+
+# -- a text opcode whose line runs past a MiB --------------------------------------------------------
+
+_LONG = (1 << 20) + 4096  # past the bound ckpttool keeps on a global's name
+
+
+def safetensors_with_a_long_line(pickled: bytes, opcode: int, second: int = 0) -> bytes:
+    """A valid safetensors file whose header length opens with `opcode` (then `second`): a
+    text opcode whose line CPython reads through the header and a U8 tensor `pad` of over a
+    MiB with no newline, to the newline that ends `pad`; `pickled` follows in tensor `w`."""
+    pad = b"x" * _LONG + b"\n"
+    n, m = len(pad), len(pickled)
+    for spaces in range(1 << 16):
+        tensors = {
+            "pad": {"dtype": "U8", "shape": [n], "data_offsets": [0, n]},
+            "w": {"dtype": "U8", "shape": [m], "data_offsets": [n, n + m]},
+        }
+        header = json.dumps(tensors, separators=(",", ":")).encode() + b" " * spaces
+        if len(header) & 0xFFFF == opcode | second << 8:
+            return safetensors_bytes(header, pad + pickled)
+    raise AssertionError("no such length")
+
+
+LONG_LINES = {
+    "UNICODE": (ord("V"), 0),  # a string: the header length's other bytes, the header, `pad`
+    "INT": (ord("I"), ord("1")),  # "1", a NUL byte: CPython's C reader stops there and reads 1
+}
+
+
+@pytest.mark.parametrize("opening", LONG_LINES)
+def test_a_text_line_longer_than_a_mib_is_read_to_its_end(write: FileWriter, marker: Path, opening: str) -> None:
+    data = safetensors_with_a_long_line(system_pickle(marker), *LONG_LINES[opening])
+    path = write("pytorch_model.bin", data)
+    with safe_open(str(path), "np") as f:
+        assert sorted(f.keys()) == ["pad", "w"]
+    assert torch_load_runs_it(path, marker)  # ground truth: torch.load runs the payload
+    report = assert_dangerous(path, "os.system")
+    assert report["format"] == "safetensors"
+    assert_not_run(marker)
+
+
+def test_a_clean_safetensors_file_with_a_long_first_line_stays_safe(write: FileWriter) -> None:
+    data = safetensors_with_a_long_line(b"\x00" * 16, ord("V"))
+    with pytest.raises(pickle.UnpicklingError):
+        pickle.loads(data)  # the line, then a zero byte: no opcode, nothing imported
+    outcome = scan(write("model.safetensors", data))
+    assert outcome.exit_code == 0, outcome.stdout
+    assert only_file(outcome)["verdict"] == "safe", outcome.stdout
+
+
+# -- a reading that stops at one of the scan's limits ---------------------------------------------
+
+
+def test_a_pickle_past_the_mark_limit_is_dangerous(write: FileWriter, marker: Path) -> None:
+    """CPython nests MARKs without bound: a payload after more than the scan's 10,000 runs,
+    and the scan, stopped by its limit there, fails closed."""
+    pickled = b"(" * 10_001 + system_pickle(marker)
+    path = write("pytorch_model.bin", safetensors_opening_a_pickle(pickled))
+    assert torch_load_runs_it(path, marker)
+    report = assert_dangerous(path)
+    assert any("limit reached" in p for p in report["problems"]), report["problems"]
+    # the protocol 0 pickle alone, a member of an archive (pickle.load reads it from there)
+    assert torch_load_runs_it(write("alone.pkl", pickled), marker)
+    report = assert_dangerous(write("download.zip", _zip({"model/model.pkl": pickled})))
+    assert any("limit reached" in p for p in report["problems"]), report["problems"]
+    assert_not_run(marker)
+
+
+def _sparse(path: Path, head: bytes, size: int) -> Path:
+    with path.open("wb") as f:
+        f.write(head)
+        f.truncate(size)
+    return path
+
+
+_BIG = (4 << 30) + 4096  # past the 4 GiB the scan decodes of one pickle
+
+
+@pytest.mark.slow
+def test_a_file_over_the_size_limit_is_read_as_far_as_torch_reads_it(tmp_path: Path, marker: Path) -> None:
+    """A pickle read from the first byte of a file of over 4 GiB (an LLM's shard) is
+    decoded in its first 4 GiB: the payload there is found, and a clean file stays safe."""
+    head = safetensors_opening_a_pickle(system_pickle(marker), big=_BIG)
+    path = _sparse(tmp_path / "pytorch_model.bin", head, len(head) + _BIG)
+    with safe_open(str(path), "np") as f:
+        assert sorted(f.keys()) == ["big", "w"]
+    assert torch_load_runs_it(path, marker)  # torch.load reads the first bytes only
+    assert assert_dangerous(path, "os.system")["format"] == "safetensors"
+    assert_not_run(marker)
+    for pad in range(1 << 12):  # a clean file whose header length opens with PROTO
+        header = {"__metadata__": {"note": "x" * pad}, "w": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1]}}
+        header["big"] = {"dtype": "U8", "shape": [_BIG], "data_offsets": [1, 1 + _BIG]}
+        encoded = json.dumps(header, separators=(",", ":")).encode()
+        if len(encoded) & 0xFF == 0x80:
+            break
+    clean = _sparse(tmp_path / "clean.safetensors", safetensors_bytes(encoded, b"\x00"), 8 + len(encoded) + 1 + _BIG)
+    with safe_open(str(clean), "np") as f:
+        assert sorted(f.keys()) == ["big", "w"]
+    outcome = scan(clean)
+    assert outcome.exit_code == 0 and only_file(outcome)["verdict"] == "safe", outcome.stdout

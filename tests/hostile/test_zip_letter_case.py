@@ -6,12 +6,15 @@ which compares names with ASCII letters folded: `archive/DATA.PKL` is torch's da
 one torch reads follows from miniz's sort of the directory, not from their order: an
 archive with a benign `data.pkl` and another `DATA.PKL` loads the second's tensors, and
 was read by its first (`safe`, other tensors than torch.load's). `torch.load` hands an
-archive to torch.jit.load only for a record named `constants.pkl` exactly.
+archive to torch.jit.load only for a record named `constants.pkl` exactly. miniz also
+takes a record for a folder by its MS-DOS attribute alone, and reads none of its bytes.
 """
 
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -109,3 +112,44 @@ def test_only_constants_pkl_spelled_exactly_makes_a_torchscript_archive(write: F
     report = only_file(scan(path))
     assert report["format"] == "torch-zip"
     assert report["weights_only"]["result"] == "loads"
+
+
+# -- a record flagged as a folder -------------------------------------------------------------------
+
+
+def with_folder_attribute(records: list[tuple[str, bytes]], folder: str) -> bytes:
+    """The zip of `records`, the one named `folder` flagged as a folder by its MS-DOS
+    attribute (its name, its bytes and its sizes as any file's)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for name, data in records:
+            info = zipfile.ZipInfo(name)
+            info.external_attr = 0x10 if name == folder else 0
+            archive.writestr(info, data)
+    return out.getvalue()
+
+
+def test_a_storage_flagged_as_a_folder_is_not_read_as_its_bytes(write: FileWriter, tmp_path: Path) -> None:
+    """miniz takes a record whose external attribute has the MS-DOS folder bit for a folder,
+    whatever its name, and extracts none of its bytes into the buffer torch allocated: the
+    tensor torch.load gives is not the record's bytes (zeros here). ckpttool read the bytes."""
+    records = saved([1.0, 2.0, 3.0])
+    storage = next(name for name in records if name.endswith("/data/0"))
+    path = write("folder.pt", with_folder_attribute(list(records.items()), storage))
+    # ground truth, in a child process whose allocator never held these values
+    child = "import sys, torch\nprint(torch.load(sys.argv[1], weights_only=True)['w'].tolist())"
+    done = subprocess.run([sys.executable, "-c", child, str(path)], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() != "[1.0, 2.0, 3.0]", done.stdout
+    converted = run_cli("convert", path, tmp_path / "out.safetensors")
+    assert converted.exit_code == 2 and "flagged as a folder" in converted.stderr, converted.stderr
+    assert not (tmp_path / "out.safetensors").exists()
+    report = only_file(scan(path))
+    assert report["verdict"] == "dangerous" and any("flagged as a folder" in p for p in report["problems"])
+
+
+def test_a_folder_record_with_a_trailing_slash_is_no_finding(write: FileWriter) -> None:
+    records = [*saved([1.0]).items(), ("archive/extra/", b"")]
+    path = write("folders.pt", with_folder_attribute(records, "archive/extra/"))
+    assert torch_values(path) == [1.0]
+    outcome = scan(path)
+    assert outcome.exit_code == 0 and only_file(outcome)["verdict"] == "safe", outcome.stdout

@@ -149,6 +149,12 @@ def test_protocol_4_opcodes_are_flagged() -> None:
         (b"\x80\x02cbuiltins\ngetattr\n)R)R.", "REDUCE on the result of builtins.getattr"),
         (b"\x80\x02}K\x01a.", "APPEND on a dict"),
         (b"\x80\x02\x82\x01.", "extension code 1"),
+        # a state dict given to BUILD, then its value replaced: the object saw the first
+        (
+            b"\x80\x02cargparse\nNamespace\n)\x81}q\x00X\x01\x00\x00\x00aK\x01sbh\x00X\x01\x00\x00\x00aK\x02s\x86.",
+            "SETITEM replaces the value of key 'a'",
+        ),
+        (b"\x80\x02}(X\x01\x00\x00\x00aK\x01X\x01\x00\x00\x00aK\x02u.", "SETITEMS replaces the value of key 'a'"),
     ],
 )
 def test_shapes_only_an_attack_produces_are_problems(data: bytes, fragment: str) -> None:

@@ -132,26 +132,38 @@ def spec_state(mesh: bytes | None = None, **changes: Any) -> dict[str, Any]:
     return state
 
 
-def dtensor(
-    local: bytes | None = None, spec: bytes | None = None, cls: str = DTENSOR, slots: Any = None, after: bytes = b""
-) -> bytes:
-    """`_rebuild_from_type_v2(_rebuild_wrapper_subclass, DTensor, (cls, ...), (None, slots))`,
-    a 4 x 3 float32 DTensor sharded by rows whose local shard is LOCAL; `after` follows it
-    (a BUILD on the result, say)."""
-    wrapper_args = (
+def wrapper_arguments(cls: str = DTENSOR) -> tuple[Any, ...]:
+    """`_rebuild_wrapper_subclass`'s arguments for a 4 x 3 float32 tensor of class `cls`."""
+    return (
         Raw(glob(cls)), Raw(glob("torch.float32")), (4, 3), (3, 1), 0,
         Raw(call("torch.serialization._get_layout", text("torch.strided"))), Raw(call("torch.device", text("cpu"))),
         False,
     )  # fmt: skip
+
+
+def dtensor(
+    local: bytes | None = None,
+    spec: bytes | None = None,
+    cls: str = DTENSOR,
+    slots: Any = None,
+    after: bytes = b"",
+    new_type: str = DTENSOR,
+) -> bytes:
+    """`_rebuild_from_type_v2(_rebuild_wrapper_subclass, new_type, (cls, ...), (None, slots))`,
+    a 4 x 3 float32 DTensor sharded by rows whose local shard is LOCAL; `after` follows it
+    (a BUILD on the result, say)."""
+    wrapper_args = wrapper_arguments(cls)
     if slots is None:
         slots = {
             "_local_tensor": Raw(local if local is not None else rebuild_tensor(LOCAL)),
             "_spec": Raw(spec if spec is not None else built(f"{_SPEC}DTensorSpec", spec_state())),
         }
-    args = (Raw(glob("torch._utils._rebuild_wrapper_subclass")), Raw(glob(DTENSOR)), wrapper_args, (None, slots))
+    args = (Raw(glob("torch._utils._rebuild_wrapper_subclass")), Raw(glob(new_type)), wrapper_args, (None, slots))
     return glob("torch._tensor._rebuild_from_type_v2") + value(args) + Op.REDUCE + after
 
 
-def state_dict_file(entry: bytes) -> bytes:
-    """A torch zip whose data.pkl is `{'w': entry}`, with the two records the DTensor names."""
-    return torch_zip(Op.PROTO + b"\x02" + Op.EMPTY_DICT + text("w") + entry + Op.SETITEM + Op.STOP, RECORDS)
+def state_dict_file(entry: bytes, **more: bytes) -> bytes:
+    """A torch zip whose data.pkl is `{'w': entry, **more}` (each value pickled in that
+    order), with the two records the DTensor names."""
+    items = b"".join(text(key) + ops for key, ops in {"w": entry, **more}.items())
+    return torch_zip(Op.PROTO + b"\x02" + Op.EMPTY_DICT + Op.MARK + items + Op.SETITEMS + Op.STOP, RECORDS)
