@@ -385,8 +385,12 @@ def _container(value: Any, depth: int, budget: list[int], read_scalars: bool, wi
     if isinstance(value, dict):
         return {str(k): _jsonable(v, depth + 1, budget, read_scalars, within) for k, v in value.items()}
     if isinstance(value, PickledObject):
-        attrs = {str(k): _jsonable(v, depth + 1, budget, read_scalars, within) for k, v in value.attributes.items()}
-        return {"__class__": value.cls, **attrs}
+        # Its attributes, then what SETITEMS and APPENDS put in a dict or list subclass
+        # (Lightning's AttributeDict holds its hyper-parameters as items), by the paths
+        # `walk` gives them.
+        held = [*value.attributes.items(), *(value.dictitems or {}).items(), *enumerate(value.items or ())]
+        shown = {str(k): _jsonable(v, depth + 1, budget, read_scalars, within) for k, v in held}
+        return {"__class__": value.cls, **shown}
     return [_jsonable(v, depth + 1, budget, read_scalars, within) for v in value]
 
 
