@@ -1,6 +1,8 @@
-"""Entries held in a pickled dict subclass, as a package that saves its LightningModule's
-`hparams` (Lightning's AttributeDict, filled by SETITEMS) beside its weights writes them:
-inspect shows the items torch.load gives back, not only the class."""
+"""Entries held in pickled objects that are containers or values, as packages save them
+beside their weights: a LightningModule's `hparams` (Lightning's AttributeDict, filled by
+SETITEMS) and `torch.__version__` (a TorchVersion, a str subclass built by NEWOBJ from its
+string), as pyannote's checkpoints record it. inspect shows the items and the string that
+torch.load gives back, not only the class."""
 
 from __future__ import annotations
 
@@ -22,15 +24,19 @@ import sys, torch
 from standins import AttributeDict, register_library_names
 register_library_names()
 hparams = AttributeDict(lr=1e-3, layers=[4, 8], config={"features": ["element", "degree"]})
-torch.save({"state_dict": {"w": torch.ones(2)}, "hyperparameters": hparams}, sys.argv[1])
+versions = {"torch": torch.__version__}
+torch.save({"state_dict": {"w": torch.ones(2)}, "hyperparameters": hparams, "versions": versions}, sys.argv[1])
 """
 # The items as torch.load (weights_only=False, the stand-in importable) gives them back.
 LOAD = """
 import json, sys, torch
 from standins import register_library_names
 register_library_names()
-hparams = torch.load(sys.argv[1], weights_only=False)["hyperparameters"]
-print(json.dumps({"class": f"{type(hparams).__module__}.{type(hparams).__qualname__}", "items": dict(hparams)}))
+loaded = torch.load(sys.argv[1], weights_only=False)
+hparams, version = loaded["hyperparameters"], loaded["versions"]["torch"]
+name = lambda cls: f"{cls.__module__}.{cls.__qualname__}"
+print(json.dumps({"class": name(type(hparams)), "items": dict(hparams),
+                  "version_class": name(type(version)), "version": str(version)}))
 """
 
 
@@ -42,7 +48,7 @@ def _run(code: str, path: Path) -> str:
     return done.stdout
 
 
-def test_a_dict_subclass_entry_shows_its_items(cli: Callable[..., Result], tmp_path: Path) -> None:
+def test_entries_in_pickled_objects_show_their_values(cli: Callable[..., Result], tmp_path: Path) -> None:
     path = tmp_path / "model.pt"
     _run(SAVE, path)
     loaded = json.loads(_run(LOAD, path))
@@ -50,6 +56,7 @@ def test_a_dict_subclass_entry_shows_its_items(cli: Callable[..., Result], tmp_p
 
     entries = cli_json(cli("inspect", path, "--format", "json"))["entries"]
     assert entries["hyperparameters"] == {"__class__": loaded["class"], **loaded["items"]}
+    assert entries["versions"] == {"torch": {"__class__": loaded["version_class"], "args0": loaded["version"]}}
 
     table = CliRunner().invoke(main, ["inspect", str(path)], env={"COLUMNS": "80"}, catch_exceptions=False).stdout
     assert all(len(line) <= 80 for line in table.splitlines())

@@ -386,9 +386,11 @@ def _container(value: Any, depth: int, budget: list[int], read_scalars: bool, wi
         return {str(k): _jsonable(v, depth + 1, budget, read_scalars, within) for k, v in value.items()}
     if isinstance(value, PickledObject):
         # Its attributes, then what SETITEMS and APPENDS put in a dict or list subclass
-        # (Lightning's AttributeDict holds its hyper-parameters as items), by the paths
-        # `walk` gives them.
+        # (Lightning's AttributeDict holds its hyper-parameters as items) and the arguments
+        # NEWOBJ gave `__new__` (a namedtuple's fields, TorchVersion's string), by the
+        # paths `walk` gives them.
         held = [*value.attributes.items(), *(value.dictitems or {}).items(), *enumerate(value.items or ())]
+        held.extend((f"args{i}", arg) for i, arg in enumerate(value.args))
         shown = {str(k): _jsonable(v, depth + 1, budget, read_scalars, within) for k, v in held}
         return {"__class__": value.cls, **shown}
     return [_jsonable(v, depth + 1, budget, read_scalars, within) for v in value]
