@@ -62,3 +62,37 @@ def test_entries_in_pickled_objects_show_their_values(cli: Callable[..., Result]
     assert all(len(line) <= 80 for line in table.splitlines())
     words = " ".join(table.split())  # the entry wraps at the terminal's width
     assert '"lr": 0.001' in words and '"layers": [4, 8]' in words
+
+
+SAVE_HYDRA = """
+import sys, torch
+from standins import DictConfig, ListConfig, register_library_names
+register_library_names()
+config = DictConfig({"lr": 1e-3, "layers": [40, 30], "encoder": {"activation": "leaky", "dropout": 0.2}})
+groups = [{"lr": 1e-3, "betas": ListConfig([0.9, 0.999]), "eps": 1e-8, "params": [0]}]
+optimizer = {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.zeros(2)}}, "param_groups": groups}
+checkpoint = {"state_dict": {"w": torch.ones(2)}, "hyper_parameters": config, "optimizer_states": [optimizer]}
+torch.save(checkpoint, sys.argv[1])
+"""
+LOAD_HYDRA = """
+import json, sys, torch
+from standins import register_library_names
+register_library_names()
+loaded = torch.load(sys.argv[1], weights_only=False)
+betas = loaded["optimizer_states"][0]["param_groups"][0]["betas"]
+print(json.dumps({"hyper_parameters": loaded["hyper_parameters"].to_container(), "betas": betas.to_container()}))
+"""
+
+
+def test_hydra_configs_show_their_values(cli: Callable[..., Result], tmp_path: Path) -> None:
+    """A Lightning checkpoint of a Hydra-configured model (pyannote's, as whisperx bundles
+    it): OmegaConf containers as hyper-parameters and as an optimizer's betas are shown as
+    the values they hold, not as OmegaConf's nodes and metadata."""
+    path = tmp_path / "hydra.ckpt"
+    _run(SAVE_HYDRA, path)
+    truth = json.loads(_run(LOAD_HYDRA, path))
+
+    entries = cli_json(cli("inspect", path, "--format", "json"))["entries"]
+    assert entries["hyper_parameters"] == truth["hyper_parameters"]
+    (optimizer,) = cli_json(cli("optimizer", path, "--format", "json"))["optimizers"]
+    assert optimizer["param_groups"][0]["betas"] == truth["betas"] == [0.9, 0.999]
