@@ -225,12 +225,16 @@ def find_weights(obj: Any, override: str | None = None) -> Weights:
     if found is None:
         found = _search(obj)
     if found is None:
-        return Weights(None, [], "none", notes=[OPTIMIZER_FILE] if is_optimizer_state(obj) else [])
+        if is_optimizer_state(obj):
+            return Weights(None, [], "none", notes=[OPTIMIZER_FILE])
+        return Weights(None, [], "none", notes=[] if all_tensors(obj) else [NO_TENSORS])
     found.alternatives = [p for p in _alternatives(obj) if p != found.root]
     return found
 
 
 OPTIMIZER_FILE = "the file is an optimizer's state_dict, no model's weights: `ckpttool optimizer` shows it"
+# A scheduler's state_dict, training arguments: --root has nothing to name.
+NO_TENSORS = "the file holds no tensors"
 
 
 def _conventional(obj: dict[Any, Any], prefix: str) -> Weights | None:

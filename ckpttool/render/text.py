@@ -116,7 +116,7 @@ MAX_WRAPPED_LINES = 4
 
 def _fit_value(value: Any, budget: int | None) -> Any:
     if isinstance(value, (list, tuple)):
-        return "\n".join(wrap_list([str(v) for v in value], budget))
+        return "\n".join(wrap_list([str(v) for v in value], budget, middle=True))
     if budget is None or not isinstance(value, str) or "\n" in value or len(value) <= budget:
         return value
     lines = wrap_text(value, budget)
@@ -217,16 +217,19 @@ def shorten(text: str, width: int, middle: bool = False) -> str:
     return text[:head] + ELLIPSIS + text[len(text) - tail :]
 
 
-def wrap_list(items: Sequence[str], width: int | None, sep: str = ", ", whole: bool = False) -> list[str]:
+def wrap_list(
+    items: Sequence[str], width: int | None, sep: str = ", ", whole: bool = False, middle: bool = False
+) -> list[str]:
     """Items joined by `sep`, broken into lines of at most `width` between items; an item
-    longer than a line is shortened with `…`, or with `whole` (names to paste) kept whole
+    longer than a line is shortened with `…` (`middle`: inside, as `shorten` does, so that
+    a count after a dotted name stays whole), or with `whole` (names to paste) kept whole
     on a line of its own."""
     if width is None:
         return [sep.join(items)]
     lines: list[str] = []
     line = ""
     for i, item in enumerate(items):
-        shown = item if whole else shorten(item, width - len(sep.rstrip()))
+        shown = item if whole else shorten(item, width - len(sep.rstrip()), middle)
         piece = shown + (sep.rstrip() if i < len(items) - 1 else "")
         candidate = f"{line} {piece}" if line else piece
         if line and len(candidate) > width:

@@ -160,6 +160,57 @@ class AttributeDict(dict[str, Any]):
         self[key] = val
 
 
+class OmegaConfMetadata:
+    """omegaconf.base.Metadata (ContainerMetadata too): a node's key and flags."""
+
+    def __init__(self, key: Any = None) -> None:
+        self.ref_type, self.object_type, self.optional, self.key, self.flags = Any, None, True, key, {}
+
+
+class OmegaConfNode:
+    """omegaconf.nodes.AnyNode: pickled as NEWOBJ and BUILD of its __dict__, `_val` its value
+    and `_parent` the container holding it (a cycle)."""
+
+    def __init__(self, value: Any, parent: Any = None, key: Any = None) -> None:
+        self._metadata, self._parent, self._val = OmegaConfMetadata(key), parent, value
+
+
+class OmegaConfContainer:
+    """omegaconf's DictConfig and ListConfig as they pickle: `_content` holds a node per
+    item (a mapping, or a list); nested configs are containers themselves."""
+
+    def __init__(self, content: Any) -> None:
+        self._metadata, self._parent = OmegaConfMetadata(), None
+        items = content.items() if isinstance(content, dict) else enumerate(content)
+        nodes = {k: self._node(v, k) for k, v in items}
+        self._content = nodes if isinstance(content, dict) else list(nodes.values())
+
+    def _node(self, value: Any, key: Any) -> Any:
+        if isinstance(value, (dict, list)):
+            child = DictConfig(value) if isinstance(value, dict) else ListConfig(value)
+            child._parent = self
+            return child
+        return OmegaConfNode(value, self, key)
+
+    def to_container(self) -> Any:
+        """OmegaConf.to_container: the plain values."""
+
+        def plain(node: Any) -> Any:
+            return node.to_container() if isinstance(node, OmegaConfContainer) else node._val
+
+        if isinstance(self._content, dict):
+            return {k: plain(v) for k, v in self._content.items()}
+        return [plain(v) for v in self._content]
+
+
+class DictConfig(OmegaConfContainer):
+    pass
+
+
+class ListConfig(OmegaConfContainer):
+    pass
+
+
 def _library_classes() -> dict[str, dict[str, Any]]:
     names: dict[str, dict[str, Any]] = {}
     for cls in HF_ENUMS.values():
@@ -167,6 +218,10 @@ def _library_classes() -> dict[str, dict[str, Any]]:
     names.setdefault("transformers.trainer_pt_utils", {})["AcceleratorConfig"] = AcceleratorConfig
     names.setdefault("accelerate.state", {})["PartialState"] = PartialState
     names.setdefault("lightning.fabric.utilities.data", {})["AttributeDict"] = AttributeDict
+    names.setdefault("omegaconf.base", {})["Metadata"] = OmegaConfMetadata
+    names.setdefault("omegaconf.nodes", {})["AnyNode"] = OmegaConfNode
+    names.setdefault("omegaconf.dictconfig", {})["DictConfig"] = DictConfig
+    names.setdefault("omegaconf.listconfig", {})["ListConfig"] = ListConfig
     names.setdefault("transformers.training_args", {})["TrainingArguments"] = HFTrainingArguments
     return names
 

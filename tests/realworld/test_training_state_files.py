@@ -209,3 +209,18 @@ def test_a_trainer_folder_points_at_its_optimizer_file(cli: Cli, tmp_path: Path,
     ]
     described = cli_json(cli("optimizer", folder / name, "--format", "json"))["optimizers"]
     assert [len(o["state"]) for o in described] == [len(torch_load_trusted(folder / name)["state"])]
+
+
+def test_a_file_of_no_tensors_says_so(cli: Cli, tmp_path: Path) -> None:
+    """A scheduler's state_dict beside the weights (HF Trainer's `scheduler.pt`): convert
+    said "name them with --root", which no root can satisfy; it says the file holds none."""
+    model, optimizer = _stepped_adamw()
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    path = tmp_path / "scheduler.pt"
+    torch.save(scheduler.state_dict(), path)
+    truth = torch.load(path, weights_only=True)
+    assert truth["_step_count"] == 1 and not any(isinstance(v, torch.Tensor) for v in truth.values())
+    report = cli_json(cli("inspect", path, "--format", "json"))
+    assert (report["weights"]["root"], report["tensors"], report["notes"]) == (None, [], ["the file holds no tensors"])
+    line = assert_one_error_line(cli("convert", path, tmp_path / "out.safetensors"), "no weights found", path=path)
+    assert line.endswith("no weights found; the file holds no tensors"), line

@@ -9,7 +9,7 @@ import pytest
 import torchvision
 from support.cli import matches_cut
 
-from ckpttool.render import command_lines, fit_table, shorten_keys, wrap_text
+from ckpttool.render import command_lines, fit_table, key_values, shorten_keys, wrap_text
 
 
 @pytest.mark.slow
@@ -89,3 +89,12 @@ def test_paths_of_runs_keep_their_run() -> None:
     assert len(set(shown)) == len(paths) and all(len(s) <= 56 for s in shown), shown
     for s, path in zip(shown, paths, strict=True):
         assert matches_cut(s, path) and path.split("/")[2] in s, (s, path)
+
+
+def test_a_class_count_stays_whole_when_its_name_is_cut() -> None:
+    """inspect's `classes` line: a long dotted class name seen 13,944 times is shortened
+    inside its name, never through the count (`x13…` would read as thirteen-something)."""
+    name = "mylab.chemistry.lookups.AtomPropertiesLookupTableEntry"
+    lines = key_values([("entry hyperparameters", "{}"), ("classes", [f"{name} x13944", "builtins.set"])], 80)
+    assert all(len(line) <= 80 for line in lines.splitlines())
+    assert " x13944," in lines and "…" in lines
