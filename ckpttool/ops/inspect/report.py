@@ -384,7 +384,7 @@ def _jsonable(value: Any, depth: int, budget: list[int], read_scalars: bool, wit
 def _container(value: Any, depth: int, budget: list[int], read_scalars: bool, within: set[int]) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v, depth + 1, budget, read_scalars, within) for k, v in value.items()}
-    if isinstance(value, PickledObject) and (held_value := _omegaconf_value(value)) is not UNSHOWN:
+    if isinstance(value, PickledObject) and (held_value := _omegaconf_value(value)) is not _UNSHOWN:
         return _jsonable(held_value, depth + 1, budget, read_scalars, within)
     if isinstance(value, PickledObject):
         # Its attributes, then what SETITEMS and APPENDS put in a dict or list subclass
@@ -398,7 +398,7 @@ def _container(value: Any, depth: int, budget: list[int], read_scalars: bool, wi
     return [_jsonable(v, depth + 1, budget, read_scalars, within) for v in value]
 
 
-UNSHOWN = object()
+_UNSHOWN = object()
 # OmegaConf's containers and value nodes (Hydra configs, which Lightning saves as
 # hyper-parameters and as optimizer arguments), and the attribute that holds their value.
 _OMEGACONF_VALUES = {"omegaconf.dictconfig.DictConfig": "_content", "omegaconf.listconfig.ListConfig": "_content"}
@@ -407,13 +407,13 @@ _OMEGACONF_VALUES = {"omegaconf.dictconfig.DictConfig": "_content", "omegaconf.l
 def _omegaconf_value(obj: PickledObject) -> Any:
     """What an OmegaConf container or node holds, as `OmegaConf.to_container` gives it
     (interpolations unresolved): a DictConfig's mapping, a ListConfig's list, a node's
-    `_val`; UNSHOWN for any other object, or one not in the shape OmegaConf pickles."""
+    `_val`; _UNSHOWN for any other object, or one not in the shape OmegaConf pickles."""
     name = _OMEGACONF_VALUES.get(obj.cls)
     if name is None and obj.cls.startswith("omegaconf.nodes.") and obj.cls.endswith("Node"):
         name = "_val"
     attrs = obj.attributes
     if name is None or name not in attrs or "_metadata" not in attrs:
-        return UNSHOWN
+        return _UNSHOWN
     return attrs[name]
 
 
