@@ -14,9 +14,7 @@ from math import prod
 from typing import Any
 
 from ckpttool.checkpoint import DTensorLayout, PickledObject, TensorRef
-
-DTENSOR = "torch.distributed.tensor.DTensor"
-_PLACEMENTS = "torch.distributed.tensor.placement_types."
+from ckpttool.pickle.vetted_dtensor import DTENSOR, PLACEMENTS, int_tuple
 
 
 def rebuilt_dtensor(wrapper_args: Any, state: Any) -> TensorRef | None:
@@ -39,7 +37,7 @@ def rebuilt_dtensor(wrapper_args: Any, state: Any) -> TensorRef | None:
 def _layout(size: Any, spec: PickledObject) -> DTensorLayout | None:
     fields = spec.attributes
     mesh, placements = fields.get("mesh"), fields.get("placements")
-    if not (_ints(size) and isinstance(mesh, PickledObject) and type(placements) is tuple):
+    if not (int_tuple(size) and isinstance(mesh, PickledObject) and type(placements) is tuple):
         return None
     named = tuple(placement_name(p) for p in placements)
     shape = _mesh_shape(mesh.attributes.get("_layout"))
@@ -53,16 +51,16 @@ def _layout(size: Any, spec: PickledObject) -> DTensorLayout | None:
         shape,
         names if type(names) is tuple and all(type(n) is str for n in names) else None,
         str(attrs.get("_device_type", "")),
-        coordinate if _ints(coordinate) else None,
+        coordinate if int_tuple(coordinate) else None,
     )
 
 
 def placement_name(placement: Any) -> str | None:
     """A placement as torch's repr writes it: `Shard(dim=0)`, `Replicate()`, `Partial(sum)`,
     `_StridedShard(dim=0, sf=2)`."""
-    if not isinstance(placement, PickledObject) or not placement.cls.startswith(_PLACEMENTS):
+    if not isinstance(placement, PickledObject) or not placement.cls.startswith(PLACEMENTS):
         return None
-    kind, state = placement.cls.removeprefix(_PLACEMENTS), placement.attributes
+    kind, state = placement.cls.removeprefix(PLACEMENTS), placement.attributes
     dim, factor, op = state.get("dim"), state.get("split_factor"), state.get("reduce_op")
     if kind == "Shard" and type(dim) is int:
         return f"Shard(dim={dim})"
@@ -81,11 +79,7 @@ def _mesh_shape(layout: Any) -> tuple[int, ...] | None:
     shapes: list[tuple[int, ...]] = []
     for axis in axes:
         shape: Any = axis.attributes.get("shape") if isinstance(axis, PickledObject) else None
-        if not _ints(shape):
+        if not int_tuple(shape):
             return None
         shapes.append(shape)
     return tuple(prod(s) for s in shapes)
-
-
-def _ints(value: Any) -> bool:
-    return type(value) is tuple and all(type(v) is int for v in value)

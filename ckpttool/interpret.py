@@ -25,10 +25,11 @@ from ckpttool.checkpoint import (
     TensorRef,
     contiguous_strides,
 )
-from ckpttool.dtensors import DTENSOR, rebuilt_dtensor
+from ckpttool.dtensors import rebuilt_dtensor
 from ckpttool.errors import CkptError, LimitError, PickleError, TensorLayoutError
 from ckpttool.pickle.objects import CALL, NEWOBJ, UNSET, Call, Global, PersistentRef
 from ckpttool.pickle.state import TrackedGlobal
+from ckpttool.pickle.vetted_dtensor import DTENSOR
 
 MAX_DEPTH = 200
 PersistentResolver = Callable[[Any], Any]

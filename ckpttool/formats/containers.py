@@ -426,9 +426,10 @@ class _Scanner:
         if archive.record("data.pkl") is not None:
             # a torch checkpoint: its storages are raw bytes torch never unpickles, and
             # each .pkl record is one pickle
-            folder = folded(f"{archive.root}/data/")  # found whatever the case of their letters
             names = list(archive.folded_names())
-            skip |= {name for name, key in names if storages and key.startswith(folder)}
+            if storages:
+                folder = folded(f"{archive.root}/data/")  # found whatever the case of their letters
+                skip |= {name for name, key in names if key.startswith(folder)}
             torch_pickles = {name for name, key in names if key.endswith(".pkl")}
         with open(archive.path, "rb") as f:
             for member in archive.order:

@@ -35,14 +35,14 @@ _WRAPPER = "torch._utils._rebuild_wrapper_subclass"
 _LAYOUT_OF = "torch.serialization._get_layout"
 _MESH = "torch.distributed.device_mesh.DeviceMesh"
 _SPEC = "torch.distributed.tensor._dtensor_spec."
-_PLACEMENT = "torch.distributed.tensor.placement_types."
+PLACEMENTS = "torch.distributed.tensor.placement_types."
 _LAYOUT = "torch.distributed._mesh_layout."
 _LOCAL_TENSOR_BUILDERS = frozenset({"torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_tensor_v3"})
 
 # The module whose import puts each name on torch's weights_only allowlist.
 REGISTERED_BY_IMPORT: dict[str, str] = dict.fromkeys(
-    (DTENSOR, _MESH, f"{_SPEC}DTensorSpec", f"{_SPEC}TensorMeta", f"{_SPEC}ShardOrderEntry", f"{_PLACEMENT}Shard",
-     f"{_PLACEMENT}_StridedShard", f"{_PLACEMENT}Replicate", f"{_PLACEMENT}Partial", f"{_LAYOUT}_FlatLayout",
+    (DTENSOR, _MESH, f"{_SPEC}DTensorSpec", f"{_SPEC}TensorMeta", f"{_SPEC}ShardOrderEntry", f"{PLACEMENTS}Shard",
+     f"{PLACEMENTS}_StridedShard", f"{PLACEMENTS}Replicate", f"{PLACEMENTS}Partial", f"{_LAYOUT}_FlatLayout",
      f"{_LAYOUT}_MeshLayout"),
     "torch.distributed.tensor",
 )  # fmt: skip
@@ -60,10 +60,10 @@ DTENSOR_CLASSES: dict[str, str] = {
     f"{_SPEC}DTensorSpec": "a DTensor's spec, a dataclass: BUILD updates its __dict__; no __setstate__, no __del__",
     f"{_SPEC}TensorMeta": "a NamedTuple of a DTensor's global shape, stride and dtype: tuple.__new__",
     f"{_SPEC}ShardOrderEntry": "a NamedTuple of a tensor dimension and mesh dimensions: tuple.__new__",
-    f"{_PLACEMENT}Shard": _PLACEMENT_WHY.format("the dimension (an int)"),
-    f"{_PLACEMENT}_StridedShard": _PLACEMENT_WHY.format("the dimension and split factor (ints)"),
-    f"{_PLACEMENT}Replicate": _PLACEMENT_WHY.format("nothing"),
-    f"{_PLACEMENT}Partial": _PLACEMENT_WHY.format("the reduce op's name (a string)"),
+    f"{PLACEMENTS}Shard": _PLACEMENT_WHY.format("the dimension (an int)"),
+    f"{PLACEMENTS}_StridedShard": _PLACEMENT_WHY.format("the dimension and split factor (ints)"),
+    f"{PLACEMENTS}Replicate": _PLACEMENT_WHY.format("nothing"),
+    f"{PLACEMENTS}Partial": _PLACEMENT_WHY.format("the reduce op's name (a string)"),
     **dict.fromkeys(
         (f"{_LAYOUT}_FlatLayout", f"{_LAYOUT}_MeshLayout"),
         "a device mesh's layout, a frozen dataclass: BUILD updates its __dict__; no __setstate__, no __del__",
@@ -76,7 +76,8 @@ def _made(value: Any, qualname: str) -> bool:
     return isinstance(value, Call) and value.kind == NEWOBJ and value.func_name == qualname and not value.kwargs
 
 
-def _ints(value: Any) -> bool:
+def int_tuple(value: Any) -> bool:
+    """A tuple of ints only (a shape, a stride, a mesh coordinate)."""
     return type(value) is tuple and all(type(v) is int for v in value)
 
 
@@ -125,11 +126,12 @@ def _mesh(value: Any) -> bool:
 
 
 def _placement(value: Any) -> bool:
-    return any(_made(value, _PLACEMENT + name) for name in ("Shard", "_StridedShard", "Replicate", "Partial"))
+    return any(_made(value, PLACEMENTS + name) for name in ("Shard", "_StridedShard", "Replicate", "Partial"))
 
 
 def _size(value: Any) -> bool:
-    return isinstance(value, Call) and value.func_name == "torch.Size" and len(value.args) == 1 and _ints(value.args[0])
+    is_size = isinstance(value, Call) and value.func_name == "torch.Size" and len(value.args) == 1
+    return is_size and int_tuple(value.args[0])
 
 
 def _is_int(value: Any) -> bool:
@@ -142,12 +144,12 @@ _MESH_FIELDS: dict[str, Callable[[Any], bool]] = {
     "_rank_map": lambda v: isinstance(v, Call) and v.func_name in _LOCAL_TENSOR_BUILDERS,
     "_mesh_dim_names": _optional(lambda v: _strings(v, tuple)),
     "_root_mesh": _optional(_mesh),
-    "_flatten_rank_map": _ints,
+    "_flatten_rank_map": int_tuple,
     "_thread_id": _optional(_is_int),
     "_flatten_mapping": lambda v: type(v) is dict and all(type(k) is str and _mesh(m) for k, m in v.items()),
     "_dim_group_names": lambda v: _strings(v, list),
     "_rank": _is_int,
-    "_coordinate_on_dim": _optional(_ints),
+    "_coordinate_on_dim": _optional(int_tuple),
     "_hash": _optional(_is_int),
 }
 _SPEC_FIELDS: dict[str, Callable[[Any], bool]] = {
@@ -177,21 +179,21 @@ DTENSOR_FORMS: dict[str, Form] = {
     ),
     f"{_SPEC}TensorMeta": _args_form(
         "TensorMeta(torch.Size(ints), stride ints, dtype)",
-        lambda a: len(a) == 3 and _size(a[0]) and _ints(a[1]) and _dtype(a[2]),
+        lambda a: len(a) == 3 and _size(a[0]) and int_tuple(a[1]) and _dtype(a[2]),
     ),
     f"{_SPEC}ShardOrderEntry": _args_form(
-        "ShardOrderEntry(tensor dim, mesh dims)", lambda a: len(a) == 2 and _is_int(a[0]) and _ints(a[1])
+        "ShardOrderEntry(tensor dim, mesh dims)", lambda a: len(a) == 2 and _is_int(a[0]) and int_tuple(a[1])
     ),
-    f"{_PLACEMENT}Shard": _state_form("Shard() with the state {'dim': int}", {"dim": _is_int}),
-    f"{_PLACEMENT}_StridedShard": _state_form(
+    f"{PLACEMENTS}Shard": _state_form("Shard() with the state {'dim': int}", {"dim": _is_int}),
+    f"{PLACEMENTS}_StridedShard": _state_form(
         "_StridedShard() with the state {'dim': int, 'split_factor': int}", {"dim": _is_int, "split_factor": _is_int}
     ),
-    f"{_PLACEMENT}Replicate": _state_form("Replicate() with the state {}", {}),
-    f"{_PLACEMENT}Partial": _state_form(
+    f"{PLACEMENTS}Replicate": _state_form("Replicate() with the state {}", {}),
+    f"{PLACEMENTS}Partial": _state_form(
         "Partial() with the state {'reduce_op': str}", {"reduce_op": lambda v: type(v) is str}
     ),
     f"{_LAYOUT}_FlatLayout": _state_form(
-        "_FlatLayout() with the state {'shape': ints, 'stride': ints}", {"shape": _ints, "stride": _ints}
+        "_FlatLayout() with the state {'shape': ints, 'stride': ints}", {"shape": int_tuple, "stride": int_tuple}
     ),
     f"{_LAYOUT}_MeshLayout": _state_form(
         "_MeshLayout() with the state {'axes': (_FlatLayout, ...)}",
@@ -206,7 +208,9 @@ def _wrapper_arguments(args: Any) -> bool:
     if type(args) is not tuple or len(args) != 8:
         return False
     cls, dtype, size, stride, offset, layout, device, grad = args
-    if not (isinstance(cls, Global) and cls.qualname == DTENSOR and _dtype(dtype) and _ints(size) and _ints(stride)):
+    if not (isinstance(cls, Global) and cls.qualname == DTENSOR and _dtype(dtype)):
+        return False
+    if not (int_tuple(size) and int_tuple(stride)):
         return False
     return _is_int(offset) and type(grad) is bool and _one_string(layout, _LAYOUT_OF) and _device(device)
 
